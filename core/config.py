@@ -1,0 +1,63 @@
+"""Where hemascan keeps its data: database, model registry, logs, caches.
+
+Order: explicit argument (``--data-dir``) > ``HEMASCAN_DATA_DIR`` > the platform's user
+data directory (platformdirs). ``HEMASCAN_DB_URL`` / ``--db-url`` point the database
+elsewhere (e.g. PostgreSQL) while files stay in the data directory.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+APP_NAME = "hemascan"
+
+
+@dataclass(frozen=True)
+class Paths:
+    data_dir: Path
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "hemascan.sqlite3"
+
+    @property
+    def models(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def logs(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def cache(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def samples(self) -> Path:
+        return self.data_dir / "samples"
+
+    def db_url(self, override: str | None = None) -> str:
+        return override or os.environ.get("HEMASCAN_DB_URL") or f"sqlite:///{self.database}"
+
+    def ensure(self) -> "Paths":
+        for d in (self.data_dir, self.models, self.logs, self.cache):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def resolve_paths(data_dir: str | os.PathLike | None = None) -> Paths:
+    if data_dir is None:
+        data_dir = os.environ.get("HEMASCAN_DATA_DIR") or None
+    if data_dir is None:
+        from platformdirs import user_data_dir
+
+        data_dir = user_data_dir(APP_NAME, appauthor=False)
+    return Paths(Path(data_dir).expanduser().resolve())
+
+
+def resources_dir() -> Path:
+    """The bundled resources (models, migrations, icons), from source or a frozen build."""
+    from importlib.resources import files
+
+    return Path(str(files("resources")))

@@ -1,0 +1,93 @@
+"""Model version registry: packages copied into the data directory, tracked in the
+``model_versions`` table, exactly one active at a time."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from .config import Paths, resources_dir
+from .db import ModelVersion
+from .errors import ModelPackageError
+from .modelpkg import read_card, verify_package
+
+DEFAULT_MODEL_DIR = "default"
+
+
+def bundled_default_package() -> Path:
+    return resources_dir() / "models" / DEFAULT_MODEL_DIR
+
+
+def register_package(session: Session, paths: Paths, package: Path, activate: bool = False) -> ModelVersion:
+    """Verify a package, copy it into the registry (if not already there) and record it.
+    Registering the same package twice returns the existing version."""
+    package = Path(package)
+    card = verify_package(package)
+    existing = session.scalar(select(ModelVersion).where(ModelVersion.name == card.name))
+    if existing is not None:
+        if existing.weights_sha256 != card.weights_sha256:
+            raise ModelPackageError(
+                f"a different model named {card.name!r} is already registered; rename one of them"
+            )
+        if activate:
+            set_active(session, existing)
+        return existing
+    dest = paths.models / card.name
+    if dest.resolve() != package.resolve():
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp = dest.with_name(f".tmp-{card.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(package, tmp)
+        tmp.rename(dest)
+        verify_package(dest)
+    parent_id = None
+    if card.parent:
+        parent_id = session.scalar(select(ModelVersion.id).where(ModelVersion.name == card.parent))
+    version = ModelVersion(
+        name=card.name,
+        architecture=card.architecture,
+        taxonomy=card.taxonomy,
+        path=str(dest),
+        weights_sha256=card.weights_sha256,
+        card=asdict(read_card(dest)),
+        parent_id=parent_id,
+    )
+    session.add(version)
+    session.flush()
+    if activate:
+        set_active(session, version)
+    return version
+
+
+def set_active(session: Session, version: ModelVersion) -> None:
+    session.execute(update(ModelVersion).where(ModelVersion.id != version.id).values(is_active=False))
+    version.is_active = True
+    session.flush()
+
+
+def active_version(session: Session) -> ModelVersion | None:
+    return session.scalar(select(ModelVersion).where(ModelVersion.is_active.is_(True)))
+
+
+def ensure_active_model(session: Session, paths: Paths) -> ModelVersion:
+    """The active version; on a fresh database, the bundled default becomes active."""
+    version = active_version(session)
+    if version is not None:
+        return version
+    return register_package(session, paths, bundled_default_package(), activate=True)
+
+
+def get_version(session: Session, name: str) -> ModelVersion:
+    version = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
+    if version is None:
+        names = session.scalars(select(ModelVersion.name)).all()
+        raise ModelPackageError(f"no model version {name!r}; registered: {', '.join(names) or 'none'}")
+    return version
+
+
+def list_versions(session: Session) -> list[ModelVersion]:
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id)))
