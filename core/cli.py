@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from sqlalchemy.exc import OperationalError
+
     try:
         paths = resolve_paths(args.data_dir)
         app = App(paths, args.db_url, quiet=args.quiet)
@@ -161,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         print(f"hemascan: error: {exc}", file=sys.stderr)
         return 2
+    except OperationalError as exc:
+        if "locked" not in str(exc).lower():
+            raise
+        print("hemascan: error: the database is locked by another process (another hemascan "
+              "still writing?); nothing was lost, try again when it has finished", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("hemascan: aborted", file=sys.stderr)
         return 130

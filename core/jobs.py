@@ -27,8 +27,11 @@ class RateMeter:
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
     def rate(self, done: int) -> float:
-        dt = time.perf_counter() - self.t0
+        dt = self.elapsed()
         return done / dt if dt > 0 else 0.0
 
     def eta(self, done: int, total: int | None) -> float | None:

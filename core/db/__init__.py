@@ -28,7 +28,10 @@ from .models import (  # noqa: F401  (re-exported)
     utcnow,
 )
 
-BUSY_TIMEOUT_MS = 15_000
+import os
+
+# How long a writer waits for another process's lock before giving up with a clear message.
+BUSY_TIMEOUT_MS = int(os.environ.get("HEMASCAN_BUSY_TIMEOUT_MS", "15000"))
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

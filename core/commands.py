@@ -1,0 +1,192 @@
+"""Core CLI commands: scan, classify, import-labels, export, models, sample, demo."""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+from .cli import App, command
+from .errors import HemascanError
+
+DISCLAIMER = "hemascan supports and does not replace diagnosis: every result must be reviewed by a qualified person."
+
+
+def _folder(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="folder of images (searched recursively)")
+
+
+def _print_errors(app: App, errors, n_total: int) -> None:
+    for path, reason in errors[:20]:
+        app.echo(f"  ! {path}: {reason}")
+    if n_total > 20:
+        app.echo(f"  ... and {n_total - 20} more (see 'hemascan export' / the files table)")
+
+
+def _print_scan(app: App, s) -> None:
+    app.echo(f"scanned {s.root}: {s.n_files} image files ({s.n_new} new, {s.n_changed} changed, "
+             f"{s.n_unchanged} unchanged), {s.n_skipped} other files skipped, {s.n_errors} problems"
+             + (f", {s.n_missing} no longer present" if s.n_missing else "")
+             + (" [cancelled]" if s.cancelled else ""))
+    _print_errors(app, s.errors, s.n_errors)
+
+
+@command("scan", "record the images in a folder (content hash, size, perceptual hash)", _folder)
+def cmd_scan(args, app: App) -> int:
+    from .scan import scan
+
+    s = app.progress(scan(app.db, args.folder, app.cancel), "scan")
+    _print_scan(app, s)
+    return 130 if s.cancelled else 0
+
+
+def _classify_args(p: argparse.ArgumentParser) -> None:
+    _folder(p)
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
+    p.add_argument("--model", help="model version name (default: the active one)")
+    p.add_argument("--batch-size", type=int, help="images per model batch (default: 32 on CPU, 256 on CUDA)")
+    p.add_argument("--workers", type=int, help="decode threads")
+
+
+def _summarise_predictions(app: App, folder: str) -> None:
+    from sqlalchemy import select
+
+    from .db import Prediction
+    from .registry import active_version
+    from .scan import images_under
+
+    with app.db.session() as s:
+        version = active_version(s)
+        ids = [i for i, _ in images_under(s, folder)]
+        counts: Counter = Counter()
+        uncertain = 0
+        for start in range(0, len(ids), 900):
+            for label, unc in s.execute(select(Prediction.label, Prediction.uncertain).where(
+                    Prediction.model_version_id == version.id, Prediction.image_id.in_(ids[start:start + 900]))):
+                counts[label] += 1
+                uncertain += bool(unc)
+    total = sum(counts.values())
+    if not total:
+        return
+    app.echo(f"predictions by {version.name}" + (" (PLACEHOLDER, untrained: results are meaningless)" if version.card.get("placeholder") else "") + ":")
+    for cls in version.card["classes"]:
+        app.echo(f"  {cls:<12} {counts[cls]:>7}  {100 * counts[cls] / total:5.1f}%")
+    app.echo(f"  {'uncertain':<12} {uncertain:>7}  {100 * uncertain / total:5.1f}%  (below the model's confidence threshold)")
+
+
+@command("classify", "scan a folder and predict every image not yet predicted by the active model", _classify_args)
+def cmd_classify(args, app: App) -> int:
+    from .inference import classify
+
+    s = app.progress(classify(app.db, app.paths, args.folder, device=args.device, cancel=app.cancel,
+                              model_name=args.model, batch_size=args.batch_size, workers=args.workers), "classify")
+    _print_scan(app, s.scan)
+    app.echo(f"model {s.model} on {s.device}: {s.n_predicted} predicted, {s.n_errors} failed, "
+             f"{s.n_todo - s.n_predicted - s.n_errors} left"
+             + (f" in {s.seconds:.1f} s ({s.rate:.0f} images/s)" if s.seconds else "")
+             + (" [cancelled: run again to continue]" if s.cancelled else ""))
+    _print_errors(app, s.errors, s.n_errors)
+    _summarise_predictions(app, args.folder)
+    app.echo(DISCLAIMER)
+    return 130 if s.cancelled else 0
+
+
+def _import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="folder whose sub-folder names are classes (e.g. Benign/ Early/ Pre/ Pro/, or all/ hem/)")
+    p.add_argument("--reviewer", help="name stored with the events (default: the OS user)")
+    p.add_argument("--taxonomy", help="only accept folder names of this taxonomy")
+
+
+@command("import-labels", "record class-folder names as labels (source=dataset)", _import_args)
+def cmd_import_labels(args, app: App) -> int:
+    from .labels import import_labels
+
+    s = app.progress(import_labels(app.db, args.folder, args.reviewer, args.taxonomy, app.cancel), "import")
+    _print_scan(app, s.scan)
+    app.echo(f"labels recorded: {s.n_labelled} ({', '.join(f'{k}: {v}' for k, v in sorted(s.per_class.items())) or 'none'}); "
+             f"{s.n_already} already had that label")
+    if s.n_unknown_folder:
+        app.echo(f"  {s.n_unknown_folder} images in folders that are not a known class: {', '.join(sorted(s.unknown_folders))}")
+    return 0
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    from .export import EXPORTERS
+
+    p.add_argument("--format", choices=sorted(EXPORTERS), default="csv")
+    p.add_argument("--output", "-o", required=True, help="file to write")
+    p.add_argument("--folder", help="only images under this folder")
+
+
+@command("export", "write one row per image: path, prediction, probabilities, reviewed label", _export_args)
+def cmd_export(args, app: App) -> int:
+    from .export import EXPORTERS
+
+    n = EXPORTERS[args.format](app.db, args.output, folder=args.folder)
+    app.echo(f"wrote {n} rows to {args.output}")
+    return 0
+
+
+def _models_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION")
+    sub.add_parser("list", help="list registered model versions")
+    a = sub.add_parser("activate", help="make a version the active one")
+    a.add_argument("name")
+    r = sub.add_parser("register", help="register a model package directory")
+    r.add_argument("package")
+    r.add_argument("--activate", action="store_true")
+
+
+@command("models", "list, register or activate model versions", _models_args)
+def cmd_models(args, app: App) -> int:
+    from .registry import ensure_active_model, get_version, list_versions, register_package, set_active
+
+    with app.db.session() as s:
+        ensure_active_model(s, app.paths)
+        if args.action == "activate":
+            set_active(s, get_version(s, args.name))
+        elif args.action == "register":
+            register_package(s, app.paths, Path(args.package), activate=args.activate)
+        for v in list_versions(s):
+            m = v.card.get("metrics") or {}
+            acc = m.get("accuracy")
+            app.echo(f"{'*' if v.is_active else ' '} {v.name:<36} {v.architecture:<18} {v.taxonomy:<14} "
+                     f"{'acc ' + format(acc, '.3f') if isinstance(acc, (int, float)) else ''}"
+                     f"{'  PLACEHOLDER' if v.card.get('placeholder') else ''}")
+    return 0
+
+
+def _sample_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="where to write the synthetic images")
+    p.add_argument("--per-class", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--ext", default=".jpg", choices=[".jpg", ".png", ".bmp", ".tif"])
+
+
+@command("sample", "write synthetic smear-like sample images (NOT real smears) in class folders", _sample_args)
+def cmd_sample(args, app: App) -> int:
+    from .sample import generate
+
+    paths = generate(Path(args.folder), args.per_class, args.seed, args.size, args.ext)
+    app.echo(f"wrote {len(paths)} synthetic sample images under {args.folder}")
+    return 0
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--per-class", type=int, default=25)
+
+
+@command("demo", "generate a synthetic sample folder, classify it with the bundled model, export CSV", _demo_args)
+def cmd_demo(args, app: App) -> int:
+    from .sample import generate
+
+    folder = app.paths.samples
+    generate(folder, args.per_class, seed=0)
+    app.echo(f"data directory: {app.paths.data_dir}")
+    app.echo(f"sample folder (synthetic images, not real smears): {folder}")
+    ns = argparse.Namespace(folder=str(folder), device="auto", model=None, batch_size=None, workers=None)
+    rc = cmd_classify(ns, app)
+    if rc:
+        return rc
+    out = app.paths.data_dir / "demo-predictions.csv"
+    return cmd_export(argparse.Namespace(format="csv", output=str(out), folder=str(folder)), app)
