@@ -41,6 +41,8 @@ def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     except UnidentifiedImageError:
         raise ImageError("not a recognised image file (wrong extension or corrupt header)") from None
     except Exception as exc:  # PIL raises many types on malformed headers
+        if "truncated" in str(exc).lower():
+            raise ImageError("truncated image: the file ends inside its header") from None
         raise ImageError(f"unreadable image header: {exc}") from None
     if info.width <= 0 or info.height <= 0:
         raise ImageError(f"invalid image size {info.width}x{info.height}")

@@ -29,7 +29,7 @@ from .jobs import Job, Progress, RateMeter
 
 log = logging.getLogger(__name__)
 
-WRITE_BATCH = 256
+WRITE_BATCH = 128
 MAX_REPORTED_ERRORS = 200
 
 
@@ -225,15 +225,13 @@ def scan(db: Database, root: str | os.PathLike, cancel: threading.Event | None =
         it = iter(todo)
         batch: list[_Hashed] = []
         exhausted = False
-        while not exhausted or pending:
-            while not exhausted and len(pending) < WRITE_BATCH * 2 and not cancel.is_set():
+        while True:
+            while not exhausted and len(pending) < WRITE_BATCH * 2:
                 nxt = next(it, None)
                 if nxt is None:
                     exhausted = True
                     break
                 pending.append(pool.submit(hash_file, nxt))
-            if cancel.is_set():
-                exhausted = True
             if not pending:
                 break
             r = pending.popleft().result()
@@ -246,9 +244,10 @@ def scan(db: Database, root: str | os.PathLike, cancel: threading.Event | None =
                 done += len(batch)
                 batch = []
                 yield Progress("scan", done, total, f"{meter.rate(done):.0f} img/s")
-        if cancel.is_set():
-            for f in pending:
-                f.cancel()
+                if cancel.is_set():  # stop at a batch boundary; what is written stays
+                    for f in pending:
+                        f.cancel()
+                    break
 
     summary.cancelled = cancel.is_set()
     with db.session() as s:

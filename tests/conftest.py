@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASET = ROOT.parent / "shared" / "datasets" / "all-taleqani"
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:
+        has_cuda = False
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
+    skip_data = pytest.mark.skip(reason=f"real dataset not found at {DATASET} (../shared is absent)")
+    for item in items:
+        if "cuda" in item.keywords and not has_cuda:
+            item.add_marker(skip_cuda)
+        if "dataset" in item.keywords and not DATASET.is_dir():
+            item.add_marker(skip_data)
+
+
+@pytest.fixture
+def dataset_dir() -> Path:
+    return DATASET
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch) -> Path:
+    d = tmp_path / "data"
+    monkeypatch.setenv("HEMASCAN_DATA_DIR", str(d))
+    return d
+
+
+@pytest.fixture
+def paths(data_dir):
+    from core.config import resolve_paths
+
+    return resolve_paths(data_dir).ensure()
+
+
+@pytest.fixture
+def db(paths):
+    from core.db import Database
+
+    database = Database(paths.db_url())
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def sample_folder(tmp_path) -> Path:
+    from core.sample import generate
+
+    folder = tmp_path / "smears"
+    generate(folder, n_per_class=4, seed=3)
+    return folder
+
+
+@pytest.fixture
+def cli(data_dir, capsys):
+    """Run the hemascan CLI in-process; returns (exit code, stdout, stderr)."""
+    from core.cli import main
+
+    def run(*argv: str):
+        old = signal.getsignal(signal.SIGINT)
+        try:
+            rc = main(["-q", *map(str, argv)])
+        finally:
+            signal.signal(signal.SIGINT, old)
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
+
+
+def hemascan_cmd() -> list[str]:
+    return [sys.executable, "-m", "core.cli"]
+
+
+def subprocess_env(data_dir: Path, **extra: str) -> dict:
+    env = dict(os.environ, HEMASCAN_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT))
+    env.update(extra)
+    return env

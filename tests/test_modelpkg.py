@@ -1,0 +1,95 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import ModelPackageError
+from core.inference import Predictor
+from core.modelpkg import WEIGHTS_FILE, load_model, read_card, save_package
+from core.registry import (
+    active_version,
+    bundled_default_package,
+    ensure_active_model,
+    get_version,
+    list_versions,
+    register_package,
+    set_active,
+)
+
+
+def copy_default(tmp_path):
+    dest = tmp_path / "pkg"
+    shutil.copytree(bundled_default_package(), dest)
+    return dest
+
+
+def test_bundled_model_loads_and_predicts():
+    model, card = load_model(bundled_default_package())
+    assert card.taxonomy == "all_subtype" and len(card.classes) == 4
+    pred = Predictor(bundled_default_package(), torch.device("cpu"))
+    x = np.random.default_rng(0).integers(0, 255, (3, card.prep.input_size, card.prep.input_size, 3), dtype=np.uint8)
+    probs = pred.predict(x)
+    assert probs.shape == (3, 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_bn_folding_does_not_change_outputs():
+    model, card = load_model(bundled_default_package())
+    pred = Predictor(bundled_default_package(), torch.device("cpu"))
+    s = card.prep.input_size
+    x = np.random.default_rng(1).integers(0, 255, (4, s, s, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        ref = torch.softmax(model(card.prep.normalise(torch.from_numpy(x))) / card.temperature, 1).numpy()
+    assert np.allclose(pred.predict(x), ref, atol=1e-4)
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    pkg = copy_default(tmp_path)
+    data = bytearray((pkg / WEIGHTS_FILE).read_bytes())
+    data[-10] ^= 0xFF
+    (pkg / WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(ModelPackageError, match="do not match their card"):
+        load_model(pkg)
+
+
+def test_malformed_cards_are_refused(tmp_path):
+    pkg = copy_default(tmp_path)
+    card = json.loads((pkg / "card.json").read_text())
+    del card["architecture"]
+    (pkg / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelPackageError, match="architecture"):
+        read_card(pkg)
+    (pkg / "card.json").write_text("{not json")
+    with pytest.raises(ModelPackageError, match="cannot read model card"):
+        read_card(pkg)
+    shutil.rmtree(pkg)
+    with pytest.raises(ModelPackageError, match="no model card"):
+        read_card(pkg)
+
+
+def test_pickle_files_are_never_loaded(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a))
+    load_model(bundled_default_package())
+    assert calls == []
+
+
+def test_save_then_register_and_switch_active(tmp_path, db, paths):
+    model, card = load_model(bundled_default_package())
+    card.name, card.parent, card.placeholder = "second-model", card.name, False
+    pkg = save_package(tmp_path / "second", model.state_dict(), card) and tmp_path / "second"
+    with db.session() as s:
+        first = ensure_active_model(s, paths)
+        second = register_package(s, paths, pkg)
+        assert second.parent_id == first.id
+        assert active_version(s).id == first.id
+        set_active(s, second)
+    with db.session() as s:
+        assert active_version(s).name == "second-model"
+        assert [v.name for v in list_versions(s)] == [first.name, "second-model"]
+        assert sum(v.is_active for v in list_versions(s)) == 1
+        with pytest.raises(ModelPackageError, match="no model version"):
+            get_version(s, "nope")
+    with pytest.raises(ModelPackageError, match="already exists"):
+        save_package(tmp_path / "second", model.state_dict(), card)

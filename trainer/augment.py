@@ -1,0 +1,144 @@
+"""Augmentations on uint8 images after ``Preprocessing.apply`` (training), and the
+perturbations used to test robustness (evaluation): grayscale and stain/hue shifts.
+
+Training is for morphology, not colour: the classes of the public data are confounded
+with staining and with the scale-bar overlay in the corner, so colour is jittered hard
+(HED stain space, hue, saturation, brightness, contrast, random grayscale) and the
+bottom-right corner is blanked at random on top of the card's fixed ``corner_mask``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+# Ruifrok & Johnston haematoxylin / eosin / DAB stain vectors (as skimage.color.rgb2hed).
+_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float32)
+_RGB_FROM_HED = _RGB_FROM_HED / _RGB_FROM_HED.norm(dim=1, keepdim=True)
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+
+
+def hed_jitter(img: torch.Tensor, sigma: float, bias: float, gen: torch.Generator) -> torch.Tensor:
+    """Stain augmentation (Tellez et al. 2018): in HED optical-density space scale each
+    stain by U(1-sigma, 1+sigma) and shift by U(-bias, bias). uint8 (3,H,W) -> uint8."""
+    x = img.float().clamp_min(1.0) / 255.0
+    od = -torch.log(x).permute(1, 2, 0) @ _HED_FROM_RGB  # (H, W, 3) stain concentrations
+    alpha = 1.0 + (torch.rand(3, generator=gen) * 2 - 1) * sigma
+    beta = (torch.rand(3, generator=gen) * 2 - 1) * bias
+    od = od * alpha + beta
+    rgb = torch.exp(-(od @ _RGB_FROM_HED)).permute(2, 0, 1)
+    return (rgb * 255.0).clamp(0, 255).round().to(torch.uint8)
+
+
+@dataclass
+class AugmentConfig:
+    flips: bool = True
+    rotate_degrees: float = 180.0
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.5
+    hue: float = 0.15
+    grayscale_p: float = 0.25
+    hed_sigma: float = 0.3
+    hed_bias: float = 0.05
+    hed_p: float = 0.8
+    corner_p: float = 0.5  # chance of blanking a random-size bottom-right corner
+    strength: float = 1.0  # 0 disables all augmentation
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Augmenter:
+    """Per-image random augmentation, reproducible from a torch.Generator."""
+
+    def __init__(self, cfg: AugmentConfig, fill: tuple[float, float, float] = (0.485, 0.456, 0.406)):
+        self.cfg = cfg
+        self.fill = [int(round(c * 255)) for c in fill]
+
+    def __call__(self, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> uint8 (N, H, W, 3)."""
+        c = self.cfg
+        if c.strength <= 0:
+            return batch
+        out = batch.permute(0, 3, 1, 2).clone()  # N,3,H,W
+        n, _, h, w = out.shape
+        for i in range(n):
+            img = out[i]
+            r = torch.rand(8, generator=gen)
+            if c.flips:
+                if r[0] < 0.5:
+                    img = img.flip(-1)
+                if r[1] < 0.5:
+                    img = img.flip(-2)
+            if c.rotate_degrees:
+                ang = float((r[2] * 2 - 1) * c.rotate_degrees * c.strength)
+                img = v2.functional.rotate(img, ang, interpolation=v2.InterpolationMode.BILINEAR, fill=self.fill)
+            if c.hed_sigma and r[3] < c.hed_p:
+                img = hed_jitter(img, c.hed_sigma * c.strength, c.hed_bias * c.strength, gen)
+            img = _color_jitter(img, c, gen)
+            if r[4] < c.grayscale_p:
+                img = v2.functional.rgb_to_grayscale(img, num_output_channels=3)
+            if r[5] < c.corner_p:
+                fh, fw = 0.1 + 0.2 * float(r[6]), 0.15 + 0.3 * float(r[7])
+                mh, mw = max(1, int(h * fh)), max(1, int(w * fw))
+                img = img.clone()
+                img[:, h - mh :, w - mw :] = torch.tensor(self.fill, dtype=torch.uint8).view(3, 1, 1)
+            out[i] = img
+        return out.permute(0, 2, 3, 1).contiguous()
+
+
+def _color_jitter(img: torch.Tensor, c: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    F = v2.functional
+    u = torch.rand(5, generator=gen)
+    s = c.strength
+    order = torch.randperm(4, generator=gen).tolist()
+    for k in order:
+        if k == 0 and c.brightness:
+            img = F.adjust_brightness(img, 1 + (float(u[0]) * 2 - 1) * c.brightness * s)
+        elif k == 1 and c.contrast:
+            img = F.adjust_contrast(img, 1 + (float(u[1]) * 2 - 1) * c.contrast * s)
+        elif k == 2 and c.saturation:
+            img = F.adjust_saturation(img, 1 + (float(u[2]) * 2 - 1) * c.saturation * s)
+        elif k == 3 and c.hue:
+            img = F.adjust_hue(img, (float(u[3]) * 2 - 1) * c.hue * s)
+    return img
+
+
+# ---- evaluation perturbations ---------------------------------------------------------
+
+def to_grayscale(batch: np.ndarray) -> np.ndarray:
+    """uint8 (N,H,W,3) -> grayscale replicated to 3 channels."""
+    t = torch.from_numpy(batch).permute(0, 3, 1, 2)
+    return v2.functional.rgb_to_grayscale(t, num_output_channels=3).permute(0, 2, 3, 1).numpy()
+
+
+def stain_perturb(batch: np.ndarray, seed: int = 0, hue: float = 0.1, hed_sigma: float = 0.25,
+                  saturation: float = 0.3) -> np.ndarray:
+    """A random stain/hue shift per image (deterministic for a seed): HED jitter, hue
+    rotation up to +-hue, saturation x U(1-s, 1+s). Simulates another lab's staining."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.from_numpy(batch).permute(0, 3, 1, 2)
+    out = torch.empty_like(t)
+    F = v2.functional
+    for i in range(len(t)):
+        img = hed_jitter(t[i], hed_sigma, 0.03, gen)
+        u = torch.rand(2, generator=gen)
+        img = F.adjust_hue(img, float(u[0] * 2 - 1) * hue)
+        img = F.adjust_saturation(img, 1 + float(u[1] * 2 - 1) * saturation)
+        out[i] = img
+    return out.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def blur(batch: np.ndarray, sigma: float = 3.0) -> np.ndarray:
+    import cv2
+
+    return np.stack([cv2.GaussianBlur(im, (0, 0), sigma) for im in batch])
+
+
+def other_stain(batch: np.ndarray) -> np.ndarray:
+    """A far-out-of-distribution stain: hue rotated half a turn (e.g. green/blue fields)."""
+    t = torch.from_numpy(batch).permute(0, 3, 1, 2)
+    return v2.functional.adjust_hue(t, 0.5).permute(0, 2, 3, 1).contiguous().numpy()

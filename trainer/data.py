@@ -1,0 +1,262 @@
+"""Class-folder datasets, image caches and leakage-aware splits.
+
+A dataset is a folder of class folders whose names resolve through
+``core.taxonomy.resolve_alias`` (Taleqani Benign/Early/Pre/Pro, C-NMC all/hem, or the
+class names themselves).
+
+Splits
+------
+``patient`` (default, "pseudo-patient"): neighbouring file numbers come from the same
+slides, so each class's files are sorted by their number and cut into ``n_chunks``
+contiguous chunks; whole chunks go to test / validation / train. Exact duplicates
+(SHA-256) and near duplicates (perceptual hash within ``phash_distance`` bits) are then
+joined into one group with union-find and the whole group moved to the side of its
+first member, so no copy of a test image is trained on.
+``random``: stratified image-level split (``sklearn.model_selection.train_test_split``),
+for comparison only: it leaks slides and overstates accuracy.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.images import SUPPORTED_EXTENSIONS, decode_rgb, read_file
+from core.preprocessing import Preprocessing
+from core.taxonomy import TAXONOMIES, resolve_alias
+
+_NUM = re.compile(r"(\d+)(?!.*\d)")
+
+
+@dataclass
+class Dataset:
+    root: Path
+    taxonomy: str
+    classes: list[str]
+    paths: list[Path]
+    labels: np.ndarray  # int64 class index per image
+    sha256: list[str] = field(default_factory=list)
+    phash: np.ndarray | None = None  # uint64 per image
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, idx) -> "Dataset":
+        idx = np.asarray(idx, dtype=np.int64)
+        return Dataset(
+            self.root, self.taxonomy, self.classes, [self.paths[i] for i in idx], self.labels[idx],
+            [self.sha256[i] for i in idx] if self.sha256 else [],
+            self.phash[idx] if self.phash is not None else None,
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}
+
+
+def file_number(path: Path) -> int:
+    m = _NUM.search(path.stem)
+    return int(m.group(1)) if m else -1
+
+
+def scan_class_folders(root: Path, taxonomy: str | None = None) -> Dataset:
+    """Read ``root/<class folder>/*`` with aliases. Unknown folders are ignored; all
+    recognised folders must belong to one taxonomy."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    found: dict[str, list[Path]] = {}
+    tax_seen: set[str] = set()
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        hit = resolve_alias(sub.name, taxonomy)
+        if hit is None:
+            continue
+        tax_seen.add(hit[0])
+        files = sorted(
+            (f for f in sub.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED_EXTENSIONS),
+            key=lambda f: (file_number(f), f.name),
+        )
+        found.setdefault(hit[1], []).extend(files)
+    if not found:
+        raise ValueError(f"no class folders under {root} (expected e.g. Benign/Early/Pre/Pro or all/hem)")
+    if len(tax_seen) > 1:
+        raise ValueError(f"class folders under {root} mix taxonomies {sorted(tax_seen)}; pass taxonomy=")
+    tax = taxonomy or tax_seen.pop()
+    classes = list(TAXONOMIES[tax].classes)
+    paths, labels = [], []
+    for ci, cls in enumerate(classes):
+        for f in found.get(cls, []):
+            paths.append(f)
+            labels.append(ci)
+    return Dataset(root, tax, classes, paths, np.asarray(labels, dtype=np.int64))
+
+
+def compute_hashes(ds: Dataset) -> Dataset:
+    """SHA-256 of the bytes and 64-bit perceptual hash (imagehash.phash) of every image."""
+    import imagehash
+    from PIL import Image
+
+    shas, ph = [], []
+    for p in ds.paths:
+        data = read_file(str(p))
+        shas.append(hashlib.sha256(data).hexdigest())
+        rgb = decode_rgb(data)
+        h = imagehash.phash(Image.fromarray(rgb))
+        ph.append(int(str(h), 16))
+    ds.sha256 = shas
+    ds.phash = np.asarray(ph, dtype=np.uint64)
+    return ds
+
+
+def _popcount64(x: np.ndarray) -> np.ndarray:
+    return np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1)
+
+
+def duplicate_pairs(ds: Dataset, phash_distance: int = 4) -> list[tuple[int, int]]:
+    """Index pairs that are exact (same SHA-256) or near (phash Hamming <= d) duplicates."""
+    if ds.phash is None:
+        compute_hashes(ds)
+    pairs: list[tuple[int, int]] = []
+    by_sha: dict[str, int] = {}
+    for i, s in enumerate(ds.sha256):
+        if s in by_sha:
+            pairs.append((by_sha[s], i))
+        else:
+            by_sha[s] = i
+    ph = ds.phash
+    n = len(ph)
+    for i in range(n - 1):
+        d = _popcount64(np.bitwise_xor(ph[i + 1 :], ph[i]))
+        for j in np.nonzero(d <= phash_distance)[0]:
+            pairs.append((i, i + 1 + int(j)))
+    return pairs
+
+
+def _union_find(n: int, pairs) -> np.ndarray:
+    parent = np.arange(n)
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)  # root = lowest index = first member
+    return np.array([find(i) for i in range(n)])
+
+
+@dataclass
+class Split:
+    method: str
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        return {"method": self.method, "n_train": int(len(self.train)), "n_val": int(len(self.val)),
+                "n_test": int(len(self.test)), **self.info}
+
+
+def patient_split(ds: Dataset, fold: int = 4, n_chunks: int = 10, test_chunks: int = 2, val_chunks: int = 1,
+                  phash_distance: int = 4, dedup: bool = True) -> Split:
+    """Pseudo-patient split (see module doc). Per class, chunks are contiguous ranges of
+    the file numbering; test = chunks ``fold*test_chunks ..`` (mod n_chunks), validation =
+    the chunk(s) just before the test chunks, train = the rest. ``fold=4`` with the
+    defaults holds out the last 20% of every class's numbering and validates on the 10%
+    before it."""
+    n = len(ds)
+    side = np.zeros(n, dtype=np.int8)  # 0 train, 1 val, 2 test
+    test_set = {(fold * test_chunks + k) % n_chunks for k in range(test_chunks)}
+    first_test = (fold * test_chunks) % n_chunks
+    val_set = {(first_test - 1 - k) % n_chunks for k in range(val_chunks)}
+    chunk_of = np.zeros(n, dtype=np.int64)
+    for ci in range(len(ds.classes)):
+        idx = np.nonzero(ds.labels == ci)[0]
+        if len(idx) == 0:
+            continue
+        order = idx[np.argsort([file_number(ds.paths[i]) for i in idx], kind="stable")]
+        chunks = np.array_split(order, n_chunks)
+        for k, ch in enumerate(chunks):
+            chunk_of[ch] = k
+            side[ch] = 2 if k in test_set else 1 if k in val_set else 0
+    moved = 0
+    n_pairs = 0
+    if dedup:
+        pairs = duplicate_pairs(ds, phash_distance)
+        n_pairs = len(pairs)
+        root = _union_find(n, pairs)
+        new_side = side[root]
+        moved = int((new_side != side).sum())
+        side = new_side
+    info = {"fold": fold, "n_chunks": n_chunks, "test_chunks": sorted(test_set), "val_chunks": sorted(val_set),
+            "phash_distance": phash_distance, "duplicate_pairs": n_pairs, "moved_for_duplicates": moved}
+    return Split("patient", np.nonzero(side == 0)[0], np.nonzero(side == 1)[0], np.nonzero(side == 2)[0], info)
+
+
+def random_split(ds: Dataset, seed: int = 0, test_size: float = 0.2, val_size: float = 0.1) -> Split:
+    """Stratified image-level split (leaky on this data; for comparison only)."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(ds))
+    rest, test = train_test_split(idx, test_size=test_size, stratify=ds.labels, random_state=seed)
+    train, val = train_test_split(rest, test_size=val_size / (1 - test_size), stratify=ds.labels[rest], random_state=seed)
+    return Split("random", np.sort(train), np.sort(val), np.sort(test), {"seed": seed})
+
+
+def no_split(ds: Dataset, fold: int = 4) -> Split:
+    """Train on everything except the patient split's validation chunk (kept for early
+    stopping and calibration): the pseudo-patient test chunks are merged into train."""
+    sp = patient_split(ds, fold=fold)
+    train = np.sort(np.concatenate([sp.train, sp.test]))
+    return Split("all-but-val", train, sp.val, np.array([], dtype=np.int64), {**sp.info, "note": "test chunk merged into train"})
+
+
+def make_split(ds: Dataset, method: str, seed: int = 0, fold: int = 4, dedup: bool = True) -> Split:
+    if method == "patient":
+        return patient_split(ds, fold=fold, dedup=dedup)
+    if method == "random":
+        return random_split(ds, seed=seed)
+    if method == "all":
+        return no_split(ds, fold=fold)
+    raise ValueError(f"unknown split method {method!r} (patient, random, all)")
+
+
+def dedup_indices(ds: Dataset, idx: np.ndarray, phash_distance: int = 4) -> np.ndarray:
+    """Keep the first member of every exact/near duplicate group among ``idx``."""
+    sub = ds.subset(idx)
+    root = _union_find(len(sub), duplicate_pairs(sub, phash_distance))
+    keep = np.nonzero(root == np.arange(len(sub)))[0]
+    return np.asarray(idx)[keep]
+
+
+def load_images(ds: Dataset, prep: Preprocessing, cache_dir: Path | None = None, progress=None) -> np.ndarray:
+    """Decode + ``prep.apply`` every image -> uint8 (N, S, S, 3). Cached as .npy keyed by
+    file list, sizes, mtimes and preprocessing when ``cache_dir`` is given."""
+    key = None
+    if cache_dir is not None:
+        h = hashlib.sha256(json.dumps(prep.to_dict(), sort_keys=True).encode())
+        for p in ds.paths:
+            st = p.stat()
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        key = Path(cache_dir) / f"images-{h.hexdigest()[:20]}.npy"
+        if key.is_file():
+            return np.load(key, mmap_mode=None)
+    s = prep.input_size
+    out = np.empty((len(ds), s, s, 3), dtype=np.uint8)
+    for i, p in enumerate(ds.paths):
+        out[i] = prep.apply(decode_rgb(read_file(str(p))))
+        if progress is not None and (i % 64 == 0 or i == len(ds) - 1):
+            progress(i + 1, len(ds))
+    if key is not None:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        tmp = key.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(key)
+    return out
