@@ -82,7 +82,7 @@ def cli(data_dir, capsys):
 
 
 def hemascan_cmd() -> list[str]:
-    return [sys.executable, "-m", "core.cli"]
+    return [sys.executable, "-m", "core"]
 
 
 def subprocess_env(data_dir: Path, **extra: str) -> dict:
