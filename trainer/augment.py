@@ -35,7 +35,7 @@ def hed_jitter(img: torch.Tensor, sigma: float, bias: float, gen: torch.Generato
 @dataclass
 class AugmentConfig:
     flips: bool = True
-    rotate_degrees: float = 180.0
+    rotate_degrees: float = 15.0  # plus random 90-degree turns and flips
     brightness: float = 0.3
     contrast: float = 0.3
     saturation: float = 0.5
@@ -73,14 +73,15 @@ class Augmenter:
                     img = img.flip(-1)
                 if r[1] < 0.5:
                     img = img.flip(-2)
-            if c.rotate_degrees:
-                ang = float((r[2] * 2 - 1) * c.rotate_degrees * c.strength)
-                img = v2.functional.rotate(img, ang, interpolation=v2.InterpolationMode.BILINEAR, fill=self.fill)
+            img = torch.rot90(img, int(r[2] * 4) % 4, dims=(-2, -1)) if c.flips else img
             if c.hed_sigma and r[3] < c.hed_p:
                 img = hed_jitter(img, c.hed_sigma * c.strength, c.hed_bias * c.strength, gen)
             img = _color_jitter(img, c, gen)
             if r[4] < c.grayscale_p:
                 img = v2.functional.rgb_to_grayscale(img, num_output_channels=3)
+            if c.rotate_degrees:  # after colour, so the fill stays the neutral mean colour
+                ang = float((torch.rand(1, generator=gen) * 2 - 1) * c.rotate_degrees * c.strength)
+                img = v2.functional.rotate(img, ang, interpolation=v2.InterpolationMode.BILINEAR, fill=self.fill)
             if r[5] < c.corner_p:
                 fh, fw = 0.1 + 0.2 * float(r[6]), 0.15 + 0.3 * float(r[7])
                 mh, mw = max(1, int(h * fh)), max(1, int(w * fw))

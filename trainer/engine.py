@@ -1,0 +1,570 @@
+"""Training engine: ``train_one_epoch``, ``evaluate``, ``predict_logits`` and ``run``.
+
+``run(config, progress=None, cancel=None)`` is a job generator (see ``core.jobs``): it
+yields ``Progress`` (stages load / train / validate / calibrate / test / package) and
+returns a summary dict. The CLI drives it with ``App.progress``; the GUI in a worker
+thread. Per-epoch train/val loss and accuracy are in ``Progress.extra["history"]``.
+
+Determinism: every epoch re-seeds its own generators from ``(seed, epoch)``, so a run
+resumed from the checkpoint of epoch k continues exactly as the uninterrupted run.
+Checkpoints are safetensors (model + optimiser tensors) plus a JSON state file; nothing
+is pickled.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.architectures import build
+from core.jobs import Progress
+from core.modelpkg import ModelCard, save_package
+from core.preprocessing import Preprocessing
+
+from . import augment as aug
+from .data import Dataset, Split, compute_hashes, load_images, make_split, scan_class_folders
+from .metrics import (
+    classification_metrics,
+    ece,
+    fit_temperature,
+    ood_auroc,
+    softmax,
+    uncertain_threshold,
+)
+
+CHECKPOINT_WEIGHTS = "last.safetensors"
+CHECKPOINT_STATE = "last.json"
+BEST_WEIGHTS = "best.safetensors"
+
+DATA_ATTRIBUTION = (
+    "Acute Lymphoblastic Leukemia (ALL) image dataset, Taleqani Hospital, Tehran: Aria M., "
+    "Ghaderzadeh M., et al., 'Acute Lymphoblastic Leukemia (ALL) image dataset', Kaggle "
+    "'mehradaria/leukemia' (2021); Ghaderzadeh M. et al., Int J Intell Syst 2022."
+)
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    arch: str = "effnet_lite0"
+    arch_params: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = True
+    taxonomy: str | None = None
+    input_size: int = 128
+    interpolation: str = "area"
+    corner_mask: tuple[float, float] | None = (0.1, 0.2)
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    patience: int = 4
+    balance: str = "loss"  # loss (class-weighted CE), sampler (weighted sampling), none
+    split: str = "patient"  # patient, random, all
+    fold: int = 4
+    dedup_train: bool = False  # drop exact/near duplicates inside the training set
+    seed: int = 0
+    threads: int | None = None
+    augment: dict[str, Any] = field(default_factory=dict)
+    out_dir: str = "runs/train"
+    cache_dir: str | None = None
+    resume: bool = False
+    name: str | None = None
+    package: bool = True
+    max_epochs_this_call: int | None = None  # stop (resumably) after this many epochs
+    eval_robustness: bool = True
+    eval_ood: bool = True
+    colour_baseline: bool = True
+    device: str | None = None
+    notes: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["corner_mask"] = list(self.corner_mask) if self.corner_mask else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        if d.get("corner_mask") is not None:
+            d["corner_mask"] = tuple(d["corner_mask"])
+        return cls(**d)
+
+    @property
+    def prep(self) -> Preprocessing:
+        return Preprocessing(input_size=self.input_size, interpolation=self.interpolation, corner_mask=self.corner_mask)
+
+
+# ---- precision / device ---------------------------------------------------------------
+
+def cpu_supports_bf16() -> bool:
+    """True only where the CPU has native bf16 math (AVX512-BF16 or AMX); elsewhere bf16
+    autocast is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_for(device: torch.device):
+    """(context manager factory, precision name) for the device."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return (lambda: torch.autocast("cuda", dtype=dtype)), str(dtype).replace("torch.", "")
+    if device.type == "cpu" and cpu_supports_bf16():
+        return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), "bfloat16"
+    import contextlib
+
+    return contextlib.nullcontext, "float32"
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# ---- batches ----------------------------------------------------------------------------
+
+def _to_input(batch_u8: np.ndarray | torch.Tensor, prep: Preprocessing, device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(batch_u8).to(device, non_blocking=True)
+    return prep.normalise(t).contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray, prep: Preprocessing, device: torch.device | str = "cpu",
+                   batch_size: int = 64, cancel=None) -> np.ndarray:
+    """uint8 (N,S,S,3) already through ``prep.apply`` -> float64 logits (N, C)."""
+    device = torch.device(device)
+    model.eval()
+    ctx, _ = autocast_for(device)
+    out = []
+    for i in range(0, len(images), batch_size):
+        if cancel is not None and cancel.is_set():
+            break
+        with ctx():
+            out.append(model(_to_input(images[i : i + batch_size], prep, device)).float().cpu())
+    return torch.cat(out).double().numpy() if out else np.zeros((0, 0))
+
+
+def iter_train_epoch(model: nn.Module, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, *,
+                     optimizer: torch.optim.Optimizer, scheduler, criterion: nn.Module, prep: Preprocessing,
+                     augmenter: aug.Augmenter, device: torch.device, batch_size: int, epoch_seed: int,
+                     sample_weights: np.ndarray | None = None, cancel=None):
+    """Generator form of :func:`train_one_epoch`: yields ``(batch, n_batches, loss)`` after
+    every optimiser step and returns the epoch's stats."""
+    gen = torch.Generator().manual_seed(epoch_seed)
+    torch.manual_seed(epoch_seed)  # dropout / drop-connect
+    if sample_weights is not None:
+        w = torch.as_tensor(sample_weights, dtype=torch.double)
+        order = indices[torch.multinomial(w, len(indices), replacement=True, generator=gen).numpy()]
+    else:
+        order = indices[torch.randperm(len(indices), generator=gen).numpy()]
+    model.train()
+    ctx, _ = autocast_for(device)
+    t0 = time.perf_counter()
+    total_loss, correct, seen = 0.0, 0, 0
+    n_batches = math.ceil(len(order) / batch_size)
+    cancelled = False
+    for b in range(n_batches):
+        if cancel is not None and cancel.is_set():
+            cancelled = True
+            break
+        idx = order[b * batch_size : (b + 1) * batch_size]
+        if len(idx) < 2 and seen:  # BatchNorm cannot train on a single image
+            continue
+        x = _to_input(augmenter(torch.from_numpy(images[idx]), gen), prep, device)
+        y = torch.as_tensor(labels[idx], device=device)
+        with ctx():
+            logits = model(x)
+        loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total_loss += float(loss.detach()) * len(idx)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(idx)
+        yield b + 1, n_batches, float(loss.detach())
+    dt = time.perf_counter() - t0
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "n": seen,
+            "seconds": dt, "images_per_s": seen / dt if dt > 0 else 0.0, "cancelled": cancelled}
+
+
+def train_one_epoch(model: nn.Module, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+                    on_batch: Callable[[int, int, float], None] | None = None, **kw) -> dict:
+    """One pass over ``indices`` (shuffled, or weighted-sampled with ``sample_weights``).
+    Returns {"loss", "accuracy", "n", "seconds", "images_per_s", "cancelled"}."""
+    it = iter_train_epoch(model, images, labels, indices, **kw)
+    while True:
+        try:
+            step = next(it)
+        except StopIteration as stop:
+            return stop.value
+        if on_batch is not None:
+            on_batch(*step)
+
+
+def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, classes: list[str], prep: Preprocessing,
+             device: torch.device | str = "cpu", temperature: float = 1.0, batch_size: int = 64) -> dict:
+    """Metrics of ``model`` on uint8 images (through ``prep.apply``) with the given
+    temperature; adds ``seconds`` and ``images_per_s`` and the raw ``logits``."""
+    t0 = time.perf_counter()
+    logits = predict_logits(model, images, prep, device, batch_size)
+    dt = time.perf_counter() - t0
+    m = classification_metrics(labels, softmax(logits, temperature), classes)
+    m["loss"] = m["nll"]
+    m["seconds"] = dt
+    m["images_per_s"] = len(images) / dt if dt > 0 else 0.0
+    m["logits"] = logits
+    return m
+
+
+# ---- checkpoints ------------------------------------------------------------------------
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def save_checkpoint(out_dir: Path, model: nn.Module, optimizer, scheduler, state: dict) -> None:
+    """Model + optimiser tensors -> safetensors; everything else -> JSON. Weights first,
+    then the JSON that names the epoch, so a crash in between keeps the older pair usable
+    only if both match (the JSON records the weights' epoch)."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for pid, st in opt["state"].items():
+        for key, val in st.items():
+            tensors[f"optim.{pid}.{key}"] = torch.as_tensor(val)
+    save_weights(out_dir / CHECKPOINT_WEIGHTS, tensors)
+    js = dict(state)
+    js["optimizer_param_groups"] = opt["param_groups"]
+    js["scheduler"] = scheduler.state_dict() if scheduler is not None else None
+    _atomic_write_text(out_dir / CHECKPOINT_STATE, json.dumps(js, indent=1, default=_json_default))
+
+
+def load_checkpoint(out_dir: Path, model: nn.Module, optimizer, scheduler) -> dict:
+    from safetensors.torch import load_file
+
+    js = json.loads((out_dir / CHECKPOINT_STATE).read_text(encoding="utf-8"))
+    tensors = load_file(str(out_dir / CHECKPOINT_WEIGHTS))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    opt_state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, key = k.split(".", 2)
+            opt_state.setdefault(int(pid), {})[key] = v
+    groups = js["optimizer_param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+    if scheduler is not None and js.get("scheduler"):
+        scheduler.load_state_dict(js["scheduler"])
+    return js
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+# ---- the job ------------------------------------------------------------------------------
+
+def _lr_lambda(warmup_steps: int, total_steps: int):
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        p = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+    return f
+
+
+def _eval_rows(model, images, labels, classes, prep, device, temperature, robustness: bool, seed: int) -> dict:
+    rows = {"as_is": evaluate(model, images, labels, classes, prep, device, temperature)}
+    if robustness:
+        rows["grayscale"] = evaluate(model, aug.to_grayscale(images), labels, classes, prep, device, temperature)
+        rows["stain_perturbed"] = evaluate(model, aug.stain_perturb(images, seed=seed), labels, classes, prep, device, temperature)
+    return rows
+
+
+def ood_sets(images: np.ndarray, prep: Preprocessing, n_synthetic: int = 120, seed: int = 0) -> dict[str, np.ndarray]:
+    """Out-of-distribution inputs built from the in-distribution test images (blurred,
+    other stain) and synthetic smear-like sample images (core.sample)."""
+    from core.sample import smear_image
+    from core.taxonomy import TAXONOMIES
+
+    rng = np.random.default_rng(seed)
+    classes = TAXONOMIES["all_subtype"].classes
+    synth = np.stack([prep.apply(smear_image(classes[i % 4], rng, 224)) for i in range(n_synthetic)])
+    return {"synthetic_sample_images": synth, "blurred_sigma3": aug.blur(images, 3.0), "other_stain_hue180": aug.other_stain(images)}
+
+
+def _strip(m: dict) -> dict:
+    return {k: v for k, v in m.items() if k != "logits"}
+
+
+def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None = None, cancel=None):
+    """Train, calibrate, evaluate and package one model. A job generator: iterate it (or
+    ``core.jobs.run_job``) to drive it; it returns the summary dict. ``progress`` (optional)
+    is also called with every Progress, for callers that do not iterate themselves."""
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+
+    def emit(p: Progress) -> Progress:
+        if progress is not None:
+            progress(p)
+        return p
+
+    t_start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _, precision = autocast_for(device)
+    _seed_all(cfg.seed)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prep = cfg.prep
+
+    # -- data
+    yield emit(Progress("load", 0, None, "reading class folders"))
+    ds = scan_class_folders(Path(cfg.data), cfg.taxonomy)
+    if cfg.split == "patient" or cfg.dedup_train or cfg.split == "all":
+        compute_hashes(ds)
+    split = make_split(ds, cfg.split, seed=cfg.seed, fold=cfg.fold)
+    train_idx = split.train
+    if cfg.dedup_train:
+        from .data import dedup_indices
+
+        train_idx = dedup_indices(ds, train_idx)
+    loaded: list[int] = [0]
+
+    def on_load(done, total):
+        loaded[0] = done
+
+    images = load_images(ds, prep, Path(cfg.cache_dir) if cfg.cache_dir else None, on_load)
+    yield emit(Progress("load", len(ds), len(ds), f"{len(ds)} images, split {split.method}: "
+                        f"{len(train_idx)}/{len(split.val)}/{len(split.test)}"))
+    labels = ds.labels
+    classes = ds.classes
+    n_cls = len(classes)
+
+    # -- model, loss, optimiser
+    model = build(cfg.arch, n_cls, **cfg.arch_params, **({"pretrained": True} if cfg.pretrained and cfg.arch == "effnet_lite0" else {}))
+    model = model.to(device).to(memory_format=torch.channels_last)
+    counts = np.bincount(labels[train_idx], minlength=n_cls).astype(np.float64)
+    sample_weights = None
+    class_weight = None
+    if cfg.balance == "loss":
+        from sklearn.utils.class_weight import compute_class_weight
+
+        present = np.unique(labels[train_idx])
+        cw = np.ones(n_cls)
+        cw[present] = compute_class_weight("balanced", classes=present, y=labels[train_idx])
+        class_weight = torch.tensor(cw, dtype=torch.float32, device=device)
+    elif cfg.balance == "sampler":
+        sample_weights = 1.0 / counts[labels[train_idx]]
+    criterion = nn.CrossEntropyLoss(weight=class_weight, label_smoothing=cfg.label_smoothing)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
+    augmenter = aug.Augmenter(aug.AugmentConfig(**cfg.augment), fill=prep.mean)
+
+    history: list[dict] = []
+    best = {"epoch": -1, "val_macro_f1": -1.0, "val_loss": float("inf")}
+    start_epoch = 0
+    bad_epochs = 0
+    train_seconds_before = 0.0
+    if cfg.resume and (out_dir / CHECKPOINT_STATE).is_file():
+        st = load_checkpoint(out_dir, model, optimizer, scheduler)
+        if st.get("config", {}).get("arch") != cfg.arch:
+            raise ValueError(f"checkpoint in {out_dir} is for {st.get('config', {}).get('arch')!r}, not {cfg.arch!r}")
+        history, best, start_epoch = st["history"], st["best"], st["epoch"] + 1
+        bad_epochs, train_seconds_before = st.get("bad_epochs", 0), st.get("train_seconds", 0.0)
+        yield emit(Progress("train", start_epoch, cfg.epochs, f"resumed after epoch {start_epoch}"))
+
+    status = "completed"
+    stopped_early = False
+    t_train = time.perf_counter()
+    epochs_this_call = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        if cancel is not None and cancel.is_set():
+            status = "cancelled"
+            break
+        if cfg.max_epochs_this_call is not None and epochs_this_call >= cfg.max_epochs_this_call:
+            status = "paused"
+            break
+        it = iter_train_epoch(model, images, labels, train_idx, optimizer=optimizer, scheduler=scheduler,
+                              criterion=criterion, prep=prep, augmenter=augmenter, device=device,
+                              batch_size=cfg.batch_size, epoch_seed=cfg.seed * 100_003 + epoch,
+                              sample_weights=sample_weights, cancel=cancel)
+        while True:
+            try:
+                bi, nb, loss = next(it)
+            except StopIteration as stop:
+                tr = stop.value
+                break
+            yield emit(Progress("train", epoch * nb + bi, cfg.epochs * nb,
+                                f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.3f}",
+                                {"epoch": epoch + 1, "batch": bi, "batches": nb, "loss": loss, "history": history}))
+        if tr["cancelled"]:
+            status = "cancelled"
+            break
+        val = evaluate(model, images[split.val], labels[split.val], classes, prep, device) if len(split.val) else None
+        rec = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+               "train_images_per_s": tr["images_per_s"], "lr": optimizer.param_groups[0]["lr"],
+               "val_loss": val["loss"] if val else None, "val_accuracy": val["accuracy"] if val else None,
+               "val_macro_f1": val["macro_f1"] if val else None}
+        history.append(rec)
+        improved = val is None or (val["macro_f1"], -val["loss"]) > (best["val_macro_f1"], -best["val_loss"])
+        if improved:
+            best = {"epoch": epoch + 1, "val_macro_f1": val["macro_f1"] if val else None,
+                    "val_loss": val["loss"] if val else None}
+            save_weights(out_dir / BEST_WEIGHTS, model.state_dict())
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        epochs_this_call += 1
+        save_checkpoint(out_dir, model, optimizer, scheduler, {
+            "epoch": epoch, "history": history, "best": best, "bad_epochs": bad_epochs,
+            "config": cfg.to_dict(), "train_seconds": train_seconds_before + time.perf_counter() - t_train})
+        yield emit(Progress("validate", epoch + 1, cfg.epochs,
+                            f"epoch {epoch + 1}: train loss {tr['loss']:.3f} acc {tr['accuracy']:.3f}"
+                            + (f" | val loss {val['loss']:.3f} acc {val['accuracy']:.3f} F1 {val['macro_f1']:.3f}" if val else ""),
+                            {"history": list(history), "epoch": epoch + 1}))
+        if val is not None and bad_epochs >= cfg.patience:
+            stopped_early = True
+            break
+    train_seconds = train_seconds_before + time.perf_counter() - t_train
+    summary: dict[str, Any] = {"status": status, "config": cfg.to_dict(), "history": history, "best": best,
+                               "split": split.describe(), "precision": precision, "device": str(device),
+                               "train_seconds": train_seconds, "stopped_early": stopped_early,
+                               "out_dir": str(out_dir)}
+    if status != "completed":
+        summary["message"] = "stopped; resume with the same out_dir and resume=True"
+        return summary
+
+    # -- best weights, calibration on validation
+    from safetensors.torch import load_file
+
+    if (out_dir / BEST_WEIGHTS).is_file():
+        model.load_state_dict(load_file(str(out_dir / BEST_WEIGHTS)))
+    model.eval()
+    yield emit(Progress("calibrate", 0, 1, "temperature scaling on validation"))
+    temperature, threshold = 1.0, None
+    calib: dict[str, Any] = {}
+    if len(split.val):
+        vl = predict_logits(model, images[split.val], prep, device)
+        yv = labels[split.val]
+        temperature = fit_temperature(vl, yv)
+        pv = softmax(vl, temperature)
+        threshold = uncertain_threshold(pv, 0.95)
+        calib = {"temperature": temperature, "val_ece_before": ece(softmax(vl), yv), "val_ece_after": ece(pv, yv),
+                 "uncertain_threshold": threshold, "uncertain_threshold_rule": "5th percentile of calibrated max-probability on validation (95% of in-distribution images confident)"}
+    yield emit(Progress("calibrate", 1, 1, f"T={temperature:.3f}"))
+    summary["calibration"] = calib
+
+    # -- held-out test: three ways + colour baseline + OOD
+    evaluation: dict[str, Any] = {}
+    if len(split.test):
+        yield emit(Progress("test", 0, 3, "held-out evaluation"))
+        xt, yt = images[split.test], labels[split.test]
+        rows = _eval_rows(model, xt, yt, classes, prep, device, temperature, cfg.eval_robustness, cfg.seed)
+        raw = classification_metrics(yt, softmax(rows["as_is"]["logits"]), classes)
+        evaluation = {k: _strip(v) for k, v in rows.items()}
+        evaluation["as_is"]["ece_uncalibrated"] = raw["ece"]
+        if threshold is not None:
+            conf = softmax(rows["as_is"]["logits"], temperature).max(1)
+            evaluation["as_is"]["uncertain_fraction"] = float((conf < threshold).mean())
+        yield emit(Progress("test", 3, 3, f"test accuracy {rows['as_is']['accuracy']:.3f}"))
+        if cfg.eval_ood:
+            conf_in = softmax(rows["as_is"]["logits"], temperature).max(1)
+            ood = {}
+            for name, x_ood in ood_sets(xt, prep, seed=cfg.seed).items():
+                c_out = softmax(predict_logits(model, x_ood, prep, device), temperature).max(1)
+                ood[name] = {"auroc": ood_auroc(conf_in, c_out), "n": int(len(x_ood)),
+                             "flagged_uncertain": float((c_out < threshold).mean()) if threshold is not None else None}
+            evaluation["ood"] = ood
+        if cfg.colour_baseline:
+            from .baselines import colour_histogram_baseline
+
+            evaluation["colour_histogram_baseline"] = colour_histogram_baseline(
+                images[train_idx], labels[train_idx], xt, yt, classes, seed=cfg.seed)
+    summary["evaluation"] = evaluation
+    summary["total_seconds"] = time.perf_counter() - t_start
+
+    # -- package
+    if cfg.package:
+        yield emit(Progress("package", 0, 1, "writing model package"))
+        name = cfg.name or f"{ds.taxonomy.replace('_', '-')}-{cfg.arch.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        card = ModelCard(
+            name=name, architecture=cfg.arch, taxonomy=ds.taxonomy, classes=classes, preprocessing=prep.to_dict(),
+            arch_params=dict(cfg.arch_params), temperature=temperature, uncertain_threshold=threshold,
+            metrics=_card_metrics(summary), training_data=_training_data(cfg, ds, split, train_idx),
+            notes=cfg.notes,
+        )
+        pkg = out_dir / "package"
+        if pkg.exists():
+            import shutil
+
+            shutil.rmtree(pkg)
+        save_package(pkg, {k: v for k, v in model.state_dict().items()}, card)
+        summary["package"] = str(pkg)
+        summary["model_name"] = name
+        yield emit(Progress("package", 1, 1, str(pkg)))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default), encoding="utf-8")
+    return summary
+
+
+def _card_metrics(summary: dict) -> dict:
+    ev = summary.get("evaluation", {})
+    out = {"split": summary["split"], "calibration": summary.get("calibration", {}),
+           "train_seconds": round(summary["train_seconds"], 1), "precision": summary["precision"],
+           "device": summary["device"], "best_epoch": summary["best"]["epoch"],
+           "epochs_run": len(summary["history"]), "history": summary["history"]}
+    for key in ("as_is", "grayscale", "stain_perturbed"):
+        if key in ev:
+            out[key] = ev[key]
+    for key in ("ood", "colour_histogram_baseline"):
+        if key in ev:
+            out[key] = ev[key]
+    return out
+
+
+def _training_data(cfg: TrainConfig, ds: Dataset, split: Split, train_idx) -> dict:
+    return {"source": str(Path(cfg.data).name), "n_images": len(ds), "class_counts": ds.counts(),
+            "split": split.describe(), "n_train_used": int(len(train_idx)),
+            "train_class_counts": {c: int((ds.labels[train_idx] == i).sum()) for i, c in enumerate(ds.classes)},
+            "attribution": DATA_ATTRIBUTION, "config": cfg.to_dict()}
