@@ -138,10 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def setup_logging(paths: Paths, verbose: bool) -> None:
     paths.logs.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(paths.logs / "hemascan.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log_file = str(paths.logs / "hemascan.log")
     root = logging.getLogger()
-    root.addHandler(handler)
+    if not any(getattr(h, "baseFilename", None) == log_file for h in root.handlers):
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 

@@ -10,6 +10,8 @@ from tests.conftest import hemascan_cmd, subprocess_env
 
 
 def count(db_path, sql):
+    if not db_path.exists():
+        return 0
     con = sqlite3.connect(db_path, timeout=5)
     try:
         return con.execute(sql).fetchone()[0]
@@ -57,3 +59,30 @@ def test_sigkill_mid_classify_then_rerun(tmp_path, data_dir):
     assert con.execute("SELECT count(*) FROM files").fetchone()[0] == n
     assert con.execute("SELECT count(*) FROM label_events").fetchone()[0] == labels_before
     con.close()
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_work(tmp_path, data_dir):
+    folder = tmp_path / "ctrlc"
+    n = 400
+    generate(folder, n_per_class=n // 4, seed=12, size=96)
+    env = subprocess_env(data_dir)
+    db_path = data_dir / "hemascan.sqlite3"
+    proc = subprocess.Popen([*hemascan_cmd(), "-q", "classify", str(folder), "--batch-size", "4"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while count(db_path, "SELECT count(*) FROM predictions") < 20:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "cancelled" in out and "Traceback" not in err
+    kept = count(db_path, "SELECT count(*) FROM predictions")
+    assert 0 < kept < n
+    con = sqlite3.connect(db_path)
+    scan_status = con.execute("SELECT status FROM scans ORDER BY id DESC").fetchone()[0]
+    con.close()
+    assert scan_status == "completed"  # the scan had finished; classification was cut short
+    subprocess.run([*hemascan_cmd(), "-q", "classify", str(folder)], env=env, check=True,
+                   capture_output=True, timeout=300)
+    assert count(db_path, "SELECT count(*) FROM predictions") == n
