@@ -79,7 +79,7 @@ class Augmenter:
             img = _color_jitter(img, c, gen)
             if r[4] < c.grayscale_p:
                 img = v2.functional.rgb_to_grayscale(img, num_output_channels=3)
-            if c.rotate_degrees:  # after colour, so the fill stays the neutral mean colour
+            if c.rotate_degrees and torch.rand(1, generator=gen) < 0.5:  # after colour, so the fill stays the neutral mean colour
                 ang = float((torch.rand(1, generator=gen) * 2 - 1) * c.rotate_degrees * c.strength)
                 img = v2.functional.rotate(img, ang, interpolation=v2.InterpolationMode.BILINEAR, fill=self.fill)
             if r[5] < c.corner_p:

@@ -57,6 +57,7 @@ class TrainConfig:
     arch: str = "effnet_lite0"
     arch_params: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = True
+    freeze_blocks: int = 0  # effnet_lite0: keep the stem and the first N MBConv blocks fixed (faster on CPU)
     taxonomy: str | None = None
     input_size: int = 128
     interpolation: str = "area"
@@ -382,6 +383,10 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
 
     # -- model, loss, optimiser
     model = build(cfg.arch, n_cls, **cfg.arch_params, **({"pretrained": True} if cfg.pretrained and cfg.arch == "effnet_lite0" else {}))
+    if cfg.freeze_blocks and hasattr(model, "_blocks"):
+        for mod in [model._conv_stem, model._bn0, *model._blocks[: cfg.freeze_blocks]]:
+            for p in mod.parameters():
+                p.requires_grad_(False)
     model = model.to(device).to(memory_format=torch.channels_last)
     counts = np.bincount(labels[train_idx], minlength=n_cls).astype(np.float64)
     sample_weights = None
@@ -396,7 +401,7 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
     elif cfg.balance == "sampler":
         sample_weights = 1.0 / counts[labels[train_idx]]
     criterion = nn.CrossEntropyLoss(weight=class_weight, label_smoothing=cfg.label_smoothing)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))

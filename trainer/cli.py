@@ -1,0 +1,233 @@
+"""``hemascan train`` / ``evaluate`` / ``compare`` (registered through the
+``hemascan.commands`` entry-point group; core does not import this module)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from core.cli import command
+from core.errors import HemascanError
+
+
+def _configure_train(p: argparse.ArgumentParser) -> None:
+    from core.architectures import ARCHITECTURES
+
+    p.add_argument("--data", required=True, help="folder of class folders (Benign/Early/Pre/Pro, all/hem, ...)")
+    p.add_argument("--arch", default="effnet_lite0", choices=sorted(ARCHITECTURES), help="architecture (default effnet_lite0)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3, 3e-3 for the small CNNs)")
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--corner-mask", default="0.1,0.2", help="blank the bottom-right corner H,W fractions ('none' to keep it)")
+    p.add_argument("--split", default="patient", choices=["patient", "random", "all"],
+                   help="patient: pseudo-patient blocks + duplicates together (default); random: leaky image-level; "
+                        "all: everything but the validation block")
+    p.add_argument("--fold", type=int, default=4, help="which pair of 10%% chunks is the test block (0-4)")
+    p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--balance", default="loss", choices=["loss", "sampler", "none"])
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-pretrained", action="store_true", help="effnet_lite0 from scratch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--name", help="model name (unique in the registry)")
+    p.add_argument("--out", help="run folder (checkpoints, package); default <data dir>/runs/<name>")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--activate", action="store_true", help="make the trained model the active one")
+    p.add_argument("--no-register", action="store_true", help="do not add the model to the registry")
+
+
+@command("train", "train a model on a folder of class folders", configure=_configure_train)
+def train_cmd(args: argparse.Namespace, app) -> int:
+    from core.db import TrainingRun, utcnow
+    from core.registry import register_package
+
+    from .engine import TrainConfig, run
+
+    name = args.name or f"{args.arch.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(args.out) if args.out else app.paths.data_dir / "runs" / name
+    corner = None if args.corner_mask.lower() == "none" else tuple(float(v) for v in args.corner_mask.split(","))
+    small = args.arch != "effnet_lite0"
+    cfg = TrainConfig(
+        data=args.data, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr or (3e-3 if small else 1e-3), input_size=args.input_size, corner_mask=corner,
+        split=args.split, fold=args.fold, patience=args.patience, balance=args.balance,
+        augment={"strength": 0.0} if args.no_augment else {}, pretrained=not args.no_pretrained,
+        seed=args.seed, threads=args.threads, name=name, out_dir=str(out), resume=args.resume,
+        cache_dir=str(app.paths.cache / "train-images"),
+    )
+    with app.db.session() as s:
+        row = TrainingRun(architecture=args.arch, config=cfg.to_dict(), status="running", pid=os.getpid())
+        s.add(row)
+        s.flush()
+        run_id = row.id
+    summary, error = None, None
+    try:
+        summary = app.progress(run(cfg, cancel=app.cancel), "train")
+    except Exception as exc:  # recorded on the run row, then re-raised
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        with app.db.session() as s:
+            row = s.get(TrainingRun, run_id)
+            row.finished_at = utcnow()
+            if summary is None:
+                row.status, row.error = "failed", error
+            else:
+                row.status = "completed" if summary["status"] == "completed" else "cancelled"
+                row.metrics = _row_metrics(summary)
+                if summary.get("package") and not args.no_register:
+                    version = register_package(s, app.paths, Path(summary["package"]), activate=args.activate)
+                    row.model_version_id = version.id
+    app.echo(format_summary(summary))
+    if summary["status"] != "completed":
+        app.echo(f"stopped ({summary['status']}); continue with: hemascan train ... --out {out} --resume")
+        return 1
+    return 0
+
+
+def _row_metrics(summary: dict) -> dict:
+    ev = summary.get("evaluation", {})
+    out = {"train_seconds": summary["train_seconds"], "history": summary["history"], "best": summary["best"],
+           "calibration": summary.get("calibration"), "split": summary["split"]}
+    for k in ("as_is", "grayscale", "stain_perturbed", "ood", "colour_histogram_baseline"):
+        if k in ev:
+            out[k] = ev[k]
+    return json.loads(json.dumps(out, default=float))
+
+
+def format_summary(summary: dict) -> str:
+    from .metrics import EVAL_COLUMNS, markdown_table
+
+    lines = [f"status: {summary['status']}  train time: {summary['train_seconds']:.0f} s  precision: "
+             f"{summary['precision']}  device: {summary['device']}  best epoch: {summary['best']['epoch']}"]
+    cal = summary.get("calibration") or {}
+    if cal:
+        lines.append(f"temperature {cal['temperature']:.3f}; validation ECE {cal['val_ece_before']:.4f} -> "
+                     f"{cal['val_ece_after']:.4f}; uncertain below {cal['uncertain_threshold']:.3f}")
+    ev = summary.get("evaluation") or {}
+    rows = []
+    for k in ("as_is", "grayscale", "stain_perturbed"):
+        if k in ev:
+            rows.append({"variant": f"model, {k.replace('_', ' ')}", **ev[k]})
+    cb = ev.get("colour_histogram_baseline")
+    if cb:
+        for k in ("as_is", "grayscale", "stain_perturbed"):
+            rows.append({"variant": f"colour-histogram MLP, {k.replace('_', ' ')}", **cb[k]})
+    if rows:
+        lines += ["", f"held-out test ({summary['split']['method']} split):", markdown_table(rows, EVAL_COLUMNS)]
+    if ev.get("ood"):
+        lines += ["", "OOD separation by calibrated confidence (AUROC; fraction flagged uncertain):"]
+        lines += [f"  {k}: AUROC {v['auroc']:.3f}; flagged {v['flagged_uncertain']:.2f} (n={v['n']})" for k, v in ev["ood"].items()]
+    if summary.get("package"):
+        lines += ["", f"model package: {summary['package']}"]
+    return "\n".join(lines)
+
+
+# ---- evaluate --------------------------------------------------------------------------
+
+def _configure_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="registered model name or a model package folder (default: the active model)")
+    p.add_argument("--data", required=True, help="folder of class folders (aliases accepted, e.g. all/hem)")
+    p.add_argument("--split", default="none", choices=["none", "patient", "random"],
+                   help="none: every image (default); patient/random: only --subset of that split")
+    p.add_argument("--subset", default="test", choices=["test", "val", "train"])
+    p.add_argument("--fold", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="random-split seed and stain-perturbation seed")
+    p.add_argument("--variants", default="as_is,grayscale,stain_perturbed",
+                   help="comma list of as_is, grayscale, stain_perturbed")
+    p.add_argument("--json", help="write the metrics (as-is) to this file; the other variants under 'variants'")
+
+
+@command("evaluate", "measure a model on a labelled folder (accuracy, per-class P/R/F1, confusion, ECE)",
+         configure=_configure_evaluate)
+def evaluate_cmd(args: argparse.Namespace, app) -> int:
+    import numpy as np
+
+    from core.modelpkg import load_model
+
+    from . import augment as aug
+    from .data import compute_hashes, load_images, make_split, scan_class_folders
+    from .engine import evaluate
+    from .metrics import EVAL_COLUMNS, markdown_table
+
+    pkg = _resolve_model(args.model, app)
+    model, card = load_model(pkg)
+    ds = scan_class_folders(Path(args.data), card.taxonomy)
+    if list(ds.classes) != list(card.classes):
+        raise HemascanError(f"dataset classes {ds.classes} do not match the model's {card.classes}")
+    if args.split != "none":
+        if args.split == "patient":
+            compute_hashes(ds)
+        sp = make_split(ds, args.split, seed=args.seed, fold=args.fold)
+        ds = ds.subset(getattr(sp, args.subset))
+    prep = card.prep
+    images = load_images(ds, prep, app.paths.cache / "train-images")
+    variants = {"as_is": lambda x: x, "grayscale": aug.to_grayscale,
+                "stain_perturbed": lambda x: aug.stain_perturb(x, seed=args.seed)}
+    results = {}
+    for v in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        if v not in variants:
+            raise HemascanError(f"unknown variant {v!r}")
+        m = evaluate(model, variants[v](images), ds.labels, ds.classes, prep, "cpu", card.temperature)
+        m.pop("logits")
+        results[v] = m
+    rows = [{"variant": k.replace("_", " "), **m} for k, m in results.items()]
+    app.echo(f"model {card.name} ({card.architecture}), {len(ds)} images from {args.data}"
+             + (f", {args.split} split {args.subset} subset (fold {args.fold})" if args.split != "none" else ""))
+    app.echo(markdown_table(rows, EVAL_COLUMNS))
+    first = next(iter(results.values()))
+    app.echo("confusion matrix (rows true, columns predicted; " + ", ".join(ds.classes) + "):")
+    for cls, r in zip(ds.classes, first["confusion_matrix"]):
+        app.echo(f"  {cls:>12}: {r}")
+    if args.json:
+        out = {k: first[k] for k in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "ece")}
+        out.update({"model": card.name, "n": first["n"], "classes": ds.classes, "macro_precision": first["macro_precision"],
+                    "macro_recall": first["macro_recall"], "images_per_s": first["images_per_s"],
+                    "split": args.split, "subset": args.subset if args.split != "none" else None,
+                    "variants": {k: {kk: vv for kk, vv in m.items()} for k, m in results.items()}})
+        Path(args.json).write_text(json.dumps(out, indent=1, default=float), encoding="utf-8")
+        app.echo(f"metrics written to {args.json}")
+    return 0
+
+
+def _resolve_model(model: str | None, app) -> Path:
+    from core.registry import ensure_active_model, get_version
+
+    if model and Path(model).is_dir():
+        return Path(model)
+    with app.db.session() as s:
+        version = get_version(s, model) if model else ensure_active_model(s, app.paths)
+        return Path(version.path)
+
+
+# ---- compare -----------------------------------------------------------------------------
+
+def _configure_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="patient", choices=["patient", "random"])
+    p.add_argument("--fold", type=int, default=4)
+    p.add_argument("--input-size", type=int, default=64, help="CNN input size for the seed CNNs (default 64)")
+    p.add_argument("--epochs", type=int, default=8, help="epochs for each seed CNN")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the Markdown table (and a .json beside it) here")
+    p.add_argument("--only", help="comma list of row keys to run (cnn,cnn_dedup,svm,rf,cnn_svm,baseline)")
+
+
+@command("compare", "reproduce the seed experiments (CNNs, SVM, random forest, CNN features + SVM) as a Markdown table",
+         configure=_configure_compare)
+def compare_cmd(args: argparse.Namespace, app) -> int:
+    from .compare import CompareConfig, compare
+
+    cfg = CompareConfig(data=args.data, split=args.split, fold=args.fold, input_size=args.input_size,
+                        epochs=args.epochs, seed=args.seed, cache_dir=str(app.paths.cache / "train-images"),
+                        only=[s.strip() for s in args.only.split(",")] if args.only else None)
+    result = app.progress(compare(cfg, cancel=app.cancel), "compare")
+    app.echo(result["markdown"])
+    if args.out:
+        Path(args.out).write_text(result["markdown"] + "\n", encoding="utf-8")
+        Path(args.out).with_suffix(".json").write_text(json.dumps(result, indent=1, default=float), encoding="utf-8")
+        app.echo(f"written to {args.out}")
+    return 0
