@@ -1,0 +1,57 @@
+"""Fast paths must not change answers: BN folding, torch.compile and reduced precision
+agree with the plain float32 model."""
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from core.images import decode_rgb, read_file
+from core.inference import Predictor
+from core.modelpkg import load_model
+from core.registry import bundled_default_package
+
+DATASET = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "all-taleqani")
+
+
+def plain_fp32_probs(batch: np.ndarray) -> np.ndarray:
+    model, card = load_model(bundled_default_package())
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(batch), 64):
+            x = card.prep.normalise(torch.from_numpy(batch[i : i + 64]))
+            out.append(torch.softmax(model(x) / card.temperature, 1).numpy())
+    return np.concatenate(out)
+
+
+def predict_all(pred: Predictor, batch: np.ndarray, bs: int = 32) -> np.ndarray:
+    return np.concatenate([pred.predict(batch[i : i + bs]) for i in range(0, len(batch), bs)])
+
+
+@pytest.mark.dataset
+def test_reduced_precision_agrees_with_fp32_on_real_data():
+    files = sorted(glob.glob(os.path.join(DATASET, "*", "*.jpg")))
+    assert len(files) == 2770
+    pred32 = Predictor(bundled_default_package(), torch.device("cpu"), precision="fp32")
+    batch = np.stack([pred32.load_image(f) for f in files])
+    ref = plain_fp32_probs(batch)
+    fast32 = predict_all(pred32, batch)
+    assert (fast32.argmax(1) == ref.argmax(1)).mean() >= 0.999  # folding is exact up to rounding
+    bf16 = predict_all(Predictor(bundled_default_package(), torch.device("cpu"), precision="bf16"), batch)
+    agreement = (bf16.argmax(1) == ref.argmax(1)).mean()
+    print(f"bf16 vs fp32 label agreement on {len(files)} real images: {agreement:.4f}")
+    assert agreement >= 0.995
+
+
+def test_compiled_model_matches_eager_including_a_short_last_batch(tmp_path):
+    rng = np.random.default_rng(0)
+    eager = Predictor(bundled_default_package(), torch.device("cpu"))
+    compiled = Predictor(bundled_default_package(), torch.device("cpu"), compile=True, cache_dir=tmp_path)
+    s = eager.prep.input_size
+    full = rng.integers(0, 255, (32, s, s, 3), dtype=np.uint8)
+    short = full[:5]
+    assert compiled.compiled
+    assert np.allclose(compiled.predict(full), eager.predict(full), atol=1e-3)
+    out = compiled.predict(short)
+    assert out.shape == (5, 4) and np.allclose(out, eager.predict(short), atol=1e-3)
