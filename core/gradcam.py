@@ -1,0 +1,73 @@
+"""Grad-CAM (Selvaraju et al. 2017) for a model package: where the model looked.
+
+Headless: returns a float32 heat map in [0, 1] at the model input size; the GUI colours
+and overlays it. Uses the last 2-D convolution of the model as the target layer.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def last_conv(model):
+    import torch.nn as nn
+
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("model has no Conv2d layer for Grad-CAM")
+    return convs[-1]
+
+
+def gradcam(model, prep, image_u8: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, int]:
+    """``image_u8``: preprocessed uint8 (S, S, 3). Returns (heat map (S, S) in [0, 1], class index)."""
+    import torch
+    import torch.nn.functional as F
+
+    layer = last_conv(model)
+    store: dict[str, torch.Tensor] = {}
+
+    def fwd_hook(_m, _i, out):
+        out.retain_grad()
+        store["act"] = out
+
+    handle = layer.register_forward_hook(fwd_hook)
+    try:
+        model.eval()
+        with torch.enable_grad():
+            x = prep.normalise(torch.from_numpy(np.ascontiguousarray(image_u8[None])))
+            x = x.contiguous().requires_grad_(True)
+            logits = model(x)
+            k = int(logits.argmax(1)) if class_index is None else int(class_index)
+            model.zero_grad(set_to_none=True)
+            logits[0, k].backward()
+        act, grad = store["act"], store["act"].grad
+        weights = grad.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * act).sum(1, keepdim=True))
+        cam = F.interpolate(cam, size=image_u8.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+        cam = cam.detach().numpy().astype(np.float32)
+    finally:
+        handle.remove()
+    top = float(cam.max())
+    return (cam / top if top > 0 else cam), k
+
+
+class GradCam:
+    """A model package loaded once (unfused, on the CPU) for Grad-CAM of single images."""
+
+    def __init__(self, package):
+        from pathlib import Path
+
+        from .modelpkg import load_model
+
+        self.model, self.card = load_model(Path(package), "cpu")
+        self.prep = self.card.prep
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+
+    def __call__(self, stored_path: str, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """(preprocessed uint8 image (S, S, 3), heat map (S, S), class index)."""
+        from .fspath import to_fs
+        from .images import decode_rgb, read_file
+
+        img = self.prep.apply(decode_rgb(read_file(to_fs(stored_path))))
+        cam, k = gradcam(self.model, self.prep, img, class_index)
+        return img, cam, k

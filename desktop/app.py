@@ -1,0 +1,57 @@
+"""Start the desktop app: ``hemascan gui [FOLDER]`` or ``python -m desktop [FOLDER]``."""
+from __future__ import annotations
+
+import logging
+import sys
+
+log = logging.getLogger("hemascan.desktop")
+
+
+def _install_excepthook(window) -> None:
+    """Unexpected errors go to the log file and the status bar, never a raw traceback dialog."""
+
+    def hook(exc_type, exc, tb):
+        log.error("unexpected error", exc_info=(exc_type, exc, tb))
+        try:
+            window.show_error(f"Unexpected error: {exc} (details in the log)")
+        except Exception:
+            pass
+
+    sys.excepthook = hook
+
+
+def run_gui(paths, db_url=None, folder=None, device=None, argv=None) -> int:
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QGuiApplication
+    from PySide6.QtWidgets import QApplication
+
+    from core.cli import setup_logging
+
+    setup_logging(paths, False)
+    QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+    app = QApplication.instance() or QApplication(argv or [sys.argv[0]])
+    app.setOrganizationName("hemascan")
+    app.setApplicationName("hemascan")
+    app.setApplicationDisplayName("hemascan")
+    from .mainwindow import MainWindow
+
+    window = MainWindow(paths, db_url, device=device)
+    _install_excepthook(window)
+    window.show()
+    if folder:
+        window.open_folder(folder)
+    return app.exec()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from core.config import resolve_paths
+
+    p = argparse.ArgumentParser(prog="python -m desktop", description="hemascan desktop app")
+    p.add_argument("folder", nargs="?", help="folder of smear images to open and classify")
+    p.add_argument("--data-dir")
+    p.add_argument("--db-url")
+    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    args = p.parse_args(argv)
+    return run_gui(resolve_paths(args.data_dir), args.db_url, args.folder, args.device)

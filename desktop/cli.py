@@ -1,0 +1,16 @@
+"""``hemascan gui [FOLDER]``: the desktop app as a command of the hemascan CLI."""
+from __future__ import annotations
+
+from core.cli import command
+
+
+def _configure(p) -> None:
+    p.add_argument("folder", nargs="?", help="folder of smear images to open and classify")
+    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+
+
+@command("gui", "open the desktop app (optionally on FOLDER)", _configure)
+def run(args, app) -> int:
+    from .app import run_gui
+
+    return run_gui(app.paths, app.db_url, args.folder, args.device)

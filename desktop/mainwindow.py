@@ -1,0 +1,865 @@
+"""The main window: open a folder, classify it in the worker, review it with the keyboard."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, QItemSelectionModel, QSettings, QSize, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QFileDialog, QFormLayout,
+                               QGroupBox, QHBoxLayout, QInputDialog, QLabel, QListView, QMainWindow, QMessageBox,
+                               QProgressBar, QPushButton, QSplitter, QStyle, QToolButton, QVBoxLayout, QWidget)
+
+from core import gallery as q
+from core.config import Paths
+from core.db import Database
+from core.labels import default_reviewer, history
+from core.registry import ensure_active_model, get_version, list_versions, set_active
+from core.review import ReviewSession
+
+from .detail import DetailPanel, heatmap_rgba, rgb_to_qimage
+from .gallery import ID_ROLE, ROW_ROLE, GalleryModel, ThumbnailLoader, TileDelegate, class_color
+from .models_panel import ModelsDialog, headline_metrics, version_info
+from .workers import Workers
+
+log = logging.getLogger(__name__)
+
+MAX_RECENT = 8
+STATEMENT = "hemascan supports and does not replace diagnosis: it is not a diagnostic device."
+
+
+def _fmt_eta(s) -> str:
+    if s is None:
+        return "…"
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class MainWindow(QMainWindow):
+    folderOpened = Signal(str)
+    jobFinished = Signal(object)  # ClassifySummary (or None after an error)
+    labelsChanged = Signal(list)  # image ids whose label changed
+    gradcamReady = Signal(int)  # image id
+    imageShown = Signal(int)  # image id whose full image is in the detail view
+    reportWritten = Signal(str)
+
+    def __init__(self, paths: Paths, db_url: str | None = None, settings: QSettings | None = None,
+                 device: str | None = None):
+        super().__init__()
+        self.paths = paths.ensure()
+        self.settings = settings or QSettings("hemascan", "hemascan")
+        self.device_pref = device
+        self.db = Database(paths.db_url(db_url))
+        self.workers = Workers(self)
+        self.folder: str | None = None
+        self.version: dict | None = None
+        self.job = None
+        self.job_cancel: threading.Event | None = None
+        self._gradcam = None
+        self._gradcam_lock = threading.Lock()
+        self._shown_id: int | None = None
+        self._last_counts = 0.0
+        self._full_image = None
+        self.reviewer = self.settings.value("reviewer", "") or default_reviewer()
+        self.review = ReviewSession(self.db, self.reviewer)
+        with self.db.session() as s:
+            self.version = version_info(ensure_active_model(s, self.paths))
+        self.review.taxonomy = self.version["taxonomy"]
+
+        self.setWindowTitle("hemascan")
+        self.setAcceptDrops(True)
+        self._build_widgets()
+        self._build_actions()
+        self._restore_settings()
+        self._update_counts()
+        self._update_actions()
+        self.workers.submit(self._describe_device, name="device check", on_result=self.device_label.setText,
+                            on_error=self.show_error)
+
+    # ------------------------------------------------------------------ construction
+    def _build_widgets(self) -> None:
+        self.loader = ThumbnailLoader(self.workers)
+        self.model = GalleryModel(self.db, self)
+        self.loader.ready.connect(self.model.thumbnail_ready)
+        self.view = QListView()
+        self.view.setObjectName("gallery")
+        self.view.setViewMode(QListView.IconMode)
+        self.view.setResizeMode(QListView.Adjust)
+        self.view.setMovement(QListView.Static)
+        self.view.setUniformItemSizes(True)
+        self.view.setSpacing(2)
+        self.view.setWrapping(True)
+        self.view.setSelectionMode(QAbstractItemView.ExtendedSelection)
+        self.view.setVerticalScrollMode(QAbstractItemView.ScrollPerPixel)
+        self.view.setModel(self.model)
+        self.view.setItemDelegate(TileDelegate(self.loader, lambda: self.version["classes"] if self.version else []))
+        self.view.selectionModel().currentChanged.connect(self._current_changed)
+        self.view.selectionModel().selectionChanged.connect(lambda *_: self._update_actions())
+        self.model.modelReset.connect(self._after_reset)
+
+        # left: filters, sort and counts
+        self.f_pred = QComboBox()
+        self.f_rev = QComboBox()
+        self.f_uncertain = QCheckBox("Uncertain only")
+        self.f_disagree = QCheckBox("Disagreement (reviewed ≠ predicted)")
+        self.sort = QComboBox()
+        for label, key in [("Confidence (least first)", "confidence"), ("Entropy (highest first)", "entropy"),
+                           ("Name", "name"), ("Time", "time")]:
+            self.sort.addItem(label, key)
+        self._fill_class_combos()
+        for w in (self.f_pred, self.f_rev, self.sort):
+            w.currentIndexChanged.connect(self._filter_changed)
+            w.setFocusPolicy(Qt.ClickFocus)
+        for w in (self.f_uncertain, self.f_disagree):
+            w.toggled.connect(self._filter_changed)
+            w.setFocusPolicy(Qt.ClickFocus)
+        fbox = QGroupBox("Filter and sort")
+        fl = QFormLayout(fbox)
+        fl.addRow("Predicted", self.f_pred)
+        fl.addRow("Reviewed", self.f_rev)
+        fl.addRow(self.f_uncertain)
+        fl.addRow(self.f_disagree)
+        fl.addRow("Sort", self.sort)
+        self.counts = QLabel()
+        self.counts.setTextFormat(Qt.RichText)
+        self.counts.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        cbox = QGroupBox("Counts per class")
+        QVBoxLayout(cbox).addWidget(self.counts)
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)
+        mbox = QGroupBox("Model")
+        ml = QVBoxLayout(mbox)
+        ml.addWidget(self.model_label)
+        models_btn = QPushButton("Model versions…")
+        models_btn.clicked.connect(self.show_models)
+        ml.addWidget(models_btn)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(4, 4, 4, 4)
+        ll.addWidget(fbox)
+        ll.addWidget(cbox)
+        ll.addWidget(mbox)
+        ll.addStretch(1)
+        note = QLabel(f"<small>{STATEMENT}</small>")
+        note.setWordWrap(True)
+        ll.addWidget(note)
+
+        # centre: review buttons over the gallery
+        self.review_bar = QHBoxLayout()
+        self.review_bar.setSpacing(4)
+        self.class_buttons: list[QPushButton] = []
+        centre = QWidget()
+        cl = QVBoxLayout(centre)
+        cl.setContentsMargins(0, 4, 0, 0)
+        cl.addLayout(self.review_bar)
+        self.gallery_info = QLabel("Open a folder of smear images (File ▸ Open, Ctrl+O, or drop it here).")
+        cl.addWidget(self.gallery_info)
+        cl.addWidget(self.view, 1)
+
+        self.detail = DetailPanel()
+        self.detail.gradcamToggled.connect(self._gradcam_toggled)
+
+        self.splitter = QSplitter(Qt.Horizontal)
+        self.splitter.setObjectName("mainSplitter")
+        self.splitter.addWidget(left)
+        self.splitter.addWidget(centre)
+        self.splitter.addWidget(self.detail)
+        self.splitter.setStretchFactor(1, 3)
+        self.splitter.setStretchFactor(2, 2)
+        self.splitter.setSizes([230, 640, 460])
+        self.setCentralWidget(self.splitter)
+
+        # status bar: messages, progress (count, rate, time left), cancel, device, reviewer
+        sb = self.statusBar()
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(220)
+        self.progress.setVisible(False)
+        self.progress_label = QLabel()
+        self.cancel_btn = QToolButton()
+        self.cancel_btn.setText("Cancel")
+        self.cancel_btn.setVisible(False)
+        self.cancel_btn.clicked.connect(self.cancel_job)
+        self.device_label = QLabel("device: …")
+        self.reviewer_label = QLabel()
+        for w in (self.progress_label, self.progress, self.cancel_btn, self.device_label, self.reviewer_label):
+            sb.addPermanentWidget(w)
+        self._show_reviewer()
+
+    def _fill_class_combos(self) -> None:
+        classes = self.version["classes"] if self.version else []
+        for combo, extra in ((self.f_pred, []), (self.f_rev, [("Unreviewed only", q.UNREVIEWED)])):
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItem("Any", None)
+            for label, data in extra:
+                combo.addItem(label, data)
+            for c in classes:
+                combo.addItem(c, c)
+            combo.blockSignals(False)
+
+    def _build_actions(self) -> None:
+        st = self.style()
+        mb = self.menuBar()
+        tb = self.addToolBar("Main")
+        tb.setObjectName("mainToolbar")
+        tb.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        tb.setIconSize(QSize(18, 18))
+
+        def act(text, slot, shortcut=None, icon=None, tip=None):
+            a = QAction(text, self)
+            if shortcut is not None:
+                a.setShortcuts(shortcut if isinstance(shortcut, list) else [shortcut])
+            if icon is not None:
+                a.setIcon(st.standardIcon(icon))
+            if tip:
+                a.setStatusTip(tip)
+            a.triggered.connect(slot)
+            self.addAction(a)  # shortcuts work whatever has focus in the window
+            return a
+
+        self.a_open = act("&Open folder…", self.choose_folder, QKeySequence.Open, QStyle.SP_DirOpenIcon,
+                          "Open a folder of smear images and classify it")
+        self.a_classify = act("&Classify", self.classify, QKeySequence("Ctrl+R"), QStyle.SP_MediaPlay,
+                              "Classify what the active model has not predicted yet")
+        self.a_cancel = act("Cancel", self.cancel_job, QKeySequence("Esc"), QStyle.SP_MediaStop)
+        self.a_csv = act("Export &CSV…", self.export_csv, QKeySequence("Ctrl+E"), QStyle.SP_DialogSaveButton)
+        self.a_pdf = act("Export &PDF report…", self.export_pdf, QKeySequence("Ctrl+P"), QStyle.SP_FileIcon)
+        self.a_quit = act("&Quit", self.close, QKeySequence.Quit)
+        self.recent_menu = None
+        m = mb.addMenu("&File")
+        m.addAction(self.a_open)
+        self.recent_menu = m.addMenu("Open &recent")
+        m.addSeparator()
+        m.addAction(self.a_classify)
+        m.addAction(self.a_cancel)
+        m.addSeparator()
+        m.addAction(self.a_csv)
+        m.addAction(self.a_pdf)
+        m.addSeparator()
+        m.addAction(self.a_quit)
+        self._fill_recent()
+
+        m = mb.addMenu("&Review")
+        self.label_actions: list[QAction] = []
+        classes = self.version["classes"] if self.version else []
+        for k, c in enumerate(classes[:9], start=1):
+            a = act(f"{k}  {c}", lambda _=False, c=c: self.label_selected(c), QKeySequence(str(k)))
+            m.addAction(a)
+            self.label_actions.append(a)
+            b = QPushButton(f"{k}  {c}")
+            b.setFocusPolicy(Qt.NoFocus)
+            b.setToolTip(f"Label the selected image(s) {c} (key {k})")
+            col = class_color(c, classes).name()
+            b.setStyleSheet(f"QPushButton {{ border-left: 6px solid {col}; padding: 4px 8px; }}")
+            b.clicked.connect(a.trigger)
+            self.review_bar.addWidget(b)
+            self.class_buttons.append(b)
+        self.a_accept = act("&Accept prediction", self.accept_prediction,
+                            [QKeySequence("A"), QKeySequence(Qt.Key_Return), QKeySequence(Qt.Key_Enter)])
+        self.a_clear = act("C&lear label", lambda: self.label_selected(None), QKeySequence("0"))
+        self.a_undo = act("&Undo", self.undo, QKeySequence.Undo, QStyle.SP_ArrowBack)
+        self.a_redo = act("&Redo", self.redo, [QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")],
+                          QStyle.SP_ArrowForward)
+        self.a_next = act("&Next image", lambda: self.move_current(1), QKeySequence("Space"))
+        self.a_prev = act("&Previous image", lambda: self.move_current(-1), QKeySequence("Shift+Space"))
+        self.a_reviewer = act("Reviewer &name…", self.ask_reviewer)
+        for a in (self.a_accept, self.a_clear):
+            m.addAction(a)
+        m.addSeparator()
+        for a in (self.a_undo, self.a_redo, self.a_next, self.a_prev):
+            m.addAction(a)
+        m.addSeparator()
+        m.addAction(self.a_reviewer)
+        for text, a in (("A  Accept", self.a_accept), ("Undo", self.a_undo), ("Redo", self.a_redo)):
+            b = QPushButton(text)
+            b.setFocusPolicy(Qt.NoFocus)
+            b.setToolTip(f"{a.text().replace('&', '')} ({a.shortcut().toString(QKeySequence.NativeText)})")
+            b.clicked.connect(a.trigger)
+            a.enabledChanged.connect(b.setEnabled)
+            self.review_bar.addWidget(b)
+        self.review_bar.addStretch(1)
+
+        m = mb.addMenu("&View")
+        self.a_gradcam = act("&Grad-CAM overlay", self.detail.gradcam.toggle, QKeySequence("G"))
+        self.a_zoom_in = act("Zoom &in", lambda: self.detail.view.zoom(1.25), QKeySequence.ZoomIn)
+        self.a_zoom_out = act("Zoom &out", lambda: self.detail.view.zoom(0.8), QKeySequence.ZoomOut)
+        self.a_fit = act("&Fit image", self.detail.view.fit, QKeySequence("F"))
+        for a in (self.a_gradcam, self.a_zoom_in, self.a_zoom_out, self.a_fit):
+            m.addAction(a)
+
+        m = mb.addMenu("&Models")
+        self.a_models = act("Model &versions…", self.show_models)
+        self.a_retrain = act("&Retrain…", lambda: None)
+        self.a_retrain.setEnabled(False)
+        self.a_retrain.setStatusTip("Retraining from your corrections comes in the next release")
+        m.addAction(self.a_models)
+        m.addAction(self.a_retrain)
+
+        m = mb.addMenu("&Help")
+        m.addAction(act("&Keyboard shortcuts", self.show_shortcuts, QKeySequence.HelpContents))
+        m.addAction(act("Open &log folder", lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.paths.logs)))))
+        m.addAction(act("&About hemascan", self.show_about))
+
+        for a in (self.a_open, self.a_classify, self.a_cancel, self.a_csv, self.a_pdf):
+            tb.addAction(a)
+        tb.addSeparator()
+        tb.addAction(self.a_models)
+
+    # ------------------------------------------------------------------ settings
+    def _restore_settings(self) -> None:
+        s = self.settings
+        geo = s.value("geometry")
+        if isinstance(geo, QByteArray) and not geo.isEmpty():
+            self.restoreGeometry(geo)
+        else:
+            screen = QApplication.primaryScreen()
+            avail = screen.availableGeometry() if screen else None
+            if avail is not None:
+                self.resize(min(1360, avail.width()), min(860, avail.height()))
+        for key, widget in (("windowState", None), ("mainSplitter", self.splitter),
+                            ("detailSplitter", self.detail.splitter)):
+            v = s.value(key)
+            if isinstance(v, QByteArray) and not v.isEmpty():
+                (self.restoreState if widget is None else widget.restoreState)(v)
+        self.detail.gradcam.setChecked(s.value("gradcam", False, type=bool))
+
+    def save_settings(self) -> None:
+        s = self.settings
+        s.setValue("geometry", self.saveGeometry())
+        s.setValue("windowState", self.saveState())
+        s.setValue("mainSplitter", self.splitter.saveState())
+        s.setValue("detailSplitter", self.detail.splitter.saveState())
+        s.setValue("gradcam", self.detail.gradcam.isChecked())
+        s.sync()
+
+    def recent_folders(self) -> list[str]:
+        v = self.settings.value("recentFolders", [])
+        if isinstance(v, str):
+            v = [v]
+        return [str(x) for x in (v or [])]
+
+    def _add_recent(self, folder: str) -> None:
+        rec = [folder] + [f for f in self.recent_folders() if f != folder]
+        self.settings.setValue("recentFolders", rec[:MAX_RECENT])
+        self._fill_recent()
+
+    def _fill_recent(self) -> None:
+        if self.recent_menu is None:
+            return
+        self.recent_menu.clear()
+        rec = self.recent_folders()
+        for k, f in enumerate(rec, start=1):
+            a = self.recent_menu.addAction(f"&{k} {f}")
+            a.triggered.connect(lambda _=False, f=f: self.open_folder(f))
+        self.recent_menu.setEnabled(bool(rec))
+
+    # ------------------------------------------------------------------ folder + job
+    def choose_folder(self) -> None:
+        start = self.folder or (self.recent_folders() or [str(Path.home())])[0]
+        folder = QFileDialog.getExistingDirectory(self, "Open a folder of smear images", start)
+        if folder:
+            self.open_folder(folder)
+
+    def open_folder(self, folder, classify: bool = True) -> None:
+        folder = os.path.abspath(os.fspath(folder))
+        if not os.path.isdir(folder):
+            self.show_error(f"Not a folder: {folder}")
+            return
+        if self.job is not None:
+            self.cancel_job()
+            self.workers.jobs.waitForDone(5000)
+        self.folder = folder
+        self.setWindowTitle(f"{Path(folder).name} — hemascan")
+        self._add_recent(folder)
+        self.loader.clear()
+        self.reload_gallery()
+        self.folderOpened.emit(folder)
+        if classify:
+            self.classify()
+
+    def classify(self) -> None:
+        if self.folder is None or self.job is not None:
+            return
+        from core.inference import classify
+
+        cancel = threading.Event()
+        folder, db, paths, device = self.folder, self.db, self.paths, self.device_pref
+        self.job_cancel = cancel
+        self._job_stage = None
+        self._job_t0 = time.monotonic()
+        self.job = self.workers.submit(lambda: classify(db, paths, folder, device=device, cancel=cancel),
+                                       name="classification", pool="jobs", on_progress=self._job_progress,
+                                       on_result=self._job_done, on_error=self._job_failed)
+        self.progress.setRange(0, 0)
+        self.progress.setVisible(True)
+        self.cancel_btn.setVisible(True)
+        self.progress_label.setText("scanning…")
+        self._update_actions()
+
+    def cancel_job(self) -> None:
+        if self.job_cancel is not None and not self.job_cancel.is_set():
+            self.job_cancel.set()
+            self.progress_label.setText("cancelling after this batch…")
+
+    def _job_progress(self, p) -> None:
+        if p.stage != self._job_stage:
+            if self._job_stage == "scan":  # the folder's images are known: show them
+                self.reload_gallery(keep_current=True)
+            self._job_stage = p.stage
+        if p.total:
+            self.progress.setRange(0, p.total)
+            self.progress.setValue(p.done)
+        if p.stage == "classify":
+            rate = p.extra.get("rate")
+            text = f"classified {p.done:,} / {p.total:,}" if p.total else f"classified {p.done:,}"
+            if rate:
+                text += f" · {rate:.0f} img/s · {_fmt_eta(p.extra.get('eta_s'))} left"
+            if p.extra.get("device"):
+                self.device_label.setText(p.extra["device"])
+            elif p.message and p.done == 0:
+                text = p.message if "compil" in p.message else text
+        else:
+            text = f"scanning: {p.done:,} files" + (f" / {p.total:,}" if p.total else "")
+        self.progress_label.setText(text)
+        now = time.monotonic()
+        if now - self._last_counts > 1.0:
+            self._last_counts = now
+            self._update_counts()
+
+    def _job_done(self, summary) -> None:
+        self._end_job()
+        self.reload_gallery(keep_current=True)
+        if summary is not None:
+            if summary.device:
+                self.device_label.setText(summary.device)
+            msg = (f"{'Cancelled' if summary.cancelled else 'Done'}: {summary.n_predicted:,} images classified "
+                   f"with {summary.model}")
+            if summary.seconds > 0 and summary.n_predicted:
+                msg += f" ({summary.rate:.0f} img/s)"
+            bad = summary.scan.n_errors + summary.n_errors
+            if bad:
+                msg += f"; {bad} file(s) could not be read (see the log)"
+                for path, why in (summary.scan.errors + summary.errors)[:50]:
+                    log.warning("unreadable: %s: %s", path, why)
+            self.statusBar().showMessage(msg, 15000)
+            log.info(msg)
+        self.jobFinished.emit(summary)
+
+    def _job_failed(self, message: str) -> None:
+        self._end_job()
+        self.show_error(message)
+        self.reload_gallery(keep_current=True)
+        self.jobFinished.emit(None)
+
+    def _end_job(self) -> None:
+        self.job = None
+        self.job_cancel = None
+        self.progress.setVisible(False)
+        self.cancel_btn.setVisible(False)
+        self.progress_label.setText("")
+        self._update_actions()
+
+    def _describe_device(self) -> str:
+        from core.inference import describe_device, select_device
+
+        return describe_device(select_device(self.device_pref))
+
+    # ------------------------------------------------------------------ gallery
+    def current_filter(self) -> q.GalleryFilter:
+        return q.GalleryFilter(predicted=self.f_pred.currentData(), reviewed=self.f_rev.currentData(),
+                               uncertain_only=self.f_uncertain.isChecked(), disagreement=self.f_disagree.isChecked(),
+                               sort=self.sort.currentData())
+
+    def _filter_changed(self, *_) -> None:
+        self.reload_gallery()
+
+    def reload_gallery(self, keep_current: bool = False) -> None:
+        keep = self._shown_id if keep_current else None
+        if self.folder is None:
+            self.model.clear()
+        else:
+            self.model.set_query(self.db, self.folder, self.version["id"] if self.version else None,
+                                 self.version["taxonomy"] if self.version else None, self.current_filter())
+        if keep is not None:
+            self.select_image(keep)
+        self._update_counts()
+
+    def _after_reset(self) -> None:
+        n = self.model.total
+        if self.folder is None:
+            return
+        self.gallery_info.setText(f"{n:,} image(s) match" if n else "No images match (yet).")
+
+    def select_image(self, image_id: int) -> bool:
+        row = self.model.row_of(image_id)
+        if row is None:
+            return False
+        ix = self.model.index(row)
+        self.view.selectionModel().setCurrentIndex(ix, QItemSelectionModel.ClearAndSelect)
+        self.view.scrollTo(ix)
+        return True
+
+    def selected_ids(self) -> list[int]:
+        rows = sorted(ix.row() for ix in self.view.selectionModel().selectedIndexes())
+        ids = [self.model.row_at(r).image_id for r in rows]
+        if not ids:
+            cur = self.view.currentIndex()
+            if cur.isValid():
+                ids = [cur.data(ID_ROLE)]
+        return ids
+
+    def move_current(self, step: int, after_rows: list[int] | None = None) -> None:
+        n = self.model.rowCount()
+        if n == 0:
+            return
+        cur = self.view.currentIndex()
+        base = max(after_rows) if (after_rows and step > 0) else (cur.row() if cur.isValid() else -1)
+        row = base + step
+        if row >= n and self.model.canFetchMore():
+            self.model.fetchMore()
+            n = self.model.rowCount()
+        row = max(0, min(n - 1, row))
+        ix = self.model.index(row)
+        self.view.selectionModel().setCurrentIndex(ix, QItemSelectionModel.ClearAndSelect)
+        self.view.scrollTo(ix)
+
+    def _update_counts(self) -> None:
+        v = self.version
+        if v is not None:
+            self.model_label.setText(f"<b>{v['name']}</b><br><small>{v['architecture']} · "
+                                     f"{headline_metrics(v['card'])}</small>")
+        if self.folder is None:
+            self.counts.setText("<i>No folder open.</i>")
+            return
+        with self.db.session() as s:
+            c = q.class_counts(s, self.folder, v["id"] if v else None, v["taxonomy"] if v else None)
+        classes = v["classes"] if v else sorted(set(c.predicted) | set(c.reviewed))
+        rows = ["<tr><th align='left'>Class</th><th align='right'>Predicted</th><th align='right'>Reviewed</th></tr>"]
+        for cl in classes:
+            pn, rn = c.predicted.get(cl, 0), c.reviewed.get(cl, 0)
+            col = class_color(cl, classes).name()
+            rows.append(f"<tr><td><span style='color:{col}'>■</span> {cl}</td>"
+                        f"<td align='right'>{pn:,} ({c.pct(pn, c.n_predicted):.0f}%)</td>"
+                        f"<td align='right'>{rn:,} ({c.pct(rn, c.n_reviewed):.0f}%)</td></tr>")
+        rows.append(f"<tr><td><b>All</b></td><td align='right'><b>{c.n_predicted:,}</b></td>"
+                    f"<td align='right'><b>{c.n_reviewed:,}</b></td></tr>")
+        self.counts.setText(f"<table cellspacing='2'>{''.join(rows)}</table>"
+                            f"<small>{c.total:,} images · {c.pct(c.n_reviewed, c.total):.0f}% reviewed</small>")
+
+    # ------------------------------------------------------------------ detail
+    def _current_changed(self, cur, _prev=None) -> None:
+        row = cur.data(ROW_ROLE) if cur.isValid() else None
+        self._show_detail(row)
+        self._update_actions()
+
+    def _show_detail(self, row, reload_image: bool = True) -> None:
+        classes = self.version["classes"] if self.version else []
+        self.detail.show_row(row, classes)
+        if row is None:
+            self._shown_id = None
+            return
+        with self.db.session() as s:
+            events = [dict(when=e.created_at.strftime("%Y-%m-%d %H:%M:%S"), reviewer=e.reviewer,
+                           **{"from": e.previous_label, "to": e.label}, source=e.source, note=e.note)
+                      for e in history(s, row.image_id)]
+        self.detail.show_history(events)
+        if reload_image or self._shown_id != row.image_id:
+            self._shown_id = row.image_id
+            self._full_image = None
+            self.workers.submit(lambda r=row: (r.image_id, self._decode_full(r.path)), name="image",
+                                on_result=self._image_loaded, on_error=self.show_error, priority=1)
+
+    @staticmethod
+    def _decode_full(path):
+        from core.fspath import to_fs
+        from core.images import decode_rgb, read_file
+
+        return rgb_to_qimage(decode_rgb(read_file(to_fs(path))))
+
+    def _image_loaded(self, out) -> None:
+        image_id, img = out
+        if image_id != self._shown_id:
+            return  # the user has moved on
+        self._full_image = img
+        self.detail.view.set_image(img)
+        self.imageShown.emit(image_id)
+        if self.detail.gradcam.isChecked():
+            self._request_gradcam()
+
+    def _gradcam_toggled(self, on: bool) -> None:
+        if on:
+            self._request_gradcam()
+        else:
+            self.detail.view.set_overlay(None)
+
+    def _request_gradcam(self) -> None:
+        cur = self.view.currentIndex()
+        row = cur.data(ROW_ROLE) if cur.isValid() else None
+        if row is None or self.version is None:
+            return
+        package = self.version["path"]
+        vid = self.version["id"]
+
+        def work(r=row):
+            from core.gradcam import GradCam
+
+            with self._gradcam_lock:
+                if self._gradcam is None or self._gradcam[0] != vid:
+                    self._gradcam = (vid, GradCam(package))
+                _img, cam, k = self._gradcam[1](r.path)
+            return r.image_id, cam, k
+
+        self.workers.submit(work, name="Grad-CAM", on_result=self._gradcam_done, on_error=self.show_error,
+                            priority=1)
+
+    def _gradcam_done(self, out) -> None:
+        image_id, cam, k = out
+        if image_id != self._shown_id or not self.detail.gradcam.isChecked():
+            return
+        img = self._full_image
+        if img is None:
+            return
+        w, h = img.width(), img.height()
+        side = min(w, h)  # preprocessing centre-crops to a square: the map covers that square
+        self.detail.view.set_overlay(heatmap_rgba(cam, side), ((w - side) // 2, (h - side) // 2))
+        cls = self.version["classes"][k] if self.version and k < len(self.version["classes"]) else k
+        self.statusBar().showMessage(f"Grad-CAM for class {cls}", 5000)
+        self.gradcamReady.emit(image_id)
+
+    # ------------------------------------------------------------------ review
+    def _after_label(self, action, advance: bool, rows_before: list[int] | None = None) -> None:
+        if action is None:
+            if advance:
+                self.move_current(1, rows_before)
+            return
+        ids = [i for i, _, _ in action.changes]
+        self.model.refresh_ids(ids)
+        self._update_counts()
+        cur = self.view.currentIndex()
+        if cur.isValid():
+            self._show_detail(cur.data(ROW_ROLE), reload_image=False)
+        self._update_actions()
+        self.labelsChanged.emit(ids)
+        if advance:
+            self.move_current(1, rows_before)
+
+    def _guard(self, fn, *a):
+        try:
+            return fn(*a)
+        except Exception as exc:
+            log.exception("review action failed")
+            self.show_error(f"Could not save the label: {exc}")
+            return None
+
+    def label_selected(self, label: str | None) -> None:
+        ids = self.selected_ids()
+        if not ids:
+            return
+        rows = [self.model.row_of(i) for i in ids]
+        action = self._guard(self.review.label, ids, label)
+        if action is not None:
+            self.statusBar().showMessage(f"{len(action.changes)} image(s) labelled {label or '(cleared)'}", 4000)
+        self._after_label(action, advance=True, rows_before=[r for r in rows if r is not None])
+
+    def accept_prediction(self) -> None:
+        ids = self.selected_ids()
+        labels = {}
+        for i in ids:
+            row = self.model.row_of(i)
+            r = self.model.row_at(row) if row is not None else None
+            if r is not None and r.predicted:
+                labels[i] = r.predicted
+        if not labels:
+            return
+        rows = [self.model.row_of(i) for i in ids]
+        action = self._guard(self.review.apply, labels, f"accept {len(labels)} prediction(s)", "accepted prediction")
+        self._after_label(action, advance=True, rows_before=[r for r in rows if r is not None])
+
+    def undo(self) -> None:
+        action = self._guard(self.review.undo)
+        if action is not None:
+            self.statusBar().showMessage(f"Undone: {action.description}", 4000)
+            self._after_label(action, advance=False)
+            self.select_image(action.changes[0][0])
+
+    def redo(self) -> None:
+        action = self._guard(self.review.redo)
+        if action is not None:
+            self.statusBar().showMessage(f"Redone: {action.description}", 4000)
+            self._after_label(action, advance=False)
+
+    def ask_reviewer(self) -> None:
+        name, ok = QInputDialog.getText(self, "Reviewer", "Your name, stored with every label you give:",
+                                        text=self.reviewer)
+        if ok and name.strip():
+            self.set_reviewer(name.strip())
+
+    def set_reviewer(self, name: str) -> None:
+        self.reviewer = name
+        self.review.reviewer = name
+        self.settings.setValue("reviewer", name)
+        self._show_reviewer()
+
+    def _show_reviewer(self) -> None:
+        self.reviewer_label.setText(f"reviewer: {self.reviewer}")
+
+    def _update_actions(self) -> None:
+        has_folder = self.folder is not None
+        running = self.job is not None
+        has_sel = self.view.currentIndex().isValid() or bool(self.view.selectionModel().selectedIndexes())
+        self.a_classify.setEnabled(has_folder and not running)
+        self.a_cancel.setEnabled(running)
+        self.a_csv.setEnabled(has_folder)
+        self.a_pdf.setEnabled(has_folder)
+        for a in self.label_actions + [self.a_accept, self.a_clear]:
+            a.setEnabled(has_sel)
+        for b in self.class_buttons:
+            b.setEnabled(has_sel)
+        self.a_undo.setEnabled(self.review.can_undo)
+        self.a_redo.setEnabled(self.review.can_redo)
+
+    # ------------------------------------------------------------------ export
+    def default_export_path(self, ext: str) -> str:
+        name = f"hemascan-{Path(self.folder).name}-{time.strftime('%Y%m%d-%H%M')}.{ext}"
+        return str(Path(self.folder) / name) if os.access(self.folder, os.W_OK) else str(Path.home() / name)
+
+    def export_csv(self, _=False, path: str | None = None) -> str | None:
+        if self.folder is None:
+            return None
+        if path is None:
+            path, _f = QFileDialog.getSaveFileName(self, "Export CSV", self.default_export_path("csv"), "CSV (*.csv)")
+            if not path:
+                return None
+        from core.export import EXPORTERS
+
+        try:
+            n = EXPORTERS["csv"](self.db, path, folder=self.folder)
+        except Exception as exc:
+            log.exception("CSV export failed")
+            self.show_error(f"CSV export failed: {exc}")
+            return None
+        self.statusBar().showMessage(f"Exported {n:,} rows to {path}", 8000)
+        self.reportWritten.emit(path)
+        return path
+
+    def export_pdf(self, _=False, path: str | None = None) -> str | None:
+        if self.folder is None:
+            return None
+        if path is None:
+            path, _f = QFileDialog.getSaveFileName(self, "Export PDF report", self.default_export_path("pdf"),
+                                                   "PDF (*.pdf)")
+            if not path:
+                return None
+        from .report import write_report
+
+        QApplication.setOverrideCursor(Qt.WaitCursor)
+        try:
+            write_report(self.db, self.folder, self.version, self.reviewer, path)
+        except Exception as exc:
+            log.exception("PDF report failed")
+            self.show_error(f"PDF report failed: {exc}")
+            return None
+        finally:
+            QApplication.restoreOverrideCursor()
+        self.statusBar().showMessage(f"Report written to {path}", 8000)
+        self.reportWritten.emit(path)
+        return path
+
+    # ------------------------------------------------------------------ models, about
+    def show_models(self) -> None:
+        dlg = ModelsDialog(self.db, self)
+        dlg.activateRequested.connect(lambda vid: self.activate_version(vid, ask=True))
+        dlg.exec()
+
+    def activate_version(self, version_id: int, ask: bool = True, reclassify: bool | None = None) -> None:
+        with self.db.session() as s:
+            v = next(v for v in list_versions(s) if v.id == version_id)
+            set_active(s, v)
+            self.version = version_info(get_version(s, v.name))
+        self.review.taxonomy = self.version["taxonomy"]
+        self._gradcam = None
+        self._fill_class_combos()
+        self.reload_gallery()
+        self.statusBar().showMessage(f"Active model: {self.version['name']}", 8000)
+        if self.folder is None:
+            return
+        if reclassify is None and ask:
+            reclassify = QMessageBox.question(
+                self, "Re-classify?", f"Classify {Path(self.folder).name} with {self.version['name']} now?\n"
+                "Only images this version has not predicted yet are processed.") == QMessageBox.Yes
+        if reclassify:
+            self.classify()
+
+    def show_shortcuts(self) -> None:
+        classes = self.version["classes"] if self.version else []
+        keys = "".join(f"<tr><td><b>{k}</b></td><td>label {c}</td></tr>" for k, c in enumerate(classes, 1))
+        QMessageBox.information(self, "Keyboard shortcuts", f"""<table>{keys}
+            <tr><td><b>A</b> / <b>Enter</b></td><td>accept the prediction</td></tr>
+            <tr><td><b>0</b></td><td>clear the label</td></tr>
+            <tr><td><b>Arrows</b>, <b>Space</b></td><td>move (Shift+arrows / Ctrl+click select many)</td></tr>
+            <tr><td><b>Ctrl+Z</b> / <b>Ctrl+Shift+Z</b></td><td>undo / redo (recorded as new audit events)</td></tr>
+            <tr><td><b>G</b></td><td>Grad-CAM overlay</td></tr>
+            <tr><td><b>Ctrl++</b> / <b>Ctrl+-</b> / <b>F</b></td><td>zoom in / out / fit</td></tr>
+            <tr><td><b>Ctrl+O</b>, <b>Ctrl+R</b>, <b>Esc</b></td><td>open folder, classify, cancel</td></tr>
+            <tr><td><b>Ctrl+E</b>, <b>Ctrl+P</b></td><td>export CSV, PDF report</td></tr></table>""")
+
+    def about_text(self) -> str:
+        import platform
+
+        import PySide6
+        import sqlalchemy
+
+        from core.modelpkg import INTENDED_USE
+
+        try:
+            from importlib.metadata import version as pkg_version
+
+            hv = pkg_version("hemascan")
+        except Exception:
+            hv = "dev"
+        try:
+            import torch
+
+            tv = torch.__version__
+        except Exception:
+            tv = "not available"
+        v = self.version or {}
+        card = v.get("card") or {}
+        return (f"<h3>hemascan {hv}</h3><p><b>{STATEMENT}</b></p><p>{INTENDED_USE}</p>"
+                f"<p>Python {platform.python_version()} · PySide6 {PySide6.__version__} · Qt "
+                f"{PySide6.QtCore.qVersion()} · PyTorch {tv} · SQLAlchemy {sqlalchemy.__version__}</p>"
+                f"<p><b>Model:</b> {v.get('name', 'none')} ({card.get('architecture', '')}, "
+                f"{card.get('taxonomy', '')}); {headline_metrics(card)}<br>"
+                f"created {card.get('created_at', '')}; classes: {', '.join(card.get('classes', []))}<br>"
+                f"{card.get('notes', '')}</p>"
+                f"<p><small>Data: {self.paths.data_dir}<br>Log: {self.paths.logs / 'hemascan.log'}</small></p>")
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, "About hemascan", self.about_text())
+
+    # ------------------------------------------------------------------ errors, events
+    def show_error(self, message: str) -> None:
+        log.error("%s", message)
+        self.statusBar().showMessage(f"⚠ {message}", 20000)
+
+    def dragEnterEvent(self, e) -> None:
+        if any(u.isLocalFile() and os.path.isdir(u.toLocalFile()) for u in e.mimeData().urls()):
+            e.acceptProposedAction()
+
+    def dropEvent(self, e) -> None:
+        for u in e.mimeData().urls():
+            if u.isLocalFile() and os.path.isdir(u.toLocalFile()):
+                e.acceptProposedAction()
+                self.open_folder(u.toLocalFile())
+                return
+
+    def closeEvent(self, e) -> None:
+        self.save_settings()
+        self.cancel_job()
+        self.workers.cancel_all()
+        self.workers.wait(10000)
+        self.db.dispose()
+        super().closeEvent(e)
