@@ -65,15 +65,70 @@ def describe_device(device) -> str:
     return f"CPU ({torch.get_num_threads()} threads{', bf16' if cpu_supports_bf16() else ''})"
 
 
-def _fold_batchnorm(model):
-    """Fold BatchNorm into the preceding convolutions (eval only): fewer ops per image."""
-    try:
-        from torch.fx.experimental.optimization import fuse
+def _conv_bn_pairs(model, example) -> list[tuple[str, str]]:
+    """(conv name, bn name) where a BatchNorm2d consumes exactly a Conv2d's output,
+    found by watching one forward pass (works for architectures FX cannot trace)."""
+    import torch
+    from torch import nn
 
-        return fuse(model)
-    except Exception as exc:  # architectures fx cannot trace keep their BN layers
+    names = {m: n for n, m in model.named_modules()}
+    produced: dict[int, nn.Module] = {}
+    keep: list = []  # hold outputs so their ids are not reused during the pass
+    pairs: list[tuple[str, str]] = []
+
+    def after_conv(mod, _inp, out):
+        produced[id(out)] = mod
+        keep.append(out)
+
+    def before_bn(mod, inp):
+        conv = produced.get(id(inp[0]))
+        if conv is not None:
+            pairs.append((names[conv], names[mod]))
+
+    hooks = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_pre_hook(before_bn) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    try:
+        with torch.inference_mode():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return pairs
+
+
+def fold_batchnorm(model, input_size: int):
+    """Fold eval-mode BatchNorm into the preceding convolutions (fewer ops per image).
+    The folded model is checked against the original on a random batch; if anything
+    differs (e.g. a conv output also used elsewhere), the original is kept."""
+    import copy
+
+    import torch
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    model = model.eval()
+    example = torch.randn(2, 3, input_size, input_size)
+    try:
+        pairs = _conv_bn_pairs(model, example)
+        if not pairs:
+            return model
+        folded = copy.deepcopy(model)
+        modules = dict(folded.named_modules())
+        for conv_name, bn_name in pairs:
+            conv, bn = modules[conv_name], modules[bn_name]
+            w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                        bn.eps, bn.weight, bn.bias)
+            conv.weight, conv.bias = w, b
+            parent_name, _, attr = bn_name.rpartition(".")
+            setattr(modules[parent_name] if parent_name else folded, attr, nn.Identity())
+        with torch.inference_mode():
+            ok = torch.allclose(folded(example), model(example), rtol=1e-3, atol=1e-4)
+        if ok:
+            return folded
+        log.warning("BatchNorm folding changed outputs; keeping the unfolded model")
+    except Exception as exc:
         log.info("BatchNorm folding skipped: %s", exc)
-        return model
+    return model
 
 
 # torch.compile costs ~30-70 s on a 2-core CPU and then runs ~1.5x faster: worth it only
@@ -105,7 +160,7 @@ class Predictor:
         self.card: ModelCard = card
         self.prep: Preprocessing = card.prep
         self.classes = list(card.classes)
-        model = _fold_batchnorm(model.eval())
+        model = fold_batchnorm(model, card.prep.input_size)
         self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
         if precision == "auto":
             if self.device.type == "cuda":

@@ -93,3 +93,23 @@ def test_save_then_register_and_switch_active(tmp_path, db, paths):
             get_version(s, "nope")
     with pytest.raises(ModelPackageError, match="already exists"):
         save_package(tmp_path / "second", model.state_dict(), card)
+
+
+@pytest.mark.parametrize("arch", ["seed_cnn3", "effnet_lite0"])
+def test_batchnorm_folding_removes_bn_and_keeps_outputs(arch):
+    from torch import nn
+
+    from core.architectures import build
+    from core.inference import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = build(arch, num_classes=4).eval()
+    for m in model.modules():  # non-trivial statistics, as after training
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    folded = fold_batchnorm(model, 64)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(folded(x), model(x), rtol=1e-3, atol=1e-4)
