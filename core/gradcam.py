@@ -46,8 +46,8 @@ def gradcam(model, prep, image_u8: np.ndarray, class_index: int | None = None) -
         cam = cam.detach().numpy().astype(np.float32)
     finally:
         handle.remove()
-    top = float(cam.max())
-    return (cam / top if top > 0 else cam), k
+    lo, hi = float(cam.min()), float(cam.max())  # stretched to [0, 1] for display
+    return ((cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)), k
 
 
 class GradCam:

@@ -19,12 +19,12 @@ def rgb_to_qimage(rgb: np.ndarray) -> QImage:
     return QImage(rgb.data, w, h, 3 * w, QImage.Format_RGB888).copy()
 
 
-def heatmap_rgba(cam: np.ndarray, size: int, alpha: float = 0.5) -> QImage:
+def heatmap_rgba(cam: np.ndarray, size: int, alpha: float = 0.6) -> QImage:
     """Grad-CAM map in [0, 1] -> a translucent JET-coloured RGBA QImage of size x size."""
     cam = cv2.resize(cam.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
     u8 = np.clip(cam * 255, 0, 255).astype(np.uint8)
     rgb = cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    a = (np.clip(cam, 0, 1) ** 0.7 * 255 * alpha).astype(np.uint8)
+    a = (np.clip(cam, 0, 1) ** 1.5 * 255 * alpha).astype(np.uint8)  # cool regions stay see-through
     rgba = np.ascontiguousarray(np.dstack([rgb, a]))
     return QImage(rgba.data, size, size, 4 * size, QImage.Format_RGBA8888).copy()
 
@@ -158,6 +158,7 @@ class DetailPanel(QWidget):
         self.splitter.addWidget(info)
         self.splitter.setStretchFactor(0, 3)
         self.splitter.setStretchFactor(1, 2)
+        self.splitter.setSizes([440, 260])
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addLayout(head)

@@ -428,6 +428,8 @@ class MainWindow(QMainWindow):
         if now - self._last_counts > 1.0:
             self._last_counts = now
             self._update_counts()
+            if p.stage == "classify" and self.model.rowCount() <= 2000:  # tiles fill in as predictions land
+                self.model.refresh_ids([self.model.row_at(r).image_id for r in range(self.model.rowCount())])
 
     def _job_done(self, summary) -> None:
         self._end_job()
@@ -537,7 +539,8 @@ class MainWindow(QMainWindow):
         with self.db.session() as s:
             c = q.class_counts(s, self.folder, v["id"] if v else None, v["taxonomy"] if v else None)
         classes = v["classes"] if v else sorted(set(c.predicted) | set(c.reviewed))
-        rows = ["<tr><th align='left'>Class</th><th align='right'>Predicted</th><th align='right'>Reviewed</th></tr>"]
+        rows = ["<tr><th align='left'>Class</th><th align='right'>&nbsp;Predicted</th>"
+                "<th align='right'>&nbsp;Reviewed</th></tr>"]
         for cl in classes:
             pn, rn = c.predicted.get(cl, 0), c.reviewed.get(cl, 0)
             col = class_color(cl, classes).name()
@@ -546,7 +549,7 @@ class MainWindow(QMainWindow):
                         f"<td align='right'>{rn:,} ({c.pct(rn, c.n_reviewed):.0f}%)</td></tr>")
         rows.append(f"<tr><td><b>All</b></td><td align='right'><b>{c.n_predicted:,}</b></td>"
                     f"<td align='right'><b>{c.n_reviewed:,}</b></td></tr>")
-        self.counts.setText(f"<table cellspacing='2'>{''.join(rows)}</table>"
+        self.counts.setText(f"<table cellspacing='0' cellpadding='2'>{''.join(rows)}</table>"
                             f"<small>{c.total:,} images · {c.pct(c.n_reviewed, c.total):.0f}% reviewed</small>")
 
     # ------------------------------------------------------------------ detail

@@ -18,7 +18,12 @@ def version_info(v) -> dict:
 
 
 def headline_metrics(card: dict) -> str:
-    m = card.get("metrics") or {}
+    metrics = card.get("metrics") or {}
+    m = dict(metrics)
+    for section in ("as_is", "test"):  # the trainer's held-out test metrics, when present
+        if isinstance(metrics.get(section), dict):
+            m = {**metrics[section], **{k: v for k, v in metrics.items() if not isinstance(v, dict)}}
+            break
     parts = []
     for key in ("accuracy", "macro_f1", "balanced_accuracy", "ece", "test_accuracy", "val_accuracy"):
         if isinstance(m.get(key), (int, float)):

@@ -8,7 +8,7 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
-from PySide6.QtCore import QMarginsF, QSizeF, QUrl
+from PySide6.QtCore import QMarginsF, QUrl
 from PySide6.QtGui import QPageLayout, QPageSize, QPdfWriter, QTextDocument
 
 from core import gallery as q
@@ -24,12 +24,20 @@ STATEMENT = ("hemascan supports and does not replace diagnosis. It is research a
 
 def _metrics_html(card: dict) -> str:
     metrics = card.get("metrics") or {}
-    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    flat = {}
+    for k, v in metrics.items():  # scalars, and one level into sections (as_is, grayscale, split...)
+        if isinstance(v, (int, float, str)):
+            flat[k] = v
+        elif isinstance(v, dict) and k != "history":
+            for k2, v2 in v.items():
+                if isinstance(v2, (int, float)) and k2 in ("accuracy", "macro_f1", "ece", "n", "n_test",
+                                                           "temperature", "uncertain_threshold", "auroc"):
+                    flat[f"{k} {k2}"] = v2
     if not flat:
         return "<p><i>The model card records no evaluation metrics.</i></p>"
     cells = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{v:.3f}</td></tr>" if isinstance(v, float)
                     else f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
-                    for k, v in list(flat.items())[:16])
+                    for k, v in list(flat.items())[:24])
     return f"<table cellpadding='3' border='1' cellspacing='0'>{cells}</table>"
 
 
@@ -105,7 +113,6 @@ def write_report(db, folder, version: dict | None, reviewer: str, output, n_thum
     writer.setResolution(150)
     writer.setTitle(f"hemascan report: {Path(str(folder)).name}")
     writer.setCreator("hemascan")
-    doc.setPageSize(QSizeF(writer.width(), writer.height()))
     doc.print_(writer)
     del writer  # flushes the file
     tmp.replace(output)
