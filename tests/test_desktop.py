@@ -204,3 +204,42 @@ def test_gallery_pages_100k_rows(qtbot, window, tmp_path):
     print(f"\n100k rows: insert {insert_s:.1f}s, open {open_s * 1000:.0f} ms, "
           f"{rows} rows loaded, {len(asked)} thumbnails asked")
     assert open_s < 3.0
+
+
+def test_switch_model_reclassifies_and_about(qtbot, window, tmp_path):
+    import dataclasses
+
+    from core.architectures import build
+    from core.modelpkg import read_card, save_package
+    from core.registry import bundled_default_package, register_package
+    from core.sample import generate
+
+    w = window
+    folder = tmp_path / "few"
+    generate(folder, n_per_class=1, seed=2)
+    with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+        w.open_folder(folder)
+    card = read_card(bundled_default_package())
+    card = dataclasses.replace(card, name="second-test-model", placeholder=False,
+                               metrics={"as_is": {"accuracy": 0.5, "macro_f1": 0.4}})
+    model = build(card.architecture, num_classes=len(card.classes), **card.arch_params)
+    save_package(tmp_path / "second", model.state_dict(), card)
+    with w.db.session() as s:
+        vid = register_package(s, w.paths, tmp_path / "second").id
+    from desktop.models_panel import ModelsDialog
+
+    dlg = ModelsDialog(w.db, w)
+    assert dlg.table.rowCount() == 2 and "accuracy 0.500" in dlg.table.item(1, 4).text()
+    assert not dlg.retrain.isEnabled()
+    with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT) as blocker:
+        w.activate_version(vid, ask=False, reclassify=True)
+    assert blocker.args[0].model == "second-test-model" and blocker.args[0].n_predicted == 4
+    assert w.version["name"] == "second-test-model" and w.model.total == 4
+    assert "not a diagnostic device" in w.about_text() and "second-test-model" in w.about_text()
+
+
+def test_gui_command_registered():
+    from core.cli import COMMANDS, build_parser
+
+    build_parser()
+    assert "gui" in COMMANDS
