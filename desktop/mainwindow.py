@@ -21,7 +21,7 @@ from core.registry import ensure_active_model, get_version, list_versions, set_a
 from core.review import ReviewSession
 
 from .detail import DetailPanel, heatmap_rgba, rgb_to_qimage
-from .gallery import ID_ROLE, ROW_ROLE, GalleryModel, ThumbnailLoader, TileDelegate, class_color
+from .gallery import ID_ROLE, ROW_ROLE, THUMB, GalleryModel, ThumbnailLoader, TileDelegate, class_color
 from .models_panel import ModelsDialog, headline_metrics, version_info
 from .workers import Workers
 
@@ -81,7 +81,8 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ construction
     def _build_widgets(self) -> None:
-        self.loader = ThumbnailLoader(self.workers)
+        dpr = max(1.0, QApplication.instance().devicePixelRatio()) if QApplication.instance() else 1.0
+        self.loader = ThumbnailLoader(self.workers, size_px=int(THUMB * min(dpr, 3.0)))  # sharp on HiDPI
         self.model = GalleryModel(self.db, self)
         self.loader.ready.connect(self.model.thumbnail_ready)
         self.view = QListView()
