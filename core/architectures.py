@@ -130,7 +130,9 @@ _LITE0_BLOCKS = [  # (repeats, kernel, stride, expand, in, out)
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
-_BN = dict(momentum=0.01, eps=1e-3)
+# eps as the TF weights; momentum 0.1 (PyTorch default) rather than TF 0.99 (= 0.01 here) so
+# BatchNorm statistics adapt to smear images within a short fine-tuning schedule.
+_BN = dict(momentum=0.1, eps=1e-3)
 
 
 class _SameConv2d(nn.Conv2d):

@@ -214,6 +214,7 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the Markdown table (and a .json beside it) here")
     p.add_argument("--only", help="comma list of row keys to run (cnn,cnn_dedup,svm,rf,cnn_svm,baseline)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
 @command("compare", "reproduce the seed experiments (CNNs, SVM, random forest, CNN features + SVM) as a Markdown table",
@@ -223,7 +224,7 @@ def compare_cmd(args: argparse.Namespace, app) -> int:
 
     cfg = CompareConfig(data=args.data, split=args.split, fold=args.fold, input_size=args.input_size,
                         epochs=args.epochs, seed=args.seed, cache_dir=str(app.paths.cache / "train-images"),
-                        only=[s.strip() for s in args.only.split(",")] if args.only else None)
+                        only=[s.strip() for s in args.only.split(",")] if args.only else None, threads=args.threads)
     result = app.progress(compare(cfg, cancel=app.cancel), "compare")
     app.echo(result["markdown"])
     if args.out:

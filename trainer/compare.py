@@ -181,8 +181,14 @@ def compare(cfg: CompareConfig, cancel=None):
     cols = [("method", "method"), ("accuracy", "accuracy"), ("precision", "precision (macro)"),
             ("recall", "recall (macro)"), ("f1", "F1 (macro)"), ("train_seconds", "train time (s)"), ("n_test", "n test"),
             ("note", "note")]
-    header = (f"Seed experiments on {Path(cfg.data).name}, {split.method} split "
-              f"(train {len(tr)}, test {len(te)}; {split.describe().get('duplicate_pairs', '?')} duplicate pairs kept on one side).")
+    from .data import duplicate_pairs
+
+    side = np.zeros(len(ds), int)
+    side[split.val], side[split.test] = 1, 2
+    pairs = duplicate_pairs(ds, 4)
+    leaks = sum(1 for a, b in pairs if {side[a], side[b]} == {0, 2})
+    header = (f"Seed experiments on {Path(cfg.data).name}, {split.method} split (train {len(tr)}, test {len(te)}); "
+              f"{len(pairs)} exact/near-duplicate pairs (sha256, phash<=4), {leaks} of them straddling train and test.")
     md = header + "\n\n" + markdown_table(rows, cols)
     return {"rows": rows, "markdown": md, "split": split.describe(), "config": cfg.__dict__}
 
