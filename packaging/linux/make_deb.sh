@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Make the .deb from a PyInstaller bundle (called by packaging/build.sh):
+#
+#     packaging/linux/make_deb.sh BUNDLE_DIR cpu|cuda OUT_DIR
+#
+# Layout: /opt/hemascan (the bundle), /usr/bin/hemascan (launcher),
+# /usr/share/applications/hemascan.desktop, icons in /usr/share/icons/hicolor, AppStream
+# metadata for the software centre. Everything is owned by the package, so removing it
+# leaves nothing behind; user data (~/.local/share/hemascan) is never touched.
+# Needs only dpkg-deb (no fakeroot: --root-owner-group).
+set -euo pipefail
+
+BUNDLE="$(cd "$1" && pwd)"
+VARIANT="$2"
+OUT="$3"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+VERSION="$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$ROOT/pyproject.toml" | head -1)"
+ARCH="$(dpkg --print-architecture)"
+PKG="hemascan-$VARIANT"
+STAGE="$ROOT/build/deb-$VARIANT/${PKG}_${VERSION}_${ARCH}"
+
+rm -rf "$STAGE"
+mkdir -p "$STAGE/DEBIAN" "$STAGE/opt" "$STAGE/usr/bin" "$STAGE/usr/share/applications" \
+         "$STAGE/usr/share/icons/hicolor/256x256/apps" "$STAGE/usr/share/icons/hicolor/scalable/apps" \
+         "$STAGE/usr/share/metainfo" "$STAGE/usr/share/doc/$PKG"
+cp -a "$BUNDLE" "$STAGE/opt/hemascan"
+find "$STAGE/opt/hemascan" -name '__pycache__' -prune -exec rm -rf {} +
+chmod -R u+rwX,go+rX,go-w "$STAGE/opt/hemascan"
+
+cat > "$STAGE/usr/bin/hemascan" <<'EOF'
+#!/bin/sh
+# hemascan launcher (package hemascan-cpu / hemascan-cuda): the app lives in /opt/hemascan.
+exec /opt/hemascan/hemascan "$@"
+EOF
+chmod 755 "$STAGE/usr/bin/hemascan"
+
+install -m 644 "$HERE/hemascan.desktop" "$STAGE/usr/share/applications/hemascan.desktop"
+install -m 644 "$ROOT/resources/icons/hemascan.png" "$STAGE/usr/share/icons/hicolor/256x256/apps/hemascan.png"
+install -m 644 "$ROOT/resources/icons/hemascan.svg" "$STAGE/usr/share/icons/hicolor/scalable/apps/hemascan.svg"
+install -m 644 "$HERE/org.hemascan.hemascan.metainfo.xml" "$STAGE/usr/share/metainfo/org.hemascan.hemascan.metainfo.xml"
+cat > "$STAGE/usr/share/doc/$PKG/copyright" <<EOF
+hemascan $VERSION ($VARIANT build). License: Apache-2.0.
+Bundles Python, PyTorch, Qt for Python (PySide6, LGPLv3) and other open-source
+libraries under their own licenses (see /opt/hemascan/_internal/*.dist-info).
+EOF
+
+if [ "$VARIANT" = cuda ]; then
+    DESC_EXTRA=" This build includes the NVIDIA CUDA libraries and uses an NVIDIA GPU when the driver is installed; otherwise it runs on the CPU."
+else
+    DESC_EXTRA=" This is the CPU-only build (smaller); it does not use NVIDIA GPUs."
+fi
+cat > "$STAGE/DEBIAN/control" <<EOF
+Package: $PKG
+Version: $VERSION
+Architecture: $ARCH
+Maintainer: hemascan maintainers <hemascan@localhost>
+Section: science
+Priority: optional
+Installed-Size: $(du -sk "$STAGE" --exclude=DEBIAN | cut -f1)
+Depends: libc6 (>= 2.28), libgl1, libegl1, libfontconfig1, libxkbcommon0, libxkbcommon-x11-0, libxcb-cursor0, libxcb-icccm4, libxcb-keysyms1, libxcb-shape0, libdbus-1-3
+Provides: hemascan
+Conflicts: hemascan
+Replaces: hemascan
+Description: blood-smear image classification and review for hematology labs
+ hemascan classifies folders of microscope blood-smear images with a CNN,
+ stores every prediction and every correction in a local database and lets a
+ pathologist review the results in a desktop app. It supports and does not
+ replace diagnosis: it is not a diagnostic device.
+ .
+$(echo "$DESC_EXTRA" | fold -s -w 76 | sed 's/^/ /')
+ .
+ User data (database, models, logs) is kept in ~/.local/share/hemascan and is
+ not removed when the package is removed.
+EOF
+
+# Refresh the menu and icon caches so the entry appears at once (both are optional tools).
+cat > "$STAGE/DEBIAN/postinst" <<'EOF'
+#!/bin/sh
+set -e
+if [ "$1" = configure ]; then
+    command -v update-desktop-database >/dev/null 2>&1 && update-desktop-database -q /usr/share/applications || true
+    command -v gtk-update-icon-cache >/dev/null 2>&1 && gtk-update-icon-cache -q -t -f /usr/share/icons/hicolor || true
+fi
+exit 0
+EOF
+cat > "$STAGE/DEBIAN/postrm" <<'EOF'
+#!/bin/sh
+set -e
+# Anything the app could have written next to itself (it runs with bytecode writing off,
+# so normally nothing): remove it so the directory goes with the package.
+if [ "$1" = remove ] || [ "$1" = purge ]; then
+    rm -rf /opt/hemascan
+    command -v update-desktop-database >/dev/null 2>&1 && update-desktop-database -q /usr/share/applications || true
+    command -v gtk-update-icon-cache >/dev/null 2>&1 && gtk-update-icon-cache -q -t -f /usr/share/icons/hicolor || true
+fi
+exit 0
+EOF
+chmod 755 "$STAGE/DEBIAN/postinst" "$STAGE/DEBIAN/postrm"
+
+mkdir -p "$OUT"
+DEB="$OUT/${PKG}_${VERSION}_${ARCH}.deb"
+COMP="${DEB_COMPRESSION:-xz}"
+dpkg-deb --root-owner-group -Z"$COMP" --build "$STAGE" "$DEB"
+ls -l "$DEB"
+echo "install: sudo apt install $DEB   (or double-click it in the file manager)"
