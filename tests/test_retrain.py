@@ -1,0 +1,224 @@
+"""Retrain loop on tiny generated data (core.sample): corrections in, new version out,
+comparison, promotion / roll-back, cancel, stale runs, fixed validation sides, export /
+import of single-file models."""
+from __future__ import annotations
+
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import select
+
+from core.architectures import build
+from core.db import Image, ModelVersion, TrainingRun
+from core.jobs import run_job
+from core.labels import record_labels
+from core.modelpkg import ModelCard, save_package
+from core.registry import active_version, register_package
+from core.sample import generate
+from core.scan import images_under, scan
+from core.taxonomy import TAXONOMIES
+
+CLASSES = list(TAXONOMIES["all_subtype"].classes)
+FAST = dict(epochs=2, batch_size=16, threads=2, augment={"strength": 0.0}, bootstrap=200, decode_workers=1)
+
+
+def tiny_package(tmp: Path, name: str = "tiny-v1") -> Path:
+    """A small seed_baseline model at 40 px (trains in well under a second per epoch)."""
+    torch.manual_seed(0)
+    model = build("seed_baseline", 4)
+    card = ModelCard(name=name, architecture="seed_baseline", taxonomy="all_subtype", classes=CLASSES,
+                     preprocessing={"input_size": 40, "interpolation": "area"}, notes="test model")
+    pkg = tmp / name
+    save_package(pkg, model.state_dict(), card)
+    return pkg
+
+
+@pytest.fixture
+def labelled(tmp_path, db, paths):
+    """A database with 12 images per class, a tiny active model and human labels on all."""
+    folder = tmp_path / "smears"
+    generate(folder, n_per_class=12, seed=5, size=64)
+    run_job(scan(db, folder))
+    with db.session() as s:
+        register_package(s, paths, tiny_package(tmp_path / "pkgs"), activate=True)
+        rows = images_under(s, folder)
+        for image_id, path in rows:
+            cls = {"Benign": "Benign", "Early": "Early Pre-B", "Pre": "Pre-B", "Pro": "Pro-B"}[Path(path).parent.name]
+            record_labels(s, [image_id], cls, "tester", source="human")
+    return folder
+
+
+def test_retrain_end_to_end_promote_and_rollback(labelled, db, paths):
+    from trainer.retrain import RetrainConfig, activation_log, lineage, promote, retrain, rollback
+
+    seen = []
+    out = run_job(retrain(db, paths, RetrainConfig(**FAST)), seen.append)
+    assert out["status"] == "completed"
+    # progress carried per-epoch history
+    hist = [p.extra["history"] for p in seen if p.stage == "validate"]
+    assert len(hist) == 2 and {"train_loss", "train_accuracy", "val_accuracy"} <= set(hist[-1][-1])
+    cmp = out["comparison"]
+    assert cmp["n"] == out["data"]["n_val"] > 0
+    for side in ("new", "old"):
+        assert set(cmp[side]["recall"]) == set(CLASSES)
+        assert np.asarray(cmp[side]["confusion_matrix"]).sum() == cmp["n"]
+    lo, hi = cmp["accuracy_difference"]["ci95"]
+    assert lo <= cmp["accuracy_difference"]["difference"] <= hi
+    assert cmp["warning"]  # a few dozen validation images cannot tell two models apart
+    assert all({"image_id", "old", "new", "label"} <= set(c) for c in cmp["changed"])
+    with db.session() as s:
+        new = s.scalar(select(ModelVersion).where(ModelVersion.name == out["version"]))
+        assert new is not None and not new.is_active
+        assert new.card["parent"] == "tiny-v1" and new.parent_id == out["parent_id"]
+        assert new.card["training_data"]["n_train"] == out["data"]["n_train"]
+        assert active_version(s).name == "tiny-v1"
+        run = s.get(TrainingRun, out["run_id"])
+        assert run.status == "completed" and run.model_version_id == new.id and run.finished_at is not None
+    promote(db, out["version"])
+    with db.session() as s:
+        assert active_version(s).name == out["version"]
+    # a second round fine-tunes the promoted version
+    out2 = run_job(retrain(db, paths, RetrainConfig(**FAST)))
+    assert out2["parent"] == out["version"]
+    rollback(db, "tiny-v1")
+    with db.session() as s:
+        assert active_version(s).name == "tiny-v1"
+    log = activation_log(db)
+    assert [e["action"] for e in log] == ["promote", "rollback"] and log[1]["previous"] == out["version"]
+    parents = {v["name"]: v["parent"] for v in lineage(db)}
+    assert parents[out2["version"]] == out["version"] and parents[out["version"]] == "tiny-v1"
+
+
+def test_validation_sides_fixed_and_duplicates_together(labelled, db, paths, tmp_path):
+    from trainer.retrain import RetrainConfig, assign_splits, collect_training_data
+
+    cfg = RetrainConfig()
+    d1 = collect_training_data(db, "all_subtype", CLASSES, cfg)
+    with db.session() as s:
+        first = dict(s.execute(select(Image.id, Image.split)).all())
+    assert set(first.values()) == {"train", "val"}
+    # a second collection (and a changed fraction) leaves existing sides alone
+    d2 = collect_training_data(db, "all_subtype", CLASSES, RetrainConfig(val_fraction=0.9))
+    with db.session() as s:
+        assert dict(s.execute(select(Image.id, Image.split)).all()) == first
+    assert [i.sha256 for i in d1.val] == [i.sha256 for i in d2.val]
+    assert not {i.sha256 for i in d1.val} & {i.sha256 for i in d1.train}
+    # a near duplicate added later follows its twin's side, whatever its own hash says
+    with db.session() as s:
+        img = s.scalar(select(Image).where(Image.split == "val").limit(1))
+        for k in range(40):  # some of these would hash to "train" on their own
+            twin_phash = format(int(img.phash, 16) ^ (1 << (k % 3)), "016x")
+            s.add(Image(sha256=f"{k:064x}", width=1, height=1, phash=twin_phash))
+        s.flush()
+        ids = [i.id for i in s.scalars(select(Image).where(Image.width == 1))]
+        sides = assign_splits(s, ids)
+    assert set(sides.values()) == {"val"}
+    # new near-duplicate groups are decided once, together
+    with db.session() as s:
+        for k in range(20):
+            s.add(Image(sha256=f"{k + 100:064x}", width=2, height=2, phash="f0f0f0f0f0f0f0f0" if k % 2 else "f0f0f0f0f0f0f0f1"))
+        s.flush()
+        ids = [i.id for i in s.scalars(select(Image).where(Image.width == 2))]
+        assert len(set(assign_splits(s, ids).values())) == 1
+
+
+def test_cancel_mid_epoch_leaves_nothing_broken(labelled, db, paths):
+    from trainer.retrain import RetrainConfig, retrain
+
+    cancel = threading.Event()
+    n_models = len(list(paths.models.iterdir()))
+    job = retrain(db, paths, RetrainConfig(**{**FAST, "epochs": 3, "batch_size": 4}), cancel=cancel)
+    for p in job_iter(job):
+        if p.stage == "train" and p.extra.get("batch") == 2:
+            cancel.set()
+    out = job_result
+    assert out["status"] == "cancelled"
+    assert len(list(paths.models.iterdir())) == n_models  # no package, no temp dir
+    with db.session() as s:
+        run = s.get(TrainingRun, out["run_id"])
+        assert run.status == "cancelled" and run.model_version_id is None
+        assert len(s.scalars(select(ModelVersion)).all()) == 1
+
+
+job_result = None
+
+
+def job_iter(job):
+    global job_result
+    while True:
+        try:
+            yield next(job)
+        except StopIteration as stop:
+            job_result = stop.value
+            return
+
+
+def test_killed_run_marked_failed_and_failure_recorded(labelled, db, paths):
+    from trainer.retrain import RetrainConfig, RetrainError, fail_stale_runs, retrain
+
+    with db.session() as s:  # a run whose process died (pid that does not exist)
+        s.add(TrainingRun(status="running", architecture="x", config={}, pid=2**22 + 12345))
+    assert fail_stale_runs(db) == 1
+    with db.session() as s:
+        assert {r.status for r in s.scalars(select(TrainingRun))} == {"failed"}
+    with pytest.raises(RetrainError):
+        run_job(retrain(db, paths, RetrainConfig(**{**FAST, "arch": "se_cnn"})))  # fine-tune cannot change arch
+    with db.session() as s:
+        last = s.scalars(select(TrainingRun).order_by(TrainingRun.id.desc())).first()
+        assert last.status == "failed" and "architecture" in last.error
+
+
+def test_export_import_round_trip_and_tampering(labelled, db, paths, tmp_path):
+    from core.errors import ModelPackageError
+    from core.modelfile import export_model, import_model
+
+    f = tmp_path / "tiny.hsmodel"
+    export_model(db, "tiny-v1", f)
+    other = tmp_path / "other"
+    from core.config import resolve_paths
+    from core.db import Database
+
+    p2 = resolve_paths(other).ensure()
+    db2 = Database(p2.db_url())
+    try:
+        name = import_model(db2, p2, f)
+        assert name == "tiny-v1"
+        with db2.session() as s:
+            v = s.scalar(select(ModelVersion).where(ModelVersion.name == name))
+            with db.session() as s1:
+                assert v.weights_sha256 == s1.scalar(select(ModelVersion.weights_sha256).where(ModelVersion.name == name))
+        # tampered weights: refused, nothing registered
+        bad = tmp_path / "bad.hsmodel"
+        with zipfile.ZipFile(f) as zin, zipfile.ZipFile(bad, "w") as zout:
+            for info in zin.infolist():
+                data = zin.read(info)
+                if info.filename.endswith(".safetensors"):
+                    data = data[:-4] + bytes(4)
+                zout.writestr(info, data)
+        with pytest.raises(ModelPackageError):
+            import_model(db2, resolve_paths(tmp_path / "third").ensure(), bad)
+        junk = tmp_path / "junk.hsmodel"
+        junk.write_bytes(b"not a zip")
+        with pytest.raises(ModelPackageError):
+            import_model(db2, p2, junk)
+    finally:
+        db2.dispose()
+
+
+def test_cli_retrain_and_models_export_import(labelled, cli, tmp_path):
+    rc, out, err = cli("retrain", "--epochs", 1, "--threads", 2, "--no-augment", "--promote")
+    assert rc == 0, err
+    assert "accuracy" in out and "macro-F1" in out and "promoted" in out
+    f = tmp_path / "m.hsmodel"
+    rc, out, err = cli("models", "export", "tiny-v1", str(f))
+    assert rc == 0 and f.is_file(), err
+    rc, out, err = cli("models", "import", str(f))
+    assert rc == 0, err
+    rc, out, err = cli("models", "rollback", "tiny-v1")
+    assert rc == 0 and "* tiny-v1" in out, err
+    rc, out, err = cli("models", "lineage")
+    assert rc == 0 and "<- tiny-v1" in out

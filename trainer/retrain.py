@@ -1,0 +1,818 @@
+"""Retrain from corrected labels: training data from the database, a fixed train /
+validation assignment per image, a fine-tuning job, a fair comparison with the active
+version, promotion and roll-back.
+
+The job ``retrain(db, paths, config, progress=None, cancel=None)`` is a ``core.jobs``
+generator: it yields ``Progress`` (stages ``data``, ``load``, ``train``, ``validate``,
+``compare``, ``package``; per-epoch loss/accuracy in ``extra["history"]``) and returns a
+summary dict. CLI (``hemascan retrain``) and GUI (Retrain dialog) drive the same job.
+
+Safety:
+
+* Every run has a ``training_runs`` row: ``running`` -> ``completed`` / ``cancelled`` /
+  ``failed``. A process killed mid-run leaves ``running``; the next retrain (or
+  :func:`fail_stale_runs`) marks it ``failed``.
+* The new package is written by ``core.modelpkg.save_package`` (temp dir + rename), only
+  after training finished, so a cancelled or killed run never leaves a half-written model.
+* The new version is registered with ``parent`` = the active version but NOT activated;
+  :func:`promote` activates it, :func:`rollback` activates any earlier version. Every
+  activation is appended to an audit list (``settings`` key ``model_activations``).
+
+Validation assignment: each reviewed image gets ``images.split`` = ``train`` or ``val``
+once, from its content hash (``int(sha256[:16], 16) / 2**64 < val_fraction`` -> val),
+and keeps it forever, so a validation image never leaks into a later training run.
+Near duplicates (perceptual hash within ``phash_distance`` bits) are joined into groups;
+a group follows the side of any member that already has one, else the hash of its
+smallest SHA-256 decides for the whole group. Exact duplicates are one ``images`` row.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from core.config import Paths
+from core.db import Database, Image, ImageFile, LabelEvent, ModelVersion, Setting, TrainingRun
+from core.errors import HemascanError
+from core.jobs import Progress
+
+SPLIT_TRAIN = "train"
+SPLIT_VAL = "val"
+ACTIVATIONS_KEY = "model_activations"
+MIN_VAL_FOR_CALIBRATION = 20
+SMALL_VAL = 100  # below this many validation images a difference of a few % is noise
+
+_LIVE_RUNS: set[int] = set()  # training_runs ids being trained in this process
+_LIVE_LOCK = threading.Lock()
+
+
+class RetrainError(HemascanError):
+    """Retraining cannot start or go on (no reviewed labels, bad options...)."""
+
+
+@dataclass
+class RetrainConfig:
+    epochs: int = 4
+    arch: str | None = None  # None: the active version's architecture
+    from_scratch: bool = False
+    base_data: str | None = None  # folder of class folders added to the training side
+    input_size: int | None = None  # from scratch only; fine-tuning keeps the parent's preprocessing
+    arch_params: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = True  # from scratch: ImageNet weights where the architecture has them
+    batch_size: int = 32
+    lr: float | None = None  # None: 3e-4 fine-tuning, 1e-3 from scratch
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.5
+    freeze_blocks: int = 0  # effnet_lite0: keep the stem and the first N blocks fixed (faster)
+    val_fraction: float = 0.2
+    phash_distance: int = 4
+    sources: tuple[str, ...] = ("human",)  # label-event sources used as training labels
+    augment: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    threads: int | None = None
+    device: str | None = None  # None/auto: CUDA when available
+    name: str | None = None
+    notes: str = ""
+    bootstrap: int = 2000
+    decode_workers: int = 2
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["sources"] = list(self.sources)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RetrainConfig":
+        d = dict(d)
+        if "sources" in d:
+            d["sources"] = tuple(d["sources"])
+        return cls(**d)
+
+
+# ---- perceptual-hash helpers -------------------------------------------------------------
+
+_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _phash_int(h: str | None) -> int:
+    try:
+        return int(h, 16) if h else 0
+    except ValueError:
+        return 0
+
+
+def hamming(a: np.ndarray, b: int | np.ndarray) -> np.ndarray:
+    """Bit distance between uint64 hashes ``a`` (array) and ``b``."""
+    x = np.bitwise_xor(np.asarray(a, dtype=np.uint64), np.uint64(b) if np.isscalar(b) else b)
+    return _POP8[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1)
+
+
+def _hash_fraction(sha256: str) -> float:
+    return int(sha256[:16], 16) / 2.0**64
+
+
+# ---- train / validation assignment -------------------------------------------------------
+
+def _chunks(seq: list, n: int = 900):
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def assign_splits(session, image_ids: Iterable[int], val_fraction: float = 0.2, phash_distance: int = 4) -> dict[int, str]:
+    """Give every image in ``image_ids`` without one a fixed side (see module doc) and
+    store it in ``images.split``. Returns image_id -> side for all of ``image_ids``."""
+    from sqlalchemy import select, update
+
+    ids = list(dict.fromkeys(int(i) for i in image_ids))
+    rows = []
+    for chunk in _chunks(ids):
+        rows += session.execute(select(Image.id, Image.sha256, Image.phash, Image.split).where(Image.id.in_(chunk))).all()
+    out = {r.id: r.split for r in rows if r.split}
+    todo = [r for r in rows if not r.split]
+    if not todo:
+        return out
+    anchors = session.execute(select(Image.phash, Image.split).where(Image.split.is_not(None))).all()
+    a_ph = np.array([_phash_int(p) for p, _ in anchors], dtype=np.uint64)
+    a_side = [s for _, s in anchors]
+    t_ph = np.array([_phash_int(r.phash) for r in todo], dtype=np.uint64)
+    n = len(todo)
+    parent = list(range(n))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for i in range(n - 1):
+        for j in np.nonzero(hamming(t_ph[i + 1 :], t_ph[i]) <= phash_distance)[0]:
+            ra, rb = find(i), find(i + 1 + int(j))
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    for members in groups.values():
+        inherited: set[str] = set()
+        if len(a_ph):
+            for i in members:
+                near = np.nonzero(hamming(a_ph, t_ph[i]) <= phash_distance)[0]
+                inherited.update(a_side[k] for k in near)
+        if inherited:  # a near duplicate already has a side: follow it (val wins a conflict: no leak)
+            side = SPLIT_VAL if SPLIT_VAL in inherited else SPLIT_TRAIN
+        else:
+            key = min(todo[i].sha256 for i in members)
+            side = SPLIT_VAL if _hash_fraction(key) < val_fraction else SPLIT_TRAIN
+        for i in members:
+            out[todo[i].id] = side
+    by_side: dict[str, list[int]] = {}
+    for r in todo:
+        by_side.setdefault(out[r.id], []).append(r.id)
+    for side, sids in by_side.items():
+        for chunk in _chunks(sids):
+            session.execute(update(Image).where(Image.id.in_(chunk), Image.split.is_(None)).values(split=side))
+    session.flush()
+    return out
+
+
+# ---- training data -------------------------------------------------------------------------
+
+@dataclass
+class Item:
+    path: str  # as stored in the database (core.fspath), or a plain path for base data
+    label: int
+    sha256: str
+    image_id: int | None = None  # None for base-data images
+    source: str = "reviewed"  # reviewed / base
+
+
+@dataclass
+class TrainingData:
+    taxonomy: str
+    classes: list[str]
+    train: list[Item]
+    val: list[Item]
+    n_missing_files: int = 0
+    base: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        per = {c: {"train": 0, "val": 0, "base": 0} for c in self.classes}
+        for it in self.train:
+            per[self.classes[it.label]]["base" if it.source == "base" else "train"] += 1
+        for it in self.val:
+            per[self.classes[it.label]]["val"] += 1
+        return {"taxonomy": self.taxonomy, "classes": self.classes, "per_class": per,
+                "n_train_reviewed": sum(1 for it in self.train if it.source != "base"),
+                "n_train_base": sum(1 for it in self.train if it.source == "base"),
+                "n_train": len(self.train), "n_val": len(self.val),
+                "n_missing_files": self.n_missing_files, "base_data": self.base}
+
+
+def reviewed_labels(session, taxonomy: str, sources: Iterable[str] = ("human",)) -> dict[int, str]:
+    """image_id -> label: the latest event per image among ``sources`` wins; an image
+    whose latest such event cleared its label (or is of another taxonomy) is left out."""
+    from sqlalchemy import func, select
+
+    latest = (select(func.max(LabelEvent.id)).where(LabelEvent.source.in_(list(sources)))
+              .group_by(LabelEvent.image_id).scalar_subquery())
+    out: dict[int, str] = {}
+    for image_id, label, tax in session.execute(
+            select(LabelEvent.image_id, LabelEvent.label, LabelEvent.taxonomy).where(LabelEvent.id.in_(latest))):
+        if label is not None and tax == taxonomy:
+            out[image_id] = label
+    return out
+
+
+def _present_paths(session, ids: list[int]) -> dict[int, tuple[str, str]]:
+    from sqlalchemy import func, select
+
+    out = {}
+    for chunk in _chunks(ids):
+        for image_id, path, sha in session.execute(
+                select(ImageFile.image_id, func.min(ImageFile.path), Image.sha256)
+                .join(Image, Image.id == ImageFile.image_id)
+                .where(ImageFile.image_id.in_(chunk), ImageFile.missing.is_(False))
+                .group_by(ImageFile.image_id, Image.sha256)):
+            out[image_id] = (path, sha)
+    return out
+
+
+def data_summary(db: Database, taxonomy: str = "all_subtype", sources: Iterable[str] = ("human",)) -> dict:
+    """Per-class counts of reviewed images and their (existing or future) side, without
+    assigning anything: what the Retrain dialog shows before a run."""
+    from sqlalchemy import select
+
+    with db.session() as s:
+        labels = reviewed_labels(s, taxonomy, sources)
+        sides = {}
+        for chunk in _chunks(list(labels)):
+            sides.update(dict(s.execute(select(Image.id, Image.split).where(Image.id.in_(chunk))).all()))
+    from core.taxonomy import get_taxonomy
+
+    classes = list(get_taxonomy(taxonomy).classes)
+    per = {c: {"reviewed": 0, "val": 0} for c in classes}
+    for i, lab in labels.items():
+        if lab in per:
+            per[lab]["reviewed"] += 1
+            per[lab]["val"] += sides.get(i) == SPLIT_VAL
+    return {"taxonomy": taxonomy, "per_class": per, "n_reviewed": len(labels),
+            "n_unassigned": sum(1 for i in labels if not sides.get(i))}
+
+
+def collect_training_data(db: Database, taxonomy: str, classes: list[str], cfg: RetrainConfig) -> TrainingData:
+    """Reviewed images (train/val by their fixed side) plus, optionally, a base dataset
+    folder on the training side, minus any base image that is (nearly) a validation image."""
+    with db.session() as s:
+        labels = reviewed_labels(s, taxonomy, cfg.sources)
+        labels = {i: lab for i, lab in labels.items() if lab in classes}
+        sides = assign_splits(s, labels, cfg.val_fraction, cfg.phash_distance)
+        files = _present_paths(s, list(labels))
+        ph = {}
+        for chunk in _chunks([i for i in labels if sides.get(i) == SPLIT_VAL]):
+            from sqlalchemy import select
+
+            ph.update(dict(s.execute(select(Image.sha256, Image.phash).where(Image.id.in_(chunk))).all()))
+    data = TrainingData(taxonomy, list(classes), [], [])
+    for image_id in sorted(labels):
+        if image_id not in files:
+            data.n_missing_files += 1
+            continue
+        path, sha = files[image_id]
+        it = Item(path, classes.index(labels[image_id]), sha, image_id)
+        (data.val if sides[image_id] == SPLIT_VAL else data.train).append(it)
+    if cfg.base_data:
+        from .data import compute_hashes, scan_class_folders
+
+        ds = compute_hashes(scan_class_folders(Path(cfg.base_data), taxonomy))
+        if list(ds.classes) != list(classes):
+            raise RetrainError(f"base data classes {ds.classes} differ from the model's {classes}")
+        val_sha = set(ph)
+        val_ph = np.array([_phash_int(p) for p in ph.values()], dtype=np.uint64)
+        reviewed_sha = {it.sha256 for it in data.train}
+        dropped_val, dropped_dup = 0, 0
+        for k, p in enumerate(ds.paths):
+            sha = ds.sha256[k]
+            if sha in val_sha or (len(val_ph) and hamming(val_ph, int(ds.phash[k])).min() <= cfg.phash_distance):
+                dropped_val += 1
+                continue
+            if sha in reviewed_sha:  # the reviewed label wins
+                dropped_dup += 1
+                continue
+            data.train.append(Item(str(p), int(ds.labels[k]), sha, None, "base"))
+        data.base = {"folder": str(cfg.base_data), "n_found": len(ds), "n_used": len(ds) - dropped_val - dropped_dup,
+                     "n_dropped_near_validation": dropped_val, "n_dropped_reviewed": dropped_dup}
+    return data
+
+
+def load_items(items: list[Item], prep, cache: dict | None = None, workers: int = 2,
+               on_progress: Callable[[int, int], None] | None = None, cancel=None) -> np.ndarray:
+    """Decode + ``prep.apply`` -> uint8 (N, S, S, 3). ``cache`` (optional dict) keeps
+    decoded inputs by (SHA-256, preprocessing) across runs in one process."""
+    from core.fspath import to_fs
+    from core.images import decode_rgb, read_file
+
+    key_p = json.dumps(prep.to_dict(), sort_keys=True)
+    s = prep.input_size
+    out = np.empty((len(items), s, s, 3), dtype=np.uint8)
+
+    def one(k: int):
+        it = items[k]
+        ck = (it.sha256, key_p)
+        if cache is not None and ck in cache:
+            return k, cache[ck]
+        arr = prep.apply(decode_rgb(read_file(to_fs(it.path) if it.image_id is not None else it.path)))
+        if cache is not None:
+            cache[ck] = arr
+        return k, arr
+
+    done = 0
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for k, arr in pool.map(one, range(len(items))):
+            out[k] = arr
+            done += 1
+            if on_progress is not None and (done % 64 == 0 or done == len(items)):
+                on_progress(done, len(items))
+            if cancel is not None and cancel.is_set():
+                break
+    return out
+
+
+# ---- training runs ------------------------------------------------------------------------
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def fail_stale_runs(db: Database) -> int:
+    """Mark ``running`` rows whose process is gone (killed, crashed) as ``failed``."""
+    from sqlalchemy import select
+
+    n = 0
+    with db.session() as s:
+        for run in s.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
+            mine = run.pid == os.getpid()
+            with _LIVE_LOCK:
+                live_here = run.id in _LIVE_RUNS
+            if (mine and not live_here) or (not mine and not _pid_alive(run.pid)):
+                run.status = "failed"
+                run.finished_at = datetime.now(timezone.utc)
+                run.error = (run.error or "") + "interrupted: the process ended before the run finished"
+                n += 1
+    return n
+
+
+def _finish_run(db: Database, run_id: int, status: str, **values) -> None:
+    with db.session() as s:
+        run = s.get(TrainingRun, run_id)
+        run.status = status
+        run.finished_at = datetime.now(timezone.utc)
+        for k, v in values.items():
+            setattr(run, k, v)
+    with _LIVE_LOCK:
+        _LIVE_RUNS.discard(run_id)
+
+
+# ---- comparison ----------------------------------------------------------------------------
+
+def bootstrap_difference(correct_new: np.ndarray, correct_old: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Paired bootstrap of accuracy(new) - accuracy(old) on the same images."""
+    a = np.asarray(correct_new, dtype=np.float64)
+    b = np.asarray(correct_old, dtype=np.float64)
+    n = len(a)
+    diff = float(a.mean() - b.mean()) if n else 0.0
+    if n == 0:
+        return {"difference": 0.0, "ci95": [float("nan"), float("nan")], "n": 0, "n_boot": 0}
+    rng = np.random.default_rng(seed)
+    d = a - b
+    boots = np.empty(n_boot)
+    for start in range(0, n_boot, 256):
+        idx = rng.integers(0, n, size=(min(256, n_boot - start), n))
+        boots[start : start + len(idx)] = d[idx].mean(1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"difference": diff, "ci95": [float(lo), float(hi)], "n": int(n), "n_boot": int(n_boot),
+            "p_new_better": float((boots > 0).mean()),
+            "n_fixed": int(((a == 1) & (b == 0)).sum()), "n_broken": int(((a == 0) & (b == 1)).sum())}
+
+
+def compare_predictions(y: np.ndarray, probs_new: np.ndarray, probs_old: np.ndarray, classes: list[str],
+                        items: list[Item] | None = None, names: tuple[str, str] = ("new", "active"),
+                        n_boot: int = 2000, seed: int = 0) -> dict:
+    """Both versions on the same images: metrics, confusion matrices, changed predictions,
+    bootstrap interval of the accuracy difference and a warning when it cannot tell."""
+    from .metrics import classification_metrics
+
+    y = np.asarray(y)
+    mn = classification_metrics(y, probs_new, classes)
+    mo = classification_metrics(y, probs_old, classes)
+    pn, po = probs_new.argmax(1), probs_old.argmax(1)
+
+    def brief(m):
+        return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"], "nll": m["nll"],
+                "recall": {c: m["per_class"][c]["recall"] for c in classes},
+                "support": {c: m["per_class"][c]["support"] for c in classes},
+                "confusion_matrix": m["confusion_matrix"]}
+
+    changes = []
+    for k in np.nonzero(pn != po)[0]:
+        it = items[k] if items is not None else None
+        changes.append({"index": int(k), "image_id": it.image_id if it else None, "path": it.path if it else None,
+                        "label": classes[int(y[k])], "old": classes[int(po[k])], "new": classes[int(pn[k])],
+                        "old_confidence": float(probs_old[k].max()), "new_confidence": float(probs_new[k].max())})
+    boot = bootstrap_difference(pn == y, po == y, n_boot, seed)
+    n = len(y)
+    warning = None
+    lo, hi = boot["ci95"]
+    if n == 0:
+        warning = "no validation images: the versions cannot be compared; review more images"
+    elif n < SMALL_VAL or lo <= 0.0 <= hi:
+        warning = (f"validation set too small to tell the versions apart: accuracy difference "
+                   f"{boot['difference']:+.3f} (95% bootstrap CI {lo:+.3f} to {hi:+.3f}) on {n} images"
+                   + (f"; fewer than {SMALL_VAL} validation images" if n < SMALL_VAL else ""))
+    return {"names": list(names), "classes": list(classes), "n": int(n), names[0]: brief(mn), names[1]: brief(mo),
+            "new": brief(mn), "old": brief(mo), "accuracy_difference": boot, "changed": changes,
+            "n_changed": len(changes), "warning": warning}
+
+
+def comparison_table(cmp: dict) -> str:
+    """Plain-text side-by-side table (CLI)."""
+    classes = cmp["classes"]
+    a, b = cmp["old"], cmp["new"]
+    name_old, name_new = cmp.get("old_name", "active"), cmp.get("new_name", "new")
+    w = max(22, len(name_old) + 2, len(name_new) + 2)
+    lines = [f"validation images: {cmp['n']}", f"{'':<22}{name_old:>{w}}{name_new:>{w}}"]
+    lines.append(f"{'accuracy':<22}{a['accuracy']:>{w}.3f}{b['accuracy']:>{w}.3f}")
+    lines.append(f"{'macro-F1':<22}{a['macro_f1']:>{w}.3f}{b['macro_f1']:>{w}.3f}")
+    for c in classes:
+        lines.append(f"{'recall ' + c:<22}{a['recall'][c]:>{w}.3f}{b['recall'][c]:>{w}.3f}")
+    d = cmp["accuracy_difference"]
+    lines.append(f"accuracy difference {d['difference']:+.3f} (95% bootstrap CI {d['ci95'][0]:+.3f} to "
+                 f"{d['ci95'][1]:+.3f}); fixed {d.get('n_fixed', 0)}, broken {d.get('n_broken', 0)}; "
+                 f"predictions changed: {cmp['n_changed']}")
+    for title, m in (("confusion " + name_old, a), ("confusion " + name_new, b)):
+        lines.append(f"{title} (rows true, columns predicted: {', '.join(classes)})")
+        for c, row in zip(classes, m["confusion_matrix"]):
+            lines.append(f"  {c:<14}" + "".join(f"{v:>6}" for v in row))
+    if cmp.get("warning"):
+        lines.append("WARNING: " + cmp["warning"])
+    return "\n".join(lines)
+
+
+# ---- the job ---------------------------------------------------------------------------------
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        p = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+    return f
+
+
+def _resolve_device(pref: str | None):
+    import torch
+
+    if pref in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(pref)
+
+
+def _version_info(v: ModelVersion) -> dict:
+    return {"id": v.id, "name": v.name, "architecture": v.architecture, "taxonomy": v.taxonomy, "path": v.path,
+            "card": dict(v.card or {})}
+
+
+def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = None,
+            progress: Callable[[Progress], None] | None = None, cancel: threading.Event | None = None,
+            image_cache: dict | None = None):
+    """Fine-tune (or train from scratch) on the reviewed labels, compare with the active
+    version on the same validation images, register the result (not active). A job
+    generator; returns a summary dict with ``status``, ``version`` and ``comparison``."""
+    import torch
+    from torch import nn
+
+    from core.architectures import build
+    from core.modelpkg import ModelCard, load_model, save_package
+    from core.preprocessing import Preprocessing
+    from core.registry import ensure_active_model, register_package
+
+    from . import augment as aug
+    from .engine import evaluate, iter_train_epoch, predict_logits
+    from .metrics import ece, fit_temperature, softmax, uncertain_threshold
+
+    cfg = config if isinstance(config, RetrainConfig) else RetrainConfig.from_dict(config or {})
+    cancel = cancel or threading.Event()
+
+    def emit(p: Progress) -> Progress:
+        if progress is not None:
+            progress(p)
+        return p
+
+    t0 = time.perf_counter()
+    fail_stale_runs(db)
+    with db.session() as s:
+        parent = _version_info(ensure_active_model(s, paths))
+        from sqlalchemy import select
+
+        others = [r for r in s.scalars(select(TrainingRun).where(TrainingRun.status == "running"))]
+        if others:
+            raise RetrainError(f"training run {others[0].id} is still running (pid {others[0].pid}); "
+                               "cancel it or wait until it finishes")
+        run = TrainingRun(status="running", architecture=cfg.arch or parent["architecture"],
+                          config=cfg.to_dict(), parent_version_id=parent["id"], pid=os.getpid())
+        s.add(run)
+        s.flush()
+        run_id = run.id
+    with _LIVE_LOCK:
+        _LIVE_RUNS.add(run_id)
+    status = "failed"
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        device = _resolve_device(cfg.device)
+        pcard = parent["card"]
+        taxonomy, classes = parent["taxonomy"], list(pcard["classes"])
+        arch = cfg.arch or parent["architecture"]
+        if not cfg.from_scratch and arch != parent["architecture"]:
+            raise RetrainError(f"fine-tuning keeps the active model's architecture ({parent['architecture']}); "
+                               f"use from-scratch training for {arch}")
+        parent_prep = Preprocessing.from_dict(pcard["preprocessing"])
+        if cfg.from_scratch:
+            prep = Preprocessing.from_dict({**pcard["preprocessing"], **({"input_size": cfg.input_size} if cfg.input_size else {})})
+        else:
+            prep = parent_prep
+
+        yield emit(Progress("data", 0, None, "collecting reviewed labels"))
+        data = collect_training_data(db, taxonomy, classes, cfg)
+        summary_data = data.summary()
+        if len(data.train) < 2:
+            raise RetrainError(f"not enough reviewed images to train on ({len(data.train)} on the training side, "
+                               f"{len(data.val)} on validation); review more images first")
+        yield emit(Progress("data", 1, 1, f"{len(data.train)} training, {len(data.val)} validation images",
+                            {"data": summary_data}))
+
+        def on_load(done, total):
+            pass
+
+        all_items = data.train + data.val
+        yield emit(Progress("load", 0, len(all_items), "decoding images"))
+        x_all = load_items(all_items, prep, image_cache, cfg.decode_workers, on_load, cancel)
+        if cancel.is_set():
+            status = "cancelled"
+            _finish_run(db, run_id, status, metrics={"data": summary_data})
+            return {"status": status, "run_id": run_id, "data": summary_data, "history": []}
+        y_all = np.array([it.label for it in all_items], dtype=np.int64)
+        tr_idx = np.arange(len(data.train))
+        va_idx = np.arange(len(data.train), len(all_items))
+        yield emit(Progress("load", len(all_items), len(all_items), "images decoded"))
+
+        # -- model
+        torch.manual_seed(cfg.seed)
+        if cfg.from_scratch:
+            kw = dict(cfg.arch_params)
+            if cfg.pretrained and arch == "effnet_lite0":
+                kw["pretrained"] = True
+            model = build(arch, len(classes), **kw)
+            arch_params = dict(cfg.arch_params)
+        else:
+            model, _ = load_model(Path(parent["path"]), "cpu")
+            arch_params = dict(pcard.get("arch_params") or {})
+        if cfg.freeze_blocks and hasattr(model, "_blocks"):
+            for mod in [model._conv_stem, model._bn0, *model._blocks[: cfg.freeze_blocks]]:
+                for p in mod.parameters():
+                    p.requires_grad_(False)
+        model = model.to(device).to(memory_format=torch.channels_last)
+        y_tr = y_all[tr_idx]
+        present = np.unique(y_tr)
+        cw = np.ones(len(classes))
+        from sklearn.utils.class_weight import compute_class_weight
+
+        cw[present] = compute_class_weight("balanced", classes=present, y=y_tr)
+        criterion = nn.CrossEntropyLoss(weight=torch.tensor(cw, dtype=torch.float32, device=device))
+        lr = cfg.lr or (1e-3 if cfg.from_scratch else 3e-4)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                      weight_decay=cfg.weight_decay)
+        steps = math.ceil(len(tr_idx) / cfg.batch_size)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _lr_lambda(int(cfg.warmup_epochs * steps), cfg.epochs * steps))
+        augmenter = aug.Augmenter(aug.AugmentConfig(**cfg.augment), fill=prep.mean)
+
+        history: list[dict] = []
+        best = {"epoch": 0, "key": (-1.0, -float("inf"))}
+        best_state = None
+        t_train = time.perf_counter()
+        total_steps = cfg.epochs * steps
+        cancelled = False
+        for epoch in range(cfg.epochs):
+            if cancel.is_set():
+                cancelled = True
+                break
+            it = iter_train_epoch(model, x_all, y_all, tr_idx, optimizer=optimizer, scheduler=scheduler,
+                                  criterion=criterion, prep=prep, augmenter=augmenter, device=device,
+                                  batch_size=cfg.batch_size, epoch_seed=cfg.seed * 100_003 + epoch, cancel=cancel)
+            while True:
+                try:
+                    bi, nb, loss = next(it)
+                except StopIteration as stop:
+                    tr = stop.value
+                    break
+                done = epoch * steps + bi
+                el = time.perf_counter() - t_train
+                eta = el / done * (total_steps - done) if done else None
+                yield emit(Progress("train", done, total_steps, f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.3f}",
+                                    {"epoch": epoch + 1, "epochs": cfg.epochs, "batch": bi, "batches": nb, "loss": loss,
+                                     "history": list(history), "eta_s": eta, "elapsed_s": el}))
+            if tr["cancelled"]:
+                cancelled = True
+                break
+            rec = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+                   "train_images_per_s": tr["images_per_s"], "lr": optimizer.param_groups[0]["lr"],
+                   "val_loss": None, "val_accuracy": None, "val_macro_f1": None}
+            if len(va_idx):
+                v = evaluate(model, x_all[va_idx], y_all[va_idx], classes, prep, device)
+                rec.update(val_loss=v["loss"], val_accuracy=v["accuracy"], val_macro_f1=v["macro_f1"])
+                key = (v["macro_f1"], -v["loss"])
+            else:
+                key = (float(epoch), 0.0)  # no validation: keep the last epoch
+            history.append(rec)
+            if key > best["key"]:
+                best = {"epoch": epoch + 1, "key": key}
+                best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            el = time.perf_counter() - t_train
+            done = (epoch + 1) * steps
+            yield emit(Progress("validate", done, total_steps,
+                                f"epoch {epoch + 1}: train loss {tr['loss']:.3f} acc {tr['accuracy']:.3f}"
+                                + (f" | val loss {rec['val_loss']:.3f} acc {rec['val_accuracy']:.3f}" if len(va_idx) else ""),
+                                {"epoch": epoch + 1, "epochs": cfg.epochs, "history": list(history),
+                                 "eta_s": el / done * (total_steps - done), "elapsed_s": el}))
+        train_seconds = time.perf_counter() - t_train
+        if cancelled or best_state is None:
+            status = "cancelled"
+            _finish_run(db, run_id, status, metrics={"data": summary_data, "history": history,
+                                                     "train_seconds": train_seconds})
+            return {"status": status, "run_id": run_id, "data": summary_data, "history": history,
+                    "train_seconds": train_seconds}
+        model.load_state_dict(best_state)
+        model.eval()
+
+        # -- calibration and comparison on the same validation images
+        yield emit(Progress("compare", 0, 2, "evaluating both versions on the validation images"))
+        temperature = float(pcard.get("temperature") or 1.0) if not cfg.from_scratch else 1.0
+        threshold = pcard.get("uncertain_threshold") if not cfg.from_scratch else None
+        calib: dict[str, Any] = {"source": "parent" if not cfg.from_scratch else "none"}
+        comparison = None
+        val_metrics = None
+        if len(va_idx):
+            xv, yv = x_all[va_idx], y_all[va_idx]
+            logits_new = predict_logits(model, xv, prep, device)
+            if len(va_idx) >= MIN_VAL_FOR_CALIBRATION:
+                temperature = fit_temperature(logits_new, yv)
+                pv = softmax(logits_new, temperature)
+                threshold = uncertain_threshold(pv, 0.95)
+                calib = {"source": "validation", "temperature": temperature, "val_ece_before": ece(softmax(logits_new), yv),
+                         "val_ece_after": ece(pv, yv), "uncertain_threshold": threshold}
+            probs_new = softmax(logits_new, temperature)
+            old_model, old_card = load_model(Path(parent["path"]), "cpu")
+            old_model = old_model.to(device)
+            xo = xv if parent_prep == prep else load_items(data.val, parent_prep, image_cache, cfg.decode_workers)
+            probs_old = softmax(predict_logits(old_model, xo, parent_prep, device), float(old_card.temperature or 1.0))
+            del old_model
+            yield emit(Progress("compare", 1, 2, "comparing"))
+            comparison = compare_predictions(yv, probs_new, probs_old, classes, data.val, ("new", "old"),
+                                             cfg.bootstrap, cfg.seed)
+            comparison["old_name"] = parent["name"]
+            val_metrics = comparison["new"]
+
+        # -- package (atomic) and register, not active
+        yield emit(Progress("package", 0, 1, "writing model package"))
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = cfg.name or f"{arch.replace('_', '-')}-retrain{run_id}-{stamp}"
+        if comparison is not None:
+            comparison["new_name"] = name
+        metrics = {"split": "reviewed labels, fixed train/val by content hash",
+                   "val_accuracy": val_metrics["accuracy"] if val_metrics else None,
+                   "val_macro_f1": val_metrics["macro_f1"] if val_metrics else None,
+                   "validation": val_metrics, "calibration": calib, "history": history,
+                   "best_epoch": best["epoch"], "epochs_run": len(history), "train_seconds": round(train_seconds, 1),
+                   "device": str(device),
+                   "comparison": _comparison_brief(comparison)}
+        card = ModelCard(
+            name=name, architecture=arch, taxonomy=taxonomy, classes=classes, preprocessing=prep.to_dict(),
+            arch_params=arch_params, temperature=float(temperature), uncertain_threshold=threshold, metrics=metrics,
+            training_data={"source": "hemascan database: reviewed labels (latest event per image, sources "
+                                     + "/".join(cfg.sources) + ")" + (" + base data folder" if cfg.base_data else ""),
+                           **summary_data, "training_run_id": run_id,
+                           "mode": "from scratch" if cfg.from_scratch else f"fine-tuned from {parent['name']}",
+                           "config": cfg.to_dict()},
+            parent=parent["name"], notes=cfg.notes or f"Retrained from reviewed labels (run {run_id}).")
+        pkg = paths.models / name
+        if cancel.is_set():
+            status = "cancelled"
+            _finish_run(db, run_id, status, metrics={"data": summary_data, "history": history})
+            return {"status": status, "run_id": run_id, "data": summary_data, "history": history}
+        save_package(pkg, {k: v for k, v in model.state_dict().items()}, card)
+        with db.session() as s:
+            v = register_package(s, paths, pkg, activate=False)
+            version_id = v.id
+        status = "completed"
+        run_metrics = {"data": summary_data, "history": history, "train_seconds": train_seconds,
+                       "comparison": _comparison_brief(comparison), "calibration": calib}
+        _finish_run(db, run_id, status, metrics=_jsonable(run_metrics), model_version_id=version_id)
+        yield emit(Progress("package", 1, 1, name))
+        return {"status": status, "run_id": run_id, "version": name, "version_id": version_id,
+                "parent": parent["name"], "parent_id": parent["id"], "data": summary_data, "history": history,
+                "comparison": comparison, "train_seconds": train_seconds, "seconds": time.perf_counter() - t0,
+                "device": str(device), "package": str(pkg)}
+    except GeneratorExit:
+        if status not in ("completed", "cancelled"):
+            _finish_run(db, run_id, "cancelled", error="job closed before it finished")
+        raise
+    except BaseException as exc:
+        if status not in ("completed", "cancelled"):
+            _finish_run(db, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _comparison_brief(cmp: dict | None) -> dict | None:
+    if cmp is None:
+        return None
+    out = {k: v for k, v in cmp.items() if k not in ("changed", "new", "old")}
+    out["new"], out["old"] = cmp["new"], cmp["old"]
+    out["changed"] = cmp["changed"][:200]
+    return _jsonable(out)
+
+
+def _jsonable(o):
+    return json.loads(json.dumps(o, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
+
+
+# ---- promote / roll back -------------------------------------------------------------------
+
+def activation_log(db: Database) -> list[dict]:
+    with db.session() as s:
+        row = s.get(Setting, ACTIVATIONS_KEY)
+        return json.loads(row.value) if row else []
+
+
+def _activate(db: Database, name: str, action: str, who: str | None = None) -> dict:
+    from core.labels import default_reviewer
+    from core.registry import active_version, get_version, set_active
+
+    with db.session() as s:
+        v = get_version(s, name)
+        prev = active_version(s)
+        set_active(s, v)
+        entry = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "action": action, "name": v.name,
+                 "previous": prev.name if prev else None, "by": who or default_reviewer()}
+        row = s.get(Setting, ACTIVATIONS_KEY)
+        log = json.loads(row.value) if row else []
+        log.append(entry)
+        if row is None:
+            s.add(Setting(key=ACTIVATIONS_KEY, value=json.dumps(log)))
+        else:
+            row.value = json.dumps(log)
+        return {**entry, "id": v.id}
+
+
+def promote(db: Database, name: str, who: str | None = None) -> dict:
+    """Make the (new) version ``name`` active; recorded in the activation log."""
+    return _activate(db, name, "promote", who)
+
+
+def rollback(db: Database, name: str, who: str | None = None) -> dict:
+    """Make an earlier version active again; recorded in the activation log."""
+    return _activate(db, name, "rollback", who)
+
+
+def lineage(db: Database) -> list[dict]:
+    """Every registered version with its parent, training-data summary and metrics."""
+    from core.registry import list_versions
+
+    with db.session() as s:
+        vs = list_versions(s)
+        by_id = {v.id: v.name for v in vs}
+        return [{"id": v.id, "name": v.name, "parent": by_id.get(v.parent_id), "active": bool(v.is_active),
+                 "architecture": v.architecture, "created_at": v.created_at.isoformat() if v.created_at else None,
+                 "training_data": (v.card or {}).get("training_data", {}), "metrics": (v.card or {}).get("metrics", {})}
+                for v in vs]

@@ -1,0 +1,152 @@
+"""``hemascan retrain`` and ``hemascan models export|import|rollback|lineage|runs``
+(entry point ``hemascan.commands: retrain``).
+
+``models`` is core's command; this module extends it with more actions (its own
+list/activate/register are left to core)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from core import commands as _core_commands  # noqa: F401  (core's "models" must exist before it is extended)
+from core.cli import COMMANDS, App, Command, command
+
+
+def _retrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--arch", help="architecture (default: the active model's; another one needs --from-scratch)")
+    p.add_argument("--from-scratch", action="store_true", help="do not start from the active model's weights")
+    p.add_argument("--input-size", type=int, help="input size in pixels (--from-scratch only)")
+    p.add_argument("--base-data", metavar="FOLDER", help="also train on this folder of class folders")
+    p.add_argument("--include-imported", action="store_true",
+                   help="also use labels from import-labels (source dataset/import), not only human review")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of newly reviewed images put on the validation side")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--freeze-blocks", type=int, default=0, help="effnet_lite0: keep the first N blocks fixed (faster)")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="name of the new version")
+    p.add_argument("--promote", action="store_true", help="make the new version active when training finishes")
+    p.add_argument("--reclassify", metavar="FOLDER", help="with --promote: classify FOLDER with the new version")
+    p.add_argument("--show-changed", type=int, default=20, help="list up to N validation images whose prediction changes")
+
+
+@command("retrain", "fine-tune a new model version on the reviewed labels and compare it with the active one",
+         _retrain_args)
+def cmd_retrain(args, app: App) -> int:
+    from .retrain import RetrainConfig, comparison_table, promote, retrain
+
+    cfg = RetrainConfig(epochs=args.epochs, arch=args.arch, from_scratch=args.from_scratch, input_size=args.input_size,
+                        base_data=args.base_data, val_fraction=args.val_fraction, lr=args.lr,
+                        batch_size=args.batch_size, freeze_blocks=args.freeze_blocks,
+                        augment={"strength": 0.0} if args.no_augment else {}, device=args.device,
+                        threads=args.threads, seed=args.seed, name=args.name,
+                        sources=("human", "import", "dataset") if args.include_imported else ("human",))
+    out = app.progress(retrain(app.db, app.paths, cfg, cancel=app.cancel), "retrain")
+    d = out["data"]
+    app.echo(f"training run {out['run_id']}: {out['status']}; {d['n_train']} training images "
+             f"({d['n_train_reviewed']} reviewed, {d['n_train_base']} base), {d['n_val']} validation"
+             + (f", {d['n_missing_files']} reviewed images whose file is gone" if d["n_missing_files"] else ""))
+    for c, n in d["per_class"].items():
+        app.echo(f"  {c:<14} train {n['train']:>6}  base {n['base']:>6}  val {n['val']:>6}")
+    for h in out.get("history", []):
+        app.echo(f"  epoch {h['epoch']}: train loss {h['train_loss']:.3f} acc {h['train_accuracy']:.3f}"
+                 + (f" | val loss {h['val_loss']:.3f} acc {h['val_accuracy']:.3f} F1 {h['val_macro_f1']:.3f}"
+                    if h.get("val_loss") is not None else ""))
+    if out["status"] != "completed":
+        app.echo("cancelled: no model version was written")
+        return 130
+    app.echo(f"new version {out['version']} (parent {out['parent']}), trained in {out['train_seconds']:.1f} s on {out['device']}")
+    cmp = out.get("comparison")
+    if cmp:
+        app.echo(comparison_table(cmp))
+        for ch in cmp["changed"][: args.show_changed]:
+            app.echo(f"  changed: {ch['path']}: {ch['old']} -> {ch['new']} (reviewed: {ch['label']})")
+    if args.promote:
+        promote(app.db, out["version"])
+        app.echo(f"promoted: {out['version']} is now the active model")
+        if args.reclassify:
+            from core.commands import cmd_classify
+
+            return cmd_classify(argparse.Namespace(folder=args.reclassify, device=args.device, model=None,
+                                                   batch_size=None, workers=None), app)
+    else:
+        app.echo(f"not active yet: hemascan models activate {out['version']}   (roll back any time with "
+                 f"hemascan models rollback NAME)")
+    return 0
+
+
+# ---- extend core's "models" command -------------------------------------------------------
+
+_core_models = COMMANDS.get("models")
+
+
+def _models_args(p: argparse.ArgumentParser) -> None:
+    if _core_models is not None:
+        _core_models.configure(p)
+    sub = next((a for a in p._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is None:
+        sub = p.add_subparsers(dest="action", metavar="ACTION")
+    e = sub.add_parser("export", help="write a version as one file (safetensors + card, hash-checked)")
+    e.add_argument("name")
+    e.add_argument("file")
+    i = sub.add_parser("import", help="check and register a model file written by 'models export'")
+    i.add_argument("file")
+    i.add_argument("--activate", action="store_true")
+    r = sub.add_parser("rollback", help="make an earlier version active again (recorded)")
+    r.add_argument("name")
+    sub.add_parser("lineage", help="versions with their parents, training data and validation metrics")
+    sub.add_parser("runs", help="training runs and their status")
+
+
+def cmd_models(args, app: App) -> int:
+    if args.action == "export":
+        from core.modelfile import export_model
+
+        dest = export_model(app.db, args.name, Path(args.file))
+        app.echo(f"wrote {args.name} to {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
+        return 0
+    if args.action == "import":
+        from core.modelfile import import_model
+
+        name = import_model(app.db, app.paths, Path(args.file), activate=args.activate)
+        app.echo(f"imported {name}" + (" (active)" if args.activate else f"; activate with: hemascan models activate {name}"))
+        return 0
+    if args.action == "rollback":
+        from .retrain import rollback
+
+        rollback(app.db, args.name)
+        args.action = "list"
+    if args.action == "lineage":
+        from .retrain import lineage
+
+        for v in lineage(app.db):
+            m, td = v["metrics"] or {}, v["training_data"] or {}
+            acc = m.get("val_accuracy")
+            app.echo(f"{'*' if v['active'] else ' '} {v['name']:<40} <- {v['parent'] or '-':<36} "
+                     + (f"val acc {acc:.3f} " if isinstance(acc, float) else "")
+                     + (f"train {td.get('n_train')} val {td.get('n_val')}" if "n_train" in td else ""))
+        return 0
+    if args.action == "runs":
+        from sqlalchemy import select
+
+        from core.db import TrainingRun
+
+        from .retrain import fail_stale_runs
+
+        fail_stale_runs(app.db)
+        with app.db.session() as s:
+            for r in s.scalars(select(TrainingRun).order_by(TrainingRun.id)):
+                app.echo(f"{r.id:>4} {r.status:<10} {r.architecture:<16} {r.started_at:%Y-%m-%d %H:%M} "
+                         f"{r.error or ''}")
+        return 0
+    if _core_models is None:
+        return 2
+    return _core_models.run(args, app)
+
+
+COMMANDS["models"] = Command("models", "list, register, activate, roll back, export or import model versions",
+                             _models_args, cmd_models)
