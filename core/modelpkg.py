@@ -128,6 +128,8 @@ def save_package(package: Path, state_dict: dict, card: ModelCard) -> ModelCard:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         card.weights_sha256 = sha256_file(tmp / WEIGHTS_FILE)
         (tmp / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
+        for f in (WEIGHTS_FILE, CARD_FILE):  # shared read-only data (installers, other users)
+            os.chmod(tmp / f, 0o644)
         os.replace(tmp, package)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
