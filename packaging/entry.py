@@ -51,7 +51,7 @@ def device_notice() -> str | None:
     return None
 
 
-TRAINING_COMMANDS = ("train", "evaluate", "compare")
+TRAINING_COMMANDS = ("train", "evaluate", "compare", "retrain")
 
 
 def command_of(argv: list[str]) -> str | None:
@@ -122,7 +122,7 @@ def self_test(n_per_class: int = 2, device: str = "auto") -> int:
         register_commands()
         from core.cli import COMMANDS
 
-        for name in ("classify", "gui", "train"):
+        for name in ("classify", "gui", "train", "models"):
             _check(name in COMMANDS, f"command {name} registered", failures)
 
         from sqlalchemy import select
@@ -213,7 +213,34 @@ def main(argv: list[str] | None = None) -> int:
         notice = device_notice()
         if notice:
             print(notice, file=sys.stderr, flush=True)
+            if cmd == "gui":
+                show_in_status_bar(notice.removeprefix("hemascan: notice: "))
     return cli_main(argv)
+
+
+def show_in_status_bar(message: str, ms: int = 30000) -> None:
+    """Show ``message`` in the main window's status bar once the desktop app is up (the
+    menu entry has no terminal for stderr). Creates the QApplication the way desktop.app
+    does, which then reuses it."""
+    from PySide6.QtCore import Qt, QTimer
+    from PySide6.QtGui import QGuiApplication
+    from PySide6.QtWidgets import QApplication, QMainWindow
+
+    if QApplication.instance() is None:
+        QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+        QApplication([sys.argv[0]])
+
+    tries = iter(range(150))  # up to 30 s for the window to appear
+
+    def show() -> None:
+        for w in QApplication.topLevelWidgets():
+            if isinstance(w, QMainWindow) and w.isVisible():
+                w.statusBar().showMessage(message, ms)
+                return
+        if next(tries, None) is not None:
+            QTimer.singleShot(200, show)  # not shown yet
+
+    QTimer.singleShot(500, show)
 
 
 if __name__ == "__main__":

@@ -110,12 +110,22 @@ def test_entry_helpers(monkeypatch):
     assert "CPU-only build" in m.device_notice()
 
 
+def test_device_notice_reaches_the_gui_status_bar(qtbot):
+    from PySide6.QtWidgets import QMainWindow
+
+    win = QMainWindow()
+    qtbot.addWidget(win)
+    win.show()
+    _entry_module().show_in_status_bar("running on the CPU", ms=5000)
+    qtbot.waitUntil(lambda: win.statusBar().currentMessage() == "running on the CPU", timeout=3000)
+
+
 def test_entry_registers_plugin_commands_without_entry_points(monkeypatch):
     import core.cli
 
     monkeypatch.setattr(core.cli, "entry_points", lambda group: [])  # as in a frozen app
     _entry_module().register_commands()
-    assert {"classify", "gui", "train"} <= set(core.cli.COMMANDS)
+    assert {"classify", "gui", "train", "models"} <= set(core.cli.COMMANDS)
 
 
 # --- installers -------------------------------------------------------------------------
