@@ -293,9 +293,8 @@ class MainWindow(QMainWindow):
 
         m = mb.addMenu("&Models")
         self.a_models = act("Model &versions…", self.show_models)
-        self.a_retrain = act("&Retrain…", lambda: None)
-        self.a_retrain.setEnabled(False)
-        self.a_retrain.setStatusTip("Retraining from your corrections comes in the next release")
+        self.a_retrain = act("&Retrain…", self.show_retrain)
+        self.a_retrain.setStatusTip("Train a new model version from your reviewed labels and compare it")
         m.addAction(self.a_models)
         m.addAction(self.a_retrain)
 
@@ -776,7 +775,22 @@ class MainWindow(QMainWindow):
     def show_models(self) -> None:
         dlg = ModelsDialog(self.db, self)
         dlg.activateRequested.connect(lambda vid: self.activate_version(vid, ask=True))
+        dlg.retrainRequested.connect(lambda: (dlg.accept(), self.show_retrain()))
         dlg.exec()
+
+    def show_retrain(self):
+        """The modeless Retrain dialog (one at a time); the window stays usable while it trains."""
+        from .retrain_dialog import RetrainDialog
+
+        if getattr(self, "retrain_dialog", None) is None:
+            self.retrain_dialog = RetrainDialog(self.db, self.paths, self, device=self.device_pref,
+                                                folder_open=self.folder is not None)
+            self.retrain_dialog.promoted.connect(lambda vid, re: self.activate_version(vid, ask=False, reclassify=re))
+            self.retrain_dialog.finished.connect(lambda _=None: setattr(self, "retrain_dialog", None))
+            self.retrain_dialog.setAttribute(Qt.WA_DeleteOnClose)
+        self.retrain_dialog.show()
+        self.retrain_dialog.raise_()
+        return self.retrain_dialog
 
     def activate_version(self, version_id: int, ask: bool = True, reclassify: bool | None = None) -> None:
         with self.db.session() as s:
@@ -861,6 +875,8 @@ class MainWindow(QMainWindow):
                 return
 
     def closeEvent(self, e) -> None:
+        if getattr(self, "retrain_dialog", None) is not None:
+            self.retrain_dialog.close()
         self.save_settings()
         self.cancel_job()
         self.workers.cancel_all()

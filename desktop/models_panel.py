@@ -1,5 +1,5 @@
 """Model panel: the registry's versions with their card metrics; switch the active one
-(the window asks before re-classifying). Retraining is the next issue: its place is here."""
+(the window asks before re-classifying); Retrain… opens the Retrain dialog."""
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
@@ -37,6 +37,7 @@ def headline_metrics(card: dict) -> str:
 
 class ModelsDialog(QDialog):
     activateRequested = Signal(int)  # model version id
+    retrainRequested = Signal()
 
     def __init__(self, db, parent=None):
         super().__init__(parent)
@@ -54,8 +55,8 @@ class ModelsDialog(QDialog):
         self.activate = QPushButton("Make active…")
         self.activate.clicked.connect(self._activate)
         self.retrain = QPushButton("Retrain…")
-        self.retrain.setEnabled(False)
-        self.retrain.setToolTip("Retraining from your corrections comes in the next release")
+        self.retrain.setToolTip("Train a new version from your reviewed labels and compare it with the active one")
+        self.retrain.clicked.connect(self.retrainRequested)
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         buttons.rejected.connect(self.reject)
         row = QHBoxLayout()

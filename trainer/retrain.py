@@ -65,7 +65,7 @@ class RetrainConfig:
     arch: str | None = None  # None: the active version's architecture
     from_scratch: bool = False
     base_data: str | None = None  # folder of class folders added to the training side
-    input_size: int | None = None  # from scratch only; fine-tuning keeps the parent's preprocessing
+    input_size: int | None = None  # from scratch only (default: the parent's); fine-tuning keeps the parent's preprocessing
     arch_params: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = True  # from scratch: ImageNet weights where the architecture has them
     batch_size: int = 32
@@ -558,8 +558,11 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             raise RetrainError(f"fine-tuning keeps the active model's architecture ({parent['architecture']}); "
                                f"use from-scratch training for {arch}")
         parent_prep = Preprocessing.from_dict(pcard["preprocessing"])
-        if cfg.from_scratch:
-            prep = Preprocessing.from_dict({**pcard["preprocessing"], **({"input_size": cfg.input_size} if cfg.input_size else {})})
+        if cfg.from_scratch:  # the trainer's preprocessing (area, scale-bar corner masked), not the parent's
+            from .engine import TrainConfig
+
+            tc = TrainConfig(data="", input_size=cfg.input_size or parent_prep.input_size)
+            prep = tc.prep
         else:
             prep = parent_prep
 

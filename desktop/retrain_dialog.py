@@ -1,0 +1,461 @@
+"""Retrain dialog: the reviewed data per class, the run's settings, live loss and
+accuracy curves (pyqtgraph), time left, Cancel; when done, the new and the active
+version side by side on the same validation images (metrics, bootstrap interval of the
+accuracy difference, confusion matrices, images whose prediction changes) and
+Promote / Keep current.
+
+The job is ``trainer.retrain.retrain`` run through ``desktop.workers`` (the dialog's own
+``Workers``, so training never blocks the window's classify / thumbnail pools); signals
+carry plain data (Progress, dicts). The dialog is modeless: the app stays usable.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QCheckBox, QComboBox, QDialog, QFileDialog,
+                               QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+                               QProgressBar, QPushButton, QRadioButton, QSpinBox, QTableWidget, QTableWidgetItem,
+                               QTabWidget, QVBoxLayout, QWidget)
+
+from .workers import Workers
+
+log = logging.getLogger(__name__)
+
+
+def _fmt_eta(s) -> str:
+    if s is None:
+        return "…"
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _table(rows: int, cols: int, headers: list[str] | None = None) -> QTableWidget:
+    t = QTableWidget(rows, cols)
+    if headers:
+        t.setHorizontalHeaderLabels(headers)
+    t.setEditTriggers(QAbstractItemView.NoEditTriggers)
+    t.setSelectionBehavior(QAbstractItemView.SelectRows)
+    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+    t.horizontalHeader().setStretchLastSection(True)
+    return t
+
+
+def _set(t: QTableWidget, r: int, c: int, text, align=Qt.AlignRight | Qt.AlignVCenter, bg: QColor | None = None):
+    it = QTableWidgetItem(str(text))
+    it.setTextAlignment(align)
+    if bg is not None:
+        it.setBackground(bg)
+    t.setItem(r, c, it)
+
+
+class RetrainDialog(QDialog):
+    runStarted = Signal()
+    runFinished = Signal(object)  # the retrain summary (plain dict), or None after an error
+    promoted = Signal(int, bool)  # new active version id, re-classify the open folder
+
+    def __init__(self, db, paths, parent=None, device: str | None = None, folder_open: bool = False):
+        super().__init__(parent)
+        self.setWindowTitle("Retrain from reviewed labels")
+        self.setModal(False)
+        self.resize(1000, 720)
+        self.db, self.paths = db, paths
+        self.workers = Workers(self, light_threads=1)
+        self.cancel_event: threading.Event | None = None
+        self.task = None
+        self.result: dict | None = None
+        self._t0 = 0.0
+        self._batch_x: list[float] = []
+        self._batch_loss: list[float] = []
+        self._build(device, folder_open)
+        self.refresh_data()
+
+    # ------------------------------------------------------------------ construction
+    def _build(self, device, folder_open) -> None:
+        import pyqtgraph as pg
+
+        from core.architectures import ARCHITECTURES
+        from core.registry import ensure_active_model
+
+        with self.db.session() as s:
+            v = ensure_active_model(s, self.paths)
+            self.active = {"id": v.id, "name": v.name, "architecture": v.architecture,
+                           "input_size": (v.card or {}).get("preprocessing", {}).get("input_size", 128)}
+
+        self.data_table = _table(0, 3, ["Class", "Reviewed", "of which validation"])
+        self.data_note = QLabel()
+        self.data_note.setWordWrap(True)
+        dbox = QGroupBox("Training data (your reviewed labels)")
+        dl = QVBoxLayout(dbox)
+        dl.addWidget(self.data_table)
+        dl.addWidget(self.data_note)
+
+        self.arch = QComboBox()
+        for name in sorted(ARCHITECTURES):
+            self.arch.addItem(name)
+        self.arch.setCurrentText(self.active["architecture"])
+        self.finetune = QRadioButton(f"Fine-tune the active model ({self.active['name']})")
+        self.scratch = QRadioButton("Train from scratch")
+        self.finetune.setChecked(True)
+        self.mode = QButtonGroup(self)
+        self.mode.addButton(self.finetune)
+        self.mode.addButton(self.scratch)
+        self.finetune.toggled.connect(self._mode_changed)
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 200)
+        self.epochs.setValue(4)
+        self.input_size = QSpinBox()
+        self.input_size.setRange(32, 512)
+        self.input_size.setSingleStep(16)
+        self.input_size.setValue(int(self.active["input_size"]))
+        self.device = QComboBox()
+        self.device.addItem("auto (CUDA if available)", "auto")
+        self.device.addItem("CPU", "cpu")
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                self.device.addItem(f"CUDA ({torch.cuda.get_device_name(0)})", "cuda")
+        except Exception:
+            pass
+        if device:
+            i = self.device.findData(device)
+            if i >= 0:
+                self.device.setCurrentIndex(i)
+        self.base_data = QLineEdit()
+        self.base_data.setPlaceholderText("optional: a folder of class folders added to the training side")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        brow = QHBoxLayout()
+        brow.addWidget(self.base_data, 1)
+        brow.addWidget(browse)
+        sbox = QGroupBox("Run")
+        form = QFormLayout(sbox)
+        form.addRow(self.finetune)
+        form.addRow(self.scratch)
+        form.addRow("Architecture", self.arch)
+        form.addRow("Input size (px)", self.input_size)
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Device", self.device)
+        form.addRow("Base data", brow)
+
+        self.start_btn = QPushButton("Start training")
+        self.start_btn.setDefault(True)
+        self.start_btn.clicked.connect(self.start)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.status = QLabel("Ready.")
+        self.status.setWordWrap(True)
+        self.eta = QLabel("")
+
+        # live curves
+        pg.setConfigOptions(antialias=True, background="w", foreground="k")
+        self.loss_plot = pg.PlotWidget(title="Loss")
+        self.loss_plot.addLegend(offset=(-10, 10))
+        self.loss_plot.setLabel("bottom", "epoch")
+        self.acc_plot = pg.PlotWidget(title="Accuracy")
+        self.acc_plot.addLegend(offset=(-10, -10))
+        self.acc_plot.setLabel("bottom", "epoch")
+        self.acc_plot.setYRange(0, 1)
+        self.curve_batch = self.loss_plot.plot([], [], pen=pg.mkPen((180, 180, 180), width=1), name="batch")
+        self.curve_train_loss = self.loss_plot.plot([], [], pen=pg.mkPen("b", width=2), symbol="o", symbolSize=6, name="train")
+        self.curve_val_loss = self.loss_plot.plot([], [], pen=pg.mkPen("r", width=2), symbol="s", symbolSize=6, name="validation")
+        self.curve_train_acc = self.acc_plot.plot([], [], pen=pg.mkPen("b", width=2), symbol="o", symbolSize=6, name="train")
+        self.curve_val_acc = self.acc_plot.plot([], [], pen=pg.mkPen("r", width=2), symbol="s", symbolSize=6, name="validation")
+        curves = QHBoxLayout()
+        curves.addWidget(self.loss_plot)
+        curves.addWidget(self.acc_plot)
+
+        # results
+        self.metrics_table = _table(0, 3, ["", "active", "new"])
+        self.diff_label = QLabel()
+        self.diff_label.setWordWrap(True)
+        self.warning = QLabel()
+        self.warning.setWordWrap(True)
+        self.warning.setStyleSheet("color: #a15c00; font-weight: bold")
+        self.cm_old = _table(0, 0)
+        self.cm_new = _table(0, 0)
+        self.cm_old_title = QLabel("Active version")
+        self.cm_new_title = QLabel("New version")
+        cm = QGridLayout()
+        cm.addWidget(self.cm_old_title, 0, 0)
+        cm.addWidget(self.cm_new_title, 0, 1)
+        cm.addWidget(self.cm_old, 1, 0)
+        cm.addWidget(self.cm_new, 1, 1)
+        cm.addWidget(QLabel("Rows: reviewed class; columns: predicted class."), 2, 0, 1, 2)
+        cmw = QWidget()
+        cmw.setLayout(cm)
+        self.changed = _table(0, 5, ["Image", "Reviewed", "Active predicts", "New predicts", ""])
+        mw = QWidget()
+        ml = QVBoxLayout(mw)
+        ml.addWidget(self.metrics_table, 1)
+        ml.addWidget(self.diff_label)
+        ml.addWidget(self.warning)
+        self.results = QTabWidget()
+        self.results.addTab(mw, "Comparison")
+        self.results.addTab(cmw, "Confusion matrices")
+        self.results.addTab(self.changed, "Changed predictions")
+        self.results.setEnabled(False)
+
+        self.reclassify = QCheckBox("Re-classify the open folder with it")
+        self.reclassify.setChecked(folder_open)
+        self.reclassify.setEnabled(folder_open)
+        self.promote_btn = QPushButton("Promote new version")
+        self.promote_btn.setEnabled(False)
+        self.promote_btn.clicked.connect(self.promote)
+        self.keep_btn = QPushButton("Keep current")
+        self.keep_btn.setEnabled(False)
+        self.keep_btn.clicked.connect(self.keep_current)
+        close = QPushButton("Close")
+        close.clicked.connect(self.close)
+
+        top = QHBoxLayout()
+        top.addWidget(dbox, 1)
+        top.addWidget(sbox, 1)
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.start_btn)
+        run_row.addWidget(self.cancel_btn)
+        run_row.addWidget(self.progress, 1)
+        run_row.addWidget(self.eta)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.reclassify)
+        bottom.addStretch(1)
+        bottom.addWidget(self.promote_btn)
+        bottom.addWidget(self.keep_btn)
+        bottom.addWidget(close)
+        lay = QVBoxLayout(self)
+        lay.addLayout(top)
+        lay.addLayout(run_row)
+        lay.addWidget(self.status)
+        lay.addLayout(curves, 2)
+        lay.addWidget(self.results, 2)
+        lay.addLayout(bottom)
+        self._mode_changed()
+
+    def _mode_changed(self) -> None:
+        scratch = self.scratch.isChecked()
+        self.arch.setEnabled(scratch)
+        self.input_size.setEnabled(scratch)
+        if not scratch:
+            self.arch.setCurrentText(self.active["architecture"])
+            self.input_size.setValue(int(self.active["input_size"]))
+
+    def _browse(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Base data: a folder of class folders")
+        if d:
+            self.base_data.setText(d)
+
+    # ------------------------------------------------------------------ data summary
+    def refresh_data(self) -> None:
+        from trainer.retrain import data_summary
+
+        db = self.db
+        with db.session() as s:
+            from core.registry import active_version
+
+            tax = active_version(s).taxonomy
+        self.workers.submit(lambda: data_summary(db, tax), name="data summary", on_result=self._show_data,
+                            on_error=self._error)
+
+    def _show_data(self, summary: dict) -> None:
+        self.summary = summary
+        per = summary["per_class"]
+        self.data_table.setRowCount(len(per) + 1)
+        for r, (c, n) in enumerate(per.items()):
+            _set(self.data_table, r, 0, c, Qt.AlignLeft | Qt.AlignVCenter)
+            _set(self.data_table, r, 1, n["reviewed"])
+            _set(self.data_table, r, 2, n["val"])
+        _set(self.data_table, len(per), 0, "Total", Qt.AlignLeft | Qt.AlignVCenter)
+        _set(self.data_table, len(per), 1, summary["n_reviewed"])
+        _set(self.data_table, len(per), 2, sum(n["val"] for n in per.values()))
+        self.data_note.setText(
+            f"{summary['n_reviewed']} reviewed images. Each gets a fixed side (training or validation) from its "
+            f"content the first time it is used ({summary['n_unassigned']} not yet assigned, about 20% go to "
+            "validation); near-duplicates stay together, so validation images never leak into training.")
+        self.start_btn.setEnabled(self.task is None and summary["n_reviewed"] >= 4)
+        if summary["n_reviewed"] < 4:
+            self.status.setText("Review some images first (keys 1–4 in the gallery): retraining learns from your labels.")
+
+    # ------------------------------------------------------------------ the run
+    def config(self):
+        from trainer.retrain import RetrainConfig
+
+        scratch = self.scratch.isChecked()
+        return RetrainConfig(epochs=self.epochs.value(), from_scratch=scratch,
+                             arch=self.arch.currentText() if scratch else None,
+                             input_size=self.input_size.value() if scratch else None,
+                             base_data=self.base_data.text().strip() or None, device=self.device.currentData())
+
+    def start(self) -> None:
+        if self.task is not None:
+            return
+        from trainer.retrain import retrain
+
+        cfg = self.config()
+        cancel = threading.Event()
+        db, paths = self.db, self.paths
+        self.cancel_event = cancel
+        self.result = None
+        self._t0 = time.monotonic()
+        self._batch_x, self._batch_loss = [], []
+        for c in (self.curve_batch, self.curve_train_loss, self.curve_val_loss, self.curve_train_acc, self.curve_val_acc):
+            c.setData([], [])
+        self.results.setEnabled(False)
+        self.promote_btn.setEnabled(False)
+        self.keep_btn.setEnabled(False)
+        self.start_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.progress.setRange(0, 0)
+        self.status.setText("Starting…")
+        self.task = self.workers.submit(lambda: retrain(db, paths, cfg, cancel=cancel), name="retraining",
+                                        pool="jobs", on_progress=self._on_progress, on_result=self._on_result,
+                                        on_error=self._on_error)
+        self.runStarted.emit()
+
+    def cancel(self) -> None:
+        if self.cancel_event is not None and not self.cancel_event.is_set():
+            self.cancel_event.set()
+            self.status.setText("Cancelling after this batch… (no model will be written)")
+
+    def _on_progress(self, p) -> None:
+        if p.total:
+            self.progress.setRange(0, p.total)
+            self.progress.setValue(p.done)
+        if p.message:
+            self.status.setText(f"{p.stage}: {p.message}")
+        ex = p.extra or {}
+        if "eta_s" in ex:
+            self.eta.setText(f"{_fmt_eta(ex.get('eta_s'))} left")
+        if p.stage == "train" and "loss" in ex:
+            self._batch_x.append(ex["epoch"] - 1 + ex["batch"] / max(1, ex["batches"]))
+            self._batch_loss.append(ex["loss"])
+            self.curve_batch.setData(self._batch_x, self._batch_loss)
+        hist = ex.get("history")
+        if hist and p.stage == "validate":
+            ep = [h["epoch"] for h in hist]
+            self.curve_train_loss.setData(ep, [h["train_loss"] for h in hist])
+            self.curve_train_acc.setData(ep, [h["train_accuracy"] for h in hist])
+            val = [h for h in hist if h.get("val_loss") is not None]
+            self.curve_val_loss.setData([h["epoch"] for h in val], [h["val_loss"] for h in val])
+            self.curve_val_acc.setData([h["epoch"] for h in val], [h["val_accuracy"] for h in val])
+
+    def _finish(self) -> None:
+        self.task = None
+        self.cancel_event = None
+        self.cancel_btn.setEnabled(False)
+        self.start_btn.setEnabled(True)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.eta.setText("")
+
+    def _on_result(self, out: dict) -> None:
+        self._finish()
+        self.result = out
+        if out["status"] != "completed":
+            self.status.setText("Cancelled: no model version was written.")
+            self.runFinished.emit(out)
+            return
+        secs = out.get("train_seconds", 0.0)
+        self.status.setText(f"Done: new version {out['version']} (trained {secs:.0f} s on {out.get('device', '')}); "
+                            f"not active yet. {out['data']['n_train']} training, {out['data']['n_val']} validation images.")
+        self.show_comparison(out.get("comparison"), out["parent"], out["version"])
+        self.promote_btn.setEnabled(True)
+        self.keep_btn.setEnabled(True)
+        self.refresh_data()
+        self.runFinished.emit(out)
+
+    def _on_error(self, message: str) -> None:
+        self._finish()
+        self._error(message)
+        self.runFinished.emit(None)
+
+    def _error(self, message: str) -> None:
+        log.error("%s", message)
+        self.status.setText(f"⚠ {message}")
+
+    # ------------------------------------------------------------------ comparison
+    def show_comparison(self, cmp: dict | None, old_name: str, new_name: str) -> None:
+        self.results.setEnabled(cmp is not None)
+        if cmp is None:
+            self.warning.setText("No validation images: the versions cannot be compared. Review more images.")
+            return
+        classes = cmp["classes"]
+        old, new = cmp["old"], cmp["new"]
+        self.metrics_table.setHorizontalHeaderLabels(["", f"active: {old_name}", f"new: {new_name}"])
+        rows = [("Accuracy", "accuracy"), ("Macro-F1", "macro_f1"), ("ECE (calibration error)", "ece")]
+        rows += [(f"Recall {c}", ("recall", c)) for c in classes]
+        self.metrics_table.setRowCount(len(rows) + 1)
+        for r, (label, key) in enumerate(rows):
+            a = old[key[0]][key[1]] if isinstance(key, tuple) else old[key]
+            b = new[key[0]][key[1]] if isinstance(key, tuple) else new[key]
+            better = (b < a) if key == "ece" else (b > a)
+            worse = (b > a) if key == "ece" else (b < a)
+            _set(self.metrics_table, r, 0, label, Qt.AlignLeft | Qt.AlignVCenter)
+            _set(self.metrics_table, r, 1, f"{a:.3f}")
+            _set(self.metrics_table, r, 2, f"{b:.3f}",
+                 bg=QColor("#d9f2d9") if better else QColor("#f8d7d7") if worse else None)
+        _set(self.metrics_table, len(rows), 0, "Validation images", Qt.AlignLeft | Qt.AlignVCenter)
+        _set(self.metrics_table, len(rows), 1, cmp["n"])
+        _set(self.metrics_table, len(rows), 2, cmp["n"])
+        d = cmp["accuracy_difference"]
+        self.diff_label.setText(
+            f"Accuracy difference (new − active): {d['difference']:+.3f}, 95% bootstrap interval "
+            f"{d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f} over {d['n']} images. The new version fixes "
+            f"{d.get('n_fixed', 0)} and breaks {d.get('n_broken', 0)} predictions; {cmp['n_changed']} change.")
+        self.warning.setText(cmp.get("warning") or "")
+        for t, m, title, name in ((self.cm_old, old, self.cm_old_title, old_name), (self.cm_new, new, self.cm_new_title, new_name)):
+            title.setText(name)
+            t.setRowCount(len(classes))
+            t.setColumnCount(len(classes))
+            t.setHorizontalHeaderLabels(classes)
+            t.setVerticalHeaderLabels(classes)
+            mat = m["confusion_matrix"]
+            top = max(1, max(max(r) for r in mat))
+            for i, row in enumerate(mat):
+                for j, v in enumerate(row):
+                    shade = int(255 - 120 * v / top)
+                    bg = QColor(shade, 255, shade) if i == j else QColor(255, shade, shade) if v else None
+                    _set(t, i, j, v, Qt.AlignCenter, bg)
+        ch = cmp["changed"]
+        self.changed.setRowCount(len(ch))
+        for r, c in enumerate(ch):
+            right = "fixed" if c["new"] == c["label"] else "broken" if c["old"] == c["label"] else "still wrong"
+            _set(self.changed, r, 0, Path(c["path"] or "").name, Qt.AlignLeft | Qt.AlignVCenter)
+            _set(self.changed, r, 1, c["label"], Qt.AlignLeft | Qt.AlignVCenter)
+            _set(self.changed, r, 2, f"{c['old']} ({c['old_confidence']:.2f})", Qt.AlignLeft | Qt.AlignVCenter)
+            _set(self.changed, r, 3, f"{c['new']} ({c['new_confidence']:.2f})", Qt.AlignLeft | Qt.AlignVCenter)
+            _set(self.changed, r, 4, right, Qt.AlignLeft | Qt.AlignVCenter,
+                 QColor("#d9f2d9") if right == "fixed" else QColor("#f8d7d7") if right == "broken" else None)
+            self.changed.item(r, 0).setToolTip(c["path"] or "")
+        self.results.setTabText(2, f"Changed predictions ({len(ch)})")
+
+    # ------------------------------------------------------------------ decisions
+    def promote(self) -> None:
+        if not self.result or self.result.get("status") != "completed":
+            return
+        from trainer.retrain import promote
+
+        entry = promote(self.db, self.result["version"])
+        self.promote_btn.setEnabled(False)
+        self.keep_btn.setEnabled(False)
+        self.status.setText(f"{self.result['version']} is now the active model (roll back any time in Model versions).")
+        self.promoted.emit(entry["id"], self.reclassify.isChecked() and self.reclassify.isEnabled())
+
+    def keep_current(self) -> None:
+        self.promote_btn.setEnabled(False)
+        self.keep_btn.setEnabled(False)
+        if self.result:
+            self.status.setText(f"Kept the active model; {self.result['version']} stays in the registry.")
+
+    def closeEvent(self, e) -> None:
+        self.cancel()
+        self.workers.cancel_all()
+        self.workers.wait(30000)
+        super().closeEvent(e)
