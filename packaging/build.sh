@@ -10,8 +10,9 @@
 # 3. the frozen app's --self-test (headless), which must pass;
 # 4. dist/hemascan-VARIANT_VERSION_amd64.deb (packaging/linux/make_deb.sh).
 #
-# Environment: PYTHON (default python3.11), DEB_COMPRESSION (xz, default; gzip or zstd are
-# faster to build), SKIP_SELF_TEST=1 (not recommended).
+# Environment: PYTHON (default python3.11), DEB_COMPRESSION (zstd, default; xz for dpkg
+# older than 1.21.18, e.g. Debian 11: much slower to build), DEB_COMPRESSION_LEVEL,
+# SKIP_SELF_TEST=1 (not recommended).
 set -euo pipefail
 
 VARIANT="${1:-cpu}"

@@ -100,7 +100,10 @@ chmod 755 "$STAGE/DEBIAN/postinst" "$STAGE/DEBIAN/postrm"
 
 mkdir -p "$OUT"
 DEB="$OUT/${PKG}_${VERSION}_${ARCH}.deb"
-COMP="${DEB_COMPRESSION:-xz}"
-dpkg-deb --root-owner-group -Z"$COMP" --build "$STAGE" "$DEB"
+# zstd: seconds instead of the ~30 min xz needs for a 1 GB bundle on 2 cores, ~15 % larger;
+# dpkg reads it since 1.21.18 (Debian 12, Ubuntu 21.10). DEB_COMPRESSION=xz for older systems.
+COMP="${DEB_COMPRESSION:-zstd}"
+LEVEL="${DEB_COMPRESSION_LEVEL:-}"
+dpkg-deb --root-owner-group -Z"$COMP" ${LEVEL:+-z"$LEVEL"} --build "$STAGE" "$DEB"
 ls -l "$DEB"
 echo "install: sudo apt install $DEB   (or double-click it in the file manager)"
