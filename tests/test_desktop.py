@@ -232,7 +232,7 @@ def test_switch_model_reclassifies_and_about(qtbot, window, tmp_path):
 
     dlg = ModelsDialog(w.db, w)
     assert dlg.table.rowCount() == 2 and "accuracy 0.500" in dlg.table.item(1, 4).text()
-    assert not dlg.retrain.isEnabled()
+    assert dlg.retrain.isEnabled()  # opens the Retrain dialog (tests/test_retrain_gui.py)
     with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT) as blocker:
         w.activate_version(vid, ask=False, reclassify=True)
     assert blocker.args[0].model == "second-test-model" and blocker.args[0].n_predicted == 4
