@@ -178,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         import multiprocessing
 
         multiprocessing.freeze_support()
+        # Windows GUI executable (hemascan.exe, no console): stdout/stderr are None, and
+        # anything that writes to them (progress bars, logging) would raise.
+        for name in ("stdout", "stderr"):
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
         # alembic loads the migration scripts from files: never write __pycache__ into the
         # install folder (read-only for users; would be left behind on uninstall).
         sys.dont_write_bytecode = True

@@ -1,5 +1,6 @@
-; Inno Setup 6 script for hemascan on Windows: a per-user install that needs no admin
-; rights, with a Start menu entry and an uninstaller.
+; Inno Setup script for hemascan on Windows: a per-user install that needs no admin
+; rights, with a Start menu entry and an uninstaller. Needs Inno Setup 6.3 or later
+; (x64compatible).
 ;
 ; Build (on Windows, after the PyInstaller bundle):
 ;   set HEMASCAN_VARIANT=cpu
