@@ -222,3 +222,34 @@ def test_cli_retrain_and_models_export_import(labelled, cli, tmp_path):
     assert rc == 0 and "* tiny-v1" in out, err
     rc, out, err = cli("models", "lineage")
     assert rc == 0 and "<- tiny-v1" in out
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_leaves_failed_row_and_no_model(labelled, db, paths, data_dir):
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import hemascan_cmd, subprocess_env
+    from trainer.retrain import RetrainConfig, retrain
+
+    proc = subprocess.Popen([*hemascan_cmd(), "-q", "retrain", "--epochs", "500", "--batch-size", "2", "--no-augment",
+                             "--threads", "1"], env=subprocess_env(data_dir), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while True:
+        with db.session() as s:
+            if s.scalar(select(TrainingRun).where(TrainingRun.status == "running")) is not None:
+                break
+        assert proc.poll() is None, f"retrain ended before it could be killed: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "no training run appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert sorted(p.name for p in paths.models.iterdir()) == ["tiny-v1"]  # no (half-written) package
+    # the next run marks the dead one failed and goes ahead
+    out = run_job(retrain(db, paths, RetrainConfig(**{**FAST, "epochs": 1})))
+    assert out["status"] == "completed"
+    with db.session() as s:
+        runs = s.scalars(select(TrainingRun).order_by(TrainingRun.id)).all()
+        assert [r.status for r in runs] == ["failed", "completed"] and "interrupted" in runs[0].error
