@@ -72,7 +72,7 @@ class RetrainConfig:
     lr: float | None = None  # None: 3e-4 fine-tuning, 1e-3 from scratch
     weight_decay: float = 0.05
     warmup_epochs: float = 0.5
-    freeze_blocks: int = 0  # effnet_lite0: keep the stem and the first N blocks fixed (faster)
+    freeze_blocks: int | None = None  # effnet_lite0: keep stem + first N blocks fixed (faster); None: as the parent was trained (fine-tuning), else 0
     val_fraction: float = 0.2
     phash_distance: int = 4
     sources: tuple[str, ...] = ("human",)  # label-event sources used as training labels
@@ -601,8 +601,11 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         else:
             model, _ = load_model(Path(parent["path"]), "cpu")
             arch_params = dict(pcard.get("arch_params") or {})
-        if cfg.freeze_blocks and hasattr(model, "_blocks"):
-            for mod in [model._conv_stem, model._bn0, *model._blocks[: cfg.freeze_blocks]]:
+        freeze = cfg.freeze_blocks
+        if freeze is None:
+            freeze = 0 if cfg.from_scratch else int(((pcard.get("training_data") or {}).get("config") or {}).get("freeze_blocks") or 0)
+        if freeze and hasattr(model, "_blocks"):
+            for mod in [model._conv_stem, model._bn0, *model._blocks[:freeze]]:
                 for p in mod.parameters():
                     p.requires_grad_(False)
         model = model.to(device).to(memory_format=torch.channels_last)

@@ -23,7 +23,7 @@ def _retrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of newly reviewed images put on the validation side")
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--freeze-blocks", type=int, default=0, help="effnet_lite0: keep the first N blocks fixed (faster)")
+    p.add_argument("--freeze-blocks", type=int, help="effnet_lite0: keep the first N blocks fixed (faster; default: as the active model was trained)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
