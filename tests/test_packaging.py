@@ -251,6 +251,6 @@ def test_build_install_self_test_and_gui(tmp_path):
     out = os.environ.get("HEMASCAN_PACKAGING_SCREENSHOT")
     if out:
         shutil.copy(png, out)
-    bundle_mb = sum(f.stat().st_size for f in (root / "opt/hemascan").rglob("*") if f.is_file()) / 2**20
+    bundle_mb = sum(f.lstat().st_size for f in (root / "opt/hemascan").rglob("*") if not f.is_symlink() and f.is_file()) / 2**20
     print(f"\nbundle {bundle_mb:.0f} MiB, deb {deb.stat().st_size / 2**20:.0f} MiB, "
           f"self-test {self_test_s:.1f} s, window after {to_window:.1f} s")
