@@ -209,7 +209,7 @@ def test_export_import_round_trip_and_tampering(labelled, db, paths, tmp_path):
         db2.dispose()
 
 
-def test_cli_retrain_and_models_export_import(labelled, cli, tmp_path):
+def test_cli_retrain_and_models_export_import(labelled, cli, tmp_path, db):
     rc, out, err = cli("retrain", "--epochs", 1, "--threads", 2, "--no-augment", "--promote")
     assert rc == 0, err
     assert "accuracy" in out and "macro-F1" in out and "promoted" in out
@@ -222,6 +222,15 @@ def test_cli_retrain_and_models_export_import(labelled, cli, tmp_path):
     assert rc == 0 and "* tiny-v1" in out, err
     rc, out, err = cli("models", "lineage")
     assert rc == 0 and "<- tiny-v1" in out
+    new = next(ln.lstrip("* ").split()[0] for ln in out.splitlines() if "<- tiny-v1" in ln)
+    rc, out, err = cli("models", "activate", new)
+    assert rc == 0 and f"* {new}" in out
+    rc, out, err = cli("models", "runs")
+    assert rc == 0 and "completed" in out
+    from trainer.retrain import activation_log
+
+    assert [e["action"] for e in activation_log(db)] == ["promote", "rollback", "activate"]
+    assert cli("models", "activate", "no-such-model")[0] == 2
 
 
 @pytest.mark.slow

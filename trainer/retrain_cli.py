@@ -115,10 +115,14 @@ def cmd_models(args, app: App) -> int:
         name = import_model(app.db, app.paths, Path(args.file), activate=args.activate)
         app.echo(f"imported {name}" + (" (active)" if args.activate else f"; activate with: hemascan models activate {name}"))
         return 0
-    if args.action == "rollback":
-        from .retrain import rollback
+    if args.action in ("rollback", "activate"):  # recorded in the activation log
+        from core.registry import ensure_active_model
 
-        rollback(app.db, args.name)
+        from .retrain import _activate
+
+        with app.db.session() as s:
+            ensure_active_model(s, app.paths)
+        _activate(app.db, args.name, args.action)
         args.action = "list"
     if args.action == "lineage":
         from .retrain import lineage
