@@ -189,9 +189,11 @@ def _xvfb_screenshot(exe: Path, env: dict, png: Path) -> float:
             time.sleep(0.1)
         t0 = time.perf_counter()
         app = subprocess.Popen([str(exe)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        while True:
+        while True:  # the main window: WM_CLASS hemascan, real size, mapped (Qt makes 1x1 helpers early)
             tree = subprocess.run(["xwininfo", "-root", "-tree"], env=env, capture_output=True, text=True).stdout
-            if re.search(r'"hemascan[^"]*":', tree):
+            ids = re.findall(r'(0x[0-9a-f]+) "hemascan[^"]*": \("hemascan" "hemascan"\)\s+\d{3,}x\d{3,}', tree)
+            if any("IsViewable" in subprocess.run(["xwininfo", "-id", w], env=env, capture_output=True, text=True).stdout
+                   for w in ids):
                 break
             assert app.poll() is None, "the app exited: " + app.stdout.read().decode(errors="replace")
             assert time.perf_counter() - t0 < 120, "no window after 120 s"
