@@ -55,3 +55,23 @@ def test_compiled_model_matches_eager_including_a_short_last_batch(tmp_path):
     assert np.allclose(compiled.predict(full), eager.predict(full), atol=1e-3)
     out = compiled.predict(short)
     assert out.shape == (5, 4) and np.allclose(out, eager.predict(short), atol=1e-3)
+
+
+def test_compile_decision(monkeypatch, tmp_path):
+    from core import inference
+
+    monkeypatch.delenv("HEMASCAN_COMPILE", raising=False)
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/cc")
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert not inference.should_compile(cpu, 2000)  # cold: not worth a minute of compiling
+    assert inference.should_compile(cpu, 2000, warm=True)  # cached artefact: worth it
+    assert not inference.should_compile(cpu, 500, warm=True)
+    assert inference.should_compile(cpu, inference.COMPILE_MIN_IMAGES)
+    assert not inference.should_compile(gpu, 10**6)
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no C compiler on the workstation
+    assert not inference.should_compile(cpu, 10**6)
+    monkeypatch.setenv("HEMASCAN_COMPILE", "off")
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/cc")
+    assert not inference.should_compile(cpu, 10**6)
+    m1 = inference.compile_marker(tmp_path, "a" * 64, 32)
+    assert m1 != inference.compile_marker(tmp_path, "b" * 64, 32)  # per model
