@@ -119,6 +119,13 @@ def self_test(n_per_class: int = 2, device: str = "auto") -> int:
         except Exception as exc:  # noqa: BLE001
             _check(False, f"Qt importable ({exc})", failures)
 
+        if variant() != "cpu":  # training needs torchvision and its compiled ops
+            try:
+                import torchvision  # noqa: F401
+
+                _check(True, "torchvision importable (training)", failures)
+            except Exception as exc:  # noqa: BLE001
+                _check(False, f"torchvision importable (training): {exc}", failures)
         register_commands()
         from core.cli import COMMANDS
 
