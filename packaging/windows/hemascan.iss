@@ -70,7 +70,8 @@ Source: "{#BundleDir}\*"; DestDir: "{app}"; Flags: ignoreversion recursesubdirs 
 
 [Icons]
 Name: "{autoprograms}\{#AppName}"; Filename: "{app}\hemascan.exe"; WorkingDir: "{userdocs}"; Comment: "Classify and review blood-smear images"
-Name: "{autoprograms}\{#AppName} self-test"; Filename: "{app}\hemascan-cli.exe"; Parameters: "--self-test"; WorkingDir: "{userdocs}"; Comment: "Check that the installation works"
+; cmd /k keeps the console open so the result can be read: cmd /k ""...\hemascan-cli.exe" --self-test"
+Name: "{autoprograms}\{#AppName} self-test"; Filename: "{cmd}"; Parameters: "/k """"{app}\hemascan-cli.exe"" --self-test"""; IconFilename: "{app}\hemascan-cli.exe"; WorkingDir: "{userdocs}"; Comment: "Check that the installation works"
 Name: "{autodesktop}\{#AppName}"; Filename: "{app}\hemascan.exe"; WorkingDir: "{userdocs}"; Tasks: desktopicon
 
 [Run]
