@@ -110,9 +110,8 @@ def cmd_import_labels(args, app: App) -> int:
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    from .export import EXPORTERS
-
-    p.add_argument("--format", choices=sorted(EXPORTERS), default="csv")
+    # core.export is imported when the command runs, not when the parser is built (start-up time)
+    p.add_argument("--format", default="csv", help="output format: csv")
     p.add_argument("--output", "-o", required=True, help="file to write")
     p.add_argument("--folder", help="only images under this folder")
 
@@ -121,6 +120,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 def cmd_export(args, app: App) -> int:
     from .export import EXPORTERS
 
+    if args.format not in EXPORTERS:
+        raise HemascanError(f"unknown export format {args.format!r}; available: {', '.join(sorted(EXPORTERS))}")
     n = EXPORTERS[args.format](app.db, args.output, folder=args.folder)
     app.echo(f"wrote {n} rows to {args.output}")
     return 0

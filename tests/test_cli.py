@@ -79,3 +79,19 @@ def test_demo_runs_on_the_embedded_default(cli, data_dir):
     assert rc == 0 and "8 predicted" in out
     assert (data_dir / "demo-predictions.csv").is_file()
     assert len(read_csv(data_dir / "demo-predictions.csv")) == 8
+
+
+def test_cli_starts_without_importing_torch():
+    """Start-up stays fast: building the parser (all plugins) must not import torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from core.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'cv2', 'PySide6') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "torch" not in out and "PySide6" not in out, out
+
+
+def test_unknown_export_format_is_a_clear_error(cli, tmp_path):
+    rc, _, err = cli("export", "--format", "xlsx", "-o", tmp_path / "x")
+    assert rc == 2 and "unknown export format" in err

@@ -13,10 +13,11 @@ from core.errors import HemascanError
 
 
 def _configure_train(p: argparse.ArgumentParser) -> None:
-    from core.architectures import ARCHITECTURES
-
+    # No import of core.architectures here: it pulls in torch, and every `hemascan` start
+    # (even --help) builds this parser. The name is checked when the command runs.
     p.add_argument("--data", required=True, help="folder of class folders (Benign/Early/Pre/Pro, all/hem, ...)")
-    p.add_argument("--arch", default="effnet_lite0", choices=sorted(ARCHITECTURES), help="architecture (default effnet_lite0)")
+    p.add_argument("--arch", default="effnet_lite0",
+                   help="architecture from the registry: seed_baseline, seed_cnn3, se_cnn, effnet_lite0 (default)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3, 3e-3 for the small CNNs)")
@@ -44,8 +45,12 @@ def train_cmd(args: argparse.Namespace, app) -> int:
     from core.db import TrainingRun, utcnow
     from core.registry import register_package
 
+    from core.architectures import ARCHITECTURES
+
     from .engine import TrainConfig, run
 
+    if args.arch not in ARCHITECTURES:
+        raise HemascanError(f"unknown architecture {args.arch!r}; available: {', '.join(sorted(ARCHITECTURES))}")
     name = args.name or f"{args.arch.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(args.out) if args.out else app.paths.data_dir / "runs" / name
     corner = None if args.corner_mask.lower() == "none" else tuple(float(v) for v in args.corner_mask.split(","))
