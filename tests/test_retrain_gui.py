@@ -79,3 +79,20 @@ def test_retrain_dialog_cancel(qtbot, window, db, paths):
     assert done.args[0]["status"] == "cancelled"
     assert not dlg.promote_btn.isEnabled()
     assert sorted(p.name for p in paths.models.iterdir()) == ["tiny-v1"]
+
+
+def test_retrain_is_disabled_with_a_reason_where_training_is_not_built_in(qtbot, paths, tmp_path, monkeypatch):
+    """The CPU-only installer has no torchvision: no dialog that would fail, a clear message instead."""
+    from PySide6.QtCore import QSettings
+
+    import desktop.mainwindow as mw
+
+    monkeypatch.setattr(mw, "training_available", lambda: False)
+    settings = QSettings(str(tmp_path / "no-training.ini"), QSettings.IniFormat)
+    w = mw.MainWindow(paths, settings=settings, device="cpu")
+    qtbot.addWidget(w)
+    assert not w.a_retrain.isEnabled()
+    assert w.show_retrain() is None
+    assert "not part of this build" in w.statusBar().currentMessage()
+    w.workers.cancel_all()
+    w.workers.wait(10000)
