@@ -480,16 +480,6 @@ def comparison_table(cmp: dict) -> str:
 
 # ---- the job ---------------------------------------------------------------------------------
 
-def _lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        p = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
-
-    return f
-
-
 def _resolve_device(pref: str | None):
     import torch
 
@@ -518,7 +508,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
     from core.registry import ensure_active_model, register_package
 
     from . import augment as aug
-    from .engine import evaluate, iter_train_epoch, predict_logits
+    from .engine import _lr_lambda, evaluate, iter_train_epoch, predict_logits
     from .metrics import ece, fit_temperature, softmax, uncertain_threshold
 
     cfg = config if isinstance(config, RetrainConfig) else RetrainConfig.from_dict(config or {})
