@@ -66,9 +66,10 @@ def test_compile_decision(monkeypatch, tmp_path):
     monkeypatch.delenv("HEMASCAN_COMPILE", raising=False)
     monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/cc")
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert not inference.should_compile(cpu, 2000)  # cold: not worth a minute of compiling
-    assert inference.should_compile(cpu, 2000, warm=True)  # cached artefact: worth it
-    assert not inference.should_compile(cpu, 500, warm=True)
+    n = inference.COMPILE_MIN_IMAGES_WARM
+    assert not inference.should_compile(cpu, n)  # cold: not worth a minute of compiling
+    assert inference.should_compile(cpu, n, warm=True)  # cached artefact: worth it
+    assert not inference.should_compile(cpu, n - 1, warm=True)
     assert inference.should_compile(cpu, inference.COMPILE_MIN_IMAGES)
     assert not inference.should_compile(gpu, 10**6)
     monkeypatch.setattr("shutil.which", lambda name: None)  # no C compiler on the workstation
