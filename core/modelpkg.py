@@ -45,6 +45,9 @@ class ModelCard:
     parent: str | None = None
     weights_sha256: str = ""
     placeholder: bool = False
+    # An int8 OpenVINO model the trainer shipped beside the weights (trainer/quantize.py):
+    # {"format", "files": {name: sha256}, "agreement", "n_checked", "calibration", "made_with"}.
+    int8: dict[str, Any] = field(default_factory=dict)
     intended_use: str = INTENDED_USE
     notes: str = ""
     format_version: int = CARD_FORMAT

@@ -1,5 +1,5 @@
-"""Fast paths must not change answers: BN folding, torch.compile and reduced precision
-agree with the plain float32 model."""
+"""Fast paths must not change answers: BN folding, torch.compile, OpenVINO and reduced
+precision (bf16, int8) agree with the plain float32 model."""
 import glob
 import os
 
@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from core.images import decode_rgb, read_file
+from core.engines import Device
 from core.inference import Predictor
-from core.modelpkg import load_model
+from core.modelpkg import load_model, read_card
 from core.registry import bundled_default_package
 
 DATASET = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "all-taleqani")
@@ -29,28 +30,48 @@ def predict_all(pred: Predictor, batch: np.ndarray, bs: int = 32) -> np.ndarray:
     return np.concatenate([pred.predict(batch[i : i + bs]) for i in range(0, len(batch), bs)])
 
 
-@pytest.mark.dataset
-def test_reduced_precision_agrees_with_fp32_on_real_data():
+@pytest.fixture(scope="module")
+def real_batch():
     files = sorted(glob.glob(os.path.join(DATASET, "*", "*.jpg")))
-    assert len(files) == 2770
-    pred32 = Predictor(bundled_default_package(), torch.device("cpu"), precision="fp32")
-    batch = np.stack([pred32.load_image(f) for f in files])
-    fast32 = predict_all(pred32, batch)
-    # the fp32 fast path (BN folded, channels-last) against the plain model, on every 9th image
+    if len(files) != 2770:
+        pytest.skip(f"needs the 2,770 images of {DATASET}")
+    prep = read_card(bundled_default_package()).prep
+    return np.stack([prep.apply(decode_rgb(read_file(f))) for f in files])
+
+
+@pytest.mark.dataset
+def test_fp32_fast_paths_match_the_plain_model_on_real_data(real_batch):
+    # BN folded + channels-last (torch) and OpenVINO fp32, against the plain model, every 9th image
     subset = slice(0, None, 9)
-    ref = plain_fp32_probs(batch[subset])
-    assert (fast32[subset].argmax(1) == ref.argmax(1)).mean() >= 0.995
-    assert np.abs(fast32[subset] - ref).max() < 1e-3
-    bf16 = predict_all(Predictor(bundled_default_package(), torch.device("cpu"), precision="bf16"), batch)
-    agreement = (bf16.argmax(1) == fast32.argmax(1)).mean()
-    print(f"bf16 vs fp32 label agreement on {len(files)} real images: {agreement:.4f}")
+    ref = plain_fp32_probs(real_batch[subset])
+    for engine in ("torch", "openvino"):
+        fast32 = predict_all(Predictor(bundled_default_package(), Device("cpu"), precision="fp32", engine=engine),
+                             real_batch[subset])
+        assert (fast32.argmax(1) == ref.argmax(1)).mean() >= 0.995, engine
+        assert np.abs(fast32 - ref).max() < 1e-3, engine
+
+
+@pytest.mark.dataset
+@pytest.mark.parametrize("engine,precision", [("torch", "bf16"), ("openvino", "int8")])
+def test_reduced_precision_agrees_with_fp32_on_real_data(real_batch, engine, precision):
+    fast32 = predict_all(Predictor(bundled_default_package(), Device("cpu"), precision="fp32", engine="torch"), real_batch)
+    reduced = Predictor(bundled_default_package(), Device("cpu"), precision=precision, engine=engine)
+    assert reduced.precision == precision
+    agreement = (predict_all(reduced, real_batch).argmax(1) == fast32.argmax(1)).mean()
+    print(f"{engine} {precision} vs fp32 label agreement on {len(real_batch)} real images: {agreement:.4f}")
     assert agreement >= 0.995
+
+
+def test_cpu_default_is_the_checked_int8_model():
+    pred = Predictor(bundled_default_package(), Device("cpu"))
+    assert (pred.engine_name, pred.precision) == ("openvino", "int8")
+    assert pred.card.int8["agreement"] >= 0.995  # measured by trainer/quantize.py on held-out images
 
 
 def test_compiled_model_matches_eager_including_a_short_last_batch(tmp_path):
     rng = np.random.default_rng(0)
-    eager = Predictor(bundled_default_package(), torch.device("cpu"))
-    compiled = Predictor(bundled_default_package(), torch.device("cpu"), compile=True, cache_dir=tmp_path)
+    eager = Predictor(bundled_default_package(), torch.device("cpu"), engine="torch")
+    compiled = Predictor(bundled_default_package(), torch.device("cpu"), engine="torch", compile=True, cache_dir=tmp_path)
     s = eager.prep.input_size
     full = rng.integers(0, 255, (32, s, s, 3), dtype=np.uint8)
     short = full[:5]

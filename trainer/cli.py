@@ -222,6 +222,28 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
+def _configure_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model package directory (as written by train, before it is shared)")
+    p.add_argument("--data", required=True, help="the class folders it was trained on: calibration uses its training "
+                   "side of the card's split, the agreement check its validation + test sides")
+
+
+@command("quantize", "add a checked int8 model to a package (OpenVINO, for fast CPU classification)",
+         configure=_configure_quantize)
+def quantize_cmd(args: argparse.Namespace, app) -> int:
+    from .quantize import quantize_from_folder
+
+    package = Path(args.model)
+    if not package.is_dir():
+        raise HemascanError(f"no model package directory at {package}")
+    app.echo(f"quantizing {package} (calibration on training images, check on held-out images) ...")
+    rec = quantize_from_folder(package, Path(args.data))
+    verdict = "added to the package" if rec["accepted"] else "REJECTED (the package stays fp32)"
+    app.echo(f"int8 agrees with fp32 on {rec['agreement']:.2%} of {rec['n_checked']} held-out labels "
+             f"(needs >= 99.5%): {verdict}; quantization took {rec['quantize_seconds']} s")
+    return 0 if rec["accepted"] else 1
+
+
 @command("compare", "reproduce the seed experiments (CNNs, SVM, random forest, CNN features + SVM) as a Markdown table",
          configure=_configure_compare)
 def compare_cmd(args: argparse.Namespace, app) -> int:

@@ -1,0 +1,131 @@
+"""Inference engines: which runtime runs a package, the int8 model's checks, the OpenVINO
+fp32 cache, and trainer/quantize.py writing (or withholding) an int8 model."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core import engines
+from core.architectures import build
+from core.engines import Device, choose_engine, int8_ready
+from core.errors import HemascanError, ModelPackageError
+from core.inference import Predictor, select_device
+from core.modelpkg import ModelCard, read_card, save_package
+from core.registry import bundled_default_package
+from core.taxonomy import TAXONOMIES
+
+CPU = Device("cpu")
+
+
+def copy_default(tmp_path: Path) -> Path:
+    dest = tmp_path / "pkg"
+    shutil.copytree(bundled_default_package(), dest)
+    return dest
+
+
+def test_engine_choice(monkeypatch):
+    monkeypatch.delenv("HEMASCAN_ENGINE", raising=False)
+    assert choose_engine(CPU) == "openvino"
+    assert choose_engine(Device("cuda", 0)) == "torch"
+    monkeypatch.setattr(engines, "openvino_available", lambda: False)  # a workstation without it
+    assert choose_engine(CPU) == "torch"
+    monkeypatch.setenv("HEMASCAN_ENGINE", "torch")
+    assert choose_engine(CPU) == "torch"
+    with pytest.raises(HemascanError, match="unknown inference engine"):
+        choose_engine(CPU, "tensorrt")
+    with pytest.raises(HemascanError, match="runs on the CPU"):
+        choose_engine(Device("cuda", 0), "openvino")
+
+
+def test_cpu_device_is_chosen_without_importing_torch_when_there_is_no_driver(monkeypatch):
+    monkeypatch.setattr("core.inference.cuda_driver_present", lambda: False)
+    assert select_device("auto") == Device("cpu") and select_device("cpu").type == "cpu"
+    with pytest.raises(HemascanError, match="unknown device"):
+        select_device("tpu")
+
+
+def test_tampered_int8_model_is_refused(tmp_path):
+    pkg = copy_default(tmp_path)
+    data = bytearray((pkg / "model.int8.bin").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (pkg / "model.int8.bin").write_bytes(bytes(data))
+    with pytest.raises(ModelPackageError, match="does not match its card"):
+        Predictor(pkg, CPU)
+    (pkg / "model.int8.xml").unlink()
+    with pytest.raises(ModelPackageError, match="int8 model file missing"):
+        Predictor(pkg, CPU)
+
+
+def test_int8_without_enough_agreement_is_not_used(tmp_path):
+    pkg = copy_default(tmp_path)
+    card = json.loads((pkg / "card.json").read_text())
+    card["int8"]["agreement"] = 0.99  # below the 99.5% bar
+    (pkg / "card.json").write_text(json.dumps(card))
+    assert not int8_ready(read_card(pkg))
+    pred = Predictor(pkg, CPU)
+    assert (pred.engine_name, pred.precision) == ("openvino", "fp32")
+
+
+def test_openvino_fp32_matches_torch_and_is_cached(tmp_path):
+    rng = np.random.default_rng(0)
+    s = read_card(bundled_default_package()).prep.input_size
+    x = rng.integers(0, 255, (5, s, s, 3), dtype=np.uint8)
+    ref = Predictor(bundled_default_package(), CPU, precision="fp32", engine="torch").predict(x)
+    first = Predictor(bundled_default_package(), CPU, precision="fp32", cache_dir=tmp_path)
+    cached = list((tmp_path / "openvino").glob("*-fp32.xml"))
+    assert len(cached) == 1 and cached[0].with_suffix(".bin").is_file()
+    assert np.abs(first.predict(x) - ref).max() < 1e-4
+    cached[0].write_text("damaged")  # a broken cache is rebuilt, not fatal
+    again = Predictor(bundled_default_package(), CPU, precision="fp32", cache_dir=tmp_path)
+    assert np.abs(again.predict(x) - ref).max() < 1e-4
+    assert "damaged" not in cached[0].read_text()[:100]
+
+
+def test_int8_predictions_are_close_to_fp32():
+    rng = np.random.default_rng(1)
+    s = read_card(bundled_default_package()).prep.input_size
+    x = rng.integers(0, 255, (8, s, s, 3), dtype=np.uint8)
+    fp32 = Predictor(bundled_default_package(), CPU, precision="fp32", engine="torch").predict(x)
+    int8 = Predictor(bundled_default_package(), CPU, precision="int8").predict(x)
+    assert int8.shape == fp32.shape and np.allclose(int8.sum(1), 1, atol=1e-5)
+    assert np.abs(int8 - fp32).max() < 0.2  # int8 is close, not equal; labels are checked on real data
+
+
+def small_package(tmp: Path) -> Path:
+    torch.manual_seed(0)
+    classes = list(TAXONOMIES["all_subtype"].classes)
+    card = ModelCard(name="small-v1", architecture="seed_cnn3", taxonomy="all_subtype", classes=classes,
+                     preprocessing={"input_size": 48, "interpolation": "area"}, notes="test model")
+    save_package(tmp / "small-v1", build("seed_cnn3", 4).state_dict(), card)
+    return tmp / "small-v1"
+
+
+def test_quantize_adds_a_checked_int8_model_or_withholds_it(tmp_path):
+    from trainer.quantize import INT8_XML, quantize_package
+
+    pkg = small_package(tmp_path)
+    rng = np.random.default_rng(0)
+    calib = rng.integers(0, 255, (64, 48, 48, 3), dtype=np.uint8)
+    check = rng.integers(0, 255, (40, 48, 48, 3), dtype=np.uint8)
+    card_before = (pkg / "card.json").read_bytes()
+
+    rejected = quantize_package(pkg, calib, check, "random test images", min_agreement=1.01)  # unreachable bar
+    assert not rejected["accepted"] and 0.0 <= rejected["agreement"] <= 1.0
+    assert (pkg / "card.json").read_bytes() == card_before and not (pkg / INT8_XML).exists()
+
+    accepted = quantize_package(pkg, calib, check, "random test images", min_agreement=0.0)
+    assert accepted["accepted"] and accepted["n_checked"] == 40
+    card = read_card(pkg)
+    assert set(card.int8["files"]) == {"model.int8.xml", "model.int8.bin"}
+    assert card.int8["calibration"]["images"] == 64 and card.int8["agreement"] == accepted["agreement"]
+    assert not list(pkg.glob(".tmp-*"))  # nothing half-written left behind
+    pred = Predictor(pkg, CPU, precision="int8")
+    out = pred.predict(check[:7])
+    assert out.shape == (7, 4) and np.allclose(out.sum(1), 1, atol=1e-5)
+    # agreement recorded is what the package actually does
+    fp32 = Predictor(pkg, CPU, precision="fp32", engine="torch").predict(check)
+    measured = (Predictor(pkg, CPU, precision="int8").predict(check).argmax(1) == fp32.argmax(1)).mean()
+    assert measured == pytest.approx(accepted["agreement"], abs=1e-4)
