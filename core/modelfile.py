@@ -1,15 +1,16 @@
 """A model version as ONE file, to move it between workstations.
 
-The file is a zip archive (stored, not compressed) with exactly three members:
+The file is a zip archive (stored, not compressed) with these members:
 
 * ``card.json``          the model card (name, architecture, classes, preprocessing,
                          parent, training-data summary, metrics, weights SHA-256)
 * ``model.safetensors``  the weights, byte for byte as in the registry
-* ``manifest.json``      format marker and the SHA-256 of the other two members
+* ``model.int8.xml/bin`` only where the card lists them: the checked int8 CPU model
+* ``manifest.json``      format marker and the SHA-256 of every other member
 
-Import checks the member names and sizes (no paths, no extra members), both hashes, the
-card's own weights SHA-256, and that the weights load into the architecture, before
-anything is registered. Nothing is ever unpickled.
+Import checks the member names and sizes (plain names only, nothing the card and manifest
+do not list), every hash, the card's own SHA-256s, and that the weights load into the
+architecture, before anything is registered. Nothing is ever unpickled.
 """
 from __future__ import annotations
 
@@ -37,22 +38,30 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _int8_names(card) -> list[str]:
+    return sorted(((card.int8 or {}).get("files") or {}))
+
+
 def export_package(package: Path, dest: Path) -> Path:
     """Write the package directory ``package`` as a single file ``dest`` (atomically)."""
     package, dest = Path(package), Path(dest)
     card = verify_package(package)
-    weights = (package / WEIGHTS_FILE).read_bytes()
-    card_bytes = (package / CARD_FILE).read_bytes()
+    members = {CARD_FILE: (package / CARD_FILE).read_bytes(), WEIGHTS_FILE: (package / WEIGHTS_FILE).read_bytes()}
+    if _int8_names(card):
+        from .engines import int8_files
+
+        int8_files(package, card)  # refuse to export files that do not match the card
+        members.update({name: (package / name).read_bytes() for name in _int8_names(card)})
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": card.name,
-                "files": {CARD_FILE: _sha(card_bytes), WEIGHTS_FILE: _sha(weights)}}
+                "files": {name: _sha(data) for name, data in members.items()}}
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=dest.parent)
     os.close(fd)
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
             z.writestr(MANIFEST, json.dumps(manifest, indent=1))
-            z.writestr(CARD_FILE, card_bytes)
-            z.writestr(WEIGHTS_FILE, weights)
+            for name, data in members.items():
+                z.writestr(name, data)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -78,15 +87,17 @@ def unpack(file: Path, into: Path) -> Path:
         raise ModelPackageError(f"{file} is not a hemascan model file: {exc}") from None
     with z:
         infos = {i.filename: i for i in z.infolist()}
-        if set(infos) != {MANIFEST, CARD_FILE, WEIGHTS_FILE}:
+        if not {MANIFEST, CARD_FILE, WEIGHTS_FILE} <= set(infos):
             raise ModelPackageError(f"{file} is not a hemascan model file (members: {', '.join(sorted(infos)) or 'none'})")
-        if infos[WEIGHTS_FILE].file_size > MAX_WEIGHTS_BYTES or max(
+        odd = [n for n in infos if Path(n).name != n or n.startswith(".")]
+        if odd:
+            raise ModelPackageError(f"{file}: member names with paths are not allowed ({', '.join(sorted(odd))})")
+        if sum(i.file_size for i in infos.values()) > MAX_WEIGHTS_BYTES or max(
                 infos[CARD_FILE].file_size, infos[MANIFEST].file_size) > MAX_CARD_BYTES:
             raise ModelPackageError(f"{file}: a member is implausibly large; refusing it")
         try:
             manifest = json.loads(z.read(MANIFEST))
-            card_bytes = z.read(CARD_FILE)
-            weights = z.read(WEIGHTS_FILE)
+            data = {name: z.read(name) for name in infos if name != MANIFEST}
         except (ValueError, zipfile.BadZipFile, OSError) as exc:  # includes CRC errors
             raise ModelPackageError(f"{file} is damaged: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -94,15 +105,27 @@ def unpack(file: Path, into: Path) -> Path:
     if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
         raise ModelPackageError(f"{file} was written by a newer hemascan (format {manifest.get('format_version')})")
     files = manifest.get("files") or {}
-    for member, data in ((CARD_FILE, card_bytes), (WEIGHTS_FILE, weights)):
-        if files.get(member) != _sha(data):
+    if set(files) != set(data):
+        raise ModelPackageError(f"{file}: its members do not match its manifest")
+    for member, content in data.items():
+        if files.get(member) != _sha(content):
             raise ModelPackageError(f"{file}: {member} does not match its SHA-256 in the manifest; "
                                     "the file was modified or damaged")
     into = Path(into)
     into.mkdir(parents=True)
-    (into / CARD_FILE).write_bytes(card_bytes)
-    (into / WEIGHTS_FILE).write_bytes(weights)
-    verify_package(into, read_card(into))  # the card's own weights hash
+    (into / CARD_FILE).write_bytes(data[CARD_FILE])
+    card = read_card(into)
+    extra = set(data) - {CARD_FILE, WEIGHTS_FILE}
+    if extra != set(_int8_names(card)):
+        raise ModelPackageError(f"{file}: members {sorted(extra)} are not the files its card lists")
+    for name, content in data.items():
+        if name != CARD_FILE:
+            (into / name).write_bytes(content)
+    verify_package(into, card)  # the card's own weights hash
+    if extra:
+        from .engines import int8_files
+
+        int8_files(into, card)  # and its int8 hashes
     load_model(into, "cpu")  # the weights fit the architecture (safetensors, no pickle)
     return into
 

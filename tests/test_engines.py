@@ -129,3 +129,30 @@ def test_quantize_adds_a_checked_int8_model_or_withholds_it(tmp_path):
     fp32 = Predictor(pkg, CPU, precision="fp32", engine="torch").predict(check)
     measured = (Predictor(pkg, CPU, precision="int8").predict(check).argmax(1) == fp32.argmax(1)).mean()
     assert measured == pytest.approx(accepted["agreement"], abs=1e-4)
+
+
+def test_model_file_carries_the_int8_model_and_checks_it(tmp_path):
+    import zipfile
+
+    from core.modelfile import export_package, unpack
+
+    f = export_package(bundled_default_package(), tmp_path / "default.hsmodel")
+    with zipfile.ZipFile(f) as z:
+        assert {"model.int8.xml", "model.int8.bin"} <= set(z.namelist())
+    pkg = unpack(f, tmp_path / "unpacked")
+    assert Predictor(pkg, CPU).precision == "int8"
+
+    def rewrite(name: str, change) -> Path:
+        out = tmp_path / name
+        with zipfile.ZipFile(f) as zin, zipfile.ZipFile(out, "w") as zout:
+            for info in zin.infolist():
+                zout.writestr(info, change(info.filename, zin.read(info)))
+            if name == "extra.hsmodel":
+                zout.writestr("evil.so", b"\x7fELF")
+        return out
+
+    flipped = rewrite("flipped.hsmodel", lambda n, d: d[:-1] + bytes([d[-1] ^ 1]) if n == "model.int8.bin" else d)
+    with pytest.raises(ModelPackageError, match="model.int8.bin does not match"):
+        unpack(flipped, tmp_path / "x1")
+    with pytest.raises(ModelPackageError, match="do not match its manifest"):
+        unpack(rewrite("extra.hsmodel", lambda n, d: d), tmp_path / "x2")

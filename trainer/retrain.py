@@ -28,6 +28,7 @@ smallest SHA-256 decides for the whole group. Exact duplicates are one ``images`
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -44,6 +45,8 @@ from core.config import Paths
 from core.db import Database, Image, ImageFile, LabelEvent, ModelVersion, Setting, TrainingRun
 from core.errors import HemascanError
 from core.jobs import Progress
+
+log = logging.getLogger(__name__)
 
 SPLIT_TRAIN = "train"
 SPLIT_VAL = "val"
@@ -84,6 +87,7 @@ class RetrainConfig:
     notes: str = ""
     bootstrap: int = 2000
     decode_workers: int = 2
+    int8: bool = True  # add a checked int8 model for fast CPU classification (trainer/quantize.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -728,18 +732,21 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             _finish_run(db, run_id, status, metrics={"data": summary_data, "history": history})
             return {"status": status, "run_id": run_id, "data": summary_data, "history": history}
         save_package(pkg, {k: v for k, v in model.state_dict().items()}, card)
+        int8 = None
+        if cfg.int8 and not cancel.is_set():
+            int8 = yield from _add_int8(pkg, x_all, tr_idx, va_idx, emit)
         with db.session() as s:
             v = register_package(s, paths, pkg, activate=False)
             version_id = v.id
         status = "completed"
         run_metrics = {"data": summary_data, "history": history, "train_seconds": train_seconds,
-                       "comparison": _comparison_brief(comparison), "calibration": calib}
+                       "comparison": _comparison_brief(comparison), "calibration": calib, "int8": int8}
         _finish_run(db, run_id, status, metrics=_jsonable(run_metrics), model_version_id=version_id)
         yield emit(Progress("package", 1, 1, name))
         return {"status": status, "run_id": run_id, "version": name, "version_id": version_id,
                 "parent": parent["name"], "parent_id": parent["id"], "data": summary_data, "history": history,
                 "comparison": comparison, "train_seconds": train_seconds, "seconds": time.perf_counter() - t0,
-                "device": str(device), "package": str(pkg)}
+                "device": str(device), "package": str(pkg), "int8": int8}
     except GeneratorExit:
         if status not in ("completed", "cancelled"):
             _finish_run(db, run_id, "cancelled", error="job closed before it finished")
@@ -748,6 +755,29 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         if status not in ("completed", "cancelled"):
             _finish_run(db, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
+
+
+INT8_CHECK_IMAGES = 800
+
+
+def _add_int8(pkg: Path, x_all: np.ndarray, tr_idx: np.ndarray, va_idx: np.ndarray, emit):
+    """Quantize the new package for fast CPU classification. Agreement with fp32 is checked
+    on the validation images plus training images (it measures arithmetic, not accuracy).
+    Never fatal: without it the version runs in fp32."""
+    from .quantize import quantization_available, quantize_package
+
+    reason = quantization_available()
+    if reason:
+        return {"accepted": False, "reason": reason}
+    yield emit(Progress("package", 0, 1, "making the int8 model for fast CPU classification"))
+    check = np.concatenate([va_idx, tr_idx])[:INT8_CHECK_IMAGES]
+    try:
+        rec = quantize_package(pkg, x_all[tr_idx], x_all[check],
+                               calibration_source=f"{len(tr_idx)} reviewed training images")
+    except Exception as exc:  # the fp32 model is complete and usable without it
+        log.warning("int8 model not made: %s", exc)
+        return {"accepted": False, "reason": f"{type(exc).__name__}: {exc}"}
+    return {k: rec[k] for k in ("accepted", "agreement", "n_checked", "quantize_seconds")}
 
 
 def _comparison_brief(cmp: dict | None) -> dict | None:
