@@ -7,10 +7,12 @@
 
 In one run, with the same model and weights, it measures:
   naive      torchvision ImageFolder + PIL + DataLoader (defaults) + the plain fp32 model
-  hemascan   the `classify` job (decode pool, batches, BN folded, channels-last, DB writes),
-             on a folder already scanned (the scan is timed separately: it runs once per folder)
+  hemascan   the `classify` job (decode pool, batches, DB writes) with its engine: on a CPU,
+             OpenVINO running the package's checked int8 model (--precision fp32 for the fp32
+             one); on CUDA, torch with autocast. On a folder already scanned (the scan is
+             timed separately: it runs once per folder)
   decode     hemascan's decode + preprocess alone, same threads
-  model      hemascan's model alone on preprocessed batches
+  model      hemascan's model alone (same engine and precision) on preprocessed batches
   ceiling    CPU: decode and model share the cores, so 1 / (1/decode + 1/model);
              CUDA: they run on different hardware, so min(decode, model)
   time to first prediction: a fresh `hemascan classify` process, from spawn to first row
@@ -72,7 +74,7 @@ def naive_rate(folder: Path, package: Path, limit: int | None) -> tuple[float, i
     return n / (time.perf_counter() - t0), n
 
 
-def hemascan_rate(folder: Path, device: str, workers: int | None) -> dict:
+def hemascan_rate(folder: Path, device: str, workers: int | None, precision: str = "auto") -> dict:
     """The real classify job into a throw-away data directory."""
     from core.config import resolve_paths
     from core.db import Database
@@ -87,7 +89,7 @@ def hemascan_rate(folder: Path, device: str, workers: int | None) -> dict:
         s = run_job(scan(db, folder))
         scan_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        c = run_job(classify(db, paths, folder, device=device, workers=workers))
+        c = run_job(classify(db, paths, folder, device=device, workers=workers, precision=precision))
         total_s = time.perf_counter() - t0
         db.dispose()
     return {"rate": c.rate, "n": c.n_predicted, "device": c.device, "scan_rate": s.n_files / scan_s,
@@ -109,10 +111,11 @@ def decode_rate(files: list[Path], package: Path, workers: int) -> float:
     return len(files) / (time.perf_counter() - t0)
 
 
-def model_rate(files: list[Path], package: Path, device: str, seconds: float = 8.0) -> tuple[float, str, int]:
+def model_rate(files: list[Path], package: Path, device: str, precision: str = "auto",
+               seconds: float = 8.0) -> tuple[float, str, int]:
     from core.inference import Predictor, select_device
 
-    pred = Predictor(package, select_device(device))
+    pred = Predictor(package, select_device(device), precision=precision)
     bs = pred.batch_size
     batch = np.stack([pred.load_image(str(p)) for p in (files * (bs // max(1, len(files)) + 1))[:bs]])
     for _ in range(3):
@@ -121,7 +124,7 @@ def model_rate(files: list[Path], package: Path, device: str, seconds: float = 8
     while time.perf_counter() - t0 < seconds:
         pred.predict(batch)
         n += bs
-    return n / (time.perf_counter() - t0), pred.precision, bs
+    return n / (time.perf_counter() - t0), f"{pred.engine_name} {pred.precision}", bs
 
 
 def time_to_first_prediction(files: list[Path]) -> float:
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="use at most N images")
     ap.add_argument("--model", type=Path, help="model package (default: the bundled default model)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", help="hemascan's precision: auto (int8 on a CPU where the "
+                    "package has a checked one), fp32, int8, bf16, fp16")
     ap.add_argument("--workers", type=int, help="decode threads (default: as classify chooses)")
     ap.add_argument("--memory", help="comma-separated folder sizes for the peak-RSS comparison, e.g. 1000,20000")
     args = ap.parse_args(argv)
@@ -235,12 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"time to first prediction (fresh process, 64 images): {ttfp:.2f} s", flush=True)
     naive, n_naive = naive_rate(folder, package, None)
     print(f"naive (ImageFolder+PIL+DataLoader, fp32): {naive:8.1f} images/s  ({n_naive} images)", flush=True)
-    h = hemascan_rate(folder, args.device, args.workers)
+    h = hemascan_rate(folder, args.device, args.workers, args.precision)
     print(f"hemascan classify:                        {h['rate']:8.1f} images/s  ({h['n']} images, {h['device']}; "
           f"scan beforehand {h['scan_rate']:.0f} files/s)", flush=True)
     d = decode_rate(files, package, workers)
     print(f"decode + preprocess only ({workers} threads):     {d:8.1f} images/s", flush=True)
-    m, precision, bs = model_rate(files, package, args.device)
+    m, precision, bs = model_rate(files, package, args.device, args.precision)
     print(f"model only ({precision}, batch {bs}):                {m:8.1f} images/s", flush=True)
     if device.type == "cuda":
         ceiling, how = min(d, m), "min(decode, model): separate hardware"

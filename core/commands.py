@@ -45,6 +45,10 @@ def _classify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model version name (default: the active one)")
     p.add_argument("--batch-size", type=int, help="images per model batch (default: 32 on CPU, 256 on CUDA)")
     p.add_argument("--workers", type=int, help="decode threads")
+    p.add_argument("--engine", choices=["auto", "openvino", "torch"], default=None,
+                   help="auto (default): OpenVINO on a CPU where installed, torch on CUDA")
+    p.add_argument("--precision", choices=["auto", "fp32", "int8", "bf16", "fp16"], default="auto",
+                   help="auto (default): the package's checked int8 model on a CPU (else fp32), bf16/fp16 on CUDA")
 
 
 def _summarise_predictions(app: App, folder: str) -> None:
@@ -78,7 +82,8 @@ def cmd_classify(args, app: App) -> int:
     from .inference import classify
 
     s = app.progress(classify(app.db, app.paths, args.folder, device=args.device, cancel=app.cancel,
-                              model_name=args.model, batch_size=args.batch_size, workers=args.workers), "classify")
+                              model_name=args.model, batch_size=args.batch_size, workers=args.workers,
+                              engine=args.engine, precision=args.precision), "classify")
     _print_scan(app, s.scan)
     app.echo(f"model {s.model} on {s.device}: {s.n_predicted} predicted, {s.n_errors} failed, "
              f"{s.n_todo - s.n_predicted - s.n_errors} left"
@@ -185,7 +190,8 @@ def cmd_demo(args, app: App) -> int:
     generate(folder, args.per_class, seed=0)
     app.echo(f"data directory: {app.paths.data_dir}")
     app.echo(f"sample folder (synthetic images, not real smears): {folder}")
-    ns = argparse.Namespace(folder=str(folder), device="auto", model=None, batch_size=None, workers=None)
+    ns = argparse.Namespace(folder=str(folder), device="auto", model=None, batch_size=None, workers=None,
+                            engine=None, precision="auto")
     rc = cmd_classify(ns, app)
     if rc:
         return rc

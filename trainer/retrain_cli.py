@@ -72,7 +72,8 @@ def cmd_retrain(args, app: App) -> int:
             from core.commands import cmd_classify
 
             return cmd_classify(argparse.Namespace(folder=args.reclassify, device=args.device, model=None,
-                                                   batch_size=None, workers=None), app)
+                                                   batch_size=None, workers=None, engine=None,
+                                                   precision="auto"), app)
     else:
         app.echo(f"not active yet: hemascan models activate {out['version']}   (roll back any time with "
                  f"hemascan models rollback NAME)")
