@@ -33,11 +33,9 @@ def variant() -> str:
 
 def nvidia_driver_present() -> bool:
     """Cheap check (no torch import) for an installed NVIDIA driver."""
-    if sys.platform.startswith("linux"):
-        return Path("/proc/driver/nvidia/version").exists()
-    if sys.platform == "win32":
-        return Path(os.environ.get("SystemRoot", r"C:\Windows"), "System32", "nvcuda.dll").exists()
-    return False
+    from core.engines import cuda_driver_present
+
+    return cuda_driver_present()
 
 
 def device_notice() -> str | None:
@@ -147,6 +145,8 @@ def self_test(n_per_class: int = 2, device: str = "auto") -> int:
             s = app.progress(classify(app.db, app.paths, str(Path(tmp) / "images"), device=device), "self-test")
             print(f"  model {s.model} on {s.device}: {s.n_predicted} predicted, {s.n_errors} failed "
                   f"in {s.seconds:.2f} s", flush=True)
+            # the CPU build must run the bundled int8 model through OpenVINO (the fast path)
+            _check(s.device.startswith("CUDA") or "OpenVINO int8" in s.device, f"fast engine in use ({s.device})", failures)
             _check(s.n_predicted == len(images) and s.n_errors == 0 and not s.cancelled,
                    f"{len(images)} images classified without errors", failures)
             with app.db.session() as session:

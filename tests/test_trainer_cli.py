@@ -24,6 +24,9 @@ def test_train_evaluate_compare(cli, tmp_path, db):
         version = s.get(ModelVersion, run.model_version_id)
         assert version.name == "tiny-v1" and version.is_active
         card_acc = version.card["metrics"]["as_is"]["accuracy"]
+        # the int8 CPU model was made and checked before registering; the card holds it only if accepted
+        assert "int8 agrees with fp32" in out
+        assert bool(version.card["int8"].get("files")) == ("labels: added" in out)
 
     js = tmp_path / "m.json"
     rc, out, err = cli("evaluate", "--data", data, "--split", "random", "--json", js)  # active model by default

@@ -38,6 +38,7 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--activate", action="store_true", help="make the trained model the active one")
     p.add_argument("--no-register", action="store_true", help="do not add the model to the registry")
+    p.add_argument("--no-int8", action="store_true", help="do not add the int8 CPU model (trainer/quantize.py)")
 
 
 @command("train", "train a model on a folder of class folders", configure=_configure_train)
@@ -71,6 +72,8 @@ def train_cmd(args: argparse.Namespace, app) -> int:
     summary, error = None, None
     try:
         summary = app.progress(run(cfg, cancel=app.cancel), "train")
+        if summary.get("status") == "completed" and summary.get("package") and not args.no_int8:
+            _add_int8(app, Path(summary["package"]), Path(args.data))
     except Exception as exc:  # recorded on the run row, then re-raised
         error = f"{type(exc).__name__}: {exc}"
         raise
@@ -91,6 +94,24 @@ def train_cmd(args: argparse.Namespace, app) -> int:
         app.echo(f"stopped ({summary['status']}); continue with: hemascan train ... --out {out} --resume")
         return 1
     return 0
+
+
+def _add_int8(app, package: Path, data: Path) -> None:
+    """The checked int8 CPU model, before the package is registered; never fatal."""
+    from .quantize import quantization_available, quantize_from_folder
+
+    reason = quantization_available()
+    if reason:
+        app.echo(f"no int8 model: {reason}; the model runs in fp32")
+        return
+    app.echo("making the int8 CPU model (calibration on training images, check on held-out images) ...")
+    try:
+        rec = quantize_from_folder(package, data, cache_dir=app.paths.cache / "train-images")
+    except Exception as exc:  # noqa: BLE001  (the fp32 package is complete without it)
+        app.echo(f"no int8 model ({type(exc).__name__}: {exc}); the model runs in fp32")
+        return
+    app.echo(f"int8 agrees with fp32 on {rec['agreement']:.2%} of {rec['n_checked']} held-out labels: "
+             + ("added" if rec["accepted"] else "rejected (below 99.5%), the model runs in fp32"))
 
 
 def _row_metrics(summary: dict) -> dict:
@@ -237,7 +258,7 @@ def quantize_cmd(args: argparse.Namespace, app) -> int:
     if not package.is_dir():
         raise HemascanError(f"no model package directory at {package}")
     app.echo(f"quantizing {package} (calibration on training images, check on held-out images) ...")
-    rec = quantize_from_folder(package, Path(args.data))
+    rec = quantize_from_folder(package, Path(args.data), cache_dir=app.paths.cache / "train-images")
     verdict = "added to the package" if rec["accepted"] else "REJECTED (the package stays fp32)"
     app.echo(f"int8 agrees with fp32 on {rec['agreement']:.2%} of {rec['n_checked']} held-out labels "
              f"(needs >= 99.5%): {verdict}; quantization took {rec['quantize_seconds']} s")

@@ -140,7 +140,7 @@ def _write_card(package: Path, card: ModelCard) -> None:
         raise
 
 
-def quantize_from_folder(package: Path, data: Path, progress=None) -> dict:
+def quantize_from_folder(package: Path, data: Path, cache_dir: Path | None = None, progress=None) -> dict:
     """Quantize a package trained on the class folders ``data``: calibrate on its training
     side of the card's split, check on its validation + test sides."""
     from .data import compute_hashes, load_images, make_split, scan_class_folders
@@ -152,7 +152,7 @@ def quantize_from_folder(package: Path, data: Path, progress=None) -> dict:
     method = {"all-but-val": "all"}.get(method, method)
     ds = compute_hashes(scan_class_folders(Path(data), card.taxonomy))
     split = make_split(ds, method, seed=int(split_info.get("seed", 0)), fold=int(split_info.get("fold", 4)))
-    images = load_images(ds, card.prep, progress=progress)
+    images = load_images(ds, card.prep, cache_dir, progress=progress)
     held_out = np.concatenate([split.val, split.test]).astype(int)
     return quantize_package(package, images[split.train], images[held_out],
                             calibration_source=f"{len(split.train)} training images of {Path(data).name} ({split.method} split)")
