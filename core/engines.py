@@ -84,7 +84,8 @@ def openvino_available() -> bool:
 def int8_ready(card: ModelCard) -> bool:
     """The package ships an int8 model whose agreement with fp32 was measured and is enough."""
     info = card.int8 or {}
-    return bool(info.get("files")) and float(info.get("agreement", 0.0)) >= MIN_INT8_AGREEMENT
+    return (bool(info.get("files")) and float(info.get("agreement", 0.0)) >= MIN_INT8_AGREEMENT
+            and info.get("weights_sha256") == card.weights_sha256)  # made from these weights
 
 
 def choose_engine(device, preference: str | None = None) -> str:

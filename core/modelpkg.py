@@ -130,6 +130,7 @@ def save_package(package: Path, state_dict: dict, card: ModelCard) -> ModelCard:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         card.weights_sha256 = sha256_file(tmp / WEIGHTS_FILE)
+        card.int8 = {}  # an int8 model belongs to the weights it was made from (trainer/quantize.py adds one)
         (tmp / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
         for f in (WEIGHTS_FILE, CARD_FILE):  # shared read-only data (installers, other users)
             os.chmod(tmp / f, 0o644)

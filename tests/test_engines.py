@@ -156,3 +156,17 @@ def test_model_file_carries_the_int8_model_and_checks_it(tmp_path):
         unpack(flipped, tmp_path / "x1")
     with pytest.raises(ModelPackageError, match="do not match its manifest"):
         unpack(rewrite("extra.hsmodel", lambda n, d: d), tmp_path / "x2")
+
+
+def test_int8_of_other_weights_is_never_used(tmp_path):
+    import dataclasses
+
+    card = read_card(bundled_default_package())
+    model = build(card.architecture, num_classes=len(card.classes), **card.arch_params)
+    saved = save_package(tmp_path / "new", model.state_dict(), dataclasses.replace(card, name="new-weights"))
+    assert saved.int8 == {} and read_card(tmp_path / "new").int8 == {}  # a copied card loses the int8 record
+    pkg = copy_default(tmp_path)
+    data = json.loads((pkg / "card.json").read_text())
+    data["int8"]["weights_sha256"] = "0" * 64  # made from other weights
+    (pkg / "card.json").write_text(json.dumps(data))
+    assert not int8_ready(read_card(pkg)) and Predictor(pkg, CPU).precision == "fp32"

@@ -105,6 +105,7 @@ def quantize_package(package: Path, calibration_u8: np.ndarray, check_u8: np.nda
     agreement = float((ref.argmax(1) == got.argmax(1)).mean())
     record = {
         "format": "openvino-ir",
+        "weights_sha256": card.weights_sha256,  # the fp32 weights it was made from
         "agreement": round(agreement, 5),
         "n_checked": int(len(check_u8)),
         "agreement_rule": f"int8 label == fp32 label on held-out images; used only if >= {min_agreement}",
