@@ -35,6 +35,11 @@ def test_train_evaluate_compare(cli, tmp_path, db):
     for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "ece"):
         assert key in metrics
     assert metrics["accuracy"] == card_acc  # reproduces the card on the same split
+    rc, out, err = cli("evaluate", "--data", data, "--split", "random", "--runtime", "classify", "--json", js)
+    assert rc == 0, err
+    as_run = json.loads(js.read_text())  # as `classify` runs it: OpenVINO (int8 if it was accepted)
+    assert as_run["runtime"].startswith("openvino") and as_run["n"] == metrics["n"]
+    assert abs(as_run["accuracy"] - metrics["accuracy"]) <= 0.1
 
     md = tmp_path / "cmp.md"
     rc, out, err = cli("compare", "--data", data, "--split", "random", "--epochs", 1, "--input-size", 32,

@@ -165,6 +165,9 @@ def _configure_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default="as_is,grayscale,stain_perturbed",
                    help="comma list of as_is, grayscale, stain_perturbed")
     p.add_argument("--json", help="write the metrics (as-is) to this file; the other variants under 'variants'")
+    p.add_argument("--runtime", default="torch-fp32", choices=["torch-fp32", "classify"],
+                   help="torch-fp32: the weights as trained (default); classify: as `hemascan classify` runs "
+                        "the model on this machine (OpenVINO int8 on a CPU where the package has it)")
 
 
 @command("evaluate", "measure a model on a labelled folder (accuracy, per-class P/R/F1, confusion, ECE)",
@@ -181,6 +184,12 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
 
     pkg = _resolve_model(args.model, app)
     model, card = load_model(pkg)
+    logits_fn, runtime = None, "torch fp32"
+    if args.runtime == "classify":
+        from core.inference import Predictor, select_device
+
+        predictor = Predictor(pkg, select_device("auto"), cache_dir=app.paths.cache)
+        logits_fn, runtime = predictor.logits, f"{predictor.engine_name} {predictor.precision}"
     ds = scan_class_folders(Path(args.data), card.taxonomy)
     if list(ds.classes) != list(card.classes):
         raise HemascanError(f"dataset classes {ds.classes} do not match the model's {card.classes}")
@@ -197,11 +206,12 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
     for v in [v.strip() for v in args.variants.split(",") if v.strip()]:
         if v not in variants:
             raise HemascanError(f"unknown variant {v!r}")
-        m = evaluate(model, variants[v](images), ds.labels, ds.classes, prep, "cpu", card.temperature)
+        m = evaluate(model, variants[v](images), ds.labels, ds.classes, prep, "cpu", card.temperature,
+                     logits_fn=logits_fn)
         m.pop("logits")
         results[v] = m
     rows = [{"variant": k.replace("_", " "), **m} for k, m in results.items()]
-    app.echo(f"model {card.name} ({card.architecture}), {len(ds)} images from {args.data}"
+    app.echo(f"model {card.name} ({card.architecture}, {runtime}), {len(ds)} images from {args.data}"
              + (f", {args.split} split {args.subset} subset (fold {args.fold})" if args.split != "none" else ""))
     app.echo(markdown_table(rows, EVAL_COLUMNS))
     first = next(iter(results.values()))
@@ -212,7 +222,7 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
         out = {k: first[k] for k in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "ece")}
         out.update({"model": card.name, "n": first["n"], "classes": ds.classes, "macro_precision": first["macro_precision"],
                     "macro_recall": first["macro_recall"], "images_per_s": first["images_per_s"],
-                    "split": args.split, "subset": args.subset if args.split != "none" else None,
+                    "split": args.split, "subset": args.subset if args.split != "none" else None, "runtime": runtime,
                     "variants": {k: {kk: vv for kk, vv in m.items()} for k, m in results.items()}})
         Path(args.json).write_text(json.dumps(out, indent=1, default=float), encoding="utf-8")
         app.echo(f"metrics written to {args.json}")

@@ -219,12 +219,19 @@ def train_one_epoch(model: nn.Module, images: np.ndarray, labels: np.ndarray, in
             on_batch(*step)
 
 
-def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, classes: list[str], prep: Preprocessing,
-             device: torch.device | str = "cpu", temperature: float = 1.0, batch_size: int = 64) -> dict:
+def evaluate(model: nn.Module | None, images: np.ndarray, labels: np.ndarray, classes: list[str], prep: Preprocessing,
+             device: torch.device | str = "cpu", temperature: float = 1.0, batch_size: int = 64,
+             logits_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
     """Metrics of ``model`` on uint8 images (through ``prep.apply``) with the given
-    temperature; adds ``seconds`` and ``images_per_s`` and the raw ``logits``."""
+    temperature; adds ``seconds`` and ``images_per_s`` and the raw ``logits``.
+    ``logits_fn`` (uint8 batch -> logits) replaces the torch model, e.g. an inference
+    engine as `classify` runs it (core.inference.Predictor.logits)."""
     t0 = time.perf_counter()
-    logits = predict_logits(model, images, prep, device, batch_size)
+    if logits_fn is not None:
+        logits = np.concatenate([np.asarray(logits_fn(images[i : i + batch_size]), dtype=np.float64)
+                                 for i in range(0, len(images), batch_size)])
+    else:
+        logits = predict_logits(model, images, prep, device, batch_size)
     dt = time.perf_counter() - t0
     m = classification_metrics(labels, softmax(logits, temperature), classes)
     m["loss"] = m["nll"]
