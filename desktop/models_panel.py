@@ -6,6 +6,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QHBoxLayout, QHeaderView, QLabel,
                                QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout)
 
+from core.engines import MIN_INT8_AGREEMENT
 from core.registry import list_versions
 
 
@@ -30,6 +31,9 @@ def headline_metrics(card: dict) -> str:
             parts.append(f"{key} {m[key]:.3f}")
     if not parts:
         parts = [f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)][:3]
+    int8 = card.get("int8") or {}
+    if int8.get("files") and float(int8.get("agreement", 0)) >= MIN_INT8_AGREEMENT:
+        parts.append(f"CPU int8 (agrees with fp32 on {float(int8['agreement']):.1%})")
     if card.get("placeholder"):
         parts.insert(0, "placeholder (untrained)")
     return ", ".join(parts) or "no metrics"
