@@ -17,7 +17,7 @@ from core import gallery as q
 from core.config import Paths
 from core.db import Database
 from core.labels import default_reviewer, history
-from core.registry import ensure_active_model, get_version, list_versions, set_active
+from core.registry import ensure_active_model, get_version, list_versions
 from core.review import ReviewSession
 
 from .detail import DetailPanel, heatmap_rgba, rgb_to_qimage
@@ -808,10 +808,13 @@ class MainWindow(QMainWindow):
         return self.retrain_dialog
 
     def activate_version(self, version_id: int, ask: bool = True, reclassify: bool | None = None) -> None:
+        from trainer.retrain import activate
+
         with self.db.session() as s:
-            v = next(v for v in list_versions(s) if v.id == version_id)
-            set_active(s, v)
-            self.version = version_info(get_version(s, v.name))
+            name = next(v.name for v in list_versions(s) if v.id == version_id)
+        activate(self.db, name, self.reviewer)  # recorded in the activation log, as `models activate`
+        with self.db.session() as s:
+            self.version = version_info(get_version(s, name))
         self.review.taxonomy = self.version["taxonomy"]
         self._gradcam = None
         self._fill_class_combos()

@@ -237,6 +237,10 @@ def test_switch_model_reclassifies_and_about(qtbot, window, tmp_path):
         w.activate_version(vid, ask=False, reclassify=True)
     assert blocker.args[0].model == "second-test-model" and blocker.args[0].n_predicted == 4
     assert w.version["name"] == "second-test-model" and w.model.total == 4
+    from trainer.retrain import activation_log
+
+    last = activation_log(w.db)[-1]  # the model panel's switch is in the activation log
+    assert (last["action"], last["name"], last["by"]) == ("activate", "second-test-model", w.reviewer)
     assert "not a diagnostic device" in w.about_text() and "second-test-model" in w.about_text()
 
 

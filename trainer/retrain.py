@@ -821,6 +821,11 @@ def _activate(db: Database, name: str, action: str, who: str | None = None) -> d
         return {**entry, "id": v.id}
 
 
+def activate(db: Database, name: str, who: str | None = None) -> dict:
+    """Make any registered version active (model panel, `models activate`); logged too."""
+    return _activate(db, name, "activate", who)
+
+
 def promote(db: Database, name: str, who: str | None = None) -> dict:
     """Make the (new) version ``name`` active; recorded in the activation log."""
     return _activate(db, name, "promote", who)
