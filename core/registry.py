@@ -2,6 +2,7 @@
 ``model_versions`` table, exactly one active at a time."""
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -13,6 +14,8 @@ from .config import Paths, resources_dir
 from .db import ModelVersion
 from .errors import ModelPackageError
 from .modelpkg import read_card, verify_package
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = "default"
 
@@ -73,8 +76,50 @@ def active_version(session: Session) -> ModelVersion | None:
     return session.scalar(select(ModelVersion).where(ModelVersion.is_active.is_(True)))
 
 
+# Prefixes of the temporary files and folders that atomic writes leave only when the
+# process was killed mid-write (save_package, register_package, model files, quantize, the
+# OpenVINO cache). They are removed once they are older than any write can take.
+TEMP_PREFIXES = (".tmp-", ".import-")
+STALE_AFTER_S = 6 * 3600
+
+
+def remove_stale_temporaries(paths: Paths, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Delete leftovers of killed writes under the model registry and the cache; a write
+    in progress (newer than ``older_than_s``) is left alone. Returns what was removed."""
+    import time
+
+    removed: list[Path] = []
+    now = time.time()
+    roots = [paths.models, *(p for p in paths.models.iterdir() if p.is_dir() and not p.name.startswith("."))] \
+        if paths.models.is_dir() else []
+    roots += [paths.cache / "openvino"]
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for entry in root.iterdir():
+            if not entry.name.startswith(TEMP_PREFIXES):
+                continue
+            try:
+                if now - entry.lstat().st_mtime < older_than_s:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                removed.append(entry)
+            except OSError:
+                continue  # another process got there first, or not ours to remove
+    return removed
+
+
 def ensure_active_model(session: Session, paths: Paths) -> ModelVersion:
-    """The active version; on a fresh database, the bundled default becomes active."""
+    """The active version; on a fresh database, the bundled default becomes active.
+    Also clears leftovers of killed model writes (remove_stale_temporaries)."""
+    try:
+        for p in remove_stale_temporaries(paths):
+            log.info("removed a leftover of an interrupted write: %s", p)
+    except OSError as exc:  # never in the way of classifying
+        log.warning("could not clean temporary model files: %s", exc)
     version = active_version(session)
     if version is not None:
         return version

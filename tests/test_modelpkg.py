@@ -113,3 +113,35 @@ def test_batchnorm_folding_removes_bn_and_keeps_outputs(arch):
     x = torch.randn(3, 3, 64, 64)
     with torch.inference_mode():
         assert torch.allclose(folded(x), model(x), rtol=1e-3, atol=1e-4)
+
+
+def test_leftovers_of_killed_writes_are_removed_when_old(paths, db):
+    import os
+    import time
+
+    from core.registry import remove_stale_temporaries
+
+    with db.session() as s:
+        pkg_dir = paths.models / ensure_active_model(s, paths).name
+    old_dir = paths.models / ".tmp-abc123"  # save_package killed mid-write
+    old_dir.mkdir()
+    (old_dir / "model.safetensors").write_bytes(b"half")
+    old_card = pkg_dir / ".tmp-card-xyz"  # quantize killed while rewriting the card
+    old_card.write_text("{")
+    (paths.cache / "openvino").mkdir(parents=True, exist_ok=True)
+    old_ir = paths.cache / "openvino" / ".tmp-q1"
+    old_ir.mkdir()
+    fresh = paths.models / ".tmp-inprogress"  # another process writing right now
+    fresh.mkdir()
+    keep = paths.models / "notes.tmp-like"  # not ours
+    keep.write_text("x")
+    stale = time.time() - 7 * 3600
+    for p in (old_dir, old_card, old_ir):
+        os.utime(p, (stale, stale))
+    removed = remove_stale_temporaries(paths)
+    assert set(removed) == {old_dir, old_card, old_ir}
+    assert fresh.exists() and keep.exists() and (pkg_dir / "card.json").exists()
+    with db.session() as s:  # runs on every ensure_active_model (classify, GUI start)
+        os.utime(fresh, (stale, stale))
+        ensure_active_model(s, paths)
+    assert not fresh.exists()
