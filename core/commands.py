@@ -135,22 +135,70 @@ def cmd_export(args, app: App) -> int:
 def _models_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     sub.add_parser("list", help="list registered model versions")
-    a = sub.add_parser("activate", help="make a version the active one")
+    a = sub.add_parser("activate", help="make a version the active one (recorded in the activation log)")
     a.add_argument("name")
     r = sub.add_parser("register", help="register a model package directory")
     r.add_argument("package")
     r.add_argument("--activate", action="store_true")
+    rb = sub.add_parser("rollback", help="make an earlier version active again (recorded)")
+    rb.add_argument("name")
+    e = sub.add_parser("export", help="write a version as one file (safetensors + card, hash-checked)")
+    e.add_argument("name")
+    e.add_argument("file")
+    i = sub.add_parser("import", help="check and register a model file written by 'models export'")
+    i.add_argument("file")
+    i.add_argument("--activate", action="store_true")
+    sub.add_parser("lineage", help="versions with their parents, training data and validation metrics")
+    sub.add_parser("runs", help="training runs and their status")
 
 
-@command("models", "list, register or activate model versions", _models_args)
-def cmd_models(args, app: App) -> int:
-    from .registry import ensure_active_model, get_version, list_versions, register_package, set_active
+def _models_export(args, app: App) -> int:
+    from .modelfile import export_model
+
+    dest = export_model(app.db, args.name, Path(args.file))
+    app.echo(f"wrote {args.name} to {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def _models_import(args, app: App) -> int:
+    from .modelfile import import_model
+
+    name = import_model(app.db, app.paths, Path(args.file), activate=args.activate)
+    app.echo(f"imported {name}" + (" (active)" if args.activate else f"; activate with: hemascan models activate {name}"))
+    return 0
+
+
+def _models_lineage(args, app: App) -> int:
+    from .registry import lineage
+
+    for v in lineage(app.db):
+        m, td = v["metrics"] or {}, v["training_data"] or {}
+        acc = m.get("val_accuracy")
+        app.echo(f"{'*' if v['active'] else ' '} {v['name']:<40} <- {v['parent'] or '-':<36} "
+                 + (f"val acc {acc:.3f} " if isinstance(acc, float) else "")
+                 + (f"train {td.get('n_train')} val {td.get('n_val')}" if "n_train" in td else ""))
+    return 0
+
+
+def _models_runs(args, app: App) -> int:
+    from sqlalchemy import select
+
+    from .db import TrainingRun
+    from .runs import fail_stale_runs
+
+    fail_stale_runs(app.db)
+    with app.db.session() as s:
+        for r in s.scalars(select(TrainingRun).order_by(TrainingRun.id)):
+            app.echo(f"{r.id:>4} {r.status:<10} {r.architecture:<16} {r.started_at:%Y-%m-%d %H:%M} {r.error or ''}")
+    return 0
+
+
+def _models_list(args, app: App) -> int:
+    from .registry import ensure_active_model, list_versions, register_package
 
     with app.db.session() as s:
         ensure_active_model(s, app.paths)
-        if args.action == "activate":
-            set_active(s, get_version(s, args.name))
-        elif args.action == "register":
+        if args.action == "register":
             register_package(s, app.paths, Path(args.package), activate=args.activate)
         for v in list_versions(s):
             m = v.card.get("metrics") or {}
@@ -159,6 +207,27 @@ def cmd_models(args, app: App) -> int:
                      f"{'acc ' + format(acc, '.3f') if isinstance(acc, (int, float)) else ''}"
                      f"{'  PLACEHOLDER' if v.card.get('placeholder') else ''}")
     return 0
+
+
+def _models_switch(args, app: App) -> int:
+    from .registry import activate, ensure_active_model, rollback
+
+    with app.db.session() as s:
+        ensure_active_model(s, app.paths)
+    {"activate": activate, "rollback": rollback}[args.action](app.db, args.name)
+    return _models_list(args, app)
+
+
+MODEL_ACTIONS = {
+    None: _models_list, "list": _models_list, "register": _models_list,
+    "activate": _models_switch, "rollback": _models_switch,
+    "export": _models_export, "import": _models_import, "lineage": _models_lineage, "runs": _models_runs,
+}
+
+
+@command("models", "list, register, activate, roll back, export or import model versions", _models_args)
+def cmd_models(args, app: App) -> int:
+    return MODEL_ACTIONS[getattr(args, "action", None)](args, app)
 
 
 def _sample_args(p: argparse.ArgumentParser) -> None:

@@ -2,8 +2,10 @@
 ``model_versions`` table, exactly one active at a time."""
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+from datetime import datetime, timezone
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from .config import Paths, resources_dir
-from .db import ModelVersion
+from .db import ModelVersion, Setting
 from .errors import ModelPackageError
 from .modelpkg import read_card, verify_package
 
@@ -136,3 +138,59 @@ def get_version(session: Session, name: str) -> ModelVersion:
 
 def list_versions(session: Session) -> list[ModelVersion]:
     return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id)))
+
+
+# ---- activation log: every switch of the active version, who and when ----------------------
+
+ACTIVATIONS_KEY = "model_activations"
+
+
+def activation_log(db) -> list[dict]:
+    with db.session() as s:
+        row = s.get(Setting, ACTIVATIONS_KEY)
+        return json.loads(row.value) if row else []
+
+
+def _activate(db, name: str, action: str, who: str | None = None) -> dict:
+    from .labels import default_reviewer
+
+    with db.session() as s:
+        v = get_version(s, name)
+        prev = active_version(s)
+        set_active(s, v)
+        entry = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "action": action, "name": v.name,
+                 "previous": prev.name if prev else None, "by": who or default_reviewer()}
+        row = s.get(Setting, ACTIVATIONS_KEY)
+        log = json.loads(row.value) if row else []
+        log.append(entry)
+        if row is None:
+            s.add(Setting(key=ACTIVATIONS_KEY, value=json.dumps(log)))
+        else:
+            row.value = json.dumps(log)
+        return {**entry, "id": v.id}
+
+
+def activate(db, name: str, who: str | None = None) -> dict:
+    """Make any registered version active (model panel, `models activate`); logged too."""
+    return _activate(db, name, "activate", who)
+
+
+def promote(db, name: str, who: str | None = None) -> dict:
+    """Make the (new) version ``name`` active; recorded in the activation log."""
+    return _activate(db, name, "promote", who)
+
+
+def rollback(db, name: str, who: str | None = None) -> dict:
+    """Make an earlier version active again; recorded in the activation log."""
+    return _activate(db, name, "rollback", who)
+
+
+def lineage(db) -> list[dict]:
+    """Every registered version with its parent, training-data summary and metrics."""
+    with db.session() as s:
+        vs = list_versions(s)
+        by_id = {v.id: v.name for v in vs}
+        return [{"id": v.id, "name": v.name, "parent": by_id.get(v.parent_id), "active": bool(v.is_active),
+                 "architecture": v.architecture, "created_at": v.created_at.isoformat() if v.created_at else None,
+                 "training_data": (v.card or {}).get("training_data", {}), "metrics": (v.card or {}).get("metrics", {})}
+                for v in vs]

@@ -42,20 +42,26 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from core.config import Paths
-from core.db import Database, Image, ImageFile, LabelEvent, ModelVersion, Setting, TrainingRun
+from core.db import Database, Image, ImageFile, LabelEvent, ModelVersion, TrainingRun
 from core.errors import HemascanError
 from core.jobs import Progress
+from core.registry import (  # noqa: F401  (re-exported: the retrain API keeps these names)
+    ACTIVATIONS_KEY,
+    activate,
+    activation_log,
+    lineage,
+    promote,
+    rollback,
+)
+from core.runs import fail_stale_runs, mark_live  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 SPLIT_TRAIN = "train"
 SPLIT_VAL = "val"
-ACTIVATIONS_KEY = "model_activations"
 MIN_VAL_FOR_CALIBRATION = 20
 SMALL_VAL = 100  # below this many validation images a difference of a few % is noise
 
-_LIVE_RUNS: set[int] = set()  # training_runs ids being trained in this process
-_LIVE_LOCK = threading.Lock()
 
 
 class RetrainError(HemascanError):
@@ -352,40 +358,6 @@ def load_items(items: list[Item], prep, cache: dict | None = None, workers: int 
 
 # ---- training runs ------------------------------------------------------------------------
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def fail_stale_runs(db: Database) -> int:
-    """Mark ``running`` rows whose process is gone (killed, crashed) as ``failed``."""
-    from sqlalchemy import select
-
-    n = 0
-    with db.session() as s:
-        for run in s.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
-            mine = run.pid == os.getpid()
-            with _LIVE_LOCK:
-                live_here = run.id in _LIVE_RUNS
-            if (mine and not live_here) or (not mine and not _pid_alive(run.pid)):
-                run.status = "failed"
-                run.finished_at = datetime.now(timezone.utc)
-                run.error = (run.error or "") + "interrupted: the process ended before the run finished"
-                n += 1
-    return n
-
-
 def _finish_run(db: Database, run_id: int, status: str, **values) -> None:
     with db.session() as s:
         run = s.get(TrainingRun, run_id)
@@ -393,8 +365,7 @@ def _finish_run(db: Database, run_id: int, status: str, **values) -> None:
         run.finished_at = datetime.now(timezone.utc)
         for k, v in values.items():
             setattr(run, k, v)
-    with _LIVE_LOCK:
-        _LIVE_RUNS.discard(run_id)
+    mark_live(run_id, False)
 
 
 # ---- comparison ----------------------------------------------------------------------------
@@ -538,8 +509,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         s.add(run)
         s.flush()
         run_id = run.id
-    with _LIVE_LOCK:
-        _LIVE_RUNS.add(run_id)
+    mark_live(run_id)
     status = "failed"
     try:
         if cfg.threads:
@@ -793,57 +763,4 @@ def _jsonable(o):
     return json.loads(json.dumps(o, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
 
 
-# ---- promote / roll back -------------------------------------------------------------------
 
-def activation_log(db: Database) -> list[dict]:
-    with db.session() as s:
-        row = s.get(Setting, ACTIVATIONS_KEY)
-        return json.loads(row.value) if row else []
-
-
-def _activate(db: Database, name: str, action: str, who: str | None = None) -> dict:
-    from core.labels import default_reviewer
-    from core.registry import active_version, get_version, set_active
-
-    with db.session() as s:
-        v = get_version(s, name)
-        prev = active_version(s)
-        set_active(s, v)
-        entry = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "action": action, "name": v.name,
-                 "previous": prev.name if prev else None, "by": who or default_reviewer()}
-        row = s.get(Setting, ACTIVATIONS_KEY)
-        log = json.loads(row.value) if row else []
-        log.append(entry)
-        if row is None:
-            s.add(Setting(key=ACTIVATIONS_KEY, value=json.dumps(log)))
-        else:
-            row.value = json.dumps(log)
-        return {**entry, "id": v.id}
-
-
-def activate(db: Database, name: str, who: str | None = None) -> dict:
-    """Make any registered version active (model panel, `models activate`); logged too."""
-    return _activate(db, name, "activate", who)
-
-
-def promote(db: Database, name: str, who: str | None = None) -> dict:
-    """Make the (new) version ``name`` active; recorded in the activation log."""
-    return _activate(db, name, "promote", who)
-
-
-def rollback(db: Database, name: str, who: str | None = None) -> dict:
-    """Make an earlier version active again; recorded in the activation log."""
-    return _activate(db, name, "rollback", who)
-
-
-def lineage(db: Database) -> list[dict]:
-    """Every registered version with its parent, training-data summary and metrics."""
-    from core.registry import list_versions
-
-    with db.session() as s:
-        vs = list_versions(s)
-        by_id = {v.id: v.name for v in vs}
-        return [{"id": v.id, "name": v.name, "parent": by_id.get(v.parent_id), "active": bool(v.is_active),
-                 "architecture": v.architecture, "created_at": v.created_at.isoformat() if v.created_at else None,
-                 "training_data": (v.card or {}).get("training_data", {}), "metrics": (v.card or {}).get("metrics", {})}
-                for v in vs]

@@ -1,15 +1,10 @@
-"""``hemascan retrain`` and ``hemascan models export|import|rollback|lineage|runs``
-(entry point ``hemascan.commands: retrain``).
-
-``models`` is core's command; this module extends it with more actions (its own
-list/activate/register are left to core)."""
+"""``hemascan retrain`` (entry point ``hemascan.commands: retrain``). The ``models``
+actions it produces versions for (export, import, rollback, lineage, runs) are core's."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from core import commands as _core_commands  # noqa: F401  (core's "models" must exist before it is extended)
-from core.cli import COMMANDS, App, Command, command
+from core.cli import App, command
 
 
 def _retrain_args(p: argparse.ArgumentParser) -> None:
@@ -78,80 +73,3 @@ def cmd_retrain(args, app: App) -> int:
         app.echo(f"not active yet: hemascan models activate {out['version']}   (roll back any time with "
                  f"hemascan models rollback NAME)")
     return 0
-
-
-# ---- extend core's "models" command -------------------------------------------------------
-
-_core_models = COMMANDS.get("models")
-
-
-def _models_args(p: argparse.ArgumentParser) -> None:
-    if _core_models is not None:
-        _core_models.configure(p)
-    sub = next((a for a in p._actions if isinstance(a, argparse._SubParsersAction)), None)
-    if sub is None:
-        sub = p.add_subparsers(dest="action", metavar="ACTION")
-    e = sub.add_parser("export", help="write a version as one file (safetensors + card, hash-checked)")
-    e.add_argument("name")
-    e.add_argument("file")
-    i = sub.add_parser("import", help="check and register a model file written by 'models export'")
-    i.add_argument("file")
-    i.add_argument("--activate", action="store_true")
-    r = sub.add_parser("rollback", help="make an earlier version active again (recorded)")
-    r.add_argument("name")
-    sub.add_parser("lineage", help="versions with their parents, training data and validation metrics")
-    sub.add_parser("runs", help="training runs and their status")
-
-
-def cmd_models(args, app: App) -> int:
-    if args.action == "export":
-        from core.modelfile import export_model
-
-        dest = export_model(app.db, args.name, Path(args.file))
-        app.echo(f"wrote {args.name} to {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
-        return 0
-    if args.action == "import":
-        from core.modelfile import import_model
-
-        name = import_model(app.db, app.paths, Path(args.file), activate=args.activate)
-        app.echo(f"imported {name}" + (" (active)" if args.activate else f"; activate with: hemascan models activate {name}"))
-        return 0
-    if args.action in ("rollback", "activate"):  # recorded in the activation log
-        from core.registry import ensure_active_model
-
-        from .retrain import _activate
-
-        with app.db.session() as s:
-            ensure_active_model(s, app.paths)
-        _activate(app.db, args.name, args.action)
-        args.action = "list"
-    if args.action == "lineage":
-        from .retrain import lineage
-
-        for v in lineage(app.db):
-            m, td = v["metrics"] or {}, v["training_data"] or {}
-            acc = m.get("val_accuracy")
-            app.echo(f"{'*' if v['active'] else ' '} {v['name']:<40} <- {v['parent'] or '-':<36} "
-                     + (f"val acc {acc:.3f} " if isinstance(acc, float) else "")
-                     + (f"train {td.get('n_train')} val {td.get('n_val')}" if "n_train" in td else ""))
-        return 0
-    if args.action == "runs":
-        from sqlalchemy import select
-
-        from core.db import TrainingRun
-
-        from .retrain import fail_stale_runs
-
-        fail_stale_runs(app.db)
-        with app.db.session() as s:
-            for r in s.scalars(select(TrainingRun).order_by(TrainingRun.id)):
-                app.echo(f"{r.id:>4} {r.status:<10} {r.architecture:<16} {r.started_at:%Y-%m-%d %H:%M} "
-                         f"{r.error or ''}")
-        return 0
-    if _core_models is None:
-        return 2
-    return _core_models.run(args, app)
-
-
-COMMANDS["models"] = Command("models", "list, register, activate, roll back, export or import model versions",
-                             _models_args, cmd_models)
