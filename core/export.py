@@ -34,7 +34,7 @@ def export_rows(session: Session, folder: str | os.PathLike | None = None,
     rows = session.execute(q).all()
     columns = ["path", "sha256", "predicted_label", "confidence", "entropy", "uncertain",
                *[f"p_{c}" for c in classes], "reviewed_label", "reviewer", "reviewed_at", "label_source",
-               "model_version"]
+               "model_version", "runtime"]
 
     def gen() -> Iterator[dict]:
         for start in range(0, len(rows), 1000):
@@ -52,7 +52,8 @@ def export_rows(session: Session, folder: str | os.PathLike | None = None,
                        "entropy": f"{p.entropy:.4f}" if p else "", "uncertain": int(p.uncertain) if p else "",
                        "reviewed_label": ev.label or "" if ev else "", "reviewer": ev.reviewer if ev else "",
                        "reviewed_at": ev.created_at.isoformat() if ev else "", "label_source": ev.source if ev else "",
-                       "model_version": version.name if (p and version) else ""}
+                       "model_version": version.name if (p and version) else "",
+                       "runtime": (p.runtime or "") if p else ""}
                 for c, prob in zip(classes, p.probabilities if p else [""] * len(classes)):
                     row[f"p_{c}"] = f"{prob:.4f}" if p else ""
                 yield row

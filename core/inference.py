@@ -155,7 +155,8 @@ class ClassifySummary:
         return self.n_predicted / self.seconds if self.seconds > 0 else 0.0
 
 
-def _prediction_rows(ids: list[int], probs: np.ndarray, version_id: int, card: ModelCard) -> list[dict]:
+def _prediction_rows(ids: list[int], probs: np.ndarray, version_id: int, card: ModelCard,
+                     runtime: str | None = None) -> list[dict]:
     conf = probs.max(axis=1)
     top = probs.argmax(axis=1)
     ent = entropy(probs)
@@ -164,7 +165,7 @@ def _prediction_rows(ids: list[int], probs: np.ndarray, version_id: int, card: M
     return [
         dict(image_id=i, model_version_id=version_id, label=card.classes[int(k)], confidence=float(c),
              entropy=float(e), probabilities=[round(float(x), 6) for x in p],
-             uncertain=bool(thr is not None and c < thr), created_at=now)
+             uncertain=bool(thr is not None and c < thr), created_at=now, runtime=runtime)
         for i, p, k, c, e in zip(ids, probs, top, conf, ent)
     ]
 
@@ -207,6 +208,7 @@ def classify(
     compile_now = marker is not None and should_compile(dev, len(todo), warm=marker.exists())
     predictor = Predictor(package, dev, precision=precision, compile=compile_now, cache_dir=paths.cache, engine=engine)
     summary.device = predictor.describe()
+    runtime = f"{predictor.engine_name} {predictor.precision} {dev.type}"  # stored with every prediction
     bs = batch_size or predictor.batch_size
     if predictor.compiled:
         bs = predictor.batch_size  # compiled for one static batch shape
@@ -233,7 +235,7 @@ def classify(
     def write(ids: list[int], probs, failed: list[tuple[str, str]]) -> None:
         with db.session() as s:  # one transaction per batch
             if ids:
-                insert_ignore(s, Prediction.__table__, _prediction_rows(ids, probs, version_id, predictor.card),
+                insert_ignore(s, Prediction.__table__, _prediction_rows(ids, probs, version_id, predictor.card, runtime),
                               ["image_id", "model_version_id"])
             for path, err in failed:
                 s.execute(update(ImageFile).where(ImageFile.path == path).values(error=err))

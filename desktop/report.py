@@ -10,8 +10,10 @@ from pathlib import Path
 
 from PySide6.QtCore import QMarginsF, QUrl
 from PySide6.QtGui import QPageLayout, QPageSize, QPdfWriter, QTextDocument
+from sqlalchemy import select
 
 from core import gallery as q
+from core.db import Prediction
 from core.fspath import display
 
 from .gallery import make_thumbnail
@@ -41,6 +43,15 @@ def _metrics_html(card: dict) -> str:
     return f"<table cellpadding='3' border='1' cellspacing='0'>{cells}</table>"
 
 
+def _int8_note(card: dict, runtimes: list[str]) -> str:
+    """Where int8 computed the predictions, say how closely it was checked against fp32."""
+    info = card.get("int8") or {}
+    if not any(" int8 " in f" {r} " for r in runtimes) or "agreement" not in info:
+        return ""
+    return (f" (int8 model: same label as the fp32 model on {float(info['agreement']):.1%} of "
+            f"{info.get('n_checked', '?')} held-out images)")
+
+
 def write_report(db, folder, version: dict | None, reviewer: str, output, n_thumbs: int = 12) -> Path:
     """``version``: dict(id, name, taxonomy, classes, card) of the model whose predictions are reported."""
     output = Path(output)
@@ -51,6 +62,8 @@ def write_report(db, folder, version: dict | None, reviewer: str, output, n_thum
         counts = q.class_counts(s, folder, vid, tax)
         low_ids = q.ordered_ids(s, folder, vid, q.GalleryFilter(sort="confidence"), tax)[:n_thumbs]
         low = q.rows(s, folder, vid, low_ids, tax)
+        runtimes = sorted(filter(None, s.scalars(select(Prediction.runtime).where(
+            Prediction.model_version_id == vid).distinct()))) if vid else []
     doc = QTextDocument()
     now = datetime.now(timezone.utc).astimezone()
     card = (version or {}).get("card") or {}
@@ -87,6 +100,7 @@ def write_report(db, folder, version: dict | None, reviewer: str, output, n_thum
       <tr><td><b>Reviewer</b></td><td>{html.escape(reviewer)}</td></tr>
       <tr><td><b>Model version</b></td><td>{html.escape(version['name'] if version else 'none')}
           ({html.escape(card.get('architecture', ''))}, {html.escape(card.get('taxonomy', ''))})</td></tr>
+      <tr><td><b>Computed with</b></td><td>{html.escape(', '.join(runtimes) or 'not recorded')}{_int8_note(card, runtimes)}</td></tr>
       <tr><td><b>Images</b></td><td>{counts.total} — {counts.n_predicted} predicted,
           {counts.n_reviewed} reviewed by a person</td></tr>
     </table>

@@ -42,6 +42,7 @@ def test_sample_import_classify_export(cli, tmp_path, db):
     by_folder = {r["path"].split("/")[-2]: r["reviewed_label"] for r in rows}
     assert by_folder == {"Benign": "Benign", "Early": "Early Pre-B", "Pre": "Pre-B", "Pro": "Pro-B"}
     assert all(r["reviewer"] == "dr.b" and r["model_version"] for r in rows)
+    assert {r["runtime"] for r in rows} == {"openvino int8 cpu"}  # each prediction says how it was computed
     for r in rows:
         probs = [float(r[f"p_{c}"]) for c in ("Benign", "Early Pre-B", "Pre-B", "Pro-B")]
         assert abs(sum(probs) - 1) < 1e-3 and abs(max(probs) - float(r["confidence"])) < 1e-3

@@ -35,7 +35,7 @@ def test_older_schema_upgrades_in_place_keeping_data(tmp_path):
     engine.dispose()
 
     db = Database(url)  # opening migrates to head
-    assert current_revision(db.engine) == "0002"
+    assert current_revision(db.engine) == "0003"
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT label, reviewer FROM label_events")).one() == ("Pre-B", "dr.old")
         assert conn.execute(text("SELECT sha256 FROM images")).scalar() == "a" * 64
@@ -49,6 +49,6 @@ def test_reopening_is_idempotent(tmp_path):
     url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
     Database(url).dispose()
     db = Database(url)
-    assert current_revision(db.engine) == "0002"
+    assert current_revision(db.engine) == "0003"
     db.dispose()
     assert sqlite3.connect(tmp_path / "x.sqlite3").execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -107,6 +107,8 @@ class Prediction(Base):
     probabilities: Mapped[list] = mapped_column(JSON)
     uncertain: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # how it was computed, e.g. "openvino int8 cpu" or "torch bf16 cuda" (None: before 0003)
+    runtime: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class LabelEvent(Base):
