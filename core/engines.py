@@ -12,19 +12,20 @@ folded + channels-last 132, torch.compile 254, OpenVINO fp32 ~400, OpenVINO int8
 """
 from __future__ import annotations
 
-import importlib.util
+import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from .errors import HemascanError, ModelPackageError
 from .modelpkg import ModelCard, sha256_file
+from .runtime import CPU_BATCH, RuntimePlan  # noqa: F401  (CPU_BATCH re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -33,70 +34,11 @@ log = logging.getLogger(__name__)
 MIN_INT8_AGREEMENT = 0.995
 
 
-@dataclass(frozen=True)
-class Device:
-    """A device named without importing torch (a 2-10 s import a CPU-only run may not need)."""
-
-    type: str
-    index: int | None = None
-
-    def __str__(self) -> str:
-        return self.type if self.index is None else f"{self.type}:{self.index}"
-
-
-def cuda_driver_present() -> bool:
-    """Cheap pre-check: without the NVIDIA driver library there is no usable CUDA GPU."""
-    import ctypes
-    import sys
-
-    if sys.platform == "darwin":
-        return False
-    names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", "libcuda.so"]
-    for name in names:
-        try:
-            ctypes.CDLL(name)
-            return True
-        except OSError:
-            continue
-    return False
-
-
-def cpu_supports_bf16() -> bool:
-    """bf16 pays off on CPUs with AMX or AVX512-BF16; elsewhere it is emulated and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def cpu_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # Windows, macOS
-        return os.cpu_count() or 1
-
-
-def openvino_available() -> bool:
-    return importlib.util.find_spec("openvino") is not None
-
-
 def int8_ready(card: ModelCard) -> bool:
     """The package ships an int8 model whose agreement with fp32 was measured and is enough."""
     info = card.int8 or {}
     return (bool(info.get("files")) and float(info.get("agreement", 0.0)) >= MIN_INT8_AGREEMENT
             and info.get("weights_sha256") == card.weights_sha256)  # made from these weights
-
-
-def choose_engine(device, preference: str | None = None) -> str:
-    pref = (preference or os.environ.get("HEMASCAN_ENGINE") or "auto").lower()
-    if pref not in ("auto", *ENGINES):
-        raise HemascanError(f"unknown inference engine {pref!r} (use auto, {', '.join(ENGINES)})")
-    if pref != "auto":
-        if pref == "openvino" and device.type != "cpu":
-            raise HemascanError("the OpenVINO engine runs on the CPU; use --device cpu")
-        return pref
-    return "openvino" if device.type == "cpu" and openvino_available() else "torch"
 
 
 # --- torch -------------------------------------------------------------------------------
@@ -168,29 +110,11 @@ def fold_batchnorm(model, input_size: int):
     return model
 
 
-# torch.compile costs ~35-50 s on a 2-core CPU the first time (~10 s once its artefacts
-# are in the cache), then the model runs 1.5-2x faster. Measured on the 2,730-image share
-# with EfficientNet-Lite0: eager 25.8 s, compiled cold 50.0 s, compiled warm 26.8 s, so
-# compiling pays from ~3,000 images warm and ~10,000 cold. HEMASCAN_COMPILE=on/off overrides.
-# It only matters for the torch engine on a CPU (OpenVINO not installed).
-CPU_BATCH = 32  # beat 64 and 128 on a 2-core CPU (cache-friendly)
-COMPILE_MIN_IMAGES = int(os.environ.get("HEMASCAN_COMPILE_MIN_IMAGES", "10000"))
-COMPILE_MIN_IMAGES_WARM = int(os.environ.get("HEMASCAN_COMPILE_MIN_IMAGES_WARM", "3000"))
-
-
 def compile_marker(cache_dir: Path, weights_sha256: str, batch_size: int) -> Path:
     """A file that says this model was compiled before in this cache (so it is warm)."""
     import torch
 
     return Path(cache_dir) / "compiled" / f"{weights_sha256[:16]}-torch{torch.__version__}-b{batch_size}.ok"
-
-
-def should_compile(device, n_images: int, warm: bool = False) -> bool:
-    mode = os.environ.get("HEMASCAN_COMPILE", "auto").lower()
-    if mode in ("on", "off"):
-        return mode == "on"
-    has_compiler = any(shutil.which(c) for c in ("cc", "gcc", "clang", "cl"))
-    return device.type == "cpu" and has_compiler and n_images >= (COMPILE_MIN_IMAGES_WARM if warm else COMPILE_MIN_IMAGES)
 
 
 def load_folded_model(package: Path, card: ModelCard):
@@ -204,24 +128,16 @@ def load_folded_model(package: Path, card: ModelCard):
 class TorchEngine:
     name = "torch"
 
-    def __init__(self, package: Path, card: ModelCard, device, precision: str = "auto",
-                 compile: bool = False, cache_dir: Path | None = None):
+    def __init__(self, package: Path, card: ModelCard, plan: RuntimePlan, cache_dir: Path | None = None):
         import torch
 
-        self.card, self.prep = card, card.prep
-        self.device = torch.device(str(device))
+        self.card, self.prep, self.plan = card, card.prep, plan
+        self.device = torch.device(str(plan.device))
         self.model = load_folded_model(package, card).to(self.device).to(memory_format=torch.channels_last).eval()
-        if precision == "auto":
-            if self.device.type == "cuda":
-                precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-            else:
-                precision = "bf16" if cpu_supports_bf16() else "fp32"
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise HemascanError(f"precision {precision!r} is not available with the torch engine")
-        self.precision = precision
-        self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.precision = plan.precision
+        self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision)
         self.compiled = False
-        if compile and self.device.type == "cpu":
+        if plan.compile and self.device.type == "cpu":
             self._compile(cache_dir)
 
     def _compile(self, cache_dir: Path | None) -> None:
@@ -241,21 +157,10 @@ class TorchEngine:
 
     @property
     def batch_size(self) -> int:
-        """Small batches suit CPU caches (32 beat 128 on a 2-core CPU); GPUs want more,
-        scaled to their memory."""
-        if self.device.type != "cuda":
-            return CPU_BATCH
-        import torch
-
-        gib = torch.cuda.get_device_properties(self.device).total_memory / 2**30
-        return 128 if gib < 8 else 256 if gib < 24 else 512
+        return self.plan.batch_size
 
     def describe(self) -> str:
-        import torch
-
-        if self.device.type == "cuda":
-            return f"CUDA GPU: {torch.cuda.get_device_name(self.device)} (torch, {self.precision})"
-        return f"CPU ({torch.get_num_threads()} threads, torch {self.precision}{', compiled' if self.compiled else ''})"
+        return replace(self.plan, compile=self.compiled).describe()
 
     def logits(self, batch_u8: np.ndarray) -> np.ndarray:
         import torch
@@ -295,8 +200,14 @@ def convert_to_openvino(package: Path, card: ModelCard):
         return ov.convert_model(model, example_input=torch.zeros(1, 3, s, s), input=[(-1, 3, s, s)])
 
 
-def save_openvino(model, xml_path: Path) -> None:
-    """Write an IR (.xml + .bin) atomically; weights stay fp32 (no fp16 compression)."""
+def _ir_hashes_path(xml_path: Path) -> Path:
+    return Path(xml_path).with_suffix(".sha256.json")
+
+
+def save_openvino(model, xml_path: Path, weights_sha256: str | None = None) -> None:
+    """Write an IR (.xml + .bin) atomically; weights stay fp32 (no fp16 compression). With
+    ``weights_sha256``, a record of both files' SHA-256 is written beside them, so a cached
+    IR is used only while it is the one converted from those weights."""
     import openvino as ov
 
     xml_path = Path(xml_path)
@@ -304,10 +215,28 @@ def save_openvino(model, xml_path: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=xml_path.parent))
     try:
         ov.save_model(model, str(tmp / "m.xml"), compress_to_fp16=False)
+        if weights_sha256 is not None:
+            record = {"weights_sha256": weights_sha256, "xml": sha256_file(tmp / "m.xml"),
+                      "bin": sha256_file(tmp / "m.bin")}
+            (tmp / "m.json").write_text(json.dumps(record))
+            _ir_hashes_path(xml_path).unlink(missing_ok=True)  # no stale record beside new files
         os.replace(tmp / "m.bin", xml_path.with_suffix(".bin"))
-        os.replace(tmp / "m.xml", xml_path)  # last: the .xml is what readers look for
+        os.replace(tmp / "m.xml", xml_path)  # the .xml is what readers look for
+        if weights_sha256 is not None:
+            os.replace(tmp / "m.json", _ir_hashes_path(xml_path))  # last: vouches for both
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cached_ir_intact(xml_path: Path, weights_sha256: str) -> bool:
+    """The cached IR's files are the ones recorded when it was converted from these weights."""
+    try:
+        record = json.loads(_ir_hashes_path(xml_path).read_text())
+        return (isinstance(record, dict) and record.get("weights_sha256") == weights_sha256
+                and sha256_file(xml_path) == record.get("xml")
+                and sha256_file(Path(xml_path).with_suffix(".bin")) == record.get("bin"))
+    except (OSError, ValueError):
+        return False
 
 
 def with_uint8_input(model, prep):
@@ -344,25 +273,22 @@ def int8_files(package: Path, card: ModelCard) -> Path:
 class OpenVINOEngine:
     name = "openvino"
 
-    def __init__(self, package: Path, card: ModelCard, device, precision: str = "auto",
-                 compile: bool = False, cache_dir: Path | None = None):
+    def __init__(self, package: Path, card: ModelCard, plan: RuntimePlan, cache_dir: Path | None = None):
         import openvino as ov
 
-        if device.type != "cpu":
+        if plan.device.type != "cpu":
             raise HemascanError("the OpenVINO engine runs on the CPU")
-        self.card, self.prep = card, card.prep
+        self.card, self.prep, self.plan = card, card.prep, plan
         self.compiled = False  # torch.compile does not apply
-        if precision == "auto":
-            precision = "int8" if int8_ready(card) else "fp32"
         core = ov.Core()
-        if precision == "int8":
+        if plan.precision == "int8":
             model = core.read_model(str(int8_files(package, card)))
-        elif precision == "fp32":
+        elif plan.precision == "fp32":
             model = self._fp32_model(core, package, card, cache_dir)
         else:
-            raise HemascanError(f"precision {precision!r} is not available with the OpenVINO engine (fp32, int8)")
-        self.precision = precision
-        self.threads = cpu_threads()
+            raise HemascanError(f"precision {plan.precision!r} is not available with the OpenVINO engine (fp32, int8)")
+        self.precision = plan.precision
+        self.threads = plan.threads
         # f32 hint: on AMX CPUs OpenVINO would otherwise run the float parts in bf16 unasked
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads,
                   "INFERENCE_PRECISION_HINT": "f32"}
@@ -377,25 +303,27 @@ class OpenVINOEngine:
         cached = None
         if cache_dir is not None:  # converting costs ~4 s and needs torch; reading the IR ~0.1 s
             cached = Path(cache_dir) / "openvino" / f"{card.weights_sha256[:16]}-ov{ov.__version__.split('-')[0]}-fp32.xml"
-            if cached.is_file():
+            if cached_ir_intact(cached, card.weights_sha256):
                 try:
                     return core.read_model(str(cached))
                 except Exception as exc:  # a damaged cache file is rebuilt, not fatal
                     log.warning("cached OpenVINO model unreadable (%s); converting again", exc)
+            elif cached.exists():
+                log.warning("cached OpenVINO model %s does not match its recorded hashes; converting again", cached)
         model = convert_to_openvino(package, card)
         if cached is not None:
             try:
-                save_openvino(model, cached)
+                save_openvino(model, cached, card.weights_sha256)
             except OSError as exc:
                 log.warning("cannot cache the converted model: %s", exc)
         return model
 
     @property
     def batch_size(self) -> int:
-        return CPU_BATCH
+        return self.plan.batch_size
 
     def describe(self) -> str:
-        return f"CPU ({self.threads} threads, OpenVINO {self.precision})"
+        return self.plan.describe()
 
     def logits(self, batch_u8: np.ndarray) -> np.ndarray:
         with self._lock:

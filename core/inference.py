@@ -12,7 +12,7 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,23 +25,10 @@ from .errors import HemascanError, ImageError
 from .fspath import display, to_fs
 from .images import decode_rgb, read_file
 from .jobs import Job, Progress, RateMeter
-from .modelpkg import ModelCard
+from .modelpkg import ModelCard, read_card
 from .preprocessing import Preprocessing
-from .engines import (  # noqa: F401  (re-exported: tests and tools use them from here)
-    COMPILE_MIN_IMAGES,
-    COMPILE_MIN_IMAGES_WARM,
-    CPU_BATCH,
-    ENGINES,
-    Device,
-    choose_engine,
-    compile_marker,
-    cpu_supports_bf16,
-    cpu_threads,
-    cuda_driver_present,
-    fold_batchnorm,
-    openvino_available,
-    should_compile,
-)
+from .engines import ENGINES, compile_marker, int8_ready
+from .runtime import Device, RuntimePlan, RuntimeRequest, probe_host, plan_runtime, runtime_plan
 from .registry import ensure_active_model, get_version
 from .scan import ScanSummary, images_under, scan
 
@@ -51,48 +38,34 @@ log = logging.getLogger(__name__)
 def select_device(preference: str | None = None) -> Device:
     """'auto'/None: CUDA when available, else CPU. An explicit 'cuda' without a GPU is an error.
     Without an NVIDIA driver this answers without importing torch."""
-    pref = (preference or "auto").lower()
-    if pref == "cpu" or (pref == "auto" and not cuda_driver_present()):
-        return Device("cpu")
-    if pref != "auto" and not pref.startswith("cuda"):
-        raise HemascanError(f"unknown device {preference!r} (use auto, cpu or cuda)")
-    import torch
-
-    if not torch.cuda.is_available():
-        if pref == "auto":
-            return Device("cpu")
-        raise HemascanError("--device cuda was requested but no CUDA GPU is available (use --device cpu or auto)")
-    try:
-        d = torch.device(pref if pref != "auto" else "cuda")
-    except RuntimeError:
-        raise HemascanError(f"unknown device {preference!r} (use auto, cpu or cuda)") from None
-    return Device("cuda", d.index)
+    return runtime_plan(device=preference).device
 
 
 def describe_device(device) -> str:
-    if device.type == "cuda":
-        import torch
-
-        return f"CUDA GPU: {torch.cuda.get_device_name(str(device))}"
-    engine = choose_engine(device)
-    return f"CPU ({cpu_threads()} threads, {engine}{', bf16' if engine == 'torch' and cpu_supports_bf16() else ''})"
+    return runtime_plan(device=str(device)).describe()
 
 
 class Predictor:
-    """A model package ready for batched inference on one device, through the engine that
-    runs it fastest there (core/engines.py)."""
+    """A model package ready for batched inference, run by the engine its runtime plan names
+    (core/runtime.py decides; core/engines.py runs)."""
 
-    def __init__(self, package: str | os.PathLike, device=None, precision: str = "auto",
-                 compile: bool = False, cache_dir: Path | None = None, engine: str | None = None):
+    def __init__(self, package: str | os.PathLike, device=None, precision: str | None = None,
+                 compile: bool | str | None = None, cache_dir: Path | None = None, engine: str | None = None,
+                 plan: RuntimePlan | None = None, purpose: str = "classify", card: ModelCard | None = None):
         from .modelpkg import verify_package
 
-        self.device = device if device is not None else select_device(None)
-        self.card: ModelCard = verify_package(Path(package))
+        self.card: ModelCard = card if card is not None else verify_package(Path(package))
+        if plan is None:
+            plan = runtime_plan(RuntimeRequest.from_options(
+                device=str(device) if device is not None else None, precision=precision, engine=engine,
+                compile=compile if compile is not None else "off", purpose=purpose,
+                int8_shipped=int8_ready(self.card)))
+        self.plan = plan
+        self.device = plan.device
         self.prep: Preprocessing = self.card.prep
         self.classes = list(self.card.classes)
-        self.engine_name = choose_engine(self.device, engine)
-        self.engine = ENGINES[self.engine_name](Path(package), self.card, self.device, precision,
-                                                compile=compile, cache_dir=cache_dir)
+        self.engine_name = plan.engine
+        self.engine = ENGINES[plan.engine](Path(package), self.card, plan, cache_dir=cache_dir)
 
     @property
     def precision(self) -> str:
@@ -105,6 +78,11 @@ class Predictor:
     @property
     def batch_size(self) -> int:
         return self.engine.batch_size
+
+    @property
+    def runtime(self) -> str:
+        """How its predictions are computed, stored with each: e.g. 'openvino int8 cpu'."""
+        return f"{self.engine_name} {self.precision} {self.device.type}"
 
     def describe(self) -> str:
         return self.engine.describe()
@@ -123,14 +101,16 @@ class Predictor:
 
 
 def _warm_imports(device_pref: str | None) -> None:
-    """Import what inference will need while the scan runs: OpenVINO (~0.5 s) on a CPU with
-    it installed, else torch (2-10 s)."""
-    if (device_pref or "auto").lower() == "cpu" or not cuda_driver_present():
-        if openvino_available() and os.environ.get("HEMASCAN_ENGINE", "auto").lower() in ("auto", "openvino"):
-            import openvino  # noqa: F401
-
-            return
-    import torch  # noqa: F401
+    """Import what inference will need while the scan runs: OpenVINO (~0.5 s) where the plan
+    runs it, else torch (2-10 s). Probing the host here also warms its cache."""
+    try:
+        engine = runtime_plan(device=device_pref).engine
+    except Exception:  # the real planning reports problems; this is only a head start
+        return
+    if engine == "openvino":
+        import openvino  # noqa: F401
+    else:
+        import torch  # noqa: F401
 
 
 def entropy(probs: np.ndarray) -> np.ndarray:
@@ -196,25 +176,28 @@ def classify(
         version_sha = version.weights_sha256
         done_ids = set(s.scalars(select(Prediction.image_id).where(Prediction.model_version_id == version_id)))
         todo = [(i, p) for i, p in images_under(s, folder) if i not in done_ids]
-    dev = select_device(device)
-    summary = ClassifySummary(scan_summary, version_name, describe_device(dev), n_todo=len(todo))
+    host = probe_host(include_cuda=str(device or "auto").lower() != "cpu")
+    request = RuntimeRequest.from_options(device=device, engine=engine, precision=precision, purpose="classify",
+                                          n_images=len(todo), int8_shipped=int8_ready(read_card(Path(package))))
+    plan = plan_runtime(host, request)
+    marker = None
+    if plan.engine == "torch" and plan.device.type == "cpu":  # torch.compile; OpenVINO needs none
+        marker = compile_marker(paths.cache, version_sha, plan.batch_size)
+        plan = plan_runtime(host, replace(request, compile_warm=marker.exists()))
+    summary = ClassifySummary(scan_summary, version_name, plan.describe(), n_todo=len(todo))
     if scan_summary.cancelled or not todo:
         summary.cancelled = scan_summary.cancelled
         return summary
 
-    engine = choose_engine(dev, engine)
-    # torch.compile is a torch-on-CPU path (OpenVINO needs no compiling)
-    marker = compile_marker(paths.cache, version_sha, CPU_BATCH) if engine == "torch" and dev.type == "cpu" else None
-    compile_now = marker is not None and should_compile(dev, len(todo), warm=marker.exists())
-    predictor = Predictor(package, dev, precision=precision, compile=compile_now, cache_dir=paths.cache, engine=engine)
+    predictor = Predictor(package, plan=plan, cache_dir=paths.cache)
     summary.device = predictor.describe()
-    runtime = f"{predictor.engine_name} {predictor.precision} {dev.type}"  # stored with every prediction
+    runtime = predictor.runtime  # stored with every prediction
     bs = batch_size or predictor.batch_size
     if predictor.compiled:
         bs = predictor.batch_size  # compiled for one static batch shape
         yield Progress("classify", 0, len(todo), "preparing the model for this large job"
                        + ("" if marker.exists() else " (first time: about a minute)"))
-    workers = workers or min(8 if dev.type == "cuda" else 2, os.cpu_count() or 2)
+    workers = workers or min(8 if plan.device.type == "cuda" else 2, os.cpu_count() or 2)
     prefetch = bs * 4  # bound on decoded images held in memory
     meter = RateMeter()
     yield Progress("classify", 0, len(todo), summary.device)

@@ -115,13 +115,10 @@ class RetrainDialog(QDialog):
         self.device = QComboBox()
         self.device.addItem("auto (CUDA if available)", "auto")
         self.device.addItem("CPU", "cpu")
-        try:
-            import torch
+        from core.runtime import probe_host
 
-            if torch.cuda.is_available():
-                self.device.addItem(f"CUDA ({torch.cuda.get_device_name(0)})", "cuda")
-        except Exception:
-            pass
+        for i, gpu in enumerate(probe_host().gpus):  # the runtime plan's view of this machine
+            self.device.addItem(f"CUDA ({gpu.name})", f"cuda:{i}")
         if device:
             i = self.device.findData(device)
             if i >= 0:

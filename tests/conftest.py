@@ -12,12 +12,9 @@ DATASET = ROOT.parent / "shared" / "datasets" / "all-taleqani"
 
 
 def pytest_collection_modifyitems(config, items):
-    try:
-        import torch
+    from core.runtime import probe_host
 
-        has_cuda = torch.cuda.is_available()
-    except Exception:
-        has_cuda = False
+    has_cuda = bool(probe_host().gpus)  # the runtime plan's view (no torch import without a driver)
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
     skip_data = pytest.mark.skip(reason=f"real dataset not found at {DATASET} (../shared is absent)")
     for item in items:

@@ -20,10 +20,16 @@ def test_train_evaluate_compare(cli, tmp_path, db):
     with db.session() as s:
         run = s.scalars(select(TrainingRun)).one()
         assert run.status == "completed" and run.architecture == "seed_baseline"
-        assert run.metrics["as_is"]["accuracy"] >= 0 and run.model_version_id is not None
+        as_is = run.metrics["as_is"]
+        cm = as_is["confusion_matrix"]
+        # the run's test figure is the held-out side's confusion matrix, not a number from elsewhere
+        assert sum(map(sum, cm)) == as_is["n"] > 0 and 0 < as_is["n"] < 64
+        assert as_is["accuracy"] == sum(cm[i][i] for i in range(len(cm))) / as_is["n"]
+        assert run.model_version_id is not None
         version = s.get(ModelVersion, run.model_version_id)
         assert version.name == "tiny-v1" and version.is_active
         card_acc = version.card["metrics"]["as_is"]["accuracy"]
+        assert card_acc == as_is["accuracy"]  # the card states what the run measured
         # the int8 CPU model was made and checked before registering; the card holds it only if accepted
         assert "int8 agrees with fp32" in out
         assert bool(version.card["int8"].get("files")) == ("labels: added" in out)

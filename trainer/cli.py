@@ -33,6 +33,10 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pretrained", action="store_true", help="effnet_lite0 from scratch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="training arithmetic; auto is fp32 on every machine, so the model and its card do not "
+                        "depend on the CPU or GPU it was trained on (evaluation and calibration are always fp32)")
     p.add_argument("--name", help="model name (unique in the registry)")
     p.add_argument("--out", help="run folder (checkpoints, package); default <data dir>/runs/<name>")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
@@ -62,6 +66,7 @@ def train_cmd(args: argparse.Namespace, app) -> int:
         split=args.split, fold=args.fold, patience=args.patience, balance=args.balance,
         augment={"strength": 0.0} if args.no_augment else {}, pretrained=not args.no_pretrained,
         seed=args.seed, threads=args.threads, name=name, out_dir=str(out), resume=args.resume,
+        device=args.device, precision=args.precision,
         cache_dir=str(app.paths.cache / "train-images"),
     )
     with app.db.session() as s:
@@ -186,10 +191,10 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
     model, card = load_model(pkg)
     logits_fn, runtime = None, "torch fp32"
     if args.runtime == "classify":
-        from core.inference import Predictor, select_device
+        from core.inference import Predictor
 
-        predictor = Predictor(pkg, select_device("auto"), cache_dir=app.paths.cache)
-        logits_fn, runtime = predictor.logits, f"{predictor.engine_name} {predictor.precision}"
+        predictor = Predictor(pkg, cache_dir=app.paths.cache)
+        logits_fn, runtime = predictor.logits, predictor.runtime
     ds = scan_class_folders(Path(args.data), card.taxonomy)
     if list(ds.classes) != list(card.classes):
         raise HemascanError(f"dataset classes {ds.classes} do not match the model's {card.classes}")

@@ -28,6 +28,7 @@ from core.architectures import build
 from core.jobs import Progress
 from core.modelpkg import ModelCard, save_package
 from core.preprocessing import Preprocessing
+from core.runtime import runtime_plan
 
 from . import augment as aug
 from .data import Dataset, Split, compute_hashes, load_images, make_split, scan_class_folders
@@ -86,6 +87,7 @@ class TrainConfig:
     eval_ood: bool = True
     colour_baseline: bool = True
     device: str | None = None
+    precision: str = "auto"  # auto is fp32 on every device (core/runtime.py); bf16/fp16 only when asked
     notes: str = ""
 
     def to_dict(self) -> dict:
@@ -107,26 +109,19 @@ class TrainConfig:
 
 # ---- precision / device ---------------------------------------------------------------
 
-def cpu_supports_bf16() -> bool:
-    """True only where the CPU has native bf16 math (AVX512-BF16 or AMX); elsewhere bf16
-    autocast is emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast_for(device: torch.device):
-    """(context manager factory, precision name) for the device."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return (lambda: torch.autocast("cuda", dtype=dtype)), str(dtype).replace("torch.", "")
-    if device.type == "cpu" and cpu_supports_bf16():
-        return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), "bfloat16"
+def autocast_for(device: torch.device | str, precision: str = "fp32"):
+    """A context manager factory computing in ``precision`` on ``device``. fp32 (the default
+    for training, evaluation and calibration, see core/runtime.py) is a no-op context."""
     import contextlib
 
-    return contextlib.nullcontext, "float32"
+    device = torch.device(device)
+    dtype = AUTOCAST_DTYPES.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def _seed_all(seed: int) -> None:
@@ -146,11 +141,12 @@ def _to_input(batch_u8: np.ndarray | torch.Tensor, prep: Preprocessing, device: 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray, prep: Preprocessing, device: torch.device | str = "cpu",
-                   batch_size: int = 64, cancel=None) -> np.ndarray:
-    """uint8 (N,S,S,3) already through ``prep.apply`` -> float64 logits (N, C)."""
+                   batch_size: int = 64, cancel=None, precision: str = "fp32") -> np.ndarray:
+    """uint8 (N,S,S,3) already through ``prep.apply`` -> float64 logits (N, C), computed in
+    ``precision`` (fp32 unless the caller asks otherwise)."""
     device = torch.device(device)
     model.eval()
-    ctx, _ = autocast_for(device)
+    ctx = autocast_for(device, precision)
     out = []
     for i in range(0, len(images), batch_size):
         if cancel is not None and cancel.is_set():
@@ -163,7 +159,7 @@ def predict_logits(model: nn.Module, images: np.ndarray, prep: Preprocessing, de
 def iter_train_epoch(model: nn.Module, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, *,
                      optimizer: torch.optim.Optimizer, scheduler, criterion: nn.Module, prep: Preprocessing,
                      augmenter: aug.Augmenter, device: torch.device, batch_size: int, epoch_seed: int,
-                     sample_weights: np.ndarray | None = None, cancel=None):
+                     sample_weights: np.ndarray | None = None, cancel=None, precision: str = "fp32"):
     """Generator form of :func:`train_one_epoch`: yields ``(batch, n_batches, loss)`` after
     every optimiser step and returns the epoch's stats."""
     gen = torch.Generator().manual_seed(epoch_seed)
@@ -174,7 +170,7 @@ def iter_train_epoch(model: nn.Module, images: np.ndarray, labels: np.ndarray, i
     else:
         order = indices[torch.randperm(len(indices), generator=gen).numpy()]
     model.train()
-    ctx, _ = autocast_for(device)
+    ctx = autocast_for(device, precision)
     t0 = time.perf_counter()
     total_loss, correct, seen = 0.0, 0, 0
     n_batches = math.ceil(len(order) / batch_size)
@@ -358,8 +354,8 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
     t_start = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    _, precision = autocast_for(device)
+    plan = runtime_plan(device=cfg.device, precision=cfg.precision, purpose="train")
+    device, precision = torch.device(str(plan.device)), plan.precision
     _seed_all(cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -441,7 +437,7 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
         it = iter_train_epoch(model, images, labels, train_idx, optimizer=optimizer, scheduler=scheduler,
                               criterion=criterion, prep=prep, augmenter=augmenter, device=device,
                               batch_size=cfg.batch_size, epoch_seed=cfg.seed * 100_003 + epoch,
-                              sample_weights=sample_weights, cancel=cancel)
+                              sample_weights=sample_weights, cancel=cancel, precision=precision)
         while True:
             try:
                 bi, nb, loss = next(it)

@@ -24,7 +24,6 @@ import numpy as np
 
 from core.engines import (
     MIN_INT8_AGREEMENT,
-    Device,
     TorchEngine,
     convert_to_openvino,
     int8_files,
@@ -32,6 +31,7 @@ from core.engines import (
     with_uint8_input,
 )
 from core.errors import HemascanError
+from core.runtime import runtime_plan
 from core.modelpkg import CARD_FILE, ModelCard, sha256_file, verify_package
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def quantize_package(package: Path, calibration_u8: np.ndarray, check_u8: np.nda
     core = ov.Core()
     int8 = core.compile_model(with_uint8_input(q, card.prep), "CPU",
                               {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
-    reference = TorchEngine(package, card, Device("cpu"), "fp32")
+    reference = TorchEngine(package, card, runtime_plan(device="cpu", engine="torch", precision="fp32", purpose="evaluate"))
     ref = np.concatenate([reference.logits(check_u8[i : i + BATCH]) for i in range(0, len(check_u8), BATCH)])
     got = _logits(int8, check_u8)
     agreement = float((ref.argmax(1) == got.argmax(1)).mean())

@@ -456,11 +456,12 @@ def comparison_table(cmp: dict) -> str:
 # ---- the job ---------------------------------------------------------------------------------
 
 def _resolve_device(pref: str | None):
+    """The training device from the runtime plan (core/runtime.py); training computes in fp32."""
     import torch
 
-    if pref in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(pref)
+    from core.runtime import runtime_plan
+
+    return torch.device(str(runtime_plan(device=pref, purpose="train").device))
 
 
 def _version_info(v: ModelVersion) -> dict:

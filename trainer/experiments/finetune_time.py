@@ -106,13 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    from core.runtime import probe_host
+
+    return probe_host(include_cuda=False).cpu_name
 
 
 if __name__ == "__main__":
