@@ -2,7 +2,7 @@
 """Set up hemascan in ./.venv and run it: the README's two commands.
 
     python3 dev.py demo   # install, then classify a synthetic sample folder with the bundled model
-    python3 dev.py test   # install (with test tools), then run the whole test suite
+    python3 dev.py test   # install (with test tools), then ruff, import-linter and the whole test suite
 
 Only the Python standard library is used here, so this works on a fresh machine with
 nothing but Python 3.11 and the package registries. The install is skipped when
@@ -55,10 +55,12 @@ def main(argv: list[str]) -> int:
     if what == "demo":
         return subprocess.call([str(BIN / "hemascan"), "demo", *rest], cwd=ROOT)
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
-    rc = subprocess.call([str(BIN / "lint-imports")], cwd=ROOT, env=env)
-    if rc != 0:
-        return rc
-    return subprocess.call([str(PY), "-m", "pytest", *rest], cwd=ROOT, env=env)
+    for lint in ([str(BIN / "ruff"), "check", "."], [str(BIN / "lint-imports")]):
+        rc = subprocess.call(lint, cwd=ROOT, env=env)
+        if rc != 0:
+            return rc
+    # --durations: the slowest tests are printed on every run, so slow ones are seen
+    return subprocess.call([str(PY), "-m", "pytest", "--durations=15", *rest], cwd=ROOT, env=env)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from .config import Paths
 from .db import Database, ImageFile, Prediction, utcnow
 from .dbutil import insert_ignore
-from .errors import HemascanError, ImageError
+from .errors import ImageError
 from .fspath import display, to_fs
 from .images import decode_rgb, read_file
 from .jobs import Job, Progress, RateMeter

@@ -3,13 +3,11 @@ batch goes on; nothing already stored is lost."""
 import os
 import sqlite3
 import subprocess
-import threading
 
-import pytest
 from sqlalchemy import select
 
 from core import scan as scan_mod
-from core.db import ImageFile, Prediction
+from core.db import ImageFile
 from core.inference import classify
 from core.jobs import run_job
 from core.labels import record_labels

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from core import engines
 from core.architectures import build
 from core.engines import int8_ready
 from core.errors import HemascanError, ModelPackageError
@@ -83,6 +82,23 @@ def test_openvino_fp32_matches_torch_and_is_cached(tmp_path):
     again = Predictor(bundled_default_package(), CPU, precision="fp32", cache_dir=tmp_path)
     assert np.abs(again.predict(x) - ref).max() < 1e-4
     assert "damaged" not in cached[0].read_text()[:100]
+
+
+def test_a_swapped_openvino_cache_file_is_detected_and_rebuilt(tmp_path):
+    """The cached IR is checked like the weights: a .bin with other weights (it still loads and
+    runs, with other answers) is converted again instead of being used."""
+    rng = np.random.default_rng(3)
+    s = read_card(bundled_default_package()).prep.input_size
+    x = rng.integers(0, 255, (8, s, s, 3), dtype=np.uint8)
+    ref = Predictor(bundled_default_package(), CPU, precision="fp32", engine="torch").predict(x)
+    Predictor(bundled_default_package(), CPU, precision="fp32", cache_dir=tmp_path)
+    (xml,) = (tmp_path / "openvino").glob("*-fp32.xml")
+    weights = np.frombuffer(xml.with_suffix(".bin").read_bytes(), dtype=np.float32).copy()
+    weights *= 1.0 + 0.5 * rng.standard_normal(weights.shape).astype(np.float32)  # same shapes, other values
+    xml.with_suffix(".bin").write_bytes(weights.tobytes())
+    swapped = Predictor(bundled_default_package(), CPU, precision="fp32", cache_dir=tmp_path)
+    assert np.abs(swapped.predict(x) - ref).max() < 1e-4
+    assert np.frombuffer(xml.with_suffix(".bin").read_bytes(), dtype=np.float32).tobytes() != weights.tobytes()
 
 
 def small_package(tmp: Path) -> Path:

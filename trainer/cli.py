@@ -178,7 +178,6 @@ def _configure_evaluate(p: argparse.ArgumentParser) -> None:
 @command("evaluate", "measure a model on a labelled folder (accuracy, per-class P/R/F1, confusion, ECE)",
          configure=_configure_evaluate)
 def evaluate_cmd(args: argparse.Namespace, app) -> int:
-    import numpy as np
 
     from core.modelpkg import load_model
 

@@ -23,7 +23,6 @@ import argparse
 import json
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
