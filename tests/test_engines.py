@@ -85,20 +85,24 @@ def test_openvino_fp32_matches_torch_and_is_cached(tmp_path):
 
 
 def test_a_swapped_openvino_cache_file_is_detected_and_rebuilt(tmp_path):
-    """The cached IR is checked like the weights: a .bin with other weights (it still loads and
-    runs, with other answers) is converted again instead of being used."""
-    rng = np.random.default_rng(3)
-    s = read_card(bundled_default_package()).prep.input_size
-    x = rng.integers(0, 255, (8, s, s, 3), dtype=np.uint8)
-    ref = Predictor(bundled_default_package(), CPU, precision="fp32", engine="torch").predict(x)
-    Predictor(bundled_default_package(), CPU, precision="fp32", cache_dir=tmp_path)
+    """The cached IR is checked like the weights: a valid IR of another model put in its place
+    (here the package's int8 IR: same interface, other answers) is converted again, not used."""
+    import shutil
+
+    import openvino as ov
+
+    pkg = bundled_default_package()
+    s = read_card(pkg).prep.input_size
+    x = np.random.default_rng(3).integers(0, 255, (8, s, s, 3), dtype=np.uint8)
+    ref = Predictor(pkg, CPU, precision="fp32", engine="torch").predict(x)
+    Predictor(pkg, CPU, precision="fp32", cache_dir=tmp_path)
     (xml,) = (tmp_path / "openvino").glob("*-fp32.xml")
-    weights = np.frombuffer(xml.with_suffix(".bin").read_bytes(), dtype=np.float32).copy()
-    weights *= 1.0 + 0.5 * rng.standard_normal(weights.shape).astype(np.float32)  # same shapes, other values
-    xml.with_suffix(".bin").write_bytes(weights.tobytes())
-    swapped = Predictor(bundled_default_package(), CPU, precision="fp32", cache_dir=tmp_path)
+    shutil.copy(pkg / "model.int8.xml", xml)
+    shutil.copy(pkg / "model.int8.bin", xml.with_suffix(".bin"))
+    assert ov.Core().read_model(str(xml)) is not None  # the swapped file is a loadable model
+    swapped = Predictor(pkg, CPU, precision="fp32", cache_dir=tmp_path)
     assert np.abs(swapped.predict(x) - ref).max() < 1e-4
-    assert np.frombuffer(xml.with_suffix(".bin").read_bytes(), dtype=np.float32).tobytes() != weights.tobytes()
+    assert xml.read_bytes() != (pkg / "model.int8.xml").read_bytes()  # rebuilt in place
 
 
 def small_package(tmp: Path) -> Path:
