@@ -1,6 +1,8 @@
 """``hemascan gui [FOLDER]``: the desktop app as a command of the hemascan CLI."""
 from __future__ import annotations
 
+import sys
+
 from core.cli import command
 
 
@@ -11,6 +13,13 @@ def _configure(p) -> None:
 
 @command("gui", "open the desktop app (optionally on FOLDER)", _configure)
 def run(args, app) -> int:
+    from .qtcheck import EXIT_NO_DISPLAY, gui_preflight
+
+    # before any QApplication: Qt aborts the process when its xcb plugin cannot load
+    problem = gui_preflight()
+    if problem:
+        print(problem, file=sys.stderr, flush=True)
+        return EXIT_NO_DISPLAY
     from .app import run_gui
 
     return run_gui(app.paths, app.db_url, args.folder, args.device)

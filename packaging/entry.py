@@ -93,6 +93,21 @@ def check_qt_plugins(failures: list[str]) -> None:
         _check(any(plugin in n for n in names), f"Qt platform plugin {plugin} in {platforms}", failures)
 
 
+def check_qt_refcount(failures: list[str]) -> None:
+    """The bundled PySide6 must not drop references to None while painting (PySide6 6.12.0
+    did: the GUI aborted with 'none_dealloc' while scrolling, issue 11). Paints offscreen."""
+    try:
+        import PySide6
+
+        from desktop.qtcheck import refcount_problem
+
+        problem = refcount_problem()
+        _check(problem is None, problem or f"Qt (PySide6 {PySide6.__version__}) paints without "
+               "dropping references to None", failures)
+    except Exception as exc:  # noqa: BLE001
+        _check(False, f"Qt painting check ran ({type(exc).__name__}: {exc})", failures)
+
+
 def self_test(n_per_class: int = 2, device: str = "auto") -> int:
     """Generate ``n_per_class`` synthetic images per class, classify them with the bundled
     model into a fresh database in a temporary data directory, and check every result."""
@@ -116,6 +131,7 @@ def self_test(n_per_class: int = 2, device: str = "auto") -> int:
             check_qt_plugins(failures)
         except Exception as exc:  # noqa: BLE001
             _check(False, f"Qt importable ({exc})", failures)
+        check_qt_refcount(failures)
 
         if variant() != "cpu":  # training needs torchvision and its compiled ops
             try:

@@ -58,7 +58,7 @@ Maintainer: hemascan maintainers <hemascan@localhost>
 Section: science
 Priority: optional
 Installed-Size: $(du -sk "$STAGE" --exclude=DEBIAN | cut -f1)
-Depends: libc6 (>= 2.28), libgl1, libegl1, libfontconfig1, libxkbcommon0, libxkbcommon-x11-0, libxcb-cursor0, libxcb-icccm4, libxcb-keysyms1, libxcb-shape0, libdbus-1-3
+Depends: libc6 (>= 2.28), libgl1, libegl1, libfontconfig1, libxkbcommon0, libxkbcommon-x11-0, libxcb-cursor0, libxcb-icccm4, libxcb-keysyms1, libxcb-shape0, libxcb-image0, libxcb-render-util0, libxcb-randr0, libxcb-xfixes0, libxcb-sync1, libxcb-xkb1, libx11-xcb1, libdbus-1-3
 Provides: hemascan
 Conflicts: hemascan
 Replaces: hemascan
