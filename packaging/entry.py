@@ -33,7 +33,7 @@ def variant() -> str:
 
 def nvidia_driver_present() -> bool:
     """Cheap check (no torch import) for an installed NVIDIA driver."""
-    from core.engines import cuda_driver_present
+    from core.runtime import cuda_driver_present
 
     return cuda_driver_present()
 
