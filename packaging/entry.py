@@ -242,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         if notice:
             print(notice, file=sys.stderr, flush=True)
             if cmd == "gui":
+                from desktop.qtcheck import exit_unless_gui_can_start
+
+                exit_unless_gui_can_start()  # this creates a QApplication: say what to install first
                 show_in_status_bar(notice.removeprefix("hemascan: notice: "))
     return cli_main(argv)
 
