@@ -21,17 +21,38 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import Paths
 from .errors import ModelPackageError
-from .modelpkg import CARD_FILE, WEIGHTS_FILE, load_model, read_card, verify_package
+from .modelpkg import (
+    CARD_FILE,
+    MAX_CARD_BYTES,
+    WEIGHTS_FILE,
+    load_json,
+    load_model,
+    package_files,
+    read_card,
+    verify_package,
+)
 
 MANIFEST = "manifest.json"
 FORMAT = "hemascan-model"
 FORMAT_VERSION = 1
 SUFFIX = ".hsmodel"
 MAX_WEIGHTS_BYTES = 2 << 30
-MAX_CARD_BYTES = 16 << 20
+
+
+class Manifest(BaseModel):
+    """manifest.json of a model file (the card inside is checked by core.modelpkg.CardSchema)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    format: str
+    format_version: Annotated[int, Field(ge=1)] = 1
+    files: dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]]
 
 
 def _sha(data: bytes) -> str:
@@ -46,12 +67,11 @@ def export_package(package: Path, dest: Path) -> Path:
     """Write the package directory ``package`` as a single file ``dest`` (atomically)."""
     package, dest = Path(package), Path(dest)
     card = verify_package(package)
-    members = {CARD_FILE: (package / CARD_FILE).read_bytes(), WEIGHTS_FILE: (package / WEIGHTS_FILE).read_bytes()}
     if _int8_names(card):
         from .engines import int8_files
 
         int8_files(package, card)  # refuse to export files that do not match the card
-        members.update({name: (package / name).read_bytes() for name in _int8_names(card)})
+    members = {name: (package / name).read_bytes() for name in package_files(card)}
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": card.name,
                 "files": {name: _sha(data) for name, data in members.items()}}
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -96,15 +116,21 @@ def unpack(file: Path, into: Path) -> Path:
                 infos[CARD_FILE].file_size, infos[MANIFEST].file_size) > MAX_CARD_BYTES:
             raise ModelPackageError(f"{file}: a member is implausibly large; refusing it")
         try:
-            manifest = json.loads(z.read(MANIFEST))
+            raw_manifest = z.read(MANIFEST)
             data = {name: z.read(name) for name in infos if name != MANIFEST}
         except (ValueError, zipfile.BadZipFile, OSError) as exc:  # includes CRC errors
             raise ModelPackageError(f"{file} is damaged: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    raw = load_json(raw_manifest, f"the manifest of {file}")
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ModelPackageError(f"{file} is not a hemascan model file (no {FORMAT} manifest)")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelPackageError(f"{file} was written by a newer hemascan (format {manifest.get('format_version')})")
-    files = manifest.get("files") or {}
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        e = exc.errors(include_url=False)[0]
+        raise ModelPackageError(f"{file} has an invalid manifest: {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+    if manifest.format_version > FORMAT_VERSION:
+        raise ModelPackageError(f"{file} was written by a newer hemascan (format {manifest.format_version})")
+    files = manifest.files
     if set(files) != set(data):
         raise ModelPackageError(f"{file}: its members do not match its manifest")
     for member, content in data.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from datetime import datetime, timezone
 from dataclasses import asdict
 from pathlib import Path
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session
 from .config import Paths, resources_dir
 from .db import ModelVersion, Setting
 from .errors import ModelPackageError
-from .modelpkg import read_card, verify_package
+from .modelpkg import package_files, read_card, validate_model_name, verify_package
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +27,22 @@ def bundled_default_package() -> Path:
     return resources_dir() / "models" / DEFAULT_MODEL_DIR
 
 
+def package_path(paths: Paths, name: str) -> Path:
+    """Where the registry keeps version ``name``: a plain entry of the models directory, never
+    anywhere else (the name is checked, and the path must not lead out through a link)."""
+    validate_model_name(name)
+    dest = paths.models / name
+    if dest.is_symlink() or dest.resolve().parent != paths.models.resolve():
+        raise ModelPackageError(f"model {name!r}: {dest} is a link leading outside the model registry; "
+                                "refusing to write or delete through it")
+    return dest
+
+
 def register_package(session: Session, paths: Paths, package: Path, activate: bool = False) -> ModelVersion:
     """Verify a package, copy it into the registry (if not already there) and record it.
     Registering the same package twice returns the existing version."""
     package = Path(package)
-    card = verify_package(package)
+    card = verify_package(package)  # the card's schema (a safe name among it), hashes, outputs
     existing = session.scalar(select(ModelVersion).where(ModelVersion.name == card.name))
     if existing is not None:
         if existing.weights_sha256 != card.weights_sha256:
@@ -40,15 +52,23 @@ def register_package(session: Session, paths: Paths, package: Path, activate: bo
         if activate:
             set_active(session, existing)
         return existing
-    dest = paths.models / card.name
+    dest = package_path(paths, card.name)
     if dest.resolve() != package.resolve():
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp = dest.with_name(f".tmp-{card.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(package, tmp)
-        tmp.rename(dest)
-        verify_package(dest)
+        paths.models.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=paths.models))
+        try:
+            for name in package_files(card):  # the package's own files, nothing else it may hold
+                if (package / name).is_file():
+                    shutil.copyfile(package / name, tmp / name)
+                    (tmp / name).chmod(0o644)  # shared read-only data, as save_package writes it
+            tmp.chmod(0o755)
+            verify_package(tmp)  # what was copied is what was checked
+            if dest.exists():  # left by a register killed before its commit: not a registered version
+                shutil.rmtree(dest)
+            tmp.rename(dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     parent_id = None
     if card.parent:
         parent_id = session.scalar(select(ModelVersion.id).where(ModelVersion.name == card.parent))

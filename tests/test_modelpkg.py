@@ -100,7 +100,7 @@ def test_batchnorm_folding_removes_bn_and_keeps_outputs(arch):
     from torch import nn
 
     from core.architectures import build
-    from core.inference import fold_batchnorm
+    from core.engines import fold_batchnorm
 
     torch.manual_seed(0)
     model = build(arch, num_classes=4).eval()
