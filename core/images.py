@@ -3,7 +3,10 @@ message a person can act on, never a crash (corrupt, truncated, empty, not an im
 16-bit, grayscale, RGBA, CMYK, decompression bombs)."""
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
+import os
 from dataclasses import dataclass
 
 import cv2
@@ -12,9 +15,21 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError
 
+log = logging.getLogger(__name__)
+
 SUPPORTED_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 # Far above any smear field or whole camera frame, far below what exhausts memory.
 DEFAULT_MAX_PIXELS = 80_000_000
+
+# Files are read whole (once: the bytes hashed are the bytes decoded). A camera frame or
+# smear field is a few MB; an 80-megapixel 8-bit TIFF is 240 MB. Bigger files are refused
+# from their stat, before any read: four hash threads reading 2 GiB files would exhaust RAM.
+DEFAULT_MAX_FILE_BYTES = 256 * 1024**2
+MAX_FILE_ENV = "HEMASCAN_MAX_FILE_MB"
+# In the reason recorded for a file over the limit (core.scan re-reads it once the limit is raised).
+OVER_SIZE_LIMIT = "limit for one image"
+# Tries before a file that changes on every read is given up on (until the next scan).
+READ_ATTEMPTS = 3
 
 # We do our own pixel-limit check (with a clear message) instead of PIL's warning/bomb error.
 Image.MAX_IMAGE_PIXELS = None
@@ -96,11 +111,73 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     return np.ascontiguousarray(_to_rgb8(arr, bgr_order=False))
 
 
-def read_file(path: str) -> bytes:
-    """Read a file, turning OS errors into ImageError with the reason."""
+class FileChanged(ImageError):
+    """The file's content is not (or not reliably) the content that was hashed: it changed
+    while it was read, or since the scan. Whoever records this must make the next scan read
+    the file again instead of trusting its stat."""
+
+
+@dataclass(frozen=True)
+class FileContent:
+    """A file's bytes, their SHA-256, and the stat they belong to (taken before the read
+    and unchanged after it)."""
+
+    data: bytes
+    sha256: str
+    size: int
+    mtime_ns: int
+
+
+def max_file_bytes() -> int:
+    """The largest file read as one image: DEFAULT_MAX_FILE_BYTES, or HEMASCAN_MAX_FILE_MB."""
+    raw = os.environ.get(MAX_FILE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_FILE_BYTES
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        log.warning("%s=%r is not a positive number of megabytes; using %s",
+                    MAX_FILE_ENV, raw, format_bytes(DEFAULT_MAX_FILE_BYTES))
+        return DEFAULT_MAX_FILE_BYTES
+    return max(1, int(value * 1024**2))
+
+
+def format_bytes(n: int) -> str:
+    """2147483648 -> '2.0 GiB', 268435456 -> '256 MiB', 150582 -> '147 KiB'."""
+    if n >= 1024**3:
+        return f"{n / 1024**3:.1f} GiB"
+    for unit, scale in (("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.0f} {unit}" if v >= 10 or v == int(v) else f"{v:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _stat_key(st: os.stat_result) -> tuple:
+    # ctime too: a rewrite that keeps size and puts the mtime back still moves ctime.
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _read_once(path, max_bytes: int | None) -> tuple[bytes, os.stat_result]:
+    """Open, check the size from the stat (nothing is read over the limit), read the whole
+    file in one pass, and check the file did not change (or get replaced) meanwhile."""
+    limit = max_file_bytes() if max_bytes is None else max_bytes
     try:
         with open(path, "rb") as fh:
-            return fh.read()
+            before = os.fstat(fh.fileno())
+            if before.st_size > limit:
+                raise ImageError(f"file is {format_bytes(before.st_size)}, over the {format_bytes(limit)} "
+                                 f"{OVER_SIZE_LIMIT} (set {MAX_FILE_ENV} to raise it)")
+            data = fh.read(before.st_size + 1)  # one byte more: a file that grew shows it
+            after = os.fstat(fh.fileno())
+        try:
+            now = os.stat(path)  # still the file that was read (not replaced by a rename)?
+        except FileNotFoundError:
+            raise ImageError("file disappeared while it was being read") from None
+    except ImageError:
+        raise
     except PermissionError:
         raise ImageError("permission denied") from None
     except FileNotFoundError:
@@ -109,3 +186,32 @@ def read_file(path: str) -> bytes:
         raise ImageError("is a directory") from None
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+    if len(data) != before.st_size or _stat_key(after) != _stat_key(before) or _stat_key(now) != _stat_key(before):
+        raise FileChanged("the file changed while it was being read; it will be read again on the next scan")
+    return data, before
+
+
+def _read_stable(path, max_bytes: int | None) -> tuple[bytes, os.stat_result]:
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return _read_once(path, max_bytes)
+        except FileChanged:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def read_and_hash(path, max_bytes: int | None = None) -> FileContent:
+    """Read a file once and hash those bytes: what the scan records and what classify decodes.
+
+    Refuses a file over ``max_bytes`` (default: max_file_bytes()) from its stat, without
+    reading it. Retries a read during which the file changed; a file that keeps changing
+    raises FileChanged. Every failure is an ImageError with a reason for people."""
+    data, st = _read_stable(path, max_bytes)
+    return FileContent(data, hashlib.sha256(data).hexdigest(), st.st_size, st.st_mtime_ns)
+
+
+def read_file(path: str, max_bytes: int | None = None) -> bytes:
+    """Read a file (same checks as read_and_hash, without the hash), turning OS errors into
+    ImageError with the reason."""
+    return _read_stable(path, max_bytes)[0]

@@ -23,14 +23,14 @@ from .db import Database, ImageFile, Prediction, utcnow
 from .dbutil import insert_ignore
 from .errors import ImageError
 from .fspath import display, to_fs
-from .images import decode_rgb, read_file
+from .images import FileChanged, decode_rgb, read_and_hash, read_file
 from .jobs import Job, Progress, RateMeter
 from .modelpkg import ModelCard, read_card
 from .preprocessing import Preprocessing
 from .engines import ENGINES, compile_marker, int8_ready
 from .runtime import Device, RuntimePlan, RuntimeRequest, probe_host, plan_runtime, runtime_plan
 from .registry import ensure_active_model, get_version
-from .scan import ScanSummary, images_under, scan
+from .scan import UNTRUSTED_STAT, ScanSummary, images_to_read, scan
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,16 @@ class Predictor:
         z = np.exp(z - z.max(axis=1, keepdims=True))
         return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
-    def load_image(self, path: str) -> np.ndarray:
-        return self.prep.apply(decode_rgb(read_file(to_fs(path))))
+    def load_image(self, path: str, expected_sha256: str | None = None) -> np.ndarray:
+        """Read the file once and decode those bytes. With ``expected_sha256`` (what the scan
+        hashed), raises FileChanged when the bytes are other content: a prediction is stored
+        under that hash, so it must be made from exactly those bytes."""
+        if expected_sha256 is None:
+            return self.prep.apply(decode_rgb(read_file(to_fs(path))))
+        content = read_and_hash(to_fs(path))
+        if content.sha256 != expected_sha256:
+            raise FileChanged("the file changed after it was scanned; it will be re-scanned on the next run")
+        return self.prep.apply(decode_rgb(content.data))
 
 
 def _warm_imports(device_pref: str | None) -> None:
@@ -175,7 +183,9 @@ def classify(
         version_id, version_name, package = version.id, version.name, version.path
         version_sha = version.weights_sha256
         done_ids = set(s.scalars(select(Prediction.image_id).where(Prediction.model_version_id == version_id)))
-        todo = [(i, p) for i, p in images_under(s, folder) if i not in done_ids]
+        listed = images_to_read(s, folder)
+        todo = [(i, p) for i, p, _ in listed if i not in done_ids]
+        expected_sha = {i: sha for i, _, sha in listed}  # the bytes read must still have this hash
     host = probe_host(include_cuda=str(device or "auto").lower() != "cpu")
     request = RuntimeRequest.from_options(device=device, engine=engine, precision=precision, purpose="classify",
                                           n_images=len(todo), int8_shipped=int8_ready(read_card(Path(package))))
@@ -206,9 +216,14 @@ def classify(
 
     cv2.setNumThreads(1)  # parallelism comes from the decode pool, not from inside OpenCV
 
+    changed: dict[str, int] = {}  # path -> image_id the scan gave it, for files whose content changed since
+
     def load(item: tuple[int, str]):
         try:
-            return item, predictor.load_image(item[1]), None
+            return item, predictor.load_image(item[1], expected_sha[item[0]]), None
+        except FileChanged as exc:
+            changed[item[1]] = item[0]
+            return item, None, str(exc)
         except ImageError as exc:
             return item, None, str(exc)
         except Exception as exc:  # one bad file never stops the batch
@@ -221,7 +236,11 @@ def classify(
                 insert_ignore(s, Prediction.__table__, _prediction_rows(ids, probs, version_id, predictor.card, runtime),
                               ["image_id", "model_version_id"])
             for path, err in failed:
-                s.execute(update(ImageFile).where(ImageFile.path == path).values(error=err))
+                if path in changed:  # the file no longer holds that image: unlink it, and the next scan re-reads it
+                    s.execute(update(ImageFile).where(ImageFile.path == path, ImageFile.image_id == changed[path])
+                              .values(error=err, image_id=None, size=UNTRUSTED_STAT, mtime_ns=UNTRUSTED_STAT))
+                else:
+                    s.execute(update(ImageFile).where(ImageFile.path == path).values(error=err))
         if predictor.compiled and ids and marker is not None and not marker.exists():
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()

@@ -6,17 +6,16 @@ recorded reason; nothing stops the batch.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 import cv2
+import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -24,13 +23,16 @@ from .db import Database, Image, ImageFile, Scan, utcnow
 from .dbutil import insert_ignore, upsert
 from .errors import HemascanError, ImageError
 from .fspath import display, to_db, to_fs
-from .images import SUPPORTED_EXTENSIONS, decode_rgb, probe, read_file
+from .images import OVER_SIZE_LIMIT, SUPPORTED_EXTENSIONS, FileChanged, decode_rgb, max_file_bytes, probe, read_and_hash
 from .jobs import Job, Progress, RateMeter
 
 log = logging.getLogger(__name__)
 
 WRITE_BATCH = 128
 MAX_REPORTED_ERRORS = 200
+# Stored as size and mtime of a file whose content is not known: no real stat matches it,
+# so the next scan reads the file again.
+UNTRUSTED_STAT = -1
 
 
 @dataclass
@@ -133,12 +135,10 @@ _REDUCED_GRAY = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
                  4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 
 
-def _hash_gray(data: bytes, info) -> "np.ndarray":
+def _hash_gray(data: bytes, info) -> np.ndarray:
     """A small grayscale version for the perceptual hash (which works at 32x32 anyway).
     JPEGs decode at 1/2..1/8 scale straight from the DCT, several times faster than a
     full decode; anything OpenCV cannot reduce goes through the full, careful decoder."""
-    import numpy as np
-
     factor = max(f for f in _REDUCED_GRAY if f == 1 or min(info.width, info.height) // f >= 64)
     if info.mode in ("RGB", "L"):
         gray = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_GRAY[factor])
@@ -148,16 +148,23 @@ def _hash_gray(data: bytes, info) -> "np.ndarray":
 
 
 def hash_file(entry: _Entry) -> _Hashed:
-    """Read once: SHA-256, header checks (size limit, truncation), perceptual hash."""
+    """Read once: SHA-256, header checks (size limit, truncation), perceptual hash.
+
+    The size and mtime recorded are those of the bytes hashed: stat taken before the read
+    and found unchanged after it (core.images.read_and_hash), so a later scan that finds
+    the same stat may trust the hash. A file that kept changing is recorded with an
+    impossible stat, so the next scan reads it again."""
     import imagehash
     from PIL import Image as PILImage
 
     try:
-        data = read_file(entry.path)
-        sha = hashlib.sha256(data).hexdigest()
-        info = probe(data)
-        ph = str(imagehash.phash(PILImage.fromarray(_hash_gray(data, info))))
-        return _Hashed(entry, sha, info.width, info.height, info.format, ph)
+        content = read_and_hash(entry.path)
+        entry = _Entry(entry.path, content.size, content.mtime_ns)
+        info = probe(content.data)
+        ph = str(imagehash.phash(PILImage.fromarray(_hash_gray(content.data, info))))
+        return _Hashed(entry, content.sha256, info.width, info.height, info.format, ph)
+    except FileChanged as exc:
+        return _Hashed(_Entry(entry.path, UNTRUSTED_STAT, UNTRUSTED_STAT), error=str(exc))
     except ImageError as exc:
         return _Hashed(entry, error=str(exc))
     except Exception as exc:  # never let one file stop the batch
@@ -210,6 +217,7 @@ def scan(db: Database, root: str | os.PathLike, cancel: threading.Event | None =
     # Stage 1: list and stat (cheap); decide what must be read.
     todo: list[_Entry] = []
     seen: set[str] = set()
+    size_limit = max_file_bytes()
     for entry in walk(root_str, summary):
         summary.n_files += 1
         dbp = to_db(entry.path)
@@ -218,7 +226,8 @@ def scan(db: Database, root: str | os.PathLike, cancel: threading.Event | None =
         if old is None:
             summary.n_new += 1
             todo.append(entry)
-        elif old[0] == entry.size and old[1] == entry.mtime_ns:
+        elif old[0] == entry.size and old[1] == entry.mtime_ns and not (
+                old[2] is not None and OVER_SIZE_LIMIT in old[2] and entry.size <= size_limit):  # limit raised since
             summary.n_unchanged += 1
             if old[2] is not None:  # unchanged and still unusable: report, do not re-read
                 summary.add_error(entry.path, old[2])
@@ -293,4 +302,18 @@ def images_under(session: Session, root: str | os.PathLike) -> list[tuple[int, s
     return [(i, p) for i, p in rows]
 
 
-__all__ = ["scan", "ScanSummary", "images_under", "under_folder", "folder_prefix", "to_fs"]
+def images_to_read(session: Session, root: str | os.PathLike) -> list[tuple[int, str, str]]:
+    """images_under with the SHA-256 the scan recorded: (image_id, one file path, sha256).
+    Whoever reads the file again checks its bytes still have that hash."""
+    rows = session.execute(
+        select(ImageFile.image_id, func.min(ImageFile.path), Image.sha256)
+        .join(Image, Image.id == ImageFile.image_id)
+        .where(under_folder(ImageFile.path, root), ImageFile.missing.is_(False))
+        .group_by(ImageFile.image_id, Image.sha256)
+        .order_by(ImageFile.image_id)
+    ).all()
+    return [(i, p, sha) for i, p, sha in rows]
+
+
+__all__ = ["scan", "ScanSummary", "images_under", "images_to_read", "under_folder", "folder_prefix", "to_fs",
+           "UNTRUSTED_STAT"]

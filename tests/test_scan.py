@@ -28,8 +28,8 @@ def test_scan_records_images_recursively(db, sample_folder):
 def test_rescan_of_unchanged_folder_reads_no_file(db, sample_folder, monkeypatch):
     run_job(scan(db, sample_folder))
     reads = []
-    real = scan_mod.read_file
-    monkeypatch.setattr(scan_mod, "read_file", lambda p: reads.append(p) or real(p))
+    real = scan_mod.read_and_hash
+    monkeypatch.setattr(scan_mod, "read_and_hash", lambda p: reads.append(p) or real(p))
     s = run_job(scan(db, sample_folder))
     assert reads == [] and s.n_unchanged == 16 and s.n_new == 0
     # touch one file: only that one is read again
