@@ -142,13 +142,13 @@ def unpack(file: Path, into: Path) -> Path:
     (into / CARD_FILE).write_bytes(data[CARD_FILE])
     card = read_card(into)
     extra = set(data) - {CARD_FILE, WEIGHTS_FILE}
-    if extra != set(_int8_names(card)):
+    if extra != set(package_files(card)) - {CARD_FILE, WEIGHTS_FILE}:
         raise ModelPackageError(f"{file}: members {sorted(extra)} are not the files its card lists")
     for name, content in data.items():
         if name != CARD_FILE:
             (into / name).write_bytes(content)
     verify_package(into, card)  # the card's own weights hash
-    if extra:
+    if _int8_names(card):
         from .engines import int8_files
 
         int8_files(into, card)  # and its int8 hashes

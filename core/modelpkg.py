@@ -133,6 +133,25 @@ class Int8Schema(BaseModel):
         return v
 
 
+class GuardSchema(BaseModel):
+    """The foreign-image guard record (core/guard.py, trainer/guard.py): a file of the package
+    and its SHA-256; free-form besides these."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    file: str
+    sha256: Sha256
+
+    @field_validator("file")
+    @classmethod
+    def _plain_file_name(cls, v: str) -> str:
+        problem = _name_problem(v)
+        if problem or v in (CARD_FILE, WEIGHTS_FILE):
+            raise ValueError(f"guard file name {_shown(v)} is not a plain file name of its own in the package"
+                             + (f": {problem}" if problem else ""))
+        return v
+
+
 class CardSchema(BaseModel):
     """What a model card (card.json) may contain. Unknown top-level keys are ignored (a newer
     card's extra notes); everything the application acts on is checked."""
@@ -154,6 +173,7 @@ class CardSchema(BaseModel):
     parent: str | None = None
     placeholder: bool = False
     int8: Int8Schema = Int8Schema()
+    guard: GuardSchema | None = None  # {} in a card: no guard
     intended_use: str = ""
     notes: str = ""
     format_version: Annotated[int, Field(ge=1)] = CARD_FORMAT
@@ -191,6 +211,11 @@ class CardSchema(BaseModel):
             if not isinstance(value, (bool, int, float)) or (isinstance(value, float) and not np.isfinite(value)):
                 raise ValueError(f"{key} must be a finite number or true/false, not {_shown(value)}")
         return v
+
+    @field_validator("guard", mode="before")
+    @classmethod
+    def _no_guard(cls, v: Any) -> Any:
+        return None if v == {} else v
 
     @field_validator("format_version")
     @classmethod
@@ -277,6 +302,8 @@ class ModelCard:
     # An int8 OpenVINO model the trainer shipped beside the weights (trainer/quantize.py):
     # {"format", "files": {name: sha256}, "agreement", "n_checked", "calibration", "made_with"}.
     int8: dict[str, Any] = field(default_factory=dict)
+    # The foreign-image guard beside the weights (core/guard.py): {"file", "sha256", ...}; {} when none.
+    guard: dict[str, Any] = field(default_factory=dict)
     intended_use: str = INTENDED_USE
     notes: str = ""
     format_version: int = CARD_FORMAT
@@ -307,8 +334,10 @@ class ModelCard:
 
 
 def package_files(card: ModelCard) -> list[str]:
-    """The files a package consists of: card, weights and the int8 model its card lists."""
-    return [CARD_FILE, WEIGHTS_FILE, *sorted((card.int8 or {}).get("files") or {})]
+    """The files a package consists of: card, weights, and the int8 model and foreign-image
+    guard its card lists. Register copies and model files carry exactly these."""
+    guard = [card.guard["file"]] if (card.guard or {}).get("file") else []
+    return [CARD_FILE, WEIGHTS_FILE, *sorted((card.int8 or {}).get("files") or {}), *guard]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -381,7 +410,7 @@ def save_package(package: Path, state_dict: dict, card: ModelCard) -> ModelCard:
 
     package = Path(package)
     # the weights hash is not known yet: check everything else now, before touching the disk
-    ModelCard.from_dict({**asdict(card), "weights_sha256": "0" * 64, "int8": {}}, f"model card for {package}")
+    ModelCard.from_dict({**asdict(card), "weights_sha256": "0" * 64, "int8": {}, "guard": {}}, f"model card for {package}")
     if package.exists():
         raise ModelPackageError(f"model package already exists: {package}")
     package.parent.mkdir(parents=True, exist_ok=True)
@@ -392,6 +421,7 @@ def save_package(package: Path, state_dict: dict, card: ModelCard) -> ModelCard:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         card.weights_sha256 = sha256_file(tmp / WEIGHTS_FILE)
         card.int8 = {}  # an int8 model belongs to the weights it was made from (trainer/quantize.py adds one)
+        card.guard = {}  # so does the foreign-image guard (trainer/guard.py adds one)
         (tmp / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
         for f in (WEIGHTS_FILE, CARD_FILE):  # shared read-only data (installers, other users)
             os.chmod(tmp / f, 0o644)

@@ -425,3 +425,23 @@ def test_a_malformed_manifest_is_one_clear_error(tmp_path, db, paths, manifest):
     with pytest.raises(ModelPackageError, match="manifest") as err:
         import_model(db, paths, file)
     one_sentence(str(err.value))
+
+
+def test_guard_record_is_checked_and_its_file_travels_with_the_package(tmp_path, db, paths):
+    """The foreign-image guard a card lists (core/guard.py) is a package file: a path there is
+    refused, and register copies the file along with the weights."""
+    pkg = edited(tmp_path, name="guarded-v1", guard={"file": "../guard.safetensors", "sha256": "0" * 64})
+    with pytest.raises(ModelPackageError, match="guard"):
+        read_card(pkg)
+    (pkg / "guard.safetensors").write_bytes(b"guard bytes")
+    card = card_of(pkg)
+    card["guard"] = {"file": "guard.safetensors", "sha256": hashlib.sha256(b"guard bytes").hexdigest(), "method": "x"}
+    write_card(pkg, card)
+    (pkg / "unlisted.txt").write_text("not part of the package")
+    with db.session() as s:
+        ensure_active_model(s, paths)
+        v = register_package(s, paths, pkg)
+    dest = Path(v.path)
+    assert (dest / "guard.safetensors").read_bytes() == b"guard bytes"
+    assert not (dest / "unlisted.txt").exists()
+    assert read_card(dest).guard["method"] == "x"
