@@ -241,3 +241,30 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self._dropout(self.features(x)))
+
+
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The final linear layer: its input is the penultimate embedding of every architecture here."""
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not heads:
+        raise ValueError(f"{type(model).__name__} has no linear classifier layer")
+    return heads[-1]
+
+
+class LogitsAndEmbedding(nn.Module):
+    """``model`` returning (logits, penultimate embedding): the embedding is what the
+    foreign-image guard (core/guard.py) measures. Traces and converts like the model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.head = classifier_head(model)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        captured: list[torch.Tensor] = []
+        handle = self.head.register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0]))
+        try:
+            logits = self.model(x)
+        finally:
+            handle.remove()
+        return logits, captured[0].flatten(1)

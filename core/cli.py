@@ -14,7 +14,6 @@ import sys
 import threading
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Callable
 
 from .config import Paths, resolve_paths

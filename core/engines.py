@@ -133,7 +133,10 @@ class TorchEngine:
 
         self.card, self.prep, self.plan = card, card.prep, plan
         self.device = torch.device(str(plan.device))
-        self.model = load_folded_model(package, card).to(self.device).to(memory_format=torch.channels_last).eval()
+        from .architectures import LogitsAndEmbedding
+
+        folded = load_folded_model(package, card)
+        self.model = LogitsAndEmbedding(folded).to(self.device).to(memory_format=torch.channels_last).eval()
         self.precision = plan.precision
         self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision)
         self.compiled = False
@@ -162,7 +165,8 @@ class TorchEngine:
     def describe(self) -> str:
         return replace(self.plan, compile=self.compiled).describe()
 
-    def logits(self, batch_u8: np.ndarray) -> np.ndarray:
+    def infer(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits (N, C), penultimate embedding (N, D)) as float32."""
         import torch
 
         n = len(batch_u8)
@@ -176,10 +180,13 @@ class TorchEngine:
             x = self.prep.normalise(t)
             if self._dtype is not None:
                 with torch.autocast(self.device.type, dtype=self._dtype):
-                    out = self.model(x)
+                    logits, emb = self.model(x)
             else:
-                out = self.model(x)
-            return out[:n].float().cpu().numpy()
+                logits, emb = self.model(x)
+            return logits[:n].float().cpu().numpy(), emb[:n].float().cpu().numpy()
+
+    def logits(self, batch_u8: np.ndarray) -> np.ndarray:
+        return self.infer(batch_u8)[0]
 
 
 # --- OpenVINO ----------------------------------------------------------------------------
@@ -187,13 +194,16 @@ class TorchEngine:
 
 def convert_to_openvino(package: Path, card: ModelCard):
     """The package's fp32 weights as an OpenVINO model taking normalised float NCHW input
-    of any batch size (the form the int8 quantizer calibrates)."""
+    of any batch size (the form the int8 quantizer calibrates). Outputs: logits, and the
+    penultimate embedding the foreign-image guard measures."""
     import warnings
 
     import openvino as ov
     import torch
 
-    model = load_folded_model(package, card)
+    from .architectures import LogitsAndEmbedding
+
+    model = LogitsAndEmbedding(load_folded_model(package, card)).eval()
     s = card.prep.input_size
     with warnings.catch_warnings():  # tracer notes about shape arithmetic in SAME padding
         warnings.simplefilter("ignore")
@@ -294,6 +304,7 @@ class OpenVINOEngine:
                   "INFERENCE_PRECISION_HINT": "f32"}
         self._compiled = core.compile_model(with_uint8_input(model, card.prep), "CPU", config)
         self._request = self._compiled.create_infer_request()
+        self._has_embedding = len(self._compiled.outputs) > 1
         self._lock = threading.Lock()  # one infer request: one caller at a time
 
     @staticmethod
@@ -302,7 +313,7 @@ class OpenVINOEngine:
 
         cached = None
         if cache_dir is not None:  # converting costs ~4 s and needs torch; reading the IR ~0.1 s
-            cached = Path(cache_dir) / "openvino" / f"{card.weights_sha256[:16]}-ov{ov.__version__.split('-')[0]}-fp32.xml"
+            cached = Path(cache_dir) / "openvino" / f"{card.weights_sha256[:16]}-ov{ov.__version__.split('-')[0]}-fp32-emb.xml"
             if cached_ir_intact(cached, card.weights_sha256):
                 try:
                     return core.read_model(str(cached))
@@ -325,10 +336,18 @@ class OpenVINOEngine:
     def describe(self) -> str:
         return self.plan.describe()
 
-    def logits(self, batch_u8: np.ndarray) -> np.ndarray:
+    def infer(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, embedding or None where the model has no embedding output, e.g. an int8
+        model made before the guard existed)."""
         with self._lock:
             self._request.infer({0: np.ascontiguousarray(batch_u8)})
-            return np.array(self._request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+            logits = np.array(self._request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+            emb = (np.array(self._request.get_output_tensor(1).data, dtype=np.float32, copy=True)
+                   if self._has_embedding else None)
+        return logits, emb
+
+    def logits(self, batch_u8: np.ndarray) -> np.ndarray:
+        return self.infer(batch_u8)[0]
 
 
 ENGINES: dict[str, type] = {"torch": TorchEngine, "openvino": OpenVINOEngine}

@@ -32,7 +32,7 @@ def export_rows(session: Session, folder: str | os.PathLike | None = None,
     if folder is not None:
         q = q.where(under_folder(ImageFile.path, folder))
     rows = session.execute(q).all()
-    columns = ["path", "sha256", "predicted_label", "confidence", "entropy", "uncertain",
+    columns = ["path", "sha256", "predicted_label", "confidence", "entropy", "uncertain", "out_of_distribution",
                *[f"p_{c}" for c in classes], "reviewed_label", "reviewer", "reviewed_at", "label_source",
                "model_version", "runtime"]
 
@@ -50,6 +50,9 @@ def export_rows(session: Session, folder: str | os.PathLike | None = None,
                 row = {"path": display(path), "sha256": sha,
                        "predicted_label": p.label if p else "", "confidence": f"{p.confidence:.4f}" if p else "",
                        "entropy": f"{p.entropy:.4f}" if p else "", "uncertain": int(p.uncertain) if p else "",
+                       # 1: outside the model's experience (foreign-image guard); empty: not assessed
+                       "out_of_distribution": "" if p is None or p.out_of_distribution is None
+                       else int(p.out_of_distribution),
                        "reviewed_label": ev.label or "" if ev else "", "reviewer": ev.reviewer if ev else "",
                        "reviewed_at": ev.created_at.isoformat() if ev else "", "label_source": ev.source if ev else "",
                        "model_version": version.name if (p and version) else "",

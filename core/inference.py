@@ -28,6 +28,7 @@ from .jobs import Job, Progress, RateMeter
 from .modelpkg import ModelCard, read_card
 from .preprocessing import Preprocessing
 from .engines import ENGINES, compile_marker, int8_ready
+from .guard import load_guard
 from .runtime import Device, RuntimePlan, RuntimeRequest, probe_host, plan_runtime, runtime_plan
 from .registry import ensure_active_model, get_version
 from .scan import UNTRUSTED_STAT, ScanSummary, images_to_read, scan
@@ -66,6 +67,7 @@ class Predictor:
         self.classes = list(self.card.classes)
         self.engine_name = plan.engine
         self.engine = ENGINES[plan.engine](Path(package), self.card, plan, cache_dir=cache_dir)
+        self.guard = load_guard(Path(package), self.card.guard, len(self.classes))
 
     @property
     def precision(self) -> str:
@@ -90,11 +92,24 @@ class Predictor:
     def logits(self, batch_u8: np.ndarray) -> np.ndarray:
         return self.engine.logits(batch_u8)
 
-    def predict(self, batch_u8: np.ndarray) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> calibrated class probabilities (N, C) as float32 numpy."""
-        z = self.logits(batch_u8) / float(self.card.temperature or 1.0)
+    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
+        z = logits / float(self.card.temperature or 1.0)
         z = np.exp(z - z.max(axis=1, keepdims=True))
         return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def predict(self, batch_u8: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> calibrated class probabilities (N, C) as float32 numpy."""
+        return self._probabilities(self.logits(batch_u8))
+
+    def assess(self, batch_u8: np.ndarray) -> "Assessment":
+        """Probabilities and, where the package has a guard and the engine an embedding, the
+        guard's distance and whether each image is outside the model's experience."""
+        logits, emb = self.engine.infer(batch_u8)
+        probs = self._probabilities(logits)
+        if self.guard is None or emb is None:
+            return Assessment(probs, None, None)
+        distance, outside = self.guard.flags(emb)
+        return Assessment(probs, distance, outside)
 
     def load_image(self, path: str, expected_sha256: str | None = None) -> np.ndarray:
         """Read the file once and decode those bytes. With ``expected_sha256`` (what the scan
@@ -143,18 +158,30 @@ class ClassifySummary:
         return self.n_predicted / self.seconds if self.seconds > 0 else 0.0
 
 
-def _prediction_rows(ids: list[int], probs: np.ndarray, version_id: int, card: ModelCard,
+@dataclass(frozen=True)
+class Assessment:
+    probs: np.ndarray  # (N, C) calibrated
+    guard_distance: np.ndarray | None  # (N,) None: no guard for this model/engine
+    outside: np.ndarray | None  # (N,) bool: outside the model's experience
+
+
+def _prediction_rows(ids: list[int], assessment: Assessment, version_id: int, card: ModelCard,
                      runtime: str | None = None) -> list[dict]:
+    probs = assessment.probs
     conf = probs.max(axis=1)
     top = probs.argmax(axis=1)
     ent = entropy(probs)
     thr = card.uncertain_threshold
+    n = len(ids)
+    outside = assessment.outside if assessment.outside is not None else [None] * n
+    dist = assessment.guard_distance if assessment.guard_distance is not None else [None] * n
     now = utcnow()
     return [
         dict(image_id=i, model_version_id=version_id, label=card.classes[int(k)], confidence=float(c),
              entropy=float(e), probabilities=[round(float(x), 6) for x in p],
-             uncertain=bool(thr is not None and c < thr), created_at=now, runtime=runtime)
-        for i, p, k, c, e in zip(ids, probs, top, conf, ent)
+             uncertain=bool(thr is not None and c < thr), created_at=now, runtime=runtime,
+             out_of_distribution=None if o is None else bool(o), guard_distance=None if d is None else float(d))
+        for i, p, k, c, e, o, d in zip(ids, probs, top, conf, ent, outside, dist)
     ]
 
 
@@ -230,10 +257,10 @@ def classify(
             log.exception("unexpected error decoding %s", display(item[1]))
             return item, None, f"unexpected error: {exc}"
 
-    def write(ids: list[int], probs, failed: list[tuple[str, str]]) -> None:
+    def write(ids: list[int], assessment: Assessment | None, failed: list[tuple[str, str]]) -> None:
         with db.session() as s:  # one transaction per batch
             if ids:
-                insert_ignore(s, Prediction.__table__, _prediction_rows(ids, probs, version_id, predictor.card, runtime),
+                insert_ignore(s, Prediction.__table__, _prediction_rows(ids, assessment, version_id, predictor.card, runtime),
                               ["image_id", "model_version_id"])
             for path, err in failed:
                 if path in changed:  # the file no longer holds that image: unlink it, and the next scan re-reads it
@@ -273,7 +300,7 @@ def classify(
                         arrays.append(arr)
                     else:
                         failed.append((path, err))
-                job = infer.submit(predictor.predict, np.stack(arrays)) if ids else None
+                job = infer.submit(predictor.assess, np.stack(arrays)) if ids else None
                 inflight.append((job, ids, failed))
                 if len(inflight) < 2 and pending:
                     continue  # keep one batch queued behind the running one

@@ -75,7 +75,7 @@ def test_openvino_fp32_matches_torch_and_is_cached(tmp_path):
     x = rng.integers(0, 255, (5, s, s, 3), dtype=np.uint8)
     ref = Predictor(bundled_default_package(), CPU, precision="fp32", engine="torch").predict(x)
     first = Predictor(bundled_default_package(), CPU, precision="fp32", cache_dir=tmp_path)
-    cached = list((tmp_path / "openvino").glob("*-fp32.xml"))
+    cached = list((tmp_path / "openvino").glob("*-fp32*.xml"))
     assert len(cached) == 1 and cached[0].with_suffix(".bin").is_file()
     assert np.abs(first.predict(x) - ref).max() < 1e-4
     cached[0].write_text("damaged")  # a broken cache is rebuilt, not fatal
@@ -96,7 +96,7 @@ def test_a_swapped_openvino_cache_file_is_detected_and_rebuilt(tmp_path):
     x = np.random.default_rng(3).integers(0, 255, (8, s, s, 3), dtype=np.uint8)
     ref = Predictor(pkg, CPU, precision="fp32", engine="torch").predict(x)
     Predictor(pkg, CPU, precision="fp32", cache_dir=tmp_path)
-    (xml,) = (tmp_path / "openvino").glob("*-fp32.xml")
+    (xml,) = (tmp_path / "openvino").glob("*-fp32*.xml")
     shutil.copy(pkg / "model.int8.xml", xml)
     shutil.copy(pkg / "model.int8.bin", xml.with_suffix(".bin"))
     assert ov.Core().read_model(str(xml)) is not None  # the swapped file is a loadable model

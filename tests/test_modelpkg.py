@@ -36,7 +36,7 @@ def test_bundled_model_loads_and_predicts():
 
 def test_bn_folding_does_not_change_outputs():
     model, card = load_model(bundled_default_package())
-    pred = Predictor(bundled_default_package(), torch.device("cpu"), engine="torch")
+    pred = Predictor(bundled_default_package(), torch.device("cpu"), engine="torch", precision="fp32")  # fp32 vs fp32
     s = card.prep.input_size
     x = np.random.default_rng(1).integers(0, 255, (4, s, s, 3), dtype=np.uint8)
     with torch.inference_mode():

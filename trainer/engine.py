@@ -504,6 +504,15 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
     yield emit(Progress("calibrate", 1, 1, f"T={temperature:.3f}"))
     summary["calibration"] = calib
 
+    # -- the foreign-image guard: training side only, threshold on validation
+    yield emit(Progress("guard", 0, 1, "fitting the foreign-image guard on the training side"))
+    from .guard import fit_guard, logits_and_embeddings
+
+    _, emb_train = logits_and_embeddings(model, images[train_idx], prep, device)
+    emb_val = logits_and_embeddings(model, images[split.val], prep, device)[1] if len(split.val) else np.zeros((0, 0))
+    guard, guard_info = fit_guard(emb_train, labels[train_idx], emb_val)
+    yield emit(Progress("guard", 1, 1, f"threshold {guard.threshold:.1f}"))
+
     # -- held-out test: three ways + colour baseline + OOD
     evaluation: dict[str, Any] = {}
     if len(split.test):
@@ -517,13 +526,21 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
             conf = softmax(rows["as_is"]["logits"], temperature).max(1)
             evaluation["as_is"]["uncertain_fraction"] = float((conf < threshold).mean())
         yield emit(Progress("test", 3, 3, f"test accuracy {rows['as_is']['accuracy']:.3f}"))
+        d_in = guard.distances(logits_and_embeddings(model, xt, prep, device)[1])
+        guard_info["in_lab_test_flagged"] = float((d_in > guard.threshold).mean())
         if cfg.eval_ood:
             conf_in = softmax(rows["as_is"]["logits"], temperature).max(1)
             ood = {}
             for name, x_ood in ood_sets(xt, prep, seed=cfg.seed).items():
-                c_out = softmax(predict_logits(model, x_ood, prep, device), temperature).max(1)
+                lo, em = logits_and_embeddings(model, x_ood, prep, device)
+                c_out = softmax(lo, temperature).max(1)
                 ood[name] = {"auroc": ood_auroc(conf_in, c_out), "n": int(len(x_ood)),
                              "flagged_uncertain": float((c_out < threshold).mean()) if threshold is not None else None}
+                d_out = guard.distances(em)
+                flagged = d_out > guard.threshold
+                guard_info.setdefault("foreign", {})[name] = {
+                    "n": int(len(x_ood)), "auroc": ood_auroc(-d_in, -d_out), "flagged": float(flagged.mean()),
+                    "confident_call": float((~flagged & (c_out >= (threshold or 0.0))).mean())}
             evaluation["ood"] = ood
         if cfg.colour_baseline:
             from .baselines import colour_histogram_baseline
@@ -531,6 +548,7 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
             evaluation["colour_histogram_baseline"] = colour_histogram_baseline(
                 images[train_idx], labels[train_idx], xt, yt, classes, seed=cfg.seed)
     summary["evaluation"] = evaluation
+    summary["guard"] = guard_info
     summary["total_seconds"] = time.perf_counter() - t_start
 
     # -- package
@@ -549,6 +567,9 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
 
             shutil.rmtree(pkg)
         save_package(pkg, {k: v for k, v in model.state_dict().items()}, card)
+        from .guard import add_guard
+
+        add_guard(pkg, guard, guard_info)
         summary["package"] = str(pkg)
         summary["model_name"] = name
         yield emit(Progress("package", 1, 1, str(pkg)))

@@ -703,6 +703,12 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             _finish_run(db, run_id, status, metrics={"data": summary_data, "history": history})
             return {"status": status, "run_id": run_id, "data": summary_data, "history": history}
         save_package(pkg, {k: v for k, v in model.state_dict().items()}, card)
+        yield emit(Progress("package", 0, 1, "fitting the foreign-image guard on the training side"))
+        from .guard import add_guard, fit_guard, logits_and_embeddings
+
+        e_tr = logits_and_embeddings(model, x_all[tr_idx], prep, device)[1]
+        e_va = logits_and_embeddings(model, x_all[va_idx], prep, device)[1] if len(va_idx) else np.zeros((0, 0))
+        add_guard(pkg, *fit_guard(e_tr, y_all[tr_idx], e_va))
         int8 = None
         if cfg.int8 and not cancel.is_set():
             int8 = yield from _add_int8(pkg, x_all, tr_idx, va_idx, emit)

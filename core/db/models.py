@@ -109,6 +109,10 @@ class Prediction(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # how it was computed, e.g. "openvino int8 cpu" or "torch bf16 cuda" (None: before 0003)
     runtime: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # the foreign-image guard (core/guard.py): True = outside the model's experience; None = the
+    # model or engine had no guard (and before 0004). guard_distance: its Mahalanobis distance.
+    out_of_distribution: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    guard_distance: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class LabelEvent(Base):
