@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from .db import ImageFile, LabelEvent, Prediction
 from .fspath import display
 from .scan import under_folder
+from .taxonomy import OTHER
 
 SORTS = ("confidence", "entropy", "name", "time")
 UNREVIEWED = "__unreviewed__"  # value for GalleryFilter.reviewed: images nobody has labelled
@@ -26,6 +27,7 @@ class GalleryFilter:
     predicted: str | None = None  # predicted class, None = any
     reviewed: str | None = None  # reviewed class, UNREVIEWED, or None = any
     uncertain_only: bool = False
+    outside_only: bool = False  # outside the model's experience (foreign-image guard)
     disagreement: bool = False  # reviewed label differs from the prediction
     sort: str = "confidence"  # confidence ascending (least certain first), entropy (highest first), name, time
 
@@ -42,6 +44,7 @@ class GalleryRow:
     probabilities: tuple[float, ...]
     reviewed: str | None  # current label (latest event), None when never labelled or cleared
     reviewer: str | None
+    outside: bool | None = None  # outside the model's experience; None: not assessed (no guard)
 
 
 @dataclass
@@ -49,8 +52,19 @@ class ClassCounts:
     total: int = 0
     n_predicted: int = 0
     n_reviewed: int = 0
+    n_outside: int = 0  # predicted, but outside the model's experience: not in ``predicted``
     predicted: dict[str, int] = field(default_factory=dict)
     reviewed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_reviewed_classes(self) -> int:
+        """Reviewed images given a class (not "Other"): the reviewed percentages' basis."""
+        return self.n_reviewed - self.reviewed.get(OTHER, 0)
+
+    @property
+    def n_classified(self) -> int:
+        """Predictions the class percentages are taken over (those inside the model's experience)."""
+        return self.n_predicted - self.n_outside
 
     def pct(self, n: int, of: int) -> float:
         return 100.0 * n / of if of else 0.0
@@ -98,6 +112,8 @@ def _apply_filter(q, flt: GalleryFilter, f, p, ev):
         q = q.where(ev.c.label == flt.reviewed)
     if flt.uncertain_only:
         q = q.where(p.c.uncertain.is_(True))
+    if flt.outside_only:
+        q = q.where(p.c.out_of_distribution.is_(True))
     if flt.disagreement:
         q = q.where(ev.c.label.is_not(None), p.c.label.is_not(None), ev.c.label != p.c.label)
     if flt.sort == "confidence":
@@ -128,7 +144,7 @@ def rows(session: Session, folder, version_id: int | None, image_ids: list[int],
         return {}
     q, f, p, ev = _base(folder, version_id, taxonomy, lambda f, p, ev: [
         f.c.image_id, f.c.path, p.c.label, p.c.confidence, p.c.entropy, p.c.uncertain, p.c.probabilities,
-        ev.c.label.label("reviewed"), ev.c.reviewer])
+        p.c.out_of_distribution, ev.c.label.label("reviewed"), ev.c.reviewer])
     out = {}
     for start in range(0, len(image_ids), 500):
         chunk = image_ids[start:start + 500]
@@ -141,7 +157,8 @@ def rows(session: Session, folder, version_id: int | None, image_ids: list[int],
             out[r.image_id] = GalleryRow(
                 image_id=r.image_id, path=r.path, name=os.path.basename(display(r.path)),
                 predicted=r.label, confidence=r.confidence, entropy=r.entropy, uncertain=bool(r.uncertain),
-                probabilities=tuple(probs or ()), reviewed=r.reviewed, reviewer=r.reviewer)
+                probabilities=tuple(probs or ()), reviewed=r.reviewed, reviewer=r.reviewer,
+                outside=None if r.out_of_distribution is None else bool(r.out_of_distribution))
     return out
 
 
@@ -149,13 +166,16 @@ def class_counts(session: Session, folder, version_id: int | None, taxonomy: str
     """Images per predicted class and per reviewed class under ``folder``."""
     counts = ClassCounts()
     q, f, p, ev = _base(folder, version_id, taxonomy, lambda f, p, ev: [
-        p.c.label, ev.c.label.label("reviewed"), func.count()])
-    q = q.group_by(p.c.label, ev.c.label)
-    for pred, rev, n in session.execute(q):
+        p.c.label, p.c.out_of_distribution, ev.c.label.label("reviewed"), func.count()])
+    q = q.group_by(p.c.label, p.c.out_of_distribution, ev.c.label)
+    for pred, outside, rev, n in session.execute(q):
         counts.total += n
         if pred is not None:
             counts.n_predicted += n
-            counts.predicted[pred] = counts.predicted.get(pred, 0) + n
+            if outside:  # its class is not reliable: its own row, not a class count
+                counts.n_outside += n
+            else:
+                counts.predicted[pred] = counts.predicted.get(pred, 0) + n
         if rev is not None:
             counts.n_reviewed += n
             counts.reviewed[rev] = counts.reviewed.get(rev, 0) + n

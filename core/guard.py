@@ -31,8 +31,11 @@ CITATION = "Lee et al., NeurIPS 2018 (Mahalanobis distance on the penultimate em
 @dataclass(frozen=True)
 class ForeignImageGuard:
     whitening: np.ndarray  # (D, K) float32: K = D, or the K principal directions of a wide embedding
-    class_means: np.ndarray  # (C', D) float32, already whitened; the classes the training side had
+    class_means: np.ndarray  # (C', K) float32, already whitened; the classes the training side had
     threshold: float
+    # Centres (whitened) of images reviewers called "Other" (fits no class): an image nearer to
+    # one of these than to every class mean is outside the model's experience too.
+    other_means: np.ndarray | None = None  # (M, K) float32
 
     @property
     def dim(self) -> int:
@@ -40,19 +43,27 @@ class ForeignImageGuard:
 
     def distances(self, embeddings: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of each embedding (N, D) to its nearest class mean."""
-        z = np.asarray(embeddings, dtype=np.float32) @ self.whitening
-        d = (z * z).sum(1, keepdims=True) - 2.0 * z @ self.class_means.T + (self.class_means ** 2).sum(1)
+        return self._nearest(np.asarray(embeddings, dtype=np.float32) @ self.whitening, self.class_means)
+
+    def _nearest(self, z: np.ndarray, means: np.ndarray) -> np.ndarray:
+        d = (z * z).sum(1, keepdims=True) - 2.0 * z @ means.T + (means ** 2).sum(1)
         return np.maximum(d.min(1), 0.0)
 
     def flags(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(distances, outside the model's experience) for a batch of embeddings."""
         d = self.distances(embeddings)
-        return d, d > self.threshold
+        outside = d > self.threshold
+        if self.other_means is not None and len(self.other_means):
+            z = np.asarray(embeddings, dtype=np.float32) @ self.whitening
+            outside |= self._nearest(z, self.other_means) < d
+        return d, outside
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"whitening": np.ascontiguousarray(self.whitening, np.float32),
                 "class_means": np.ascontiguousarray(self.class_means, np.float32),
-                "threshold": np.array([self.threshold], np.float32)}
+                "threshold": np.array([self.threshold], np.float32),
+                **({"other_means": np.ascontiguousarray(self.other_means, np.float32)}
+                   if self.other_means is not None and len(self.other_means) else {})}
 
     def save(self, path: Path) -> None:
         from safetensors.numpy import save_file
@@ -86,6 +97,10 @@ def load_guard(package: Path, record: dict | None, n_classes: int) -> ForeignIma
     ok = (w is not None and m is not None and thr is not None and w.ndim == 2 and w.shape[1] <= w.shape[0]
           and m.ndim == 2 and 1 <= m.shape[0] <= n_classes and m.shape[1] == w.shape[1] and thr.size == 1 and np.isfinite(w).all()
           and np.isfinite(m).all() and np.isfinite(thr).all() and float(thr.reshape(-1)[0]) > 0)
+    other = t.get("other_means")
+    if other is not None and not (other.ndim == 2 and other.shape[1] == w.shape[1] and np.isfinite(other).all()):
+        ok = False
     if not ok:
         raise ModelPackageError(f"the foreign-image guard {path} is malformed (shapes or values)")
-    return ForeignImageGuard(w.astype(np.float32), m.astype(np.float32), float(thr.reshape(-1)[0]))
+    return ForeignImageGuard(w.astype(np.float32), m.astype(np.float32), float(thr.reshape(-1)[0]),
+                             None if other is None else other.astype(np.float32))

@@ -17,7 +17,7 @@ from .db import Database, ImageFile, LabelEvent, utcnow
 from .fspath import to_fs
 from .jobs import Job, Progress
 from .scan import ScanSummary, scan, under_folder
-from .taxonomy import get_taxonomy, resolve_alias
+from .taxonomy import OTHER, resolve_alias, review_labels
 
 SOURCES = ("human", "import", "dataset")
 
@@ -53,8 +53,8 @@ def record_labels(
     """Append one event per image (``label=None`` clears). Caller's transaction commits."""
     if source not in SOURCES:
         raise ValueError(f"unknown label source {source!r}")
-    if label is not None and label not in get_taxonomy(taxonomy).classes:
-        raise ValueError(f"{label!r} is not a class of taxonomy {taxonomy!r}")
+    if label is not None and label not in review_labels(taxonomy):
+        raise ValueError(f"{label!r} is not a class of taxonomy {taxonomy!r} (nor {OTHER!r})")
     ids = list(dict.fromkeys(image_ids))
     current = latest_events(session, ids)
     now = utcnow()

@@ -53,9 +53,9 @@ class ReviewSession:
         self._redo.clear()
         return action
 
-    def label(self, image_ids, label: str | None) -> Action | None:
+    def label(self, image_ids, label: str | None, note: str | None = None) -> Action | None:
         ids = list(dict.fromkeys(image_ids))
-        return self.apply({i: label for i in ids}, f"label {len(ids)} image(s) as {label}")
+        return self.apply({i: label for i in ids}, f"label {len(ids)} image(s) as {label}", note)
 
     @property
     def can_undo(self) -> bool:

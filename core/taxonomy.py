@@ -11,6 +11,13 @@ class Taxonomy:
     classes: tuple[str, ...]
 
 
+# The reserved review label every taxonomy has: the image fits none of its classes (another
+# cell type, an artefact, out of focus, a smudge cell). A reviewer's answer, never a model's
+# output and never a training target of a real class (retrain uses it for the guard instead).
+OTHER = "Other"
+OTHER_TITLE = "Other / not assessable"
+
+
 TAXONOMIES: dict[str, Taxonomy] = {
     "all_subtype": Taxonomy(
         "all_subtype", "ALL subtype (4 classes)", ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
@@ -64,6 +71,11 @@ def resolve_alias(folder_name: str, taxonomy: str | None = None) -> tuple[str, s
     if hit is not None and taxonomy is not None and hit[0] != taxonomy:
         return None
     return hit
+
+
+def review_labels(taxonomy: str) -> tuple[str, ...]:
+    """What a reviewer may answer: the taxonomy's classes, then "Other"."""
+    return (*get_taxonomy(taxonomy).classes, OTHER)
 
 
 def get_taxonomy(name: str) -> Taxonomy:

@@ -10,7 +10,12 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QGraphicsPixmapItem
                                QHBoxLayout, QHeaderView, QLabel, QSizePolicy, QSplitter, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
+from core.taxonomy import OTHER, OTHER_TITLE
+
 from .gallery import class_color
+
+GRADCAM_OUTSIDE_TIP = ("This image is outside the model's experience: a Grad-CAM map shows where the network "
+                       "looked, which is not meaningful when its answer is not reliable.")
 
 
 def rgb_to_qimage(rgb: np.ndarray) -> QImage:
@@ -130,6 +135,8 @@ class DetailPanel(QWidget):
         self.gradcam.setToolTip("Overlay where the model looked (Grad-CAM of the predicted class).\n"
                                 "It is computed from the fp32 weights; on a CPU the label may come from the "
                                 "package's int8 model, which gives the same label on >= 99.5% of held-out images.")
+        self._gradcam_tip = self.gradcam.toolTip()
+        self.trained_on = ""  # the training data named on the active model's card
         self.gradcam.setFocusPolicy(Qt.NoFocus)
         self.gradcam.toggled.connect(self.gradcamToggled)
         self.view = ImageView()
@@ -166,6 +173,10 @@ class DetailPanel(QWidget):
         lay.addLayout(head)
         lay.addWidget(self.splitter, 1)
 
+    def set_trained_on(self, source: str) -> None:
+        """Name the active model's training data (from its card) for the outside-experience note."""
+        self.trained_on = source
+
     def show_row(self, row, classes) -> None:
         if row is None:
             self.title.setText("No image selected")
@@ -177,14 +188,21 @@ class DetailPanel(QWidget):
         self.title.setText(f"<b>{row.name}</b>")
         self.title.setToolTip(row.path)
         self.bars.set_values(classes, row.probabilities or [0.0] * len(classes), row.reviewed)
-        if row.predicted:
+        if row.predicted and row.outside:
+            s = (f"<span style='color:#b26a00'><b>\u2298 Outside this model's experience</b></span>: its training "
+                 f"images came from {self.trained_on or 'another source'}; the class shown "
+                 f"(<b>{row.predicted}</b>, {row.confidence:.1%}) is not reliable")
+        elif row.predicted:
             s = f"Predicted <b>{row.predicted}</b> ({row.confidence:.1%}, entropy {row.entropy:.2f})"
             if row.uncertain:
                 s += " — <i>uncertain</i>"
         else:
             s = "Not predicted by the active model"
-        s += f"<br>Reviewed: <b>{row.reviewed}</b> by {row.reviewer}" if row.reviewed else "<br>Not reviewed"
+        shown = OTHER_TITLE if row.reviewed == OTHER else row.reviewed
+        s += f"<br>Reviewed: <b>{shown}</b> by {row.reviewer}" if row.reviewed else "<br>Not reviewed"
         self.summary.setText(s)
+        self.gradcam.setText("Grad-CAM (G): not meaningful here" if row.outside else "Grad-CAM (G)")
+        self.gradcam.setToolTip(GRADCAM_OUTSIDE_TIP if row.outside else self._gradcam_tip)
 
     def show_history(self, events: list[dict]) -> None:
         self.history.setRowCount(len(events))

@@ -10,12 +10,13 @@ from collections import OrderedDict, deque
 import cv2
 import numpy as np
 from PySide6.QtCore import (QAbstractListModel, QModelIndex, QObject, QRect, QSize, Qt, Signal)
-from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen
+from PySide6.QtGui import QBrush, QColor, QFont, QImage, QPainter, QPen
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate
 
 from core import gallery as q
 from core.fspath import to_fs
 from core.images import read_file
+from core.taxonomy import OTHER
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,10 @@ ID_ROLE = Qt.UserRole + 2
 
 _PALETTE = ["#2e7d32", "#1565c0", "#ef6c00", "#8e24aa", "#c62828", "#00838f", "#6d4c41"]
 _NAMED = {"Benign": "#2e7d32", "Early Pre-B": "#1565c0", "Pre-B": "#ef6c00", "Pro-B": "#8e24aa",
-          "ALL": "#c62828", "Normal": "#2e7d32"}
+          "ALL": "#c62828", "Normal": "#2e7d32", OTHER: "#546e7a"}
+# Outside the model's experience: not a class colour but a dark band with an amber hatch.
+OUTSIDE_BAND, OUTSIDE_HATCH = "#37474f", "#ffb300"
+OUTSIDE_MARK = "\u2298"  # ⊘
 
 
 def class_color(label: str | None, classes: list[str] | None = None) -> QColor:
@@ -36,7 +40,7 @@ def class_color(label: str | None, classes: list[str] | None = None) -> QColor:
         return QColor("#9e9e9e")
     if label in _NAMED:
         return QColor(_NAMED[label])
-    i = classes.index(label) if classes and label in classes else abs(hash(label))
+    i = classes.index(label) if classes and label in classes else sum(map(ord, label))  # stable across runs
     return QColor(_PALETTE[i % len(_PALETTE)])
 
 
@@ -290,15 +294,20 @@ class TileDelegate(QStyledItemDelegate):
             p.drawText(thumb_rect, Qt.AlignCenter, "unreadable" if self.loader.failed(r.image_id) else "…")
         # predicted class band: colour + confidence
         band = QRect(rect.left(), thumb_rect.bottom() + 4, rect.width(), rect.bottom() - thumb_rect.bottom() - 4)
-        p.fillRect(band, color)
-        p.setPen(Qt.white)
         f = QFont(option.font)
         f.setPointSizeF(max(7.0, f.pointSizeF() * 0.85))
         p.setFont(f)
         conf = f" {r.confidence:.0%}" if r.confidence is not None else ""
-        label = (r.predicted or "not predicted") + conf
-        if r.uncertain:
-            label = "? " + label
+        if r.outside:  # the class is not reliable: say so instead of showing its colour
+            p.fillRect(band, QColor(OUTSIDE_BAND))
+            p.fillRect(band, QBrush(QColor(OUTSIDE_HATCH), Qt.BDiagPattern))
+            label = f"{OUTSIDE_MARK} outside experience"
+        else:
+            p.fillRect(band, color)
+            label = (r.predicted or "not predicted") + conf
+            if r.uncertain:
+                label = "? " + label
+        p.setPen(Qt.white)
         p.drawText(band.adjusted(4, 0, -4, 0), Qt.AlignVCenter | Qt.AlignLeft,
                    p.fontMetrics().elidedText(label, Qt.ElideRight, band.width() - 8))
         # reviewed mark: a badge in the reviewed class's colour; red frame on disagreement
@@ -311,8 +320,8 @@ class TileDelegate(QStyledItemDelegate):
             bf = QFont(option.font)
             bf.setBold(True)
             p.setFont(bf)
-            p.drawText(badge, Qt.AlignCenter, "✓" if r.reviewed == r.predicted else "✎")
-            if r.predicted and r.reviewed != r.predicted:
+            p.drawText(badge, Qt.AlignCenter, "O" if r.reviewed == OTHER else "✓" if r.reviewed == r.predicted else "✎")
+            if r.predicted and r.reviewed != r.predicted and r.reviewed != OTHER and not r.outside:
                 p.setBrush(Qt.NoBrush)
                 p.setPen(QPen(QColor("#d32f2f"), 3))
                 p.drawRect(rect.adjusted(1, 1, -1, -1))

@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QItemSelectionModel, QSettings, QSize, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QByteArray, QItemSelectionModel, QSettings, QSize, Qt, QUrl, Signal
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QFileDialog, QFormLayout,
                                QGroupBox, QHBoxLayout, QInputDialog, QLabel, QListView, QMainWindow, QMessageBox,
@@ -19,10 +19,12 @@ from core.db import Database
 from core.labels import default_reviewer, history
 from core.registry import ensure_active_model, get_version, list_versions
 from core.review import ReviewSession
+from core.taxonomy import OTHER, OTHER_TITLE
 
 from .detail import DetailPanel, heatmap_rgba, rgb_to_qimage
-from .gallery import ID_ROLE, ROW_ROLE, THUMB, GalleryModel, ThumbnailLoader, TileDelegate, class_color
-from .models_panel import ModelsDialog, headline_metrics, version_info
+from .gallery import (ID_ROLE, OUTSIDE_HATCH, OUTSIDE_MARK, ROW_ROLE, THUMB, GalleryModel, ThumbnailLoader,
+                      TileDelegate, class_color)
+from .models_panel import ModelsDialog, headline_metrics, trained_on, version_info
 from .workers import Workers
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,9 @@ class MainWindow(QMainWindow):
         self.f_pred = QComboBox()
         self.f_rev = QComboBox()
         self.f_uncertain = QCheckBox("Uncertain only")
+        self.f_outside = QCheckBox(f"{OUTSIDE_MARK} Outside the model's experience only")
+        self.f_outside.setToolTip("Images unlike anything the model was trained on (foreign-image guard):\n"
+                                  "their predicted class is not reliable")
         self.f_disagree = QCheckBox("Disagreement (reviewed ≠ predicted)")
         self.sort = QComboBox()
         for label, key in [("Confidence (least first)", "confidence"), ("Entropy (highest first)", "entropy"),
@@ -121,7 +126,7 @@ class MainWindow(QMainWindow):
         for w in (self.f_pred, self.f_rev, self.sort):
             w.currentIndexChanged.connect(self._filter_changed)
             w.setFocusPolicy(Qt.ClickFocus)
-        for w in (self.f_uncertain, self.f_disagree):
+        for w in (self.f_uncertain, self.f_outside, self.f_disagree):
             w.toggled.connect(self._filter_changed)
             w.setFocusPolicy(Qt.ClickFocus)
         fbox = QGroupBox("Filter and sort")
@@ -129,6 +134,7 @@ class MainWindow(QMainWindow):
         fl.addRow("Predicted", self.f_pred)
         fl.addRow("Reviewed", self.f_rev)
         fl.addRow(self.f_uncertain)
+        fl.addRow(self.f_outside)
         fl.addRow(self.f_disagree)
         fl.addRow("Sort", self.sort)
         self.counts = QLabel()
@@ -206,6 +212,8 @@ class MainWindow(QMainWindow):
                 combo.addItem(label, data)
             for c in classes:
                 combo.addItem(c, c)
+            if combo is self.f_rev:
+                combo.addItem(OTHER_TITLE, OTHER)
             combo.blockSignals(False)
 
     def _build_actions(self) -> None:
@@ -265,6 +273,19 @@ class MainWindow(QMainWindow):
             b.clicked.connect(a.trigger)
             self.review_bar.addWidget(b)
             self.class_buttons.append(b)
+        self.a_other = act(f"O  {OTHER_TITLE}", lambda: self.label_selected(OTHER), QKeySequence("O"))
+        self.a_other_note = act(f"{OTHER_TITLE} with a &note…", self.label_other_with_note, QKeySequence("Shift+O"))
+        for a in (self.a_other, self.a_other_note):
+            m.addAction(a)
+            self.label_actions.append(a)
+        b = QPushButton(f"O  {OTHER}")
+        b.setFocusPolicy(Qt.NoFocus)
+        b.setToolTip(f"{OTHER_TITLE}: fits none of the classes (another cell type, an artefact, out of focus). "
+                     "Key O; Shift+O adds a note. Never used as a class when retraining.")
+        b.setStyleSheet(f"QPushButton {{ border-left: 6px solid {class_color(OTHER).name()}; padding: 4px 8px; }}")
+        b.clicked.connect(self.a_other.trigger)
+        self.review_bar.addWidget(b)
+        self.class_buttons.append(b)
         self.a_accept = act("&Accept prediction", self.accept_prediction,
                             [QKeySequence("A"), QKeySequence(Qt.Key_Return), QKeySequence(Qt.Key_Enter)])
         self.a_clear = act("C&lear label", lambda: self.label_selected(None), QKeySequence("0"))
@@ -483,7 +504,8 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ gallery
     def current_filter(self) -> q.GalleryFilter:
         return q.GalleryFilter(predicted=self.f_pred.currentData(), reviewed=self.f_rev.currentData(),
-                               uncertain_only=self.f_uncertain.isChecked(), disagreement=self.f_disagree.isChecked(),
+                               uncertain_only=self.f_uncertain.isChecked(), outside_only=self.f_outside.isChecked(),
+                               disagreement=self.f_disagree.isChecked(),
                                sort=self.sort.currentData())
 
     def _filter_changed(self, *_) -> None:
@@ -556,8 +578,13 @@ class MainWindow(QMainWindow):
             pn, rn = c.predicted.get(cl, 0), c.reviewed.get(cl, 0)
             col = class_color(cl, classes).name()
             rows.append(f"<tr><td><span style='color:{col}'>■</span> {cl}</td>"
-                        f"<td align='right'>{pn:,} ({c.pct(pn, c.n_predicted):.0f}%)</td>"
-                        f"<td align='right'>{rn:,} ({c.pct(rn, c.n_reviewed):.0f}%)</td></tr>")
+                        f"<td align='right'>{pn:,} ({c.pct(pn, c.n_classified):.0f}%)</td>"
+                        f"<td align='right'>{rn:,} ({c.pct(rn, c.n_reviewed_classes):.0f}%)</td></tr>")
+        # not classes: their own rows, outside the percentages above
+        rows.append(f"<tr><td><span style='color:{OUTSIDE_HATCH}'>{OUTSIDE_MARK}</span> Outside experience</td>"
+                    f"<td align='right'>{c.n_outside:,}</td><td align='right'></td></tr>")
+        rows.append(f"<tr><td><span style='color:{class_color(OTHER).name()}'>■</span> {OTHER_TITLE}</td>"
+                    f"<td align='right'></td><td align='right'>{c.reviewed.get(OTHER, 0):,}</td></tr>")
         rows.append(f"<tr><td><b>All</b></td><td align='right'><b>{c.n_predicted:,}</b></td>"
                     f"<td align='right'><b>{c.n_reviewed:,}</b></td></tr>")
         self.counts.setText(f"<table cellspacing='0' cellpadding='2'>{''.join(rows)}</table>"
@@ -571,6 +598,8 @@ class MainWindow(QMainWindow):
 
     def _show_detail(self, row, reload_image: bool = True) -> None:
         classes = self.version["classes"] if self.version else []
+        if self.version:  # the outside-experience note names where the model's images came from
+            self.detail.set_trained_on(trained_on(self.version["card"]))
         self.detail.show_row(row, classes)
         if row is None:
             self._shown_id = None
@@ -668,12 +697,20 @@ class MainWindow(QMainWindow):
             self.show_error(f"Could not save the label: {exc}")
             return None
 
-    def label_selected(self, label: str | None) -> None:
+    def label_other_with_note(self) -> None:
+        """"Other / not assessable" with the reviewer's free-text note (what the image shows)."""
+        if not self.selected_ids():
+            return
+        note, ok = QInputDialog.getText(self, OTHER_TITLE, "Note (optional): what does the image show?")
+        if ok:
+            self.label_selected(OTHER, note=note.strip() or None)
+
+    def label_selected(self, label: str | None, note: str | None = None) -> None:
         ids = self.selected_ids()
         if not ids:
             return
         rows = [self.model.row_of(i) for i in ids]
-        action = self._guard(self.review.label, ids, label)
+        action = self._guard(self.review.label, ids, label, note)
         if action is not None:
             self.statusBar().showMessage(f"{len(action.changes)} image(s) labelled {label or '(cleared)'}", 4000)
         self._after_label(action, advance=True, rows_before=[r for r in rows if r is not None])

@@ -18,6 +18,15 @@ def version_info(v) -> dict:
                 created_at=v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "")
 
 
+def trained_on(card: dict) -> str:
+    """The training data a card names, in words: e.g. 'all-taleqani (2770 images)'."""
+    data = card.get("training_data") or {}
+    source, n = data.get("source"), data.get("n_images")
+    if not source:
+        return "another source (the model card does not say)"
+    return f"{source} ({n:,} images)" if isinstance(n, int) else str(source)
+
+
 def headline_metrics(card: dict) -> str:
     metrics = card.get("metrics") or {}
     m = dict(metrics)

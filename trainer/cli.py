@@ -279,6 +279,38 @@ def quantize_cmd(args: argparse.Namespace, app) -> int:
     return 0 if rec["accepted"] else 1
 
 
+def _configure_guard(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model package directory")
+    p.add_argument("--data", required=True, help="the class folders the model was trained on (its card's split is reused)")
+    p.add_argument("--foreign", action="append", default=[], metavar="NAME=FOLDER",
+                   help="a folder of images from elsewhere to measure the guard on (repeatable)")
+
+
+@command("guard", "fit a package's foreign-image guard on its training side and measure it",
+         configure=_configure_guard)
+def guard_cmd(args: argparse.Namespace, app) -> int:
+    from .guard import guard_from_folder
+
+    package = Path(args.model)
+    if not package.is_dir():
+        raise HemascanError(f"no model package directory at {package}")
+    foreign = {}
+    for item in args.foreign:
+        name, sep, folder = item.partition("=")
+        if not sep or not Path(folder).is_dir():
+            raise HemascanError(f"--foreign needs NAME=FOLDER with an existing folder, not {item!r}")
+        foreign[name] = Path(folder)
+    info = guard_from_folder(package, Path(args.data), foreign, cache_dir=app.paths.cache / "train-images")
+    app.echo(f"guard fitted on {info['fitted_on']}; threshold {info['threshold']:.1f} "
+             f"({info['flag_rate_target']:.0%} of validation images flagged)")
+    if "in_lab_test_flagged" in info:
+        app.echo(f"in-lab test side: {info['in_lab_test_flagged']:.1%} flagged of {info['n_in_lab_test']}")
+    for name, f in info.get("foreign", {}).items():
+        app.echo(f"{name:28s} n={f['n']:<5d} AUROC {f['auroc']:.3f}  flagged {f['flagged']:.1%}  "
+                 f"flagged or uncertain {f['flagged_or_uncertain']:.1%}  called with confidence {f['confident_call']:.1%}")
+    return 0
+
+
 @command("compare", "reproduce the seed experiments (CNNs, SVM, random forest, CNN features + SVM) as a Markdown table",
          configure=_configure_compare)
 def compare_cmd(args: argparse.Namespace, app) -> int:

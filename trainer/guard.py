@@ -7,6 +7,7 @@ figures in docs/trainer.md).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,15 @@ def logits_and_embeddings(model: torch.nn.Module, images: np.ndarray, prep: Prep
     return torch.cat(logits).double().numpy(), torch.cat(emb).double().numpy()
 
 
+MAX_OTHER_CENTRES = 8
+
+
 def fit_guard(train_emb: np.ndarray, train_labels: np.ndarray, val_emb: np.ndarray,
-              flag_rate: float = FLAG_RATE) -> tuple[ForeignImageGuard, dict]:
+              flag_rate: float = FLAG_RATE, other_emb: np.ndarray | None = None) -> tuple[ForeignImageGuard, dict]:
     """Class means and a shared Ledoit-Wolf covariance from the training side; the threshold
-    from the validation side. Returns the guard and what the card records about it."""
+    from the validation side. ``other_emb``: images reviewers called "Other"; their centres
+    (k-means, at most 8) are kept so that they and images like them come out flagged.
+    Returns the guard and what the card records about it."""
     from sklearn.covariance import LedoitWolf
 
     train_emb = np.asarray(train_emb, np.float64)
@@ -62,11 +68,20 @@ def fit_guard(train_emb: np.ndarray, train_labels: np.ndarray, val_emb: np.ndarr
     provisional = ForeignImageGuard(whitening.astype(np.float32), (means @ chol).astype(np.float32), 1.0)
     ref = provisional.distances(val_emb if len(val_emb) else train_emb)
     threshold = float(np.quantile(ref, 1.0 - flag_rate))
-    guard = ForeignImageGuard(provisional.whitening, provisional.class_means, threshold)
+    other_means = None
+    if other_emb is not None and len(other_emb):
+        from sklearn.cluster import KMeans
+
+        z_other = np.asarray(other_emb, np.float64) @ whitening
+        k = min(MAX_OTHER_CENTRES, len(z_other))
+        other_means = KMeans(n_clusters=k, n_init=4, random_state=0).fit(z_other).cluster_centers_.astype(np.float32)
+    guard = ForeignImageGuard(provisional.whitening, provisional.class_means, threshold, other_means)
     info = {"method": GUARD_METHOD, "citation": CITATION, "file": GUARD_FILE, "threshold": round(threshold, 4),
             "flag_rate_target": flag_rate, "n_fit": int(len(train_emb)), "n_threshold": int(len(val_emb)),
             "threshold_from": "validation side" if len(val_emb) else "training side (no validation images)",
-            "dim": int(train_emb.shape[1]), "classes_fitted": [int(c) for c in classes]}
+            "dim": int(train_emb.shape[1]), "classes_fitted": [int(c) for c in classes],
+            "n_other": 0 if other_emb is None else int(len(other_emb)),
+            "other_centres": 0 if other_means is None else int(len(other_means))}
     return guard, info
 
 
@@ -75,6 +90,7 @@ def write_guard(package: Path, guard: ForeignImageGuard, info: dict) -> dict:
     path = Path(package) / GUARD_FILE
     tmp = path.with_name(f".tmp-{GUARD_FILE}")
     guard.save(tmp)
+    os.chmod(tmp, 0o644)  # packages are shared read-only data (installers, other users)
     tmp.replace(path)
     return {**info, "file": GUARD_FILE, "sha256": sha256_file(path)}
 
@@ -91,3 +107,63 @@ def add_guard(package: Path, guard: ForeignImageGuard, info: dict) -> dict:
     _write_card(package, card)
     verify_package(package)
     return card.guard
+
+
+def _folder_images(folder: Path, prep: Preprocessing) -> np.ndarray:
+    from core.images import SUPPORTED_EXTENSIONS, decode_rgb, read_file
+
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in SUPPORTED_EXTENSIONS and p.is_file())
+    return np.stack([prep.apply(decode_rgb(read_file(str(f)))) for f in files]) if files else np.zeros((0,))
+
+
+def foreign_figures(guard: ForeignImageGuard, d_in: np.ndarray, conf_foreign: np.ndarray, emb_foreign: np.ndarray,
+                    uncertain_threshold: float | None) -> dict:
+    """How the guard treats a foreign set, against the in-lab test side's distances ``d_in``."""
+    from .metrics import ood_auroc
+
+    d_out = guard.distances(emb_foreign)
+    flagged = d_out > guard.threshold
+    uncertain = conf_foreign < (uncertain_threshold or 0.0)
+    return {"n": int(len(d_out)), "auroc": round(ood_auroc(-d_in, -d_out), 4), "flagged": round(float(flagged.mean()), 4),
+            "flagged_or_uncertain": round(float((flagged | uncertain).mean()), 4),
+            "confident_call": round(float((~flagged & ~uncertain).mean()), 4)}
+
+
+def guard_from_folder(package: Path, data: Path, foreign: dict[str, Path] | None = None,
+                      cache_dir: Path | None = None, progress=None) -> dict:
+    """Fit (or refit) a package's guard on the training side of the split it was trained
+    with, threshold on its validation side; measure it on the test side, on generated
+    foreign images (synthetic, blurred, another stain) and on each folder of ``foreign``."""
+    from core.modelpkg import load_model
+
+    from .engine import ood_sets
+    from .metrics import softmax
+    from .quantize import split_as_trained
+
+    package = Path(package)
+    model, card = load_model(package)
+    ds, split, images = split_as_trained(card, data, cache_dir, progress)
+    prep = card.prep
+    _, e_tr = logits_and_embeddings(model, images[split.train], prep)
+    _, e_va = logits_and_embeddings(model, images[split.val], prep) if len(split.val) else (None, np.zeros((0, 0)))
+    guard, info = fit_guard(e_tr, ds.labels[split.train], e_va)
+    info["fitted_on"] = f"{len(split.train)} training images of {Path(data).name} ({split.method} split)"
+    if len(split.test):
+        xt = images[split.test]
+        _, e_te = logits_and_embeddings(model, xt, prep)
+        d_in = guard.distances(e_te)
+        info["in_lab_test_flagged"] = round(float((d_in > guard.threshold).mean()), 4)
+        info["n_in_lab_test"] = int(len(xt))
+        sets = dict(ood_sets(xt, prep))
+        for name, folder in (foreign or {}).items():
+            sets[name] = _folder_images(folder, prep)
+        info["foreign"] = {}
+        for name, x in sets.items():
+            if len(x) == 0:
+                continue
+            lo, em = logits_and_embeddings(model, x, prep)
+            conf = softmax(lo, float(card.temperature or 1.0)).max(1)
+            info["foreign"][name] = foreign_figures(guard, d_in, conf, em, card.uncertain_threshold)
+    info["measured_with"] = "torch fp32 embeddings"
+    add_guard(package, guard, info)
+    return info

@@ -141,19 +141,25 @@ def _write_card(package: Path, card: ModelCard) -> None:
         raise
 
 
-def quantize_from_folder(package: Path, data: Path, cache_dir: Path | None = None, progress=None) -> dict:
-    """Quantize a package trained on the class folders ``data``: calibrate on its training
-    side of the card's split, check on its validation + test sides."""
+def split_as_trained(card: ModelCard, data: Path, cache_dir: Path | None = None, progress=None):
+    """The class folders ``data`` split as the card says the model was trained:
+    (dataset, split, preprocessed uint8 images)."""
     from .data import compute_hashes, load_images, make_split, scan_class_folders
 
-    package = Path(package)
-    card = verify_package(package)
     split_info = (card.metrics or {}).get("split") or {}
     method = split_info.get("method", "patient")
     method = {"all-but-val": "all"}.get(method, method)
     ds = compute_hashes(scan_class_folders(Path(data), card.taxonomy))
     split = make_split(ds, method, seed=int(split_info.get("seed", 0)), fold=int(split_info.get("fold", 4)))
-    images = load_images(ds, card.prep, cache_dir, progress=progress)
+    return ds, split, load_images(ds, card.prep, cache_dir, progress=progress)
+
+
+def quantize_from_folder(package: Path, data: Path, cache_dir: Path | None = None, progress=None) -> dict:
+    """Quantize a package trained on the class folders ``data``: calibrate on its training
+    side of the card's split, check on its validation + test sides."""
+    package = Path(package)
+    card = verify_package(package)
+    _ds, split, images = split_as_trained(card, data, cache_dir, progress)
     held_out = np.concatenate([split.val, split.test]).astype(int)
     return quantize_package(package, images[split.train], images[held_out],
                             calibration_source=f"{len(split.train)} training images of {Path(data).name} ({split.method} split)")

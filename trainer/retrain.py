@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from core.taxonomy import OTHER
 from core.config import Paths
 from core.db import Database, Image, ImageFile, LabelEvent, ModelVersion, TrainingRun
 from core.errors import HemascanError
@@ -213,6 +214,9 @@ class TrainingData:
     val: list[Item]
     n_missing_files: int = 0
     base: dict[str, Any] = field(default_factory=dict)
+    # images reviewers called "Other" (no class fits): never a training target; the guard
+    # is refitted with them as examples of what lies outside the model's experience
+    other: list[Item] = field(default_factory=list)
 
     def summary(self) -> dict:
         per = {c: {"train": 0, "val": 0, "base": 0} for c in self.classes}
@@ -283,9 +287,11 @@ def collect_training_data(db: Database, taxonomy: str, classes: list[str], cfg: 
     folder on the training side, minus any base image that is (nearly) a validation image."""
     with db.session() as s:
         labels = reviewed_labels(s, taxonomy, cfg.sources)
+        other_ids = [i for i, lab in labels.items() if lab == OTHER]
         labels = {i: lab for i, lab in labels.items() if lab in classes}
         sides = assign_splits(s, labels, cfg.val_fraction, cfg.phash_distance)
         files = _present_paths(s, list(labels))
+        other_files = _present_paths(s, other_ids)
         ph = {}
         for chunk in _chunks([i for i in labels if sides.get(i) == SPLIT_VAL]):
             from sqlalchemy import select
@@ -299,6 +305,7 @@ def collect_training_data(db: Database, taxonomy: str, classes: list[str], cfg: 
         path, sha = files[image_id]
         it = Item(path, classes.index(labels[image_id]), sha, image_id)
         (data.val if sides[image_id] == SPLIT_VAL else data.train).append(it)
+    data.other = [Item(path, -1, sha, image_id) for image_id, (path, sha) in sorted(other_files.items())]
     if cfg.base_data:
         from .data import compute_hashes, scan_class_folders
 
@@ -708,7 +715,11 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
 
         e_tr = logits_and_embeddings(model, x_all[tr_idx], prep, device)[1]
         e_va = logits_and_embeddings(model, x_all[va_idx], prep, device)[1] if len(va_idx) else np.zeros((0, 0))
-        add_guard(pkg, *fit_guard(e_tr, y_all[tr_idx], e_va))
+        e_other = None
+        if data.other:
+            x_other = load_items(data.other, prep, image_cache, cfg.decode_workers)
+            e_other = logits_and_embeddings(model, x_other, prep, device)[1]
+        add_guard(pkg, *fit_guard(e_tr, y_all[tr_idx], e_va, other_emb=e_other))
         int8 = None
         if cfg.int8 and not cancel.is_set():
             int8 = yield from _add_int8(pkg, x_all, tr_idx, va_idx, emit)
