@@ -142,8 +142,10 @@ def unpack(file: Path, into: Path) -> Path:
     (into / CARD_FILE).write_bytes(data[CARD_FILE])
     card = read_card(into)
     extra = set(data) - {CARD_FILE, WEIGHTS_FILE}
-    if extra != set(package_files(card)) - {CARD_FILE, WEIGHTS_FILE}:
-        raise ModelPackageError(f"{file}: members {sorted(extra)} are not the files its card lists")
+    listed = set(package_files(card)) - {CARD_FILE, WEIGHTS_FILE}
+    if extra != listed:
+        raise ModelPackageError(f"{file}: its members are not the files its card lists (missing: "
+                                f"{', '.join(sorted(listed - extra)) or 'none'}; not listed: {', '.join(sorted(extra - listed)) or 'none'})")
     for name, content in data.items():
         if name != CARD_FILE:
             (into / name).write_bytes(content)

@@ -89,7 +89,8 @@ def model_file(pkg: Path, dest: Path) -> Path:
     """A model file as ``models export`` writes it, built from the package's files as they
     are (so an attacker's card gets a manifest whose hashes match)."""
     card = card_of(pkg)
-    names = [CARD_FILE, WEIGHTS_FILE, *sorted((card.get("int8") or {}).get("files") or {})]
+    guard = (card.get("guard") or {}).get("file")
+    names = [CARD_FILE, WEIGHTS_FILE, *sorted((card.get("int8") or {}).get("files") or {}), *([guard] if guard else [])]
     members = {n: (pkg / n).read_bytes() for n in names}
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": str(card.get("name")),
                 "files": {n: hashlib.sha256(b).hexdigest() for n, b in members.items()}}
