@@ -1,20 +1,38 @@
 """Database: engine set-up (SQLite WAL + busy timeout), migrations at start-up, sessions.
 
 One Session per thread and one transaction per user action or per batch.
+
+Migrations are atomic: on SQLite the whole upgrade runs in one ``BEGIN IMMEDIATE``
+transaction that also covers the DDL (pysqlite's own transaction handling is switched off
+for that connection, see :func:`migration_transaction`), so a process killed, or a disk
+filling up, in the middle of an upgrade leaves the database at its old revision with all its
+data; the next start migrates again. PostgreSQL has transactional DDL of its own.
+
+First-time setup (migrations and registering the bundled model) is safe when several
+processes start at once: :func:`open_database` does it under a file lock in the data
+directory and, on PostgreSQL, under a server-wide advisory lock (several machines).
+
+Database URLs are :class:`sqlalchemy.engine.URL` objects built with ``URL.create``, never
+strings put together by formatting, and Alembic gets the connection, not the URL (its
+config parser would read ``%`` in a password or a path as interpolation).
 """
 from __future__ import annotations
 
+import logging
+import os
+import time
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator
+from functools import lru_cache, partial
+from typing import TYPE_CHECKING, Iterator
 
-from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import create_engine, event, inspect, select, text
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..config import resources_dir
-from ..errors import DatabaseBusyError
+from ..errors import DatabaseBusyError, DatabaseUnavailableError, HemascanError
+from .errors import check_sqlite_location, describe_url, user_error
 from .models import (  # noqa: F401  (re-exported)
     Base,
     Image,
@@ -28,50 +46,142 @@ from .models import (  # noqa: F401  (re-exported)
     utcnow,
 )
 
-import os
+if TYPE_CHECKING:
+    from ..config import Paths
+
+log = logging.getLogger(__name__)
 
 # How long a writer waits for another process's lock before giving up with a clear message.
 BUSY_TIMEOUT_MS = int(os.environ.get("HEMASCAN_BUSY_TIMEOUT_MS", "15000"))
+# How long a start waits for another process's first-time setup (a long migration) to finish.
+SETUP_LOCK_TIMEOUT_S = float(os.environ.get("HEMASCAN_SETUP_LOCK_TIMEOUT_S", "600"))
+# pg_advisory_lock key of hemascan's first-time setup ("hemascan" in ASCII, as a bigint).
+PG_SETUP_LOCK_KEY = int.from_bytes(b"hemascan", "big") & 0x7FFF_FFFF_FFFF_FFFF
+SETUP_LOCK_FILE = ".setup.lock"
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def to_url(url: str | URL) -> URL:
+    """A URL object from a URL given by a person (``--db-url``) or built by ``URL.create``."""
+    return url if isinstance(url, URL) else make_url(str(url))
+
+
+def _sqlite_pragmas(dbapi_conn, _record, busy_timeout_ms: int) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
+    try:
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cur.close()
 
 
-def make_engine(url: str) -> Engine:
-    is_sqlite = url.startswith("sqlite")
-    kwargs = {}
-    if is_sqlite:
-        path = url.split("sqlite:///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
-    engine = create_engine(url, **kwargs)
-    if is_sqlite:
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
+def make_engine(url: str | URL, busy_timeout_ms: int | None = None) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout (``busy_timeout_ms``, default
+    :data:`BUSY_TIMEOUT_MS`) and foreign keys. A SQLite file's folder must exist."""
+    url = to_url(url)
+    busy = BUSY_TIMEOUT_MS if busy_timeout_ms is None else int(busy_timeout_ms)
+    if url.get_backend_name() == "sqlite":
+        check_sqlite_location(url)
+        engine = create_engine(url, connect_args={"timeout": busy / 1000, "check_same_thread": False})
+        event.listen(engine, "connect", partial(_sqlite_pragmas, busy_timeout_ms=busy))
+        return engine
+    kwargs: dict = {"pool_pre_ping": True}
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2") \
+            and "connect_timeout" not in url.query:
+        kwargs["connect_args"] = {"connect_timeout": 10}  # a server that is down: a message, not a hang
+    return create_engine(url, **kwargs)
 
 
-def alembic_config(engine: Engine):
+@contextmanager
+def migration_transaction(engine: Engine) -> Iterator[Connection]:
+    """One connection in one transaction that covers DDL too.
+
+    pysqlite (Python < 3.12) commits on its own before DDL and begins only before DML, so an
+    Alembic upgrade ran as many small transactions: a kill in between left half a schema
+    ("table images already exists"). Here its transaction handling is switched off for this
+    connection (``isolation_level = None``) and the transaction is begun explicitly with
+    ``BEGIN IMMEDIATE`` (the write lock at once: two processes migrating queue up), as the
+    SQLAlchemy docs' pysqlite "Serializable isolation / Savepoints / Transactional DDL" recipe
+    does. Commit and rollback go through the DBAPI as usual."""
+    with engine.connect() as conn:
+        if engine.dialect.name != "sqlite":
+            with conn.begin():
+                yield conn
+            return
+        dbapi_conn = conn.connection.driver_connection
+        legacy = dbapi_conn.isolation_level
+        dbapi_conn.isolation_level = None
+        try:
+            with conn.begin():
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                yield conn
+        finally:
+            try:
+                dbapi_conn.isolation_level = legacy
+            except Exception:  # a broken connection is not given back to the pool
+                conn.invalidate()
+
+
+@contextmanager
+def server_setup_lock(engine: Engine, timeout_s: float | None = None) -> Iterator[None]:
+    """PostgreSQL: a server-wide advisory lock around first-time setup, so that hemascan
+    processes on several machines migrate (and register the bundled model) one at a time.
+    Other databases: nothing (SQLite is covered by the data directory's file lock and by
+    ``BEGIN IMMEDIATE``)."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    timeout_s = SETUP_LOCK_TIMEOUT_S if timeout_s is None else timeout_s
+    with engine.connect() as conn:
+        deadline = time.monotonic() + timeout_s
+        while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": PG_SETUP_LOCK_KEY}).scalar():
+            conn.rollback()
+            if time.monotonic() > deadline:
+                raise DatabaseBusyError("another hemascan has been setting up the database for "
+                                        f"{timeout_s:.0f} s (a migration?); try again when it has finished")
+            time.sleep(0.2)
+        conn.commit()
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_SETUP_LOCK_KEY})
+                conn.commit()
+            except SQLAlchemyError:  # the session is gone, and its lock with it
+                conn.invalidate()
+
+
+def alembic_config(engine: Engine | None = None):
+    """Alembic's config: the migrations' location only. The connection is handed over in
+    ``config.attributes`` (see :func:`upgrade`), never the URL: Alembic's config parser
+    reads ``%`` as interpolation, so a password or a folder name with ``%`` broke it."""
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(resources_dir() / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    cfg.set_main_option("script_location", str(resources_dir() / "migrations").replace("%", "%%"))
     return cfg
 
 
+@lru_cache(maxsize=1)
+def _script_revisions() -> tuple[str, frozenset[str]]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(resources_dir() / "migrations"))
+    return script.get_current_head(), frozenset(r.revision for r in script.walk_revisions())
+
+
+def head_revision() -> str:
+    return _script_revisions()[0]
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` in place (run at every start-up)."""
+    """Bring the schema to ``revision`` in place, all of it in one transaction (every start
+    runs it; an interrupted upgrade leaves the old revision and is done again)."""
     from alembic import command
 
     cfg = alembic_config(engine)
-    with engine.begin() as conn:
+    with server_setup_lock(engine), migration_transaction(engine) as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 
@@ -84,21 +194,52 @@ def current_revision(engine: Engine) -> str | None:
 
 
 class Database:
-    """Engine + session factory for one database URL, migrated on open."""
+    """Engine + session factory for one database URL, migrated on open.
 
-    def __init__(self, url: str, migrate: bool = True):
-        self.url = url
-        self.engine = make_engine(url)
-        if migrate:
-            try:
-                upgrade(self.engine)
-            except OperationalError as exc:
-                if "locked" in str(exc).lower():
-                    raise DatabaseBusyError(
-                        "the database is locked by another hemascan process; try again when it has finished"
-                    ) from None
+    Opening a database that cannot be used (damaged, read-only, unreachable, no driver)
+    raises a :class:`~core.errors.HemascanError` with one sentence that says so."""
+
+    def __init__(self, url: str | URL, migrate: bool = True, busy_timeout_ms: int | None = None):
+        self.engine = None
+        try:
+            self.url = to_url(url)
+            self.engine = make_engine(self.url, busy_timeout_ms)
+            if migrate:
+                self.migrate()
+        except Exception as exc:
+            if self.engine is not None:
+                self.engine.dispose()
+            err = user_error(exc, getattr(self, "url", None))
+            if err is None or err is exc:
                 raise
+            raise err from exc
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def describe(self) -> str:
+        return describe_url(self.url)
+
+    def revision(self) -> str | None:
+        return current_revision(self.engine)
+
+    def migrate(self) -> None:
+        """Upgrade to head unless already there (a database at head is only read, so a
+        read-only database at head still opens)."""
+        head, known = _script_revisions()
+        rev = self.revision()
+        if rev == head:
+            return
+        if rev is not None and rev not in known:
+            raise DatabaseUnavailableError(
+                f"{self.describe()} was written by a newer version of hemascan (schema {rev}); "
+                "update hemascan to use it")
+        upgrade(self.engine)
+
+    def needs_setup(self) -> bool:
+        """True when the schema is not at head or no model version is active yet."""
+        if self.revision() != head_revision():
+            return True
+        with self.engine.connect() as conn:
+            return conn.execute(select(ModelVersion.id).where(ModelVersion.is_active.is_(True)).limit(1)).first() is None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -116,3 +257,64 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def data_dir_lock(paths: "Paths", timeout_s: float | None = None) -> Iterator[None]:
+    """A cross-process lock in the data directory (filelock: released by the OS if its holder
+    is killed) around first-time setup of that directory."""
+    from filelock import FileLock, Timeout
+
+    timeout_s = SETUP_LOCK_TIMEOUT_S if timeout_s is None else timeout_s
+    lock = FileLock(str(paths.data_dir / SETUP_LOCK_FILE), timeout=timeout_s)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise DatabaseBusyError(f"another hemascan has been setting up {paths.data_dir} for {timeout_s:.0f} s "
+                                "(migrating the database or installing the bundled model); try again when "
+                                "it has finished") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def register_default_model(db: Database, paths: "Paths") -> None:
+    """Make the bundled model the active version of a database that has none (first start).
+    A bundled package that cannot be registered is left to the commands that need a model
+    to report (scan and export work without one)."""
+    from ..errors import ModelPackageError
+    from ..registry import ensure_active_model
+
+    with server_setup_lock(db.engine):
+        try:
+            with db.session() as s:
+                ensure_active_model(s, paths)
+        except ModelPackageError as exc:
+            log.warning("bundled model not registered: %s", exc)
+
+
+def open_database(paths: "Paths", url: str | URL | None = None) -> Database:
+    """Open (and on first use set up) the database of ``paths``: migrations and the bundled
+    model's registration run under a lock in the data directory (and, on PostgreSQL, a
+    server-wide advisory lock), so several processes may start at once on a new data
+    directory. An existing, set-up database takes no lock and is only read on open."""
+    url = to_url(url) if url is not None else paths.db_url()
+    db = Database(url, migrate=False)
+    try:
+        try:
+            if db.needs_setup():
+                with data_dir_lock(paths):
+                    db.migrate()
+                    register_default_model(db, paths)
+        except HemascanError:
+            raise
+        except Exception as exc:
+            err = user_error(exc, db.url)
+            if err is None:
+                raise
+            raise err from exc
+    except BaseException:
+        db.dispose()
+        raise
+    return db

@@ -1,26 +1,39 @@
-"""Alembic environment: run with a connection handed in by core.db.upgrade (at start-up)
-or with the URL in the config (``alembic`` command line)."""
-from alembic import context
-from sqlalchemy import create_engine
+"""Alembic environment.
 
+hemascan hands in a connection already inside one transaction (core.db.upgrade, at every
+start): on SQLite that transaction covers the DDL too (core.db.migration_transaction), so an
+upgrade is all or nothing. Run by hand (``alembic`` with a config holding sqlalchemy.url),
+the same transactional connection is made here.
+"""
+from alembic import context
+
+from core.db import make_engine, migration_transaction
 from core.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata
 
 
+def _run(connection) -> None:
+    # transactional_ddl: every migration and the version table update share the caller's
+    # transaction (Alembic assumes SQLite cannot, and would otherwise not wrap them).
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                      transactional_ddl=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 def run_migrations() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
-        with context.begin_transaction():
-            context.run_migrations()
+        _run(connection)
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
-    with engine.begin() as conn:
-        context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
-        with context.begin_transaction():
-            context.run_migrations()
+    engine = make_engine(config.get_main_option("sqlalchemy.url"))
+    try:
+        with migration_transaction(engine) as conn:
+            _run(conn)
+    finally:
+        engine.dispose()
 
 
 run_migrations()
