@@ -51,7 +51,9 @@ def _classify_args(p: argparse.ArgumentParser) -> None:
                    help="auto (default): the package's checked int8 model on a CPU (else fp32), bf16/fp16 on CUDA")
 
 
-def _summarise_predictions(app: App, folder: str) -> None:
+def _summarise_predictions(app: App, folder: str) -> tuple[int, int]:
+    """Print the counts per class, uncertain and outside the model's experience; returns
+    (outside, total)."""
     from sqlalchemy import select
 
     from .db import Prediction
@@ -62,19 +64,31 @@ def _summarise_predictions(app: App, folder: str) -> None:
         version = active_version(s)
         ids = [i for i, _ in images_under(s, folder)]
         counts: Counter = Counter()
-        uncertain = 0
+        uncertain = outside = assessed = 0
         for start in range(0, len(ids), 900):
-            for label, unc in s.execute(select(Prediction.label, Prediction.uncertain).where(
-                    Prediction.model_version_id == version.id, Prediction.image_id.in_(ids[start:start + 900]))):
+            for label, unc, ood in s.execute(
+                    select(Prediction.label, Prediction.uncertain, Prediction.out_of_distribution).where(
+                        Prediction.model_version_id == version.id, Prediction.image_id.in_(ids[start:start + 900]))):
+                assessed += ood is not None
+                if ood:  # its class is not reliable: counted apart, not as a class
+                    outside += 1
+                    continue
                 counts[label] += 1
                 uncertain += bool(unc)
-    total = sum(counts.values())
+    total = sum(counts.values()) + outside
     if not total:
-        return
+        return 0, 0
+    classified = total - outside
     app.echo(f"predictions by {version.name}" + (" (PLACEHOLDER, untrained: results are meaningless)" if version.card.get("placeholder") else "") + ":")
     for cls in version.card["classes"]:
-        app.echo(f"  {cls:<12} {counts[cls]:>7}  {100 * counts[cls] / total:5.1f}%")
-    app.echo(f"  {'uncertain':<12} {uncertain:>7}  {100 * uncertain / total:5.1f}%  (below the model's confidence threshold)")
+        app.echo(f"  {cls:<12} {counts[cls]:>7}  {100 * counts[cls] / max(classified, 1):5.1f}%")
+    app.echo(f"  {'uncertain':<12} {uncertain:>7}  {100 * uncertain / max(classified, 1):5.1f}%  (below the model's confidence threshold)")
+    if assessed:
+        app.echo(f"  outside the model's experience: {outside} of {total} ({100 * outside / total:.1f}%): unlike the "
+                 "images it was trained on; their class is not reliable and not counted above")
+    else:
+        app.echo("  (this model has no foreign-image guard: images unlike its training data are not flagged)")
+    return outside, total
 
 
 @command("classify", "scan a folder and predict every image not yet predicted by the active model", _classify_args)
@@ -264,5 +278,8 @@ def cmd_demo(args, app: App) -> int:
     rc = cmd_classify(ns, app)
     if rc:
         return rc
+    app.echo("note: these synthetic images are, honestly, foreign to a model trained on real smears: the "
+             "ones flagged 'outside the model's experience' above are flagged as they should be, and the "
+             "classes given to the others mean nothing.")
     out = app.paths.data_dir / "demo-predictions.csv"
     return cmd_export(argparse.Namespace(format="csv", output=str(out), folder=str(folder)), app)

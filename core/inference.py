@@ -262,6 +262,9 @@ def classify(
             if ids:
                 insert_ignore(s, Prediction.__table__, _prediction_rows(ids, assessment, version_id, predictor.card, runtime),
                               ["image_id", "model_version_id"])
+                # decoded and predicted now: an error another model's run left on these files is stale
+                s.execute(update(ImageFile).where(ImageFile.image_id.in_(ids), ImageFile.error.is_not(None))
+                          .values(error=None))
             for path, err in failed:
                 if path in changed:  # the file no longer holds that image: unlink it, and the next scan re-reads it
                     s.execute(update(ImageFile).where(ImageFile.path == path, ImageFile.image_id == changed[path])
