@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from .config import Paths, resources_dir
 from .db import ModelVersion, Setting
 from .errors import ModelPackageError
-from .modelpkg import package_files, read_card, validate_model_name, verify_package
+from .modelpkg import CARD_FILE, package_files, read_card, validate_model_name, verify_package
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +142,33 @@ def ensure_active_model(session: Session, paths: Paths) -> ModelVersion:
             log.info("removed a leftover of an interrupted write: %s", p)
     except OSError as exc:  # never in the way of classifying
         log.warning("could not clean temporary model files: %s", exc)
+    register_bundled(session, paths)
     version = active_version(session)
     if version is not None:
         return version
     return register_package(session, paths, bundled_default_package(), activate=True)
+
+
+def bundled_packages() -> list[Path]:
+    """Every model package shipped in resources/models (the default, the ALL-vs-normal model, ...)."""
+    root = resources_dir() / "models"
+    return sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file()) if root.is_dir() else []
+
+
+def register_bundled(session: Session, paths: Paths) -> list[str]:
+    """Register the bundled packages this database does not know yet (a new data directory, or
+    a hemascan update that ships a new model); none is activated here. Returns their names."""
+    known = set(session.scalars(select(ModelVersion.name)))
+    added = []
+    for package in bundled_packages():
+        try:
+            name = read_card(package).name
+            if name not in known:
+                register_package(session, paths, package, activate=False)
+                added.append(name)
+        except ModelPackageError as exc:  # one damaged bundled package never blocks the others
+            log.warning("bundled model %s not registered: %s", package.name, exc)
+    return added
 
 
 def get_version(session: Session, name: str) -> ModelVersion:
