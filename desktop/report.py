@@ -15,7 +15,9 @@ from sqlalchemy import select
 from core import gallery as q
 from core.db import Prediction
 from core.fspath import display
+from core.taxonomy import OTHER, OTHER_TITLE
 
+from .models_panel import trained_on
 from .gallery import make_thumbnail
 
 log = logging.getLogger(__name__)
@@ -68,11 +70,16 @@ def write_report(db, folder, version: dict | None, reviewer: str, output, n_thum
     now = datetime.now(timezone.utc).astimezone()
     card = (version or {}).get("card") or {}
     rows = []
-    for c in classes + sorted(set(counts.reviewed) - set(classes)):
+    for c in classes + sorted(set(counts.reviewed) - set(classes) - {OTHER}):
         pn, rn = counts.predicted.get(c, 0), counts.reviewed.get(c, 0)
         rows.append(f"<tr><td>{html.escape(c)}</td><td align='right'>{pn}</td>"
-                    f"<td align='right'>{counts.pct(pn, counts.n_predicted):.1f}%</td>"
-                    f"<td align='right'>{rn}</td><td align='right'>{counts.pct(rn, counts.n_reviewed):.1f}%</td></tr>")
+                    f"<td align='right'>{counts.pct(pn, counts.n_classified):.1f}%</td>"
+                    f"<td align='right'>{rn}</td><td align='right'>{counts.pct(rn, counts.n_reviewed_classes):.1f}%</td></tr>")
+    # not classes: their own rows, outside the percentages
+    rows.append(f"<tr><td><i>Outside the model's experience</i></td><td align='right'>{counts.n_outside}</td>"
+                f"<td></td><td></td><td></td></tr>")
+    rows.append(f"<tr><td><i>{OTHER_TITLE}</i></td><td></td><td></td>"
+                f"<td align='right'>{counts.reviewed.get(OTHER, 0)}</td><td></td></tr>")
     rows.append(f"<tr><td><b>Total</b></td><td align='right'><b>{counts.n_predicted}</b></td><td></td>"
                 f"<td align='right'><b>{counts.n_reviewed}</b></td><td></td></tr>")
     thumbs = []
@@ -87,6 +94,8 @@ def write_report(db, folder, version: dict | None, reviewer: str, output, n_thum
             log.info("report thumbnail of %s failed: %s", r.name, exc)
             continue
         rev = f"<br>reviewed: {html.escape(r.reviewed)}" if r.reviewed else ""
+        if r.outside:
+            rev = "<br><b>outside the model's experience</b>" + rev
         thumbs.append(f"<td align='center' width='25%'><img src='{url}' width='110' height='110'><br>"
                       f"<small>{html.escape(r.name)}<br>{html.escape(r.predicted or '-')} "
                       f"{(r.confidence or 0):.0%}{rev}</small></td>")
@@ -111,7 +120,10 @@ def write_report(db, folder, version: dict | None, reviewer: str, output, n_thum
       <tr><th>Class</th><th>Predicted</th><th>%</th><th>Reviewed</th><th>%</th></tr>
       {''.join(rows)}
     </table>
-    <p><small>Percentages of predicted images and of reviewed images respectively.</small></p>
+    <p><small>Percentages of the predicted images inside the model's experience and of the images
+    reviewers gave a class, respectively. {counts.n_outside} image(s) were unlike anything the model was
+    trained on ({html.escape(trained_on(card))}): their predicted class is not reliable and they are
+    not counted in the classes. "{OTHER_TITLE}" is a reviewer's answer that no class fits.</small></p>
     <h3>Model card metrics</h3>
     {_metrics_html(card)}
     <h3>Least confident predictions</h3>
