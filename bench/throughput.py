@@ -117,12 +117,57 @@ def model_rate(files: list[Path], package: Path, device: str, precision: str = "
     bs = pred.batch_size
     batch = np.stack([pred.load_image(str(p)) for p in (files * (bs // max(1, len(files)) + 1))[:bs]])
     for _ in range(3):
-        pred.predict(batch)
+        pred.assess(batch)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        pred.predict(batch)
+        pred.assess(batch)  # what classify runs: probabilities and the guard's verdict
         n += bs
     return n / (time.perf_counter() - t0), f"{pred.engine_name} {pred.precision}", bs
+
+
+def guard_cost(files: list[Path], package: Path, precision: str = "auto", seconds: float = 6.0) -> dict | None:
+    """The foreign-image guard's cost on the CPU path, measured in one run: the package's
+    OpenVINO model with its logits output only (the pipeline before the guard existed)
+    against logits + embedding + the guard's distances (what classify runs now), interleaved."""
+    import openvino as ov
+
+    from core.engines import with_uint8_input
+    from core.inference import Predictor
+
+    pred = Predictor(package, "cpu", engine="openvino", precision=precision)
+    if pred.guard is None or not pred.engine._has_embedding:
+        return None
+    bs = pred.batch_size
+    batch = np.stack([pred.load_image(str(p)) for p in (files * (bs // max(1, len(files)) + 1))[:bs]])
+    if pred.precision != "int8":
+        return None
+    # the same int8 IR cut to its first output, compiled exactly as the engine compiles its model
+    core = ov.Core()
+    src = core.read_model(str(Path(package) / "model.int8.xml"))
+    src = ov.Model([src.get_results()[0]], src.get_parameters(), "logits-only")
+    logits_only = core.compile_model(with_uint8_input(src, pred.prep), "CPU", {
+        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": pred.engine.threads, "INFERENCE_PRECISION_HINT": "f32"})
+    req = logits_only.create_infer_request()
+
+    def before():
+        req.infer({0: batch})
+
+    def after():
+        pred.assess(batch)
+
+    rates = {"before": 0.0, "after": 0.0}
+    for fn in (before, after):
+        for _ in range(3):
+            fn()
+    for _ in range(3):  # interleaved rounds: the machine's load affects both alike
+        for key, fn in (("before", before), ("after", after)):
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds / 6:
+                fn()
+                n += bs
+            rates[key] += n / (time.perf_counter() - t0) / 3
+    return {"logits_only": rates["before"], "with_guard": rates["after"],
+            "cost": 1.0 - rates["after"] / rates["before"], "precision": pred.precision}
 
 
 def time_to_first_prediction(files: list[Path]) -> float:
@@ -245,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"decode + preprocess only ({workers} threads):     {d:8.1f} images/s", flush=True)
     m, precision, bs = model_rate(files, package, args.device, args.precision)
     print(f"model only ({precision}, batch {bs}):                {m:8.1f} images/s", flush=True)
+    if device.type == "cpu":
+        g = guard_cost(files, package, args.precision)
+        if g is not None:
+            print(f"foreign-image guard (model only, {g['precision']}): logits only {g['logits_only']:.1f} images/s, "
+                  f"with embedding + guard {g['with_guard']:.1f} images/s: cost {g['cost']:.1%}", flush=True)
     if device.type == "cuda":
         ceiling, how = min(d, m), "min(decode, model): separate hardware"
     else:

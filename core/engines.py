@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import HemascanError, ModelPackageError
 from .modelpkg import ModelCard, sha256_file
+from .guard import ForeignImageGuard
 from .runtime import CPU_BATCH, RuntimePlan  # noqa: F401  (CPU_BATCH re-exported)
 
 log = logging.getLogger(__name__)
@@ -128,10 +129,11 @@ def load_folded_model(package: Path, card: ModelCard):
 class TorchEngine:
     name = "torch"
 
-    def __init__(self, package: Path, card: ModelCard, plan: RuntimePlan, cache_dir: Path | None = None):
+    def __init__(self, package: Path, card: ModelCard, plan: RuntimePlan, cache_dir: Path | None = None,
+                 guard: ForeignImageGuard | None = None):
         import torch
 
-        self.card, self.prep, self.plan = card, card.prep, plan
+        self.card, self.prep, self.plan, self.guard = card, card.prep, plan, guard
         self.device = torch.device(str(plan.device))
         from .architectures import LogitsAndEmbedding
 
@@ -187,6 +189,13 @@ class TorchEngine:
 
     def logits(self, batch_u8: np.ndarray) -> np.ndarray:
         return self.infer(batch_u8)[0]
+
+    def scores(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(logits, guard distance, distance to the nearest "Other" centre); None without a guard."""
+        logits, emb = self.infer(batch_u8)
+        if self.guard is None:
+            return logits, None, None
+        return logits, self.guard.distances(emb), self.guard.other_distances(emb)
 
 
 # --- OpenVINO ----------------------------------------------------------------------------
@@ -263,6 +272,30 @@ def with_uint8_input(model, prep):
     return ppp.build()
 
 
+def with_guard_outputs(model, guard: ForeignImageGuard):
+    """The model (outputs: logits, embedding) with the guard's distances computed in the graph:
+    outputs logits, distance to the nearest class mean, and (with "Other" centres) the distance
+    to the nearest of those. The same arithmetic as ForeignImageGuard.distances."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    logits, emb = (r.input_value(0) for r in model.get_results()[:2])  # the producers, not the old Results
+    axis = ops.constant(np.array([1], np.int64))
+    z = ops.matmul(emb, ops.constant(np.ascontiguousarray(guard.whitening, np.float32)), False, False)
+    zz = ops.reduce_sum(ops.multiply(z, z), axis, True)
+
+    def nearest(means: np.ndarray):
+        zm = ops.matmul(z, ops.constant(np.ascontiguousarray(means.T, np.float32)), False, False)
+        mm = ops.constant(((means.astype(np.float32) ** 2).sum(1))[None, :])
+        d = ops.add(ops.subtract(zz, ops.multiply(zm, ops.constant(np.float32(2.0)))), mm)
+        return ops.maximum(ops.reduce_min(d, axis, False), ops.constant(np.float32(0.0))).output(0)
+
+    outputs = [logits, nearest(guard.class_means)]
+    if guard.has_other:
+        outputs.append(nearest(guard.other_means))
+    return ov.Model(outputs, model.get_parameters(), "with-guard")
+
+
 def int8_files(package: Path, card: ModelCard) -> Path:
     """The verified int8 IR's .xml path (its .bin beside it); refuses modified files."""
     files = (card.int8 or {}).get("files") or {}
@@ -283,7 +316,8 @@ def int8_files(package: Path, card: ModelCard) -> Path:
 class OpenVINOEngine:
     name = "openvino"
 
-    def __init__(self, package: Path, card: ModelCard, plan: RuntimePlan, cache_dir: Path | None = None):
+    def __init__(self, package: Path, card: ModelCard, plan: RuntimePlan, cache_dir: Path | None = None,
+                 guard: ForeignImageGuard | None = None):
         import openvino as ov
 
         if plan.device.type != "cpu":
@@ -299,12 +333,19 @@ class OpenVINOEngine:
             raise HemascanError(f"precision {plan.precision!r} is not available with the OpenVINO engine (fp32, int8)")
         self.precision = plan.precision
         self.threads = plan.threads
+        self._has_embedding = len(model.outputs) > 1
+        # The guard's arithmetic runs inside the graph, in OpenVINO's own threads: in numpy
+        # beside OpenVINO the two thread pools fought and the guard cost ~50% of throughput.
+        self.guard = guard if self._has_embedding else None
+        self._n_guard_outputs = 0
+        if self.guard is not None:
+            model = with_guard_outputs(model, self.guard)
+            self._n_guard_outputs = 2 if self.guard.has_other else 1
         # f32 hint: on AMX CPUs OpenVINO would otherwise run the float parts in bf16 unasked
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads,
                   "INFERENCE_PRECISION_HINT": "f32"}
         self._compiled = core.compile_model(with_uint8_input(model, card.prep), "CPU", config)
         self._request = self._compiled.create_infer_request()
-        self._has_embedding = len(self._compiled.outputs) > 1
         self._lock = threading.Lock()  # one infer request: one caller at a time
 
     @staticmethod
@@ -336,15 +377,24 @@ class OpenVINOEngine:
     def describe(self) -> str:
         return self.plan.describe()
 
-    def infer(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits, embedding or None where the model has no embedding output, e.g. an int8
-        model made before the guard existed)."""
+    def _run(self, batch_u8: np.ndarray) -> list[np.ndarray]:
         with self._lock:
             self._request.infer({0: np.ascontiguousarray(batch_u8)})
-            logits = np.array(self._request.get_output_tensor(0).data, dtype=np.float32, copy=True)
-            emb = (np.array(self._request.get_output_tensor(1).data, dtype=np.float32, copy=True)
-                   if self._has_embedding else None)
-        return logits, emb
+            return [np.array(self._request.get_output_tensor(i).data, dtype=np.float32, copy=True)
+                    for i in range(len(self._compiled.outputs))]
+
+    def infer(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, embedding or None where the model has no embedding output, e.g. an int8
+        model made before the guard existed, or where the guard replaced it in the graph)."""
+        out = self._run(batch_u8)
+        return out[0], (out[1] if self._has_embedding and self.guard is None else None)
+
+    def scores(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(logits, guard distance, distance to the nearest "Other" centre); None without a guard."""
+        out = self._run(batch_u8)
+        if self.guard is None:
+            return out[0], None, None
+        return out[0], out[1], (out[2] if self._n_guard_outputs == 2 else None)
 
     def logits(self, batch_u8: np.ndarray) -> np.ndarray:
         return self.infer(batch_u8)[0]

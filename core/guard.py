@@ -49,14 +49,27 @@ class ForeignImageGuard:
         d = (z * z).sum(1, keepdims=True) - 2.0 * z @ means.T + (means ** 2).sum(1)
         return np.maximum(d.min(1), 0.0)
 
+    @property
+    def has_other(self) -> bool:
+        return self.other_means is not None and len(self.other_means) > 0
+
+    def other_distances(self, embeddings: np.ndarray) -> np.ndarray | None:
+        """Squared distance to the nearest "Other" centre (None when reviewers gave none)."""
+        if not self.has_other:
+            return None
+        return self._nearest(np.asarray(embeddings, dtype=np.float32) @ self.whitening, self.other_means)
+
+    def verdict(self, distances: np.ndarray, other_distances: np.ndarray | None = None) -> np.ndarray:
+        """Outside the model's experience: too far from every class, or nearer an "Other" centre."""
+        outside = np.asarray(distances) > self.threshold
+        if other_distances is not None:
+            outside |= np.asarray(other_distances) < distances
+        return outside
+
     def flags(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(distances, outside the model's experience) for a batch of embeddings."""
         d = self.distances(embeddings)
-        outside = d > self.threshold
-        if self.other_means is not None and len(self.other_means):
-            z = np.asarray(embeddings, dtype=np.float32) @ self.whitening
-            outside |= self._nearest(z, self.other_means) < d
-        return d, outside
+        return d, self.verdict(d, self.other_distances(embeddings))
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"whitening": np.ascontiguousarray(self.whitening, np.float32),

@@ -66,8 +66,8 @@ class Predictor:
         self.prep: Preprocessing = self.card.prep
         self.classes = list(self.card.classes)
         self.engine_name = plan.engine
-        self.engine = ENGINES[plan.engine](Path(package), self.card, plan, cache_dir=cache_dir)
         self.guard = load_guard(Path(package), self.card.guard, len(self.classes))
+        self.engine = ENGINES[plan.engine](Path(package), self.card, plan, cache_dir=cache_dir, guard=self.guard)
 
     @property
     def precision(self) -> str:
@@ -104,12 +104,11 @@ class Predictor:
     def assess(self, batch_u8: np.ndarray) -> "Assessment":
         """Probabilities and, where the package has a guard and the engine an embedding, the
         guard's distance and whether each image is outside the model's experience."""
-        logits, emb = self.engine.infer(batch_u8)
+        logits, distance, other = self.engine.scores(batch_u8)
         probs = self._probabilities(logits)
-        if self.guard is None or emb is None:
+        if self.guard is None or distance is None:
             return Assessment(probs, None, None)
-        distance, outside = self.guard.flags(emb)
-        return Assessment(probs, distance, outside)
+        return Assessment(probs, distance, self.guard.verdict(distance, other))
 
     def load_image(self, path: str, expected_sha256: str | None = None) -> np.ndarray:
         """Read the file once and decode those bytes. With ``expected_sha256`` (what the scan

@@ -77,8 +77,10 @@ def test_guard_file_round_trip_and_hash_check(tmp_path):
         load_guard(tmp_path, record3, n_classes=2)
 
 
-@pytest.mark.parametrize("engine,precision", [("torch", "fp32"), ("openvino", "fp32")])
-def test_engines_return_the_penultimate_embedding(tmp_path, engine, precision):
+@pytest.mark.parametrize("engine,precision", [("torch", "fp32"), ("openvino", "fp32"), ("openvino", "int8")])
+def test_engines_compute_the_guard_distance_of_the_penultimate_embedding(tmp_path, engine, precision):
+    """torch returns the embedding and the guard runs in numpy; OpenVINO computes the distances
+    inside its graph. Both against the plain fp32 model's embedding through the numpy guard."""
     import torch
 
     from core.architectures import LogitsAndEmbedding
@@ -92,10 +94,18 @@ def test_engines_return_the_penultimate_embedding(tmp_path, engine, precision):
     with torch.inference_mode():
         ref_logits, ref_emb = LogitsAndEmbedding(model.eval())(card.prep.normalise(torch.from_numpy(x)))
     pred = Predictor(pkg, "cpu", engine=engine, precision=precision, cache_dir=tmp_path)
-    logits, emb = pred.engine.infer(x)
-    assert emb.shape == (4, 1280)
-    assert np.abs(logits - ref_logits.numpy()).max() < 1e-3  # fp32 vs fp32 (BN folded)
-    assert np.abs(emb - ref_emb.numpy()).max() < 1e-3
+    assert pred.guard is not None
+    logits, distance, other = pred.engine.scores(x)
+    ref_d = pred.guard.distances(ref_emb.numpy())
+    assert other is None and distance.shape == (4,)
+    # fp32 vs fp32 (BN folded): equal to float rounding. int8 on these noise images (far from any
+    # smear) drifts up to ~15%; on real in-lab images its flagged share matches fp32 (docs/trainer.md)
+    tol = 1e-3 if precision == "fp32" else 0.2
+    assert np.abs(logits - ref_logits.numpy()).max() < (1e-3 if precision == "fp32" else 1.0)
+    assert np.abs(distance - ref_d).max() <= tol * ref_d.max()
+    assert (pred.guard.verdict(distance) == pred.guard.verdict(ref_d)).all()
+    if engine == "torch":
+        assert pred.engine.infer(x)[1].shape == (4, 1280)
 
 
 @pytest.fixture(scope="module")
