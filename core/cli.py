@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from typing import Callable
 
 from .config import Paths, resolve_paths
-from .errors import HemascanError
+from .errors import EXIT_INTERRUPTED
 
 log = logging.getLogger("hemascan")
 
@@ -55,9 +55,10 @@ class App:
     @property
     def db(self):
         if self._db is None:
-            from .db import Database
+            from .db import open_database
 
-            self._db = Database(self.db_url)
+            # first use sets up a new data directory (migrations, bundled model) under a lock
+            self._db = open_database(self.paths, self.db_url)
         return self._db
 
     def progress(self, job, desc: str):
@@ -135,15 +136,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(paths: Paths, verbose: bool) -> None:
-    paths.logs.mkdir(parents=True, exist_ok=True)
+class _LogFile(logging.FileHandler):
+    """The log file; if writing to it fails later (disk full), it says so once on stderr
+    and stops, instead of printing logging's traceback for every record."""
+
+    def handleError(self, record) -> None:
+        if self.level <= logging.CRITICAL:
+            self.setLevel(logging.CRITICAL + 10)
+            print(f"hemascan: warning: could not write the log file {self.baseFilename}; carrying on without it",
+                  file=sys.stderr, flush=True)
+
+
+def setup_logging(paths: Paths, verbose: bool) -> str | None:
+    """Log to ``logs/hemascan.log`` in the data directory. A log file that cannot be written
+    (a read-only or full disk, ``logs`` being a file) is not an error: one warning line on
+    stderr, and the command runs. Returns the log file's path, or None."""
     log_file = str(paths.logs / "hemascan.log")
     root = logging.getLogger()
-    if not any(getattr(h, "baseFilename", None) == log_file for h in root.handlers):
-        handler = logging.FileHandler(log_file, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if any(getattr(h, "baseFilename", None) == log_file for h in root.handlers):
+        return log_file
+    try:
+        paths.logs.mkdir(parents=True, exist_ok=True)
+        handler = _LogFile(log_file, encoding="utf-8")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if paths.logs.exists() and not paths.logs.is_dir():
+            reason = f"{paths.logs} is a file, not a folder"
+        print(f"hemascan: warning: cannot write the log file {log_file} ({reason}); carrying on without it",
+              file=sys.stderr, flush=True)
+        if not root.handlers:  # else logging's last resort prints records (and tracebacks) on stderr
+            root.addHandler(logging.NullHandler())
+        return None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    return log_file
+
+
+def report_error(exc: BaseException, db_url=None) -> int | None:
+    """Print the one-sentence message for an error a person can act on and return its exit
+    code (core/errors.py, README); None for anything else (a bug: let its traceback show)."""
+    from .db.errors import user_error
+
+    err = user_error(exc, db_url)
+    if err is None:
+        return None
+    log.error("%s", err, exc_info=exc if err is not exc else None)
+    print(f"hemascan: error: {err}", file=sys.stderr, flush=True)
+    return err.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,26 +192,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from sqlalchemy.exc import OperationalError
-
+    app = None
     try:
         paths = resolve_paths(args.data_dir)
-        app = App(paths, args.db_url, quiet=args.quiet)
         setup_logging(paths, args.verbose)
+        app = App(paths, args.db_url, quiet=args.quiet)
         _install_sigint(app)
         return COMMANDS[args.command].run(args, app) or 0
-    except HemascanError as exc:
-        log.error("%s", exc)
-        print(f"hemascan: error: {exc}", file=sys.stderr)
-        return 2
-    except OperationalError as exc:
-        if "locked" not in str(exc).lower():
-            raise
-        print("hemascan: error: the database is locked by another process (another hemascan "
-              "still writing?); nothing was lost, try again when it has finished", file=sys.stderr)
-        return 3
     except KeyboardInterrupt:
         print("hemascan: aborted", file=sys.stderr)
-        return 130
-
-
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        code = report_error(exc, app.db_url if app is not None else args.db_url)
+        if code is None:
+            raise
+        return code

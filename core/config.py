@@ -37,12 +37,24 @@ class Paths:
     def samples(self) -> Path:
         return self.data_dir / "samples"
 
-    def db_url(self, override: str | None = None) -> str:
-        return override or os.environ.get("HEMASCAN_DB_URL") or f"sqlite:///{self.database}"
+    def db_url(self, override=None):
+        """The database URL (a :class:`sqlalchemy.engine.URL`): ``override`` (``--db-url``), else
+        ``HEMASCAN_DB_URL``, else SQLite in the data directory. Built with ``URL.create``, never
+        by formatting: a folder named ``lab?1`` or ``lab%1`` stays a folder name."""
+        from sqlalchemy.engine import URL, make_url
+
+        given = override or os.environ.get("HEMASCAN_DB_URL")
+        if given:
+            return given if isinstance(given, URL) else make_url(str(given))
+        return URL.create("sqlite", database=str(self.database))
 
     def ensure(self) -> "Paths":
-        for d in (self.data_dir, self.models, self.logs, self.cache):
+        for d in (self.data_dir, self.models, self.cache):
             d.mkdir(parents=True, exist_ok=True)
+        try:  # the log is not essential: setup_logging says so once if it cannot be written
+            self.logs.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
         return self
 
 

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..config import resources_dir
 from ..errors import DatabaseBusyError, DatabaseUnavailableError, HemascanError
-from .errors import check_sqlite_location, describe_url, user_error
+from .errors import check_sqlite_location, describe_url, missing_driver, user_error
 from .models import (  # noqa: F401  (re-exported)
     Base,
     Image,
@@ -90,7 +90,10 @@ def make_engine(url: str | URL, busy_timeout_ms: int | None = None) -> Engine:
     if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2") \
             and "connect_timeout" not in url.query:
         kwargs["connect_args"] = {"connect_timeout": 10}  # a server that is down: a message, not a hang
-    return create_engine(url, **kwargs)
+    try:
+        return create_engine(url, **kwargs)
+    except ImportError as exc:  # e.g. postgresql:// without psycopg installed
+        raise missing_driver(exc) from exc
 
 
 @contextmanager
@@ -113,11 +116,21 @@ def migration_transaction(engine: Engine) -> Iterator[Connection]:
         legacy = dbapi_conn.isolation_level
         dbapi_conn.isolation_level = None
         try:
+            # SQLite's procedure for schema changes that rebuild tables (Alembic's batch mode):
+            # foreign keys off outside the transaction, checked before the commit.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
             with conn.begin():
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
                 yield conn
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise DatabaseUnavailableError(f"the schema upgrade would break {len(broken)} reference(s) "
+                                                   f"between tables (first: {tuple(broken[0])}); nothing was changed")
         finally:
             try:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
                 dbapi_conn.isolation_level = legacy
             except Exception:  # a broken connection is not given back to the pool
                 conn.invalidate()
@@ -235,11 +248,15 @@ class Database:
         upgrade(self.engine)
 
     def needs_setup(self) -> bool:
-        """True when the schema is not at head or no model version is active yet."""
+        """True when the schema is not at head, no model version is active yet, or a bundled
+        model package is not registered (a new data directory, or an update shipping one)."""
         if self.revision() != head_revision():
             return True
         with self.engine.connect() as conn:
-            return conn.execute(select(ModelVersion.id).where(ModelVersion.is_active.is_(True)).limit(1)).first() is None
+            if conn.execute(select(ModelVersion.id).where(ModelVersion.is_active.is_(True)).limit(1)).first() is None:
+                return True
+            known = set(conn.scalars(select(ModelVersion.name)))
+        return bool(_bundled_model_names() - known)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -279,19 +296,34 @@ def data_dir_lock(paths: "Paths", timeout_s: float | None = None) -> Iterator[No
         lock.release()
 
 
+def _bundled_model_names() -> set[str]:
+    from ..errors import ModelPackageError
+    from ..modelpkg import read_card
+    from ..registry import bundled_packages
+
+    names = set()
+    for package in bundled_packages():
+        try:
+            names.add(read_card(package).name)
+        except ModelPackageError:  # damaged: registration skips it with a warning, so do we
+            continue
+    return names
+
+
 def register_default_model(db: Database, paths: "Paths") -> None:
-    """Make the bundled model the active version of a database that has none (first start).
-    A bundled package that cannot be registered is left to the commands that need a model
-    to report (scan and export work without one)."""
+    """Register the bundled model packages this database does not know yet and make the
+    default one active if none is (first start). A package that cannot be registered now (damaged,
+    a read-only database, a full disk) is left to the commands that need a model to report
+    (scan and export work without one)."""
     from ..errors import ModelPackageError
     from ..registry import ensure_active_model
 
-    with server_setup_lock(db.engine):
-        try:
-            with db.session() as s:
-                ensure_active_model(s, paths)
-        except ModelPackageError as exc:
-            log.warning("bundled model not registered: %s", exc)
+    try:
+        with server_setup_lock(db.engine), db.session() as s:
+            ensure_active_model(s, paths)
+    except (ModelPackageError, SQLAlchemyError, OSError) as exc:
+        # e.g. a read-only database opened to export: commands that need a model say why
+        log.warning("bundled model not registered now: %s", user_error(exc, db.url) or exc)
 
 
 def open_database(paths: "Paths", url: str | URL | None = None) -> Database:

@@ -48,6 +48,14 @@ def _first_line(exc: BaseException) -> str:
     return text[0].strip() if text else type(orig).__name__
 
 
+def missing_driver(exc: ImportError) -> DatabaseUnavailableError:
+    """The URL's dialect is known but its DBAPI module is not installed."""
+    module = (exc.name or "").split(".")[0]
+    package = DRIVER_PACKAGES.get(module, module or "the driver")
+    return DatabaseUnavailableError(f"the database driver {module or '?'} is not installed; install it "
+                                    f"(pip install {package}) or use another database URL")
+
+
 def _os_error(exc: OSError) -> HemascanError:
     where = f" {exc.filename}" if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -57,11 +65,27 @@ def _os_error(exc: OSError) -> HemascanError:
         return StorageError(f"could not write{where}: the file system is read-only")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return StorageError(f"could not write{where}: permission denied")
-    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+    if exc.errno == errno.ENOTDIR:
+        return StorageError(f"could not use{where}: part of that path is a file, not a folder")
+    if exc.errno == errno.ENOENT:
         return StorageError(f"could not use{where}: no such folder (is the drive or share mounted?)")
     if exc.errno == errno.EEXIST:
         return StorageError(f"could not create{where}: a file of that name is in the way")
     return StorageError(f"could not read or write{where}: {exc.strerror or exc}")
+
+
+def _why_cannot_open(url) -> str:
+    try:
+        u = url if isinstance(url, URL) else make_url(str(url))
+        folder = os.path.dirname(os.path.abspath(u.database)) if u.get_backend_name() == "sqlite" else None
+    except Exception:
+        folder = None
+    if folder and not os.path.isdir(folder):
+        return f"its folder {folder} does not exist"
+    if folder and not os.access(folder, os.W_OK):
+        return (f"its folder {folder} is read-only (SQLite needs to write beside the file), so nothing can be "
+                "read or saved there; ask for write access or use a writable copy (--data-dir, --db-url)")
+    return "the file or its folder cannot be opened (permissions?)"
 
 
 def user_error(exc: BaseException, url=None) -> HemascanError | None:
@@ -76,11 +100,8 @@ def user_error(exc: BaseException, url=None) -> HemascanError | None:
                                         "check the URL (e.g. postgresql+psycopg://user@host/db)")
     if isinstance(exc, sa_exc.ArgumentError):
         return DatabaseUnavailableError(f"not a usable database URL: {_first_line(exc)}")
-    if isinstance(exc, ImportError):  # the dialect is known, its DBAPI module is not installed
-        module = (exc.name or "").split(".")[0]
-        package = DRIVER_PACKAGES.get(module, module or "the driver")
-        return DatabaseUnavailableError(f"the database driver {module or '?'} is not installed; install it "
-                                        f"(pip install {package}) or use another database URL")
+    if isinstance(exc, ImportError) and (exc.name or "").split(".")[0] in DRIVER_PACKAGES:
+        return missing_driver(exc)
     if isinstance(exc, sa_exc.DBAPIError):
         msg = _first_line(exc)
         low = msg.lower()
@@ -99,21 +120,20 @@ def user_error(exc: BaseException, url=None) -> HemascanError | None:
             return DatabaseUnavailableError(f"{where} is read-only, so nothing can be saved; ask for write access "
                                             "or point hemascan at a writable copy (--data-dir, --db-url)")
         if "unable to open database file" in low or code.startswith("SQLITE_CANTOPEN"):
-            return DatabaseUnavailableError(f"could not open {where}: its folder is missing, not writable, or "
-                                            "not a folder")
+            return DatabaseUnavailableError(f"could not open {where}: {_why_cannot_open(url)}")
         if "disk i/o error" in low or code.startswith("SQLITE_IOERR"):
             return StorageError(f"the disk reported an error while using {where} ({msg}); check the drive, "
                                 "then run the command again (everything committed before is kept)")
         if "password authentication failed" in low or "authentication failed" in low or "no password supplied" in low:
             return DatabaseUnavailableError(f"{where} refused the login (wrong user name or password); check "
                                             "--db-url / HEMASCAN_DB_URL")
+        if "does not exist" in low and "database" in low:
+            return DatabaseUnavailableError(f"{where} does not exist on the server; create it first")
         if ("connection refused" in low or "could not connect" in low or "connection failed" in low
                 or "timeout expired" in low or "could not translate host name" in low or "name or service" in low
                 or "server closed the connection" in low or "no route to host" in low):
             return DatabaseUnavailableError(f"could not reach {where}: the server is down or unreachable; "
                                             "start it or check the host and port in the database URL")
-        if "does not exist" in low and "database" in low:
-            return DatabaseUnavailableError(f"{where} does not exist on the server; create it first")
         if isinstance(exc, sa_exc.OperationalError):
             return DatabaseUnavailableError(f"{where} could not be used: {msg}")
         return None
