@@ -3,6 +3,7 @@ latest event; nothing is ever updated or deleted (an undo is a new event)."""
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import threading
 from collections import Counter
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from .db import Database, ImageFile, LabelEvent, utcnow
@@ -18,6 +20,8 @@ from .fspath import to_fs
 from .jobs import Job, Progress
 from .scan import ScanSummary, scan, under_folder
 from .taxonomy import OTHER, resolve_alias, review_labels
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("human", "import", "dataset")
 
@@ -126,3 +130,177 @@ def import_labels(db: Database, folder: str | os.PathLike, reviewer: str | None 
             if cancel.is_set():
                 return summary
     return summary
+
+
+# ---- label writes that never block the caller (the desktop's review keys) ------------------
+
+#: How long the caller's own attempt waits for a lock held by another process: less than a
+#: frame, so a key press never freezes the window; a write that cannot get the lock by then
+#: is queued and written by the writer's thread.
+FAST_WRITE_BUSY_MS = 10
+#: The writer thread's busy timeout per attempt, and the longest pause between attempts.
+RETRY_BUSY_MS = 1000
+RETRY_MAX_PAUSE_S = 5.0
+
+
+@dataclass
+class LabelWrite:
+    """One user action's label events: image_id -> new label (None clears)."""
+
+    seq: int
+    targets: dict[int, str | None]
+    reviewer: str
+    taxonomy: str
+    note: str | None
+    source: str = "human"
+
+    def apply(self, session: Session) -> None:
+        by_label: dict[str | None, list[int]] = {}
+        for image_id, label in self.targets.items():
+            by_label.setdefault(label, []).append(image_id)
+        for label, ids in by_label.items():
+            record_labels(session, ids, label, self.reviewer, source=self.source, taxonomy=self.taxonomy,
+                          note=self.note)
+
+
+class LabelWriter:
+    """Writes label actions in order, one transaction each, without ever blocking the caller
+    on the database for longer than :data:`FAST_WRITE_BUSY_MS`.
+
+    :meth:`write` first tries on the calling thread with a busy timeout shorter than a frame
+    (the usual case: written at once, in order). If the database is locked by another process
+    (or the write fails for any other reason: disk full, server down), or earlier writes are
+    still waiting, the write is queued; a thread of its own, with its own engine and one
+    session per attempt, writes the queue in order and retries until it succeeds, so no
+    label is ever dropped. ``on_saved(image_ids, n_pending)`` and ``on_waiting(message,
+    n_pending)`` are called from that thread (the desktop turns them into Qt signals)."""
+
+    def __init__(self, db: Database, on_saved=None, on_waiting=None,
+                 fast_busy_ms: int = FAST_WRITE_BUSY_MS, retry_busy_ms: int = RETRY_BUSY_MS):
+        self.url = db.url
+        self._fast = Database(db.url, migrate=False, busy_timeout_ms=fast_busy_ms)
+        self._slow: Database | None = None
+        self._retry_busy_ms = retry_busy_ms
+        self.on_saved = on_saved or (lambda ids, n: None)
+        self.on_waiting = on_waiting or (lambda message, n: None)
+        self._queue: list[LabelWrite] = []
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # -- caller's side
+    def write(self, targets: dict[int, str | None], reviewer: str, taxonomy: str = "all_subtype",
+              note: str | None = None, source: str = "human") -> bool:
+        """Record one action. True: written now; False: queued (it will be written later).
+        A label that is not valid raises ValueError here (it is never queued)."""
+        if source not in SOURCES:
+            raise ValueError(f"unknown label source {source!r}")
+        for label in set(targets.values()):
+            if label is not None and label not in review_labels(taxonomy):
+                raise ValueError(f"{label!r} is not a class of taxonomy {taxonomy!r} (nor {OTHER!r})")
+        with self._cond:
+            self._seq += 1
+            item = LabelWrite(self._seq, dict(targets), reviewer, taxonomy, note, source)
+            if self._queue or self._closing:
+                self._enqueue(item)
+                return False
+        try:
+            with self._fast.session() as s:
+                item.apply(s)
+            return True
+        except (OperationalError, InterfaceError, OSError) as exc:  # locked, disk full, server down: retried until written
+            log.warning("label write deferred (%s); it will be retried", _sentence(exc, self.url))
+            with self._cond:
+                self._enqueue(item)
+            return False
+
+    def pending(self) -> list[LabelWrite]:
+        with self._cond:
+            return list(self._queue)
+
+    def pending_labels(self, taxonomy: str | None = None) -> dict[int, str | None]:
+        """image_id -> the label it will have once the queue is written (latest write wins)."""
+        out: dict[int, str | None] = {}
+        for w in self.pending():
+            if taxonomy is None or w.taxonomy == taxonomy:
+                out.update(w.targets)
+        return out
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the queue to be written; True if it is empty."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queue:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+            return True
+
+    def close(self, timeout: float = 5.0) -> list[LabelWrite]:
+        """Write what is queued (up to ``timeout`` s), stop the thread; returns what is left."""
+        self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            left = list(self._queue)
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=RETRY_BUSY_MS / 1000 + 1)
+        self._fast.dispose()
+        if self._slow is not None:
+            self._slow.dispose()
+        for w in left:  # the last resort: what was not saved is in the log, in full
+            log.error("label action NOT saved (database unavailable at exit): %s", w)
+        return left
+
+    # -- writer thread
+    def _enqueue(self, item: LabelWrite) -> None:  # holding self._cond
+        self._queue.append(item)
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="hemascan-label-writer", daemon=True)
+            self._thread.start()
+        self._cond.notify_all()
+
+    def _run(self) -> None:
+        import time
+
+        pause = 0.2
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue or self._closing:
+                    return
+                item = self._queue[0]
+            try:
+                if self._slow is None:
+                    self._slow = Database(self.url, migrate=False, busy_timeout_ms=self._retry_busy_ms)
+                with self._slow.session() as s:
+                    item.apply(s)
+            except Exception as exc:
+                message = _sentence(exc, self.url)
+                log.warning("label write waiting: %s", message)
+                self.on_waiting(message, len(self.pending()))
+                with self._cond:
+                    if self._closing:
+                        return
+                    self._cond.wait(pause)
+                pause = min(pause * 2, RETRY_MAX_PAUSE_S)
+                continue
+            pause = 0.2
+            with self._cond:
+                self._queue.pop(0)
+                n = len(self._queue)
+                self._cond.notify_all()
+            self.on_saved(list(item.targets), n)
+            time.sleep(0)  # let the caller's thread run between writes
+
+
+def _sentence(exc: BaseException, url) -> str:
+    from .db.errors import user_error
+
+    err = user_error(exc, url)
+    return str(err) if err is not None else f"{type(exc).__name__}: {exc}"

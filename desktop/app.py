@@ -33,9 +33,15 @@ def run_gui(paths, db_url=None, folder=None, device=None, argv=None) -> int:
     app.setOrganizationName("hemascan")
     app.setApplicationName("hemascan")
     app.setApplicationDisplayName("hemascan")
-    from .mainwindow import MainWindow
+    from .mainwindow import MainWindow, show_startup_error
 
-    window = MainWindow(paths, db_url, device=device)
+    try:
+        window = MainWindow(paths, db_url, device=device)
+    except Exception as exc:  # a damaged, read-only or unreachable database...: a dialog, not a traceback
+        code = show_startup_error(exc, paths, db_url)
+        if code is None:
+            raise
+        return code
     _install_excepthook(window)
     window.show()
     if folder:

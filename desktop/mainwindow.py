@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QItemSelectionModel, QSettings, QSize, Qt, QUrl, Signal
+from PySide6.QtCore import QByteArray, QItemSelectionModel, QObject, QSettings, QSize, Qt, QUrl, Signal
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QFileDialog, QFormLayout,
                                QGroupBox, QHBoxLayout, QInputDialog, QLabel, QListView, QMainWindow, QMessageBox,
@@ -15,8 +15,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComb
 
 from core import gallery as q
 from core.config import Paths
-from core.db import Database
-from core.labels import default_reviewer, history
+from core.db import open_database
+from core.labels import LabelWriter, default_reviewer, history
 from core.registry import ensure_active_model, get_version, list_versions
 from core.review import ReviewSession
 from core.taxonomy import OTHER, OTHER_TITLE
@@ -28,6 +28,52 @@ from .models_panel import ModelsDialog, headline_metrics, trained_on, version_in
 from .workers import Workers
 
 log = logging.getLogger(__name__)
+
+
+class _LabelSignals(QObject):
+    """The label writer's thread reports here; Qt queues it to the GUI thread (plain data)."""
+
+    saved = Signal(list, int)  # image ids written, writes still pending
+    waiting = Signal(str, int)  # why the database refused (one sentence), writes pending
+
+
+class QueuedReview(ReviewSession):
+    """The review actions of core.review, written through a LabelWriter: a key press never
+    waits on the database for longer than a frame, and a write the database refuses (locked
+    by another process, disk full) is queued and retried, never dropped. Labels still in the
+    queue count as current, so undo and redo stay right while they wait."""
+
+    def __init__(self, db, reviewer: str, writer: LabelWriter):
+        super().__init__(db, reviewer)
+        self.writer = writer
+
+    def _write(self, targets: dict[int, str | None], note: str) -> None:
+        self.writer.write(targets, self.reviewer, self.taxonomy, note)
+
+    def current(self, image_ids) -> dict[int, str | None]:
+        got = super().current(image_ids)
+        pending = self.writer.pending_labels(self.taxonomy)
+        return {i: pending[i] if i in pending else got[i] for i in got}
+
+
+def show_startup_error(exc: BaseException, paths: Paths, db_url=None, parent=None) -> int | None:
+    """At start-up, an error a person can act on (a damaged, read-only or unreachable database,
+    a full disk...) is shown in a dialog with the same sentence the command line prints, and
+    its exit code (README) is returned; None for anything else (a bug: let it show)."""
+    from core.cli import report_error
+
+    try:
+        db_url = paths.db_url(db_url)  # to name the database file in the message
+    except Exception:
+        pass
+    code = report_error(exc, db_url)  # the log file and stderr, as the command line
+    if code is None:
+        return None
+    from core.db.errors import user_error
+
+    QMessageBox.critical(parent, "hemascan cannot start", str(user_error(exc, db_url)))
+    return code
+
 
 MAX_RECENT = 8
 STATEMENT = "hemascan supports and does not replace diagnosis: it is not a diagnostic device."
@@ -61,7 +107,7 @@ class MainWindow(QMainWindow):
         self.paths = paths.ensure()
         self.settings = settings or QSettings("hemascan", "hemascan")
         self.device_pref = device
-        self.db = Database(paths.db_url(db_url))
+        self.db = open_database(self.paths, paths.db_url(db_url))
         self.workers = Workers(self)
         self.folder: str | None = None
         self.version: dict | None = None
@@ -73,7 +119,12 @@ class MainWindow(QMainWindow):
         self._last_counts = 0.0
         self._full_image = None
         self.reviewer = self.settings.value("reviewer", "") or default_reviewer()
-        self.review = ReviewSession(self.db, self.reviewer)
+        self._label_signals = _LabelSignals(self)
+        self._label_signals.saved.connect(self._labels_saved)
+        self._label_signals.waiting.connect(self._labels_waiting)
+        self.label_writer = LabelWriter(self.db, on_saved=self._label_signals.saved.emit,
+                                        on_waiting=self._label_signals.waiting.emit)
+        self.review = QueuedReview(self.db, self.reviewer, self.label_writer)
         with self.db.session() as s:
             self.version = version_info(ensure_active_model(s, self.paths))
         self.review.taxonomy = self.version["taxonomy"]
@@ -689,6 +740,23 @@ class MainWindow(QMainWindow):
         if advance:
             self.move_current(1, rows_before)
 
+    def _labels_saved(self, ids: list, pending: int) -> None:
+        """A queued label write reached the database: show it."""
+        self.model.refresh_ids(ids)
+        self._update_counts()
+        cur = self.view.currentIndex()
+        if cur.isValid():
+            self._show_detail(cur.data(ROW_ROLE), reload_image=False)
+        self.labelsChanged.emit(ids)
+        if pending:
+            self.statusBar().showMessage(f"Saving labels: {pending} action(s) still waiting for the database", 0)
+        else:
+            self.statusBar().showMessage("All labels saved", 5000)
+
+    def _labels_waiting(self, message: str, pending: int) -> None:
+        self.statusBar().showMessage(f"⚠ {pending} label action(s) not saved yet, retrying: {message} "
+                                     "(nothing is lost)", 0)
+
     def _guard(self, fn, *a):
         try:
             return fn(*a)
@@ -930,6 +998,18 @@ class MainWindow(QMainWindow):
                 return
 
     def closeEvent(self, e) -> None:
+        if not self.label_writer.flush(0.3):  # a write in flight lands; a locked database is asked about
+            n = len(self.label_writer.pending())
+            answer = QMessageBox.warning(
+                self, "Labels not saved yet",
+                f"{n} label action(s) are not in the database yet: it is not available (see the status "
+                "bar). Keep the window open and keep retrying? If you quit now, they are written only to "
+                f"the log file ({self.paths.logs / 'hemascan.log'}).",
+                QMessageBox.Retry | QMessageBox.Discard, QMessageBox.Retry)
+            if answer != QMessageBox.Discard:
+                e.ignore()
+                return
+        self.label_writer.close(timeout=0.3)  # anything left is written to the log, in full
         if getattr(self, "retrain_dialog", None) is not None:
             self.retrain_dialog.close()
         self.save_settings()

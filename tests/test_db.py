@@ -63,3 +63,61 @@ def test_reopening_is_idempotent(tmp_path):
     assert current_revision(db.engine) == HEAD
     db.dispose()
     assert sqlite3.connect(tmp_path / "x.sqlite3").execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_label_writer_queues_while_locked_and_loses_nothing(tmp_path):
+    """Labels written while another process holds the write lock: the caller never waits
+    more than a frame, the writes are kept in order and land once the lock is gone."""
+    import time
+
+    from core.labels import LabelWriter
+
+    url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
+    db = Database(url)
+    with db.engine.begin() as conn:
+        for i in (1, 2):
+            conn.execute(text("INSERT INTO images (id, sha256, width, height, phash, first_seen) "
+                              "VALUES (:i, :s, 1, 1, '0', '2026-01-01')"), {"i": i, "s": str(i) * 64})
+    saved, waiting = [], []
+    writer = LabelWriter(db, on_saved=lambda ids, n: saved.append((ids, n)),
+                         on_waiting=lambda msg, n: waiting.append((msg, n)), retry_busy_ms=50)
+    assert writer.write({1: "Benign"}, "dr.a") is True  # the usual case: written at once
+
+    holder = sqlite3.connect(tmp_path / "x.sqlite3", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        t0 = time.monotonic()
+        assert writer.write({1: "Pre-B", 2: "Pro-B"}, "dr.a") is False
+        assert writer.write({2: None}, "dr.a", note="undo") is False  # behind the first: queued too
+        assert time.monotonic() - t0 < 0.2
+        assert writer.pending_labels() == {1: "Pre-B", 2: None}
+        deadline = time.monotonic() + 10
+        while not waiting and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert waiting and "locked" in waiting[0][0] and waiting[0][1] == 2
+        assert not writer.flush(0.2)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert writer.flush(10)
+    assert writer.close() == []
+    with db.engine.connect() as conn:
+        rows = conn.execute(text("SELECT image_id, label, previous_label FROM label_events ORDER BY id")).all()
+    assert [tuple(r) for r in rows] == [(1, "Benign", None), (1, "Pre-B", "Benign"), (2, "Pro-B", None),
+                                        (2, None, "Pro-B")]
+    assert [n for _, n in saved] == [1, 0]
+    db.dispose()
+
+
+def test_label_writer_refuses_bad_labels_at_once(tmp_path):
+    import pytest
+
+    from core.labels import LabelWriter
+
+    db = Database(f"sqlite:///{tmp_path / 'x.sqlite3'}")
+    writer = LabelWriter(db)
+    with pytest.raises(ValueError):
+        writer.write({1: "Not-a-class"}, "dr.a")
+    assert writer.pending() == []
+    writer.close()
+    db.dispose()
