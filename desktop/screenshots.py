@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default=str(ROOT.parent / "shared" / "datasets" / "all-taleqani"))
+    ap.add_argument("--foreign", default=str(ROOT.parent / "shared" / "datasets" / "pbc-dev"),
+                    help="images from another lab for the 'outside the model's experience' screenshot")
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
     ap.add_argument("--per-class", type=int, default=40)
     ap.add_argument("--model", help="a model package to register and activate (default: the bundled one)")
@@ -130,6 +132,32 @@ def main() -> int:
         subprocess.run(["pdftoppm", "-png", "-r", "70", "-f", "1", "-l", "1", "-singlefile", str(pdf),
                         str(out / "05-report")], check=True)
         print(out / "05-report.png")
+
+    # another lab's normal white cells (pbc-dev) next to a few of this lab's fields: the guard
+    # marks the foreign ones, and one is reviewed as "Other / not assessable"
+    foreign = sorted(Path(args.foreign).rglob("*.jpg"))
+    if foreign:
+        case = tmp / "case-with-other-lab-cells"
+        (case / "other-lab").mkdir(parents=True)
+        (case / "this-lab").mkdir(parents=True)
+        for f in rng.sample(foreign, min(24, len(foreign))):
+            shutil.copy(f, case / "other-lab" / f.name)
+        for f in rng.sample(sorted(folder.rglob("*.jpg")), 12):
+            shutil.copy(f, case / "this-lab" / f.name)
+        w.detail.gradcam.setChecked(False)
+        w.open_folder(case, classify=False)
+        w.classify()
+        wait(w.jobFinished, 300000)
+        w.sort.setCurrentIndex(w.sort.findData("name"))
+        w.view.setFocus()
+        outside = [r for r in range(w.model.rowCount()) if (w.model.row_at(r) or None) and w.model.row_at(r).outside]
+        if outside:
+            w.view.setCurrentIndex(w.model.index(outside[0]))
+            w.a_other.trigger()  # reviewed as "Other"; moves on
+            w.view.setCurrentIndex(w.model.index(outside[1] if len(outside) > 1 else outside[0]))
+        wait(w.imageShown, 5000)
+        wait(ms=8000, until=lambda: not w.loader._pending)
+        shot("06-outside-other-lab")
     w.close()
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
