@@ -380,3 +380,28 @@ def test_gui_label_write_never_blocks_on_a_locked_database(qtbot, tmp_path, path
         got = [(e.image_id, e.label, e.reviewer) for e in s.scalars(select(LabelEvent).order_by(LabelEvent.id))]
     assert got == [(first, "Early Pre-B", "tester"), (second, "Pro-B", "tester")]  # each once, in order
     w.close()
+
+
+@pytest.mark.skipif(not os.environ.get("HEMASCAN_TEST_PG_URL"),
+                    reason="set HEMASCAN_TEST_PG_URL to a PostgreSQL server URL (a role that may create databases)")
+def test_postgresql_wrong_password_and_a_password_with_url_characters(tmp_path, smears):
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    server = make_url(os.environ["HEMASCAN_TEST_PG_URL"])
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    name, role, pw = f"hemascan_pw_{os.getpid()}", f"hemascan_pw_{os.getpid()}", "p%4@:/?#w 1"
+    try:
+        with admin.connect() as c:
+            c.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{pw}'"))
+            c.execute(text(f'CREATE DATABASE "{name}" OWNER {role}'))
+        url = server.set(username=role, password=pw, database=name)
+        ok = run_cli(tmp_path / "data", "scan", smears, db_url=url.render_as_string(hide_password=False))
+        assert ok.returncode == 0, ok.stderr  # the password survived the URL, Alembic included
+        wrong = url.set(password="not-it").render_as_string(hide_password=False)
+        one_error(run_cli(tmp_path / "data", "scan", smears, db_url=wrong), EXIT_DATABASE, "refused the login")
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            c.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        admin.dispose()
