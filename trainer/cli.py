@@ -23,13 +23,18 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3, 3e-3 for the small CNNs)")
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--corner-mask", default="0.1,0.2", help="blank the bottom-right corner H,W fractions ('none' to keep it)")
-    p.add_argument("--split", default="patient", choices=["patient", "random", "all"],
-                   help="patient: pseudo-patient blocks + duplicates together (default); random: leaky image-level; "
+    p.add_argument("--split", default="patient", choices=["patient", "subject", "random", "all"],
+                   help="patient: pseudo-patient blocks + duplicates together (default); subject: by the subject "
+                        "(patient/donor) in C-NMC file names, whole subjects held out; random: leaky image-level; "
                         "all: everything but the validation block")
-    p.add_argument("--fold", type=int, default=4, help="which pair of 10%% chunks is the test block (0-4)")
+    p.add_argument("--fold", type=int, default=4, help="patient: which pair of 10%% chunks is the test block (0-4); "
+                   "subject: which subject group of each class is the test side")
     p.add_argument("--patience", type=int, default=4)
     p.add_argument("--balance", default="loss", choices=["loss", "sampler", "none"])
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--augment", default="", metavar="KEY=VALUE,...",
+                   help="augmentation options on top of the defaults (trainer/augment.py AugmentConfig), e.g. "
+                        "background_p=0.5,scale=0.25,blur_p=0.3 for data from several labs")
     p.add_argument("--no-pretrained", action="store_true", help="effnet_lite0 from scratch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -64,7 +69,8 @@ def train_cmd(args: argparse.Namespace, app) -> int:
         data=args.data, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr or (3e-3 if small else 1e-3), input_size=args.input_size, corner_mask=corner,
         split=args.split, fold=args.fold, patience=args.patience, balance=args.balance,
-        augment={"strength": 0.0} if args.no_augment else {}, pretrained=not args.no_pretrained,
+        augment={"strength": 0.0} if args.no_augment else _augment_options(args.augment),
+        pretrained=not args.no_pretrained,
         seed=args.seed, threads=args.threads, name=name, out_dir=str(out), resume=args.resume,
         device=args.device, precision=args.precision,
         cache_dir=str(app.paths.cache / "train-images"),
@@ -99,6 +105,31 @@ def train_cmd(args: argparse.Namespace, app) -> int:
         app.echo(f"stopped ({summary['status']}); continue with: hemascan train ... --out {out} --resume")
         return 1
     return 0
+
+
+def _augment_options(text: str) -> dict:
+    """'background_p=0.5,scale=0.25' -> {"background_p": 0.5, "scale": 0.25}, checked
+    against AugmentConfig's fields and types."""
+    from dataclasses import fields
+
+    from .augment import AugmentConfig
+
+    known = {f.name: f.type for f in fields(AugmentConfig)}
+    out: dict = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise HemascanError(f"--augment: {item!r} is not KEY=VALUE with KEY one of {', '.join(known)}")
+        kind = known[key] if isinstance(known[key], str) else known[key].__name__
+        try:
+            out[key] = (value.strip().lower() in ("1", "true", "yes")) if kind == "bool" else \
+                int(value) if kind == "int" else float(value)
+        except ValueError:
+            raise HemascanError(f"--augment: {key} needs a number, not {value!r}") from None
+    return out
 
 
 def _add_int8(app, package: Path, data: Path) -> None:
@@ -149,6 +180,12 @@ def format_summary(summary: dict) -> str:
             rows.append({"variant": f"colour-histogram MLP, {k.replace('_', ' ')}", **cb[k]})
     if rows:
         lines += ["", f"held-out test ({summary['split']['method']} split):", markdown_table(rows, EVAL_COLUMNS)]
+    per_subject = (ev.get("as_is") or {}).get("per_subject")
+    if per_subject:
+        from .metrics import per_group_markdown
+
+        lines += ["", "held-out test per subject (as is):",
+                  per_group_markdown(per_subject, list(summary["evaluation"]["as_is"]["per_class"]))]
     if ev.get("ood"):
         lines += ["", "OOD separation by calibrated confidence (AUROC; fraction flagged uncertain):"]
         lines += [f"  {k}: AUROC {v['auroc']:.3f}; flagged {v['flagged_uncertain']:.2f} (n={v['n']})" for k, v in ev["ood"].items()]
@@ -162,8 +199,12 @@ def format_summary(summary: dict) -> str:
 def _configure_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="registered model name or a model package folder (default: the active model)")
     p.add_argument("--data", required=True, help="folder of class folders (aliases accepted, e.g. all/hem)")
-    p.add_argument("--split", default="none", choices=["none", "patient", "random"],
-                   help="none: every image (default); patient/random: only --subset of that split")
+    p.add_argument("--split", default="none", choices=["none", "patient", "subject", "random"],
+                   help="none: every image (default); patient/subject/random: only --subset of that split")
+    p.add_argument("--label-all", metavar="CLASS",
+                   help="every image under --data (any folders) is of this class of the model, e.g. "
+                        "--label-all Normal on a folder of normal cells from another lab: accuracy is then the "
+                        "share called CLASS")
     p.add_argument("--subset", default="test", choices=["test", "val", "train"])
     p.add_argument("--fold", type=int, default=4)
     p.add_argument("--seed", type=int, default=0, help="random-split seed and stain-perturbation seed")
@@ -182,9 +223,9 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
     from core.modelpkg import load_model
 
     from . import augment as aug
-    from .data import compute_hashes, load_images, make_split, scan_class_folders
+    from .data import compute_hashes, load_images, make_split, scan_as_one_class, scan_class_folders, subject_of
     from .engine import evaluate
-    from .metrics import EVAL_COLUMNS, markdown_table
+    from .metrics import EVAL_COLUMNS, markdown_table, per_group_markdown, per_group_metrics, softmax
 
     pkg = _resolve_model(args.model, app)
     model, card = load_model(pkg)
@@ -194,7 +235,14 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
 
         predictor = Predictor(pkg, cache_dir=app.paths.cache)
         logits_fn, runtime = predictor.logits, predictor.runtime
-    ds = scan_class_folders(Path(args.data), card.taxonomy)
+    if args.label_all:
+        if args.label_all not in card.classes:
+            raise HemascanError(f"--label-all {args.label_all!r} is not a class of the model ({', '.join(card.classes)})")
+        if args.split != "none":
+            raise HemascanError("--label-all evaluates every image; it takes no --split")
+        ds = scan_as_one_class(Path(args.data), card.taxonomy, args.label_all)
+    else:
+        ds = scan_class_folders(Path(args.data), card.taxonomy)
     if list(ds.classes) != list(card.classes):
         raise HemascanError(f"dataset classes {ds.classes} do not match the model's {card.classes}")
     if args.split != "none":
@@ -207,12 +255,15 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
     variants = {"as_is": lambda x: x, "grayscale": aug.to_grayscale,
                 "stain_perturbed": lambda x: aug.stain_perturb(x, seed=args.seed)}
     results = {}
+    subjects = [subject_of(p) for p in ds.paths]
     for v in [v.strip() for v in args.variants.split(",") if v.strip()]:
         if v not in variants:
             raise HemascanError(f"unknown variant {v!r}")
         m = evaluate(model, variants[v](images), ds.labels, ds.classes, prep, "cpu", card.temperature,
                      logits_fn=logits_fn)
-        m.pop("logits")
+        logits = m.pop("logits")
+        if any(subjects):
+            m["per_subject"] = per_group_metrics(ds.labels, softmax(logits, card.temperature), subjects, ds.classes)
         results[v] = m
     rows = [{"variant": k.replace("_", " "), **m} for k, m in results.items()]
     app.echo(f"model {card.name} ({card.architecture}, {runtime}), {len(ds)} images from {args.data}"
@@ -222,8 +273,13 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
     app.echo("confusion matrix (rows true, columns predicted; " + ", ".join(ds.classes) + "):")
     for cls, r in zip(ds.classes, first["confusion_matrix"]):
         app.echo(f"  {cls:>12}: {r}")
+    if first.get("per_subject"):
+        app.echo(f"per subject ({next(iter(results))}):")
+        app.echo(per_group_markdown(first["per_subject"], ds.classes))
     if args.json:
-        out = {k: first[k] for k in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "ece")}
+        out = {k: first[k] for k in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "ece", "balanced_accuracy")}
+        if first.get("per_subject"):
+            out["per_subject"] = first["per_subject"]
         out.update({"model": card.name, "n": first["n"], "classes": ds.classes, "macro_precision": first["macro_precision"],
                     "macro_recall": first["macro_recall"], "images_per_s": first["images_per_s"],
                     "split": args.split, "subset": args.subset if args.split != "none" else None, "runtime": runtime,
@@ -247,7 +303,9 @@ def _resolve_model(model: str | None, app) -> Path:
 
 def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True)
-    p.add_argument("--split", default="patient", choices=["patient", "random"])
+    p.add_argument("--split", default="patient",
+                   help="patient, subject or random; a comma list (e.g. subject,random) runs each and adds a "
+                        "side-by-side table")
     p.add_argument("--fold", type=int, default=4)
     p.add_argument("--input-size", type=int, default=64, help="CNN input size for the seed CNNs (default 64)")
     p.add_argument("--epochs", type=int, default=8, help="epochs for each seed CNN")
@@ -314,12 +372,18 @@ def guard_cmd(args: argparse.Namespace, app) -> int:
 @command("compare", "reproduce the seed experiments (CNNs, SVM, random forest, CNN features + SVM) as a Markdown table",
          configure=_configure_compare)
 def compare_cmd(args: argparse.Namespace, app) -> int:
-    from .compare import CompareConfig, compare
+    from .compare import CompareConfig, compare, compare_splits
+    from .data import SPLIT_METHODS
 
-    cfg = CompareConfig(data=args.data, split=args.split, fold=args.fold, input_size=args.input_size,
+    splits = [v.strip() for v in args.split.split(",") if v.strip()]
+    bad = [v for v in splits if v not in SPLIT_METHODS or v == "all"]
+    if not splits or bad:
+        raise HemascanError(f"--split: {', '.join(bad) or 'nothing'} not among patient, subject, random")
+    cfg = CompareConfig(data=args.data, split=splits[0], fold=args.fold, input_size=args.input_size,
                         epochs=args.epochs, seed=args.seed, cache_dir=str(app.paths.cache / "train-images"),
                         only=[s.strip() for s in args.only.split(",")] if args.only else None, threads=args.threads)
-    result = app.progress(compare(cfg, cancel=app.cancel), "compare")
+    job = compare(cfg, cancel=app.cancel) if len(splits) == 1 else compare_splits(cfg, splits, cancel=app.cancel)
+    result = app.progress(job, "compare")
     app.echo(result["markdown"])
     if args.out:
         Path(args.out).write_text(result["markdown"] + "\n", encoding="utf-8")

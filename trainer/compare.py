@@ -8,7 +8,11 @@ Rows (second seed's table, then the first seed's pair):
   rf         flips/rot90 augmentation + PCA + SMOTE + RandomForest (imblearn Pipeline)
   cnn_svm    the trained CNN's penultimate features + StandardScaler + SVC
   baseline   seed baseline CNN (1 conv block) vs the final CNN (row ``cnn``)
-All rows: accuracy, macro precision/recall/F1 on the held-out test side, training time.
+All rows: accuracy, macro precision/recall/F1 on the held-out test side, training time;
+the CNN rows also ECE (uncalibrated softmax) and, on the ``subject`` split, accuracy per
+held-out subject. Any split of ``trainer.data.make_split`` works, and any class-folder
+dataset: the binary C-NMC task is ``--data cnmc-train`` (all/hem -> ALL/Normal).
+:func:`compare_splits` runs several splits and puts them side by side.
 """
 from __future__ import annotations
 
@@ -20,8 +24,8 @@ import torch
 
 from core.jobs import Progress
 
-from .data import compute_hashes, dedup_indices, load_images, make_split, scan_class_folders
-from .metrics import classification_metrics, markdown_table
+from .data import compute_hashes, dedup_indices, load_images, make_split, scan_class_folders, subject_of
+from .metrics import classification_metrics, markdown_table, per_group_markdown, per_group_metrics, softmax
 
 ROWS = ["cnn", "cnn_dedup", "svm", "rf", "cnn_svm", "baseline"]
 
@@ -42,13 +46,19 @@ class CompareConfig:
     extra: dict = field(default_factory=dict)
 
 
-def _metrics_row(name: str, y, pred_or_probs, classes, seconds: float, note: str = "") -> dict:
+def _metrics_row(name: str, y, pred_or_probs, classes, seconds: float, note: str = "", subjects=None) -> dict:
+    """Metrics of one method. ``pred_or_probs``: labels (no ECE) or probabilities."""
     probs = pred_or_probs
-    if probs.ndim == 1:
+    has_probs = probs.ndim == 2
+    if not has_probs:
         probs = np.eye(len(classes))[probs]
     m = classification_metrics(y, probs, classes)
-    return {"method": name, "accuracy": m["accuracy"], "precision": m["macro_precision"], "recall": m["macro_recall"],
-            "f1": m["macro_f1"], "train_seconds": seconds, "n_test": m["n"], "note": note}
+    row = {"method": name, "accuracy": m["accuracy"], "precision": m["macro_precision"], "recall": m["macro_recall"],
+           "f1": m["macro_f1"], "ece": m["ece"] if has_probs else None, "train_seconds": seconds, "n_test": m["n"],
+           "note": note}
+    if subjects is not None and any(subjects):
+        row["per_subject"] = per_group_metrics(y, probs, subjects, classes)
+    return row
 
 
 def _pixels(images: np.ndarray, size: int) -> np.ndarray:
@@ -120,7 +130,8 @@ def compare(cfg: CompareConfig, cancel=None):
             keep_all = set(dedup_indices(ds, np.arange(len(ds))).tolist())
             test_idx = np.array([i for i in te if i in keep_all])
         logits = predict_logits(model, images[test_idx], prep)
-        row = _metrics_row(label, ds.labels[test_idx], logits.argmax(1), classes, summary["train_seconds"], note)
+        row = _metrics_row(label, ds.labels[test_idx], softmax(logits), classes, summary["train_seconds"], note,
+                           [subject_of(ds.paths[i]) for i in test_idx])
         return row, model
 
     cnn_model = None
@@ -179,17 +190,27 @@ def compare(cfg: CompareConfig, cancel=None):
             rows.append({"key": "baseline", **row})
         yield step("baseline CNN")
     cols = [("method", "method"), ("accuracy", "accuracy"), ("precision", "precision (macro)"),
-            ("recall", "recall (macro)"), ("f1", "F1 (macro)"), ("train_seconds", "train time (s)"), ("n_test", "n test"),
-            ("note", "note")]
+            ("recall", "recall (macro)"), ("f1", "F1 (macro)"), ("ece", "ECE"), ("train_seconds", "train time (s)"),
+            ("n_test", "n test"), ("note", "note")]
     from .data import duplicate_pairs
 
     side = np.zeros(len(ds), int)
     side[split.val], side[split.test] = 1, 2
     pairs = duplicate_pairs(ds, 4)
     leaks = sum(1 for a, b in pairs if {side[a], side[b]} == {0, 2})
+    exact = [(a, b) for a, b in pairs if ds.sha256[a] == ds.sha256[b]]
+    exact_leaks = sum(1 for a, b in exact if {side[a], side[b]} == {0, 2})
     header = (f"Seed experiments on {Path(cfg.data).name}, {split.method} split (train {len(tr)}, test {len(te)}); "
-              f"{len(pairs)} exact/near-duplicate pairs (sha256, phash<=4), {leaks} of them straddling train and test.")
+              f"{len(pairs)} exact/near-duplicate pairs (sha256, phash<=4), {leaks} of them straddling train and test "
+              f"({len(exact)} exact pairs, {exact_leaks} straddling).")
+    if split.method == "subject":
+        info = split.info
+        header += (f" Test subjects {', '.join(info['test_subjects'])}; validation subjects "
+                   f"{', '.join(info['val_subjects']) or 'none'}; train subjects {', '.join(info['train_subjects'])}.")
     md = header + "\n\n" + markdown_table(rows, cols)
+    for r in rows:
+        if r.get("per_subject"):
+            md += f"\n\nPer held-out subject, {r['method']}:\n\n" + per_group_markdown(r["per_subject"], classes)
     return {"rows": rows, "markdown": md, "split": split.describe(), "config": cfg.__dict__}
 
 
@@ -203,3 +224,33 @@ def _cnn_features(model, images: np.ndarray, prep, batch: int = 128) -> np.ndarr
         x = prep.normalise(torch.from_numpy(images[i : i + batch]))
         out.append(head(model.pool(model.features(x))).numpy())
     return np.concatenate(out)
+
+
+def compare_splits(cfg: CompareConfig, splits: list[str], cancel=None):
+    """Job generator: :func:`compare` on each split (same data, rows, epochs, seed), then
+    one side-by-side table (accuracy and macro recall per split). Returns {"by_split":
+    {split: result}, "markdown": str}."""
+    import dataclasses
+    from pathlib import Path
+
+    results: dict[str, dict] = {}
+    for sp in splits:
+        sub = dataclasses.replace(cfg, split=sp, out_dir=str(Path(cfg.out_dir) / sp) if cfg.out_dir else None)
+        results[sp] = yield from compare(sub, cancel=cancel)
+    methods: list[str] = []
+    for res in results.values():
+        methods += [r["method"] for r in res["rows"] if r["method"] not in methods]
+    table = []
+    for m in methods:
+        row = {"method": m}
+        for sp, res in results.items():
+            hit = next((r for r in res["rows"] if r["method"] == m), None)
+            if hit:
+                row[f"{sp}_acc"], row[f"{sp}_rec"], row[f"{sp}_n"] = hit["accuracy"], hit["recall"], hit["n_test"]
+        table.append(row)
+    cols = [("method", "method")]
+    for sp in results:
+        cols += [(f"{sp}_acc", f"{sp}: accuracy"), (f"{sp}_rec", f"{sp}: macro recall"), (f"{sp}_n", f"{sp}: n test")]
+    md = "\n\n".join(res["markdown"] for res in results.values())
+    md += f"\n\nSide by side ({', '.join(results)} splits of {Path(cfg.data).name}):\n\n" + markdown_table(table, cols)
+    return {"by_split": results, "markdown": md, "side_by_side": table}

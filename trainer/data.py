@@ -14,6 +14,9 @@ joined into one group with union-find and the whole group moved to the side of i
 first member, so no copy of a test image is trained on.
 ``random``: stratified image-level split (``sklearn.model_selection.train_test_split``),
 for comparison only: it leaks slides and overstates accuracy.
+``subject``: by subject (patient or donor) parsed from the file name (C-NMC 2019:
+``UID_<subject>_<smear image>_<cell>_<all|hem>``); no subject is ever on two sides. See
+:func:`subject_split` for the rule.
 """
 from __future__ import annotations
 
@@ -92,6 +95,21 @@ def scan_class_folders(root: Path, taxonomy: str | None = None) -> Dataset:
             paths.append(f)
             labels.append(ci)
     return Dataset(root, tax, classes, paths, np.asarray(labels, dtype=np.int64))
+
+
+def scan_as_one_class(root: Path, taxonomy: str, cls: str) -> Dataset:
+    """Every image under ``root`` (any folders) labelled ``cls`` of ``taxonomy``: e.g. a
+    folder of normal cells from another lab, to measure the share called something else."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    classes = list(TAXONOMIES[taxonomy].classes)
+    if cls not in classes:
+        raise ValueError(f"{cls!r} is not a class of {taxonomy} ({', '.join(classes)})")
+    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED_EXTENSIONS)
+    if not files:
+        raise ValueError(f"no images under {root}")
+    return Dataset(root, taxonomy, classes, files, np.full(len(files), classes.index(cls), dtype=np.int64))
 
 
 def compute_hashes(ds: Dataset) -> Dataset:
@@ -218,14 +236,134 @@ def no_split(ds: Dataset, fold: int = 4) -> Split:
     return Split("all-but-val", train, sp.val, np.array([], dtype=np.int64), {**sp.info, "note": "test chunk merged into train"})
 
 
+# ---- subject split (C-NMC 2019 and any data named the same way) ---------------------
+
+_CNMC_NAME = re.compile(r"^UID_(H?\d+)_(\d+)_", re.IGNORECASE)
+
+
+def cnmc_name_parts(path: Path | str) -> tuple[str, str] | None:
+    """(subject, smear image) from a C-NMC 2019 file name, or None for any other name.
+
+    ``UID_51_116_1_all.jpg`` -> ("51", "116"): ALL patient 51, smear image 116, cell 1;
+    ``UID_H10_100_1_hem.jpg`` -> ("H10", "100"): normal (healthy) donor H10. The subject
+    keeps its ``H`` so an ALL patient and a normal donor with the same number stay apart."""
+    m = _CNMC_NAME.match(Path(path).name)
+    if m is None:
+        return None
+    return m.group(1).upper(), m.group(2)
+
+
+def subject_of(path: Path | str) -> str | None:
+    """The subject (patient / donor) id in a C-NMC-style file name, or None."""
+    parts = cnmc_name_parts(path)
+    return parts[0] if parts else None
+
+
+def _natural_key(s: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _balanced_groups(subjects: list[str], counts: dict[str, int], k: int) -> list[list[str]]:
+    """Largest subject first (ties: natural order of the id), each into the group holding
+    the fewest images so far (ties: the lower group). Deterministic."""
+    groups: list[list[str]] = [[] for _ in range(k)]
+    load = [0] * k
+    for s in sorted(subjects, key=lambda s: (-counts[s], _natural_key(s))):
+        g = min(range(k), key=lambda i: (load[i], i))
+        groups[g].append(s)
+        load[g] += counts[s]
+    return groups
+
+
+def subject_split(ds: Dataset, fold: int = 4, n_groups: int = 5, val_fraction: float = 0.15,
+                  phash_distance: int = 4) -> Split:
+    """Split by subject: whole subjects go to test, validation or train.
+
+    Per class, the subjects of that class (a subject belongs to the class most of its
+    images have) are dealt into ``k = min(n_groups, n_subjects)`` groups of similar image
+    count (:func:`_balanced_groups`). Test = group ``fold % k``; validation = group
+    ``(fold - 1) % k`` when ``k >= 3``. A class with only two subjects (C-NMC: two normal
+    donors) cannot spare one for validation: its validation images are the last
+    ``val_fraction`` of each training subject's smear images (by smear-image number), so
+    validation for that class is NOT subject-held-out (it only picks the epoch and the
+    temperature; the test side is). Every class needs >= 2 subjects, so both classes are
+    in test. Files whose name carries no subject (another source, e.g. Taleqani fields
+    mixed in for training) all go to train and are counted in ``info``.
+
+    On C-NMC 2019 (``cnmc-train``), fold 4 (the default) tests on ALL patients 33 and 38
+    and normal donor H10, validates on ALL patients 23 and 46 (+ later smear images of
+    donor H14), and trains on ALL patients 16, 30, 32, 51 and donor H14; an odd fold tests
+    on donor H14 instead.
+    """
+    n = len(ds)
+    subj = [subject_of(p) for p in ds.paths]
+    has = np.array([s is not None for s in subj])
+    if not has.any():
+        raise ValueError("split 'subject': no file name carries a subject id (expected C-NMC names such as "
+                         "UID_51_116_1_all.jpg / UID_H10_100_1_hem.jpg)")
+    per_subject: dict[str, np.ndarray] = {}
+    for i, s in enumerate(subj):
+        if s is not None:
+            per_subject.setdefault(s, []).append(i)
+    per_subject = {s: np.asarray(ix) for s, ix in per_subject.items()}
+    owner = {s: int(np.bincount(ds.labels[ix], minlength=len(ds.classes)).argmax()) for s, ix in per_subject.items()}
+    counts = {s: len(ix) for s, ix in per_subject.items()}
+    side = np.zeros(n, dtype=np.int8)  # 0 train, 1 val, 2 test; files without a subject stay train
+    sides: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    val_within: dict[str, list[str]] = {}
+    for ci, cls in enumerate(ds.classes):
+        subs = [s for s in per_subject if owner[s] == ci]
+        if not subs:
+            continue
+        if len(subs) < 2:
+            raise ValueError(f"split 'subject': class {cls!r} has one subject ({subs[0]}); at least two are needed "
+                             "to hold one out for testing")
+        k = min(n_groups, len(subs))
+        groups = _balanced_groups(subs, counts, k)
+        test_g = fold % k
+        val_g = (fold - 1) % k if k >= 3 else None
+        for g, members in enumerate(groups):
+            where = 2 if g == test_g else 1 if g == val_g else 0
+            for s in members:
+                side[per_subject[s]] = where
+                sides[("train", "val", "test")[where]].append(s)
+        if val_g is None:  # validation from the training subjects' later smear images
+            for s in (m for g, ms in enumerate(groups) if g != test_g for m in ms):
+                ix = per_subject[s]
+                smear = np.array([int(cnmc_name_parts(ds.paths[i])[1]) for i in ix])
+                order = sorted(set(smear.tolist()))
+                n_val = max(1, int(round(len(order) * val_fraction))) if len(order) > 1 else 0
+                held = set(order[len(order) - n_val:])
+                side[ix[np.isin(smear, list(held))]] = 1
+                val_within[s] = [str(v) for v in sorted(held)]
+    for key in sides:
+        sides[key] = sorted(sides[key], key=_natural_key)
+    info = {"fold": fold, "n_groups": n_groups, "test_subjects": sides["test"], "val_subjects": sides["val"],
+            "train_subjects": sides["train"],
+            "val_smear_images_of_train_subjects": val_within,
+            "subject_class": {s: ds.classes[owner[s]] for s in sorted(per_subject, key=_natural_key)},
+            "subject_images": {s: counts[s] for s in sorted(per_subject, key=_natural_key)},
+            "n_without_subject_in_train": int((~has).sum())}
+    if ds.phash is not None:  # reported, never moved: moving would put a subject on two sides
+        pairs = duplicate_pairs(ds, phash_distance)
+        info["duplicate_pairs"] = len(pairs)
+        info["duplicate_pairs_across_sides"] = sum(1 for a, b in pairs if side[a] != side[b])
+    return Split("subject", np.nonzero(side == 0)[0], np.nonzero(side == 1)[0], np.nonzero(side == 2)[0], info)
+
+
+SPLIT_METHODS = ("patient", "subject", "random", "all")
+
+
 def make_split(ds: Dataset, method: str, seed: int = 0, fold: int = 4, dedup: bool = True) -> Split:
+    if method == "subject":
+        return subject_split(ds, fold=fold)
     if method == "patient":
         return patient_split(ds, fold=fold, dedup=dedup)
     if method == "random":
         return random_split(ds, seed=seed)
     if method == "all":
         return no_split(ds, fold=fold)
-    raise ValueError(f"unknown split method {method!r} (patient, random, all)")
+    raise ValueError(f"unknown split method {method!r} ({', '.join(SPLIT_METHODS)})")
 
 
 def dedup_indices(ds: Dataset, idx: np.ndarray, phash_distance: int = 4) -> np.ndarray:

@@ -31,12 +31,13 @@ from core.preprocessing import Preprocessing
 from core.runtime import runtime_plan
 
 from . import augment as aug
-from .data import Dataset, Split, compute_hashes, load_images, make_split, scan_class_folders
+from .data import Dataset, Split, compute_hashes, load_images, make_split, scan_class_folders, subject_of
 from .metrics import (
     classification_metrics,
     ece,
     fit_temperature,
     ood_auroc,
+    per_group_metrics,
     softmax,
     uncertain_threshold,
 )
@@ -522,6 +523,10 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
         raw = classification_metrics(yt, softmax(rows["as_is"]["logits"]), classes)
         evaluation = {k: _strip(v) for k, v in rows.items()}
         evaluation["as_is"]["ece_uncalibrated"] = raw["ece"]
+        subjects = [subject_of(ds.paths[i]) for i in split.test]  # per patient/donor where names carry one
+        if any(subjects):
+            evaluation["as_is"]["per_subject"] = per_group_metrics(
+                yt, softmax(rows["as_is"]["logits"], temperature), subjects, classes)
         if threshold is not None:
             conf = softmax(rows["as_is"]["logits"], temperature).max(1)
             evaluation["as_is"]["uncertain_fraction"] = float((conf < threshold).mean())

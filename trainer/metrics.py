@@ -43,6 +43,9 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str])
         "accuracy": float(accuracy_score(y, pred)),
         "macro_precision": float(p.mean()),
         "macro_recall": float(r.mean()),
+        # recall averaged over the classes present (as sklearn's balanced_accuracy_score);
+        # = macro_recall when every class is present
+        "balanced_accuracy": float(r[s > 0].mean()) if (s > 0).any() else float("nan"),
         "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                       for i, c in enumerate(classes)},
@@ -50,6 +53,41 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str])
         "ece": ece(probs, y),
         "nll": nll,
     }
+
+
+def per_group_metrics(y: np.ndarray, probs: np.ndarray, groups, classes: list[str]) -> dict[str, dict]:
+    """Accuracy per group (e.g. per subject: a patient or a donor), for reporting where a
+    model fails: {group: {"n", "class" (the group's true class, or "mixed"), "accuracy",
+    "predicted" (count per predicted class), "mean_confidence", "ece"}}. Groups are sorted
+    with numbers in numeric order; images whose group is None are left out."""
+    import re
+
+    y = np.asarray(y)
+    pred = probs.argmax(1)
+    groups = np.asarray([None if g is None else str(g) for g in groups], dtype=object)
+    names = sorted({g for g in groups if g is not None},
+                   key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)])
+    out: dict[str, dict] = {}
+    for g in names:
+        m = groups == g
+        present = np.unique(y[m])
+        out[g] = {"n": int(m.sum()),
+                  "class": classes[int(present[0])] if len(present) == 1 else "mixed",
+                  "accuracy": float((pred[m] == y[m]).mean()),
+                  "predicted": {c: int((pred[m] == i).sum()) for i, c in enumerate(classes)},
+                  "mean_confidence": float(probs[m].max(1).mean()),
+                  "ece": ece(probs[m], y[m])}
+    return out
+
+
+def per_group_markdown(per_group: dict[str, dict], classes: list[str], label: str = "subject") -> str:
+    """The per-group metrics as a Markdown table (one row per group)."""
+    rows = [{"group": g, "class": v["class"], "n": v["n"], "accuracy": v["accuracy"],
+             **{f"pred_{c}": v["predicted"].get(c, 0) for c in classes}, "conf": v["mean_confidence"]}
+            for g, v in per_group.items()]
+    cols = [("group", label), ("class", "true class"), ("n", "n"), ("accuracy", "accuracy"),
+            *[(f"pred_{c}", f"called {c}") for c in classes], ("conf", "mean confidence")]
+    return markdown_table(rows, cols)
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray, max_iter: int = 200) -> float:
