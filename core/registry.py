@@ -150,9 +150,13 @@ def ensure_active_model(session: Session, paths: Paths) -> ModelVersion:
 
 
 def bundled_packages() -> list[Path]:
-    """Every model package shipped in resources/models (the default, the ALL-vs-normal model, ...)."""
+    """Every model package shipped in resources/models, the default first (it is registered,
+    and listed, before the others: the ALL-vs-normal model, ...)."""
     root = resources_dir() / "models"
-    return sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    found = sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file())
+    return sorted(found, key=lambda p: p.name != DEFAULT_MODEL_DIR)
 
 
 def register_bundled(session: Session, paths: Paths) -> list[str]:

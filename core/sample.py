@@ -14,8 +14,10 @@ import numpy as np
 
 from .taxonomy import TAXONOMIES
 
-# Folder names follow the Taleqani dataset so import-labels maps them via the alias table.
-SAMPLE_FOLDERS = {"Benign": "Benign", "Early Pre-B": "Early", "Pre-B": "Pre", "Pro-B": "Pro"}
+# Folder names follow the public datasets (Taleqani, C-NMC) so import-labels maps them via
+# the alias table.
+SAMPLE_FOLDERS = {"Benign": "Benign", "Early Pre-B": "Early", "Pre-B": "Pre", "Pro-B": "Pro",
+                  "ALL": "all", "Normal": "hem"}
 
 # class -> (nucleus radius range as fraction of size, eccentricity range, texture strength, nucleoli)
 _CLASS_SHAPE = {
@@ -23,11 +25,18 @@ _CLASS_SHAPE = {
     "Early Pre-B": ((0.10, 0.13), (0.0, 0.2), 0.15, 1),
     "Pre-B": ((0.12, 0.15), (0.2, 0.4), 0.25, 2),
     "Pro-B": ((0.14, 0.18), (0.35, 0.55), 0.35, 3),
+    # ALL vs normal: a blast is large with nucleoli, a normal lymphoid cell small and round
+    "ALL": ((0.15, 0.19), (0.2, 0.5), 0.35, 3),
+    "Normal": ((0.08, 0.10), (0.0, 0.15), 0.05, 0),
 }
 
+# Taxonomies whose images are single segmented cells on black (C-NMC), not smear fields.
+_SEGMENTED_CELLS = {"all_vs_normal"}
 
-def smear_image(cls: str, rng: np.random.Generator, size: int = 224) -> np.ndarray:
-    """One RGB uint8 synthetic smear field of the given class."""
+
+def smear_image(cls: str, rng: np.random.Generator, size: int = 224, segmented: bool = False) -> np.ndarray:
+    """One RGB uint8 synthetic smear field of the given class; ``segmented``: the cell alone
+    on black, as C-NMC publishes its cells."""
     bg = np.array([236, 214, 222], np.float32) + rng.normal(0, 6, 3)
     img = np.empty((size, size, 3), np.float32)
     img[:] = bg
@@ -58,6 +67,10 @@ def smear_image(cls: str, rng: np.random.Generator, size: int = 224) -> np.ndarr
         off = rng.normal(0, r * 0.35, 2)
         cv2.circle(img, (int(cx + off[0]), int(cy + off[1])), max(2, int(r * 0.15)), (150, 110, 175), -1, cv2.LINE_AA)
     img = cv2.GaussianBlur(img, (0, 0), 0.8)
+    if segmented:
+        cell = np.zeros((size, size), np.uint8)
+        cv2.ellipse(cell, (int(cx), int(cy)), (int(axes[0] * 1.25), int(axes[1] * 1.25)), angle, 0, 360, 255, -1, cv2.LINE_AA)
+        img = img * (cell.astype(np.float32) / 255.0)[..., None]
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -79,7 +92,7 @@ def generate(
         sub.mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
             path = sub / f"sample-{SAMPLE_FOLDERS.get(cls, cls)}-{i + 1:04d}{ext}"
-            img = smear_image(cls, rng, size)
+            img = smear_image(cls, rng, size, segmented=taxonomy in _SEGMENTED_CELLS)
             if not path.exists():
                 ok, buf = cv2.imencode(ext, cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
                 if not ok:

@@ -253,6 +253,35 @@ class MainWindow(QMainWindow):
             sb.addPermanentWidget(w)
         self._show_reviewer()
 
+    def _build_class_actions(self) -> None:
+        """One action, menu entry and button per class of the active model (keys 1..9), then
+        "Other"; called again when a model of another taxonomy becomes active."""
+        for a in self.class_actions:
+            self.review_menu.removeAction(a)
+            self.removeAction(a)
+            a.deleteLater()
+        for b in self.class_buttons:
+            if b is not self.other_button:
+                self.review_bar.removeWidget(b)
+                b.deleteLater()
+        self.class_actions, buttons = [], []
+        classes = self.version["classes"] if self.version else []
+        for k, c in enumerate(classes, start=1):
+            key = QKeySequence(str(k)) if k <= 9 else None
+            a = self._act(f"{k}  {c}" if key else c, lambda _=False, c=c: self.label_selected(c), key)
+            self.review_menu.insertAction(self._class_anchor, a)
+            self.class_actions.append(a)
+            b = QPushButton(f"{k}  {c}" if key else c)
+            b.setFocusPolicy(Qt.NoFocus)
+            b.setToolTip(f"Label the selected image(s) {c}" + (f" (key {k})" if key else ""))
+            col = class_color(c, classes).name()
+            b.setStyleSheet(f"QPushButton {{ border-left: 6px solid {col}; padding: 4px 8px; }}")
+            b.clicked.connect(a.trigger)
+            self.review_bar.insertWidget(len(buttons), b)
+            buttons.append(b)
+        self.class_buttons = [*buttons, self.other_button]
+        self.label_actions = [*self.class_actions, self.a_other, self.a_other_note]
+
     def _fill_class_combos(self) -> None:
         classes = self.version["classes"] if self.version else []
         for combo, extra in ((self.f_pred, []), (self.f_rev, [("Unreviewed only", q.UNREVIEWED)])):
@@ -309,34 +338,23 @@ class MainWindow(QMainWindow):
         m.addAction(self.a_quit)
         self._fill_recent()
 
-        m = mb.addMenu("&Review")
+        m = self.review_menu = mb.addMenu("&Review")
+        self._act = act
+        self.class_actions: list[QAction] = []  # keys 1..N: rebuilt when the active model changes taxonomy
         self.label_actions: list[QAction] = []
-        classes = self.version["classes"] if self.version else []
-        for k, c in enumerate(classes[:9], start=1):
-            a = act(f"{k}  {c}", lambda _=False, c=c: self.label_selected(c), QKeySequence(str(k)))
-            m.addAction(a)
-            self.label_actions.append(a)
-            b = QPushButton(f"{k}  {c}")
-            b.setFocusPolicy(Qt.NoFocus)
-            b.setToolTip(f"Label the selected image(s) {c} (key {k})")
-            col = class_color(c, classes).name()
-            b.setStyleSheet(f"QPushButton {{ border-left: 6px solid {col}; padding: 4px 8px; }}")
-            b.clicked.connect(a.trigger)
-            self.review_bar.addWidget(b)
-            self.class_buttons.append(b)
+        self._class_anchor = m.addSeparator()
         self.a_other = act(f"O  {OTHER_TITLE}", lambda: self.label_selected(OTHER), QKeySequence("O"))
         self.a_other_note = act(f"{OTHER_TITLE} with a &note…", self.label_other_with_note, QKeySequence("Shift+O"))
         for a in (self.a_other, self.a_other_note):
             m.addAction(a)
-            self.label_actions.append(a)
-        b = QPushButton(f"O  {OTHER}")
+        b = self.other_button = QPushButton(f"O  {OTHER}")
         b.setFocusPolicy(Qt.NoFocus)
         b.setToolTip(f"{OTHER_TITLE}: fits none of the classes (another cell type, an artefact, out of focus). "
                      "Key O; Shift+O adds a note. Never used as a class when retraining.")
         b.setStyleSheet(f"QPushButton {{ border-left: 6px solid {class_color(OTHER).name()}; padding: 4px 8px; }}")
         b.clicked.connect(self.a_other.trigger)
         self.review_bar.addWidget(b)
-        self.class_buttons.append(b)
+        self._build_class_actions()
         self.a_accept = act("&Accept prediction", self.accept_prediction,
                             [QKeySequence("A"), QKeySequence(Qt.Key_Return), QKeySequence(Qt.Key_Enter)])
         self.a_clear = act("C&lear label", lambda: self.label_selected(None), QKeySequence("0"))
@@ -922,6 +940,8 @@ class MainWindow(QMainWindow):
             self.version = version_info(get_version(s, name))
         self.review.taxonomy = self.version["taxonomy"]
         self._gradcam = None
+        self._build_class_actions()
+        self._update_actions()
         self._fill_class_combos()
         self.reload_gallery()
         self.statusBar().showMessage(f"Active model: {self.version['name']}", 8000)
@@ -936,7 +956,9 @@ class MainWindow(QMainWindow):
 
     def show_shortcuts(self) -> None:
         classes = self.version["classes"] if self.version else []
-        keys = "".join(f"<tr><td><b>{k}</b></td><td>label {c}</td></tr>" for k, c in enumerate(classes, 1))
+        keys = "".join(f"<tr><td><b>{k}</b></td><td>label {c}</td></tr>" for k, c in enumerate(classes[:9], 1))
+        keys += (f"<tr><td><b>O</b> / <b>Shift+O</b></td><td>{OTHER_TITLE} (fits none of the classes) "
+                 "/ with a note</td></tr>")
         QMessageBox.information(self, "Keyboard shortcuts", f"""<table>{keys}
             <tr><td><b>A</b> / <b>Enter</b></td><td>accept the prediction</td></tr>
             <tr><td><b>0</b></td><td>clear the label</td></tr>

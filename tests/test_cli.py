@@ -50,7 +50,15 @@ def test_sample_import_classify_export(cli, tmp_path, db):
 
 def test_models_list_and_activate(cli):
     rc, out, _ = cli("models", "list")
-    assert rc == 0 and out.startswith("*")
+    lines = out.splitlines()
+    assert rc == 0 and lines[0].startswith("*") and "all-subtype" in lines[0]
+    binary = next(line for line in lines if "all-vs-normal" in line)
+    assert not binary.startswith("*")  # shipped and registered, not active
+    name = binary.split()[1] if binary.split()[0] in "*-" else binary.split()[0]
+    rc, _, _ = cli("models", "activate", name)
+    assert rc == 0
+    rc, out, _ = cli("models", "list")
+    assert next(line for line in out.splitlines() if line.startswith("*")).find("all-vs-normal") >= 0
     rc, _, err = cli("models", "activate", "no-such-model")
     assert rc == 2 and "no model version 'no-such-model'" in err and "Traceback" not in err
 

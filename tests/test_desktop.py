@@ -231,7 +231,10 @@ def test_switch_model_reclassifies_and_about(qtbot, window, tmp_path):
     from desktop.models_panel import ModelsDialog
 
     dlg = ModelsDialog(w.db, w)
-    assert dlg.table.rowCount() == 2 and "accuracy 0.500" in dlg.table.item(1, 4).text()
+    from core.registry import bundled_packages
+
+    row = len(bundled_packages())  # the bundled packages, then the new one
+    assert dlg.table.rowCount() == row + 1 and "accuracy 0.500" in dlg.table.item(row, 4).text()
     assert dlg.retrain.isEnabled()  # opens the Retrain dialog (tests/test_retrain_gui.py)
     with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT) as blocker:
         w.activate_version(vid, ask=False, reclassify=True)

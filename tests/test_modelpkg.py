@@ -11,6 +11,7 @@ from core.modelpkg import WEIGHTS_FILE, load_model, read_card, save_package
 from core.registry import (
     active_version,
     bundled_default_package,
+    bundled_packages,
     ensure_active_model,
     get_version,
     list_versions,
@@ -87,7 +88,9 @@ def test_save_then_register_and_switch_active(tmp_path, db, paths):
         set_active(s, second)
     with db.session() as s:
         assert active_version(s).name == "second-model"
-        assert [v.name for v in list_versions(s)] == [first.name, "second-model"]
+        bundled = [read_card(p).name for p in bundled_packages()]
+        assert bundled[0] == first.name  # the default is registered first and made active
+        assert [v.name for v in list_versions(s)] == [*bundled, "second-model"]
         assert sum(v.is_active for v in list_versions(s)) == 1
         with pytest.raises(ModelPackageError, match="no model version"):
             get_version(s, "nope")

@@ -35,7 +35,13 @@ from core.modelpkg import (
     validate_model_name,
     verify_package,
 )
-from core.registry import bundled_default_package, ensure_active_model, list_versions, register_package
+from core.registry import (
+    bundled_default_package,
+    bundled_packages,
+    ensure_active_model,
+    list_versions,
+    register_package,
+)
 from core.taxonomy import TAXONOMIES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,11 +108,12 @@ def model_file(pkg: Path, dest: Path) -> Path:
 
 
 def registry_is_clean(db, paths) -> None:
-    """Nothing but the default was registered or copied into the models directory."""
+    """Nothing but the bundled packages was registered or copied into the models directory."""
+    bundled = [read_card(p).name for p in bundled_packages()]
     with db.session() as s:
-        assert [v.name for v in list_versions(s)] == [read_card(bundled_default_package()).name]
+        assert [v.name for v in list_versions(s)] == bundled
     leftovers = sorted(p.name for p in paths.models.iterdir())
-    assert leftovers == [read_card(bundled_default_package()).name], leftovers
+    assert leftovers == sorted(bundled), leftovers
 
 
 def one_sentence(message: str) -> None:
@@ -393,7 +400,7 @@ def test_registering_a_valid_package_still_works(tmp_path, db, paths):
         v = register_package(s, paths, pkg)
         assert Path(v.path) == paths.models / "colleague-v3"
     with db.session() as s:
-        assert s.scalar(select(func.count(ModelVersion.id))) == 2
+        assert s.scalar(select(func.count(ModelVersion.id))) == len(bundled_packages()) + 1
     verify_package(paths.models / "colleague-v3")
 
 

@@ -43,6 +43,8 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
                    help="training arithmetic; auto is fp32 on every machine, so the model and its card do not "
                         "depend on the CPU or GPU it was trained on (evaluation and calibration are always fp32)")
     p.add_argument("--name", help="model name (unique in the registry)")
+    p.add_argument("--attribution", help="where the training images come from, cited in the model card "
+                   "(known public sets are cited without it)")
     p.add_argument("--out", help="run folder (checkpoints, package); default <data dir>/runs/<name>")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--activate", action="store_true", help="make the trained model the active one")
@@ -71,7 +73,8 @@ def train_cmd(args: argparse.Namespace, app) -> int:
         split=args.split, fold=args.fold, patience=args.patience, balance=args.balance,
         augment={"strength": 0.0} if args.no_augment else _augment_options(args.augment),
         pretrained=not args.no_pretrained,
-        seed=args.seed, threads=args.threads, name=name, out_dir=str(out), resume=args.resume,
+        seed=args.seed, threads=args.threads, name=name, attribution=args.attribution,
+        out_dir=str(out), resume=args.resume,
         device=args.device, precision=args.precision,
         cache_dir=str(app.paths.cache / "train-images"),
     )

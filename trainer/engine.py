@@ -46,11 +46,33 @@ CHECKPOINT_WEIGHTS = "last.safetensors"
 CHECKPOINT_STATE = "last.json"
 BEST_WEIGHTS = "best.safetensors"
 
-DATA_ATTRIBUTION = (
-    "Acute Lymphoblastic Leukemia (ALL) image dataset, Taleqani Hospital, Tehran: Aria M., "
-    "Ghaderzadeh M., et al., 'Acute Lymphoblastic Leukemia (ALL) image dataset', Kaggle "
-    "'mehradaria/leukemia' (2021); Ghaderzadeh M. et al., Int J Intell Syst 2022."
-)
+# Citations of the public datasets the trainer knows, by their folder name; a card names the
+# source of its training images, so an unknown folder gets an honest "not given".
+DATA_ATTRIBUTIONS = {
+    "all-taleqani": (
+        "Acute Lymphoblastic Leukemia (ALL) image dataset, Taleqani Hospital, Tehran: Aria M., "
+        "Ghaderzadeh M., et al., 'Acute Lymphoblastic Leukemia (ALL) image dataset', Kaggle "
+        "'mehradaria/leukemia' (2021); Ghaderzadeh M. et al., Int J Intell Syst 2022."
+    ),
+    "cnmc-train": (
+        "C-NMC 2019 (ISBI 2019 challenge): SBI Lab, IIIT Delhi and AIIMS New Delhi; Gupta A., "
+        "Gupta R., 'ALL Challenge dataset of ISBI 2019', The Cancer Imaging Archive, "
+        "doi:10.7937/tcia.2019.dc64i46r; licence CC BY 3.0."
+    ),
+    "pbc-dev": (
+        "PBC normal peripheral-blood cells, Hospital Clinic Barcelona: Acevedo A. et al., "
+        "Data in Brief 2020; licence CC BY 4.0."
+    ),
+}
+
+
+def data_attribution(cfg: TrainConfig) -> str:
+    if cfg.attribution:
+        return cfg.attribution
+    folder = Path(cfg.data).name
+    return DATA_ATTRIBUTIONS.get(folder) or (
+        f"images of the folder {folder!r}; their source was not given (hemascan train --attribution)"
+    )
 
 
 @dataclass
@@ -82,6 +104,7 @@ class TrainConfig:
     cache_dir: str | None = None
     resume: bool = False
     name: str | None = None
+    attribution: str | None = None  # where the training images come from (the card cites it)
     package: bool = True
     max_epochs_this_call: int | None = None  # stop (resumably) after this many epochs
     eval_robustness: bool = True
@@ -601,4 +624,4 @@ def _training_data(cfg: TrainConfig, ds: Dataset, split: Split, train_idx) -> di
     return {"source": str(Path(cfg.data).name), "n_images": len(ds), "class_counts": ds.counts(),
             "split": split.describe(), "n_train_used": int(len(train_idx)),
             "train_class_counts": {c: int((ds.labels[train_idx] == i).sum()) for i, c in enumerate(ds.classes)},
-            "attribution": DATA_ATTRIBUTION, "config": cfg.to_dict()}
+            "attribution": data_attribution(cfg), "config": cfg.to_dict()}
