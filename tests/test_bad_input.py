@@ -155,10 +155,11 @@ def test_locked_database_gives_clear_message_and_loses_nothing(data_dir, sample_
 
 def test_tampered_model_is_refused_by_classify(cli, sample_folder, data_dir):
     rc, _, _ = cli("scan", sample_folder)
-    pkg = next((data_dir / "models").glob("*"), None)
-    if pkg is None:  # registry copies the bundled package on first classify/models
-        cli("models", "list")
-        pkg = next((data_dir / "models").glob("*"))
+    from core.modelpkg import read_card
+    from core.registry import bundled_default_package
+
+    cli("models", "list")  # the registry copies the bundled packages on first use
+    pkg = data_dir / "models" / read_card(bundled_default_package()).name  # the active one
     weights = pkg / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-3] ^= 0x55
