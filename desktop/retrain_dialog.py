@@ -18,7 +18,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QCheckBox, QComboBox, QDialog, QFileDialog,
-                               QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+                               QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox,
                                QProgressBar, QPushButton, QRadioButton, QSpinBox, QTableWidget, QTableWidgetItem,
                                QTabWidget, QVBoxLayout, QWidget)
 
@@ -108,6 +108,12 @@ class RetrainDialog(QDialog):
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 200)
         self.epochs.setValue(4)
+        self.epochs.setToolTip("Epochs at least: a few reviewed images get more epochs, up to the minimum steps")
+        self.min_steps = QSpinBox()
+        self.min_steps.setRange(0, 5000)
+        self.min_steps.setValue(60)
+        self.min_steps.setToolTip("Optimiser steps at least, however few images are reviewed: with tens of "
+                                  "corrections a fixed few epochs would hardly move the model")
         self.input_size = QSpinBox()
         self.input_size.setRange(32, 512)
         self.input_size.setSingleStep(16)
@@ -136,7 +142,8 @@ class RetrainDialog(QDialog):
         form.addRow(self.scratch)
         form.addRow("Architecture", self.arch)
         form.addRow("Input size (px)", self.input_size)
-        form.addRow("Epochs", self.epochs)
+        form.addRow("Epochs (at least)", self.epochs)
+        form.addRow("Steps (at least)", self.min_steps)
         form.addRow("Device", self.device)
         form.addRow("Base data", brow)
 
@@ -285,7 +292,7 @@ class RetrainDialog(QDialog):
         from trainer.retrain import RetrainConfig
 
         scratch = self.scratch.isChecked()
-        return RetrainConfig(epochs=self.epochs.value(), from_scratch=scratch,
+        return RetrainConfig(epochs=self.epochs.value(), min_steps=self.min_steps.value(), from_scratch=scratch,
                              arch=self.arch.currentText() if scratch else None,
                              input_size=self.input_size.value() if scratch else None,
                              base_data=self.base_data.text().strip() or None, device=self.device.currentData())
@@ -360,8 +367,12 @@ class RetrainDialog(QDialog):
             self.runFinished.emit(out)
             return
         secs = out.get("train_seconds", 0.0)
+        d = out["data"]
+        used = ", ".join(f"{c} {n['train'] + n['base']}" for c, n in d["per_class"].items())
+        few = (f" Too few reviewed images (under {d['min_per_class']}) of {', '.join(d['too_few'])}: "
+               "the new version learns little about them." if d.get("too_few") else "")
         self.status.setText(f"Done: new version {out['version']} (trained {secs:.0f} s on {out.get('device', '')}); "
-                            f"not active yet. {out['data']['n_train']} training, {out['data']['n_val']} validation images.")
+                            f"not active yet. {d['n_train']} training images ({used}), {d['n_val']} validation.{few}")
         self.show_comparison(out.get("comparison"), out["parent"], out["version"])
         self.promote_btn.setEnabled(True)
         self.keep_btn.setEnabled(True)
@@ -437,8 +448,18 @@ class RetrainDialog(QDialog):
     def promote(self) -> None:
         if not self.result or self.result.get("status") != "completed":
             return
-        from trainer.retrain import promote
+        from trainer.retrain import promote, promotion_advice
 
+        verdict, why = promotion_advice(self.result.get("comparison"))
+        if why is not None:
+            title = "The new version is worse" if verdict == "worse" else "Not shown to be better"
+            box = QMessageBox(QMessageBox.Warning if verdict == "worse" else QMessageBox.Question, title,
+                              f"{why[0].upper()}{why[1:]}.\n\nPromote {self.result['version']} anyway?",
+                              QMessageBox.Yes | QMessageBox.No, self)
+            box.setDefaultButton(QMessageBox.No)
+            if box.exec() != QMessageBox.Yes:
+                self.status.setText(f"Not promoted: {why}.")
+                return
         entry = promote(self.db, self.result["version"])
         self.promote_btn.setEnabled(False)
         self.keep_btn.setEnabled(False)

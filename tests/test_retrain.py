@@ -23,7 +23,7 @@ from core.scan import images_under, scan
 from core.taxonomy import TAXONOMIES
 
 CLASSES = list(TAXONOMIES["all_subtype"].classes)
-FAST = dict(epochs=2, batch_size=16, threads=2, augment={"strength": 0.0}, bootstrap=200, decode_workers=1)
+FAST = dict(epochs=2, min_steps=0, batch_size=16, threads=2, augment={"strength": 0.0}, bootstrap=200, decode_workers=1)
 
 
 def tiny_package(tmp: Path, name: str = "tiny-v1") -> Path:
@@ -215,9 +215,14 @@ def test_export_import_round_trip_and_tampering(labelled, db, paths, tmp_path):
 
 
 def test_cli_retrain_and_models_export_import(labelled, cli, tmp_path, db):
-    rc, out, err = cli("retrain", "--epochs", 1, "--threads", 2, "--no-augment", "--promote")
+    rc, out, err = cli("retrain", "--epochs", 1, "--min-steps", 0, "--threads", 2, "--no-augment", "--promote")
     assert rc == 0, err
-    assert "accuracy" in out and "macro-F1" in out and "promoted" in out
+    # 12 validation images cannot show the new version is better: Promote says why and does not
+    assert "accuracy" in out and "macro-F1" in out and "not promoted: the comparison cannot tell" in out
+    with db.session() as s:
+        assert active_version(s).name == "tiny-v1"
+    rc, out, err = cli("retrain", "--epochs", 1, "--min-steps", 0, "--threads", 2, "--no-augment", "--promote", "--force")
+    assert rc == 0 and "promoted although the comparison cannot tell" in out, err
     f = tmp_path / "m.hsmodel"
     rc, out, err = cli("models", "export", "tiny-v1", str(f))
     assert rc == 0 and f.is_file(), err
@@ -272,3 +277,24 @@ def test_sigkill_mid_run_leaves_failed_row_and_no_model(labelled, db, paths, dat
 def registered_names(db) -> list[str]:
     with db.session() as s:
         return sorted(s.scalars(select(ModelVersion.name)))
+
+
+def test_promotion_advice_says_worse_undecided_or_better():
+    from trainer.retrain import SMALL_VAL, compare_predictions, promotion_advice
+
+    rng = np.random.default_rng(0)
+    n = 4 * SMALL_VAL
+    y = rng.integers(0, 4, n)
+    right, wrong = np.eye(4)[y] * 0.9 + 0.025, np.eye(4)[(y + 1) % 4] * 0.9 + 0.025
+    half = np.where((np.arange(n) % 2 == 0)[:, None], right, wrong)
+    cases = {"better": (right, half), "worse": (half, right), "undecided": (half, half)}
+    for expected, (new, old) in cases.items():
+        cmp = compare_predictions(y, new, old, CLASSES, n_boot=300)
+        verdict, why = promotion_advice(cmp)
+        assert verdict == expected and (why is None) == (expected == "better"), (expected, verdict, why)
+        if why:
+            assert expected.replace("undecided", "cannot tell") in why and "\n" not in why
+    # a few validation images can never show "better", however the two compare
+    cmp = compare_predictions(y[:12], right[:12], half[:12], CLASSES, n_boot=300)
+    assert promotion_advice(cmp)[0] == "undecided" and "fewer than" in promotion_advice(cmp)[1]
+    assert promotion_advice(None)[0] == "undecided"

@@ -9,6 +9,7 @@ pytest.importorskip("pytestqt")
 pytest.importorskip("pyqtgraph")
 
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
+from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
 from .test_retrain import registered_names, labelled, tiny_package  # noqa: E402,F401  (fixtures)
 
@@ -33,10 +34,11 @@ def window(qtbot, paths, tmp_path, labelled):  # noqa: F811
 
 def _fast(dlg):
     dlg.epochs.setValue(2)
+    dlg.min_steps.setValue(0)
     dlg.device.setCurrentIndex(dlg.device.findData("cpu"))
 
 
-def test_retrain_dialog_through_to_promotion(qtbot, window, db):
+def test_retrain_dialog_through_to_promotion(qtbot, window, db, monkeypatch):
     from core.registry import active_version
 
     w = window
@@ -60,6 +62,16 @@ def test_retrain_dialog_through_to_promotion(qtbot, window, db):
     assert dlg.warning.text()  # tiny validation set: says it cannot tell
     with db.session() as s:
         assert active_version(s).name == "tiny-v1"
+    # 12 validation images cannot show it is better: Promote asks, says why; No keeps the active one
+    asked = []
+    monkeypatch.setattr("desktop.retrain_dialog.QMessageBox.exec",
+                        lambda box: asked.append(box.text()) or QMessageBox.No)
+    qtbot.mouseClick(dlg.promote_btn, Qt.LeftButton)
+    assert asked and "cannot tell the new version from tiny-v1" in asked[0] and "Promote" in asked[0]
+    assert dlg.status.text().startswith("Not promoted")
+    with db.session() as s:
+        assert active_version(s).name == "tiny-v1"
+    monkeypatch.setattr("desktop.retrain_dialog.QMessageBox.exec", lambda box: QMessageBox.Yes)
     with qtbot.waitSignal(dlg.promoted, timeout=TIMEOUT):
         qtbot.mouseClick(dlg.promote_btn, Qt.LeftButton)
     with db.session() as s:

@@ -183,7 +183,8 @@ def predict_logits(model: nn.Module, images: np.ndarray, prep: Preprocessing, de
 def iter_train_epoch(model: nn.Module, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, *,
                      optimizer: torch.optim.Optimizer, scheduler, criterion: nn.Module, prep: Preprocessing,
                      augmenter: aug.Augmenter, device: torch.device, batch_size: int, epoch_seed: int,
-                     sample_weights: np.ndarray | None = None, cancel=None, precision: str = "fp32"):
+                     sample_weights: np.ndarray | None = None, cancel=None, precision: str = "fp32",
+                     frozen: list[nn.Module] = ()):
     """Generator form of :func:`train_one_epoch`: yields ``(batch, n_batches, loss)`` after
     every optimiser step and returns the epoch's stats."""
     gen = torch.Generator().manual_seed(epoch_seed)
@@ -194,6 +195,8 @@ def iter_train_epoch(model: nn.Module, images: np.ndarray, labels: np.ndarray, i
     else:
         order = indices[torch.randperm(len(indices), generator=gen).numpy()]
     model.train()
+    for mod in frozen:  # fixed stages keep their BatchNorm statistics too
+        mod.eval()
     ctx = autocast_for(device, precision)
     t0 = time.perf_counter()
     total_loss, correct, seen = 0.0, 0, 0
@@ -364,6 +367,183 @@ def _strip(m: dict) -> dict:
     return {k: v for k, v in m.items() if k != "logits"}
 
 
+@dataclass
+class FitOptions:
+    """How the weights are optimised: the one training loop's settings, for ``train``,
+    ``retrain`` and the experiments alike."""
+    epochs: int
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    patience: int | None = 4  # epochs without a better validation score before stopping; None: never
+    balance: str = "loss"  # loss (class-weighted CE), sampler (class-balanced sampling), none
+    augment: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    precision: str = "fp32"
+    freeze_first: int = 0  # keep the first N stages (see ``stages``) fixed
+    train_last: int | None = None  # train only the last N stages (head first); None: all not frozen
+    min_steps: int = 0  # at least this many optimiser steps: few images get more epochs, not fewer updates
+    max_epochs_this_call: int | None = None  # stop (resumably) after this many epochs
+
+    def epochs_for(self, n_train: int) -> int:
+        steps = max(1, math.ceil(n_train / self.batch_size))
+        return max(self.epochs, math.ceil(self.min_steps / steps))
+
+
+def stages(model: nn.Module) -> list[nn.Module]:
+    """The network from input to output in the pieces fine-tuning freezes or trains:
+    EfficientNet's stem, each MBConv block, head conv, classifier; the seed CNNs' blocks
+    and classifier."""
+    if hasattr(model, "_blocks"):
+        return [nn.ModuleList([model._conv_stem, model._bn0]), *model._blocks,
+                nn.ModuleList([model._conv_head, model._bn1]), model._fc]
+    return [*model.features, model.classifier]
+
+
+def freeze_stages(model: nn.Module, freeze_first: int = 0, train_last: int | None = None) -> list[nn.Module]:
+    """Fix the parameters (and BatchNorm statistics) of the first stages; returns the frozen
+    modules, which the epoch loop keeps in eval mode."""
+    parts = stages(model)
+    n_frozen = max(freeze_first, len(parts) - train_last if train_last is not None else 0)
+    frozen = parts[: min(n_frozen, len(parts) - 1)]  # the classifier always trains
+    for mod in frozen:
+        for p in mod.parameters():
+            p.requires_grad_(False)
+    return frozen
+
+
+def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+        classes: list[str], prep: Preprocessing, device: torch.device, opts: FitOptions, *,
+        out_dir: Path | None = None, resume: bool = False, checkpoint_config: dict | None = None,
+        progress: Callable[[Progress], None] | None = None, cancel=None, stage_name: str = "train",
+        select_on_val: bool = True):
+    """The training loop (torchvision references' shape: ``train_one_epoch`` + ``evaluate``
+    per epoch). Best epoch by validation macro-F1 (then loss), early stopping after
+    ``patience`` epochs without improvement (``select_on_val=False``: validation is only
+    reported, the last epoch is kept: for validation sets too small to choose by). With ``out_dir``: a checkpoint after every
+    epoch (``resume=True`` continues it bit-identically) and the best weights on disk;
+    without, the best weights are kept in memory. A generator of Progress; returns
+    {status: completed/cancelled/paused, history, best, train_seconds, stopped_early,
+    epochs_planned}; on completion the model holds the best epoch's weights."""
+
+    def emit(p: Progress) -> Progress:
+        if progress is not None:
+            progress(p)
+        return p
+
+    n_cls = len(classes)
+    frozen = freeze_stages(model, opts.freeze_first, opts.train_last)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    y_tr = labels[train_idx]
+    sample_weights, class_weight = None, None
+    if opts.balance == "loss":
+        from sklearn.utils.class_weight import compute_class_weight
+
+        present = np.unique(y_tr)
+        cw = np.ones(n_cls)
+        cw[present] = compute_class_weight("balanced", classes=present, y=y_tr)
+        class_weight = torch.tensor(cw, dtype=torch.float32, device=device)
+    elif opts.balance == "sampler":
+        counts = np.bincount(y_tr, minlength=n_cls).astype(np.float64)
+        sample_weights = 1.0 / counts[y_tr]
+    criterion = nn.CrossEntropyLoss(weight=class_weight, label_smoothing=opts.label_smoothing)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts.lr,
+                                  weight_decay=opts.weight_decay)
+    epochs = opts.epochs_for(len(train_idx))
+    steps_per_epoch = math.ceil(len(train_idx) / opts.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(int(opts.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch))
+    augmenter = aug.Augmenter(aug.AugmentConfig(**opts.augment), fill=prep.mean)
+
+    history: list[dict] = []
+    best: dict[str, Any] = {"epoch": -1, "val_macro_f1": -1.0, "val_loss": float("inf")}
+    best_state: dict[str, torch.Tensor] | None = None
+    start_epoch, bad_epochs, seconds_before = 0, 0, 0.0
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if resume and (out_dir / CHECKPOINT_STATE).is_file():
+            st = load_checkpoint(out_dir, model, optimizer, scheduler)
+            want = (checkpoint_config or {}).get("arch")
+            if want is not None and st.get("config", {}).get("arch") != want:
+                raise ValueError(f"checkpoint in {out_dir} is for {st.get('config', {}).get('arch')!r}, not {want!r}")
+            history, best, start_epoch = st["history"], st["best"], st["epoch"] + 1
+            bad_epochs, seconds_before = st.get("bad_epochs", 0), st.get("train_seconds", 0.0)
+            yield emit(Progress(stage_name, start_epoch, epochs, f"resumed after epoch {start_epoch}"))
+
+    status, stopped_early, epochs_this_call = "completed", False, 0
+    t_train = time.perf_counter()
+    for epoch in range(start_epoch, epochs):
+        if cancel is not None and cancel.is_set():
+            status = "cancelled"
+            break
+        if opts.max_epochs_this_call is not None and epochs_this_call >= opts.max_epochs_this_call:
+            status = "paused"
+            break
+        it = iter_train_epoch(model, images, labels, train_idx, optimizer=optimizer, scheduler=scheduler,
+                              criterion=criterion, prep=prep, augmenter=augmenter, device=device,
+                              batch_size=opts.batch_size, epoch_seed=opts.seed * 100_003 + epoch,
+                              sample_weights=sample_weights, cancel=cancel, precision=opts.precision, frozen=frozen)
+        while True:
+            try:
+                bi, nb, loss = next(it)
+            except StopIteration as stop:
+                tr = stop.value
+                break
+            done = epoch * nb + bi
+            elapsed = time.perf_counter() - t_train
+            eta = elapsed / (done - start_epoch * nb) * (epochs * nb - done) if done > start_epoch * nb else None
+            yield emit(Progress(stage_name, done, epochs * nb, f"epoch {epoch + 1}/{epochs} loss {loss:.3f}",
+                                {"epoch": epoch + 1, "epochs": epochs, "batch": bi, "batches": nb, "loss": loss,
+                                 "history": list(history), "eta_s": eta, "elapsed_s": elapsed}))
+        if tr["cancelled"]:
+            status = "cancelled"
+            break
+        val = evaluate(model, images[val_idx], labels[val_idx], classes, prep, device) if len(val_idx) else None
+        rec = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+               "train_images_per_s": tr["images_per_s"], "lr": optimizer.param_groups[0]["lr"],
+               "val_loss": val["loss"] if val else None, "val_accuracy": val["accuracy"] if val else None,
+               "val_macro_f1": val["macro_f1"] if val else None}
+        history.append(rec)
+        improved = (val is None or not select_on_val
+                    or (val["macro_f1"], -val["loss"]) > (best["val_macro_f1"], -best["val_loss"]))
+        if improved:  # without validation: the last epoch
+            best = {"epoch": epoch + 1, "val_macro_f1": val["macro_f1"] if val else -1.0,
+                    "val_loss": val["loss"] if val else float("inf")}
+            if out_dir is not None:
+                save_weights(out_dir / BEST_WEIGHTS, model.state_dict())
+            else:
+                best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        epochs_this_call += 1
+        if out_dir is not None:
+            save_checkpoint(out_dir, model, optimizer, scheduler, {
+                "epoch": epoch, "history": history, "best": best, "bad_epochs": bad_epochs,
+                "config": checkpoint_config or {}, "train_seconds": seconds_before + time.perf_counter() - t_train})
+        yield emit(Progress("validate", epoch + 1, epochs,
+                            f"epoch {epoch + 1}: train loss {tr['loss']:.3f} acc {tr['accuracy']:.3f}"
+                            + (f" | val loss {val['loss']:.3f} acc {val['accuracy']:.3f} F1 {val['macro_f1']:.3f}" if val else ""),
+                            {"history": list(history), "epoch": epoch + 1, "epochs": epochs}))
+        if val is not None and select_on_val and opts.patience is not None and bad_epochs >= opts.patience:
+            stopped_early = True
+            break
+    train_seconds = seconds_before + time.perf_counter() - t_train
+    if status == "completed":
+        if out_dir is not None and (out_dir / BEST_WEIGHTS).is_file():
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(str(out_dir / BEST_WEIGHTS)))
+        elif best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+    return {"status": status, "history": history, "best": best, "train_seconds": train_seconds,
+            "stopped_early": stopped_early, "epochs_planned": epochs}
+
+
 def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None = None, cancel=None):
     """Train, calibrate, evaluate and package one model. A job generator: iterate it (or
     ``core.jobs.run_job``) to drive it; it returns the summary dict. ``progress`` (optional)
@@ -408,111 +588,27 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
     classes = ds.classes
     n_cls = len(classes)
 
-    # -- model, loss, optimiser
+    # -- model, then the one training loop (fit)
     model = build(cfg.arch, n_cls, **cfg.arch_params, **({"pretrained": True} if cfg.pretrained and cfg.arch == "effnet_lite0" else {}))
-    if cfg.freeze_blocks and hasattr(model, "_blocks"):
-        for mod in [model._conv_stem, model._bn0, *model._blocks[: cfg.freeze_blocks]]:
-            for p in mod.parameters():
-                p.requires_grad_(False)
-    model = model.to(device).to(memory_format=torch.channels_last)
-    counts = np.bincount(labels[train_idx], minlength=n_cls).astype(np.float64)
-    sample_weights = None
-    class_weight = None
-    if cfg.balance == "loss":
-        from sklearn.utils.class_weight import compute_class_weight
-
-        present = np.unique(labels[train_idx])
-        cw = np.ones(n_cls)
-        cw[present] = compute_class_weight("balanced", classes=present, y=labels[train_idx])
-        class_weight = torch.tensor(cw, dtype=torch.float32, device=device)
-    elif cfg.balance == "sampler":
-        sample_weights = 1.0 / counts[labels[train_idx]]
-    criterion = nn.CrossEntropyLoss(weight=class_weight, label_smoothing=cfg.label_smoothing)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
-    augmenter = aug.Augmenter(aug.AugmentConfig(**cfg.augment), fill=prep.mean)
-
-    history: list[dict] = []
-    best = {"epoch": -1, "val_macro_f1": -1.0, "val_loss": float("inf")}
-    start_epoch = 0
-    bad_epochs = 0
-    train_seconds_before = 0.0
-    if cfg.resume and (out_dir / CHECKPOINT_STATE).is_file():
-        st = load_checkpoint(out_dir, model, optimizer, scheduler)
-        if st.get("config", {}).get("arch") != cfg.arch:
-            raise ValueError(f"checkpoint in {out_dir} is for {st.get('config', {}).get('arch')!r}, not {cfg.arch!r}")
-        history, best, start_epoch = st["history"], st["best"], st["epoch"] + 1
-        bad_epochs, train_seconds_before = st.get("bad_epochs", 0), st.get("train_seconds", 0.0)
-        yield emit(Progress("train", start_epoch, cfg.epochs, f"resumed after epoch {start_epoch}"))
-
-    status = "completed"
-    stopped_early = False
-    t_train = time.perf_counter()
-    epochs_this_call = 0
-    for epoch in range(start_epoch, cfg.epochs):
-        if cancel is not None and cancel.is_set():
-            status = "cancelled"
-            break
-        if cfg.max_epochs_this_call is not None and epochs_this_call >= cfg.max_epochs_this_call:
-            status = "paused"
-            break
-        it = iter_train_epoch(model, images, labels, train_idx, optimizer=optimizer, scheduler=scheduler,
-                              criterion=criterion, prep=prep, augmenter=augmenter, device=device,
-                              batch_size=cfg.batch_size, epoch_seed=cfg.seed * 100_003 + epoch,
-                              sample_weights=sample_weights, cancel=cancel, precision=precision)
-        while True:
-            try:
-                bi, nb, loss = next(it)
-            except StopIteration as stop:
-                tr = stop.value
-                break
-            yield emit(Progress("train", epoch * nb + bi, cfg.epochs * nb,
-                                f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.3f}",
-                                {"epoch": epoch + 1, "batch": bi, "batches": nb, "loss": loss, "history": history}))
-        if tr["cancelled"]:
-            status = "cancelled"
-            break
-        val = evaluate(model, images[split.val], labels[split.val], classes, prep, device) if len(split.val) else None
-        rec = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-               "train_images_per_s": tr["images_per_s"], "lr": optimizer.param_groups[0]["lr"],
-               "val_loss": val["loss"] if val else None, "val_accuracy": val["accuracy"] if val else None,
-               "val_macro_f1": val["macro_f1"] if val else None}
-        history.append(rec)
-        improved = val is None or (val["macro_f1"], -val["loss"]) > (best["val_macro_f1"], -best["val_loss"])
-        if improved:
-            best = {"epoch": epoch + 1, "val_macro_f1": val["macro_f1"] if val else None,
-                    "val_loss": val["loss"] if val else None}
-            save_weights(out_dir / BEST_WEIGHTS, model.state_dict())
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-        epochs_this_call += 1
-        save_checkpoint(out_dir, model, optimizer, scheduler, {
-            "epoch": epoch, "history": history, "best": best, "bad_epochs": bad_epochs,
-            "config": cfg.to_dict(), "train_seconds": train_seconds_before + time.perf_counter() - t_train})
-        yield emit(Progress("validate", epoch + 1, cfg.epochs,
-                            f"epoch {epoch + 1}: train loss {tr['loss']:.3f} acc {tr['accuracy']:.3f}"
-                            + (f" | val loss {val['loss']:.3f} acc {val['accuracy']:.3f} F1 {val['macro_f1']:.3f}" if val else ""),
-                            {"history": list(history), "epoch": epoch + 1}))
-        if val is not None and bad_epochs >= cfg.patience:
-            stopped_early = True
-            break
-    train_seconds = train_seconds_before + time.perf_counter() - t_train
+    opts = FitOptions(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                      warmup_epochs=cfg.warmup_epochs, label_smoothing=cfg.label_smoothing, patience=cfg.patience,
+                      balance=cfg.balance, augment=cfg.augment, seed=cfg.seed, precision=precision,
+                      freeze_first=cfg.freeze_blocks + 1 if cfg.freeze_blocks else 0,
+                      max_epochs_this_call=cfg.max_epochs_this_call)
+    fitted = yield from fit(model, images, labels, train_idx, split.val, classes, prep, device, opts,
+                            out_dir=out_dir, resume=cfg.resume, checkpoint_config=cfg.to_dict(),
+                            progress=progress, cancel=cancel)
+    status, history, best = fitted["status"], fitted["history"], fitted["best"]
+    train_seconds = fitted["train_seconds"]
     summary: dict[str, Any] = {"status": status, "config": cfg.to_dict(), "history": history, "best": best,
                                "split": split.describe(), "precision": precision, "device": str(device),
-                               "train_seconds": train_seconds, "stopped_early": stopped_early,
+                               "train_seconds": train_seconds, "stopped_early": fitted["stopped_early"],
                                "out_dir": str(out_dir)}
     if status != "completed":
         summary["message"] = "stopped; resume with the same out_dir and resume=True"
         return summary
 
-    # -- best weights, calibration on validation
-    from safetensors.torch import load_file
-
-    if (out_dir / BEST_WEIGHTS).is_file():
-        model.load_state_dict(load_file(str(out_dir / BEST_WEIGHTS)))
+    # -- calibration on validation (fit left the best epoch's weights in the model)
     model.eval()
     yield emit(Progress("calibrate", 0, 1, "temperature scaling on validation"))
     temperature, threshold = 1.0, None

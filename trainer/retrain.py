@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 SPLIT_TRAIN = "train"
 SPLIT_VAL = "val"
 MIN_VAL_FOR_CALIBRATION = 20
+MIN_VAL_FOR_SELECTION = 20
+MIN_PER_CLASS = 10  # fewer training images of a class: retrain says the class has too few  # fewer validation images: keep the last epoch, no early stopping
+FINETUNE_LR = 3e-3  # last 8 stages, class-balanced, >= 60 steps: measured in docs/retrain.md
 SMALL_VAL = 100  # below this many validation images a difference of a few % is noise
 
 
@@ -71,7 +74,11 @@ class RetrainError(HemascanError):
 
 @dataclass
 class RetrainConfig:
-    epochs: int = 4
+    epochs: int = 4  # at least; few images get more epochs (min_steps)
+    min_steps: int = 60  # optimiser steps at least, whatever the number of reviewed images
+    train_last: int | None = 8  # fine-tuning trains the last N stages (engine.stages), head first: measured in docs/retrain.md
+    balance: str = "sampler"  # class-balanced sampling (engine.FitOptions.balance)
+    patience: int | None = 3
     arch: str | None = None  # None: the active version's architecture
     from_scratch: bool = False
     base_data: str | None = None  # folder of class folders added to the training side
@@ -224,7 +231,9 @@ class TrainingData:
             per[self.classes[it.label]]["base" if it.source == "base" else "train"] += 1
         for it in self.val:
             per[self.classes[it.label]]["val"] += 1
-        return {"taxonomy": self.taxonomy, "classes": self.classes, "per_class": per,
+        too_few = [c for c, n in per.items() if n["train"] + n["base"] < MIN_PER_CLASS]
+        return {"taxonomy": self.taxonomy, "classes": self.classes, "per_class": per, "too_few": too_few,
+                "min_per_class": MIN_PER_CLASS,
                 "n_train_reviewed": sum(1 for it in self.train if it.source != "base"),
                 "n_train_base": sum(1 for it in self.train if it.source == "base"),
                 "n_train": len(self.train), "n_val": len(self.val),
@@ -431,9 +440,35 @@ def compare_predictions(y: np.ndarray, probs_new: np.ndarray, probs_old: np.ndar
         warning = (f"validation set too small to tell the versions apart: accuracy difference "
                    f"{boot['difference']:+.3f} (95% bootstrap CI {lo:+.3f} to {hi:+.3f}) on {n} images"
                    + (f"; fewer than {SMALL_VAL} validation images" if n < SMALL_VAL else ""))
+    if n and hi < 0.0:
+        verdict = "worse"
+    elif n and lo > 0.0 and n >= SMALL_VAL:
+        verdict = "better"
+    else:
+        verdict = "undecided"
     return {"names": list(names), "classes": list(classes), "n": int(n), names[0]: brief(mn), names[1]: brief(mo),
             "new": brief(mn), "old": brief(mo), "accuracy_difference": boot, "changed": changes,
-            "n_changed": len(changes), "warning": warning}
+            "n_changed": len(changes), "warning": warning, "verdict": verdict}
+
+
+def promotion_advice(cmp: dict | None) -> tuple[str, str | None]:
+    """What Promote must say before making a new version active: ("better", None) when the
+    comparison shows it is better; ("worse" | "undecided", one sentence why) otherwise, for a
+    confirmation (GUI) or a refusal without --force (CLI)."""
+    if not cmp or not cmp.get("n"):
+        return "undecided", ("the new version was not compared with the active one (no validation images): "
+                             "nothing shows it is better")
+    d = cmp["accuracy_difference"]
+    lo, hi = d["ci95"]
+    old = cmp.get("old_name") or "the active version"
+    if cmp.get("verdict") == "worse" or hi < 0.0:
+        return "worse", (f"the new version is worse than {old} on the same {cmp['n']} validation images: accuracy "
+                         f"{d['difference']:+.1%} (95% interval {lo:+.1%} to {hi:+.1%})")
+    if cmp.get("verdict") == "better":
+        return "better", None
+    return "undecided", (f"the comparison cannot tell the new version from {old}: accuracy {d['difference']:+.1%} "
+                         f"(95% interval {lo:+.1%} to {hi:+.1%}) on {cmp['n']} validation images"
+                         + (f", fewer than the {SMALL_VAL} needed to tell a few points apart" if cmp["n"] < SMALL_VAL else ""))
 
 
 def comparison_table(cmp: dict) -> str:
@@ -483,15 +518,14 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
     version on the same validation images, register the result (not active). A job
     generator; returns a summary dict with ``status``, ``version`` and ``comparison``."""
     import torch
-    from torch import nn
 
     from core.architectures import build
+    from core.fspath import to_fs
     from core.modelpkg import ModelCard, load_model, save_package
     from core.preprocessing import Preprocessing
     from core.registry import ensure_active_model, register_package
 
-    from . import augment as aug
-    from .engine import _lr_lambda, evaluate, iter_train_epoch, predict_logits
+    from .engine import FitOptions, _seed_all, fit, predict_logits
     from .metrics import ece, fit_temperature, softmax, uncertain_threshold
 
     cfg = config if isinstance(config, RetrainConfig) else RetrainConfig.from_dict(config or {})
@@ -562,8 +596,8 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         va_idx = np.arange(len(data.train), len(all_items))
         yield emit(Progress("load", len(all_items), len(all_items), "images decoded"))
 
-        # -- model
-        torch.manual_seed(cfg.seed)
+        # -- model, then the trainer's one training loop (engine.fit)
+        _seed_all(cfg.seed)
         if cfg.from_scratch:
             kw = dict(cfg.arch_params)
             if cfg.pretrained and arch == "effnet_lite0":
@@ -576,83 +610,31 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         freeze = cfg.freeze_blocks
         if freeze is None:
             freeze = 0 if cfg.from_scratch else int(((pcard.get("training_data") or {}).get("config") or {}).get("freeze_blocks") or 0)
-        if freeze and hasattr(model, "_blocks"):
-            for mod in [model._conv_stem, model._bn0, *model._blocks[:freeze]]:
-                for p in mod.parameters():
-                    p.requires_grad_(False)
-        model = model.to(device).to(memory_format=torch.channels_last)
-        y_tr = y_all[tr_idx]
-        present = np.unique(y_tr)
-        cw = np.ones(len(classes))
-        from sklearn.utils.class_weight import compute_class_weight
-
-        cw[present] = compute_class_weight("balanced", classes=present, y=y_tr)
-        criterion = nn.CrossEntropyLoss(weight=torch.tensor(cw, dtype=torch.float32, device=device))
-        lr = cfg.lr or (1e-3 if cfg.from_scratch else 3e-4)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                      weight_decay=cfg.weight_decay)
-        steps = math.ceil(len(tr_idx) / cfg.batch_size)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _lr_lambda(int(cfg.warmup_epochs * steps), cfg.epochs * steps))
-        augmenter = aug.Augmenter(aug.AugmentConfig(**cfg.augment), fill=prep.mean)
-
-        history: list[dict] = []
-        best = {"epoch": 0, "key": (-1.0, -float("inf"))}
-        best_state = None
-        t_train = time.perf_counter()
-        total_steps = cfg.epochs * steps
-        cancelled = False
-        for epoch in range(cfg.epochs):
-            if cancel.is_set():
-                cancelled = True
-                break
-            it = iter_train_epoch(model, x_all, y_all, tr_idx, optimizer=optimizer, scheduler=scheduler,
-                                  criterion=criterion, prep=prep, augmenter=augmenter, device=device,
-                                  batch_size=cfg.batch_size, epoch_seed=cfg.seed * 100_003 + epoch, cancel=cancel)
-            while True:
-                try:
-                    bi, nb, loss = next(it)
-                except StopIteration as stop:
-                    tr = stop.value
-                    break
-                done = epoch * steps + bi
-                el = time.perf_counter() - t_train
-                eta = el / done * (total_steps - done) if done else None
-                yield emit(Progress("train", done, total_steps, f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.3f}",
-                                    {"epoch": epoch + 1, "epochs": cfg.epochs, "batch": bi, "batches": nb, "loss": loss,
-                                     "history": list(history), "eta_s": eta, "elapsed_s": el}))
-            if tr["cancelled"]:
-                cancelled = True
-                break
-            rec = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-                   "train_images_per_s": tr["images_per_s"], "lr": optimizer.param_groups[0]["lr"],
-                   "val_loss": None, "val_accuracy": None, "val_macro_f1": None}
-            if len(va_idx):
-                v = evaluate(model, x_all[va_idx], y_all[va_idx], classes, prep, device)
-                rec.update(val_loss=v["loss"], val_accuracy=v["accuracy"], val_macro_f1=v["macro_f1"])
-                key = (v["macro_f1"], -v["loss"])
-            else:
-                key = (float(epoch), 0.0)  # no validation: keep the last epoch
-            history.append(rec)
-            if key > best["key"]:
-                best = {"epoch": epoch + 1, "key": key}
-                best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-            el = time.perf_counter() - t_train
-            done = (epoch + 1) * steps
-            yield emit(Progress("validate", done, total_steps,
-                                f"epoch {epoch + 1}: train loss {tr['loss']:.3f} acc {tr['accuracy']:.3f}"
-                                + (f" | val loss {rec['val_loss']:.3f} acc {rec['val_accuracy']:.3f}" if len(va_idx) else ""),
-                                {"epoch": epoch + 1, "epochs": cfg.epochs, "history": list(history),
-                                 "eta_s": el / done * (total_steps - done), "elapsed_s": el}))
-        train_seconds = time.perf_counter() - t_train
-        if cancelled or best_state is None:
+        # Few labels: model selection and early stopping on a handful of validation images are
+        # noise, so below MIN_VAL_FOR_SELECTION the last epoch is kept (the comparison still
+        # runs on every validation image).
+        select = len(va_idx) >= MIN_VAL_FOR_SELECTION
+        opts = FitOptions(
+            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr or (1e-3 if cfg.from_scratch else FINETUNE_LR),
+            weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, patience=cfg.patience,
+            balance=cfg.balance, augment=cfg.augment, seed=cfg.seed,
+            freeze_first=freeze + 1 if freeze and arch == "effnet_lite0" else 0,
+            train_last=None if cfg.from_scratch else cfg.train_last, min_steps=cfg.min_steps)
+        run_dir = paths.data_dir / "runs" / f"retrain-{run_id}"  # checkpoints; removed when the run ends
+        try:
+            fitted = yield from fit(model, x_all, y_all, tr_idx, va_idx, classes, prep, device, opts,
+                                    out_dir=run_dir, checkpoint_config=cfg.to_dict(), progress=progress,
+                                    cancel=cancel, select_on_val=select)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        history, train_seconds = fitted["history"], fitted["train_seconds"]
+        best = fitted["best"]
+        if fitted["status"] != "completed":
             status = "cancelled"
             _finish_run(db, run_id, status, metrics={"data": summary_data, "history": history,
                                                      "train_seconds": train_seconds})
             return {"status": status, "run_id": run_id, "data": summary_data, "history": history,
                     "train_seconds": train_seconds}
-        model.load_state_dict(best_state)
-        model.eval()
 
         # -- calibration and comparison on the same validation images
         yield emit(Progress("compare", 0, 2, "evaluating both versions on the validation images"))
@@ -734,7 +716,8 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         return {"status": status, "run_id": run_id, "version": name, "version_id": version_id,
                 "parent": parent["name"], "parent_id": parent["id"], "data": summary_data, "history": history,
                 "comparison": comparison, "train_seconds": train_seconds, "seconds": time.perf_counter() - t0,
-                "device": str(device), "package": str(pkg), "int8": int8}
+                "device": str(device), "package": str(pkg), "int8": int8,
+                "trained_paths": [to_fs(it.path) if it.image_id is not None else it.path for it in data.train]}
     except GeneratorExit:
         if status not in ("completed", "cancelled"):
             _finish_run(db, run_id, "cancelled", error="job closed before it finished")

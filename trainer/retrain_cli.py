@@ -8,7 +8,10 @@ from core.cli import App, command
 
 
 def _retrain_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=4, help="epochs at least (few images get more: --min-steps)")
+    p.add_argument("--min-steps", type=int, default=60, help="optimiser steps at least, however few images are reviewed")
+    p.add_argument("--train-last", default="8", help="fine-tuning trains the last N stages of the network "
+                   "(head first), or 'all' (default 8)")
     p.add_argument("--arch", help="architecture (default: the active model's; another one needs --from-scratch)")
     p.add_argument("--from-scratch", action="store_true", help="do not start from the active model's weights")
     p.add_argument("--input-size", type=int, help="input size in pixels (--from-scratch only)")
@@ -24,7 +27,10 @@ def _retrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", help="name of the new version")
-    p.add_argument("--promote", action="store_true", help="make the new version active when training finishes")
+    p.add_argument("--promote", action="store_true", help="make the new version active when training finishes, "
+                   "if the comparison shows it is better")
+    p.add_argument("--force", action="store_true", help="with --promote: promote even when the comparison cannot "
+                   "tell the versions apart or shows the new one worse")
     p.add_argument("--reclassify", metavar="FOLDER", help="with --promote: classify FOLDER with the new version")
     p.add_argument("--show-changed", type=int, default=20, help="list up to N validation images whose prediction changes")
 
@@ -32,9 +38,14 @@ def _retrain_args(p: argparse.ArgumentParser) -> None:
 @command("retrain", "fine-tune a new model version on the reviewed labels and compare it with the active one",
          _retrain_args)
 def cmd_retrain(args, app: App) -> int:
-    from .retrain import RetrainConfig, comparison_table, promote, retrain
+    from core.errors import HemascanError
 
-    cfg = RetrainConfig(epochs=args.epochs, arch=args.arch, from_scratch=args.from_scratch, input_size=args.input_size,
+    from .retrain import RetrainConfig, comparison_table, promote, promotion_advice, retrain
+
+    if args.train_last != "all" and not (args.train_last.isdigit() and int(args.train_last) > 0):
+        raise HemascanError(f"--train-last takes a number of stages or 'all', not {args.train_last!r}")
+    cfg = RetrainConfig(epochs=args.epochs, min_steps=args.min_steps,
+                        train_last=None if args.train_last == "all" else int(args.train_last), arch=args.arch, from_scratch=args.from_scratch, input_size=args.input_size,
                         base_data=args.base_data, val_fraction=args.val_fraction, lr=args.lr,
                         batch_size=args.batch_size, freeze_blocks=args.freeze_blocks,
                         augment={"strength": 0.0} if args.no_augment else {}, device=args.device,
@@ -46,7 +57,11 @@ def cmd_retrain(args, app: App) -> int:
              f"({d['n_train_reviewed']} reviewed, {d['n_train_base']} base), {d['n_val']} validation"
              + (f", {d['n_missing_files']} reviewed images whose file is gone" if d["n_missing_files"] else ""))
     for c, n in d["per_class"].items():
-        app.echo(f"  {c:<14} train {n['train']:>6}  base {n['base']:>6}  val {n['val']:>6}")
+        app.echo(f"  {c:<14} train {n['train']:>6}  base {n['base']:>6}  val {n['val']:>6}"
+                 + ("   too few" if c in d.get("too_few", ()) else ""))
+    if d.get("too_few"):
+        app.echo(f"  too few reviewed images (under {d['min_per_class']}) of: {', '.join(d['too_few'])}; "
+                 "the new version learns little about them: review more of them")
     for h in out.get("history", []):
         app.echo(f"  epoch {h['epoch']}: train loss {h['train_loss']:.3f} acc {h['train_accuracy']:.3f}"
                  + (f" | val loss {h['val_loss']:.3f} acc {h['val_accuracy']:.3f} F1 {h['val_macro_f1']:.3f}"
@@ -60,7 +75,19 @@ def cmd_retrain(args, app: App) -> int:
         app.echo(comparison_table(cmp))
         for ch in cmp["changed"][: args.show_changed]:
             app.echo(f"  changed: {ch['path']}: {ch['old']} -> {ch['new']} (reviewed: {ch['label']})")
+    verdict, why = promotion_advice(cmp)
+    if args.promote and why and not args.force:
+        import sys
+
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            answer = input(f"{why[0].upper()}{why[1:]}. Promote it anyway? [y/N] ")
+            args.force = answer.strip().lower() in ("y", "yes")
+        if not args.force:
+            app.echo(f"not promoted: {why}. Promote anyway with --force, or review more images and retrain.")
+            args.promote = False
     if args.promote:
+        if why:
+            app.echo(f"promoted although {why} (confirmed)")
         promote(app.db, out["version"])
         app.echo(f"promoted: {out['version']} is now the active model")
         if args.reclassify:
