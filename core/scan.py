@@ -14,16 +14,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import cv2
-import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from .db import Database, Image, ImageFile, Scan, utcnow
 from .dbutil import insert_ignore, upsert
+from .duplicates import perceptual_hash
 from .errors import HemascanError, ImageError
 from .fspath import display, to_db, to_fs
-from .images import OVER_SIZE_LIMIT, SUPPORTED_EXTENSIONS, FileChanged, decode_rgb, max_file_bytes, probe, read_and_hash
+from .images import OVER_SIZE_LIMIT, SUPPORTED_EXTENSIONS, FileChanged, max_file_bytes, probe, read_and_hash
 from .jobs import Job, Progress, RateMeter
 
 log = logging.getLogger(__name__)
@@ -131,22 +130,6 @@ def walk(root: str, summary: ScanSummary) -> Iterator[_Entry]:
         stack.extend(reversed(subdirs))
 
 
-_REDUCED_GRAY = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
-                 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
-
-
-def _hash_gray(data: bytes, info) -> np.ndarray:
-    """A small grayscale version for the perceptual hash (which works at 32x32 anyway).
-    JPEGs decode at 1/2..1/8 scale straight from the DCT, several times faster than a
-    full decode; anything OpenCV cannot reduce goes through the full, careful decoder."""
-    factor = max(f for f in _REDUCED_GRAY if f == 1 or min(info.width, info.height) // f >= 64)
-    if info.mode in ("RGB", "L"):
-        gray = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_GRAY[factor])
-        if gray is not None:
-            return gray
-    return cv2.cvtColor(decode_rgb(data), cv2.COLOR_RGB2GRAY)
-
-
 def hash_file(entry: _Entry) -> _Hashed:
     """Read once: SHA-256, header checks (size limit, truncation), perceptual hash.
 
@@ -154,14 +137,11 @@ def hash_file(entry: _Entry) -> _Hashed:
     and found unchanged after it (core.images.read_and_hash), so a later scan that finds
     the same stat may trust the hash. A file that kept changing is recorded with an
     impossible stat, so the next scan reads it again."""
-    import imagehash
-    from PIL import Image as PILImage
-
     try:
         content = read_and_hash(entry.path)
         entry = _Entry(entry.path, content.size, content.mtime_ns)
         info = probe(content.data)
-        ph = str(imagehash.phash(PILImage.fromarray(_hash_gray(content.data, info))))
+        ph = perceptual_hash(content.data, info)
         return _Hashed(entry, content.sha256, info.width, info.height, info.format, ph)
     except FileChanged as exc:
         return _Hashed(_Entry(entry.path, UNTRUSTED_STAT, UNTRUSTED_STAT), error=str(exc))

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from core.images import SUPPORTED_EXTENSIONS, decode_rgb, read_file
+from core.duplicates import duplicate_pairs as core_duplicate_pairs
+from core.duplicates import hash_int, perceptual_hash, union_find
 from core.preprocessing import Preprocessing
 from core.taxonomy import TAXONOMIES, resolve_alias
 
@@ -113,60 +115,23 @@ def scan_as_one_class(root: Path, taxonomy: str, cls: str) -> Dataset:
 
 
 def compute_hashes(ds: Dataset) -> Dataset:
-    """SHA-256 of the bytes and 64-bit perceptual hash (imagehash.phash) of every image."""
-    import imagehash
-    from PIL import Image
-
+    """SHA-256 of the bytes and the perceptual hash of every image: core.duplicates', the
+    same as `scan` stores, so the trainer and retrain see the same near duplicates."""
     shas, ph = [], []
     for p in ds.paths:
         data = read_file(str(p))
         shas.append(hashlib.sha256(data).hexdigest())
-        rgb = decode_rgb(data)
-        h = imagehash.phash(Image.fromarray(rgb))
-        ph.append(int(str(h), 16))
+        ph.append(hash_int(perceptual_hash(data)))
     ds.sha256 = shas
     ds.phash = np.asarray(ph, dtype=np.uint64)
     return ds
-
-
-def _popcount64(x: np.ndarray) -> np.ndarray:
-    return np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1)
 
 
 def duplicate_pairs(ds: Dataset, phash_distance: int = 4) -> list[tuple[int, int]]:
     """Index pairs that are exact (same SHA-256) or near (phash Hamming <= d) duplicates."""
     if ds.phash is None:
         compute_hashes(ds)
-    pairs: list[tuple[int, int]] = []
-    by_sha: dict[str, int] = {}
-    for i, s in enumerate(ds.sha256):
-        if s in by_sha:
-            pairs.append((by_sha[s], i))
-        else:
-            by_sha[s] = i
-    ph = ds.phash
-    n = len(ph)
-    for i in range(n - 1):
-        d = _popcount64(np.bitwise_xor(ph[i + 1 :], ph[i]))
-        for j in np.nonzero(d <= phash_distance)[0]:
-            pairs.append((i, i + 1 + int(j)))
-    return pairs
-
-
-def _union_find(n: int, pairs) -> np.ndarray:
-    parent = np.arange(n)
-
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for a, b in pairs:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)  # root = lowest index = first member
-    return np.array([find(i) for i in range(n)])
+    return core_duplicate_pairs(ds.sha256, ds.phash, phash_distance)
 
 
 @dataclass
@@ -209,7 +174,7 @@ def patient_split(ds: Dataset, fold: int = 4, n_chunks: int = 10, test_chunks: i
     if dedup:
         pairs = duplicate_pairs(ds, phash_distance)
         n_pairs = len(pairs)
-        root = _union_find(n, pairs)
+        root = union_find(n, pairs)
         new_side = side[root]
         moved = int((new_side != side).sum())
         side = new_side
@@ -369,7 +334,7 @@ def make_split(ds: Dataset, method: str, seed: int = 0, fold: int = 4, dedup: bo
 def dedup_indices(ds: Dataset, idx: np.ndarray, phash_distance: int = 4) -> np.ndarray:
     """Keep the first member of every exact/near duplicate group among ``idx``."""
     sub = ds.subset(idx)
-    root = _union_find(len(sub), duplicate_pairs(sub, phash_distance))
+    root = union_find(len(sub), duplicate_pairs(sub, phash_distance))
     keep = np.nonzero(root == np.arange(len(sub)))[0]
     return np.asarray(idx)[keep]
 

@@ -44,6 +44,7 @@ import numpy as np
 from core.taxonomy import OTHER
 from core.config import Paths
 from core.db import Database, Image, ImageFile, LabelEvent, ModelVersion, TrainingRun
+from core.duplicates import duplicate_pairs, hamming, hash_int, union_find
 from core.errors import HemascanError
 from core.jobs import Progress
 from core.registry import (  # noqa: F401  (re-exported: the retrain API keeps these names)
@@ -116,29 +117,10 @@ class RetrainConfig:
         return cls(**d)
 
 
-# ---- perceptual-hash helpers -------------------------------------------------------------
-
-_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
-def _phash_int(h: str | None) -> int:
-    try:
-        return int(h, 16) if h else 0
-    except ValueError:
-        return 0
-
-
-def hamming(a: np.ndarray, b: int | np.ndarray) -> np.ndarray:
-    """Bit distance between uint64 hashes ``a`` (array) and ``b``."""
-    x = np.bitwise_xor(np.asarray(a, dtype=np.uint64), np.uint64(b) if np.isscalar(b) else b)
-    return _POP8[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1)
-
+# ---- train / validation assignment -------------------------------------------------------
 
 def _hash_fraction(sha256: str) -> float:
     return int(sha256[:16], 16) / 2.0**64
-
-
-# ---- train / validation assignment -------------------------------------------------------
 
 def _chunks(seq: list, n: int = 900):
     for i in range(0, len(seq), n):
@@ -159,26 +141,14 @@ def assign_splits(session, image_ids: Iterable[int], val_fraction: float = 0.2, 
     if not todo:
         return out
     anchors = session.execute(select(Image.phash, Image.split).where(Image.split.is_not(None))).all()
-    a_ph = np.array([_phash_int(p) for p, _ in anchors], dtype=np.uint64)
+    a_ph = np.array([hash_int(p) for p, _ in anchors], dtype=np.uint64)
     a_side = [s for _, s in anchors]
-    t_ph = np.array([_phash_int(r.phash) for r in todo], dtype=np.uint64)
+    t_ph = np.array([hash_int(r.phash) for r in todo], dtype=np.uint64)
     n = len(todo)
-    parent = list(range(n))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for i in range(n - 1):
-        for j in np.nonzero(hamming(t_ph[i + 1 :], t_ph[i]) <= phash_distance)[0]:
-            ra, rb = find(i), find(i + 1 + int(j))
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
+    root = union_find(n, duplicate_pairs([r.sha256 for r in todo], t_ph, phash_distance))
     groups: dict[int, list[int]] = {}
     for i in range(n):
-        groups.setdefault(find(i), []).append(i)
+        groups.setdefault(int(root[i]), []).append(i)
     for members in groups.values():
         inherited: set[str] = set()
         if len(a_ph):
@@ -322,7 +292,7 @@ def collect_training_data(db: Database, taxonomy: str, classes: list[str], cfg: 
         if list(ds.classes) != list(classes):
             raise RetrainError(f"base data classes {ds.classes} differ from the model's {classes}")
         val_sha = set(ph)
-        val_ph = np.array([_phash_int(p) for p in ph.values()], dtype=np.uint64)
+        val_ph = np.array([hash_int(p) for p in ph.values()], dtype=np.uint64)
         reviewed_sha = {it.sha256 for it in data.train}
         dropped_val, dropped_dup = 0, 0
         for k, p in enumerate(ds.paths):
