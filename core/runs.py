@@ -50,3 +50,37 @@ def fail_stale_runs(db: Database) -> int:
                 run.error = (run.error or "") + "interrupted: the process ended before the run finished"
                 n += 1
     return n
+
+
+def start_run(db: Database, architecture: str, config: dict, parent_version_id: int | None = None,
+              exclusive: bool = False) -> int:
+    """A ``running`` training_runs row for this process (train, retrain, experiments alike).
+    ``exclusive``: refuse while another run is still going (stale ones are failed first)."""
+    from .errors import HemascanError
+
+    fail_stale_runs(db)
+    with db.session() as s:
+        if exclusive:
+            other = s.scalar(select(TrainingRun).where(TrainingRun.status == "running"))
+            if other is not None:
+                raise HemascanError(f"training run {other.id} is still running (pid {other.pid}); "
+                                    "cancel it or wait until it finishes")
+        run = TrainingRun(status="running", architecture=architecture, config=config,
+                          parent_version_id=parent_version_id, pid=os.getpid())
+        s.add(run)
+        s.flush()
+        run_id = run.id
+    mark_live(run_id)
+    return run_id
+
+
+def finish_run(db: Database, run_id: int, status: str, **values) -> None:
+    """Close a run: completed / cancelled / failed, with any of its columns (metrics,
+    error, model_version_id)."""
+    with db.session() as s:
+        run = s.get(TrainingRun, run_id)
+        run.status = status
+        run.finished_at = datetime.now(timezone.utc)
+        for k, v in values.items():
+            setattr(run, k, v)
+    mark_live(run_id, False)

@@ -258,7 +258,7 @@ class RetrainDialog(QDialog):
 
     # ------------------------------------------------------------------ data summary
     def refresh_data(self) -> None:
-        from trainer.retrain import data_summary
+        from core.reviewed import reviewed_summary as data_summary
 
         db = self.db
         with db.session() as s:

@@ -23,7 +23,8 @@ from core.scan import images_under, scan
 from core.taxonomy import TAXONOMIES
 
 CLASSES = list(TAXONOMIES["all_subtype"].classes)
-FAST = dict(epochs=2, min_steps=0, batch_size=16, threads=2, augment={"strength": 0.0}, bootstrap=200, decode_workers=1)
+# the tiny test model trains whole, at the trainer's from-scratch rate, for a fixed two epochs
+FAST = dict(epochs=2, min_steps=0, train_last=None, lr=1e-3, batch_size=16, threads=2, augment={"strength": 0.0}, bootstrap=200, decode_workers=1)
 
 
 def tiny_package(tmp: Path, name: str = "tiny-v1") -> Path:

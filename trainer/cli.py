@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -54,8 +53,8 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
 
 @command("train", "train a model on a folder of class folders", configure=_configure_train)
 def train_cmd(args: argparse.Namespace, app) -> int:
-    from core.db import TrainingRun, utcnow
     from core.registry import register_package
+    from core.runs import finish_run, start_run
 
     from core.architectures import ARCHITECTURES
 
@@ -78,31 +77,25 @@ def train_cmd(args: argparse.Namespace, app) -> int:
         device=args.device, precision=args.precision,
         cache_dir=str(app.paths.cache / "train-images"),
     )
-    with app.db.session() as s:
-        row = TrainingRun(architecture=args.arch, config=cfg.to_dict(), status="running", pid=os.getpid())
-        s.add(row)
-        s.flush()
-        run_id = row.id
+    run_id = start_run(app.db, args.arch, cfg.to_dict())
     summary, error = None, None
     try:
         summary = app.progress(run(cfg, cancel=app.cancel), "train")
         if summary.get("status") == "completed" and summary.get("package") and not args.no_int8:
             _add_int8(app, Path(summary["package"]), Path(args.data))
+        version_id = None
+        if summary.get("package") and not args.no_register:
+            with app.db.session() as s:
+                version_id = register_package(s, app.paths, Path(summary["package"]), activate=args.activate).id
     except Exception as exc:  # recorded on the run row, then re-raised
         error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        with app.db.session() as s:
-            row = s.get(TrainingRun, run_id)
-            row.finished_at = utcnow()
-            if summary is None:
-                row.status, row.error = "failed", error
-            else:
-                row.status = "completed" if summary["status"] == "completed" else "cancelled"
-                row.metrics = _row_metrics(summary)
-                if summary.get("package") and not args.no_register:
-                    version = register_package(s, app.paths, Path(summary["package"]), activate=args.activate)
-                    row.model_version_id = version.id
+        if error is not None or summary is None:
+            finish_run(app.db, run_id, "failed", error=error or "interrupted")
+        else:
+            finish_run(app.db, run_id, "completed" if summary["status"] == "completed" else "cancelled",
+                       metrics=_row_metrics(summary), model_version_id=version_id)
     app.echo(format_summary(summary))
     if summary["status"] != "completed":
         app.echo(f"stopped ({summary['status']}); continue with: hemascan train ... --out {out} --resume")

@@ -18,33 +18,34 @@ Safety:
   :func:`promote` activates it, :func:`rollback` activates any earlier version. Every
   activation is appended to an audit list (``settings`` key ``model_activations``).
 
-Validation assignment: each reviewed image gets ``images.split`` = ``train`` or ``val``
-once, from its content hash (``int(sha256[:16], 16) / 2**64 < val_fraction`` -> val),
-and keeps it forever, so a validation image never leaks into a later training run.
-Near duplicates (perceptual hash within ``phash_distance`` bits) are joined into groups;
-a group follows the side of any member that already has one, else the hash of its
-smallest SHA-256 decides for the whole group. Exact duplicates are one ``images`` row.
+Validation sides (fixed per image forever) and the reviewed labels are read by
+``core.reviewed``: the trainer holds no SQL.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
-from core.taxonomy import OTHER
 from core.config import Paths
-from core.db import Database, Image, ImageFile, LabelEvent, ModelVersion, TrainingRun
-from core.duplicates import duplicate_pairs, hamming, hash_int, union_find
+from core.db import Database, ModelVersion
+from core.duplicates import hamming, hash_int
+from core.reviewed import (  # noqa: F401  (re-exported: the retrain API keeps these names)
+    SPLIT_TRAIN,
+    SPLIT_VAL,
+    assign_splits,
+    reviewed_images,
+    reviewed_labels,
+    reviewed_summary,
+)
 from core.errors import HemascanError
 from core.jobs import Progress
 from core.registry import (  # noqa: F401  (re-exported: the retrain API keeps these names)
@@ -55,12 +56,10 @@ from core.registry import (  # noqa: F401  (re-exported: the retrain API keeps t
     promote,
     rollback,
 )
-from core.runs import fail_stale_runs, mark_live  # noqa: F401
+from core.runs import fail_stale_runs, finish_run, mark_live, start_run  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-SPLIT_TRAIN = "train"
-SPLIT_VAL = "val"
 MIN_VAL_FOR_CALIBRATION = 20
 MIN_VAL_FOR_SELECTION = 20
 MIN_PER_CLASS = 10  # fewer training images of a class: retrain says the class has too few  # fewer validation images: keep the last epoch, no early stopping
@@ -117,63 +116,6 @@ class RetrainConfig:
         return cls(**d)
 
 
-# ---- train / validation assignment -------------------------------------------------------
-
-def _hash_fraction(sha256: str) -> float:
-    return int(sha256[:16], 16) / 2.0**64
-
-def _chunks(seq: list, n: int = 900):
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]
-
-
-def assign_splits(session, image_ids: Iterable[int], val_fraction: float = 0.2, phash_distance: int = 4) -> dict[int, str]:
-    """Give every image in ``image_ids`` without one a fixed side (see module doc) and
-    store it in ``images.split``. Returns image_id -> side for all of ``image_ids``."""
-    from sqlalchemy import select, update
-
-    ids = list(dict.fromkeys(int(i) for i in image_ids))
-    rows = []
-    for chunk in _chunks(ids):
-        rows += session.execute(select(Image.id, Image.sha256, Image.phash, Image.split).where(Image.id.in_(chunk))).all()
-    out = {r.id: r.split for r in rows if r.split}
-    todo = [r for r in rows if not r.split]
-    if not todo:
-        return out
-    anchors = session.execute(select(Image.phash, Image.split).where(Image.split.is_not(None))).all()
-    a_ph = np.array([hash_int(p) for p, _ in anchors], dtype=np.uint64)
-    a_side = [s for _, s in anchors]
-    t_ph = np.array([hash_int(r.phash) for r in todo], dtype=np.uint64)
-    n = len(todo)
-    root = union_find(n, duplicate_pairs([r.sha256 for r in todo], t_ph, phash_distance))
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(int(root[i]), []).append(i)
-    for members in groups.values():
-        inherited: set[str] = set()
-        if len(a_ph):
-            for i in members:
-                near = np.nonzero(hamming(a_ph, t_ph[i]) <= phash_distance)[0]
-                inherited.update(a_side[k] for k in near)
-        if inherited:  # a near duplicate already has a side: follow it (val wins a conflict: no leak)
-            side = SPLIT_VAL if SPLIT_VAL in inherited else SPLIT_TRAIN
-        else:
-            key = min(todo[i].sha256 for i in members)
-            side = SPLIT_VAL if _hash_fraction(key) < val_fraction else SPLIT_TRAIN
-        for i in members:
-            out[todo[i].id] = side
-    by_side: dict[str, list[int]] = {}
-    for r in todo:
-        by_side.setdefault(out[r.id], []).append(r.id)
-    for side, sids in by_side.items():
-        for chunk in _chunks(sids):
-            session.execute(update(Image).where(Image.id.in_(chunk), Image.split.is_(None)).values(split=side))
-    session.flush()
-    return out
-
-
-# ---- training data -------------------------------------------------------------------------
-
 @dataclass
 class Item:
     path: str  # as stored in the database (core.fspath), or a plain path for base data
@@ -210,72 +152,12 @@ class TrainingData:
                 "n_missing_files": self.n_missing_files, "base_data": self.base}
 
 
-def reviewed_labels(session, taxonomy: str, sources: Iterable[str] = ("human",)) -> dict[int, str]:
-    """image_id -> label: the latest event per image among ``sources`` wins; an image
-    whose latest such event cleared its label (or is of another taxonomy) is left out."""
-    from sqlalchemy import func, select
-
-    latest = (select(func.max(LabelEvent.id)).where(LabelEvent.source.in_(list(sources)))
-              .group_by(LabelEvent.image_id).scalar_subquery())
-    out: dict[int, str] = {}
-    for image_id, label, tax in session.execute(
-            select(LabelEvent.image_id, LabelEvent.label, LabelEvent.taxonomy).where(LabelEvent.id.in_(latest))):
-        if label is not None and tax == taxonomy:
-            out[image_id] = label
-    return out
-
-
-def _present_paths(session, ids: list[int]) -> dict[int, tuple[str, str]]:
-    from sqlalchemy import func, select
-
-    out = {}
-    for chunk in _chunks(ids):
-        for image_id, path, sha in session.execute(
-                select(ImageFile.image_id, func.min(ImageFile.path), Image.sha256)
-                .join(Image, Image.id == ImageFile.image_id)
-                .where(ImageFile.image_id.in_(chunk), ImageFile.missing.is_(False))
-                .group_by(ImageFile.image_id, Image.sha256)):
-            out[image_id] = (path, sha)
-    return out
-
-
-def data_summary(db: Database, taxonomy: str = "all_subtype", sources: Iterable[str] = ("human",)) -> dict:
-    """Per-class counts of reviewed images and their (existing or future) side, without
-    assigning anything: what the Retrain dialog shows before a run."""
-    from sqlalchemy import select
-
-    with db.session() as s:
-        labels = reviewed_labels(s, taxonomy, sources)
-        sides = {}
-        for chunk in _chunks(list(labels)):
-            sides.update(dict(s.execute(select(Image.id, Image.split).where(Image.id.in_(chunk))).all()))
-    from core.taxonomy import get_taxonomy
-
-    classes = list(get_taxonomy(taxonomy).classes)
-    per = {c: {"reviewed": 0, "val": 0} for c in classes}
-    for i, lab in labels.items():
-        if lab in per:
-            per[lab]["reviewed"] += 1
-            per[lab]["val"] += sides.get(i) == SPLIT_VAL
-    return {"taxonomy": taxonomy, "per_class": per, "n_reviewed": len(labels),
-            "n_unassigned": sum(1 for i in labels if not sides.get(i))}
-
 
 def collect_training_data(db: Database, taxonomy: str, classes: list[str], cfg: RetrainConfig) -> TrainingData:
     """Reviewed images (train/val by their fixed side) plus, optionally, a base dataset
     folder on the training side, minus any base image that is (nearly) a validation image."""
-    with db.session() as s:
-        labels = reviewed_labels(s, taxonomy, cfg.sources)
-        other_ids = [i for i, lab in labels.items() if lab == OTHER]
-        labels = {i: lab for i, lab in labels.items() if lab in classes}
-        sides = assign_splits(s, labels, cfg.val_fraction, cfg.phash_distance)
-        files = _present_paths(s, list(labels))
-        other_files = _present_paths(s, other_ids)
-        ph = {}
-        for chunk in _chunks([i for i in labels if sides.get(i) == SPLIT_VAL]):
-            from sqlalchemy import select
-
-            ph.update(dict(s.execute(select(Image.sha256, Image.phash).where(Image.id.in_(chunk))).all()))
+    r = reviewed_images(db, taxonomy, classes, cfg.sources, cfg.val_fraction, cfg.phash_distance)
+    labels, sides, files, other_files, ph = r.labels, r.sides, r.files, r.other, r.val_hashes
     data = TrainingData(taxonomy, list(classes), [], [])
     for image_id in sorted(labels):
         if image_id not in files:
@@ -343,16 +225,6 @@ def load_items(items: list[Item], prep, cache: dict | None = None, workers: int 
 
 
 # ---- training runs ------------------------------------------------------------------------
-
-def _finish_run(db: Database, run_id: int, status: str, **values) -> None:
-    with db.session() as s:
-        run = s.get(TrainingRun, run_id)
-        run.status = status
-        run.finished_at = datetime.now(timezone.utc)
-        for k, v in values.items():
-            setattr(run, k, v)
-    mark_live(run_id, False)
-
 
 # ---- comparison ----------------------------------------------------------------------------
 
@@ -507,21 +379,12 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         return p
 
     t0 = time.perf_counter()
-    fail_stale_runs(db)
     with db.session() as s:
         parent = _version_info(ensure_active_model(s, paths))
-        from sqlalchemy import select
-
-        others = [r for r in s.scalars(select(TrainingRun).where(TrainingRun.status == "running"))]
-        if others:
-            raise RetrainError(f"training run {others[0].id} is still running (pid {others[0].pid}); "
-                               "cancel it or wait until it finishes")
-        run = TrainingRun(status="running", architecture=cfg.arch or parent["architecture"],
-                          config=cfg.to_dict(), parent_version_id=parent["id"], pid=os.getpid())
-        s.add(run)
-        s.flush()
-        run_id = run.id
-    mark_live(run_id)
+    try:
+        run_id = start_run(db, cfg.arch or parent["architecture"], cfg.to_dict(), parent["id"], exclusive=True)
+    except HemascanError as exc:
+        raise RetrainError(str(exc)) from None
     status = "failed"
     try:
         if cfg.threads:
@@ -559,7 +422,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         x_all = load_items(all_items, prep, image_cache, cfg.decode_workers, on_load, cancel)
         if cancel.is_set():
             status = "cancelled"
-            _finish_run(db, run_id, status, metrics={"data": summary_data})
+            finish_run(db, run_id, status, metrics={"data": summary_data})
             return {"status": status, "run_id": run_id, "data": summary_data, "history": []}
         y_all = np.array([it.label for it in all_items], dtype=np.int64)
         tr_idx = np.arange(len(data.train))
@@ -601,7 +464,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         best = fitted["best"]
         if fitted["status"] != "completed":
             status = "cancelled"
-            _finish_run(db, run_id, status, metrics={"data": summary_data, "history": history,
+            finish_run(db, run_id, status, metrics={"data": summary_data, "history": history,
                                                      "train_seconds": train_seconds})
             return {"status": status, "run_id": run_id, "data": summary_data, "history": history,
                     "train_seconds": train_seconds}
@@ -659,7 +522,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         pkg = paths.models / name
         if cancel.is_set():
             status = "cancelled"
-            _finish_run(db, run_id, status, metrics={"data": summary_data, "history": history})
+            finish_run(db, run_id, status, metrics={"data": summary_data, "history": history})
             return {"status": status, "run_id": run_id, "data": summary_data, "history": history}
         save_package(pkg, {k: v for k, v in model.state_dict().items()}, card)
         yield emit(Progress("package", 0, 1, "fitting the foreign-image guard on the training side"))
@@ -681,7 +544,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         status = "completed"
         run_metrics = {"data": summary_data, "history": history, "train_seconds": train_seconds,
                        "comparison": _comparison_brief(comparison), "calibration": calib, "int8": int8}
-        _finish_run(db, run_id, status, metrics=_jsonable(run_metrics), model_version_id=version_id)
+        finish_run(db, run_id, status, metrics=_jsonable(run_metrics), model_version_id=version_id)
         yield emit(Progress("package", 1, 1, name))
         return {"status": status, "run_id": run_id, "version": name, "version_id": version_id,
                 "parent": parent["name"], "parent_id": parent["id"], "data": summary_data, "history": history,
@@ -690,11 +553,11 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
                 "trained_paths": [to_fs(it.path) if it.image_id is not None else it.path for it in data.train]}
     except GeneratorExit:
         if status not in ("completed", "cancelled"):
-            _finish_run(db, run_id, "cancelled", error="job closed before it finished")
+            finish_run(db, run_id, "cancelled", error="job closed before it finished")
         raise
     except BaseException as exc:
         if status not in ("completed", "cancelled"):
-            _finish_run(db, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            finish_run(db, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
 
 

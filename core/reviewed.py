@@ -1,0 +1,165 @@
+"""Reviewed labels as training data, read from the database for the trainer (which holds
+no SQL): the latest label per image, the fixed train / validation side of every reviewed
+image, and the files that are still there.
+
+Validation assignment: each reviewed image gets ``images.split`` = ``train`` or ``val``
+once, from its content hash (``int(sha256[:16], 16) / 2**64 < val_fraction`` -> val),
+and keeps it forever, so a validation image never leaks into a later training run.
+Near duplicates (core.duplicates, within ``phash_distance`` bits) are joined into groups;
+a group follows the side of any member that already has one, else the hash of its
+smallest SHA-256 decides for the whole group. Exact duplicates are one ``images`` row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from .db import Database, Image, ImageFile, LabelEvent
+from .duplicates import NEAR_DUPLICATE_BITS, duplicate_pairs, hamming, hash_int, union_find
+from .taxonomy import OTHER
+
+SPLIT_TRAIN = "train"
+SPLIT_VAL = "val"
+
+
+def _hash_fraction(sha256: str) -> float:
+    return int(sha256[:16], 16) / 2.0**64
+
+def _chunks(seq: list, n: int = 900):
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def assign_splits(session, image_ids: Iterable[int], val_fraction: float = 0.2, phash_distance: int = 4) -> dict[int, str]:
+    """Give every image in ``image_ids`` without one a fixed side (see module doc) and
+    store it in ``images.split``. Returns image_id -> side for all of ``image_ids``."""
+    from sqlalchemy import select, update
+
+    ids = list(dict.fromkeys(int(i) for i in image_ids))
+    rows = []
+    for chunk in _chunks(ids):
+        rows += session.execute(select(Image.id, Image.sha256, Image.phash, Image.split).where(Image.id.in_(chunk))).all()
+    out = {r.id: r.split for r in rows if r.split}
+    todo = [r for r in rows if not r.split]
+    if not todo:
+        return out
+    anchors = session.execute(select(Image.phash, Image.split).where(Image.split.is_not(None))).all()
+    a_ph = np.array([hash_int(p) for p, _ in anchors], dtype=np.uint64)
+    a_side = [s for _, s in anchors]
+    t_ph = np.array([hash_int(r.phash) for r in todo], dtype=np.uint64)
+    n = len(todo)
+    root = union_find(n, duplicate_pairs([r.sha256 for r in todo], t_ph, phash_distance))
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(int(root[i]), []).append(i)
+    for members in groups.values():
+        inherited: set[str] = set()
+        if len(a_ph):
+            for i in members:
+                near = np.nonzero(hamming(a_ph, t_ph[i]) <= phash_distance)[0]
+                inherited.update(a_side[k] for k in near)
+        if inherited:  # a near duplicate already has a side: follow it (val wins a conflict: no leak)
+            side = SPLIT_VAL if SPLIT_VAL in inherited else SPLIT_TRAIN
+        else:
+            key = min(todo[i].sha256 for i in members)
+            side = SPLIT_VAL if _hash_fraction(key) < val_fraction else SPLIT_TRAIN
+        for i in members:
+            out[todo[i].id] = side
+    by_side: dict[str, list[int]] = {}
+    for r in todo:
+        by_side.setdefault(out[r.id], []).append(r.id)
+    for side, sids in by_side.items():
+        for chunk in _chunks(sids):
+            session.execute(update(Image).where(Image.id.in_(chunk), Image.split.is_(None)).values(split=side))
+    session.flush()
+    return out
+
+
+# ---- training data -------------------------------------------------------------------------
+
+
+def reviewed_labels(session, taxonomy: str, sources: Iterable[str] = ("human",)) -> dict[int, str]:
+    """image_id -> label: the latest event per image among ``sources`` wins; an image
+    whose latest such event cleared its label (or is of another taxonomy) is left out."""
+    from sqlalchemy import func, select
+
+    latest = (select(func.max(LabelEvent.id)).where(LabelEvent.source.in_(list(sources)))
+              .group_by(LabelEvent.image_id).scalar_subquery())
+    out: dict[int, str] = {}
+    for image_id, label, tax in session.execute(
+            select(LabelEvent.image_id, LabelEvent.label, LabelEvent.taxonomy).where(LabelEvent.id.in_(latest))):
+        if label is not None and tax == taxonomy:
+            out[image_id] = label
+    return out
+
+
+def _present_paths(session, ids: list[int]) -> dict[int, tuple[str, str]]:
+    from sqlalchemy import func, select
+
+    out = {}
+    for chunk in _chunks(ids):
+        for image_id, path, sha in session.execute(
+                select(ImageFile.image_id, func.min(ImageFile.path), Image.sha256)
+                .join(Image, Image.id == ImageFile.image_id)
+                .where(ImageFile.image_id.in_(chunk), ImageFile.missing.is_(False))
+                .group_by(ImageFile.image_id, Image.sha256)):
+            out[image_id] = (path, sha)
+    return out
+
+
+def reviewed_summary(db: Database, taxonomy: str = "all_subtype", sources: Iterable[str] = ("human",)) -> dict:
+    """Per-class counts of reviewed images and their (existing or future) side, without
+    assigning anything: what the Retrain dialog shows before a run."""
+    from sqlalchemy import select
+
+    with db.session() as s:
+        labels = reviewed_labels(s, taxonomy, sources)
+        sides = {}
+        for chunk in _chunks(list(labels)):
+            sides.update(dict(s.execute(select(Image.id, Image.split).where(Image.id.in_(chunk))).all()))
+    from .taxonomy import get_taxonomy
+
+    classes = list(get_taxonomy(taxonomy).classes)
+    per = {c: {"reviewed": 0, "val": 0} for c in classes}
+    for i, lab in labels.items():
+        if lab in per:
+            per[lab]["reviewed"] += 1
+            per[lab]["val"] += sides.get(i) == SPLIT_VAL
+    return {"taxonomy": taxonomy, "per_class": per, "n_reviewed": len(labels),
+            "n_unassigned": sum(1 for i in labels if not sides.get(i))}
+
+
+def present_paths(session, ids: list[int]) -> dict[int, tuple[str, str]]:
+    """image_id -> (stored path of a file still there, SHA-256); images whose files are all gone are left out."""
+    return _present_paths(session, ids)
+
+
+@dataclass
+class ReviewedImages:
+    """What retrain trains on, as plain data: image_id -> label, side and (path, sha256)."""
+    labels: dict[int, str]
+    sides: dict[int, str]
+    files: dict[int, tuple[str, str]]
+    other: dict[int, tuple[str, str]]  # reviewed "Other": (path, sha256) of those still there
+    val_hashes: dict[str, str | None] = field(default_factory=dict)  # sha256 -> phash of the validation side
+
+
+def reviewed_images(db: Database, taxonomy: str, classes: list[str], sources: Iterable[str] = ("human",),
+                    val_fraction: float = 0.2, phash_distance: int = NEAR_DUPLICATE_BITS) -> ReviewedImages:
+    """The reviewed images of ``classes`` (sides assigned where new, in one transaction) and
+    those reviewed as "Other"."""
+    from sqlalchemy import select
+
+    with db.session() as s:
+        labels = reviewed_labels(s, taxonomy, sources)
+        other_ids = [i for i, lab in labels.items() if lab == OTHER]
+        labels = {i: lab for i, lab in labels.items() if lab in classes}
+        sides = assign_splits(s, labels, val_fraction, phash_distance)
+        files = _present_paths(s, list(labels))
+        other = _present_paths(s, other_ids)
+        val_hashes: dict[str, str | None] = {}
+        for chunk in _chunks([i for i in labels if sides.get(i) == SPLIT_VAL]):
+            val_hashes.update(dict(s.execute(select(Image.sha256, Image.phash).where(Image.id.in_(chunk))).all()))
+    return ReviewedImages(labels, sides, files, other, val_hashes)
