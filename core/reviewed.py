@@ -163,3 +163,57 @@ def reviewed_images(db: Database, taxonomy: str, classes: list[str], sources: It
         for chunk in _chunks([i for i in labels if sides.get(i) == SPLIT_VAL]):
             val_hashes.update(dict(s.execute(select(Image.sha256, Image.phash).where(Image.id.in_(chunk))).all()))
     return ReviewedImages(labels, sides, files, other, val_hashes)
+
+
+def validation_side(db: Database, taxonomy: str, classes: list[str], sources: Iterable[str] = ("human",)
+                    ) -> list[tuple[str, int, str]]:
+    """The lab's fixed validation images of ``taxonomy`` (set aside by the first retrain,
+    never trained on): (stored path, class index, sha256) of those whose files are there."""
+    from sqlalchemy import select
+
+    with db.session() as s:
+        labels = {i: lab for i, lab in reviewed_labels(s, taxonomy, sources).items() if lab in classes}
+        val = []
+        for chunk in _chunks(list(labels)):
+            val += [i for (i,) in s.execute(select(Image.id).where(Image.id.in_(chunk), Image.split == SPLIT_VAL))]
+        files = _present_paths(s, val)
+    return [(files[i][0], classes.index(labels[i]), files[i][1]) for i in sorted(files)]
+
+
+def measure_on_validation_side(db: Database, versions: list[dict], cancel=None) -> dict[str, dict]:
+    """Every version (plain dicts: name, path, taxonomy, classes) on the same images: its
+    taxonomy's fixed validation side. name -> {n, accuracy, macro_recall} (n = 0: none yet).
+    What the model panel shows beside the cards' own figures, which come from different sets."""
+    from .errors import ImageError
+    from .images import FileChanged
+    from .inference import Predictor
+
+    out: dict[str, dict] = {}
+    sides: dict[str, list] = {}
+    for v in versions:
+        if cancel is not None and cancel.is_set():
+            break
+        key = v["taxonomy"]
+        if key not in sides:
+            sides[key] = validation_side(db, key, list(v["classes"]))
+        items = sides[key]
+        if not items:
+            out[v["name"]] = {"n": 0}
+            continue
+        pred = Predictor(v["path"])
+        x, y = [], []
+        for path, label, sha in items:
+            try:
+                x.append(pred.load_image(path, sha))
+                y.append(label)
+            except (OSError, ImageError, FileChanged):
+                continue  # gone or changed since review: not part of the basis
+        if not x:
+            out[v["name"]] = {"n": 0}
+            continue
+        y_arr = np.array(y)
+        probs = np.concatenate([pred.predict(np.stack(x[i : i + 64])) for i in range(0, len(x), 64)])
+        hit = probs.argmax(1) == y_arr
+        recalls = [hit[y_arr == c].mean() for c in np.unique(y_arr)]
+        out[v["name"]] = {"n": int(len(y_arr)), "accuracy": float(hit.mean()), "macro_recall": float(np.mean(recalls))}
+    return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QHBoxLayout, QHeaderView, QLabel,
-                               QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout)
+                               QMessageBox, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout)
 
 from core.engines import MIN_INT8_AGREEMENT
 from core.registry import list_versions
@@ -27,6 +27,21 @@ def trained_on(card: dict) -> str:
     return f"{source} ({n:,} images)" if isinstance(n, int) else str(source)
 
 
+def metrics_basis(card: dict) -> str:
+    """On what the card's own figures were measured, in words: they differ between versions
+    (a held-out test set of a public dataset, or a handful of reviewed validation images),
+    so a figure is never shown without it."""
+    metrics = card.get("metrics") or {}
+    data = card.get("training_data") or {}
+    split = data.get("split") if isinstance(data.get("split"), dict) else {}
+    if isinstance(metrics.get("as_is"), dict) and split.get("n_test"):
+        return f"on {split['n_test']:,} held-out test images of {data.get('source', 'its training data')}"
+    cmp = metrics.get("comparison") if isinstance(metrics.get("comparison"), dict) else {}
+    if cmp.get("n"):
+        return f"on {cmp['n']:,} reviewed validation images"
+    return "basis not stated on the card"
+
+
 def headline_metrics(card: dict) -> str:
     metrics = card.get("metrics") or {}
     m = dict(metrics)
@@ -45,20 +60,33 @@ def headline_metrics(card: dict) -> str:
         parts.append(f"CPU int8 (agrees with fp32 on {float(int8['agreement']):.1%})")
     if card.get("placeholder"):
         parts.insert(0, "placeholder (untrained)")
+    if parts and not card.get("placeholder"):
+        parts.insert(len(parts) - (1 if "CPU int8" in parts[-1] else 0), metrics_basis(card))
     return ", ".join(parts) or "no metrics"
+
+
+def same_basis_text(m: dict | None) -> str:
+    if m is None:
+        return "not measured"
+    if not m.get("n"):
+        return "no validation images yet (the first retrain sets them aside)"
+    return f"accuracy {m['accuracy']:.3f}, macro recall {m['macro_recall']:.3f} (n={m['n']})"
 
 
 class ModelsDialog(QDialog):
     activateRequested = Signal(int)  # model version id
     retrainRequested = Signal()
+    measured = Signal(dict)  # name -> {n, accuracy, macro_recall}
 
     def __init__(self, db, parent=None):
         super().__init__(parent)
         self.setWindowTitle("Model versions")
         self.resize(760, 320)
         self.db = db
-        self.table = QTableWidget(0, 5)
-        self.table.setHorizontalHeaderLabels(["Active", "Name", "Architecture", "Created", "Metrics"])
+        self.table = QTableWidget(0, 6)
+        self.table.setHorizontalHeaderLabels(["Active", "Name", "Architecture", "Created", "On your validation images",
+                                              "Card's own figures (each on its own images)"])
+        self.same_basis: dict[str, dict] = {}
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
@@ -70,11 +98,19 @@ class ModelsDialog(QDialog):
         self.retrain = QPushButton("Retrain…")
         self.retrain.setToolTip("Train a new version from your reviewed labels and compare it with the active one")
         self.retrain.clicked.connect(self.retrainRequested)
+        self.measure = QPushButton("Measure on the same images")
+        self.measure.setToolTip("Run every version on your fixed validation images (reviewed, never trained on): "
+                                "the only figures that compare versions fairly")
+        self.measure.clicked.connect(self.measure_same_basis)
+        from .workers import Workers
+
+        self.workers = Workers(self)
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         buttons.rejected.connect(self.reject)
         row = QHBoxLayout()
         row.addWidget(self.activate)
         row.addWidget(self.retrain)
+        row.addWidget(self.measure)
         row.addStretch(1)
         row.addWidget(buttons)
         lay = QVBoxLayout(self)
@@ -90,7 +126,7 @@ class ModelsDialog(QDialog):
         self.table.setRowCount(len(self.versions))
         for r, v in enumerate(self.versions):
             vals = ["●" if v["is_active"] else "", v["name"], v["architecture"], v["created_at"],
-                    headline_metrics(v["card"])]
+                    same_basis_text(self.same_basis.get(v["name"])), headline_metrics(v["card"])]
             for c, val in enumerate(vals):
                 it = QTableWidgetItem(val)
                 if c == 0:
@@ -98,6 +134,33 @@ class ModelsDialog(QDialog):
                 self.table.setItem(r, c, it)
             if v["is_active"]:
                 self.table.selectRow(r)
+
+    def measure_same_basis(self) -> None:
+        """Every version on its taxonomy's fixed validation side, in a worker."""
+        from core.reviewed import measure_on_validation_side
+
+        self.measure.setEnabled(False)
+        self.measure.setText("Measuring…")
+        versions, db = [dict(v, card=None) for v in self.versions], self.db
+        self.workers.submit(lambda: measure_on_validation_side(db, versions), name="same-basis metrics",
+                            on_result=self._measured, on_error=self._measure_failed)
+
+    def _measured(self, result: dict) -> None:
+        self.same_basis = result
+        self.measure.setText("Measure on the same images")
+        self.measure.setEnabled(True)
+        self.refresh()
+        self.measured.emit(result)
+
+    def _measure_failed(self, message) -> None:
+        self.measure.setText("Measure on the same images")
+        self.measure.setEnabled(True)
+        QMessageBox.warning(self, "Could not measure", str(message))
+
+    def closeEvent(self, e) -> None:
+        self.workers.cancel_all()
+        self.workers.wait(30000)
+        super().closeEvent(e)
 
     def _activate(self) -> None:
         r = self.table.currentRow()

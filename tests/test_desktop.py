@@ -234,7 +234,7 @@ def test_switch_model_reclassifies_and_about(qtbot, window, tmp_path):
     from core.registry import bundled_packages
 
     row = len(bundled_packages())  # the bundled packages, then the new one
-    assert dlg.table.rowCount() == row + 1 and "accuracy 0.500" in dlg.table.item(row, 4).text()
+    assert dlg.table.rowCount() == row + 1 and "accuracy 0.500" in dlg.table.item(row, 5).text()
     assert dlg.retrain.isEnabled()  # opens the Retrain dialog (tests/test_retrain_gui.py)
     with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT) as blocker:
         w.activate_version(vid, ask=False, reclassify=True)

@@ -108,3 +108,34 @@ def test_retrain_is_disabled_with_a_reason_where_training_is_not_built_in(qtbot,
     assert "not part of this build" in w.statusBar().currentMessage()
     w.workers.cancel_all()
     w.workers.wait(10000)
+
+
+def test_model_panel_measures_every_version_on_the_same_images(qtbot, window, db, paths):
+    """The cards' own figures come from different sets (a public test set, a few reviewed
+    images) and say so; the panel's comparable column runs every version on the same fixed
+    validation images."""
+    from core.jobs import run_job
+    from desktop.models_panel import ModelsDialog
+    from trainer.retrain import RetrainConfig, retrain
+
+    from .test_retrain import FAST
+
+    out = run_job(retrain(db, paths, RetrainConfig(**FAST, int8=False)))
+    dlg = ModelsDialog(db, window)
+    qtbot.addWidget(dlg)
+    names = [dlg.table.item(r, 1).text() for r in range(dlg.table.rowCount())]
+    col = {dlg.table.horizontalHeaderItem(c).text(): c for c in range(dlg.table.columnCount())}
+    same, own = col["On your validation images"], next(c for h, c in col.items() if h.startswith("Card's own"))
+    row_new = names.index(out["version"])
+    assert f"on {out['data']['n_val']} reviewed validation images" in dlg.table.item(row_new, own).text()
+    default = next(r for r, n in enumerate(names) if n.startswith("all-subtype"))
+    assert "held-out test images of all-taleqani" in dlg.table.item(default, own).text()
+    with qtbot.waitSignal(dlg.measured, timeout=TIMEOUT) as got:
+        qtbot.mouseClick(dlg.measure, Qt.LeftButton)
+    result = got.args[0]
+    n_val = out["data"]["n_val"]
+    for name in ("tiny-v1", out["version"], names[default]):  # same taxonomy: the same images
+        assert result[name]["n"] == n_val and f"(n={n_val})" in dlg.table.item(names.index(name), same).text()
+    binary = next(n for n in names if n.startswith("all-vs-normal"))
+    assert result[binary]["n"] == 0  # no reviewed images of its taxonomy
+    assert out["comparison"]["new"]["accuracy"] == pytest.approx(result[out["version"]]["accuracy"], abs=0.09)
