@@ -74,15 +74,15 @@ def train_cmd(args: argparse.Namespace, app) -> int:
         pretrained=not args.no_pretrained,
         seed=args.seed, threads=args.threads, name=name, attribution=args.attribution,
         out_dir=str(out), resume=args.resume,
-        device=args.device, precision=args.precision,
+        device=args.device, precision=args.precision, int8=not args.no_int8,
         cache_dir=str(app.paths.cache / "train-images"),
     )
     run_id = start_run(app.db, args.arch, cfg.to_dict())
     summary, error = None, None
     try:
         summary = app.progress(run(cfg, cancel=app.cancel), "train")
-        if summary.get("status") == "completed" and summary.get("package") and not args.no_int8:
-            _add_int8(app, Path(summary["package"]), Path(args.data))
+        if "int8" in summary:
+            _echo_int8(app, summary["int8"])
         version_id = None
         if summary.get("package") and not args.no_register:
             with app.db.session() as s:
@@ -128,19 +128,9 @@ def _augment_options(text: str) -> dict:
     return out
 
 
-def _add_int8(app, package: Path, data: Path) -> None:
-    """The checked int8 CPU model, before the package is registered; never fatal."""
-    from .quantize import quantization_available, quantize_from_folder
-
-    reason = quantization_available()
-    if reason:
-        app.echo(f"no int8 model: {reason}; the model runs in fp32")
-        return
-    app.echo("making the int8 CPU model (calibration on training images, check on held-out images) ...")
-    try:
-        rec = quantize_from_folder(package, data, cache_dir=app.paths.cache / "train-images")
-    except Exception as exc:  # noqa: BLE001  (the fp32 package is complete without it)
-        app.echo(f"no int8 model ({type(exc).__name__}: {exc}); the model runs in fp32")
+def _echo_int8(app, rec: dict) -> None:
+    if "agreement" not in rec:
+        app.echo(f"no int8 model: {rec.get('reason')}; the model runs in fp32")
         return
     app.echo(f"int8 agrees with fp32 on {rec['agreement']:.2%} of {rec['n_checked']} held-out labels: "
              + ("added" if rec["accepted"] else "rejected (below 99.5%), the model runs in fp32"))

@@ -106,6 +106,7 @@ class TrainConfig:
     name: str | None = None
     attribution: str | None = None  # where the training images come from (the card cites it)
     package: bool = True
+    int8: bool = False  # add the checked int8 CPU model to the package (trainer/quantize.py)
     max_epochs_this_call: int | None = None  # stop (resumably) after this many epochs
     eval_robustness: bool = True
     eval_ood: bool = True
@@ -694,6 +695,13 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
         from .guard import add_guard
 
         add_guard(pkg, guard, guard_info)
+        if cfg.int8:
+            from .quantize import add_int8
+
+            yield emit(Progress("package", 0, 1, "making the int8 CPU model (checked on held-out images)"))
+            held_out = np.concatenate([split.val, split.test]).astype(int)
+            summary["int8"] = add_int8(pkg, images[train_idx], images[held_out],
+                                       f"{len(train_idx)} training images of {Path(cfg.data).name} ({split.method} split)")
         summary["package"] = str(pkg)
         summary["model_name"] = name
         yield emit(Progress("package", 1, 1, str(pkg)))

@@ -129,6 +129,20 @@ def quantize_package(package: Path, calibration_u8: np.ndarray, check_u8: np.nda
     return {**record, "accepted": True}
 
 
+def add_int8(package: Path, calibration_u8: np.ndarray, check_u8: np.ndarray, calibration_source: str) -> dict:
+    """The checked int8 CPU model for a just-trained package (train and retrain alike).
+    Never fatal: without it the package is complete and runs in fp32. Returns the record
+    ({"accepted": False, "reason": ...} when it was not made)."""
+    reason = quantization_available()
+    if reason:
+        return {"accepted": False, "reason": reason}
+    try:
+        return quantize_package(package, calibration_u8, check_u8, calibration_source=calibration_source)
+    except Exception as exc:  # noqa: BLE001  (the fp32 package is complete without it)
+        log.warning("int8 model not made: %s", exc)
+        return {"accepted": False, "reason": f"{type(exc).__name__}: {exc}"}
+
+
 def _write_card(package: Path, card: ModelCard) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-card-", dir=package)
     try:

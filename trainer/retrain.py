@@ -565,23 +565,14 @@ INT8_CHECK_IMAGES = 800
 
 
 def _add_int8(pkg: Path, x_all: np.ndarray, tr_idx: np.ndarray, va_idx: np.ndarray, emit):
-    """Quantize the new package for fast CPU classification. Agreement with fp32 is checked
-    on the validation images plus training images (it measures arithmetic, not accuracy).
-    Never fatal: without it the version runs in fp32."""
-    from .quantize import quantization_available, quantize_package
+    """Agreement with fp32 is checked on the validation images plus training images (it
+    measures arithmetic, not accuracy)."""
+    from .quantize import add_int8
 
-    reason = quantization_available()
-    if reason:
-        return {"accepted": False, "reason": reason}
     yield emit(Progress("package", 0, 1, "making the int8 model for fast CPU classification"))
     check = np.concatenate([va_idx, tr_idx])[:INT8_CHECK_IMAGES]
-    try:
-        rec = quantize_package(pkg, x_all[tr_idx], x_all[check],
-                               calibration_source=f"{len(tr_idx)} reviewed training images")
-    except Exception as exc:  # the fp32 model is complete and usable without it
-        log.warning("int8 model not made: %s", exc)
-        return {"accepted": False, "reason": f"{type(exc).__name__}: {exc}"}
-    return {k: rec[k] for k in ("accepted", "agreement", "n_checked", "quantize_seconds")}
+    rec = add_int8(pkg, x_all[tr_idx], x_all[check], f"{len(tr_idx)} reviewed training images")
+    return {k: rec[k] for k in ("accepted", "agreement", "n_checked", "quantize_seconds", "reason") if k in rec}
 
 
 def _comparison_brief(cmp: dict | None) -> dict | None:
