@@ -25,7 +25,7 @@ from .detail import DetailPanel, heatmap_rgba, rgb_to_qimage
 from .gallery import (ID_ROLE, OUTSIDE_HATCH, OUTSIDE_MARK, ROW_ROLE, THUMB, GalleryModel, ThumbnailLoader,
                       TileDelegate, class_color)
 from .models_panel import ModelsDialog, headline_metrics, trained_on, version_info
-from .workers import Workers
+from .workers import JobSlot, Workers
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,10 @@ class MainWindow(QMainWindow):
         self.workers = Workers(self)
         self.folder: str | None = None
         self.version: dict | None = None
-        self.job = None
-        self.job_cancel: threading.Event | None = None
+        self.jobs = JobSlot(self.workers)  # the one place scan + classify jobs start
+        self.jobs.progress.connect(self._job_progress)
+        self.jobs.result.connect(self._job_done)
+        self.jobs.failed.connect(self._job_failed)
         self._gradcam = None
         self._gradcam_lock = threading.Lock()
         self._shown_id: int | None = None
@@ -469,9 +471,8 @@ class MainWindow(QMainWindow):
         if not os.path.isdir(folder):
             self.show_error(f"Not a folder: {folder}")
             return
-        if self.job is not None:
-            self.cancel_job()
-            self.workers.jobs.waitForDone(5000)
+        self.jobs.supersede()  # a job on the previous folder stops after its batch; its result is dropped
+        self._end_job()
         self.folder = folder
         self.setWindowTitle(f"{Path(folder).name} — hemascan")
         self._add_recent(folder)
@@ -481,19 +482,20 @@ class MainWindow(QMainWindow):
         if classify:
             self.classify()
 
+    @property
+    def job(self):
+        """The running scan + classify job (None when idle)."""
+        return self.jobs.task
+
     def classify(self) -> None:
-        if self.folder is None or self.job is not None:
+        if self.folder is None or self.jobs.running:
             return
         from core.inference import classify
 
-        cancel = threading.Event()
         folder, db, paths, device = self.folder, self.db, self.paths, self.device_pref
-        self.job_cancel = cancel
         self._job_stage = None
         self._job_t0 = time.monotonic()
-        self.job = self.workers.submit(lambda: classify(db, paths, folder, device=device, cancel=cancel),
-                                       name="classification", pool="jobs", on_progress=self._job_progress,
-                                       on_result=self._job_done, on_error=self._job_failed)
+        self.jobs.start(lambda cancel: classify(db, paths, folder, device=device, cancel=cancel), "classification")
         self.progress.setRange(0, 0)
         self.progress.setVisible(True)
         self.cancel_btn.setVisible(True)
@@ -501,8 +503,7 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def cancel_job(self) -> None:
-        if self.job_cancel is not None and not self.job_cancel.is_set():
-            self.job_cancel.set()
+        if self.jobs.cancel():
             self.progress_label.setText("cancelling after this batch…")
 
     def _job_progress(self, p) -> None:
@@ -551,15 +552,13 @@ class MainWindow(QMainWindow):
             log.info(msg)
         self.jobFinished.emit(summary)
 
-    def _job_failed(self, message: str) -> None:
+    def _job_failed(self, message) -> None:
         self._end_job()
         self.show_error(message)
         self.reload_gallery(keep_current=True)
         self.jobFinished.emit(None)
 
     def _end_job(self) -> None:
-        self.job = None
-        self.job_cancel = None
         self.progress.setVisible(False)
         self.cancel_btn.setVisible(False)
         self.progress_label.setText("")

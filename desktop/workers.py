@@ -17,10 +17,15 @@ from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 log = logging.getLogger(__name__)
 
 
+class JobError(Exception):
+    """What a failed task reports to the GUI: one sentence for the user (``str``), the
+    original exception as ``__cause__`` (its traceback is in the log)."""
+
+
 class TaskSignals(QObject):
     progress = Signal(object)  # core.jobs.Progress
     result = Signal(object)
-    error = Signal(str)
+    error = Signal(object)  # JobError
     finished = Signal()
 
 
@@ -35,8 +40,13 @@ class Task(QRunnable):
         self.signals = TaskSignals()
         self.cancel = threading.Event()
 
+    cooperative = False  # the job itself watches ``cancel`` (JobSlot jobs): drive it to its summary
+
     def run(self) -> None:  # pool thread
         try:
+            if self.cancel.is_set():  # cancelled (superseded) before it started
+                self.signals.result.emit(None)
+                return
             out = self.fn()
             if hasattr(out, "__next__") and hasattr(out, "send"):  # a job generator
                 while True:
@@ -45,13 +55,83 @@ class Task(QRunnable):
                     except StopIteration as stop:
                         out = stop.value
                         break
+                    if self.cancel.is_set():  # checked between steps
+                        if not self.cooperative:
+                            out.close()
+                            out = None
+                            break
+                        continue  # it stops at its next step and returns what it did
                     self.signals.progress.emit(p)
             self.signals.result.emit(out)
         except Exception as exc:  # reported to the GUI and the log file, never a raw dialog
+            from core.db.errors import user_error
+
             log.error("%s failed: %s\n%s", self.name, exc, traceback.format_exc())
-            self.signals.error.emit(f"{self.name} failed: {exc}")
+            known = user_error(exc)  # a database, disk or input problem in one sentence; else the bug's text
+            err = JobError(f"{self.name} failed: {known if known is not None else exc}")
+            err.__cause__ = exc
+            self.signals.error.emit(err)
         finally:
             self.signals.finished.emit()
+
+
+class JobSlot(QObject):
+    """The one place long jobs (scan + classify) start: one at a time, and a new one
+    supersedes the running one cleanly: the old is cancelled (it stops after its current
+    batch, keeping what it wrote) and its late signals are dropped, so a result can never
+    be taken for the new job's (the pattern of Orange's ConcurrentMixin)."""
+
+    progress = Signal(object)
+    result = Signal(object)
+    failed = Signal(object)  # JobError
+
+    def __init__(self, workers: "Workers"):
+        super().__init__(workers)
+        self.workers = workers
+        self.task: Task | None = None
+        self._generation = 0
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None
+
+    def start(self, make_job: Callable[[threading.Event], Any], name: str) -> Task:
+        """Run ``make_job(cancel)`` (a job generator that watches ``cancel``)."""
+        self.cancel()
+        self._generation += 1
+        gen = self._generation
+        cancel = threading.Event()
+        task = Task(lambda: make_job(cancel), name)
+        task.cancel = cancel
+        task.cooperative = True
+        task.signals.progress.connect(lambda p: gen == self._generation and self.progress.emit(p))
+        task.signals.result.connect(lambda out: self._done(gen, self.result, out))
+        task.signals.error.connect(lambda err: self._done(gen, self.failed, err))
+        task.signals.finished.connect(lambda t=task: self.workers._live.discard(t))
+        self.workers._live.add(task)
+        self.task = task
+        self.workers.jobs.start(task)
+        return task
+
+    def cancel(self) -> bool:
+        """Ask the running job to stop after its current step; its result still arrives
+        (as cancelled). False when nothing runs."""
+        if self.task is None or self.task.cancel.is_set():
+            return False
+        self.task.cancel.set()
+        return True
+
+    def supersede(self) -> None:
+        """Cancel the running job and drop whatever it still reports."""
+        self.cancel()
+        self._generation += 1
+        self.task = None
+
+    def _done(self, gen: int, signal, value) -> None:
+        if gen != self._generation:
+            return  # a superseded job's late result
+        self.task = None
+        signal.emit(value)
 
 
 class Workers(QObject):

@@ -261,3 +261,28 @@ def test_report_says_how_int8_predictions_were_checked():
     assert "99.8% of 827" in _int8_note(card, ["openvino int8 cpu"])
     assert _int8_note(card, ["openvino fp32 cpu"]) == "" and _int8_note({}, ["openvino int8 cpu"]) == ""
 
+
+
+def test_opening_a_folder_while_another_classifies_classifies_the_new_one(qtbot, window, tmp_path):
+    """The old job is superseded: it stops after its batch (what it wrote is kept), its late
+    result is not taken for the new job's, and the new folder is classified."""
+    from core.sample import generate
+
+    w = window
+    first, second = tmp_path / "first", tmp_path / "second"
+    generate(first, n_per_class=60, seed=1)
+    generate(second, n_per_class=2, seed=2)
+    started = []
+    w.open_folder(first)
+    w.job.signals.progress.connect(lambda p: started.append(p.stage))
+    qtbot.waitUntil(lambda: bool(started), timeout=JOB_TIMEOUT)
+    finished = []
+    w.jobFinished.connect(finished.append)
+    w.open_folder(second)
+    qtbot.waitUntil(lambda: bool(finished), timeout=JOB_TIMEOUT)
+    qtbot.wait(300)  # anything the superseded job still sends arrives now
+    assert len(finished) == 1 and finished[0] is not None and not finished[0].cancelled
+    assert finished[0].scan.root == str(second) and finished[0].n_predicted == 8
+    assert w.folder == str(second) and w.model.rowCount() == 8
+    assert all(w.model.row_at(r).predicted for r in range(8))  # the new folder was classified
+    assert w.job is None and not w.progress.isVisible()
