@@ -112,6 +112,7 @@ class MainWindow(QMainWindow):
         self.folder: str | None = None
         self.version: dict | None = None
         self.jobs = JobSlot(self.workers)  # the one place scan + classify jobs start
+        self.gallery_keys = None  # desktop.keys.GalleryKeys, once the gallery exists
         self.jobs.progress.connect(self._job_progress)
         self.jobs.result.connect(self._job_done)
         self.jobs.failed.connect(self._job_failed)
@@ -134,6 +135,9 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("hemascan")
         self.setAcceptDrops(True)
         self._build_widgets()
+        from .keys import GalleryKeys
+
+        self.gallery_keys = GalleryKeys(self, self.view)
         self._build_actions()
         self._restore_settings()
         self._update_counts()
@@ -373,13 +377,15 @@ class MainWindow(QMainWindow):
             m.addAction(a)
         m.addSeparator()
         m.addAction(self.a_reviewer)
-        for text, a in (("A  Accept", self.a_accept), ("Undo", self.a_undo), ("Redo", self.a_redo)):
+        self.review_buttons: dict[str, QPushButton] = {}
+        for key, text, a in (("accept", "A  Accept", self.a_accept), ("undo", "Undo", self.a_undo),
+                             ("redo", "Redo", self.a_redo)):
             b = QPushButton(text)
             b.setFocusPolicy(Qt.NoFocus)
             b.setToolTip(f"{a.text().replace('&', '')} ({a.shortcut().toString(QKeySequence.NativeText)})")
             b.clicked.connect(a.trigger)
-            a.enabledChanged.connect(b.setEnabled)
             self.review_bar.addWidget(b)
+            self.review_buttons[key] = b
         self.review_bar.addStretch(1)
 
         m = mb.addMenu("&View")
@@ -586,8 +592,19 @@ class MainWindow(QMainWindow):
         else:
             self.model.set_query(self.db, self.folder, self.version["id"] if self.version else None,
                                  self.version["taxonomy"] if self.version else None, self.current_filter())
-        if keep is not None:
-            self.select_image(keep)
+        sel = self.view.selectionModel()
+        row = self.model.row_of(keep) if keep is not None else None
+        if row is None and self.model.rowCount():  # a filter, sort or folder change: the top, first image
+            self.view.scrollToTop()
+            row = 0
+        if row is not None:  # the current image (what keys act on); no stale multi-selection
+            sel.clearSelection()
+            sel.setCurrentIndex(self.model.index(row), QItemSelectionModel.Current)
+            self.view.scrollTo(self.model.index(row))
+        else:  # nothing to show: the panel shows nothing, not the previous image
+            self.view.selectionModel().clear()
+            self._show_detail(None)
+            self._update_actions()
         self._update_counts()
 
     def _after_reset(self) -> None:
@@ -617,7 +634,7 @@ class MainWindow(QMainWindow):
     def move_current(self, step: int, after_rows: list[int] | None = None) -> None:
         n = self.model.rowCount()
         if n == 0:
-            return
+            return self._refuse(self.review_refusal() or "No image in view.")
         cur = self.view.currentIndex()
         base = max(after_rows) if (after_rows and step > 0) else (cur.row() if cur.isValid() else -1)
         row = base + step
@@ -784,16 +801,18 @@ class MainWindow(QMainWindow):
 
     def label_other_with_note(self) -> None:
         """"Other / not assessable" with the reviewer's free-text note (what the image shows)."""
-        if not self.selected_ids():
-            return
+        why = self.review_refusal()
+        if why:
+            return self._refuse(why)
         note, ok = QInputDialog.getText(self, OTHER_TITLE, "Note (optional): what does the image show?")
         if ok:
             self.label_selected(OTHER, note=note.strip() or None)
 
     def label_selected(self, label: str | None, note: str | None = None) -> None:
+        why = self.review_refusal()
+        if why:
+            return self._refuse(why)
         ids = self.selected_ids()
-        if not ids:
-            return
         rows = [self.model.row_of(i) for i in ids]
         action = self._guard(self.review.label, ids, label, note)
         if action is not None:
@@ -801,6 +820,9 @@ class MainWindow(QMainWindow):
         self._after_label(action, advance=True, rows_before=[r for r in rows if r is not None])
 
     def accept_prediction(self) -> None:
+        why = self.review_refusal()
+        if why:
+            return self._refuse(why)
         ids = self.selected_ids()
         labels = {}
         for i in ids:
@@ -809,12 +831,14 @@ class MainWindow(QMainWindow):
             if r is not None and r.predicted:
                 labels[i] = r.predicted
         if not labels:
-            return
+            return self._refuse("Nothing to accept: the selected image has no prediction yet (classify with Ctrl+R).")
         rows = [self.model.row_of(i) for i in ids]
         action = self._guard(self.review.apply, labels, f"accept {len(labels)} prediction(s)", "accepted prediction")
         self._after_label(action, advance=True, rows_before=[r for r in rows if r is not None])
 
     def undo(self) -> None:
+        if not self.review.can_undo:
+            return self._refuse("Nothing to undo.")
         action = self._guard(self.review.undo)
         if action is not None:
             self.statusBar().showMessage(f"Undone: {action.description}", 4000)
@@ -822,6 +846,8 @@ class MainWindow(QMainWindow):
             self.select_image(action.changes[0][0])
 
     def redo(self) -> None:
+        if not self.review.can_redo:
+            return self._refuse("Nothing to redo.")
         action = self._guard(self.review.redo)
         if action is not None:
             self.statusBar().showMessage(f"Redone: {action.description}", 4000)
@@ -850,12 +876,26 @@ class MainWindow(QMainWindow):
         self.a_cancel.setEnabled(running)
         self.a_csv.setEnabled(has_folder)
         self.a_pdf.setEnabled(has_folder)
-        for a in self.label_actions + [self.a_accept, self.a_clear]:
-            a.setEnabled(has_sel)
+        # The review keys stay live whatever the state: a key that cannot act says why
+        # (review_refusal); the buttons are enabled only when they can act.
         for b in self.class_buttons:
             b.setEnabled(has_sel)
-        self.a_undo.setEnabled(self.review.can_undo)
-        self.a_redo.setEnabled(self.review.can_redo)
+        self.review_buttons["accept"].setEnabled(has_sel)
+        self.review_buttons["undo"].setEnabled(self.review.can_undo)
+        self.review_buttons["redo"].setEnabled(self.review.can_redo)
+
+    def review_refusal(self) -> str | None:
+        """Why a review key cannot act now, in one sentence (None: it can)."""
+        if self.folder is None:
+            return "Open a folder first (Ctrl+O)."
+        if self.model.rowCount() == 0:
+            return "No image in view: change the filters to see images."
+        if not self.selected_ids():
+            return "No image selected: click one, or use the arrow keys."
+        return None
+
+    def _refuse(self, why: str) -> None:
+        self.statusBar().showMessage(f"⚠ {why}", 6000)
 
     # ------------------------------------------------------------------ export
     def default_export_path(self, ext: str) -> str:
@@ -1031,6 +1071,8 @@ class MainWindow(QMainWindow):
                 e.ignore()
                 return
         self.label_writer.close(timeout=0.3)  # anything left is written to the log, in full
+        if self.gallery_keys is not None:
+            self.gallery_keys.remove()
         if getattr(self, "retrain_dialog", None) is not None:
             self.retrain_dialog.close()
         self.save_settings()

@@ -1,0 +1,84 @@
+"""Issue 14 points 1 and 2, for real (pytest-qt, offscreen): the review keys act on the
+gallery whatever control has focus, a key that cannot act says why, and the detail panel
+always shows the current image or nothing."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import Qt  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+
+from core.db import LabelEvent  # noqa: E402
+from core.taxonomy import OTHER  # noqa: E402
+
+from .test_desktop import JOB_TIMEOUT, window  # noqa: E402,F401  (fixture)
+
+
+def _labels(w) -> list[tuple[int, str]]:
+    with w.db.session() as s:
+        return [(e.image_id, e.label) for e in s.scalars(select(LabelEvent).order_by(LabelEvent.id))]
+
+
+def _open(qtbot, w, folder):
+    with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+        w.open_folder(folder)
+
+
+def test_keys_act_on_the_gallery_after_a_filter_was_used(qtbot, window, tmp_path):  # noqa: F811
+    from core.sample import generate
+
+    w = window
+    generate(tmp_path / "a", n_per_class=3, seed=1)
+    _open(qtbot, w, tmp_path / "a")
+    # touch a filter with the keyboard, as in the walkthrough: it keeps the focus
+    w.f_pred.setFocus()
+    qtbot.waitUntil(w.f_pred.hasFocus, timeout=2000)
+    w.f_pred.setCurrentIndex(1)
+    w.f_pred.setCurrentIndex(0)
+    before = w.f_pred.currentIndex()
+    assert w.view.currentIndex().row() == 0  # the filter change selected the first image
+    qtbot.keyClick(w.f_pred, Qt.Key_Down)
+    assert w.f_pred.currentIndex() == before  # the filter did not change...
+    below = w.view.currentIndex().row()
+    assert below > 0  # ...the gallery moved down a row of tiles
+    qtbot.keyClick(w.f_pred, Qt.Key_Left)
+    assert w.view.currentIndex().row() == below - 1 and w.f_pred.currentIndex() == before
+    second = w.model.row_at(below - 1).image_id
+    qtbot.keyClick(w.view.window().focusWidget() or w.view, Qt.Key_1)  # a class key, focus wherever it is now
+    w.f_rev.setFocus()
+    w.view.setCurrentIndex(w.model.index(2))
+    third = w.model.row_at(2).image_id
+    qtbot.keyClick(w.f_rev, Qt.Key_O)  # "Other" with the Reviewed drop-down focused
+    qtbot.waitUntil(lambda: len(_labels(w)) == 2, timeout=5000)
+    assert _labels(w) == [(second, "Benign"), (third, OTHER)]
+
+
+def test_detail_panel_shows_the_current_image_or_nothing_and_refusals_say_why(qtbot, window, tmp_path):  # noqa: F811
+    from core.sample import generate
+
+    w = window
+    generate(tmp_path / "a", n_per_class=2, seed=1)
+    generate(tmp_path / "b", n_per_class=2, seed=2)
+    _open(qtbot, w, tmp_path / "a")
+    w.view.setCurrentIndex(w.model.index(3))
+    # a filter with no match: the panel empties and the buttons are off; a key says why
+    w.f_rev.setCurrentIndex(w.f_rev.findData(OTHER))
+    assert w.model.rowCount() == 0
+    assert w.detail.title.text() == "No image selected" and w.detail.summary.text() == ""
+    assert not any(b.isEnabled() for b in w.class_buttons) and not w.review_buttons["accept"].isEnabled()
+    qtbot.keyClick(w.view, Qt.Key_1)
+    assert "No image in view" in w.statusBar().currentMessage() and _labels(w) == []
+    # back to everything: the first image is selected and shown, not the old one
+    w.f_rev.setCurrentIndex(0)
+    assert w.view.currentIndex().row() == 0
+    assert w.detail.title.text() == f"<b>{w.model.row_at(0).name}</b>"
+    # another folder: its first image, never the previous folder's
+    _open(qtbot, w, tmp_path / "b")
+    current = w.model.row_at(w.view.currentIndex().row())
+    assert w.detail.title.text() == f"<b>{current.name}</b>" and current.path.startswith(str(tmp_path / "b"))
+    assert w.review_buttons["accept"].isEnabled()
+    qtbot.keyClick(w.view, Qt.Key_Z, Qt.ControlModifier)
+    assert w.statusBar().currentMessage() == "⚠ Nothing to undo."
