@@ -184,3 +184,26 @@ def class_counts(session: Session, folder, version_id: int | None, taxonomy: str
 
 __all__ = ["GalleryFilter", "GalleryRow", "ClassCounts", "ordered_ids", "rows", "class_counts", "SORTS",
            "UNREVIEWED"]
+
+
+OUTSIDE_MARK = "\u2298"
+
+
+def tile_caption(row: GalleryRow) -> str:
+    """What a gallery tile says in words. Once reviewed: the reviewer's class, and the
+    model's when it differs; before: the prediction, "?" when uncertain, or that the image
+    is outside the model's experience."""
+    from .taxonomy import OTHER, OTHER_TITLE
+
+    conf = f" {row.confidence:.0%}" if row.confidence is not None else ""
+    model = "outside experience" if row.outside else f"{row.predicted}{conf}" if row.predicted else None
+    if row.reviewed:
+        shown = OTHER_TITLE if row.reviewed == OTHER else row.reviewed
+        if row.reviewed == row.predicted and not row.outside:
+            return f"\u2713 {shown}"
+        return f"\u270e {shown}" + (f" \u00b7 model: {model}" if model else "")
+    if row.outside:
+        return f"{OUTSIDE_MARK} outside experience"
+    if row.predicted is None:
+        return "not predicted"
+    return ("? " if row.uncertain else "") + f"{row.predicted}{conf}"

@@ -32,7 +32,7 @@ _NAMED = {"Benign": "#2e7d32", "Early Pre-B": "#1565c0", "Pre-B": "#ef6c00", "Pr
           "ALL": "#c62828", "Normal": "#2e7d32", OTHER: "#546e7a"}
 # Outside the model's experience: not a class colour but a dark band with an amber hatch.
 OUTSIDE_BAND, OUTSIDE_HATCH = "#37474f", "#ffb300"
-OUTSIDE_MARK = "\u2298"  # ⊘
+OUTSIDE_MARK = q.OUTSIDE_MARK  # ⊘
 
 
 def class_color(label: str | None, classes: list[str] | None = None) -> QColor:
@@ -222,10 +222,12 @@ class GalleryModel(QAbstractListModel):
             return r
         if role == ID_ROLE:
             return r.image_id
+        if role == Qt.AccessibleTextRole:
+            return q.tile_caption(r)
         if role == Qt.ToolTipRole:
             conf = f"{r.confidence:.1%}" if r.confidence is not None else "not predicted"
-            rev = f"reviewed: {r.reviewed} ({r.reviewer})" if r.reviewed else "not reviewed"
-            return f"{r.name}\npredicted: {r.predicted or '-'} {conf}\n{rev}"
+            rev = f"reviewed: {r.reviewed} by {r.reviewer}" if r.reviewed else "not reviewed"
+            return f"{r.name}\n{q.tile_caption(r)}\npredicted: {r.predicted or '-'} {conf}\n{rev}"
         return None
 
     def flags(self, index):
@@ -297,16 +299,14 @@ class TileDelegate(QStyledItemDelegate):
         f = QFont(option.font)
         f.setPointSizeF(max(7.0, f.pointSizeF() * 0.85))
         p.setFont(f)
-        conf = f" {r.confidence:.0%}" if r.confidence is not None else ""
-        if r.outside:  # the class is not reliable: say so instead of showing its colour
+        label = q.tile_caption(r)  # the reviewer's class in words once reviewed (and the model's if different)
+        if r.reviewed:
+            p.fillRect(band, class_color(r.reviewed, classes))
+        elif r.outside:  # the class is not reliable: say so instead of showing its colour
             p.fillRect(band, QColor(OUTSIDE_BAND))
             p.fillRect(band, QBrush(QColor(OUTSIDE_HATCH), Qt.BDiagPattern))
-            label = f"{OUTSIDE_MARK} outside experience"
         else:
             p.fillRect(band, color)
-            label = (r.predicted or "not predicted") + conf
-            if r.uncertain:
-                label = "? " + label
         p.setPen(Qt.white)
         p.drawText(band.adjusted(4, 0, -4, 0), Qt.AlignVCenter | Qt.AlignLeft,
                    p.fontMetrics().elidedText(label, Qt.ElideRight, band.width() - 8))

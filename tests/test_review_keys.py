@@ -82,3 +82,30 @@ def test_detail_panel_shows_the_current_image_or_nothing_and_refusals_say_why(qt
     assert w.review_buttons["accept"].isEnabled()
     qtbot.keyClick(w.view, Qt.Key_Z, Qt.ControlModifier)
     assert w.statusBar().currentMessage() == "⚠ Nothing to undo."
+
+
+def test_tile_says_the_reviewers_class_in_words_and_the_models_when_they_differ(qtbot, window, tmp_path):  # noqa: F811
+    from PySide6.QtCore import Qt as _Qt
+
+    from core.gallery import GalleryRow, tile_caption
+    from core.sample import generate
+
+    row = GalleryRow(1, "/x.jpg", "x.jpg", "Pro-B", 0.87, 0.3, False, (0, 0, 0.13, 0.87), None, None)
+    assert tile_caption(row) == "Pro-B 87%"
+    assert tile_caption(row.__class__(**{**row.__dict__, "reviewed": "Pro-B", "reviewer": "ana"})) == "\u2713 Pro-B"
+    differs = tile_caption(row.__class__(**{**row.__dict__, "reviewed": "Pre-B", "reviewer": "ana"}))
+    assert "Pre-B" in differs and "model: Pro-B 87%" in differs
+    other = tile_caption(row.__class__(**{**row.__dict__, "reviewed": OTHER, "outside": True}))
+    assert "Other / not assessable" in other and "model: outside experience" in other
+
+    w = window
+    generate(tmp_path / "a", n_per_class=2, seed=1)
+    _open(qtbot, w, tmp_path / "a")
+    w.view.setCurrentIndex(w.model.index(0))
+    predicted = w.model.row_at(0).predicted
+    model_says = "outside experience" if w.model.row_at(0).outside else predicted  # synthetic: outside
+    label = next(c for c in w.version["classes"] if c != predicted)
+    w.label_selected(label)
+    qtbot.waitUntil(lambda: w.model.row_at(w.model.row_of(_labels(w)[0][0])).reviewed == label, timeout=5000)
+    caption = w.model.index(w.model.row_of(_labels(w)[0][0])).data(_Qt.AccessibleTextRole)
+    assert caption.startswith(f"\u270e {label}") and f"model: {model_says}" in caption
