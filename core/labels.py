@@ -304,3 +304,20 @@ def _sentence(exc: BaseException, url) -> str:
 
     err = user_error(exc, url)
     return str(err) if err is not None else f"{type(exc).__name__}: {exc}"
+
+
+# Computer accounts, not people: a label must say who decided it.
+NOT_REVIEWER_NAMES = frozenset({"root", "admin", "administrator", "user", "guest", "unknown", "nobody", "test",
+                                "pi", "ubuntu", "debian", "hemascan", "lab", "default"})
+
+
+def reviewer_problem(name: str | None) -> str | None:
+    """Why ``name`` cannot stand for the person who gives labels (one sentence), or None."""
+    name = (name or "").strip()
+    if not name:
+        return "a reviewer name is needed: it is stored with every label you give"
+    if name.casefold() in NOT_REVIEWER_NAMES:
+        return f"'{name}' is a computer account, not a person: type your own name"
+    if len(name) > 128 or any(ord(c) < 32 for c in name):
+        return "a reviewer name is at most 128 printable characters"
+    return None

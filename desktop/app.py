@@ -46,6 +46,8 @@ def run_gui(paths, db_url=None, folder=None, device=None, argv=None) -> int:
     window.show()
     if folder:
         window.open_folder(folder)
+    else:
+        window.reopen_last_folder()  # where the reviewer left off: filters, image, scroll
     return app.exec()
 
 

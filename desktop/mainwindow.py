@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QItemSelectionModel, QObject, QSettings, QSize, Qt, QUrl, Signal
+from PySide6.QtCore import QByteArray, QItemSelectionModel, QObject, QSettings, QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QFileDialog, QFormLayout,
                                QGroupBox, QHBoxLayout, QInputDialog, QLabel, QListView, QMainWindow, QMessageBox,
@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComb
 from core import gallery as q
 from core.config import Paths
 from core.db import open_database
-from core.labels import LabelWriter, default_reviewer, history
+from core.labels import LabelWriter, history, reviewer_problem
 from core.registry import ensure_active_model, get_version, list_versions
 from core.review import ReviewSession
 from core.taxonomy import OTHER, OTHER_TITLE
@@ -25,6 +25,7 @@ from .detail import DetailPanel, heatmap_rgba, rgb_to_qimage
 from .gallery import (ID_ROLE, OUTSIDE_HATCH, OUTSIDE_MARK, ROW_ROLE, THUMB, GalleryModel, ThumbnailLoader,
                       TileDelegate, class_color)
 from .models_panel import ModelsDialog, headline_metrics, trained_on, version_info
+from .viewstate import FolderView, last_folder, load_folder_view, save_folder_view, settings_for
 from .workers import JobSlot, Workers
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class MainWindow(QMainWindow):
                  device: str | None = None):
         super().__init__()
         self.paths = paths.ensure()
-        self.settings = settings or QSettings("hemascan", "hemascan")
+        self.settings = settings or settings_for(self.paths.data_dir)  # with the lab's data, not per OS user
         self.device_pref = device
         self.db = open_database(self.paths, paths.db_url(db_url))
         self.workers = Workers(self)
@@ -121,13 +122,15 @@ class MainWindow(QMainWindow):
         self._shown_id: int | None = None
         self._last_counts = 0.0
         self._full_image = None
-        self.reviewer = self.settings.value("reviewer", "") or default_reviewer()
+        stored = str(self.settings.value("reviewer", "") or "")
+        self.reviewer: str | None = stored if reviewer_problem(stored) is None else None
+        self._restore: FolderView | None = None  # a folder's saved view, applied as its images arrive
         self._label_signals = _LabelSignals(self)
         self._label_signals.saved.connect(self._labels_saved)
         self._label_signals.waiting.connect(self._labels_waiting)
         self.label_writer = LabelWriter(self.db, on_saved=self._label_signals.saved.emit,
                                         on_waiting=self._label_signals.waiting.emit)
-        self.review = QueuedReview(self.db, self.reviewer, self.label_writer)
+        self.review = QueuedReview(self.db, self.reviewer or "", self.label_writer)
         with self.db.session() as s:
             self.version = version_info(ensure_active_model(s, self.paths))
         self.review.taxonomy = self.version["taxonomy"]
@@ -138,6 +141,8 @@ class MainWindow(QMainWindow):
         from .keys import GalleryKeys
 
         self.gallery_keys = GalleryKeys(self, self.view)
+        if self.reviewer is None:  # first launch (or a stored computer account): ask once, when shown
+            QTimer.singleShot(0, self.ask_reviewer)
         self._build_actions()
         self._restore_settings()
         self._update_counts()
@@ -442,6 +447,8 @@ class MainWindow(QMainWindow):
         s.setValue("mainSplitter", self.splitter.saveState())
         s.setValue("detailSplitter", self.detail.splitter.saveState())
         s.setValue("gradcam", self.detail.gradcam.isChecked())
+        if self.folder is not None:
+            save_folder_view(s, self.folder, self.folder_view())
         s.sync()
 
     def recent_folders(self) -> list[str]:
@@ -479,7 +486,12 @@ class MainWindow(QMainWindow):
             return
         self.jobs.supersede()  # a job on the previous folder stops after its batch; its result is dropped
         self._end_job()
+        if self.folder is not None:
+            save_folder_view(self.settings, self.folder, self.folder_view())
         self.folder = folder
+        self._restore = load_folder_view(self.settings, folder)
+        if self._restore is not None:
+            self._apply_filters(self._restore)
         self.setWindowTitle(f"{Path(folder).name} — hemascan")
         self._add_recent(folder)
         self.loader.clear()
@@ -542,6 +554,7 @@ class MainWindow(QMainWindow):
     def _job_done(self, summary) -> None:
         self._end_job()
         self.reload_gallery(keep_current=True)
+        self._restore = None
         if summary is not None:
             if summary.device:
                 self.device_label.setText(summary.device)
@@ -576,6 +589,33 @@ class MainWindow(QMainWindow):
         return describe_device(select_device(self.device_pref))
 
     # ------------------------------------------------------------------ gallery
+    def folder_view(self) -> FolderView:
+        """This folder's view, to restore it on the next start (desktop/viewstate.py)."""
+        f, cur = self.current_filter(), self.view.currentIndex()
+        return FolderView(predicted=f.predicted, reviewed=f.reviewed, uncertain_only=f.uncertain_only,
+                          outside_only=f.outside_only, disagreement=f.disagreement, sort=f.sort,
+                          image_id=cur.data(ID_ROLE) if cur.isValid() else None,
+                          scroll=self.view.verticalScrollBar().value())
+
+    def _apply_filters(self, v: FolderView) -> None:
+        for combo, value in ((self.f_pred, v.predicted), (self.f_rev, v.reviewed), (self.sort, v.sort)):
+            combo.blockSignals(True)
+            combo.setCurrentIndex(max(0, combo.findData(value)))  # a class the model no longer has: Any
+            combo.blockSignals(False)
+        for box, value in ((self.f_uncertain, v.uncertain_only), (self.f_outside, v.outside_only),
+                           (self.f_disagree, v.disagreement)):
+            box.blockSignals(True)
+            box.setChecked(value)
+            box.blockSignals(False)
+
+    def reopen_last_folder(self) -> bool:
+        """Open the folder of the last session, as it was left (filters, image, scroll)."""
+        folder = last_folder(self.settings)
+        if folder and os.path.isdir(folder):
+            self.open_folder(folder)
+            return True
+        return False
+
     def current_filter(self) -> q.GalleryFilter:
         return q.GalleryFilter(predicted=self.f_pred.currentData(), reviewed=self.f_rev.currentData(),
                                uncertain_only=self.f_uncertain.isChecked(), outside_only=self.f_outside.isChecked(),
@@ -587,6 +627,9 @@ class MainWindow(QMainWindow):
 
     def reload_gallery(self, keep_current: bool = False) -> None:
         keep = self._shown_id if keep_current else None
+        restore = self._restore
+        if restore is not None and restore.image_id is not None:
+            keep = restore.image_id
         if self.folder is None:
             self.model.clear()
         else:
@@ -601,6 +644,9 @@ class MainWindow(QMainWindow):
             sel.clearSelection()
             sel.setCurrentIndex(self.model.index(row), QItemSelectionModel.Current)
             self.view.scrollTo(self.model.index(row))
+            if restore is not None and keep == restore.image_id and self.model.row_of(keep) is not None:
+                self.view.verticalScrollBar().setValue(restore.scroll)  # where the reviewer left off
+                self._restore = None
         else:  # nothing to show: the panel shows nothing, not the previous image
             self.view.selectionModel().clear()
             self._show_detail(None)
@@ -853,20 +899,29 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Redone: {action.description}", 4000)
             self._after_label(action, advance=False)
 
-    def ask_reviewer(self) -> None:
-        name, ok = QInputDialog.getText(self, "Reviewer", "Your name, stored with every label you give:",
-                                        text=self.reviewer)
-        if ok and name.strip():
-            self.set_reviewer(name.strip())
+    def ask_reviewer(self) -> bool:
+        """Ask for the reviewer's name until it is a person's or the dialog is cancelled."""
+        prompt = "Your name, stored with every label you give:"
+        while True:
+            name, ok = QInputDialog.getText(self, "Reviewer", prompt, text=self.reviewer or "")
+            if not ok:
+                return self.reviewer is not None
+            why = reviewer_problem(name)
+            if why is None:
+                self.set_reviewer(name.strip())
+                return True
+            prompt = f"{why[0].upper()}{why[1:]}.\nYour name, stored with every label you give:"
 
     def set_reviewer(self, name: str) -> None:
+        if reviewer_problem(name):
+            raise ValueError(reviewer_problem(name))
         self.reviewer = name
         self.review.reviewer = name
         self.settings.setValue("reviewer", name)
         self._show_reviewer()
 
     def _show_reviewer(self) -> None:
-        self.reviewer_label.setText(f"reviewer: {self.reviewer}")
+        self.reviewer_label.setText(f"reviewer: {self.reviewer}" if self.reviewer else "reviewer: (not set)")
 
     def _update_actions(self) -> None:
         has_folder = self.folder is not None
@@ -892,6 +947,8 @@ class MainWindow(QMainWindow):
             return "No image in view: change the filters to see images."
         if not self.selected_ids():
             return "No image selected: click one, or use the arrow keys."
+        if self.reviewer is None and not self.ask_reviewer():
+            return "Labels need your name: Review ▸ Reviewer name…"
         return None
 
     def _refuse(self, why: str) -> None:
