@@ -48,7 +48,11 @@ def naive_rate(folder: Path, package: Path, limit: int | None) -> tuple[float, i
     """What a user would write first: ImageFolder + PIL + DataLoader + model, fp32."""
     import torch
     from torch.utils.data import DataLoader, Subset
-    from torchvision import datasets, transforms
+
+    try:  # not a dependency of the app: the dev and bench extras install it
+        from torchvision import datasets, transforms
+    except ImportError as exc:
+        raise SystemExit(f"the naive baseline needs torchvision ({exc}): pip install 'hemascan[bench]'") from None
 
     from core.modelpkg import load_model
 

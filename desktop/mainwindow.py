@@ -87,13 +87,6 @@ def _fmt_eta(s) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-
-def training_available() -> bool:
-    """Training needs torchvision, which the CPU-only installer leaves out."""
-    import importlib.util
-
-    return importlib.util.find_spec("torchvision") is not None
-
 class MainWindow(QMainWindow):
     folderOpened = Signal(str)
     jobFinished = Signal(object)  # ClassifySummary (or None after an error)
@@ -405,10 +398,6 @@ class MainWindow(QMainWindow):
         self.a_models = act("Model &versions…", self.show_models)
         self.a_retrain = act("&Retrain…", self.show_retrain)
         self.a_retrain.setStatusTip("Train a new model version from your reviewed labels and compare it")
-        if not training_available():  # the CPU-only installer ships without torchvision
-            self.a_retrain.setEnabled(False)
-            self.a_retrain.setStatusTip("Retraining is not part of this build (it needs torchvision); "
-                                        "import a model trained on another workstation instead")
         m.addAction(self.a_models)
         m.addAction(self.a_retrain)
 
@@ -1010,10 +999,6 @@ class MainWindow(QMainWindow):
 
     def show_retrain(self):
         """The modeless Retrain dialog (one at a time); the window stays usable while it trains."""
-        if not training_available():
-            self.statusBar().showMessage("Retraining is not part of this build (it needs torchvision); "
-                                         "import a model trained on another workstation instead", 15000)
-            return None
         from .retrain_dialog import RetrainDialog
 
         if getattr(self, "retrain_dialog", None) is None:

@@ -83,6 +83,20 @@ def test_self_test_from_source_passes():
     assert "self-test passed" in r.stdout
     assert "[FAIL]" not in r.stdout
     assert "4 images classified without errors" in r.stdout
+    assert "[ok] trainer imports and an augmented training step runs" in r.stdout
+    assert "[ok] training needs no torchvision" in r.stdout
+
+
+def test_cpu_build_does_not_refuse_training_commands(monkeypatch, capsys):
+    """The CPU build used to refuse train/evaluate/compare/retrain (torchvision); it trains now."""
+    m = _entry_module()
+    monkeypatch.setattr(m, "variant", lambda: "cpu")
+    for cmd in ("train", "evaluate", "compare", "retrain"):
+        with pytest.raises(SystemExit) as exit_:
+            m.main([cmd, "--help"])
+        assert exit_.value.code == 0
+        out = capsys.readouterr()
+        assert f"usage: hemascan {cmd}" in out.out and "not part of" not in out.out + out.err
 
 
 def test_self_test_fails_when_classification_cannot_run():

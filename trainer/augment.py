@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
+
+from . import colour
 
 # Ruifrok & Johnston haematoxylin / eosin / DAB stain vectors (as skimage.color.rgb2hed).
 _RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float32)
@@ -157,10 +158,10 @@ class Augmenter:
             if c.blur_p and torch.rand(1, generator=gen) < c.blur_p:
                 img = gaussian_blur(img, 0.3 + float(torch.rand(1, generator=gen)) * max(0.0, c.blur_sigma - 0.3))
             if r[4] < c.grayscale_p:
-                img = v2.functional.rgb_to_grayscale(img, num_output_channels=3)
+                img = colour.rgb_to_grayscale(img, num_output_channels=3)
             if c.rotate_degrees and torch.rand(1, generator=gen) < 0.5:  # after colour, so the fill stays the neutral mean colour
                 ang = float((torch.rand(1, generator=gen) * 2 - 1) * c.rotate_degrees * c.strength)
-                img = v2.functional.rotate(img, ang, interpolation=v2.InterpolationMode.BILINEAR, fill=self.fill)
+                img = colour.rotate(img, ang, fill=self.fill)
             if r[5] < c.corner_p:
                 fh, fw = 0.1 + 0.2 * float(r[6]), 0.15 + 0.3 * float(r[7])
                 mh, mw = max(1, int(h * fh)), max(1, int(w * fw))
@@ -171,19 +172,18 @@ class Augmenter:
 
 
 def _color_jitter(img: torch.Tensor, c: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    F = v2.functional
     u = torch.rand(5, generator=gen)
     s = c.strength
     order = torch.randperm(4, generator=gen).tolist()
     for k in order:
         if k == 0 and c.brightness:
-            img = F.adjust_brightness(img, 1 + (float(u[0]) * 2 - 1) * c.brightness * s)
+            img = colour.adjust_brightness(img, 1 + (float(u[0]) * 2 - 1) * c.brightness * s)
         elif k == 1 and c.contrast:
-            img = F.adjust_contrast(img, 1 + (float(u[1]) * 2 - 1) * c.contrast * s)
+            img = colour.adjust_contrast(img, 1 + (float(u[1]) * 2 - 1) * c.contrast * s)
         elif k == 2 and c.saturation:
-            img = F.adjust_saturation(img, 1 + (float(u[2]) * 2 - 1) * c.saturation * s)
+            img = colour.adjust_saturation(img, 1 + (float(u[2]) * 2 - 1) * c.saturation * s)
         elif k == 3 and c.hue:
-            img = F.adjust_hue(img, (float(u[3]) * 2 - 1) * c.hue * s)
+            img = colour.adjust_hue(img, (float(u[3]) * 2 - 1) * c.hue * s)
     return img
 
 
@@ -192,7 +192,7 @@ def _color_jitter(img: torch.Tensor, c: AugmentConfig, gen: torch.Generator) -> 
 def to_grayscale(batch: np.ndarray) -> np.ndarray:
     """uint8 (N,H,W,3) -> grayscale replicated to 3 channels."""
     t = torch.from_numpy(batch).permute(0, 3, 1, 2)
-    return v2.functional.rgb_to_grayscale(t, num_output_channels=3).permute(0, 2, 3, 1).numpy()
+    return colour.rgb_to_grayscale(t, num_output_channels=3).permute(0, 2, 3, 1).numpy()
 
 
 def stain_perturb(batch: np.ndarray, seed: int = 0, hue: float = 0.1, hed_sigma: float = 0.25,
@@ -202,12 +202,11 @@ def stain_perturb(batch: np.ndarray, seed: int = 0, hue: float = 0.1, hed_sigma:
     gen = torch.Generator().manual_seed(seed)
     t = torch.from_numpy(batch).permute(0, 3, 1, 2)
     out = torch.empty_like(t)
-    F = v2.functional
     for i in range(len(t)):
         img = hed_jitter(t[i], hed_sigma, 0.03, gen)
         u = torch.rand(2, generator=gen)
-        img = F.adjust_hue(img, float(u[0] * 2 - 1) * hue)
-        img = F.adjust_saturation(img, 1 + float(u[1] * 2 - 1) * saturation)
+        img = colour.adjust_hue(img, float(u[0] * 2 - 1) * hue)
+        img = colour.adjust_saturation(img, 1 + float(u[1] * 2 - 1) * saturation)
         out[i] = img
     return out.permute(0, 2, 3, 1).contiguous().numpy()
 
@@ -221,4 +220,4 @@ def blur(batch: np.ndarray, sigma: float = 3.0) -> np.ndarray:
 def other_stain(batch: np.ndarray) -> np.ndarray:
     """A far-out-of-distribution stain: hue rotated half a turn (e.g. green/blue fields)."""
     t = torch.from_numpy(batch).permute(0, 3, 1, 2)
-    return v2.functional.adjust_hue(t, 0.5).permute(0, 2, 3, 1).contiguous().numpy()
+    return colour.adjust_hue(t, 0.5).permute(0, 2, 3, 1).contiguous().numpy()
