@@ -44,8 +44,9 @@ class Task(QRunnable):
 
     def run(self) -> None:  # pool thread
         try:
-            if self.cancel.is_set():  # cancelled (superseded) before it started
-                self.signals.result.emit(None)
+            if self.cancel.is_set():  # cancelled before it started: nothing to report
+                if self.cooperative:
+                    self.signals.result.emit(None)  # a job's owner learns it ended
                 return
             out = self.fn()
             if hasattr(out, "__next__") and hasattr(out, "send"):  # a job generator
@@ -58,8 +59,7 @@ class Task(QRunnable):
                     if self.cancel.is_set():  # checked between steps
                         if not self.cooperative:
                             out.close()
-                            out = None
-                            break
+                            return  # nobody waits for a cancelled light task's result
                         continue  # it stops at its next step and returns what it did
                     self.signals.progress.emit(p)
             self.signals.result.emit(out)

@@ -86,3 +86,18 @@ def subprocess_env(data_dir: Path, **extra: str) -> dict:
     env = dict(os.environ, HEMASCAN_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT))
     env.update(extra)
     return env
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_reviewer_prompt(monkeypatch):
+    """A window whose settings name no reviewer asks for one in a modal dialog; in a test that
+    did not expect it (and patch it) that would wait forever: fail at once instead."""
+    try:
+        import desktop.mainwindow as mw
+    except Exception:  # no Qt here: nothing to guard
+        return
+
+    def unexpected(*a, **k):
+        raise AssertionError("a dialog asked for input the test did not expect (set a reviewer in its settings)")
+
+    monkeypatch.setattr(mw.QInputDialog, "getText", unexpected)

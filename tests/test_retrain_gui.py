@@ -104,6 +104,7 @@ def test_retrain_works_without_torchvision(qtbot, paths, tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "torchvision", None)  # `import torchvision` raises ImportError
     settings = QSettings(str(tmp_path / "no-torchvision.ini"), QSettings.IniFormat)
+    settings.setValue("reviewer", "tester")
     w = mw.MainWindow(paths, settings=settings, device="cpu")
     qtbot.addWidget(w)
     assert w.a_retrain.isEnabled()
