@@ -87,6 +87,9 @@ def _fmt_eta(s) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+UNREVIEWED_GRACE_MS = 700
+
+
 class MainWindow(QMainWindow):
     folderOpened = Signal(str)
     jobFinished = Signal(object)  # ClassifySummary (or None after an error)
@@ -107,6 +110,10 @@ class MainWindow(QMainWindow):
         self.version: dict | None = None
         self.jobs = JobSlot(self.workers)  # the one place scan + classify jobs start
         self.gallery_keys = None  # desktop.keys.GalleryKeys, once the gallery exists
+        self._drop_reviewed = QTimer(self)  # "Unreviewed only": reviewed images leave the view after this
+        self._drop_reviewed.setSingleShot(True)
+        self._drop_reviewed.setInterval(UNREVIEWED_GRACE_MS)
+        self._drop_reviewed.timeout.connect(lambda: self.reload_gallery(keep_current=True))
         self.jobs.progress.connect(self._job_progress)
         self.jobs.result.connect(self._job_done)
         self.jobs.failed.connect(self._job_failed)
@@ -612,7 +619,21 @@ class MainWindow(QMainWindow):
                                sort=self.sort.currentData())
 
     def _filter_changed(self, *_) -> None:
+        self._forbid_impossible_filters()
         self.reload_gallery()
+
+    def _forbid_impossible_filters(self) -> None:
+        """A filter combination that can match nothing cannot be chosen: "reviewed differs
+        from predicted" needs a reviewed image of another class than the predicted one."""
+        rev, pred = self.f_rev.currentData(), self.f_pred.currentData()
+        impossible = rev == q.UNREVIEWED or (rev is not None and rev == pred)
+        self.f_disagree.setEnabled(not impossible)
+        self.f_disagree.setToolTip("Not with the Reviewed filter chosen: those images cannot disagree"
+                                   if impossible else "Images whose reviewed class differs from the prediction")
+        if impossible and self.f_disagree.isChecked():
+            self.f_disagree.blockSignals(True)
+            self.f_disagree.setChecked(False)
+            self.f_disagree.blockSignals(False)
 
     def reload_gallery(self, keep_current: bool = False) -> None:
         keep = self._shown_id if keep_current else None
@@ -643,10 +664,21 @@ class MainWindow(QMainWindow):
         self._update_counts()
 
     def _after_reset(self) -> None:
-        n = self.model.total
         if self.folder is None:
             return
-        self.gallery_info.setText(f"{n:,} image(s) match" if n else "No images match (yet).")
+        self._show_position()
+
+    def _show_position(self) -> None:
+        """Where am I: "image n of N" in the current view (the queue the keys walk through)."""
+        if self.folder is None:
+            return
+        n, cur = self.model.total, self.view.currentIndex()
+        if not n:
+            self.gallery_info.setText("No images match (yet).")
+        elif cur.isValid():
+            self.gallery_info.setText(f"Image {cur.row() + 1:,} of {n:,} in this view")
+        else:
+            self.gallery_info.setText(f"{n:,} image(s) match")
 
     def select_image(self, image_id: int) -> bool:
         row = self.model.row_of(image_id)
@@ -676,6 +708,9 @@ class MainWindow(QMainWindow):
         if row >= n and self.model.canFetchMore():
             self.model.fetchMore()
             n = self.model.rowCount()
+        if row >= n and step > 0:
+            self.statusBar().showMessage(f"End of the queue: this was the last of the {n:,} images in this view. "
+                                         "Change the filters for more, or Home to go back to the first.", 8000)
         row = max(0, min(n - 1, row))
         ix = self.model.index(row)
         self.view.selectionModel().setCurrentIndex(ix, QItemSelectionModel.ClearAndSelect)
@@ -712,6 +747,7 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ detail
     def _current_changed(self, cur, _prev=None) -> None:
+        self._show_position()
         row = cur.data(ROW_ROLE) if cur.isValid() else None
         self._show_detail(row)
         self._update_actions()
@@ -808,10 +844,14 @@ class MainWindow(QMainWindow):
         self.labelsChanged.emit(ids)
         if advance:
             self.move_current(1, rows_before)
+        if self.f_rev.currentData() == q.UNREVIEWED:  # reviewed images leave the queue, after a short
+            self._drop_reviewed.start()  # grace: the next key still lands on the image now shown
 
     def _labels_saved(self, ids: list, pending: int) -> None:
         """A queued label write reached the database: show it."""
         self.model.refresh_ids(ids)
+        if self.f_rev.currentData() == q.UNREVIEWED and not self._drop_reviewed.isActive():
+            self._drop_reviewed.start()
         self._update_counts()
         cur = self.view.currentIndex()
         if cur.isValid():

@@ -109,3 +109,38 @@ def test_tile_says_the_reviewers_class_in_words_and_the_models_when_they_differ(
     qtbot.waitUntil(lambda: w.model.row_at(w.model.row_of(_labels(w)[0][0])).reviewed == label, timeout=5000)
     caption = w.model.index(w.model.row_of(_labels(w)[0][0])).data(_Qt.AccessibleTextRole)
     assert caption.startswith(f"\u270e {label}") and f"model: {model_says}" in caption
+
+
+def test_where_am_i_end_of_queue_unreviewed_queue_and_impossible_filters(qtbot, window, tmp_path):  # noqa: F811
+    from core.gallery import UNREVIEWED
+    from core.sample import generate
+    from desktop.mainwindow import UNREVIEWED_GRACE_MS
+
+    w = window
+    generate(tmp_path / "a", n_per_class=2, seed=1)
+    _open(qtbot, w, tmp_path / "a")
+    row = w.view.currentIndex().row()  # the image shown since the scan stays current after classifying
+    assert w.gallery_info.text() == f"Image {row + 1} of 8 in this view"
+    qtbot.keyClick(w.view, Qt.Key_Home)
+    assert w.gallery_info.text() == "Image 1 of 8 in this view"
+    qtbot.keyClick(w.view, Qt.Key_Right)
+    assert w.gallery_info.text() == "Image 2 of 8 in this view"
+    # impossible combinations cannot be chosen
+    w.f_disagree.setChecked(True)
+    w.f_rev.setCurrentIndex(w.f_rev.findData(UNREVIEWED))
+    assert not w.f_disagree.isEnabled() and not w.f_disagree.isChecked() and w.model.rowCount() == 8
+    # Unreviewed only: a reviewed image leaves the view after a grace; the next key lands on the image shown
+    assert w.view.currentIndex().row() == 0
+    first, second = w.model.row_at(0).image_id, w.model.row_at(1).image_id
+    qtbot.keyClick(w.view, Qt.Key_1)
+    assert w.model.row_at(w.view.currentIndex().row()).image_id == second  # moved on at once
+    qtbot.keyClick(w.view, Qt.Key_2)  # within the grace: labels the image it shows
+    qtbot.waitUntil(lambda: w.model.rowCount() == 6, timeout=UNREVIEWED_GRACE_MS + 5000)
+    assert [(i, lab) for i, lab in _labels(w)] == [(first, "Benign"), (second, "Early Pre-B")]
+    assert w.gallery_info.text() == "Image 1 of 6 in this view"
+    # the end of the queue is said
+    qtbot.keyClick(w.view, Qt.Key_End)
+    w.move_current(1)
+    assert "End of the queue" in w.statusBar().currentMessage()
+    w.f_rev.setCurrentIndex(0)
+    assert w.f_disagree.isEnabled()
