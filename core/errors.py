@@ -53,3 +53,26 @@ class StorageError(HemascanError):
     """The file system refused: disk full, a folder that is missing or read-only."""
 
     exit_code = EXIT_STORAGE
+
+
+# What an OS error means for a person, by errno (instead of "[Errno 5] Input/output error").
+_OS_REASONS = {
+    "EIO": "the disk or network share could not be read (input/output error): check the drive or the connection",
+    "EACCES": "permission denied: ask for read access to it",
+    "EPERM": "the operating system does not allow reading it",
+    "ELOOP": "it is a link that points back to itself",
+    "ENAMETOOLONG": "its path is longer than the file system allows",
+    "ENOENT": "it is no longer there",
+    "ESTALE": "the network share holding it was disconnected: open the folder again",
+    "ETIMEDOUT": "the network share did not answer in time",
+    "ENOTCONN": "the network share is not connected",
+    "EMFILE": "too many files are open at once: close other programs and try again",
+}
+
+
+def os_reason(exc: OSError) -> str:
+    """One sentence for an OSError, without the errno jargon."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or -1, "")
+    return _OS_REASONS.get(name) or (exc.strerror or str(exc)).rstrip(".").lower()

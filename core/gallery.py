@@ -207,3 +207,36 @@ def tile_caption(row: GalleryRow) -> str:
     if row.predicted is None:
         return "not predicted"
     return ("? " if row.uncertain else "") + f"{row.predicted}{conf}"
+
+
+@dataclass
+class FolderFiles:
+    """Files under a folder against images: copies of one image are one image (its content
+    hash), and files that could not be used are listed with the reason."""
+    n_files: int = 0
+    n_images: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (stored path, reason)
+
+    @property
+    def n_copies(self) -> int:
+        return self.n_files - len(self.problems) - self.n_images
+
+    def summary(self) -> str:
+        parts = [f"{self.n_files:,} file(s), {self.n_images:,} image(s)"]
+        if self.n_copies > 0:
+            parts.append(f"{self.n_copies:,} file(s) are copies of an image already listed (same content)")
+        if self.problems:
+            parts.append(f"{len(self.problems):,} file(s) could not be used")
+        return "; ".join(parts)
+
+
+def folder_files(session: Session, folder) -> FolderFiles:
+    present = (under_folder(ImageFile.path, folder), ImageFile.missing.is_(False))
+    out = FolderFiles()
+    out.n_files = session.scalar(select(func.count(ImageFile.id)).where(*present)) or 0
+    out.n_images = session.scalar(select(func.count(func.distinct(ImageFile.image_id)))
+                                  .where(*present, ImageFile.image_id.is_not(None))) or 0
+    out.problems = [(p, e) for p, e in session.execute(
+        select(ImageFile.path, ImageFile.error).where(*present, ImageFile.image_id.is_(None), ImageFile.error.is_not(None))
+        .order_by(ImageFile.path))]
+    return out

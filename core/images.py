@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, os_reason
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def _read_once(path, max_bytes: int | None) -> tuple[bytes, os.stat_result]:
     except IsADirectoryError:
         raise ImageError("is a directory") from None
     except OSError as exc:
-        raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+        raise ImageError(f"cannot read file: {os_reason(exc)}") from None
     if len(data) != before.st_size or _stat_key(after) != _stat_key(before) or _stat_key(now) != _stat_key(before):
         raise FileChanged("the file changed while it was being read; it will be read again on the next scan")
     return data, before

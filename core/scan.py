@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from .db import Database, Image, ImageFile, Scan, utcnow
 from .dbutil import insert_ignore, upsert
 from .duplicates import perceptual_hash
-from .errors import HemascanError, ImageError
+from .errors import HemascanError, ImageError, os_reason
 from .fspath import display, to_db, to_fs
 from .images import OVER_SIZE_LIMIT, SUPPORTED_EXTENSIONS, FileChanged, max_file_bytes, probe, read_and_hash
 from .jobs import Job, Progress, RateMeter
@@ -106,7 +106,7 @@ def walk(root: str, summary: ScanSummary) -> Iterator[_Entry]:
             summary.add_error(d, "permission denied (folder)")
             continue
         except OSError as exc:
-            summary.add_error(d, f"cannot list folder: {exc.strerror or exc}")
+            summary.add_error(d, f"cannot list folder: {os_reason(exc)}")
             continue
         subdirs = []
         for e in entries:
@@ -124,7 +124,7 @@ def walk(root: str, summary: ScanSummary) -> Iterator[_Entry]:
                 summary.add_error(e.path, "file disappeared during the scan")
                 continue
             except OSError as exc:  # ELOOP on a self-referencing file link, EACCES, ...
-                summary.add_error(e.path, f"cannot access: {exc.strerror or exc}")
+                summary.add_error(e.path, f"cannot access: {os_reason(exc)}")
                 continue
             yield _Entry(e.path, st.st_size, st.st_mtime_ns)
         stack.extend(reversed(subdirs))

@@ -109,6 +109,7 @@ class MainWindow(QMainWindow):
         self.folder: str | None = None
         self.version: dict | None = None
         self.jobs = JobSlot(self.workers)  # the one place scan + classify jobs start
+        self.folder_files = q.FolderFiles()
         self.gallery_keys = None  # desktop.keys.GalleryKeys, once the gallery exists
         self._drop_reviewed = QTimer(self)  # "Unreviewed only": reviewed images leave the view after this
         self._drop_reviewed.setSingleShot(True)
@@ -201,7 +202,8 @@ class MainWindow(QMainWindow):
         fl.addRow("Sort", self.sort)
         self.counts = QLabel()
         self.counts.setTextFormat(Qt.RichText)
-        self.counts.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.counts.setTextInteractionFlags(Qt.TextSelectableByMouse | Qt.LinksAccessibleByMouse)
+        self.counts.linkActivated.connect(lambda _link: self.show_problem_files())
         cbox = QGroupBox("Counts per class")
         QVBoxLayout(cbox).addWidget(self.counts)
         self.model_label = QLabel()
@@ -560,7 +562,7 @@ class MainWindow(QMainWindow):
                 msg += f" ({summary.rate:.0f} img/s)"
             bad = summary.scan.n_errors + summary.n_errors
             if bad:
-                msg += f"; {bad} file(s) could not be read (see the log)"
+                msg += f"; {bad} file(s) could not be used (listed under the counts: Show…)"
                 for path, why in (summary.scan.errors + summary.errors)[:50]:
                     log.warning("unreadable: %s: %s", path, why)
             self.statusBar().showMessage(msg, 15000)
@@ -726,6 +728,7 @@ class MainWindow(QMainWindow):
             return
         with self.db.session() as s:
             c = q.class_counts(s, self.folder, v["id"] if v else None, v["taxonomy"] if v else None)
+            self.folder_files = q.folder_files(s, self.folder)
         classes = v["classes"] if v else sorted(set(c.predicted) | set(c.reviewed))
         rows = ["<tr><th align='left'>Class</th><th align='right'>&nbsp;Predicted</th>"
                 "<th align='right'>&nbsp;Reviewed</th></tr>"]
@@ -742,8 +745,22 @@ class MainWindow(QMainWindow):
                     f"<td align='right'></td><td align='right'>{c.reviewed.get(OTHER, 0):,}</td></tr>")
         rows.append(f"<tr><td><b>All</b></td><td align='right'><b>{c.n_predicted:,}</b></td>"
                     f"<td align='right'><b>{c.n_reviewed:,}</b></td></tr>")
+        ff = self.folder_files
+        files = f"<br><small>{ff.summary()}</small>" if ff.n_copies > 0 or ff.problems else ""
+        if ff.problems:
+            files += f"<br><a href='problems'>Show the {len(ff.problems):,} file(s) that could not be used…</a>"
         self.counts.setText(f"<table cellspacing='0' cellpadding='2'>{''.join(rows)}</table>"
-                            f"<small>{c.total:,} images · {c.pct(c.n_reviewed, c.total):.0f}% reviewed</small>")
+                            f"<small>{c.total:,} images · {c.pct(c.n_reviewed, c.total):.0f}% reviewed</small>{files}")
+
+    def show_problem_files(self):
+        from .problems import ProblemFilesDialog
+
+        if self.folder is None:
+            return None
+        dlg = ProblemFilesDialog(self.folder_files.problems, self.folder, self)
+        dlg.setAttribute(Qt.WA_DeleteOnClose)
+        dlg.show()
+        return dlg
 
     # ------------------------------------------------------------------ detail
     def _current_changed(self, cur, _prev=None) -> None:

@@ -144,3 +144,30 @@ def test_where_am_i_end_of_queue_unreviewed_queue_and_impossible_filters(qtbot, 
     assert "End of the queue" in w.statusBar().currentMessage()
     w.f_rev.setCurrentIndex(0)
     assert w.f_disagree.isEnabled()
+
+
+def test_unusable_files_are_listed_with_reasons_and_copies_are_said(qtbot, window, tmp_path):  # noqa: F811
+    import errno
+    import shutil
+
+    from core.errors import os_reason
+    from core.sample import generate
+
+    w = window
+    folder = tmp_path / "a"
+    files = generate(folder, n_per_class=2, seed=1)
+    shutil.copy(files[0], folder / "Benign" / "copy-of-first.jpg")  # the same image twice
+    (folder / "Pro" / "truncated.jpg").write_bytes(files[1].read_bytes()[:300])
+    (folder / "Pro" / "not-an-image.jpg").write_bytes(b"hello")
+    _open(qtbot, w, folder)
+    text = w.counts.text()
+    assert "11 file(s), 8 image(s)" in text and "1 file(s) are copies of an image already listed" in text
+    assert "Show the 2 file(s) that could not be used" in text
+    assert "could not be used" in w.statusBar().currentMessage() and "log" not in w.statusBar().currentMessage()
+    dlg = w.show_problem_files()
+    qtbot.addWidget(dlg)
+    listed = {dlg.table.item(r, 0).text(): dlg.table.item(r, 1).text() for r in range(dlg.table.rowCount())}
+    assert {p.split("/")[-1] for p in listed} == {"truncated.jpg", "not-an-image.jpg"}
+    assert all(reason and "Traceback" not in reason and "Errno" not in reason for reason in listed.values())
+    assert "input/output error" in os_reason(OSError(errno.EIO, "Input/output error"))
+    assert "Errno" not in os_reason(OSError(errno.ELOOP, "Too many levels of symbolic links"))
