@@ -115,7 +115,8 @@ def _apply_filter(q, flt: GalleryFilter, f, p, ev):
     if flt.outside_only:
         q = q.where(p.c.out_of_distribution.is_(True))
     if flt.disagreement:
-        q = q.where(ev.c.label.is_not(None), p.c.label.is_not(None), ev.c.label != p.c.label)
+        # a class other than the model's; "Other" (no class fits) is its own filter, not a correction
+        q = q.where(ev.c.label.is_not(None), p.c.label.is_not(None), ev.c.label != p.c.label, ev.c.label != OTHER)
     if flt.sort == "confidence":
         q = q.order_by(p.c.confidence.is_(None), p.c.confidence.asc(), f.c.image_id)
     elif flt.sort == "entropy":

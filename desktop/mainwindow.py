@@ -1024,10 +1024,15 @@ class MainWindow(QMainWindow):
         self.reportWritten.emit(path)
         return path
 
-    def export_pdf(self, _=False, path: str | None = None) -> str | None:
+    def export_pdf(self, _=False, path: str | None = None, case: str | None = None) -> str | None:
         if self.folder is None:
             return None
         if path is None:
+            default = str(self.settings.value(f"case/{Path(self.folder).name}", "") or Path(self.folder).name)
+            case, ok = QInputDialog.getText(self, "Case report", "Case / sample name on the report:", text=default)
+            if not ok:
+                return None
+            self.settings.setValue(f"case/{Path(self.folder).name}", case.strip())
             path, _f = QFileDialog.getSaveFileName(self, "Export PDF report", self.default_export_path("pdf"),
                                                    "PDF (*.pdf)")
             if not path:
@@ -1036,7 +1041,7 @@ class MainWindow(QMainWindow):
 
         QApplication.setOverrideCursor(Qt.WaitCursor)
         try:
-            write_report(self.db, self.folder, self.version, self.reviewer, path)
+            write_report(self.db, self.folder, self.version, self.reviewer or "", path, case=case)
         except Exception as exc:
             log.exception("PDF report failed")
             self.show_error(f"PDF report failed: {exc}")

@@ -1,11 +1,12 @@
-"""The PDF report of a folder (Qt's own PDF writer): folder, date, model version and its
-card metrics, counts and percentages per class (reviewed vs predicted), the least
-confident images as thumbnails, reviewer, and the decision-support statement."""
+"""The PDF case report of a folder (Qt's own PDF writer): case name, local date and time,
+reviewer and a sign-off block, counts per class (predicted and reviewed), the corrected,
+outside-experience, uncertain and "Other" images with thumbnails, the model in one line
+with the basis of its figures, and the decision-support statement."""
 from __future__ import annotations
 
 import html
 import logging
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from PySide6.QtCore import QMarginsF, QUrl
@@ -26,48 +27,70 @@ STATEMENT = ("hemascan supports and does not replace diagnosis. It is research a
              "software, not a diagnostic device: every result must be reviewed by a qualified person.")
 
 
-def _metrics_html(card: dict) -> str:
-    metrics = card.get("metrics") or {}
-    flat = {}
-    for k, v in metrics.items():  # scalars, and one level into sections (as_is, grayscale, split...)
-        if isinstance(v, (int, float, str)):
-            flat[k] = v
-        elif isinstance(v, dict) and k != "history":
-            for k2, v2 in v.items():
-                if isinstance(v2, (int, float)) and k2 in ("accuracy", "macro_f1", "ece", "n", "n_test",
-                                                           "temperature", "uncertain_threshold", "auroc"):
-                    flat[f"{k} {k2}"] = v2
-    if not flat:
-        return "<p><i>The model card records no evaluation metrics.</i></p>"
-    cells = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{v:.3f}</td></tr>" if isinstance(v, float)
-                    else f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
-                    for k, v in list(flat.items())[:24])
-    return f"<table cellpadding='3' border='1' cellspacing='0'>{cells}</table>"
+SECTIONS = (  # (title, filter, what it means): the images a lab signs off on
+    ("Corrected by the reviewer", q.GalleryFilter(disagreement=True, sort="name"),
+     "the reviewer's class differs from the model's"),
+    ("Outside the model's experience", q.GalleryFilter(outside_only=True, sort="name"),
+     "unlike the images the model was trained on: its class is not reliable"),
+    ("Uncertain", q.GalleryFilter(uncertain_only=True, sort="confidence"),
+     "the model's confidence is below its threshold"),
+    (OTHER_TITLE, q.GalleryFilter(reviewed=OTHER, sort="name"), "the reviewer found that no class fits"),
+)
+MAX_THUMBS = 24  # per section; the rest are counted
 
 
-def _int8_note(card: dict, runtimes: list[str]) -> str:
-    """Where int8 computed the predictions, say how closely it was checked against fp32."""
-    info = card.get("int8") or {}
-    if not any(" int8 " in f" {r} " for r in runtimes) or "agreement" not in info:
-        return ""
-    return (f" (int8 model: same label as the fp32 model on {float(info['agreement']):.1%} of "
-            f"{info.get('n_checked', '?')} held-out images)")
+def _thumb_cell(doc, r, size: int = 96) -> str:
+    url = f"thumb://{r.image_id}"
+    try:
+        doc.addResource(QTextDocument.ImageResource, QUrl(url), make_thumbnail(r.path, 160))
+        img = f"<img src='{url}' width='{size}' height='{size}'><br>"
+    except Exception as exc:
+        log.info("report thumbnail of %s failed: %s", r.name, exc)
+        img = "<i>(no thumbnail)</i><br>"
+    model = "outside experience" if r.outside else f"{r.predicted or '-'} {(r.confidence or 0):.0%}"
+    rev = OTHER_TITLE if r.reviewed == OTHER else (r.reviewed or "not reviewed")
+    return (f"<td align='center' width='25%'>{img}<small>{html.escape(r.name)}<br>model: {html.escape(model)}"
+            f"<br>reviewed: <b>{html.escape(rev)}</b></small></td>")
 
 
-def write_report(db, folder, version: dict | None, reviewer: str, output, n_thumbs: int = 12) -> Path:
-    """``version``: dict(id, name, taxonomy, classes, card) of the model whose predictions are reported."""
+def write_report(db, folder, version: dict | None, reviewer: str, output, case: str | None = None) -> Path:
+    """A case report a lab can file: case name, local date and time, reviewer and sign-off,
+    counts per class, the flagged and the corrected images with thumbnails, the model in one
+    line, the decision-support statement. ``version``: dict(id, name, taxonomy, classes, card)."""
     output = Path(output)
+    case = (case or Path(str(folder)).name).strip() or Path(str(folder)).name
+    doc = build_report(db, folder, version, reviewer, case)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    writer = QPdfWriter(str(tmp))
+    writer.setPageSize(QPageSize(QPageSize.A4))
+    writer.setPageMargins(QMarginsF(15, 15, 15, 15), QPageLayout.Millimeter)
+    writer.setResolution(150)
+    writer.setTitle(f"hemascan case report: {case}")
+    writer.setCreator("hemascan")
+    doc.print_(writer)
+    del writer  # flushes the file
+    tmp.replace(output)
+    return output
+
+
+def build_report(db, folder, version: dict | None, reviewer: str, case: str) -> QTextDocument:
+    """The report as a rich-text document (write_report prints it to PDF)."""
+    from .models_panel import headline_metrics
+
     vid = version["id"] if version else None
     tax = version["taxonomy"] if version else None
     classes = list(version["classes"]) if version else []
     with db.session() as s:
         counts = q.class_counts(s, folder, vid, tax)
-        low_ids = q.ordered_ids(s, folder, vid, q.GalleryFilter(sort="confidence"), tax)[:n_thumbs]
-        low = q.rows(s, folder, vid, low_ids, tax)
+        sections = []
+        for title, flt, meaning in SECTIONS:
+            ids = q.ordered_ids(s, folder, vid, flt, tax)
+            sections.append((title, meaning, len(ids), q.rows(s, folder, vid, ids[:MAX_THUMBS], tax), ids[:MAX_THUMBS]))
         runtimes = sorted(filter(None, s.scalars(select(Prediction.runtime).where(
             Prediction.model_version_id == vid).distinct()))) if vid else []
     doc = QTextDocument()
-    now = datetime.now(timezone.utc).astimezone()
+    now = datetime.now().astimezone()
     card = (version or {}).get("card") or {}
     rows = []
     for c in classes + sorted(set(counts.reviewed) - set(classes) - {OTHER}):
@@ -75,71 +98,57 @@ def write_report(db, folder, version: dict | None, reviewer: str, output, n_thum
         rows.append(f"<tr><td>{html.escape(c)}</td><td align='right'>{pn}</td>"
                     f"<td align='right'>{counts.pct(pn, counts.n_classified):.1f}%</td>"
                     f"<td align='right'>{rn}</td><td align='right'>{counts.pct(rn, counts.n_reviewed_classes):.1f}%</td></tr>")
-    # not classes: their own rows, outside the percentages
     rows.append(f"<tr><td><i>Outside the model's experience</i></td><td align='right'>{counts.n_outside}</td>"
-                f"<td></td><td></td><td></td></tr>")
+                "<td></td><td></td><td></td></tr>")
     rows.append(f"<tr><td><i>{OTHER_TITLE}</i></td><td></td><td></td>"
                 f"<td align='right'>{counts.reviewed.get(OTHER, 0)}</td><td></td></tr>")
     rows.append(f"<tr><td><b>Total</b></td><td align='right'><b>{counts.n_predicted}</b></td><td></td>"
                 f"<td align='right'><b>{counts.n_reviewed}</b></td><td></td></tr>")
-    thumbs = []
-    for i in low_ids:
-        r = low.get(i)
-        if r is None:
+    parts = []
+    for title, meaning, n, found, ids in sections:
+        head = f"<h3>{html.escape(title)}: {n}</h3><p><small>{html.escape(meaning)}.</small></p>"
+        if not n:
+            parts.append(head + "<p><i>None.</i></p>")
             continue
-        url = f"thumb://{i}"
-        try:
-            doc.addResource(QTextDocument.ImageResource, QUrl(url), make_thumbnail(r.path, 160))
-        except Exception as exc:
-            log.info("report thumbnail of %s failed: %s", r.name, exc)
-            continue
-        rev = f"<br>reviewed: {html.escape(r.reviewed)}" if r.reviewed else ""
-        if r.outside:
-            rev = "<br><b>outside the model's experience</b>" + rev
-        thumbs.append(f"<td align='center' width='25%'><img src='{url}' width='110' height='110'><br>"
-                      f"<small>{html.escape(r.name)}<br>{html.escape(r.predicted or '-')} "
-                      f"{(r.confidence or 0):.0%}{rev}</small></td>")
-    grid = "".join("<tr>" + "".join(thumbs[k:k + 4]) + "</tr>" for k in range(0, len(thumbs), 4))
+        cells = [_thumb_cell(doc, found[i]) for i in ids if i in found]
+        grid = "".join("<tr>" + "".join(cells[k:k + 4]) + "</tr>" for k in range(0, len(cells), 4))
+        more = f"<p><small>… and {n - len(cells)} more (see the CSV export).</small></p>" if n > len(cells) else ""
+        parts.append(f"{head}<table cellpadding='4' cellspacing='0'>{grid}</table>{more}")
+    offset = now.strftime("%z")
+    when = f"{now.strftime('%Y-%m-%d %H:%M')} (local time, UTC{offset[:3]}:{offset[3:]})"
+    model_line = (f"{html.escape(version['name'] if version else 'none')}: "
+                  f"{html.escape(headline_metrics(card))}; computed with {html.escape(', '.join(runtimes) or 'not recorded')}")
     body = f"""
-    <h2>hemascan report</h2>
+    <h2>hemascan case report: {html.escape(case)}</h2>
     <p style='background:#fff3e0; padding:6px'><b>{html.escape(STATEMENT)}</b></p>
-    <table cellpadding='2'>
-      <tr><td><b>Folder</b></td><td>{html.escape(display(str(folder)))}</td></tr>
-      <tr><td><b>Date</b></td><td>{now.strftime('%Y-%m-%d %H:%M %Z')}</td></tr>
-      <tr><td><b>Reviewer</b></td><td>{html.escape(reviewer)}</td></tr>
-      <tr><td><b>Model version</b></td><td>{html.escape(version['name'] if version else 'none')}
-          ({html.escape(card.get('architecture', ''))}, {html.escape(card.get('taxonomy', ''))})</td></tr>
-      <tr><td><b>Computed with</b></td><td>{html.escape(', '.join(runtimes) or 'not recorded')}{_int8_note(card, runtimes)}</td></tr>
-      <tr><td><b>Images</b></td><td>{counts.total} — {counts.n_predicted} predicted,
+    <table cellpadding='3' cellspacing='0' border='1' width='100%'>
+      <tr><td width='28%'><b>Case / sample</b></td><td>{html.escape(case)}</td></tr>
+      <tr><td><b>Images from</b></td><td>{html.escape(display(str(folder)))}</td></tr>
+      <tr><td><b>Report date</b></td><td>{when}</td></tr>
+      <tr><td><b>Reviewer</b></td><td>{html.escape(reviewer or 'not set')}</td></tr>
+      <tr><td><b>Images</b></td><td>{counts.total}: {counts.n_predicted} classified by the model,
           {counts.n_reviewed} reviewed by a person</td></tr>
+      <tr><td><b>Model</b></td><td>{model_line}</td></tr>
     </table>
     {"<p><b>The model is a placeholder with untrained weights: its predictions are meaningless.</b></p>"
      if card.get('placeholder') else ''}
     <h3>Counts per class</h3>
     <table cellpadding='4' border='1' cellspacing='0'>
-      <tr><th>Class</th><th>Predicted</th><th>%</th><th>Reviewed</th><th>%</th></tr>
+      <tr><th align='left'>Class</th><th>Predicted</th><th>%</th><th>Reviewed</th><th>%</th></tr>
       {''.join(rows)}
     </table>
-    <p><small>Percentages of the predicted images inside the model's experience and of the images
-    reviewers gave a class, respectively. {counts.n_outside} image(s) were unlike anything the model was
-    trained on ({html.escape(trained_on(card))}): their predicted class is not reliable and they are
-    not counted in the classes. "{OTHER_TITLE}" is a reviewer's answer that no class fits.</small></p>
-    <h3>Model card metrics</h3>
-    {_metrics_html(card)}
-    <h3>Least confident predictions</h3>
-    <table cellpadding='4'>{grid}</table>
-    <p><small>{html.escape(card.get('intended_use', ''))}</small></p>
+    <p><small>Percentages of the classified images inside the model's experience, and of the images a
+    reviewer gave a class. {counts.n_outside} image(s) were unlike the images the model was trained on
+    ({html.escape(trained_on(card))}): their class is not reliable and is not counted above.</small></p>
+    <h3>Sign-off</h3>
+    <table cellpadding='8' cellspacing='0' border='1' width='100%'>
+      <tr><td width='28%'>Reviewed by</td><td>{html.escape(reviewer or '')}</td></tr>
+      <tr><td>Signature</td><td>&nbsp;</td></tr>
+      <tr><td>Date</td><td>&nbsp;</td></tr>
+    </table>
+    <p><small>The images below are those a reviewer corrected or the model flagged.</small></p>
+    {''.join(parts)}
+    <p><small>{html.escape(card.get('intended_use', '') or STATEMENT)}</small></p>
     """
     doc.setHtml(body)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    writer = QPdfWriter(str(tmp))
-    writer.setPageSize(QPageSize(QPageSize.A4))
-    writer.setPageMargins(QMarginsF(15, 15, 15, 15), QPageLayout.Millimeter)
-    writer.setResolution(150)
-    writer.setTitle(f"hemascan report: {Path(str(folder)).name}")
-    writer.setCreator("hemascan")
-    doc.print_(writer)
-    del writer  # flushes the file
-    tmp.replace(output)
-    return output
+    return doc

@@ -12,7 +12,7 @@ from PySide6.QtCore import Qt  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from core.db import LabelEvent  # noqa: E402
-from core.taxonomy import OTHER  # noqa: E402
+from core.taxonomy import OTHER, OTHER_TITLE  # noqa: E402
 
 from .test_desktop import JOB_TIMEOUT, window  # noqa: E402,F401  (fixture)
 
@@ -171,3 +171,28 @@ def test_unusable_files_are_listed_with_reasons_and_copies_are_said(qtbot, windo
     assert all(reason and "Traceback" not in reason and "Errno" not in reason for reason in listed.values())
     assert "input/output error" in os_reason(OSError(errno.EIO, "Input/output error"))
     assert "Errno" not in os_reason(OSError(errno.ELOOP, "Too many levels of symbolic links"))
+
+
+def test_case_report_lists_corrected_and_flagged_images_with_sign_off(qtbot, window, tmp_path):  # noqa: F811
+    from desktop.report import STATEMENT, build_report
+    from core.sample import generate
+
+    w = window
+    generate(tmp_path / "a", n_per_class=2, seed=1)
+    _open(qtbot, w, tmp_path / "a")
+    row = w.model.row_at(0)
+    corrected = next(c for c in w.version["classes"] if c != row.predicted)
+    w.label_selected(corrected)  # differs from the model: a correction
+    w.view.setCurrentIndex(w.model.index(w.model.row_of(w.model.row_at(1).image_id)))
+    w.label_selected(OTHER)
+    qtbot.waitUntil(lambda: len(_labels(w)) == 2, timeout=5000)
+    doc = build_report(w.db, w.folder, w.version, w.reviewer, "Case 2026-117")
+    text = doc.toPlainText()
+    assert "hemascan case report: Case 2026-117" in text and "local time" in text
+    assert "Corrected by the reviewer: 1" in text and f"{OTHER_TITLE}: 1" in text
+    assert "Outside the model's experience: 8" in text  # synthetic images: all flagged
+    assert "Sign-off" in text and "Signature" in text and "tester" in text
+    assert STATEMENT in text and "|" not in text  # real tables, no Markdown
+    assert "held-out test images of all-taleqani" in text  # the model in one line, with the basis
+    pdf = w.export_pdf(path=str(tmp_path / "case.pdf"), case="Case 2026-117")
+    assert open(pdf, "rb").read().startswith(b"%PDF")
