@@ -254,15 +254,6 @@ def test_gui_command_registered():
     assert "gui" in COMMANDS
 
 
-def test_report_says_how_int8_predictions_were_checked():
-    from desktop.report import _int8_note
-
-    card = {"int8": {"agreement": 0.99758, "n_checked": 827}}
-    assert "99.8% of 827" in _int8_note(card, ["openvino int8 cpu"])
-    assert _int8_note(card, ["openvino fp32 cpu"]) == "" and _int8_note({}, ["openvino int8 cpu"]) == ""
-
-
-
 def test_opening_a_folder_while_another_classifies_classifies_the_new_one(qtbot, window, tmp_path):
     """The old job is superseded: it stops after its batch (what it wrote is kept), its late
     result is not taken for the new job's, and the new folder is classified."""

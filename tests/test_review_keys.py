@@ -194,5 +194,6 @@ def test_case_report_lists_corrected_and_flagged_images_with_sign_off(qtbot, win
     assert "Sign-off" in text and "Signature" in text and "tester" in text
     assert STATEMENT in text and "|" not in text  # real tables, no Markdown
     assert "held-out test images of all-taleqani" in text  # the model in one line, with the basis
+    assert "computed with openvino int8 cpu" in text and "agrees with fp32 on 99.8%" in text  # how, and how checked
     pdf = w.export_pdf(path=str(tmp_path / "case.pdf"), case="Case 2026-117")
     assert open(pdf, "rb").read().startswith(b"%PDF")
