@@ -1,7 +1,10 @@
 """Grad-CAM (Selvaraju et al. 2017) for a model package: where the model looked.
 
 Headless: returns a float32 heat map in [0, 1] at the model input size; the GUI colours
-and overlays it. Uses the last 2-D convolution of the model as the target layer.
+and overlays it. The target layer is the last convolution whose output is still at least
+1/8 of the input's side (``stride=8``): the last layer of a small-input CNN (4x4 at 128 px
+for EfficientNet-Lite0) paints one blob over the whole field, while a stride-8 map (16x16)
+shows which cell drove the call (docs/gradcam.md compares them).
 """
 from __future__ import annotations
 
@@ -17,12 +20,34 @@ def last_conv(model):
     return convs[-1]
 
 
-def gradcam(model, prep, image_u8: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, int]:
+def target_layer(model, input_size: int, stride: int | None = 8):
+    """The last Conv2d whose output side is at least ``input_size / stride`` (None: the last
+    convolution, classic Grad-CAM)."""
+    import torch
+    import torch.nn as nn
+
+    if stride is None:
+        return last_conv(model)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    sides: dict[int, int] = {}
+    hooks = [m.register_forward_hook(lambda m, _i, out: sides.__setitem__(id(m), out.shape[-1])) for m in convs]
+    try:
+        with torch.no_grad():
+            model.eval()
+            model(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    fine = [m for m in convs if sides.get(id(m), 0) >= input_size / stride]
+    return fine[-1] if fine else last_conv(model)
+
+
+def gradcam(model, prep, image_u8: np.ndarray, class_index: int | None = None, layer=None) -> tuple[np.ndarray, int]:
     """``image_u8``: preprocessed uint8 (S, S, 3). Returns (heat map (S, S) in [0, 1], class index)."""
     import torch
     import torch.nn.functional as F
 
-    layer = last_conv(model)
+    layer = layer if layer is not None else target_layer(model, image_u8.shape[0])
     store: dict[str, torch.Tensor] = {}
 
     def fwd_hook(_m, _i, out):
@@ -53,7 +78,7 @@ def gradcam(model, prep, image_u8: np.ndarray, class_index: int | None = None) -
 class GradCam:
     """A model package loaded once (unfused, on the CPU) for Grad-CAM of single images."""
 
-    def __init__(self, package):
+    def __init__(self, package, stride: int | None = 8):
         from pathlib import Path
 
         from .modelpkg import load_model
@@ -62,6 +87,7 @@ class GradCam:
         self.prep = self.card.prep
         for p in self.model.parameters():
             p.requires_grad_(True)
+        self.layer = target_layer(self.model, self.prep.input_size, stride)
 
     def __call__(self, stored_path: str, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
         """(preprocessed uint8 image (S, S, 3), heat map (S, S), class index)."""
@@ -69,5 +95,5 @@ class GradCam:
         from .images import decode_rgb, read_file
 
         img = self.prep.apply(decode_rgb(read_file(to_fs(stored_path))))
-        cam, k = gradcam(self.model, self.prep, img, class_index)
+        cam, k = gradcam(self.model, self.prep, img, class_index, self.layer)
         return img, cam, k

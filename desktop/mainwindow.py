@@ -123,6 +123,7 @@ class MainWindow(QMainWindow):
         self._shown_id: int | None = None
         self._last_counts = 0.0
         self._full_image = None
+        self._pending_cam = None  # (image_id, map, class) computed before its image was shown
         stored = str(self.settings.value("reviewer", "") or "")
         self.reviewer: str | None = stored if reviewer_problem(stored) is None else None
         self._restore: FolderView | None = None  # a folder's saved view, applied as its images arrive
@@ -802,6 +803,10 @@ class MainWindow(QMainWindow):
         self._full_image = img
         self.detail.view.set_image(img)
         self.imageShown.emit(image_id)
+        pending = self._pending_cam
+        if pending is not None and pending[0] == image_id and self.detail.gradcam.isChecked():
+            self._gradcam_done(pending)  # the map was ready before the image
+            return
         if self.detail.gradcam.isChecked():
             self._request_gradcam()
 
@@ -833,10 +838,14 @@ class MainWindow(QMainWindow):
 
     def _gradcam_done(self, out) -> None:
         image_id, cam, k = out
-        if image_id != self._shown_id or not self.detail.gradcam.isChecked():
+        if not self.detail.gradcam.isChecked():
             return
+        if image_id != self._shown_id:  # the reviewer moved on while it computed: the image shown now
+            self._request_gradcam()
+            return
+        self._pending_cam = out
         img = self._full_image
-        if img is None:
+        if img is None:  # the image itself is still loading: _image_loaded applies the map
             return
         w, h = img.width(), img.height()
         side = min(w, h)  # preprocessing centre-crops to a square: the map covers that square
