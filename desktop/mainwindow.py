@@ -95,6 +95,7 @@ class MainWindow(QMainWindow):
     jobFinished = Signal(object)  # ClassifySummary (or None after an error)
     labelsChanged = Signal(list)  # image ids whose label changed
     gradcamReady = Signal(int)  # image id
+    countsShown = Signal()  # the counts panel shows the latest counts
     imageShown = Signal(int)  # image id whose full image is in the detail view
     reportWritten = Signal(str)
 
@@ -110,6 +111,7 @@ class MainWindow(QMainWindow):
         self.version: dict | None = None
         self.jobs = JobSlot(self.workers)  # the one place scan + classify jobs start
         self.folder_files = q.FolderFiles()
+        self._counts_generation = 0
         self.gallery_keys = None  # desktop.keys.GalleryKeys, once the gallery exists
         self._drop_reviewed = QTimer(self)  # "Unreviewed only": reviewed images leave the view after this
         self._drop_reviewed.setSingleShot(True)
@@ -727,9 +729,24 @@ class MainWindow(QMainWindow):
         if self.folder is None:
             self.counts.setText("<i>No folder open.</i>")
             return
-        with self.db.session() as s:
-            c = q.class_counts(s, self.folder, v["id"] if v else None, v["taxonomy"] if v else None)
-            self.folder_files = q.folder_files(s, self.folder)
+        # The counts are queried in a worker (they scan the folder's rows: tens of ms at 100,000
+        # images, too slow for every key press); a newer request supersedes an older one.
+        self._counts_generation += 1
+        gen, db, folder = self._counts_generation, self.db, self.folder
+
+        def query():
+            with db.session() as s:
+                return (q.class_counts(s, folder, v["id"] if v else None, v["taxonomy"] if v else None),
+                        q.folder_files(s, folder))
+
+        self.workers.submit(query, name="counts", on_result=lambda out, g=gen: self._show_counts(g, *out),
+                            on_error=self.show_error, priority=2)
+
+    def _show_counts(self, generation: int, c, files) -> None:
+        if generation != self._counts_generation or self.folder is None:
+            return  # a newer count is on its way
+        v = self.version
+        self.folder_files = files
         classes = v["classes"] if v else sorted(set(c.predicted) | set(c.reviewed))
         rows = ["<tr><th align='left'>Class</th><th align='right'>&nbsp;Predicted</th>"
                 "<th align='right'>&nbsp;Reviewed</th></tr>"]
@@ -752,6 +769,7 @@ class MainWindow(QMainWindow):
             files += f"<br><a href='problems'>Show the {len(ff.problems):,} file(s) that could not be used…</a>"
         self.counts.setText(f"<table cellspacing='0' cellpadding='2'>{''.join(rows)}</table>"
                             f"<small>{c.total:,} images · {c.pct(c.n_reviewed, c.total):.0f}% reviewed</small>{files}")
+        self.countsShown.emit()
 
     def show_problem_files(self):
         from .problems import ProblemFilesDialog

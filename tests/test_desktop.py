@@ -94,7 +94,7 @@ def test_open_classify_review_undo_filter_export(qtbot, window, tmp_path):
     assert got[2][5].startswith("undo") and got[3][5].startswith("redo")
     # the tiles show the new labels; counts are visible
     assert w.model.row_at(0).reviewed == "Early Pre-B" and w.model.row_at(4).reviewed == "Pro-B"
-    assert "Pro-B" in w.counts.text() and "3 (" in w.counts.text()
+    qtbot.waitUntil(lambda: "Pro-B" in w.counts.text() and "3 (" in w.counts.text(), timeout=5000)
 
     # filters
     w.f_rev.setCurrentIndex(w.f_rev.findData("Pro-B"))

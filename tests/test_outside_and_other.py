@@ -37,6 +37,7 @@ def test_outside_images_are_marked_filtered_counted_and_can_be_called_other(qtbo
     rows = [w.model.row_at(r) for r in range(w.model.rowCount())]
     assert len(rows) == 8 and all(r.outside for r in rows)  # drawn, not smears: foreign to the model
     qtbot.waitUntil(lambda: _outside_band_pixels(w) > 200, timeout=5000)  # the tiles carry the outside mark
+    qtbot.waitUntil(lambda: ">8<" in w.counts.text().replace("</td>", "<").replace("'right'>", ">"), timeout=5000)
     counts = w.counts.text()
     assert "Outside experience" in counts and ">8<" in counts.replace("</td>", "<").replace("'right'>", ">")
     # the detail view says why the class is not reliable and where the model's images came from
@@ -54,7 +55,7 @@ def test_outside_images_are_marked_filtered_counted_and_can_be_called_other(qtbo
         evs = [(e.label, e.note) for e in s.scalars(select(LabelEvent).order_by(LabelEvent.id))]
     assert evs == [(OTHER, None), (OTHER, "smudge cell")]
     w._update_counts()
-    assert "Other / not assessable" in w.counts.text()
+    qtbot.waitUntil(lambda: "Other / not assessable" in w.counts.text(), timeout=5000)
 
     # filters: outside only keeps all 8; reviewed "Other" keeps the two
     w.f_outside.setChecked(True)

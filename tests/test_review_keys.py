@@ -160,6 +160,7 @@ def test_unusable_files_are_listed_with_reasons_and_copies_are_said(qtbot, windo
     (folder / "Pro" / "truncated.jpg").write_bytes(files[1].read_bytes()[:300])
     (folder / "Pro" / "not-an-image.jpg").write_bytes(b"hello")
     _open(qtbot, w, folder)
+    qtbot.waitUntil(lambda: "could not be used" in w.counts.text(), timeout=5000)
     text = w.counts.text()
     assert "11 file(s), 8 image(s)" in text and "1 file(s) are copies of an image already listed" in text
     assert "Show the 2 file(s) that could not be used" in text
