@@ -79,6 +79,7 @@ class RetrainConfig:
     train_last: int | None = 8  # fine-tuning trains the last N stages (engine.stages), head first: measured in docs/retrain.md
     balance: str = "sampler"  # class-balanced sampling (engine.FitOptions.balance)
     patience: int | None = 3
+    replay: str = "auto"  # auto: a class a fine-tune would forget (replay_needed) -> head refit with feature replay (trainer/replay.py); on; off
     arch: str | None = None  # None: the active version's architecture
     from_scratch: bool = False
     base_data: str | None = None  # folder of class folders added to the training side
@@ -453,13 +454,29 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             balance=cfg.balance, augment=cfg.augment, seed=cfg.seed,
             freeze_first=freeze + 1 if freeze and arch == "effnet_lite0" else 0,
             train_last=None if cfg.from_scratch else cfg.train_last, min_steps=cfg.min_steps)
-        run_dir = paths.data_dir / "runs" / f"retrain-{run_id}"  # checkpoints; removed when the run ends
-        try:
-            fitted = yield from fit(model, x_all, y_all, tr_idx, va_idx, classes, prep, device, opts,
-                                    out_dir=run_dir, checkpoint_config=cfg.to_dict(), progress=progress,
-                                    cancel=cancel, select_on_val=select)
-        finally:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        replay = _replay_source(cfg, pcard, parent, summary_data, len(classes))
+        if replay is not None:  # a class has too few reviewed images: refit the head, replaying the parent's classes
+            from .replay import REPLAY_PER_CLASS, fit_head_with_replay, replay_embeddings, reviewed_embeddings
+
+            yield emit(Progress("train", 0, 1, f"too few reviewed images of {', '.join(replay_needed(summary_data))}: "
+                                "refitting the classifier on your images and on the model's own memory of its classes"))
+            model = model.to("cpu")
+            real, real_y = reviewed_embeddings(model, x_all[tr_idx], y_all[tr_idx], prep, cfg.augment, "cpu", cfg.seed)
+            replayed, replayed_y = replay_embeddings(replay[0], replay[1], REPLAY_PER_CLASS, cfg.seed)
+            fitted = fit_head_with_replay(model, real, real_y, replayed, replayed_y, len(classes), seed=cfg.seed,
+                                          cancel=cancel)
+            fitted["method"] = (f"classifier head refitted on {len(tr_idx)} reviewed images (x4 views) and "
+                                f"{len(replayed_y)} embeddings replayed from {parent['name']}'s guard; backbone unchanged")
+            device = torch.device("cpu")
+        else:
+            run_dir = paths.data_dir / "runs" / f"retrain-{run_id}"  # checkpoints; removed when the run ends
+            try:
+                fitted = yield from fit(model, x_all, y_all, tr_idx, va_idx, classes, prep, device, opts,
+                                        out_dir=run_dir, checkpoint_config=cfg.to_dict(), progress=progress,
+                                        cancel=cancel, select_on_val=select)
+            finally:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            fitted["method"] = f"fine-tuned the last {cfg.train_last or 'all'} stages from {parent['name']}"
         history, train_seconds = fitted["history"], fitted["train_seconds"]
         best = fitted["best"]
         if fitted["status"] != "completed":
@@ -508,6 +525,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
                    "val_macro_f1": val_metrics["macro_f1"] if val_metrics else None,
                    "validation": val_metrics, "calibration": calib, "history": history,
                    "best_epoch": best["epoch"], "epochs_run": len(history), "train_seconds": round(train_seconds, 1),
+                   "method": fitted.get("method"),
                    "device": str(device),
                    "comparison": _comparison_brief(comparison)}
         card = ModelCard(
@@ -534,7 +552,10 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         if data.other:
             x_other = load_items(data.other, prep, image_cache, cfg.decode_workers)
             e_other = logits_and_embeddings(model, x_other, prep, device)[1]
-        add_guard(pkg, *fit_guard(e_tr, y_all[tr_idx], e_va, other_emb=e_other))
+        y_guard = y_all[tr_idx]
+        if replay is not None:  # the parent's classes keep their place in the guard too
+            e_tr, y_guard = np.concatenate([e_tr, replayed]), np.concatenate([y_guard, replayed_y])
+        add_guard(pkg, *fit_guard(e_tr, y_guard, e_va, other_emb=e_other))
         int8 = None
         if cfg.int8 and not cancel.is_set():
             int8 = yield from _add_int8(pkg, x_all, tr_idx, va_idx, emit)
@@ -562,6 +583,35 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
 
 
 INT8_CHECK_IMAGES = 800
+
+
+def replay_needed(summary_data: dict) -> list[str]:
+    """The classes a fine-tune would forget: under MIN_PER_CLASS reviewed training images and
+    under a quarter of the best-covered class (absent, or swamped by another). A few images of
+    every class are not: the fine-tune learns them (docs/retrain.md)."""
+    n = {c: v["train"] + v["base"] for c, v in summary_data["per_class"].items()}
+    top = max(n.values(), default=0)
+    return [c for c, k in n.items() if k < MIN_PER_CLASS and k < top / 4]
+
+
+def _replay_source(cfg: RetrainConfig, pcard: dict, parent: dict, summary_data: dict, n_classes: int):
+    """(parent guard, its classes) when this run should refit the head with feature replay:
+    ``cfg.replay`` "on", or "auto" with a class under MIN_PER_CLASS reviewed images; None otherwise."""
+    if cfg.from_scratch or cfg.replay == "off" or (cfg.replay == "auto" and not replay_needed(summary_data)):
+        return None
+    from core.guard import load_guard
+
+    from .replay import replay_possible
+
+    record = pcard.get("guard") or {}
+    try:
+        guard = load_guard(Path(parent["path"]), record, n_classes)
+    except Exception as exc:  # noqa: BLE001  (no usable guard: fine-tune as usual, and say why)
+        log.warning("no feature replay: %s", exc)
+        return None
+    if not replay_possible(guard):
+        return None
+    return guard, [int(c) for c in record.get("classes_fitted", range(len(guard.class_means)))]
 
 
 def _add_int8(pkg: Path, x_all: np.ndarray, tr_idx: np.ndarray, va_idx: np.ndarray, emit):
