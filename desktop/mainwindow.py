@@ -935,7 +935,8 @@ class MainWindow(QMainWindow):
         rows = [self.model.row_of(i) for i in ids]
         action = self._guard(self.review.label, ids, label, note)
         if action is not None:
-            self.statusBar().showMessage(f"{len(action.changes)} image(s) labelled {label or '(cleared)'}", 4000)
+            self.statusBar().showMessage(f"{len(action.changes)} image(s) labelled {label or '(cleared)'}"
+                                         + (" (Ctrl+Z undoes them all)" if len(action.changes) > 1 else ""), 4000)
         self._after_label(action, advance=True, rows_before=[r for r in rows if r is not None])
 
     def accept_prediction(self) -> None:
@@ -953,6 +954,8 @@ class MainWindow(QMainWindow):
             return self._refuse("Nothing to accept: the selected image has no prediction yet (classify with Ctrl+R).")
         rows = [self.model.row_of(i) for i in ids]
         action = self._guard(self.review.apply, labels, f"accept {len(labels)} prediction(s)", "accepted prediction")
+        if action is not None:  # one undo step for all of them
+            self.statusBar().showMessage(f"{len(action.changes)} prediction(s) accepted (Ctrl+Z undoes them all)", 4000)
         self._after_label(action, advance=True, rows_before=[r for r in rows if r is not None])
 
     def undo(self) -> None:

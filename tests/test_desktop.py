@@ -79,6 +79,7 @@ def test_open_classify_review_undo_filter_export(qtbot, window, tmp_path):
         sel.select(w.model.index(r), QItemSelectionModel.Select)
     key(qtbot, w, Qt.Key_4)  # one label for the three selected
     assert w.view.currentIndex().row() == 6
+    assert w.statusBar().currentMessage() == "3 image(s) labelled Pro-B (Ctrl+Z undoes them all)"
 
     ids = [r.image_id for r in rows]
     p1 = rows[1].predicted
