@@ -22,18 +22,23 @@ class GalleryKeys(QObject):
     def __init__(self, window: QWidget, gallery: QWidget):
         super().__init__(window)
         self.window, self.gallery = window, gallery
+        self._sending = False  # a key the gallery does not use goes up to its parents: never back again
         QApplication.instance().installEventFilter(self)
 
     def remove(self) -> None:
         QApplication.instance().removeEventFilter(self)
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802  (Qt's name)
-        if event.type() != QEvent.KeyPress or event.key() not in NAVIGATION_KEYS:
+        if self._sending or event.type() != QEvent.KeyPress or event.key() not in NAVIGATION_KEYS:
             return False
         if not isinstance(obj, QWidget) or obj is self.gallery or self.gallery.isAncestorOf(obj):
             return False
         if isinstance(obj, TEXT_INPUTS) or obj.window() is not self.window:
             return False  # a dialog, a popup list, or a text field: not the gallery's keys
         self.gallery.setFocus(Qt.ShortcutFocusReason)
-        QApplication.sendEvent(self.gallery, QKeyEvent(event.type(), event.key(), event.modifiers(), event.text()))
+        self._sending = True
+        try:
+            QApplication.sendEvent(self.gallery, QKeyEvent(event.type(), event.key(), event.modifiers(), event.text()))
+        finally:
+            self._sending = False
         return True

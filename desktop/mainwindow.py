@@ -112,6 +112,7 @@ class MainWindow(QMainWindow):
         self.jobs = JobSlot(self.workers)  # the one place scan + classify jobs start
         self.folder_files = q.FolderFiles()
         self._counts_generation = 0
+        self._auto_picked: int | None = None  # the image a reload selected by itself
         self.gallery_keys = None  # desktop.keys.GalleryKeys, once the gallery exists
         self._drop_reviewed = QTimer(self)  # "Unreviewed only": reviewed images leave the view after this
         self._drop_reviewed.setSingleShot(True)
@@ -554,7 +555,11 @@ class MainWindow(QMainWindow):
 
     def _job_done(self, summary) -> None:
         self._end_job()
-        self.reload_gallery(keep_current=True)
+        cur = self.view.currentIndex()
+        untouched = self._restore is None and cur.isValid() and cur.data(ID_ROLE) == self._auto_picked
+        # A folder just classified starts at the top of the new order (least confident first),
+        # unless the reviewer has already moved or the folder's saved view says where they were.
+        self.reload_gallery(keep_current=not untouched)
         self._restore = None
         if summary is not None:
             if summary.device:
@@ -655,6 +660,7 @@ class MainWindow(QMainWindow):
         if row is None and self.model.rowCount():  # a filter, sort or folder change: the top, first image
             self.view.scrollToTop()
             row = 0
+            self._auto_picked = self.model.row_at(0).image_id  # chosen for the reviewer, not by them
         if row is not None:  # the current image (what keys act on); no stale multi-selection
             sel.clearSelection()
             sel.setCurrentIndex(self.model.index(row), QItemSelectionModel.Current)

@@ -12,7 +12,7 @@ import torch
 from core.images import decode_rgb, read_file
 from core.jobs import run_job
 from core.labels import record_labels
-from core.modelpkg import load_model
+from core.modelpkg import load_model, read_card
 from core.registry import ensure_active_model
 from core.sample import generate
 from core.scan import images_under, scan
@@ -31,7 +31,8 @@ def _accuracy(package: Path, files: list[Path]) -> float:
 
 
 @pytest.mark.slow
-def test_corrected_images_are_predicted_as_corrected_after_a_small_retrain(db, paths, tmp_path):
+@pytest.mark.parametrize("replay", ["auto", "off"])  # auto: few images -> head refit with replay; off: fine-tune
+def test_corrected_images_are_predicted_as_corrected_after_a_small_retrain(db, paths, tmp_path, replay):
     from trainer.retrain import RetrainConfig, retrain
 
     corrected, similar = tmp_path / "corrected", tmp_path / "similar"
@@ -42,9 +43,13 @@ def test_corrected_images_are_predicted_as_corrected_after_a_small_retrain(db, p
         parent = Path(ensure_active_model(s, paths).path)
         for image_id, path in images_under(s, corrected):
             record_labels(s, [image_id], FOLDER_CLASS[Path(path).parent.name], "tester", source="human")
-    out = run_job(retrain(db, paths, RetrainConfig(int8=False, threads=2, bootstrap=200)))
+    out = run_job(retrain(db, paths, RetrainConfig(int8=False, threads=2, bootstrap=200, replay=replay)))
     assert out["status"] == "completed" and out["data"]["n_train"] + out["data"]["n_val"] == 40
-    assert sum(h["epoch"] > 0 for h in out["history"]) * -(-out["data"]["n_train"] // 32) >= 60  # enough steps
+    card = read_card(Path(out["package"]))
+    if replay == "auto":  # 34 reviewed training images: the backbone stays, the guard keeps the parent's classes
+        assert "replayed" in card.metrics["method"] and len(card.guard["classes_fitted"]) == 4
+    else:
+        assert sum(h["epoch"] > 0 for h in out["history"]) * -(-out["data"]["n_train"] // 32) >= 60  # enough steps
     trained = sorted(Path(it) for it in out["trained_paths"])
     similar_files = sorted(similar.rglob("*.jpg"))
     before = (_accuracy(parent, trained), _accuracy(parent, similar_files))
@@ -52,3 +57,4 @@ def test_corrected_images_are_predicted_as_corrected_after_a_small_retrain(db, p
     assert before[0] <= 0.5 and before[1] <= 0.5  # the parent does not know these images
     assert after[0] >= 0.9, (before, after)  # the corrections themselves are learnt
     assert after[1] >= before[1] + 0.3, (before, after)  # and carry over to similar images
+    assert after[0] >= 0.9 and out["seconds"] > 0

@@ -119,8 +119,9 @@ def test_where_am_i_end_of_queue_unreviewed_queue_and_impossible_filters(qtbot, 
     w = window
     generate(tmp_path / "a", n_per_class=2, seed=1)
     _open(qtbot, w, tmp_path / "a")
-    row = w.view.currentIndex().row()  # the image shown since the scan stays current after classifying
-    assert w.gallery_info.text() == f"Image {row + 1} of 8 in this view"
+    # a folder just classified starts at the top of the new order (least confident first)
+    assert w.view.currentIndex().row() == 0 and w.gallery_info.text() == "Image 1 of 8 in this view"
+    assert w.detail.title.text() == f"<b>{w.model.row_at(0).name}</b>"
     qtbot.keyClick(w.view, Qt.Key_Home)
     assert w.gallery_info.text() == "Image 1 of 8 in this view"
     qtbot.keyClick(w.view, Qt.Key_Right)

@@ -62,7 +62,8 @@ log = logging.getLogger(__name__)
 
 MIN_VAL_FOR_CALIBRATION = 20
 MIN_VAL_FOR_SELECTION = 20
-MIN_PER_CLASS = 10  # fewer training images of a class: retrain says the class has too few  # fewer validation images: keep the last epoch, no early stopping
+MIN_PER_CLASS = 10  # fewer training images of a class: retrain says the class has too few
+FINETUNE_FROM = 200  # fewer reviewed training images: head refit with feature replay (trainer/replay.py)  # fewer validation images: keep the last epoch, no early stopping
 FINETUNE_LR = 3e-3  # last 8 stages, class-balanced, >= 60 steps: measured in docs/retrain.md
 SMALL_VAL = 100  # below this many validation images a difference of a few % is noise
 
@@ -458,8 +459,8 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         if replay is not None:  # a class has too few reviewed images: refit the head, replaying the parent's classes
             from .replay import REPLAY_PER_CLASS, fit_head_with_replay, replay_embeddings, reviewed_embeddings
 
-            yield emit(Progress("train", 0, 1, f"too few reviewed images of {', '.join(replay_needed(summary_data))}: "
-                                "refitting the classifier on your images and on the model's own memory of its classes"))
+            yield emit(Progress("train", 0, 1, f"{replay_reason(summary_data) or 'asked for'}: refitting the "
+                                "classifier on your images and on the model's own memory of its classes"))
             model = model.to("cpu")
             real, real_y = reviewed_embeddings(model, x_all[tr_idx], y_all[tr_idx], prep, cfg.augment, "cpu", cfg.seed)
             replayed, replayed_y = replay_embeddings(replay[0], replay[1], REPLAY_PER_CLASS, cfg.seed)
@@ -594,10 +595,22 @@ def replay_needed(summary_data: dict) -> list[str]:
     return [c for c, k in n.items() if k < MIN_PER_CLASS and k < top / 4]
 
 
+def replay_reason(summary_data: dict) -> str | None:
+    """Why this run refits the head with feature replay instead of fine-tuning (None: it
+    fine-tunes): a class it would forget, or a training side too small to refit the
+    foreign-image guard on alone (it then flagged a third of the lab's own images)."""
+    forgotten = replay_needed(summary_data)
+    if forgotten:
+        return f"too few reviewed images of {', '.join(forgotten)}"
+    if summary_data["n_train"] < FINETUNE_FROM:
+        return f"{summary_data['n_train']} reviewed training images (fine-tuning from {FINETUNE_FROM})"
+    return None
+
+
 def _replay_source(cfg: RetrainConfig, pcard: dict, parent: dict, summary_data: dict, n_classes: int):
     """(parent guard, its classes) when this run should refit the head with feature replay:
     ``cfg.replay`` "on", or "auto" with a class under MIN_PER_CLASS reviewed images; None otherwise."""
-    if cfg.from_scratch or cfg.replay == "off" or (cfg.replay == "auto" and not replay_needed(summary_data)):
+    if cfg.from_scratch or cfg.replay == "off" or (cfg.replay == "auto" and not replay_reason(summary_data)):
         return None
     from core.guard import load_guard
 
