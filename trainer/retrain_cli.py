@@ -10,6 +10,9 @@ from core.cli import App, command
 def _retrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=4, help="epochs at least (few images get more: --min-steps)")
     p.add_argument("--min-steps", type=int, default=60, help="optimiser steps at least, however few images are reviewed")
+    p.add_argument("--replay", default="auto", choices=["auto", "on", "off"],
+                   help="refit only the classifier on your images plus embeddings replayed from the active model's "
+                        "guard (auto: under 200 reviewed images, or a class with too few; docs/retrain.md)")
     p.add_argument("--train-last", default="8", help="fine-tuning trains the last N stages of the network "
                    "(head first), or 'all' (default 8)")
     p.add_argument("--arch", help="architecture (default: the active model's; another one needs --from-scratch)")
@@ -44,7 +47,7 @@ def cmd_retrain(args, app: App) -> int:
 
     if args.train_last != "all" and not (args.train_last.isdigit() and int(args.train_last) > 0):
         raise HemascanError(f"--train-last takes a number of stages or 'all', not {args.train_last!r}")
-    cfg = RetrainConfig(epochs=args.epochs, min_steps=args.min_steps,
+    cfg = RetrainConfig(epochs=args.epochs, min_steps=args.min_steps, replay=args.replay,
                         train_last=None if args.train_last == "all" else int(args.train_last), arch=args.arch, from_scratch=args.from_scratch, input_size=args.input_size,
                         base_data=args.base_data, val_fraction=args.val_fraction, lr=args.lr,
                         batch_size=args.batch_size, freeze_blocks=args.freeze_blocks,
