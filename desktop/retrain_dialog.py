@@ -168,6 +168,8 @@ class RetrainDialog(QDialog):
         self.acc_plot.addLegend(offset=(-10, -10))
         self.acc_plot.setLabel("bottom", "epoch")
         self.acc_plot.setYRange(0, 1)
+        for plot in (self.loss_plot, self.acc_plot):  # readable beside the results at the default size
+            plot.setMinimumHeight(170)
         self.curve_batch = self.loss_plot.plot([], [], pen=pg.mkPen((180, 180, 180), width=1), name="batch")
         self.curve_train_loss = self.loss_plot.plot([], [], pen=pg.mkPen("b", width=2), symbol="o", symbolSize=6, name="train")
         self.curve_val_loss = self.loss_plot.plot([], [], pen=pg.mkPen("r", width=2), symbol="s", symbolSize=6, name="validation")
@@ -237,6 +239,7 @@ class RetrainDialog(QDialog):
         lay = QVBoxLayout(self)
         lay.addLayout(top)
         lay.addLayout(run_row)
+        self.status.setWordWrap(True)
         lay.addWidget(self.status)
         lay.addLayout(curves, 2)
         lay.addWidget(self.results, 2)
