@@ -16,6 +16,8 @@ from core.modelpkg import read_card
 from core.registry import bundled_packages
 from core.taxonomy import OTHER
 
+from .test_desktop import window  # noqa: F401  (fixture)
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 BINARY = next((p for p in bundled_packages() if read_card(p).taxonomy == "all_vs_normal"), None)
 pytestmark = pytest.mark.skipif(BINARY is None, reason="no ALL-vs-normal package under resources/models")
@@ -100,52 +102,40 @@ def test_binary_model_on_held_out_cnmc_subjects_and_another_lab(cli, tmp_path):
     assert flags and flags.count("1") >= 0.9 * len(flags)
 
 
-def test_window_keys_and_buttons_follow_the_active_models_classes(qtbot, tmp_path, paths):
-    pytest.importorskip("PySide6")
-    pytest.importorskip("pytestqt")
-    from PySide6.QtCore import QSettings, Qt
+def test_window_keys_and_buttons_follow_the_active_models_classes(qtbot, tmp_path, window):  # noqa: F811
+    from PySide6.QtCore import Qt
 
     from core.registry import list_versions
     from core.sample import generate
-    from desktop.mainwindow import MainWindow
 
     from .test_desktop import JOB_TIMEOUT
 
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
-    settings.setValue("reviewer", "tester")
-    w = MainWindow(paths, settings=settings, device="cpu")
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitExposed(w)
-    try:
-        assert [b.text() for b in w.class_buttons] == ["1  Benign", "2  Early Pre-B", "3  Pre-B", "4  Pro-B", "O  Other"]
-        with w.db.session() as s:
-            vid = next(v.id for v in list_versions(s) if v.name == _name())
-        w.activate_version(vid, ask=False, reclassify=False)
-        assert [b.text() for b in w.class_buttons] == ["1  ALL", "2  Normal", "O  Other"]
-        keys = sorted(a.shortcut().toString() for a in w.actions() if a.shortcut().toString() in list("123456789"))
-        assert keys == ["1", "2"]  # the old 3 and 4 are gone, not left acting on another taxonomy
-        assert [w.f_pred.itemText(i) for i in range(w.f_pred.count())] == ["Any", "ALL", "Normal"]
+    w = window
+    assert [b.text() for b in w.class_buttons] == ["1  Benign", "2  Early Pre-B", "3  Pre-B", "4  Pro-B", "O  Other"]
+    with w.db.session() as s:
+        vid = next(v.id for v in list_versions(s) if v.name == _name())
+    w.activate_version(vid, ask=False, reclassify=False)
+    assert [b.text() for b in w.class_buttons] == ["1  ALL", "2  Normal", "O  Other"]
+    keys = sorted(a.shortcut().toString() for a in w.actions() if a.shortcut().toString() in list("123456789"))
+    assert keys == ["1", "2"]  # the old 3 and 4 are gone, not left acting on another taxonomy
+    assert [w.f_pred.itemText(i) for i in range(w.f_pred.count())] == ["Any", "ALL", "Normal"]
 
-        folder = tmp_path / "cells"
-        generate(folder, n_per_class=2, seed=4, taxonomy="all_vs_normal")
-        with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
-            w.open_folder(folder)
-        assert w.model.rowCount() == 4
-        w.view.setFocus()
-        for row, k in ((0, Qt.Key_2), (1, Qt.Key_1), (2, Qt.Key_3), (3, Qt.Key_O)):
-            w.view.setCurrentIndex(w.model.index(row))
-            qtbot.keyClick(w.view, k)
-        qtbot.waitUntil(lambda: _events(w) == [("Normal", "all_vs_normal"), ("ALL", "all_vs_normal"),
-                                               (OTHER, "all_vs_normal")], timeout=5000)
-        with w.db.session() as s:
-            assert s.scalars(select(Prediction.label)).all()  # stored with the binary model
-            assert set(s.scalars(select(Prediction.label))) <= {"ALL", "Normal"}
-        pdf = w.export_pdf(path=str(tmp_path / "report.pdf"))
-        assert pdf and Path(pdf).read_bytes().startswith(b"%PDF")
-    finally:
-        w.cancel_job()
-        w.workers.cancel_all()
+    folder = tmp_path / "cells"
+    generate(folder, n_per_class=2, seed=4, taxonomy="all_vs_normal")
+    with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+        w.open_folder(folder)
+    assert w.model.rowCount() == 4
+    w.view.setFocus()
+    for row, k in ((0, Qt.Key_2), (1, Qt.Key_1), (2, Qt.Key_3), (3, Qt.Key_O)):
+        w.view.setCurrentIndex(w.model.index(row))
+        qtbot.keyClick(w.view, k)
+    qtbot.waitUntil(lambda: _events(w) == [("Normal", "all_vs_normal"), ("ALL", "all_vs_normal"),
+                                           (OTHER, "all_vs_normal")], timeout=5000)
+    with w.db.session() as s:
+        assert s.scalars(select(Prediction.label)).all()  # stored with the binary model
+        assert set(s.scalars(select(Prediction.label))) <= {"ALL", "Normal"}
+    pdf = w.export_pdf(path=str(tmp_path / "report.pdf"))
+    assert pdf and Path(pdf).read_bytes().startswith(b"%PDF")
 
 
 def _events(w) -> list[tuple[str, str]]:
