@@ -9,8 +9,8 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-from PySide6.QtCore import QMarginsF, QUrl
-from PySide6.QtGui import QPageLayout, QPageSize, QPdfWriter, QTextDocument
+from PySide6.QtCore import QMarginsF, QRectF, QSizeF, Qt, QUrl
+from PySide6.QtGui import QPageLayout, QPageSize, QPainter, QPdfWriter, QTextDocument, QTextFormat
 from sqlalchemy import select
 
 from core import gallery as q
@@ -68,10 +68,54 @@ def write_report(db, folder, version: dict | None, reviewer: str, output, case: 
     writer.setResolution(150)
     writer.setTitle(f"hemascan case report: {case}")
     writer.setCreator("hemascan")
-    doc.print_(writer)
+    paint_pages(doc, writer, f"hemascan case report: {case}")
     del writer  # flushes the file
     tmp.replace(output)
     return output
+
+
+def keep_tables_whole(doc: QTextDocument, page_height: float, rounds: int = 200) -> None:
+    """A table shorter than a page starts on a new page rather than being cut by one: a
+    thumbnail and its caption, or a sign-off block, stay together."""
+    for _ in range(rounds):
+        layout = doc.documentLayout()
+        for frame in doc.rootFrame().childFrames():
+            r = layout.frameBoundingRect(frame)
+            if r.height() < page_height and int(r.top() // page_height) != int((r.bottom() - 1) // page_height):
+                fmt = frame.frameFormat()
+                fmt.setPageBreakPolicy(QTextFormat.PageBreak_AlwaysBefore)
+                frame.setFrameFormat(fmt)
+                break
+        else:
+            return
+
+
+def paint_pages(doc: QTextDocument, writer: QPdfWriter, footer: str) -> int:
+    """Lay ``doc`` out on the writer's pages, keep tables whole, and print each page with a
+    footer (the case and "page n of N"). Returns the number of pages."""
+    doc.documentLayout().setPaintDevice(writer)
+    fmt = doc.rootFrame().frameFormat()
+    fmt.setMargin(0)
+    doc.rootFrame().setFrameFormat(fmt)
+    foot = writer.logicalDpiY() * 0.3  # inches of the page kept for the footer
+    width, height = writer.width(), writer.height() - foot
+    doc.setPageSize(QSizeF(width, height))
+    keep_tables_whole(doc, height)
+    n = doc.pageCount()
+    painter = QPainter(writer)
+    try:
+        for k in range(n):
+            if k:
+                writer.newPage()
+            painter.save()
+            painter.translate(0, -k * height)
+            doc.drawContents(painter, QRectF(0, k * height, width, height))
+            painter.restore()
+            painter.drawText(QRectF(0, height, width, foot), Qt.AlignRight | Qt.AlignBottom,
+                             f"{footer} · page {k + 1} of {n}")
+    finally:
+        painter.end()
+    return n
 
 
 def build_report(db, folder, version: dict | None, reviewer: str, case: str) -> QTextDocument:
@@ -111,9 +155,11 @@ def build_report(db, folder, version: dict | None, reviewer: str, case: str) -> 
             parts.append(head + "<p><i>None.</i></p>")
             continue
         cells = [_thumb_cell(doc, found[i]) for i in ids if i in found]
-        grid = "".join("<tr>" + "".join(cells[k:k + 4]) + "</tr>" for k in range(0, len(cells), 4))
+        # one table per row of thumbnails, so a page break falls between rows (keep_tables_whole)
+        grid = "".join("<table cellpadding='4' cellspacing='0' width='100%'><tr>" + "".join(cells[k:k + 4])
+                       + "</tr></table>" for k in range(0, len(cells), 4))
         more = f"<p><small>… and {n - len(cells)} more (see the CSV export).</small></p>" if n > len(cells) else ""
-        parts.append(f"{head}<table cellpadding='4' cellspacing='0'>{grid}</table>{more}")
+        parts.append(f"{head}{grid}{more}")
     offset = now.strftime("%z")
     when = f"{now.strftime('%Y-%m-%d %H:%M')} (local time, UTC{offset[:3]}:{offset[3:]})"
     model_line = (f"{html.escape(version['name'] if version else 'none')}: "

@@ -13,44 +13,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor
-from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QCheckBox, QComboBox, QDialog, QFileDialog,
-                               QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox,
-                               QProgressBar, QPushButton, QRadioButton, QSpinBox, QTableWidget, QTableWidgetItem,
-                               QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QFileDialog,
+                               QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
+                               QProgressBar, QPushButton, QRadioButton, QSpinBox, QVBoxLayout)
 
+from .classify_job import fmt_eta
+from .retrain_compare import ComparisonView, set_cell, table
 from .workers import Workers
 
 log = logging.getLogger(__name__)
-
-
-def _fmt_eta(s) -> str:
-    if s is None:
-        return "…"
-    s = int(s)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-def _table(rows: int, cols: int, headers: list[str] | None = None) -> QTableWidget:
-    t = QTableWidget(rows, cols)
-    if headers:
-        t.setHorizontalHeaderLabels(headers)
-    t.setEditTriggers(QAbstractItemView.NoEditTriggers)
-    t.setSelectionBehavior(QAbstractItemView.SelectRows)
-    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-    t.horizontalHeader().setStretchLastSection(True)
-    return t
-
-
-def _set(t: QTableWidget, r: int, c: int, text, align=Qt.AlignRight | Qt.AlignVCenter, bg: QColor | None = None):
-    it = QTableWidgetItem(str(text))
-    it.setTextAlignment(align)
-    if bg is not None:
-        it.setBackground(bg)
-    t.setItem(r, c, it)
 
 
 class RetrainDialog(QDialog):
@@ -86,7 +59,7 @@ class RetrainDialog(QDialog):
             self.active = {"id": v.id, "name": v.name, "architecture": v.architecture,
                            "input_size": (v.card or {}).get("preprocessing", {}).get("input_size", 128)}
 
-        self.data_table = _table(0, 3, ["Class", "Reviewed", "of which validation"])
+        self.data_table = table(0, 3, ["Class", "Reviewed", "of which validation"])
         self.data_note = QLabel()
         self.data_note.setWordWrap(True)
         dbox = QGroupBox("Training data (your reviewed labels)")
@@ -179,36 +152,9 @@ class RetrainDialog(QDialog):
         curves.addWidget(self.loss_plot)
         curves.addWidget(self.acc_plot)
 
-        # results
-        self.metrics_table = _table(0, 3, ["", "active", "new"])
-        self.diff_label = QLabel()
-        self.diff_label.setWordWrap(True)
-        self.warning = QLabel()
-        self.warning.setWordWrap(True)
-        self.warning.setStyleSheet("color: #a15c00; font-weight: bold")
-        self.cm_old = _table(0, 0)
-        self.cm_new = _table(0, 0)
-        self.cm_old_title = QLabel("Active version")
-        self.cm_new_title = QLabel("New version")
-        cm = QGridLayout()
-        cm.addWidget(self.cm_old_title, 0, 0)
-        cm.addWidget(self.cm_new_title, 0, 1)
-        cm.addWidget(self.cm_old, 1, 0)
-        cm.addWidget(self.cm_new, 1, 1)
-        cm.addWidget(QLabel("Rows: reviewed class; columns: predicted class."), 2, 0, 1, 2)
-        cmw = QWidget()
-        cmw.setLayout(cm)
-        self.changed = _table(0, 5, ["Image", "Reviewed", "Active predicts", "New predicts", ""])
-        mw = QWidget()
-        ml = QVBoxLayout(mw)
-        ml.addWidget(self.metrics_table, 1)
-        ml.addWidget(self.diff_label)
-        ml.addWidget(self.warning)
-        self.results = QTabWidget()
-        self.results.addTab(mw, "Comparison")
-        self.results.addTab(cmw, "Confusion matrices")
-        self.results.addTab(self.changed, "Changed predictions")
-        self.results.setEnabled(False)
+        # results: the new and the active version on the same validation images
+        self.comparison = ComparisonView()
+        self.results, self.warning = self.comparison.tabs, self.comparison.warning
 
         self.reclassify = QCheckBox("Re-classify the open folder with it")
         self.reclassify.setChecked(folder_open)
@@ -276,12 +222,12 @@ class RetrainDialog(QDialog):
         per = summary["per_class"]
         self.data_table.setRowCount(len(per) + 1)
         for r, (c, n) in enumerate(per.items()):
-            _set(self.data_table, r, 0, c, Qt.AlignLeft | Qt.AlignVCenter)
-            _set(self.data_table, r, 1, n["reviewed"])
-            _set(self.data_table, r, 2, n["val"])
-        _set(self.data_table, len(per), 0, "Total", Qt.AlignLeft | Qt.AlignVCenter)
-        _set(self.data_table, len(per), 1, summary["n_reviewed"])
-        _set(self.data_table, len(per), 2, sum(n["val"] for n in per.values()))
+            set_cell(self.data_table, r, 0, c, Qt.AlignLeft | Qt.AlignVCenter)
+            set_cell(self.data_table, r, 1, n["reviewed"])
+            set_cell(self.data_table, r, 2, n["val"])
+        set_cell(self.data_table, len(per), 0, "Total", Qt.AlignLeft | Qt.AlignVCenter)
+        set_cell(self.data_table, len(per), 1, summary["n_reviewed"])
+        set_cell(self.data_table, len(per), 2, sum(n["val"] for n in per.values()))
         self.data_note.setText(
             f"{summary['n_reviewed']} reviewed images. Each gets a fixed side (training or validation) from its "
             f"content the first time it is used ({summary['n_unassigned']} not yet assigned, about 20% go to "
@@ -339,7 +285,7 @@ class RetrainDialog(QDialog):
             self.status.setText(f"{p.stage}: {p.message}")
         ex = p.extra or {}
         if "eta_s" in ex:
-            self.eta.setText(f"{_fmt_eta(ex.get('eta_s'))} left")
+            self.eta.setText(f"{fmt_eta(ex.get('eta_s'))} left")
         if p.stage == "train" and "loss" in ex:
             self._batch_x.append(ex["epoch"] - 1 + ex["batch"] / max(1, ex["batches"]))
             self._batch_loss.append(ex["loss"])
@@ -391,61 +337,8 @@ class RetrainDialog(QDialog):
         log.error("%s", message)
         self.status.setText(f"⚠ {message}")
 
-    # ------------------------------------------------------------------ comparison
     def show_comparison(self, cmp: dict | None, old_name: str, new_name: str) -> None:
-        self.results.setEnabled(cmp is not None)
-        if cmp is None:
-            self.warning.setText("No validation images: the versions cannot be compared. Review more images.")
-            return
-        classes = cmp["classes"]
-        old, new = cmp["old"], cmp["new"]
-        self.metrics_table.setHorizontalHeaderLabels(["", f"active: {old_name}", f"new: {new_name}"])
-        rows = [("Accuracy", "accuracy"), ("Macro-F1", "macro_f1"), ("ECE (calibration error)", "ece")]
-        rows += [(f"Recall {c}", ("recall", c)) for c in classes]
-        self.metrics_table.setRowCount(len(rows) + 1)
-        for r, (label, key) in enumerate(rows):
-            a = old[key[0]][key[1]] if isinstance(key, tuple) else old[key]
-            b = new[key[0]][key[1]] if isinstance(key, tuple) else new[key]
-            better = (b < a) if key == "ece" else (b > a)
-            worse = (b > a) if key == "ece" else (b < a)
-            _set(self.metrics_table, r, 0, label, Qt.AlignLeft | Qt.AlignVCenter)
-            _set(self.metrics_table, r, 1, f"{a:.3f}")
-            _set(self.metrics_table, r, 2, f"{b:.3f}",
-                 bg=QColor("#d9f2d9") if better else QColor("#f8d7d7") if worse else None)
-        _set(self.metrics_table, len(rows), 0, "Validation images", Qt.AlignLeft | Qt.AlignVCenter)
-        _set(self.metrics_table, len(rows), 1, cmp["n"])
-        _set(self.metrics_table, len(rows), 2, cmp["n"])
-        d = cmp["accuracy_difference"]
-        self.diff_label.setText(
-            f"Accuracy difference (new − active): {d['difference']:+.3f}, 95% bootstrap interval "
-            f"{d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f} over {d['n']} images. The new version fixes "
-            f"{d.get('n_fixed', 0)} and breaks {d.get('n_broken', 0)} predictions; {cmp['n_changed']} change.")
-        self.warning.setText(cmp.get("warning") or "")
-        for t, m, title, name in ((self.cm_old, old, self.cm_old_title, old_name), (self.cm_new, new, self.cm_new_title, new_name)):
-            title.setText(name)
-            t.setRowCount(len(classes))
-            t.setColumnCount(len(classes))
-            t.setHorizontalHeaderLabels(classes)
-            t.setVerticalHeaderLabels(classes)
-            mat = m["confusion_matrix"]
-            top = max(1, max(max(r) for r in mat))
-            for i, row in enumerate(mat):
-                for j, v in enumerate(row):
-                    shade = int(255 - 120 * v / top)
-                    bg = QColor(shade, 255, shade) if i == j else QColor(255, shade, shade) if v else None
-                    _set(t, i, j, v, Qt.AlignCenter, bg)
-        ch = cmp["changed"]
-        self.changed.setRowCount(len(ch))
-        for r, c in enumerate(ch):
-            right = "fixed" if c["new"] == c["label"] else "broken" if c["old"] == c["label"] else "still wrong"
-            _set(self.changed, r, 0, Path(c["path"] or "").name, Qt.AlignLeft | Qt.AlignVCenter)
-            _set(self.changed, r, 1, c["label"], Qt.AlignLeft | Qt.AlignVCenter)
-            _set(self.changed, r, 2, f"{c['old']} ({c['old_confidence']:.2f})", Qt.AlignLeft | Qt.AlignVCenter)
-            _set(self.changed, r, 3, f"{c['new']} ({c['new_confidence']:.2f})", Qt.AlignLeft | Qt.AlignVCenter)
-            _set(self.changed, r, 4, right, Qt.AlignLeft | Qt.AlignVCenter,
-                 QColor("#d9f2d9") if right == "fixed" else QColor("#f8d7d7") if right == "broken" else None)
-            self.changed.item(r, 0).setToolTip(c["path"] or "")
-        self.results.setTabText(2, f"Changed predictions ({len(ch)})")
+        self.comparison.show(cmp, old_name, new_name)
 
     # ------------------------------------------------------------------ decisions
     def promote(self) -> None:

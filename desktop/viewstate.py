@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, fields
 
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QByteArray, QSettings
+from PySide6.QtWidgets import QApplication
 
 SETTINGS_FILE = "desktop.ini"
+MAX_RECENT = 8
 
 
 def settings_for(data_dir) -> QSettings:
@@ -67,3 +69,57 @@ def load_folder_view(settings: QSettings, folder: str) -> FolderView | None:
 def last_folder(settings: QSettings) -> str | None:
     v = settings.value("lastFolder", "")
     return str(v) if v else None
+
+
+class WindowSettingsMixin:
+    """Part of MainWindow (desktop/mainwindow.py): geometry, splitters, the Grad-CAM toggle,
+    the recent folders and the open folder's view, saved on close and restored at start."""
+
+    def _restore_settings(self) -> None:
+        s = self.settings
+        geo = s.value("geometry")
+        if isinstance(geo, QByteArray) and not geo.isEmpty():
+            self.restoreGeometry(geo)
+        else:
+            screen = QApplication.primaryScreen()
+            avail = screen.availableGeometry() if screen else None
+            if avail is not None:
+                self.resize(min(1360, avail.width()), min(860, avail.height()))
+        for key, widget in (("windowState", None), ("mainSplitter", self.splitter),
+                            ("detailSplitter", self.detail.splitter)):
+            v = s.value(key)
+            if isinstance(v, QByteArray) and not v.isEmpty():
+                (self.restoreState if widget is None else widget.restoreState)(v)
+        self.detail.gradcam.setChecked(s.value("gradcam", False, type=bool))
+
+    def save_settings(self) -> None:
+        s = self.settings
+        s.setValue("geometry", self.saveGeometry())
+        s.setValue("windowState", self.saveState())
+        s.setValue("mainSplitter", self.splitter.saveState())
+        s.setValue("detailSplitter", self.detail.splitter.saveState())
+        s.setValue("gradcam", self.detail.gradcam.isChecked())
+        if self.folder is not None:
+            save_folder_view(s, self.folder, self.folder_view())
+        s.sync()
+
+    def recent_folders(self) -> list[str]:
+        v = self.settings.value("recentFolders", [])
+        if isinstance(v, str):
+            v = [v]
+        return [str(x) for x in (v or [])]
+
+    def _add_recent(self, folder: str) -> None:
+        rec = [folder] + [f for f in self.recent_folders() if f != folder]
+        self.settings.setValue("recentFolders", rec[:MAX_RECENT])
+        self._fill_recent()
+
+    def _fill_recent(self) -> None:
+        if getattr(self, "recent_menu", None) is None:
+            return
+        self.recent_menu.clear()
+        rec = self.recent_folders()
+        for k, f in enumerate(rec, start=1):
+            a = self.recent_menu.addAction(f"&{k} {f}")
+            a.triggered.connect(lambda _=False, f=f: self.open_folder(f))
+        self.recent_menu.setEnabled(bool(rec))

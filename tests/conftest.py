@@ -93,11 +93,11 @@ def no_unexpected_reviewer_prompt(monkeypatch):
     """A window whose settings name no reviewer asks for one in a modal dialog; in a test that
     did not expect it (and patch it) that would wait forever: fail at once instead."""
     try:
-        import desktop.mainwindow as mw
+        from PySide6.QtWidgets import QInputDialog
     except Exception:  # no Qt here: nothing to guard
         return
 
     def unexpected(*a, **k):
         raise AssertionError("a dialog asked for input the test did not expect (set a reviewer in its settings)")
 
-    monkeypatch.setattr(mw.QInputDialog, "getText", unexpected)
+    monkeypatch.setattr(QInputDialog, "getText", unexpected)

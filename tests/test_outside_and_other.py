@@ -48,7 +48,7 @@ def test_outside_images_are_marked_filtered_counted_and_can_be_called_other(qtbo
 
     # "Other": key O, then Shift+O with a note; stored as label events like any other
     key(qtbot, w, Qt.Key_O)
-    monkeypatch.setattr("desktop.mainwindow.QInputDialog.getText", lambda *a, **k: ("smudge cell", True))
+    monkeypatch.setattr("PySide6.QtWidgets.QInputDialog.getText", lambda *a, **k: ("smudge cell", True))
     w.view.setCurrentIndex(w.model.index(1))
     key(qtbot, w, Qt.Key_O, Qt.ShiftModifier)
     with w.db.session() as s:

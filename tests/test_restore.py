@@ -41,7 +41,7 @@ def test_reviewer_is_asked_once_and_root_is_not_a_name(qtbot, paths, tmp_path, m
         prompts.append(prompt)
         return answers.pop(0)
 
-    monkeypatch.setattr("desktop.mainwindow.QInputDialog.getText", get_text)
+    monkeypatch.setattr("PySide6.QtWidgets.QInputDialog.getText", get_text)
     w = _window(qtbot, paths)
     qtbot.waitUntil(lambda: w.reviewer == "Ana Ruiz", timeout=5000)
     assert len(prompts) == 2 and "computer account" in prompts[1]
@@ -68,7 +68,7 @@ def _reviewers(w):
 def test_last_folder_reopens_with_its_filters_sort_and_image(qtbot, paths, tmp_path, monkeypatch):
     from core.sample import generate
 
-    monkeypatch.setattr("desktop.mainwindow.QInputDialog.getText", lambda *a, **k: ("Ana Ruiz", True))
+    monkeypatch.setattr("PySide6.QtWidgets.QInputDialog.getText", lambda *a, **k: ("Ana Ruiz", True))
     generate(tmp_path / "a", n_per_class=6, seed=1)
     generate(tmp_path / "b", n_per_class=1, seed=2)
     w = _window(qtbot, paths)

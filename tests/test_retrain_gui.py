@@ -55,10 +55,10 @@ def test_retrain_dialog_through_to_promotion(qtbot, window, db, monkeypatch):
     out = done.args[0]
     assert out["status"] == "completed"
     assert len(dlg.curve_train_loss.getData()[0]) == 2 and len(dlg.curve_val_acc.getData()[0]) == 2
-    assert dlg.results.isEnabled() and dlg.metrics_table.rowCount() >= 7
-    assert dlg.metrics_table.item(0, 0).text() == "Accuracy"
-    assert dlg.cm_new.rowCount() == 4 and dlg.cm_old.columnCount() == 4
-    assert dlg.changed.rowCount() == out["comparison"]["n_changed"]
+    assert dlg.results.isEnabled() and dlg.comparison.metrics_table.rowCount() >= 7
+    assert dlg.comparison.metrics_table.item(0, 0).text() == "Accuracy"
+    assert dlg.comparison.cm_new.rowCount() == 4 and dlg.comparison.cm_old.columnCount() == 4
+    assert dlg.comparison.changed.rowCount() == out["comparison"]["n_changed"]
     assert dlg.warning.text()  # tiny validation set: says it cannot tell
     with db.session() as s:
         assert active_version(s).name == "tiny-v1"

@@ -3,6 +3,9 @@ gallery whatever control has focus, a key that cannot act says why, and the deta
 always shows the current image or nothing."""
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 
 pytest.importorskip("PySide6")
@@ -199,3 +202,29 @@ def test_case_report_lists_corrected_and_flagged_images_with_sign_off(qtbot, win
     assert "computed with openvino int8 cpu" in text and "agrees with fp32 on 99.8%" in text  # how, and how checked
     pdf = w.export_pdf(path=str(tmp_path / "case.pdf"), case="Case 2026-117")
     assert open(pdf, "rb").read().startswith(b"%PDF")
+
+
+def test_report_pages_never_cut_a_thumbnail_from_its_caption(qtbot, tmp_path):
+    """Every table shorter than a page (a row of thumbnails with their captions, the sign-off
+    block) lies on one page, and each page has its footer with the page count."""
+    from PySide6.QtGui import QPageSize, QPdfWriter, QTextDocument
+
+    from desktop.report import paint_pages
+
+    doc = QTextDocument()
+    row = ("<table cellpadding='4' width='100%'><tr>" + "<td>" + "caption line<br>" * 9 + "</td>" * 4
+           + "</tr></table>")
+    doc.setHtml("<h3>Corrected</h3>" + "<p>text</p>".join([row] * 30))
+    writer = QPdfWriter(str(tmp_path / "t.pdf"))
+    writer.setPageSize(QPageSize(QPageSize.A4))
+    writer.setResolution(150)
+    pages = paint_pages(doc, writer, "Case 1")
+    del writer
+    height = doc.pageSize().height()
+    frames = [doc.documentLayout().frameBoundingRect(f) for f in doc.rootFrame().childFrames()]
+    assert pages == doc.pageCount() > 2 and len(frames) == 30
+    cut = [r for r in frames if int(r.top() // height) != int((r.bottom() - 1) // height)]
+    assert cut == []
+    if shutil.which("pdftotext"):  # poppler-utils: the footer is real text on every page
+        text = subprocess.run(["pdftotext", str(tmp_path / "t.pdf"), "-"], capture_output=True, text=True).stdout
+        assert all(f"Case 1 · page {k} of {pages}" in text for k in range(1, pages + 1))
