@@ -144,7 +144,7 @@ class DetailPanel(QWidget):
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.history = QTableWidget(0, 5)
-        self.history.setHorizontalHeaderLabels(["When (UTC)", "Reviewer", "From", "To", "Source / note"])
+        self.history.setHorizontalHeaderLabels(["When (local time)", "Reviewer", "From", "To", "Source / note"])
         self.history.verticalHeader().setVisible(False)
         self.history.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.history.setFocusPolicy(Qt.NoFocus)
@@ -210,5 +210,7 @@ class DetailPanel(QWidget):
             vals = [ev["when"], ev["reviewer"], ev["from"] or "—", ev["to"] or "(cleared)",
                     ev["source"] + (f": {ev['note']}" if ev["note"] else "")]
             for c, v in enumerate(vals):
-                self.history.setItem(r, c, QTableWidgetItem(v))
+                item = QTableWidgetItem(v if len(v) <= 24 or c == 4 else v[:23] + "…")  # a long name stays narrow
+                item.setToolTip(v)
+                self.history.setItem(r, c, item)
         self.history.scrollToBottom()

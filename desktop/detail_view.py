@@ -3,11 +3,18 @@ label history, and the Grad-CAM overlay (computed in a worker, applied to the im
 shown when it finishes)."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from core.labels import history
 
 from .detail import heatmap_rgba, rgb_to_qimage
 from .gallery import ROW_ROLE
 from .models_panel import trained_on
+
+
+def local_time(t: datetime) -> str:
+    """A stored time (UTC; SQLite gives it back without a zone) as the reviewer's local time."""
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 class DetailMixin:
@@ -27,7 +34,7 @@ class DetailMixin:
             self._shown_id = None
             return
         with self.db.session() as s:
-            events = [dict(when=e.created_at.strftime("%Y-%m-%d %H:%M:%S"), reviewer=e.reviewer,
+            events = [dict(when=local_time(e.created_at), reviewer=e.reviewer,
                            **{"from": e.previous_label, "to": e.label}, source=e.source, note=e.note)
                       for e in history(s, row.image_id)]
         self.detail.show_history(events)

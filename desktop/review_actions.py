@@ -109,19 +109,23 @@ class ReviewMixin:
         if out.refused:
             return self._refuse(out.message)
         self.statusBar().showMessage(out.message, 4000)
+        before = self.state.current_id
         if out.action is not None:
             ids = [i for i, _, _ in out.action.changes]
             self.model.refresh_ids(ids)
             self._update_counts()
-            cur = self.view.currentIndex()
-            if cur.isValid():
-                self._show_detail(cur.data(ROW_ROLE), reload_image=False)
-            self._update_actions()
             self.labelsChanged.emit(ids)
         if advance:
-            self.move_current(1, rows_before)
-        if out.action is not None and self.state.drops_reviewed:  # reviewed images leave the queue after a
-            self._drop_reviewed.start()  # short grace: the next key still lands on the image now shown
+            self.move_current(1, rows_before)  # the next image's detail comes with the move
+        if out.action is None:
+            return
+        self._sync_state()
+        cur = self.view.currentIndex()
+        if cur.isValid() and self.state.current_id == before:  # still on a labelled image: its new label
+            self._show_detail(cur.data(ROW_ROLE), reload_image=False)
+        self._update_actions()
+        if self.state.drops_reviewed:  # reviewed images leave the queue after a short grace:
+            self._drop_reviewed.start()  # the next key still lands on the image now shown
 
     def _labels_saved(self, ids: list, pending: int) -> None:
         """A queued label write reached the database: show it."""
