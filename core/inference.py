@@ -145,7 +145,7 @@ def entropy(probs: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ClassifySummary:
-    scan: ScanSummary
+    scan: ScanSummary | None  # None: a worker's claim (core/workqueue.py), no scan
     model: str
     device: str
     n_todo: int = 0
