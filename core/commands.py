@@ -194,16 +194,25 @@ def _open_retrying(app: App, say) -> object | None:
 @command("worker", "classify the queued folders ('hemascan submit') in batches, on this machine", _worker_args)
 def cmd_worker(args, app: App) -> int:
     import signal
-    import sys
     import threading
 
-    from .workqueue import default_worker_name, run_worker
+    from .workqueue import default_worker_name
 
     if args.claim < 1 or args.lease <= 0 or args.poll <= 0:
         raise HemascanError("--claim, --lease and --poll must be positive")
-    if threading.current_thread() is threading.main_thread():  # a service manager's stop: finish the batch
-        signal.signal(signal.SIGTERM, lambda *_: app.cancel.set())
-    name = args.name or default_worker_name()
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, lambda *_: app.cancel.set()) if main_thread else None
+    try:  # a service manager's stop (SIGTERM), like Ctrl+C: finish the batch, give back the rest
+        return _worker(args, app, args.name or default_worker_name())
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _worker(args, app: App, name: str) -> int:
+    import sys
+
+    from .workqueue import run_worker
 
     def say(msg: str) -> None:
         print(f"hemascan: worker {name}: {msg}", file=sys.stderr, flush=True)
