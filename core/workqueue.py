@@ -57,6 +57,8 @@ LEASE_S = float(os.environ.get("HEMASCAN_WORKER_LEASE_S", "120"))
 CLAIM_SIZE = 128
 #: Seconds between looks at an empty queue (``worker`` without ``--once``).
 POLL_S = 5.0
+#: ... and for `--once` while other workers still hold batches (it exits as soon as they are done).
+ONCE_POLL_S = 0.25
 #: First and longest wait before retrying after the database failed.
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = float(os.environ.get("HEMASCAN_WORKER_RETRY_MAX_S", "60"))
@@ -439,7 +441,7 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
                 if once and timed(work_left, db) == 0:
                     break
                 yield Progress("worker", summary.n_predicted + summary.n_failed, None, "waiting for work")
-                cancel.wait(min(poll_s, 1.0) if once else poll_s)
+                cancel.wait(min(poll_s, ONCE_POLL_S) if once else poll_s)
                 continue
             summary.n_claims += 1
             summary.n_claimed += len(items)

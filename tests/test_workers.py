@@ -229,3 +229,25 @@ def test_worker_exits_at_once_when_waiting_cannot_help(pg_server, tmp_path):
     assert proc.returncode == 5, proc.stderr
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert "retrying" not in proc.stderr
+
+
+def test_status_bar_label_shows_the_open_folders_queue(qtbot, db, paths, sample_folder, tmp_path):
+    from desktop.queuestatus import QueueStatusLabel
+    from desktop.workers import Workers
+    from core.workqueue import claim, submit
+
+    workers = Workers()
+    label = QueueStatusLabel(workers, lambda: db)
+    qtbot.addWidget(label)
+    label.set_folder(sample_folder)
+    workers.wait(10000)
+    qtbot.waitUntil(lambda: not label._busy, timeout=10000)
+    assert label.isHidden() and label.text() == ""  # never submitted: nothing shown
+    run_job(submit(db, paths, sample_folder))
+    claim(db, "w", 5, lease_s=60)
+    label.refresh()
+    qtbot.waitUntil(lambda: label.text().startswith("Workers:"), timeout=10000)
+    assert not label.isHidden()
+    assert label.text() == f"Workers: {N_SAMPLE - 5} queued, 5 running, 0 done, 0 failed"
+    label.set_folder(None)
+    workers.wait(10000)
