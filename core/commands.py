@@ -1,4 +1,4 @@
-"""Core CLI commands: scan, classify, import-labels, export, models, sample, demo."""
+"""Core CLI commands: scan, classify, submit, queue, worker, import-labels, export, models, sample, demo."""
 from __future__ import annotations
 
 import argparse
@@ -106,6 +106,129 @@ def cmd_classify(args, app: App) -> int:
     _print_errors(app, s.errors, s.n_errors)
     _summarise_predictions(app, args.folder)
     app.echo(DISCLAIMER)
+    return 130 if s.cancelled else 0
+
+
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="folder of images that every worker can read (e.g. on the lab's share)")
+    p.add_argument("--model", help="model version name (default: the active one)")
+    p.add_argument("--by", help="name stored with the submission (default: the OS user)")
+
+
+def _print_queue(app: App, statuses) -> None:
+    for q in statuses:
+        app.echo(f"{q.folder} ({q.model}, submitted {q.submitted_at:%Y-%m-%d %H:%M} by {q.submitted_by}): "
+                 f"{q.total} images: {q.describe()}")
+
+
+@command("submit", "queue a folder for the classify workers ('hemascan worker' on any machine)", _submit_args)
+def cmd_submit(args, app: App) -> int:
+    from .workqueue import queue_status, submit
+
+    s = app.progress(submit(app.db, app.paths, args.folder, app.cancel, args.model, args.by), "submit")
+    _print_scan(app, s.scan)
+    if s.cancelled:
+        app.echo("submit cancelled: run it again to queue the rest")
+        return 130
+    app.echo(f"queued {s.n_queued} of {s.n_images} images for {s.model}"
+             + (f"; {s.n_requeued} that had failed queued again" if s.n_requeued else "")
+             + (f"; {s.n_already_queued} were queued already" if s.n_already_queued else "")
+             + (f"; {s.n_already_done} predicted already" if s.n_already_done else ""))
+    _print_queue(app, queue_status(app.db, args.folder))
+    if s.n_queued or s.n_requeued:
+        app.echo("'hemascan worker' on a machine that reads this folder (and uses this database) classifies them")
+    return 0
+
+
+def _queue_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", nargs="?", help="only this folder (default: every submitted folder)")
+
+
+@command("queue", "show the classify workers' queue per submitted folder: queued, running, done, failed", _queue_args)
+def cmd_queue(args, app: App) -> int:
+    from .workqueue import queue_status
+
+    statuses = queue_status(app.db, args.folder)
+    if not statuses:
+        app.echo("nothing submitted" + (f" for {args.folder}" if args.folder else ""))
+    _print_queue(app, statuses)
+    return 0
+
+
+def _worker_args(p: argparse.ArgumentParser) -> None:
+    from .workqueue import CLAIM_SIZE, LEASE_S, POLL_S
+
+    p.add_argument("--once", action="store_true",
+                   help="exit when nothing is queued or running any more (default: wait for new work)")
+    p.add_argument("--name", help="this worker's name in the queue (default: host:pid)")
+    p.add_argument("--claim", type=int, default=CLAIM_SIZE, help=f"images claimed at a time (default {CLAIM_SIZE})")
+    p.add_argument("--lease", type=float, default=LEASE_S,
+                   help=f"seconds a claim is kept without a heartbeat before another worker takes it over "
+                        f"(default {LEASE_S:g}; $HEMASCAN_WORKER_LEASE_S)")
+    p.add_argument("--poll", type=float, default=POLL_S, help=f"seconds between looks at an empty queue (default {POLL_S:g})")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
+    p.add_argument("--batch-size", type=int, help="images per model batch")
+    p.add_argument("--workers", type=int, help="decode threads")
+    p.add_argument("--engine", choices=["auto", "openvino", "torch"], default=None)
+    p.add_argument("--precision", choices=["auto", "fp32", "int8", "bf16", "fp16"], default="auto")
+
+
+def _open_retrying(app: App, say) -> object | None:
+    """The database, waiting (with growing pauses) while it cannot be reached; None if
+    stopped meanwhile. A problem waiting does not cure (a wrong password) is raised."""
+    from .db.errors import is_transient
+    from .workqueue import Backoff, retry_sentence
+
+    backoff = Backoff()
+    while True:
+        try:
+            return app.db
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            say(retry_sentence(exc, app.db_url, backoff.next_s))
+            if not backoff.wait(app.cancel):
+                return None
+
+
+@command("worker", "classify the queued folders ('hemascan submit') in batches, on this machine", _worker_args)
+def cmd_worker(args, app: App) -> int:
+    import signal
+    import threading
+
+    from .workqueue import default_worker_name
+
+    if args.claim < 1 or args.lease <= 0 or args.poll <= 0:
+        raise HemascanError("--claim, --lease and --poll must be positive")
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, lambda *_: app.cancel.set()) if main_thread else None
+    try:  # a service manager's stop (SIGTERM), like Ctrl+C: finish the batch, give back the rest
+        return _worker(args, app, args.name or default_worker_name())
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _worker(args, app: App, name: str) -> int:
+    import sys
+
+    from .workqueue import run_worker
+
+    def say(msg: str) -> None:
+        print(f"hemascan: worker {name}: {msg}", file=sys.stderr, flush=True)
+
+    db = _open_retrying(app, say)
+    if db is None:
+        return 130
+    s = app.progress(run_worker(db, app.paths, app.cancel, once=args.once, name=name, claim_size=args.claim,
+                                lease_s=args.lease, poll_s=args.poll, device=args.device, engine=args.engine,
+                                precision=args.precision, batch_size=args.batch_size, workers=args.workers,
+                                notice=say), "worker")
+    app.echo(f"worker {s.worker}: {s.n_predicted} predicted, {s.n_failed} failed, in {s.n_claims} claims, "
+             f"{s.seconds:.1f} s ({s.rate:.1f} images/s; database {s.db_seconds:.2f} s"
+             f" = {100 * s.db_seconds / max(s.seconds, 1e-9):.0f}% of the time)"
+             + (f", {s.n_retries} database failures waited out" if s.n_retries else "")
+             + (" [stopped: the rest stays queued]" if s.cancelled else ""))
     return 130 if s.cancelled else 0
 
 

@@ -79,7 +79,11 @@ def folder_prefix(root: str | os.PathLike) -> str:
 
 def under_folder(column, root: str | os.PathLike):
     """SQL condition: stored path lies under ``root`` (no LIKE, so % and _ in names are safe)."""
-    prefix = folder_prefix(root)
+    return under_prefix(column, folder_prefix(root))
+
+
+def under_prefix(column, prefix: str):
+    """SQL condition: stored path starts with ``prefix``, a :func:`folder_prefix` as stored."""
     return func.substr(column, 1, len(prefix)) == prefix
 
 
@@ -295,5 +299,5 @@ def images_to_read(session: Session, root: str | os.PathLike) -> list[tuple[int,
     return [(i, p, sha) for i, p, sha in rows]
 
 
-__all__ = ["scan", "ScanSummary", "images_under", "images_to_read", "under_folder", "folder_prefix", "to_fs",
+__all__ = ["scan", "ScanSummary", "images_under", "images_to_read", "under_folder", "under_prefix", "folder_prefix", "to_fs",
            "UNTRUSTED_STAT"]

@@ -101,3 +101,23 @@ def no_unexpected_reviewer_prompt(monkeypatch):
         raise AssertionError("a dialog asked for input the test did not expect (set a reviewer in its settings)")
 
     monkeypatch.setattr(QInputDialog, "getText", unexpected)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A real PostgreSQL server for the session (tests/pgserver.py); skips where none can run."""
+    from tests import pgserver
+
+    url = pgserver.start_postgres(tmp_path_factory.mktemp("pg"))
+    if url is None:
+        pytest.skip(f"no PostgreSQL server here: {'; '.join(pgserver.UNAVAILABLE)}")
+    yield pgserver.server_of(url)
+    pgserver.stop_postgres(url)
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A new, empty database on the session's PostgreSQL server, dropped after the test."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url.database)

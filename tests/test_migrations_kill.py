@@ -119,7 +119,8 @@ def _check_reopens(db_path: Path, with_data: bool) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("start", [None, "0001", "0002", "0003"], ids=["fresh", "from-0001", "from-0002", "from-0003"])
+@pytest.mark.parametrize("start", [None, "0001", "0002", "0003", "0004"],
+                         ids=["fresh", "from-0001", "from-0002", "from-0003", "from-0004"])
 def test_kill_after_every_migration_statement_leaves_an_openable_database(tmp_path, start):
     template = tmp_path / "template.sqlite3"
     if start is not None:

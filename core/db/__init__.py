@@ -43,6 +43,8 @@ from .models import (  # noqa: F401  (re-exported)
     Scan,
     Setting,
     TrainingRun,
+    WorkFolder,
+    WorkItem,
     utcnow,
 )
 

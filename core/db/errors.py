@@ -27,6 +27,21 @@ DRIVER_PACKAGES = {
 }
 
 
+# What a driver says when the server cannot be reached (down, restarting, a network gone).
+UNREACHABLE = ("connection refused", "could not connect", "connection failed", "timeout expired",
+               "could not translate host name", "name or service", "server closed the connection",
+               "no route to host")
+# ... or when a connection it had was cut (network drop, server restart) mid-transaction.
+CONNECTION_LOST = ("terminating connection", "connection reset", "broken pipe", "ssl syscall",
+                   "the database system is starting up", "the database system is shutting down",
+                   "the database system is in recovery mode", "connection timed out", "network is unreachable",
+                   "connection is closed", "consuming input failed", "lost synchronization", "connection is lost",
+                   "server conn crashed", "the connection is closed")
+# Problems that waiting does not cure, although the message may also say "connection failed".
+NOT_TRANSIENT = ("authentication failed", "no password supplied", "does not exist", "permission denied",
+                 "newer version of hemascan")
+
+
 def describe_url(url) -> str:
     """Where the database is, for a message: the file of a SQLite URL, else the URL without
     its password."""
@@ -129,9 +144,7 @@ def user_error(exc: BaseException, url=None) -> HemascanError | None:
                                             "--db-url / HEMASCAN_DB_URL")
         if "does not exist" in low and "database" in low:
             return DatabaseUnavailableError(f"{where} does not exist on the server; create it first")
-        if ("connection refused" in low or "could not connect" in low or "connection failed" in low
-                or "timeout expired" in low or "could not translate host name" in low or "name or service" in low
-                or "server closed the connection" in low or "no route to host" in low):
+        if any(phrase in low for phrase in UNREACHABLE):
             return DatabaseUnavailableError(f"could not reach {where}: the server is down or unreachable; "
                                             "start it or check the host and port in the database URL")
         if isinstance(exc, sa_exc.OperationalError):
@@ -140,6 +153,29 @@ def user_error(exc: BaseException, url=None) -> HemascanError | None:
     if isinstance(exc, OSError):
         return _os_error(exc)
     return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for a database problem that goes away by itself, so that a long-running process
+    (``hemascan worker``) waits and retries instead of exiting: the server down or restarting,
+    the network gone, a connection cut, the database locked by another writer. False for what
+    a person must fix (a wrong password, a missing database, a newer schema, a damaged file)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        low = _first_line(e).lower() if isinstance(e, (sa_exc.DBAPIError, HemascanError)) else ""
+        if any(phrase in low for phrase in NOT_TRANSIENT):
+            return False
+        if isinstance(e, DatabaseBusyError):
+            return True
+        if isinstance(e, sa_exc.DBAPIError):
+            if e.connection_invalidated or any(p in low for p in UNREACHABLE + CONNECTION_LOST):
+                return True
+            if "locked" in low or "busy" in low:
+                return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def check_sqlite_location(url: URL) -> None:

@@ -153,3 +153,43 @@ class Setting(Base):
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class WorkFolder(Base):
+    """A folder queued for the classify workers (``hemascan submit``) with the model version
+    to predict with. Submitting it again adds no row (unique root + version)."""
+
+    __tablename__ = "work_folders"
+    __table_args__ = (UniqueConstraint("root", "model_version_id", name="uq_work_folder_root_model"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # the folder's stored-path prefix (absolute, trailing separator: core.scan.folder_prefix)
+    root: Mapped[str] = mapped_column(Text)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    submitted_by: Mapped[str] = mapped_column(String(128))
+
+
+class WorkItem(Base):
+    """One image to predict with one model version: the classify workers' queue.
+
+    ``status``: queued -> running (claimed by ``worker`` under ``claim_token`` until
+    ``lease_until``; a worker that dies leaves its lease to expire, and the item is claimed
+    again) -> done or failed (``error``). Unique per image and version, as a prediction is."""
+
+    __tablename__ = "work_items"
+    __table_args__ = (
+        UniqueConstraint("image_id", "model_version_id", name="uq_work_item_image_model"),
+        Index("ix_work_items_status_id", "status", "id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    folder_id: Mapped[int] = mapped_column(ForeignKey("work_folders.id"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued/running/done/failed
+    worker: Mapped[str | None] = mapped_column(String(128))
+    claim_token: Mapped[str | None] = mapped_column(String(32), index=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)

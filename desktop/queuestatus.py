@@ -1,0 +1,68 @@
+"""The classify workers' progress for the open folder, in the status bar: "Workers: 12
+queued, 4 running, 100 done, 1 failed" (core.workqueue.queue_status), refreshed every few
+seconds on the light pool, so a slow or absent database server never freezes the window.
+Hidden while the folder was never submitted (``hemascan submit``)."""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QLabel
+
+from .workers import Workers
+
+REFRESH_MS = 5000
+
+
+class QueueStatusLabel(QLabel):
+    def __init__(self, workers: Workers, database: Callable[[], object], parent=None,
+                 interval_ms: int = REFRESH_MS):
+        super().__init__(parent)
+        self.workers, self.database = workers, database
+        self.folder: str | None = None
+        self._busy = False
+        self.setVisible(False)
+        self.timer = QTimer(self)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self.refresh)
+
+    def set_folder(self, folder: str | os.PathLike | None) -> None:
+        """Show the queue of ``folder`` (None: nothing) and refresh now."""
+        self.folder = None if folder is None else os.fspath(folder)
+        self.setVisible(False)
+        if self.folder is None:
+            self.timer.stop()
+            return
+        self.timer.start()
+        self.refresh()
+
+    def refresh(self) -> None:
+        if self.folder is None or self._busy:
+            return
+        from core.workqueue import queue_status
+
+        folder, db = self.folder, self.database()
+        self._busy = True
+        self.workers.submit(lambda: (folder, queue_status(db, folder)), name="queue status",
+                            on_result=self._show, on_error=self._failed, on_finished=self._finished)
+
+    def _finished(self) -> None:
+        self._busy = False
+
+    def _failed(self, err) -> None:
+        self.setText("Workers: queue not available now")
+        self.setToolTip(str(err))
+
+    def _show(self, result) -> None:
+        folder, statuses = result
+        if folder != self.folder:  # the user opened another folder meanwhile
+            return
+        if not statuses:
+            self.setVisible(False)
+            return
+        q = statuses[0]
+        self.setText(f"Workers: {q.describe()}")
+        self.setToolTip(f"{q.folder}: submitted {q.submitted_at:%Y-%m-%d %H:%M} by {q.submitted_by} for "
+                        f"{q.model}; 'hemascan worker' on any machine using this database classifies it")
+        self.setVisible(True)
