@@ -55,6 +55,7 @@ class ClassifyJobMixin:
         if self._restore is not None:  # as the reviewer left this folder (a class the model lacks: Any)
             self.filters.show_filter(self._restore)
         self.state.set_filter(self.filters.filter())
+        self.queue_label.set_folder(folder)
         self.setWindowTitle(f"{Path(folder).name} — hemascan")
         self._add_recent(folder)
         self.loader.clear()

@@ -30,6 +30,7 @@ from .detail_view import DetailMixin
 from .filter_panel import STATEMENT, FilterPanel  # noqa: F401  (STATEMENT: re-exported)
 from .gallery import THUMB, GalleryModel, ThumbnailLoader, TileDelegate
 from .models_panel import version_info
+from .queuestatus import QueueStatusLabel
 from .review_actions import LabelSignals, QueuedReview, ReviewMixin
 from .viewstate import FolderView, WindowSettingsMixin, settings_for
 from .window_menus import ExportMixin, HelpMixin, ModelMenuMixin
@@ -189,7 +190,11 @@ class MainWindow(BrowseMixin, ReviewMixin, ClassifyJobMixin, DetailMixin, Export
         self.cancel_btn.clicked.connect(self.cancel_job)
         self.device_label = QLabel("device: …")
         self.reviewer_label = QLabel()
-        for w in (self.progress_label, self.progress, self.cancel_btn, self.device_label, self.reviewer_label):
+        # classify workers on other machines (hemascan submit / worker): their progress on this folder
+        self.queue_label = QueueStatusLabel(self.workers, lambda: self.db)
+        self.queue_label.progressed.connect(lambda: self.reload_gallery(keep_current=True))
+        for w in (self.progress_label, self.progress, self.cancel_btn, self.queue_label, self.device_label,
+                  self.reviewer_label):
             self.statusBar().addPermanentWidget(w)
         self._show_reviewer()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import QLabel
 
 from .workers import Workers
@@ -16,11 +16,14 @@ REFRESH_MS = 5000
 
 
 class QueueStatusLabel(QLabel):
+    progressed = Signal()  # workers elsewhere predicted more of the folder: the gallery shows them
+
     def __init__(self, workers: Workers, database: Callable[[], object], parent=None,
                  interval_ms: int = REFRESH_MS):
         super().__init__(parent)
         self.workers, self.database = workers, database
         self.folder: str | None = None
+        self._done: tuple[int, int] | None = None  # (images queued in all, done) when last shown
         self._busy = False
         self.setVisible(False)
         self.timer = QTimer(self)
@@ -30,6 +33,7 @@ class QueueStatusLabel(QLabel):
     def set_folder(self, folder: str | os.PathLike | None) -> None:
         """Show the queue of ``folder`` (None: nothing) and refresh now."""
         self.folder = None if folder is None else os.fspath(folder)
+        self._done = None
         self.setVisible(False)
         if self.folder is None:
             self.timer.stop()
@@ -58,6 +62,10 @@ class QueueStatusLabel(QLabel):
         folder, statuses = result
         if folder != self.folder:  # the user opened another folder meanwhile
             return
+        seen = (statuses[0].total, statuses[0].done) if statuses else (0, 0)
+        if self._done is not None and seen != self._done:  # submitted (scanned) or predicted elsewhere
+            self.progressed.emit()
+        self._done = seen
         if not statuses:
             self.setVisible(False)
             return

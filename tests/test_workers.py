@@ -251,3 +251,30 @@ def test_status_bar_label_shows_the_open_folders_queue(qtbot, db, paths, sample_
     assert label.text() == f"Workers: {N_SAMPLE - 5} queued, 5 running, 0 done, 0 failed"
     label.set_folder(None)
     workers.wait(10000)
+
+
+def test_the_window_shows_another_machines_worker_and_its_predictions(qtbot, paths, sample_folder):
+    """A folder classified by a worker elsewhere: the open window shows the queue in its status
+    bar and the predictions in the gallery as they land, without being asked to."""
+    from PySide6.QtCore import QSettings
+
+    from core.db import open_database
+    from core.workqueue import run_worker, submit
+    from desktop.mainwindow import MainWindow
+
+    settings = QSettings(str(paths.data_dir / "t.ini"), QSettings.IniFormat)
+    settings.setValue("reviewer", "Ana Ruiz")
+    w = MainWindow(paths, settings=settings)
+    qtbot.addWidget(w)
+    w.queue_label.timer.setInterval(200)
+    w.open_folder(sample_folder, classify=False)
+    qtbot.waitUntil(lambda: w.model.rowCount() == 0 or not w.queue_label._busy, timeout=10000)
+    other = open_database(paths, paths.db_url())  # the worker's machine: its own connection
+    run_job(submit(other, paths, sample_folder))
+    qtbot.waitUntil(lambda: w.queue_label.text() == f"Workers: {N_SAMPLE} queued, 0 running, 0 done, 0 failed",
+                    timeout=10000)
+    assert w.model.rowCount() == N_SAMPLE and all(w.model.row_at(r).predicted is None for r in range(N_SAMPLE))
+    run_job(run_worker(other, paths, once=True))
+    qtbot.waitUntil(lambda: w.queue_label.text().endswith(f"{N_SAMPLE} done, 0 failed"), timeout=10000)
+    qtbot.waitUntil(lambda: all(w.model.row_at(r).predicted for r in range(w.model.rowCount())), timeout=10000)
+    other.dispose()
