@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from .config import Paths
 from .db import Database, ImageFile, Prediction, utcnow
 from .dbutil import insert_ignore
+from .modelstore import local_package
 from .errors import ImageError
 from .fspath import display, to_fs
 from .images import FileChanged, decode_rgb, read_and_hash, read_file
@@ -206,7 +207,7 @@ def classify(
     warm.join()
     with db.session() as s:
         version = get_version(s, model_name) if model_name else ensure_active_model(s, paths)
-        version_id, version_name, package = version.id, version.name, version.path
+        version_id, version_name, package = version.id, version.name, str(local_package(s, version, paths))
         version_sha = version.weights_sha256
         done_ids = set(s.scalars(select(Prediction.image_id).where(Prediction.model_version_id == version_id)))
         listed = images_to_read(s, folder)
