@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 
 from .config import Paths
 from .db import Database, ImageFile, Prediction, utcnow
-from .dbutil import insert_ignore
+from .dbutil import insert_ignore, with_reconnect
 from .modelstore import local_package
 from .errors import ImageError
 from .fspath import display, to_fs
@@ -258,6 +258,9 @@ def classify(
             return item, None, f"unexpected error: {exc}"
 
     def write(ids: list[int], assessment: Assessment | None, failed: list[tuple[str, str]]) -> None:
+        with_reconnect(lambda: write_once(ids, assessment, failed), "a batch of predictions")  # a network drop
+
+    def write_once(ids: list[int], assessment: Assessment | None, failed: list[tuple[str, str]]) -> None:
         with db.session() as s:  # one transaction per batch
             if ids:
                 insert_ignore(s, Prediction.__table__, _prediction_rows(ids, assessment, version_id, predictor.card, runtime),
