@@ -538,3 +538,23 @@ def test_postgresql_server_gone_during_classify_is_one_sentence(tmp_path, pg_ser
     engine.dispose()
     _pg_admin(pg_server, f"ALTER ROLE {role} LOGIN")
     assert kept >= 20
+
+
+def test_postgresql_password_from_pgpass_not_the_url(tmp_path, smears, pg_server, pg_url):
+    """The README's set-up: a URL without the password, the password in libpq's password file."""
+    from tests.conftest import url_arg
+
+    url = _pg_role(pg_server, pg_url, f"hemascan_pgpass_{os.getpid()}", "from-the-pgpass-file")
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"{url.host}:{url.port}:{url.database}:{url.username}:from-the-pgpass-file\n")
+    passfile.chmod(0o600)
+    from sqlalchemy.engine import URL
+
+    bare = url_arg(URL.create(url.drivername, username=url.username, host=url.host, port=url.port,
+                              database=url.database))
+    assert "from-the-pgpass-file" not in bare
+    ok = run_cli(tmp_path / "data", "scan", smears, db_url=bare, PGPASSFILE=str(passfile))
+    assert ok.returncode == 0, ok.stderr
+    passfile.write_text(f"{url.host}:{url.port}:{url.database}:{url.username}:stale\n")
+    one_error(run_cli(tmp_path / "data", "scan", smears, db_url=bare, PGPASSFILE=str(passfile)), EXIT_DATABASE,
+              "refused the login")
