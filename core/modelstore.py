@@ -100,17 +100,6 @@ def files_of(session: Session, version: ModelVersion) -> dict[str, tuple[str, in
         select(ModelFile.name, ModelFile.sha256, ModelFile.size).where(ModelFile.model_version_id == version.id))}
 
 
-def _matches(package: Path, files: dict[str, tuple[str, int]]) -> bool:
-    try:
-        for name, (sha, size) in files.items():
-            f = package / name
-            if not f.is_file() or f.stat().st_size != size or sha256_file(f) != sha:
-                return False
-    except OSError:
-        return False
-    return True
-
-
 def _content(session: Session, sha: str, version: ModelVersion, name: str) -> bytes:
     data = session.scalar(select(ModelBlob.data).where(ModelBlob.sha256 == sha))
     if data is None:
@@ -130,8 +119,10 @@ def _content(session: Session, sha: str, version: ModelVersion, name: str) -> by
 
 def local_package(session: Session, version: ModelVersion, paths: Paths | None = None) -> Path:
     """The folder of ``version``'s package on this seat, materialised from the database when
-    it is not here or does not match the database's record (under a lock in the data
-    directory; every file's hash checked). ``paths`` defaults to the data directory of the
+    it is not here (under a lock in the data directory; every file's hash checked against the
+    database's record, then the package as a whole). A copy that is here is used as it is:
+    loading checks its hashes and refuses a modified model, as it always did (it is never
+    silently repaired: removing the folder makes the next use fetch the database's copy). ``paths`` defaults to the data directory of the
     database the session belongs to (core.db.open_database); without one, the path stored
     with the version."""
     from .registry import package_path
@@ -147,13 +138,13 @@ def local_package(session: Session, version: ModelVersion, paths: Paths | None =
                                     "on the workstation that has it")
         return stored
     dest = package_path(paths, version.name)
-    if _matches(dest, files):
+    if dest.is_dir():  # here already (materialised atomically): loading checks its hashes, as always
         return dest
     from filelock import FileLock
 
     paths.models.mkdir(parents=True, exist_ok=True)
     with FileLock(str(paths.models / MATERIALISE_LOCK)):
-        if _matches(dest, files):  # another process did it meanwhile
+        if dest.is_dir():  # another process did it meanwhile
             return dest
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=paths.models))
         try:
@@ -162,10 +153,6 @@ def local_package(session: Session, version: ModelVersion, paths: Paths | None =
                 os.chmod(tmp / name, 0o644)
             os.chmod(tmp, 0o755)
             verify_package(tmp)
-            if dest.exists():  # a stale or damaged copy: replaced, never loaded
-                old = Path(tempfile.mkdtemp(prefix=".tmp-old-", dir=paths.models))
-                os.replace(dest, old / "package")
-                shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -82,7 +82,8 @@ def test_a_model_promoted_on_one_seat_is_active_on_another(tmp_path, db_url, sec
     assert "predictions by shared-test-model" in proc.stdout
 
 
-def test_a_damaged_copy_is_replaced_and_a_tampered_blob_refused(tmp_path, db_url, second_package):
+def test_a_damaged_copy_is_refused_a_missing_one_fetched_and_a_tampered_blob_refused(tmp_path, db_url,
+                                                                                  second_package):
     from core.db import ModelBlob, open_database
     from core.modelstore import local_package
     from core.registry import ensure_active_model, get_version, register_package
@@ -107,7 +108,15 @@ def test_a_damaged_copy_is_replaced_and_a_tampered_blob_refused(tmp_path, db_url
             with open(weights, "r+b") as fh:  # damage this seat's copy
                 fh.seek(200)
                 fh.write(b"\0" * 64)
-            assert local_package(s, v) == pkg  # rewritten from the database
+            from core.modelpkg import verify_package
+
+            assert local_package(s, v) == pkg  # used as it is (never silently repaired) ...
+            with pytest.raises(ModelPackageError, match="do not match their card"):
+                verify_package(local_package(s, v))  # ... and loading refuses it, as always
+            import shutil
+
+            shutil.rmtree(pkg)  # moved away: the next use fetches the database's copy
+            assert local_package(s, v) == pkg
             assert hashlib.sha256(weights.read_bytes()).hexdigest() == sha
         with db_b.session() as s:  # someone altered the stored bytes
             data = bytearray(s.scalar(select(ModelBlob.data).where(ModelBlob.sha256 == sha)))

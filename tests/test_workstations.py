@@ -15,6 +15,7 @@ import time
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.pool import NullPool
 
 from tests.conftest import ROOT, hemascan_cmd, subprocess_env, url_arg
 
@@ -127,15 +128,18 @@ def test_label_changes_since_sees_another_seats_write(db_url, paths, sample_fold
         other.dispose()
 
 
+_ENGINES: dict = {}
+
+
 def _count(url, sql: str) -> int:
-    engine = create_engine(url)
+    engine = _ENGINES.get(url)
+    if engine is None:
+        engine = _ENGINES[url] = create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as c:
             return c.execute(text(sql)).scalar() or 0
     except Exception:  # tables not there yet
         return 0
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.slow
@@ -145,7 +149,7 @@ def test_sigkill_mid_classify_then_rerun_on_both_engines(tmp_path, db_url, data_
     from core.sample import generate
 
     folder = tmp_path / "big"
-    n = 240
+    n = 480
     generate(folder, n_per_class=n // 4, seed=11, size=96)
     env = subprocess_env(data_dir)
     url = url_arg(db_url)
@@ -159,7 +163,7 @@ def test_sigkill_mid_classify_then_rerun_on_both_engines(tmp_path, db_url, data_
     while _count(db_url, "SELECT count(*) FROM predictions") < 20:
         assert proc.poll() is None, f"classify ended before it could be killed: {proc.stderr.read()}"
         assert time.monotonic() < deadline, "no predictions appeared"
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     partial = _count(db_url, "SELECT count(*) FROM predictions")
