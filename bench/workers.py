@@ -4,7 +4,7 @@
     python -m bench.workers --images 400 --workers 1,2,4 --writers 4 --events 500
     python -m bench.workers --synthetic           # generated sample images instead
 
-It starts a throw-away PostgreSQL server (tests/pgserver.py: the machine's server binaries)
+It starts a throw-away PostgreSQL server (tests/pgserver.py: the pgserver wheel's binaries, else the machine's)
 in a temporary folder, and measures:
 
   workers   for each N: a new database, ``hemascan submit FOLDER``, then N ``hemascan worker
@@ -173,18 +173,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=500, help="label events per writer")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from tests.pgserver import UNAVAILABLE, start_server
+    from tests import pgserver
 
     tmp = Path(tempfile.mkdtemp(prefix="hemascan-bench-workers-"))
-    server = start_server(tmp)
-    if server is None:
-        print(f"no PostgreSQL server: {'; '.join(UNAVAILABLE)}", file=sys.stderr)
+    try:
+        server = pgserver.start()
+        pgserver.wait_ready(server.url())
+    except RuntimeError as exc:
+        print(f"no PostgreSQL server: {exc}", file=sys.stderr)
         return 1
     try:
         source = None if args.synthetic or not args.folder.is_dir() else args.folder
         folder = tmp / "images"
         what = prepare_folder(folder, source, args.images)
-        version = subprocess.run([str(server.bin_dir / "postgres"), "--version"], capture_output=True,
+        version = subprocess.run([str(server.bindir / "postgres"), "--version"], capture_output=True,
                                  text=True).stdout.strip()
         print(f"images: {what}; server: {version} (fsync off, local TCP); cores: {os.cpu_count()}")
         data_dir = tmp / "data"
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({r['stored']} stored) in {r['wall']:.1f} s = {r['rate']:.0f} events/s; latency per event "
               f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, max {r['max']:.1f} ms")
     finally:
-        server.cleanup()
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -292,7 +292,7 @@ def _models_args(p: argparse.ArgumentParser) -> None:
 def _models_export(args, app: App) -> int:
     from .modelfile import export_model
 
-    dest = export_model(app.db, args.name, Path(args.file))
+    dest = export_model(app.db, args.name, Path(args.file), app.paths)
     app.echo(f"wrote {args.name} to {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

@@ -1,6 +1,7 @@
 """Dialect-aware bulk upserts (SQLite now, PostgreSQL later): a registry, not if/elif."""
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 from sqlalchemy.dialects import postgresql, sqlite
@@ -25,3 +26,39 @@ def upsert(session: Session, table, rows: Sequence[dict[str, Any]], conflict: Se
     stmt = insert(table)
     stmt = stmt.on_conflict_do_update(index_elements=list(conflict), set_={c: stmt.excluded[c] for c in update})
     session.execute(stmt, list(rows))
+
+
+# ---- a connection lost mid-job (a network drop, a server restart) ----------------------------
+
+#: Attempts of one batch's write when the connection to the server was lost, and the first pause
+#: between them (doubling, at most RECONNECT_MAX_PAUSE_S): about 30 s of outage is ridden out.
+RECONNECT_ATTEMPTS = int(os.environ.get("HEMASCAN_RECONNECT_ATTEMPTS", "6"))
+RECONNECT_FIRST_PAUSE_S = float(os.environ.get("HEMASCAN_RECONNECT_PAUSE_S", "0.5"))
+RECONNECT_MAX_PAUSE_S = 8.0
+
+
+def with_reconnect(fn, what: str = "the batch", attempts: int | None = None, first_pause_s: float | None = None):
+    """Run ``fn()`` (one whole transaction: it opens its own session) again on a new connection
+    when the database connection was lost while it ran; the transaction was rolled back by the
+    server, so doing it again stores it once. Any other error, or the last attempt's, is raised
+    (the command then says in one sentence that the server cannot be reached; what was committed
+    before stays)."""
+    import logging
+    import time
+
+    from sqlalchemy.exc import DBAPIError
+
+    log = logging.getLogger(__name__)
+    attempts = RECONNECT_ATTEMPTS if attempts is None else attempts
+    pause = RECONNECT_FIRST_PAUSE_S if first_pause_s is None else first_pause_s
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except DBAPIError as exc:
+            if not exc.connection_invalidated or attempt == attempts:
+                raise
+            first = str(getattr(exc, "orig", exc)).strip().splitlines()[:1]
+            log.warning("lost the database connection while writing %s (%s); reconnecting in %.1f s (attempt %d of %d)",
+                        what, first[0] if first else type(exc).__name__, pause, attempt + 1, attempts)
+            time.sleep(pause)
+            pause = min(pause * 2, RECONNECT_MAX_PAUSE_S)

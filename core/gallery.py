@@ -191,18 +191,19 @@ OUTSIDE_MARK = "\u2298"
 
 
 def tile_caption(row: GalleryRow) -> str:
-    """What a gallery tile says in words. Once reviewed: the reviewer's class, and the
-    model's when it differs; before: the prediction, "?" when uncertain, or that the image
-    is outside the model's experience."""
+    """What a gallery tile says in words. Once reviewed: the reviewer's class and who gave it
+    (several seats review one folder), and the model's class when it differs; before: the
+    prediction, "?" when uncertain, or that the image is outside the model's experience."""
     from .taxonomy import OTHER, OTHER_TITLE
 
     conf = f" {row.confidence:.0%}" if row.confidence is not None else ""
     model = "outside experience" if row.outside else f"{row.predicted}{conf}" if row.predicted else None
     if row.reviewed:
         shown = OTHER_TITLE if row.reviewed == OTHER else row.reviewed
+        by = f" by {row.reviewer}" if row.reviewer else ""
         if row.reviewed == row.predicted and not row.outside:
-            return f"\u2713 {shown}"
-        return f"\u270e {shown}" + (f" \u00b7 model: {model}" if model else "")
+            return f"\u2713 {shown}{by}"
+        return f"\u270e {shown}{by}" + (f" \u00b7 model: {model}" if model else "")
     if row.outside:
         return f"{OUTSIDE_MARK} outside experience"
     if row.predicted is None:

@@ -23,8 +23,9 @@ from sqlalchemy.orm import Session
 
 from .config import Paths
 from .db import Database, ImageFile, ModelVersion, Prediction, utcnow
-from .dbutil import insert_ignore
+from .dbutil import insert_ignore, with_reconnect
 from .errors import ImageError, ModelPackageError
+from .modelstore import local_package
 from .fspath import display, to_fs
 from .images import FileChanged, decode_rgb, read_and_hash, read_file
 from .jobs import Job, Progress, RateMeter
@@ -201,7 +202,7 @@ class ModelTarget:
 def resolve_model(session, paths: Paths, model_name: str | None = None) -> ModelTarget:
     """``model_name``'s version, or the active one (on a new database the bundled default)."""
     version = get_version(session, model_name) if model_name else ensure_active_model(session, paths)
-    return ModelTarget(version.id, version.name, version.path, version.weights_sha256)
+    return ModelTarget(version.id, version.name, str(local_package(session, version, paths)), version.weights_sha256)
 
 
 def model_target(session, version_id: int) -> ModelTarget:
@@ -209,7 +210,7 @@ def model_target(session, version_id: int) -> ModelTarget:
     version = session.get(ModelVersion, version_id)
     if version is None:
         raise ModelPackageError(f"model version #{version_id} is not registered in this database")
-    return ModelTarget(version.id, version.name, version.path, version.weights_sha256)
+    return ModelTarget(version.id, version.name, str(local_package(session, version)), version.weights_sha256)
 
 
 def plan_for(paths: Paths, target: ModelTarget, device: str | None, engine: str | None, precision: str,
@@ -323,6 +324,16 @@ def predict_images(
 
     def write(ids: list[int], assessment: Assessment | None, failed: list[tuple[int, str, str]]) -> None:
         t0 = time.perf_counter()
+        with_reconnect(lambda: write_once(ids, assessment, failed), "a batch of predictions")  # a network drop
+        summary.db_seconds += time.perf_counter() - t0
+        if predictor.compiled and ids and marker is not None and not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        summary.n_predicted += len(ids)
+        summary.n_errors += len(failed)
+        summary.errors.extend((display(p), e) for _, p, e in failed[: max(0, 200 - len(summary.errors))])
+
+    def write_once(ids: list[int], assessment: Assessment | None, failed: list[tuple[int, str, str]]) -> None:
         with db.session() as s:  # one transaction per batch
             if ids:
                 insert_ignore(s, Prediction.__table__, _prediction_rows(ids, assessment, version_id, predictor.card, runtime),
@@ -338,13 +349,6 @@ def predict_images(
                     s.execute(update(ImageFile).where(ImageFile.path == path).values(error=err))
             if on_batch is not None:
                 on_batch(s, ids, failed)
-        summary.db_seconds += time.perf_counter() - t0
-        if predictor.compiled and ids and marker is not None and not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
-        summary.n_predicted += len(ids)
-        summary.n_errors += len(failed)
-        summary.errors.extend((display(p), e) for _, p, e in failed[: max(0, 200 - len(summary.errors))])
 
     # Three stages overlap: the decode pool fills ``pending``; one inference thread runs
     # batch k (the runtimes release the GIL) while this thread writes batch k-1 and

@@ -73,6 +73,63 @@ def record_labels(
     return events
 
 
+# ---- other seats' labels: what changed since the last look ------------------------------------
+
+#: How often a review window asks for other seats' labels (desktop/peers.py).
+PEER_REFRESH_MS = 5000
+#: Events created this recently are returned again on every poll: on PostgreSQL an event id
+#: is taken when the row is inserted, so a write that commits late can be seen after a higher
+#: id already was. A label write is one short transaction; a minute covers it with room.
+PEER_LOOKBACK_S = 60.0
+#: ... and at most this many events back, so every poll is a short range scan of the primary key.
+PEER_LOOKBACK_EVENTS = 1000
+
+
+@dataclass(frozen=True)
+class LabelChanges:
+    """Label events stored since a poll: pass ``last_event_id`` to the next one."""
+
+    last_event_id: int
+    image_ids: tuple[int, ...] = ()  # images (under the folder asked about) whose label changed
+    reviewers: tuple[str, ...] = ()  # who gave those labels, in order of first appearance
+
+    def __bool__(self) -> bool:
+        return bool(self.image_ids)
+
+
+def last_event_id(session: Session) -> int:
+    """The newest label event's id (0 when there is none): where a window starts polling."""
+    return session.scalar(select(func.max(LabelEvent.id))) or 0
+
+
+def label_changes_since(session: Session, after_event_id: int, folder: str | os.PathLike | None = None,
+                        lookback_s: float = PEER_LOOKBACK_S) -> LabelChanges:
+    """The images whose label changed since event ``after_event_id`` (from any seat), under
+    ``folder`` when given: one indexed query, Qt-free, cheap enough for a timer. Events of the
+    last ``lookback_s`` seconds are included again (see :data:`PEER_LOOKBACK_S`), so an image
+    may come back on the next poll; re-reading it is harmless."""
+    from datetime import timedelta
+
+    recent = utcnow() - timedelta(seconds=lookback_s)
+    q = (select(LabelEvent.id, LabelEvent.image_id, LabelEvent.reviewer)
+         .where(LabelEvent.id > after_event_id - PEER_LOOKBACK_EVENTS,
+                (LabelEvent.id > after_event_id) | (LabelEvent.created_at >= recent))
+         .order_by(LabelEvent.id))
+    if folder is not None:
+        q = q.where(LabelEvent.image_id.in_(
+            select(ImageFile.image_id).where(under_folder(ImageFile.path, folder), ImageFile.image_id.is_not(None))))
+    last = after_event_id
+    ids: dict[int, None] = {}
+    who: dict[str, None] = {}
+    for event_id, image_id, reviewer in session.execute(q):
+        last = max(last, event_id)
+        ids[image_id] = None
+        who[reviewer] = None
+    # the newest id overall, also when it was under another folder: the next poll starts there
+    last = max(last, last_event_id(session) if folder is not None else last)
+    return LabelChanges(last, tuple(ids), tuple(who))
+
+
 def history(session: Session, image_id: int) -> list[LabelEvent]:
     return list(session.scalars(select(LabelEvent).where(LabelEvent.image_id == image_id).order_by(LabelEvent.id)))
 

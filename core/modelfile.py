@@ -89,12 +89,14 @@ def export_package(package: Path, dest: Path) -> Path:
     return dest
 
 
-def export_model(db, name: str, dest: Path) -> Path:
-    """Export the registered version ``name`` to ``dest``."""
+def export_model(db, name: str, dest: Path, paths: Paths | None = None) -> Path:
+    """Export the registered version ``name`` to ``dest`` (its package materialised on this
+    seat from the database when another seat registered it)."""
+    from .modelstore import local_package
     from .registry import get_version
 
     with db.session() as s:
-        path = Path(get_version(s, name).path)
+        path = local_package(s, get_version(s, name), paths)
     return export_package(path, dest)
 
 
@@ -166,7 +168,7 @@ def import_model(db, paths: Paths, file: Path, activate: bool = False) -> str:
     try:
         pkg = unpack(file, tmp / "package")
         with db.session() as s:
-            v = register_package(s, paths, pkg, activate=activate)
+            v = register_package(s, paths, pkg, activate=activate, action="import")
             return v.name
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

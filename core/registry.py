@@ -1,20 +1,21 @@
 """Model version registry: packages copied into the data directory, tracked in the
-``model_versions`` table, exactly one active at a time."""
+``model_versions`` table, their files shared through the database (core/modelstore.py),
+exactly one active at a time. Every switch of the active version goes through
+:func:`activate_version`, which appends a row to ``model_activations`` (who, when, from,
+to) in the same transaction."""
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
-from datetime import datetime, timezone
 from dataclasses import asdict
 from pathlib import Path
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session, aliased
 
 from .config import Paths, resources_dir
-from .db import ModelVersion, Setting
+from .db import ModelActivation, ModelVersion
 from .errors import ModelPackageError
 from .modelpkg import CARD_FILE, package_files, read_card, validate_model_name, verify_package
 
@@ -38,9 +39,12 @@ def package_path(paths: Paths, name: str) -> Path:
     return dest
 
 
-def register_package(session: Session, paths: Paths, package: Path, activate: bool = False) -> ModelVersion:
-    """Verify a package, copy it into the registry (if not already there) and record it.
-    Registering the same package twice returns the existing version."""
+def register_package(session: Session, paths: Paths, package: Path, activate: bool = False,
+                     action: str = "register", who: str | None = None) -> ModelVersion:
+    """Verify a package, copy it into the registry (if not already there) and record it, its
+    files shared through the database. Registering the same package twice returns the
+    existing version. ``activate``: make it the active one (``action`` and ``who`` go into
+    the activation log)."""
     package = Path(package)
     card = verify_package(package)  # the card's schema (a safe name among it), hashes, outputs
     existing = session.scalar(select(ModelVersion).where(ModelVersion.name == card.name))
@@ -50,7 +54,7 @@ def register_package(session: Session, paths: Paths, package: Path, activate: bo
                 f"a different model named {card.name!r} is already registered; rename one of them"
             )
         if activate:
-            set_active(session, existing)
+            activate_version(session, existing, action, who)
         return existing
     dest = package_path(paths, card.name)
     if dest.resolve() != package.resolve():
@@ -83,15 +87,40 @@ def register_package(session: Session, paths: Paths, package: Path, activate: bo
     )
     session.add(version)
     session.flush()
+    from .modelstore import store_package
+
+    store_package(session, version, dest)  # every seat on this database can use it
     if activate:
-        set_active(session, version)
+        activate_version(session, version, action, who)
     return version
 
 
-def set_active(session: Session, version: ModelVersion) -> None:
-    session.execute(update(ModelVersion).where(ModelVersion.id != version.id).values(is_active=False))
+# pg_advisory_xact_lock key serialising activations ("hemaactv" in ASCII): two seats
+# switching the model at once never leave two versions active.
+PG_ACTIVATION_LOCK_KEY = int.from_bytes(b"hemaactv", "big") & 0x7FFF_FFFF_FFFF_FFFF
+ACTIONS = ("setup", "activate", "promote", "rollback", "register", "import", "train")
+
+
+def activate_version(session: Session, version: ModelVersion, action: str = "activate",
+                     who: str | None = None) -> ModelActivation:
+    """THE way a version becomes active (registry, model file import, trainer, model panel):
+    appends who/when/from/to to ``model_activations`` and moves ``is_active``, in the
+    caller's transaction. Returns the new log row."""
+    from .labels import default_reviewer
+
+    if action not in ACTIONS:
+        raise ValueError(f"unknown activation action {action!r}; known: {', '.join(ACTIONS)}")
+    if session.get_bind().dialect.name == "postgresql":  # one activation at a time across seats
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_ACTIVATION_LOCK_KEY})
+    previous = active_version(session)
+    session.execute(update(ModelVersion).where(ModelVersion.id != version.id, ModelVersion.is_active.is_(True))
+                    .values(is_active=False))
     version.is_active = True
+    row = ModelActivation(model_version_id=version.id, previous_version_id=previous.id if previous else None,
+                          action=action, activated_by=(who or default_reviewer())[:128])
+    session.add(row)
     session.flush()
+    return row
 
 
 def active_version(session: Session) -> ModelVersion | None:
@@ -143,10 +172,18 @@ def ensure_active_model(session: Session, paths: Paths) -> ModelVersion:
     except OSError as exc:  # never in the way of classifying
         log.warning("could not clean temporary model files: %s", exc)
     register_bundled(session, paths)
+    from .modelstore import share_unshared
+
+    for name in share_unshared(session):
+        log.info("model %s: its files are now in the database, for every seat", name)
     version = active_version(session)
-    if version is not None:
-        return version
-    return register_package(session, paths, bundled_default_package(), activate=True)
+    if version is None:
+        version = register_package(session, paths, bundled_default_package(), activate=True, action="setup",
+                                   who="hemascan (first start)")
+    from .modelstore import local_package
+
+    local_package(session, version, paths)  # on this seat, whichever seat registered it
+    return version
 
 
 def bundled_packages() -> list[Path]:
@@ -189,32 +226,26 @@ def list_versions(session: Session) -> list[ModelVersion]:
 
 # ---- activation log: every switch of the active version, who and when ----------------------
 
-ACTIVATIONS_KEY = "model_activations"
-
-
 def activation_log(db) -> list[dict]:
+    """The ``model_activations`` rows, oldest first: at, action, name, previous, by, id."""
+    prev = aliased(ModelVersion)
     with db.session() as s:
-        row = s.get(Setting, ACTIVATIONS_KEY)
-        return json.loads(row.value) if row else []
+        q = (select(ModelActivation, ModelVersion.name, prev.name)
+             .join(ModelVersion, ModelVersion.id == ModelActivation.model_version_id)
+             .outerjoin(prev, prev.id == ModelActivation.previous_version_id)
+             .order_by(ModelActivation.id))
+        return [{"at": a.created_at.isoformat(timespec="seconds") if a.created_at else None, "action": a.action,
+                 "name": name, "previous": previous, "by": a.activated_by, "id": a.model_version_id}
+                for a, name, previous in s.execute(q)]
 
 
 def _activate(db, name: str, action: str, who: str | None = None) -> dict:
-    from .labels import default_reviewer
-
     with db.session() as s:
         v = get_version(s, name)
-        prev = active_version(s)
-        set_active(s, v)
-        entry = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "action": action, "name": v.name,
-                 "previous": prev.name if prev else None, "by": who or default_reviewer()}
-        row = s.get(Setting, ACTIVATIONS_KEY)
-        log = json.loads(row.value) if row else []
-        log.append(entry)
-        if row is None:
-            s.add(Setting(key=ACTIVATIONS_KEY, value=json.dumps(log)))
-        else:
-            row.value = json.dumps(log)
-        return {**entry, "id": v.id}
+        row = activate_version(s, v, action, who)
+        prev = s.get(ModelVersion, row.previous_version_id) if row.previous_version_id else None
+        return {"at": row.created_at.isoformat(timespec="seconds") if row.created_at else None, "action": action,
+                "name": v.name, "previous": prev.name if prev else None, "by": row.activated_by, "id": v.id}
 
 
 def activate(db, name: str, who: str | None = None) -> dict:

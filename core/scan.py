@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from .db import Database, Image, ImageFile, Scan, utcnow
-from .dbutil import insert_ignore, upsert
+from .dbutil import insert_ignore, upsert, with_reconnect
 from .duplicates import perceptual_hash
 from .errors import HemascanError, ImageError, os_reason
 from .fspath import display, to_db, to_fs
@@ -248,8 +248,11 @@ def scan(db: Database, root: str | os.PathLike, cancel: threading.Event | None =
             if r.error:
                 summary.add_error(r.entry.path, r.error)
             if len(batch) >= WRITE_BATCH or not pending:
-                with db.session() as s:
-                    _write_batch(s, summary.scan_id, batch)
+                def write(batch=batch) -> None:
+                    with db.session() as s:
+                        _write_batch(s, summary.scan_id, batch)
+
+                with_reconnect(write, "a batch of scanned files")  # a network drop: the batch again
                 done += len(batch)
                 batch = []
                 yield Progress("scan", done, total, f"{meter.rate(done):.0f} img/s")

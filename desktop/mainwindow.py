@@ -28,8 +28,9 @@ from .classify_job import ClassifyJobMixin
 from .detail import DetailPanel
 from .detail_view import DetailMixin
 from .filter_panel import STATEMENT, FilterPanel  # noqa: F401  (STATEMENT: re-exported)
-from .gallery import THUMB, GalleryModel, ThumbnailLoader, TileDelegate
+from .gallery import ID_ROLE, ROW_ROLE, THUMB, GalleryModel, ThumbnailLoader, TileDelegate
 from .models_panel import version_info
+from .peers import PeerLabels
 from .queuestatus import QueueStatusLabel
 from .review_actions import LabelSignals, QueuedReview, ReviewMixin
 from .viewstate import FolderView, WindowSettingsMixin, settings_for
@@ -193,6 +194,9 @@ class MainWindow(BrowseMixin, ReviewMixin, ClassifyJobMixin, DetailMixin, Export
         # classify workers on other machines (hemascan submit / worker): their progress on this folder
         self.queue_label = QueueStatusLabel(self.workers, lambda: self.db)
         self.queue_label.progressed.connect(lambda: self.reload_gallery(keep_current=True))
+        # other seats' labels on this database (PostgreSQL, several workstations): tiles and counts follow
+        self.peer_labels = PeerLabels(self.workers, self.db, lambda: self.folder, parent=self)
+        self.peer_labels.changed.connect(self._peer_labels)
         for w in (self.progress_label, self.progress, self.cancel_btn, self.queue_label, self.device_label,
                   self.reviewer_label):
             self.statusBar().addPermanentWidget(w)
@@ -208,6 +212,13 @@ class MainWindow(BrowseMixin, ReviewMixin, ClassifyJobMixin, DetailMixin, Export
         self.state.set_filter(self.filters.filter())
         self.filters.show_model(version)
         self._update_actions()
+
+    def _peer_labels(self, image_ids: list, reviewers: list) -> None:
+        self.model.refresh_ids(image_ids)
+        self._update_counts()
+        cur = self.view.currentIndex()
+        if cur.isValid() and cur.data(ID_ROLE) in image_ids:  # the image shown got a label elsewhere
+            self._show_detail(cur.data(ROW_ROLE), reload_image=False)
 
     def _update_actions(self) -> None:
         self._sync_state()
@@ -243,6 +254,8 @@ class MainWindow(BrowseMixin, ReviewMixin, ClassifyJobMixin, DetailMixin, Export
                 e.ignore()
                 return
         self.label_writer.close(timeout=0.3)  # anything left is written to the log, in full
+        self.peer_labels.stop()
+        self.queue_label.set_folder(None)
         if self.gallery_keys is not None:
             self.gallery_keys.remove()
         if getattr(self, "retrain_dialog", None) is not None:

@@ -12,8 +12,11 @@ from core.registry import list_versions
 
 def version_info(v) -> dict:
     """Plain data from a ModelVersion row (no ORM object leaves its session)."""
+    from core.modelstore import version_package
+
     card = dict(v.card or {})
-    return dict(id=v.id, name=v.name, architecture=v.architecture, taxonomy=v.taxonomy, path=v.path,
+    # this seat's copy of the package (materialised from the database when another seat registered it)
+    return dict(id=v.id, name=v.name, architecture=v.architecture, taxonomy=v.taxonomy, path=str(version_package(v)),
                 classes=list(card.get("classes", [])), card=card, is_active=bool(v.is_active),
                 created_at=v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "")
 

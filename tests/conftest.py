@@ -103,21 +103,85 @@ def no_unexpected_reviewer_prompt(monkeypatch):
     monkeypatch.setattr(QInputDialog, "getText", unexpected)
 
 
+# ---- PostgreSQL: a real server for the whole session, a new database per test ---------------
+
+ENGINES = ("sqlite", "postgresql")
+
+
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory):
-    """A real PostgreSQL server for the session (tests/pgserver.py); skips where none can run."""
+def pg_server():
+    """The admin URL (a superuser) of a PostgreSQL server: ``HEMASCAN_TEST_PG_URL`` when set,
+    else one this session starts (tests/pgserver.py). Skips, saying why, when neither can be had."""
+    from sqlalchemy.engine import make_url
+
+    given = os.environ.get("HEMASCAN_TEST_PG_URL")
+    if given:
+        yield make_url(given)
+        return
     from tests import pgserver
 
-    url = pgserver.start_postgres(tmp_path_factory.mktemp("pg"))
-    if url is None:
-        pytest.skip(f"no PostgreSQL server here: {'; '.join(pgserver.UNAVAILABLE)}")
-    yield pgserver.server_of(url)
-    pgserver.stop_postgres(url)
+    try:
+        server = pgserver.start()
+        pgserver.wait_ready(server.url())
+    except Exception as exc:
+        pytest.skip(f"no PostgreSQL server for the tests: {exc}")
+    try:
+        yield server.url()
+    finally:
+        server.stop()
+
+
+_pg_counter = iter(range(1, 1 << 30))
+
+
+def new_pg_database(admin_url, prefix: str = "hemascan_t", template: str | None = None) -> "object":
+    """CREATE DATABASE (optionally from a template) on the test server; returns its URL."""
+    from sqlalchemy import create_engine, text
+
+    name = f"{prefix}_{os.getpid()}_{next(_pg_counter)}"
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+    finally:
+        engine.dispose()
+    return admin_url.set(database=name)
+
+
+def drop_pg_database(admin_url, url) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
 def pg_url(pg_server):
-    """A new, empty database on the session's PostgreSQL server, dropped after the test."""
-    url = pg_server.create_database()
+    """A new, empty PostgreSQL database for this test (dropped afterwards)."""
+    url = new_pg_database(pg_server)
     yield url
-    pg_server.drop_database(url.database)
+    drop_pg_database(pg_server, url)
+
+
+@pytest.fixture(params=ENGINES)
+def engine_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def db_url(engine_name, tmp_path, request):
+    """A new, empty database on each engine: a SQLite file, or a fresh PostgreSQL database."""
+    from sqlalchemy.engine import URL
+
+    if engine_name == "sqlite":
+        return URL.create("sqlite", database=str(tmp_path / "hemascan.sqlite3"))
+    return request.getfixturevalue("pg_url")
+
+
+def url_arg(url) -> str:
+    """A URL for a command line or an environment variable (password included)."""
+    return url.render_as_string(hide_password=False)

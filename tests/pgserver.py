@@ -1,37 +1,53 @@
-"""A throw-away PostgreSQL server for tests (and bench/workers.py): initdb in a temporary
-folder, started on a free local port with fsync off, stopped and deleted afterwards.
+"""A real PostgreSQL server for the test suite, started once per test session.
 
-Uses the server binaries of the machine (``initdb``/``pg_ctl`` on PATH, else the newest
-``/usr/lib/postgresql/*/bin``). PostgreSQL refuses to run as root: as root, the server runs
-as the ``postgres`` account when there is one. :func:`start_postgres` returns None with the
-reason in :data:`UNAVAILABLE` when no server can be started here (the fixtures skip).
+The binaries come from the ``pgserver`` wheel (a dev dependency: PostgreSQL built for
+manylinux, installed by ``python3 dev.py test`` like any other package), else from a system
+installation (Debian's ``/usr/lib/postgresql/N/bin``, or ``pg_ctl`` on the PATH). The
+cluster lives in a fresh temporary folder, listens on 127.0.0.1 on a free port, and asks
+for a password over TCP (scram-sha-256), as a lab server does. PostgreSQL refuses to run as
+root: under root (CI containers) the server runs as the unprivileged ``nobody`` user.
+
+Durability settings are off (fsync, full-page writes): the tests kill hemascan processes,
+never the server or the machine, and CREATE DATABASE is then a few milliseconds.
 """
 from __future__ import annotations
 
-import glob
 import os
-import pwd
+import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
-UNAVAILABLE: list[str] = []  # why start_postgres returned None
+SUPERUSER = "postgres"
 
 
-def _bin_dir() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).parent
-    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(Path(d).parent.name)
-                  if Path(d).parent.name.isdigit() else 0)
-    return Path(dirs[-1]) if dirs and (Path(dirs[-1]) / "pg_ctl").exists() else None
+def find_binaries() -> tuple[Path | None, str]:
+    """The folder holding initdb and pg_ctl, and where it came from (or None and why not)."""
+    try:
+        import warnings
+
+        with warnings.catch_warnings():  # its import asks platformdirs for a runtime dir it does not use here
+            warnings.simplefilter("ignore")
+            from pgserver._commands import POSTGRES_BIN_PATH  # the pgserver wheel's own build
+
+        if (Path(POSTGRES_BIN_PATH) / "pg_ctl").is_file():
+            return Path(POSTGRES_BIN_PATH), "the pgserver wheel"
+    except Exception:  # not installed, or not for this platform
+        pass
+    system = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+                    key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    if system:
+        return system[-1].parent, f"the system's PostgreSQL {system[-1].parent.parent.name}"
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        return Path(on_path).resolve().parent, "pg_ctl on the PATH"
+    return None, "no PostgreSQL binaries: install the dev extras (pgserver) or Debian's postgresql package"
 
 
 def _free_port() -> int:
@@ -40,126 +56,113 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class PostgresServer:
-    def __init__(self, bin_dir: Path, base: Path, user: pwd.struct_passwd | None):
-        self.bin_dir, self.base, self.user = bin_dir, base, user
-        self.data = base / "data"
-        self.port = _free_port()
+@dataclass
+class PgServer:
+    bindir: Path
+    root: Path
+    port: int
+    password: str
+    run_as: tuple[int, int] | None  # (uid, gid) when started by root
+    origin: str
+    options: str = ""  # the postgres options it was started with (resume uses them again)
 
-    def _run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        kw = {"user": self.user.pw_uid, "group": self.user.pw_gid} if self.user else {}
-        return subprocess.run([str(self.bin_dir / argv[0]), *argv[1:]], capture_output=True, text=True,
-                              timeout=timeout, cwd=self.base, **kw)
+    @property
+    def datadir(self) -> Path:
+        return self.root / "data"
 
-    def init(self) -> None:
-        proc = self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "hemascan", "-E", "UTF8",
-                         "--no-sync", "--locale=C")
-        if proc.returncode:
-            raise RuntimeError(f"initdb failed: {proc.stderr.strip()[-500:]}")
+    def url(self, database: str = "postgres", username: str = SUPERUSER, password: str | None = None) -> URL:
+        return URL.create("postgresql+psycopg", username=username,
+                          password=self.password if password is None and username == SUPERUSER else password,
+                          host="127.0.0.1", port=self.port, database=database)
 
-    def start(self) -> None:
-        opts = (f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        proc = self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.base / "server.log"),
-                         "-w", "-t", "60", "start", timeout=90)
-        if proc.returncode:
-            log = (self.base / "server.log").read_text(errors="replace")[-800:] if (self.base / "server.log").exists() else ""
-            raise RuntimeError(f"pg_ctl start failed: {proc.stderr.strip()[-300:]} {log}")
-
-    def stop(self, mode: str = "fast") -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", timeout=60)
-
-    def url(self, database: str = "postgres") -> URL:
-        return URL.create("postgresql+psycopg", username="hemascan", host="127.0.0.1", port=self.port,
-                          database=database)
+    def _run(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        kwargs = {}
+        if self.run_as is not None:
+            kwargs = {"user": self.run_as[0], "group": self.run_as[1], "extra_groups": []}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["LC_ALL"] = "C"
+        proc = subprocess.run([str(self.bindir / argv[0]), *argv[1:]], capture_output=True, text=True,
+                              timeout=timeout, cwd=self.root, env=env, **kwargs)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
 
     def create_database(self, name: str | None = None) -> URL:
-        name = name or f"t_{uuid.uuid4().hex[:12]}"
+        """A new, empty database (a fresh name unless given); its URL."""
+        from sqlalchemy import create_engine, text
+
+        name = name or f"hemascan_{secrets.token_hex(4)}"
         engine = create_engine(self.url(), isolation_level="AUTOCOMMIT")
         try:
-            with engine.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
+            with engine.connect() as c:
+                c.execute(text(f'CREATE DATABASE "{name}"'))
         finally:
             engine.dispose()
         return self.url(name)
 
-    def drop_database(self, name: str) -> None:
-        engine = create_engine(self.url(), isolation_level="AUTOCOMMIT")
+    def halt(self) -> None:
+        """Stop the server but keep its data (a server that went away); ``resume`` restarts it."""
+        self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop", timeout=60)
+
+    def resume(self) -> None:
+        self._run("pg_ctl", "-D", str(self.datadir), "-o", self.options, "-l", str(self.root / "server.log"),
+                  "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
         try:
-            with engine.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        finally:
-            engine.dispose()
-
-    def cleanup(self) -> None:
-        self.stop("immediate")
-        shutil.rmtree(self.base, ignore_errors=True)
+            self._run("pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop", timeout=60)
+        except (RuntimeError, subprocess.TimeoutExpired, OSError):
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
-_SERVERS: dict[int, PostgresServer] = {}  # port -> server started by start_postgres
+def start() -> PgServer:
+    """initdb + pg_ctl start; raises RuntimeError saying why when it cannot."""
+    bindir, origin = find_binaries()
+    if bindir is None:
+        raise RuntimeError(origin)
+    run_as = None
+    root = Path(tempfile.mkdtemp(prefix="hemascan-pg-"))
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        import pwd
 
-
-def start_postgres(tmpdir: str | os.PathLike | None = None) -> URL | None:
-    """Start a new server and return the URL of its ``postgres`` database (role ``hemascan``,
-    no password, local only); None (reason in UNAVAILABLE) where none can be started.
-    :func:`stop_postgres` stops it and deletes its files."""
-    server = start_server(tmpdir)
-    if server is None:
-        return None
-    _SERVERS[server.port] = server
-    return server.url()
-
-
-def server_of(url: URL) -> PostgresServer:
-    return _SERVERS[url.port]
-
-
-def stop_postgres(url: URL) -> None:
-    server = _SERVERS.pop(url.port, None)
-    if server is not None:
-        server.cleanup()
-
-
-def start_server(tmpdir: str | os.PathLike | None = None) -> PostgresServer | None:
-    """Start a new server; None (reason in UNAVAILABLE) where none can be started.
-    ``tmpdir`` is used when the server's account can reach it, else a new folder in /tmp."""
-    UNAVAILABLE.clear()
+        nobody = pwd.getpwnam("nobody")
+        run_as = (nobody.pw_uid, nobody.pw_gid)
+        os.chmod(root, 0o700)
+        os.chown(root, *run_as)
+    server = PgServer(bindir, root, _free_port(), secrets.token_urlsafe(12), run_as, origin)
     try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        UNAVAILABLE.append("the PostgreSQL driver psycopg is not installed")
-        return None
-    bin_dir = _bin_dir()
-    if bin_dir is None:
-        UNAVAILABLE.append("no PostgreSQL server binaries (initdb, pg_ctl) on PATH or in /usr/lib/postgresql")
-        return None
-    user = None
-    if os.geteuid() == 0:
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            UNAVAILABLE.append("running as root and there is no 'postgres' account to run the server as")
-            return None
-    # the server's account must reach its folder: pytest's tmp of root is 0700
-    base = Path(tempfile.mkdtemp(prefix="hemascan-pg-", dir=None if user else tmpdir))
-    if user:
-        os.chown(base, user.pw_uid, user.pw_gid)
-    server = PostgresServer(bin_dir, base, user)
-    try:
-        server.init()
-        server.start()
-    except Exception as exc:
-        shutil.rmtree(base, ignore_errors=True)
-        UNAVAILABLE.append(f"could not start a PostgreSQL server: {exc}")
-        return None
+        pwfile = root / "pw"
+        pwfile.write_text(server.password + "\n")
+        if run_as:
+            os.chown(pwfile, *run_as)
+        server._run("initdb", "-D", str(server.datadir), "-U", SUPERUSER, f"--pwfile={pwfile}", "-E", "UTF8",
+                    "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync")
+        pwfile.unlink()
+        server.options = (f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                          "-c full_page_writes=off -c synchronous_commit=off -c max_connections=300 "
+                          "-c shared_buffers=32MB")
+        server.resume()
+    except BaseException:
+        server.stop()
+        raise
     return server
 
 
-def wait_until_accepting(server: PostgresServer, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        proc = server._run("pg_isready", "-h", "127.0.0.1", "-p", str(server.port))
-        if proc.returncode == 0:
-            return
-        time.sleep(0.2)
-    raise RuntimeError("PostgreSQL did not accept connections")
+def wait_ready(url: URL, timeout: float = 30) -> None:
+    from sqlalchemy import create_engine, text
+
+    deadline = time.monotonic() + timeout
+    engine = create_engine(url)
+    try:
+        while True:
+            try:
+                with engine.connect() as c:
+                    c.execute(text("SELECT 1"))
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        engine.dispose()

@@ -384,26 +384,177 @@ def test_gui_label_write_never_blocks_on_a_locked_database(qtbot, tmp_path, path
     w.close()
 
 
-@pytest.mark.skipif(not os.environ.get("HEMASCAN_TEST_PG_URL"),
-                    reason="set HEMASCAN_TEST_PG_URL to a PostgreSQL server URL (a role that may create databases)")
-def test_postgresql_wrong_password_and_a_password_with_url_characters(tmp_path, smears):
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+# ---- PostgreSQL: a real server (tests/pgserver.py), a new database per test ---------------------
 
-    server = make_url(os.environ["HEMASCAN_TEST_PG_URL"])
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    name, role, pw = f"hemascan_pw_{os.getpid()}", f"hemascan_pw_{os.getpid()}", "p%4@:/?#w 1"
+def _pg_role(pg_server, url, role: str, password: str):
+    """A login role owning the database of ``url`` (not a superuser: a lab's hemascan role)."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as c:
-            c.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{pw}'"))
-            c.execute(text(f'CREATE DATABASE "{name}" OWNER {role}'))
-        url = server.set(username=role, password=pw, database=name)
-        ok = run_cli(tmp_path / "data", "scan", smears, db_url=url.render_as_string(hide_password=False))
-        assert ok.returncode == 0, ok.stderr  # the password survived the URL, Alembic included
-        wrong = url.set(password="not-it").render_as_string(hide_password=False)
-        one_error(run_cli(tmp_path / "data", "scan", smears, db_url=wrong), EXIT_DATABASE, "refused the login")
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             c.execute(text(f"DROP ROLE IF EXISTS {role}"))
+            c.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+            c.execute(text(f'ALTER DATABASE "{url.database}" OWNER TO {role}'))
+            c.execute(text("GRANT ALL ON SCHEMA public TO " + role))
+    finally:
         admin.dispose()
+    return url.set(username=role, password=password)
+
+
+def _pg_admin(pg_server, sql: str, **params):
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            return c.execute(text(sql), params).all() if sql.lstrip().upper().startswith("SELECT") else \
+                c.execute(text(sql), params)
+    finally:
+        admin.dispose()
+
+
+def test_postgresql_wrong_password_and_a_password_with_url_characters(tmp_path, smears, pg_server, pg_url):
+    """A password with @ % : / ? # and a space works in HEMASCAN_DB_URL and --db-url (Alembic
+    included); a wrong one is one sentence that never shows the password."""
+    from tests.conftest import url_arg
+
+    pw = "p%4@:/?#w 1"
+    url = _pg_role(pg_server, pg_url, f"hemascan_pw_{os.getpid()}", pw.replace("'", "''"))
+    ok = run_cli(tmp_path / "data", "scan", smears, db_url=url_arg(url))
+    assert ok.returncode == 0, ok.stderr  # the password survived the URL, Alembic included
+    by_env = run_cli(tmp_path / "data2", "export", "--format", "csv", "--output", tmp_path / "o.csv",
+                     HEMASCAN_DB_URL=url_arg(url))
+    assert by_env.returncode == 0, by_env.stderr
+    wrong = run_cli(tmp_path / "data", "scan", smears, db_url=url_arg(url.set(password="not-it")))
+    msg = one_error(wrong, EXIT_DATABASE, "refused the login")
+    assert "not-it" not in wrong.stderr and pw not in msg
+    log = (tmp_path / "data" / "logs" / "hemascan.log").read_text(encoding="utf-8")
+    assert pw not in log and "not-it" not in log  # never in the log either
+
+
+def test_postgresql_missing_database(tmp_path, smears, pg_server):
+    from tests.conftest import url_arg
+
+    url = pg_server.set(database=f"hemascan_never_created_{os.getpid()}")
+    msg = one_error(run_cli(tmp_path / "data", "scan", smears, db_url=url_arg(url)), EXIT_DATABASE, "does not exist")
+    assert url.database in msg and "create it first" in msg and pg_server.password not in msg
+
+
+def test_postgresql_database_of_a_newer_hemascan(tmp_path, smears, pg_server, pg_url):
+    """A schema revision this hemascan does not know: refused in one sentence, nothing changed."""
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import url_arg
+
+    assert run_cli(tmp_path / "data", "scan", smears, db_url=url_arg(pg_url)).returncode == 0
+    engine = create_engine(pg_url)
+    with engine.begin() as c:
+        c.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        n_files = c.execute(text("SELECT count(*) FROM files")).scalar()
+    msg = one_error(run_cli(tmp_path / "data", "scan", smears, db_url=url_arg(pg_url)), EXIT_DATABASE,
+                    "newer version of hemascan")
+    assert "9999" in msg
+    with engine.connect() as c:
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "9999"
+        assert c.execute(text("SELECT count(*) FROM files")).scalar() == n_files
+    engine.dispose()
+
+
+def _classify_and_cut(tmp_path, pg_server, url, n: int, after_cut: str | None = None, **env):
+    """Start classify on ``n`` images, terminate its server connections (a network drop) once
+    20 predictions are stored; ``after_cut``: SQL run as admin right after (e.g. keep it out)."""
+    from sqlalchemy import create_engine, text
+
+    from core.sample import generate
+    from tests.conftest import url_arg
+
+    folder = tmp_path / "drop"
+    generate(folder, n_per_class=n // 4, seed=21, size=96)
+    argv = [*hemascan_cmd(), "-q", "--db-url", url_arg(url), "classify", str(folder), "--batch-size", "4",
+            "--device", "cpu"]
+    proc = subprocess.Popen(argv, env=subprocess_env(tmp_path / "data", **env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 240
+    watch = create_engine(url)
+    try:
+        while True:
+            try:
+                with watch.connect() as c:
+                    if c.execute(text("SELECT count(*) FROM predictions")).scalar() >= 20:
+                        break
+            except Exception:  # not created yet
+                pass
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        killed = _pg_admin(pg_server, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                      "WHERE datname = :d AND pid <> pg_backend_pid()", d=url.database)
+        if after_cut:
+            _pg_admin(pg_server, after_cut)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        watch.dispose()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err), out, err, len(killed), folder
+
+
+@pytest.mark.slow
+def test_postgresql_network_drop_during_classify_reconnects(tmp_path, pg_server, pg_url):
+    """The server drops every connection of the command mid-batch: it reconnects, retries the
+    batch, and finishes; one prediction per image, nothing lost."""
+    from sqlalchemy import create_engine, text
+
+    n = 160
+    proc, out, err, killed, _ = _classify_and_cut(tmp_path, pg_server, pg_url, n)
+    assert killed >= 1
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    engine = create_engine(pg_url)
+    with engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM predictions")).scalar() == n
+        assert c.execute(text("SELECT count(*) FROM (SELECT image_id FROM predictions GROUP BY image_id "
+                              "HAVING count(*) > 1) d")).scalar() == 0
+    engine.dispose()
+
+
+@pytest.mark.slow
+def test_postgresql_server_gone_during_classify_is_one_sentence(tmp_path, pg_server, pg_url):
+    """The connection drops and the server does not take the command back (here: its role may no
+    longer log in): after its retries it stops with one sentence and exit 5, and every batch
+    committed before the drop is kept."""
+    from sqlalchemy import create_engine, text
+
+    role = f"hemascan_drop_{os.getpid()}"
+    url = _pg_role(pg_server, pg_url, role, "pw-drop")
+    proc, out, err, killed, _ = _classify_and_cut(tmp_path, pg_server, url, 200, after_cut=f"ALTER ROLE {role} NOLOGIN",
+                                                  HEMASCAN_RECONNECT_PAUSE_S="0.1", HEMASCAN_RECONNECT_ATTEMPTS="3")
+    assert killed >= 1
+    one_error(proc, EXIT_DATABASE, "refused the login")
+    engine = create_engine(pg_url.set(username=pg_server.username, password=pg_server.password))
+    with engine.connect() as c:
+        kept = c.execute(text("SELECT count(*) FROM predictions")).scalar()
+    engine.dispose()
+    _pg_admin(pg_server, f"ALTER ROLE {role} LOGIN")
+    assert kept >= 20
+
+
+def test_postgresql_password_from_pgpass_not_the_url(tmp_path, smears, pg_server, pg_url):
+    """The README's set-up: a URL without the password, the password in libpq's password file."""
+    from tests.conftest import url_arg
+
+    url = _pg_role(pg_server, pg_url, f"hemascan_pgpass_{os.getpid()}", "from-the-pgpass-file")
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"{url.host}:{url.port}:{url.database}:{url.username}:from-the-pgpass-file\n")
+    passfile.chmod(0o600)
+    from sqlalchemy.engine import URL
+
+    bare = url_arg(URL.create(url.drivername, username=url.username, host=url.host, port=url.port,
+                              database=url.database))
+    assert "from-the-pgpass-file" not in bare
+    ok = run_cli(tmp_path / "data", "scan", smears, db_url=bare, PGPASSFILE=str(passfile))
+    assert ok.returncode == 0, ok.stderr
+    passfile.write_text(f"{url.host}:{url.port}:{url.database}:{url.username}:stale\n")
+    one_error(run_cli(tmp_path / "data", "scan", smears, db_url=bare, PGPASSFILE=str(passfile)), EXIT_DATABASE,
+              "refused the login")

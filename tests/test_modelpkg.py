@@ -16,7 +16,7 @@ from core.registry import (
     get_version,
     list_versions,
     register_package,
-    set_active,
+    activate_version,
 )
 
 
@@ -85,7 +85,7 @@ def test_save_then_register_and_switch_active(tmp_path, db, paths):
         second = register_package(s, paths, pkg)
         assert second.parent_id == first.id
         assert active_version(s).id == first.id
-        set_active(s, second)
+        activate_version(s, second, "activate", "dr.test")
     with db.session() as s:
         assert active_version(s).name == "second-model"
         bundled = [read_card(p).name for p in bundled_packages()]

@@ -95,9 +95,10 @@ def test_tile_says_the_reviewers_class_in_words_and_the_models_when_they_differ(
 
     row = GalleryRow(1, "/x.jpg", "x.jpg", "Pro-B", 0.87, 0.3, False, (0, 0, 0.13, 0.87), None, None)
     assert tile_caption(row) == "Pro-B 87%"
-    assert tile_caption(row.__class__(**{**row.__dict__, "reviewed": "Pro-B", "reviewer": "ana"})) == "\u2713 Pro-B"
+    assert tile_caption(row.__class__(**{**row.__dict__, "reviewed": "Pro-B", "reviewer": "ana"})) == "\u2713 Pro-B by ana"
     differs = tile_caption(row.__class__(**{**row.__dict__, "reviewed": "Pre-B", "reviewer": "ana"}))
-    assert "Pre-B" in differs and "model: Pro-B 87%" in differs
+    assert differs == "\u270e Pre-B by ana \u00b7 model: Pro-B 87%"
+    assert tile_caption(row.__class__(**{**row.__dict__, "reviewed": "Pro-B", "reviewer": None})) == "\u2713 Pro-B"
     other = tile_caption(row.__class__(**{**row.__dict__, "reviewed": OTHER, "outside": True}))
     assert "Other / not assessable" in other and "model: outside experience" in other
 
@@ -111,7 +112,7 @@ def test_tile_says_the_reviewers_class_in_words_and_the_models_when_they_differ(
     w.label_selected(label)
     qtbot.waitUntil(lambda: w.model.row_at(w.model.row_of(_labels(w)[0][0])).reviewed == label, timeout=5000)
     caption = w.model.index(w.model.row_of(_labels(w)[0][0])).data(_Qt.AccessibleTextRole)
-    assert caption.startswith(f"\u270e {label}") and f"model: {model_says}" in caption
+    assert caption.startswith(f"\u270e {label} by {w.reviewer}") and f"model: {model_says}" in caption
 
 
 def test_where_am_i_end_of_queue_unreviewed_queue_and_impossible_filters(qtbot, window, tmp_path):  # noqa: F811

@@ -191,15 +191,14 @@ def test_a_killed_workers_batch_is_taken_over_after_its_lease(pg_url, sample_fol
 
 @pytest.mark.slow
 def test_worker_waits_while_the_server_is_down_and_finishes_when_it_is_back(sample_folder, tmp_path, pg_server):
-    from tests.pgserver import start_server
+    from tests import pgserver
 
-    server = start_server(tmp_path)  # its own server: this test stops it
-    assert server is not None
+    server = pgserver.start()  # its own server: this test stops it (pg_server: the machine can run one)
     try:
         url = server.create_database("down")
         env = _env(tmp_path / "data", url, HEMASCAN_WORKER_RETRY_MAX_S="1")
         assert _hemascan(env, "submit", sample_folder).returncode == 0
-        server.stop()
+        server.halt()
         err_file = tmp_path / "worker.err"
         with open(err_file, "w") as errf:
             worker = subprocess.Popen([*hemascan_cmd(), "-q", "worker", "--once", "--device", "cpu"], env=env,
@@ -209,7 +208,7 @@ def test_worker_waits_while_the_server_is_down_and_finishes_when_it_is_back(samp
                 assert worker.poll() is None, err_file.read_text()  # it does not give up
                 time.sleep(0.1)
             time.sleep(1.5)  # a few more attempts
-            server.start()
+            server.resume()
             out, _ = worker.communicate(timeout=120)
         err = err_file.read_text()
         assert worker.returncode == 0, err
@@ -219,12 +218,12 @@ def test_worker_waits_while_the_server_is_down_and_finishes_when_it_is_back(samp
         assert _predicted(out) == N_SAMPLE
         _check_every_image_predicted_once(url)
     finally:
-        server.cleanup()
+        server.stop()
 
 
 def test_worker_exits_at_once_when_waiting_cannot_help(pg_server, tmp_path):
     """A missing database (or a wrong password) is not waited out: one sentence, exit 5."""
-    env = _env(tmp_path / "data", pg_server.url("no_such_database"))
+    env = _env(tmp_path / "data", pg_server.set(database="no_such_database"))
     proc = _hemascan(env, "worker", "--once", timeout=60)
     assert proc.returncode == 5, proc.stderr
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr

@@ -86,7 +86,8 @@ def train_cmd(args: argparse.Namespace, app) -> int:
         version_id = None
         if summary.get("package") and not args.no_register:
             with app.db.session() as s:
-                version_id = register_package(s, app.paths, Path(summary["package"]), activate=args.activate).id
+                version_id = register_package(s, app.paths, Path(summary["package"]), activate=args.activate,
+                                              action="train").id
     except Exception as exc:  # recorded on the run row, then re-raised
         error = f"{type(exc).__name__}: {exc}"
         raise
@@ -276,13 +277,14 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
 
 
 def _resolve_model(model: str | None, app) -> Path:
+    from core.modelstore import local_package
     from core.registry import ensure_active_model, get_version
 
     if model and Path(model).is_dir():
         return Path(model)
     with app.db.session() as s:
         version = get_version(s, model) if model else ensure_active_model(s, app.paths)
-        return Path(version.path)
+        return local_package(s, version, app.paths)
 
 
 # ---- compare -----------------------------------------------------------------------------

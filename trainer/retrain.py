@@ -16,7 +16,7 @@ Safety:
   after training finished, so a cancelled or killed run never leaves a half-written model.
 * The new version is registered with ``parent`` = the active version but NOT activated;
   :func:`promote` activates it, :func:`rollback` activates any earlier version. Every
-  activation is appended to an audit list (``settings`` key ``model_activations``).
+  activation is appended to the ``model_activations`` table (core.registry.activate_version).
 
 Validation sides (fixed per image forever) and the reviewed labels are read by
 ``core.reviewed``: the trainer holds no SQL.
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from sqlalchemy.orm import object_session
 
 from core.config import Paths
 from core.db import Database, ModelVersion
@@ -49,7 +50,6 @@ from core.reviewed import (  # noqa: F401  (re-exported: the retrain API keeps t
 from core.errors import HemascanError
 from core.jobs import Progress
 from core.registry import (  # noqa: F401  (re-exported: the retrain API keeps these names)
-    ACTIVATIONS_KEY,
     activate,
     activation_log,
     lineage,
@@ -349,8 +349,11 @@ def _resolve_device(pref: str | None):
     return torch.device(str(runtime_plan(device=pref, purpose="train").device))
 
 
-def _version_info(v: ModelVersion) -> dict:
-    return {"id": v.id, "name": v.name, "architecture": v.architecture, "taxonomy": v.taxonomy, "path": v.path,
+def _version_info(v: ModelVersion, paths: Paths | None = None) -> dict:
+    from core.modelstore import local_package
+
+    path = str(local_package(object_session(v), v, paths)) if object_session(v) is not None else v.path
+    return {"id": v.id, "name": v.name, "architecture": v.architecture, "taxonomy": v.taxonomy, "path": path,
             "card": dict(v.card or {})}
 
 
@@ -381,7 +384,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
 
     t0 = time.perf_counter()
     with db.session() as s:
-        parent = _version_info(ensure_active_model(s, paths))
+        parent = _version_info(ensure_active_model(s, paths), paths)
     try:
         run_id = start_run(db, cfg.arch or parent["architecture"], cfg.to_dict(), parent["id"], exclusive=True)
     except HemascanError as exc:

@@ -38,6 +38,9 @@ from .models import (  # noqa: F401  (re-exported)
     Image,
     ImageFile,
     LabelEvent,
+    ModelActivation,
+    ModelBlob,
+    ModelFile,
     ModelVersion,
     Prediction,
     Scan,
@@ -229,6 +232,7 @@ class Database:
                 raise
             raise err from exc
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
+        self.paths: "Paths | None" = None  # the data directory it serves (open_database)
 
     def describe(self) -> str:
         return describe_url(self.url)
@@ -335,6 +339,8 @@ def open_database(paths: "Paths", url: str | URL | None = None) -> Database:
     directory. An existing, set-up database takes no lock and is only read on open."""
     url = to_url(url) if url is not None else paths.db_url()
     db = Database(url, migrate=False)
+    db.paths = paths
+    db.Session.configure(info={"paths": paths})  # the seat's data directory: where shared models materialise
     try:
         try:
             if db.needs_setup():

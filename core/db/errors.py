@@ -139,7 +139,8 @@ def user_error(exc: BaseException, url=None) -> HemascanError | None:
         if "disk i/o error" in low or code.startswith("SQLITE_IOERR"):
             return StorageError(f"the disk reported an error while using {where} ({msg}); check the drive, "
                                 "then run the command again (everything committed before is kept)")
-        if "password authentication failed" in low or "authentication failed" in low or "no password supplied" in low:
+        if ("password authentication failed" in low or "authentication failed" in low or "no password supplied" in low
+                or "not permitted to log in" in low):
             return DatabaseUnavailableError(f"{where} refused the login (wrong user name or password); check "
                                             "--db-url / HEMASCAN_DB_URL")
         if "does not exist" in low and "database" in low:

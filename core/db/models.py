@@ -6,16 +6,17 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
-    BigInteger,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -153,6 +154,43 @@ class Setting(Base):
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class ModelBlob(Base):
+    """The bytes of one file of a model package, by its SHA-256 (content-addressed: a file
+    shared by several versions, e.g. an unchanged int8 model, is stored once). Every seat
+    that uses this database materialises packages from here (core/modelstore.py). The
+    bundled packages' files are not stored: every installation ships them."""
+
+    __tablename__ = "model_blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelFile(Base):
+    """The files a registered version consists of: name in the package, SHA-256, size."""
+
+    __tablename__ = "model_files"
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class ModelActivation(Base):
+    """Append-only log of the active model: every switch, who made it and when, from which
+    version to which. Never updated or deleted; ``model_versions.is_active`` follows its
+    latest row (core.registry.activate_version writes both in one transaction)."""
+
+    __tablename__ = "model_activations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    previous_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    action: Mapped[str] = mapped_column(String(16))  # setup / activate / promote / rollback / register / import
+    activated_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class WorkFolder(Base):

@@ -1,13 +1,13 @@
 """the classify workers' queue: folders submitted and one work item per image and model
 
-Revision ID: 0005w
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0005w"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,188 @@
+"""Model packages shared through the database: every seat that uses one database sees every
+registered version, with no file copying between machines.
+
+When a version is registered (``hemascan models register``/``import``, training, retrain) its
+files are recorded in ``model_files`` (name, SHA-256, size) and their bytes stored once per
+content in ``model_blobs``. A seat that needs a version it does not hold (another workstation
+registered it) materialises it into its own model registry folder: every file's SHA-256 is
+checked against the database's record before it is written, the package is checked as a
+whole (card schema, weights hash, outputs) before it is renamed into place, and loading
+checks the hashes again as it always did.
+
+The bundled packages' bytes are not stored (every installation ships them in resources/):
+a file whose content is not in ``model_blobs`` is looked for among the bundled packages by
+its SHA-256.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import select, true
+from sqlalchemy.orm import Session, object_session
+
+from .config import Paths, resources_dir
+from .db import ModelBlob, ModelFile, ModelVersion, utcnow
+from .dbutil import insert_ignore
+from .errors import ModelPackageError
+from .modelpkg import package_files, read_card, sha256_file, verify_package
+
+log = logging.getLogger(__name__)
+
+MATERIALISE_LOCK = ".models.lock"
+
+
+def _bundled_root() -> Path:
+    return (resources_dir() / "models").resolve()
+
+
+def is_bundled(package: Path) -> bool:
+    """A package shipped with hemascan (resources/models): its bytes need not be stored."""
+    try:
+        return Path(package).resolve().is_relative_to(_bundled_root())
+    except OSError:
+        return False
+
+
+@lru_cache(maxsize=1)
+def _bundled_content() -> dict[str, Path]:
+    """SHA-256 -> file, over every bundled package's files (hashed once per process, and only
+    when a file is not found in the database)."""
+    from .registry import bundled_packages
+
+    out: dict[str, Path] = {}
+    for package in bundled_packages():
+        try:
+            card = read_card(package)
+        except ModelPackageError:
+            continue
+        for name in package_files(card):
+            f = package / name
+            if f.is_file():
+                out[sha256_file(f)] = f
+    return out
+
+
+def store_package(session: Session, version: ModelVersion, package: Path) -> int:
+    """Record the files of ``package`` (the registered copy of ``version``) and store the bytes
+    the database does not hold yet (none for a bundled package). Returns the bytes stored.
+    The caller's transaction commits it together with the version row."""
+    package = Path(package)
+    card = read_card(package)
+    bundled = is_bundled(package)
+    stored = 0
+    records = []
+    for name in package_files(card):
+        f = package / name
+        if not f.is_file():
+            raise ModelPackageError(f"model {version.name}: {f} is missing; cannot share the package")
+        data = f.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        records.append(dict(model_version_id=version.id, name=name, sha256=sha, size=len(data)))
+        if not bundled and session.scalar(select(ModelBlob.sha256).where(ModelBlob.sha256 == sha)) is None:
+            insert_ignore(session, ModelBlob.__table__, [dict(sha256=sha, size=len(data), data=data,
+                                                                created_at=utcnow())], ["sha256"])
+            stored += len(data)
+    insert_ignore(session, ModelFile.__table__, records, ["model_version_id", "name"])
+    session.flush()
+    return stored
+
+
+def files_of(session: Session, version: ModelVersion) -> dict[str, tuple[str, int]]:
+    """name -> (sha256, size) of the version's recorded files ({} for a version registered
+    before schema 0005 and not shared yet)."""
+    return {n: (sha, size) for n, sha, size in session.execute(
+        select(ModelFile.name, ModelFile.sha256, ModelFile.size).where(ModelFile.model_version_id == version.id))}
+
+
+def _content(session: Session, sha: str, version: ModelVersion, name: str) -> bytes:
+    data = session.scalar(select(ModelBlob.data).where(ModelBlob.sha256 == sha))
+    if data is None:
+        f = _bundled_content().get(sha)
+        if f is None:
+            raise ModelPackageError(
+                f"model {version.name}: its file {name} (SHA-256 {sha[:12]}...) is neither in the database nor "
+                "among this installation's bundled models; update hemascan on this workstation, or register the "
+                "model again from a workstation that holds it")
+        data = f.read_bytes()
+    data = bytes(data)
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise ModelPackageError(f"model {version.name}: the stored {name} does not match its SHA-256 "
+                                f"({sha[:12]}...); refusing to use a modified model")
+    return data
+
+
+def local_package(session: Session, version: ModelVersion, paths: Paths | None = None) -> Path:
+    """The folder of ``version``'s package on this seat, materialised from the database when
+    it is not here (under a lock in the data directory; every file's hash checked against the
+    database's record, then the package as a whole). A copy that is here is used as it is:
+    loading checks its hashes and refuses a modified model, as it always did (it is never
+    silently repaired: removing the folder makes the next use fetch the database's copy). ``paths`` defaults to the data directory of the
+    database the session belongs to (core.db.open_database); without one, the path stored
+    with the version."""
+    from .registry import package_path
+
+    if paths is None:
+        paths = session.info.get("paths")
+    files = files_of(session, version)
+    if paths is None or not files:
+        stored = Path(version.path)
+        if not files and not stored.is_dir():
+            raise ModelPackageError(f"model {version.name}: its package is not at {stored} and its files are not in "
+                                    "the database (registered by an older hemascan elsewhere); register it again "
+                                    "on the workstation that has it")
+        return stored
+    dest = package_path(paths, version.name)
+    if dest.is_dir():  # here already (materialised atomically): loading checks its hashes, as always
+        return dest
+    from filelock import FileLock
+
+    paths.models.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(paths.models / MATERIALISE_LOCK)):
+        if dest.is_dir():  # another process did it meanwhile
+            return dest
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=paths.models))
+        try:
+            for name, (sha, _size) in files.items():
+                (tmp / name).write_bytes(_content(session, sha, version, name))
+                os.chmod(tmp / name, 0o644)
+            os.chmod(tmp, 0o755)
+            verify_package(tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log.info("model %s materialised from the database into %s", version.name, dest)
+    return dest
+
+
+def version_package(version: ModelVersion) -> Path:
+    """:func:`local_package` for a version row still attached to its session."""
+    session = object_session(version)
+    if session is None:
+        return Path(version.path)
+    return local_package(session, version)
+
+
+def share_unshared(session: Session) -> list[str]:
+    """Store the files of versions registered before schema 0005 whose package is on this seat
+    (so other seats can use them); a version whose package is elsewhere is left. Returns
+    the names shared."""
+    done = set(session.scalars(select(ModelFile.model_version_id).distinct()))
+    shared = []
+    for v in session.scalars(select(ModelVersion).where(ModelVersion.id.not_in(done) if done else true())):
+        package = Path(v.path)
+        try:
+            card = verify_package(package)
+            if card.weights_sha256 != v.weights_sha256:
+                continue
+            store_package(session, v, package)
+            shared.append(v.name)
+        except (ModelPackageError, OSError):
+            continue  # not here: the seat that registered it shares it
+    return shared
