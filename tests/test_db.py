@@ -133,3 +133,33 @@ def test_label_writer_refuses_bad_labels_at_once(tmp_path):
     assert writer.pending() == []
     writer.close()
     db.dispose()
+
+
+def test_label_writer_on_postgresql_never_waits_on_a_lock_held_elsewhere(pg_url):
+    """As on SQLite: while another seat holds a lock on the label table, the review key's
+    write returns within a frame (queued), and lands once the lock is gone."""
+    import time
+
+    from core.labels import LabelWriter
+
+    db = Database(pg_url)
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO images (id, sha256, width, height, phash, first_seen) "
+                          "VALUES (1, :s, 1, 1, '0', '2026-01-01')"), {"s": "1" * 64})
+    writer = LabelWriter(db, retry_busy_ms=50)
+    assert writer.write({1: "Benign"}, "dr.a") is True
+    holder = db.engine.connect()
+    trans = holder.begin()
+    holder.execute(text("LOCK TABLE label_events IN EXCLUSIVE MODE"))
+    try:
+        t0 = time.monotonic()
+        assert writer.write({1: "Pre-B"}, "dr.a") is False
+        assert time.monotonic() - t0 < 0.2
+        assert not writer.flush(0.3)  # still locked: still waiting, not dropped
+    finally:
+        trans.rollback()
+        holder.close()
+    assert writer.flush(10) and writer.close() == []
+    with db.engine.connect() as conn:
+        assert [r[0] for r in conn.execute(text("SELECT label FROM label_events ORDER BY id"))] == ["Benign", "Pre-B"]
+    db.dispose()

@@ -83,7 +83,9 @@ def _sqlite_pragmas(dbapi_conn, _record, busy_timeout_ms: int) -> None:
 
 def make_engine(url: str | URL, busy_timeout_ms: int | None = None) -> Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout (``busy_timeout_ms``, default
-    :data:`BUSY_TIMEOUT_MS`) and foreign keys. A SQLite file's folder must exist."""
+    :data:`BUSY_TIMEOUT_MS`) and foreign keys. A SQLite file's folder must exist. On
+    PostgreSQL an explicit ``busy_timeout_ms`` becomes the lock timeout (and bounds a statement
+    and the connect), so the review keys' first attempt never waits on a lock held elsewhere."""
     url = to_url(url)
     busy = BUSY_TIMEOUT_MS if busy_timeout_ms is None else int(busy_timeout_ms)
     if url.get_backend_name() == "sqlite":
@@ -92,9 +94,15 @@ def make_engine(url: str | URL, busy_timeout_ms: int | None = None) -> Engine:
         event.listen(engine, "connect", partial(_sqlite_pragmas, busy_timeout_ms=busy))
         return engine
     kwargs: dict = {"pool_pre_ping": True}
-    if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2") \
-            and "connect_timeout" not in url.query:
-        kwargs["connect_args"] = {"connect_timeout": 10}  # a server that is down: a message, not a hang
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2"):
+        connect: dict = {}
+        if "connect_timeout" not in url.query:
+            # a server that is down: a message, not a hang; an engine with a short busy timeout
+            # (the review keys' first write attempt) gives up as early as libpq allows (2 s)
+            connect["connect_timeout"] = 10 if busy_timeout_ms is None else max(2, -(-busy // 1000))
+        if busy_timeout_ms is not None:  # as SQLite's busy timeout: a lock held elsewhere is not waited out
+            connect["options"] = f"-c lock_timeout={busy} -c statement_timeout={max(busy, 1000)}"
+        kwargs["connect_args"] = connect
     try:
         return create_engine(url, **kwargs)
     except ImportError as exc:  # e.g. postgresql:// without psycopg installed
