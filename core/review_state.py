@@ -79,7 +79,9 @@ class ReviewState:
         if not self.n_in_view:
             return "No images match (yet)."
         if self.current_row is not None:
-            return f"Image {self.current_row + 1:,} of {self.n_in_view:,} in this view"
+            many = len(set(self.selected))
+            return (f"Image {self.current_row + 1:,} of {self.n_in_view:,} in this view"
+                    + (f" · {many:,} selected" if many > 1 else ""))
         return f"{self.n_in_view:,} image(s) match"
 
     def next_row(self, step: int, n_loaded: int, after_rows: list[int] | None = None) -> tuple[int, str | None]:

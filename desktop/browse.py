@@ -59,8 +59,8 @@ class BrowseMixin:
             row = 0
             self._auto_picked = self.model.row_at(0).image_id  # chosen for the reviewer, not by them
         if row is not None:  # the current image (what keys act on); no stale multi-selection
-            sel.clearSelection()
-            sel.setCurrentIndex(self.model.index(row), QItemSelectionModel.Current)
+            sel.clearSelection()  # the current image is selected too: its tile is framed, as the keys act on it
+            sel.setCurrentIndex(self.model.index(row), QItemSelectionModel.ClearAndSelect)
             self.view.scrollTo(self.model.index(row))
             if restore is not None and keep == restore.image_id and self.model.row_of(keep) is not None:
                 self.view.verticalScrollBar().setValue(restore.scroll)  # where the reviewer left off

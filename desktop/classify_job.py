@@ -122,6 +122,8 @@ class ClassifyJobMixin:
                 self.device_label.setText(summary.device)
             msg = (f"{'Cancelled' if summary.cancelled else 'Done'}: {summary.n_predicted:,} images classified "
                    f"with {summary.model}")
+            if not summary.cancelled and not summary.n_predicted and not summary.n_errors:
+                msg = f"Nothing new to classify: every image here already has a prediction of {summary.model}"
             if summary.seconds > 0 and summary.n_predicted:
                 msg += f" ({summary.rate:.0f} img/s)"
             bad = summary.scan.n_errors + summary.n_errors

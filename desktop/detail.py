@@ -123,14 +123,38 @@ class ProbabilityBars(QWidget):
         p.end()
 
 
+class ElidedLabel(QLabel):
+    """One line of plain text that never asks for more width than it is given: a long file
+    name is shortened with "…" (the whole name in the tooltip) instead of widening the window."""
+
+    def __init__(self, text: str = "", parent=None):
+        super().__init__(parent)
+        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.full = ""
+        self.setText(text)
+
+    def setText(self, text: str) -> None:  # noqa: N802  (Qt's name)
+        self.full = text
+        self.setToolTip(text)
+        self._elide()
+
+    def resizeEvent(self, e) -> None:  # noqa: N802
+        super().resizeEvent(e)
+        self._elide()
+
+    def _elide(self) -> None:
+        super().setText(self.fontMetrics().elidedText(self.full, Qt.ElideMiddle, max(20, self.width())))
+
+
 class DetailPanel(QWidget):
     gradcamToggled = Signal(bool)
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.title = QLabel("No image selected")
-        self.title.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.title.setWordWrap(True)
+        self.title = ElidedLabel("No image selected")
+        font = self.title.font()
+        font.setBold(True)
+        self.title.setFont(font)
         self.gradcam = QCheckBox("Grad-CAM (G)")
         self.gradcam.setToolTip("Overlay where the model looked (Grad-CAM of the predicted class).\n"
                                 "It is computed from the fp32 weights; on a CPU the label may come from the "
@@ -173,6 +197,11 @@ class DetailPanel(QWidget):
         lay.addLayout(head)
         lay.addWidget(self.splitter, 1)
 
+    def show_gradcam_class(self, cls: str) -> None:
+        """Which class the overlay shown explains (below the summary, not over the status line)."""
+        if "Grad-CAM of class" not in self.summary.text():
+            self.summary.setText(f"{self.summary.text()}<br><small>Grad-CAM of class <b>{cls}</b></small>")
+
     def set_trained_on(self, source: str) -> None:
         """Name the active model's training data (from its card) for the outside-experience note."""
         self.trained_on = source
@@ -185,7 +214,7 @@ class DetailPanel(QWidget):
             self.history.setRowCount(0)
             self.view.set_image(None)
             return
-        self.title.setText(f"<b>{row.name}</b>")
+        self.title.setText(row.name)
         self.title.setToolTip(row.path)
         self.bars.set_values(classes, row.probabilities or [0.0] * len(classes), row.reviewed)
         if row.predicted and row.outside:
@@ -201,7 +230,10 @@ class DetailPanel(QWidget):
         shown = OTHER_TITLE if row.reviewed == OTHER else row.reviewed
         s += f"<br>Reviewed: <b>{shown}</b> by {row.reviewer}" if row.reviewed else "<br>Not reviewed"
         self.summary.setText(s)
-        self.gradcam.setText("Grad-CAM (G): not meaningful here" if row.outside else "Grad-CAM (G)")
+        if row.outside:  # said in the summary, which wraps: a longer check box would widen the window
+            s += "<br><i>Grad-CAM is not meaningful here.</i>"
+            self.summary.setText(s)
+        self.gradcam.setText("Grad-CAM (G)")
         self.gradcam.setToolTip(GRADCAM_OUTSIDE_TIP if row.outside else self._gradcam_tip)
 
     def show_history(self, events: list[dict]) -> None:

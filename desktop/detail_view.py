@@ -116,5 +116,5 @@ class DetailMixin:
         side = min(w, h)  # preprocessing centre-crops to a square: the map covers that square
         self.detail.view.set_overlay(heatmap_rgba(cam, side), ((w - side) // 2, (h - side) // 2))
         cls = self.version["classes"][k] if self.version and k < len(self.version["classes"]) else k
-        self.statusBar().showMessage(f"Grad-CAM for class {cls}", 5000)
+        self.detail.show_gradcam_class(str(cls))
         self.gradcamReady.emit(image_id)

@@ -48,6 +48,7 @@ class FilterPanel(QWidget):
         fl.addRow("Sort", self.sort)
         self.counts = QLabel()
         self.counts.setTextFormat(Qt.RichText)
+        self.counts.setWordWrap(True)  # a long line (copies, problem files) wraps instead of widening the panel
         self.counts.setTextInteractionFlags(Qt.TextSelectableByMouse | Qt.LinksAccessibleByMouse)
         self.counts.linkActivated.connect(lambda _link: self.problemsRequested.emit())
         cbox = QGroupBox("Counts per class")

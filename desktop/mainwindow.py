@@ -147,7 +147,7 @@ class MainWindow(BrowseMixin, ReviewMixin, ClassifyJobMixin, DetailMixin, Export
         v.setModel(self.model)
         v.setItemDelegate(TileDelegate(self.loader, lambda: self.version["classes"] if self.version else []))
         v.selectionModel().currentChanged.connect(self._current_changed)
-        v.selectionModel().selectionChanged.connect(lambda *_: self._update_actions())
+        v.selectionModel().selectionChanged.connect(lambda *_: (self._update_actions(), self._show_position()))
         self.model.modelReset.connect(self._show_position)
 
         self.filters = FilterPanel()

@@ -98,7 +98,11 @@ class ReviewMixin:
         out = self._run(self.state.undo)
         self._after_label(out, advance=False)
         if out is not None and out.action is not None:
-            self.select_image(out.action.changes[0][0])
+            target = out.action.changes[0][0]
+            if not self.select_image(target):  # it had left the view ("Unreviewed only"): back in it
+                self._drop_reviewed.stop()
+                self.reload_gallery()
+                self.select_image(target)
 
     def redo(self) -> None:
         self._after_label(self._run(self.state.redo), advance=False)

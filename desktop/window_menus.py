@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -22,8 +23,11 @@ log = logging.getLogger(__name__)
 class ExportMixin:
     """Part of MainWindow: CSV export and the PDF case report."""
 
-    def default_export_path(self, ext: str) -> str:
-        name = f"hemascan-{Path(self.folder).name}-{time.strftime('%Y%m%d-%H%M')}.{ext}"
+    def default_export_path(self, ext: str, case: str | None = None) -> str:
+        """A new file named after the case (or the folder) and the time, in the folder when it
+        is writable, else in the home folder."""
+        stem = re.sub(r"[^\w.-]+", "-", case or Path(self.folder).name).strip("-.") or "case"
+        name = f"hemascan-{stem}-{time.strftime('%Y%m%d-%H%M')}.{ext}"
         return str(Path(self.folder) / name) if os.access(self.folder, os.W_OK) else str(Path.home() / name)
 
     def export_csv(self, path: str | None = None) -> str | None:
@@ -54,8 +58,8 @@ class ExportMixin:
             if not ok:
                 return None
             self.settings.setValue(f"case/{Path(self.folder).name}", case.strip())
-            path, _f = QFileDialog.getSaveFileName(self, "Export PDF report", self.default_export_path("pdf"),
-                                                   "PDF (*.pdf)")
+            path, _f = QFileDialog.getSaveFileName(self, "Export PDF report",
+                                                   self.default_export_path("pdf", case.strip()), "PDF (*.pdf)")
             if not path:
                 return None
         from .report import write_report

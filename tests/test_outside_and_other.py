@@ -44,7 +44,7 @@ def test_outside_images_are_marked_filtered_counted_and_can_be_called_other(qtbo
     w.view.setCurrentIndex(w.model.index(0))
     text = w.detail.summary.text()
     assert "Outside this model's experience" in text and "all-taleqani" in text and "not reliable" in text
-    assert "not meaningful" in w.detail.gradcam.text()
+    assert "not meaningful" in w.detail.summary.text()
 
     # "Other": key O, then Shift+O with a note; stored as label events like any other
     key(qtbot, w, Qt.Key_O)

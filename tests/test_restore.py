@@ -89,7 +89,7 @@ def test_last_folder_reopens_with_its_filters_sort_and_image(qtbot, paths, tmp_p
     assert w2.folder == str(tmp_path / "a")
     assert w2.sort.currentData() == "name" and w2.f_rev.currentData() == UNREVIEWED
     assert w2.model.row_at(w2.view.currentIndex().row()).image_id == chosen
-    assert w2.detail.title.text() == f"<b>{w2.model.row_at(w2.view.currentIndex().row()).name}</b>"
+    assert w2.detail.title.full == w2.model.row_at(w2.view.currentIndex().row()).name
     # the other folder kept its own view
     with qtbot.waitSignal(w2.jobFinished, timeout=JOB_TIMEOUT):
         w2.open_folder(tmp_path / "b")

@@ -12,6 +12,7 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import Qt  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from core.db import LabelEvent  # noqa: E402
@@ -70,18 +71,18 @@ def test_detail_panel_shows_the_current_image_or_nothing_and_refusals_say_why(qt
     # a filter with no match: the panel empties and the buttons are off; a key says why
     w.f_rev.setCurrentIndex(w.f_rev.findData(OTHER))
     assert w.model.rowCount() == 0
-    assert w.detail.title.text() == "No image selected" and w.detail.summary.text() == ""
+    assert w.detail.title.full == "No image selected" and w.detail.summary.text() == ""
     assert not any(b.isEnabled() for b in w.class_buttons) and not w.review_buttons["accept"].isEnabled()
     qtbot.keyClick(w.view, Qt.Key_1)
     assert "No image in view" in w.statusBar().currentMessage() and _labels(w) == []
     # back to everything: the first image is selected and shown, not the old one
     w.f_rev.setCurrentIndex(0)
     assert w.view.currentIndex().row() == 0
-    assert w.detail.title.text() == f"<b>{w.model.row_at(0).name}</b>"
+    assert w.detail.title.full == w.model.row_at(0).name
     # another folder: its first image, never the previous folder's
     _open(qtbot, w, tmp_path / "b")
     current = w.model.row_at(w.view.currentIndex().row())
-    assert w.detail.title.text() == f"<b>{current.name}</b>" and current.path.startswith(str(tmp_path / "b"))
+    assert w.detail.title.full == current.name and current.path.startswith(str(tmp_path / "b"))
     assert w.review_buttons["accept"].isEnabled()
     qtbot.keyClick(w.view, Qt.Key_Z, Qt.ControlModifier)
     assert w.statusBar().currentMessage() == "⚠ Nothing to undo."
@@ -125,7 +126,7 @@ def test_where_am_i_end_of_queue_unreviewed_queue_and_impossible_filters(qtbot, 
     _open(qtbot, w, tmp_path / "a")
     # a folder just classified starts at the top of the new order (least confident first)
     assert w.view.currentIndex().row() == 0 and w.gallery_info.text() == "Image 1 of 8 in this view"
-    assert w.detail.title.text() == f"<b>{w.model.row_at(0).name}</b>"
+    assert w.detail.title.full == w.model.row_at(0).name
     qtbot.keyClick(w.view, Qt.Key_Home)
     assert w.gallery_info.text() == "Image 1 of 8 in this view"
     qtbot.keyClick(w.view, Qt.Key_Right)
@@ -229,3 +230,31 @@ def test_report_pages_never_cut_a_thumbnail_from_its_caption(qtbot, tmp_path):
     if shutil.which("pdftotext"):  # poppler-utils: the footer is real text on every page
         text = subprocess.run(["pdftotext", str(tmp_path / "t.pdf"), "-"], capture_output=True, text=True).stdout
         assert all(f"Case 1 · page {k} of {pages}" in text for k in range(1, pages + 1))
+
+
+def test_the_window_never_widens_itself_and_the_current_tile_is_framed(qtbot, window, tmp_path):  # noqa: F811
+    """A long file name does not widen the window (it widened past the screen on a walkthrough),
+    and the image the keys act on is selected (framed) after a reload, not only current."""
+    import shutil
+
+    from core.sample import generate
+
+    w = window
+    generate(tmp_path / "a", n_per_class=2, seed=3)
+    first = sorted((tmp_path / "a").rglob("*.jpg"))[0]
+    shutil.move(first, first.with_name("WBC-" + "Malignant-Early-Pre-B-slide-2026-117-field" * 5 + ".jpg"))
+    w.resize(1000, 700)
+    w.show()
+    qtbot.waitExposed(w)
+    width = w.width()
+    _open(qtbot, w, tmp_path / "a")
+    long_row = next(r for r in range(w.model.rowCount()) if w.model.row_at(r).name.startswith("WBC-"))
+    w.select_image(w.model.row_at(long_row).image_id)
+    for _ in range(3):  # and on, and back: the panel shows it and the next ones
+        qtbot.keyClick(w.view, Qt.Key_Right)
+        qtbot.keyClick(w.view, Qt.Key_Left)
+        QApplication.processEvents()
+    assert w.detail.title.full.startswith("WBC-Malignant") and w.detail.title.text() != w.detail.title.full
+    assert w.width() == width
+    w.sort.setCurrentIndex(w.sort.findData("name"))  # a reload: the first image is current and framed
+    assert w.view.selectionModel().isSelected(w.view.currentIndex()) and w.view.currentIndex().row() == 0

@@ -93,6 +93,9 @@ def test_position_and_end_of_queue():
     assert s.position() == "2,500 image(s) match"
     s.set_current(41, 9)
     assert s.position() == "Image 42 of 2,500 in this view"
+    s.selected = (9, 10, 11)
+    assert s.position() == "Image 42 of 2,500 in this view · 3 selected"  # a bulk label's size, before the key
+    s.selected = ()
     assert s.next_row(1, 2500) == (42, None)
     assert s.next_row(-1, 2500) == (40, None)
     row, end = s.next_row(1, 42)  # the last row: it stays, and says so
