@@ -16,7 +16,7 @@ from PySide6.QtWidgets import QStyle, QStyledItemDelegate
 from core import gallery as q
 from core.fspath import to_fs
 from core.images import read_file
-from core.taxonomy import OTHER
+from core.taxonomy import OTHER, TAXONOMIES
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,9 @@ def class_color(label: str | None, classes: list[str] | None = None) -> QColor:
         return QColor("#9e9e9e")
     if label in _NAMED:
         return QColor(_NAMED[label])
-    i = classes.index(label) if classes and label in classes else sum(map(ord, label))  # stable across runs
+    if not classes or label not in classes:  # the taxonomy it belongs to: one colour per class in every view
+        classes = next((list(t.classes) for t in TAXONOMIES.values() if label in t.classes), None)
+    i = classes.index(label) if classes else sum(map(ord, label))  # stable across runs
     return QColor(_PALETTE[i % len(_PALETTE)])
 
 

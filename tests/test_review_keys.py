@@ -258,3 +258,15 @@ def test_the_window_never_widens_itself_and_the_current_tile_is_framed(qtbot, wi
     assert w.width() == width
     w.sort.setCurrentIndex(w.sort.findData("name"))  # a reload: the first image is current and framed
     assert w.view.selectionModel().isSelected(w.view.currentIndex()) and w.view.currentIndex().row() == 0
+
+
+def test_a_class_has_one_colour_in_every_view():
+    """The counts, bars, buttons and report colour a class the same whether or not they were
+    given the model's class list (the walkthrough saw Pre-B change colour between views)."""
+    from core.taxonomy import TAXONOMIES
+    from desktop.gallery import class_color
+
+    for tax in TAXONOMIES.values():
+        classes = list(tax.classes)
+        assert [class_color(c).name() for c in classes] == [class_color(c, classes).name() for c in classes]
+        assert len({class_color(c).name() for c in classes}) == len(classes)
