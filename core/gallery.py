@@ -203,7 +203,8 @@ def tile_caption(row: GalleryRow) -> str:
         by = f" by {row.reviewer}" if row.reviewer else ""
         if row.reviewed == row.predicted and not row.outside:
             return f"\u2713 {shown}{by}"
-        return f"\u270e {shown}{by}" + (f" \u00b7 model: {model}" if model else "")
+        # the model's call before the name: a narrow tile cuts the end, and a correction is about the classes
+        return f"\u270e {shown}" + (f" \u00b7 model: {model}" if model else "") + (f" \u00b7{by}" if by else "")
     if row.outside:
         return f"{OUTSIDE_MARK} outside experience"
     if row.predicted is None:

@@ -139,18 +139,18 @@ def build_report(db, folder, version: dict | None, reviewer: str, case: str) -> 
     rows = []
     for c in classes + sorted(set(counts.reviewed) - set(classes) - {OTHER}):
         pn, rn = counts.predicted.get(c, 0), counts.reviewed.get(c, 0)
-        rows.append(f"<tr><td>{html.escape(c)}</td><td align='right'>{pn}</td>"
+        rows.append(f"<tr><td>{html.escape(c)}</td><td align='right'>{pn:,}</td>"
                     f"<td align='right'>{counts.pct(pn, counts.n_classified):.1f}%</td>"
-                    f"<td align='right'>{rn}</td><td align='right'>{counts.pct(rn, counts.n_reviewed_classes):.1f}%</td></tr>")
-    rows.append(f"<tr><td><i>Outside the model's experience</i></td><td align='right'>{counts.n_outside}</td>"
+                    f"<td align='right'>{rn:,}</td><td align='right'>{counts.pct(rn, counts.n_reviewed_classes):.1f}%</td></tr>")
+    rows.append(f"<tr><td><i>Outside the model's experience</i></td><td align='right'>{counts.n_outside:,}</td>"
                 "<td></td><td></td><td></td></tr>")
     rows.append(f"<tr><td><i>{OTHER_TITLE}</i></td><td></td><td></td>"
-                f"<td align='right'>{counts.reviewed.get(OTHER, 0)}</td><td></td></tr>")
-    rows.append(f"<tr><td><b>Total</b></td><td align='right'><b>{counts.n_predicted}</b></td><td></td>"
-                f"<td align='right'><b>{counts.n_reviewed}</b></td><td></td></tr>")
+                f"<td align='right'>{counts.reviewed.get(OTHER, 0):,}</td><td></td></tr>")
+    rows.append(f"<tr><td><b>Total</b></td><td align='right'><b>{counts.n_predicted:,}</b></td><td></td>"
+                f"<td align='right'><b>{counts.n_reviewed:,}</b></td><td></td></tr>")
     parts = []
     for title, meaning, n, found, ids in sections:
-        head = f"<h3>{html.escape(title)}: {n}</h3><p><small>{html.escape(meaning)}.</small></p>"
+        head = f"<h3>{html.escape(title)}: {n:,}</h3><p><small>{html.escape(meaning)}.</small></p>"
         if not n:
             parts.append(head + "<p><i>None.</i></p>")
             continue
@@ -158,7 +158,7 @@ def build_report(db, folder, version: dict | None, reviewer: str, case: str) -> 
         # one table per row of thumbnails, so a page break falls between rows (keep_tables_whole)
         grid = "".join("<table cellpadding='4' cellspacing='0' width='100%'><tr>" + "".join(cells[k:k + 4])
                        + "</tr></table>" for k in range(0, len(cells), 4))
-        more = f"<p><small>… and {n - len(cells)} more (see the CSV export).</small></p>" if n > len(cells) else ""
+        more = f"<p><small>… and {n - len(cells):,} more (see the CSV export).</small></p>" if n > len(cells) else ""
         parts.append(f"{head}{grid}{more}")
     offset = now.strftime("%z")
     when = f"{now.strftime('%Y-%m-%d %H:%M')} (local time, UTC{offset[:3]}:{offset[3:]})"
@@ -172,8 +172,8 @@ def build_report(db, folder, version: dict | None, reviewer: str, case: str) -> 
       <tr><td><b>Images from</b></td><td>{html.escape(display(str(folder)))}</td></tr>
       <tr><td><b>Report date</b></td><td>{when}</td></tr>
       <tr><td><b>Reviewer</b></td><td>{html.escape(reviewer or 'not set')}</td></tr>
-      <tr><td><b>Images</b></td><td>{counts.total}: {counts.n_predicted} classified by the model,
-          {counts.n_reviewed} reviewed by a person</td></tr>
+      <tr><td><b>Images</b></td><td>{counts.total:,}: {counts.n_predicted:,} classified by the model,
+          {counts.n_reviewed:,} reviewed by a person</td></tr>
       <tr><td><b>Model</b></td><td>{model_line}</td></tr>
     </table>
     {"<p><b>The model is a placeholder with untrained weights: its predictions are meaningless.</b></p>"
@@ -184,7 +184,7 @@ def build_report(db, folder, version: dict | None, reviewer: str, case: str) -> 
       {''.join(rows)}
     </table>
     <p><small>Percentages of the classified images inside the model's experience, and of the images a
-    reviewer gave a class. {counts.n_outside} image(s) were unlike the images the model was trained on
+    reviewer gave a class. {counts.n_outside:,} image(s) were unlike the images the model was trained on
     ({html.escape(trained_on(card))}): their class is not reliable and is not counted above.</small></p>
     <h3>Sign-off</h3>
     <table cellpadding='8' cellspacing='0' border='1' width='100%'>
