@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pgserver import drop_pg_database, new_pg_database
+
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = ROOT.parent / "shared" / "datasets" / "all-taleqani"
 
@@ -129,34 +131,6 @@ def pg_server():
         yield server.url()
     finally:
         server.stop()
-
-
-_pg_counter = iter(range(1, 1 << 30))
-
-
-def new_pg_database(admin_url, prefix: str = "hemascan_t", template: str | None = None) -> "object":
-    """CREATE DATABASE (optionally from a template) on the test server; returns its URL."""
-    from sqlalchemy import create_engine, text
-
-    name = f"{prefix}_{os.getpid()}_{next(_pg_counter)}"
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
-    finally:
-        engine.dispose()
-    return admin_url.set(database=name)
-
-
-def drop_pg_database(admin_url, url) -> None:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture

@@ -87,18 +87,9 @@ class PgServer:
             raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
         return proc
 
-    def create_database(self, name: str | None = None) -> URL:
-        """A new, empty database (a fresh name unless given); its URL."""
-        from sqlalchemy import create_engine, text
-
-        name = name or f"hemascan_{secrets.token_hex(4)}"
-        engine = create_engine(self.url(), isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as c:
-                c.execute(text(f'CREATE DATABASE "{name}"'))
-        finally:
-            engine.dispose()
-        return self.url(name)
+    def create_database(self, prefix: str = "hemascan") -> URL:
+        """A new, empty database on this server; its URL."""
+        return new_pg_database(self.url(), prefix)
 
     def halt(self) -> None:
         """Stop the server but keep its data (a server that went away); ``resume`` restarts it."""
@@ -164,5 +155,33 @@ def wait_ready(url: URL, timeout: float = 30) -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+    finally:
+        engine.dispose()
+
+
+_pg_counter = iter(range(1, 1 << 30))
+
+
+def new_pg_database(admin_url: URL, prefix: str = "hemascan_t", template: str | None = None) -> URL:
+    """CREATE DATABASE (optionally from a template) on the server of ``admin_url``; its URL."""
+    from sqlalchemy import create_engine, text
+
+    name = f"{prefix}_{os.getpid()}_{next(_pg_counter)}"
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+    finally:
+        engine.dispose()
+    return admin_url.set(database=name)
+
+
+def drop_pg_database(admin_url: URL, url: URL) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
     finally:
         engine.dispose()

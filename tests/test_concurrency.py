@@ -88,7 +88,8 @@ def test_classify_started_at_once_on_a_new_postgresql_database(tmp_path, small_f
     HEMASCAN_TEST_PG_ROUNDS=20 repeats it 20 times (the issue's figure)."""
     from sqlalchemy import create_engine, text
 
-    from tests.conftest import drop_pg_database, new_pg_database, url_arg
+    from tests.conftest import url_arg
+    from tests.pgserver import drop_pg_database, new_pg_database
 
     n_images = sum(1 for p in small_folder.rglob("*") if p.is_file())
     failures = []

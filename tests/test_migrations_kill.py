@@ -172,7 +172,7 @@ PG_STARTS = [None, "0001", "0004"]
 def test_kill_after_every_migration_statement_on_postgresql(pg_server, start):
     """The same on PostgreSQL (transactional DDL of its own): each kill point on a new
     database, copied from a template database holding the old revision's data."""
-    from tests.conftest import drop_pg_database, new_pg_database
+    from tests.pgserver import drop_pg_database, new_pg_database
 
     template = new_pg_database(pg_server, "hemascan_tpl")
     made = [template]
