@@ -23,14 +23,14 @@ from pathlib import Path
 def populate(paths, folder: Path, n: int) -> None:
     from sqlalchemy import insert
 
-    from core.db import Database, Image, ImageFile, Prediction, Scan, utcnow
-    from core.fspath import to_db
-    from core.registry import ensure_active_model
+    from core.storage import Database, Image, ImageFile, Prediction, Scan, utcnow
+    from core.imaging.fspath import to_db
+    from core.app.bootstrap import setup_models
 
     db = Database(paths.db_url())
     classes = ["Benign", "Early Pre-B", "Pre-B", "Pro-B"]
     with db.session() as s:
-        vid = ensure_active_model(s, paths).id
+        vid = setup_models(s, paths).id
         scan = Scan(root=to_db(str(folder)), started_at=utcnow(), status="completed")
         s.add(scan)
         s.flush()

@@ -38,7 +38,7 @@ DEFAULT_FOLDER = ROOT.parent / "shared" / "datasets" / "all-taleqani"
 
 
 def list_images(folder: Path, limit: int | None) -> list[Path]:
-    from core.images import SUPPORTED_EXTENSIONS
+    from core.imaging.images import SUPPORTED_EXTENSIONS
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUPPORTED_EXTENSIONS)
     return files[:limit] if limit else files
@@ -54,7 +54,7 @@ def naive_rate(folder: Path, package: Path, limit: int | None) -> tuple[float, i
     except ImportError as exc:
         raise SystemExit(f"the naive baseline needs torchvision ({exc}): pip install 'hemascan[bench]'") from None
 
-    from core.modelpkg import load_model
+    from core.models.package import load_model
 
     model, card = load_model(package)
     prep = card.prep
@@ -79,10 +79,10 @@ def naive_rate(folder: Path, package: Path, limit: int | None) -> tuple[float, i
 def hemascan_rate(folder: Path, device: str, workers: int | None, precision: str = "auto") -> dict:
     """The real classify job into a throw-away data directory."""
     from core.config import resolve_paths
-    from core.db import Database
-    from core.inference import classify
+    from core.storage import Database
+    from core.inference.predict import classify
     from core.jobs import run_job
-    from core.scan import scan
+    from core.imaging.scan import scan
 
     with tempfile.TemporaryDirectory(prefix="hemascan-bench-") as tmp:
         paths = resolve_paths(tmp).ensure()
@@ -101,8 +101,8 @@ def hemascan_rate(folder: Path, device: str, workers: int | None, precision: str
 def decode_rate(files: list[Path], package: Path, workers: int) -> float:
     import cv2
 
-    from core.images import decode_rgb, read_file
-    from core.modelpkg import read_card
+    from core.imaging.images import decode_rgb, read_file
+    from core.models.package import read_card
 
     prep = read_card(package).prep
     cv2.setNumThreads(1)
@@ -115,7 +115,7 @@ def decode_rate(files: list[Path], package: Path, workers: int) -> float:
 
 def model_rate(files: list[Path], package: Path, device: str, precision: str = "auto",
                seconds: float = 8.0) -> tuple[float, str, int]:
-    from core.inference import Predictor, select_device
+    from core.inference.predict import Predictor, select_device
 
     pred = Predictor(package, select_device(device), precision=precision)
     bs = pred.batch_size
@@ -135,8 +135,8 @@ def guard_cost(files: list[Path], package: Path, precision: str = "auto", second
     against logits + embedding + the guard's distances (what classify runs now), interleaved."""
     import openvino as ov
 
-    from core.engines import with_uint8_input
-    from core.inference import Predictor
+    from core.inference.engines import with_uint8_input
+    from core.inference.predict import Predictor
 
     pred = Predictor(package, "cpu", engine="openvino", precision=precision)
     if pred.guard is None or not pred.engine._has_embedding:
@@ -206,7 +206,7 @@ def time_to_first_prediction(files: list[Path]) -> float:
 
 
 def generate_folder(n: int, fmt: str, size: int, dest: Path) -> Path:
-    from core.sample import generate
+    from core.app.sample import generate
 
     generate(dest, n_per_class=max(1, n // 4), seed=0, size=size, ext=f".{fmt}")
     return dest
@@ -216,7 +216,7 @@ def peak_rss_mb(folder: Path, device: str) -> float:
     """Peak RSS of a fresh `hemascan classify` process on ``folder``."""
     with tempfile.TemporaryDirectory(prefix="hemascan-mem-") as tmp:
         env = dict(os.environ, HEMASCAN_DATA_DIR=tmp, PYTHONPATH=str(ROOT))
-        code = ("import resource, sys; from core.cli import main; rc = main(sys.argv[1:]); "
+        code = ("import resource, sys; from core.app.cli import main; rc = main(sys.argv[1:]); "
                 "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
         out = subprocess.run([sys.executable, "-c", code, "-q", "classify", str(folder), "--device", device],
                              env=env, capture_output=True, text=True, check=True).stdout
@@ -257,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from core.inference import select_device
-    from core.registry import bundled_default_package
+    from core.inference.predict import select_device
+    from core.models.registry import bundled_default_package
 
     package = args.model or bundled_default_package()
     tmpdir = None

@@ -15,7 +15,7 @@ in a temporary folder, and measures:
             (claiming, reading its claim, writing predictions and status, commits included)
             / its total time, summed over the workers.
   classify  the same images by one ``hemascan classify`` process (no queue), for comparison.
-  labels    W processes, each a LabelWriter (core/labels.py, the desktop's review keys)
+  labels    W processes, each a LabelWriter (core/review/labels.py, the desktop's review keys)
             writing one label event per call on random images of the folder, all at once:
             events/s over the wall time, and the latency of each call until the event is
             committed (p50, p99, max).
@@ -44,10 +44,10 @@ def prepare_folder(dest: Path, source: Path | None, n: int) -> str:
     """``n`` images, the same number from every class folder of ``source`` (copied), or
     generated sample images when ``source`` is None."""
     if source is None:
-        from core.sample import generate
+        from core.app.sample import generate
 
         generate(dest, n_per_class=max(1, n // 4), seed=7)
-        return f"{sum(1 for p in dest.rglob('*') if p.is_file())} synthetic sample images (core/sample.py)"
+        return f"{sum(1 for p in dest.rglob('*') if p.is_file())} synthetic sample images (core/app/sample.py)"
     classes = sorted(d for d in source.iterdir() if d.is_dir())
     per = max(1, n // len(classes))
     for c in classes:
@@ -115,9 +115,9 @@ def run_classify(server, data_dir: Path, folder: Path) -> dict:
 
 def _writer(args) -> list[float]:
     url_str, image_ids, n_events, seed, start_at = args
-    from core.db import Database
-    from core.labels import LabelWriter
-    from core.taxonomy import review_labels
+    from core.storage import Database
+    from core.review.labels import LabelWriter
+    from core.models.taxonomy import review_labels
 
     rng = random.Random(seed)
     labels = [lb for lb in review_labels("all_subtype")]

@@ -1,6 +1,6 @@
 """``python -m core`` == the ``hemascan`` command."""
 import sys
 
-from core.cli import main
+from core.app.cli import main
 
 sys.exit(main())

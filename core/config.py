@@ -73,3 +73,13 @@ def resources_dir() -> Path:
     from importlib.resources import files
 
     return Path(str(files("resources")))
+
+
+def default_reviewer() -> str:
+    """The operating-system user: the reviewer (and who activated a model) when none is named."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        return os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from core.taxonomy import OTHER, OTHER_TITLE
+from core.models.taxonomy import OTHER, OTHER_TITLE
 
 if TYPE_CHECKING:
     from .mainwindow import MainWindow
@@ -141,7 +141,7 @@ def html_table(classes: list[str]) -> str:
 
 
 def default_classes() -> list[str]:
-    from core.taxonomy import TAXONOMIES
+    from core.models.taxonomy import TAXONOMIES
 
     return list(TAXONOMIES["all_subtype"].classes)
 

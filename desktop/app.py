@@ -25,7 +25,7 @@ def run_gui(paths, db_url=None, folder=None, device=None, argv=None) -> int:
     from PySide6.QtGui import QGuiApplication
     from PySide6.QtWidgets import QApplication
 
-    from core.cli import setup_logging
+    from core.app.cli import setup_logging
 
     setup_logging(paths, False)
     QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)

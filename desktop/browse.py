@@ -6,7 +6,7 @@ import os
 
 from PySide6.QtCore import QItemSelectionModel, Qt
 
-from core import gallery as q
+from core.review import gallery as q
 
 from .gallery import ID_ROLE
 from .viewstate import FolderView, last_folder

@@ -67,7 +67,7 @@ class ClassifyJobMixin:
     def classify(self) -> None:
         if self.folder is None or self.jobs.running:
             return
-        from core.inference import classify
+        from core.inference.predict import classify
 
         folder, db, paths, device = self.folder, self.db, self.paths, self.device_pref
         self._job_stage = None
@@ -148,6 +148,6 @@ class ClassifyJobMixin:
         self._update_actions()
 
     def _describe_device(self) -> str:
-        from core.inference import describe_device, select_device
+        from core.inference.predict import describe_device, select_device
 
         return describe_device(select_device(self.device_pref))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from core.cli import command
+from core.app.command import command
 
 
 def _configure(p) -> None:

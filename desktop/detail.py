@@ -10,7 +10,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QGraphicsPixmapItem
                                QHBoxLayout, QHeaderView, QLabel, QSizePolicy, QSplitter, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
-from core.taxonomy import OTHER, OTHER_TITLE
+from core.models.taxonomy import OTHER, OTHER_TITLE
 
 from .gallery import class_color
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from core.labels import history
+from core.review.labels import history
 
 from .detail import heatmap_rgba, rgb_to_qimage
 from .gallery import ROW_ROLE
@@ -46,8 +46,8 @@ class DetailMixin:
 
     @staticmethod
     def _decode_full(path):
-        from core.fspath import to_fs
-        from core.images import decode_rgb, read_file
+        from core.imaging.fspath import to_fs
+        from core.imaging.images import decode_rgb, read_file
 
         return rgb_to_qimage(decode_rgb(read_file(to_fs(path))))
 
@@ -90,7 +90,7 @@ class DetailMixin:
         package, vid = self.version["path"], self.version["id"]
 
         def work(r=row):
-            from core.gradcam import GradCam
+            from core.inference.gradcam import GradCam
 
             with self._gradcam_lock:  # one explainer, built once per model version
                 if self._gradcam is None or self._gradcam[0] != vid:

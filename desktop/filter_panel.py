@@ -4,9 +4,9 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from core import gallery as q
-from core.review_state import disagreement_possible
-from core.taxonomy import OTHER, OTHER_TITLE
+from core.review import gallery as q
+from core.review.state import disagreement_possible
+from core.models.taxonomy import OTHER, OTHER_TITLE
 
 from .gallery import OUTSIDE_HATCH, OUTSIDE_MARK, class_color
 from .models_panel import headline_metrics

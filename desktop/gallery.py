@@ -13,10 +13,10 @@ from PySide6.QtCore import (QAbstractListModel, QModelIndex, QObject, QRect, QSi
 from PySide6.QtGui import QBrush, QColor, QFont, QImage, QPainter, QPen
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate
 
-from core import gallery as q
-from core.fspath import to_fs
-from core.images import read_file
-from core.taxonomy import OTHER, TAXONOMIES
+from core.review import gallery as q
+from core.imaging.fspath import to_fs
+from core.imaging.images import read_file
+from core.models.taxonomy import OTHER, TAXONOMIES
 
 log = logging.getLogger(__name__)
 

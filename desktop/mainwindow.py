@@ -1,7 +1,7 @@
 """The main window: open a folder, classify it in the worker, review it with the keyboard.
 
 The window is put together from parts, one concern each: the review state without Qt
-(core/review_state.py), the action table (actions.py), the left panel (filter_panel.py),
+(core/review/state.py), the action table (actions.py), the left panel (filter_panel.py),
 the gallery and counts (browse.py), the review actions (review_actions.py), the
 classification job (classify_job.py), the detail view and Grad-CAM (detail_view.py),
 exports, models and help (window_menus.py) and what is kept across restarts (viewstate.py).
@@ -15,12 +15,12 @@ from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QHBoxLayout, QLabel, QListView, QMainWindow,
                                QMessageBox, QProgressBar, QSplitter, QToolButton, QVBoxLayout, QWidget)
 
-from core import gallery as q
+from core.review import gallery as q
 from core.config import Paths
-from core.db import open_database
-from core.labels import LabelWriter, reviewer_problem
-from core.registry import ensure_active_model
-from core.review_state import ReviewState
+from core.app.bootstrap import open_database
+from core.review.labels import LabelWriter, reviewer_problem
+from core.models.registry import require_active_version
+from core.review.state import ReviewState
 
 from . import actions
 from .browse import BrowseMixin
@@ -46,7 +46,7 @@ def show_startup_error(exc: BaseException, paths: Paths, db_url=None, parent=Non
     """At start-up, an error a person can act on (a damaged, read-only or unreachable database,
     a full disk...) is shown in a dialog with the same sentence the command line prints, and
     its exit code (README) is returned; None for anything else (a bug: let it show)."""
-    from core.cli import report_error
+    from core.app.cli import report_error
 
     try:
         db_url = paths.db_url(db_url)  # to name the database file in the message
@@ -55,7 +55,7 @@ def show_startup_error(exc: BaseException, paths: Paths, db_url=None, parent=Non
     code = report_error(exc, db_url)  # the log file and stderr, as the command line
     if code is None:
         return None
-    from core.db.errors import user_error
+    from core.storage.errors import user_error
 
     QMessageBox.critical(parent, "hemascan cannot start", str(user_error(exc, db_url)))
     return code
@@ -117,7 +117,7 @@ class MainWindow(BrowseMixin, ReviewMixin, ClassifyJobMixin, DetailMixin, Export
         actions.build(self)
         self._fill_recent()
         with self.db.session() as s:
-            self.set_version(version_info(ensure_active_model(s, self.paths)))
+            self.set_version(version_info(require_active_version(s)))
         from .keys import GalleryKeys
 
         self.gallery_keys = GalleryKeys(self, self.view)

@@ -6,13 +6,13 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QHBoxLayout, QHeaderView, QLabel,
                                QMessageBox, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout)
 
-from core.engines import MIN_INT8_AGREEMENT
-from core.registry import list_versions
+from core.inference.engines import MIN_INT8_AGREEMENT
+from core.models.registry import list_versions
 
 
 def version_info(v) -> dict:
     """Plain data from a ModelVersion row (no ORM object leaves its session)."""
-    from core.modelstore import version_package
+    from core.models.store import version_package
 
     card = dict(v.card or {})
     # this seat's copy of the package (materialised from the database when another seat registered it)
@@ -140,7 +140,7 @@ class ModelsDialog(QDialog):
 
     def measure_same_basis(self) -> None:
         """Every version on its taxonomy's fixed validation side, in a worker."""
-        from core.reviewed import measure_on_validation_side
+        from core.review.reviewed import measure_on_validation_side
 
         self.measure.setEnabled(False)
         self.measure.setText("Measuring…")

@@ -1,5 +1,5 @@
 """Other seats' labels in the open folder: a timer that asks core, in a worker, for the label
-events stored since its last look (core.labels.label_changes_since) and hands the changed
+events stored since its last look (core.review.labels.label_changes_since) and hands the changed
 image ids to the window, which re-reads those tiles (GalleryModel.refresh_ids) and the counts.
 
 The GUI thread never waits on the database: a slow or absent server only makes a tick late
@@ -12,7 +12,7 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from core.labels import PEER_REFRESH_MS, label_changes_since, last_event_id
+from core.review.labels import PEER_REFRESH_MS, label_changes_since, last_event_id
 
 from .workers import Workers
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout
 
-from core.fspath import display
+from core.imaging.fspath import display
 
 
 class ProblemFilesDialog(QDialog):

@@ -1,5 +1,5 @@
 """The classify workers' progress for the open folder, in the status bar: "Workers: 12
-queued, 4 running, 100 done, 1 failed" (core.workqueue.queue_status), refreshed every few
+queued, 4 running, 100 done, 1 failed" (core.app.workqueue.queue_status), refreshed every few
 seconds on the light pool, so a slow or absent database server never freezes the window.
 Hidden while the folder was never submitted (``hemascan submit``)."""
 from __future__ import annotations
@@ -44,7 +44,7 @@ class QueueStatusLabel(QLabel):
     def refresh(self) -> None:
         if self.folder is None or self._busy:
             return
-        from core.workqueue import queue_status
+        from core.app.workqueue import queue_status
 
         folder, db = self.folder, self.database()
         self._busy = True

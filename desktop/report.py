@@ -13,10 +13,10 @@ from PySide6.QtCore import QMarginsF, QRectF, QSizeF, Qt, QUrl
 from PySide6.QtGui import QPageLayout, QPageSize, QPainter, QPdfWriter, QTextDocument, QTextFormat
 from sqlalchemy import select
 
-from core import gallery as q
-from core.db import Prediction
-from core.fspath import display
-from core.taxonomy import OTHER, OTHER_TITLE
+from core.review import gallery as q
+from core.storage import Prediction
+from core.imaging.fspath import display
+from core.models.taxonomy import OTHER, OTHER_TITLE
 
 from .models_panel import trained_on
 from .gallery import make_thumbnail

@@ -51,11 +51,11 @@ class RetrainDialog(QDialog):
     def _build(self, device, folder_open) -> None:
         import pyqtgraph as pg
 
-        from core.architectures import ARCHITECTURES
-        from core.registry import ensure_active_model
+        from core.models.architectures import ARCHITECTURES
+        from core.models.registry import require_active_version
 
         with self.db.session() as s:
-            v = ensure_active_model(s, self.paths)
+            v = require_active_version(s)
             self.active = {"id": v.id, "name": v.name, "architecture": v.architecture,
                            "input_size": (v.card or {}).get("preprocessing", {}).get("input_size", 128)}
 
@@ -94,7 +94,7 @@ class RetrainDialog(QDialog):
         self.device = QComboBox()
         self.device.addItem("auto (CUDA if available)", "auto")
         self.device.addItem("CPU", "cpu")
-        from core.runtime import probe_host
+        from core.inference.runtime import probe_host
 
         for i, gpu in enumerate(probe_host().gpus):  # the runtime plan's view of this machine
             self.device.addItem(f"CUDA ({gpu.name})", f"cuda:{i}")
@@ -207,11 +207,11 @@ class RetrainDialog(QDialog):
 
     # ------------------------------------------------------------------ data summary
     def refresh_data(self) -> None:
-        from core.reviewed import reviewed_summary as data_summary
+        from core.review.reviewed import reviewed_summary as data_summary
 
         db = self.db
         with db.session() as s:
-            from core.registry import active_version
+            from core.models.registry import active_version
 
             tax = active_version(s).taxonomy
         self.workers.submit(lambda: data_summary(db, tax), name="data summary", on_result=self._show_data,

@@ -1,5 +1,5 @@
 """The window's review actions: label, accept, undo, redo, the reviewer's name. The
-decisions are core.review_state's; this renders them and writes through a LabelWriter."""
+decisions are core.review.state's; this renders them and writes through a LabelWriter."""
 from __future__ import annotations
 
 import logging
@@ -7,10 +7,10 @@ import logging
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QInputDialog
 
-from core.labels import LabelWriter, reviewer_problem
-from core.review import ReviewSession
-from core.review_state import NEEDS_REVIEWER, Outcome
-from core.taxonomy import OTHER, OTHER_TITLE
+from core.review.labels import LabelWriter, reviewer_problem
+from core.review.session import ReviewSession
+from core.review.state import NEEDS_REVIEWER, Outcome
+from core.models.taxonomy import OTHER, OTHER_TITLE
 
 from .gallery import ROW_ROLE
 
@@ -25,7 +25,7 @@ class LabelSignals(QObject):
 
 
 class QueuedReview(ReviewSession):
-    """The review actions of core.review, written through a LabelWriter: a key press never
+    """The review actions of core.review.session, written through a LabelWriter: a key press never
     waits on the database for longer than a frame, and a write the database refuses (locked
     by another process, disk full) is queued and retried, never dropped. Labels still in the
     queue count as current, so undo and redo stay right while they wait."""

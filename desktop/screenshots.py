@@ -56,8 +56,8 @@ def main() -> int:
     settings.setValue("reviewer", "Dr. A. Pathologist")
     paths = resolve_paths().ensure()
     if args.model:
-        from core.db import Database
-        from core.registry import register_package
+        from core.storage import Database
+        from core.models.registry import register_package
 
         db = Database(paths.db_url())
         with db.session() as s:

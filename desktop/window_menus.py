@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QApplication, QFileDialog, QInputDialog, QMessageBox
 
-from core.registry import get_version, list_versions
+from core.models.registry import get_version, list_versions
 
 from .actions import html_table
 from .filter_panel import STATEMENT
@@ -37,7 +37,7 @@ class ExportMixin:
             path, _f = QFileDialog.getSaveFileName(self, "Export CSV", self.default_export_path("csv"), "CSV (*.csv)")
             if not path:
                 return None
-        from core.export import EXPORTERS
+        from core.review.export import EXPORTERS
 
         try:
             n = EXPORTERS["csv"](self.db, path, folder=self.folder)
@@ -136,7 +136,7 @@ class HelpMixin:
         import PySide6
         import sqlalchemy
 
-        from core.modelpkg import INTENDED_USE
+        from core.models.package import INTENDED_USE
 
         try:
             from importlib.metadata import version as pkg_version

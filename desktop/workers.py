@@ -64,7 +64,7 @@ class Task(QRunnable):
                     self.signals.progress.emit(p)
             self.signals.result.emit(out)
         except Exception as exc:  # reported to the GUI and the log file, never a raw dialog
-            from core.db.errors import user_error
+            from core.storage.errors import user_error
 
             log.error("%s failed: %s\n%s", self.name, exc, traceback.format_exc())
             known = user_error(exc)  # a database, disk or input problem in one sentence; else the bug's text

@@ -33,7 +33,7 @@ def variant() -> str:
 
 def nvidia_driver_present() -> bool:
     """Cheap check (no torch import) for an installed NVIDIA driver."""
-    from core.runtime import cuda_driver_present
+    from core.inference.runtime import cuda_driver_present
 
     return cuda_driver_present()
 
@@ -62,8 +62,8 @@ def command_of(argv: list[str]) -> str | None:
 
 def register_commands() -> None:
     """Entry points (importlib.metadata) do not exist in a frozen app: import the modules
-    that contribute commands so they register themselves in core.cli.COMMANDS."""
-    import core.commands  # noqa: F401
+    that contribute commands so they register themselves in core.app.cli.COMMANDS."""
+    import core.app.commands  # noqa: F401
     import desktop.cli  # noqa: F401
     import trainer.cli  # noqa: F401
     import trainer.retrain_cli  # noqa: F401
@@ -112,9 +112,9 @@ def check_training(failures: list[str]) -> None:
 
         import trainer.cli  # noqa: F401
         import trainer.retrain  # noqa: F401
-        from core.architectures import build
-        from core.preprocessing import Preprocessing
-        from core.sample import smear_image
+        from core.models.architectures import build
+        from core.imaging.preprocessing import Preprocessing
+        from core.app.sample import smear_image
         from trainer.augment import AugmentConfig, Augmenter
         from trainer.engine import train_one_epoch
 
@@ -170,17 +170,17 @@ def self_test(n_per_class: int = 2, device: str = "auto") -> int:
 
         check_training(failures)
         register_commands()
-        from core.cli import COMMANDS
+        from core.app.cli import COMMANDS
 
         for name in ("classify", "gui", "models", "train", "evaluate", "retrain"):
             _check(name in COMMANDS, f"command {name} registered", failures)
 
         from sqlalchemy import select
 
-        from core.cli import App
-        from core.db import Image, Prediction
-        from core.inference import classify
-        from core.sample import generate
+        from core.app.cli import App
+        from core.storage import Image, Prediction
+        from core.inference.predict import classify
+        from core.app.sample import generate
 
         images = generate(Path(tmp) / "images", n_per_class=n_per_class, seed=7)
         paths = resolve_paths(None)
@@ -199,7 +199,7 @@ def self_test(n_per_class: int = 2, device: str = "auto") -> int:
                 preds = session.scalars(select(Prediction)).all()
                 _check(n_images == len(images), f"{len(images)} images in the database ({n_images})", failures)
                 _check(len(preds) == len(images), f"{len(images)} predictions in the database ({len(preds)})", failures)
-                from core.registry import active_version
+                from core.models.registry import active_version
 
                 version = active_version(session)
                 classes = list(version.card["classes"]) if version else []
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         print(variant())
         return 0
     register_commands()
-    from core.cli import main as cli_main
+    from core.app.cli import main as cli_main
 
     if not argv:
         argv = ["gui"]  # double-click / menu entry: the desktop app

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from core.sample import smear_image
+from core.app.sample import smear_image
 
 
 def rgb(seed: int = 0, size: int = 64) -> np.ndarray:

@@ -14,7 +14,7 @@ DATASET = ROOT.parent / "shared" / "datasets" / "all-taleqani"
 
 
 def pytest_collection_modifyitems(config, items):
-    from core.runtime import probe_host
+    from core.inference.runtime import probe_host
 
     has_cuda = bool(probe_host().gpus)  # the runtime plan's view (no torch import without a driver)
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
@@ -47,16 +47,16 @@ def paths(data_dir):
 
 @pytest.fixture
 def db(paths):
-    from core.db import Database
+    from core.app.bootstrap import open_database
 
-    database = Database(paths.db_url())
+    database = open_database(paths)  # as the app opens it: set up, the bundled models registered
     yield database
     database.dispose()
 
 
 @pytest.fixture
 def sample_folder(tmp_path) -> Path:
-    from core.sample import generate
+    from core.app.sample import generate
 
     folder = tmp_path / "smears"
     generate(folder, n_per_class=4, seed=3)
@@ -66,7 +66,7 @@ def sample_folder(tmp_path) -> Path:
 @pytest.fixture
 def cli(data_dir, capsys):
     """Run the hemascan CLI in-process; returns (exit code, stdout, stderr)."""
-    from core.cli import main
+    from core.app.cli import main
 
     def run(*argv: str):
         old = signal.getsignal(signal.SIGINT)

@@ -44,7 +44,7 @@ def _images() -> list[tuple[str, torch.Tensor]]:
     out = [("random 37x53", torch.randint(0, 256, (3, 37, 53), generator=g, dtype=torch.uint8)),
            ("random 64x64", torch.randint(0, 256, (3, 64, 64), generator=g, dtype=torch.uint8)),
            ("flat gray", torch.full((3, 16, 16), 128, dtype=torch.uint8))]
-    from core.sample import smear_image
+    from core.app.sample import smear_image
 
     rng = np.random.default_rng(5)
     for cls in ("Benign", "Pro-B"):
@@ -218,9 +218,9 @@ _NO_TORCHVISION = textwrap.dedent("""
     import trainer
     for m in pkgutil.walk_packages(trainer.__path__, "trainer."):
         importlib.import_module(m.name)  # every trainer module imports without torchvision
-    import core.cli, trainer.cli
-    from core.architectures import build
-    from core.preprocessing import Preprocessing
+    import core.app.cli, trainer.cli
+    from core.models.architectures import build
+    from core.imaging.preprocessing import Preprocessing
     from trainer.augment import AugmentConfig, Augmenter, other_stain, stain_perturb, to_grayscale
     from trainer.engine import train_one_epoch
 

@@ -6,11 +6,11 @@ import subprocess
 
 from sqlalchemy import select
 
-from core import scan as scan_mod
-from core.db import ImageFile
-from core.inference import classify
+from core.imaging import scan as scan_mod
+from core.storage import ImageFile
+from core.inference.predict import classify
 from core.jobs import run_job
-from core.labels import record_labels
+from core.review.labels import record_labels
 from tests.badfiles import jpeg_bytes, write_awkward_folder
 from tests.conftest import hemascan_cmd, subprocess_env
 
@@ -155,8 +155,8 @@ def test_locked_database_gives_clear_message_and_loses_nothing(data_dir, sample_
 
 def test_tampered_model_is_refused_by_classify(cli, sample_folder, data_dir):
     rc, _, _ = cli("scan", sample_folder)
-    from core.modelpkg import read_card
-    from core.registry import bundled_default_package
+    from core.models.package import read_card
+    from core.models.registry import bundled_default_package
 
     cli("models", "list")  # the registry copies the bundled packages on first use
     pkg = data_dir / "models" / read_card(bundled_default_package()).name  # the active one

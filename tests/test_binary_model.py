@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from core.db import LabelEvent, Prediction
-from core.modelpkg import read_card
-from core.registry import bundled_packages
-from core.taxonomy import OTHER
+from core.storage import LabelEvent, Prediction
+from core.models.package import read_card
+from core.models.registry import bundled_packages
+from core.models.taxonomy import OTHER
 
 from .test_desktop import window  # noqa: F401  (fixture)
 
@@ -54,7 +54,7 @@ def test_binary_model_card_states_its_data_split_metrics_and_guard():
 
 
 def test_cli_activate_classify_export_two_classes(cli, tmp_path):
-    from core.sample import generate
+    from core.app.sample import generate
 
     folder = tmp_path / "cells"
     generate(folder, n_per_class=3, seed=2, taxonomy="all_vs_normal")
@@ -105,8 +105,8 @@ def test_binary_model_on_held_out_cnmc_subjects_and_another_lab(cli, tmp_path):
 def test_window_keys_and_buttons_follow_the_active_models_classes(qtbot, tmp_path, window):  # noqa: F811
     from PySide6.QtCore import Qt
 
-    from core.registry import list_versions
-    from core.sample import generate
+    from core.models.registry import list_versions
+    from core.app.sample import generate
 
     from .test_desktop import JOB_TIMEOUT
 

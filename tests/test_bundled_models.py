@@ -2,8 +2,9 @@
 import json
 import shutil
 
-from core import registry
-from core.registry import active_version, bundled_default_package, ensure_active_model, list_versions
+from core.models import registry
+from core.models.registry import active_version, bundled_default_package, list_versions
+from core.app.bootstrap import setup_models
 
 
 def _renamed_copy(tmp_path, name):
@@ -19,7 +20,7 @@ def test_bundled_packages_are_registered_and_the_default_stays_active(db, paths,
     second = _renamed_copy(tmp_path, "second-bundled-v1")
     monkeypatch.setattr(registry, "bundled_packages", lambda: [bundled_default_package(), second])
     with db.session() as s:
-        active = ensure_active_model(s, paths).name
+        active = setup_models(s, paths).name
         names = [v.name for v in list_versions(s)]
     assert active == json.loads((bundled_default_package() / "card.json").read_text())["name"]
     assert set(names) == {active, "second-bundled-v1"}
@@ -29,13 +30,13 @@ def test_bundled_packages_are_registered_and_the_default_stays_active(db, paths,
     (broken / "card.json").write_text("{")  # one damaged package never blocks the others
     monkeypatch.setattr(registry, "bundled_packages", lambda: [bundled_default_package(), second, third, broken])
     with db.session() as s:
-        assert ensure_active_model(s, paths).name == active
+        assert setup_models(s, paths).name == active
         assert {v.name for v in list_versions(s)} == {active, "second-bundled-v1", "third-bundled-v1"}
         assert active_version(s).name == active
 
 
 def test_the_shipped_resources_hold_only_valid_packages():
-    from core.modelpkg import verify_package
+    from core.models.package import verify_package
 
     pkgs = registry.bundled_packages()
     assert bundled_default_package() in pkgs

@@ -2,7 +2,7 @@ import csv
 
 from sqlalchemy import func, select
 
-from core.db import LabelEvent, Prediction
+from core.storage import LabelEvent, Prediction
 
 
 def read_csv(path):
@@ -71,7 +71,7 @@ def test_missing_folder_is_a_clear_error(cli, tmp_path):
 def test_cuda_request_without_gpu_is_a_clear_error(cli, sample_folder):
     import pytest
 
-    from core.runtime import probe_host
+    from core.inference.runtime import probe_host
 
     if probe_host().gpus:
         pytest.skip("this machine has a CUDA GPU: the request is valid here")
@@ -97,7 +97,7 @@ def test_cli_starts_without_importing_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from core.cli import build_parser; build_parser(); "
+    code = ("import sys; from core.app.cli import build_parser; build_parser(); "
             "print(sorted(m for m in ('torch', 'cv2', 'PySide6') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "torch" not in out and "PySide6" not in out, out

@@ -64,7 +64,7 @@ def test_classify_started_at_once_on_a_new_data_dir(tmp_path, small_folder):
             continue
         con = sqlite3.connect(data_dir / "hemascan.sqlite3")
         try:
-            from core.registry import bundled_packages
+            from core.models.registry import bundled_packages
 
             assert con.execute("SELECT count(*) FROM model_versions").fetchone() == (len(bundled_packages()),)
             per_image = con.execute("SELECT image_id, count(*) FROM predictions GROUP BY image_id").fetchall()

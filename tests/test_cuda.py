@@ -5,10 +5,10 @@ import glob
 import numpy as np
 import pytest
 
-from core.images import decode_rgb, read_file
-from core.inference import Predictor
-from core.registry import bundled_default_package
-from core.sample import generate
+from core.imaging.images import decode_rgb, read_file
+from core.inference.predict import Predictor
+from core.models.registry import bundled_default_package
+from core.app.sample import generate
 
 from .conftest import DATASET
 
@@ -35,7 +35,7 @@ def test_cuda_predictions_agree_with_torch_fp32_on_the_cpu(tmp_path, precision):
 
 
 def test_cuda_classify_job(db, paths, sample_folder):
-    from core.inference import classify
+    from core.inference.predict import classify
     from core.jobs import run_job
 
     s = run_job(classify(db, paths, sample_folder, device="cuda"))

@@ -4,15 +4,15 @@ import csv
 import pytest
 from sqlalchemy import func, select
 
-from core.db import Prediction
-from core.inference import classify
+from core.storage import Prediction
+from core.inference.predict import classify
 from core.jobs import run_job
 
 pytestmark = pytest.mark.dataset
 
 
 def test_classify_whole_share_and_export(db, paths, dataset_dir, tmp_path):
-    from core.export import export_csv
+    from core.review.export import export_csv
 
     s = run_job(classify(db, paths, dataset_dir))
     assert s.scan.n_files == 2770 and s.scan.n_errors == 0 and s.n_errors == 0

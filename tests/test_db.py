@@ -6,7 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
-from core.db import Base, Database, current_revision, make_engine, upgrade
+from core.storage import Base, Database, current_revision, make_engine, upgrade
 
 
 def _head() -> str:
@@ -82,7 +82,7 @@ def test_label_writer_queues_while_locked_and_loses_nothing(tmp_path):
     more than a frame, the writes are kept in order and land once the lock is gone."""
     import time
 
-    from core.labels import LabelWriter
+    from core.review.labels import LabelWriter
 
     url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
     db = Database(url)
@@ -124,7 +124,7 @@ def test_label_writer_queues_while_locked_and_loses_nothing(tmp_path):
 def test_label_writer_refuses_bad_labels_at_once(tmp_path):
     import pytest
 
-    from core.labels import LabelWriter
+    from core.review.labels import LabelWriter
 
     db = Database(f"sqlite:///{tmp_path / 'x.sqlite3'}")
     writer = LabelWriter(db)
@@ -140,7 +140,7 @@ def test_label_writer_on_postgresql_never_waits_on_a_lock_held_elsewhere(pg_url)
     write returns within a frame (queued), and lands once the lock is gone."""
     import time
 
-    from core.labels import LabelWriter
+    from core.review.labels import LabelWriter
 
     db = Database(pg_url)
     with db.engine.begin() as conn:

@@ -13,8 +13,8 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QItemSelectionModel, QSettings, Qt  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from core import gallery as q  # noqa: E402
-from core.db import LabelEvent, Prediction  # noqa: E402
+from core.review import gallery as q  # noqa: E402
+from core.storage import LabelEvent, Prediction  # noqa: E402
 
 JOB_TIMEOUT = 120_000
 
@@ -49,7 +49,7 @@ def key(qtbot, w, k, mod=Qt.NoModifier):
 
 
 def test_open_classify_review_undo_filter_export(qtbot, window, tmp_path):
-    from core.sample import generate
+    from core.app.sample import generate
 
     w = window
     folder = tmp_path / "smears"
@@ -133,7 +133,7 @@ def test_open_classify_review_undo_filter_export(qtbot, window, tmp_path):
 
 
 def test_cancel_stops_quickly_and_keeps_work(qtbot, window, tmp_path):
-    from core.sample import generate
+    from core.app.sample import generate
 
     w = window
     folder = tmp_path / "many"
@@ -164,7 +164,7 @@ def test_cancel_stops_quickly_and_keeps_work(qtbot, window, tmp_path):
 
 
 def test_gallery_pages_100k_rows(qtbot, window, tmp_path):
-    from core.registry import active_version
+    from core.models.registry import active_version
     from desktop.gallery import PAGE
 
     w = window
@@ -212,10 +212,10 @@ def test_gallery_pages_100k_rows(qtbot, window, tmp_path):
 def test_switch_model_reclassifies_and_about(qtbot, window, tmp_path):
     import dataclasses
 
-    from core.architectures import build
-    from core.modelpkg import read_card, save_package
-    from core.registry import bundled_default_package, register_package
-    from core.sample import generate
+    from core.models.architectures import build
+    from core.models.package import read_card, save_package
+    from core.models.registry import bundled_default_package, register_package
+    from core.app.sample import generate
 
     w = window
     folder = tmp_path / "few"
@@ -232,7 +232,7 @@ def test_switch_model_reclassifies_and_about(qtbot, window, tmp_path):
     from desktop.models_panel import ModelsDialog
 
     dlg = ModelsDialog(w.db, w)
-    from core.registry import bundled_packages
+    from core.models.registry import bundled_packages
 
     row = len(bundled_packages())  # the bundled packages, then the new one
     assert dlg.table.rowCount() == row + 1 and "accuracy 0.500" in dlg.table.item(row, 5).text()
@@ -249,7 +249,7 @@ def test_switch_model_reclassifies_and_about(qtbot, window, tmp_path):
 
 
 def test_gui_command_registered():
-    from core.cli import COMMANDS, build_parser
+    from core.app.cli import COMMANDS, build_parser
 
     build_parser()
     assert "gui" in COMMANDS
@@ -258,7 +258,7 @@ def test_gui_command_registered():
 def test_opening_a_folder_while_another_classifies_classifies_the_new_one(qtbot, window, tmp_path):
     """The old job is superseded: it stops after its batch (what it wrote is kept), its late
     result is not taken for the new job's, and the new folder is classified."""
-    from core.sample import generate
+    from core.app.sample import generate
 
     w = window
     first, second = tmp_path / "first", tmp_path / "second"

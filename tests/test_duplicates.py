@@ -1,4 +1,4 @@
-"""One perceptual hash and one duplicate finder (core/duplicates.py): `scan` and the
+"""One perceptual hash and one duplicate finder (core/imaging/duplicates.py): `scan` and the
 trainer's splits hash the same bytes to the same value (they differed on 11% of real
 smears when each had its own), and near duplicates are grouped the same way everywhere."""
 from __future__ import annotations
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from core.db import Image
-from core.duplicates import duplicate_groups, hamming, hash_int, perceptual_hash
+from core.storage import Image
+from core.imaging.duplicates import duplicate_groups, hamming, hash_int, perceptual_hash
 from core.jobs import run_job
-from core.sample import generate
-from core.scan import scan
+from core.app.sample import generate
+from core.imaging.scan import scan
 from trainer.data import compute_hashes, scan_class_folders
 
 SHARE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "all-taleqani"

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from core.architectures import build
-from core.engines import int8_ready
+from core.models.architectures import build
+from core.inference.engines import int8_ready
 from core.errors import HemascanError, ModelPackageError
-from core.inference import Predictor, select_device
-from core.runtime import Device
-from core.modelpkg import ModelCard, read_card, save_package
-from core.registry import bundled_default_package
-from core.taxonomy import TAXONOMIES
+from core.inference.predict import Predictor, select_device
+from core.inference.runtime import Device
+from core.models.package import ModelCard, read_card, save_package
+from core.models.registry import bundled_default_package
+from core.models.taxonomy import TAXONOMIES
 
 CPU = Device("cpu")
 
@@ -30,8 +30,8 @@ def test_cpu_device_is_chosen_without_importing_torch_when_there_is_no_driver():
     import subprocess
     import sys
 
-    code = ("import sys, core.runtime as r; r.cuda_driver_present = lambda: False; "
-            "from core.inference import select_device; print(select_device('auto'), 'torch' in sys.modules)")
+    code = ("import sys, core.inference.runtime as r; r.cuda_driver_present = lambda: False; "
+            "from core.inference.predict import select_device; print(select_device('auto'), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["cpu", "False"]
     with pytest.raises(HemascanError, match="unknown device"):
@@ -145,7 +145,7 @@ def test_quantize_adds_a_checked_int8_model_or_withholds_it(tmp_path):
 def test_model_file_carries_the_int8_model_and_checks_it(tmp_path):
     import zipfile
 
-    from core.modelfile import export_package, unpack
+    from core.models.archive import export_package, unpack
 
     f = export_package(bundled_default_package(), tmp_path / "default.hsmodel")
     with zipfile.ZipFile(f) as z:

@@ -44,7 +44,7 @@ def one_error(proc: subprocess.CompletedProcess, code: int, *words: str) -> str:
 
 @pytest.fixture(scope="module")
 def smears(tmp_path_factory) -> Path:
-    from core.sample import generate
+    from core.app.sample import generate
 
     folder = tmp_path_factory.mktemp("errors") / "smears"
     generate(folder, n_per_class=2, seed=11)
@@ -56,18 +56,18 @@ def lab(data_dir: Path, smears: Path, register_model: bool = False) -> Path:
     from sqlalchemy import select
 
     from core.config import resolve_paths
-    from core.db import Database, ImageFile
+    from core.storage import Database, ImageFile
     from core.jobs import run_job
-    from core.labels import record_labels
-    from core.registry import ensure_active_model
-    from core.scan import scan
+    from core.review.labels import record_labels
+    from core.app.bootstrap import setup_models
+    from core.imaging.scan import scan
 
     paths = resolve_paths(data_dir).ensure()
     db = Database(paths.db_url())
     try:
         if register_model:
             with db.session() as s:
-                ensure_active_model(s, paths)
+                setup_models(s, paths)
         run_job(scan(db, smears))
         with db.session() as s:
             ids = sorted(set(s.scalars(select(ImageFile.image_id))))
@@ -121,7 +121,7 @@ def test_read_only_database_uri(tmp_path, smears):
     data = tmp_path / "data"
     db_file = lab(data, smears)
     (smears.parent / "more").mkdir(exist_ok=True)
-    from core.sample import generate
+    from core.app.sample import generate
 
     more = smears.parent / "more" / "x"
     if not more.exists():
@@ -142,7 +142,7 @@ def test_read_only_data_directory(tmp_path, smears):
     db_file = lab(data, smears)
     before = digest(db_file)
     more = tmp_path / "more"
-    from core.sample import generate
+    from core.app.sample import generate
 
     generate(more, n_per_class=1, seed=13)
     ro_mount = ["unshare", "-m", "sh", "-c", f'mount --bind -o ro "{data}" "{data}" && exec "$0" "$@"']
@@ -185,7 +185,7 @@ def test_unwritable_log_does_not_break_commands(tmp_path, smears):
 @needs_mounts
 def test_full_disk(tmp_path, smears):
     """The data directory's disk fills up during classify: exit 6, one sentence, nothing lost."""
-    from core.sample import generate
+    from core.app.sample import generate
 
     data = tmp_path / "data"
     lab(data, smears, register_model=True)
@@ -267,7 +267,7 @@ def test_password_with_url_characters_survives():
     from sqlalchemy.engine import URL, make_url
 
     from core.config import Paths
-    from core.db import alembic_config
+    from core.storage import alembic_config
 
     pw = "p%4@:/?#w 1"
     url = URL.create("postgresql+psycopg", username="lab", password=pw, host="db.lab", port=5432,
@@ -291,7 +291,7 @@ def test_busy_database_exit_code(tmp_path, smears):
     holder.execute("BEGIN EXCLUSIVE")
     try:
         more = tmp_path / "more"
-        from core.sample import generate
+        from core.app.sample import generate
 
         generate(more, n_per_class=1, seed=15)
         proc = run_cli(data, "scan", more, HEMASCAN_BUSY_TIMEOUT_MS="200")
@@ -327,8 +327,8 @@ def test_gui_label_write_never_blocks_on_a_locked_database(qtbot, tmp_path, path
     from PySide6.QtCore import QSettings, Qt, QTimer
     from sqlalchemy import select
 
-    from core.db import LabelEvent
-    from core.sample import generate
+    from core.storage import LabelEvent
+    from core.app.sample import generate
     from desktop.mainwindow import MainWindow
 
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
@@ -466,7 +466,7 @@ def _classify_and_cut(tmp_path, pg_server, url, n: int, after_cut: str | None = 
     20 predictions are stored; ``after_cut``: SQL run as admin right after (e.g. keep it out)."""
     from sqlalchemy import create_engine, text
 
-    from core.sample import generate
+    from core.app.sample import generate
     from tests.conftest import url_arg
 
     folder = tmp_path / "drop"

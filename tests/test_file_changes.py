@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from core import images as images_mod
-from core import inference as inference_mod
-from core.db import Image, ImageFile, Prediction
-from core.inference import classify
+from core.imaging import images as images_mod
+from core.inference import predict as inference_mod
+from core.storage import Image, ImageFile, Prediction
+from core.inference.predict import classify
 from core.jobs import run_job
-from core.sample import smear_image
-from core.scan import scan
+from core.app.sample import smear_image
+from core.imaging.scan import scan
 
 GiB = 1024**3
 PEAK_LIMIT = 200 * 1024**2  # far below the 2 GiB a whole read of the big file costs
@@ -160,7 +160,7 @@ class _ChangesWhileRead:
 
 
 def _rewrite_on_read(monkeypatch, victim: Path, contents: list[bytes]) -> list[int]:
-    """The first reads of ``victim`` through core.images each replace it with the next of
+    """The first reads of ``victim`` through core.imaging.images each replace it with the next of
     ``contents``; later reads change nothing. Returns a list that counts the reads."""
     reads: list[int] = []
 

@@ -10,10 +10,10 @@ def test_target_layer_keeps_an_eighth_of_the_input_and_the_map_has_that_detail()
     import torch.nn.functional as F
     import torch
 
-    from core.gradcam import gradcam, last_conv, target_layer
-    from core.modelpkg import load_model
-    from core.registry import bundled_default_package
-    from core.sample import smear_image
+    from core.inference.gradcam import gradcam, last_conv, target_layer
+    from core.models.package import load_model
+    from core.models.registry import bundled_default_package
+    from core.app.sample import smear_image
 
     model, card = load_model(bundled_default_package(), "cpu")
     for p in model.parameters():
@@ -40,7 +40,7 @@ def test_gradcam_lands_on_the_image_shown_when_it_finishes(qtbot, tmp_path):
     from PySide6.QtCore import QSettings, Qt
 
     from core.config import resolve_paths
-    from core.sample import generate
+    from core.app.sample import generate
     from desktop.mainwindow import MainWindow
 
     from .test_desktop import JOB_TIMEOUT

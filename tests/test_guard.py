@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import select
 
 from core.errors import ModelPackageError
-from core.guard import GUARD_FILE, load_guard
-from core.modelpkg import read_card, sha256_file
-from core.registry import bundled_default_package
+from core.models.guard import GUARD_FILE, load_guard
+from core.models.package import read_card, sha256_file
+from core.models.registry import bundled_default_package
 from trainer.guard import fit_guard, write_guard
 
 
@@ -83,9 +83,9 @@ def test_engines_compute_the_guard_distance_of_the_penultimate_embedding(tmp_pat
     inside its graph. Both against the plain fp32 model's embedding through the numpy guard."""
     import torch
 
-    from core.architectures import LogitsAndEmbedding
-    from core.inference import Predictor
-    from core.modelpkg import load_model
+    from core.models.architectures import LogitsAndEmbedding
+    from core.inference.predict import Predictor
+    from core.models.package import load_model
 
     pkg = bundled_default_package()
     model, card = load_model(pkg)
@@ -112,7 +112,7 @@ def test_engines_compute_the_guard_distance_of_the_penultimate_embedding(tmp_pat
 def tiny_guarded_model(tmp_path_factory):
     """A tiny model trained by the real trainer on synthetic smears, with its guard."""
     from core.jobs import run_job
-    from core.sample import generate
+    from core.app.sample import generate
     from trainer.engine import TrainConfig, run
 
     root = tmp_path_factory.mktemp("guarded")
@@ -138,7 +138,7 @@ def test_training_fits_the_guard_into_the_package(tiny_guarded_model):
 def test_outside_state_goes_from_classify_to_the_database_and_the_csv(tiny_guarded_model, cli, db, tmp_path):
     import cv2
 
-    from core.db import ImageFile, Prediction
+    from core.storage import ImageFile, Prediction
 
     root, summary = tiny_guarded_model
     rc, _, err = cli("models", "register", summary["package"], "--activate")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from core.errors import ImageError
-from core.images import decode_rgb, probe
+from core.imaging.images import decode_rgb, probe
 from tests.badfiles import jpeg_bytes, png_bomb, write_awkward_folder
 
 
@@ -49,7 +49,7 @@ def test_pixel_limit_is_configurable():
 def test_read_and_hash_reads_once_and_refuses_big_files_from_the_stat(tmp_path, monkeypatch):
     import hashlib
 
-    from core.images import DEFAULT_MAX_FILE_BYTES, format_bytes, max_file_bytes, read_and_hash, read_file
+    from core.imaging.images import DEFAULT_MAX_FILE_BYTES, format_bytes, max_file_bytes, read_and_hash, read_file
 
     p = tmp_path / "a.jpg"
     p.write_bytes(jpeg_bytes(size=64))

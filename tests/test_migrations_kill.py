@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
-from core.db import Database, current_revision, make_engine, upgrade
+from core.storage import Database, current_revision, make_engine, upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def _count(*_args):
     if count == n:
         os.kill(os.getpid(), signal.SIGKILL)
 
-from core.db import Database
+from core.storage import Database
 Database(url).dispose()
 print("STATEMENTS", count)
 """

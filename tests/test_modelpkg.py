@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from core.errors import ModelPackageError
-from core.inference import Predictor
-from core.modelpkg import WEIGHTS_FILE, load_model, read_card, save_package
-from core.registry import (
+from core.inference.predict import Predictor
+from core.models.package import WEIGHTS_FILE, load_model, read_card, save_package
+from core.app.bootstrap import setup_models
+from core.models.registry import (
     active_version,
     bundled_default_package,
     bundled_packages,
-    ensure_active_model,
     get_version,
     list_versions,
     register_package,
@@ -81,7 +81,7 @@ def test_save_then_register_and_switch_active(tmp_path, db, paths):
     card.name, card.parent, card.placeholder = "second-model", card.name, False
     pkg = save_package(tmp_path / "second", model.state_dict(), card) and tmp_path / "second"
     with db.session() as s:
-        first = ensure_active_model(s, paths)
+        first = setup_models(s, paths)
         second = register_package(s, paths, pkg)
         assert second.parent_id == first.id
         assert active_version(s).id == first.id
@@ -102,8 +102,8 @@ def test_save_then_register_and_switch_active(tmp_path, db, paths):
 def test_batchnorm_folding_removes_bn_and_keeps_outputs(arch):
     from torch import nn
 
-    from core.architectures import build
-    from core.engines import fold_batchnorm
+    from core.models.architectures import build
+    from core.inference.engines import fold_batchnorm
 
     torch.manual_seed(0)
     model = build(arch, num_classes=4).eval()
@@ -122,10 +122,12 @@ def test_leftovers_of_killed_writes_are_removed_when_old(paths, db):
     import os
     import time
 
-    from core.registry import remove_stale_temporaries
+    from core.models.registry import remove_stale_temporaries
+
+    from core.app.bootstrap import setup_models
 
     with db.session() as s:
-        pkg_dir = paths.models / ensure_active_model(s, paths).name
+        pkg_dir = paths.models / setup_models(s, paths).name
     old_dir = paths.models / ".tmp-abc123"  # save_package killed mid-write
     old_dir.mkdir()
     (old_dir / "model.safetensors").write_bytes(b"half")
@@ -144,7 +146,7 @@ def test_leftovers_of_killed_writes_are_removed_when_old(paths, db):
     removed = remove_stale_temporaries(paths)
     assert set(removed) == {old_dir, old_card, old_ir}
     assert fresh.exists() and keep.exists() and (pkg_dir / "card.json").exists()
-    with db.session() as s:  # runs on every ensure_active_model (classify, GUI start)
+    with db.session() as s:  # runs on every setup_models (classify, GUI start)
         os.utime(fresh, (stale, stale))
-        ensure_active_model(s, paths)
+        setup_models(s, paths)
     assert not fresh.exists()

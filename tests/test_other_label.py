@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from core.db import ModelVersion
+from core.storage import ModelVersion
 from core.jobs import run_job
-from core.labels import record_labels
-from core.scan import images_under, scan
-from core.taxonomy import OTHER, review_labels
+from core.review.labels import record_labels
+from core.imaging.scan import images_under, scan
+from core.models.taxonomy import OTHER, review_labels
 
 from .test_retrain import FAST, labelled  # noqa: F401  (fixture)
 
 
 def test_other_is_a_review_label_of_every_taxonomy(db):
-    from core.taxonomy import TAXONOMIES
+    from core.models.taxonomy import TAXONOMIES
 
     for name, tax in TAXONOMIES.items():
         assert review_labels(name) == (*tax.classes, OTHER) and OTHER not in tax.classes
@@ -30,7 +30,7 @@ def test_other_is_a_review_label_of_every_taxonomy(db):
 
 def _foreign_folder(root: Path) -> Path:
     """Smear-like images the lab never trained on: the sample generator's cells, greyed and blurred."""
-    from core.sample import generate
+    from core.app.sample import generate
 
     folder = root / "foreign"
     for p in generate(root / "src", n_per_class=6, seed=9, size=64):
@@ -43,8 +43,8 @@ def _foreign_folder(root: Path) -> Path:
 
 
 def _flagged(db, version_name: str, paths_: list[str]) -> np.ndarray:
-    from core.images import decode_rgb, read_file
-    from core.inference import Predictor
+    from core.imaging.images import decode_rgb, read_file
+    from core.inference.predict import Predictor
 
     with db.session() as s:
         pkg = s.scalar(select(ModelVersion.path).where(ModelVersion.name == version_name))

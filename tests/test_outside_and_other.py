@@ -12,8 +12,8 @@ from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QColor  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from core.db import LabelEvent  # noqa: E402
-from core.taxonomy import OTHER  # noqa: E402
+from core.storage import LabelEvent  # noqa: E402
+from core.models.taxonomy import OTHER  # noqa: E402
 
 from .test_desktop import JOB_TIMEOUT, key, window  # noqa: E402,F401  (fixture)
 
@@ -27,7 +27,7 @@ def _outside_band_pixels(w) -> int:
 
 
 def test_outside_images_are_marked_filtered_counted_and_can_be_called_other(qtbot, window, tmp_path, monkeypatch):  # noqa: F811
-    from core.sample import generate
+    from core.app.sample import generate
 
     w = window
     folder = tmp_path / "synthetic"

@@ -135,11 +135,11 @@ def test_device_notice_reaches_the_gui_status_bar(qtbot):
 
 
 def test_entry_registers_plugin_commands_without_entry_points(monkeypatch):
-    import core.cli
+    import core.app.cli
 
-    monkeypatch.setattr(core.cli, "entry_points", lambda group: [])  # as in a frozen app
+    monkeypatch.setattr(core.app.cli, "entry_points", lambda group: [])  # as in a frozen app
     _entry_module().register_commands()
-    assert {"classify", "gui", "train", "models"} <= set(core.cli.COMMANDS)
+    assert {"classify", "gui", "train", "models"} <= set(core.app.cli.COMMANDS)
 
 
 # --- installers -------------------------------------------------------------------------

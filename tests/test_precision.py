@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.images import decode_rgb, read_file
-from core.runtime import Device
-from core.inference import Predictor
-from core.modelpkg import load_model, read_card
-from core.registry import bundled_default_package
+from core.imaging.images import decode_rgb, read_file
+from core.inference.runtime import Device
+from core.inference.predict import Predictor
+from core.models.package import load_model, read_card
+from core.models.registry import bundled_default_package
 
 DATASET = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "all-taleqani")
 
@@ -85,7 +85,7 @@ def test_compiled_model_matches_eager_including_a_short_last_batch(tmp_path):
 
 
 def test_compile_marker_is_per_model_and_batch(tmp_path):
-    from core.engines import compile_marker
+    from core.inference.engines import compile_marker
 
     m1 = compile_marker(tmp_path, "a" * 64, 32)
     assert m1 != compile_marker(tmp_path, "b" * 64, 32) and m1 != compile_marker(tmp_path, "a" * 64, 64)

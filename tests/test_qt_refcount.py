@@ -50,10 +50,10 @@ def test_gallery_scroll_to_end_and_back_keeps_none_refcount(qtbot, paths, tmp_pa
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QAbstractSlider
 
-    from core.labels import record_labels
-    from core.registry import active_version
-    from core.sample import generate
-    from core.scan import scan
+    from core.review.labels import record_labels
+    from core.models.registry import active_version
+    from core.app.sample import generate
+    from core.imaging.scan import scan
     from desktop.mainwindow import MainWindow
 
     # a defective Qt must not abort the test run: hold references to None meanwhile, and make

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from core.db import ModelVersion
+from core.storage import ModelVersion
 from core.errors import ModelPackageError
-from core.modelfile import FORMAT, FORMAT_VERSION, MANIFEST, import_model
-from core.modelpkg import (
+from core.models.archive import FORMAT, FORMAT_VERSION, MANIFEST, import_model
+from core.models.package import (
     CARD_FILE,
     MAX_CARD_BYTES,
     WEIGHTS_FILE,
@@ -35,14 +35,14 @@ from core.modelpkg import (
     validate_model_name,
     verify_package,
 )
-from core.registry import (
+from core.app.bootstrap import setup_models
+from core.models.registry import (
     bundled_default_package,
     bundled_packages,
-    ensure_active_model,
     list_versions,
     register_package,
 )
-from core.taxonomy import TAXONOMIES
+from core.models.taxonomy import TAXONOMIES
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBTYPES = list(TAXONOMIES["all_subtype"].classes)
@@ -131,7 +131,7 @@ def test_register_refuses_a_name_that_is_a_path_and_deletes_nothing(tmp_path, db
     assert (paths.models / name).resolve() == victim.resolve()  # the attack really aims at it
     pkg = edited(tmp_path, name=name)
     with db.session() as s:
-        ensure_active_model(s, paths)
+        setup_models(s, paths)
     with pytest.raises(ModelPackageError, match="name") as err, db.session() as s:
         register_package(s, paths, pkg, activate=True)
     assert_intact(victim)
@@ -145,7 +145,7 @@ def test_import_refuses_a_name_that_is_a_path_and_deletes_nothing(tmp_path, db, 
     name = str(victim) if bad == "ABSOLUTE" else bad
     file = model_file(edited(tmp_path, name=name), tmp_path / "mailed.hsmodel")
     with db.session() as s:
-        ensure_active_model(s, paths)
+        setup_models(s, paths)
     with pytest.raises(ModelPackageError, match="name") as err:
         import_model(db, paths, file, activate=True)
     assert_intact(victim)
@@ -254,7 +254,7 @@ def test_bad_card_is_refused_by_register_and_import_and_leaves_nothing(tmp_path,
     changes, field = BAD_CARDS[case]
     pkg = edited(tmp_path, name="mailed-v1", **changes)
     with db.session() as s:
-        ensure_active_model(s, paths)
+        setup_models(s, paths)
     with pytest.raises(ModelPackageError, match=field), db.session() as s:
         register_package(s, paths, pkg, activate=True)
     registry_is_clean(db, paths)
@@ -267,14 +267,14 @@ def test_a_card_edited_after_registration_is_refused_on_load(tmp_path, db, paths
     """Load validates too: a registered package whose card is changed on disk afterwards
     (by hand, by another tool) is refused before a single image is classified."""
     with db.session() as s:
-        pkg = Path(ensure_active_model(s, paths).path)
+        pkg = Path(setup_models(s, paths).path)
     card = card_of(pkg)
     card["temperature"] = -1.0
     os.chmod(pkg / CARD_FILE, 0o644)
     write_card(pkg, card)
     with pytest.raises(ModelPackageError, match="temperature"):
         load_model(pkg)
-    from core.inference import Predictor  # the classify path (OpenVINO or torch)
+    from core.inference.predict import Predictor  # the classify path (OpenVINO or torch)
 
     with pytest.raises(ModelPackageError, match="temperature"):
         Predictor(pkg)
@@ -341,8 +341,8 @@ def test_a_card_the_trainer_writes_round_trips(tmp_path):
     load would refuse; a valid one reads back equal."""
     from dataclasses import asdict
 
-    from core.architectures import build
-    from core.preprocessing import Preprocessing
+    from core.models.architectures import build
+    from core.imaging.preprocessing import Preprocessing
 
     card = ModelCard(name="tiny-v1", architecture="seed_baseline", taxonomy="all_subtype", classes=SUBTYPES,
                      preprocessing=Preprocessing(input_size=40, interpolation="area").to_dict(),
@@ -354,7 +354,7 @@ def test_a_card_the_trainer_writes_round_trips(tmp_path):
 
 
 def test_save_package_refuses_a_bad_card_before_writing_anything(tmp_path):
-    from core.architectures import build
+    from core.models.architectures import build
 
     victim = sentinel(tmp_path)
     models = tmp_path / "models"
@@ -373,7 +373,7 @@ def test_save_package_refuses_a_bad_card_before_writing_anything(tmp_path):
 
 def test_weights_that_do_not_fit_arch_params_are_refused_before_allocating(tmp_path):
     """arch_params come from the card too: a huge width must not build a huge model."""
-    from core.architectures import build
+    from core.models.architectures import build
 
     card = ModelCard(name="small-v1", architecture="seed_cnn3", taxonomy="all_subtype", classes=SUBTYPES,
                      preprocessing={"input_size": 48})
@@ -396,7 +396,7 @@ def test_models_list_shows_the_bundled_model(cli):
 def test_registering_a_valid_package_still_works(tmp_path, db, paths):
     pkg = edited(tmp_path, name="colleague-v3")
     with db.session() as s:
-        ensure_active_model(s, paths)
+        setup_models(s, paths)
         v = register_package(s, paths, pkg)
         assert Path(v.path) == paths.models / "colleague-v3"
     with db.session() as s:
@@ -407,8 +407,8 @@ def test_registering_a_valid_package_still_works(tmp_path, db, paths):
 def test_classifier_layer_table_covers_every_architecture():
     """The torch-free table the card check reads the weights' output size from names every
     registered architecture and its real final layer (a new architecture must be added)."""
-    from core.architectures import ARCHITECTURES, build
-    from core.modelpkg import CLASSIFIER_WEIGHTS
+    from core.models.architectures import ARCHITECTURES, build
+    from core.models.package import CLASSIFIER_WEIGHTS
 
     assert set(CLASSIFIER_WEIGHTS) == set(ARCHITECTURES)
     for name, tensor in CLASSIFIER_WEIGHTS.items():
@@ -436,7 +436,7 @@ def test_a_malformed_manifest_is_one_clear_error(tmp_path, db, paths, manifest):
 
 
 def test_guard_record_is_checked_and_its_file_travels_with_the_package(tmp_path, db, paths):
-    """The foreign-image guard a card lists (core/guard.py) is a package file: a path there is
+    """The foreign-image guard a card lists (core/models/guard.py) is a package file: a path there is
     refused, and register copies the file along with the weights."""
     pkg = edited(tmp_path, name="guarded-v1", guard={"file": "../guard.safetensors", "sha256": "0" * 64})
     with pytest.raises(ModelPackageError, match="guard"):
@@ -447,7 +447,7 @@ def test_guard_record_is_checked_and_its_file_travels_with_the_package(tmp_path,
     write_card(pkg, card)
     (pkg / "unlisted.txt").write_text("not part of the package")
     with db.session() as s:
-        ensure_active_model(s, paths)
+        setup_models(s, paths)
         v = register_package(s, paths, pkg)
     dest = Path(v.path)
     assert (dest / "guard.safetensors").read_bytes() == b"guard bytes"

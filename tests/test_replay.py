@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from core.jobs import run_job
-from core.labels import record_labels
-from core.modelpkg import load_model, read_card
-from core.registry import bundled_packages
-from core.sample import generate
-from core.scan import images_under, scan
+from core.review.labels import record_labels
+from core.models.package import load_model, read_card
+from core.models.registry import bundled_packages
+from core.app.bootstrap import setup_models
+from core.app.sample import generate
+from core.imaging.scan import images_under, scan
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 BINARY = next((p for p in bundled_packages() if read_card(p).taxonomy == "all_vs_normal"), None)
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.skipif(BINARY is None, reason="no ALL-vs-normal package
 
 
 def _called_all(package: Path, files: list[Path]) -> float:
-    from core.images import decode_rgb, read_file
+    from core.imaging.images import decode_rgb, read_file
 
     model, card = load_model(package)
     model.eval()
@@ -33,14 +34,13 @@ def _called_all(package: Path, files: list[Path]) -> float:
 
 
 def test_reviewing_only_normal_cells_keeps_the_all_class(db, paths, tmp_path):
-    from core.registry import ensure_active_model
     from trainer.retrain import RetrainConfig, activate, retrain
 
     folder = tmp_path / "normal-only"
     generate(folder, n_per_class=18, seed=6, taxonomy="all_vs_normal")
     run_job(scan(db, folder / "hem"))
     with db.session() as s:
-        ensure_active_model(s, paths)
+        setup_models(s, paths)
     activate(db, read_card(BINARY).name)
     with db.session() as s:
         for image_id, _ in images_under(s, folder / "hem"):

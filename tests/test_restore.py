@@ -10,8 +10,8 @@ pytest.importorskip("pytestqt")
 
 from sqlalchemy import select  # noqa: E402
 
-from core.db import LabelEvent  # noqa: E402
-from core.gallery import UNREVIEWED  # noqa: E402
+from core.storage import LabelEvent  # noqa: E402
+from core.review.gallery import UNREVIEWED  # noqa: E402
 
 from .test_desktop import JOB_TIMEOUT  # noqa: E402
 
@@ -33,7 +33,7 @@ def _close(w):
 
 
 def test_reviewer_is_asked_once_and_root_is_not_a_name(qtbot, paths, tmp_path, monkeypatch):
-    from core.sample import generate
+    from core.app.sample import generate
 
     answers, prompts = [("root", True), ("  Ana Ruiz ", True)], []
 
@@ -66,7 +66,7 @@ def _reviewers(w):
 
 
 def test_last_folder_reopens_with_its_filters_sort_and_image(qtbot, paths, tmp_path, monkeypatch):
-    from core.sample import generate
+    from core.app.sample import generate
 
     monkeypatch.setattr("PySide6.QtWidgets.QInputDialog.getText", lambda *a, **k: ("Ana Ruiz", True))
     generate(tmp_path / "a", n_per_class=6, seed=1)

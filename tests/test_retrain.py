@@ -1,4 +1,4 @@
-"""Retrain loop on tiny generated data (core.sample): corrections in, new version out,
+"""Retrain loop on tiny generated data (core.app.sample): corrections in, new version out,
 comparison, promotion / roll-back, cancel, stale runs, fixed validation sides, export /
 import of single-file models."""
 from __future__ import annotations
@@ -12,15 +12,15 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from core.architectures import build
-from core.db import Image, ModelVersion, TrainingRun
+from core.models.architectures import build
+from core.storage import Image, ModelVersion, TrainingRun
 from core.jobs import run_job
-from core.labels import record_labels
-from core.modelpkg import ModelCard, save_package
-from core.registry import active_version, register_bundled, register_package
-from core.sample import generate
-from core.scan import images_under, scan
-from core.taxonomy import TAXONOMIES
+from core.review.labels import record_labels
+from core.models.package import ModelCard, save_package
+from core.models.registry import active_version, register_bundled, register_package
+from core.app.sample import generate
+from core.imaging.scan import images_under, scan
+from core.models.taxonomy import TAXONOMIES
 
 CLASSES = list(TAXONOMIES["all_subtype"].classes)
 # the tiny test model trains whole, at the trainer's from-scratch rate, for a fixed two epochs
@@ -180,13 +180,13 @@ def test_killed_run_marked_failed_and_failure_recorded(labelled, db, paths):
 
 def test_export_import_round_trip_and_tampering(labelled, db, paths, tmp_path):
     from core.errors import ModelPackageError
-    from core.modelfile import export_model, import_model
+    from core.models.archive import export_model, import_model
 
     f = tmp_path / "tiny.hsmodel"
     export_model(db, "tiny-v1", f)
     other = tmp_path / "other"
     from core.config import resolve_paths
-    from core.db import Database
+    from core.storage import Database
 
     p2 = resolve_paths(other).ensure()
     db2 = Database(p2.db_url())

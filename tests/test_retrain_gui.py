@@ -39,7 +39,7 @@ def _fast(dlg):
 
 
 def test_retrain_dialog_through_to_promotion(qtbot, window, db, monkeypatch):
-    from core.registry import active_version
+    from core.models.registry import active_version
 
     w = window
     assert w.a_retrain.isEnabled()

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.images import decode_rgb, read_file
+from core.imaging.images import decode_rgb, read_file
 from core.jobs import run_job
-from core.labels import record_labels
-from core.modelpkg import load_model, read_card
-from core.registry import ensure_active_model
-from core.sample import generate
-from core.scan import images_under, scan
+from core.review.labels import record_labels
+from core.models.package import load_model, read_card
+from core.app.bootstrap import setup_models
+from core.app.sample import generate
+from core.imaging.scan import images_under, scan
 
 FOLDER_CLASS = {"Benign": "Benign", "Early": "Early Pre-B", "Pre": "Pre-B", "Pro": "Pro-B"}
 
@@ -40,7 +40,7 @@ def test_corrected_images_are_predicted_as_corrected_after_a_small_retrain(db, p
     generate(similar, n_per_class=10, seed=12)
     run_job(scan(db, corrected))
     with db.session() as s:
-        parent = Path(ensure_active_model(s, paths).path)
+        parent = Path(setup_models(s, paths).path)
         for image_id, path in images_under(s, corrected):
             record_labels(s, [image_id], FOLDER_CLASS[Path(path).parent.name], "tester", source="human")
     out = run_job(retrain(db, paths, RetrainConfig(int8=False, threads=2, bootstrap=200, replay=replay)))

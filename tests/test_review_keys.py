@@ -15,8 +15,8 @@ from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from core.db import LabelEvent  # noqa: E402
-from core.taxonomy import OTHER, OTHER_TITLE  # noqa: E402
+from core.storage import LabelEvent  # noqa: E402
+from core.models.taxonomy import OTHER, OTHER_TITLE  # noqa: E402
 
 from .test_desktop import JOB_TIMEOUT, window  # noqa: E402,F401  (fixture)
 
@@ -32,7 +32,7 @@ def _open(qtbot, w, folder):
 
 
 def test_keys_act_on_the_gallery_after_a_filter_was_used(qtbot, window, tmp_path):  # noqa: F811
-    from core.sample import generate
+    from core.app.sample import generate
 
     w = window
     generate(tmp_path / "a", n_per_class=3, seed=1)
@@ -61,7 +61,7 @@ def test_keys_act_on_the_gallery_after_a_filter_was_used(qtbot, window, tmp_path
 
 
 def test_detail_panel_shows_the_current_image_or_nothing_and_refusals_say_why(qtbot, window, tmp_path):  # noqa: F811
-    from core.sample import generate
+    from core.app.sample import generate
 
     w = window
     generate(tmp_path / "a", n_per_class=2, seed=1)
@@ -91,8 +91,8 @@ def test_detail_panel_shows_the_current_image_or_nothing_and_refusals_say_why(qt
 def test_tile_says_the_reviewers_class_in_words_and_the_models_when_they_differ(qtbot, window, tmp_path):  # noqa: F811
     from PySide6.QtCore import Qt as _Qt
 
-    from core.gallery import GalleryRow, tile_caption
-    from core.sample import generate
+    from core.review.gallery import GalleryRow, tile_caption
+    from core.app.sample import generate
 
     row = GalleryRow(1, "/x.jpg", "x.jpg", "Pro-B", 0.87, 0.3, False, (0, 0, 0.13, 0.87), None, None)
     assert tile_caption(row) == "Pro-B 87%"
@@ -117,8 +117,8 @@ def test_tile_says_the_reviewers_class_in_words_and_the_models_when_they_differ(
 
 
 def test_where_am_i_end_of_queue_unreviewed_queue_and_impossible_filters(qtbot, window, tmp_path):  # noqa: F811
-    from core.gallery import UNREVIEWED
-    from core.sample import generate
+    from core.review.gallery import UNREVIEWED
+    from core.app.sample import generate
     from desktop.mainwindow import UNREVIEWED_GRACE_MS
 
     w = window
@@ -157,7 +157,7 @@ def test_unusable_files_are_listed_with_reasons_and_copies_are_said(qtbot, windo
     import shutil
 
     from core.errors import os_reason
-    from core.sample import generate
+    from core.app.sample import generate
 
     w = window
     folder = tmp_path / "a"
@@ -182,7 +182,7 @@ def test_unusable_files_are_listed_with_reasons_and_copies_are_said(qtbot, windo
 
 def test_case_report_lists_corrected_and_flagged_images_with_sign_off(qtbot, window, tmp_path):  # noqa: F811
     from desktop.report import STATEMENT, build_report
-    from core.sample import generate
+    from core.app.sample import generate
 
     w = window
     generate(tmp_path / "a", n_per_class=2, seed=1)
@@ -237,7 +237,7 @@ def test_the_window_never_widens_itself_and_the_current_tile_is_framed(qtbot, wi
     and the image the keys act on is selected (framed) after a reload, not only current."""
     import shutil
 
-    from core.sample import generate
+    from core.app.sample import generate
 
     w = window
     generate(tmp_path / "a", n_per_class=2, seed=3)
@@ -263,7 +263,7 @@ def test_the_window_never_widens_itself_and_the_current_tile_is_framed(qtbot, wi
 def test_a_class_has_one_colour_in_every_view():
     """The counts, bars, buttons and report colour a class the same whether or not they were
     given the model's class list (the walkthrough saw Pre-B change colour between views)."""
-    from core.taxonomy import TAXONOMIES
+    from core.models.taxonomy import TAXONOMIES
     from desktop.gallery import class_color
 
     for tax in TAXONOMIES.values():

@@ -1,16 +1,16 @@
-"""The review state without Qt (core/review_state.py): what a key may do and why not, where
+"""The review state without Qt (core/review/state.py): what a key may do and why not, where
 the next key lands, the queue position, impossible filters, undo/redo as one step."""
 from __future__ import annotations
 
 import pytest
 
-from core.gallery import UNREVIEWED, GalleryFilter
-from core.review import ReviewSession
-from core.review_state import NEEDS_REVIEWER, ReviewState, disagreement_possible, normalise_filter
+from core.review.gallery import UNREVIEWED, GalleryFilter
+from core.review.session import ReviewSession
+from core.review.state import NEEDS_REVIEWER, ReviewState, disagreement_possible, normalise_filter
 
 
 class MemoryReview(ReviewSession):
-    """The undo stack of core.review over a dict instead of a database."""
+    """The undo stack of core.review.session over a dict instead of a database."""
 
     def __init__(self):
         super().__init__(db=None, reviewer="")

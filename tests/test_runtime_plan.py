@@ -1,4 +1,4 @@
-"""The runtime plan (core/runtime.py) for every combination of host capabilities, with no
+"""The runtime plan (core/inference/runtime.py) for every combination of host capabilities, with no
 hardware needed: a CPU with or without bf16/AMX, GPUs with and without bf16, OpenVINO and a C
 compiler present or not. Then the promise that follows from it on this machine: the torch
 paths compute in fp32 unless asked, whatever this CPU has."""
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from core.errors import HemascanError
-from core.runtime import (
+from core.inference.runtime import (
     COMPILE_MIN_IMAGES,
     COMPILE_MIN_IMAGES_WARM,
     PRECISIONS,
@@ -158,7 +158,7 @@ def test_only_core_runtime_reads_the_hardware():
     offenders = []
     for package in ("core", "trainer", "desktop", "bench"):
         for path in (ROOT / package).rglob("*.py"):
-            if path == ROOT / "core" / "runtime.py":
+            if path == ROOT / "core" / "inference" / "runtime.py":
                 continue
             text = path.read_text()
             offenders += [f"{path.relative_to(ROOT)}: {r}" for r in readers if r in text]
@@ -170,8 +170,8 @@ def test_only_core_runtime_reads_the_hardware():
 def test_trainer_inference_is_fp32_whatever_the_cpu():
     """On a CPU with avx512_bf16 the trainer used to evaluate and calibrate in bf16 (differences
     ~5e-3); now fp32 unless asked: it matches a plain fp32 forward pass to float rounding."""
-    from core.architectures import build
-    from core.preprocessing import Preprocessing
+    from core.models.architectures import build
+    from core.imaging.preprocessing import Preprocessing
     from trainer.engine import predict_logits
 
     torch.manual_seed(0)

@@ -3,11 +3,11 @@ import shutil
 
 from sqlalchemy import func, select
 
-from core import scan as scan_mod
-from core.db import Image, ImageFile, Scan
+from core.imaging import scan as scan_mod
+from core.storage import Image, ImageFile, Scan
 from core.jobs import run_job
-from core.labels import latest_events, record_labels
-from core.scan import images_under, scan
+from core.review.labels import latest_events, record_labels
+from core.imaging.scan import images_under, scan
 
 
 def test_scan_records_images_recursively(db, sample_folder):
@@ -61,7 +61,7 @@ def test_moved_file_keeps_its_labels(db, sample_folder):
 def test_cancel_keeps_what_was_written(db, tmp_path):
     import threading
 
-    from core.sample import generate
+    from core.app.sample import generate
 
     generate(tmp_path / "many", n_per_class=150, seed=1, size=64)
     cancel = threading.Event()

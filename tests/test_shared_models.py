@@ -20,8 +20,8 @@ from tests.conftest import hemascan_cmd, subprocess_env, url_arg
 @pytest.fixture(scope="module")
 def second_package(tmp_path_factory):
     """A second, valid model package (the bundled weights under another name)."""
-    from core.modelpkg import load_model, save_package
-    from core.registry import bundled_default_package
+    from core.models.package import load_model, save_package
+    from core.models.registry import bundled_default_package
 
     model, card = load_model(bundled_default_package())
     card.name, card.parent, card.placeholder = "shared-test-model", card.name, False
@@ -42,14 +42,16 @@ def _tree_hashes(folder):
 
 
 def test_a_model_promoted_on_one_seat_is_active_on_another(tmp_path, db_url, second_package, sample_folder):
-    from core.db import ModelActivation, ModelBlob, open_database
-    from core.registry import activation_log, active_version, ensure_active_model, promote, register_package
+    from core.storage import ModelActivation, ModelBlob
+    from core.app.bootstrap import open_database
+    from core.models.registry import activation_log, active_version, promote, register_package
+    from core.app.bootstrap import setup_models
 
     a, b = _seat(tmp_path, "seat-a"), _seat(tmp_path, "seat-b")
     db_a = open_database(a, db_url)
     try:
         with db_a.session() as s:
-            ensure_active_model(s, a)
+            setup_models(s, a)
             register_package(s, a, second_package)  # registered on seat A only
         promote(db_a, "shared-test-model", who="dr.a")
     finally:
@@ -61,7 +63,7 @@ def test_a_model_promoted_on_one_seat_is_active_on_another(tmp_path, db_url, sec
     db_b = open_database(b, db_url)
     try:
         with db_b.session() as s:
-            v = ensure_active_model(s, b)
+            v = setup_models(s, b)
             assert v.name == "shared-test-model" and active_version(s).name == "shared-test-model"
             assert s.scalar(select(ModelBlob.size).where(ModelBlob.sha256 == v.weights_sha256)) > 0
         got = b.models / "shared-test-model"
@@ -84,15 +86,17 @@ def test_a_model_promoted_on_one_seat_is_active_on_another(tmp_path, db_url, sec
 
 def test_a_damaged_copy_is_refused_a_missing_one_fetched_and_a_tampered_blob_refused(tmp_path, db_url,
                                                                                   second_package):
-    from core.db import ModelBlob, open_database
-    from core.modelstore import local_package
-    from core.registry import ensure_active_model, get_version, register_package
+    from core.storage import ModelBlob
+    from core.app.bootstrap import open_database
+    from core.models.store import local_package
+    from core.models.registry import get_version, register_package
+    from core.app.bootstrap import setup_models
 
     a, b = _seat(tmp_path, "seat-a"), _seat(tmp_path, "seat-b")
     db_a = open_database(a, db_url)
     try:
         with db_a.session() as s:
-            ensure_active_model(s, a)
+            setup_models(s, a)
             v = register_package(s, a, second_package)
             sha = v.weights_sha256
     finally:
@@ -108,7 +112,7 @@ def test_a_damaged_copy_is_refused_a_missing_one_fetched_and_a_tampered_blob_ref
             with open(weights, "r+b") as fh:  # damage this seat's copy
                 fh.seek(200)
                 fh.write(b"\0" * 64)
-            from core.modelpkg import verify_package
+            from core.models.package import verify_package
 
             assert local_package(s, v) == pkg  # used as it is (never silently repaired) ...
             with pytest.raises(ModelPackageError, match="do not match their card"):
@@ -137,7 +141,8 @@ def test_a_damaged_copy_is_refused_a_missing_one_fetched_and_a_tampered_blob_ref
 def test_every_activation_path_writes_one_log_row(tmp_path, db_url, second_package, cli):
     """registry (`models register --activate`, `models activate`/`rollback`), model file import
     (`models import --activate`): each is one row with who/when/from/to; rows are never changed."""
-    from core.db import ModelActivation, open_database
+    from core.storage import ModelActivation
+    from core.app.bootstrap import open_database
 
     url = url_arg(db_url)
     assert cli("--db-url", url, "models", "register", second_package, "--activate")[0] == 0
@@ -168,8 +173,8 @@ def test_the_old_activation_log_moves_into_the_table(tmp_path, db_url):
     """A database at 0004 keeps its activation history (a JSON list in settings) as rows."""
     import json
 
-    from core.db import Database, make_engine, upgrade
-    from core.registry import activation_log
+    from core.storage import Database, make_engine, upgrade
+    from core.models.registry import activation_log
 
     engine = make_engine(db_url)
     upgrade(engine, "0004")

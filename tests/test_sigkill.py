@@ -5,7 +5,7 @@ import sqlite3
 import subprocess
 import time
 
-from core.sample import generate
+from core.app.sample import generate
 from tests.conftest import hemascan_cmd, subprocess_env
 
 

@@ -1,6 +1,6 @@
 """Subject split (C-NMC-style names), per-subject metrics, the multi-lab augmentation
 options, and a tiny `hemascan train --split subject` end to end. Synthetic images only
-(core.sample), named like C-NMC files; the check on the real share skips without it."""
+(core.app.sample), named like C-NMC files; the check on the real share skips without it."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.sample import smear_image
+from core.app.sample import smear_image
 from trainer.data import cnmc_name_parts, make_split, scan_class_folders, subject_of, subject_split
 from trainer.metrics import classification_metrics, per_group_metrics
 
@@ -38,8 +38,8 @@ def _cnmc_like(root: Path, pool: Path, all_subjects=ALL_SUBJECTS, donors=NORMAL_
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory) -> Path:
-    """Synthetic cells in ALL/ and Normal/: core.sample's blast shapes (Pro-B for ALL, the
-    small round Benign one for Normal). core.sample.generate(taxonomy="all_vs_normal") has
+    """Synthetic cells in ALL/ and Normal/: core.app.sample's blast shapes (Pro-B for ALL, the
+    small round Benign one for Normal). core.app.sample.generate(taxonomy="all_vs_normal") has
     no shapes for these classes yet (KeyError 'ALL')."""
     import cv2
 
@@ -219,7 +219,7 @@ def test_train_and_evaluate_with_the_subject_split(cli, tmp_path, pool, db):
     assert "held-out test per subject" in out
     from sqlalchemy import select
 
-    from core.db import ModelVersion
+    from core.storage import ModelVersion
 
     with db.session() as s:
         card = s.scalars(select(ModelVersion).where(ModelVersion.name == "tiny-avn")).one().card

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from core.preprocessing import Preprocessing
-from core.taxonomy import TAXONOMIES, resolve_alias
+from core.imaging.preprocessing import Preprocessing
+from core.models.taxonomy import TAXONOMIES, resolve_alias
 
 
 @pytest.mark.parametrize(

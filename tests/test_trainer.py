@@ -1,4 +1,4 @@
-"""Trainer tests on tiny generated data (core.sample): seconds each."""
+"""Trainer tests on tiny generated data (core.app.sample): seconds each."""
 from __future__ import annotations
 
 import shutil
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.architectures import ARCHITECTURES, build
+from core.models.architectures import ARCHITECTURES, build
 from core.jobs import run_job
-from core.modelpkg import load_model
-from core.sample import generate
+from core.models.package import load_model
+from core.app.sample import generate
 from trainer.data import compute_hashes, file_number, patient_split, random_split, scan_class_folders
 from trainer.engine import TrainConfig, run
 from trainer.metrics import ece, fit_temperature, softmax

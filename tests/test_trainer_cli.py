@@ -5,11 +5,11 @@ import json
 
 from sqlalchemy import select
 
-from core.db import ModelVersion, TrainingRun
+from core.storage import ModelVersion, TrainingRun
 
 
 def test_train_evaluate_compare(cli, tmp_path, db):
-    from core.sample import generate
+    from core.app.sample import generate
 
     data = tmp_path / "smears"
     generate(data, n_per_class=16, seed=5, size=96)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
-from core.db import Prediction, WorkItem
+from core.storage import Prediction, WorkItem
 from core.jobs import run_job
 from tests.conftest import hemascan_cmd, subprocess_env
 
@@ -40,7 +40,7 @@ def test_submit_twice_then_worker_once_on_sqlite_predicts_every_image_once(cli, 
     assert rc == 0, err
     assert f"queued 0 of {N_SAMPLE} images" in out and f"{N_SAMPLE} were queued already" in out
 
-    from core.db import Database
+    from core.storage import Database
 
     db = Database(paths.db_url())
     try:
@@ -59,7 +59,7 @@ def test_submit_twice_then_worker_once_on_sqlite_predicts_every_image_once(cli, 
             items = s.execute(select(WorkItem.status, WorkItem.attempts, func.count())
                               .group_by(WorkItem.status, WorkItem.attempts)).all()
             assert sorted(items) == [("done", 1, N_SAMPLE - 1), ("failed", 1, 1)]
-        from core.workqueue import queue_status
+        from core.app.workqueue import queue_status
 
         (q,) = queue_status(db, sample_folder)
         assert (q.total, q.done, q.failed, q.queued, q.running) == (N_SAMPLE, N_SAMPLE - 1, 1, 0, 0)
@@ -70,9 +70,9 @@ def test_submit_twice_then_worker_once_on_sqlite_predicts_every_image_once(cli, 
 
 
 def test_queue_status_counts_queued_running_done_and_expired_leases(db, paths, sample_folder, tmp_path):
-    from core.inference import classify
-    from core.scan import scan
-    from core.workqueue import claim, queue_status, submit
+    from core.inference.predict import classify
+    from core.imaging.scan import scan
+    from core.app.workqueue import claim, queue_status, submit
 
     summary = run_job(submit(db, paths, sample_folder))
     assert summary.n_queued == N_SAMPLE
@@ -90,7 +90,7 @@ def test_queue_status_counts_queued_running_done_and_expired_leases(db, paths, s
 
     # predictions by classify count as done whatever the queue says; a new file is not queued
     run_job(classify(db, paths, sample_folder, device="cpu"))
-    from core.sample import generate
+    from core.app.sample import generate
 
     generate(sample_folder / "later", n_per_class=1, seed=99)
     run_job(scan(db, sample_folder))
@@ -233,7 +233,7 @@ def test_worker_exits_at_once_when_waiting_cannot_help(pg_server, tmp_path):
 def test_status_bar_label_shows_the_open_folders_queue(qtbot, db, paths, sample_folder, tmp_path):
     from desktop.queuestatus import QueueStatusLabel
     from desktop.workers import Workers
-    from core.workqueue import claim, submit
+    from core.app.workqueue import claim, submit
 
     workers = Workers()
     label = QueueStatusLabel(workers, lambda: db)
@@ -257,8 +257,8 @@ def test_the_window_shows_another_machines_worker_and_its_predictions(qtbot, pat
     bar and the predictions in the gallery as they land, without being asked to."""
     from PySide6.QtCore import QSettings
 
-    from core.db import open_database
-    from core.workqueue import run_worker, submit
+    from core.app.bootstrap import open_database
+    from core.app.workqueue import run_worker, submit
     from desktop.mainwindow import MainWindow
 
     settings = QSettings(str(paths.data_dir / "t.ini"), QSettings.IniFormat)

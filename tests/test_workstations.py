@@ -23,8 +23,8 @@ from tests.conftest import ROOT, hemascan_cmd, subprocess_env, url_arg
 REVIEWER = r"""
 import sys, time
 from sqlalchemy import select
-from core.db import Database, ImageFile
-from core.labels import LabelWriter
+from core.storage import Database, ImageFile
+from core.review.labels import LabelWriter
 url, who, label, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 db = Database(url, migrate=False)
 with db.session() as s:
@@ -41,9 +41,10 @@ print("LEFT", len(left), "WROTE", rounds * len(ids), flush=True)
 
 
 def _prepared(db_url, paths, folder) -> list[int]:
-    from core.db import ImageFile, open_database
+    from core.storage import ImageFile
+    from core.app.bootstrap import open_database
     from core.jobs import run_job
-    from core.scan import scan
+    from core.imaging.scan import scan
 
     db = open_database(paths, db_url)
     try:
@@ -55,9 +56,10 @@ def _prepared(db_url, paths, folder) -> list[int]:
 
 
 def test_two_reviewers_label_the_same_folder_at_once(tmp_path, db_url, paths, sample_folder):
-    from core.db import LabelEvent, open_database
-    from core.gallery import rows, tile_caption
-    from core.labels import label_changes_since, last_event_id
+    from core.storage import LabelEvent
+    from core.app.bootstrap import open_database
+    from core.review.gallery import rows, tile_caption
+    from core.review.labels import label_changes_since, last_event_id
 
     ids = _prepared(db_url, paths, sample_folder)
     db = open_database(paths, db_url)
@@ -103,8 +105,8 @@ def test_two_reviewers_label_the_same_folder_at_once(tmp_path, db_url, paths, sa
 
 def test_label_changes_since_sees_another_seats_write(db_url, paths, sample_folder, tmp_path):
     from core.config import resolve_paths
-    from core.db import open_database
-    from core.labels import LabelWriter, label_changes_since, last_event_id
+    from core.app.bootstrap import open_database
+    from core.review.labels import LabelWriter, label_changes_since, last_event_id
 
     ids = _prepared(db_url, paths, sample_folder)
     other_folder = tmp_path / "elsewhere"
@@ -146,7 +148,7 @@ def _count(url, sql: str) -> int:
 def test_sigkill_mid_classify_then_rerun_on_both_engines(tmp_path, db_url, data_dir):
     """Classify killed with SIGKILL mid-job on either engine: what was committed stays, the
     rerun finishes, one prediction per image; labels given before are all there."""
-    from core.sample import generate
+    from core.app.sample import generate
 
     folder = tmp_path / "big"
     n = 480
@@ -192,7 +194,7 @@ def test_sigkill_mid_classify_then_rerun_on_both_engines(tmp_path, db_url, data_
 def test_sigkill_mid_label_writes_keeps_every_committed_event(tmp_path, db_url, paths, sample_folder):
     """A reviewer's process killed with SIGKILL while writing: every event it committed is
     there in full (no half action), and the database opens and takes new labels."""
-    from core.db import Database, LabelEvent
+    from core.storage import Database, LabelEvent
 
     ids = _prepared(db_url, paths, sample_folder)
     proc = subprocess.Popen([sys.executable, "-c", REVIEWER, url_arg(db_url), "dr.killed", "Benign", "1000"], cwd=ROOT,
@@ -214,7 +216,7 @@ def test_sigkill_mid_label_writes_keeps_every_committed_event(tmp_path, db_url, 
             assert len(events) >= 3 * len(ids)
             assert all(e.label == "Benign" and e.reviewer == "dr.killed" and e.created_at for e in events)
             assert [e.image_id for e in events] == [ids[k % len(ids)] for k in range(len(events))]  # in order, none lost
-        from core.labels import record_labels
+        from core.review.labels import record_labels
 
         with db.session() as s:
             record_labels(s, ids[:1], "Pro-B", "dr.after")
@@ -228,8 +230,8 @@ def test_peer_timer_refreshes_the_window_data(qtbot, db_url, paths, sample_folde
     """desktop/peers.py: the timer's poll reports another seat's labels for the open folder."""
     pytest.importorskip("PySide6")
     from core.config import resolve_paths
-    from core.db import open_database
-    from core.labels import record_labels
+    from core.app.bootstrap import open_database
+    from core.review.labels import record_labels
     from desktop.peers import PeerLabels
     from desktop.workers import Workers
 
@@ -261,8 +263,8 @@ def test_the_window_shows_another_seats_labels_with_its_name(qtbot, db_url, path
     from PySide6.QtCore import QSettings
 
     from core.config import resolve_paths
-    from core.db import open_database
-    from core.labels import record_labels
+    from core.app.bootstrap import open_database
+    from core.review.labels import record_labels
     from desktop.mainwindow import MainWindow
 
     ids = _prepared(db_url, paths, sample_folder)
@@ -280,7 +282,7 @@ def test_the_window_shows_another_seats_labels_with_its_name(qtbot, db_url, path
             record_labels(s, ids[:3], "Pro-B", "dr.ben", source="human", taxonomy=w.version["taxonomy"])
     finally:
         other.dispose()
-    from core.gallery import tile_caption
+    from core.review.gallery import tile_caption
 
     qtbot.waitUntil(lambda: sum("by dr.ben" in tile_caption(w.model.row_at(r)) for r in range(w.model.rowCount()))
                     == 3, timeout=10000)

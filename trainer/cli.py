@@ -7,12 +7,12 @@ import json
 import time
 from pathlib import Path
 
-from core.cli import command
+from core.app.command import command
 from core.errors import HemascanError
 
 
 def _configure_train(p: argparse.ArgumentParser) -> None:
-    # No import of core.architectures here: it pulls in torch, and every `hemascan` start
+    # No import of core.models.architectures here: it pulls in torch, and every `hemascan` start
     # (even --help) builds this parser. The name is checked when the command runs.
     p.add_argument("--data", required=True, help="folder of class folders (Benign/Early/Pre/Pro, all/hem, ...)")
     p.add_argument("--arch", default="effnet_lite0",
@@ -53,10 +53,10 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
 
 @command("train", "train a model on a folder of class folders", configure=_configure_train)
 def train_cmd(args: argparse.Namespace, app) -> int:
-    from core.registry import register_package
-    from core.runs import finish_run, start_run
+    from core.models.registry import register_package
+    from core.models.runs import finish_run, start_run
 
-    from core.architectures import ARCHITECTURES
+    from core.models.architectures import ARCHITECTURES
 
     from .engine import TrainConfig, run
 
@@ -207,7 +207,7 @@ def _configure_evaluate(p: argparse.ArgumentParser) -> None:
          configure=_configure_evaluate)
 def evaluate_cmd(args: argparse.Namespace, app) -> int:
 
-    from core.modelpkg import load_model
+    from core.models.package import load_model
 
     from . import augment as aug
     from .data import compute_hashes, load_images, make_split, scan_as_one_class, scan_class_folders, subject_of
@@ -218,7 +218,7 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
     model, card = load_model(pkg)
     logits_fn, runtime = None, "torch fp32"
     if args.runtime == "classify":
-        from core.inference import Predictor
+        from core.inference.predict import Predictor
 
         predictor = Predictor(pkg, cache_dir=app.paths.cache)
         logits_fn, runtime = predictor.logits, predictor.runtime
@@ -277,13 +277,13 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
 
 
 def _resolve_model(model: str | None, app) -> Path:
-    from core.modelstore import local_package
-    from core.registry import ensure_active_model, get_version
+    from core.models.store import local_package
+    from core.models.registry import get_version, require_active_version
 
     if model and Path(model).is_dir():
         return Path(model)
     with app.db.session() as s:
-        version = get_version(s, model) if model else ensure_active_model(s, app.paths)
+        version = get_version(s, model) if model else require_active_version(s)
         return local_package(s, version, app.paths)
 
 

@@ -92,8 +92,8 @@ def compare(cfg: CompareConfig, cancel=None):
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from core.architectures import build
-    from core.preprocessing import Preprocessing
+    from core.models.architectures import build
+    from core.imaging.preprocessing import Preprocessing
 
     from .engine import predict_logits  # noqa: F401
 

@@ -1,7 +1,7 @@
 """Class-folder datasets, image caches and leakage-aware splits.
 
 A dataset is a folder of class folders whose names resolve through
-``core.taxonomy.resolve_alias`` (Taleqani Benign/Early/Pre/Pro, C-NMC all/hem, or the
+``core.models.taxonomy.resolve_alias`` (Taleqani Benign/Early/Pre/Pro, C-NMC all/hem, or the
 class names themselves).
 
 Splits
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from core.images import SUPPORTED_EXTENSIONS, decode_rgb, read_file
-from core.duplicates import duplicate_pairs as core_duplicate_pairs
-from core.duplicates import hash_int, perceptual_hash, union_find
-from core.preprocessing import Preprocessing
-from core.taxonomy import TAXONOMIES, resolve_alias
+from core.imaging.images import SUPPORTED_EXTENSIONS, decode_rgb, read_file
+from core.imaging.duplicates import duplicate_pairs as core_duplicate_pairs
+from core.imaging.duplicates import hash_int, perceptual_hash, union_find
+from core.imaging.preprocessing import Preprocessing
+from core.models.taxonomy import TAXONOMIES, resolve_alias
 
 _NUM = re.compile(r"(\d+)(?!.*\d)")
 
@@ -115,7 +115,7 @@ def scan_as_one_class(root: Path, taxonomy: str, cls: str) -> Dataset:
 
 
 def compute_hashes(ds: Dataset) -> Dataset:
-    """SHA-256 of the bytes and the perceptual hash of every image: core.duplicates', the
+    """SHA-256 of the bytes and the perceptual hash of every image: core.imaging.duplicates', the
     same as `scan` stores, so the trainer and retrain see the same near duplicates."""
     shas, ph = [], []
     for p in ds.paths:

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.architectures import build
+from core.models.architectures import build
 from core.jobs import Progress
-from core.modelpkg import ModelCard, save_package
-from core.preprocessing import Preprocessing
-from core.runtime import runtime_plan
+from core.models.package import ModelCard, save_package
+from core.imaging.preprocessing import Preprocessing
+from core.inference.runtime import runtime_plan
 
 from . import augment as aug
 from .data import Dataset, Split, compute_hashes, load_images, make_split, scan_class_folders, subject_of
@@ -112,7 +112,7 @@ class TrainConfig:
     eval_ood: bool = True
     colour_baseline: bool = True
     device: str | None = None
-    precision: str = "auto"  # auto is fp32 on every device (core/runtime.py); bf16/fp16 only when asked
+    precision: str = "auto"  # auto is fp32 on every device (core/inference/runtime.py); bf16/fp16 only when asked
     notes: str = ""
 
     def to_dict(self) -> dict:
@@ -139,7 +139,7 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def autocast_for(device: torch.device | str, precision: str = "fp32"):
     """A context manager factory computing in ``precision`` on ``device``. fp32 (the default
-    for training, evaluation and calibration, see core/runtime.py) is a no-op context."""
+    for training, evaluation and calibration, see core/inference/runtime.py) is a no-op context."""
     import contextlib
 
     device = torch.device(device)
@@ -249,7 +249,7 @@ def evaluate(model: nn.Module | None, images: np.ndarray, labels: np.ndarray, cl
     """Metrics of ``model`` on uint8 images (through ``prep.apply``) with the given
     temperature; adds ``seconds`` and ``images_per_s`` and the raw ``logits``.
     ``logits_fn`` (uint8 batch -> logits) replaces the torch model, e.g. an inference
-    engine as `classify` runs it (core.inference.Predictor.logits)."""
+    engine as `classify` runs it (core.inference.predict.Predictor.logits)."""
     t0 = time.perf_counter()
     if logits_fn is not None:
         logits = np.concatenate([np.asarray(logits_fn(images[i : i + batch_size]), dtype=np.float64)
@@ -352,16 +352,6 @@ def _eval_rows(model, images, labels, classes, prep, device, temperature, robust
     return rows
 
 
-def ood_sets(images: np.ndarray, prep: Preprocessing, n_synthetic: int = 120, seed: int = 0) -> dict[str, np.ndarray]:
-    """Out-of-distribution inputs built from the in-distribution test images (blurred,
-    other stain) and synthetic smear-like sample images (core.sample)."""
-    from core.sample import smear_image
-    from core.taxonomy import TAXONOMIES
-
-    rng = np.random.default_rng(seed)
-    classes = TAXONOMIES["all_subtype"].classes
-    synth = np.stack([prep.apply(smear_image(classes[i % 4], rng, 224)) for i in range(n_synthetic)])
-    return {"synthetic_sample_images": synth, "blurred_sigma3": aug.blur(images, 3.0), "other_stain_hue180": aug.other_stain(images)}
 
 
 def _strip(m: dict) -> dict:
@@ -627,7 +617,7 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
 
     # -- the foreign-image guard: training side only, threshold on validation
     yield emit(Progress("guard", 0, 1, "fitting the foreign-image guard on the training side"))
-    from .guard import fit_guard, logits_and_embeddings
+    from .guard import fit_guard, logits_and_embeddings, ood_sets
 
     _, emb_train = logits_and_embeddings(model, images[train_idx], prep, device)
     emb_val = logits_and_embeddings(model, images[split.val], prep, device)[1] if len(split.val) else np.zeros((0, 0))

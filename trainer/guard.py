@@ -1,4 +1,4 @@
-"""Fitting the foreign-image guard (core/guard.py) on a trained model's embeddings.
+"""Fitting the foreign-image guard (core/models/guard.py) on a trained model's embeddings.
 
 Fitted on the training side only; the threshold is the validation side's 95th percentile,
 so about 5% of in-lab images are flagged. Chosen by measurement against energy, max-softmax,
@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.architectures import LogitsAndEmbedding
-from core.guard import CITATION, GUARD_FILE, GUARD_METHOD, ForeignImageGuard
-from core.modelpkg import sha256_file
-from core.preprocessing import Preprocessing
+from core.models.architectures import LogitsAndEmbedding
+from core.models.guard import CITATION, GUARD_FILE, GUARD_METHOD, ForeignImageGuard
+from core.models.package import sha256_file
+from core.imaging.preprocessing import Preprocessing
+
+from . import augment as aug
 
 FLAG_RATE = 0.05  # share of in-lab (validation) images the threshold flags
 MAX_DIM = 1280  # wider embeddings are first projected on their principal directions (file <= 7 MB)
@@ -97,7 +99,7 @@ def write_guard(package: Path, guard: ForeignImageGuard, info: dict) -> dict:
 
 def add_guard(package: Path, guard: ForeignImageGuard, info: dict) -> dict:
     """Put the guard into a package and record it (with its SHA-256) in the card."""
-    from core.modelpkg import verify_package
+    from core.models.package import verify_package
 
     from .quantize import _write_card
 
@@ -110,7 +112,7 @@ def add_guard(package: Path, guard: ForeignImageGuard, info: dict) -> dict:
 
 
 def _folder_images(folder: Path, prep: Preprocessing) -> np.ndarray:
-    from core.images import SUPPORTED_EXTENSIONS, decode_rgb, read_file
+    from core.imaging.images import SUPPORTED_EXTENSIONS, decode_rgb, read_file
 
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in SUPPORTED_EXTENSIONS and p.is_file())
     return np.stack([prep.apply(decode_rgb(read_file(str(f)))) for f in files]) if files else np.zeros((0,))
@@ -134,9 +136,8 @@ def guard_from_folder(package: Path, data: Path, foreign: dict[str, Path] | None
     """Fit (or refit) a package's guard on the training side of the split it was trained
     with, threshold on its validation side; measure it on the test side, on generated
     foreign images (synthetic, blurred, another stain) and on each folder of ``foreign``."""
-    from core.modelpkg import load_model
+    from core.models.package import load_model
 
-    from .engine import ood_sets
     from .metrics import softmax
     from .quantize import split_as_trained
 
@@ -167,3 +168,14 @@ def guard_from_folder(package: Path, data: Path, foreign: dict[str, Path] | None
     info["measured_with"] = "torch fp32 embeddings"
     add_guard(package, guard, info)
     return info
+
+def ood_sets(images: np.ndarray, prep: Preprocessing, n_synthetic: int = 120, seed: int = 0) -> dict[str, np.ndarray]:
+    """Out-of-distribution inputs built from the in-distribution test images (blurred,
+    other stain) and synthetic smear-like sample images (core.app.sample)."""
+    from core.app.sample import smear_image
+    from core.models.taxonomy import TAXONOMIES
+
+    rng = np.random.default_rng(seed)
+    classes = TAXONOMIES["all_subtype"].classes
+    synth = np.stack([prep.apply(smear_image(classes[i % 4], rng, 224)) for i in range(n_synthetic)])
+    return {"synthetic_sample_images": synth, "blurred_sigma3": aug.blur(images, 3.0), "other_stain_hue180": aug.other_stain(images)}

@@ -4,7 +4,7 @@ against fp32 on held-out images before it is shipped.
 The int8 OpenVINO model (``model.int8.xml`` + ``.bin``) goes into the package beside the
 safetensors weights, with its SHA-256s, its calibration and its measured label agreement
 in the card. The CPU engine uses it only where that agreement is at least 99.5%
-(core.engines.MIN_INT8_AGREEMENT); otherwise the package runs in fp32.
+(core.inference.engines.MIN_INT8_AGREEMENT); otherwise the package runs in fp32.
 
 On the default model (827 held-out images): fast bias correction agreed on 97.7% of
 labels, full bias correction on 99.4%, and full bias correction with the first convolution
@@ -22,17 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from core.engines import (
+from core.inference.engines import (
     MIN_INT8_AGREEMENT,
     TorchEngine,
     convert_to_openvino,
-    int8_files,
     save_openvino,
     with_uint8_input,
 )
 from core.errors import HemascanError
-from core.runtime import runtime_plan
-from core.modelpkg import CARD_FILE, ModelCard, sha256_file, verify_package
+from core.inference.runtime import runtime_plan
+from core.models.package import CARD_FILE, ModelCard, int8_files, sha256_file, verify_package
 
 log = logging.getLogger(__name__)
 

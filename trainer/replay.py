@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.architectures import classifier_head
-from core.guard import ForeignImageGuard
+from core.models.architectures import classifier_head
+from core.models.guard import ForeignImageGuard
 
 REPLAY_PER_CLASS = 256
 AUGMENTED_VIEWS = 4

@@ -12,14 +12,14 @@ Safety:
 * Every run has a ``training_runs`` row: ``running`` -> ``completed`` / ``cancelled`` /
   ``failed``. A process killed mid-run leaves ``running``; the next retrain (or
   :func:`fail_stale_runs`) marks it ``failed``.
-* The new package is written by ``core.modelpkg.save_package`` (temp dir + rename), only
+* The new package is written by ``core.models.package.save_package`` (temp dir + rename), only
   after training finished, so a cancelled or killed run never leaves a half-written model.
 * The new version is registered with ``parent`` = the active version but NOT activated;
   :func:`promote` activates it, :func:`rollback` activates any earlier version. Every
-  activation is appended to the ``model_activations`` table (core.registry.activate_version).
+  activation is appended to the ``model_activations`` table (core.models.registry.activate_version).
 
 Validation sides (fixed per image forever) and the reviewed labels are read by
-``core.reviewed``: the trainer holds no SQL.
+``core.review.reviewed``: the trainer holds no SQL.
 """
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ import numpy as np
 from sqlalchemy.orm import object_session
 
 from core.config import Paths
-from core.db import Database, ModelVersion
-from core.duplicates import hamming, hash_int
-from core.reviewed import (  # noqa: F401  (re-exported: the retrain API keeps these names)
+from core.storage import Database, ModelVersion
+from core.imaging.duplicates import hamming, hash_int
+from core.review.reviewed import (  # noqa: F401  (re-exported: the retrain API keeps these names)
     SPLIT_TRAIN,
     SPLIT_VAL,
     assign_splits,
@@ -49,14 +49,14 @@ from core.reviewed import (  # noqa: F401  (re-exported: the retrain API keeps t
 )
 from core.errors import HemascanError
 from core.jobs import Progress
-from core.registry import (  # noqa: F401  (re-exported: the retrain API keeps these names)
+from core.models.registry import (  # noqa: F401  (re-exported: the retrain API keeps these names)
     activate,
     activation_log,
     lineage,
     promote,
     rollback,
 )
-from core.runs import fail_stale_runs, finish_run, mark_live, start_run  # noqa: F401
+from core.models.runs import fail_stale_runs, finish_run, mark_live, start_run  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class RetrainConfig:
 
 @dataclass
 class Item:
-    path: str  # as stored in the database (core.fspath), or a plain path for base data
+    path: str  # as stored in the database (core.imaging.fspath), or a plain path for base data
     label: int
     sha256: str
     image_id: int | None = None  # None for base-data images
@@ -196,8 +196,8 @@ def load_items(items: list[Item], prep, cache: dict | None = None, workers: int 
                on_progress: Callable[[int, int], None] | None = None, cancel=None) -> np.ndarray:
     """Decode + ``prep.apply`` -> uint8 (N, S, S, 3). ``cache`` (optional dict) keeps
     decoded inputs by (SHA-256, preprocessing) across runs in one process."""
-    from core.fspath import to_fs
-    from core.images import decode_rgb, read_file
+    from core.imaging.fspath import to_fs
+    from core.imaging.images import decode_rgb, read_file
 
     key_p = json.dumps(prep.to_dict(), sort_keys=True)
     s = prep.input_size
@@ -341,16 +341,16 @@ def comparison_table(cmp: dict) -> str:
 # ---- the job ---------------------------------------------------------------------------------
 
 def _resolve_device(pref: str | None):
-    """The training device from the runtime plan (core/runtime.py); training computes in fp32."""
+    """The training device from the runtime plan (core/inference/runtime.py); training computes in fp32."""
     import torch
 
-    from core.runtime import runtime_plan
+    from core.inference.runtime import runtime_plan
 
     return torch.device(str(runtime_plan(device=pref, purpose="train").device))
 
 
 def _version_info(v: ModelVersion, paths: Paths | None = None) -> dict:
-    from core.modelstore import local_package
+    from core.models.store import local_package
 
     path = str(local_package(object_session(v), v, paths)) if object_session(v) is not None else v.path
     return {"id": v.id, "name": v.name, "architecture": v.architecture, "taxonomy": v.taxonomy, "path": path,
@@ -365,11 +365,11 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
     generator; returns a summary dict with ``status``, ``version`` and ``comparison``."""
     import torch
 
-    from core.architectures import build
-    from core.fspath import to_fs
-    from core.modelpkg import ModelCard, load_model, save_package
-    from core.preprocessing import Preprocessing
-    from core.registry import ensure_active_model, register_package
+    from core.models.architectures import build
+    from core.imaging.fspath import to_fs
+    from core.models.package import ModelCard, load_model, save_package
+    from core.imaging.preprocessing import Preprocessing
+    from core.models.registry import register_package, require_active_version
 
     from .engine import FitOptions, _seed_all, fit, predict_logits
     from .metrics import ece, fit_temperature, softmax, uncertain_threshold
@@ -384,7 +384,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
 
     t0 = time.perf_counter()
     with db.session() as s:
-        parent = _version_info(ensure_active_model(s, paths), paths)
+        parent = _version_info(require_active_version(s), paths)
     try:
         run_id = start_run(db, cfg.arch or parent["architecture"], cfg.to_dict(), parent["id"], exclusive=True)
     except HemascanError as exc:
@@ -615,7 +615,7 @@ def _replay_source(cfg: RetrainConfig, pcard: dict, parent: dict, summary_data: 
     ``cfg.replay`` "on", or "auto" with a class under MIN_PER_CLASS reviewed images; None otherwise."""
     if cfg.from_scratch or cfg.replay == "off" or (cfg.replay == "auto" and not replay_reason(summary_data)):
         return None
-    from core.guard import load_guard
+    from core.models.guard import load_guard
 
     from .replay import replay_possible
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli import App, command
+from core.app.command import App, command
 
 
 def _retrain_args(p: argparse.ArgumentParser) -> None:
@@ -94,7 +94,7 @@ def cmd_retrain(args, app: App) -> int:
         promote(app.db, out["version"])
         app.echo(f"promoted: {out['version']} is now the active model")
         if args.reclassify:
-            from core.commands import cmd_classify
+            from core.app.commands import cmd_classify
 
             return cmd_classify(argparse.Namespace(folder=args.reclassify, device=args.device, model=None,
                                                    batch_size=None, workers=None, engine=None,

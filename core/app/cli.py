@@ -12,87 +12,13 @@ import logging
 import signal
 import sys
 import threading
-from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Callable
 
-from .config import Paths, resolve_paths
-from .errors import EXIT_INTERRUPTED
+from core.app.command import COMMANDS, App
+from core.config import Paths, resolve_paths
+from core.errors import EXIT_INTERRUPTED
 
 log = logging.getLogger("hemascan")
-
-
-@dataclass
-class Command:
-    name: str
-    help: str
-    configure: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace, "App"], int]
-
-
-COMMANDS: dict[str, Command] = {}
-
-
-def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = lambda p: None):
-    def deco(fn):
-        COMMANDS[name] = Command(name, help, configure, fn)
-        return fn
-
-    return deco
-
-
-class App:
-    """What a command needs: paths, the database (opened and migrated on first use),
-    a cancel event wired to Ctrl+C, and progress display."""
-
-    def __init__(self, paths: Paths, db_url: str | None, quiet: bool = False):
-        self.paths = paths.ensure()
-        self.db_url = paths.db_url(db_url)
-        self.quiet = quiet
-        self.cancel = threading.Event()
-        self._db = None
-
-    @property
-    def db(self):
-        if self._db is None:
-            from .db import open_database
-
-            # first use sets up a new data directory (migrations, bundled model) under a lock
-            self._db = open_database(self.paths, self.db_url)
-        return self._db
-
-    def progress(self, job, desc: str):
-        """Run a job generator with a tqdm bar per stage; return its summary."""
-        from tqdm import tqdm
-
-        from .jobs import run_job
-
-        bars: dict[str, tqdm] = {}
-
-        def show(p) -> None:
-            if self.quiet:
-                return
-            bar = bars.get(p.stage)
-            if bar is None:
-                for other in bars.values():
-                    other.close()
-                bar = bars[p.stage] = tqdm(total=p.total, desc=f"{desc}: {p.stage}", unit="img",
-                                           dynamic_ncols=True, file=sys.stderr)
-            if p.total is not None and bar.total != p.total:
-                bar.total = p.total
-            bar.n = p.done
-            if p.message:
-                bar.set_postfix_str(p.message, refresh=False)
-            bar.refresh()
-
-        try:
-            return run_job(job, show)
-        finally:
-            for bar in bars.values():
-                bar.close()
-
-    def echo(self, msg: str = "") -> None:
-        print(msg, flush=True)
 
 
 def _install_sigint(app: App) -> None:
@@ -117,7 +43,7 @@ def _load_plugins() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import commands  # noqa: F401  (registers core commands)
+    from core.app import commands  # noqa: F401  (registers core commands)
 
     _load_plugins()
     parser = argparse.ArgumentParser(
@@ -176,7 +102,7 @@ def setup_logging(paths: Paths, verbose: bool) -> str | None:
 def report_error(exc: BaseException, db_url=None) -> int | None:
     """Print the one-sentence message for an error a person can act on and return its exit
     code (core/errors.py, README); None for anything else (a bug: let its traceback show)."""
-    from .db.errors import user_error
+    from core.storage.errors import user_error
 
     err = user_error(exc, db_url)
     if err is None:

@@ -5,8 +5,8 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from .cli import App, command
-from .errors import HemascanError
+from core.app.command import App, command
+from core.errors import HemascanError
 
 DISCLAIMER = "hemascan supports and does not replace diagnosis: every result must be reviewed by a qualified person."
 
@@ -32,7 +32,7 @@ def _print_scan(app: App, s) -> None:
 
 @command("scan", "record the images in a folder (content hash, size, perceptual hash)", _folder)
 def cmd_scan(args, app: App) -> int:
-    from .scan import scan
+    from core.imaging.scan import scan
 
     s = app.progress(scan(app.db, args.folder, app.cancel), "scan")
     _print_scan(app, s)
@@ -56,9 +56,9 @@ def _summarise_predictions(app: App, folder: str) -> tuple[int, int]:
     (outside, total)."""
     from sqlalchemy import select
 
-    from .db import Prediction
-    from .registry import active_version
-    from .scan import images_under
+    from core.storage import Prediction
+    from core.models.registry import active_version
+    from core.imaging.scan import images_under
 
     with app.db.session() as s:
         version = active_version(s)
@@ -93,7 +93,7 @@ def _summarise_predictions(app: App, folder: str) -> tuple[int, int]:
 
 @command("classify", "scan a folder and predict every image not yet predicted by the active model", _classify_args)
 def cmd_classify(args, app: App) -> int:
-    from .inference import classify
+    from core.inference.predict import classify
 
     s = app.progress(classify(app.db, app.paths, args.folder, device=args.device, cancel=app.cancel,
                               model_name=args.model, batch_size=args.batch_size, workers=args.workers,
@@ -123,7 +123,7 @@ def _print_queue(app: App, statuses) -> None:
 
 @command("submit", "queue a folder for the classify workers ('hemascan worker' on any machine)", _submit_args)
 def cmd_submit(args, app: App) -> int:
-    from .workqueue import queue_status, submit
+    from core.app.workqueue import queue_status, submit
 
     s = app.progress(submit(app.db, app.paths, args.folder, app.cancel, args.model, args.by), "submit")
     _print_scan(app, s.scan)
@@ -146,7 +146,7 @@ def _queue_args(p: argparse.ArgumentParser) -> None:
 
 @command("queue", "show the classify workers' queue per submitted folder: queued, running, done, failed", _queue_args)
 def cmd_queue(args, app: App) -> int:
-    from .workqueue import queue_status
+    from core.app.workqueue import queue_status
 
     statuses = queue_status(app.db, args.folder)
     if not statuses:
@@ -156,7 +156,7 @@ def cmd_queue(args, app: App) -> int:
 
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
-    from .workqueue import CLAIM_SIZE, LEASE_S, POLL_S
+    from core.app.workqueue import CLAIM_SIZE, LEASE_S, POLL_S
 
     p.add_argument("--once", action="store_true",
                    help="exit when nothing is queued or running any more (default: wait for new work)")
@@ -176,8 +176,8 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
 def _open_retrying(app: App, say) -> object | None:
     """The database, waiting (with growing pauses) while it cannot be reached; None if
     stopped meanwhile. A problem waiting does not cure (a wrong password) is raised."""
-    from .db.errors import is_transient
-    from .workqueue import Backoff, retry_sentence
+    from core.storage.errors import is_transient
+    from core.app.workqueue import Backoff, retry_sentence
 
     backoff = Backoff()
     while True:
@@ -196,7 +196,7 @@ def cmd_worker(args, app: App) -> int:
     import signal
     import threading
 
-    from .workqueue import default_worker_name
+    from core.app.workqueue import default_worker_name
 
     if args.claim < 1 or args.lease <= 0 or args.poll <= 0:
         raise HemascanError("--claim, --lease and --poll must be positive")
@@ -212,7 +212,7 @@ def cmd_worker(args, app: App) -> int:
 def _worker(args, app: App, name: str) -> int:
     import sys
 
-    from .workqueue import run_worker
+    from core.app.workqueue import run_worker
 
     def say(msg: str) -> None:
         print(f"hemascan: worker {name}: {msg}", file=sys.stderr, flush=True)
@@ -240,7 +240,7 @@ def _import_args(p: argparse.ArgumentParser) -> None:
 
 @command("import-labels", "record class-folder names as labels (source=dataset)", _import_args)
 def cmd_import_labels(args, app: App) -> int:
-    from .labels import import_labels
+    from core.review.labels import import_labels
 
     s = app.progress(import_labels(app.db, args.folder, args.reviewer, args.taxonomy, app.cancel), "import")
     _print_scan(app, s.scan)
@@ -252,7 +252,7 @@ def cmd_import_labels(args, app: App) -> int:
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    # core.export is imported when the command runs, not when the parser is built (start-up time)
+    # core.review.export is imported when the command runs, not when the parser is built (start-up time)
     p.add_argument("--format", default="csv", help="output format: csv")
     p.add_argument("--output", "-o", required=True, help="file to write")
     p.add_argument("--folder", help="only images under this folder")
@@ -260,7 +260,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 @command("export", "write one row per image: path, prediction, probabilities, reviewed label", _export_args)
 def cmd_export(args, app: App) -> int:
-    from .export import EXPORTERS
+    from core.review.export import EXPORTERS
 
     if args.format not in EXPORTERS:
         raise HemascanError(f"unknown export format {args.format!r}; available: {', '.join(sorted(EXPORTERS))}")
@@ -290,7 +290,7 @@ def _models_args(p: argparse.ArgumentParser) -> None:
 
 
 def _models_export(args, app: App) -> int:
-    from .modelfile import export_model
+    from core.models.archive import export_model
 
     dest = export_model(app.db, args.name, Path(args.file), app.paths)
     app.echo(f"wrote {args.name} to {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
@@ -298,7 +298,7 @@ def _models_export(args, app: App) -> int:
 
 
 def _models_import(args, app: App) -> int:
-    from .modelfile import import_model
+    from core.models.archive import import_model
 
     name = import_model(app.db, app.paths, Path(args.file), activate=args.activate)
     app.echo(f"imported {name}" + (" (active)" if args.activate else f"; activate with: hemascan models activate {name}"))
@@ -306,7 +306,7 @@ def _models_import(args, app: App) -> int:
 
 
 def _models_lineage(args, app: App) -> int:
-    from .registry import lineage
+    from core.models.registry import lineage
 
     for v in lineage(app.db):
         m, td = v["metrics"] or {}, v["training_data"] or {}
@@ -320,8 +320,8 @@ def _models_lineage(args, app: App) -> int:
 def _models_runs(args, app: App) -> int:
     from sqlalchemy import select
 
-    from .db import TrainingRun
-    from .runs import fail_stale_runs
+    from core.storage import TrainingRun
+    from core.models.runs import fail_stale_runs
 
     fail_stale_runs(app.db)
     with app.db.session() as s:
@@ -331,10 +331,9 @@ def _models_runs(args, app: App) -> int:
 
 
 def _models_list(args, app: App) -> int:
-    from .registry import ensure_active_model, list_versions, register_package
+    from core.models.registry import list_versions, register_package
 
-    with app.db.session() as s:
-        ensure_active_model(s, app.paths)
+    with app.db.session() as s:  # app.db is set up (core/app/bootstrap.py): the bundled models are there
         if args.action == "register":
             register_package(s, app.paths, Path(args.package), activate=args.activate)
         for v in list_versions(s):
@@ -347,10 +346,8 @@ def _models_list(args, app: App) -> int:
 
 
 def _models_switch(args, app: App) -> int:
-    from .registry import activate, ensure_active_model, rollback
+    from core.models.registry import activate, rollback
 
-    with app.db.session() as s:
-        ensure_active_model(s, app.paths)
     {"activate": activate, "rollback": rollback}[args.action](app.db, args.name)
     return _models_list(args, app)
 
@@ -377,7 +374,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
 
 @command("sample", "write synthetic smear-like sample images (NOT real smears) in class folders", _sample_args)
 def cmd_sample(args, app: App) -> int:
-    from .sample import generate
+    from core.app.sample import generate
 
     paths = generate(Path(args.folder), args.per_class, args.seed, args.size, args.ext)
     app.echo(f"wrote {len(paths)} synthetic sample images under {args.folder}")
@@ -390,7 +387,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 @command("demo", "generate a synthetic sample folder, classify it with the bundled model, export CSV", _demo_args)
 def cmd_demo(args, app: App) -> int:
-    from .sample import generate
+    from core.app.sample import generate
 
     folder = app.paths.samples
     generate(folder, args.per_class, seed=0)

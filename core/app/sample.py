@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .taxonomy import TAXONOMIES
+from core.models.taxonomy import TAXONOMIES
 
 # Folder names follow the public datasets (Taleqani, C-NMC) so import-labels maps them via
 # the alias table.

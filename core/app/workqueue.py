@@ -4,7 +4,7 @@
 and queues one work item per image and model version (``work_items``; unique per image and
 version, as a prediction is: submitting twice queues nothing twice). ``hemascan worker`` on
 any machine claims items in batches and predicts them with the classify pipeline
-(:func:`core.inference.predict_images`); each batch's predictions and the items' new status
+(:func:`core.inference.predict.predict_images`); each batch's predictions and the items' new status
 commit in one transaction.
 
 Claiming is one statement: ``UPDATE work_items SET status='running', claim_token=..., lease_until=...
@@ -41,13 +41,13 @@ from typing import Callable
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from .config import Paths
-from .db import Database, Image, ImageFile, Prediction, WorkFolder, WorkItem, utcnow
-from .db.errors import is_transient, user_error
-from .dbutil import insert_ignore
-from .fspath import display
-from .jobs import Job, Progress, RateMeter
-from .scan import ScanSummary, folder_prefix, images_under, scan, under_prefix
+from core.config import Paths
+from core.storage import Database, Image, ImageFile, Prediction, WorkFolder, WorkItem, utcnow
+from core.storage.errors import is_transient, user_error
+from core.storage.dbutil import insert_ignore
+from core.imaging.fspath import display
+from core.jobs import Job, Progress, RateMeter
+from core.imaging.scan import ScanSummary, folder_prefix, images_under, scan, under_prefix
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ def submit(db: Database, paths: Paths, folder: str | os.PathLike, cancel: thread
     """Scan ``folder`` (bad files are recorded with their reason, as by ``scan``) and queue
     every usable image the model version (default: the active one) has not predicted yet.
     Submitting again queues only what is new, and queues again what failed."""
-    from .inference import resolve_model
-    from .labels import default_reviewer
+    from core.inference.predict import resolve_model
+    from core.config import default_reviewer
 
     cancel = cancel or threading.Event()
     scan_summary = yield from scan(db, folder, cancel)
@@ -185,7 +185,7 @@ def queue_status(db: Database, folder: str | os.PathLike | None = None) -> list[
     """Per submitted folder (only ``folder``'s submissions when given; newest first): how many
     of its images are queued, running, done and failed. Qt-free, a few aggregate queries per
     folder: cheap enough for a workstation to refresh every few seconds."""
-    from .db import ModelVersion
+    from core.storage import ModelVersion
 
     with db.session() as s:
         now = db_now(s)
@@ -355,7 +355,7 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
     """Claim and predict queued images until cancelled; with ``once``, until nothing is queued
     or running (it waits for batches other workers hold, and takes them over if their lease
     expires). ``notice`` gets one sentence per failed file and per database failure."""
-    from .inference import ClassifySummary, Predictor, model_target, plan_for, predict_images
+    from core.inference.predict import ClassifySummary, Predictor, model_target, plan_for, predict_images
 
     cancel = cancel or threading.Event()
     name = name or default_worker_name()

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from .images import decode_rgb, probe
+from core.imaging.images import decode_rgb, probe
 
 HASH_BITS = 64
 NEAR_DUPLICATE_BITS = 4  # default distance: measured on the Taleqani share (docs/trainer.md "Splits")
@@ -36,7 +36,7 @@ def _hash_gray(data: bytes, info) -> np.ndarray:
 
 def perceptual_hash(data: bytes, info=None) -> str:
     """64-bit DCT perceptual hash (imagehash.phash) of an encoded image, as 16 hex digits.
-    ``info``: the image's ``core.images.probe`` result when the caller has it already."""
+    ``info``: the image's ``core.imaging.images.probe`` result when the caller has it already."""
     import imagehash
     from PIL import Image as PILImage
 

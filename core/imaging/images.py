@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageError, os_reason
+from core.errors import ImageError, os_reason
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ DEFAULT_MAX_PIXELS = 80_000_000
 # from their stat, before any read: four hash threads reading 2 GiB files would exhaust RAM.
 DEFAULT_MAX_FILE_BYTES = 256 * 1024**2
 MAX_FILE_ENV = "HEMASCAN_MAX_FILE_MB"
-# In the reason recorded for a file over the limit (core.scan re-reads it once the limit is raised).
+# In the reason recorded for a file over the limit (core.imaging.scan re-reads it once the limit is raised).
 OVER_SIZE_LIMIT = "limit for one image"
 # Tries before a file that changes on every read is given up on (until the next scan).
 READ_ATTEMPTS = 3

@@ -17,13 +17,13 @@ from typing import Iterator
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from .db import Database, Image, ImageFile, Scan, utcnow
-from .dbutil import insert_ignore, upsert, with_reconnect
-from .duplicates import perceptual_hash
-from .errors import HemascanError, ImageError, os_reason
-from .fspath import display, to_db, to_fs
-from .images import OVER_SIZE_LIMIT, SUPPORTED_EXTENSIONS, FileChanged, max_file_bytes, probe, read_and_hash
-from .jobs import Job, Progress, RateMeter
+from core.storage import Database, Image, ImageFile, Scan, utcnow
+from core.storage.dbutil import insert_ignore, upsert, with_reconnect
+from core.imaging.duplicates import perceptual_hash
+from core.errors import HemascanError, ImageError, os_reason
+from core.imaging.fspath import display, to_db, to_fs
+from core.imaging.images import OVER_SIZE_LIMIT, SUPPORTED_EXTENSIONS, FileChanged, max_file_bytes, probe, read_and_hash
+from core.jobs import Job, Progress, RateMeter
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def hash_file(entry: _Entry) -> _Hashed:
     """Read once: SHA-256, header checks (size limit, truncation), perceptual hash.
 
     The size and mtime recorded are those of the bytes hashed: stat taken before the read
-    and found unchanged after it (core.images.read_and_hash), so a later scan that finds
+    and found unchanged after it (core.imaging.images.read_and_hash), so a later scan that finds
     the same stat may trust the hash. A file that kept changing is recorded with an
     impossible stat, so the next scan reads it again."""
     try:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import HemascanError, ModelPackageError
-from .modelpkg import ModelCard, sha256_file
-from .guard import ForeignImageGuard
-from .runtime import CPU_BATCH, RuntimePlan  # noqa: F401  (CPU_BATCH re-exported)
+from core.errors import HemascanError
+from core.models.package import ModelCard, int8_files, sha256_file
+from core.models.guard import ForeignImageGuard
+from core.inference.runtime import CPU_BATCH, RuntimePlan  # noqa: F401  (CPU_BATCH re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def compile_marker(cache_dir: Path, weights_sha256: str, batch_size: int) -> Pat
 
 def load_folded_model(package: Path, card: ModelCard):
     """The package's torch model in eval mode with BatchNorm folded (on the CPU)."""
-    from .modelpkg import load_model
+    from core.models.package import load_model
 
     model, _ = load_model(Path(package), "cpu")
     return fold_batchnorm(model, card.prep.input_size)
@@ -135,7 +135,7 @@ class TorchEngine:
 
         self.card, self.prep, self.plan, self.guard = card, card.prep, plan, guard
         self.device = torch.device(str(plan.device))
-        from .architectures import LogitsAndEmbedding
+        from core.models.architectures import LogitsAndEmbedding
 
         folded = load_folded_model(package, card)
         self.model = LogitsAndEmbedding(folded).to(self.device).to(memory_format=torch.channels_last).eval()
@@ -210,7 +210,7 @@ def convert_to_openvino(package: Path, card: ModelCard):
     import openvino as ov
     import torch
 
-    from .architectures import LogitsAndEmbedding
+    from core.models.architectures import LogitsAndEmbedding
 
     model = LogitsAndEmbedding(load_folded_model(package, card)).eval()
     s = card.prep.input_size
@@ -296,21 +296,6 @@ def with_guard_outputs(model, guard: ForeignImageGuard):
     return ov.Model(outputs, model.get_parameters(), "with-guard")
 
 
-def int8_files(package: Path, card: ModelCard) -> Path:
-    """The verified int8 IR's .xml path (its .bin beside it); refuses modified files."""
-    files = (card.int8 or {}).get("files") or {}
-    xml = next((name for name in files if name.endswith(".xml")), None)
-    if xml is None or Path(xml).with_suffix(".bin").name not in files:
-        raise ModelPackageError(f"model card for {card.name} lists no complete int8 model")
-    for name, sha in files.items():
-        path = Path(package) / name
-        if Path(name).name != name:
-            raise ModelPackageError(f"model card names an int8 file outside its package: {name!r}")
-        if not path.is_file():
-            raise ModelPackageError(f"int8 model file missing: {path}")
-        if sha256_file(path) != sha:
-            raise ModelPackageError(f"int8 model file {path} does not match its card: refusing a modified model")
-    return Path(package) / xml
 
 
 class OpenVINOEngine:

@@ -81,7 +81,7 @@ class GradCam:
     def __init__(self, package, stride: int | None = 8):
         from pathlib import Path
 
-        from .modelpkg import load_model
+        from core.models.package import load_model
 
         self.model, self.card = load_model(Path(package), "cpu")
         self.prep = self.card.prep
@@ -91,8 +91,8 @@ class GradCam:
 
     def __call__(self, stored_path: str, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
         """(preprocessed uint8 image (S, S, 3), heat map (S, S), class index)."""
-        from .fspath import to_fs
-        from .images import decode_rgb, read_file
+        from core.imaging.fspath import to_fs
+        from core.imaging.images import decode_rgb, read_file
 
         img = self.prep.apply(decode_rgb(read_file(to_fs(stored_path))))
         cam, k = gradcam(self.model, self.prep, img, class_index, self.layer)

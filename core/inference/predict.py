@@ -21,21 +21,21 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .config import Paths
-from .db import Database, ImageFile, ModelVersion, Prediction, utcnow
-from .dbutil import insert_ignore, with_reconnect
-from .errors import ImageError, ModelPackageError
-from .modelstore import local_package
-from .fspath import display, to_fs
-from .images import FileChanged, decode_rgb, read_and_hash, read_file
-from .jobs import Job, Progress, RateMeter
-from .modelpkg import ModelCard, read_card
-from .preprocessing import Preprocessing
-from .engines import ENGINES, compile_marker, int8_ready
-from .guard import load_guard
-from .runtime import Device, RuntimePlan, RuntimeRequest, probe_host, plan_runtime, runtime_plan
-from .registry import ensure_active_model, get_version
-from .scan import UNTRUSTED_STAT, ScanSummary, images_to_read, scan
+from core.config import Paths
+from core.storage import Database, ImageFile, ModelVersion, Prediction, utcnow
+from core.storage.dbutil import insert_ignore, with_reconnect
+from core.errors import ImageError, ModelPackageError
+from core.models.store import local_package
+from core.imaging.fspath import display, to_fs
+from core.imaging.images import FileChanged, decode_rgb, read_and_hash, read_file
+from core.jobs import Job, Progress, RateMeter
+from core.models.package import ModelCard, read_card
+from core.imaging.preprocessing import Preprocessing
+from core.inference.engines import ENGINES, compile_marker, int8_ready
+from core.models.guard import load_guard
+from core.inference.runtime import Device, RuntimePlan, RuntimeRequest, probe_host, plan_runtime, runtime_plan
+from core.models.registry import get_version, require_active_version
+from core.imaging.scan import UNTRUSTED_STAT, ScanSummary, images_to_read, scan
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,12 @@ def describe_device(device) -> str:
 
 class Predictor:
     """A model package ready for batched inference, run by the engine its runtime plan names
-    (core/runtime.py decides; core/engines.py runs)."""
+    (core/inference/runtime.py decides; core/inference/engines.py runs)."""
 
     def __init__(self, package: str | os.PathLike, device=None, precision: str | None = None,
                  compile: bool | str | None = None, cache_dir: Path | None = None, engine: str | None = None,
                  plan: RuntimePlan | None = None, purpose: str = "classify", card: ModelCard | None = None):
-        from .modelpkg import verify_package
+        from core.models.package import verify_package
 
         self.card: ModelCard = card if card is not None else verify_package(Path(package))
         if plan is None:
@@ -146,7 +146,7 @@ def entropy(probs: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ClassifySummary:
-    scan: ScanSummary | None  # None: a worker's claim (core/workqueue.py), no scan
+    scan: ScanSummary | None  # None: a worker's claim (core/app/workqueue.py), no scan
     model: str
     device: str
     n_todo: int = 0
@@ -200,8 +200,8 @@ class ModelTarget:
 
 
 def resolve_model(session, paths: Paths, model_name: str | None = None) -> ModelTarget:
-    """``model_name``'s version, or the active one (on a new database the bundled default)."""
-    version = get_version(session, model_name) if model_name else ensure_active_model(session, paths)
+    """``model_name``'s version, or the active one (setup made the bundled default active: core/app/bootstrap.py)."""
+    version = get_version(session, model_name) if model_name else require_active_version(session)
     return ModelTarget(version.id, version.name, str(local_package(session, version, paths)), version.weights_sha256)
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
-from .errors import HemascanError
+from core.errors import HemascanError
 
 PURPOSES = ("classify", "evaluate", "train")
 DEVICES = ("auto", "cpu", "cuda")

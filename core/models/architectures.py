@@ -253,7 +253,7 @@ def classifier_head(model: nn.Module) -> nn.Linear:
 
 class LogitsAndEmbedding(nn.Module):
     """``model`` returning (logits, penultimate embedding): the embedding is what the
-    foreign-image guard (core/guard.py) measures. Traces and converts like the model."""
+    foreign-image guard (core/models/guard.py) measures. Traces and converts like the model."""
 
     def __init__(self, model: nn.Module):
         super().__init__()

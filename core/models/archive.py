@@ -25,12 +25,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import Paths
-from .errors import ModelPackageError
-from .modelpkg import (
+from core.config import Paths
+from core.errors import ModelPackageError
+from core.models.package import (
     CARD_FILE,
     MAX_CARD_BYTES,
     WEIGHTS_FILE,
+    int8_files,
     load_json,
     load_model,
     package_files,
@@ -46,7 +47,7 @@ MAX_WEIGHTS_BYTES = 2 << 30
 
 
 class Manifest(BaseModel):
-    """manifest.json of a model file (the card inside is checked by core.modelpkg.CardSchema)."""
+    """manifest.json of a model file (the card inside is checked by core.models.package.CardSchema)."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
@@ -68,8 +69,6 @@ def export_package(package: Path, dest: Path) -> Path:
     package, dest = Path(package), Path(dest)
     card = verify_package(package)
     if _int8_names(card):
-        from .engines import int8_files
-
         int8_files(package, card)  # refuse to export files that do not match the card
     members = {name: (package / name).read_bytes() for name in package_files(card)}
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": card.name,
@@ -92,8 +91,8 @@ def export_package(package: Path, dest: Path) -> Path:
 def export_model(db, name: str, dest: Path, paths: Paths | None = None) -> Path:
     """Export the registered version ``name`` to ``dest`` (its package materialised on this
     seat from the database when another seat registered it)."""
-    from .modelstore import local_package
-    from .registry import get_version
+    from core.models.store import local_package
+    from core.models.registry import get_version
 
     with db.session() as s:
         path = local_package(s, get_version(s, name), paths)
@@ -153,8 +152,6 @@ def unpack(file: Path, into: Path) -> Path:
             (into / name).write_bytes(content)
     verify_package(into, card)  # the card's own weights hash
     if _int8_names(card):
-        from .engines import int8_files
-
         int8_files(into, card)  # and its int8 hashes
     load_model(into, "cpu")  # the weights fit the architecture (safetensors, no pickle)
     return into
@@ -162,7 +159,7 @@ def unpack(file: Path, into: Path) -> Path:
 
 def import_model(db, paths: Paths, file: Path, activate: bool = False) -> str:
     """Check and register a model file; returns the version name. Not activated unless asked."""
-    from .registry import register_package
+    from core.models.registry import register_package
 
     tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=paths.ensure().models))
     try:

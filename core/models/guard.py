@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelPackageError
+from core.errors import ModelPackageError
 
 GUARD_FILE = "guard.safetensors"
 GUARD_METHOD = "mahalanobis-tied-ledoit-wolf"
@@ -92,7 +92,7 @@ def load_guard(package: Path, record: dict | None, n_classes: int) -> ForeignIma
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    from .modelpkg import sha256_file
+    from core.models.package import sha256_file
 
     name = record.get("file")
     if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):

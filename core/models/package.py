@@ -26,9 +26,10 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ModelPackageError
-from .preprocessing import INTERPOLATIONS, Preprocessing
-from .taxonomy import TAXONOMIES
+from core.config import Paths, resources_dir
+from core.errors import ModelPackageError
+from core.imaging.preprocessing import INTERPOLATIONS, Preprocessing
+from core.models.taxonomy import TAXONOMIES
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -54,7 +55,7 @@ _NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}")
 _WINDOWS_DEVICES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 _SHA256 = r"^[0-9a-f]{64}$"
 
-# The final (classifier) layer of each architecture in core/architectures.py, by weight
+# The final (classifier) layer of each architecture in core/models/architectures.py, by weight
 # tensor name: its first dimension is the number of classes the weights predict. It is here,
 # torch-free, because cards are checked where torch is never imported (CPU classify reads the
 # safetensors header only); a test checks it against the architectures registry. A card
@@ -92,7 +93,7 @@ Sha256 = Annotated[str, Field(strict=True, pattern=_SHA256)]
 
 
 class PreprocessingSchema(BaseModel):
-    """Range checks on a card's ``preprocessing``; core.preprocessing.Preprocessing stays the
+    """Range checks on a card's ``preprocessing``; core.imaging.preprocessing.Preprocessing stays the
     one definition of the steps and their defaults (a missing key takes its default there)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -134,7 +135,7 @@ class Int8Schema(BaseModel):
 
 
 class GuardSchema(BaseModel):
-    """The foreign-image guard record (core/guard.py, trainer/guard.py): a file of the package
+    """The foreign-image guard record (core/models/guard.py, trainer/guard.py): a file of the package
     and its SHA-256; free-form besides these."""
 
     model_config = ConfigDict(extra="allow", strict=True)
@@ -302,7 +303,7 @@ class ModelCard:
     # An int8 OpenVINO model the trainer shipped beside the weights (trainer/quantize.py):
     # {"format", "files": {name: sha256}, "agreement", "n_checked", "calibration", "made_with"}.
     int8: dict[str, Any] = field(default_factory=dict)
-    # The foreign-image guard beside the weights (core/guard.py): {"file", "sha256", ...}; {} when none.
+    # The foreign-image guard beside the weights (core/models/guard.py): {"file", "sha256", ...}; {} when none.
     guard: dict[str, Any] = field(default_factory=dict)
     intended_use: str = INTENDED_USE
     notes: str = ""
@@ -441,7 +442,7 @@ def load_model(package: Path, device: str = "cpu"):
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    from .architectures import build
+    from core.models.architectures import build
 
     package = Path(package)
     card = verify_package(package)
@@ -469,3 +470,49 @@ def load_model(package: Path, device: str = "cpu"):
     except (SafetensorError, RuntimeError, OSError, TypeError) as exc:
         raise ModelPackageError(f"model weights do not fit {what}: {exc}") from None
     return model.to(device).eval(), card
+
+def int8_files(package: Path, card: ModelCard) -> Path:
+    """The verified int8 IR's .xml path (its .bin beside it); refuses modified files."""
+    files = (card.int8 or {}).get("files") or {}
+    xml = next((name for name in files if name.endswith(".xml")), None)
+    if xml is None or Path(xml).with_suffix(".bin").name not in files:
+        raise ModelPackageError(f"model card for {card.name} lists no complete int8 model")
+    for name, sha in files.items():
+        path = Path(package) / name
+        if Path(name).name != name:
+            raise ModelPackageError(f"model card names an int8 file outside its package: {name!r}")
+        if not path.is_file():
+            raise ModelPackageError(f"int8 model file missing: {path}")
+        if sha256_file(path) != sha:
+            raise ModelPackageError(f"int8 model file {path} does not match its card: refusing a modified model")
+    return Path(package) / xml
+
+
+# ---- where packages live: the bundled ones, and a version's folder in the registry ----------
+
+DEFAULT_MODEL_DIR = "default"
+
+
+def bundled_default_package() -> Path:
+    return resources_dir() / "models" / DEFAULT_MODEL_DIR
+
+
+def package_path(paths: Paths, name: str) -> Path:
+    """Where the registry keeps version ``name``: a plain entry of the models directory, never
+    anywhere else (the name is checked, and the path must not lead out through a link)."""
+    validate_model_name(name)
+    dest = paths.models / name
+    if dest.is_symlink() or dest.resolve().parent != paths.models.resolve():
+        raise ModelPackageError(f"model {name!r}: {dest} is a link leading outside the model registry; "
+                                "refusing to write or delete through it")
+    return dest
+
+
+def bundled_packages() -> list[Path]:
+    """Every model package shipped in resources/models, the default first (it is registered,
+    and listed, before the others: the ALL-vs-normal model, ...)."""
+    root = resources_dir() / "models"
+    if not root.is_dir():
+        return []
+    found = sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file())
+    return sorted(found, key=lambda p: p.name != DEFAULT_MODEL_DIR)

@@ -1,5 +1,5 @@
 """Model version registry: packages copied into the data directory, tracked in the
-``model_versions`` table, their files shared through the database (core/modelstore.py),
+``model_versions`` table, their files shared through the database (core/models/store.py),
 exactly one active at a time. Every switch of the active version goes through
 :func:`activate_version`, which appends a row to ``model_activations`` (who, when, from,
 to) in the same transaction."""
@@ -8,35 +8,46 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, aliased
 
-from .config import Paths, resources_dir
-from .db import ModelActivation, ModelVersion
-from .errors import ModelPackageError
-from .modelpkg import CARD_FILE, package_files, read_card, validate_model_name, verify_package
+from core.config import Paths, default_reviewer
+from core.storage import ModelActivation, ModelVersion
+from core.errors import ModelPackageError
+from core.models.taxonomy import TAXONOMIES
+from core.models.package import (  # noqa: F401  (bundled_packages: patched by tests through this module)
+    bundled_default_package,
+    bundled_packages,
+    package_files,
+    package_path,
+    read_card,
+    verify_package,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_DIR = "default"
 
+@dataclass(frozen=True)
+class VersionRef:
+    """THE reference to a model version outside a database session (CLI, window, trainer, work
+    queue): plain values, safe to hand between threads and to put in a Qt signal. A job given
+    one predicts with exactly that version, whatever another seat activates meanwhile."""
 
-def bundled_default_package() -> Path:
-    return resources_dir() / "models" / DEFAULT_MODEL_DIR
+    id: int
+    name: str
+    taxonomy: str
+    input_kind: str  # "field" or "cell" (core/models/taxonomy.py)
+    weights_sha256: str
 
+    @classmethod
+    def of(cls, version: ModelVersion) -> "VersionRef":
+        tax = TAXONOMIES.get(version.taxonomy)
+        return cls(version.id, version.name, version.taxonomy, tax.input_kind if tax else "field",
+                   version.weights_sha256)
 
-def package_path(paths: Paths, name: str) -> Path:
-    """Where the registry keeps version ``name``: a plain entry of the models directory, never
-    anywhere else (the name is checked, and the path must not lead out through a link)."""
-    validate_model_name(name)
-    dest = paths.models / name
-    if dest.is_symlink() or dest.resolve().parent != paths.models.resolve():
-        raise ModelPackageError(f"model {name!r}: {dest} is a link leading outside the model registry; "
-                                "refusing to write or delete through it")
-    return dest
 
 
 def register_package(session: Session, paths: Paths, package: Path, activate: bool = False,
@@ -87,7 +98,7 @@ def register_package(session: Session, paths: Paths, package: Path, activate: bo
     )
     session.add(version)
     session.flush()
-    from .modelstore import store_package
+    from core.models.store import store_package
 
     store_package(session, version, dest)  # every seat on this database can use it
     if activate:
@@ -106,8 +117,6 @@ def activate_version(session: Session, version: ModelVersion, action: str = "act
     """THE way a version becomes active (registry, model file import, trainer, model panel):
     appends who/when/from/to to ``model_activations`` and moves ``is_active``, in the
     caller's transaction. Returns the new log row."""
-    from .labels import default_reviewer
-
     if action not in ACTIONS:
         raise ValueError(f"unknown activation action {action!r}; known: {', '.join(ACTIONS)}")
     if session.get_bind().dialect.name == "postgresql":  # one activation at a time across seats
@@ -163,37 +172,17 @@ def remove_stale_temporaries(paths: Paths, older_than_s: float = STALE_AFTER_S) 
     return removed
 
 
-def ensure_active_model(session: Session, paths: Paths) -> ModelVersion:
-    """The active version; on a fresh database, the bundled default becomes active.
-    Also clears leftovers of killed model writes (remove_stale_temporaries)."""
-    try:
-        for p in remove_stale_temporaries(paths):
-            log.info("removed a leftover of an interrupted write: %s", p)
-    except OSError as exc:  # never in the way of classifying
-        log.warning("could not clean temporary model files: %s", exc)
-    register_bundled(session, paths)
-    from .modelstore import share_unshared
-
-    for name in share_unshared(session):
-        log.info("model %s: its files are now in the database, for every seat", name)
+def require_active_version(session: Session) -> ModelVersion:
+    """The active version, or one sentence saying there is none (setup could not register
+    the bundled model: core/app/bootstrap.py). Only reads."""
     version = active_version(session)
     if version is None:
-        version = register_package(session, paths, bundled_default_package(), activate=True, action="setup",
-                                   who="hemascan (first start)")
-    from .modelstore import local_package
-
-    local_package(session, version, paths)  # on this seat, whichever seat registered it
+        raise ModelPackageError("no model version is active: the bundled model could not be registered when "
+                                "this data directory was set up (see the log); register one with "
+                                "'hemascan models register PACKAGE --activate'")
     return version
 
 
-def bundled_packages() -> list[Path]:
-    """Every model package shipped in resources/models, the default first (it is registered,
-    and listed, before the others: the ALL-vs-normal model, ...)."""
-    root = resources_dir() / "models"
-    if not root.is_dir():
-        return []
-    found = sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file())
-    return sorted(found, key=lambda p: p.name != DEFAULT_MODEL_DIR)
 
 
 def register_bundled(session: Session, paths: Paths) -> list[str]:

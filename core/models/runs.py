@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import select
 
-from .db import Database, TrainingRun
+from core.storage import Database, TrainingRun
 
 _LIVE_RUNS: set[int] = set()  # training_runs ids being trained in this process
 _LIVE_LOCK = threading.Lock()
@@ -56,7 +56,7 @@ def start_run(db: Database, architecture: str, config: dict, parent_version_id: 
               exclusive: bool = False) -> int:
     """A ``running`` training_runs row for this process (train, retrain, experiments alike).
     ``exclusive``: refuse while another run is still going (stale ones are failed first)."""
-    from .errors import HemascanError
+    from core.errors import HemascanError
 
     fail_stale_runs(db)
     with db.session() as s:

@@ -26,11 +26,11 @@ from pathlib import Path
 from sqlalchemy import select, true
 from sqlalchemy.orm import Session, object_session
 
-from .config import Paths, resources_dir
-from .db import ModelBlob, ModelFile, ModelVersion, utcnow
-from .dbutil import insert_ignore
-from .errors import ModelPackageError
-from .modelpkg import package_files, read_card, sha256_file, verify_package
+from core.config import Paths, resources_dir
+from core.storage import ModelBlob, ModelFile, ModelVersion, utcnow
+from core.storage.dbutil import insert_ignore
+from core.errors import ModelPackageError
+from core.models.package import bundled_packages, package_files, package_path, read_card, sha256_file, verify_package
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ def is_bundled(package: Path) -> bool:
 def _bundled_content() -> dict[str, Path]:
     """SHA-256 -> file, over every bundled package's files (hashed once per process, and only
     when a file is not found in the database)."""
-    from .registry import bundled_packages
-
     out: dict[str, Path] = {}
     for package in bundled_packages():
         try:
@@ -123,10 +121,8 @@ def local_package(session: Session, version: ModelVersion, paths: Paths | None =
     database's record, then the package as a whole). A copy that is here is used as it is:
     loading checks its hashes and refuses a modified model, as it always did (it is never
     silently repaired: removing the folder makes the next use fetch the database's copy). ``paths`` defaults to the data directory of the
-    database the session belongs to (core.db.open_database); without one, the path stored
+    database the session belongs to (core.storage.open_database); without one, the path stored
     with the version."""
-    from .registry import package_path
-
     if paths is None:
         paths = session.info.get("paths")
     files = files_of(session, version)

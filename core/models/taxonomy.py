@@ -9,6 +9,7 @@ class Taxonomy:
     name: str
     title: str
     classes: tuple[str, ...]
+    input_kind: str = "field"  # what one input is: "field" (a smear field) or "cell" (one cut-out cell)
 
 
 # The reserved review label every taxonomy has: the image fits none of its classes (another
@@ -22,7 +23,7 @@ TAXONOMIES: dict[str, Taxonomy] = {
     "all_subtype": Taxonomy(
         "all_subtype", "ALL subtype (4 classes)", ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
     ),
-    "all_vs_normal": Taxonomy("all_vs_normal", "ALL vs normal (2 classes)", ("ALL", "Normal")),
+    "all_vs_normal": Taxonomy("all_vs_normal", "ALL vs normal (2 classes)", ("ALL", "Normal"), "cell"),
 }
 
 # Folder names used by the public datasets -> (taxonomy, class). Keys are normalised

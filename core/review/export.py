@@ -10,11 +10,11 @@ from typing import Callable, Iterator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .db import Database, Image, ImageFile, ModelVersion, Prediction
-from .fspath import display
-from .labels import latest_events
-from .registry import active_version
-from .scan import under_folder
+from core.storage import Database, Image, ImageFile, ModelVersion, Prediction
+from core.imaging.fspath import display
+from core.review.labels import latest_events
+from core.models.registry import active_version
+from core.imaging.scan import under_folder
 
 
 def export_rows(session: Session, folder: str | os.PathLike | None = None,

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from .db import ImageFile, LabelEvent, Prediction
-from .fspath import display
-from .scan import under_folder
-from .taxonomy import OTHER
+from core.storage import ImageFile, LabelEvent, Prediction
+from core.imaging.fspath import display
+from core.imaging.scan import under_folder
+from core.models.taxonomy import OTHER
 
 SORTS = ("confidence", "entropy", "name", "time")
 UNREVIEWED = "__unreviewed__"  # value for GalleryFilter.reviewed: images nobody has labelled
@@ -35,7 +35,7 @@ class GalleryFilter:
 @dataclass(frozen=True)
 class GalleryRow:
     image_id: int
-    path: str  # stored path (core.fspath.to_fs before opening)
+    path: str  # stored path (core.imaging.fspath.to_fs before opening)
     name: str  # for display
     predicted: str | None
     confidence: float | None
@@ -194,7 +194,7 @@ def tile_caption(row: GalleryRow) -> str:
     """What a gallery tile says in words. Once reviewed: the reviewer's class and who gave it
     (several seats review one folder), and the model's class when it differs; before: the
     prediction, "?" when uncertain, or that the image is outside the model's experience."""
-    from .taxonomy import OTHER, OTHER_TITLE
+    from core.models.taxonomy import OTHER, OTHER_TITLE
 
     conf = f" {row.confidence:.0%}" if row.confidence is not None else ""
     model = "outside experience" if row.outside else f"{row.predicted}{conf}" if row.predicted else None

@@ -2,7 +2,6 @@
 latest event; nothing is ever updated or deleted (an undo is a new event)."""
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import threading
@@ -15,22 +14,17 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from .db import Database, ImageFile, LabelEvent, utcnow
-from .fspath import to_fs
-from .jobs import Job, Progress
-from .scan import ScanSummary, scan, under_folder
-from .taxonomy import OTHER, resolve_alias, review_labels
+from core.config import default_reviewer
+from core.storage import Database, ImageFile, LabelEvent, utcnow
+from core.imaging.fspath import to_fs
+from core.jobs import Job, Progress
+from core.imaging.scan import ScanSummary, scan, under_folder
+from core.models.taxonomy import OTHER, resolve_alias, review_labels
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("human", "import", "dataset")
 
-
-def default_reviewer() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
 
 
 def latest_events(session: Session, image_ids: Iterable[int] | None = None) -> dict[int, LabelEvent]:
@@ -357,7 +351,7 @@ class LabelWriter:
 
 
 def _sentence(exc: BaseException, url) -> str:
-    from .db.errors import user_error
+    from core.storage.errors import user_error
 
     err = user_error(exc, url)
     return str(err) if err is not None else f"{type(exc).__name__}: {exc}"

@@ -5,7 +5,7 @@ image, and the files that are still there.
 Validation assignment: each reviewed image gets ``images.split`` = ``train`` or ``val``
 once, from its content hash (``int(sha256[:16], 16) / 2**64 < val_fraction`` -> val),
 and keeps it forever, so a validation image never leaks into a later training run.
-Near duplicates (core.duplicates, within ``phash_distance`` bits) are joined into groups;
+Near duplicates (core.imaging.duplicates, within ``phash_distance`` bits) are joined into groups;
 a group follows the side of any member that already has one, else the hash of its
 smallest SHA-256 decides for the whole group. Exact duplicates are one ``images`` row.
 """
@@ -16,9 +16,9 @@ from typing import Iterable
 
 import numpy as np
 
-from .db import Database, Image, ImageFile, LabelEvent
-from .duplicates import NEAR_DUPLICATE_BITS, duplicate_pairs, hamming, hash_int, union_find
-from .taxonomy import OTHER
+from core.storage import Database, Image, ImageFile, LabelEvent
+from core.imaging.duplicates import NEAR_DUPLICATE_BITS, duplicate_pairs, hamming, hash_int, union_find
+from core.models.taxonomy import OTHER
 
 SPLIT_TRAIN = "train"
 SPLIT_VAL = "val"
@@ -119,7 +119,7 @@ def reviewed_summary(db: Database, taxonomy: str = "all_subtype", sources: Itera
         sides = {}
         for chunk in _chunks(list(labels)):
             sides.update(dict(s.execute(select(Image.id, Image.split).where(Image.id.in_(chunk))).all()))
-    from .taxonomy import get_taxonomy
+    from core.models.taxonomy import get_taxonomy
 
     classes = list(get_taxonomy(taxonomy).classes)
     per = {c: {"reviewed": 0, "val": 0} for c in classes}
@@ -184,9 +184,9 @@ def measure_on_validation_side(db: Database, versions: list[dict], cancel=None) 
     """Every version (plain dicts: name, path, taxonomy, classes) on the same images: its
     taxonomy's fixed validation side. name -> {n, accuracy, macro_recall} (n = 0: none yet).
     What the model panel shows beside the cards' own figures, which come from different sets."""
-    from .errors import ImageError
-    from .images import FileChanged
-    from .inference import Predictor
+    from core.errors import ImageError
+    from core.imaging.images import FileChanged
+    from core.inference.predict import Predictor
 
     out: dict[str, dict] = {}
     sides: dict[str, list] = {}

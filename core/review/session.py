@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .db import Database
-from .labels import latest_events, record_labels
+from core.storage import Database
+from core.review.labels import latest_events, record_labels
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .gallery import UNREVIEWED, GalleryFilter
-from .labels import reviewer_problem
-from .review import Action, ReviewSession
+from core.review.gallery import UNREVIEWED, GalleryFilter
+from core.review.labels import reviewer_problem
+from core.review.session import Action, ReviewSession
 
 
 NEEDS_REVIEWER = "Labels need your name: Review ▸ Reviewer name…"

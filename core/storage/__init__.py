@@ -8,9 +8,10 @@ for that connection, see :func:`migration_transaction`), so a process killed, or
 filling up, in the middle of an upgrade leaves the database at its old revision with all its
 data; the next start migrates again. PostgreSQL has transactional DDL of its own.
 
-First-time setup (migrations and registering the bundled model) is safe when several
-processes start at once: :func:`open_database` does it under a file lock in the data
-directory and, on PostgreSQL, under a server-wide advisory lock (several machines).
+First-time setup (migrations, then the model registry: core/app/bootstrap.py) is safe when
+several processes start at once: it runs under :func:`data_dir_lock` (a file lock in the data
+directory) and, on PostgreSQL, :func:`server_setup_lock` (a server-wide advisory lock).
+Storage knows nothing of models, reviews or scans.
 
 Database URLs are :class:`sqlalchemy.engine.URL` objects built with ``URL.create``, never
 strings put together by formatting, and Alembic gets the connection, not the URL (its
@@ -25,15 +26,15 @@ from contextlib import contextmanager
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Iterator
 
-from sqlalchemy import create_engine, event, inspect, select, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..config import resources_dir
-from ..errors import DatabaseBusyError, DatabaseUnavailableError, HemascanError
-from .errors import check_sqlite_location, describe_url, missing_driver, user_error
-from .models import (  # noqa: F401  (re-exported)
+from core.config import resources_dir
+from core.errors import DatabaseBusyError, DatabaseUnavailableError
+from core.storage.errors import check_sqlite_location, describe_url, missing_driver, user_error
+from core.storage.orm import (  # noqa: F401  (re-exported)
     Base,
     Image,
     ImageFile,
@@ -52,7 +53,7 @@ from .models import (  # noqa: F401  (re-exported)
 )
 
 if TYPE_CHECKING:
-    from ..config import Paths
+    from core.config import Paths
 
 log = logging.getLogger(__name__)
 
@@ -261,16 +262,9 @@ class Database:
                 "update hemascan to use it")
         upgrade(self.engine)
 
-    def needs_setup(self) -> bool:
-        """True when the schema is not at head, no model version is active yet, or a bundled
-        model package is not registered (a new data directory, or an update shipping one)."""
-        if self.revision() != head_revision():
-            return True
-        with self.engine.connect() as conn:
-            if conn.execute(select(ModelVersion.id).where(ModelVersion.is_active.is_(True)).limit(1)).first() is None:
-                return True
-            known = set(conn.scalars(select(ModelVersion.name)))
-        return bool(_bundled_model_names() - known)
+    def at_head(self) -> bool:
+        """True when the schema is at this hemascan's head revision."""
+        return self.revision() == head_revision()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -308,61 +302,3 @@ def data_dir_lock(paths: "Paths", timeout_s: float | None = None) -> Iterator[No
         yield
     finally:
         lock.release()
-
-
-def _bundled_model_names() -> set[str]:
-    from ..errors import ModelPackageError
-    from ..modelpkg import read_card
-    from ..registry import bundled_packages
-
-    names = set()
-    for package in bundled_packages():
-        try:
-            names.add(read_card(package).name)
-        except ModelPackageError:  # damaged: registration skips it with a warning, so do we
-            continue
-    return names
-
-
-def register_default_model(db: Database, paths: "Paths") -> None:
-    """Register the bundled model packages this database does not know yet and make the
-    default one active if none is (first start). A package that cannot be registered now (damaged,
-    a read-only database, a full disk) is left to the commands that need a model to report
-    (scan and export work without one)."""
-    from ..errors import ModelPackageError
-    from ..registry import ensure_active_model
-
-    try:
-        with server_setup_lock(db.engine), db.session() as s:
-            ensure_active_model(s, paths)
-    except (ModelPackageError, SQLAlchemyError, OSError) as exc:
-        # e.g. a read-only database opened to export: commands that need a model say why
-        log.warning("bundled model not registered now: %s", user_error(exc, db.url) or exc)
-
-
-def open_database(paths: "Paths", url: str | URL | None = None) -> Database:
-    """Open (and on first use set up) the database of ``paths``: migrations and the bundled
-    model's registration run under a lock in the data directory (and, on PostgreSQL, a
-    server-wide advisory lock), so several processes may start at once on a new data
-    directory. An existing, set-up database takes no lock and is only read on open."""
-    url = to_url(url) if url is not None else paths.db_url()
-    db = Database(url, migrate=False)
-    db.paths = paths
-    db.Session.configure(info={"paths": paths})  # the seat's data directory: where shared models materialise
-    try:
-        try:
-            if db.needs_setup():
-                with data_dir_lock(paths):
-                    db.migrate()
-                    register_default_model(db, paths)
-        except HemascanError:
-            raise
-        except Exception as exc:
-            err = user_error(exc, db.url)
-            if err is None:
-                raise
-            raise err from exc
-    except BaseException:
-        db.dispose()
-        raise
-    return db

@@ -14,7 +14,7 @@ import os
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
-from ..errors import DatabaseBusyError, DatabaseUnavailableError, HemascanError, StorageError
+from core.errors import DatabaseBusyError, DatabaseUnavailableError, HemascanError, StorageError
 
 # Known drivers: the package to install for each (the dialect's default driver first).
 DRIVER_PACKAGES = {

@@ -110,7 +110,7 @@ class Prediction(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # how it was computed, e.g. "openvino int8 cpu" or "torch bf16 cuda" (None: before 0003)
     runtime: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    # the foreign-image guard (core/guard.py): True = outside the model's experience; None = the
+    # the foreign-image guard (core/models/guard.py): True = outside the model's experience; None = the
     # model or engine had no guard (and before 0004). guard_distance: its Mahalanobis distance.
     out_of_distribution: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     guard_distance: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -159,7 +159,7 @@ class Setting(Base):
 class ModelBlob(Base):
     """The bytes of one file of a model package, by its SHA-256 (content-addressed: a file
     shared by several versions, e.g. an unchanged int8 model, is stored once). Every seat
-    that uses this database materialises packages from here (core/modelstore.py). The
+    that uses this database materialises packages from here (core/models/store.py). The
     bundled packages' files are not stored: every installation ships them."""
 
     __tablename__ = "model_blobs"
@@ -182,7 +182,7 @@ class ModelFile(Base):
 class ModelActivation(Base):
     """Append-only log of the active model: every switch, who made it and when, from which
     version to which. Never updated or deleted; ``model_versions.is_active`` follows its
-    latest row (core.registry.activate_version writes both in one transaction)."""
+    latest row (core.models.registry.activate_version writes both in one transaction)."""
 
     __tablename__ = "model_activations"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -200,7 +200,7 @@ class WorkFolder(Base):
     __tablename__ = "work_folders"
     __table_args__ = (UniqueConstraint("root", "model_version_id", name="uq_work_folder_root_model"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    # the folder's stored-path prefix (absolute, trailing separator: core.scan.folder_prefix)
+    # the folder's stored-path prefix (absolute, trailing separator: core.imaging.scan.folder_prefix)
     root: Mapped[str] = mapped_column(Text)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,14 +1,14 @@
 """Alembic environment.
 
-hemascan hands in a connection already inside one transaction (core.db.upgrade, at every
-start): on SQLite that transaction covers the DDL too (core.db.migration_transaction), so an
+hemascan hands in a connection already inside one transaction (core.storage.upgrade, at every
+start): on SQLite that transaction covers the DDL too (core.storage.migration_transaction), so an
 upgrade is all or nothing. Run by hand (``alembic`` with a config holding sqlalchemy.url),
 the same transactional connection is made here.
 """
 from alembic import context
 
-from core.db import make_engine, migration_transaction
-from core.db.models import Base
+from core.storage import make_engine, migration_transaction
+from core.storage.orm import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from core.architectures import build
-from core.modelpkg import ModelCard, save_package
-from core.preprocessing import Preprocessing
-from core.taxonomy import TAXONOMIES
+from core.models.architectures import build
+from core.models.package import ModelCard, save_package
+from core.imaging.preprocessing import Preprocessing
+from core.models.taxonomy import TAXONOMIES
 
 
 def make(out: Path) -> ModelCard:

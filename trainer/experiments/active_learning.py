@@ -34,7 +34,7 @@ def _log(msg: str) -> None:
 
 
 def _predict(package: Path, x: np.ndarray, threads: int | None) -> np.ndarray:
-    from core.modelpkg import load_model
+    from core.models.package import load_model
 
     from ..engine import predict_logits
     from ..metrics import softmax
@@ -65,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from core.config import resolve_paths
-    from core.db import Database
+    from core.storage import Database
     from core.jobs import run_job
-    from core.labels import record_labels
-    from core.modelpkg import read_card
-    from core.registry import active_version
-    from core.scan import scan
+    from core.review.labels import record_labels
+    from core.models.package import read_card
+    from core.models.registry import active_version
+    from core.imaging.scan import scan
 
     from ..data import compute_hashes, patient_split, scan_class_folders
     from ..metrics import classification_metrics
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     # -- database with the share scanned, initial labels, initial model (reused from --work if there)
     from sqlalchemy import select
 
-    from core.db import Image
-    from core.preprocessing import Preprocessing
+    from core.storage import Image
+    from core.imaging.preprocessing import Preprocessing
 
     base_dir = work / "base"
     reuse = (base_dir / "models" / "initial").is_dir()

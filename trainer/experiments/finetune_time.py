@@ -40,14 +40,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from core.architectures import build
+    from core.models.architectures import build
     from core.config import resolve_paths
-    from core.db import Database, Image
+    from core.storage import Database, Image
     from core.jobs import run_job
-    from core.labels import record_labels
-    from core.modelpkg import ModelCard, read_card, save_package
-    from core.registry import bundled_default_package, register_package
-    from core.scan import scan
+    from core.review.labels import record_labels
+    from core.models.package import ModelCard, read_card, save_package
+    from core.models.registry import bundled_default_package, register_package
+    from core.imaging.scan import scan
     from sqlalchemy import select
 
     from ..data import compute_hashes, patient_split, scan_class_folders
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cpu_name() -> str:
-    from core.runtime import probe_host
+    from core.inference.runtime import probe_host
 
     return probe_host(include_cuda=False).cpu_name
 

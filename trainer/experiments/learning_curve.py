@@ -198,8 +198,8 @@ def score(package: Path, parts: dict[str, Part]) -> dict:
     the package's foreign-image guard's flagged share, on each part."""
     import torch
 
-    from core.guard import load_guard
-    from core.modelpkg import load_model
+    from core.models.guard import load_guard
+    from core.models.package import load_model
 
     from ..guard import logits_and_embeddings
 
@@ -228,7 +228,7 @@ def score(package: Path, parts: dict[str, Part]) -> dict:
 
 def shipped_probs(package: Path, x: np.ndarray) -> np.ndarray:
     """Calibrated probabilities of the shipped model on the pool (max: the reviewer's queue order)."""
-    from core.modelpkg import load_model
+    from core.models.package import load_model
 
     from ..engine import predict_logits
     from ..metrics import softmax
@@ -256,12 +256,11 @@ def one_run(pool: Part, chosen: np.ndarray, eval_parts: dict[str, Part], avn_pac
     """A fresh data directory; the shipped ALL-vs-normal model active; ``chosen`` scanned and
     labelled by the simulated reviewer; one retrain; the new version scored."""
     from core.config import resolve_paths
-    from core.db import Database
     from core.jobs import run_job
-    from core.labels import record_labels
-    from core.modelpkg import read_card
-    from core.registry import ensure_active_model
-    from core.scan import images_under, scan
+    from core.review.labels import record_labels
+    from core.models.package import read_card
+    from core.app.bootstrap import open_database
+    from core.imaging.scan import images_under, scan
 
     from ..retrain import RetrainConfig, activate, retrain
 
@@ -275,10 +274,8 @@ def one_run(pool: Part, chosen: np.ndarray, eval_parts: dict[str, Part], avn_pac
         os.symlink(src, dst)  # scan follows file links; nothing is copied
         truth[str(dst)] = CLASSES[int(pool.y[int(i)])]
     paths = resolve_paths(run_dir / "data").ensure()
-    db = Database(paths.db_url())
+    db = open_database(paths)  # set up: the bundled models registered
     try:
-        with db.session() as s:
-            ensure_active_model(s, paths)
         activate(db, read_card(avn_package).name, who="learning-curve")
         run_job(scan(db, folder))
         with db.session() as s:
@@ -324,7 +321,7 @@ def _quantiles(v: list) -> dict | None:
 
 def _best_epoch(r: dict) -> int | None:
     try:
-        from core.modelpkg import read_card
+        from core.models.package import read_card
 
         return read_card(Path(r["package"])).metrics.get("best_epoch")
     except Exception:  # noqa: BLE001 - informative only
@@ -526,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from core.modelpkg import read_card
+    from core.models.package import read_card
     from core.config import resources_dir
 
     torch.set_num_threads(args.threads)

@@ -30,7 +30,7 @@ SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
 
 def _load(files: list[str], prep) -> np.ndarray:
-    from core.images import decode_rgb, read_file
+    from core.imaging.images import decode_rgb, read_file
 
     return np.stack([prep.apply(decode_rgb(read_file(f))) for f in files])
 
@@ -61,9 +61,9 @@ def main(argv=None) -> int:
     from sklearn.covariance import LedoitWolf
     from sklearn.metrics import roc_auc_score
 
-    from core.modelpkg import load_model
-    from core.registry import bundled_default_package
-    from core.sample import generate
+    from core.models.package import load_model
+    from core.models.registry import bundled_default_package
+    from core.app.sample import generate
     from trainer import augment as aug
     from trainer.data import compute_hashes, make_split, scan_class_folders
 
