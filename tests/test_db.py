@@ -85,7 +85,9 @@ def test_label_writer_queues_while_locked_and_loses_nothing(tmp_path):
     from core.review.labels import LabelWriter
 
     url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
-    db = Database(url)
+    # a busy timeout of 10 min: a write that waited on the lock would hang until the test's
+    # timeout (pytest-timeout) fails it; no wall-clock assert
+    db = Database(url, busy_timeout_ms=600_000)
     with db.engine.begin() as conn:
         for i in (1, 2):
             conn.execute(text("INSERT INTO images (id, sha256, width, height, phash, first_seen) "
@@ -98,10 +100,8 @@ def test_label_writer_queues_while_locked_and_loses_nothing(tmp_path):
     holder = sqlite3.connect(tmp_path / "x.sqlite3", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        t0 = time.monotonic()
         assert writer.write({1: "Pre-B", 2: "Pro-B"}, "dr.a") is False
         assert writer.write({2: None}, "dr.a", note="undo") is False  # behind the first: queued too
-        assert time.monotonic() - t0 < 0.2
         assert writer.pending_labels() == {1: "Pre-B", 2: None}
         deadline = time.monotonic() + 10
         while not waiting and time.monotonic() < deadline:
@@ -138,11 +138,10 @@ def test_label_writer_refuses_bad_labels_at_once(tmp_path):
 def test_label_writer_on_postgresql_never_waits_on_a_lock_held_elsewhere(pg_url):
     """As on SQLite: while another seat holds a lock on the label table, the review key's
     write returns within a frame (queued), and lands once the lock is gone."""
-    import time
 
     from core.review.labels import LabelWriter
 
-    db = Database(pg_url)
+    db = Database(pg_url, busy_timeout_ms=600_000)  # a write waiting on the lock would hang: the test's timeout fails it
     with db.engine.begin() as conn:
         conn.execute(text("INSERT INTO images (id, sha256, width, height, phash, first_seen) "
                           "VALUES (1, :s, 1, 1, '0', '2026-01-01')"), {"s": "1" * 64})
@@ -152,9 +151,7 @@ def test_label_writer_on_postgresql_never_waits_on_a_lock_held_elsewhere(pg_url)
     trans = holder.begin()
     holder.execute(text("LOCK TABLE label_events IN EXCLUSIVE MODE"))
     try:
-        t0 = time.monotonic()
         assert writer.write({1: "Pre-B"}, "dr.a") is False
-        assert time.monotonic() - t0 < 0.2
         assert not writer.flush(0.3)  # still locked: still waiting, not dropped
     finally:
         trans.rollback()

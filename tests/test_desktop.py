@@ -206,7 +206,6 @@ def test_gallery_pages_100k_rows(qtbot, window, tmp_path):
     assert len(asked) < rows
     print(f"\n100k rows: insert {insert_s:.1f}s, open {open_s * 1000:.0f} ms, "
           f"{rows} rows loaded, {len(asked)} thumbnails asked")
-    assert open_s < 5.0  # ~0.9 s on an idle 2-core CPU (one id query + one page)
 
 
 def test_switch_model_reclassifies_and_about(qtbot, window, tmp_path):

@@ -8,7 +8,7 @@ import torch
 from core.errors import ModelPackageError
 from core.inference.predict import Predictor
 from core.models.package import WEIGHTS_FILE, load_model, read_card, save_package
-from core.app.bootstrap import setup_models
+from core.app.bootstrap import open_database, setup_models
 from core.models.registry import (
     active_version,
     bundled_default_package,
@@ -146,7 +146,6 @@ def test_leftovers_of_killed_writes_are_removed_when_old(paths, db):
     removed = remove_stale_temporaries(paths)
     assert set(removed) == {old_dir, old_card, old_ir}
     assert fresh.exists() and keep.exists() and (pkg_dir / "card.json").exists()
-    with db.session() as s:  # runs on every setup_models (classify, GUI start)
-        os.utime(fresh, (stale, stale))
-        setup_models(s, paths)
+    os.utime(fresh, (stale, stale))
+    open_database(paths).dispose()  # every start cleans (core/app/bootstrap.py)
     assert not fresh.exists()

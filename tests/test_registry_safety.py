@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -382,10 +381,8 @@ def test_weights_that_do_not_fit_arch_params_are_refused_before_allocating(tmp_p
     d = card_of(pkg)
     d["arch_params"] = {"width": 1_000_000}  # seed_cnn3 would allocate ~4 TB of parameters
     write_card(pkg, d)
-    t = time.perf_counter()
-    with pytest.raises(ModelPackageError, match="do not fit"):
+    with pytest.raises(ModelPackageError, match="do not fit"):  # refused before allocating (else: out of memory)
         load_model(pkg)
-    assert time.perf_counter() - t < 30
 
 
 def test_models_list_shows_the_bundled_model(cli):

@@ -177,7 +177,6 @@ def test_a_killed_workers_batch_is_taken_over_after_its_lease(pg_url, sample_fol
     assert stranded, "the victim never held a batch"
     stranded_ids = [i for (i,) in _rows(pg_url, "SELECT id FROM work_items WHERE worker = 'victim' AND status = 'running'")]
     assert stranded_ids  # SIGKILLed while holding it
-    t0 = time.monotonic()
     rescuer = _worker(env, "--once", "--claim", "4", "--lease", "2", "--poll", "0.2", "--name", "rescuer")
     out, err = rescuer.communicate(timeout=180)
     assert rescuer.returncode == 0, err
@@ -186,7 +185,6 @@ def test_a_killed_workers_batch_is_taken_over_after_its_lease(pg_url, sample_fol
     assert taken_over and all(w == "rescuer" and a == 2 for w, a in taken_over), taken_over
     done_by_victim = _rows(pg_url, "SELECT count(*) FROM work_items WHERE worker = 'victim'")[0][0]
     assert _predicted(out) == N_SAMPLE - done_by_victim
-    assert time.monotonic() - t0 < 60
 
 
 @pytest.mark.slow

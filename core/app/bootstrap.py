@@ -6,9 +6,10 @@ hemascan (schema not at head, no model active, a bundled model not registered ye
 lock, so several processes (and seats) may start at once. Everything after that only reads:
 :func:`core.models.registry.active_version` never registers, shares or cleans anything.
 
-Setup is: migrations; leftovers of killed model writes removed; the bundled model packages
-registered (and shared through the database); versions registered before schema 0005 shared;
-the bundled default made active when no version is.
+Setup is: migrations; the bundled model packages registered (and shared through the database);
+versions registered before schema 0005 shared; the bundled default made active when no version
+is. Every start also removes this seat's leftovers of killed model writes (older than any write
+takes, so no lock is needed).
 """
 from __future__ import annotations
 
@@ -52,15 +53,19 @@ def needs_setup(db: Database) -> bool:
     return bool(_bundled_model_names() - known)
 
 
-def setup_models(session: Session, paths: Paths) -> ModelVersion:
-    """The model registry's part of setup, in the caller's transaction: leftovers of killed
-    writes removed, bundled packages registered, older versions shared, the bundled default
-    made active when none is. Returns the active version."""
+def clean_temporaries(paths: Paths) -> None:
+    """This seat's leftovers of killed model writes (core.models.registry.remove_stale_temporaries)."""
     try:
         for p in remove_stale_temporaries(paths):
             log.info("removed a leftover of an interrupted write: %s", p)
     except OSError as exc:  # never in the way of starting
         log.warning("could not clean temporary model files: %s", exc)
+
+
+def setup_models(session: Session, paths: Paths) -> ModelVersion:
+    """The model registry's part of setup, in the caller's transaction: bundled packages
+    registered, older versions shared, the bundled default made active when none is.
+    Returns the active version."""
     register_bundled(session, paths)
     for name in share_unshared(session):
         log.info("model %s: its files are now in the database, for every seat", name)
@@ -95,6 +100,7 @@ def setup(db: Database, paths: Paths) -> None:
 def open_database(paths: Paths, url: str | URL | None = None) -> Database:
     """Open (and on first use set up) the database of ``paths``. An existing, set-up database
     takes no lock and is only read on open."""
+    clean_temporaries(paths)
     url = to_url(url) if url is not None else paths.db_url()
     db = Database(url, migrate=False)
     db.paths = paths
