@@ -44,8 +44,9 @@ def _tree_hashes(folder):
 def test_a_model_promoted_on_one_seat_is_active_on_another(tmp_path, db_url, second_package, sample_folder):
     from core.storage import ModelActivation, ModelBlob
     from core.app.bootstrap import open_database
-    from core.models.registry import activation_log, active_version, promote, register_package
+    from core.models.registry import activation_log, active_version, promote, register_package, require_active_version
     from core.app.bootstrap import setup_models
+    from core.models.store import local_package
 
     a, b = _seat(tmp_path, "seat-a"), _seat(tmp_path, "seat-b")
     db_a = open_database(a, db_url)
@@ -63,9 +64,10 @@ def test_a_model_promoted_on_one_seat_is_active_on_another(tmp_path, db_url, sec
     db_b = open_database(b, db_url)
     try:
         with db_b.session() as s:
-            v = setup_models(s, b)
+            v = require_active_version(s)  # reads only: nothing is set up by a getter
             assert v.name == "shared-test-model" and active_version(s).name == "shared-test-model"
             assert s.scalar(select(ModelBlob.size).where(ModelBlob.sha256 == v.weights_sha256)) > 0
+            local_package(s, v)  # first use on this seat: written from the database, every hash checked
         got = b.models / "shared-test-model"
         assert got.is_dir() and _tree_hashes(got) == _tree_hashes(a.models / "shared-test-model")
         log = activation_log(db_b)
