@@ -46,6 +46,7 @@ from core.storage import Database, Image, ImageFile, Prediction, WorkFolder, Wor
 from core.storage.errors import is_transient, user_error
 from core.storage.dbutil import insert_ignore
 from core.imaging.fspath import display
+from core.models.registry import VersionRef, version_package, version_ref, version_ref_by_id
 from core.jobs import Job, Progress, RateMeter
 from core.imaging.scan import ScanSummary, folder_prefix, images_under, scan, under_prefix
 
@@ -99,30 +100,30 @@ class SubmitSummary:
 
 
 def submit(db: Database, paths: Paths, folder: str | os.PathLike, cancel: threading.Event | None = None,
-           model_name: str | None = None, submitted_by: str | None = None) -> Job[SubmitSummary]:
+           version: VersionRef | None = None, submitted_by: str | None = None) -> Job[SubmitSummary]:
     """Scan ``folder`` (bad files are recorded with their reason, as by ``scan``) and queue
-    every usable image the model version (default: the active one) has not predicted yet.
-    Submitting again queues only what is new, and queues again what failed."""
-    from core.inference.predict import resolve_model
+    every usable image ``version`` (None: the one active when the job starts) has not
+    predicted yet. Submitting again queues only what is new, and queues again what failed."""
     from core.config import default_reviewer
 
     cancel = cancel or threading.Event()
+    if version is None:
+        with db.session() as s:
+            version = version_ref(s)
     scan_summary = yield from scan(db, folder, cancel)
     summary = SubmitSummary(scan_summary, scan_summary.root, cancelled=scan_summary.cancelled)
     if summary.cancelled:
         return summary
     root = folder_prefix(folder)
+    vid = version.id
     with db.session() as s:
-        target = resolve_model(s, paths, model_name)
-        insert_ignore(s, WorkFolder.__table__, [dict(root=root, model_version_id=target.version_id,
-                                                     submitted_at=utcnow(),
+        version.row(s)  # still registered
+        insert_ignore(s, WorkFolder.__table__, [dict(root=root, model_version_id=vid, submitted_at=utcnow(),
                                                      submitted_by=(submitted_by or default_reviewer())[:128])],
                       ["root", "model_version_id"])
-        folder_id = s.scalar(select(WorkFolder.id).where(WorkFolder.root == root,
-                                                         WorkFolder.model_version_id == target.version_id))
+        folder_id = s.scalar(select(WorkFolder.id).where(WorkFolder.root == root, WorkFolder.model_version_id == vid))
         ids = [i for i, _ in images_under(s, folder)]
-    summary.model, summary.n_images = target.name, len(ids)
-    vid = target.version_id
+    summary.model, summary.n_images = version.name, len(ids)
     for start in range(0, len(ids), IN_CHUNK):
         chunk = ids[start:start + IN_CHUNK]
         with db.session() as s:
@@ -355,14 +356,14 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
     """Claim and predict queued images until cancelled; with ``once``, until nothing is queued
     or running (it waits for batches other workers hold, and takes them over if their lease
     expires). ``notice`` gets one sentence per failed file and per database failure."""
-    from core.inference.predict import ClassifySummary, Predictor, model_target, plan_for, predict_images
+    from core.inference.predict import ClassifySummary, Predictor, plan_for, predict_images
 
     cancel = cancel or threading.Event()
     name = name or default_worker_name()
     summary = WorkerSummary(name)
     meter = RateMeter()
     backoff = Backoff()
-    predictors: dict[int, tuple] = {}  # model version id -> (Predictor, target, compile marker)
+    predictors: dict[int, tuple] = {}  # model version id -> (Predictor, VersionRef, compile marker)
 
     def say(msg: str) -> None:
         log.warning("worker %s: %s", name, msg)
@@ -379,11 +380,12 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
     def predictor_for(vid: int):
         if vid not in predictors:
             with db.session() as s:
-                target = model_target(s, vid)
-            plan, marker = plan_for(paths, target, device, engine, precision, claim_size)
-            predictors[vid] = (Predictor(target.package, plan=plan, cache_dir=paths.cache), target, marker)
-            summary.models.add(target.name)
-            log.info("worker %s: model %s on %s", name, target.name, predictors[vid][0].describe())
+                version = version_ref_by_id(s, vid)
+                package = version_package(s, version, paths)
+            plan, marker = plan_for(paths, version, package, device, engine, precision, claim_size)
+            predictors[vid] = (Predictor(package, plan=plan, cache_dir=paths.cache), version, marker)
+            summary.models.add(version.name)
+            log.info("worker %s: model %s on %s", name, version.name, predictors[vid][0].describe())
         return predictors[vid]
 
     def work(token: str, items: list[ClaimedItem]) -> Job[None]:
@@ -400,7 +402,7 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
         for image_id, path, sha, vid in found.values():
             by_version.setdefault(vid, []).append((image_id, path, sha))
         for vid, todo in by_version.items():
-            predictor, target, marker = predictor_for(vid)
+            predictor, version, marker = predictor_for(vid)
 
             def on_batch(s: Session, ids: list[int], failed: list[tuple[int, str, str]], vid=vid) -> None:
                 now = utcnow()
@@ -413,7 +415,7 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
                                                      WorkItem.image_id == image_id)
                               .values(status=FAILED, finished_at=now, lease_until=None, error=err))
 
-            part = ClassifySummary(None, target.name, predictor.describe(), n_todo=len(todo))
+            part = ClassifySummary(None, version.name, predictor.describe(), n_todo=len(todo), version=version)
             base = summary.n_predicted + summary.n_failed
             job = predict_images(db, predictor, vid, [(i, p) for i, p, _ in todo], {i: sha for i, _, sha in todo},
                                  part, cancel, batch_size=batch_size, workers=workers, marker=marker,
