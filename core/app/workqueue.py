@@ -103,7 +103,10 @@ def submit(db: Database, paths: Paths, folder: str | os.PathLike, cancel: thread
            version: VersionRef | None = None, submitted_by: str | None = None) -> Job[SubmitSummary]:
     """Scan ``folder`` (bad files are recorded with their reason, as by ``scan``) and queue
     every usable image ``version`` (None: the one active when the job starts) has not
-    predicted yet. Submitting again queues only what is new, and queues again what failed."""
+    predicted yet. Submitting again queues only what is new, and queues again what failed.
+    Items queued under another folder with the same images (the folder was moved, renamed or
+    re-mounted elsewhere: same content, so the same image ids, at new paths) now belong to
+    this one, so the workers read them here."""
     from core.config import default_reviewer
 
     cancel = cancel or threading.Event()
@@ -141,6 +144,11 @@ def submit(db: Database, paths: Paths, folder: str | os.PathLike, cancel: thread
                                                  WorkItem.status == FAILED)
                           .values(status=QUEUED, error=None, claim_token=None, worker=None, lease_until=None,
                                   finished_at=None))
+            waiting = [i for i, st in existing.items() if st != DONE and i not in predicted]
+            if waiting:  # the workers find their files under this folder (a running claim finishes as it is)
+                s.execute(update(WorkItem).where(WorkItem.model_version_id == vid, WorkItem.image_id.in_(waiting),
+                                                 WorkItem.status != DONE, WorkItem.folder_id != folder_id)
+                          .values(folder_id=folder_id))
         summary.n_already_done += len(predicted)
         summary.n_queued += len(new)
         summary.n_requeued += len(retry)
