@@ -10,8 +10,9 @@ summary dict. CLI (``hemascan retrain``) and GUI (Retrain dialog) drive the same
 Safety:
 
 * Every run has a ``training_runs`` row: ``running`` -> ``completed`` / ``cancelled`` /
-  ``failed``. A process killed mid-run leaves ``running``; the next retrain (or
-  :func:`fail_stale_runs`) marks it ``failed``.
+  ``failed``. A running run holds a lease renewed by a heartbeat (core/models/runs.py); a
+  process killed mid-run stops renewing it, and once it has expired the next retrain (or
+  :func:`fail_stale_runs`) on any seat marks it ``failed``.
 * The new package is written by ``core.models.package.save_package`` (temp dir + rename), only
   after training finished, so a cancelled or killed run never leaves a half-written model.
 * The new version is registered with ``parent`` = the active version but NOT activated;
@@ -56,7 +57,7 @@ from core.models.registry import (  # noqa: F401  (re-exported: the retrain API 
     promote,
     rollback,
 )
-from core.models.runs import fail_stale_runs, finish_run, mark_live, start_run  # noqa: F401
+from core.models.runs import fail_stale_runs, finish_run, start_run  # noqa: F401
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Callable
 
 from sqlalchemy import and_, case, func, or_, select, update
@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 from core.config import Paths
 from core.storage import Database, Image, ImageFile, Prediction, WorkFolder, WorkItem, utcnow
 from core.storage.errors import is_transient, user_error
-from core.storage.dbutil import insert_ignore
+from core.storage.dbutil import db_now, insert_ignore
 from core.imaging.fspath import display
 from core.models.registry import VersionRef, version_package, version_ref, version_ref_by_id
 from core.jobs import Job, Progress, RateMeter
@@ -66,19 +66,6 @@ RETRY_MAX_S = float(os.environ.get("HEMASCAN_WORKER_RETRY_MAX_S", "60"))
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 IN_CHUNK = 500  # ids per IN (...) list
-
-# The clock leases are measured on: the server's where several machines share it.
-_DB_NOW: dict[str, Callable[[Session], datetime]] = {
-    "postgresql": lambda s: s.scalar(select(func.now())),
-}
-
-
-def db_now(session: Session) -> datetime:
-    """Now, by the database server's clock (PostgreSQL: every worker uses the same clock,
-    whatever its own says) or by this machine's (SQLite: one machine)."""
-    now = _DB_NOW.get(session.get_bind().dialect.name, lambda s: utcnow())(session)
-    return now if now.tzinfo is not None else now.replace(tzinfo=timezone.utc)
-
 
 def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
