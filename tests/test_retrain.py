@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from sqlalchemy import select
 
 from core.models.architectures import build
-from core.storage import Image, ModelVersion, TrainingRun
+from core.storage import Image, ModelVersion, Setting, TrainingRun
 from core.jobs import run_job
 from core.review.labels import record_labels
 from core.models.package import ModelCard, save_package
@@ -267,6 +268,12 @@ def test_sigkill_mid_run_leaves_failed_row_and_no_model(labelled, db, paths, dat
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert sorted(p.name for p in paths.models.iterdir()) == registered_names(db)  # no (half-written) package
+    with db.session() as s:  # as a minute later: the dead run's lease (core/models/runs.py) has expired
+        from core.models.runs import LEASE_KEY, RunLease
+
+        key = LEASE_KEY.format(s.scalar(select(TrainingRun.id).where(TrainingRun.status == "running")))
+        lease = RunLease.from_json(s.get(Setting, key).value)
+        s.get(Setting, key).value = RunLease(lease.holder, lease.until - timedelta(hours=1)).to_json()
     # the next run marks the dead one failed and goes ahead
     out = run_job(retrain(db, paths, RetrainConfig(**{**FAST, "epochs": 1})))
     assert out["status"] == "completed"

@@ -10,8 +10,9 @@ summary dict. CLI (``hemascan retrain``) and GUI (Retrain dialog) drive the same
 Safety:
 
 * Every run has a ``training_runs`` row: ``running`` -> ``completed`` / ``cancelled`` /
-  ``failed``. A process killed mid-run leaves ``running``; the next retrain (or
-  :func:`fail_stale_runs`) marks it ``failed``.
+  ``failed``. A running run holds a lease renewed by a heartbeat (core/models/runs.py); a
+  process killed mid-run stops renewing it, and once it has expired the next retrain (or
+  :func:`fail_stale_runs`) on any seat marks it ``failed``.
 * The new package is written by ``core.models.package.save_package`` (temp dir + rename), only
   after training finished, so a cancelled or killed run never leaves a half-written model.
 * The new version is registered with ``parent`` = the active version but NOT activated;
@@ -34,10 +35,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from sqlalchemy.orm import object_session
 
 from core.config import Paths
-from core.storage import Database, ModelVersion
+from core.storage import Database
 from core.imaging.duplicates import hamming, hash_int
 from core.review.reviewed import (  # noqa: F401  (re-exported: the retrain API keeps these names)
     SPLIT_TRAIN,
@@ -50,13 +50,14 @@ from core.review.reviewed import (  # noqa: F401  (re-exported: the retrain API 
 from core.errors import HemascanError
 from core.jobs import Progress
 from core.models.registry import (  # noqa: F401  (re-exported: the retrain API keeps these names)
+    VersionRef,
     activate,
     activation_log,
     lineage,
     promote,
     rollback,
 )
-from core.models.runs import fail_stale_runs, finish_run, mark_live, start_run  # noqa: F401
+from core.models.runs import fail_stale_runs, finish_run, start_run  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -349,27 +350,20 @@ def _resolve_device(pref: str | None):
     return torch.device(str(runtime_plan(device=pref, purpose="train").device))
 
 
-def _version_info(v: ModelVersion, paths: Paths | None = None) -> dict:
-    from core.models.store import local_package
-
-    path = str(local_package(object_session(v), v, paths)) if object_session(v) is not None else v.path
-    return {"id": v.id, "name": v.name, "architecture": v.architecture, "taxonomy": v.taxonomy, "path": path,
-            "card": dict(v.card or {})}
-
-
 def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = None,
             progress: Callable[[Progress], None] | None = None, cancel: threading.Event | None = None,
-            image_cache: dict | None = None):
-    """Fine-tune (or train from scratch) on the reviewed labels, compare with the active
-    version on the same validation images, register the result (not active). A job
-    generator; returns a summary dict with ``status``, ``version`` and ``comparison``."""
+            image_cache: dict | None = None, parent: VersionRef | None = None):
+    """Fine-tune (or train from scratch) ``parent`` (None: the version active when the job
+    starts) on the reviewed labels, compare with it on the same validation images, register
+    the result (not active). A job generator; returns a summary dict with ``status``,
+    ``version`` and ``comparison``."""
     import torch
 
     from core.models.architectures import build
     from core.imaging.fspath import to_fs
     from core.models.package import ModelCard, load_model, save_package
     from core.imaging.preprocessing import Preprocessing
-    from core.models.registry import register_package, require_active_version
+    from core.models.registry import register_package, require_active_version, version_package
 
     from .engine import FitOptions, _seed_all, fit, predict_logits
     from .metrics import ece, fit_temperature, softmax, uncertain_threshold
@@ -384,9 +378,12 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
 
     t0 = time.perf_counter()
     with db.session() as s:
-        parent = _version_info(require_active_version(s), paths)
+        row = parent.row(s) if parent is not None else require_active_version(s)
+        parent = VersionRef.of(row)
+        parent_path = version_package(s, parent, paths)
+        parent_arch, pcard = row.architecture, dict(row.card or {})
     try:
-        run_id = start_run(db, cfg.arch or parent["architecture"], cfg.to_dict(), parent["id"], exclusive=True)
+        run_id = start_run(db, cfg.arch or parent_arch, cfg.to_dict(), parent.id, exclusive=True)
     except HemascanError as exc:
         raise RetrainError(str(exc)) from None
     status = "failed"
@@ -394,11 +391,10 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         device = _resolve_device(cfg.device)
-        pcard = parent["card"]
-        taxonomy, classes = parent["taxonomy"], list(pcard["classes"])
-        arch = cfg.arch or parent["architecture"]
-        if not cfg.from_scratch and arch != parent["architecture"]:
-            raise RetrainError(f"fine-tuning keeps the active model's architecture ({parent['architecture']}); "
+        taxonomy, classes = parent.taxonomy, list(pcard["classes"])
+        arch = cfg.arch or parent_arch
+        if not cfg.from_scratch and arch != parent_arch:
+            raise RetrainError(f"fine-tuning keeps the active model's architecture ({parent_arch}); "
                                f"use from-scratch training for {arch}")
         parent_prep = Preprocessing.from_dict(pcard["preprocessing"])
         if cfg.from_scratch:  # the trainer's preprocessing (area, scale-bar corner masked), not the parent's
@@ -442,7 +438,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             model = build(arch, len(classes), **kw)
             arch_params = dict(cfg.arch_params)
         else:
-            model, _ = load_model(Path(parent["path"]), "cpu")
+            model, _ = load_model(parent_path, "cpu")
             arch_params = dict(pcard.get("arch_params") or {})
         freeze = cfg.freeze_blocks
         if freeze is None:
@@ -457,7 +453,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             balance=cfg.balance, augment=cfg.augment, seed=cfg.seed,
             freeze_first=freeze + 1 if freeze and arch == "effnet_lite0" else 0,
             train_last=None if cfg.from_scratch else cfg.train_last, min_steps=cfg.min_steps)
-        replay = _replay_source(cfg, pcard, parent, summary_data, len(classes))
+        replay = _replay_source(cfg, pcard, parent_path, summary_data, len(classes))
         if replay is not None:  # a class has too few reviewed images: refit the head, replaying the parent's classes
             from .replay import REPLAY_PER_CLASS, fit_head_with_replay, replay_embeddings, reviewed_embeddings
 
@@ -469,7 +465,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             fitted = fit_head_with_replay(model, real, real_y, replayed, replayed_y, len(classes), seed=cfg.seed,
                                           cancel=cancel)
             fitted["method"] = (f"classifier head refitted on {len(tr_idx)} reviewed images (x4 views) and "
-                                f"{len(replayed_y)} embeddings replayed from {parent['name']}'s guard; backbone unchanged")
+                                f"{len(replayed_y)} embeddings replayed from {parent.name}'s guard; backbone unchanged")
             device = torch.device("cpu")
         else:
             run_dir = paths.data_dir / "runs" / f"retrain-{run_id}"  # checkpoints; removed when the run ends
@@ -479,7 +475,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
                                         cancel=cancel, select_on_val=select)
             finally:
                 shutil.rmtree(run_dir, ignore_errors=True)
-            fitted["method"] = f"fine-tuned the last {cfg.train_last or 'all'} stages from {parent['name']}"
+            fitted["method"] = f"fine-tuned the last {cfg.train_last or 'all'} stages from {parent.name}"
         history, train_seconds = fitted["history"], fitted["train_seconds"]
         best = fitted["best"]
         if fitted["status"] != "completed":
@@ -506,7 +502,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
                 calib = {"source": "validation", "temperature": temperature, "val_ece_before": ece(softmax(logits_new), yv),
                          "val_ece_after": ece(pv, yv), "uncertain_threshold": threshold}
             probs_new = softmax(logits_new, temperature)
-            old_model, old_card = load_model(Path(parent["path"]), "cpu")
+            old_model, old_card = load_model(parent_path, "cpu")
             old_model = old_model.to(device)
             xo = xv if parent_prep == prep else load_items(data.val, parent_prep, image_cache, cfg.decode_workers)
             probs_old = softmax(predict_logits(old_model, xo, parent_prep, device), float(old_card.temperature or 1.0))
@@ -514,7 +510,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             yield emit(Progress("compare", 1, 2, "comparing"))
             comparison = compare_predictions(yv, probs_new, probs_old, classes, data.val, ("new", "old"),
                                              cfg.bootstrap, cfg.seed)
-            comparison["old_name"] = parent["name"]
+            comparison["old_name"] = parent.name
             val_metrics = comparison["new"]
 
         # -- package (atomic) and register, not active
@@ -537,9 +533,9 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             training_data={"source": "hemascan database: reviewed labels (latest event per image, sources "
                                      + "/".join(cfg.sources) + ")" + (" + base data folder" if cfg.base_data else ""),
                            **summary_data, "training_run_id": run_id,
-                           "mode": "from scratch" if cfg.from_scratch else f"fine-tuned from {parent['name']}",
+                           "mode": "from scratch" if cfg.from_scratch else f"fine-tuned from {parent.name}",
                            "config": cfg.to_dict()},
-            parent=parent["name"], notes=cfg.notes or f"Retrained from reviewed labels (run {run_id}).")
+            parent=parent.name, notes=cfg.notes or f"Retrained from reviewed labels (run {run_id}).")
         pkg = paths.models / name
         if cancel.is_set():
             status = "cancelled"
@@ -571,7 +567,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         finish_run(db, run_id, status, metrics=_jsonable(run_metrics), model_version_id=version_id)
         yield emit(Progress("package", 1, 1, name))
         return {"status": status, "run_id": run_id, "version": name, "version_id": version_id,
-                "parent": parent["name"], "parent_id": parent["id"], "data": summary_data, "history": history,
+                "parent": parent.name, "parent_id": parent.id, "data": summary_data, "history": history,
                 "comparison": comparison, "train_seconds": train_seconds, "seconds": time.perf_counter() - t0,
                 "device": str(device), "package": str(pkg), "int8": int8,
                 "trained_paths": [to_fs(it.path) if it.image_id is not None else it.path for it in data.train]}
@@ -610,7 +606,7 @@ def replay_reason(summary_data: dict) -> str | None:
     return f"{summary_data['n_train']} reviewed training images: the fine-tune forgot the model's own classes in every learning-curve run"
 
 
-def _replay_source(cfg: RetrainConfig, pcard: dict, parent: dict, summary_data: dict, n_classes: int):
+def _replay_source(cfg: RetrainConfig, pcard: dict, parent_path: Path, summary_data: dict, n_classes: int):
     """(parent guard, its classes) when this run should refit the head with feature replay:
     ``cfg.replay`` "on", or "auto" with a class under MIN_PER_CLASS reviewed images; None otherwise."""
     if cfg.from_scratch or cfg.replay == "off" or (cfg.replay == "auto" and not replay_reason(summary_data)):
@@ -621,7 +617,7 @@ def _replay_source(cfg: RetrainConfig, pcard: dict, parent: dict, summary_data: 
 
     record = pcard.get("guard") or {}
     try:
-        guard = load_guard(Path(parent["path"]), record, n_classes)
+        guard = load_guard(parent_path, record, n_classes)
     except Exception as exc:  # noqa: BLE001  (no usable guard: fine-tune as usual, and say why)
         log.warning("no feature replay: %s", exc)
         return None

@@ -96,7 +96,7 @@ def cmd_retrain(args, app: App) -> int:
         if args.reclassify:
             from core.app.commands import cmd_classify
 
-            return cmd_classify(argparse.Namespace(folder=args.reclassify, device=args.device, model=None,
+            return cmd_classify(argparse.Namespace(folder=args.reclassify, device=args.device, model=out["version"],
                                                    batch_size=None, workers=None, engine=None,
                                                    precision="auto"), app)
     else:

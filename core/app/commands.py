@@ -51,17 +51,16 @@ def _classify_args(p: argparse.ArgumentParser) -> None:
                    help="auto (default): the package's checked int8 model on a CPU (else fp32), bf16/fp16 on CUDA")
 
 
-def _summarise_predictions(app: App, folder: str) -> tuple[int, int]:
-    """Print the counts per class, uncertain and outside the model's experience; returns
-    (outside, total)."""
+def _summarise_predictions(app: App, folder: str, ref) -> tuple[int, int]:
+    """Print ``ref``'s (the VersionRef that classified) counts per class, uncertain and
+    outside the model's experience; returns (outside, total)."""
     from sqlalchemy import select
 
     from core.storage import Prediction
-    from core.models.registry import active_version
     from core.imaging.scan import images_under
 
     with app.db.session() as s:
-        version = active_version(s)
+        version = ref.row(s)
         ids = [i for i, _ in images_under(s, folder)]
         counts: Counter = Counter()
         uncertain = outside = assessed = 0
@@ -94,9 +93,12 @@ def _summarise_predictions(app: App, folder: str) -> tuple[int, int]:
 @command("classify", "scan a folder and predict every image not yet predicted by the active model", _classify_args)
 def cmd_classify(args, app: App) -> int:
     from core.inference.predict import classify
+    from core.models.registry import version_ref
 
-    s = app.progress(classify(app.db, app.paths, args.folder, device=args.device, cancel=app.cancel,
-                              model_name=args.model, batch_size=args.batch_size, workers=args.workers,
+    with app.db.session() as db_session:
+        version = version_ref(db_session, args.model)  # the one version this run predicts with
+    s = app.progress(classify(app.db, app.paths, args.folder, version, device=args.device, cancel=app.cancel,
+                              batch_size=args.batch_size, workers=args.workers,
                               engine=args.engine, precision=args.precision), "classify")
     _print_scan(app, s.scan)
     app.echo(f"model {s.model} on {s.device}: {s.n_predicted} predicted, {s.n_errors} failed, "
@@ -104,7 +106,7 @@ def cmd_classify(args, app: App) -> int:
              + (f" in {s.seconds:.1f} s ({s.rate:.0f} images/s)" if s.seconds else "")
              + (" [cancelled: run again to continue]" if s.cancelled else ""))
     _print_errors(app, s.errors, s.n_errors)
-    _summarise_predictions(app, args.folder)
+    _summarise_predictions(app, args.folder, version)
     app.echo(DISCLAIMER)
     return 130 if s.cancelled else 0
 
@@ -125,7 +127,11 @@ def _print_queue(app: App, statuses) -> None:
 def cmd_submit(args, app: App) -> int:
     from core.app.workqueue import queue_status, submit
 
-    s = app.progress(submit(app.db, app.paths, args.folder, app.cancel, args.model, args.by), "submit")
+    from core.models.registry import version_ref
+
+    with app.db.session() as db_session:
+        version = version_ref(db_session, args.model)
+    s = app.progress(submit(app.db, app.paths, args.folder, app.cancel, version, args.by), "submit")
     _print_scan(app, s.scan)
     if s.cancelled:
         app.echo("submit cancelled: run it again to queue the rest")

@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Callable
 
 from sqlalchemy import and_, case, func, or_, select, update
@@ -44,8 +44,9 @@ from sqlalchemy.orm import Session
 from core.config import Paths
 from core.storage import Database, Image, ImageFile, Prediction, WorkFolder, WorkItem, utcnow
 from core.storage.errors import is_transient, user_error
-from core.storage.dbutil import insert_ignore
+from core.storage.dbutil import db_now, insert_ignore
 from core.imaging.fspath import display
+from core.models.registry import VersionRef, version_package, version_ref, version_ref_by_id
 from core.jobs import Job, Progress, RateMeter
 from core.imaging.scan import ScanSummary, folder_prefix, images_under, scan, under_prefix
 
@@ -65,19 +66,6 @@ RETRY_MAX_S = float(os.environ.get("HEMASCAN_WORKER_RETRY_MAX_S", "60"))
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 IN_CHUNK = 500  # ids per IN (...) list
-
-# The clock leases are measured on: the server's where several machines share it.
-_DB_NOW: dict[str, Callable[[Session], datetime]] = {
-    "postgresql": lambda s: s.scalar(select(func.now())),
-}
-
-
-def db_now(session: Session) -> datetime:
-    """Now, by the database server's clock (PostgreSQL: every worker uses the same clock,
-    whatever its own says) or by this machine's (SQLite: one machine)."""
-    now = _DB_NOW.get(session.get_bind().dialect.name, lambda s: utcnow())(session)
-    return now if now.tzinfo is not None else now.replace(tzinfo=timezone.utc)
-
 
 def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -99,30 +87,33 @@ class SubmitSummary:
 
 
 def submit(db: Database, paths: Paths, folder: str | os.PathLike, cancel: threading.Event | None = None,
-           model_name: str | None = None, submitted_by: str | None = None) -> Job[SubmitSummary]:
+           version: VersionRef | None = None, submitted_by: str | None = None) -> Job[SubmitSummary]:
     """Scan ``folder`` (bad files are recorded with their reason, as by ``scan``) and queue
-    every usable image the model version (default: the active one) has not predicted yet.
-    Submitting again queues only what is new, and queues again what failed."""
-    from core.inference.predict import resolve_model
+    every usable image ``version`` (None: the one active when the job starts) has not
+    predicted yet. Submitting again queues only what is new, and queues again what failed.
+    Items queued under another folder with the same images (the folder was moved, renamed or
+    re-mounted elsewhere: same content, so the same image ids, at new paths) now belong to
+    this one, so the workers read them here."""
     from core.config import default_reviewer
 
     cancel = cancel or threading.Event()
+    if version is None:
+        with db.session() as s:
+            version = version_ref(s)
     scan_summary = yield from scan(db, folder, cancel)
     summary = SubmitSummary(scan_summary, scan_summary.root, cancelled=scan_summary.cancelled)
     if summary.cancelled:
         return summary
     root = folder_prefix(folder)
+    vid = version.id
     with db.session() as s:
-        target = resolve_model(s, paths, model_name)
-        insert_ignore(s, WorkFolder.__table__, [dict(root=root, model_version_id=target.version_id,
-                                                     submitted_at=utcnow(),
+        version.row(s)  # still registered
+        insert_ignore(s, WorkFolder.__table__, [dict(root=root, model_version_id=vid, submitted_at=utcnow(),
                                                      submitted_by=(submitted_by or default_reviewer())[:128])],
                       ["root", "model_version_id"])
-        folder_id = s.scalar(select(WorkFolder.id).where(WorkFolder.root == root,
-                                                         WorkFolder.model_version_id == target.version_id))
+        folder_id = s.scalar(select(WorkFolder.id).where(WorkFolder.root == root, WorkFolder.model_version_id == vid))
         ids = [i for i, _ in images_under(s, folder)]
-    summary.model, summary.n_images = target.name, len(ids)
-    vid = target.version_id
+    summary.model, summary.n_images = version.name, len(ids)
     for start in range(0, len(ids), IN_CHUNK):
         chunk = ids[start:start + IN_CHUNK]
         with db.session() as s:
@@ -140,6 +131,11 @@ def submit(db: Database, paths: Paths, folder: str | os.PathLike, cancel: thread
                                                  WorkItem.status == FAILED)
                           .values(status=QUEUED, error=None, claim_token=None, worker=None, lease_until=None,
                                   finished_at=None))
+            waiting = [i for i, st in existing.items() if st != DONE and i not in predicted]
+            if waiting:  # the workers find their files under this folder (a running claim finishes as it is)
+                s.execute(update(WorkItem).where(WorkItem.model_version_id == vid, WorkItem.image_id.in_(waiting),
+                                                 WorkItem.status != DONE, WorkItem.folder_id != folder_id)
+                          .values(folder_id=folder_id))
         summary.n_already_done += len(predicted)
         summary.n_queued += len(new)
         summary.n_requeued += len(retry)
@@ -355,14 +351,14 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
     """Claim and predict queued images until cancelled; with ``once``, until nothing is queued
     or running (it waits for batches other workers hold, and takes them over if their lease
     expires). ``notice`` gets one sentence per failed file and per database failure."""
-    from core.inference.predict import ClassifySummary, Predictor, model_target, plan_for, predict_images
+    from core.inference.predict import ClassifySummary, Predictor, plan_for, predict_images
 
     cancel = cancel or threading.Event()
     name = name or default_worker_name()
     summary = WorkerSummary(name)
     meter = RateMeter()
     backoff = Backoff()
-    predictors: dict[int, tuple] = {}  # model version id -> (Predictor, target, compile marker)
+    predictors: dict[int, tuple] = {}  # model version id -> (Predictor, VersionRef, compile marker)
 
     def say(msg: str) -> None:
         log.warning("worker %s: %s", name, msg)
@@ -379,11 +375,12 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
     def predictor_for(vid: int):
         if vid not in predictors:
             with db.session() as s:
-                target = model_target(s, vid)
-            plan, marker = plan_for(paths, target, device, engine, precision, claim_size)
-            predictors[vid] = (Predictor(target.package, plan=plan, cache_dir=paths.cache), target, marker)
-            summary.models.add(target.name)
-            log.info("worker %s: model %s on %s", name, target.name, predictors[vid][0].describe())
+                version = version_ref_by_id(s, vid)
+                package = version_package(s, version, paths)
+            plan, marker = plan_for(paths, version, package, device, engine, precision, claim_size)
+            predictors[vid] = (Predictor(package, plan=plan, cache_dir=paths.cache), version, marker)
+            summary.models.add(version.name)
+            log.info("worker %s: model %s on %s", name, version.name, predictors[vid][0].describe())
         return predictors[vid]
 
     def work(token: str, items: list[ClaimedItem]) -> Job[None]:
@@ -400,7 +397,7 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
         for image_id, path, sha, vid in found.values():
             by_version.setdefault(vid, []).append((image_id, path, sha))
         for vid, todo in by_version.items():
-            predictor, target, marker = predictor_for(vid)
+            predictor, version, marker = predictor_for(vid)
 
             def on_batch(s: Session, ids: list[int], failed: list[tuple[int, str, str]], vid=vid) -> None:
                 now = utcnow()
@@ -413,7 +410,7 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
                                                      WorkItem.image_id == image_id)
                               .values(status=FAILED, finished_at=now, lease_until=None, error=err))
 
-            part = ClassifySummary(None, target.name, predictor.describe(), n_todo=len(todo))
+            part = ClassifySummary(None, version.name, predictor.describe(), n_todo=len(todo), version=version)
             base = summary.n_predicted + summary.n_failed
             job = predict_images(db, predictor, vid, [(i, p) for i, p, _ in todo], {i: sha for i, _, sha in todo},
                                  part, cancel, batch_size=batch_size, workers=workers, marker=marker,

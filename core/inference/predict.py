@@ -22,10 +22,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.config import Paths
-from core.storage import Database, ImageFile, ModelVersion, Prediction, utcnow
+from core.storage import Database, ImageFile, Prediction, utcnow
 from core.storage.dbutil import insert_ignore, with_reconnect
-from core.errors import ImageError, ModelPackageError
-from core.models.store import local_package
+from core.errors import ImageError
 from core.imaging.fspath import display, to_fs
 from core.imaging.images import FileChanged, decode_rgb, read_and_hash, read_file
 from core.jobs import Job, Progress, RateMeter
@@ -34,7 +33,7 @@ from core.imaging.preprocessing import Preprocessing
 from core.inference.engines import ENGINES, compile_marker, int8_ready
 from core.models.guard import load_guard
 from core.inference.runtime import Device, RuntimePlan, RuntimeRequest, probe_host, plan_runtime, runtime_plan
-from core.models.registry import get_version, require_active_version
+from core.models.registry import VersionRef, version_package, version_ref
 from core.imaging.scan import UNTRUSTED_STAT, ScanSummary, images_to_read, scan
 
 log = logging.getLogger(__name__)
@@ -156,6 +155,7 @@ class ClassifySummary:
     db_seconds: float = 0.0  # spent writing predictions (transactions included)
     cancelled: bool = False
     errors: list[tuple[str, str]] = field(default_factory=list)
+    version: VersionRef | None = None  # the version that predicted (None: a worker's part of several)
 
     @property
     def rate(self) -> float:
@@ -189,41 +189,18 @@ def _prediction_rows(ids: list[int], assessment: Assessment, version_id: int, ca
     ]
 
 
-@dataclass(frozen=True)
-class ModelTarget:
-    """The model version a job predicts with (plain values: usable after its session closed)."""
-
-    version_id: int
-    name: str
-    package: str
-    weights_sha256: str
-
-
-def resolve_model(session, paths: Paths, model_name: str | None = None) -> ModelTarget:
-    """``model_name``'s version, or the active one (setup made the bundled default active: core/app/bootstrap.py)."""
-    version = get_version(session, model_name) if model_name else require_active_version(session)
-    return ModelTarget(version.id, version.name, str(local_package(session, version, paths)), version.weights_sha256)
-
-
-def model_target(session, version_id: int) -> ModelTarget:
-    """The version with id ``version_id`` (e.g. the one a queued folder was submitted for)."""
-    version = session.get(ModelVersion, version_id)
-    if version is None:
-        raise ModelPackageError(f"model version #{version_id} is not registered in this database")
-    return ModelTarget(version.id, version.name, str(local_package(session, version)), version.weights_sha256)
-
-
-def plan_for(paths: Paths, target: ModelTarget, device: str | None, engine: str | None, precision: str,
-             n_images: int) -> tuple[RuntimePlan, Path | None]:
-    """The runtime plan for predicting ``n_images`` with ``target`` here, and (torch on a CPU)
-    the marker file that says its compiled form is cached."""
+def plan_for(paths: Paths, version: VersionRef, package: Path, device: str | None, engine: str | None,
+             precision: str, n_images: int) -> tuple[RuntimePlan, Path | None]:
+    """The runtime plan for predicting ``n_images`` with ``version`` (its package at
+    ``package`` on this seat), and (torch on a CPU) the marker file that says its compiled
+    form is cached."""
     host = probe_host(include_cuda=str(device or "auto").lower() != "cpu")
     request = RuntimeRequest.from_options(device=device, engine=engine, precision=precision, purpose="classify",
-                                          n_images=n_images, int8_shipped=int8_ready(read_card(Path(target.package))))
+                                          n_images=n_images, int8_shipped=int8_ready(read_card(Path(package))))
     plan = plan_runtime(host, request)
     marker = None
     if plan.engine == "torch" and plan.device.type == "cpu":  # torch.compile; OpenVINO needs none
-        marker = compile_marker(paths.cache, target.weights_sha256, plan.batch_size)
+        marker = compile_marker(paths.cache, version.weights_sha256, plan.batch_size)
         plan = plan_runtime(host, replace(request, compile_warm=marker.exists()))
     return plan, marker
 
@@ -232,37 +209,43 @@ def classify(
     db: Database,
     paths: Paths,
     folder: str | os.PathLike,
+    version: VersionRef | None = None,
+    *,
     device: str | None = None,
     cancel: threading.Event | None = None,
-    model_name: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     engine: str | None = None,
     precision: str = "auto",
 ) -> Job[ClassifySummary]:
-    """Scan ``folder`` and predict every image not yet predicted by the model version.
-    Yields Progress; returns ClassifySummary. Safe to kill at any moment and re-run."""
+    """Scan ``folder`` and predict every image not yet predicted by ``version`` (None: the
+    version active when the job starts, read once then). Every prediction of the job is
+    ``version``'s, whatever another seat activates meanwhile. Yields Progress; returns
+    ClassifySummary. Safe to kill at any moment and re-run."""
     cancel = cancel or threading.Event()
+    if version is None:
+        with db.session() as s:
+            version = version_ref(s)
     # Import the runtime in the background while the scan runs: the first prediction comes sooner.
     warm = threading.Thread(target=_warm_imports, args=(device,), name="hemascan-warm-imports", daemon=True)
     warm.start()
     scan_summary = yield from scan(db, folder, cancel)
     warm.join()
     with db.session() as s:
-        target = resolve_model(s, paths, model_name)
-        done_ids = set(s.scalars(select(Prediction.image_id).where(Prediction.model_version_id == target.version_id)))
+        package = version_package(s, version, paths)
+        done_ids = set(s.scalars(select(Prediction.image_id).where(Prediction.model_version_id == version.id)))
         listed = images_to_read(s, folder)
         todo = [(i, p) for i, p, _ in listed if i not in done_ids]
         expected_sha = {i: sha for i, _, sha in listed}  # the bytes read must still have this hash
-    plan, marker = plan_for(paths, target, device, engine, precision, len(todo))
-    summary = ClassifySummary(scan_summary, target.name, plan.describe(), n_todo=len(todo))
+    plan, marker = plan_for(paths, version, package, device, engine, precision, len(todo))
+    summary = ClassifySummary(scan_summary, version.name, plan.describe(), n_todo=len(todo), version=version)
     if scan_summary.cancelled or not todo:
         summary.cancelled = scan_summary.cancelled
         return summary
 
-    predictor = Predictor(target.package, plan=plan, cache_dir=paths.cache)
+    predictor = Predictor(package, plan=plan, cache_dir=paths.cache)
     summary.device = predictor.describe()
-    yield from predict_images(db, predictor, target.version_id, todo, expected_sha, summary, cancel,
+    yield from predict_images(db, predictor, version.id, todo, expected_sha, summary, cancel,
                               batch_size=batch_size, workers=workers, marker=marker)
     return summary
 

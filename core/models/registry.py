@@ -9,9 +9,10 @@ import logging
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from core.config import Paths, default_reviewer
@@ -48,6 +49,35 @@ class VersionRef:
         return cls(version.id, version.name, version.taxonomy, tax.input_kind if tax else "field",
                    version.weights_sha256)
 
+    def row(self, session: Session) -> ModelVersion:
+        """This version's row in ``session``; one sentence when it is no longer registered."""
+        version = session.get(ModelVersion, self.id)
+        if version is None or version.weights_sha256 != self.weights_sha256:
+            raise ModelPackageError(f"model version {self.name!r} (#{self.id}) is no longer registered in this "
+                                    "database; choose another with 'hemascan models list'")
+        return version
+
+
+def version_ref(session: Session, name: str | None = None) -> VersionRef:
+    """The version named ``name``, or the active one, as a :class:`VersionRef` (one sentence
+    when there is no such version, or none is active). Only reads."""
+    return VersionRef.of(get_version(session, name) if name else require_active_version(session))
+
+
+def version_ref_by_id(session: Session, version_id: int) -> VersionRef:
+    """The version with id ``version_id`` (e.g. the one a queued folder was submitted for)."""
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        raise ModelPackageError(f"model version #{version_id} is not registered in this database")
+    return VersionRef.of(version)
+
+
+def version_package(session: Session, version: VersionRef, paths: Paths | None = None) -> Path:
+    """The folder of ``version``'s package on this seat (fetched from the database when it is
+    not here: core/models/store.py)."""
+    from core.models.store import local_package
+
+    return local_package(session, version.row(session), paths)
 
 
 def register_package(session: Session, paths: Paths, package: Path, activate: bool = False,
@@ -261,3 +291,34 @@ def lineage(db) -> list[dict]:
                  "architecture": v.architecture, "created_at": v.created_at.isoformat() if v.created_at else None,
                  "training_data": (v.card or {}).get("training_data", {}), "metrics": (v.card or {}).get("metrics", {})}
                 for v in vs]
+
+
+# ---- another seat's activation: what a window polls for -------------------------------------
+
+@dataclass(frozen=True)
+class Activation:
+    """One ``model_activations`` row, as a window's poller shows it."""
+
+    id: int
+    version: VersionRef  # the version made active
+    previous_version_id: int | None
+    action: str
+    by: str
+    at: datetime | None
+
+
+def last_activation_id(session: Session) -> int:
+    """The newest activation's id (0 when there is none): where a window starts polling."""
+    return session.scalar(select(func.max(ModelActivation.id))) or 0
+
+
+def activations_since(session: Session, after_id: int) -> list[Activation]:
+    """The activations logged after ``after_id`` (by any seat), oldest first; the last one's
+    ``version`` is the active one now. Qt-free, one indexed query: cheap enough for a timer.
+    No look-back is needed (unlike label events): activations hold a server-wide lock from
+    before their id is taken until their commit (:func:`activate_version`), so they become
+    visible in id order."""
+    q = (select(ModelActivation, ModelVersion).join(ModelVersion, ModelVersion.id == ModelActivation.model_version_id)
+         .where(ModelActivation.id > after_id).order_by(ModelActivation.id))
+    return [Activation(a.id, VersionRef.of(v), a.previous_version_id, a.action, a.activated_by, a.created_at)
+            for a, v in session.execute(q)]

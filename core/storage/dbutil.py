@@ -62,3 +62,26 @@ def with_reconnect(fn, what: str = "the batch", attempts: int | None = None, fir
                         what, first[0] if first else type(exc).__name__, pause, attempt + 1, attempts)
             time.sleep(pause)
             pause = min(pause * 2, RECONNECT_MAX_PAUSE_S)
+
+
+# ---- the clock leases are measured on ------------------------------------------------------
+
+def _server_now(session):
+    from sqlalchemy import func, select
+
+    return session.scalar(select(func.now()))
+
+
+# The database server's clock where several machines share it (PostgreSQL); SQLite serves one machine.
+_DB_NOW = {"postgresql": _server_now}
+
+
+def db_now(session: Session):
+    """Now (timezone-aware), by the database server's clock on PostgreSQL (every seat uses the
+    same clock, whatever its own says) or by this machine's (SQLite: one machine). Work-queue
+    claims and training-run leases are measured on it."""
+    from datetime import datetime, timezone
+
+    read = _DB_NOW.get(session.get_bind().dialect.name)
+    now = read(session) if read is not None else datetime.now(timezone.utc)
+    return now if now.tzinfo is not None else now.replace(tzinfo=timezone.utc)
