@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, get_args, get_origin
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -107,13 +107,33 @@ class Settings(BaseSettings):
         return ENV_PREFIX + name.upper()
 
     @classmethod
+    def accepts(cls, name: str) -> str:
+        """What field ``name`` accepts, from its type and bounds: ``a number > 0 and <= 86400``."""
+        import annotated_types as at
+
+        info = cls.model_fields[name]
+        kind = repr(info.annotation)
+        choices = [a for a in (info.annotation, *get_args(info.annotation)) if get_origin(a) is Literal]
+        if choices:
+            return ", ".join(get_args(choices[0]))
+        bounds = []
+        for m in info.metadata:
+            for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+                if isinstance(m, getattr(at, attr.capitalize())):
+                    v = getattr(m, attr)
+                    bounds.append(f"{sign} {int(v):,}" if float(v).is_integer() else f"{sign} {v:g}")
+        what = "a whole number" if info.annotation is int else "a number" if bounds else \
+            "a folder" if "Path" in kind else "a database URL" if name == "db_url" else "text"
+        return what + (" " + " and ".join(bounds) if bounds else "")
+
+    @classmethod
     def markdown_table(cls) -> str:
         """The README's table of variables (a test checks that the README shows this)."""
-        rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+        rows = ["| variable | accepts | default | meaning |", "| --- | --- | --- | --- |"]
         for name, info in cls.model_fields.items():
             default = "-" if info.default is None else f"`{info.default:g}`" if isinstance(info.default, float) \
                 else f"`{info.default}`"
-            rows.append(f"| `{cls.variable(name)}` | {default} | {info.description} |")
+            rows.append(f"| `{cls.variable(name)}` | {cls.accepts(name)} | {default} | {info.description} |")
         return "\n".join(rows)
 
 
@@ -218,3 +238,7 @@ def default_reviewer() -> str:
         return getpass.getuser()
     except Exception:
         return os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
+
+
+if __name__ == "__main__":  # the README's table of settings
+    print(Settings.markdown_table())

@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 
 from core.app import options
 from core.app.command import COMMANDS, App
-from core.config import Paths, load_settings, resolve_paths
+from core.config import Paths, SettingsError, load_settings, resolve_paths
 from core.errors import EXIT_INTERRUPTED
 
 log = logging.getLogger("hemascan")
@@ -121,10 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    try:  # the environment is read here, once, and checked before any work
+        settings = load_settings()
+    except SettingsError as exc:  # before the log exists: only the sentence, on stderr
+        print(f"hemascan: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
     app = None
     try:
-        # the environment is read here, once, and checked before any work (a bad value: exit 2)
-        paths = resolve_paths(args.data_dir, load_settings())
+        paths = resolve_paths(args.data_dir, settings)
         setup_logging(paths, args.verbose)
         app = App(paths, args.db_url, quiet=args.quiet)
         _install_sigint(app)
