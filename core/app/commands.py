@@ -150,7 +150,7 @@ def cmd_submit(args, app: App) -> int:
 
 
 def _queue_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder", nargs="?", help="only this folder (default: every submitted folder)")
+    p.add_argument("folder", nargs="?", type=non_empty_path, help="only this folder (default: every submitted folder)")
 
 
 @command("queue", "show the classify workers' queue per submitted folder: queued, running, done, failed", _queue_args)
@@ -286,15 +286,15 @@ def _models_args(p: argparse.ArgumentParser) -> None:
     a = sub.add_parser("activate", help="make a version the active one (recorded in the activation log)")
     a.add_argument("name")
     r = sub.add_parser("register", help="register a model package directory")
-    r.add_argument("package")
+    r.add_argument("package", type=non_empty_path)
     r.add_argument("--activate", action="store_true")
     rb = sub.add_parser("rollback", help="make an earlier version active again (recorded)")
     rb.add_argument("name")
     e = sub.add_parser("export", help="write a version as one file (safetensors + card, hash-checked)")
     e.add_argument("name")
-    e.add_argument("file")
+    e.add_argument("file", type=non_empty_path)
     i = sub.add_parser("import", help="check and register a model file written by 'models export'")
-    i.add_argument("file")
+    i.add_argument("file", type=non_empty_path)
     i.add_argument("--activate", action="store_true")
     sub.add_parser("lineage", help="versions with their parents, training data and validation metrics")
     sub.add_parser("runs", help="training runs and their status")
