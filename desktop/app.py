@@ -54,12 +54,18 @@ def run_gui(paths, db_url=None, folder=None, device=None, argv=None) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from core.config import resolve_paths
+    from core.app import options
+    from core.config import SettingsError, load_settings, resolve_paths
 
     p = argparse.ArgumentParser(prog="python -m desktop", description="hemascan desktop app")
     p.add_argument("folder", nargs="?", help="folder of smear images to open and classify")
-    p.add_argument("--data-dir")
-    p.add_argument("--db-url")
+    p.add_argument("--data-dir", type=options.non_empty_path)
+    p.add_argument("--db-url", type=options.db_url)
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
     args = p.parse_args(argv)
-    return run_gui(resolve_paths(args.data_dir), args.db_url, args.folder, args.device)
+    try:  # the environment is read here, once, and checked before the window opens
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"hemascan: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    return run_gui(resolve_paths(args.data_dir, settings), args.db_url, args.folder, args.device)

@@ -4,10 +4,11 @@ from __future__ import annotations
 import sys
 
 from core.app.command import command
+from core.app.options import non_empty_path
 
 
 def _configure(p) -> None:
-    p.add_argument("folder", nargs="?", help="folder of smear images to open and classify")
+    p.add_argument("folder", nargs="?", type=non_empty_path, help="folder of smear images to open and classify")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import random
 import shutil
 import subprocess
@@ -32,7 +31,6 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="hemascan-shots-"))
-    os.environ["HEMASCAN_DATA_DIR"] = str(tmp / "data")
     folder = tmp / "smears-2026-11-23"
     rng = random.Random(7)
     for cls_dir in sorted(Path(args.dataset).iterdir()):
@@ -54,7 +52,7 @@ def main() -> int:
 
     settings = QSettings(str(tmp / "settings.ini"), QSettings.IniFormat)
     settings.setValue("reviewer", "Dr. A. Pathologist")
-    paths = resolve_paths().ensure()
+    paths = resolve_paths(tmp / "data").ensure()
     if args.model:
         from core.storage import Database
         from core.models.registry import register_package

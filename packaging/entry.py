@@ -155,7 +155,7 @@ def self_test(n_per_class: int = 2, device: str = "auto") -> int:
         os.environ["HEMASCAN_DATA_DIR"] = str(Path(tmp) / "data")
         os.environ.pop("HEMASCAN_DB_URL", None)
 
-        from core.config import resources_dir, resolve_paths
+        from core.config import load_settings, resources_dir, resolve_paths
 
         res = resources_dir()
         for rel in ("models/default/card.json", "models/default/model.safetensors",
@@ -183,7 +183,7 @@ def self_test(n_per_class: int = 2, device: str = "auto") -> int:
         from core.app.sample import generate
 
         images = generate(Path(tmp) / "images", n_per_class=n_per_class, seed=7)
-        paths = resolve_paths(None)
+        paths = resolve_paths(None, load_settings())
         _check(str(paths.data_dir).startswith(str(Path(tmp).resolve())), "temporary data directory in use", failures)
         app = App(paths, None, quiet=True)
         try:

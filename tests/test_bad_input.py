@@ -117,10 +117,10 @@ def test_file_disappearing_between_listing_and_reading(db, tmp_path, monkeypatch
         (folder / f"{i}.jpg").write_bytes(jpeg_bytes(i))
     real = scan_mod.hash_file
 
-    def hash_then_vanish(entry):
+    def hash_then_vanish(entry, *args):
         if entry.path.endswith("1.jpg"):
             os.remove(entry.path)
-        return real(entry)
+        return real(entry, *args)
 
     monkeypatch.setattr(scan_mod, "hash_file", hash_then_vanish)
     s = run_job(scan_mod.scan(db, folder))

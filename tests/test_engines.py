@@ -38,12 +38,12 @@ def test_cpu_device_is_chosen_without_importing_torch_when_there_is_no_driver():
         select_device("tpu")
 
 
-def test_predictor_runs_the_planned_engine_and_precision(monkeypatch):
-    monkeypatch.delenv("HEMASCAN_ENGINE", raising=False)
+def test_predictor_runs_the_planned_engine_and_precision():
+    from core.config import Settings
+
     pred = Predictor(bundled_default_package(), CPU)
     assert (pred.engine_name, pred.precision, pred.runtime) == ("openvino", "int8", "openvino int8 cpu")
-    monkeypatch.setenv("HEMASCAN_ENGINE", "torch")
-    pred = Predictor(bundled_default_package(), CPU)
+    pred = Predictor(bundled_default_package(), CPU, settings=Settings(engine="torch"))  # HEMASCAN_ENGINE=torch
     assert (pred.engine_name, pred.precision) == ("torch", "fp32")  # never bf16 unasked, whatever the CPU
 
 

@@ -276,7 +276,9 @@ def test_password_with_url_characters_survives():
     assert Paths(Path("/x")).db_url(url.render_as_string(hide_password=False)).password == pw
     os.environ["HEMASCAN_DB_URL"] = url.render_as_string(hide_password=False)
     try:
-        assert Paths(Path("/x")).db_url().password == pw
+        from core.config import load_settings
+
+        assert Paths(Path("/x"), load_settings()).db_url().password == pw  # read at start, then passed down
     finally:
         del os.environ["HEMASCAN_DB_URL"]
     assert make_url(url.render_as_string(hide_password=False)) == url

@@ -274,13 +274,15 @@ def test_file_grown_huge_after_the_scan_is_refused_by_classify(db, paths, tmp_pa
 
 def test_size_limit_is_configurable(db, tmp_path, monkeypatch):
     files = _folder(tmp_path, ".bmp")  # each about 147 KiB
-    monkeypatch.setenv("HEMASCAN_MAX_FILE_MB", "0.125")
+    from core.config import Settings
+
+    monkeypatch.setattr(db, "settings", Settings(max_file_mb=0.125))  # HEMASCAN_MAX_FILE_MB=0.125 at start
     s = run_job(scan(db, files[0].parent))
     assert s.n_errors == 6 and all("file is 147 KiB, over the 128 KiB limit" in e for _, e in s.errors)
     assert all("HEMASCAN_MAX_FILE_MB" in e for _, e in s.errors)  # the reason says how to change it
     s = run_job(scan(db, files[0].parent))  # same limit: reported again, not read again
     assert s.n_errors == 6 and s.n_unchanged == 6
-    monkeypatch.setenv("HEMASCAN_MAX_FILE_MB", "1")  # limit raised: the refused files are read now
+    monkeypatch.setattr(db, "settings", Settings(max_file_mb=1))  # limit raised: the refused files are read now
     s = run_job(scan(db, files[0].parent))
     assert s.n_errors == 0 and s.n_changed == 6
     with db.session() as ses:

@@ -142,14 +142,19 @@ def test_impossible_requests_are_one_clear_sentence(host, request_, message):
         plan_runtime(host, request_)
 
 
-def test_request_from_options_and_environment():
-    env = {"HEMASCAN_ENGINE": "Torch", "HEMASCAN_COMPILE": "off", "HEMASCAN_COMPILE_MIN_IMAGES": "5"}
-    req = RuntimeRequest.from_options(env=env, device=None, precision="FP32")
+def test_request_from_options_and_settings(monkeypatch):
+    from core.config import load_settings
+
+    monkeypatch.setenv("HEMASCAN_ENGINE", "Torch")
+    monkeypatch.setenv("HEMASCAN_COMPILE", "off")
+    monkeypatch.setenv("HEMASCAN_COMPILE_MIN_IMAGES", "5")
+    settings = load_settings()  # as the CLI reads them at start
+    req = RuntimeRequest.from_options(settings, device=None, precision="FP32")
     assert (req.device, req.engine, req.compile, req.compile_min_images, req.precision) == ("auto", "torch", "off", 5, "fp32")
-    assert RuntimeRequest.from_options(env=env, engine="openvino").engine == "openvino"  # options win
-    assert RuntimeRequest.from_options(env={}, compile=True).compile == "on"
-    with pytest.raises(HemascanError, match="whole number"):
-        RuntimeRequest.from_options(env={"HEMASCAN_COMPILE_MIN_IMAGES": "lots"})
+    assert RuntimeRequest.from_options(settings, engine="openvino").engine == "openvino"  # options win
+    assert RuntimeRequest.from_options(compile=True).compile == "on"
+    assert RuntimeRequest.from_options().engine == "auto"  # no settings given: the defaults, not the environment
+    # a bad value (HEMASCAN_COMPILE_MIN_IMAGES=lots) is refused at start: tests/test_settings.py
 
 
 def test_only_core_runtime_reads_the_hardware():

@@ -29,7 +29,7 @@ def test_rescan_of_unchanged_folder_reads_no_file(db, sample_folder, monkeypatch
     run_job(scan(db, sample_folder))
     reads = []
     real = scan_mod.read_and_hash
-    monkeypatch.setattr(scan_mod, "read_and_hash", lambda p: reads.append(p) or real(p))
+    monkeypatch.setattr(scan_mod, "read_and_hash", lambda p, *a: reads.append(p) or real(p, *a))
     s = run_job(scan(db, sample_folder))
     assert reads == [] and s.n_unchanged == 16 and s.n_new == 0
     # touch one file: only that one is read again

@@ -8,35 +8,61 @@ import time
 from pathlib import Path
 
 from core.app.command import command
+from core.app.options import existing_folder, fraction, int_range, non_empty_path, positive_float
 from core.errors import HemascanError
+
+# Bounds of the training options (checked by argparse before any work: core/app/options.py).
+EPOCHS = int_range(1, 10_000)
+BATCH_SIZE = int_range(1, 4096)
+INPUT_SIZE = int_range(32, 1024)  # the CNNs' downsampling needs 32 pixels; 1024 is far above any cell
+FOLD = int_range(0, 4)  # patient: which pair of 10% chunks; subject: which of (at most) 5 groups
+SEED = int_range(0, 2**32 - 1)  # numpy's seeds
+THREADS = int_range(1, 1024)
+LEARNING_RATE = positive_float(10.0)
+
+
+def corner_mask(text: str) -> tuple[float, float] | None:
+    """``none``, or the bottom-right corner's height and width as fractions: ``0.1,0.2``."""
+    if text.strip().lower() == "none":
+        return None
+    parts = text.split(",")
+    try:
+        mask = tuple(fraction(v) for v in parts)
+    except argparse.ArgumentTypeError:
+        mask = ()
+    if len(mask) != 2:
+        raise argparse.ArgumentTypeError(f"must be 'none' or H,W: two fractions from 0 up to 1, e.g. 0.1,0.2; not {text!r}")
+    return mask
 
 
 def _configure_train(p: argparse.ArgumentParser) -> None:
     # No import of core.models.architectures here: it pulls in torch, and every `hemascan` start
     # (even --help) builds this parser. The name is checked when the command runs.
-    p.add_argument("--data", required=True, help="folder of class folders (Benign/Early/Pre/Pro, all/hem, ...)")
+    p.add_argument("--data", required=True, type=existing_folder,
+                   help="folder of class folders (Benign/Early/Pre/Pro, all/hem, ...)")
     p.add_argument("--arch", default="effnet_lite0",
                    help="architecture from the registry: seed_baseline, seed_cnn3, se_cnn, effnet_lite0 (default)")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3, 3e-3 for the small CNNs)")
-    p.add_argument("--input-size", type=int, default=128)
-    p.add_argument("--corner-mask", default="0.1,0.2", help="blank the bottom-right corner H,W fractions ('none' to keep it)")
+    p.add_argument("--epochs", type=EPOCHS, default=12)
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=32)
+    p.add_argument("--lr", type=LEARNING_RATE, default=None, help="peak learning rate (default 1e-3, 3e-3 for the small CNNs)")
+    p.add_argument("--input-size", type=INPUT_SIZE, default=128)
+    p.add_argument("--corner-mask", type=corner_mask, default=(0.1, 0.2),
+                   help="blank the bottom-right corner H,W fractions (default 0.1,0.2; 'none' to keep it)")
     p.add_argument("--split", default="patient", choices=["patient", "subject", "random", "all"],
                    help="patient: pseudo-patient blocks + duplicates together (default); subject: by the subject "
                         "(patient/donor) in C-NMC file names, whole subjects held out; random: leaky image-level; "
                         "all: everything but the validation block")
-    p.add_argument("--fold", type=int, default=4, help="patient: which pair of 10%% chunks is the test block (0-4); "
+    p.add_argument("--fold", type=FOLD, default=4, help="patient: which pair of 10%% chunks is the test block (0-4); "
                    "subject: which subject group of each class is the test side")
-    p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--patience", type=EPOCHS, default=4)
     p.add_argument("--balance", default="loss", choices=["loss", "sampler", "none"])
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--augment", default="", metavar="KEY=VALUE,...",
                    help="augmentation options on top of the defaults (trainer/augment.py AugmentConfig), e.g. "
                         "background_p=0.5,scale=0.25,blur_p=0.3 for data from several labs")
     p.add_argument("--no-pretrained", action="store_true", help="effnet_lite0 from scratch")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--threads", type=THREADS, default=None)
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="training arithmetic; auto is fp32 on every machine, so the model and its card do not "
@@ -44,7 +70,7 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="model name (unique in the registry)")
     p.add_argument("--attribution", help="where the training images come from, cited in the model card "
                    "(known public sets are cited without it)")
-    p.add_argument("--out", help="run folder (checkpoints, package); default <data dir>/runs/<name>")
+    p.add_argument("--out", type=non_empty_path, help="run folder (checkpoints, package); default <data dir>/runs/<name>")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--activate", action="store_true", help="make the trained model the active one")
     p.add_argument("--no-register", action="store_true", help="do not add the model to the registry")
@@ -64,11 +90,10 @@ def train_cmd(args: argparse.Namespace, app) -> int:
         raise HemascanError(f"unknown architecture {args.arch!r}; available: {', '.join(sorted(ARCHITECTURES))}")
     name = args.name or f"{args.arch.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(args.out) if args.out else app.paths.data_dir / "runs" / name
-    corner = None if args.corner_mask.lower() == "none" else tuple(float(v) for v in args.corner_mask.split(","))
     small = args.arch != "effnet_lite0"
     cfg = TrainConfig(
         data=args.data, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr or (3e-3 if small else 1e-3), input_size=args.input_size, corner_mask=corner,
+        lr=args.lr or (3e-3 if small else 1e-3), input_size=args.input_size, corner_mask=args.corner_mask,
         split=args.split, fold=args.fold, patience=args.patience, balance=args.balance,
         augment={"strength": 0.0} if args.no_augment else _augment_options(args.augment),
         pretrained=not args.no_pretrained,
@@ -185,7 +210,7 @@ def format_summary(summary: dict) -> str:
 
 def _configure_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="registered model name or a model package folder (default: the active model)")
-    p.add_argument("--data", required=True, help="folder of class folders (aliases accepted, e.g. all/hem)")
+    p.add_argument("--data", required=True, type=existing_folder, help="folder of class folders (aliases accepted, e.g. all/hem)")
     p.add_argument("--split", default="none", choices=["none", "patient", "subject", "random"],
                    help="none: every image (default); patient/subject/random: only --subset of that split")
     p.add_argument("--label-all", metavar="CLASS",
@@ -193,11 +218,11 @@ def _configure_evaluate(p: argparse.ArgumentParser) -> None:
                         "--label-all Normal on a folder of normal cells from another lab: accuracy is then the "
                         "share called CLASS")
     p.add_argument("--subset", default="test", choices=["test", "val", "train"])
-    p.add_argument("--fold", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0, help="random-split seed and stain-perturbation seed")
+    p.add_argument("--fold", type=FOLD, default=4)
+    p.add_argument("--seed", type=SEED, default=0, help="random-split seed and stain-perturbation seed")
     p.add_argument("--variants", default="as_is,grayscale,stain_perturbed",
                    help="comma list of as_is, grayscale, stain_perturbed")
-    p.add_argument("--json", help="write the metrics (as-is) to this file; the other variants under 'variants'")
+    p.add_argument("--json", type=non_empty_path, help="write the metrics (as-is) to this file; the other variants under 'variants'")
     p.add_argument("--runtime", default="torch-fp32", choices=["torch-fp32", "classify"],
                    help="torch-fp32: the weights as trained (default); classify: as `hemascan classify` runs "
                         "the model on this machine (OpenVINO int8 on a CPU where the package has it)")
@@ -220,7 +245,7 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
     if args.runtime == "classify":
         from core.inference.predict import Predictor
 
-        predictor = Predictor(pkg, cache_dir=app.paths.cache)
+        predictor = Predictor(pkg, cache_dir=app.paths.cache, settings=app.paths.settings)
         logits_fn, runtime = predictor.logits, predictor.runtime
     if args.label_all:
         if args.label_all not in card.classes:
@@ -290,22 +315,22 @@ def _resolve_model(model: str | None, app) -> Path:
 # ---- compare -----------------------------------------------------------------------------
 
 def _configure_compare(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, type=existing_folder)
     p.add_argument("--split", default="patient",
                    help="patient, subject or random; a comma list (e.g. subject,random) runs each and adds a "
                         "side-by-side table")
-    p.add_argument("--fold", type=int, default=4)
-    p.add_argument("--input-size", type=int, default=64, help="CNN input size for the seed CNNs (default 64)")
-    p.add_argument("--epochs", type=int, default=8, help="epochs for each seed CNN")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="write the Markdown table (and a .json beside it) here")
+    p.add_argument("--fold", type=FOLD, default=4)
+    p.add_argument("--input-size", type=INPUT_SIZE, default=64, help="CNN input size for the seed CNNs (default 64)")
+    p.add_argument("--epochs", type=EPOCHS, default=8, help="epochs for each seed CNN")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--out", type=non_empty_path, help="write the Markdown table (and a .json beside it) here")
     p.add_argument("--only", help="comma list of row keys to run (cnn,cnn_dedup,svm,rf,cnn_svm,baseline)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=THREADS, default=None, help="torch CPU threads")
 
 
 def _configure_quantize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model package directory (as written by train, before it is shared)")
-    p.add_argument("--data", required=True, help="the class folders it was trained on: calibration uses its training "
+    p.add_argument("--data", required=True, type=existing_folder, help="the class folders it was trained on: calibration uses its training "
                    "side of the card's split, the agreement check its validation + test sides")
 
 
@@ -327,7 +352,8 @@ def quantize_cmd(args: argparse.Namespace, app) -> int:
 
 def _configure_guard(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model package directory")
-    p.add_argument("--data", required=True, help="the class folders the model was trained on (its card's split is reused)")
+    p.add_argument("--data", required=True, type=existing_folder,
+                   help="the class folders the model was trained on (its card's split is reused)")
     p.add_argument("--foreign", action="append", default=[], metavar="NAME=FOLDER",
                    help="a folder of images from elsewhere to measure the guard on (repeatable)")
 

@@ -28,11 +28,21 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import HemascanError
 from core.imaging.images import SUPPORTED_EXTENSIONS, decode_rgb, read_file
 from core.imaging.duplicates import duplicate_pairs as core_duplicate_pairs
 from core.imaging.duplicates import hash_int, perceptual_hash, union_find
 from core.imaging.preprocessing import Preprocessing
 from core.models.taxonomy import TAXONOMIES, resolve_alias
+
+# Fewer training images of a class than this and the foreign-image guard's covariance (and the
+# class itself) cannot be fitted: refused before training, not after it.
+MIN_TRAIN_PER_CLASS = 2
+
+
+class DatasetError(HemascanError, ValueError):
+    """A folder of class folders that cannot be trained or evaluated on (one sentence, exit 2)."""
+
 
 _NUM = re.compile(r"(\d+)(?!.*\d)")
 
@@ -86,9 +96,9 @@ def scan_class_folders(root: Path, taxonomy: str | None = None) -> Dataset:
         )
         found.setdefault(hit[1], []).extend(files)
     if not found:
-        raise ValueError(f"no class folders under {root} (expected e.g. Benign/Early/Pre/Pro or all/hem)")
+        raise DatasetError(f"no class folders under {root} (expected e.g. Benign/Early/Pre/Pro or all/hem)")
     if len(tax_seen) > 1:
-        raise ValueError(f"class folders under {root} mix taxonomies {sorted(tax_seen)}; pass taxonomy=")
+        raise DatasetError(f"class folders under {root} mix taxonomies {sorted(tax_seen)}; pass taxonomy=")
     tax = taxonomy or tax_seen.pop()
     classes = list(TAXONOMIES[tax].classes)
     paths, labels = [], []
@@ -107,10 +117,10 @@ def scan_as_one_class(root: Path, taxonomy: str, cls: str) -> Dataset:
         raise FileNotFoundError(f"dataset folder not found: {root}")
     classes = list(TAXONOMIES[taxonomy].classes)
     if cls not in classes:
-        raise ValueError(f"{cls!r} is not a class of {taxonomy} ({', '.join(classes)})")
+        raise DatasetError(f"{cls!r} is not a class of {taxonomy} ({', '.join(classes)})")
     files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED_EXTENSIONS)
     if not files:
-        raise ValueError(f"no images under {root}")
+        raise DatasetError(f"no images under {root}")
     return Dataset(root, taxonomy, classes, files, np.full(len(files), classes.index(cls), dtype=np.int64))
 
 
@@ -145,6 +155,20 @@ class Split:
     def describe(self) -> dict:
         return {"method": self.method, "n_train": int(len(self.train)), "n_val": int(len(self.val)),
                 "n_test": int(len(self.test)), **self.info}
+
+
+def check_trainable(ds: Dataset, train_idx: np.ndarray, split: Split) -> None:
+    """Refuse, before any training, a split with a class of fewer than
+    :data:`MIN_TRAIN_PER_CLASS` training images or no validation image: such a run trained
+    for nothing and crashed fitting the guard once training had finished."""
+    counts = np.bincount(ds.labels[train_idx], minlength=len(ds.classes))
+    few = [f"{c} ({n})" for c, n in zip(ds.classes, counts) if n < MIN_TRAIN_PER_CLASS]
+    if few or not len(split.val):
+        raise DatasetError(
+            f"too few images to train on in {ds.root}: "
+            + (f"the training side has under {MIN_TRAIN_PER_CLASS} images of {', '.join(few)}" if few else
+               "the validation side is empty")
+            + f" ({len(ds)} images, split {split.method}); add images or choose another --split")
 
 
 def patient_split(ds: Dataset, fold: int = 4, n_chunks: int = 10, test_chunks: int = 2, val_chunks: int = 1,
@@ -264,7 +288,7 @@ def subject_split(ds: Dataset, fold: int = 4, n_groups: int = 5, val_fraction: f
     subj = [subject_of(p) for p in ds.paths]
     has = np.array([s is not None for s in subj])
     if not has.any():
-        raise ValueError("split 'subject': no file name carries a subject id (expected C-NMC names such as "
+        raise DatasetError("split 'subject': no file name carries a subject id (expected C-NMC names such as "
                          "UID_51_116_1_all.jpg / UID_H10_100_1_hem.jpg)")
     per_subject: dict[str, np.ndarray] = {}
     for i, s in enumerate(subj):
@@ -281,7 +305,7 @@ def subject_split(ds: Dataset, fold: int = 4, n_groups: int = 5, val_fraction: f
         if not subs:
             continue
         if len(subs) < 2:
-            raise ValueError(f"split 'subject': class {cls!r} has one subject ({subs[0]}); at least two are needed "
+            raise DatasetError(f"split 'subject': class {cls!r} has one subject ({subs[0]}); at least two are needed "
                              "to hold one out for testing")
         k = min(n_groups, len(subs))
         groups = _balanced_groups(subs, counts, k)
@@ -328,7 +352,7 @@ def make_split(ds: Dataset, method: str, seed: int = 0, fold: int = 4, dedup: bo
         return random_split(ds, seed=seed)
     if method == "all":
         return no_split(ds, fold=fold)
-    raise ValueError(f"unknown split method {method!r} ({', '.join(SPLIT_METHODS)})")
+    raise DatasetError(f"unknown split method {method!r} ({', '.join(SPLIT_METHODS)})")
 
 
 def dedup_indices(ds: Dataset, idx: np.ndarray, phash_distance: int = 4) -> np.ndarray:

@@ -31,7 +31,7 @@ from core.imaging.preprocessing import Preprocessing
 from core.inference.runtime import runtime_plan
 
 from . import augment as aug
-from .data import Dataset, Split, compute_hashes, load_images, make_split, scan_class_folders, subject_of
+from .data import Dataset, Split, check_trainable, compute_hashes, load_images, make_split, scan_class_folders, subject_of
 from .metrics import (
     classification_metrics,
     ece,
@@ -567,6 +567,7 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
         from .data import dedup_indices
 
         train_idx = dedup_indices(ds, train_idx)
+    check_trainable(ds, train_idx, split)
     loaded: list[int] = [0]
 
     def on_load(done, total):

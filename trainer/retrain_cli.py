@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 
 from core.app.command import App, command
+from core.app.options import existing_folder, int_range, non_empty_path, positive_float
+
+from .cli import BATCH_SIZE, EPOCHS, INPUT_SIZE, LEARNING_RATE, SEED, THREADS
+
+VAL_FRACTION = positive_float(0.5)
 
 
 def _retrain_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=4, help="epochs at least (few images get more: --min-steps)")
-    p.add_argument("--min-steps", type=int, default=60, help="optimiser steps at least, however few images are reviewed")
+    p.add_argument("--epochs", type=EPOCHS, default=4, help="epochs at least (few images get more: --min-steps)")
+    p.add_argument("--min-steps", type=int_range(0, 1_000_000), default=60, help="optimiser steps at least, however few images are reviewed")
     p.add_argument("--replay", default="auto", choices=["auto", "on", "off"],
                    help="refit only the classifier on your images plus embeddings replayed from the active model's "
                         "guard (auto: under 200 reviewed images, or a class with too few; docs/retrain.md)")
@@ -17,25 +22,26 @@ def _retrain_args(p: argparse.ArgumentParser) -> None:
                    "(head first), or 'all' (default 8)")
     p.add_argument("--arch", help="architecture (default: the active model's; another one needs --from-scratch)")
     p.add_argument("--from-scratch", action="store_true", help="do not start from the active model's weights")
-    p.add_argument("--input-size", type=int, help="input size in pixels (--from-scratch only)")
-    p.add_argument("--base-data", metavar="FOLDER", help="also train on this folder of class folders")
+    p.add_argument("--input-size", type=INPUT_SIZE, help="input size in pixels (--from-scratch only)")
+    p.add_argument("--base-data", metavar="FOLDER", type=existing_folder, help="also train on this folder of class folders")
     p.add_argument("--include-imported", action="store_true",
                    help="also use labels from import-labels (source dataset/import), not only human review")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of newly reviewed images put on the validation side")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--freeze-blocks", type=int, help="effnet_lite0: keep the first N blocks fixed (faster; default: as the active model was trained)")
+    p.add_argument("--val-fraction", type=VAL_FRACTION, default=0.2,
+                   help="share of newly reviewed images put on the validation side (over 0, at most 0.5)")
+    p.add_argument("--lr", type=LEARNING_RATE)
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=32)
+    p.add_argument("--freeze-blocks", type=int_range(0, 100), help="effnet_lite0: keep the first N blocks fixed (faster; default: as the active model was trained)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=THREADS)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--name", help="name of the new version")
     p.add_argument("--promote", action="store_true", help="make the new version active when training finishes, "
                    "if the comparison shows it is better")
     p.add_argument("--force", action="store_true", help="with --promote: promote even when the comparison cannot "
                    "tell the versions apart or shows the new one worse")
-    p.add_argument("--reclassify", metavar="FOLDER", help="with --promote: classify FOLDER with the new version")
-    p.add_argument("--show-changed", type=int, default=20, help="list up to N validation images whose prediction changes")
+    p.add_argument("--reclassify", metavar="FOLDER", type=non_empty_path, help="with --promote: classify FOLDER with the new version")
+    p.add_argument("--show-changed", type=int_range(0, 1_000_000), default=20, help="list up to N validation images whose prediction changes")
 
 
 @command("retrain", "fine-tune a new model version on the reviewed labels and compare it with the active one",

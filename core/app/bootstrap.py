@@ -81,7 +81,7 @@ def register_default_model(db: Database, paths: Paths) -> None:
     (damaged, a read-only database, a full disk) is left to the commands that need a model to
     report (scan and export work without one)."""
     try:
-        with server_setup_lock(db.engine), db.session() as s:
+        with server_setup_lock(db.engine, db.settings.setup_lock_timeout_s), db.session() as s:
             setup_models(s, paths)
     except (ModelPackageError, SQLAlchemyError, OSError) as exc:
         log.warning("bundled model not registered now: %s", user_error(exc, db.url) or exc)
@@ -102,7 +102,7 @@ def open_database(paths: Paths, url: str | URL | None = None) -> Database:
     takes no lock and is only read on open."""
     clean_temporaries(paths)
     url = to_url(url) if url is not None else paths.db_url()
-    db = Database(url, migrate=False)
+    db = Database(url, migrate=False, settings=paths.settings)
     db.paths = paths
     db.Session.configure(info={"paths": paths})  # the seat's data directory: where shared models materialise
     try:

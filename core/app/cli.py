@@ -14,8 +14,9 @@ import sys
 import threading
 from importlib.metadata import entry_points
 
+from core.app import options
 from core.app.command import COMMANDS, App
-from core.config import Paths, resolve_paths
+from core.config import Paths, SettingsError, load_settings, resolve_paths
 from core.errors import EXIT_INTERRUPTED
 
 log = logging.getLogger("hemascan")
@@ -51,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify blood-smear images and review them. Decision support only: "
         "hemascan does not replace diagnosis by a qualified person.",
     )
-    parser.add_argument("--data-dir", help="data directory (database, models, logs); default: $HEMASCAN_DATA_DIR or the user data dir")
-    parser.add_argument("--db-url", help="database URL (default: SQLite in the data directory; $HEMASCAN_DB_URL)")
+    parser.add_argument("--data-dir", type=options.non_empty_path,
+                        help="data directory (database, models, logs); default: $HEMASCAN_DATA_DIR or the user data dir")
+    parser.add_argument("--db-url", type=options.db_url,
+                        help="database URL (default: SQLite in the data directory; $HEMASCAN_DB_URL)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -118,9 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    try:  # the environment is read here, once, and checked before any work
+        settings = load_settings()
+    except SettingsError as exc:  # before the log exists: only the sentence, on stderr
+        print(f"hemascan: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
     app = None
     try:
-        paths = resolve_paths(args.data_dir)
+        paths = resolve_paths(args.data_dir, settings)
         setup_logging(paths, args.verbose)
         app = App(paths, args.db_url, quiet=args.quiet)
         _install_sigint(app)

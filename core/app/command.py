@@ -38,6 +38,7 @@ class App:
 
     def __init__(self, paths: Paths, db_url: str | None, quiet: bool = False):
         self.paths = paths.ensure()
+        self.settings = paths.settings  # read once at start (core/config.py)
         self.db_url = paths.db_url(db_url)
         self.quiet = quiet
         self.cancel = threading.Event()

@@ -6,13 +6,22 @@ from collections import Counter
 from pathlib import Path
 
 from core.app.command import App, command
+from core.app.options import int_range, name_up_to, non_empty_path, positive_float
 from core.errors import HemascanError
+
+# Bounds shared by the commands' options (checked before any work: core/app/options.py).
+BATCH_SIZE = int_range(1, 4096)
+THREADS = int_range(1, 256)
+SEED = int_range(0, 2**32 - 1)  # numpy's seeds
+PERSON = name_up_to(128)  # the database's reviewer / submitted_by / worker columns
+SAMPLES_PER_CLASS_MAX = 10_000
+SAMPLES_PER_CLASS = int_range(1, SAMPLES_PER_CLASS_MAX)
 
 DISCLAIMER = "hemascan supports and does not replace diagnosis: every result must be reviewed by a qualified person."
 
 
 def _folder(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder", help="folder of images (searched recursively)")
+    p.add_argument("folder", type=non_empty_path, help="folder of images (searched recursively)")
 
 
 def _print_errors(app: App, errors, n_total: int) -> None:
@@ -43,8 +52,8 @@ def _classify_args(p: argparse.ArgumentParser) -> None:
     _folder(p)
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
     p.add_argument("--model", help="model version name (default: the active one)")
-    p.add_argument("--batch-size", type=int, help="images per model batch (default: 32 on CPU, 256 on CUDA)")
-    p.add_argument("--workers", type=int, help="decode threads")
+    p.add_argument("--batch-size", type=BATCH_SIZE, help="images per model batch (default: 32 on CPU, 256 on CUDA)")
+    p.add_argument("--workers", type=THREADS, help="decode threads")
     p.add_argument("--engine", choices=["auto", "openvino", "torch"], default=None,
                    help="auto (default): OpenVINO on a CPU where installed, torch on CUDA")
     p.add_argument("--precision", choices=["auto", "fp32", "int8", "bf16", "fp16"], default="auto",
@@ -112,9 +121,9 @@ def cmd_classify(args, app: App) -> int:
 
 
 def _submit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder", help="folder of images that every worker can read (e.g. on the lab's share)")
+    p.add_argument("folder", type=non_empty_path, help="folder of images that every worker can read (e.g. on the lab's share)")
     p.add_argument("--model", help="model version name (default: the active one)")
-    p.add_argument("--by", help="name stored with the submission (default: the OS user)")
+    p.add_argument("--by", type=PERSON, help="name stored with the submission (default: the OS user)")
 
 
 def _print_queue(app: App, statuses) -> None:
@@ -147,7 +156,7 @@ def cmd_submit(args, app: App) -> int:
 
 
 def _queue_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder", nargs="?", help="only this folder (default: every submitted folder)")
+    p.add_argument("folder", nargs="?", type=non_empty_path, help="only this folder (default: every submitted folder)")
 
 
 @command("queue", "show the classify workers' queue per submitted folder: queued, running, done, failed", _queue_args)
@@ -166,15 +175,17 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--once", action="store_true",
                    help="exit when nothing is queued or running any more (default: wait for new work)")
-    p.add_argument("--name", help="this worker's name in the queue (default: host:pid)")
-    p.add_argument("--claim", type=int, default=CLAIM_SIZE, help=f"images claimed at a time (default {CLAIM_SIZE})")
-    p.add_argument("--lease", type=float, default=LEASE_S,
+    p.add_argument("--name", type=PERSON, help="this worker's name in the queue (default: host:pid)")
+    p.add_argument("--claim", type=int_range(1, 100_000), default=CLAIM_SIZE,
+                   help=f"images claimed at a time (default {CLAIM_SIZE})")
+    p.add_argument("--lease", type=positive_float(86_400), default=None,
                    help=f"seconds a claim is kept without a heartbeat before another worker takes it over "
                         f"(default {LEASE_S:g}; $HEMASCAN_WORKER_LEASE_S)")
-    p.add_argument("--poll", type=float, default=POLL_S, help=f"seconds between looks at an empty queue (default {POLL_S:g})")
+    p.add_argument("--poll", type=positive_float(3_600), default=POLL_S,
+                   help=f"seconds between looks at an empty queue (default {POLL_S:g})")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
-    p.add_argument("--batch-size", type=int, help="images per model batch")
-    p.add_argument("--workers", type=int, help="decode threads")
+    p.add_argument("--batch-size", type=BATCH_SIZE, help="images per model batch")
+    p.add_argument("--workers", type=THREADS, help="decode threads")
     p.add_argument("--engine", choices=["auto", "openvino", "torch"], default=None)
     p.add_argument("--precision", choices=["auto", "fp32", "int8", "bf16", "fp16"], default="auto")
 
@@ -185,7 +196,7 @@ def _open_retrying(app: App, say) -> object | None:
     from core.storage.errors import is_transient
     from core.app.workqueue import Backoff, retry_sentence
 
-    backoff = Backoff()
+    backoff = Backoff(max_s=app.settings.worker_retry_max_s)
     while True:
         try:
             return app.db
@@ -204,8 +215,6 @@ def cmd_worker(args, app: App) -> int:
 
     from core.app.workqueue import default_worker_name
 
-    if args.claim < 1 or args.lease <= 0 or args.poll <= 0:
-        raise HemascanError("--claim, --lease and --poll must be positive")
     main_thread = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, lambda *_: app.cancel.set()) if main_thread else None
     try:  # a service manager's stop (SIGTERM), like Ctrl+C: finish the batch, give back the rest
@@ -227,7 +236,8 @@ def _worker(args, app: App, name: str) -> int:
     if db is None:
         return 130
     s = app.progress(run_worker(db, app.paths, app.cancel, once=args.once, name=name, claim_size=args.claim,
-                                lease_s=args.lease, poll_s=args.poll, device=args.device, engine=args.engine,
+                                lease_s=args.lease if args.lease is not None else app.settings.worker_lease_s,
+                                poll_s=args.poll, device=args.device, engine=args.engine,
                                 precision=args.precision, batch_size=args.batch_size, workers=args.workers,
                                 notice=say), "worker")
     app.echo(f"worker {s.worker}: {s.n_predicted} predicted, {s.n_failed} failed, in {s.n_claims} claims, "
@@ -239,8 +249,9 @@ def _worker(args, app: App, name: str) -> int:
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder", help="folder whose sub-folder names are classes (e.g. Benign/ Early/ Pre/ Pro/, or all/ hem/)")
-    p.add_argument("--reviewer", help="name stored with the events (default: the OS user)")
+    p.add_argument("folder", type=non_empty_path,
+                   help="folder whose sub-folder names are classes (e.g. Benign/ Early/ Pre/ Pro/, or all/ hem/)")
+    p.add_argument("--reviewer", type=PERSON, help="name stored with the events (default: the OS user)")
     p.add_argument("--taxonomy", help="only accept folder names of this taxonomy")
 
 
@@ -260,8 +271,8 @@ def cmd_import_labels(args, app: App) -> int:
 def _export_args(p: argparse.ArgumentParser) -> None:
     # core.review.export is imported when the command runs, not when the parser is built (start-up time)
     p.add_argument("--format", default="csv", help="output format: csv")
-    p.add_argument("--output", "-o", required=True, help="file to write")
-    p.add_argument("--folder", help="only images under this folder")
+    p.add_argument("--output", "-o", required=True, type=non_empty_path, help="file to write")
+    p.add_argument("--folder", type=non_empty_path, help="only images under this folder")
 
 
 @command("export", "write one row per image: path, prediction, probabilities, reviewed label", _export_args)
@@ -281,15 +292,15 @@ def _models_args(p: argparse.ArgumentParser) -> None:
     a = sub.add_parser("activate", help="make a version the active one (recorded in the activation log)")
     a.add_argument("name")
     r = sub.add_parser("register", help="register a model package directory")
-    r.add_argument("package")
+    r.add_argument("package", type=non_empty_path)
     r.add_argument("--activate", action="store_true")
     rb = sub.add_parser("rollback", help="make an earlier version active again (recorded)")
     rb.add_argument("name")
     e = sub.add_parser("export", help="write a version as one file (safetensors + card, hash-checked)")
     e.add_argument("name")
-    e.add_argument("file")
+    e.add_argument("file", type=non_empty_path)
     i = sub.add_parser("import", help="check and register a model file written by 'models export'")
-    i.add_argument("file")
+    i.add_argument("file", type=non_empty_path)
     i.add_argument("--activate", action="store_true")
     sub.add_parser("lineage", help="versions with their parents, training data and validation metrics")
     sub.add_parser("runs", help="training runs and their status")
@@ -371,10 +382,11 @@ def cmd_models(args, app: App) -> int:
 
 
 def _sample_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder", help="where to write the synthetic images")
-    p.add_argument("--per-class", type=int, default=12)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=224)
+    p.add_argument("folder", type=non_empty_path, help="where to write the synthetic images")
+    p.add_argument("--per-class", type=SAMPLES_PER_CLASS, default=12,
+                   help=f"images per class (1 to {SAMPLES_PER_CLASS_MAX})")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--size", type=int_range(32, 2048), default=224, help="side in pixels (32 to 2048)")
     p.add_argument("--ext", default=".jpg", choices=[".jpg", ".png", ".bmp", ".tif"])
 
 
@@ -388,7 +400,7 @@ def cmd_sample(args, app: App) -> int:
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--per-class", type=int, default=25)
+    p.add_argument("--per-class", type=SAMPLES_PER_CLASS, default=25)
 
 
 @command("demo", "generate a synthetic sample folder, classify it with the bundled model, export CSV", _demo_args)

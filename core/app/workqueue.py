@@ -41,7 +41,7 @@ from typing import Callable
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from core.config import Paths
+from core.config import Paths, Settings
 from core.storage import Database, Image, ImageFile, Prediction, WorkFolder, WorkItem, utcnow
 from core.storage.errors import is_transient, user_error
 from core.storage.dbutil import db_now, insert_ignore
@@ -53,7 +53,8 @@ from core.imaging.scan import ScanSummary, folder_prefix, images_under, scan, un
 log = logging.getLogger(__name__)
 
 #: Seconds a claim is held without a heartbeat before another worker may take it over.
-LEASE_S = float(os.environ.get("HEMASCAN_WORKER_LEASE_S", "120"))
+#: (defaults; the worker command passes the settings': HEMASCAN_WORKER_LEASE_S, HEMASCAN_WORKER_RETRY_MAX_S)
+LEASE_S = Settings.defaults().worker_lease_s
 #: Images claimed at a time.
 CLAIM_SIZE = 128
 #: Seconds between looks at an empty queue (``worker`` without ``--once``).
@@ -62,7 +63,7 @@ POLL_S = 5.0
 ONCE_POLL_S = 0.25
 #: First and longest wait before retrying after the database failed.
 RETRY_FIRST_S = 1.0
-RETRY_MAX_S = float(os.environ.get("HEMASCAN_WORKER_RETRY_MAX_S", "60"))
+RETRY_MAX_S = Settings.defaults().worker_retry_max_s
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 IN_CHUNK = 500  # ids per IN (...) list
@@ -357,7 +358,7 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
     name = name or default_worker_name()
     summary = WorkerSummary(name)
     meter = RateMeter()
-    backoff = Backoff()
+    backoff = Backoff(max_s=paths.settings.worker_retry_max_s)
     predictors: dict[int, tuple] = {}  # model version id -> (Predictor, VersionRef, compile marker)
 
     def say(msg: str) -> None:

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from core.config import Settings
 from core.errors import ImageError, os_reason
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,9 @@ DEFAULT_MAX_PIXELS = 80_000_000
 # Files are read whole (once: the bytes hashed are the bytes decoded). A camera frame or
 # smear field is a few MB; an 80-megapixel 8-bit TIFF is 240 MB. Bigger files are refused
 # from their stat, before any read: four hash threads reading 2 GiB files would exhaust RAM.
-DEFAULT_MAX_FILE_BYTES = 256 * 1024**2
-MAX_FILE_ENV = "HEMASCAN_MAX_FILE_MB"
+# The limit is a setting (HEMASCAN_MAX_FILE_MB, core/config.py) that callers pass as ``max_bytes``.
+DEFAULT_MAX_FILE_BYTES = Settings.defaults().max_file_bytes
+MAX_FILE_ENV = Settings.variable("max_file_mb")
 # In the reason recorded for a file over the limit (core.imaging.scan re-reads it once the limit is raised).
 OVER_SIZE_LIMIT = "limit for one image"
 # Tries before a file that changes on every read is given up on (until the next scan).
@@ -128,22 +130,6 @@ class FileContent:
     mtime_ns: int
 
 
-def max_file_bytes() -> int:
-    """The largest file read as one image: DEFAULT_MAX_FILE_BYTES, or HEMASCAN_MAX_FILE_MB."""
-    raw = os.environ.get(MAX_FILE_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_FILE_BYTES
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        log.warning("%s=%r is not a positive number of megabytes; using %s",
-                    MAX_FILE_ENV, raw, format_bytes(DEFAULT_MAX_FILE_BYTES))
-        return DEFAULT_MAX_FILE_BYTES
-    return max(1, int(value * 1024**2))
-
-
 def format_bytes(n: int) -> str:
     """2147483648 -> '2.0 GiB', 268435456 -> '256 MiB', 150582 -> '147 KiB'."""
     if n >= 1024**3:
@@ -163,7 +149,7 @@ def _stat_key(st: os.stat_result) -> tuple:
 def _read_once(path, max_bytes: int | None) -> tuple[bytes, os.stat_result]:
     """Open, check the size from the stat (nothing is read over the limit), read the whole
     file in one pass, and check the file did not change (or get replaced) meanwhile."""
-    limit = max_file_bytes() if max_bytes is None else max_bytes
+    limit = DEFAULT_MAX_FILE_BYTES if max_bytes is None else max_bytes
     try:
         with open(path, "rb") as fh:
             before = os.fstat(fh.fileno())
@@ -204,7 +190,7 @@ def _read_stable(path, max_bytes: int | None) -> tuple[bytes, os.stat_result]:
 def read_and_hash(path, max_bytes: int | None = None) -> FileContent:
     """Read a file once and hash those bytes: what the scan records and what classify decodes.
 
-    Refuses a file over ``max_bytes`` (default: max_file_bytes()) from its stat, without
+    Refuses a file over ``max_bytes`` (default: DEFAULT_MAX_FILE_BYTES; the settings' limit where the caller has them) from its stat, without
     reading it. Retries a read during which the file changed; a file that keeps changing
     raises FileChanged. Every failure is an ImageError with a reason for people."""
     data, st = _read_stable(path, max_bytes)

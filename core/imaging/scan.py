@@ -22,7 +22,7 @@ from core.storage.dbutil import insert_ignore, upsert, with_reconnect
 from core.imaging.duplicates import perceptual_hash
 from core.errors import HemascanError, ImageError, os_reason
 from core.imaging.fspath import display, to_db, to_fs
-from core.imaging.images import OVER_SIZE_LIMIT, SUPPORTED_EXTENSIONS, FileChanged, max_file_bytes, probe, read_and_hash
+from core.imaging.images import OVER_SIZE_LIMIT, SUPPORTED_EXTENSIONS, FileChanged, probe, read_and_hash
 from core.jobs import Job, Progress, RateMeter
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,18 @@ def under_prefix(column, prefix: str):
     return func.substr(column, 1, len(prefix)) == prefix
 
 
+def _inside(path: str, real_root: str) -> bool:
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
 def walk(root: str, summary: ScanSummary) -> Iterator[_Entry]:
     """Yield supported image files under ``root`` recursively. Follows directory symlinks
-    but never enters a directory twice (symlink loops). Unreadable or vanished
-    directories are recorded and skipped."""
+    that stay inside ``root``, never one that leads out of it (``/proc/self/root`` is the
+    whole file system: to include a linked folder, scan it itself), and never enters a
+    directory twice (symlink loops). Unreadable or vanished directories are recorded and
+    skipped."""
+    real_root = os.path.realpath(root)
     seen_dirs: set[tuple[int, int]] = set()
     stack = [root]
     while stack:
@@ -116,7 +124,11 @@ def walk(root: str, summary: ScanSummary) -> Iterator[_Entry]:
         for e in entries:
             try:
                 if e.is_dir(follow_symlinks=True):
-                    subdirs.append(e.path)
+                    if e.is_symlink() and not _inside(e.path, real_root):
+                        summary.add_error(e.path, "a link to a folder outside the scanned folder: not followed "
+                                                  "(scan that folder itself to include it)")
+                    else:
+                        subdirs.append(e.path)
                     continue
                 if not e.is_file(follow_symlinks=True):
                     continue
@@ -134,7 +146,7 @@ def walk(root: str, summary: ScanSummary) -> Iterator[_Entry]:
         stack.extend(reversed(subdirs))
 
 
-def hash_file(entry: _Entry) -> _Hashed:
+def hash_file(entry: _Entry, max_bytes: int | None = None) -> _Hashed:
     """Read once: SHA-256, header checks (size limit, truncation), perceptual hash.
 
     The size and mtime recorded are those of the bytes hashed: stat taken before the read
@@ -142,7 +154,7 @@ def hash_file(entry: _Entry) -> _Hashed:
     the same stat may trust the hash. A file that kept changing is recorded with an
     impossible stat, so the next scan reads it again."""
     try:
-        content = read_and_hash(entry.path)
+        content = read_and_hash(entry.path, max_bytes)
         entry = _Entry(entry.path, content.size, content.mtime_ns)
         info = probe(content.data)
         ph = perceptual_hash(content.data, info)
@@ -201,7 +213,7 @@ def scan(db: Database, root: str | os.PathLike, cancel: threading.Event | None =
     # Stage 1: list and stat (cheap); decide what must be read.
     todo: list[_Entry] = []
     seen: set[str] = set()
-    size_limit = max_file_bytes()
+    size_limit = db.settings.max_file_bytes
     for entry in walk(root_str, summary):
         summary.n_files += 1
         dbp = to_db(entry.path)
@@ -240,7 +252,7 @@ def scan(db: Database, root: str | os.PathLike, cancel: threading.Event | None =
                 if nxt is None:
                     exhausted = True
                     break
-                pending.append(pool.submit(hash_file, nxt))
+                pending.append(pool.submit(hash_file, nxt, size_limit))
             if not pending:
                 break
             r = pending.popleft().result()
@@ -252,7 +264,7 @@ def scan(db: Database, root: str | os.PathLike, cancel: threading.Event | None =
                     with db.session() as s:
                         _write_batch(s, summary.scan_id, batch)
 
-                with_reconnect(write, "a batch of scanned files")  # a network drop: the batch again
+                with_reconnect(write, "a batch of scanned files", db.settings)  # a network drop: the batch again
                 done += len(batch)
                 batch = []
                 yield Progress("scan", done, total, f"{meter.rate(done):.0f} img/s")

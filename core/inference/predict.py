@@ -21,7 +21,7 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from core.config import Paths
+from core.config import Paths, Settings
 from core.storage import Database, ImageFile, Prediction, utcnow
 from core.storage.dbutil import insert_ignore, with_reconnect
 from core.errors import ImageError
@@ -55,13 +55,14 @@ class Predictor:
 
     def __init__(self, package: str | os.PathLike, device=None, precision: str | None = None,
                  compile: bool | str | None = None, cache_dir: Path | None = None, engine: str | None = None,
-                 plan: RuntimePlan | None = None, purpose: str = "classify", card: ModelCard | None = None):
+                 plan: RuntimePlan | None = None, purpose: str = "classify", card: ModelCard | None = None,
+                 settings: Settings | None = None):
         from core.models.package import verify_package
 
         self.card: ModelCard = card if card is not None else verify_package(Path(package))
         if plan is None:
             plan = runtime_plan(RuntimeRequest.from_options(
-                device=str(device) if device is not None else None, precision=precision, engine=engine,
+                settings, device=str(device) if device is not None else None, precision=precision, engine=engine,
                 compile=compile if compile is not None else "off", purpose=purpose,
                 int8_shipped=int8_ready(self.card)))
         self.plan = plan
@@ -113,13 +114,13 @@ class Predictor:
             return Assessment(probs, None, None)
         return Assessment(probs, distance, self.guard.verdict(distance, other))
 
-    def load_image(self, path: str, expected_sha256: str | None = None) -> np.ndarray:
+    def load_image(self, path: str, expected_sha256: str | None = None, max_bytes: int | None = None) -> np.ndarray:
         """Read the file once and decode those bytes. With ``expected_sha256`` (what the scan
         hashed), raises FileChanged when the bytes are other content: a prediction is stored
         under that hash, so it must be made from exactly those bytes."""
         if expected_sha256 is None:
-            return self.prep.apply(decode_rgb(read_file(to_fs(path))))
-        content = read_and_hash(to_fs(path))
+            return self.prep.apply(decode_rgb(read_file(to_fs(path), max_bytes)))
+        content = read_and_hash(to_fs(path), max_bytes)
         if content.sha256 != expected_sha256:
             raise FileChanged("the file changed after it was scanned; it will be re-scanned on the next run")
         return self.prep.apply(decode_rgb(content.data))
@@ -195,8 +196,9 @@ def plan_for(paths: Paths, version: VersionRef, package: Path, device: str | Non
     ``package`` on this seat), and (torch on a CPU) the marker file that says its compiled
     form is cached."""
     host = probe_host(include_cuda=str(device or "auto").lower() != "cpu")
-    request = RuntimeRequest.from_options(device=device, engine=engine, precision=precision, purpose="classify",
-                                          n_images=n_images, int8_shipped=int8_ready(read_card(Path(package))))
+    request = RuntimeRequest.from_options(paths.settings, device=device, engine=engine, precision=precision,
+                                          purpose="classify", n_images=n_images,
+                                          int8_shipped=int8_ready(read_card(Path(package))))
     plan = plan_runtime(host, request)
     marker = None
     if plan.engine == "torch" and plan.device.type == "cpu":  # torch.compile; OpenVINO needs none
@@ -295,7 +297,7 @@ def predict_images(
 
     def load(item: tuple[int, str]):
         try:
-            return item, predictor.load_image(item[1], expected_sha[item[0]]), None
+            return item, predictor.load_image(item[1], expected_sha[item[0]], db.settings.max_file_bytes), None
         except FileChanged as exc:
             changed[item[1]] = item[0]
             return item, None, str(exc)
@@ -307,7 +309,7 @@ def predict_images(
 
     def write(ids: list[int], assessment: Assessment | None, failed: list[tuple[int, str, str]]) -> None:
         t0 = time.perf_counter()
-        with_reconnect(lambda: write_once(ids, assessment, failed), "a batch of predictions")  # a network drop
+        with_reconnect(lambda: write_once(ids, assessment, failed), "a batch of predictions", db.settings)  # a network drop
         summary.db_seconds += time.perf_counter() - t0
         if predictor.compiled and ids and marker is not None and not marker.exists():
             marker.parent.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,7 @@ import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
-
+from core.config import Settings
 from core.errors import HemascanError
 
 PURPOSES = ("classify", "evaluate", "train")
@@ -40,8 +39,8 @@ CPU_BATCH = 32  # beat 64 and 128 on a 2-core CPU (cache-friendly)
 EVAL_BATCH = 64
 # torch.compile costs ~35-50 s on a 2-core CPU the first time (~10 s once cached); measured
 # break-even on the share: ~10,000 images cold, ~3,000 warm (docs/benchmarks.md).
-COMPILE_MIN_IMAGES = 10_000
-COMPILE_MIN_IMAGES_WARM = 3_000
+COMPILE_MIN_IMAGES = Settings.defaults().compile_min_images
+COMPILE_MIN_IMAGES_WARM = Settings.defaults().compile_min_images_warm
 
 
 @dataclass(frozen=True)
@@ -90,23 +89,16 @@ class RuntimeRequest:
     compile_min_images_warm: int = COMPILE_MIN_IMAGES_WARM
 
     @classmethod
-    def from_options(cls, env: Mapping[str, str] | None = None, **options) -> "RuntimeRequest":
-        """A request from explicit options, falling back to HEMASCAN_ENGINE, HEMASCAN_COMPILE,
-        HEMASCAN_COMPILE_MIN_IMAGES(_WARM) for what is not given (None counts as not given)."""
-        env = os.environ if env is None else env
+    def from_options(cls, settings: Settings | None = None, **options) -> "RuntimeRequest":
+        """A request from explicit options, falling back to the settings (HEMASCAN_ENGINE,
+        HEMASCAN_COMPILE, HEMASCAN_COMPILE_MIN_IMAGES(_WARM), validated at start) for what is not
+        given (None counts as not given)."""
+        settings = settings if settings is not None else Settings.defaults()
         options = {k: v for k, v in options.items() if v is not None}
         options["device"] = str(options.get("device", "auto"))
-        if "engine" not in options and env.get("HEMASCAN_ENGINE"):
-            options["engine"] = env["HEMASCAN_ENGINE"]
-        if "compile" not in options and env.get("HEMASCAN_COMPILE"):
-            options["compile"] = env["HEMASCAN_COMPILE"]
-        for key, var in (("compile_min_images", "HEMASCAN_COMPILE_MIN_IMAGES"),
-                         ("compile_min_images_warm", "HEMASCAN_COMPILE_MIN_IMAGES_WARM")):
-            if key not in options and env.get(var):
-                try:
-                    options[key] = int(env[var])
-                except ValueError:
-                    raise HemascanError(f"{var} must be a whole number, not {env[var]!r}") from None
+        for key in ("engine", "compile", "compile_min_images", "compile_min_images_warm"):
+            if key not in options and getattr(settings, key) is not None:
+                options[key] = getattr(settings, key)
         if isinstance(options.get("compile"), bool):
             options["compile"] = "on" if options["compile"] else "off"
         for key in ("device", "engine", "precision", "purpose", "compile"):

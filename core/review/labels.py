@@ -229,7 +229,7 @@ class LabelWriter:
     def __init__(self, db: Database, on_saved=None, on_waiting=None,
                  fast_busy_ms: int = FAST_WRITE_BUSY_MS, retry_busy_ms: int = RETRY_BUSY_MS):
         self.url = db.url
-        self._fast = Database(db.url, migrate=False, busy_timeout_ms=fast_busy_ms)
+        self._fast = Database(db.url, migrate=False, busy_timeout_ms=fast_busy_ms, settings=db.settings)
         self._slow: Database | None = None
         self._retry_busy_ms = retry_busy_ms
         self.on_saved = on_saved or (lambda ids, n: None)

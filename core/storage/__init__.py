@@ -20,7 +20,6 @@ config parser would read ``%`` in a password or a path as interpolation).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from contextlib import contextmanager
 from functools import lru_cache, partial
@@ -31,7 +30,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.config import resources_dir
+from core.config import Settings, resources_dir
 from core.errors import DatabaseBusyError, DatabaseUnavailableError
 from core.storage.errors import check_sqlite_location, describe_url, missing_driver, user_error
 from core.storage.orm import (  # noqa: F401  (re-exported)
@@ -57,10 +56,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# How long a writer waits for another process's lock before giving up with a clear message.
-BUSY_TIMEOUT_MS = int(os.environ.get("HEMASCAN_BUSY_TIMEOUT_MS", "15000"))
-# How long a start waits for another process's first-time setup (a long migration) to finish.
-SETUP_LOCK_TIMEOUT_S = float(os.environ.get("HEMASCAN_SETUP_LOCK_TIMEOUT_S", "600"))
+# How long a writer waits for another process's lock before giving up with a clear message, and
+# how long a start waits for another process's first-time setup (a long migration) to finish:
+# the defaults; a Database uses its settings' (HEMASCAN_BUSY_TIMEOUT_MS, HEMASCAN_SETUP_LOCK_TIMEOUT_S).
+BUSY_TIMEOUT_MS = Settings.defaults().busy_timeout_ms
+SETUP_LOCK_TIMEOUT_S = Settings.defaults().setup_lock_timeout_s
 # pg_advisory_lock key of hemascan's first-time setup ("hemascan" in ASCII, as a bigint).
 PG_SETUP_LOCK_KEY = int.from_bytes(b"hemascan", "big") & 0x7FFF_FFFF_FFFF_FFFF
 SETUP_LOCK_FILE = ".setup.lock"
@@ -82,13 +82,13 @@ def _sqlite_pragmas(dbapi_conn, _record, busy_timeout_ms: int) -> None:
         cur.close()
 
 
-def make_engine(url: str | URL, busy_timeout_ms: int | None = None) -> Engine:
+def make_engine(url: str | URL, busy_timeout_ms: int | None = None, default_busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout (``busy_timeout_ms``, default
-    :data:`BUSY_TIMEOUT_MS`) and foreign keys. A SQLite file's folder must exist. On
+    ``default_busy_timeout_ms``: the settings') and foreign keys. A SQLite file's folder must exist. On
     PostgreSQL an explicit ``busy_timeout_ms`` becomes the lock timeout (and bounds a statement
     and the connect), so the review keys' first attempt never waits on a lock held elsewhere."""
     url = to_url(url)
-    busy = BUSY_TIMEOUT_MS if busy_timeout_ms is None else int(busy_timeout_ms)
+    busy = default_busy_timeout_ms if busy_timeout_ms is None else int(busy_timeout_ms)
     if url.get_backend_name() == "sqlite":
         check_sqlite_location(url)
         engine = create_engine(url, connect_args={"timeout": busy / 1000, "check_same_thread": False})
@@ -202,13 +202,13 @@ def head_revision() -> str:
     return _script_revisions()[0]
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "head", lock_timeout_s: float | None = None) -> None:
     """Bring the schema to ``revision`` in place, all of it in one transaction (every start
     runs it; an interrupted upgrade leaves the old revision and is done again)."""
     from alembic import command
 
     cfg = alembic_config(engine)
-    with server_setup_lock(engine), migration_transaction(engine) as conn:
+    with server_setup_lock(engine, lock_timeout_s), migration_transaction(engine) as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 
@@ -226,11 +226,13 @@ class Database:
     Opening a database that cannot be used (damaged, read-only, unreachable, no driver)
     raises a :class:`~core.errors.HemascanError` with one sentence that says so."""
 
-    def __init__(self, url: str | URL, migrate: bool = True, busy_timeout_ms: int | None = None):
+    def __init__(self, url: str | URL, migrate: bool = True, busy_timeout_ms: int | None = None,
+                 settings: Settings | None = None):
         self.engine = None
+        self.settings = settings if settings is not None else Settings.defaults()  # read at start, passed down
         try:
             self.url = to_url(url)
-            self.engine = make_engine(self.url, busy_timeout_ms)
+            self.engine = make_engine(self.url, busy_timeout_ms, self.settings.busy_timeout_ms)
             if migrate:
                 self.migrate()
         except Exception as exc:
@@ -260,7 +262,7 @@ class Database:
             raise DatabaseUnavailableError(
                 f"{self.describe()} was written by a newer version of hemascan (schema {rev}); "
                 "update hemascan to use it")
-        upgrade(self.engine)
+        upgrade(self.engine, lock_timeout_s=self.settings.setup_lock_timeout_s)
 
     def at_head(self) -> bool:
         """True when the schema is at this hemascan's head revision."""
@@ -290,7 +292,7 @@ def data_dir_lock(paths: "Paths", timeout_s: float | None = None) -> Iterator[No
     is killed) around first-time setup of that directory."""
     from filelock import FileLock, Timeout
 
-    timeout_s = SETUP_LOCK_TIMEOUT_S if timeout_s is None else timeout_s
+    timeout_s = paths.settings.setup_lock_timeout_s if timeout_s is None else timeout_s
     lock = FileLock(str(paths.data_dir / SETUP_LOCK_FILE), timeout=timeout_s)
     try:
         lock.acquire()

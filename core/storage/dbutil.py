@@ -1,11 +1,12 @@
 """Dialect-aware bulk upserts (SQLite now, PostgreSQL later): a registry, not if/elif."""
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+
+from core.config import Settings
 
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
@@ -32,12 +33,14 @@ def upsert(session: Session, table, rows: Sequence[dict[str, Any]], conflict: Se
 
 #: Attempts of one batch's write when the connection to the server was lost, and the first pause
 #: between them (doubling, at most RECONNECT_MAX_PAUSE_S): about 30 s of outage is ridden out.
-RECONNECT_ATTEMPTS = int(os.environ.get("HEMASCAN_RECONNECT_ATTEMPTS", "6"))
-RECONNECT_FIRST_PAUSE_S = float(os.environ.get("HEMASCAN_RECONNECT_PAUSE_S", "0.5"))
+#: The settings' (HEMASCAN_RECONNECT_ATTEMPTS, HEMASCAN_RECONNECT_PAUSE_S) when given.
+RECONNECT_ATTEMPTS = Settings.defaults().reconnect_attempts
+RECONNECT_FIRST_PAUSE_S = Settings.defaults().reconnect_pause_s
 RECONNECT_MAX_PAUSE_S = 8.0
 
 
-def with_reconnect(fn, what: str = "the batch", attempts: int | None = None, first_pause_s: float | None = None):
+def with_reconnect(fn, what: str = "the batch", settings: Settings | None = None, *, attempts: int | None = None,
+                   first_pause_s: float | None = None):
     """Run ``fn()`` (one whole transaction: it opens its own session) again on a new connection
     when the database connection was lost while it ran; the transaction was rolled back by the
     server, so doing it again stores it once. Any other error, or the last attempt's, is raised
@@ -49,8 +52,9 @@ def with_reconnect(fn, what: str = "the batch", attempts: int | None = None, fir
     from sqlalchemy.exc import DBAPIError
 
     log = logging.getLogger(__name__)
-    attempts = RECONNECT_ATTEMPTS if attempts is None else attempts
-    pause = RECONNECT_FIRST_PAUSE_S if first_pause_s is None else first_pause_s
+    settings = settings if settings is not None else Settings.defaults()
+    attempts = settings.reconnect_attempts if attempts is None else attempts
+    pause = settings.reconnect_pause_s if first_pause_s is None else first_pause_s
     for attempt in range(1, attempts + 1):
         try:
             return fn()
