@@ -30,7 +30,17 @@ from core.config import Paths, resources_dir
 from core.storage import ModelBlob, ModelFile, ModelVersion, utcnow
 from core.storage.dbutil import insert_ignore
 from core.errors import ModelPackageError
-from core.models.package import bundled_packages, package_files, package_path, read_card, sha256_file, verify_package
+from core.models.package import (
+    CARD_FILE,
+    ModelCard,
+    bundled_packages,
+    load_json,
+    package_files,
+    package_path,
+    read_card,
+    sha256_file,
+    verify_package,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +125,47 @@ def _content(session: Session, sha: str, version: ModelVersion, name: str) -> by
     return data
 
 
+def _refused_name(version: ModelVersion, name: str, why: str) -> ModelPackageError:
+    shown = repr(name) if len(name) <= 130 else repr(name[:127]) + "..."
+    return ModelPackageError(f"model {version.name}: the database lists a file {shown} for it, {why}; refusing to "
+                             "write any of its files (was the database altered? register the model again from a "
+                             "workstation that holds it)")
+
+
+def _checked_contents(session: Session, version: ModelVersion, files: dict[str, tuple[str, int]]) -> dict[str, bytes]:
+    """name -> bytes of the version's files, each checked against its SHA-256, after checking
+    that the names are exactly those its card makes a package of (:func:`package_files`: the
+    card's schema allows only plain file names for the int8 and guard files). A ``model_files``
+    row is written by anyone with the lab login, and every name here becomes a path on
+    every seat: a name such as ``../../x`` or ``/abs/x`` must never reach the file system."""
+    if CARD_FILE not in files:
+        odd = sorted(files)[0]
+        raise _refused_name(version, odd, f"but no {CARD_FILE}")
+    card_bytes = _content(session, files[CARD_FILE][0], version, CARD_FILE)
+    card = ModelCard.from_dict(load_json(card_bytes, f"model card of {version.name} in the database"),
+                               f"model card of {version.name} in the database")
+    expected = package_files(card)
+    unexpected = sorted(set(files) - set(expected))
+    if unexpected:
+        raise _refused_name(version, unexpected[0], "which is not one of the files its card makes a package of "
+                            f"({', '.join(expected)})")
+    missing = [n for n in expected if n not in files]
+    if missing:
+        raise ModelPackageError(f"model {version.name}: its file {missing[0]} is not in the database; register "
+                                "the model again from a workstation that holds it")
+    return {name: card_bytes if name == CARD_FILE else _content(session, files[name][0], version, name)
+            for name in expected}
+
+
+def _inside(folder: Path, name: str, version: ModelVersion) -> Path:
+    """``folder / name`` when that is a plain entry of ``folder`` (a second check, after the
+    card's: the path cannot lead anywhere else, whatever the name)."""
+    target = folder / name
+    if Path(name).name != name or name in (".", "..") or target.resolve().parent != folder.resolve():
+        raise _refused_name(version, name, "which is not a plain file name inside its package")
+    return target
+
+
 def local_package(session: Session, version: ModelVersion, paths: Paths | None = None) -> Path:
     """The folder of ``version``'s package on this seat, materialised from the database when
     it is not here (under a lock in the data directory; every file's hash checked against the
@@ -142,11 +193,13 @@ def local_package(session: Session, version: ModelVersion, paths: Paths | None =
     with FileLock(str(paths.models / MATERIALISE_LOCK)):
         if dest.is_dir():  # another process did it meanwhile
             return dest
+        contents = _checked_contents(session, version, files)  # before anything is written
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=paths.models))
         try:
-            for name, (sha, _size) in files.items():
-                (tmp / name).write_bytes(_content(session, sha, version, name))
-                os.chmod(tmp / name, 0o644)
+            for name, data in contents.items():
+                target = _inside(tmp, name, version)
+                target.write_bytes(data)
+                os.chmod(target, 0o644)
             os.chmod(tmp, 0o755)
             verify_package(tmp)
             os.replace(tmp, dest)

@@ -15,6 +15,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from core.config import default_reviewer
+from core.errors import DatabaseUnavailableError
 from core.storage import Database, ImageFile, LabelEvent, utcnow
 from core.imaging.fspath import to_fs
 from core.jobs import Job, Progress
@@ -229,7 +230,9 @@ class LabelWriter:
     def __init__(self, db: Database, on_saved=None, on_waiting=None,
                  fast_busy_ms: int = FAST_WRITE_BUSY_MS, retry_busy_ms: int = RETRY_BUSY_MS):
         self.url = db.url
-        self._fast = Database(db.url, migrate=False, busy_timeout_ms=fast_busy_ms, settings=db.settings)
+        self._db = db  # its engines check that the SQLite file is still the one ``db`` opened
+        self._fast = Database(db.url, migrate=False, busy_timeout_ms=fast_busy_ms, settings=db.settings,
+                              same_file_as=db)
         self._slow: Database | None = None
         self._retry_busy_ms = retry_busy_ms
         self.on_saved = on_saved or (lambda ids, n: None)
@@ -260,7 +263,8 @@ class LabelWriter:
             with self._fast.session() as s:
                 item.apply(s)
             return True
-        except (OperationalError, InterfaceError, OSError) as exc:  # locked, disk full, server down: retried until written
+        # locked, disk full, server down, the database file deleted or replaced: retried until written
+        except (OperationalError, InterfaceError, OSError, DatabaseUnavailableError) as exc:
             log.warning("label write deferred (%s); it will be retried", _sentence(exc, self.url))
             with self._cond:
                 self._enqueue(item)
@@ -328,7 +332,8 @@ class LabelWriter:
                 item = self._queue[0]
             try:
                 if self._slow is None:
-                    self._slow = Database(self.url, migrate=False, busy_timeout_ms=self._retry_busy_ms)
+                    self._slow = Database(self.url, migrate=False, busy_timeout_ms=self._retry_busy_ms,
+                                          settings=self._db.settings, same_file_as=self._db)
                 with self._slow.session() as s:
                     item.apply(s)
             except Exception as exc:

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Settings, resources_dir
 from core.errors import DatabaseBusyError, DatabaseUnavailableError
 from core.storage.errors import check_sqlite_location, describe_url, missing_driver, user_error
+from core.storage.fileidentity import DatabaseFileIdentity
 from core.storage.orm import (  # noqa: F401  (re-exported)
     Base,
     Image,
@@ -82,9 +83,12 @@ def _sqlite_pragmas(dbapi_conn, _record, busy_timeout_ms: int) -> None:
         cur.close()
 
 
-def make_engine(url: str | URL, busy_timeout_ms: int | None = None, default_busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
+def make_engine(url: str | URL, busy_timeout_ms: int | None = None, default_busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+                file_identity: DatabaseFileIdentity | None = None) -> Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout (``busy_timeout_ms``, default
-    ``default_busy_timeout_ms``: the settings') and foreign keys. A SQLite file's folder must exist. On
+    ``default_busy_timeout_ms``: the settings') and foreign keys. A SQLite file's folder must
+    exist, and the file is watched (core/storage/fileidentity.py: deleted or replaced, nothing
+    more is committed; ``file_identity`` shares another engine's record of it). On
     PostgreSQL an explicit ``busy_timeout_ms`` becomes the lock timeout (and bounds a statement
     and the connect), so the review keys' first attempt never waits on a lock held elsewhere."""
     url = to_url(url)
@@ -93,6 +97,9 @@ def make_engine(url: str | URL, busy_timeout_ms: int | None = None, default_busy
         check_sqlite_location(url)
         engine = create_engine(url, connect_args={"timeout": busy / 1000, "check_same_thread": False})
         event.listen(engine, "connect", partial(_sqlite_pragmas, busy_timeout_ms=busy))
+        identity = file_identity or DatabaseFileIdentity.for_url(url)
+        if identity is not None:
+            identity.watch(engine)
         return engine
     kwargs: dict = {"pool_pre_ping": True}
     if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2"):
@@ -227,12 +234,18 @@ class Database:
     raises a :class:`~core.errors.HemascanError` with one sentence that says so."""
 
     def __init__(self, url: str | URL, migrate: bool = True, busy_timeout_ms: int | None = None,
-                 settings: Settings | None = None):
+                 settings: Settings | None = None, same_file_as: "Database | None" = None):
+        """``settings``: read once at start and passed down (default: the defaults).
+        ``same_file_as``: another Database on this URL whose record of the SQLite file's
+        identity this one shares (one opened later must not take a replaced file for it)."""
         self.engine = None
-        self.settings = settings if settings is not None else Settings.defaults()  # read at start, passed down
+        self.settings = settings if settings is not None else Settings.defaults()
+        self.file_identity: DatabaseFileIdentity | None = None
         try:
             self.url = to_url(url)
-            self.engine = make_engine(self.url, busy_timeout_ms, self.settings.busy_timeout_ms)
+            self.file_identity = (same_file_as.file_identity if same_file_as is not None
+                                  else DatabaseFileIdentity.for_url(self.url))
+            self.engine = make_engine(self.url, busy_timeout_ms, self.settings.busy_timeout_ms, self.file_identity)
             if migrate:
                 self.migrate()
         except Exception as exc:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
+import sys
+from enum import Enum
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
@@ -27,19 +30,78 @@ DRIVER_PACKAGES = {
 }
 
 
-# What a driver says when the server cannot be reached (down, restarting, a network gone).
-UNREACHABLE = ("connection refused", "could not connect", "connection failed", "timeout expired",
-               "could not translate host name", "name or service", "server closed the connection",
-               "no route to host")
-# ... or when a connection it had was cut (network drop, server restart) mid-transaction.
-CONNECTION_LOST = ("terminating connection", "connection reset", "broken pipe", "ssl syscall",
-                   "the database system is starting up", "the database system is shutting down",
-                   "the database system is in recovery mode", "connection timed out", "network is unreachable",
-                   "connection is closed", "consuming input failed", "lost synchronization", "connection is lost",
-                   "server conn crashed", "the connection is closed")
-# Problems that waiting does not cure, although the message may also say "connection failed".
-NOT_TRANSIENT = ("authentication failed", "no password supplied", "does not exist", "permission denied",
-                 "newer version of hemascan")
+class Fault(Enum):
+    """What a database error means, decided from the error's code and the connection's state
+    (PostgreSQL's SQLSTATE, SQLite's result code, SQLAlchemy's ``connection_invalidated``),
+    not from its message: a server translates its messages (``lc_messages``), and so does
+    libpq on a workstation set to another language."""
+
+    BUSY = "busy"  # locked by another writer, a lock timeout, a deadlock or serialization failure
+    UNREACHABLE = "unreachable"  # the server is down, restarting, or not reachable over the network
+    CONNECTION_LOST = "connection lost"  # a connection it had was cut (network drop, server restart)
+    NO_FREE_CONNECTION = "no free connection"  # the server has no connection slot left now
+    LOGIN_REFUSED = "login refused"  # wrong user name or password, a role that may not log in
+    NO_DATABASE = "no database"  # the database named in the URL does not exist
+    REFUSED = "refused"  # the server refused the login or the database (which of the two: see _refusal)
+    PERMISSION = "permission"  # the login may not do this
+    DISK_FULL = "disk full"
+    DAMAGED = "damaged"  # not a database, or a damaged one
+    READ_ONLY = "read-only"
+    CANNOT_OPEN = "cannot open"
+    DISK_IO = "disk i/o"
+    OTHER = "other"
+
+
+#: Faults that go away by themselves: a long-running process waits and retries.
+TRANSIENT = frozenset({Fault.BUSY, Fault.UNREACHABLE, Fault.CONNECTION_LOST, Fault.NO_FREE_CONNECTION})
+
+# PostgreSQL error codes (SQLSTATE, https://www.postgresql.org/docs/current/errcodes-appendix.html):
+# the exact codes first, then the two-character classes.
+_SQLSTATES = {
+    "55P03": Fault.BUSY,  # lock_not_available (lock_timeout)
+    "40001": Fault.BUSY,  # serialization_failure
+    "40P01": Fault.BUSY,  # deadlock_detected
+    "57P01": Fault.CONNECTION_LOST,  # admin_shutdown (server stopping, pg_terminate_backend)
+    "57P02": Fault.CONNECTION_LOST,  # crash_shutdown
+    "57P03": Fault.UNREACHABLE,  # cannot_connect_now (starting up, shutting down, in recovery)
+    "57P05": Fault.CONNECTION_LOST,  # idle_session_timeout
+    "53300": Fault.NO_FREE_CONNECTION,  # too_many_connections
+    "53100": Fault.DISK_FULL,  # disk_full
+    "3D000": Fault.NO_DATABASE,  # invalid_catalog_name
+    "42501": Fault.PERMISSION,  # insufficient_privilege
+    "25006": Fault.READ_ONLY,  # read_only_sql_transaction (a standby)
+    "58030": Fault.DISK_IO,  # io_error
+    "XX001": Fault.DAMAGED,  # data_corrupted
+    "XX002": Fault.DAMAGED,  # index_corrupted
+}
+_SQLSTATE_CLASSES = {
+    "08": Fault.CONNECTION_LOST,  # connection_exception
+    "28": Fault.LOGIN_REFUSED,  # invalid_authorization_specification, invalid_password
+}
+
+# SQLite primary result codes (https://sqlite.org/rescode.html; Python 3.11's sqlite3 errors carry them).
+_SQLITE_CODES = {
+    sqlite3.SQLITE_BUSY: Fault.BUSY,
+    sqlite3.SQLITE_LOCKED: Fault.BUSY,
+    sqlite3.SQLITE_FULL: Fault.DISK_FULL,
+    sqlite3.SQLITE_NOTADB: Fault.DAMAGED,
+    sqlite3.SQLITE_CORRUPT: Fault.DAMAGED,
+    sqlite3.SQLITE_READONLY: Fault.READ_ONLY,
+    sqlite3.SQLITE_CANTOPEN: Fault.CANNOT_OPEN,
+    sqlite3.SQLITE_IOERR: Fault.DISK_IO,
+}
+
+# Only words exist for these: libpq reports a failed connection attempt as text alone (no
+# SQLSTATE, no result), so when the server refused before asking for a password (pg_hba.conf
+# rejects the host, or the database is missing under "trust" authentication) nothing but the
+# message tells it from a server that is not there. They are checked only in that case, and only
+# to avoid waiting for what a person must fix: in another language such a refusal is retried
+# (with growing pauses, each retry saying the server's own sentence), never a wrong password.
+_PRE_AUTH_REFUSALS = ("no pg_hba.conf entry", "does not exist", "not permitted to log in",
+                      "authentication failed", "no password supplied")
+# ... and these only choose the wording of a refusal's sentence (which of login or database).
+_SAYS_NO_DATABASE = ("does not exist",)
+_SAYS_LOGIN_REFUSED = ("authentication failed", "no password supplied", "not permitted to log in", "password")
 
 
 def describe_url(url) -> str:
@@ -119,33 +181,46 @@ def user_error(exc: BaseException, url=None) -> HemascanError | None:
         return missing_driver(exc)
     if isinstance(exc, sa_exc.DBAPIError):
         msg = _first_line(exc)
-        low = msg.lower()
-        code = getattr(getattr(exc, "orig", None), "sqlite_errorname", "") or ""
-        if "locked" in low or "busy" in low or code in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        fault = classify(exc)
+        if fault is Fault.REFUSED:  # which of the two only the (English) words tell; else a sentence for both
+            low = msg.lower()
+            if any(w in low for w in _SAYS_NO_DATABASE):
+                fault = Fault.NO_DATABASE
+            elif any(w in low for w in _SAYS_LOGIN_REFUSED):
+                fault = Fault.LOGIN_REFUSED
+            else:
+                return DatabaseUnavailableError(f"{where} refused the connection ({msg}): check the user name, "
+                                                "password and database name in --db-url / HEMASCAN_DB_URL")
+        if fault is Fault.BUSY:
             return DatabaseBusyError("the database is locked by another process (another hemascan still "
                                      "writing?); nothing was lost, try again when it has finished")
-        if "full" in low or code == "SQLITE_FULL" or "no space left" in low:
+        if fault is Fault.DISK_FULL:
             return StorageError(f"the disk is full: could not write to {where}; free some space and run the "
                                 "command again (everything saved before is kept)")
-        if "file is not a database" in low or "malformed" in low or code in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+        if fault is Fault.DAMAGED:
             return DatabaseUnavailableError(f"{where} is damaged or is not a hemascan database ({msg}); it was "
                                             "left untouched: restore it from a backup, or move it away to start "
                                             "a new one")
-        if "readonly" in low or "read-only" in low or code.startswith("SQLITE_READONLY"):
+        if fault is Fault.READ_ONLY:
             return DatabaseUnavailableError(f"{where} is read-only, so nothing can be saved; ask for write access "
                                             "or point hemascan at a writable copy (--data-dir, --db-url)")
-        if "unable to open database file" in low or code.startswith("SQLITE_CANTOPEN"):
+        if fault is Fault.CANNOT_OPEN:
             return DatabaseUnavailableError(f"could not open {where}: {_why_cannot_open(url)}")
-        if "disk i/o error" in low or code.startswith("SQLITE_IOERR"):
+        if fault is Fault.DISK_IO:
             return StorageError(f"the disk reported an error while using {where} ({msg}); check the drive, "
                                 "then run the command again (everything committed before is kept)")
-        if ("password authentication failed" in low or "authentication failed" in low or "no password supplied" in low
-                or "not permitted to log in" in low):
+        if fault is Fault.LOGIN_REFUSED:
             return DatabaseUnavailableError(f"{where} refused the login (wrong user name or password); check "
                                             "--db-url / HEMASCAN_DB_URL")
-        if "does not exist" in low and "database" in low:
+        if fault is Fault.NO_DATABASE:
             return DatabaseUnavailableError(f"{where} does not exist on the server; create it first")
-        if any(phrase in low for phrase in UNREACHABLE):
+        if fault is Fault.PERMISSION:
+            return DatabaseUnavailableError(f"{where} refused: this login may not do that ({msg}); ask the "
+                                            "database's administrator for the rights hemascan needs")
+        if fault is Fault.NO_FREE_CONNECTION:
+            return DatabaseUnavailableError(f"{where} has no free connection now (too many clients); try again "
+                                            "shortly, or ask for a higher max_connections")
+        if fault in (Fault.UNREACHABLE, Fault.CONNECTION_LOST):
             return DatabaseUnavailableError(f"could not reach {where}: the server is down or unreachable; "
                                             "start it or check the host and port in the database URL")
         if isinstance(exc, sa_exc.OperationalError):
@@ -156,25 +231,76 @@ def user_error(exc: BaseException, url=None) -> HemascanError | None:
     return None
 
 
+def _sqlstate(orig: BaseException) -> str | None:
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)  # psycopg 3, psycopg2
+    if not code:
+        code = getattr(getattr(orig, "diag", None), "sqlstate", None)
+    return code if isinstance(code, str) and len(code) == 5 else None
+
+
+def _connect_failure(exc: sa_exc.DBAPIError, orig: BaseException) -> Fault | None:
+    """A PostgreSQL connection attempt that failed (no SQLSTATE: libpq reports it as text), told
+    apart by the attempt's state: psycopg keeps the failed connection (``pgconn``), which says
+    whether the server asked for a password. None when ``exc`` is not such a failure."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None or not isinstance(orig, psycopg.OperationalError) or exc.statement is not None:
+        return None
+    if isinstance(orig, psycopg.errors.ConnectionTimeout):
+        return Fault.UNREACHABLE
+    pgconn = orig.pgconn
+    if pgconn is None:  # psycopg did not get as far as libpq: the host name did not resolve
+        return Fault.UNREACHABLE
+    if pgconn.status != psycopg.pq.ConnStatus.BAD:
+        return None
+    if pgconn.used_password or pgconn.needs_password:
+        # the server answered and asked for a password: what failed is the login or the
+        # database it names (both are checked by then), never the network
+        return Fault.REFUSED
+    if any(w in _first_line(orig).lower() for w in _PRE_AUTH_REFUSALS):  # only words: see above
+        return Fault.REFUSED
+    return Fault.UNREACHABLE  # refused, timed out or closed before any answer; or starting up
+
+
+def classify(exc: BaseException) -> Fault:
+    """What the database error ``exc`` (a SQLAlchemy DBAPIError) means; never from its words
+    except where a driver gives nothing else (see :data:`_PRE_AUTH_REFUSALS`)."""
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return Fault.OTHER
+    orig = getattr(exc, "orig", None)
+    code = _sqlstate(orig)
+    if code is not None:
+        fault = _SQLSTATES.get(code) or _SQLSTATE_CLASSES.get(code[:2])
+        if fault is not None:
+            return fault
+    sqlite_code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(sqlite_code, int):
+        fault = _SQLITE_CODES.get(sqlite_code & 0xFF)  # the primary code of an extended one
+        if fault is not None:
+            return fault
+    if exc.connection_invalidated:  # SQLAlchemy found the connection unusable (dialect's is_disconnect)
+        return Fault.CONNECTION_LOST
+    if code is None and orig is not None:
+        fault = _connect_failure(exc, orig)
+        if fault is not None:
+            return fault
+    return Fault.OTHER
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for a database problem that goes away by itself, so that a long-running process
     (``hemascan worker``) waits and retries instead of exiting: the server down or restarting,
     the network gone, a connection cut, the database locked by another writer. False for what
-    a person must fix (a wrong password, a missing database, a newer schema, a damaged file)."""
+    a person must fix (a wrong password, a missing database, a newer schema, a damaged file).
+    Decided by :func:`classify` (codes and connection state), along the chain of causes: a
+    HemascanError raised from a database error is as transient as that error."""
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        low = _first_line(e).lower() if isinstance(e, (sa_exc.DBAPIError, HemascanError)) else ""
-        if any(phrase in low for phrase in NOT_TRANSIENT):
-            return False
         if isinstance(e, DatabaseBusyError):
             return True
         if isinstance(e, sa_exc.DBAPIError):
-            if e.connection_invalidated or any(p in low for p in UNREACHABLE + CONNECTION_LOST):
-                return True
-            if "locked" in low or "busy" in low:
-                return True
+            return classify(e) in TRANSIENT
         e = e.__cause__ or e.__context__
     return False
 
