@@ -160,3 +160,34 @@ def test_an_unchanged_file_costs_one_stat_per_commit(tmp_path, monkeypatch):
     finally:
         db.dispose()
     assert calls == [str(tmp_path / "hemascan.sqlite3")] * 5
+
+
+def test_a_database_deleted_between_two_runs_is_not_made_anew(paths, tmp_path):
+    """Deleted while no hemascan ran: the next start used to create an empty database and every
+    command carried on (an export of 0 rows, exit 0). Now one sentence, exit 5, nothing created."""
+    from core.app.bootstrap import open_database
+    from core.errors import DatabaseUnavailableError
+
+    open_database(paths).dispose()
+    marker = paths.database.with_name(paths.database.name + ".created")
+    assert marker.is_file()
+    moved = tmp_path / "moved.sqlite3"
+    paths.database.rename(moved)
+    for suffix in ("-wal", "-shm"):
+        paths.database.with_name(paths.database.name + suffix).unlink(missing_ok=True)
+    with pytest.raises(DatabaseUnavailableError, match="is missing, although hemascan created it there") as err:
+        open_database(paths)
+    assert err.value.exit_code == 5 and not paths.database.exists()
+    moved.rename(paths.database)  # put back: it opens as before
+    open_database(paths).dispose()
+
+
+def test_the_cli_stops_on_a_lost_database_and_starts_empty_only_when_asked(cli, paths):
+    assert cli("sample", "--per-class", "1", str(paths.data_dir / "s"))[0] == 0
+    assert cli("scan", str(paths.data_dir / "s"))[0] == 0
+    paths.database.unlink()
+    code, out, err = cli("export", "-o", str(paths.data_dir / "x.csv"))
+    assert code == 5 and "is missing" in err and "Traceback" not in err
+    assert not paths.database.exists() and not (paths.data_dir / "x.csv").exists()
+    paths.database.with_name(paths.database.name + ".created").unlink()  # the sentence's way to start afresh
+    assert cli("export", "-o", str(paths.data_dir / "x.csv"))[0] == 0

@@ -27,6 +27,7 @@ from core.models.registry import active_version, register_bundled, register_pack
 from core.models.store import share_unshared
 from core.storage import Database, ModelVersion, data_dir_lock, server_setup_lock, to_url
 from core.storage.errors import user_error
+from core.storage.fileidentity import mark_created
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def open_database(paths: Paths, url: str | URL | None = None) -> Database:
     try:
         try:
             setup(db, paths)
+            mark_created(db.url)
         except HemascanError:
             raise
         except Exception as exc:

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Settings, resources_dir
 from core.errors import DatabaseBusyError, DatabaseUnavailableError
 from core.storage.errors import check_sqlite_location, describe_url, missing_driver, user_error
-from core.storage.fileidentity import DatabaseFileIdentity
+from core.storage.fileidentity import DatabaseFileIdentity, check_not_lost
 from core.storage.orm import (  # noqa: F401  (re-exported)
     Base,
     Image,
@@ -243,6 +243,8 @@ class Database:
         self.file_identity: DatabaseFileIdentity | None = None
         try:
             self.url = to_url(url)
+            if same_file_as is None:  # else the shared file identity says it, knowing more
+                check_not_lost(self.url)  # a database deleted since the last run is not silently made anew
             self.file_identity = (same_file_as.file_identity if same_file_as is not None
                                   else DatabaseFileIdentity.for_url(self.url))
             self.engine = make_engine(self.url, busy_timeout_ms, self.settings.busy_timeout_ms, self.file_identity)

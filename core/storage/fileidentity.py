@@ -74,3 +74,53 @@ class DatabaseFileIdentity:
         event.listen(engine, "do_connect", lambda *_: self.check())
         event.listen(engine, "connect", lambda *_: self.record())
         event.listen(engine, "commit", lambda _conn: self.check())
+
+
+# ---- a database file gone between two runs -------------------------------------------------
+# A SQLite database deleted (or moved) while no hemascan ran would simply be created again,
+# empty, at the next start: every later command "works" and the lab's record is silently gone.
+# So a small marker file beside the database says hemascan created one there; a start that
+# finds the marker but not the database stops with one sentence instead.
+
+MARKER_SUFFIX = ".created"
+
+
+def created_marker(url: URL) -> "os.PathLike | None":
+    """The marker beside a SQLite file database (None for any other database)."""
+    from pathlib import Path
+
+    identity = DatabaseFileIdentity.for_url(url)
+    return None if identity is None else Path(identity.path + MARKER_SUFFIX)
+
+
+def check_not_lost(url: URL) -> None:
+    """Raise a DatabaseUnavailableError when hemascan created a database at ``url`` before and
+    the file is gone now."""
+    marker = created_marker(url)
+    if marker is None or not marker.is_file() or os.path.exists(str(marker)[: -len(MARKER_SUFFIX)]):
+        return
+    try:
+        since = marker.read_text(encoding="utf-8").strip().splitlines()[0]
+    except (OSError, IndexError, UnicodeDecodeError):
+        since = "earlier"
+    database = str(marker)[: -len(MARKER_SUFFIX)]
+    raise DatabaseUnavailableError(
+        f"the database file {database} is missing, although hemascan created it there ({since}): it was deleted "
+        f"or moved, with every label and prediction in it; put it back or restore it from a backup (to start "
+        f"an empty database there instead, delete {marker})")
+
+
+def mark_created(url: URL) -> None:
+    """Write the marker beside a SQLite database that exists now (once; a read-only folder is
+    no error: the marker is a safeguard, not a requirement)."""
+    from datetime import datetime, timezone
+
+    marker = created_marker(url)
+    if marker is None or marker.exists() or not os.path.exists(str(marker)[: -len(MARKER_SUFFIX)]):
+        return
+    try:
+        marker.write_text(f"first opened by hemascan on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
+                          "This file says a hemascan database lives beside it: if the database goes missing, "
+                          "hemascan stops instead of starting an empty one.\n", encoding="utf-8")
+    except OSError:
+        pass
