@@ -34,7 +34,7 @@ from core.imaging.preprocessing import Preprocessing
 from core.inference.engines import ENGINES, compile_marker, int8_ready
 from core.models.guard import load_guard
 from core.inference.runtime import Device, RuntimePlan, RuntimeRequest, probe_host, plan_runtime, runtime_plan
-from core.models.registry import get_version, require_active_version
+from core.models.registry import VersionRef, get_version, require_active_version
 from core.imaging.scan import UNTRUSTED_STAT, ScanSummary, images_to_read, scan
 
 log = logging.getLogger(__name__)
@@ -205,12 +205,12 @@ def resolve_model(session, paths: Paths, model_name: str | None = None) -> Model
     return ModelTarget(version.id, version.name, str(local_package(session, version, paths)), version.weights_sha256)
 
 
-def model_target(session, version_id: int) -> ModelTarget:
+def model_target(session, version_id: int, paths: Paths | None = None) -> ModelTarget:
     """The version with id ``version_id`` (e.g. the one a queued folder was submitted for)."""
     version = session.get(ModelVersion, version_id)
     if version is None:
         raise ModelPackageError(f"model version #{version_id} is not registered in this database")
-    return ModelTarget(version.id, version.name, str(local_package(session, version)), version.weights_sha256)
+    return ModelTarget(version.id, version.name, str(local_package(session, version, paths)), version.weights_sha256)
 
 
 def plan_for(paths: Paths, target: ModelTarget, device: str | None, engine: str | None, precision: str,
@@ -239,8 +239,10 @@ def classify(
     workers: int | None = None,
     engine: str | None = None,
     precision: str = "auto",
+    version: VersionRef | None = None,
 ) -> Job[ClassifySummary]:
-    """Scan ``folder`` and predict every image not yet predicted by the model version.
+    """Scan ``folder`` and predict every image not yet predicted by the model version
+    (``version``: exactly that one, whatever is active now; else ``model_name``'s or the active one).
     Yields Progress; returns ClassifySummary. Safe to kill at any moment and re-run."""
     cancel = cancel or threading.Event()
     # Import the runtime in the background while the scan runs: the first prediction comes sooner.
@@ -249,7 +251,7 @@ def classify(
     scan_summary = yield from scan(db, folder, cancel)
     warm.join()
     with db.session() as s:
-        target = resolve_model(s, paths, model_name)
+        target = model_target(s, version.id, paths) if version is not None else resolve_model(s, paths, model_name)
         done_ids = set(s.scalars(select(Prediction.image_id).where(Prediction.model_version_id == target.version_id)))
         listed = images_to_read(s, folder)
         todo = [(i, p) for i, p, _ in listed if i not in done_ids]
