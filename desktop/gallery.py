@@ -12,7 +12,7 @@ from PySide6.QtCore import QAbstractListModel, QModelIndex, Qt, Signal
 
 from core.review import gallery as q
 
-from .tiles import (ID_ROLE, OUTSIDE_HATCH, OUTSIDE_MARK, ROW_ROLE, THUMB, TILE, ThumbnailLoader,  # noqa: F401
+from .tiles import (ID_ROLE, OUTSIDE_BAND, OUTSIDE_HATCH, OUTSIDE_MARK, ROW_ROLE, THUMB, TILE, ThumbnailLoader,  # noqa: F401
                     TileDelegate, class_color, make_thumbnail)
 
 PAGE = 200

@@ -167,7 +167,7 @@ class ModelsDialog(QDialog):
         self.same_basis = result
         self.measure.setText("Measure on the same images")
         self.measure.setEnabled(True)
-        self.refresh()
+        self._show_versions(self.versions)
         self.measured.emit(result)
 
     def _measure_failed(self, message) -> None:
