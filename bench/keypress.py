@@ -86,6 +86,9 @@ def measure(n: int, presses: int) -> dict[str, list[float]]:
     w.open_folder(folder, classify=False)
     for _ in range(50):
         app.processEvents()
+    while getattr(w, "gallery", None) is not None and w.gallery.busy:  # the gallery reads in a worker
+        app.processEvents()
+        time.sleep(0.01)
     w.view.setFocus()
     out: dict[str, list[float]] = {"class key (label, move on)": [], "arrow (move)": [], "Ctrl+Z (undo)": []}
     keys = {"class key (label, move on)": (Qt.Key_1, Qt.NoModifier), "arrow (move)": (Qt.Key_Right, Qt.NoModifier),

@@ -4,24 +4,34 @@ The menus, the toolbar, the review buttons, the keyboard shortcuts, the Help ▸
 shortcuts table and the README's key table all come from ``ACTIONS`` (``python -m
 desktop.actions`` prints the README table; a test checks the README against it).
 The class keys 1..N follow the active model (``class_specs``).
+
+The table configures whatever window it is given (``build(window)``): a handler is the name
+of one of its methods, an enabled-when rule reads its ``folder``, ``job``, ``state`` and
+``review`` (``ActionTarget``). It imports nothing of the window.
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable, Protocol
 
 from core.models.taxonomy import OTHER, OTHER_TITLE
 
-if TYPE_CHECKING:
-    from .mainwindow import MainWindow
+
+class ActionTarget(Protocol):
+    """What the enabled-when rules read of the window the table configures."""
+
+    folder: str | None
+    job: Any  # the running classify job, or None
+    state: Any  # core.review.state.ReviewState
+    review: Any  # core.review.session.ReviewSession (can_undo, can_redo)
 
 
 @dataclass(frozen=True)
 class ActionSpec:
     name: str  # the window's attribute is a_<name>
     text: str  # menu text (& marks the mnemonic)
-    handler: str | None  # the window's method; None: the gallery handles the keys (help only)
+    handler: str | None  # the window's method, or its part's ("reviewing.undo"); None: the gallery's keys (help only)
     keys: tuple[str, ...] = ()  # portable key names (QKeySequence's); the first is shown in menus
     menu: str | None = None
     toolbar: bool = False
@@ -56,39 +66,39 @@ ACTIONS: tuple[ActionSpec, ...] = (
                tip=f"{OTHER_TITLE}: fits none of the classes (another cell type, an artefact, out of focus). "
                    "Never used as a class when retraining.",
                help=f'"{OTHER_TITLE}": no class fits (another cell type, an artefact, out of focus)'),
-    ActionSpec("other_note", f"{OTHER_TITLE} with a &note…", "label_other_with_note", ("Shift+O",), "Review",
+    ActionSpec("other_note", f"{OTHER_TITLE} with a &note…", "reviewing.label_other_with_note", ("Shift+O",), "Review",
                live=True, help=f'"{OTHER_TITLE}" with a note on what the image shows'),
-    ActionSpec("accept", "&Accept prediction", "accept_prediction", ("A", "Return", "Enter"), "Review",
+    ActionSpec("accept", "&Accept prediction", "reviewing.accept_prediction", ("A", "Return", "Enter"), "Review",
                enabled="selection", live=True, button="A  Accept", help="accept the model's prediction, then move on",
                help_keys="`A` or `Enter`"),
     ActionSpec("clear", "C&lear label", "label_selected", ("0",), "Review", live=True, args=(None,),
                help="clear the label"),
-    ActionSpec("undo", "&Undo", "undo", ("Ctrl+Z",), "Review", icon="SP_ArrowBack", enabled="can_undo", live=True,
+    ActionSpec("undo", "&Undo", "reviewing.undo", ("Ctrl+Z",), "Review", icon="SP_ArrowBack", enabled="can_undo", live=True,
                button="Undo", separator=True, help="undo (a new audit event: nothing is deleted)"),
-    ActionSpec("redo", "&Redo", "redo", ("Ctrl+Shift+Z", "Ctrl+Y"), "Review", icon="SP_ArrowForward",
+    ActionSpec("redo", "&Redo", "reviewing.redo", ("Ctrl+Shift+Z", "Ctrl+Y"), "Review", icon="SP_ArrowForward",
                enabled="can_redo", live=True, button="Redo", help="redo"),
     ActionSpec("next", "&Next image", "move_current", ("Space",), "Review", args=(1,), help="next image"),
     ActionSpec("prev", "&Previous image", "move_current", ("Shift+Space",), "Review", args=(-1,),
                help="previous image"),
     ActionSpec("navigate", "Move", None, help="move; `Shift`+arrows or `Ctrl`+click select several (one label for all)",
                help_keys="arrows, `PgUp`/`PgDown`, `Home`/`End`"),
-    ActionSpec("reviewer", "Reviewer &name…", "ask_reviewer", menu="Review", separator=True),
-    ActionSpec("gradcam", "&Grad-CAM overlay", "toggle_gradcam", ("G",), "View", help="Grad-CAM overlay on/off"),
-    ActionSpec("zoom_in", "Zoom &in", "zoom", ("Ctrl++",), "View", args=(1.25,), help="zoom in"),
-    ActionSpec("zoom_out", "Zoom &out", "zoom", ("Ctrl+-",), "View", args=(0.8,), help="zoom out"),
-    ActionSpec("fit", "&Fit image", "fit_image", ("F",), "View", help="fit the image"),
-    ActionSpec("models", "Model &versions…", "show_models", (), "Models", True, separator=True),
+    ActionSpec("reviewer", "Reviewer &name…", "reviewing.ask_reviewer", menu="Review", separator=True),
+    ActionSpec("gradcam", "&Grad-CAM overlay", "detail_pane.toggle_gradcam", ("G",), "View", help="Grad-CAM overlay on/off"),
+    ActionSpec("zoom_in", "Zoom &in", "detail_pane.zoom", ("Ctrl++",), "View", args=(1.25,), help="zoom in"),
+    ActionSpec("zoom_out", "Zoom &out", "detail_pane.zoom", ("Ctrl+-",), "View", args=(0.8,), help="zoom out"),
+    ActionSpec("fit", "&Fit image", "detail_pane.fit_image", ("F",), "View", help="fit the image"),
+    ActionSpec("models", "Model &versions…", "model_menu.show_models", (), "Models", True, separator=True),
     ActionSpec("retrain", "&Retrain…", "show_retrain", (), "Models",
                tip="Train a new model version from your reviewed labels and compare it"),
-    ActionSpec("shortcuts", "&Keyboard shortcuts", "show_shortcuts", ("F1",), "Help", help="this list of keys"),
-    ActionSpec("log", "Open &log folder", "open_log_folder", (), "Help"),
-    ActionSpec("about", "&About hemascan", "show_about", (), "Help"),
+    ActionSpec("shortcuts", "&Keyboard shortcuts", "help_menu.show_shortcuts", ("F1",), "Help", help="this list of keys"),
+    ActionSpec("log", "Open &log folder", "help_menu.open_log_folder", (), "Help"),
+    ActionSpec("about", "&About hemascan", "help_menu.show_about", (), "Help"),
 )
 MENUS = ("File", "Review", "View", "Models", "Help")
 HELP_GROUPS = {"Review": 0, None: 1, "View": 2, "File": 3, "Models": 4, "Help": 5}
 
 # enabled-when: the window's state -> whether the action (or, for live keys, its button) can act
-ENABLED: dict[str, Callable[[MainWindow], bool]] = {
+ENABLED: dict[str, Callable[[ActionTarget], bool]] = {
     "folder": lambda w: w.folder is not None,
     "idle_folder": lambda w: w.folder is not None and w.job is None,
     "running": lambda w: w.job is not None,
@@ -157,7 +167,9 @@ def _make(window, spec: ActionSpec):
         a.setIcon(window.style().standardIcon(getattr(QStyle, spec.icon)))
     if spec.tip:
         a.setStatusTip(spec.tip)
-    handler = getattr(window, spec.handler)
+    handler = window
+    for name in spec.handler.split("."):  # a method of the window or of one of its parts
+        handler = getattr(handler, name)
     a.triggered.connect(lambda _checked=False: handler(*spec.args))
     window.addAction(a)  # shortcuts work whatever has focus in the window
     setattr(window, f"a_{spec.name}", a)
@@ -169,7 +181,7 @@ def _button(window, spec: ActionSpec, action, classes: list[str]):
     from PySide6.QtGui import QKeySequence
     from PySide6.QtWidgets import QPushButton
 
-    from .gallery import class_color
+    from .tiles import class_color
 
     b = QPushButton(spec.button)
     b.setFocusPolicy(Qt.NoFocus)  # a click never takes the keys from the gallery

@@ -33,7 +33,8 @@ def run_gui(paths, db_url=None, folder=None, device=None, argv=None) -> int:
     app.setOrganizationName("hemascan")
     app.setApplicationName("hemascan")
     app.setApplicationDisplayName("hemascan")
-    from .mainwindow import MainWindow, show_startup_error
+    from .mainwindow import MainWindow
+    from .startup import show_startup_error
 
     try:
         window = MainWindow(paths, db_url, device=device)

@@ -1,88 +1,140 @@
-"""The window's gallery: the folder's images under the filter, where the reviewer is in
-them, and the counts (queried in a worker: they scan the folder's rows)."""
+"""The gallery pane: the folder's images under the filter as tiles, where the reviewer is in
+them, and the counts. It keeps what it shows in memory (desktop.gallery.GalleryModel) and
+asks the controller for everything else, off the GUI thread."""
 from __future__ import annotations
 
-import os
-
-from PySide6.QtCore import QItemSelectionModel, Qt
+from PySide6.QtCore import QItemSelectionModel, QObject, Signal
+from PySide6.QtWidgets import QAbstractItemView, QApplication, QHBoxLayout, QLabel, QListView, QVBoxLayout, QWidget
 
 from core.review import gallery as q
 
-from .gallery import ID_ROLE
-from .viewstate import FolderView, last_folder
+from .controller import Controller
+from .gallery import ID_ROLE, PREFETCH, ROW_ROLE, THUMB, GalleryModel, ThumbnailLoader, TileDelegate
+from .viewstate import FolderView
 
 
-class BrowseMixin:
-    """Part of MainWindow (desktop/mainwindow.py)."""
+class GalleryPane(QObject):
+    """Owns the gallery's view, model, thumbnails, the "Image n of N" line and the review bar."""
+
+    currentChanged = Signal(object)  # the GalleryRow now current, or None
+    selectionChanged = Signal()
+    reloaded = Signal()  # a reload's rows are in and the current image is chosen
+    countsReady = Signal(object, object)  # ClassCounts, FolderFiles
+    message = Signal(str, int)  # for the status bar
+
+    def __init__(self, ctl: Controller, workers, parent=None):
+        super().__init__(parent)
+        self.ctl = ctl
+        self.folder_files = q.FolderFiles()
+        self.restore: FolderView | None = None  # a folder's saved view, applied as its images arrive
+        self.auto_picked: int | None = None  # the image a reload selected by itself
+        self._keep: int | None = None
+        self._counts_generation = 0
+        self._pending_move: tuple[int, list[int] | None] | None = None  # a move past the loaded rows
+        app = QApplication.instance()
+        dpr = max(1.0, app.devicePixelRatio()) if app else 1.0
+        self.loader = ThumbnailLoader(workers, size_px=int(THUMB * min(dpr, 3.0)))  # sharp on HiDPI
+        self.model = GalleryModel(ctl, self)
+        self.loader.ready.connect(self.model.thumbnail_ready)
+        self.model.reloaded.connect(self._reloaded)
+        self.model.pageLoaded.connect(self._page_loaded)
+        self.view = v = QListView()
+        v.setObjectName("gallery")
+        v.setViewMode(QListView.IconMode)
+        v.setResizeMode(QListView.Adjust)
+        v.setMovement(QListView.Static)
+        v.setUniformItemSizes(True)
+        v.setSpacing(2)
+        v.setWrapping(True)
+        v.setSelectionMode(QAbstractItemView.ExtendedSelection)
+        v.setVerticalScrollMode(QAbstractItemView.ScrollPerPixel)
+        v.setModel(self.model)
+        v.setItemDelegate(TileDelegate(self.loader, lambda: self.ctl.classes))
+        v.selectionModel().currentChanged.connect(self._current_changed)
+        v.selectionModel().selectionChanged.connect(lambda *_: (self.show_position(), self.selectionChanged.emit()))
+        self.model.modelReset.connect(self.show_position)
+
+        self.review_bar = QHBoxLayout()  # buttons from the action table (actions.build)
+        self.review_bar.setSpacing(4)
+        self.widget = QWidget()
+        cl = QVBoxLayout(self.widget)
+        cl.setContentsMargins(0, 4, 0, 0)
+        cl.addLayout(self.review_bar)
+        self.info = QLabel(ctl.state.position())
+        cl.addWidget(self.info)
+        cl.addWidget(self.view, 1)
+
+    @property
+    def busy(self) -> bool:
+        """A reload or a page is on its way."""
+        return self.model.busy
+
+    def current_row(self) -> q.GalleryRow | None:
+        cur = self.view.currentIndex()
+        return cur.data(ROW_ROLE) if cur.isValid() else None
 
     def folder_view(self) -> FolderView:
         """This folder's view, to restore it on the next start (desktop/viewstate.py)."""
-        f, cur = self.current_filter(), self.view.currentIndex()
+        f, cur = self.ctl.state.filter, self.view.currentIndex()
         return FolderView(predicted=f.predicted, reviewed=f.reviewed, uncertain_only=f.uncertain_only,
                           outside_only=f.outside_only, disagreement=f.disagreement, sort=f.sort,
                           image_id=cur.data(ID_ROLE) if cur.isValid() else None,
                           scroll=self.view.verticalScrollBar().value())
 
-    def reopen_last_folder(self) -> bool:
-        """Open the folder of the last session, as it was left (filters, image, scroll)."""
-        folder = last_folder(self.settings)
-        if folder and os.path.isdir(folder):
-            self.open_folder(folder)
-            return True
-        return False
-
-    def current_filter(self) -> q.GalleryFilter:
-        return self.state.filter
-
-    def _filter_changed(self) -> None:
-        shown = self.filters.filter()
-        if self.state.set_filter(shown) != shown:  # an impossible combination: not kept
-            self.filters.show_filter(self.state.filter)
-        self.reload_gallery()
-
-    def reload_gallery(self, keep_current: bool = False) -> None:
-        keep = self._shown_id if keep_current else None
-        restore = self._restore
-        if restore is not None and restore.image_id is not None:
-            keep = restore.image_id
-        v = self.version
-        if self.folder is None:
+    # ---------------------------------------------------------------- reload
+    def reload(self, keep_id: int | None = None) -> None:
+        """Read the folder's images again under the filter; ``keep_id`` stays current if it is still in view."""
+        self._keep = keep_id
+        if self.restore is not None and self.restore.image_id is not None:
+            self._keep = self.restore.image_id
+        if self.ctl.folder is None:
             self.model.clear()
+            self._reloaded()
         else:
-            self.model.set_query(self.db, self.folder, v["id"] if v else None, v["taxonomy"] if v else None,
-                                 self.current_filter())
-        self.state.n_in_view = self.model.total
+            self.model.set_query(self.ctl.folder, self.ctl.version_id, self.ctl.taxonomy, self.ctl.state.filter)
+        self.update_counts()
+
+    def _reloaded(self) -> None:
+        keep, restore = self._keep, self.restore
+        self.ctl.state.n_in_view = self.model.total
         sel = self.view.selectionModel()
         row = self.model.row_of(keep) if keep is not None else None
         if row is None and self.model.rowCount():  # a filter, sort or folder change: the top, first image
             self.view.scrollToTop()
             row = 0
-            self._auto_picked = self.model.row_at(0).image_id  # chosen for the reviewer, not by them
+            self.auto_picked = self.model.row_at(0).image_id  # chosen for the reviewer, not by them
         if row is not None:  # the current image (what keys act on); no stale multi-selection
             sel.clearSelection()  # the current image is selected too: its tile is framed, as the keys act on it
             sel.setCurrentIndex(self.model.index(row), QItemSelectionModel.ClearAndSelect)
             self.view.scrollTo(self.model.index(row))
             if restore is not None and keep == restore.image_id and self.model.row_of(keep) is not None:
                 self.view.verticalScrollBar().setValue(restore.scroll)  # where the reviewer left off
-                self._restore = None
+                self.restore = None
         else:  # nothing to show: the panel shows nothing, not the previous image
             sel.clear()
-            self._sync_state()
-            self._show_detail(None)
-            self._update_actions()
-        self._update_counts()
+            self.sync_state()
+            self.currentChanged.emit(None)
+        self.show_position()
+        self.reloaded.emit()
 
-    def _sync_state(self) -> None:
+    # ---------------------------------------------------------------- where the reviewer is
+    def sync_state(self) -> None:
         """The review state follows the view: current image, selection, images in view."""
-        cur = self.view.currentIndex()
-        self.state.set_current(cur.row() if cur.isValid() else None, cur.data(ID_ROLE) if cur.isValid() else None)
+        state, cur = self.ctl.state, self.view.currentIndex()
+        state.set_current(cur.row() if cur.isValid() else None, cur.data(ID_ROLE) if cur.isValid() else None)
         rows = sorted(ix.row() for ix in self.view.selectionModel().selectedIndexes())
-        self.state.selected = tuple(self.model.row_at(r).image_id for r in rows)
-        self.state.n_in_view = self.model.total if self.folder is not None else 0
+        state.selected = tuple(self.model.row_at(r).image_id for r in rows)
+        state.n_in_view = self.model.total if self.ctl.folder is not None else 0
 
-    def _show_position(self) -> None:
-        self._sync_state()
-        self.gallery_info.setText(self.state.position())
+    def show_position(self) -> None:
+        self.sync_state()
+        self.info.setText(self.ctl.state.position())
+
+    def _current_changed(self, cur, _prev=None) -> None:
+        self.show_position()
+        if cur.isValid() and cur.row() >= self.model.rowCount() - PREFETCH:
+            self.model.fetchMore()  # the next page arrives before the keys reach it
+        self.currentChanged.emit(cur.data(ROW_ROLE) if cur.isValid() else None)
 
     def select_image(self, image_id: int) -> bool:
         row = self.model.row_of(image_id)
@@ -93,58 +145,56 @@ class BrowseMixin:
         self.view.scrollTo(ix)
         return True
 
-    def selected_ids(self) -> list[int]:
-        self._sync_state()
-        return self.state.targets()
-
     def move_current(self, step: int, after_rows: list[int] | None = None) -> None:
-        self._sync_state()
+        self.sync_state()
         n = self.model.rowCount()
         if n == 0:
-            return self._refuse(self.state.refusal() or "No image in view.")
-        row, end = self.state.next_row(step, n, after_rows)
+            return self.message.emit(f"⚠ {self.ctl.state.refusal() or 'No image in view.'}", 6000)
+        row, end = self.ctl.state.next_row(step, n, after_rows)
         if end and self.model.canFetchMore():  # past the rows loaded so far, not the end of the queue
+            self._pending_move = (step, after_rows)  # made when the page lands
             self.model.fetchMore()
-            row, end = self.state.next_row(step, self.model.rowCount(), after_rows)
+            return
         if end:
-            self.statusBar().showMessage(end, 8000)
+            self.message.emit(end, 8000)
         ix = self.model.index(row)
         self.view.selectionModel().setCurrentIndex(ix, QItemSelectionModel.ClearAndSelect)
         self.view.scrollTo(ix)
 
-    # ---------------------------------------------------------------- counts
-    def _update_counts(self) -> None:
-        v = self.version
-        self.filters.show_model(v)
-        if self.folder is None:
-            self.filters.show_counts(None, [])
-            return
-        # Queried in a worker (tens of ms at 100,000 images: too slow for every key press);
-        # a newer request supersedes an older one.
-        self._counts_generation += 1
-        gen, db, folder = self._counts_generation, self.db, self.folder
+    def _page_loaded(self) -> None:
+        move, self._pending_move = self._pending_move, None
+        if move is not None:
+            self.move_current(*move)
 
-        def query():
-            with db.session() as s:
-                return (q.class_counts(s, folder, v["id"] if v else None, v["taxonomy"] if v else None),
-                        q.folder_files(s, folder))
+    def show_problem_files(self, parent):
+        """The files of the folder that could not be used, with the reason (from the last counts)."""
+        from PySide6.QtCore import Qt
 
-        self.workers.submit(query, name="counts", on_result=lambda out, g=gen: self._show_counts(g, *out),
-                            on_error=self.show_error, priority=2)
-
-    def _show_counts(self, generation: int, c, files) -> None:
-        if generation != self._counts_generation or self.folder is None:
-            return  # a newer count is on its way
-        self.folder_files = files
-        self.filters.show_counts(c, self.version["classes"] if self.version else [], files)
-        self.countsShown.emit()
-
-    def show_problem_files(self):
         from .problems import ProblemFilesDialog
 
-        if self.folder is None:
+        if self.ctl.folder is None:
             return None
-        dlg = ProblemFilesDialog(self.folder_files.problems, self.folder, self)
+        dlg = ProblemFilesDialog(self.folder_files.problems, self.ctl.folder, parent)
         dlg.setAttribute(Qt.WA_DeleteOnClose)
         dlg.show()
         return dlg
+
+    # ---------------------------------------------------------------- counts
+    def update_counts(self) -> None:
+        """Counts per class and the folder's files, read in a worker (tens of ms at 100,000
+        images: too slow for a key press); a newer request supersedes an older one."""
+        if self.ctl.folder is None:
+            self.countsReady.emit(None, None)
+            return
+        self._counts_generation += 1
+        gen, folder, vid, tax = self._counts_generation, self.ctl.folder, self.ctl.version_id, self.ctl.taxonomy
+        self.ctl.read(lambda s: (q.class_counts(s, folder, vid, tax), q.folder_files(s, folder)),
+                      lambda out: self._show_counts(gen, *out), "counts", priority=2)
+
+    def _show_counts(self, generation: int, c, files) -> None:
+        if generation != self._counts_generation or self.ctl.folder is None:
+            return  # a newer count is on its way
+        self.folder_files = files
+        self.countsReady.emit(c, files)
+
+

@@ -1,17 +1,17 @@
-"""The window's folder and classification job: open a folder, scan and classify it in a
-worker (desktop/workers.JobSlot: one job at a time, a new folder supersedes the old job),
-progress with rate and time left in the status bar, a visible Cancel."""
+"""The classification job: scan and classify the open folder in a worker
+(desktop/workers.JobSlot: one job at a time, a new folder supersedes the old job), with the
+model version the window shows (never one another seat activated meanwhile), progress with
+rate and time left in the status bar, a visible Cancel."""
 from __future__ import annotations
 
 import logging
-import os
 import time
-from pathlib import Path
 
-from PySide6.QtWidgets import QFileDialog
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtWidgets import QLabel, QProgressBar, QToolButton
 
-from .gallery import ID_ROLE
-from .viewstate import load_folder_view, save_folder_view
+from .controller import Controller
+from .workers import JobSlot
 
 log = logging.getLogger(__name__)
 
@@ -23,70 +23,78 @@ def fmt_eta(s) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-class ClassifyJobMixin:
-    """Part of MainWindow (desktop/mainwindow.py)."""
+def describe_device(device: str | None) -> str:
+    from core.inference.predict import describe_device, select_device
+
+    return describe_device(select_device(device))
+
+
+class ClassifyJob(QObject):
+    """Owns the job slot and the status bar's progress, Cancel and device widgets."""
+
+    scanned = Signal()  # the folder's images are known: the gallery shows them
+    progressed = Signal(str)  # the classify stage advanced (a second since the last): counts and tiles follow
+    finished = Signal(object)  # ClassifySummary, or None after an error
+    failed = Signal(str)
+    message = Signal(str, int)
+    runningChanged = Signal()
+
+    def __init__(self, ctl: Controller, workers, parent=None):
+        super().__init__(parent)
+        self.ctl = ctl
+        self.slot = JobSlot(workers)  # the one place scan + classify jobs start
+        self.slot.progress.connect(self._progress)
+        self.slot.result.connect(self._done)
+        self.slot.failed.connect(self._failed)
+        self._stage = None
+        self._last_tick = 0.0
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(220)
+        self.progress.setVisible(False)
+        self.progress_label = QLabel()
+        self.cancel_btn = QToolButton()
+        self.cancel_btn.setText("Cancel")
+        self.cancel_btn.setVisible(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.device_label = QLabel("device: …")
+        workers.submit(lambda d=ctl.device: describe_device(d), name="device check",
+                       on_result=self.device_label.setText, on_error=lambda e: self.message.emit(f"⚠ {e}", 20000))
 
     @property
-    def folder(self) -> str | None:
-        return self.state.folder
-
-    @property
-    def job(self):
+    def task(self):
         """The running scan + classify job (None when idle)."""
-        return self.jobs.task
+        return self.slot.task
 
-    def choose_folder(self) -> None:
-        start = self.folder or (self.recent_folders() or [str(Path.home())])[0]
-        folder = QFileDialog.getExistingDirectory(self, "Open a folder of smear images", start)
-        if folder:
-            self.open_folder(folder)
-
-    def open_folder(self, folder, classify: bool = True) -> None:
-        folder = os.path.abspath(os.fspath(folder))
-        if not os.path.isdir(folder):
-            self.show_error(f"Not a folder: {folder}")
-            return
-        self.jobs.supersede()  # a job on the previous folder stops after its batch; its result is dropped
-        self._end_job()
-        if self.folder is not None:
-            save_folder_view(self.settings, self.folder, self.folder_view())
-        self.state.open_folder(folder)
-        self._restore = load_folder_view(self.settings, folder)
-        if self._restore is not None:  # as the reviewer left this folder (a class the model lacks: Any)
-            self.filters.show_filter(self._restore)
-        self.state.set_filter(self.filters.filter())
-        self.queue_label.set_folder(folder)
-        self.setWindowTitle(f"{Path(folder).name} — hemascan")
-        self._add_recent(folder)
-        self.loader.clear()
-        self.reload_gallery()
-        self.folderOpened.emit(folder)
-        if classify:
-            self.classify()
-
-    def classify(self) -> None:
-        if self.folder is None or self.jobs.running:
+    def start(self) -> None:
+        if self.ctl.folder is None or self.slot.running:
             return
         from core.inference.predict import classify
 
-        folder, db, paths, device = self.folder, self.db, self.paths, self.device_pref
-        self._job_stage = None
-        self.jobs.start(lambda cancel: classify(db, paths, folder, device=device, cancel=cancel), "classification")
+        folder, db, paths, device = self.ctl.folder, self.ctl.db, self.ctl.paths, self.ctl.device
+        version = self.ctl.version["ref"] if self.ctl.version else None  # the version shown, not a lookup
+        self._stage = None
+        self.slot.start(lambda cancel: classify(db, paths, folder, device=device, cancel=cancel, version=version),
+                        "classification")
         self.progress.setRange(0, 0)
         self.progress.setVisible(True)
         self.cancel_btn.setVisible(True)
         self.progress_label.setText("scanning…")
-        self._update_actions()
+        self.runningChanged.emit()
 
-    def cancel_job(self) -> None:
-        if self.jobs.cancel():
+    def cancel(self) -> None:
+        if self.slot.cancel():
             self.progress_label.setText("cancelling after this batch…")
 
-    def _job_progress(self, p) -> None:
-        if p.stage != self._job_stage:
-            if self._job_stage == "scan":  # the folder's images are known: show them
-                self.reload_gallery(keep_current=True)
-            self._job_stage = p.stage
+    def supersede(self) -> None:
+        """A job on the previous folder stops after its batch; its result is dropped."""
+        self.slot.supersede()
+        self.end()
+
+    def _progress(self, p) -> None:
+        if p.stage != self._stage:
+            if self._stage == "scan":
+                self.scanned.emit()
+            self._stage = p.stage
         if p.total:
             self.progress.setRange(0, p.total)
             self.progress.setValue(p.done)
@@ -103,20 +111,12 @@ class ClassifyJobMixin:
             text = f"scanning: {p.done:,} files" + (f" / {p.total:,}" if p.total else "")
         self.progress_label.setText(text)
         now = time.monotonic()
-        if now - self._last_counts > 1.0:
-            self._last_counts = now
-            self._update_counts()
-            if p.stage == "classify" and self.model.rowCount() <= 2000:  # tiles fill in as predictions land
-                self.model.refresh_ids([self.model.row_at(r).image_id for r in range(self.model.rowCount())])
+        if now - self._last_tick > 1.0:
+            self._last_tick = now
+            self.progressed.emit(p.stage)
 
-    def _job_done(self, summary) -> None:
-        self._end_job()
-        cur = self.view.currentIndex()
-        untouched = self._restore is None and cur.isValid() and cur.data(ID_ROLE) == self._auto_picked
-        # A folder just classified starts at the top of the new order (least confident first),
-        # unless the reviewer has already moved or the folder's saved view says where they were.
-        self.reload_gallery(keep_current=not untouched)
-        self._restore = None
+    def _done(self, summary) -> None:
+        self.end()
         if summary is not None:
             if summary.device:
                 self.device_label.setText(summary.device)
@@ -131,23 +131,16 @@ class ClassifyJobMixin:
                 msg += f"; {bad} file(s) could not be used (listed under the counts: Show…)"
                 for path, why in (summary.scan.errors + summary.errors)[:50]:
                     log.warning("unreadable: %s: %s", path, why)
-            self.statusBar().showMessage(msg, 15000)
+            self.message.emit(msg, 15000)
             log.info(msg)
-        self.jobFinished.emit(summary)
+        self.finished.emit(summary)
 
-    def _job_failed(self, message) -> None:
-        self._end_job()
-        self.show_error(message)
-        self.reload_gallery(keep_current=True)
-        self.jobFinished.emit(None)
+    def _failed(self, message) -> None:
+        self.end()
+        self.failed.emit(str(message))
 
-    def _end_job(self) -> None:
+    def end(self) -> None:
         self.progress.setVisible(False)
         self.cancel_btn.setVisible(False)
         self.progress_label.setText("")
-        self._update_actions()
-
-    def _describe_device(self) -> str:
-        from core.inference.predict import describe_device, select_device
-
-        return describe_device(select_device(self.device_pref))
+        self.runningChanged.emit()

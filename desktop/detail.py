@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QGraphicsPixmapItem
 
 from core.models.taxonomy import OTHER, OTHER_TITLE
 
-from .gallery import class_color
+from .tiles import class_color
 
 GRADCAM_OUTSIDE_TIP = ("This image is outside the model's experience: a Grad-CAM map shows where the network "
                        "looked, which is not meaningful when its answer is not reliable.")

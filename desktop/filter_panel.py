@@ -8,7 +8,7 @@ from core.review import gallery as q
 from core.review.state import disagreement_possible
 from core.models.taxonomy import OTHER, OTHER_TITLE
 
-from .gallery import OUTSIDE_HATCH, OUTSIDE_MARK, class_color
+from .tiles import OUTSIDE_HATCH, OUTSIDE_MARK, class_color
 from .models_panel import headline_metrics
 from .viewstate import FolderView
 
@@ -21,6 +21,7 @@ class FilterPanel(QWidget):
     changed = Signal()  # the user changed a filter or the sort
     problemsRequested = Signal()  # the link to the files that could not be used
     modelsRequested = Signal()
+    useActiveRequested = Signal()  # the link to the version another seat made active
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -58,6 +59,12 @@ class FilterPanel(QWidget):
         mbox = QGroupBox("Model")
         ml = QVBoxLayout(mbox)
         ml.addWidget(self.model_label)
+        self.model_notice = QLabel()  # another seat made another version active (desktop/peers.py)
+        self.model_notice.setWordWrap(True)
+        self.model_notice.setTextFormat(Qt.RichText)
+        self.model_notice.setVisible(False)
+        self.model_notice.linkActivated.connect(lambda _link: self.useActiveRequested.emit())
+        ml.addWidget(self.model_notice)
         models_btn = QPushButton("Model versions…")
         models_btn.clicked.connect(self.modelsRequested)
         ml.addWidget(models_btn)
@@ -118,6 +125,11 @@ class FilterPanel(QWidget):
         if v is not None:
             self.model_label.setText(f"<b>{v['name']}</b><br><small>{v['architecture']} · "
                                      f"{headline_metrics(v['card'])}</small>")
+
+    def show_notice(self, text: str | None) -> None:
+        """A sentence under the model (with a link to use the active version); None hides it."""
+        self.model_notice.setText(text or "")
+        self.model_notice.setVisible(bool(text))
 
     def show_counts(self, c: q.ClassCounts | None, classes: list[str], files: q.FolderFiles | None = None) -> None:
         if c is None:

@@ -1,183 +1,95 @@
-"""Gallery: a paged list model over image ids from the database, thumbnails made off the
-GUI thread only for the tiles that are painted (visible), a bounded LRU cache, and a
-delegate drawing each tile (thumbnail, predicted class colour, confidence, reviewed mark).
+"""The gallery's list model: the ordered image ids of a folder under the filter, and the
+details of rows a page (PAGE rows) at a time as the view scrolls. Everything it shows is in
+memory; every read runs on the pool (desktop.controller.Controller.read) and lands with a
+generation check, so a late answer never overwrites a newer one. A review key updates the
+rows it labelled at once (``set_labels``); the database's answer follows.
 """
 from __future__ import annotations
 
-import logging
-from collections import OrderedDict, deque
+import dataclasses
 
-import cv2
-import numpy as np
-from PySide6.QtCore import (QAbstractListModel, QModelIndex, QObject, QRect, QSize, Qt, Signal)
-from PySide6.QtGui import QBrush, QColor, QFont, QImage, QPainter, QPen
-from PySide6.QtWidgets import QStyle, QStyledItemDelegate
+from PySide6.QtCore import QAbstractListModel, QModelIndex, Qt, Signal
 
 from core.review import gallery as q
-from core.imaging.fspath import to_fs
-from core.imaging.images import read_file
-from core.models.taxonomy import OTHER, TAXONOMIES
 
-log = logging.getLogger(__name__)
+from .tiles import (ID_ROLE, OUTSIDE_BAND, OUTSIDE_HATCH, OUTSIDE_MARK, ROW_ROLE, THUMB, TILE, ThumbnailLoader,  # noqa: F401
+                    TileDelegate, class_color, make_thumbnail)
 
 PAGE = 200
-THUMB = 120  # px, logical; drawn at device pixel ratio for HiDPI
-TILE = QSize(THUMB + 16, THUMB + 40)
-
-ROW_ROLE = Qt.UserRole + 1
-ID_ROLE = Qt.UserRole + 2
-
-_PALETTE = ["#2e7d32", "#1565c0", "#ef6c00", "#8e24aa", "#c62828", "#00838f", "#6d4c41"]
-_NAMED = {"Benign": "#2e7d32", "Early Pre-B": "#1565c0", "Pre-B": "#ef6c00", "Pro-B": "#8e24aa",
-          "ALL": "#c62828", "Normal": "#2e7d32", OTHER: "#546e7a"}
-# Outside the model's experience: not a class colour but a dark band with an amber hatch.
-OUTSIDE_BAND, OUTSIDE_HATCH = "#37474f", "#ffb300"
-OUTSIDE_MARK = q.OUTSIDE_MARK  # ⊘
-
-
-def class_color(label: str | None, classes: list[str] | None = None) -> QColor:
-    if label is None:
-        return QColor("#9e9e9e")
-    if label in _NAMED:
-        return QColor(_NAMED[label])
-    if not classes or label not in classes:  # the taxonomy it belongs to: one colour per class in every view
-        classes = next((list(t.classes) for t in TAXONOMIES.values() if label in t.classes), None)
-    i = classes.index(label) if classes else sum(map(ord, label))  # stable across runs
-    return QColor(_PALETTE[i % len(_PALETTE)])
-
-
-def make_thumbnail(stored_path: str, size: int) -> QImage:
-    """Decode (reduced-scale for big files) and shrink to ``size`` px on the long side. Pool thread."""
-    data = read_file(to_fs(stored_path))
-    flag = cv2.IMREAD_COLOR
-    if len(data) > 4 << 20:
-        flag = cv2.IMREAD_REDUCED_COLOR_4
-    elif len(data) > 400 << 10:
-        flag = cv2.IMREAD_REDUCED_COLOR_2
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    if bgr is None:
-        raise ValueError("cannot decode image")
-    h, w = bgr.shape[:2]
-    s = size / max(h, w)
-    if s < 1:
-        bgr = cv2.resize(bgr, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    h, w = rgb.shape[:2]
-    return QImage(rgb.data, w, h, 3 * w, QImage.Format_RGB888).copy()
-
-
-class ThumbnailLoader(QObject):
-    """Thumbnails by image id: LRU cache bounded in bytes; misses are queued newest-first
-    (the tiles just scrolled into view) and made on the worker pool."""
-
-    ready = Signal(int)
-
-    def __init__(self, workers, size_px: int = THUMB, max_bytes: int = 96 << 20, parent=None):
-        super().__init__(parent)
-        self.workers = workers
-        self.size_px = size_px
-        self.max_bytes = max_bytes
-        self._cache: OrderedDict[int, QImage] = OrderedDict()
-        self._bytes = 0
-        self._queue: deque[tuple[int, str]] = deque()
-        self._pending: set[int] = set()
-        self._failed: set[int] = set()
-        self.requested: list[int] = []  # every id ever asked of the pool (tests, diagnostics)
-
-    def get(self, image_id: int, path: str) -> QImage | None:
-        img = self._cache.get(image_id)
-        if img is not None:
-            self._cache.move_to_end(image_id)
-            return img
-        if image_id not in self._pending and image_id not in self._failed:
-            self._pending.add(image_id)
-            self.requested.append(image_id)
-            self._queue.append((image_id, path))
-            while len(self._queue) > 400:  # scrolled far past: forget the oldest requests
-                old, _ = self._queue.popleft()
-                self._pending.discard(old)
-            self.workers.submit(self._work, name="thumbnail", on_result=self._done)
-        return None
-
-    def failed(self, image_id: int) -> bool:
-        return image_id in self._failed
-
-    def _work(self):  # pool thread: take the newest request
-        try:
-            image_id, path = self._queue.pop()
-        except IndexError:
-            return None
-        try:
-            return image_id, make_thumbnail(path, self.size_px)
-        except Exception as exc:
-            log.info("thumbnail of image %s failed: %s", image_id, exc)
-            return image_id, None
-
-    def _done(self, out) -> None:
-        if out is None:
-            return
-        image_id, img = out
-        self._pending.discard(image_id)
-        if img is None:
-            self._failed.add(image_id)
-        else:
-            self._cache[image_id] = img
-            self._bytes += img.sizeInBytes()
-            while self._bytes > self.max_bytes and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._bytes -= old.sizeInBytes()
-        self.ready.emit(image_id)
-
-    def clear(self) -> None:
-        self._queue.clear()
-        self._pending.clear()
-        self._cache.clear()
-        self._bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._cache)
+PREFETCH = 50  # the next page is asked for when the current image is this close to the last loaded row
 
 
 class GalleryModel(QAbstractListModel):
-    """Rows are image ids under a folder in filter order; row details are read from the
-    database a page (PAGE rows) at a time as the view scrolls (canFetchMore/fetchMore)."""
+    """Rows are image ids under a folder in filter order. ``reloaded`` when a new id list and
+    its first page are in; ``pageLoaded`` after each further page."""
 
-    def __init__(self, db=None, parent=None):
+    reloaded = Signal()
+    pageLoaded = Signal()
+
+    def __init__(self, ctl=None, parent=None):
         super().__init__(parent)
-        self.db = db
+        self.ctl = ctl
         self.folder = None
         self.version_id = None
         self.taxonomy = None
         self.filter = q.GalleryFilter()
+        self.overlay = None  # image ids -> label not yet in the database (the label writer's queue)
         self._ids: list[int] = []
         self._rows: list[q.GalleryRow] = []
         self._pos: dict[int, int] = {}
+        self._generation = 0  # of the id list: answers for an older list are dropped
+        self._row_generation: dict[int, int] = {}  # image id -> newest request or change of its row
+        self._ticket = 0
+        self.loading = False  # a new id list is on its way
+        self.fetching = False  # a page is on its way
         self.pages_loaded = 0
 
+    @property
+    def busy(self) -> bool:
+        return self.loading or self.fetching
+
     # --- query -------------------------------------------------------------------------
-    def set_query(self, db, folder, version_id, taxonomy, flt: q.GalleryFilter | None = None) -> None:
-        self.db, self.folder, self.version_id, self.taxonomy = db, folder, version_id, taxonomy
+    def set_query(self, folder, version_id, taxonomy, flt: q.GalleryFilter | None = None) -> None:
+        self.folder, self.version_id, self.taxonomy = folder, version_id, taxonomy
         if flt is not None:
             self.filter = flt
         self.reload()
 
-    def set_filter(self, flt: q.GalleryFilter) -> None:
-        self.filter = flt
-        self.reload()
-
     def reload(self) -> None:
+        """Ask for the id list and its first page; the rows shown stay until they arrive."""
+        self._generation += 1
+        gen, folder, vid, tax, flt = self._generation, self.folder, self.version_id, self.taxonomy, self.filter
+        if folder is None:
+            return self.clear()
+        self.loading, self.fetching = True, False
+
+        def query(s):
+            ids = q.ordered_ids(s, folder, vid, flt, tax)
+            return ids, q.rows(s, folder, vid, ids[:PAGE], tax)
+
+        self.ctl.read(query, lambda out: self._reloaded(gen, *out), "gallery", on_error=self._failed(gen))
+
+    def _failed(self, gen):
+        def failed(err):
+            if gen == self._generation:
+                self.loading = self.fetching = False
+            self.ctl._said(err)
+        return failed
+
+    def _reloaded(self, gen: int, ids: list[int], first: dict) -> None:
+        if gen != self._generation:
+            return
         self.beginResetModel()
-        self._rows, self._pos, self.pages_loaded = [], {}, 0
-        if self.db is not None and self.folder is not None:
-            with self.db.session() as s:
-                self._ids = q.ordered_ids(s, self.folder, self.version_id, self.filter, self.taxonomy)
-        else:
-            self._ids = []
+        self._ids, self._rows, self._pos, self.pages_loaded = ids, [], {}, 0
+        self._row_generation.clear()
         self.endResetModel()
-        if self.canFetchMore(QModelIndex()):
-            self.fetchMore(QModelIndex())
+        self.loading = False
+        self._insert(0, ids[:PAGE], first)
+        self.reloaded.emit()
 
     def clear(self) -> None:
+        self._generation += 1
+        self.loading = self.fetching = False
         self.beginResetModel()
         self.folder, self._ids, self._rows, self._pos = None, [], [], {}
         self.endResetModel()
@@ -195,20 +107,31 @@ class GalleryModel(QAbstractListModel):
         return not parent.isValid() and len(self._rows) < len(self._ids)
 
     def fetchMore(self, parent=QModelIndex()) -> None:
-        if parent.isValid():
+        """Ask for the next page (one at a time); the view calls it as it scrolls."""
+        if parent.isValid() or self.fetching or self.loading or not self.canFetchMore():
             return
         start = len(self._rows)
         ids = self._ids[start:start + PAGE]
-        if not ids:
-            return
-        with self.db.session() as s:
-            got = q.rows(s, self.folder, self.version_id, ids, self.taxonomy)
-        rows = [got[i] for i in ids if i in got]
-        self.beginInsertRows(QModelIndex(), start, start + len(rows) - 1)
-        for r in rows:
-            self._pos[r.image_id] = len(self._rows)
-            self._rows.append(r)
-        self.endInsertRows()
+        gen, folder, vid, tax = self._generation, self.folder, self.version_id, self.taxonomy
+        self.fetching = True
+
+        def landed(got):
+            if gen == self._generation and len(self._rows) == start:
+                self.fetching = False
+                self._insert(start, ids, got)
+                self.pageLoaded.emit()
+
+        self.ctl.read(lambda s: q.rows(s, folder, vid, ids, tax), landed, "gallery page", on_error=self._failed(gen))
+
+    def _insert(self, start: int, ids: list[int], got: dict) -> None:
+        pending = self.overlay() if self.overlay else {}
+        rows = [self._with_pending(got[i], pending) for i in ids if i in got]
+        if rows:
+            self.beginInsertRows(QModelIndex(), start, start + len(rows) - 1)
+            for r in rows:
+                self._pos[r.image_id] = len(self._rows)
+                self._rows.append(r)
+            self.endInsertRows()
         self.pages_loaded += 1
         if len(rows) < len(ids):  # images vanished meanwhile: drop them from the id list
             keep = set(got)
@@ -242,93 +165,55 @@ class GalleryModel(QAbstractListModel):
     def row_at(self, row: int) -> q.GalleryRow:
         return self._rows[row]
 
+    def labels_of(self, image_ids) -> dict[int, str | None]:
+        """The label each loaded image shows now (what a review key changes from)."""
+        return {i: self._rows[self._pos[i]].reviewed if i in self._pos else None for i in image_ids}
+
+    def _touch(self, image_id: int) -> int:
+        self._ticket += 1
+        self._row_generation[image_id] = self._ticket
+        return self._ticket
+
+    def _replace(self, image_id: int, row: q.GalleryRow) -> None:
+        at = self._pos[image_id]
+        self._rows[at] = row
+        ix = self.index(at)
+        self.dataChanged.emit(ix, ix)
+
+    def set_labels(self, labels: dict[int, str | None], reviewer: str | None) -> None:
+        """Show a review key's labels at once (the write is queued; its answer follows)."""
+        for i, label in labels.items():
+            if i in self._pos:
+                self._touch(i)
+                self._replace(i, dataclasses.replace(self._rows[self._pos[i]], reviewed=label,
+                                                     reviewer=reviewer if label is not None else None))
+
+    def _with_pending(self, row: q.GalleryRow, pending: dict) -> q.GalleryRow:
+        if row.image_id in pending:  # a label still in the writer's queue is what the reviewer gave
+            label, who = pending[row.image_id]
+            return dataclasses.replace(row, reviewed=label, reviewer=who if label is not None else None)
+        return row
+
     def refresh_ids(self, image_ids) -> None:
-        """Re-read loaded rows (after labelling); rows stay in place until the next reload."""
+        """Re-read loaded rows (labels stored here or elsewhere); rows stay in place until the next reload."""
         ids = [i for i in image_ids if i in self._pos]
         if not ids:
             return
-        with self.db.session() as s:
-            got = q.rows(s, self.folder, self.version_id, ids, self.taxonomy)
-        for i, r in got.items():
-            row = self._pos[i]
-            self._rows[row] = r
-            ix = self.index(row)
-            self.dataChanged.emit(ix, ix)
+        tickets = {i: self._touch(i) for i in ids}
+        gen, folder, vid, tax = self._generation, self.folder, self.version_id, self.taxonomy
+
+        def landed(got):
+            if gen != self._generation:
+                return
+            pending = self.overlay() if self.overlay else {}
+            for i, r in got.items():
+                if i in self._pos and self._row_generation.get(i) == tickets[i]:  # no newer change or read
+                    self._replace(i, self._with_pending(r, pending))
+
+        self.ctl.read(lambda s: q.rows(s, folder, vid, ids, tax), landed, "gallery rows", priority=1)
 
     def thumbnail_ready(self, image_id: int) -> None:
         row = self._pos.get(image_id)
         if row is not None:
             ix = self.index(row)
             self.dataChanged.emit(ix, ix, [Qt.DecorationRole])
-
-
-class TileDelegate(QStyledItemDelegate):
-    def __init__(self, loader: ThumbnailLoader, classes_fn, parent=None):
-        super().__init__(parent)
-        self.loader = loader
-        self.classes_fn = classes_fn
-
-    def sizeHint(self, option, index) -> QSize:
-        return TILE
-
-    def paint(self, p: QPainter, option, index) -> None:
-        r: q.GalleryRow = index.data(ROW_ROLE)
-        if r is None:
-            return
-        p.save()
-        p.setRenderHint(QPainter.Antialiasing)
-        p.setRenderHint(QPainter.SmoothPixmapTransform)
-        rect = option.rect.adjusted(3, 3, -3, -3)
-        pal = option.palette
-        selected = bool(option.state & QStyle.State_Selected)
-        p.fillRect(rect, pal.highlight().color().lighter(160) if selected else pal.base().color())
-        classes = self.classes_fn()
-        color = class_color(r.predicted, classes)
-        # thumbnail area
-        thumb_rect = QRect(rect.left() + 5, rect.top() + 5, rect.width() - 10, THUMB)
-        img = self.loader.get(r.image_id, r.path)
-        if img is not None:
-            sz = img.size().scaled(thumb_rect.size(), Qt.KeepAspectRatio)
-            target = QRect(0, 0, sz.width(), sz.height())
-            target.moveCenter(thumb_rect.center())
-            p.drawImage(target, img)
-        else:
-            p.fillRect(thumb_rect, QColor("#e0e0e0"))
-            p.setPen(QColor("#757575"))
-            p.drawText(thumb_rect, Qt.AlignCenter, "unreadable" if self.loader.failed(r.image_id) else "…")
-        # predicted class band: colour + confidence
-        band = QRect(rect.left(), thumb_rect.bottom() + 4, rect.width(), rect.bottom() - thumb_rect.bottom() - 4)
-        f = QFont(option.font)
-        f.setPointSizeF(max(7.0, f.pointSizeF() * 0.85))
-        p.setFont(f)
-        label = q.tile_caption(r)  # the reviewer's class in words once reviewed (and the model's if different)
-        if r.reviewed:
-            p.fillRect(band, class_color(r.reviewed, classes))
-        elif r.outside:  # the class is not reliable: say so instead of showing its colour
-            p.fillRect(band, QColor(OUTSIDE_BAND))
-            p.fillRect(band, QBrush(QColor(OUTSIDE_HATCH), Qt.BDiagPattern))
-        else:
-            p.fillRect(band, color)
-        p.setPen(Qt.white)
-        p.drawText(band.adjusted(4, 0, -4, 0), Qt.AlignVCenter | Qt.AlignLeft,
-                   p.fontMetrics().elidedText(label, Qt.ElideRight, band.width() - 8))
-        # reviewed mark: a badge in the reviewed class's colour; red frame on disagreement
-        if r.reviewed:
-            badge = QRect(rect.right() - 26, rect.top() + 2, 24, 24)
-            p.setBrush(class_color(r.reviewed, classes))
-            p.setPen(QPen(Qt.white, 2))
-            p.drawEllipse(badge)
-            p.setPen(Qt.white)
-            bf = QFont(option.font)
-            bf.setBold(True)
-            p.setFont(bf)
-            p.drawText(badge, Qt.AlignCenter, "O" if r.reviewed == OTHER else "✓" if r.reviewed == r.predicted else "✎")
-            if r.predicted and r.reviewed != r.predicted and r.reviewed != OTHER and not r.outside:
-                p.setBrush(Qt.NoBrush)
-                p.setPen(QPen(QColor("#d32f2f"), 3))
-                p.drawRect(rect.adjusted(1, 1, -1, -1))
-        if selected:
-            p.setBrush(Qt.NoBrush)
-            p.setPen(QPen(pal.highlight().color(), 3))
-            p.drawRect(rect)
-        p.restore()

@@ -1,235 +1,366 @@
 """The main window: open a folder, classify it in the worker, review it with the keyboard.
 
-The window is put together from parts, one concern each: the review state without Qt
-(core/review/state.py), the action table (actions.py), the left panel (filter_panel.py),
-the gallery and counts (browse.py), the review actions (review_actions.py), the
-classification job (classify_job.py), the detail view and Grad-CAM (detail_view.py),
-exports, models and help (window_menus.py) and what is kept across restarts (viewstate.py).
+The window owns and lays out its parts, each one object with one concern, all given the
+Qt-free controller (desktop/controller.py: the review state, the version shown, and the job
+runner, the one road to the database): the filter panel (filter_panel.py), the gallery
+(browse.py), the detail view (detail_view.py), the review actions (review_actions.py), the
+classify job (classify_job.py), exports, models and help (window_menus.py), what other
+seats do (peers.py, queuestatus.py) and what is kept across restarts (viewstate.py). The
+action table (actions.py) builds the menus, keys and buttons from the window's methods
+below, which hand each action to its part. The GUI thread reads nothing from the database
+once the window is set up: every read runs in the pool and comes back as plain data.
 """
 from __future__ import annotations
 
+import logging
 import os
-import threading
+from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QHBoxLayout, QLabel, QListView, QMainWindow,
-                               QMessageBox, QProgressBar, QSplitter, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QSplitter
 
-from core.review import gallery as q
-from core.config import Paths
 from core.app.bootstrap import open_database
-from core.review.labels import LabelWriter, reviewer_problem
+from core.config import Paths
 from core.models.registry import require_active_version
+from core.review.labels import LabelWriter, reviewer_problem
 from core.review.state import ReviewState
 
 from . import actions
-from .browse import BrowseMixin
-from .classify_job import ClassifyJobMixin
-from .detail import DetailPanel
-from .detail_view import DetailMixin
+from .browse import GalleryPane
+from .classify_job import ClassifyJob
+from .controller import Controller
+from .detail_view import DetailPane
 from .filter_panel import STATEMENT, FilterPanel  # noqa: F401  (STATEMENT: re-exported)
-from .gallery import ID_ROLE, ROW_ROLE, THUMB, GalleryModel, ThumbnailLoader, TileDelegate
 from .models_panel import version_info
-from .peers import PeerLabels
+from .peers import ActivationWatch, PeerLabels
 from .queuestatus import QueueStatusLabel
-from .review_actions import LabelSignals, QueuedReview, ReviewMixin
-from .viewstate import FolderView, WindowSettingsMixin, settings_for
-from .window_menus import ExportMixin, HelpMixin, ModelMenuMixin
-from .workers import JobSlot, Workers
+from .review_actions import UNREVIEWED_GRACE_MS, QueuedReview, ReviewActions, pending_rows  # noqa: F401
+from .viewstate import WindowSettings, last_folder, load_folder_view, save_folder_view, settings_for
+from .window_menus import Exports, HelpMenu, ModelMenu
+from .workers import Workers, setup_on_main_thread
 
-# Under "Unreviewed only" a reviewed image leaves the view after this pause, so the next key
-# still lands where the reviewer expects.
-UNREVIEWED_GRACE_MS = 700
+log = logging.getLogger(__name__)
 
 
-def show_startup_error(exc: BaseException, paths: Paths, db_url=None, parent=None) -> int | None:
-    """At start-up, an error a person can act on (a damaged, read-only or unreachable database,
-    a full disk...) is shown in a dialog with the same sentence the command line prints, and
-    its exit code (README) is returned; None for anything else (a bug: let it show)."""
-    from core.app.cli import report_error
-
-    try:
-        db_url = paths.db_url(db_url)  # to name the database file in the message
-    except Exception:
-        pass
-    code = report_error(exc, db_url)  # the log file and stderr, as the command line
-    if code is None:
-        return None
-    from core.storage.errors import user_error
-
-    QMessageBox.critical(parent, "hemascan cannot start", str(user_error(exc, db_url)))
-    return code
-
-
-class MainWindow(BrowseMixin, ReviewMixin, ClassifyJobMixin, DetailMixin, ExportMixin, ModelMenuMixin, HelpMixin,
-                 WindowSettingsMixin, QMainWindow):
+class MainWindow(QMainWindow):
     folderOpened = Signal(str)
-    jobFinished = Signal(object)  # ClassifySummary (or None after an error)
+    jobFinished = Signal(object)  # ClassifySummary (or None after an error), once the gallery shows it
     labelsChanged = Signal(list)  # image ids whose label changed
     gradcamReady = Signal(int)  # image id
     countsShown = Signal()  # the counts panel shows the latest counts
     imageShown = Signal(int)  # image id whose full image is in the detail view
     reportWritten = Signal(str)
+    versionShown = Signal(str)  # the name of the model version the window now shows
+    # the parts the action table's dotted handlers name ("reviewing.undo")
+    reviewing: ReviewActions
+    detail_pane: DetailPane
+    model_menu: ModelMenu
+    help_menu: HelpMenu
 
     def __init__(self, paths: Paths, db_url: str | None = None, settings: QSettings | None = None,
                  device: str | None = None):
         super().__init__()
         self.paths = paths.ensure()
         self.settings = settings or settings_for(self.paths.data_dir)  # with the lab's data, not per OS user
-        self.device_pref = device
-        self.db = open_database(self.paths, paths.db_url(db_url))
         self.workers = Workers(self)
-        self.jobs = JobSlot(self.workers)  # the one place scan + classify jobs start
-        self.jobs.progress.connect(self._job_progress)
-        self.jobs.result.connect(self._job_done)
-        self.jobs.failed.connect(self._job_failed)
-        self.version: dict | None = None
-        self.folder_files = q.FolderFiles()
-        self._counts_generation = 0
-        self._last_counts = 0.0
-        self._auto_picked: int | None = None  # the image a reload selected by itself
-        self._restore: FolderView | None = None  # a folder's saved view, applied as its images arrive
-        self._shown_id: int | None = None
-        self._full_image = None
-        self._gradcam = None
-        self._gradcam_lock = threading.Lock()
-        self._pending_cam = None  # (image_id, map, class) computed before its image was shown
-        self.gallery_keys = None
-        self._drop_reviewed = QTimer(self)  # "Unreviewed only": reviewed images leave the view after this
-        self._drop_reviewed.setSingleShot(True)
-        self._drop_reviewed.setInterval(UNREVIEWED_GRACE_MS)
-        self._drop_reviewed.timeout.connect(lambda: self.reload_gallery(keep_current=True))
-
-        self._label_signals = LabelSignals(self)
-        self._label_signals.saved.connect(self._labels_saved)
-        self._label_signals.waiting.connect(self._labels_waiting)
-        self.label_writer = LabelWriter(self.db, on_saved=self._label_signals.saved.emit,
-                                        on_waiting=self._label_signals.waiting.emit)
-        stored = str(self.settings.value("reviewer", "") or "")
+        with setup_on_main_thread():  # before the event loop: set up the database, read the version to show
+            self.db = open_database(self.paths, paths.db_url(db_url))
+            with self.db.session() as s:
+                first_version = version_info(require_active_version(s))
+        self.label_writer = LabelWriter(self.db, off_caller_thread=True)  # a key never waits on the server
         self.review = QueuedReview(self.db, "", self.label_writer)
         self.state = ReviewState(self.review)
+        self.ctl = Controller(self.db, self.paths, self.state, self.workers, device=device, on_error=self.show_error)
+        stored = str(self.settings.value("reviewer", "") or "")
         if reviewer_problem(stored) is None:
             self.state.set_reviewer(stored)
-
+        self._post_job: object = False  # a finished job's summary, announced once the gallery shows its result
         self.setWindowTitle("hemascan")
         self.setAcceptDrops(True)
-        self._build_widgets()
+        self._build_parts()
         actions.build(self)
-        self._fill_recent()
-        with self.db.session() as s:
-            self.set_version(version_info(require_active_version(s)))
+        self.window_settings.recent_menu = self.recent_menu
+        self.window_settings.fill_recent()
+        self.set_version(first_version)
         from .keys import GalleryKeys
 
         self.gallery_keys = GalleryKeys(self, self.view)
         if self.reviewer is None:  # first launch (or a stored computer account): ask once, when shown
-            QTimer.singleShot(0, self.ask_reviewer)
-        self._restore_settings()
-        self._update_counts()
+            QTimer.singleShot(0, self.reviewing.ask_reviewer)
+        self.window_settings.restore()
+        self.gallery.update_counts()
         self._update_actions()
-        self.workers.submit(self._describe_device, name="device check", on_result=self.device_label.setText,
-                            on_error=self.show_error)
 
-    def _build_widgets(self) -> None:
-        dpr = max(1.0, QApplication.instance().devicePixelRatio()) if QApplication.instance() else 1.0
-        self.loader = ThumbnailLoader(self.workers, size_px=int(THUMB * min(dpr, 3.0)))  # sharp on HiDPI
-        self.model = GalleryModel(self.db, self)
-        self.loader.ready.connect(self.model.thumbnail_ready)
-        self.view = v = QListView()
-        v.setObjectName("gallery")
-        v.setViewMode(QListView.IconMode)
-        v.setResizeMode(QListView.Adjust)
-        v.setMovement(QListView.Static)
-        v.setUniformItemSizes(True)
-        v.setSpacing(2)
-        v.setWrapping(True)
-        v.setSelectionMode(QAbstractItemView.ExtendedSelection)
-        v.setVerticalScrollMode(QAbstractItemView.ScrollPerPixel)
-        v.setModel(self.model)
-        v.setItemDelegate(TileDelegate(self.loader, lambda: self.version["classes"] if self.version else []))
-        v.selectionModel().currentChanged.connect(self._current_changed)
-        v.selectionModel().selectionChanged.connect(lambda *_: (self._update_actions(), self._show_position()))
-        self.model.modelReset.connect(self._show_position)
-
+    # ---------------------------------------------------------------- parts and their wiring
+    def _build_parts(self) -> None:
+        ctl, w = self.ctl, self.workers
         self.filters = FilterPanel()
-        self.filters.changed.connect(self._filter_changed)
-        self.filters.problemsRequested.connect(self.show_problem_files)
-        self.filters.modelsRequested.connect(self.show_models)
-        # the panel's controls, by the names the tests and screenshots use
+        self.gallery = GalleryPane(ctl, w, self)
+        self.detail_pane = DetailPane(ctl, w, self.gallery.current_row, self)
+        self.reviewing = ReviewActions(ctl, self.gallery, self.detail_pane, self.label_writer, self.settings, self, self)
+        self.job_part = ClassifyJob(ctl, w, self)
+        self.exports = Exports(ctl, self.settings, self, self)
+        self.model_menu = ModelMenu(ctl, self, self)
+        self.help_menu = HelpMenu(ctl, self, self)
+        # what the tests, screenshots and the action table name
+        self.model, self.view, self.loader = self.gallery.model, self.gallery.view, self.gallery.loader
+        self.gallery_info, self.review_bar, self.detail = self.gallery.info, self.gallery.review_bar, self.detail_pane.panel
         for name in ("f_pred", "f_rev", "f_uncertain", "f_outside", "f_disagree", "sort", "counts", "model_label"):
             setattr(self, name, getattr(self.filters, name))
-
-        self.review_bar = QHBoxLayout()  # buttons from the action table (actions.build)
-        self.review_bar.setSpacing(4)
-        centre = QWidget()
-        cl = QVBoxLayout(centre)
-        cl.setContentsMargins(0, 4, 0, 0)
-        cl.addLayout(self.review_bar)
-        self.gallery_info = QLabel(self.state.position())
-        cl.addWidget(self.gallery_info)
-        cl.addWidget(self.view, 1)
-
-        self.detail = DetailPanel()
-        self.detail.gradcamToggled.connect(self._gradcam_toggled)
+        for name in ("progress", "progress_label", "cancel_btn", "device_label"):
+            setattr(self, name, getattr(self.job_part, name))
+        self._label_signals = self.reviewing.signals
+        self.label_writer.on_saved = self._label_signals.saved.emit
+        self.label_writer.on_waiting = self._label_signals.waiting.emit
+        self.review.shown = self.model.labels_of  # what a key changes from: the rows shown, not a query
+        self.model.overlay = lambda: pending_rows(self.label_writer, self.ctl.taxonomy)
 
         self.splitter = QSplitter(Qt.Horizontal)
         self.splitter.setObjectName("mainSplitter")
-        for w in (self.filters, centre, self.detail):
-            self.splitter.addWidget(w)
+        for widget in (self.filters, self.gallery.widget, self.detail):
+            self.splitter.addWidget(widget)
         self.splitter.setStretchFactor(1, 3)
         self.splitter.setStretchFactor(2, 2)
         self.splitter.setSizes([230, 640, 460])
         self.setCentralWidget(self.splitter)
+        self.window_settings = WindowSettings(self.settings, self, self.splitter, self.detail, self.open_folder)
 
         # status bar: messages, progress (count, rate, time left), cancel, device, reviewer
-        self.progress = QProgressBar()
-        self.progress.setMaximumWidth(220)
-        self.progress.setVisible(False)
-        self.progress_label = QLabel()
-        self.cancel_btn = QToolButton()
-        self.cancel_btn.setText("Cancel")
-        self.cancel_btn.setVisible(False)
-        self.cancel_btn.clicked.connect(self.cancel_job)
-        self.device_label = QLabel("device: …")
         self.reviewer_label = QLabel()
         # classify workers on other machines (hemascan submit / worker): their progress on this folder
-        self.queue_label = QueueStatusLabel(self.workers, lambda: self.db)
-        self.queue_label.progressed.connect(lambda: self.reload_gallery(keep_current=True))
-        # other seats' labels on this database (PostgreSQL, several workstations): tiles and counts follow
-        self.peer_labels = PeerLabels(self.workers, self.db, lambda: self.folder, parent=self)
-        self.peer_labels.changed.connect(self._peer_labels)
-        for w in (self.progress_label, self.progress, self.cancel_btn, self.queue_label, self.device_label,
-                  self.reviewer_label):
-            self.statusBar().addPermanentWidget(w)
+        self.queue_label = QueueStatusLabel(w, lambda: self.db)
+        # other seats' labels and model activations on this database (several workstations)
+        self.peer_labels = PeerLabels(w, self.db, lambda: self.folder, parent=self)
+        self.activations = ActivationWatch(w, self.db, lambda: self.ctl.version_id, parent=self)
+        for widget in (self.progress_label, self.progress, self.cancel_btn, self.queue_label, self.device_label,
+                       self.reviewer_label):
+            self.statusBar().addPermanentWidget(widget)
         self._show_reviewer()
 
+        say = self.statusBar().showMessage
+        for part in (self.gallery, self.reviewing, self.job_part, self.exports, self.model_menu):
+            part.message.connect(say)
+        self.filters.changed.connect(self._filter_changed)
+        self.filters.problemsRequested.connect(self.show_problem_files)
+        self.filters.modelsRequested.connect(self.model_menu.show_models)
+        self.gallery.currentChanged.connect(lambda row: (self.detail_pane.show(row), self._update_actions()))
+        self.gallery.selectionChanged.connect(self._update_actions)
+        self.gallery.reloaded.connect(self._gallery_reloaded)
+        self.gallery.countsReady.connect(self._show_counts)
+        self.model.dataChanged.connect(self._rows_changed)
+        self.detail_pane.imageShown.connect(self.imageShown)
+        self.detail_pane.gradcamReady.connect(self.gradcamReady)
+        self.detail_pane.gradcamToggled = self.detail.gradcamToggled
+        self.detail_pane.error.connect(self.show_error)
+        self.reviewing.labelsChanged.connect(self.labelsChanged)
+        self.reviewing.enabledChanged.connect(self._update_actions)
+        self.reviewing.reviewerChanged.connect(lambda _name: self._show_reviewer())
+        self.job_part.scanned.connect(lambda: self.reload_gallery(keep_current=True))
+        self.job_part.progressed.connect(self._job_progressed)
+        self.job_part.finished.connect(self._job_done)
+        self.job_part.failed.connect(self._job_failed)
+        self.job_part.runningChanged.connect(self._update_actions)
+        self.exports.written.connect(self.reportWritten)
+        self.model_menu.switched.connect(self._version_switched)
+        self.queue_label.progressed.connect(lambda: self.reload_gallery(keep_current=True))
+        self.peer_labels.changed.connect(self._peer_labels)
+        self.activations.elsewhere.connect(self.model_menu.activated_elsewhere)
+        self.activations.current.connect(lambda: self.model_menu.notice.emit(None))
+        self.model_menu.notice.connect(self.filters.show_notice)
+        self.filters.useActiveRequested.connect(lambda: self.model_menu.use_active(self.activations.latest))
+
+    # ---------------------------------------------------------------- the version shown
+    version = property(lambda self: self.ctl.version, doc="the version shown (desktop.models_panel.version_info)")
+
     def set_version(self, version: dict) -> None:
-        """The active model: its classes give the keys, buttons, filters and counts."""
-        self.version = version
+        """The model version shown (and classified with): its classes give the keys, buttons, filters and counts."""
+        self.ctl.version = version
         self.review.taxonomy = version["taxonomy"]
-        self._gradcam = None
+        self.detail_pane.forget_model()
         actions.build_class_actions(self, version["classes"])
         self.filters.fill_classes(version["classes"])
         self.state.set_filter(self.filters.filter())
         self.filters.show_model(version)
+        self.activations.check()
         self._update_actions()
+        self.versionShown.emit(version["name"])
+
+    def _version_switched(self, info: dict, reclassify) -> None:
+        self.set_version(info)
+        self.reload_gallery()
+        self.statusBar().showMessage(f"Active model: {info['name']}", 8000)
+        if self.folder is None:
+            return
+        if reclassify is None:
+            reclassify = QMessageBox.question(
+                self, "Re-classify?", f"Classify {Path(self.folder).name} with {info['name']} now?\n"
+                "Only images this version has not predicted yet are processed.") == QMessageBox.Yes
+        if reclassify:
+            self.classify()
+
+    # ---------------------------------------------------------------- folder, gallery, counts
+    @property
+    def folder(self) -> str | None:
+        return self.state.folder
+
+    @property
+    def job(self):
+        """The running scan + classify job (None when idle)."""
+        return self.job_part.task
+
+    def choose_folder(self) -> None:
+        start = self.folder or (self.recent_folders() or [str(Path.home())])[0]
+        folder = QFileDialog.getExistingDirectory(self, "Open a folder of smear images", start)
+        if folder:
+            self.open_folder(folder)
+
+    def open_folder(self, folder, classify: bool = True) -> None:
+        folder = os.path.abspath(os.fspath(folder))
+        if not os.path.isdir(folder):
+            self.show_error(f"Not a folder: {folder}")
+            return
+        self.job_part.supersede()  # a job on the previous folder stops after its batch; its result is dropped
+        self._post_job = False
+        if self.folder is not None:
+            save_folder_view(self.settings, self.folder, self.gallery.folder_view())
+        self.state.open_folder(folder)
+        restore = self.gallery.restore = load_folder_view(self.settings, folder)
+        if restore is not None:  # as the reviewer left this folder (a class the model lacks: Any)
+            self.filters.show_filter(restore)
+        self.state.set_filter(self.filters.filter())
+        self.queue_label.set_folder(folder)
+        self.setWindowTitle(f"{Path(folder).name} — hemascan")
+        self.window_settings.add_recent(folder)
+        self.loader.clear()
+        self.reload_gallery()
+        self.folderOpened.emit(folder)
+        if classify:
+            self.classify()
+
+    def reopen_last_folder(self) -> bool:
+        """Open the folder of the last session, as it was left (filters, image, scroll)."""
+        folder = last_folder(self.settings)
+        if folder and os.path.isdir(folder):
+            self.open_folder(folder)
+            return True
+        return False
+
+    def _filter_changed(self) -> None:
+        shown = self.filters.filter()
+        if self.state.set_filter(shown) != shown:  # an impossible combination: not kept
+            self.filters.show_filter(self.state.filter)
+        self.reload_gallery()
+
+    def reload_gallery(self, keep_current: bool = False) -> None:
+        self.gallery.reload(self.detail_pane.shown_id if keep_current else None)
+
+    def _gallery_reloaded(self) -> None:
+        self._update_actions()
+        if self._post_job is not False:  # the job's result is on screen now: say it is done
+            summary, self._post_job = self._post_job, False
+            self.jobFinished.emit(summary)
+
+    def _update_counts(self) -> None:
+        self.gallery.update_counts()
+
+    def _show_counts(self, counts, files) -> None:
+        self.filters.show_model(self.version)
+        self.filters.show_counts(counts, self.ctl.classes, files)
+        if counts is not None:
+            self.countsShown.emit()
+
+    def _rows_changed(self, top, _bottom, roles=()) -> None:
+        """A row read again or labelled: the detail's summary follows when it is the current one."""
+        if roles and list(roles) == [Qt.DecorationRole]:
+            return
+        cur = self.view.currentIndex()
+        if cur.isValid() and top.row() <= cur.row() <= _bottom.row():
+            self.detail.show_row(self.gallery.current_row(), self.ctl.classes)
 
     def _peer_labels(self, image_ids: list, reviewers: list) -> None:
         self.model.refresh_ids(image_ids)
-        self._update_counts()
+        self.gallery.update_counts()
+        row = self.gallery.current_row()
+        if row is not None and row.image_id in image_ids:  # the image shown got a label elsewhere
+            self.detail_pane.refresh_history(row.image_id)
+
+    def show_problem_files(self):
+        return self.gallery.show_problem_files(self)
+
+    # ---------------------------------------------------------------- the classify job
+    def classify(self) -> None:
+        self.job_part.start()
+
+    def cancel_job(self) -> None:
+        self.job_part.cancel()
+
+    def _job_progressed(self, stage: str) -> None:
+        self.gallery.update_counts()
+        if stage == "classify" and self.model.rowCount() <= 2000:  # tiles fill in as predictions land
+            self.model.refresh_ids([self.model.row_at(r).image_id for r in range(self.model.rowCount())])
+
+    def _job_done(self, summary) -> None:
         cur = self.view.currentIndex()
-        if cur.isValid() and cur.data(ID_ROLE) in image_ids:  # the image shown got a label elsewhere
-            self._show_detail(cur.data(ROW_ROLE), reload_image=False)
+        untouched = (self.gallery.restore is None and cur.isValid()
+                     and self.gallery.current_row().image_id == self.gallery.auto_picked)
+        # A folder just classified starts at the top of the new order (least confident first),
+        # unless the reviewer has already moved or the folder's saved view says where they were.
+        self._post_job = summary
+        self.reload_gallery(keep_current=not untouched)
+        self.gallery.restore = None
+
+    def _job_failed(self, message: str) -> None:
+        self.show_error(message)
+        self._post_job = None
+        self.reload_gallery(keep_current=True)
+
+    # ---------------------------------------------------------------- what the action table calls
+    def select_image(self, image_id: int) -> bool:
+        return self.gallery.select_image(image_id)
+
+    def move_current(self, step: int, after_rows: list[int] | None = None) -> None:
+        self.gallery.move_current(step, after_rows)
+
+    def label_selected(self, label: str | None, note: str | None = None) -> None:
+        self.reviewing.label_selected(label, note)
+
+    reviewer = property(lambda self: self.state.reviewer)
+
+    def _show_reviewer(self) -> None:
+        self.reviewer_label.setText(f"reviewer: {self.reviewer}" if self.reviewer else "reviewer: (not set)")
+
+    def export_csv(self, path: str | None = None) -> str | None:
+        return self.exports.export_csv(path)
+
+    def export_pdf(self, path: str | None = None, case: str | None = None) -> str | None:
+        return self.exports.export_pdf(path, case)
+
+    def show_retrain(self):
+        return self.model_menu.show_retrain()
+
+    retrain_dialog = property(lambda self: self.model_menu.retrain_dialog)
+
+    def activate_version(self, version_id: int, ask: bool = True, reclassify: bool | None = None) -> None:
+        self.model_menu.activate_version(version_id, ask, reclassify)
+
+    def about_text(self) -> str:
+        return self.help_menu.about_text()
+
+    def recent_folders(self) -> list[str]:
+        return self.window_settings.recent_folders()
+
+    def save_settings(self) -> None:
+        self.window_settings.save(self.folder, self.gallery.folder_view() if self.folder else None)
 
     def _update_actions(self) -> None:
-        self._sync_state()
+        self.gallery.sync_state()
         actions.update_enabled(self)
 
     def show_error(self, message: str) -> None:
-        import logging
-
-        logging.getLogger(__name__).error("%s", message)
+        log.error("%s", message)  # and in the status bar
         self.statusBar().showMessage(f"⚠ {message}", 20000)
 
+    # ---------------------------------------------------------------- window events
     def dragEnterEvent(self, e) -> None:
         if any(u.isLocalFile() and os.path.isdir(u.toLocalFile()) for u in e.mimeData().urls()):
             e.acceptProposedAction()
@@ -255,10 +386,10 @@ class MainWindow(BrowseMixin, ReviewMixin, ClassifyJobMixin, DetailMixin, Export
                 return
         self.label_writer.close(timeout=0.3)  # anything left is written to the log, in full
         self.peer_labels.stop()
+        self.activations.stop()
         self.queue_label.set_folder(None)
-        if self.gallery_keys is not None:
-            self.gallery_keys.remove()
-        if getattr(self, "retrain_dialog", None) is not None:
+        self.gallery_keys.remove()
+        if self.retrain_dialog is not None:
             self.retrain_dialog.close()
         self.save_settings()
         self.cancel_job()

@@ -11,14 +11,16 @@ from core.models.registry import list_versions
 
 
 def version_info(v) -> dict:
-    """Plain data from a ModelVersion row (no ORM object leaves its session)."""
+    """Plain data from a ModelVersion row (no ORM object leaves its session); ``ref`` is the
+    VersionRef a classify job is given, so it predicts with the version shown."""
+    from core.models.registry import VersionRef
     from core.models.store import version_package
 
     card = dict(v.card or {})
     # this seat's copy of the package (materialised from the database when another seat registered it)
     return dict(id=v.id, name=v.name, architecture=v.architecture, taxonomy=v.taxonomy, path=str(version_package(v)),
                 classes=list(card.get("classes", [])), card=card, is_active=bool(v.is_active),
-                created_at=v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "")
+                created_at=v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "", ref=VersionRef.of(v))
 
 
 def trained_on(card: dict) -> str:
@@ -80,12 +82,14 @@ class ModelsDialog(QDialog):
     activateRequested = Signal(int)  # model version id
     retrainRequested = Signal()
     measured = Signal(dict)  # name -> {n, accuracy, macro_recall}
+    listed = Signal()  # the table shows the registry's versions
 
     def __init__(self, db, parent=None):
         super().__init__(parent)
         self.setWindowTitle("Model versions")
         self.resize(760, 320)
         self.db = db
+        self.versions: list[dict] = []
         self.table = QTableWidget(0, 6)
         self.table.setHorizontalHeaderLabels(["Active", "Name", "Architecture", "Created", "On your validation images",
                                               "Card's own figures (each on its own images)"])
@@ -124,8 +128,18 @@ class ModelsDialog(QDialog):
         self.refresh()
 
     def refresh(self) -> None:
-        with self.db.session() as s:
-            self.versions = [version_info(v) for v in list_versions(s)]
+        """Read the versions in a worker; the table fills when they arrive (``listed``)."""
+        db = self.db
+
+        def query():
+            with db.session() as s:
+                return [version_info(v) for v in list_versions(s)]
+
+        self.workers.submit(query, name="model versions", on_result=self._show_versions,
+                            on_error=lambda e: QMessageBox.warning(self, "Model versions", str(e)))
+
+    def _show_versions(self, versions: list[dict]) -> None:
+        self.versions = versions
         self.table.setRowCount(len(self.versions))
         for r, v in enumerate(self.versions):
             vals = ["●" if v["is_active"] else "", v["name"], v["architecture"], v["created_at"],
@@ -137,6 +151,7 @@ class ModelsDialog(QDialog):
                 self.table.setItem(r, c, it)
             if v["is_active"]:
                 self.table.selectRow(r)
+        self.listed.emit()
 
     def measure_same_basis(self) -> None:
         """Every version on its taxonomy's fixed validation side, in a worker."""
@@ -152,7 +167,7 @@ class ModelsDialog(QDialog):
         self.same_basis = result
         self.measure.setText("Measure on the same images")
         self.measure.setEnabled(True)
-        self.refresh()
+        self._show_versions(self.versions)
         self.measured.emit(result)
 
     def _measure_failed(self, message) -> None:

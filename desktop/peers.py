@@ -1,20 +1,27 @@
-"""Other seats' labels in the open folder: a timer that asks core, in a worker, for the label
-events stored since its last look (core.review.labels.label_changes_since) and hands the changed
-image ids to the window, which re-reads those tiles (GalleryModel.refresh_ids) and the counts.
+"""What other seats do on this database, polled off the GUI thread (desktop.workers.Poller):
 
-The GUI thread never waits on the database: a slow or absent server only makes a tick late
-or skipped (the next one asks again from the same event id), never a frozen window.
+- ``PeerLabels``: the label events stored since its last look for images in the open folder
+  (core.review.labels.label_changes_since); the window re-reads those tiles and the counts.
+- ``ActivationWatch``: the newest row of ``model_activations``; when another seat made a
+  version active that is not the one this window shows, the window says so and keeps the
+  version it shows (it never switches silently mid-review) until the reviewer asks for it.
+
+A slow or absent server only makes a tick late or skipped (the next one asks again).
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
-from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtCore import QObject, Signal
+from sqlalchemy import select
 
 from core.review.labels import PEER_REFRESH_MS, label_changes_since, last_event_id
+from core.storage import ModelActivation, ModelVersion
 
-from .workers import Workers
+from .controller import local_time
+from .workers import Poller, Workers
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +35,15 @@ class PeerLabels(QObject):
     def __init__(self, workers: Workers, db, folder_fn: Callable[[], object], interval_ms: int = PEER_REFRESH_MS,
                  parent=None):
         super().__init__(parent)
-        self.workers, self.db, self.folder_fn = workers, db, folder_fn
+        self.db, self.folder_fn = db, folder_fn
         self.last_event_id: int | None = None  # read in the first tick: events before this start are known
-        self._busy = False
-        self.timer = QTimer(self)
-        self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(self.poll)
-        self.timer.start()
-        self.poll()
+        self.poller = Poller(workers, self._query, interval_ms, "other seats' labels", self)
+        self.timer = self.poller.timer
+        self.poller.result.connect(self._show)
+        self.poller.failed.connect(lambda err: log.warning("could not look for other seats' labels: %s", err))
+        self.poller.start()
 
-    def poll(self) -> None:
-        if self._busy:
-            return
+    def _query(self):
         folder, db, after = self.folder_fn(), self.db, self.last_event_id
 
         def query():
@@ -51,15 +55,7 @@ class PeerLabels(QObject):
                 changes = label_changes_since(s, after, folder)
                 return changes.last_event_id, changes
 
-        self._busy = True
-        self.workers.submit(query, name="other seats' labels", on_result=self._show, on_error=self._failed,
-                            on_finished=self._finished, priority=2)
-
-    def _finished(self) -> None:
-        self._busy = False
-
-    def _failed(self, message) -> None:  # the database is away: the next tick asks again
-        log.warning("could not look for other seats' labels: %s", message)
+        return query
 
     def _show(self, out) -> None:
         self.last_event_id, changes = out
@@ -67,4 +63,78 @@ class PeerLabels(QObject):
             self.changed.emit(list(changes.image_ids), list(changes.reviewers))
 
     def stop(self) -> None:
-        self.timer.stop()
+        self.poller.stop()
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One row of the activation log, as plain values."""
+
+    id: int
+    version_id: int
+    name: str
+    action: str
+    by: str
+    at: str  # local time, for the sentence
+
+
+def latest_activation(session) -> Activation | None:
+    row = session.execute(select(ModelActivation, ModelVersion.name)
+                          .join(ModelVersion, ModelVersion.id == ModelActivation.model_version_id)
+                          .order_by(ModelActivation.id.desc()).limit(1)).first()
+    if row is None:
+        return None
+    a, name = row
+    return Activation(a.id, a.model_version_id, name, a.action, a.activated_by,
+                      local_time(a.created_at)[:16] if a.created_at else "")
+
+
+class ActivationWatch(QObject):
+    """``elsewhere(Activation)`` once per activation that made another version active than
+    ``shown_fn()`` (the version id the window shows); ``current()`` when the window shows the
+    active version again."""
+
+    elsewhere = Signal(object)
+    current = Signal()
+
+    def __init__(self, workers: Workers, db, shown_fn: Callable[[], int | None], interval_ms: int = PEER_REFRESH_MS,
+                 parent=None):
+        super().__init__(parent)
+        self.db, self.shown_fn = db, shown_fn
+        self.latest: Activation | None = None
+        self._said: int | None = None  # the activation already announced
+        self.poller = Poller(workers, self._query, interval_ms, "model activations", self)
+        self.timer = self.poller.timer
+        self.poller.result.connect(self._seen)
+        self.poller.failed.connect(lambda err: log.warning("could not read the model activations: %s", err))
+        self.poller.start()
+
+    def _query(self):
+        db = self.db
+
+        def query():
+            with db.session() as s:
+                return latest_activation(s)
+
+        return query
+
+    def _seen(self, latest: Activation | None) -> None:
+        self.latest = latest
+        self.check()
+
+    def check(self) -> None:
+        """Compare the newest activation with the version shown (also called after a switch here)."""
+        latest, shown = self.latest, self.shown_fn()
+        if latest is None or shown is None:
+            return
+        if latest.version_id == shown:
+            if self._said is not None:
+                self._said = None
+                self.current.emit()
+            return
+        if self._said != latest.id:
+            self._said = latest.id
+            self.elsewhere.emit(latest)
+
+    def stop(self) -> None:
+        self.poller.stop()

@@ -1,16 +1,16 @@
 """The classify workers' progress for the open folder, in the status bar: "Workers: 12
 queued, 4 running, 100 done, 1 failed" (core.app.workqueue.queue_status), refreshed every few
-seconds on the light pool, so a slow or absent database server never freezes the window.
-Hidden while the folder was never submitted (``hemascan submit``)."""
+seconds by a desktop.workers.Poller, so a slow or absent database server never freezes the
+window. Hidden while the folder was never submitted (``hemascan submit``)."""
 from __future__ import annotations
 
 import os
 from typing import Callable
 
-from PySide6.QtCore import QTimer, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QLabel
 
-from .workers import Workers
+from .workers import Poller, Workers
 
 REFRESH_MS = 5000
 
@@ -21,14 +21,18 @@ class QueueStatusLabel(QLabel):
     def __init__(self, workers: Workers, database: Callable[[], object], parent=None,
                  interval_ms: int = REFRESH_MS):
         super().__init__(parent)
-        self.workers, self.database = workers, database
+        self.database = database
         self.folder: str | None = None
         self._done: tuple[int, int] | None = None  # (images queued in all, done) when last shown
-        self._busy = False
         self.setVisible(False)
-        self.timer = QTimer(self)
-        self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(self.refresh)
+        self.poller = Poller(workers, self._query, interval_ms, "queue status", self)
+        self.timer = self.poller.timer
+        self.poller.result.connect(self._show)
+        self.poller.failed.connect(self._failed)
+
+    @property
+    def _busy(self) -> bool:  # a query is out
+        return self.poller._busy
 
     def set_folder(self, folder: str | os.PathLike | None) -> None:
         """Show the queue of ``folder`` (None: nothing) and refresh now."""
@@ -36,23 +40,20 @@ class QueueStatusLabel(QLabel):
         self._done = None
         self.setVisible(False)
         if self.folder is None:
-            self.timer.stop()
+            self.poller.stop()
             return
-        self.timer.start()
-        self.refresh()
+        self.poller.start()
 
     def refresh(self) -> None:
-        if self.folder is None or self._busy:
-            return
+        self.poller.poll()
+
+    def _query(self):
+        if self.folder is None:
+            return None
         from core.app.workqueue import queue_status
 
         folder, db = self.folder, self.database()
-        self._busy = True
-        self.workers.submit(lambda: (folder, queue_status(db, folder)), name="queue status",
-                            on_result=self._show, on_error=self._failed, on_finished=self._finished)
-
-    def _finished(self) -> None:
-        self._busy = False
+        return lambda: (folder, queue_status(db, folder))
 
     def _failed(self, err) -> None:
         self.setText("Workers: queue not available now")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from core.imaging.fspath import display
 from core.models.taxonomy import OTHER, OTHER_TITLE
 
 from .models_panel import trained_on
-from .gallery import make_thumbnail
+from .tiles import make_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,14 @@ def _thumb_cell(doc, r, size: int = 96) -> str:
             f"<br>reviewed: <b>{html.escape(rev)}</b></small></td>")
 
 
-def write_report(db, folder, version: dict | None, reviewer: str, output, case: str | None = None) -> Path:
+def write_report(db, folder, version: dict | None, reviewer: str, output, case: str | None = None,
+                 data: ReportData | None = None) -> Path:
     """A case report a lab can file: case name, local date and time, reviewer and sign-off,
     counts per class, the flagged and the corrected images with thumbnails, the model in one
     line, the decision-support statement. ``version``: dict(id, name, taxonomy, classes, card)."""
     output = Path(output)
     case = (case or Path(str(folder)).name).strip() or Path(str(folder)).name
-    doc = build_report(db, folder, version, reviewer, case)
+    doc = build_report(db, folder, version, reviewer, case, data)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     writer = QPdfWriter(str(tmp))
@@ -118,21 +120,39 @@ def paint_pages(doc: QTextDocument, writer: QPdfWriter, footer: str) -> int:
     return n
 
 
-def build_report(db, folder, version: dict | None, reviewer: str, case: str) -> QTextDocument:
-    """The report as a rich-text document (write_report prints it to PDF)."""
-    from .models_panel import headline_metrics
+@dataclass(frozen=True)
+class ReportData:
+    """What the report says, read from the database (in a worker: the window reads nothing itself)."""
 
+    counts: q.ClassCounts
+    sections: list  # (title, meaning, n, rows by id, ids shown)
+    runtimes: list[str]
+
+
+def report_data(session, folder, version: dict | None) -> ReportData:
     vid = version["id"] if version else None
     tax = version["taxonomy"] if version else None
+    counts = q.class_counts(session, folder, vid, tax)
+    sections = []
+    for title, flt, meaning in SECTIONS:
+        ids = q.ordered_ids(session, folder, vid, flt, tax)
+        sections.append((title, meaning, len(ids), q.rows(session, folder, vid, ids[:MAX_THUMBS], tax), ids[:MAX_THUMBS]))
+    runtimes = sorted(filter(None, session.scalars(select(Prediction.runtime).where(
+        Prediction.model_version_id == vid).distinct()))) if vid else []
+    return ReportData(counts, sections, runtimes)
+
+
+def build_report(db, folder, version: dict | None, reviewer: str, case: str,
+                 data: ReportData | None = None) -> QTextDocument:
+    """The report as a rich-text document (write_report prints it to PDF); ``data`` read
+    beforehand, else read from ``db`` here."""
+    from .models_panel import headline_metrics
+
+    if data is None:
+        with db.session() as s:
+            data = report_data(s, folder, version)
+    counts, sections, runtimes = data.counts, data.sections, data.runtimes
     classes = list(version["classes"]) if version else []
-    with db.session() as s:
-        counts = q.class_counts(s, folder, vid, tax)
-        sections = []
-        for title, flt, meaning in SECTIONS:
-            ids = q.ordered_ids(s, folder, vid, flt, tax)
-            sections.append((title, meaning, len(ids), q.rows(s, folder, vid, ids[:MAX_THUMBS], tax), ids[:MAX_THUMBS]))
-        runtimes = sorted(filter(None, s.scalars(select(Prediction.runtime).where(
-            Prediction.model_version_id == vid).distinct()))) if vid else []
     doc = QTextDocument()
     now = datetime.now().astimezone()
     card = (version or {}).get("card") or {}

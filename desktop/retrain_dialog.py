@@ -31,7 +31,8 @@ class RetrainDialog(QDialog):
     runFinished = Signal(object)  # the retrain summary (plain dict), or None after an error
     promoted = Signal(int, bool)  # new active version id, re-classify the open folder
 
-    def __init__(self, db, paths, parent=None, device: str | None = None, folder_open: bool = False):
+    def __init__(self, db, paths, parent=None, device: str | None = None, folder_open: bool = False,
+                 version: dict | None = None):
         super().__init__(parent)
         self.setWindowTitle("Retrain from reviewed labels")
         self.setModal(False)
@@ -44,20 +45,25 @@ class RetrainDialog(QDialog):
         self._t0 = 0.0
         self._batch_x: list[float] = []
         self._batch_loss: list[float] = []
-        self._build(device, folder_open)
+        self._build(device, folder_open, version)
         self.refresh_data()
 
     # ------------------------------------------------------------------ construction
-    def _build(self, device, folder_open) -> None:
+    def _build(self, device, folder_open, version: dict | None) -> None:
         import pyqtgraph as pg
 
         from core.models.architectures import ARCHITECTURES
-        from core.models.registry import require_active_version
 
-        with self.db.session() as s:
-            v = require_active_version(s)
-            self.active = {"id": v.id, "name": v.name, "architecture": v.architecture,
-                           "input_size": (v.card or {}).get("preprocessing", {}).get("input_size", 128)}
+        if version is None:  # opened on its own (not from the window, which passes the version it shows)
+            from core.models.registry import require_active_version
+
+            from .models_panel import version_info
+
+            with self.db.session() as s:
+                version = version_info(require_active_version(s))
+        self.active = {"id": version["id"], "name": version["name"], "architecture": version["architecture"],
+                       "taxonomy": version["taxonomy"],
+                       "input_size": (version["card"] or {}).get("preprocessing", {}).get("input_size", 128)}
 
         self.data_table = table(0, 3, ["Class", "Reviewed", "of which validation"])
         self.data_note = QLabel()
@@ -209,11 +215,7 @@ class RetrainDialog(QDialog):
     def refresh_data(self) -> None:
         from core.review.reviewed import reviewed_summary as data_summary
 
-        db = self.db
-        with db.session() as s:
-            from core.models.registry import active_version
-
-            tax = active_version(s).taxonomy
+        db, tax = self.db, self.active["taxonomy"]
         self.workers.submit(lambda: data_summary(db, tax), name="data summary", on_result=self._show_data,
                             on_error=self._error)
 
@@ -356,7 +358,12 @@ class RetrainDialog(QDialog):
             if box.exec() != QMessageBox.Yes:
                 self.status.setText(f"Not promoted: {why}.")
                 return
-        entry = promote(self.db, self.result["version"])
+        db, name = self.db, self.result["version"]
+        self.promote_btn.setEnabled(False)
+        self.keep_btn.setEnabled(False)
+        self.workers.submit(lambda: promote(db, name), name="promote", on_result=self._promoted, on_error=self._error)
+
+    def _promoted(self, entry: dict) -> None:
         self.promote_btn.setEnabled(False)
         self.keep_btn.setEnabled(False)
         self.status.setText(f"{self.result['version']} is now the active model (roll back any time in Model versions).")

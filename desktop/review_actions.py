@@ -1,20 +1,29 @@
-"""The window's review actions: label, accept, undo, redo, the reviewer's name. The
-decisions are core.review.state's; this renders them and writes through a LabelWriter."""
+"""The review actions: label, accept, undo, redo, the reviewer's name. The decisions are
+core.review.state's; this renders them and writes through a LabelWriter. A key reads
+nothing from the database: what an image is labelled now comes from the gallery's rows in
+memory (and the writer's queue), the tiles change at once, and the database's answer
+follows when the write lands."""
 from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QInputDialog
 
+from core.models.taxonomy import OTHER, OTHER_TITLE
 from core.review.labels import LabelWriter, reviewer_problem
 from core.review.session import ReviewSession
 from core.review.state import NEEDS_REVIEWER, Outcome
-from core.models.taxonomy import OTHER, OTHER_TITLE
 
-from .gallery import ROW_ROLE
+from .browse import GalleryPane
+from .controller import Controller
+from .detail_view import DetailPane
 
 log = logging.getLogger(__name__)
+
+# Under "Unreviewed only" a reviewed image leaves the view after this pause, so the next key
+# still lands where the reviewer expects.
+UNREVIEWED_GRACE_MS = 700
 
 
 class LabelSignals(QObject):
@@ -26,142 +35,173 @@ class LabelSignals(QObject):
 
 class QueuedReview(ReviewSession):
     """The review actions of core.review.session, written through a LabelWriter: a key press never
-    waits on the database for longer than a frame, and a write the database refuses (locked
-    by another process, disk full) is queued and retried, never dropped. Labels still in the
-    queue count as current, so undo and redo stay right while they wait."""
+    waits on the database, and a write the database refuses (locked by another process, disk
+    full) is queued and retried, never dropped. What an image is labelled before an action is
+    what the window shows (``shown(ids)``: the gallery's rows), with the writer's queue on top,
+    so undo and redo stay right while writes wait."""
 
-    def __init__(self, db, reviewer: str, writer: LabelWriter):
+    def __init__(self, db, reviewer: str, writer: LabelWriter, shown=None):
         super().__init__(db, reviewer)
         self.writer = writer
+        self.shown = shown  # image ids -> label shown now; None: ask the database (headless use)
 
     def _write(self, targets: dict[int, str | None], note: str) -> None:
         self.writer.write(targets, self.reviewer, self.taxonomy, note)
 
     def current(self, image_ids) -> dict[int, str | None]:
-        got = super().current(image_ids)
+        got = self.shown(image_ids) if self.shown is not None else super().current(image_ids)
         pending = self.writer.pending_labels(self.taxonomy)
         return {i: pending[i] if i in pending else got[i] for i in got}
 
 
-class ReviewMixin:
-    """Part of MainWindow (desktop/mainwindow.py)."""
+def pending_rows(writer: LabelWriter, taxonomy: str | None) -> dict[int, tuple[str | None, str]]:
+    """Labels still in the writer's queue (of ``taxonomy``): image id -> (label, reviewer)."""
+    out: dict[int, tuple[str | None, str]] = {}
+    for write in writer.pending():
+        if write.taxonomy == taxonomy:
+            out.update({i: (label, write.reviewer) for i, label in write.targets.items()})
+    return out
 
-    def _ready(self) -> bool:
+
+class ReviewActions(QObject):
+    """Label, accept, undo, redo and the reviewer's name, for the window's keys and buttons."""
+
+    labelsChanged = Signal(list)  # image ids whose label changed
+    message = Signal(str, int)  # for the status bar
+    enabledChanged = Signal()  # can-undo / selection may have changed: the actions' enabled state
+    reviewerChanged = Signal(str)
+
+    def __init__(self, ctl: Controller, gallery: GalleryPane, detail: DetailPane, writer: LabelWriter, settings,
+                 dialog_parent, parent=None):
+        super().__init__(parent)
+        self.ctl, self.gallery, self.detail, self.writer, self.settings = ctl, gallery, detail, writer, settings
+        self.dialog_parent = dialog_parent
+        self.drop_reviewed = QTimer(self)  # "Unreviewed only": reviewed images leave the view after this
+        self.drop_reviewed.setSingleShot(True)
+        self.drop_reviewed.setInterval(UNREVIEWED_GRACE_MS)
+        self.drop_reviewed.timeout.connect(lambda: self.gallery.reload(keep_id=self.detail.shown_id))
+        self._said_waiting = False  # the status bar says writes are waiting for the database
+        self.signals = LabelSignals(self)
+        self.signals.saved.connect(self._saved)
+        self.signals.waiting.connect(self._waiting)
+
+    @property
+    def state(self):
+        return self.ctl.state
+
+    def ready(self) -> bool:
         """Whether a review key can act now; if not, the status bar says why."""
-        self._sync_state()
+        self.gallery.sync_state()
         why = self.state.refusal()
         if why == NEEDS_REVIEWER and self.ask_reviewer():  # first label without a name: ask once
             why = self.state.refusal()
         if why:
-            self._refuse(why)
+            self.refuse(why)
         return why is None
 
-    def review_refusal(self) -> str | None:
-        self._sync_state()
+    def refusal(self) -> str | None:
+        self.gallery.sync_state()
         return self.state.refusal()
 
-    def _refuse(self, why: str) -> None:
-        self.statusBar().showMessage(f"⚠ {why}", 6000)
+    def refuse(self, why: str) -> None:
+        self.message.emit(f"⚠ {why}", 6000)
 
     def _run(self, do) -> Outcome | None:
         try:
             return do()
         except Exception as exc:
             log.exception("review action failed")
-            self.show_error(f"Could not save the label: {exc}")
+            self.message.emit(f"⚠ Could not save the label: {exc}", 20000)
             return None
 
+    def _rows(self) -> list[int]:
+        return [r for r in map(self.gallery.model.row_of, self.state.targets()) if r is not None]
+
     def label_selected(self, label: str | None, note: str | None = None) -> None:
-        if not self._ready():
+        if not self.ready():
             return
-        rows = [r for r in map(self.model.row_of, self.state.targets()) if r is not None]
-        out = self._run(lambda: self.state.label(label, note))
-        self._after_label(out, advance=True, rows_before=rows)
+        rows = self._rows()
+        self.after(self._run(lambda: self.state.label(label, note)), advance=True, rows_before=rows)
 
     def label_other_with_note(self) -> None:
         """"Other / not assessable" with the reviewer's free-text note (what the image shows)."""
-        if not self._ready():
+        if not self.ready():
             return
-        note, ok = QInputDialog.getText(self, OTHER_TITLE, "Note (optional): what does the image show?")
+        note, ok = QInputDialog.getText(self.dialog_parent, OTHER_TITLE, "Note (optional): what does the image show?")
         if ok:
             self.label_selected(OTHER, note=note.strip() or None)
 
     def accept_prediction(self) -> None:
-        if not self._ready():
+        if not self.ready():
             return
-        rows = [r for r in map(self.model.row_of, self.state.targets()) if r is not None]
-        predicted = {self.model.row_at(r).image_id: self.model.row_at(r).predicted for r in rows}
+        rows, model = self._rows(), self.gallery.model
+        predicted = {model.row_at(r).image_id: model.row_at(r).predicted for r in rows}
         out = self._run(lambda: self.state.accept(predicted))  # one undo step for all of them
-        self._after_label(out, advance=True, rows_before=rows)
+        self.after(out, advance=True, rows_before=rows)
 
     def undo(self) -> None:
         out = self._run(self.state.undo)
-        self._after_label(out, advance=False)
+        self.after(out, advance=False)
         if out is not None and out.action is not None:
             target = out.action.changes[0][0]
-            if not self.select_image(target):  # it had left the view ("Unreviewed only"): back in it
-                self._drop_reviewed.stop()
-                self.reload_gallery()
-                self.select_image(target)
+            if not self.gallery.select_image(target):  # it had left the view ("Unreviewed only"): back in it
+                self.drop_reviewed.stop()
+                self.gallery.reload(keep_id=target)
 
     def redo(self) -> None:
-        self._after_label(self._run(self.state.redo), advance=False)
+        self.after(self._run(self.state.redo), advance=False)
 
-    def _after_label(self, out: Outcome | None, advance: bool, rows_before: list[int] | None = None) -> None:
+    def after(self, out: Outcome | None, advance: bool, rows_before: list[int] | None = None) -> None:
         if out is None:  # an error, already shown
             return
         if out.refused:
-            return self._refuse(out.message)
-        self.statusBar().showMessage(out.message, 4000)
+            return self.refuse(out.message)
+        self.message.emit(out.message, 4000)
         before = self.state.current_id
         if out.action is not None:
             ids = [i for i, _, _ in out.action.changes]
-            self.model.refresh_ids(ids)
-            self._update_counts()
+            self.gallery.model.set_labels({i: after for i, _, after in out.action.changes}, self.state.reviewer)
+            self.gallery.update_counts()
             self.labelsChanged.emit(ids)
         if advance:
-            self.move_current(1, rows_before)  # the next image's detail comes with the move
+            self.gallery.move_current(1, rows_before)  # the next image's detail comes with the move
         if out.action is None:
             return
-        self._sync_state()
-        cur = self.view.currentIndex()
-        if cur.isValid() and self.state.current_id == before:  # still on a labelled image: its new label
-            self._show_detail(cur.data(ROW_ROLE), reload_image=False)
-        self._update_actions()
+        self.gallery.sync_state()
+        if self.state.current_id == before:  # still on a labelled image: its new label
+            self.detail.show(self.gallery.current_row(), reload_image=False)
+        self.enabledChanged.emit()
         if self.state.drops_reviewed:  # reviewed images leave the queue after a short grace:
-            self._drop_reviewed.start()  # the next key still lands on the image now shown
+            self.drop_reviewed.start()  # the next key still lands on the image now shown
 
-    def _labels_saved(self, ids: list, pending: int) -> None:
-        """A queued label write reached the database: show it."""
-        self.model.refresh_ids(ids)
-        if self.state.drops_reviewed and not self._drop_reviewed.isActive():
-            self._drop_reviewed.start()
-        self._update_counts()
-        cur = self.view.currentIndex()
-        if cur.isValid():
-            self._show_detail(cur.data(ROW_ROLE), reload_image=False)
+    def _saved(self, ids: list, pending: int) -> None:
+        """A queued label write reached the database: show what it holds now."""
+        self.gallery.model.refresh_ids(ids)
+        if self.state.drops_reviewed and not self.drop_reviewed.isActive():
+            self.drop_reviewed.start()
+        self.gallery.update_counts()
+        row = self.gallery.current_row()
+        if row is not None and row.image_id in ids:
+            self.detail.refresh_history(row.image_id)
         self.labelsChanged.emit(ids)
-        if pending:
-            self.statusBar().showMessage(f"Saving labels: {pending} action(s) still waiting for the database", 0)
-        else:
-            self.statusBar().showMessage("All labels saved", 5000)
+        if pending and self._said_waiting:
+            self.message.emit(f"Saving labels: {pending} action(s) still waiting for the database", 0)
+        elif self._said_waiting:  # the queue the status bar spoke of is written
+            self._said_waiting = False
+            self.message.emit("All labels saved", 5000)
 
-    def _labels_waiting(self, message: str, pending: int) -> None:
-        self.statusBar().showMessage(f"⚠ {pending} label action(s) not saved yet, retrying: {message} "
-                                     "(nothing is lost)", 0)
+    def _waiting(self, message: str, pending: int) -> None:
+        self._said_waiting = True
+        self.message.emit(f"⚠ {pending} label action(s) not saved yet, retrying: {message} (nothing is lost)", 0)
 
     # ---------------------------------------------------------------- reviewer
-    @property
-    def reviewer(self) -> str | None:
-        return self.state.reviewer
-
     def ask_reviewer(self) -> bool:
         """Ask for the reviewer's name until it is a person's or the dialog is cancelled."""
         prompt = "Your name, stored with every label you give:"
         while True:
-            name, ok = QInputDialog.getText(self, "Reviewer", prompt, text=self.reviewer or "")
+            name, ok = QInputDialog.getText(self.dialog_parent, "Reviewer", prompt, text=self.state.reviewer or "")
             if not ok:
-                return self.reviewer is not None
+                return self.state.reviewer is not None
             why = reviewer_problem(name)
             if why is None:
                 self.set_reviewer(name)
@@ -171,7 +211,5 @@ class ReviewMixin:
     def set_reviewer(self, name: str) -> None:
         self.state.set_reviewer(name)
         self.settings.setValue("reviewer", self.state.reviewer)
-        self._show_reviewer()
-
-    def _show_reviewer(self) -> None:
-        self.reviewer_label.setText(f"reviewer: {self.reviewer}" if self.reviewer else "reviewer: (not set)")
+        self.reviewerChanged.emit(self.state.reviewer)
+        self.enabledChanged.emit()

@@ -71,36 +71,42 @@ def last_folder(settings: QSettings) -> str | None:
     return str(v) if v else None
 
 
-class WindowSettingsMixin:
-    """Part of MainWindow (desktop/mainwindow.py): geometry, splitters, the Grad-CAM toggle,
-    the recent folders and the open folder's view, saved on close and restored at start."""
+class WindowSettings:
+    """Geometry, splitters, the Grad-CAM toggle, the recent folders and the open folder's
+    view, saved on close and restored at start. ``window`` is the QMainWindow; ``splitter``,
+    ``detail`` (the DetailPanel) and ``recent_menu`` are the widgets it saves."""
 
-    def _restore_settings(self) -> None:
-        s = self.settings
+    def __init__(self, settings: QSettings, window, splitter, detail, open_folder):
+        self.settings, self.window, self.splitter, self.detail = settings, window, splitter, detail
+        self.open_folder = open_folder  # a recent folder chosen from the menu
+        self.recent_menu = None
+
+    def restore(self) -> None:
+        s, w = self.settings, self.window
         geo = s.value("geometry")
         if isinstance(geo, QByteArray) and not geo.isEmpty():
-            self.restoreGeometry(geo)
+            w.restoreGeometry(geo)
         else:
             screen = QApplication.primaryScreen()
             avail = screen.availableGeometry() if screen else None
             if avail is not None:
-                self.resize(min(1360, avail.width()), min(860, avail.height()))
+                w.resize(min(1360, avail.width()), min(860, avail.height()))
         for key, widget in (("windowState", None), ("mainSplitter", self.splitter),
                             ("detailSplitter", self.detail.splitter)):
             v = s.value(key)
             if isinstance(v, QByteArray) and not v.isEmpty():
-                (self.restoreState if widget is None else widget.restoreState)(v)
+                (w.restoreState if widget is None else widget.restoreState)(v)
         self.detail.gradcam.setChecked(s.value("gradcam", False, type=bool))
 
-    def save_settings(self) -> None:
-        s = self.settings
-        s.setValue("geometry", self.saveGeometry())
-        s.setValue("windowState", self.saveState())
+    def save(self, folder: str | None, view: FolderView | None) -> None:
+        s, w = self.settings, self.window
+        s.setValue("geometry", w.saveGeometry())
+        s.setValue("windowState", w.saveState())
         s.setValue("mainSplitter", self.splitter.saveState())
         s.setValue("detailSplitter", self.detail.splitter.saveState())
         s.setValue("gradcam", self.detail.gradcam.isChecked())
-        if self.folder is not None:
-            save_folder_view(s, self.folder, self.folder_view())
+        if folder is not None and view is not None:
+            save_folder_view(s, folder, view)
         s.sync()
 
     def recent_folders(self) -> list[str]:
@@ -109,13 +115,13 @@ class WindowSettingsMixin:
             v = [v]
         return [str(x) for x in (v or [])]
 
-    def _add_recent(self, folder: str) -> None:
+    def add_recent(self, folder: str) -> None:
         rec = [folder] + [f for f in self.recent_folders() if f != folder]
         self.settings.setValue("recentFolders", rec[:MAX_RECENT])
-        self._fill_recent()
+        self.fill_recent()
 
-    def _fill_recent(self) -> None:
-        if getattr(self, "recent_menu", None) is None:
+    def fill_recent(self) -> None:
+        if self.recent_menu is None:
             return
         self.recent_menu.clear()
         rec = self.recent_folders()

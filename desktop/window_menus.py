@@ -1,4 +1,6 @@
-"""The window's File export, Models and Help actions (desktop/actions.py names them)."""
+"""The window's File export, Models and Help actions (desktop/actions.py names them), as
+parts the window owns. Each gets the controller and the window only as the parent of its
+dialogs; database work runs in the pool."""
 from __future__ import annotations
 
 import logging
@@ -7,82 +9,112 @@ import re
 import time
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QUrl
+from PySide6.QtCore import QObject, Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import QApplication, QFileDialog, QInputDialog, QMessageBox
+from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
 
 from core.models.registry import get_version, list_versions
 
 from .actions import html_table
+from .controller import Controller
 from .filter_panel import STATEMENT
 from .models_panel import ModelsDialog, headline_metrics, version_info
 
 log = logging.getLogger(__name__)
 
 
-class ExportMixin:
-    """Part of MainWindow: CSV export and the PDF case report."""
+class Exports(QObject):
+    """CSV export and the PDF case report: read in a worker, written when the data is in."""
 
-    def default_export_path(self, ext: str, case: str | None = None) -> str:
+    written = Signal(str)  # the file written
+    message = Signal(str, int)
+
+    def __init__(self, ctl: Controller, settings, dialog_parent, parent=None):
+        super().__init__(parent)
+        self.ctl, self.settings, self.dialog_parent = ctl, settings, dialog_parent
+
+    def default_path(self, ext: str, case: str | None = None) -> str:
         """A new file named after the case (or the folder) and the time, in the folder when it
         is writable, else in the home folder."""
-        stem = re.sub(r"[^\w.-]+", "-", case or Path(self.folder).name).strip("-.") or "case"
+        folder = self.ctl.folder
+        stem = re.sub(r"[^\w.-]+", "-", case or Path(folder).name).strip("-.") or "case"
         name = f"hemascan-{stem}-{time.strftime('%Y%m%d-%H%M')}.{ext}"
-        return str(Path(self.folder) / name) if os.access(self.folder, os.W_OK) else str(Path.home() / name)
+        return str(Path(folder) / name) if os.access(folder, os.W_OK) else str(Path.home() / name)
+
+    def _failed(self, what: str):
+        def failed(err) -> None:
+            self.message.emit(f"⚠ {what} failed: {err}", 20000)
+        return failed
 
     def export_csv(self, path: str | None = None) -> str | None:
-        if self.folder is None:
+        """Export the folder; returns the path it will be written to (``written`` when it is)."""
+        if self.ctl.folder is None:
             return None
         if path is None:
-            path, _f = QFileDialog.getSaveFileName(self, "Export CSV", self.default_export_path("csv"), "CSV (*.csv)")
+            path, _f = QFileDialog.getSaveFileName(self.dialog_parent, "Export CSV", self.default_path("csv"),
+                                                   "CSV (*.csv)")
             if not path:
                 return None
         from core.review.export import EXPORTERS
 
-        try:
-            n = EXPORTERS["csv"](self.db, path, folder=self.folder)
-        except Exception as exc:
-            log.exception("CSV export failed")
-            self.show_error(f"CSV export failed: {exc}")
-            return None
-        self.statusBar().showMessage(f"Exported {n:,} rows to {path}", 8000)
-        self.reportWritten.emit(path)
+        db, folder = self.ctl.db, self.ctl.folder
+
+        def done(n: int) -> None:
+            self.message.emit(f"Exported {n:,} rows to {path}", 8000)
+            self.written.emit(path)
+
+        self.ctl.runner.submit(lambda: EXPORTERS["csv"](db, path, folder=folder), name="CSV export",
+                               on_result=done, on_error=self._failed("CSV export"))
         return path
 
     def export_pdf(self, path: str | None = None, case: str | None = None) -> str | None:
-        if self.folder is None:
+        folder = self.ctl.folder
+        if folder is None:
             return None
         if path is None:
-            default = str(self.settings.value(f"case/{Path(self.folder).name}", "") or Path(self.folder).name)
-            case, ok = QInputDialog.getText(self, "Case report", "Case / sample name on the report:", text=default)
+            key = f"case/{Path(folder).name}"
+            default = str(self.settings.value(key, "") or Path(folder).name)
+            case, ok = QInputDialog.getText(self.dialog_parent, "Case report", "Case / sample name on the report:",
+                                            text=default)
             if not ok:
                 return None
-            self.settings.setValue(f"case/{Path(self.folder).name}", case.strip())
-            path, _f = QFileDialog.getSaveFileName(self, "Export PDF report",
-                                                   self.default_export_path("pdf", case.strip()), "PDF (*.pdf)")
+            self.settings.setValue(key, case.strip())
+            path, _f = QFileDialog.getSaveFileName(self.dialog_parent, "Export PDF report",
+                                                   self.default_path("pdf", case.strip()), "PDF (*.pdf)")
             if not path:
                 return None
-        from .report import write_report
+        from .report import report_data, write_report
 
-        QApplication.setOverrideCursor(Qt.WaitCursor)
-        try:
-            write_report(self.db, self.folder, self.version, self.reviewer or "", path, case=case)
-        except Exception as exc:
-            log.exception("PDF report failed")
-            self.show_error(f"PDF report failed: {exc}")
-            return None
-        finally:
-            QApplication.restoreOverrideCursor()
-        self.statusBar().showMessage(f"Report written to {path}", 8000)
-        self.reportWritten.emit(path)
+        version, reviewer = self.ctl.version, self.ctl.state.reviewer or ""
+
+        def render(data) -> None:  # on the GUI thread: Qt's text document and PDF writer
+            try:
+                write_report(None, folder, version, reviewer, path, case=case, data=data)
+            except Exception as exc:
+                log.exception("PDF report failed")
+                return self._failed("PDF report")(exc)
+            self.message.emit(f"Report written to {path}", 8000)
+            self.written.emit(path)
+
+        self.ctl.read(lambda s: report_data(s, folder, version), render, "report data",
+                      on_error=self._failed("PDF report"))
         return path
 
 
-class ModelMenuMixin:
-    """Part of MainWindow: model versions, retrain, switching the active version."""
+class ModelMenu(QObject):
+    """Model versions, retrain, switching the version this window shows."""
+
+    switched = Signal(object, object)  # version_info dict, reclassify (True / False / None: ask)
+    message = Signal(str, int)
+    notice = Signal(object)  # a sentence for the model panel (rich text), or None
+
+    def __init__(self, ctl: Controller, dialog_parent, parent=None):
+        super().__init__(parent)
+        self.ctl, self.dialog_parent = ctl, dialog_parent
+        self.retrain_dialog = None
 
     def show_models(self) -> None:
-        dlg = ModelsDialog(self.db, self)
+        dlg = ModelsDialog(self.ctl.db, self.dialog_parent)
         dlg.activateRequested.connect(lambda vid: self.activate_version(vid, ask=True))
         dlg.retrainRequested.connect(lambda: (dlg.accept(), self.show_retrain()))
         dlg.exec()
@@ -91,9 +123,10 @@ class ModelMenuMixin:
         """The modeless Retrain dialog (one at a time); the window stays usable while it trains."""
         from .retrain_dialog import RetrainDialog
 
-        if getattr(self, "retrain_dialog", None) is None:
-            self.retrain_dialog = RetrainDialog(self.db, self.paths, self, device=self.device_pref,
-                                                folder_open=self.folder is not None)
+        if self.retrain_dialog is None:
+            self.retrain_dialog = RetrainDialog(self.ctl.db, self.ctl.paths, self.dialog_parent,
+                                                device=self.ctl.device, folder_open=self.ctl.folder is not None,
+                                                version=self.ctl.version)
             self.retrain_dialog.promoted.connect(lambda vid, re: self.activate_version(vid, ask=False, reclassify=re))
             self.retrain_dialog.finished.connect(lambda _=None: setattr(self, "retrain_dialog", None))
             self.retrain_dialog.setAttribute(Qt.WA_DeleteOnClose)
@@ -102,33 +135,56 @@ class ModelMenuMixin:
         return self.retrain_dialog
 
     def activate_version(self, version_id: int, ask: bool = True, reclassify: bool | None = None) -> None:
+        """Make ``version_id`` the active one (logged as `models activate`) and show it."""
         from trainer.retrain import activate
 
-        with self.db.session() as s:
-            name = next(v.name for v in list_versions(s) if v.id == version_id)
-        activate(self.db, name, self.reviewer)  # recorded in the activation log, as `models activate`
-        with self.db.session() as s:
-            self.set_version(version_info(get_version(s, name)))
-        self.reload_gallery()
-        self.statusBar().showMessage(f"Active model: {self.version['name']}", 8000)
-        if self.folder is None:
-            return
-        if reclassify is None and ask:
-            reclassify = QMessageBox.question(
-                self, "Re-classify?", f"Classify {Path(self.folder).name} with {self.version['name']} now?\n"
-                "Only images this version has not predicted yet are processed.") == QMessageBox.Yes
-        if reclassify:
-            self.classify()
+        db, who = self.ctl.db, self.ctl.state.reviewer
+
+        def work():
+            with db.session() as s:
+                name = next(v.name for v in list_versions(s) if v.id == version_id)
+            activate(db, name, who)  # recorded in the activation log, as `models activate`
+            with db.session() as s:
+                return version_info(get_version(s, name))
+
+        self.ctl.runner.submit(work, name="activate model", on_error=lambda e: self.message.emit(f"⚠ {e}", 20000),
+                               on_result=lambda info: self.switched.emit(info, None if ask and reclassify is None
+                                                                         else bool(reclassify)))
+
+    def use_version(self, version_id: int) -> None:
+        """Show (and classify with) ``version_id``, already active elsewhere: nothing is logged."""
+        from core.storage import ModelVersion
+
+        self.ctl.read(lambda s: version_info(s.get(ModelVersion, version_id)),
+                      lambda info: self.switched.emit(info, None), "model version")
 
 
-class HelpMixin:
-    """Part of MainWindow: keys, log folder, About (with the decision-support statement)."""
+    def activated_elsewhere(self, a) -> None:
+        """Another seat made another version active (desktop.peers.Activation): say so, and keep
+        showing and classifying with the version shown until the reviewer chooses to switch."""
+        shown = self.ctl.version["name"] if self.ctl.version else "?"
+        text = (f"Model {a.name} was made active on another workstation by {a.by} ({a.at}). This window still "
+                f"shows and classifies with {shown}.")
+        self.notice.emit(f"<span style='color:#b26a00'>⚠ {text}</span> <a href='use'>Use {a.name}</a>")
+        self.message.emit(f"⚠ {text} 'Use {a.name}' under Model (left) switches.", 0)
+
+    def use_active(self, a) -> None:
+        if a is not None:
+            self.use_version(a.version_id)
+
+
+class HelpMenu(QObject):
+    """Keys, log folder, About (with the decision-support statement)."""
+
+    def __init__(self, ctl: Controller, dialog_parent, parent=None):
+        super().__init__(parent)
+        self.ctl, self.dialog_parent = ctl, dialog_parent
 
     def show_shortcuts(self) -> None:
-        QMessageBox.information(self, "Keyboard shortcuts", html_table(self.version["classes"] if self.version else []))
+        QMessageBox.information(self.dialog_parent, "Keyboard shortcuts", html_table(self.ctl.classes))
 
     def open_log_folder(self) -> None:
-        QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.paths.logs)))
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.ctl.paths.logs)))
 
     def about_text(self) -> str:
         import platform
@@ -150,8 +206,9 @@ class HelpMixin:
             tv = torch.__version__
         except Exception:
             tv = "not available"
-        v = self.version or {}
+        v = self.ctl.version or {}
         card = v.get("card") or {}
+        paths = self.ctl.paths
         return (f"<h3>hemascan {hv}</h3><p><b>{STATEMENT}</b></p><p>{INTENDED_USE}</p>"
                 f"<p>Python {platform.python_version()} · PySide6 {PySide6.__version__} · Qt "
                 f"{PySide6.QtCore.qVersion()} · PyTorch {tv} · SQLAlchemy {sqlalchemy.__version__}</p>"
@@ -159,7 +216,7 @@ class HelpMixin:
                 f"{card.get('taxonomy', '')}); {headline_metrics(card)}<br>"
                 f"created {card.get('created_at', '')}; classes: {', '.join(card.get('classes', []))}<br>"
                 f"{card.get('notes', '')}</p>"
-                f"<p><small>Data: {self.paths.data_dir}<br>Log: {self.paths.logs / 'hemascan.log'}</small></p>")
+                f"<p><small>Data: {paths.data_dir}<br>Log: {paths.logs / 'hemascan.log'}</small></p>")
 
     def show_about(self) -> None:
-        QMessageBox.about(self, "About hemascan", self.about_text())
+        QMessageBox.about(self.dialog_parent, "About hemascan", self.about_text())

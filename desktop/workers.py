@@ -7,14 +7,35 @@ by setting its threading.Event, which core jobs check after every batch.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import traceback
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal
 
 log = logging.getLogger(__name__)
+
+
+_setup = threading.local()
+
+
+@contextlib.contextmanager
+def setup_on_main_thread():
+    """Marks the window's set-up before its event loop runs (opening the database, the model it
+    shows first): the only database work the GUI thread may do. The main-thread SQL check of
+    the tests (tests/conftest.py) lets it pass; anything after ``show()`` goes through the pool."""
+    depth = getattr(_setup, "depth", 0)
+    _setup.depth = depth + 1
+    try:
+        yield
+    finally:
+        _setup.depth = depth
+
+
+def in_setup() -> bool:
+    return getattr(_setup, "depth", 0) > 0
 
 
 class JobError(Exception):
@@ -171,3 +192,43 @@ class Workers(QObject):
         a = self.jobs.waitForDone(ms)
         b = self.light.waitForDone(ms)
         return a and b
+
+
+class Poller(QObject):
+    """Every ``interval_ms``, one query at a time on the light pool (a tick while the last is
+    still out is skipped): ``make_query()`` runs on the GUI thread and returns the function to
+    run on a pool thread (plain values captured), or None to skip this tick. ``result`` brings
+    its plain-data answer back; ``failed`` a JobError (a server away: the next tick asks again)."""
+
+    result = Signal(object)
+    failed = Signal(object)
+
+    def __init__(self, workers: Workers, make_query: Callable[[], Callable[[], Any] | None], interval_ms: int,
+                 name: str, parent=None):
+        super().__init__(parent)
+        self.workers, self.make_query, self.name = workers, make_query, name
+        self._busy = False
+        self.timer = QTimer(self)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self.poll)
+
+    def start(self, now: bool = True) -> None:
+        self.timer.start()
+        if now:
+            self.poll()
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+    def poll(self) -> None:
+        if self._busy:
+            return
+        query = self.make_query()
+        if query is None:
+            return
+        self._busy = True
+        self.workers.submit(query, name=self.name, on_result=self.result.emit, on_error=self.failed.emit,
+                            on_finished=self._finished, priority=2)
+
+    def _finished(self) -> None:
+        self._busy = False

@@ -159,3 +159,55 @@ def db_url(engine_name, tmp_path, request):
 def url_arg(url) -> str:
     """A URL for a command line or an environment variable (password included)."""
     return url.render_as_string(hide_password=False)
+
+
+# ---- the desktop's GUI thread never touches the database (issue 20.9) -----------------------
+
+DESKTOP_DIR = str(ROOT / "desktop") + os.sep
+
+
+def gui_thread_sql(stack_of=None) -> str | None:
+    """Where a statement runs, when it runs on the GUI thread for desktop code after the window's
+    set-up (desktop.workers.setup_on_main_thread): the desktop frames of the stack; else None."""
+    import threading
+    import traceback
+
+    if threading.current_thread() is not threading.main_thread() or "PySide6.QtWidgets" not in sys.modules:
+        return None
+    from PySide6.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        return None
+    from desktop.workers import in_setup
+
+    if in_setup():
+        return None
+    frames = traceback.extract_stack(stack_of)
+    mine = [f for f in frames if f.filename.startswith(DESKTOP_DIR)]
+    if not mine:
+        return None  # the test itself reads (its own checks), not the window
+    return "".join(traceback.format_list(mine[-6:]))
+
+
+@pytest.fixture(autouse=True)
+def no_sql_on_the_gui_thread(request):
+    """Fails the test when desktop code runs a SQL statement on the Qt main thread while a
+    QApplication exists (after the window's set-up): every read must go through the job runner.
+    On every test: only desktop code can trip it."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    seen: list[str] = []
+
+    def check(conn, cursor, statement, parameters, context, executemany):
+        where = gui_thread_sql()
+        if where is not None:
+            seen.append(f"{statement.split()[0]} on the GUI thread:\n{where}")
+
+    event.listen(Engine, "before_cursor_execute", check)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", check)
+    if seen:
+        pytest.fail(f"{len(seen)} SQL statement(s) ran on the GUI thread; the first:\n{seen[0]}", pytrace=False)

@@ -114,7 +114,8 @@ def test_window_keys_and_buttons_follow_the_active_models_classes(qtbot, tmp_pat
     assert [b.text() for b in w.class_buttons] == ["1  Benign", "2  Early Pre-B", "3  Pre-B", "4  Pro-B", "O  Other"]
     with w.db.session() as s:
         vid = next(v.id for v in list_versions(s) if v.name == _name())
-    w.activate_version(vid, ask=False, reclassify=False)
+    with qtbot.waitSignal(w.versionShown, timeout=10_000):  # activated in a worker
+        w.activate_version(vid, ask=False, reclassify=False)
     assert [b.text() for b in w.class_buttons] == ["1  ALL", "2  Normal", "O  Other"]
     keys = sorted(a.shortcut().toString() for a in w.actions() if a.shortcut().toString() in list("123456789"))
     assert keys == ["1", "2"]  # the old 3 and 4 are gone, not left acting on another taxonomy
@@ -134,7 +135,8 @@ def test_window_keys_and_buttons_follow_the_active_models_classes(qtbot, tmp_pat
     with w.db.session() as s:
         assert s.scalars(select(Prediction.label)).all()  # stored with the binary model
         assert set(s.scalars(select(Prediction.label))) <= {"ALL", "Normal"}
-    pdf = w.export_pdf(path=str(tmp_path / "report.pdf"))
+    with qtbot.waitSignal(w.reportWritten, timeout=30_000):  # its data read in a worker
+        pdf = w.export_pdf(path=str(tmp_path / "report.pdf"))
     assert pdf and Path(pdf).read_bytes().startswith(b"%PDF")
 
 

@@ -44,6 +44,12 @@ def events(db):
                 for e in s.scalars(select(LabelEvent).order_by(LabelEvent.id))]
 
 
+def settle(qtbot, w, timeout=10_000):
+    """The gallery reads off the GUI thread: wait until what a filter, sort or folder change
+    asked for is on screen."""
+    qtbot.waitUntil(lambda: not w.gallery.busy, timeout=timeout)
+
+
 def key(qtbot, w, k, mod=Qt.NoModifier):
     qtbot.keyClick(w.view, k, mod)
 
@@ -83,6 +89,7 @@ def test_open_classify_review_undo_filter_export(qtbot, window, tmp_path):
 
     ids = [r.image_id for r in rows]
     p1 = rows[1].predicted
+    assert w.label_writer.flush(10)  # every label is written by the writer's thread, never the GUI's
     got = events(w.db)
     assert [(i, prev, lab) for i, prev, lab, *_ in got] == [
         (ids[0], None, "Early Pre-B"),
@@ -99,27 +106,33 @@ def test_open_classify_review_undo_filter_export(qtbot, window, tmp_path):
 
     # filters
     w.f_rev.setCurrentIndex(w.f_rev.findData("Pro-B"))
+    settle(qtbot, w)
     assert w.model.total == 3 and {w.model.row_at(r).image_id for r in range(3)} == set(ids[3:6])
     w.f_rev.setCurrentIndex(w.f_rev.findData(q.UNREVIEWED))
+    settle(qtbot, w)
     assert w.model.total == 12 - 5
     w.f_rev.setCurrentIndex(0)
     w.f_disagree.setChecked(True)
+    settle(qtbot, w)
     expected = {i for i, r in zip(ids, rows) if (i == ids[0] and r.predicted != "Early Pre-B")
                 or (i in ids[3:6] and r.predicted != "Pro-B")}
     assert {w.model.row_at(r).image_id for r in range(w.model.rowCount())} == expected
     w.f_disagree.setChecked(False)
     w.sort.setCurrentIndex(w.sort.findData("name"))
+    settle(qtbot, w)
     names = [w.model.row_at(r).path for r in range(12)]
     assert names == sorted(names)
 
     # exports
-    out_csv = w.export_csv(path=str(tmp_path / "out.csv"))
+    with qtbot.waitSignal(w.reportWritten, timeout=10_000):  # written in a worker
+        out_csv = w.export_csv(path=str(tmp_path / "out.csv"))
     with open(out_csv, newline="") as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == 12
     assert sorted(r["reviewed_label"] for r in table if r["reviewed_label"]) == sorted(
         ["Early Pre-B", p1, "Pro-B", "Pro-B", "Pro-B"])
-    out_pdf = w.export_pdf(path=str(tmp_path / "report.pdf"))
+    with qtbot.waitSignal(w.reportWritten, timeout=30_000):  # its data read in a worker
+        out_pdf = w.export_pdf(path=str(tmp_path / "report.pdf"))
     data = open(out_pdf, "rb").read()
     assert data.startswith(b"%PDF") and len(data) > 5000
 
@@ -128,7 +141,7 @@ def test_open_classify_review_undo_filter_export(qtbot, window, tmp_path):
     with qtbot.waitSignal(w.gradcamReady, timeout=30000):
         w.detail.gradcam.setChecked(True)
     assert w.detail.view.has_overlay()
-    assert w.detail.history.rowCount() == 1
+    qtbot.waitUntil(lambda: w.detail.history.rowCount() == 1, timeout=5000)  # read in a worker
     assert len(events(w.db)) == 7  # looking, filtering and exporting wrote nothing
 
 
@@ -165,6 +178,8 @@ def test_cancel_stops_quickly_and_keeps_work(qtbot, window, tmp_path):
 
 def test_gallery_pages_100k_rows(qtbot, window, tmp_path):
     from core.models.registry import active_version
+    from PySide6.QtWidgets import QApplication
+
     from desktop.gallery import PAGE
 
     w = window
@@ -187,6 +202,7 @@ def test_gallery_pages_100k_rows(qtbot, window, tmp_path):
     insert_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     w.open_folder(folder, classify=False)
+    settle(qtbot, w, timeout=20_000)
     open_s = time.perf_counter() - t0
     assert w.model.total == n
     assert w.model.rowCount() == PAGE
@@ -197,7 +213,9 @@ def test_gallery_pages_100k_rows(qtbot, window, tmp_path):
     steps = 6
     for _ in range(steps):  # scroll to the end of what is loaded: the view fetches the next page
         bar.setValue(bar.maximum())
-        qtbot.waitUntil(lambda: w.model.rowCount() % PAGE == 0 and bar.value() == bar.maximum(), timeout=5000)
+        settle(qtbot, w)  # the page the view asked for is read in a worker, then laid out
+        qtbot.waitUntil(lambda: w.model.rowCount() % PAGE == 0, timeout=5000)
+        QApplication.processEvents()
         w.view.viewport().repaint()
     rows = w.model.rowCount()
     assert rows % PAGE == 0 and PAGE < rows <= PAGE * (steps + 2)
@@ -234,6 +252,7 @@ def test_switch_model_reclassifies_and_about(qtbot, window, tmp_path):
     from core.models.registry import bundled_packages
 
     row = len(bundled_packages())  # the bundled packages, then the new one
+    qtbot.waitUntil(lambda: dlg.table.rowCount() == row + 1, timeout=5000)  # read in a worker
     assert dlg.table.rowCount() == row + 1 and "accuracy 0.500" in dlg.table.item(row, 5).text()
     assert dlg.retrain.isEnabled()  # opens the Retrain dialog (tests/test_retrain_gui.py)
     with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT) as blocker:

@@ -60,6 +60,6 @@ def test_gradcam_lands_on_the_image_shown_when_it_finishes(qtbot, tmp_path):
     qtbot.keyClick(w.view, Qt.Key_Right)  # ...and at once the reviewer moves on
     shown = w.model.row_at(w.view.currentIndex().row()).image_id
     qtbot.waitUntil(lambda: shown in ready, timeout=60000)
-    assert w.detail.view.has_overlay() and w._shown_id == shown
+    assert w.detail.view.has_overlay() and w.detail_pane.shown_id == shown
     w.workers.cancel_all()
     w.workers.wait(10000)

@@ -15,7 +15,7 @@ from sqlalchemy import select  # noqa: E402
 from core.storage import LabelEvent  # noqa: E402
 from core.models.taxonomy import OTHER  # noqa: E402
 
-from .test_desktop import JOB_TIMEOUT, key, window  # noqa: E402,F401  (fixture)
+from .test_desktop import JOB_TIMEOUT, key, settle, window  # noqa: E402,F401  (fixture)
 
 
 def _outside_band_pixels(w) -> int:
@@ -51,6 +51,7 @@ def test_outside_images_are_marked_filtered_counted_and_can_be_called_other(qtbo
     monkeypatch.setattr("PySide6.QtWidgets.QInputDialog.getText", lambda *a, **k: ("smudge cell", True))
     w.view.setCurrentIndex(w.model.index(1))
     key(qtbot, w, Qt.Key_O, Qt.ShiftModifier)
+    assert w.label_writer.flush(10)  # written by the writer's thread
     with w.db.session() as s:
         evs = [(e.label, e.note) for e in s.scalars(select(LabelEvent).order_by(LabelEvent.id))]
     assert evs == [(OTHER, None), (OTHER, "smudge cell")]
@@ -59,7 +60,9 @@ def test_outside_images_are_marked_filtered_counted_and_can_be_called_other(qtbo
 
     # filters: outside only keeps all 8; reviewed "Other" keeps the two
     w.f_outside.setChecked(True)
+    settle(qtbot, w)
     assert w.model.rowCount() == 8
     w.f_outside.setChecked(False)
     w.f_rev.setCurrentIndex(w.f_rev.findData(OTHER))
+    settle(qtbot, w)
     assert w.model.rowCount() == 2

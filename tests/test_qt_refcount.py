@@ -94,6 +94,7 @@ def test_gallery_scroll_to_end_and_back_keeps_none_refcount(qtbot, paths, tmp_pa
         assert len(ids) == 360
 
         w.open_folder(folder, classify=False)
+        qtbot.waitUntil(lambda: not w.model.busy, timeout=10000)  # read in a worker
         assert w.model.total == 360
         view, bar = w.view, w.view.verticalScrollBar()
 
@@ -105,7 +106,7 @@ def test_gallery_scroll_to_end_and_back_keeps_none_refcount(qtbot, paths, tmp_pa
                 view.viewport().repaint()
                 qtbot.wait(5)
                 pages += 1
-                if (bar.value(), w.model.rowCount()) == before and bar.value() == bar.maximum():
+                if (bar.value(), w.model.rowCount()) == before and bar.value() == bar.maximum() and not w.model.busy:
                     break
             while bar.value() > bar.minimum():  # and back up
                 bar.triggerAction(QAbstractSlider.SliderPageStepSub)

@@ -76,7 +76,7 @@ def test_retrain_dialog_through_to_promotion(qtbot, window, db, monkeypatch):
         qtbot.mouseClick(dlg.promote_btn, Qt.LeftButton)
     with db.session() as s:
         assert active_version(s).name == out["version"]
-    assert w.version["name"] == out["version"]
+    qtbot.waitUntil(lambda: w.version["name"] == out["version"], timeout=10_000)  # switched in a worker
 
 
 def test_retrain_dialog_cancel(qtbot, window, db, paths):
@@ -128,6 +128,7 @@ def test_model_panel_measures_every_version_on_the_same_images(qtbot, window, db
     out = run_job(retrain(db, paths, RetrainConfig(**FAST, int8=False)))
     dlg = ModelsDialog(db, window)
     qtbot.addWidget(dlg)
+    qtbot.waitUntil(lambda: dlg.table.rowCount() > 0, timeout=10_000)  # read in a worker
     names = [dlg.table.item(r, 1).text() for r in range(dlg.table.rowCount())]
     col = {dlg.table.horizontalHeaderItem(c).text(): c for c in range(dlg.table.columnCount())}
     same, own = col["On your validation images"], next(c for h, c in col.items() if h.startswith("Card's own"))

@@ -18,7 +18,7 @@ from sqlalchemy import select  # noqa: E402
 from core.storage import LabelEvent  # noqa: E402
 from core.models.taxonomy import OTHER, OTHER_TITLE  # noqa: E402
 
-from .test_desktop import JOB_TIMEOUT, window  # noqa: E402,F401  (fixture)
+from .test_desktop import JOB_TIMEOUT, settle, window  # noqa: E402,F401  (fixture)
 
 
 def _labels(w) -> list[tuple[int, str]]:
@@ -42,6 +42,7 @@ def test_keys_act_on_the_gallery_after_a_filter_was_used(qtbot, window, tmp_path
     qtbot.waitUntil(w.f_pred.hasFocus, timeout=2000)
     w.f_pred.setCurrentIndex(1)
     w.f_pred.setCurrentIndex(0)
+    settle(qtbot, w)
     before = w.f_pred.currentIndex()
     assert w.view.currentIndex().row() == 0  # the filter change selected the first image
     qtbot.keyClick(w.f_pred, Qt.Key_Down)
@@ -70,6 +71,7 @@ def test_detail_panel_shows_the_current_image_or_nothing_and_refusals_say_why(qt
     w.view.setCurrentIndex(w.model.index(3))
     # a filter with no match: the panel empties and the buttons are off; a key says why
     w.f_rev.setCurrentIndex(w.f_rev.findData(OTHER))
+    settle(qtbot, w)
     assert w.model.rowCount() == 0
     assert w.detail.title.full == "No image selected" and w.detail.summary.text() == ""
     assert not any(b.isEnabled() for b in w.class_buttons) and not w.review_buttons["accept"].isEnabled()
@@ -77,6 +79,7 @@ def test_detail_panel_shows_the_current_image_or_nothing_and_refusals_say_why(qt
     assert "No image in view" in w.statusBar().currentMessage() and _labels(w) == []
     # back to everything: the first image is selected and shown, not the old one
     w.f_rev.setCurrentIndex(0)
+    settle(qtbot, w)
     assert w.view.currentIndex().row() == 0
     assert w.detail.title.full == w.model.row_at(0).name
     # another folder: its first image, never the previous folder's
@@ -111,6 +114,7 @@ def test_tile_says_the_reviewers_class_in_words_and_the_models_when_they_differ(
     model_says = "outside experience" if w.model.row_at(0).outside else predicted  # synthetic: outside
     label = next(c for c in w.version["classes"] if c != predicted)
     w.label_selected(label)
+    qtbot.waitUntil(lambda: bool(_labels(w)), timeout=5000)  # written by the writer's thread
     qtbot.waitUntil(lambda: w.model.row_at(w.model.row_of(_labels(w)[0][0])).reviewed == label, timeout=5000)
     caption = w.model.index(w.model.row_of(_labels(w)[0][0])).data(_Qt.AccessibleTextRole)
     assert caption == f"\u270e {label} \u00b7 model: {model_says} \u00b7 by {w.reviewer}"
@@ -134,6 +138,7 @@ def test_where_am_i_end_of_queue_unreviewed_queue_and_impossible_filters(qtbot, 
     # impossible combinations cannot be chosen
     w.f_disagree.setChecked(True)
     w.f_rev.setCurrentIndex(w.f_rev.findData(UNREVIEWED))
+    settle(qtbot, w)
     assert not w.f_disagree.isEnabled() and not w.f_disagree.isChecked() and w.model.rowCount() == 8
     # Unreviewed only: a reviewed image leaves the view after a grace; the next key lands on the image shown
     assert w.view.currentIndex().row() == 0
@@ -193,7 +198,10 @@ def test_case_report_lists_corrected_and_flagged_images_with_sign_off(qtbot, win
     w.view.setCurrentIndex(w.model.index(w.model.row_of(w.model.row_at(1).image_id)))
     w.label_selected(OTHER)
     qtbot.waitUntil(lambda: len(_labels(w)) == 2, timeout=5000)
-    doc = build_report(w.db, w.folder, w.version, w.reviewer, "Case 2026-117")
+    from desktop.workers import setup_on_main_thread
+
+    with setup_on_main_thread():  # the test reads the report's data itself, on its own thread
+        doc = build_report(w.db, w.folder, w.version, w.reviewer, "Case 2026-117")
     text = doc.toPlainText()
     assert "hemascan case report: Case 2026-117" in text and "local time" in text
     assert "Corrected by the reviewer: 1" in text and f"{OTHER_TITLE}: 1" in text
@@ -202,7 +210,8 @@ def test_case_report_lists_corrected_and_flagged_images_with_sign_off(qtbot, win
     assert STATEMENT in text and "|" not in text  # real tables, no Markdown
     assert "held-out test images of all-taleqani" in text  # the model in one line, with the basis
     assert "computed with openvino int8 cpu" in text and "agrees with fp32 on 99.8%" in text  # how, and how checked
-    pdf = w.export_pdf(path=str(tmp_path / "case.pdf"), case="Case 2026-117")
+    with qtbot.waitSignal(w.reportWritten, timeout=30_000):  # its data read in a worker
+        pdf = w.export_pdf(path=str(tmp_path / "case.pdf"), case="Case 2026-117")
     assert open(pdf, "rb").read().startswith(b"%PDF")
 
 
@@ -257,6 +266,7 @@ def test_the_window_never_widens_itself_and_the_current_tile_is_framed(qtbot, wi
     assert w.detail.title.full.startswith("WBC-Malignant") and w.detail.title.text() != w.detail.title.full
     assert w.width() == width
     w.sort.setCurrentIndex(w.sort.findData("name"))  # a reload: the first image is current and framed
+    settle(qtbot, w)
     assert w.view.selectionModel().isSelected(w.view.currentIndex()) and w.view.currentIndex().row() == 0
 
 

@@ -270,6 +270,7 @@ def test_the_window_shows_another_machines_worker_and_its_predictions(qtbot, pat
     run_job(submit(other, paths, sample_folder))
     qtbot.waitUntil(lambda: w.queue_label.text() == f"Workers: {N_SAMPLE} queued, 0 running, 0 done, 0 failed",
                     timeout=10000)
+    qtbot.waitUntil(lambda: w.model.rowCount() == N_SAMPLE, timeout=10000)  # the gallery reads in a worker
     assert w.model.rowCount() == N_SAMPLE and all(w.model.row_at(r).predicted is None for r in range(N_SAMPLE))
     run_job(run_worker(other, paths, once=True))
     qtbot.waitUntil(lambda: w.queue_label.text().endswith(f"{N_SAMPLE} done, 0 failed"), timeout=10000)

@@ -225,11 +225,16 @@ class LabelWriter:
     still waiting, the write is queued; a thread of its own, with its own engine and one
     session per attempt, writes the queue in order and retries until it succeeds, so no
     label is ever dropped. ``on_saved(image_ids, n_pending)`` and ``on_waiting(message,
-    n_pending)`` are called from that thread (the desktop turns them into Qt signals)."""
+    n_pending)`` are called from that thread (the desktop turns them into Qt signals).
+    ``off_caller_thread``: never touch the database on the calling thread, queue every write
+    (the desktop's GUI thread: a server gone away could hold even a short write for the
+    connect timeout)."""
 
     def __init__(self, db: Database, on_saved=None, on_waiting=None,
-                 fast_busy_ms: int = FAST_WRITE_BUSY_MS, retry_busy_ms: int = RETRY_BUSY_MS):
+                 fast_busy_ms: int = FAST_WRITE_BUSY_MS, retry_busy_ms: int = RETRY_BUSY_MS,
+                 off_caller_thread: bool = False):
         self.url = db.url
+        self.off_caller_thread = off_caller_thread
         self._db = db  # its engines check that the SQLite file is still the one ``db`` opened
         self._fast = Database(db.url, migrate=False, busy_timeout_ms=fast_busy_ms, settings=db.settings,
                               same_file_as=db)
@@ -256,7 +261,7 @@ class LabelWriter:
         with self._cond:
             self._seq += 1
             item = LabelWrite(self._seq, dict(targets), reviewer, taxonomy, note, source)
-            if self._queue or self._closing:
+            if self._queue or self._closing or self.off_caller_thread:
                 self._enqueue(item)
                 return False
         try:
