@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from core.models.taxonomy import OTHER, OTHER_TITLE
+from core.models.taxonomy import TAXONOMIES
 
 
 class ActionTarget(Protocol):
@@ -151,8 +152,6 @@ def html_table(classes: list[str]) -> str:
 
 
 def default_classes() -> list[str]:
-    from core.models.taxonomy import TAXONOMIES
-
     return list(TAXONOMIES["all_subtype"].classes)
 
 
@@ -181,7 +180,7 @@ def _button(window, spec: ActionSpec, action, classes: list[str]):
     from PySide6.QtGui import QKeySequence
     from PySide6.QtWidgets import QPushButton
 
-    from .tiles import class_color
+    from .tiles import class_color  # heavy: imports Qt
 
     b = QPushButton(spec.button)
     b.setFocusPolicy(Qt.NoFocus)  # a click never takes the keys from the gallery

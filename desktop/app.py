@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from core.app.cli import setup_logging
+from core.app import options
+from core.config import SettingsError, load_settings, resolve_paths
 
 log = logging.getLogger("hemascan.desktop")
 
@@ -25,7 +28,6 @@ def run_gui(paths, db_url=None, folder=None, device=None, argv=None) -> int:
     from PySide6.QtGui import QGuiApplication
     from PySide6.QtWidgets import QApplication
 
-    from core.app.cli import setup_logging
 
     setup_logging(paths, False)
     QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
@@ -33,8 +35,8 @@ def run_gui(paths, db_url=None, folder=None, device=None, argv=None) -> int:
     app.setOrganizationName("hemascan")
     app.setApplicationName("hemascan")
     app.setApplicationDisplayName("hemascan")
-    from .mainwindow import MainWindow
-    from .startup import show_startup_error
+    from .mainwindow import MainWindow  # heavy: imports Qt
+    from .startup import show_startup_error  # heavy: imports Qt
 
     try:
         window = MainWindow(paths, db_url, device=device)
@@ -55,8 +57,6 @@ def run_gui(paths, db_url=None, folder=None, device=None, argv=None) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from core.app import options
-    from core.config import SettingsError, load_settings, resolve_paths
 
     p = argparse.ArgumentParser(prog="python -m desktop", description="hemascan desktop app")
     p.add_argument("folder", nargs="?", help="folder of smear images to open and classify")

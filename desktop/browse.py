@@ -11,6 +11,7 @@ from core.review import gallery as q
 from .controller import Controller
 from .gallery import ID_ROLE, PREFETCH, ROW_ROLE, THUMB, GalleryModel, ThumbnailLoader, TileDelegate
 from .viewstate import FolderView
+from desktop.problems import ProblemFilesDialog
 
 
 class GalleryPane(QObject):
@@ -170,7 +171,6 @@ class GalleryPane(QObject):
         """The files of the folder that could not be used, with the reason (from the last counts)."""
         from PySide6.QtCore import Qt
 
-        from .problems import ProblemFilesDialog
 
         if self.ctl.folder is None:
             return None

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QLabel, QProgressBar, QToolButton
 
 from .controller import Controller
 from .workers import JobSlot
+from core.inference import predict
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,7 @@ def fmt_eta(s) -> str:
 
 
 def describe_device(device: str | None) -> str:
-    from core.inference.predict import describe_device, select_device
-
-    return describe_device(select_device(device))
+    return predict.describe_device(predict.select_device(device))
 
 
 class ClassifyJob(QObject):
@@ -68,12 +67,11 @@ class ClassifyJob(QObject):
     def start(self) -> None:
         if self.ctl.folder is None or self.slot.running:
             return
-        from core.inference.predict import classify
 
         folder, db, paths, device = self.ctl.folder, self.ctl.db, self.ctl.paths, self.ctl.device
         version = self.ctl.version["ref"] if self.ctl.version else None  # the version shown, not a lookup
         self._stage = None
-        self.slot.start(lambda cancel: classify(db, paths, folder, device=device, cancel=cancel, version=version),
+        self.slot.start(lambda cancel: predict.classify(db, paths, folder, device=device, cancel=cancel, version=version),
                         "classification")
         self.progress.setRange(0, 0)
         self.progress.setVisible(True)

@@ -5,6 +5,8 @@ import sys
 
 from core.app.command import command
 from core.app.options import non_empty_path
+from desktop.qtcheck import EXIT_NO_DISPLAY, gui_preflight
+from desktop.app import run_gui
 
 
 def _configure(p) -> None:
@@ -14,13 +16,10 @@ def _configure(p) -> None:
 
 @command("gui", "open the desktop app (optionally on FOLDER)", _configure)
 def run(args, app) -> int:
-    from .qtcheck import EXIT_NO_DISPLAY, gui_preflight
-
     # before any QApplication: Qt aborts the process when its xcb plugin cannot load
     problem = gui_preflight()
     if problem:
         print(problem, file=sys.stderr, flush=True)
         return EXIT_NO_DISPLAY
-    from .app import run_gui
 
     return run_gui(app.paths, app.db_url, args.folder, args.device)

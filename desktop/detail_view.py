@@ -12,6 +12,9 @@ from core.review.labels import history
 from .controller import Controller, local_time
 from .detail import DetailPanel, heatmap_rgba, rgb_to_qimage
 from .models_panel import trained_on
+from core.imaging.fspath import to_fs
+from core.imaging.images import decode_rgb, read_file
+from core.inference.gradcam import GradCam
 
 
 def history_rows(session, image_id: int) -> list[dict]:
@@ -21,9 +24,6 @@ def history_rows(session, image_id: int) -> list[dict]:
 
 
 def decode_full(path):
-    from core.imaging.fspath import to_fs
-    from core.imaging.images import decode_rgb, read_file
-
     return rgb_to_qimage(decode_rgb(read_file(to_fs(path))))
 
 
@@ -114,8 +114,6 @@ class DetailPane(QObject):
         package, vid = v["path"], v["id"]
 
         def work(r=row):
-            from core.inference.gradcam import GradCam
-
             with self._gradcam_lock:  # one explainer, built once per model version
                 if self._gradcam is None or self._gradcam[0] != vid:
                     self._gradcam = (vid, GradCam(package))

@@ -38,6 +38,7 @@ from .review_actions import UNREVIEWED_GRACE_MS, QueuedReview, ReviewActions, pe
 from .viewstate import WindowSettings, last_folder, load_folder_view, save_folder_view, settings_for
 from .window_menus import Exports, HelpMenu, ModelMenu
 from .workers import Workers, setup_on_main_thread
+from desktop.keys import GalleryKeys
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,6 @@ class MainWindow(QMainWindow):
         self.window_settings.recent_menu = self.recent_menu
         self.window_settings.fill_recent()
         self.set_version(first_version)
-        from .keys import GalleryKeys
 
         self.gallery_keys = GalleryKeys(self, self.view)
         if self.reviewer is None:  # first launch (or a stored computer account): ask once, when shown

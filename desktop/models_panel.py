@@ -8,13 +8,15 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QHB
 
 from core.inference.engines import MIN_INT8_AGREEMENT
 from core.models.registry import list_versions
+from core.models.registry import VersionRef
+from core.models.store import version_package
+from desktop.workers import Workers
+from core.review.reviewed import measure_on_validation_side
 
 
 def version_info(v) -> dict:
     """Plain data from a ModelVersion row (no ORM object leaves its session); ``ref`` is the
     VersionRef a classify job is given, so it predicts with the version shown."""
-    from core.models.registry import VersionRef
-    from core.models.store import version_package
 
     card = dict(v.card or {})
     # this seat's copy of the package (materialised from the database when another seat registered it)
@@ -109,7 +111,6 @@ class ModelsDialog(QDialog):
         self.measure.setToolTip("Run every version on your fixed validation images (reviewed, never trained on): "
                                 "the only figures that compare versions fairly")
         self.measure.clicked.connect(self.measure_same_basis)
-        from .workers import Workers
 
         self.workers = Workers(self)
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
@@ -155,7 +156,6 @@ class ModelsDialog(QDialog):
 
     def measure_same_basis(self) -> None:
         """Every version on its taxonomy's fixed validation side, in a worker."""
-        from core.review.reviewed import measure_on_validation_side
 
         self.measure.setEnabled(False)
         self.measure.setText("Measuring…")

@@ -11,6 +11,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QLabel
 
 from .workers import Poller, Workers
+from core.app.workqueue import queue_status
 
 REFRESH_MS = 5000
 
@@ -50,7 +51,6 @@ class QueueStatusLabel(QLabel):
     def _query(self):
         if self.folder is None:
             return None
-        from core.app.workqueue import queue_status
 
         folder, db = self.folder, self.database()
         return lambda: (folder, queue_status(db, folder))

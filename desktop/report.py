@@ -21,6 +21,7 @@ from core.models.taxonomy import OTHER, OTHER_TITLE
 
 from .models_panel import trained_on
 from .tiles import make_thumbnail
+from desktop.models_panel import headline_metrics
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,6 @@ def build_report(db, folder, version: dict | None, reviewer: str, case: str,
                  data: ReportData | None = None) -> QTextDocument:
     """The report as a rich-text document (write_report prints it to PDF); ``data`` read
     beforehand, else read from ``db`` here."""
-    from .models_panel import headline_metrics
 
     if data is None:
         with db.session() as s:

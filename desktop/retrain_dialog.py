@@ -22,6 +22,13 @@ from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QFil
 from .classify_job import fmt_eta
 from .retrain_compare import ComparisonView, set_cell, table
 from .workers import Workers
+from core.inference.runtime import probe_host
+from core.review.reviewed import reviewed_summary as data_summary
+from trainer.retrain import RetrainConfig
+from trainer.retrain import retrain
+from trainer.retrain import promote, promotion_advice
+from core.models.registry import require_active_version
+from desktop.models_panel import version_info
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +59,9 @@ class RetrainDialog(QDialog):
     def _build(self, device, folder_open, version: dict | None) -> None:
         import pyqtgraph as pg
 
-        from core.models.architectures import ARCHITECTURES
+        from core.models.architectures import ARCHITECTURES  # heavy: imports torch
 
         if version is None:  # opened on its own (not from the window, which passes the version it shows)
-            from core.models.registry import require_active_version
-
-            from .models_panel import version_info
-
             with self.db.session() as s:
                 version = version_info(require_active_version(s))
         self.active = {"id": version["id"], "name": version["name"], "architecture": version["architecture"],
@@ -100,7 +103,6 @@ class RetrainDialog(QDialog):
         self.device = QComboBox()
         self.device.addItem("auto (CUDA if available)", "auto")
         self.device.addItem("CPU", "cpu")
-        from core.inference.runtime import probe_host
 
         for i, gpu in enumerate(probe_host().gpus):  # the runtime plan's view of this machine
             self.device.addItem(f"CUDA ({gpu.name})", f"cuda:{i}")
@@ -213,8 +215,6 @@ class RetrainDialog(QDialog):
 
     # ------------------------------------------------------------------ data summary
     def refresh_data(self) -> None:
-        from core.review.reviewed import reviewed_summary as data_summary
-
         db, tax = self.db, self.active["taxonomy"]
         self.workers.submit(lambda: data_summary(db, tax), name="data summary", on_result=self._show_data,
                             on_error=self._error)
@@ -240,8 +240,6 @@ class RetrainDialog(QDialog):
 
     # ------------------------------------------------------------------ the run
     def config(self):
-        from trainer.retrain import RetrainConfig
-
         scratch = self.scratch.isChecked()
         return RetrainConfig(epochs=self.epochs.value(), min_steps=self.min_steps.value(), from_scratch=scratch,
                              arch=self.arch.currentText() if scratch else None,
@@ -251,7 +249,6 @@ class RetrainDialog(QDialog):
     def start(self) -> None:
         if self.task is not None:
             return
-        from trainer.retrain import retrain
 
         cfg = self.config()
         cancel = threading.Event()
@@ -346,7 +343,6 @@ class RetrainDialog(QDialog):
     def promote(self) -> None:
         if not self.result or self.result.get("status") != "completed":
             return
-        from trainer.retrain import promote, promotion_advice
 
         verdict, why = promotion_advice(self.result.get("comparison"))
         if why is not None:

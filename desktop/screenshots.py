@@ -15,6 +15,9 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from core.config import resolve_paths
+from core.storage import Database
+from core.models.registry import register_package
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,18 +48,14 @@ def main() -> int:
     from PySide6.QtCore import QBuffer
     from PySide6.QtWidgets import QApplication
 
-    from core.config import resolve_paths
 
     app = QApplication.instance() or QApplication(["hemascan"])
-    from .mainwindow import MainWindow
+    from .mainwindow import MainWindow  # heavy: imports Qt
 
     settings = QSettings(str(tmp / "settings.ini"), QSettings.IniFormat)
     settings.setValue("reviewer", "Dr. A. Pathologist")
     paths = resolve_paths(tmp / "data").ensure()
     if args.model:
-        from core.storage import Database
-        from core.models.registry import register_package
-
         db = Database(paths.db_url())
         with db.session() as s:
             register_package(s, paths, Path(args.model), activate=True)

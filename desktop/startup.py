@@ -4,14 +4,14 @@ from __future__ import annotations
 from PySide6.QtWidgets import QMessageBox
 
 from core.config import Paths
+from core.app.cli import report_error
+from core.storage.errors import user_error
 
 
 def show_startup_error(exc: BaseException, paths: Paths, db_url=None, parent=None) -> int | None:
     """At start-up, an error a person can act on (a damaged, read-only or unreachable database,
     a full disk...) is shown in a dialog with the same sentence the command line prints, and
     its exit code (README) is returned; None for anything else (a bug: let it show)."""
-    from core.app.cli import report_error
-    from core.storage.errors import user_error
 
     try:
         db_url = paths.db_url(db_url)  # to name the database file in the message

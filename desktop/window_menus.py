@@ -19,6 +19,12 @@ from .actions import html_table
 from .controller import Controller
 from .filter_panel import STATEMENT
 from .models_panel import ModelsDialog, headline_metrics, version_info
+from core.review.export import EXPORTERS
+from desktop.report import report_data, write_report
+from desktop.retrain_dialog import RetrainDialog
+from trainer.retrain import activate
+from core.storage import ModelVersion
+from core.models.package import INTENDED_USE
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,6 @@ class Exports(QObject):
                                                    "CSV (*.csv)")
             if not path:
                 return None
-        from core.review.export import EXPORTERS
 
         db, folder = self.ctl.db, self.ctl.folder
 
@@ -83,7 +88,6 @@ class Exports(QObject):
                                                    self.default_path("pdf", case.strip()), "PDF (*.pdf)")
             if not path:
                 return None
-        from .report import report_data, write_report
 
         version, reviewer = self.ctl.version, self.ctl.state.reviewer or ""
 
@@ -121,7 +125,6 @@ class ModelMenu(QObject):
 
     def show_retrain(self):
         """The modeless Retrain dialog (one at a time); the window stays usable while it trains."""
-        from .retrain_dialog import RetrainDialog
 
         if self.retrain_dialog is None:
             self.retrain_dialog = RetrainDialog(self.ctl.db, self.ctl.paths, self.dialog_parent,
@@ -136,7 +139,6 @@ class ModelMenu(QObject):
 
     def activate_version(self, version_id: int, ask: bool = True, reclassify: bool | None = None) -> None:
         """Make ``version_id`` the active one (logged as `models activate`) and show it."""
-        from trainer.retrain import activate
 
         db, who = self.ctl.db, self.ctl.state.reviewer
 
@@ -153,7 +155,6 @@ class ModelMenu(QObject):
 
     def use_version(self, version_id: int) -> None:
         """Show (and classify with) ``version_id``, already active elsewhere: nothing is logged."""
-        from core.storage import ModelVersion
 
         self.ctl.read(lambda s: version_info(s.get(ModelVersion, version_id)),
                       lambda info: self.switched.emit(info, None), "model version")
@@ -192,7 +193,6 @@ class HelpMenu(QObject):
         import PySide6
         import sqlalchemy
 
-        from core.models.package import INTENDED_USE
 
         try:
             from importlib.metadata import version as pkg_version

@@ -14,6 +14,7 @@ import traceback
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal
+from core.storage.errors import user_error
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,6 @@ class Task(QRunnable):
                     self.signals.progress.emit(p)
             self.signals.result.emit(out)
         except Exception as exc:  # reported to the GUI and the log file, never a raw dialog
-            from core.storage.errors import user_error
-
             log.error("%s failed: %s\n%s", self.name, exc, traceback.format_exc())
             known = user_error(exc)  # a database, disk or input problem in one sentence; else the bug's text
             err = JobError(f"{self.name} failed: {known if known is not None else exc}")

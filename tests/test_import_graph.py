@@ -92,3 +92,40 @@ def test_the_circle_check_finds_a_circle(tmp_path, monkeypatch):
 def test_at_most_six_modules_directly_in_core():
     direct = sorted(p.name for p in (ROOT / "core").glob("*.py"))
     assert len(direct) <= 6, direct
+
+
+def light_imports_in_functions(root: Path, packages=PACKAGES) -> list[str]:
+    """Imports of a project module inside a function that bring in no heavy dependency the
+    importing module does not already have, or that do not say why on their line."""
+    from tests.importrules import PROJECT, heavy_pulled, imports
+
+    pulled = heavy_pulled(root, packages)
+    found = []
+    for s in imports(root, packages):
+        if not s.in_function or s.target.split(".")[0] not in (*PROJECT, *packages):
+            continue
+        targets = [s.target, *(f"{s.target}.{n}" for n in s.names)]
+        heavy = set().union(*(pulled.get(t, frozenset()) for t in targets)) - pulled.get(s.module, frozenset())
+        if not heavy:
+            found.append(f"{s.module}:{s.line} imports {s.target} inside a function (nothing heavy: move it up)")
+        elif not s.comment:
+            found.append(f"{s.module}:{s.line} imports {s.target} inside a function without saying why")
+    return found
+
+
+def test_imports_inside_functions_are_only_for_heavy_dependencies():
+    found = light_imports_in_functions(ROOT)
+    assert not found, "\n".join(found)
+
+
+def test_the_rule_finds_a_light_import_inside_a_function(tmp_path, monkeypatch):
+    pkg = tmp_path / "lazypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "light.py").write_text("X = 1\n")
+    (pkg / "heavy.py").write_text("import torch\n")
+    (pkg / "user.py").write_text("def f():\n    from lazypkg import light\n    from lazypkg import heavy  # heavy: torch\n"
+                                 "    from lazypkg.heavy import torch\n    return light, heavy, torch\n")
+    found = light_imports_in_functions(tmp_path, ("lazypkg",))
+    assert found == ["lazypkg.user:2 imports lazypkg inside a function (nothing heavy: move it up)",
+                     "lazypkg.user:4 imports lazypkg.heavy inside a function without saying why"]

@@ -10,6 +10,15 @@ from pathlib import Path
 from core.app.command import command
 from core.app.options import existing_folder, fraction, int_range, non_empty_path, positive_float
 from core.errors import HemascanError
+from core.models.registry import register_package
+from core.models.runs import finish_run, start_run
+from core.models.package import load_model
+from trainer.data import compute_hashes, load_images, make_split, scan_as_one_class, scan_class_folders, subject_of
+from core.models.store import local_package
+from core.models.registry import get_version, require_active_version
+from trainer.quantize import quantize_from_folder
+from trainer.data import SPLIT_METHODS
+from core.inference.predict import Predictor
 
 # Bounds of the training options (checked by argparse before any work: core/app/options.py).
 EPOCHS = int_range(1, 10_000)
@@ -79,12 +88,9 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
 
 @command("train", "train a model on a folder of class folders", configure=_configure_train)
 def train_cmd(args: argparse.Namespace, app) -> int:
-    from core.models.registry import register_package
-    from core.models.runs import finish_run, start_run
+    from core.models.architectures import ARCHITECTURES  # heavy: imports torch
 
-    from core.models.architectures import ARCHITECTURES
-
-    from .engine import TrainConfig, run
+    from .engine import TrainConfig, run  # heavy: imports scikit-learn, torch
 
     if args.arch not in ARCHITECTURES:
         raise HemascanError(f"unknown architecture {args.arch!r}; available: {', '.join(sorted(ARCHITECTURES))}")
@@ -134,7 +140,7 @@ def _augment_options(text: str) -> dict:
     against AugmentConfig's fields and types."""
     from dataclasses import fields
 
-    from .augment import AugmentConfig
+    from .augment import AugmentConfig  # heavy: imports torch
 
     known = {f.name: f.type for f in fields(AugmentConfig)}
     out: dict = {}
@@ -173,7 +179,7 @@ def _row_metrics(summary: dict) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    from .metrics import EVAL_COLUMNS, markdown_table
+    from .metrics import EVAL_COLUMNS, markdown_table  # heavy: imports scikit-learn, torch
 
     lines = [f"status: {summary['status']}  train time: {summary['train_seconds']:.0f} s  precision: "
              f"{summary['precision']}  device: {summary['device']}  best epoch: {summary['best']['epoch']}"]
@@ -194,7 +200,7 @@ def format_summary(summary: dict) -> str:
         lines += ["", f"held-out test ({summary['split']['method']} split):", markdown_table(rows, EVAL_COLUMNS)]
     per_subject = (ev.get("as_is") or {}).get("per_subject")
     if per_subject:
-        from .metrics import per_group_markdown
+        from .metrics import per_group_markdown  # heavy: imports scikit-learn, torch
 
         lines += ["", "held-out test per subject (as is):",
                   per_group_markdown(per_subject, list(summary["evaluation"]["as_is"]["per_class"]))]
@@ -231,20 +237,14 @@ def _configure_evaluate(p: argparse.ArgumentParser) -> None:
 @command("evaluate", "measure a model on a labelled folder (accuracy, per-class P/R/F1, confusion, ECE)",
          configure=_configure_evaluate)
 def evaluate_cmd(args: argparse.Namespace, app) -> int:
-
-    from core.models.package import load_model
-
-    from . import augment as aug
-    from .data import compute_hashes, load_images, make_split, scan_as_one_class, scan_class_folders, subject_of
-    from .engine import evaluate
-    from .metrics import EVAL_COLUMNS, markdown_table, per_group_markdown, per_group_metrics, softmax
+    from . import augment as aug  # heavy: imports torch
+    from .engine import evaluate  # heavy: imports scikit-learn, torch
+    from .metrics import EVAL_COLUMNS, markdown_table, per_group_markdown, per_group_metrics, softmax  # heavy: imports scikit-learn, torch
 
     pkg = _resolve_model(args.model, app)
     model, card = load_model(pkg)
     logits_fn, runtime = None, "torch fp32"
     if args.runtime == "classify":
-        from core.inference.predict import Predictor
-
         predictor = Predictor(pkg, cache_dir=app.paths.cache, settings=app.paths.settings)
         logits_fn, runtime = predictor.logits, predictor.runtime
     if args.label_all:
@@ -302,9 +302,6 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
 
 
 def _resolve_model(model: str | None, app) -> Path:
-    from core.models.store import local_package
-    from core.models.registry import get_version, require_active_version
-
     if model and Path(model).is_dir():
         return Path(model)
     with app.db.session() as s:
@@ -337,8 +334,6 @@ def _configure_quantize(p: argparse.ArgumentParser) -> None:
 @command("quantize", "add a checked int8 model to a package (OpenVINO, for fast CPU classification)",
          configure=_configure_quantize)
 def quantize_cmd(args: argparse.Namespace, app) -> int:
-    from .quantize import quantize_from_folder
-
     package = Path(args.model)
     if not package.is_dir():
         raise HemascanError(f"no model package directory at {package}")
@@ -361,7 +356,7 @@ def _configure_guard(p: argparse.ArgumentParser) -> None:
 @command("guard", "fit a package's foreign-image guard on its training side and measure it",
          configure=_configure_guard)
 def guard_cmd(args: argparse.Namespace, app) -> int:
-    from .guard import guard_from_folder
+    from .guard import guard_from_folder  # heavy: imports torch
 
     package = Path(args.model)
     if not package.is_dir():
@@ -386,8 +381,7 @@ def guard_cmd(args: argparse.Namespace, app) -> int:
 @command("compare", "reproduce the seed experiments (CNNs, SVM, random forest, CNN features + SVM) as a Markdown table",
          configure=_configure_compare)
 def compare_cmd(args: argparse.Namespace, app) -> int:
-    from .compare import CompareConfig, compare, compare_splits
-    from .data import SPLIT_METHODS
+    from .compare import CompareConfig, compare, compare_splits  # heavy: imports scikit-learn, torch
 
     splits = [v.strip() for v in args.split.split(",") if v.strip()]
     bad = [v for v in splits if v not in SPLIT_METHODS or v == "all"]

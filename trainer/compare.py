@@ -26,6 +26,11 @@ from core.jobs import Progress
 
 from .data import compute_hashes, dedup_indices, load_images, make_split, scan_class_folders, subject_of
 from .metrics import classification_metrics, markdown_table, per_group_markdown, per_group_metrics, softmax
+from trainer.engine import TrainConfig, run
+from core.models.architectures import build
+from core.imaging.preprocessing import Preprocessing
+from trainer.engine import predict_logits  # noqa: F401
+from trainer.data import duplicate_pairs
 
 ROWS = ["cnn", "cnn_dedup", "svm", "rf", "cnn_svm", "baseline"]
 
@@ -68,8 +73,6 @@ def _pixels(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def _train_cnn(cfg: CompareConfig, arch: str, ds_root: str, out_dir, dedup: bool, cancel):
-    from .engine import TrainConfig, run
-
     tc = TrainConfig(data=ds_root, arch=arch, pretrained=False, input_size=cfg.input_size, corner_mask=None,
                      epochs=cfg.epochs, batch_size=32, lr=3e-3, patience=99, split=cfg.split, fold=cfg.fold,
                      seed=cfg.seed, dedup_train=dedup, augment={"strength": 0.5, "grayscale_p": 0.0, "hed_p": 0.0},
@@ -92,10 +95,7 @@ def compare(cfg: CompareConfig, cancel=None):
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from core.models.architectures import build
-    from core.imaging.preprocessing import Preprocessing
 
-    from .engine import predict_logits  # noqa: F401
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -192,7 +192,6 @@ def compare(cfg: CompareConfig, cancel=None):
     cols = [("method", "method"), ("accuracy", "accuracy"), ("precision", "precision (macro)"),
             ("recall", "recall (macro)"), ("f1", "F1 (macro)"), ("ece", "ECE"), ("train_seconds", "train time (s)"),
             ("n_test", "n test"), ("note", "note")]
-    from .data import duplicate_pairs
 
     side = np.zeros(len(ds), int)
     side[split.val], side[split.test] = 1, 2

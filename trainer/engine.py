@@ -41,6 +41,11 @@ from .metrics import (
     softmax,
     uncertain_threshold,
 )
+from trainer.guard import fit_guard, logits_and_embeddings, ood_sets
+from trainer.data import dedup_indices
+from trainer.guard import add_guard
+from trainer.baselines import colour_histogram_baseline
+from trainer.quantize import add_int8
 
 CHECKPOINT_WEIGHTS = "last.safetensors"
 CHECKPOINT_STATE = "last.json"
@@ -564,8 +569,6 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
     split = make_split(ds, cfg.split, seed=cfg.seed, fold=cfg.fold)
     train_idx = split.train
     if cfg.dedup_train:
-        from .data import dedup_indices
-
         train_idx = dedup_indices(ds, train_idx)
     check_trainable(ds, train_idx, split)
     loaded: list[int] = [0]
@@ -618,7 +621,6 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
 
     # -- the foreign-image guard: training side only, threshold on validation
     yield emit(Progress("guard", 0, 1, "fitting the foreign-image guard on the training side"))
-    from .guard import fit_guard, logits_and_embeddings, ood_sets
 
     _, emb_train = logits_and_embeddings(model, images[train_idx], prep, device)
     emb_val = logits_and_embeddings(model, images[split.val], prep, device)[1] if len(split.val) else np.zeros((0, 0))
@@ -659,8 +661,6 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
                     "confident_call": float((~flagged & (c_out >= (threshold or 0.0))).mean())}
             evaluation["ood"] = ood
         if cfg.colour_baseline:
-            from .baselines import colour_histogram_baseline
-
             evaluation["colour_histogram_baseline"] = colour_histogram_baseline(
                 images[train_idx], labels[train_idx], xt, yt, classes, seed=cfg.seed)
     summary["evaluation"] = evaluation
@@ -683,12 +683,9 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
 
             shutil.rmtree(pkg)
         save_package(pkg, {k: v for k, v in model.state_dict().items()}, card)
-        from .guard import add_guard
 
         add_guard(pkg, guard, guard_info)
         if cfg.int8:
-            from .quantize import add_int8
-
             yield emit(Progress("package", 0, 1, "making the int8 CPU model (checked on held-out images)"))
             held_out = np.concatenate([split.val, split.test]).astype(int)
             summary["int8"] = add_int8(pkg, images[train_idx], images[held_out],

@@ -19,6 +19,13 @@ from core.models.package import sha256_file
 from core.imaging.preprocessing import Preprocessing
 
 from . import augment as aug
+from core.models.package import verify_package
+from trainer.quantize import _write_card
+from core.imaging.images import SUPPORTED_EXTENSIONS, decode_rgb, read_file
+from core.models.package import load_model
+from trainer.quantize import split_as_trained
+from core.app.sample import smear_image
+from core.models.taxonomy import TAXONOMIES
 
 FLAG_RATE = 0.05  # share of in-lab (validation) images the threshold flags
 MAX_DIM = 1280  # wider embeddings are first projected on their principal directions (file <= 7 MB)
@@ -99,9 +106,7 @@ def write_guard(package: Path, guard: ForeignImageGuard, info: dict) -> dict:
 
 def add_guard(package: Path, guard: ForeignImageGuard, info: dict) -> dict:
     """Put the guard into a package and record it (with its SHA-256) in the card."""
-    from core.models.package import verify_package
 
-    from .quantize import _write_card
 
     package = Path(package)
     card = verify_package(package)
@@ -112,8 +117,6 @@ def add_guard(package: Path, guard: ForeignImageGuard, info: dict) -> dict:
 
 
 def _folder_images(folder: Path, prep: Preprocessing) -> np.ndarray:
-    from core.imaging.images import SUPPORTED_EXTENSIONS, decode_rgb, read_file
-
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in SUPPORTED_EXTENSIONS and p.is_file())
     return np.stack([prep.apply(decode_rgb(read_file(str(f)))) for f in files]) if files else np.zeros((0,))
 
@@ -121,7 +124,7 @@ def _folder_images(folder: Path, prep: Preprocessing) -> np.ndarray:
 def foreign_figures(guard: ForeignImageGuard, d_in: np.ndarray, conf_foreign: np.ndarray, emb_foreign: np.ndarray,
                     uncertain_threshold: float | None) -> dict:
     """How the guard treats a foreign set, against the in-lab test side's distances ``d_in``."""
-    from .metrics import ood_auroc
+    from .metrics import ood_auroc  # heavy: imports scikit-learn
 
     d_out = guard.distances(emb_foreign)
     flagged = d_out > guard.threshold
@@ -136,10 +139,8 @@ def guard_from_folder(package: Path, data: Path, foreign: dict[str, Path] | None
     """Fit (or refit) a package's guard on the training side of the split it was trained
     with, threshold on its validation side; measure it on the test side, on generated
     foreign images (synthetic, blurred, another stain) and on each folder of ``foreign``."""
-    from core.models.package import load_model
 
-    from .metrics import softmax
-    from .quantize import split_as_trained
+    from .metrics import softmax  # heavy: imports scikit-learn
 
     package = Path(package)
     model, card = load_model(package)
@@ -172,8 +173,6 @@ def guard_from_folder(package: Path, data: Path, foreign: dict[str, Path] | None
 def ood_sets(images: np.ndarray, prep: Preprocessing, n_synthetic: int = 120, seed: int = 0) -> dict[str, np.ndarray]:
     """Out-of-distribution inputs built from the in-distribution test images (blurred,
     other stain) and synthetic smear-like sample images (core.app.sample)."""
-    from core.app.sample import smear_image
-    from core.models.taxonomy import TAXONOMIES
 
     rng = np.random.default_rng(seed)
     classes = TAXONOMIES["all_subtype"].classes

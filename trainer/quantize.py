@@ -32,6 +32,7 @@ from core.inference.engines import (
 from core.errors import HemascanError
 from core.inference.runtime import runtime_plan
 from core.models.package import CARD_FILE, ModelCard, int8_files, sha256_file, verify_package
+from trainer.data import compute_hashes, load_images, make_split, scan_class_folders
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,6 @@ def _write_card(package: Path, card: ModelCard) -> None:
 def split_as_trained(card: ModelCard, data: Path, cache_dir: Path | None = None, progress=None):
     """The class folders ``data`` split as the card says the model was trained:
     (dataset, split, preprocessed uint8 images)."""
-    from .data import compute_hashes, load_images, make_split, scan_class_folders
 
     split_info = (card.metrics or {}).get("split") or {}
     method = split_info.get("method", "patient")

@@ -24,6 +24,8 @@ from torch import nn
 
 from core.models.architectures import classifier_head
 from core.models.guard import ForeignImageGuard
+from trainer import augment as aug
+from trainer.guard import logits_and_embeddings
 
 REPLAY_PER_CLASS = 256
 AUGMENTED_VIEWS = 4
@@ -52,8 +54,6 @@ def replay_embeddings(guard: ForeignImageGuard, classes_fitted: list[int], n: in
 def reviewed_embeddings(model: nn.Module, images: np.ndarray, labels: np.ndarray, prep, augment: dict,
                         device, seed: int = 0, views: int = AUGMENTED_VIEWS) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of the reviewed images: as they are, and ``views - 1`` augmented views."""
-    from . import augment as aug
-    from .guard import logits_and_embeddings
 
     augmenter = aug.Augmenter(aug.AugmentConfig(**augment), fill=prep.mean)
     gen = torch.Generator().manual_seed(seed)

@@ -58,6 +58,15 @@ from core.models.registry import (  # noqa: F401  (re-exported: the retrain API 
     rollback,
 )
 from core.models.runs import fail_stale_runs, finish_run, start_run  # noqa: F401
+from core.imaging.fspath import to_fs
+from core.imaging.images import decode_rgb, read_file
+from core.inference.runtime import runtime_plan
+from core.models.package import ModelCard, load_model, save_package
+from core.imaging.preprocessing import Preprocessing
+from core.models.registry import register_package, require_active_version, version_package
+from core.models.guard import load_guard
+from trainer.quantize import add_int8
+from trainer.data import compute_hashes, scan_class_folders
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +179,6 @@ def collect_training_data(db: Database, taxonomy: str, classes: list[str], cfg: 
         (data.val if sides[image_id] == SPLIT_VAL else data.train).append(it)
     data.other = [Item(path, -1, sha, image_id) for image_id, (path, sha) in sorted(other_files.items())]
     if cfg.base_data:
-        from .data import compute_hashes, scan_class_folders
-
         ds = compute_hashes(scan_class_folders(Path(cfg.base_data), taxonomy))
         if list(ds.classes) != list(classes):
             raise RetrainError(f"base data classes {ds.classes} differ from the model's {classes}")
@@ -197,8 +204,6 @@ def load_items(items: list[Item], prep, cache: dict | None = None, workers: int 
                on_progress: Callable[[int, int], None] | None = None, cancel=None) -> np.ndarray:
     """Decode + ``prep.apply`` -> uint8 (N, S, S, 3). ``cache`` (optional dict) keeps
     decoded inputs by (SHA-256, preprocessing) across runs in one process."""
-    from core.imaging.fspath import to_fs
-    from core.imaging.images import decode_rgb, read_file
 
     key_p = json.dumps(prep.to_dict(), sort_keys=True)
     s = prep.input_size
@@ -255,7 +260,7 @@ def compare_predictions(y: np.ndarray, probs_new: np.ndarray, probs_old: np.ndar
                         n_boot: int = 2000, seed: int = 0) -> dict:
     """Both versions on the same images: metrics, confusion matrices, changed predictions,
     bootstrap interval of the accuracy difference and a warning when it cannot tell."""
-    from .metrics import classification_metrics
+    from .metrics import classification_metrics  # heavy: imports scikit-learn, torch
 
     y = np.asarray(y)
     mn = classification_metrics(y, probs_new, classes)
@@ -345,7 +350,6 @@ def _resolve_device(pref: str | None):
     """The training device from the runtime plan (core/inference/runtime.py); training computes in fp32."""
     import torch
 
-    from core.inference.runtime import runtime_plan
 
     return torch.device(str(runtime_plan(device=pref, purpose="train").device))
 
@@ -359,14 +363,10 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
     ``version`` and ``comparison``."""
     import torch
 
-    from core.models.architectures import build
-    from core.imaging.fspath import to_fs
-    from core.models.package import ModelCard, load_model, save_package
-    from core.imaging.preprocessing import Preprocessing
-    from core.models.registry import register_package, require_active_version, version_package
+    from core.models.architectures import build  # heavy: imports torch
 
-    from .engine import FitOptions, _seed_all, fit, predict_logits
-    from .metrics import ece, fit_temperature, softmax, uncertain_threshold
+    from .engine import FitOptions, _seed_all, fit, predict_logits  # heavy: imports scikit-learn, torch
+    from .metrics import ece, fit_temperature, softmax, uncertain_threshold  # heavy: imports scikit-learn, torch
 
     cfg = config if isinstance(config, RetrainConfig) else RetrainConfig.from_dict(config or {})
     cancel = cancel or threading.Event()
@@ -398,7 +398,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
                                f"use from-scratch training for {arch}")
         parent_prep = Preprocessing.from_dict(pcard["preprocessing"])
         if cfg.from_scratch:  # the trainer's preprocessing (area, scale-bar corner masked), not the parent's
-            from .engine import TrainConfig
+            from .engine import TrainConfig  # heavy: imports scikit-learn, torch
 
             tc = TrainConfig(data="", input_size=cfg.input_size or parent_prep.input_size)
             prep = tc.prep
@@ -455,7 +455,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             train_last=None if cfg.from_scratch else cfg.train_last, min_steps=cfg.min_steps)
         replay = _replay_source(cfg, pcard, parent_path, summary_data, len(classes))
         if replay is not None:  # a class has too few reviewed images: refit the head, replaying the parent's classes
-            from .replay import REPLAY_PER_CLASS, fit_head_with_replay, replay_embeddings, reviewed_embeddings
+            from .replay import REPLAY_PER_CLASS, fit_head_with_replay, replay_embeddings, reviewed_embeddings  # heavy: imports torch
 
             yield emit(Progress("train", 0, 1, f"{replay_reason(summary_data) or 'asked for'}: refitting the "
                                 "classifier on your images and on the model's own memory of its classes"))
@@ -543,7 +543,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             return {"status": status, "run_id": run_id, "data": summary_data, "history": history}
         save_package(pkg, {k: v for k, v in model.state_dict().items()}, card)
         yield emit(Progress("package", 0, 1, "fitting the foreign-image guard on the training side"))
-        from .guard import add_guard, fit_guard, logits_and_embeddings
+        from .guard import add_guard, fit_guard, logits_and_embeddings  # heavy: imports torch
 
         e_tr = logits_and_embeddings(model, x_all[tr_idx], prep, device)[1]
         e_va = logits_and_embeddings(model, x_all[va_idx], prep, device)[1] if len(va_idx) else np.zeros((0, 0))
@@ -611,9 +611,8 @@ def _replay_source(cfg: RetrainConfig, pcard: dict, parent_path: Path, summary_d
     ``cfg.replay`` "on", or "auto" with a class under MIN_PER_CLASS reviewed images; None otherwise."""
     if cfg.from_scratch or cfg.replay == "off" or (cfg.replay == "auto" and not replay_reason(summary_data)):
         return None
-    from core.models.guard import load_guard
 
-    from .replay import replay_possible
+    from .replay import replay_possible  # heavy: imports torch
 
     record = pcard.get("guard") or {}
     try:
@@ -629,7 +628,6 @@ def _replay_source(cfg: RetrainConfig, pcard: dict, parent_path: Path, summary_d
 def _add_int8(pkg: Path, x_all: np.ndarray, tr_idx: np.ndarray, va_idx: np.ndarray, emit):
     """Agreement with fp32 is checked on the validation images plus training images (it
     measures arithmetic, not accuracy)."""
-    from .quantize import add_int8
 
     yield emit(Progress("package", 0, 1, "making the int8 model for fast CPU classification"))
     check = np.concatenate([va_idx, tr_idx])[:INT8_CHECK_IMAGES]

@@ -8,6 +8,9 @@ from core.app.command import App, command
 from core.app.options import existing_folder, int_range, non_empty_path, positive_float
 
 from .cli import BATCH_SIZE, EPOCHS, INPUT_SIZE, LEARNING_RATE, SEED, THREADS
+from core.errors import HemascanError
+from trainer.retrain import RetrainConfig, comparison_table, promote, promotion_advice, retrain
+from core.app.commands import cmd_classify
 
 VAL_FRACTION = positive_float(0.5)
 
@@ -47,10 +50,6 @@ def _retrain_args(p: argparse.ArgumentParser) -> None:
 @command("retrain", "fine-tune a new model version on the reviewed labels and compare it with the active one",
          _retrain_args)
 def cmd_retrain(args, app: App) -> int:
-    from core.errors import HemascanError
-
-    from .retrain import RetrainConfig, comparison_table, promote, promotion_advice, retrain
-
     if args.train_last != "all" and not (args.train_last.isdigit() and int(args.train_last) > 0):
         raise HemascanError(f"--train-last takes a number of stages or 'all', not {args.train_last!r}")
     cfg = RetrainConfig(epochs=args.epochs, min_steps=args.min_steps, replay=args.replay,
@@ -100,8 +99,6 @@ def cmd_retrain(args, app: App) -> int:
         promote(app.db, out["version"])
         app.echo(f"promoted: {out['version']} is now the active model")
         if args.reclassify:
-            from core.app.commands import cmd_classify
-
             return cmd_classify(argparse.Namespace(folder=args.reclassify, device=args.device, model=out["version"],
                                                    batch_size=None, workers=None, engine=None,
                                                    precision="auto"), app)

@@ -18,6 +18,8 @@ from core.app import options
 from core.app.command import COMMANDS, App
 from core.config import Paths, SettingsError, load_settings, resolve_paths
 from core.errors import EXIT_INTERRUPTED
+from core.app import commands  # noqa: F401  (registers core commands)
+from core.storage.errors import user_error
 
 log = logging.getLogger("hemascan")
 
@@ -44,8 +46,6 @@ def _load_plugins() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.app import commands  # noqa: F401  (registers core commands)
-
     _load_plugins()
     parser = argparse.ArgumentParser(
         prog="hemascan",
@@ -105,7 +105,6 @@ def setup_logging(paths: Paths, verbose: bool) -> str | None:
 def report_error(exc: BaseException, db_url=None) -> int | None:
     """Print the one-sentence message for an error a person can act on and return its exit
     code (core/errors.py, README); None for anything else (a bug: let its traceback show)."""
-    from core.storage.errors import user_error
 
     err = user_error(exc, db_url)
     if err is None:

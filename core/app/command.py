@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from core.config import Paths
+from core.jobs import run_job
+from core.app.bootstrap import open_database
 
 
 @dataclass
@@ -47,8 +49,6 @@ class App:
     @property
     def db(self):
         if self._db is None:
-            from core.app.bootstrap import open_database
-
             # first use sets up a new data directory (migrations, bundled model) under a lock
             self._db = open_database(self.paths, self.db_url)
         return self._db
@@ -57,7 +57,6 @@ class App:
         """Run a job generator with a tqdm bar per stage; return its summary."""
         from tqdm import tqdm
 
-        from core.jobs import run_job
 
         bars: dict[str, tqdm] = {}
 

@@ -8,6 +8,27 @@ from pathlib import Path
 from core.app.command import App, command
 from core.app.options import int_range, name_up_to, non_empty_path, positive_float
 from core.errors import HemascanError
+from core.imaging.scan import scan
+from core.storage import Prediction
+from core.imaging.scan import images_under
+from core.inference.predict import classify
+from core.models.registry import version_ref
+from core.app.workqueue import queue_status, submit
+from core.app.workqueue import CLAIM_SIZE, LEASE_S, POLL_S
+from core.storage.errors import is_transient
+from core.app.workqueue import Backoff, retry_sentence
+from core.app.workqueue import default_worker_name
+from core.app.workqueue import run_worker
+from core.review.labels import import_labels
+from core.review.export import EXPORTERS
+from core.models.archive import export_model
+from core.models.archive import import_model
+from core.models.registry import lineage
+from core.storage import TrainingRun
+from core.models.runs import fail_stale_runs
+from core.models.registry import list_versions, register_package
+from core.models.registry import activate, rollback
+from core.app.sample import generate
 
 # Bounds shared by the commands' options (checked before any work: core/app/options.py).
 BATCH_SIZE = int_range(1, 4096)
@@ -41,8 +62,6 @@ def _print_scan(app: App, s) -> None:
 
 @command("scan", "record the images in a folder (content hash, size, perceptual hash)", _folder)
 def cmd_scan(args, app: App) -> int:
-    from core.imaging.scan import scan
-
     s = app.progress(scan(app.db, args.folder, app.cancel), "scan")
     _print_scan(app, s)
     return 130 if s.cancelled else 0
@@ -65,8 +84,6 @@ def _summarise_predictions(app: App, folder: str, ref) -> tuple[int, int]:
     outside the model's experience; returns (outside, total)."""
     from sqlalchemy import select
 
-    from core.storage import Prediction
-    from core.imaging.scan import images_under
 
     with app.db.session() as s:
         version = ref.row(s)
@@ -101,9 +118,6 @@ def _summarise_predictions(app: App, folder: str, ref) -> tuple[int, int]:
 
 @command("classify", "scan a folder and predict every image not yet predicted by the active model", _classify_args)
 def cmd_classify(args, app: App) -> int:
-    from core.inference.predict import classify
-    from core.models.registry import version_ref
-
     with app.db.session() as db_session:
         version = version_ref(db_session, args.model)  # the one version this run predicts with
     s = app.progress(classify(app.db, app.paths, args.folder, version, device=args.device, cancel=app.cancel,
@@ -134,10 +148,6 @@ def _print_queue(app: App, statuses) -> None:
 
 @command("submit", "queue a folder for the classify workers ('hemascan worker' on any machine)", _submit_args)
 def cmd_submit(args, app: App) -> int:
-    from core.app.workqueue import queue_status, submit
-
-    from core.models.registry import version_ref
-
     with app.db.session() as db_session:
         version = version_ref(db_session, args.model)
     s = app.progress(submit(app.db, app.paths, args.folder, app.cancel, version, args.by), "submit")
@@ -161,8 +171,6 @@ def _queue_args(p: argparse.ArgumentParser) -> None:
 
 @command("queue", "show the classify workers' queue per submitted folder: queued, running, done, failed", _queue_args)
 def cmd_queue(args, app: App) -> int:
-    from core.app.workqueue import queue_status
-
     statuses = queue_status(app.db, args.folder)
     if not statuses:
         app.echo("nothing submitted" + (f" for {args.folder}" if args.folder else ""))
@@ -171,8 +179,6 @@ def cmd_queue(args, app: App) -> int:
 
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
-    from core.app.workqueue import CLAIM_SIZE, LEASE_S, POLL_S
-
     p.add_argument("--once", action="store_true",
                    help="exit when nothing is queued or running any more (default: wait for new work)")
     p.add_argument("--name", type=PERSON, help="this worker's name in the queue (default: host:pid)")
@@ -193,8 +199,6 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
 def _open_retrying(app: App, say) -> object | None:
     """The database, waiting (with growing pauses) while it cannot be reached; None if
     stopped meanwhile. A problem waiting does not cure (a wrong password) is raised."""
-    from core.storage.errors import is_transient
-    from core.app.workqueue import Backoff, retry_sentence
 
     backoff = Backoff(max_s=app.settings.worker_retry_max_s)
     while True:
@@ -213,7 +217,6 @@ def cmd_worker(args, app: App) -> int:
     import signal
     import threading
 
-    from core.app.workqueue import default_worker_name
 
     main_thread = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, lambda *_: app.cancel.set()) if main_thread else None
@@ -227,7 +230,6 @@ def cmd_worker(args, app: App) -> int:
 def _worker(args, app: App, name: str) -> int:
     import sys
 
-    from core.app.workqueue import run_worker
 
     def say(msg: str) -> None:
         print(f"hemascan: worker {name}: {msg}", file=sys.stderr, flush=True)
@@ -257,8 +259,6 @@ def _import_args(p: argparse.ArgumentParser) -> None:
 
 @command("import-labels", "record class-folder names as labels (source=dataset)", _import_args)
 def cmd_import_labels(args, app: App) -> int:
-    from core.review.labels import import_labels
-
     s = app.progress(import_labels(app.db, args.folder, args.reviewer, args.taxonomy, app.cancel), "import")
     _print_scan(app, s.scan)
     app.echo(f"labels recorded: {s.n_labelled} ({', '.join(f'{k}: {v}' for k, v in sorted(s.per_class.items())) or 'none'}); "
@@ -277,8 +277,6 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 @command("export", "write one row per image: path, prediction, probabilities, reviewed label", _export_args)
 def cmd_export(args, app: App) -> int:
-    from core.review.export import EXPORTERS
-
     if args.format not in EXPORTERS:
         raise HemascanError(f"unknown export format {args.format!r}; available: {', '.join(sorted(EXPORTERS))}")
     n = EXPORTERS[args.format](app.db, args.output, folder=args.folder)
@@ -307,24 +305,18 @@ def _models_args(p: argparse.ArgumentParser) -> None:
 
 
 def _models_export(args, app: App) -> int:
-    from core.models.archive import export_model
-
     dest = export_model(app.db, args.name, Path(args.file), app.paths)
     app.echo(f"wrote {args.name} to {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 
 def _models_import(args, app: App) -> int:
-    from core.models.archive import import_model
-
     name = import_model(app.db, app.paths, Path(args.file), activate=args.activate)
     app.echo(f"imported {name}" + (" (active)" if args.activate else f"; activate with: hemascan models activate {name}"))
     return 0
 
 
 def _models_lineage(args, app: App) -> int:
-    from core.models.registry import lineage
-
     for v in lineage(app.db):
         m, td = v["metrics"] or {}, v["training_data"] or {}
         acc = m.get("val_accuracy")
@@ -337,8 +329,6 @@ def _models_lineage(args, app: App) -> int:
 def _models_runs(args, app: App) -> int:
     from sqlalchemy import select
 
-    from core.storage import TrainingRun
-    from core.models.runs import fail_stale_runs
 
     fail_stale_runs(app.db)
     with app.db.session() as s:
@@ -348,8 +338,6 @@ def _models_runs(args, app: App) -> int:
 
 
 def _models_list(args, app: App) -> int:
-    from core.models.registry import list_versions, register_package
-
     with app.db.session() as s:  # app.db is set up (core/app/bootstrap.py): the bundled models are there
         if args.action == "register":
             register_package(s, app.paths, Path(args.package), activate=args.activate)
@@ -363,8 +351,6 @@ def _models_list(args, app: App) -> int:
 
 
 def _models_switch(args, app: App) -> int:
-    from core.models.registry import activate, rollback
-
     {"activate": activate, "rollback": rollback}[args.action](app.db, args.name)
     return _models_list(args, app)
 
@@ -392,8 +378,6 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
 
 @command("sample", "write synthetic smear-like sample images (NOT real smears) in class folders", _sample_args)
 def cmd_sample(args, app: App) -> int:
-    from core.app.sample import generate
-
     paths = generate(Path(args.folder), args.per_class, args.seed, args.size, args.ext)
     app.echo(f"wrote {len(paths)} synthetic sample images under {args.folder}")
     return 0
@@ -405,8 +389,6 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 @command("demo", "generate a synthetic sample folder, classify it with the bundled model, export CSV", _demo_args)
 def cmd_demo(args, app: App) -> int:
-    from core.app.sample import generate
-
     folder = app.paths.samples
     generate(folder, args.per_class, seed=0)
     app.echo(f"data directory: {app.paths.data_dir}")

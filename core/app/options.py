@@ -10,6 +10,7 @@ import argparse
 import math
 import os
 from typing import Callable
+from core.config import check_db_url
 
 
 def _named(fn: Callable, name: str) -> Callable:
@@ -91,7 +92,6 @@ def name_up_to(limit: int) -> Callable[[str], str]:
 
 def db_url(text: str) -> str:
     """A database URL SQLAlchemy can parse."""
-    from core.config import check_db_url
 
     try:
         return check_db_url(non_empty_path(text))

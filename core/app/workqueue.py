@@ -49,6 +49,9 @@ from core.imaging.fspath import display
 from core.models.registry import VersionRef, version_package, version_ref, version_ref_by_id
 from core.jobs import Job, Progress, RateMeter
 from core.imaging.scan import ScanSummary, folder_prefix, images_under, scan, under_prefix
+from core.config import default_reviewer
+from core.storage import ModelVersion
+from core.inference.predict import ClassifySummary, Predictor, plan_for, predict_images
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,6 @@ def submit(db: Database, paths: Paths, folder: str | os.PathLike, cancel: thread
     Items queued under another folder with the same images (the folder was moved, renamed or
     re-mounted elsewhere: same content, so the same image ids, at new paths) now belong to
     this one, so the workers read them here."""
-    from core.config import default_reviewer
 
     cancel = cancel or threading.Event()
     if version is None:
@@ -182,7 +184,6 @@ def queue_status(db: Database, folder: str | os.PathLike | None = None) -> list[
     """Per submitted folder (only ``folder``'s submissions when given; newest first): how many
     of its images are queued, running, done and failed. Qt-free, a few aggregate queries per
     folder: cheap enough for a workstation to refresh every few seconds."""
-    from core.storage import ModelVersion
 
     with db.session() as s:
         now = db_now(s)
@@ -352,7 +353,6 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
     """Claim and predict queued images until cancelled; with ``once``, until nothing is queued
     or running (it waits for batches other workers hold, and takes them over if their lease
     expires). ``notice`` gets one sentence per failed file and per database failure."""
-    from core.inference.predict import ClassifySummary, Predictor, plan_for, predict_images
 
     cancel = cancel or threading.Event()
     name = name or default_worker_name()

@@ -27,6 +27,7 @@ from core.errors import HemascanError
 from core.models.package import ModelCard, int8_files, sha256_file
 from core.models.guard import ForeignImageGuard
 from core.inference.runtime import CPU_BATCH, RuntimePlan  # noqa: F401  (CPU_BATCH re-exported)
+from core.models.package import load_model
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,6 @@ def compile_marker(cache_dir: Path, weights_sha256: str, batch_size: int) -> Pat
 
 def load_folded_model(package: Path, card: ModelCard):
     """The package's torch model in eval mode with BatchNorm folded (on the CPU)."""
-    from core.models.package import load_model
 
     model, _ = load_model(Path(package), "cpu")
     return fold_batchnorm(model, card.prep.input_size)
@@ -135,7 +135,7 @@ class TorchEngine:
 
         self.card, self.prep, self.plan, self.guard = card, card.prep, plan, guard
         self.device = torch.device(str(plan.device))
-        from core.models.architectures import LogitsAndEmbedding
+        from core.models.architectures import LogitsAndEmbedding  # heavy: imports torch
 
         folded = load_folded_model(package, card)
         self.model = LogitsAndEmbedding(folded).to(self.device).to(memory_format=torch.channels_last).eval()
@@ -210,7 +210,7 @@ def convert_to_openvino(package: Path, card: ModelCard):
     import openvino as ov
     import torch
 
-    from core.models.architectures import LogitsAndEmbedding
+    from core.models.architectures import LogitsAndEmbedding  # heavy: imports torch
 
     model = LogitsAndEmbedding(load_folded_model(package, card)).eval()
     s = card.prep.input_size

@@ -9,6 +9,9 @@ shows which cell drove the call (docs/gradcam.md compares them).
 from __future__ import annotations
 
 import numpy as np
+from core.models.package import load_model
+from core.imaging.fspath import to_fs
+from core.imaging.images import decode_rgb, read_file
 
 
 def last_conv(model):
@@ -81,7 +84,6 @@ class GradCam:
     def __init__(self, package, stride: int | None = 8):
         from pathlib import Path
 
-        from core.models.package import load_model
 
         self.model, self.card = load_model(Path(package), "cpu")
         self.prep = self.card.prep
@@ -91,8 +93,6 @@ class GradCam:
 
     def __call__(self, stored_path: str, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
         """(preprocessed uint8 image (S, S, 3), heat map (S, S), class index)."""
-        from core.imaging.fspath import to_fs
-        from core.imaging.images import decode_rgb, read_file
 
         img = self.prep.apply(decode_rgb(read_file(to_fs(stored_path))))
         cam, k = gradcam(self.model, self.prep, img, class_index, self.layer)

@@ -35,6 +35,7 @@ from core.models.guard import load_guard
 from core.inference.runtime import Device, RuntimePlan, RuntimeRequest, probe_host, plan_runtime, runtime_plan
 from core.models.registry import VersionRef, version_package, version_ref
 from core.imaging.scan import UNTRUSTED_STAT, ScanSummary, images_to_read, scan
+from core.models.package import verify_package
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ class Predictor:
                  compile: bool | str | None = None, cache_dir: Path | None = None, engine: str | None = None,
                  plan: RuntimePlan | None = None, purpose: str = "classify", card: ModelCard | None = None,
                  settings: Settings | None = None):
-        from core.models.package import verify_package
 
         self.card: ModelCard = card if card is not None else verify_package(Path(package))
         if plan is None:

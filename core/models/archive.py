@@ -38,6 +38,9 @@ from core.models.package import (
     read_card,
     verify_package,
 )
+from core.models.store import local_package
+from core.models.registry import get_version
+from core.models.registry import register_package
 
 MANIFEST = "manifest.json"
 FORMAT = "hemascan-model"
@@ -91,8 +94,6 @@ def export_package(package: Path, dest: Path) -> Path:
 def export_model(db, name: str, dest: Path, paths: Paths | None = None) -> Path:
     """Export the registered version ``name`` to ``dest`` (its package materialised on this
     seat from the database when another seat registered it)."""
-    from core.models.store import local_package
-    from core.models.registry import get_version
 
     with db.session() as s:
         path = local_package(s, get_version(s, name), paths)
@@ -159,7 +160,6 @@ def unpack(file: Path, into: Path) -> Path:
 
 def import_model(db, paths: Paths, file: Path, activate: bool = False) -> str:
     """Check and register a model file; returns the version name. Not activated unless asked."""
-    from core.models.registry import register_package
 
     tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=paths.ensure().models))
     try:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import ModelPackageError
+from core.models.package import sha256_file
 
 GUARD_FILE = "guard.safetensors"
 GUARD_METHOD = "mahalanobis-tied-ledoit-wolf"
@@ -92,7 +93,6 @@ def load_guard(package: Path, record: dict | None, n_classes: int) -> ForeignIma
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    from core.models.package import sha256_file
 
     name = record.get("file")
     if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):

@@ -442,7 +442,7 @@ def load_model(package: Path, device: str = "cpu"):
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    from core.models.architectures import build
+    from core.models.architectures import build  # heavy: imports torch
 
     package = Path(package)
     card = verify_package(package)

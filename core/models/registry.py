@@ -27,6 +27,8 @@ from core.models.package import (  # noqa: F401  (bundled_packages: patched by t
     read_card,
     verify_package,
 )
+from core.models.store import local_package
+from core.models.store import store_package
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,6 @@ def version_ref_by_id(session: Session, version_id: int) -> VersionRef:
 def version_package(session: Session, version: VersionRef, paths: Paths | None = None) -> Path:
     """The folder of ``version``'s package on this seat (fetched from the database when it is
     not here: core/models/store.py)."""
-    from core.models.store import local_package
 
     return local_package(session, version.row(session), paths)
 
@@ -128,7 +129,6 @@ def register_package(session: Session, paths: Paths, package: Path, activate: bo
     )
     session.add(version)
     session.flush()
-    from core.models.store import store_package
 
     store_package(session, version, dest)  # every seat on this database can use it
     if activate:

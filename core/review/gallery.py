@@ -17,6 +17,7 @@ from core.storage import ImageFile, LabelEvent, Prediction
 from core.imaging.fspath import display
 from core.imaging.scan import under_folder
 from core.models.taxonomy import OTHER
+from core.models.taxonomy import OTHER_TITLE
 
 SORTS = ("confidence", "entropy", "name", "time")
 UNREVIEWED = "__unreviewed__"  # value for GalleryFilter.reviewed: images nobody has labelled
@@ -194,7 +195,6 @@ def tile_caption(row: GalleryRow) -> str:
     """What a gallery tile says in words. Once reviewed: the reviewer's class and who gave it
     (several seats review one folder), and the model's class when it differs; before: the
     prediction, "?" when uncertain, or that the image is outside the model's experience."""
-    from core.models.taxonomy import OTHER, OTHER_TITLE
 
     conf = f" {row.confidence:.0%}" if row.confidence is not None else ""
     model = "outside experience" if row.outside else f"{row.predicted}{conf}" if row.predicted else None

@@ -21,6 +21,7 @@ from core.imaging.fspath import to_fs
 from core.jobs import Job, Progress
 from core.imaging.scan import ScanSummary, scan, under_folder
 from core.models.taxonomy import OTHER, resolve_alias, review_labels
+from core.storage.errors import user_error
 
 log = logging.getLogger(__name__)
 
@@ -361,8 +362,6 @@ class LabelWriter:
 
 
 def _sentence(exc: BaseException, url) -> str:
-    from core.storage.errors import user_error
-
     err = user_error(exc, url)
     return str(err) if err is not None else f"{type(exc).__name__}: {exc}"
 

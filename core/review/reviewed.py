@@ -19,6 +19,10 @@ import numpy as np
 from core.storage import Database, Image, ImageFile, LabelEvent
 from core.imaging.duplicates import NEAR_DUPLICATE_BITS, duplicate_pairs, hamming, hash_int, union_find
 from core.models.taxonomy import OTHER
+from core.models.taxonomy import get_taxonomy
+from core.errors import ImageError
+from core.imaging.images import FileChanged
+from core.inference.predict import Predictor
 
 SPLIT_TRAIN = "train"
 SPLIT_VAL = "val"
@@ -119,7 +123,6 @@ def reviewed_summary(db: Database, taxonomy: str = "all_subtype", sources: Itera
         sides = {}
         for chunk in _chunks(list(labels)):
             sides.update(dict(s.execute(select(Image.id, Image.split).where(Image.id.in_(chunk))).all()))
-    from core.models.taxonomy import get_taxonomy
 
     classes = list(get_taxonomy(taxonomy).classes)
     per = {c: {"reviewed": 0, "val": 0} for c in classes}
@@ -184,9 +187,6 @@ def measure_on_validation_side(db: Database, versions: list[dict], cancel=None) 
     """Every version (plain dicts: name, path, taxonomy, classes) on the same images: its
     taxonomy's fixed validation side. name -> {n, accuracy, macro_recall} (n = 0: none yet).
     What the model panel shows beside the cards' own figures, which come from different sets."""
-    from core.errors import ImageError
-    from core.imaging.images import FileChanged
-    from core.inference.predict import Predictor
 
     out: dict[str, dict] = {}
     sides: dict[str, list] = {}

@@ -27,6 +27,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+from core.models.package import load_model
+from core.config import resolve_paths
+from core.storage import Database
+from core.jobs import run_job
+from core.review.labels import record_labels
+from core.models.package import read_card
+from core.models.registry import active_version
+from core.imaging.scan import scan
+from trainer.data import compute_hashes, patient_split, scan_class_folders
+from trainer.retrain import Item, RetrainConfig, load_items, promote, retrain
+from core.storage import Image
+from core.imaging.preprocessing import Preprocessing
 
 
 def _log(msg: str) -> None:
@@ -34,10 +46,8 @@ def _log(msg: str) -> None:
 
 
 def _predict(package: Path, x: np.ndarray, threads: int | None) -> np.ndarray:
-    from core.models.package import load_model
-
-    from ..engine import predict_logits
-    from ..metrics import softmax
+    from ..engine import predict_logits  # heavy: imports scikit-learn, torch
+    from ..metrics import softmax  # heavy: imports scikit-learn, torch
 
     model, card = load_model(package, "cpu")
     return softmax(predict_logits(model, x, card.prep, "cpu"), float(card.temperature or 1.0))
@@ -64,17 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from core.config import resolve_paths
-    from core.storage import Database
-    from core.jobs import run_job
-    from core.review.labels import record_labels
-    from core.models.package import read_card
-    from core.models.registry import active_version
-    from core.imaging.scan import scan
 
-    from ..data import compute_hashes, patient_split, scan_class_folders
-    from ..metrics import classification_metrics
-    from ..retrain import Item, RetrainConfig, load_items, promote, retrain
+    from ..metrics import classification_metrics  # heavy: imports scikit-learn, torch
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -96,8 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     # -- database with the share scanned, initial labels, initial model (reused from --work if there)
     from sqlalchemy import select
 
-    from core.storage import Image
-    from core.imaging.preprocessing import Preprocessing
 
     base_dir = work / "base"
     reuse = (base_dir / "models" / "initial").is_dir()

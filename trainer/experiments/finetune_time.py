@@ -21,6 +21,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from core.config import resolve_paths
+from core.storage import Database, Image
+from core.jobs import run_job
+from core.review.labels import record_labels
+from core.models.package import ModelCard, read_card, save_package
+from core.models.registry import bundled_default_package, register_package
+from core.imaging.scan import scan
+from trainer.data import compute_hashes, patient_split, scan_class_folders
+from trainer.retrain import RetrainConfig, retrain
+from core.inference.runtime import probe_host
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,19 +50,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from core.models.architectures import build
-    from core.config import resolve_paths
-    from core.storage import Database, Image
-    from core.jobs import run_job
-    from core.review.labels import record_labels
-    from core.models.package import ModelCard, read_card, save_package
-    from core.models.registry import bundled_default_package, register_package
-    from core.imaging.scan import scan
+    from core.models.architectures import build  # heavy: imports torch
     from sqlalchemy import select
 
-    from ..data import compute_hashes, patient_split, scan_class_folders
-    from ..engine import TrainConfig
-    from ..retrain import RetrainConfig, retrain
+    from ..engine import TrainConfig  # heavy: imports scikit-learn, torch
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="hemascan-ft-"))
@@ -106,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cpu_name() -> str:
-    from core.inference.runtime import probe_host
-
     return probe_host(include_cuda=False).cpu_name
 
 

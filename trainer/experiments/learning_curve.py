@@ -59,6 +59,27 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+from trainer.data import compute_hashes
+from trainer.data import (
+    duplicate_pairs,
+    file_number,
+    load_images,
+    patient_split,
+    scan_as_one_class,
+    scan_class_folders,
+    subject_of,
+    subject_split,
+)
+from core.models.guard import load_guard
+from core.models.package import load_model
+from core.config import resolve_paths
+from core.jobs import run_job
+from core.review.labels import record_labels
+from core.models.package import read_card
+from core.app.bootstrap import open_database
+from core.imaging.scan import images_under, scan
+from trainer.retrain import RetrainConfig, activate, retrain
+from core.config import resources_dir
 
 AVN_DIR = "all-vs-normal"
 CLASSES = ["ALL", "Normal"]  # the all_vs_normal taxonomy
@@ -85,7 +106,6 @@ def _default_data() -> Path:
 
 def _hashes_cached(ds, cache_file: Path):
     """trainer.data.compute_hashes, cached by path, size and mtime (2,770 fields: ~1 min)."""
-    from ..data import compute_hashes
 
     keys = []
     for p in ds.paths:
@@ -120,16 +140,6 @@ class Part:
 def load_scenarios(data_root: Path, prep, work: Path) -> tuple[dict, Part, dict, list]:
     """{scenario: {"pool": Part, "eval": Part, "info"}}, the C-NMC test Part, setup info, and
     the C-NMC images off the test side [(path, class folder)] (the base-data folder)."""
-    from ..data import (
-        duplicate_pairs,
-        file_number,
-        load_images,
-        patient_split,
-        scan_as_one_class,
-        scan_class_folders,
-        subject_of,
-        subject_split,
-    )
 
     cache = work / "cache"
     out: dict = {}
@@ -198,10 +208,8 @@ def score(package: Path, parts: dict[str, Part]) -> dict:
     the package's foreign-image guard's flagged share, on each part."""
     import torch
 
-    from core.models.guard import load_guard
-    from core.models.package import load_model
 
-    from ..guard import logits_and_embeddings
+    from ..guard import logits_and_embeddings  # heavy: imports torch
 
     model, card = load_model(package, "cpu")
     guard = load_guard(package, card.guard, len(card.classes))
@@ -228,10 +236,9 @@ def score(package: Path, parts: dict[str, Part]) -> dict:
 
 def shipped_probs(package: Path, x: np.ndarray) -> np.ndarray:
     """Calibrated probabilities of the shipped model on the pool (max: the reviewer's queue order)."""
-    from core.models.package import load_model
 
-    from ..engine import predict_logits
-    from ..metrics import softmax
+    from ..engine import predict_logits  # heavy: imports scikit-learn, torch
+    from ..metrics import softmax  # heavy: imports scikit-learn, torch
 
     model, card = load_model(package, "cpu")
     return softmax(predict_logits(model, x, card.prep, "cpu"), float(card.temperature or 1.0))
@@ -255,14 +262,7 @@ def one_run(pool: Part, chosen: np.ndarray, eval_parts: dict[str, Part], avn_pac
             overrides: dict | None = None) -> dict:
     """A fresh data directory; the shipped ALL-vs-normal model active; ``chosen`` scanned and
     labelled by the simulated reviewer; one retrain; the new version scored."""
-    from core.config import resolve_paths
-    from core.jobs import run_job
-    from core.review.labels import record_labels
-    from core.models.package import read_card
-    from core.app.bootstrap import open_database
-    from core.imaging.scan import images_under, scan
 
-    from ..retrain import RetrainConfig, activate, retrain
 
     shutil.rmtree(run_dir, ignore_errors=True)
     folder = run_dir / "reviewed"
@@ -321,8 +321,6 @@ def _quantiles(v: list) -> dict | None:
 
 def _best_epoch(r: dict) -> int | None:
     try:
-        from core.models.package import read_card
-
         return read_card(Path(r["package"])).metrics.get("best_epoch")
     except Exception:  # noqa: BLE001 - informative only
         return None
@@ -523,8 +521,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from core.models.package import read_card
-    from core.config import resources_dir
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()

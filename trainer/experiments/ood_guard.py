@@ -25,13 +25,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from core.imaging.images import decode_rgb, read_file
+from core.models.package import load_model
+from core.models.registry import bundled_default_package
+from core.app.sample import generate
+from trainer.data import compute_hashes, make_split, scan_class_folders
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
 
 def _load(files: list[str], prep) -> np.ndarray:
-    from core.imaging.images import decode_rgb, read_file
-
     return np.stack([prep.apply(decode_rgb(read_file(f))) for f in files])
 
 
@@ -61,11 +64,7 @@ def main(argv=None) -> int:
     from sklearn.covariance import LedoitWolf
     from sklearn.metrics import roc_auc_score
 
-    from core.models.package import load_model
-    from core.models.registry import bundled_default_package
-    from core.app.sample import generate
-    from trainer import augment as aug
-    from trainer.data import compute_hashes, make_split, scan_class_folders
+    from trainer import augment as aug  # heavy: imports torch
 
     package = Path(args.package) if args.package else bundled_default_package()
     model, card = load_model(package)
