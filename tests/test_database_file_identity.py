@@ -169,7 +169,7 @@ def test_a_database_deleted_between_two_runs_is_not_made_anew(paths, tmp_path):
     from core.errors import DatabaseUnavailableError
 
     open_database(paths).dispose()
-    marker = paths.database.with_name(paths.database.name + ".created")
+    marker = paths.database.with_name("." + paths.database.name + ".created")
     assert marker.is_file()
     moved = tmp_path / "moved.sqlite3"
     paths.database.rename(moved)
@@ -189,5 +189,39 @@ def test_the_cli_stops_on_a_lost_database_and_starts_empty_only_when_asked(cli, 
     code, out, err = cli("export", "-o", str(paths.data_dir / "x.csv"))
     assert code == 5 and "is missing" in err and "Traceback" not in err
     assert not paths.database.exists() and not (paths.data_dir / "x.csv").exists()
-    paths.database.with_name(paths.database.name + ".created").unlink()  # the sentence's way to start afresh
+    paths.database.with_name("." + paths.database.name + ".created").unlink()  # the sentence's way to start afresh
     assert cli("export", "-o", str(paths.data_dir / "x.csv"))[0] == 0
+
+
+def test_an_emptied_database_is_not_taken_for_a_new_one(paths):
+    from core.app.bootstrap import open_database
+    from core.errors import DatabaseUnavailableError
+
+    open_database(paths).dispose()
+    paths.database.write_bytes(b"")  # a failed copy, a sync tool that truncated it
+    with pytest.raises(DatabaseUnavailableError, match="is empty, although hemascan created it there"):
+        open_database(paths)
+
+
+def test_a_restored_backup_is_not_damaged_by_the_old_write_ahead_log(paths, tmp_path):
+    """The database deleted under a running classify leaves its -wal behind; restoring a backup
+    beside it as the message says used to replay that log into the backup ("malformed")."""
+    import hashlib
+    import shutil
+
+    from core.app.bootstrap import open_database
+    from core.errors import DatabaseUnavailableError
+
+    open_database(paths).dispose()
+    backup = tmp_path / "backup.sqlite3"
+    shutil.copyfile(paths.database, backup)
+    paths.database.unlink()
+    wal = paths.database.with_name(paths.database.name + "-wal")
+    wal.write_bytes(b"\x37\x7f\x06\x82" + bytes(4092))  # the old file's log, left behind
+    shutil.copyfile(backup, paths.database)  # restored, as the sentence says
+    with pytest.raises(DatabaseUnavailableError, match="write-ahead log beside it"):
+        open_database(paths)
+    assert hashlib.sha256(paths.database.read_bytes()).digest() == hashlib.sha256(backup.read_bytes()).digest()
+    wal.unlink()  # moved away, as this sentence says: the restored file opens, and is the new one
+    open_database(paths).dispose()
+    open_database(paths).dispose()

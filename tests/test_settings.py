@@ -128,7 +128,7 @@ def test_settings_travel_to_where_they_are_used(cli, monkeypatch, tmp_path):
     come from the settings read at start, not from the environment at the place of use."""
     from sqlalchemy import text
 
-    from core.app import workqueue
+    from core.app import commands
     from core.app.bootstrap import open_database
     from core.errors import HemascanError
 
@@ -138,7 +138,7 @@ def test_settings_travel_to_where_they_are_used(cli, monkeypatch, tmp_path):
         seen.update(lease=kw["lease_s"], retry_max=paths.settings.worker_retry_max_s, db_settings=db.settings)
         raise HemascanError("stop here")
 
-    monkeypatch.setattr(workqueue, "run_worker", fake_run_worker)
+    monkeypatch.setattr(commands, "run_worker", fake_run_worker)  # the worker command calls it
     monkeypatch.setenv("HEMASCAN_WORKER_LEASE_S", "7")
     monkeypatch.setenv("HEMASCAN_WORKER_RETRY_MAX_S", "3")
     assert cli("worker", "--once")[0] == 2

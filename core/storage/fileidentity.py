@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
@@ -77,49 +78,89 @@ class DatabaseFileIdentity:
 
 
 # ---- a database file gone between two runs -------------------------------------------------
-# A SQLite database deleted (or moved) while no hemascan ran would simply be created again,
-# empty, at the next start: every later command "works" and the lab's record is silently gone.
-# So a small marker file beside the database says hemascan created one there; a start that
-# finds the marker but not the database stops with one sentence instead.
+# A SQLite database deleted (or moved, or emptied) while no hemascan ran would simply be created
+# again, empty, at the next start: every later command "works" and the lab's record is silently
+# gone. So a hidden marker file beside the database (".hemascan.sqlite3.created": hidden, so
+# that `rm hemascan.sqlite3*` does not take it along) says hemascan created one there, and which
+# file it was; a start that finds the marker but no database (or an empty file) stops with one
+# sentence instead. A database put back from a backup while the old one's write-ahead log is
+# still beside it is refused too: SQLite would apply that log to the restored file and damage it.
 
 MARKER_SUFFIX = ".created"
 
 
-def created_marker(url: URL) -> "os.PathLike | None":
+def created_marker(url: URL) -> "Path | None":
     """The marker beside a SQLite file database (None for any other database)."""
-    from pathlib import Path
-
     identity = DatabaseFileIdentity.for_url(url)
-    return None if identity is None else Path(identity.path + MARKER_SUFFIX)
+    if identity is None:
+        return None
+    path = Path(identity.path)
+    return path.with_name(f".{path.name}{MARKER_SUFFIX}")
+
+
+def _marker_facts(marker: Path) -> tuple[str, tuple[int, int] | None]:
+    """(when it was first opened, the (st_dev, st_ino) recorded last) from a marker."""
+    try:
+        lines = marker.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return "earlier", None
+    since = lines[0].strip() if lines else "earlier"
+    recorded = None
+    for line in lines[1:]:
+        if line.startswith("file identity:"):
+            try:
+                dev, ino = line.split(":", 1)[1].split()
+                recorded = (int(dev), int(ino))
+            except ValueError:
+                recorded = None
+    return since, recorded
 
 
 def check_not_lost(url: URL) -> None:
     """Raise a DatabaseUnavailableError when hemascan created a database at ``url`` before and
-    the file is gone now."""
+    the file is gone or empty now, or is another file with the old one's write-ahead log."""
     marker = created_marker(url)
-    if marker is None or not marker.is_file() or os.path.exists(str(marker)[: -len(MARKER_SUFFIX)]):
+    if marker is None or not marker.is_file():
         return
+    database = marker.with_name(marker.name[1: -len(MARKER_SUFFIX)])
+    since, recorded = _marker_facts(marker)
     try:
-        since = marker.read_text(encoding="utf-8").strip().splitlines()[0]
-    except (OSError, IndexError, UnicodeDecodeError):
-        since = "earlier"
-    database = str(marker)[: -len(MARKER_SUFFIX)]
-    raise DatabaseUnavailableError(
-        f"the database file {database} is missing, although hemascan created it there ({since}): it was deleted "
-        f"or moved, with every label and prediction in it; put it back or restore it from a backup (to start "
-        f"an empty database there instead, delete {marker})")
+        st = os.stat(database)
+    except FileNotFoundError:
+        st = None
+    if st is None or st.st_size == 0:
+        state = "missing" if st is None else "empty"
+        raise DatabaseUnavailableError(
+            f"the database file {database} is {state}, although hemascan created it there ({since}): it was "
+            f"deleted, moved or overwritten, with every label and prediction in it; put it back or restore it from "
+            f"a backup (to start an empty database there instead, delete {marker})")
+    wal = database.with_name(database.name + "-wal")
+    if recorded is not None and (st.st_dev, st.st_ino) != recorded and wal.is_file() and wal.stat().st_size > 0:
+        raise DatabaseUnavailableError(
+            f"the database file {database} is not the one hemascan last used (restored or replaced), and the "
+            f"write-ahead log beside it ({wal.name}) belongs to the old one: SQLite would apply it to this file and "
+            f"damage it; move {wal.name} and {database.name}-shm out of {database.parent}, then start again")
 
 
 def mark_created(url: URL) -> None:
-    """Write the marker beside a SQLite database that exists now (once; a read-only folder is
-    no error: the marker is a safeguard, not a requirement)."""
+    """Write (or bring up to date) the marker beside a SQLite database that exists now. A
+    read-only folder is no error: the marker is a safeguard, not a requirement."""
     from datetime import datetime, timezone
 
     marker = created_marker(url)
-    if marker is None or marker.exists() or not os.path.exists(str(marker)[: -len(MARKER_SUFFIX)]):
+    if marker is None:
         return
+    database = marker.with_name(marker.name[1: -len(MARKER_SUFFIX)])
     try:
-        marker.write_text(f"first opened by hemascan on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
+        st = os.stat(database)
+    except OSError:
+        return
+    since, recorded = _marker_facts(marker) if marker.is_file() else (None, None)
+    if recorded == (st.st_dev, st.st_ino):
+        return
+    since = since or f"first opened by hemascan on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    try:
+        marker.write_text(f"{since}\nfile identity: {st.st_dev} {st.st_ino}\n"
                           "This file says a hemascan database lives beside it: if the database goes missing, "
                           "hemascan stops instead of starting an empty one.\n", encoding="utf-8")
     except OSError:
