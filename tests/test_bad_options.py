@@ -155,3 +155,18 @@ def test_scan_of_proc_self_does_not_walk_the_file_system(cli):
     rc, out, err = cli("scan", "/proc/self")  # /proc/self/root is "/"
     assert rc == 0 and "Traceback" not in err
     assert "/proc/self/root: a link to a folder outside the scanned folder" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ("train", "--data", "{folder}", "--name", "../../evil", "--epochs", "1"),
+    ("train", "--data", "{folder}", "--name", "x" * 300, "--epochs", "1"),
+    ("retrain", "--name", "../outside"),
+])
+def test_a_bad_model_name_is_refused_before_training(argv, run, tmp_path):
+    """The name becomes a registry folder: it used to be checked only after training had run
+    (and the trainer's checkpoints had been written outside the data directory)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    code, out, err = run(*(a.replace("{folder}", str(folder)) for a in argv))
+    assert code == 2 and "model name" in err and "is not allowed" in err and "Traceback" not in err
+    assert not (tmp_path.parent / "evil").exists()

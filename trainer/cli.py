@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from core.app.command import command
-from core.app.options import existing_folder, fraction, int_range, non_empty_path, positive_float
+from core.app.options import MODEL_NAME, existing_folder, fraction, int_range, non_empty_path, positive_float
 from core.errors import HemascanError
 from core.models.registry import register_package
 from core.models.runs import finish_run, start_run
@@ -76,7 +76,7 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="training arithmetic; auto is fp32 on every machine, so the model and its card do not "
                         "depend on the CPU or GPU it was trained on (evaluation and calibration are always fp32)")
-    p.add_argument("--name", help="model name (unique in the registry)")
+    p.add_argument("--name", type=MODEL_NAME, help="model name (unique in the registry)")
     p.add_argument("--attribution", help="where the training images come from, cited in the model card "
                    "(known public sets are cited without it)")
     p.add_argument("--out", type=non_empty_path, help="run folder (checkpoints, package); default <data dir>/runs/<name>")

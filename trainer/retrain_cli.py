@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from core.app.command import App, command
-from core.app.options import existing_folder, int_range, non_empty_path, positive_float
+from core.app.options import MODEL_NAME, existing_folder, int_range, non_empty_path, positive_float
 
 from .cli import BATCH_SIZE, EPOCHS, INPUT_SIZE, LEARNING_RATE, SEED, THREADS
 from core.errors import HemascanError
@@ -38,7 +38,7 @@ def _retrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=THREADS)
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--name", help="name of the new version")
+    p.add_argument("--name", type=MODEL_NAME, help="name of the new version")
     p.add_argument("--promote", action="store_true", help="make the new version active when training finishes, "
                    "if the comparison shows it is better")
     p.add_argument("--force", action="store_true", help="with --promote: promote even when the comparison cannot "

@@ -11,6 +11,8 @@ import math
 import os
 from typing import Callable
 from core.config import check_db_url
+from core.errors import ModelPackageError
+from core.models.package import validate_model_name
 
 
 def _named(fn: Callable, name: str) -> Callable:
@@ -82,12 +84,25 @@ def name_up_to(limit: int) -> Callable[[str], str]:
         name = text.strip()
         if not name:
             raise argparse.ArgumentTypeError("needs a name, not an empty string")
-        if len(name) > limit or not name.isprintable():
-            raise argparse.ArgumentTypeError(f"must be at most {limit} printable characters "
-                                             f"({len(name)} given)")
+        if not name.isprintable():
+            raise argparse.ArgumentTypeError("must be printable characters only (no control characters)")
+        if len(name) > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit} characters ({len(name)} given)")
         return name
 
     return _named(parse, "name")
+
+
+def model_name(text: str) -> str:
+    """A model version's name: it becomes a folder in the registry, so it is checked as the
+    registry checks it (core.models.package.validate_model_name) before any training starts."""
+    try:
+        return validate_model_name(text.strip())
+    except ModelPackageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+MODEL_NAME = _named(model_name, "model name")
 
 
 def db_url(text: str) -> str:
