@@ -140,6 +140,7 @@ class ModelsDialog(QDialog):
                             on_error=lambda e: QMessageBox.warning(self, "Model versions", str(e)))
 
     def _show_versions(self, versions: list[dict]) -> None:
+        self.activate.setEnabled(True)
         self.versions = versions
         self.table.setRowCount(len(self.versions))
         for r, v in enumerate(self.versions):
@@ -183,5 +184,7 @@ class ModelsDialog(QDialog):
     def _activate(self) -> None:
         r = self.table.currentRow()
         if 0 <= r < len(self.versions) and not self.versions[r]["is_active"]:
+            # the activation runs in a worker: the table is read again when it has landed (the
+            # window calls refresh); until then a second click cannot log a second activation
+            self.activate.setEnabled(False)
             self.activateRequested.emit(self.versions[r]["id"])
-            self.refresh()

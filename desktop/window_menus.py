@@ -117,11 +117,25 @@ class ModelMenu(QObject):
         self.ctl, self.dialog_parent = ctl, dialog_parent
         self.retrain_dialog = None
 
-    def show_models(self) -> None:
+    def models_dialog(self) -> ModelsDialog:
+        """The Model versions dialog, wired to this window: its table is read again once an
+        activation asked from it has landed (or failed), since the activation runs in a worker."""
         dlg = ModelsDialog(self.ctl.db, self.dialog_parent)
         dlg.activateRequested.connect(lambda vid: self.activate_version(vid, ask=True))
         dlg.retrainRequested.connect(lambda: (dlg.accept(), self.show_retrain()))
-        dlg.exec()
+        landed = lambda *_: dlg.refresh()  # noqa: E731
+        self.switched.connect(landed)
+        self.message.connect(landed)
+
+        def unwire(_=None) -> None:
+            self.switched.disconnect(landed)
+            self.message.disconnect(landed)
+
+        dlg.finished.connect(unwire)
+        return dlg
+
+    def show_models(self) -> None:
+        self.models_dialog().exec()
 
     def show_retrain(self):
         """The modeless Retrain dialog (one at a time); the window stays usable while it trains."""

@@ -296,3 +296,26 @@ def test_opening_a_folder_while_another_classifies_classifies_the_new_one(qtbot,
     assert w.folder == str(second) and w.model.rowCount() == 8
     assert all(w.model.row_at(r).predicted for r in range(8))  # the new folder was classified
     assert w.job is None and not w.progress.isVisible()
+
+
+def test_make_active_in_the_models_dialog_moves_the_mark_once_it_has_landed(qtbot, window, monkeypatch):
+    """The activation runs in a worker: the dialog used to read the table again at once and
+    kept the mark on the old version (a second click then logged a second activation)."""
+    from PySide6.QtWidgets import QMessageBox
+
+    from core.models.registry import activation_log
+
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.No)  # no re-classify question
+    monkeypatch.setattr(QMessageBox, "exec", lambda *a, **k: QMessageBox.No)
+    dlg = window.model_menu.models_dialog()
+    qtbot.addWidget(dlg)
+    qtbot.waitUntil(lambda: len(dlg.versions) >= 2, timeout=10_000)
+    other = next(r for r, v in enumerate(dlg.versions) if not v["is_active"])
+    n_before = len(activation_log(window.ctl.db))
+    dlg.table.selectRow(other)
+    with qtbot.waitSignal(dlg.listed, timeout=30_000):
+        dlg.activate.click()
+        assert not dlg.activate.isEnabled()  # no second activation while the first is on its way
+    assert dlg.versions[other]["is_active"] and dlg.table.item(other, 0).text() == "●"
+    assert len(activation_log(window.ctl.db)) == n_before + 1
+    dlg.close()
