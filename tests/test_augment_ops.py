@@ -244,6 +244,7 @@ _NO_TORCHVISION = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_training_runs_without_torchvision(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HEMASCAN_DATA_DIR": str(tmp_path / "data")}
     r = subprocess.run([sys.executable, "-c", _NO_TORCHVISION], cwd=ROOT, env=env, capture_output=True,

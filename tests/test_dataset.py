@@ -11,6 +11,7 @@ from core.jobs import run_job
 pytestmark = pytest.mark.dataset
 
 
+@pytest.mark.slow
 def test_classify_whole_share_and_export(db, paths, dataset_dir, tmp_path):
     from core.review.export import export_csv
 

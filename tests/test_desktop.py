@@ -226,6 +226,7 @@ def test_gallery_pages_100k_rows(qtbot, window, tmp_path):
           f"{rows} rows loaded, {len(asked)} thumbnails asked")
 
 
+@pytest.mark.slow
 def test_switch_model_reclassifies_and_about(qtbot, window, tmp_path):
     import dataclasses
 

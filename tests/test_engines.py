@@ -69,6 +69,7 @@ def test_int8_without_enough_agreement_is_not_used(tmp_path):
     assert (pred.engine_name, pred.precision) == ("openvino", "fp32")
 
 
+@pytest.mark.slow
 def test_openvino_fp32_matches_torch_and_is_cached(tmp_path):
     rng = np.random.default_rng(0)
     s = read_card(bundled_default_package()).prep.input_size
@@ -84,6 +85,7 @@ def test_openvino_fp32_matches_torch_and_is_cached(tmp_path):
     assert "damaged" not in cached[0].read_text()[:100]
 
 
+@pytest.mark.slow
 def test_a_swapped_openvino_cache_file_is_detected_and_rebuilt(tmp_path):
     """The cached IR is checked like the weights: a valid IR of another model put in its place
     (here the package's int8 IR: same interface, other answers) is converted again, not used."""
@@ -169,6 +171,7 @@ def test_model_file_carries_the_int8_model_and_checks_it(tmp_path):
         unpack(rewrite("extra.hsmodel", lambda n, d: d), tmp_path / "x2")
 
 
+@pytest.mark.slow
 def test_int8_of_other_weights_is_never_used(tmp_path):
     import dataclasses
 

@@ -414,6 +414,7 @@ def _pg_admin(pg_server, sql: str, **params):
         admin.dispose()
 
 
+@pytest.mark.slow
 def test_postgresql_wrong_password_and_a_password_with_url_characters(tmp_path, smears, pg_server, pg_url):
     """A password with @ % : / ? # and a space works in HEMASCAN_DB_URL and --db-url (Alembic
     included); a wrong one is one sentence that never shows the password."""

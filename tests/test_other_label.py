@@ -53,6 +53,7 @@ def _flagged(db, version_name: str, paths_: list[str]) -> np.ndarray:
     return pred.assess(x).outside
 
 
+@pytest.mark.slow
 def test_images_reviewed_as_other_and_similar_ones_are_flagged_after_retrain(labelled, db, paths, tmp_path):  # noqa: F811
     from trainer.retrain import RetrainConfig, retrain
 

@@ -77,6 +77,7 @@ def _run_entry(*args, timeout=300):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_self_test_from_source_passes():
     r = _run_entry("--self-test", "--per-class", "1")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -99,6 +100,7 @@ def test_cpu_build_does_not_refuse_training_commands(monkeypatch, capsys):
         assert f"usage: hemascan {cmd}" in out.out and "not part of" not in out.out + out.err
 
 
+@pytest.mark.slow
 def test_self_test_fails_when_classification_cannot_run():
     import torch
 

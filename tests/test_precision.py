@@ -40,6 +40,7 @@ def real_batch():
 
 
 @pytest.mark.dataset
+@pytest.mark.slow
 def test_fp32_fast_paths_match_the_plain_model_on_real_data(real_batch):
     # BN folded + channels-last (torch) and OpenVINO fp32, against the plain model, every 9th image
     subset = slice(0, None, 9)
@@ -53,6 +54,7 @@ def test_fp32_fast_paths_match_the_plain_model_on_real_data(real_batch):
 
 @pytest.mark.dataset
 @pytest.mark.parametrize("engine,precision", [("torch", "bf16"), ("openvino", "int8")])
+@pytest.mark.slow
 def test_reduced_precision_agrees_with_fp32_on_real_data(real_batch, engine, precision):
     fast32 = predict_all(Predictor(bundled_default_package(), Device("cpu"), precision="fp32", engine="torch"), real_batch)
     reduced = Predictor(bundled_default_package(), Device("cpu"), precision=precision, engine=engine)
@@ -68,6 +70,7 @@ def test_cpu_default_is_the_checked_int8_model():
     assert pred.card.int8["agreement"] >= 0.995  # measured by trainer/quantize.py on held-out images
 
 
+@pytest.mark.slow
 def test_compiled_model_matches_eager_including_a_short_last_batch(tmp_path):
     # both paths torch fp32 on the CPU: compiling must not change the arithmetic's result
     rng = np.random.default_rng(0)

@@ -55,6 +55,7 @@ def labelled(tmp_path, db, paths):
     return folder
 
 
+@pytest.mark.slow
 def test_retrain_end_to_end_promote_and_rollback(labelled, db, paths):
     from trainer.retrain import RetrainConfig, activation_log, lineage, promote, retrain, rollback
 
@@ -216,6 +217,7 @@ def test_export_import_round_trip_and_tampering(labelled, db, paths, tmp_path):
         db2.dispose()
 
 
+@pytest.mark.slow
 def test_cli_retrain_and_models_export_import(labelled, cli, tmp_path, db):
     rc, out, err = cli("retrain", "--epochs", 1, "--min-steps", 0, "--threads", 2, "--no-augment", "--promote")
     assert rc == 0, err

@@ -44,6 +44,7 @@ def _status(db, run_id: int) -> TrainingRun:
         return s.get(TrainingRun, run_id)
 
 
+@pytest.mark.slow
 def test_another_seats_live_run_is_kept_and_a_killed_one_fails_after_its_lease(tmp_path, db_url):
     from core.app.bootstrap import open_database
     from core.config import resolve_paths

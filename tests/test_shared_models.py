@@ -41,6 +41,7 @@ def _tree_hashes(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_model_promoted_on_one_seat_is_active_on_another(tmp_path, db_url, second_package, sample_folder):
     from core.storage import ModelActivation, ModelBlob
     from core.app.bootstrap import open_database

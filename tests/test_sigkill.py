@@ -5,6 +5,8 @@ import sqlite3
 import subprocess
 import time
 
+import pytest
+
 from core.app.sample import generate
 from tests.conftest import hemascan_cmd, subprocess_env
 
@@ -21,6 +23,7 @@ def count(db_path, sql):
         con.close()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_classify_then_rerun(tmp_path, data_dir):
     folder = tmp_path / "big"
     n = 600
@@ -61,6 +64,7 @@ def test_sigkill_mid_classify_then_rerun(tmp_path, data_dir):
     con.close()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_keeps_work(tmp_path, data_dir):
     folder = tmp_path / "ctrlc"
     n = 400

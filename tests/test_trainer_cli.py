@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sqlalchemy import select
 
 from core.storage import ModelVersion, TrainingRun
 
 
+@pytest.mark.slow
 def test_train_evaluate_compare(cli, tmp_path, db):
     from core.app.sample import generate
 
