@@ -122,3 +122,15 @@ def test_a_version_name_from_the_database_is_checked_too(tmp_path, db_url, secon
     finally:
         db_b.dispose()
     assert not (b.data_dir / "outside").exists() and not (tmp_path / "outside").exists()
+
+
+def test_a_weights_hash_from_the_database_never_becomes_a_path(tmp_path):
+    """compile_marker names a file after the version's weights hash, a database value."""
+    from core.errors import ModelPackageError
+    from core.inference.engines import compile_marker
+
+    ok = compile_marker(tmp_path, "ab" * 32, 8)
+    assert ok.parent == tmp_path / "compiled" and ok.name.startswith("abababababababab-")
+    for bad in ("../../../../../x", "/abs/x/aaaaaaaaaaaaaaa", "short"):
+        with pytest.raises(ModelPackageError, match="not a SHA-256 digest"):
+            compile_marker(tmp_path, bad, 8)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import HemascanError
+from core.errors import HemascanError, ModelPackageError
 from core.models.package import ModelCard, int8_files, sha256_file
 from core.models.guard import ForeignImageGuard
 from core.inference.runtime import CPU_BATCH, RuntimePlan  # noqa: F401  (CPU_BATCH re-exported)
@@ -113,10 +113,14 @@ def fold_batchnorm(model, input_size: int):
 
 
 def compile_marker(cache_dir: Path, weights_sha256: str, batch_size: int) -> Path:
-    """A file that says this model was compiled before in this cache (so it is warm)."""
-    import torch
+    """A file that says this model was compiled before in this cache (so it is warm). The hash
+    comes from the database: only hex digits become part of a file name."""
+    import torch  # heavy: imports torch
 
-    return Path(cache_dir) / "compiled" / f"{weights_sha256[:16]}-torch{torch.__version__}-b{batch_size}.ok"
+    digest = str(weights_sha256)[:16]
+    if len(digest) != 16 or any(c not in "0123456789abcdef" for c in digest.lower()):
+        raise ModelPackageError(f"the model's weights hash {digest!r} is not a SHA-256 digest")
+    return Path(cache_dir) / "compiled" / f"{digest.lower()}-torch{torch.__version__}-b{int(batch_size)}.ok"
 
 
 def load_folded_model(package: Path, card: ModelCard):
