@@ -170,3 +170,13 @@ def test_a_bad_model_name_is_refused_before_training(argv, run, tmp_path):
     code, out, err = run(*(a.replace("{folder}", str(folder)) for a in argv))
     assert code == 2 and "model name" in err and "is not allowed" in err and "Traceback" not in err
     assert not (tmp_path.parent / "evil").exists()
+
+
+@pytest.mark.parametrize("value", ["scale=nan", "scale=inf", "hue=-0.1", "grayscale_p=1.5", "flips=maybe",
+                                   "rotate_degrees=1e9"])
+def test_augment_values_are_checked_before_training(value, run, tmp_path):
+    """`--augment scale=nan` trained on NaN-zoomed images and wrote NaN (not JSON) into the card."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    code, out, err = run("train", "--data", str(folder), "--epochs", "1", "--augment", value)
+    assert code == 2 and "--augment" in err and "Traceback" not in err

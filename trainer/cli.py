@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -152,12 +153,25 @@ def _augment_options(text: str) -> dict:
         if not sep or key not in known:
             raise HemascanError(f"--augment: {item!r} is not KEY=VALUE with KEY one of {', '.join(known)}")
         kind = known[key] if isinstance(known[key], str) else known[key].__name__
+        value = value.strip().lower()
+        if kind == "bool":
+            if value not in BOOLEANS:
+                raise HemascanError(f"--augment: {key} needs true or false, not {value!r}")
+            out[key] = BOOLEANS[value]
+            continue
         try:
-            out[key] = (value.strip().lower() in ("1", "true", "yes")) if kind == "bool" else \
-                int(value) if kind == "int" else float(value)
+            number = int(value) if kind == "int" else float(value)
         except ValueError:
             raise HemascanError(f"--augment: {key} needs a number, not {value!r}") from None
+        top = AUGMENT_LIMITS.get(key, 1.0 if key.endswith("_p") else 10.0)
+        if not (math.isfinite(number) and 0 <= number <= top):  # nan trained on NaN images and broke the card's JSON
+            raise HemascanError(f"--augment: {key} must be a number from 0 to {top:g}, not {value!r}")
+        out[key] = number
     return out
+
+
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+AUGMENT_LIMITS = {"rotate_degrees": 180.0, "hue": 0.5, "background_threshold": 255, "blur_sigma": 20.0}
 
 
 def _echo_int8(app, rec: dict) -> None:
