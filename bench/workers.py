@@ -67,7 +67,7 @@ def hemascan(env: dict, *argv: str, timeout: float = 600) -> subprocess.Complete
 
 def env_for(data_dir: Path, url) -> dict:
     return dict(os.environ, HEMASCAN_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT),
-                HEMASCAN_DB_URL=url.render_as_string(hide_password=False), HEMASCAN_DEVICE="cpu")
+                HEMASCAN_DB_URL=url.render_as_string(hide_password=False))
 
 
 def run_workers(server, data_dir: Path, folder: Path, n: int, claim: int) -> dict:

@@ -153,6 +153,27 @@ def settings_error(exc: ValidationError) -> SettingsError:
                          f"{reason[1:]}")
 
 
+# Variables of the test suite and the packaging build, not of the app (never warned about).
+NOT_SETTINGS_PREFIXES = ("HEMASCAN_TEST_", "HEMASCAN_PACKAGING_", "HEMASCAN_VARIANT")
+
+
+def unknown_variables(environ=None) -> list[str]:
+    """One warning sentence per ``HEMASCAN_*`` variable that is no setting (a typo such as
+    ``HEMASCAN_DATADIR`` was ignored without a word, and the default data directory used)."""
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    out = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        near = difflib.get_close_matches(upper, sorted(known), n=1)
+        out.append(f"{name} is not a hemascan setting and is ignored" + (f" (did you mean {near[0]}?)" if near else ""))
+    return out
+
+
 def load_settings() -> Settings:
     """The settings from the environment, read once at start; a bad value raises
     :class:`SettingsError` (one sentence, exit code 2) before any work starts."""

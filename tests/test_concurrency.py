@@ -53,7 +53,7 @@ def test_classify_started_at_once_on_a_new_data_dir(tmp_path, small_folder):
     failures = []
     for r in range(ROUNDS):
         data_dir = tmp_path / f"round{r}"  # new every round: first-time setup races each time
-        env = subprocess_env(data_dir, HEMASCAN_DEVICE="cpu")
+        env = subprocess_env(data_dir)
         argv = [*hemascan_cmd(), "-q", "classify", str(small_folder), "--device", "cpu"]
         procs = _start_together([(argv, env)] * PROCESSES)
         for p in procs:

@@ -168,3 +168,16 @@ def test_reconnect_policy_comes_from_the_settings():
     with pytest.raises(DBAPIError):
         with_reconnect(lost, "a test batch", Settings(reconnect_attempts=2, reconnect_pause_s=0.01))
     assert len(calls) == 2
+
+
+def test_a_misspelt_variable_is_said_not_ignored(cli, monkeypatch):
+    """HEMASCAN_DATADIR (for HEMASCAN_DATA_DIR) was ignored without a word: the default data
+    directory was set up instead."""
+    from core.config import unknown_variables
+
+    assert unknown_variables({"HEMASCAN_DATADIR": "/x", "HEMASCAN_DB_URL": "sqlite://", "HEMASCAN_TEST_PG_URL": "x",
+                              "PATH": "/bin"}) == [
+        "HEMASCAN_DATADIR is not a hemascan setting and is ignored (did you mean HEMASCAN_DATA_DIR?)"]
+    monkeypatch.setenv("HEMASCAN_WORKER_LEASE", "30")
+    code, out, err = cli("queue")
+    assert code == 0 and "HEMASCAN_WORKER_LEASE is not a hemascan setting" in err and "HEMASCAN_WORKER_LEASE_S" in err

@@ -103,8 +103,7 @@ def test_queue_status_counts_queued_running_done_and_expired_leases(db, paths, s
 # ---- PostgreSQL, worker processes ---------------------------------------------------------------
 
 def _env(data_dir: Path, url, **extra) -> dict:
-    return subprocess_env(data_dir, HEMASCAN_DB_URL=url.render_as_string(hide_password=False),
-                          HEMASCAN_DEVICE="cpu", **extra)
+    return subprocess_env(data_dir, HEMASCAN_DB_URL=url.render_as_string(hide_password=False), **extra)
 
 
 def _hemascan(env: dict, *argv: str, timeout: float = 180) -> subprocess.CompletedProcess:

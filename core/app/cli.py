@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 
 from core.app import options
 from core.app.command import COMMANDS, App
-from core.config import Paths, SettingsError, load_settings, resolve_paths
+from core.config import Paths, SettingsError, load_settings, unknown_variables, resolve_paths
 from core.errors import EXIT_INTERRUPTED
 from core.app import commands  # noqa: F401  (registers core commands)
 from core.storage.errors import user_error
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:  # before the log exists: only the sentence, on stderr
         print(f"hemascan: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
+    for warning in unknown_variables():
+        print(f"hemascan: warning: {warning}", file=sys.stderr, flush=True)
     app = None
     try:
         paths = resolve_paths(args.data_dir, settings)
