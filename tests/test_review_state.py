@@ -121,3 +121,15 @@ def test_a_new_folder_forgets_the_old_selection(state):
     state.selected = (1, 2)
     state.open_folder("/lab/case-2")
     assert state.targets() == [] and state.current_id is None and state.folder == "/lab/case-2"
+
+
+def test_undo_never_reaches_into_a_folder_left_behind(state):
+    """Found by a walkthrough: after opening another folder, Ctrl+Z silently changed a label
+    in the previous one (the status bar only said "Undone")."""
+    state.label("Pre-B")
+    assert state.session.labels == {100: "Pre-B"}
+    state.open_folder("/lab/case-1")  # the same folder again (a refresh): its undo stays
+    assert state.session.can_undo
+    state.open_folder("/lab/case-2")
+    assert state.undo().refused and state.session.labels == {100: "Pre-B"}
+    assert state.redo().refused

@@ -65,6 +65,12 @@ class ReviewSession:
     def can_redo(self) -> bool:
         return bool(self._redo)
 
+    def forget(self) -> None:
+        """Drop the undo and redo stacks (another folder is opened: an undo never changes a
+        label in a folder the reviewer no longer sees)."""
+        self._undo.clear()
+        self._redo.clear()
+
     def undo(self) -> Action | None:
         if not self._undo:
             return None

@@ -50,6 +50,8 @@ class ReviewState:
 
     # ---------------------------------------------------------------- folder, filter, queue
     def open_folder(self, folder: str) -> None:
+        if folder != self.folder:  # Ctrl+Z used to undo, unseen, a label in the folder left behind
+            self.session.forget()
         self.folder = folder
         self.set_current(None, None)
         self.selected = ()
