@@ -4,7 +4,6 @@ cleans anything."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -15,15 +14,7 @@ from core.models import registry
 from core.models.package import bundled_default_package, bundled_packages
 from core.models.registry import active_version, list_versions, require_active_version
 from core.storage import Database
-
-
-def _renamed_copy(tmp_path, name):
-    dest = tmp_path / name
-    shutil.copytree(bundled_default_package(), dest)
-    card = json.loads((dest / "card.json").read_text())
-    card["name"] = name
-    (dest / "card.json").write_text(json.dumps(card))
-    return dest
+from tests.test_bundled_models import _renamed_copy
 
 
 def test_first_start_sets_up_and_the_next_start_takes_no_lock(paths, monkeypatch):

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from core.errors import ModelPackageError
+from tests.test_shared_models import _seat
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +27,6 @@ def second_package(tmp_path_factory):
     pkg = tmp_path_factory.mktemp("pkg") / "row-test-model"
     save_package(pkg, model.state_dict(), card)
     return pkg
-
-
-def _seat(tmp_path, name: str):
-    from core.config import resolve_paths
-
-    return resolve_paths(tmp_path / name).ensure()
 
 
 def _files_under(folder):

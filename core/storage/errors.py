@@ -165,6 +165,36 @@ def _why_cannot_open(url) -> str:
     return "the file or its folder cannot be opened (permissions?)"
 
 
+
+# What a person is told for each fault (a table, not a chain): the error (its exit code) and one
+# sentence; {where} is the database, {msg} the driver's first line, {why} why a file cannot open.
+_CONNECT_HELP = "start it or check the host and port in the database URL"
+FAULT_SENTENCES: dict[Fault, tuple[type[HemascanError], str]] = {
+    Fault.BUSY: (DatabaseBusyError, "the database is locked by another process (another hemascan still writing?); "
+                                    "nothing was lost, try again when it has finished"),
+    Fault.DISK_FULL: (StorageError, "the disk is full: could not write to {where}; free some space and run the "
+                                    "command again (everything saved before is kept)"),
+    Fault.DAMAGED: (DatabaseUnavailableError, "{where} is damaged or is not a hemascan database ({msg}); it was left "
+                                              "untouched: restore it from a backup, or move it away to start a new one"),
+    Fault.READ_ONLY: (DatabaseUnavailableError, "{where} is read-only, so nothing can be saved; ask for write access or "
+                                                "point hemascan at a writable copy (--data-dir, --db-url)"),
+    Fault.CANNOT_OPEN: (DatabaseUnavailableError, "could not open {where}: {why}"),
+    Fault.DISK_IO: (StorageError, "the disk reported an error while using {where} ({msg}); check the drive, then run "
+                                  "the command again (everything committed before is kept)"),
+    Fault.LOGIN_REFUSED: (DatabaseUnavailableError, "{where} refused the login (wrong user name or password); check "
+                                                    "--db-url / HEMASCAN_DB_URL"),
+    Fault.NO_DATABASE: (DatabaseUnavailableError, "{where} does not exist on the server; create it first"),
+    Fault.PERMISSION: (DatabaseUnavailableError, "{where} refused: this login may not do that ({msg}); ask the "
+                                                 "database's administrator for the rights hemascan needs"),
+    Fault.NO_FREE_CONNECTION: (DatabaseUnavailableError, "{where} has no free connection now (too many clients); try "
+                                                         "again shortly, or ask for a higher max_connections"),
+    Fault.UNREACHABLE: (DatabaseUnavailableError, "could not reach {where}: the server is down or unreachable; "
+                                                  + _CONNECT_HELP),
+    Fault.CONNECTION_LOST: (DatabaseUnavailableError, "could not reach {where}: the server is down or unreachable; "
+                                                      + _CONNECT_HELP),
+}
+
+
 def user_error(exc: BaseException, url=None) -> HemascanError | None:
     """The HemascanError to show for ``exc``, or None if it is not a database or disk problem
     (a bug: let it be seen)."""
@@ -191,38 +221,11 @@ def user_error(exc: BaseException, url=None) -> HemascanError | None:
             else:
                 return DatabaseUnavailableError(f"{where} refused the connection ({msg}): check the user name, "
                                                 "password and database name in --db-url / HEMASCAN_DB_URL")
-        if fault is Fault.BUSY:
-            return DatabaseBusyError("the database is locked by another process (another hemascan still "
-                                     "writing?); nothing was lost, try again when it has finished")
-        if fault is Fault.DISK_FULL:
-            return StorageError(f"the disk is full: could not write to {where}; free some space and run the "
-                                "command again (everything saved before is kept)")
-        if fault is Fault.DAMAGED:
-            return DatabaseUnavailableError(f"{where} is damaged or is not a hemascan database ({msg}); it was "
-                                            "left untouched: restore it from a backup, or move it away to start "
-                                            "a new one")
-        if fault is Fault.READ_ONLY:
-            return DatabaseUnavailableError(f"{where} is read-only, so nothing can be saved; ask for write access "
-                                            "or point hemascan at a writable copy (--data-dir, --db-url)")
-        if fault is Fault.CANNOT_OPEN:
-            return DatabaseUnavailableError(f"could not open {where}: {_why_cannot_open(url)}")
-        if fault is Fault.DISK_IO:
-            return StorageError(f"the disk reported an error while using {where} ({msg}); check the drive, "
-                                "then run the command again (everything committed before is kept)")
-        if fault is Fault.LOGIN_REFUSED:
-            return DatabaseUnavailableError(f"{where} refused the login (wrong user name or password); check "
-                                            "--db-url / HEMASCAN_DB_URL")
-        if fault is Fault.NO_DATABASE:
-            return DatabaseUnavailableError(f"{where} does not exist on the server; create it first")
-        if fault is Fault.PERMISSION:
-            return DatabaseUnavailableError(f"{where} refused: this login may not do that ({msg}); ask the "
-                                            "database's administrator for the rights hemascan needs")
-        if fault is Fault.NO_FREE_CONNECTION:
-            return DatabaseUnavailableError(f"{where} has no free connection now (too many clients); try again "
-                                            "shortly, or ask for a higher max_connections")
-        if fault in (Fault.UNREACHABLE, Fault.CONNECTION_LOST):
-            return DatabaseUnavailableError(f"could not reach {where}: the server is down or unreachable; "
-                                            "start it or check the host and port in the database URL")
+        sentence = FAULT_SENTENCES.get(fault)
+        if sentence is not None:
+            error, text = sentence
+            why = _why_cannot_open(url) if fault is Fault.CANNOT_OPEN else ""
+            return error(text.format(where=where, msg=msg, why=why))
         if isinstance(exc, sa_exc.OperationalError):
             return DatabaseUnavailableError(f"{where} could not be used: {msg}")
         return None
