@@ -13,8 +13,10 @@ Safety:
   ``failed``. A running run holds a lease renewed by a heartbeat (core/models/runs.py); a
   process killed mid-run stops renewing it, and once it has expired the next retrain (or
   :func:`fail_stale_runs`) on any seat marks it ``failed``.
-* The new package is written by ``core.models.package.save_package`` (temp dir + rename), only
-  after training finished, so a cancelled or killed run never leaves a half-written model.
+* The new package (weights, guard, int8 model) is written whole in a private folder of the
+  registry (core.models.registry.package_workdir) after training finished, then copied into place
+  by ``register_package`` (temp dir + rename): a cancelled or killed run leaves no model folder,
+  and the next start removes the private folder a killed run left (core.app.bootstrap).
 * The new version is registered with ``parent`` = the active version but NOT activated;
   :func:`promote` activates it, :func:`rollback` activates any earlier version. Every
   activation is appended to the ``model_activations`` table (core.models.registry.activate_version).
@@ -61,11 +63,13 @@ from core.models.runs import fail_stale_runs, finish_run, start_run  # noqa: F40
 from core.imaging.fspath import to_fs
 from core.imaging.images import decode_rgb, read_file
 from core.inference.runtime import runtime_plan
-from core.models.package import ModelCard, load_model, save_package
+from core.models.figures import parent_record
+from core.models.labsample import lab_sample
+from core.models.package import ModelCard, load_model, save_package, verify_package
 from core.imaging.preprocessing import Preprocessing
-from core.models.registry import register_package, require_active_version, version_package
+from core.models.registry import package_path, package_workdir, register_package, require_active_version, version_package
 from core.models.guard import load_guard
-from trainer.quantize import add_int8
+from trainer.quantize import _write_card, add_int8
 from trainer.data import compute_hashes, scan_class_folders
 
 log = logging.getLogger(__name__)
@@ -513,7 +517,8 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             comparison["old_name"] = parent.name
             val_metrics = comparison["new"]
 
-        # -- package (atomic) and register, not active
+        # -- package, written whole in a private folder and copied into the registry only when
+        # complete (register_package): a run killed while writing leaves nothing in models/
         yield emit(Progress("package", 0, 1, "writing model package"))
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = cfg.name or f"{arch.replace('_', '-')}-retrain{run_id}-{stamp}"
@@ -526,7 +531,10 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
                    "best_epoch": best["epoch"], "epochs_run": len(history), "train_seconds": round(train_seconds, 1),
                    "method": fitted.get("method"),
                    "device": str(device),
-                   "comparison": _comparison_brief(comparison)}
+                   "comparison": _comparison_brief(comparison),
+                   # the parent's own figures with their basis (its test set, for a trained model):
+                   # this card's validation figures rest on a few reviewed images
+                   "parent": parent_record(pcard)}
         card = ModelCard(
             name=name, architecture=arch, taxonomy=taxonomy, classes=classes, preprocessing=prep.to_dict(),
             arch_params=arch_params, temperature=float(temperature), uncertain_threshold=threshold, metrics=metrics,
@@ -536,31 +544,45 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
                            "mode": "from scratch" if cfg.from_scratch else f"fine-tuned from {parent.name}",
                            "config": cfg.to_dict()},
             parent=parent.name, notes=cfg.notes or f"Retrained from reviewed labels (run {run_id}).")
-        pkg = paths.models / name
         if cancel.is_set():
             status = "cancelled"
             finish_run(db, run_id, status, metrics={"data": summary_data, "history": history})
             return {"status": status, "run_id": run_id, "data": summary_data, "history": history}
-        save_package(pkg, {k: v for k, v in model.state_dict().items()}, card)
-        yield emit(Progress("package", 0, 1, "fitting the foreign-image guard on the training side"))
-        from .guard import add_guard, fit_guard, logits_and_embeddings  # heavy: imports torch
+        from .guard import add_guard, fit_guard, logits_and_embeddings, match_parent_on_lab  # heavy: imports torch
 
-        e_tr = logits_and_embeddings(model, x_all[tr_idx], prep, device)[1]
-        e_va = logits_and_embeddings(model, x_all[va_idx], prep, device)[1] if len(va_idx) else np.zeros((0, 0))
-        e_other = None
-        if data.other:
-            x_other = load_items(data.other, prep, image_cache, cfg.decode_workers)
-            e_other = logits_and_embeddings(model, x_other, prep, device)[1]
-        y_guard = y_all[tr_idx]
-        if replay is not None:  # the parent's classes keep their place in the guard too
-            e_tr, y_guard = np.concatenate([e_tr, replayed]), np.concatenate([y_guard, replayed_y])
-        add_guard(pkg, *fit_guard(e_tr, y_guard, e_va, other_emb=e_other))
-        int8 = None
-        if cfg.int8 and not cancel.is_set():
-            int8 = yield from _add_int8(pkg, x_all, tr_idx, va_idx, emit)
-        with db.session() as s:
-            v = register_package(s, paths, pkg, activate=False)
-            version_id = v.id
+        with package_workdir(paths) as workdir:
+            pkg = workdir / name
+            save_package(pkg, {k: v for k, v in model.state_dict().items()}, card)
+            yield emit(Progress("package", 0, 1, "fitting the foreign-image guard on the training side"))
+            e_tr = logits_and_embeddings(model, x_all[tr_idx], prep, device)[1]
+            e_va = logits_and_embeddings(model, x_all[va_idx], prep, device)[1] if len(va_idx) else np.zeros((0, 0))
+            e_other = None
+            if data.other:
+                x_other = load_items(data.other, prep, image_cache, cfg.decode_workers)
+                e_other = logits_and_embeddings(model, x_other, prep, device)[1]
+            y_guard = y_all[tr_idx]
+            if replay is not None:  # the parent's classes keep their place in the guard too
+                e_tr, y_guard = np.concatenate([e_tr, replayed]), np.concatenate([y_guard, replayed_y])
+            guard, guard_info = fit_guard(e_tr, y_guard, e_va, other_emb=e_other)
+            # The lab's own images: the guard may flag no more of them than the parent's did
+            # (a guard fitted on a few dozen images flagged a quarter of them), and the int8
+            # model is checked on them too.
+            yield emit(Progress("package", 0, 1, "checking the new version on the lab's own images"))
+            lab, x_lab = _lab_images(db, parent, prep, image_cache, cfg)
+            if len(x_lab):
+                parent_flags = _parent_flags(parent_path, pcard, x_lab if parent_prep == prep else
+                                             _decode_lab(lab, parent_prep, image_cache, cfg)[1], device)
+                if parent_flags is not None:
+                    guard, guard_info = match_parent_on_lab(guard, guard_info, logits_and_embeddings(
+                        model, x_lab, prep, device)[1], parent_flags, parent.name)
+            add_guard(pkg, guard, guard_info)
+            int8 = None
+            if cfg.int8 and not cancel.is_set():
+                int8 = yield from _add_int8(pkg, x_all, tr_idx, va_idx, x_lab, emit)
+            with db.session() as s:
+                v = register_package(s, paths, pkg, activate=False)
+                version_id = v.id
+        pkg = package_path(paths, name)  # the registry's copy
         status = "completed"
         run_metrics = {"data": summary_data, "history": history, "train_seconds": train_seconds,
                        "comparison": _comparison_brief(comparison), "calibration": calib, "int8": int8}
@@ -625,14 +647,73 @@ def _replay_source(cfg: RetrainConfig, pcard: dict, parent_path: Path, summary_d
     return guard, [int(c) for c in record.get("classes_fitted", range(len(guard.class_means)))]
 
 
-def _add_int8(pkg: Path, x_all: np.ndarray, tr_idx: np.ndarray, va_idx: np.ndarray, emit):
-    """Agreement with fp32 is checked on the validation images plus training images (it
-    measures arithmetic, not accuracy)."""
+def _add_int8(pkg: Path, x_all: np.ndarray, tr_idx: np.ndarray, va_idx: np.ndarray, x_lab: np.ndarray, emit):
+    """The int8 model, checked as training checks it: label agreement with fp32 and the same
+    guard flags, on the lab's own images, the validation images and training images (it
+    measures arithmetic, not accuracy), at least MIN_CHECK_IMAGES of them; else none ships
+    and the version runs fp32 (the card says why)."""
 
     yield emit(Progress("package", 0, 1, "making the int8 model for fast CPU classification"))
-    check = np.concatenate([va_idx, tr_idx])[:INT8_CHECK_IMAGES]
-    rec = add_int8(pkg, x_all[tr_idx], x_all[check], f"{len(tr_idx)} reviewed training images")
-    return {k: rec[k] for k in ("accepted", "agreement", "n_checked", "quantize_seconds", "reason") if k in rec}
+    check = np.concatenate([va_idx, tr_idx])[: max(0, INT8_CHECK_IMAGES - len(x_lab))]
+    x_check = np.concatenate([x_lab, x_all[check]]) if len(x_lab) else x_all[check]
+    rec = add_int8(pkg, x_all[tr_idx], x_check, f"{len(tr_idx)} reviewed training images")
+    if not rec.get("accepted"):
+        _note_fp32(pkg, rec)
+    keys = ("accepted", "agreement", "n_checked", "flag_agreement", "n_flagged_fp32", "n_flagged_int8",
+            "quantize_seconds", "reason")
+    return {k: rec[k] for k in keys if k in rec}
+
+
+def _note_fp32(pkg: Path, rec: dict) -> None:
+    """Say in the card why the version has no int8 model (it runs fp32): the model panel shows it."""
+    card = verify_package(pkg)
+    card.int8 = {"accepted": False, "reason": str(rec.get("reason") or "not made"),
+                 **{k: rec[k] for k in ("agreement", "n_checked", "flag_agreement", "n_flagged_fp32",
+                                        "n_flagged_int8") if k in rec}}
+    _write_card(pkg, card)
+
+
+LAB_SAMPLE = 800  # the lab's own images a retrain checks its guard and int8 model on
+
+
+def _decode_lab(lab: list, prep, cache: dict | None, workers: int) -> tuple[list, np.ndarray]:
+    """(the lab images that could be read, their preprocessed uint8 pixels); unreadable ones are left out."""
+    items = [Item(it.path, -1, it.sha256, it.image_id) for it in lab]
+    try:
+        return lab, load_items(items, prep, cache, workers)
+    except (HemascanError, OSError, ValueError):
+        keep, arrays = [], []
+        for it, item in zip(lab, items):
+            try:
+                arrays.append(load_items([item], prep, cache, 1)[0])
+                keep.append(it)
+            except (HemascanError, OSError, ValueError):
+                continue
+        s = prep.input_size
+        return keep, (np.stack(arrays) if arrays else np.zeros((0, s, s, 3), np.uint8))
+
+
+def _lab_images(db: Database, parent: VersionRef, prep, cache: dict | None, cfg: RetrainConfig):
+    with db.session() as s:
+        lab = lab_sample(s, parent.id, LAB_SAMPLE)
+    return _decode_lab(lab, prep, cache, cfg.decode_workers)
+
+
+def _parent_flags(parent_path: Path, pcard: dict, x_lab: np.ndarray, device) -> np.ndarray | None:
+    """Which of the lab images the parent's guard calls outside its experience (fp32, as the
+    new version's guard is measured); None when the parent has no usable guard."""
+    from .guard import logits_and_embeddings  # heavy: imports torch
+
+    try:
+        guard = load_guard(parent_path, pcard.get("guard"), len(pcard["classes"]))
+    except Exception as exc:  # noqa: BLE001  (no usable guard: nothing to match)
+        log.warning("parent guard not usable: %s", exc)
+        return None
+    if guard is None:
+        return None
+    model, card = load_model(parent_path, "cpu")
+    emb = logits_and_embeddings(model.to(device), x_lab, card.prep, device)[1]
+    return guard.flags(emb)[1]
 
 
 def _comparison_brief(cmp: dict | None) -> dict | None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, aliased
 
@@ -173,9 +175,44 @@ TEMP_PREFIXES = (".tmp-", ".import-")
 STALE_AFTER_S = 6 * 3600
 
 
+WRITER_LOCK = ".writer.lock"  # held by the process writing a package folder (package_workdir)
+
+
+def _writer_gone(folder: Path) -> bool:
+    """The folder is a package being written (it holds WRITER_LOCK) and its writer is gone:
+    the OS released the writer's lock when it died, however it died."""
+    lock_file = folder / WRITER_LOCK
+    if not lock_file.is_file():
+        return False
+    lock = FileLock(str(lock_file), is_singleton=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False  # a write in progress
+    lock.release()
+    return True
+
+
+@contextmanager
+def package_workdir(paths: Paths):
+    """A private folder in the registry to write a whole package in (a retrain's weights,
+    guard and int8 model), removed when the block ends, however it ends. Its lock tells the
+    next start's :func:`remove_stale_temporaries` at once that a killed writer left it."""
+    paths.models.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".tmp-write-", dir=paths.models))
+    lock = FileLock(str(folder / WRITER_LOCK), is_singleton=False)
+    lock.acquire(timeout=0)
+    try:
+        yield folder
+    finally:
+        lock.release()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def remove_stale_temporaries(paths: Paths, older_than_s: float = STALE_AFTER_S) -> list[Path]:
-    """Delete leftovers of killed writes under the model registry and the cache; a write
-    in progress (newer than ``older_than_s``) is left alone. Returns what was removed."""
+    """Delete leftovers of killed writes under the model registry and the cache: a package
+    folder whose writer is gone at once, anything else once older than ``older_than_s`` (a
+    write in progress is left alone). Returns what was removed."""
     import time
 
     removed: list[Path] = []
@@ -190,7 +227,8 @@ def remove_stale_temporaries(paths: Paths, older_than_s: float = STALE_AFTER_S) 
             if not entry.name.startswith(TEMP_PREFIXES):
                 continue
             try:
-                if now - entry.lstat().st_mtime < older_than_s:
+                abandoned = entry.is_dir() and not entry.is_symlink() and _writer_gone(entry)
+                if not abandoned and now - entry.lstat().st_mtime < older_than_s:
                     continue
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
