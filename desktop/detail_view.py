@@ -117,7 +117,7 @@ class DetailPane(QObject):
             with self._gradcam_lock:  # one explainer, built once per model version
                 if self._gradcam is None or self._gradcam[0] != vid:
                     self._gradcam = (vid, GradCam(package))
-                _img, cam, k = self._gradcam[1](r.path)
+                _img, cam, k = self._gradcam[1](r.path, r.predicted)  # the class shown, whatever engine chose it
             return r.image_id, cam, k
 
         self.workers.submit(work, name="Grad-CAM", on_result=self._gradcam_done,

@@ -7,6 +7,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QHB
                                QMessageBox, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout)
 
 from core.inference.engines import MIN_INT8_AGREEMENT
+from core.models.figures import figures_text
 from core.models.registry import list_versions
 from core.models.registry import VersionRef
 from core.models.store import version_package
@@ -50,25 +51,34 @@ def metrics_basis(card: dict) -> str:
 
 
 def headline_metrics(card: dict) -> str:
+    """The card's figures in one line, each with its basis: this version's own and, for a
+    retrained one, its parent's (the parent's test figures stay beside a few validation
+    images'); then how it runs on a CPU (int8, or fp32 and why)."""
     metrics = card.get("metrics") or {}
-    m = dict(metrics)
-    for section in ("as_is", "test"):  # the trainer's held-out test metrics, when present
-        if isinstance(metrics.get(section), dict):
-            m = {**metrics[section], **{k: v for k, v in metrics.items() if not isinstance(v, dict)}}
-            break
     parts = []
-    for key in ("accuracy", "macro_f1", "balanced_accuracy", "ece", "test_accuracy", "val_accuracy"):
-        if isinstance(m.get(key), (int, float)):
-            parts.append(f"{key} {m[key]:.3f}")
-    if not parts:
-        parts = [f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)][:3]
+    figures = figures_text(card)
+    if figures and not card.get("placeholder"):
+        parts.append(figures)
+    else:
+        m = dict(metrics)
+        for section in ("as_is", "test"):  # the trainer's held-out test metrics, when present
+            if isinstance(metrics.get(section), dict):
+                m = {**metrics[section], **{k: v for k, v in metrics.items() if not isinstance(v, dict)}}
+                break
+        for key in ("accuracy", "macro_f1", "balanced_accuracy", "ece", "test_accuracy", "val_accuracy"):
+            if isinstance(m.get(key), (int, float)):
+                parts.append(f"{key} {m[key]:.3f}")
+        if not parts:
+            parts = [f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)][:3]
+        if parts and not card.get("placeholder"):
+            parts.append(metrics_basis(card))
     int8 = card.get("int8") or {}
     if int8.get("files") and float(int8.get("agreement", 0)) >= MIN_INT8_AGREEMENT:
         parts.append(f"CPU int8 (agrees with fp32 on {float(int8['agreement']):.1%})")
+    elif int8.get("reason") and not card.get("placeholder"):
+        parts.append(f"runs fp32 on CPUs (no int8 model: {int8['reason']})")
     if card.get("placeholder"):
         parts.insert(0, "placeholder (untrained)")
-    if parts and not card.get("placeholder"):
-        parts.insert(len(parts) - (1 if "CPU int8" in parts[-1] else 0), metrics_basis(card))
     return ", ".join(parts) or "no metrics"
 
 

@@ -152,14 +152,14 @@ def quantize_package(package: Path, calibration_u8: np.ndarray, check_u8: np.nda
     }
     reason = None
     if len(check_u8) < min_check:
-        reason = f"only {len(check_u8)} images to check it on (at least {min_check} needed)"
+        reason = f"only {len(check_u8)} images to check it on, at least {min_check} needed"
     elif agreement < min_agreement:
-        reason = f"its labels agree with fp32 on {agreement:.2%} of {len(check_u8)} images (at least {min_agreement:.1%} needed)"
+        reason = f"its labels agree with fp32 on {agreement:.2%} of {len(check_u8)} images, at least {min_agreement:.1%} needed"
     elif flags and flags["flag_agreement"] < min_agreement:
         reason = flags.get("flag_reason") or (
             f"it flags {flags['n_flagged_int8']} images as outside the model's experience where fp32 flags "
-            f"{flags['n_flagged_fp32']} ({flags['flag_agreement']:.2%} agreement of {len(check_u8)}, "
-            f"at least {min_agreement:.1%} needed)")
+            f"{flags['n_flagged_fp32']}: {flags['flag_agreement']:.2%} agreement on {len(check_u8)} images, "
+            f"at least {min_agreement:.1%} needed")
     if reason is not None:
         log.warning("int8 model rejected: %s", reason)
         return {**record, "accepted": False, "reason": reason}

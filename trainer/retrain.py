@@ -304,24 +304,52 @@ def compare_predictions(y: np.ndarray, probs_new: np.ndarray, probs_old: np.ndar
             "n_changed": len(changes), "warning": warning, "verdict": verdict}
 
 
+SHARP_RECALL_DROP = 0.5  # a class's recall falling this much (on >= 2 of its images) is a loss, however few the images
+
+
+def recall_losses(cmp: dict) -> list[str]:
+    """The classes the new version loses on the validation images: recall fallen to 0 from
+    above 0, or fallen sharply (SHARP_RECALL_DROP, on at least 2 images of the class); e.g.
+    'Pre-B recall 0.667 -> 0.000 (3 images)'."""
+    old, new = cmp.get("old") or {}, cmp.get("new") or {}
+    out = []
+    for c in cmp.get("classes") or []:
+        a, b = (old.get("recall") or {}).get(c), (new.get("recall") or {}).get(c)
+        n = int((new.get("support") or old.get("support") or {}).get(c) or 0)
+        if a is None or b is None or n == 0:
+            continue
+        if (a > 0 and b == 0) or (n >= 2 and a - b >= SHARP_RECALL_DROP):
+            out.append(f"{c} recall {a:.3f} -> {b:.3f} ({n} image{'s' if n != 1 else ''})")
+    return out
+
+
 def promotion_advice(cmp: dict | None) -> tuple[str, str | None]:
     """What Promote must say before making a new version active: ("better", None) when the
-    comparison shows it is better; ("worse" | "undecided", one sentence why) otherwise, for a
-    confirmation (GUI) or a refusal without --force (CLI)."""
+    comparison shows it is better; ("worse" | "undecided", one sentence why, with its basis:
+    the number of validation images both versions were run on) otherwise, for a confirmation
+    (GUI) or a refusal without --force (CLI). Worse: the whole interval below zero, or a lower
+    accuracy with a class lost (recall_losses), however few the images."""
     if not cmp or not cmp.get("n"):
         return "undecided", ("the new version was not compared with the active one (no validation images): "
                              "nothing shows it is better")
     d = cmp["accuracy_difference"]
     lo, hi = d["ci95"]
     old = cmp.get("old_name") or "the active version"
-    if cmp.get("verdict") == "worse" or hi < 0.0:
-        return "worse", (f"the new version is worse than {old} on the same {cmp['n']} validation images: accuracy "
-                         f"{d['difference']:+.1%} (95% interval {lo:+.1%} to {hi:+.1%})")
+    n = cmp["n"]
+    acc_old, acc_new = (cmp.get("old") or {}).get("accuracy"), (cmp.get("new") or {}).get("accuracy")
+    accuracy = (f"accuracy {acc_old:.3f} -> {acc_new:.3f}" if acc_old is not None and acc_new is not None
+                else f"accuracy {d['difference']:+.1%}")
+    losses = recall_losses(cmp)
+    lost = f"; {', '.join(losses)}" if losses else ""
+    if cmp.get("verdict") == "worse" or hi < 0.0 or (d["difference"] < 0.0 and losses):
+        return "worse", (f"the new version is worse than {old} on the same {n} validation images: {accuracy} "
+                         f"(95% interval of the difference {lo:+.1%} to {hi:+.1%}){lost}")
     if cmp.get("verdict") == "better":
         return "better", None
-    return "undecided", (f"the comparison cannot tell the new version from {old}: accuracy {d['difference']:+.1%} "
-                         f"(95% interval {lo:+.1%} to {hi:+.1%}) on {cmp['n']} validation images"
-                         + (f", fewer than the {SMALL_VAL} needed to tell a few points apart" if cmp["n"] < SMALL_VAL else ""))
+    return "undecided", (f"the comparison cannot tell the new version from {old}: {accuracy} "
+                         f"(95% interval of the difference {lo:+.1%} to {hi:+.1%}) on the same {n} validation images"
+                         + (f", fewer than the {SMALL_VAL} needed to tell a few points apart" if n < SMALL_VAL else "")
+                         + lost)
 
 
 def comparison_table(cmp: dict) -> str:

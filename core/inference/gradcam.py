@@ -91,9 +91,17 @@ class GradCam:
             p.requires_grad_(True)
         self.layer = target_layer(self.model, self.prep.input_size, stride)
 
-    def __call__(self, stored_path: str, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-        """(preprocessed uint8 image (S, S, 3), heat map (S, S), class index)."""
+    def __call__(self, stored_path: str, shown: int | str | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """(preprocessed uint8 image (S, S, 3), heat map (S, S), class index). ``shown``: the
+        class shown for the image (its stored prediction, by name or index), which the map
+        explains whatever engine predicted it (int8 and this fp32 model may disagree); None:
+        this model's own top class."""
 
         img = self.prep.apply(decode_rgb(read_file(to_fs(stored_path))))
-        cam, k = gradcam(self.model, self.prep, img, class_index, self.layer)
+        cam, k = gradcam(self.model, self.prep, img, self.class_index(shown), self.layer)
         return img, cam, k
+
+    def class_index(self, shown: int | str | None) -> int | None:
+        if shown is None or isinstance(shown, int):
+            return shown
+        return self.card.classes.index(shown) if shown in self.card.classes else None
