@@ -221,12 +221,15 @@ def test_export_import_round_trip_and_tampering(labelled, db, paths, tmp_path):
 def test_cli_retrain_and_models_export_import(labelled, cli, tmp_path, db):
     rc, out, err = cli("retrain", "--epochs", 1, "--min-steps", 0, "--threads", 2, "--no-augment", "--promote")
     assert rc == 0, err
-    # 12 validation images cannot show the new version is better: Promote says why and does not
-    assert "accuracy" in out and "macro-F1" in out and "not promoted: the comparison cannot tell" in out
+    # 12 validation images cannot show the new version is better (a tiny run may even lose a
+    # class: then it says "worse"): Promote says why and does not
+    assert "accuracy" in out and "macro-F1" in out
+    assert "not promoted: the comparison cannot tell" in out or "not promoted: the new version is worse" in out
     with db.session() as s:
         assert active_version(s).name == "tiny-v1"
     rc, out, err = cli("retrain", "--epochs", 1, "--min-steps", 0, "--threads", 2, "--no-augment", "--promote", "--force")
-    assert rc == 0 and "promoted although the comparison cannot tell" in out, err
+    assert rc == 0 and ("promoted although the comparison cannot tell" in out
+                        or "promoted although the new version is worse" in out), err
     f = tmp_path / "m.hsmodel"
     rc, out, err = cli("models", "export", "tiny-v1", str(f))
     assert rc == 0 and f.is_file(), err
