@@ -3,7 +3,7 @@ them, and the counts. It keeps what it shows in memory (desktop.gallery.GalleryM
 asks the controller for everything else, off the GUI thread."""
 from __future__ import annotations
 
-from PySide6.QtCore import QItemSelectionModel, QObject, Signal
+from PySide6.QtCore import QItemSelectionModel, QObject, Qt, Signal
 from PySide6.QtWidgets import QAbstractItemView, QApplication, QHBoxLayout, QLabel, QListView, QVBoxLayout, QWidget
 
 from core.review import gallery as q
@@ -12,6 +12,49 @@ from .controller import Controller
 from .gallery import ID_ROLE, PREFETCH, ROW_ROLE, THUMB, GalleryModel, ThumbnailLoader, TileDelegate
 from .viewstate import FolderView
 from desktop.problems import ProblemFilesDialog
+
+
+JUMP_KEYS = {Qt.Key_Home, Qt.Key_End, Qt.Key_PageUp, Qt.Key_PageDown}
+MOVE_KEYS = JUMP_KEYS | {Qt.Key_Up, Qt.Key_Down, Qt.Key_Left, Qt.Key_Right}
+
+
+class GalleryView(QListView):
+    """The tiles. Home, End and the page keys walk the whole view, not only the rows loaded
+    so far (``pane.move_to`` loads what they reach); a move without Shift or Ctrl leaves one
+    image selected, even at the edge (Home on the first image after Ctrl+A); typing a letter
+    never jumps to a file of that name (the next key would label an image nobody chose)."""
+
+    def __init__(self, pane: "GalleryPane"):
+        super().__init__()
+        self.pane = pane
+
+    def keyPressEvent(self, e) -> None:  # noqa: N802  (Qt's name)
+        mods = e.modifiers() & ~Qt.KeypadModifier
+        extend = bool(mods & (Qt.ShiftModifier | Qt.ControlModifier))
+        if e.key() in JUMP_KEYS and not (mods & Qt.ShiftModifier):
+            cur = self.currentIndex().row() if self.currentIndex().isValid() else 0
+            step = self.page_step()
+            target = {Qt.Key_Home: 0, Qt.Key_End: self.pane.model.total - 1,
+                      Qt.Key_PageUp: cur - step, Qt.Key_PageDown: cur + step}[e.key()]
+            self.pane.move_to(target)
+            e.accept()
+            return
+        super().keyPressEvent(e)
+        if e.key() in MOVE_KEYS and not extend and len(self.selectionModel().selectedIndexes()) > 1:
+            self.selectionModel().setCurrentIndex(self.currentIndex(), QItemSelectionModel.ClearAndSelect)
+
+    def keyboardSearch(self, search: str) -> None:  # noqa: N802  (Qt's name)
+        return None
+
+    def page_step(self) -> int:
+        """Tiles in one screen of the view (what PgDn moves by)."""
+        model = self.model()
+        if model is None or not model.rowCount():
+            return 1
+        tile = self.visualRect(model.index(0, 0))
+        w, h = max(1, tile.width() + 2 * self.spacing()), max(1, tile.height() + 2 * self.spacing())
+        vp = self.viewport().size()
+        return max(1, vp.width() // w) * max(1, vp.height() // h)
 
 
 class GalleryPane(QObject):
@@ -28,18 +71,16 @@ class GalleryPane(QObject):
         self.ctl = ctl
         self.folder_files = q.FolderFiles()
         self.restore: FolderView | None = None  # a folder's saved view, applied as its images arrive
-        self.auto_picked: int | None = None  # the image a reload selected by itself
-        self._keep: int | None = None
+        self.auto_picked: int | None = None  # the image a reload selected by itself, until the reviewer moves
+        self._choosing = False  # the pane itself sets the current image (not the reviewer)
         self._counts_generation = 0
-        self._pending_move: tuple[int, list[int] | None] | None = None  # a move past the loaded rows
         app = QApplication.instance()
         dpr = max(1.0, app.devicePixelRatio()) if app else 1.0
         self.loader = ThumbnailLoader(workers, size_px=int(THUMB * min(dpr, 3.0)))  # sharp on HiDPI
         self.model = GalleryModel(ctl, self)
         self.loader.ready.connect(self.model.thumbnail_ready)
         self.model.reloaded.connect(self._reloaded)
-        self.model.pageLoaded.connect(self._page_loaded)
-        self.view = v = QListView()
+        self.view = v = GalleryView(self)
         v.setObjectName("gallery")
         v.setViewMode(QListView.IconMode)
         v.setResizeMode(QListView.Adjust)
@@ -84,39 +125,69 @@ class GalleryPane(QObject):
 
     # ---------------------------------------------------------------- reload
     def reload(self, keep_id: int | None = None) -> None:
-        """Read the folder's images again under the filter; ``keep_id`` stays current if it is still in view."""
-        self._keep = keep_id
-        if self.restore is not None and self.restore.image_id is not None:
-            self._keep = self.restore.image_id
+        """Read the folder's images again under the filter. ``keep_id`` stays current if it is
+        still in view, wherever the new order puts it; if it has left, the image after it
+        (else before it) in the order shown until now. A re-read by a running job, a re-sort
+        or a late answer never moves the reviewer to another image by itself."""
+        keep = self.model.around(keep_id) if keep_id is not None else []
+        if self.restore is not None and self.restore.image_id is not None:  # the folder's first read
+            keep = [self.restore.image_id]
         if self.ctl.folder is None:
             self.model.clear()
             self._reloaded()
         else:
-            self.model.set_query(self.ctl.folder, self.ctl.version_id, self.ctl.taxonomy, self.ctl.state.filter)
+            self.model.set_query(self.ctl.folder, self.ctl.version_id, self.ctl.taxonomy, self.ctl.state.filter,
+                                 keep=keep)
         self.update_counts()
 
     def _reloaded(self) -> None:
-        keep, restore = self._keep, self.restore
+        restore, self.restore = self.restore, None  # a saved position applies to the folder's first read only
         self.ctl.state.n_in_view = self.model.total
         sel = self.view.selectionModel()
-        row = self.model.row_of(keep) if keep is not None else None
+        row = self.model.row_of(self.model.kept) if self.model.kept is not None else None
+        if row is not None and self.model.kept != self.auto_picked:
+            self.auto_picked = None
         if row is None and self.model.rowCount():  # a filter, sort or folder change: the top, first image
             self.view.scrollToTop()
             row = 0
             self.auto_picked = self.model.row_at(0).image_id  # chosen for the reviewer, not by them
         if row is not None:  # the current image (what keys act on); no stale multi-selection
-            sel.clearSelection()  # the current image is selected too: its tile is framed, as the keys act on it
-            sel.setCurrentIndex(self.model.index(row), QItemSelectionModel.ClearAndSelect)
-            self.view.scrollTo(self.model.index(row))
-            if restore is not None and keep == restore.image_id and self.model.row_of(keep) is not None:
+            self._set_current(row)
+            if restore is not None and self.model.kept == restore.image_id:
                 self.view.verticalScrollBar().setValue(restore.scroll)  # where the reviewer left off
-                self.restore = None
+                self.view.scrollTo(self.model.index(row))
         else:  # nothing to show: the panel shows nothing, not the previous image
             sel.clear()
             self.sync_state()
             self.currentChanged.emit(None)
         self.show_position()
         self.reloaded.emit()
+
+    def _set_current(self, row: int) -> None:
+        """The pane's own choice of the current image (after a reload or a drop)."""
+        self._choosing = True
+        try:
+            sel = self.view.selectionModel()
+            sel.clearSelection()  # the current image is selected too: its tile is framed, as the keys act on it
+            sel.setCurrentIndex(self.model.index(row), QItemSelectionModel.ClearAndSelect)
+            self.view.scrollTo(self.model.index(row))
+        finally:
+            self._choosing = False
+
+    def drop_reviewed(self, image_ids) -> None:
+        """"Unreviewed only": the images just labelled leave the view after the grace, in
+        place; the reviewer stays on the image shown (if it is one of them: the next one)."""
+        cur = self.current_row()
+        gone = set(image_ids)
+        stay = next((i for i in self.model.around(cur.image_id) if i not in gone), None) if cur else None
+        self.model.drop_ids(gone)
+        row = self.model.row_of(stay) if stay is not None else None
+        if row is not None and row != self.view.currentIndex().row():
+            self._set_current(row)
+        elif row is None and cur is not None and self.model.rowCount() == 0:
+            self.view.selectionModel().clear()
+            self.currentChanged.emit(None)
+        self.show_position()
 
     # ---------------------------------------------------------------- where the reviewer is
     def sync_state(self) -> None:
@@ -132,6 +203,8 @@ class GalleryPane(QObject):
         self.info.setText(self.ctl.state.position())
 
     def _current_changed(self, cur, _prev=None) -> None:
+        if not self._choosing:  # the reviewer moved: a later reload keeps their image
+            self.auto_picked = None
         self.show_position()
         if cur.isValid() and cur.row() >= self.model.rowCount() - PREFETCH:
             self.model.fetchMore()  # the next page arrives before the keys reach it
@@ -153,19 +226,27 @@ class GalleryPane(QObject):
             return self.message.emit(f"⚠ {self.ctl.state.refusal() or 'No image in view.'}", 6000)
         row, end = self.ctl.state.next_row(step, n, after_rows)
         if end and self.model.canFetchMore():  # past the rows loaded so far, not the end of the queue
-            self._pending_move = (step, after_rows)  # made when the page lands
-            self.model.fetchMore()
+            self.model.load_rows(n + 1, lambda: self.move_current(step, after_rows))
             return
         if end:
             self.message.emit(end, 8000)
+        self._go(row)
+
+    def move_to(self, row: int) -> None:
+        """Make ``row`` of the whole view current (Home, End, the page keys), loading the rows
+        down to it first when they are not in yet."""
+        if not self.model.total:
+            return self.message.emit(f"⚠ {self.ctl.state.refusal() or 'No image in view.'}", 6000)
+        row = max(0, min(self.model.total - 1, row))
+        if row >= self.model.rowCount():
+            self.model.load_rows(row + 1, lambda: self._go(min(row, self.model.rowCount() - 1)))
+            return
+        self._go(row)
+
+    def _go(self, row: int) -> None:
         ix = self.model.index(row)
         self.view.selectionModel().setCurrentIndex(ix, QItemSelectionModel.ClearAndSelect)
         self.view.scrollTo(ix)
-
-    def _page_loaded(self) -> None:
-        move, self._pending_move = self._pending_move, None
-        if move is not None:
-            self.move_current(*move)
 
     def show_problem_files(self, parent):
         """The files of the folder that could not be used, with the reason (from the last counts)."""

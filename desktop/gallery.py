@@ -19,6 +19,11 @@ PAGE = 200
 PREFETCH = 50  # the next page is asked for when the current image is this close to the last loaded row
 
 
+def pages_for(n: int) -> int:
+    """``n`` rows rounded up to whole pages (at least one)."""
+    return max(1, -(-n // PAGE)) * PAGE
+
+
 class GalleryModel(QAbstractListModel):
     """Rows are image ids under a folder in filter order. ``reloaded`` when a new id list and
     its first page are in; ``pageLoaded`` after each further page."""
@@ -43,29 +48,41 @@ class GalleryModel(QAbstractListModel):
         self.loading = False  # a new id list is on its way
         self.fetching = False  # a page is on its way
         self.pages_loaded = 0
+        self.kept: int | None = None  # the image of the last reload's ``keep`` found in the new list
+        self._want_n = 0  # rows asked for (load_rows), and what to do once they are in
+        self._thens: list = []
 
     @property
     def busy(self) -> bool:
         return self.loading or self.fetching
 
     # --- query -------------------------------------------------------------------------
-    def set_query(self, folder, version_id, taxonomy, flt: q.GalleryFilter | None = None) -> None:
+    def set_query(self, folder, version_id, taxonomy, flt: q.GalleryFilter | None = None,
+                  keep: list[int] | None = None) -> None:
         self.folder, self.version_id, self.taxonomy = folder, version_id, taxonomy
         if flt is not None:
             self.filter = flt
-        self.reload()
+        self.reload(keep)
 
-    def reload(self) -> None:
-        """Ask for the id list and its first page; the rows shown stay until they arrive."""
+    def reload(self, keep: list[int] | None = None) -> None:
+        """Ask for the id list and its rows; the rows shown stay until they arrive. ``keep``:
+        image ids in order of preference (the current image, then its neighbours); the first
+        still in the list is ``kept``, and the rows down to it are read with the first page,
+        so a re-read never loses the reviewer's image beyond the first page."""
         self._generation += 1
         gen, folder, vid, tax, flt = self._generation, self.folder, self.version_id, self.taxonomy, self.filter
         if folder is None:
             return self.clear()
         self.loading, self.fetching = True, False
+        self._want_n, self._thens = 0, []  # asked of the old list
+        keep = list(keep or ())
 
         def query(s):
             ids = q.ordered_ids(s, folder, vid, flt, tax)
-            return ids, q.rows(s, folder, vid, ids[:PAGE], tax)
+            at = {i: k for k, i in enumerate(ids)}
+            kept = next((i for i in keep if i in at), None)
+            n = PAGE if kept is None else pages_for(at[kept] + 1 + PREFETCH)
+            return ids, q.rows(s, folder, vid, ids[:n], tax), kept, n
 
         self.ctl.read(query, lambda out: self._reloaded(gen, *out), "gallery", on_error=self._failed(gen))
 
@@ -76,7 +93,7 @@ class GalleryModel(QAbstractListModel):
             self.ctl._said(err)
         return failed
 
-    def _reloaded(self, gen: int, ids: list[int], first: dict) -> None:
+    def _reloaded(self, gen: int, ids: list[int], first: dict, kept: int | None = None, n: int = PAGE) -> None:
         if gen != self._generation:
             return
         self.beginResetModel()
@@ -84,14 +101,16 @@ class GalleryModel(QAbstractListModel):
         self._row_generation.clear()
         self.endResetModel()
         self.loading = False
-        self._insert(0, ids[:PAGE], first)
+        self._insert(0, ids[:n], first)
+        self.kept = kept if kept in self._pos else None
         self.reloaded.emit()
 
     def clear(self) -> None:
         self._generation += 1
         self.loading = self.fetching = False
         self.beginResetModel()
-        self.folder, self._ids, self._rows, self._pos = None, [], [], {}
+        self.folder, self._ids, self._rows, self._pos, self.kept = None, [], [], {}, None
+        self._want_n, self._thens = 0, []
         self.endResetModel()
 
     @property
@@ -108,10 +127,28 @@ class GalleryModel(QAbstractListModel):
 
     def fetchMore(self, parent=QModelIndex()) -> None:
         """Ask for the next page (one at a time); the view calls it as it scrolls."""
-        if parent.isValid() or self.fetching or self.loading or not self.canFetchMore():
+        if parent.isValid() or not self.canFetchMore():
             return
+        self.load_rows(len(self._rows) + PAGE)
+
+    def load_rows(self, n: int, then=None) -> None:
+        """Have at least ``n`` rows loaded (as far as there are images), read in one go from
+        the last loaded row, then call ``then()``: End, PgDn or a move far down the folder
+        reach it at once instead of a page per key."""
+        self._want_n = max(self._want_n, min(n, len(self._ids)))
+        if then is not None:
+            self._thens.append(then)
+        if not (self.loading or self.fetching):
+            self._fetch()
+
+    def _fetch(self) -> None:
         start = len(self._rows)
-        ids = self._ids[start:start + PAGE]
+        if self._want_n <= start:  # all asked for is in
+            thens, self._thens, self._want_n = self._thens, [], 0
+            for then in thens:
+                then()
+            return
+        ids = self._ids[start:pages_for(self._want_n)]
         gen, folder, vid, tax = self._generation, self.folder, self.version_id, self.taxonomy
         self.fetching = True
 
@@ -119,9 +156,23 @@ class GalleryModel(QAbstractListModel):
             if gen == self._generation and len(self._rows) == start:
                 self.fetching = False
                 self._insert(start, ids, got)
+                if len(self._rows) == start:  # none of them exists any more: what is left is all there is
+                    self._want_n = min(self._want_n, len(self._ids))
                 self.pageLoaded.emit()
+                self._fetch()
 
         self.ctl.read(lambda s: q.rows(s, folder, vid, ids, tax), landed, "gallery page", on_error=self._failed(gen))
+
+    def drop_ids(self, image_ids) -> None:
+        """Take these images out of the view in place (reviewed under "Unreviewed only"):
+        the rows around them keep their order; nothing is read again."""
+        gone = set(image_ids)
+        for at in sorted((self._pos[i] for i in gone if i in self._pos), reverse=True):
+            self.beginRemoveRows(QModelIndex(), at, at)
+            del self._rows[at]
+            self.endRemoveRows()
+        self._ids = [i for i in self._ids if i not in gone]
+        self._pos = {r.image_id: k for k, r in enumerate(self._rows)}
 
     def _insert(self, start: int, ids: list[int], got: dict) -> None:
         pending = self.overlay() if self.overlay else {}
@@ -159,6 +210,15 @@ class GalleryModel(QAbstractListModel):
         return Qt.ItemIsEnabled | Qt.ItemIsSelectable if index.isValid() else Qt.NoItemFlags
 
     # --- helpers -----------------------------------------------------------------------
+    def around(self, image_id: int) -> list[int]:
+        """``image_id``, then the images after it in this order, then those before it, nearest
+        first: where the reviewer goes when their image has left the view."""
+        try:
+            at = self._ids.index(image_id)
+        except ValueError:
+            return [image_id]
+        return self._ids[at:] + self._ids[:at][::-1]
+
     def row_of(self, image_id: int) -> int | None:
         return self._pos.get(image_id)
 

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QSp
 from core.app.bootstrap import open_database
 from core.config import Paths
 from core.models.registry import require_active_version
+from core.review.gallery import GalleryFilter
 from core.review.labels import LabelWriter, reviewer_problem
 from core.review.state import ReviewState
 
@@ -84,7 +85,8 @@ class MainWindow(QMainWindow):
         self.window_settings.fill_recent()
         self.set_version(first_version)
 
-        self.gallery_keys = GalleryKeys(self, self.view)
+        self.gallery_keys = GalleryKeys(self, self.view, lambda: self.ctl.classes,
+                                        lambda text: self.statusBar().showMessage(text, 6000))
         if self.reviewer is None:  # first launch (or a stored computer account): ask once, when shown
             QTimer.singleShot(0, self.reviewing.ask_reviewer)
         self.window_settings.restore()
@@ -225,8 +227,9 @@ class MainWindow(QMainWindow):
             save_folder_view(self.settings, self.folder, self.gallery.folder_view())
         self.state.open_folder(folder)
         restore = self.gallery.restore = load_folder_view(self.settings, folder)
-        if restore is not None:  # as the reviewer left this folder (a class the model lacks: Any)
-            self.filters.show_filter(restore)
+        # as the reviewer left this folder (a class the model lacks: Any); a folder never opened
+        # shows everything, not what the previous folder's filters hid
+        self.filters.show_filter(restore if restore is not None else GalleryFilter())
         self.state.set_filter(self.filters.filter())
         self.queue_label.set_folder(folder)
         self.setWindowTitle(f"{Path(folder).name} — hemascan")
@@ -301,10 +304,12 @@ class MainWindow(QMainWindow):
 
     def _job_done(self, summary) -> None:
         cur = self.view.currentIndex()
-        untouched = (self.gallery.restore is None and cur.isValid()
+        cancelled = summary is not None and summary.cancelled
+        untouched = (self.gallery.restore is None and cur.isValid() and not cancelled
                      and self.gallery.current_row().image_id == self.gallery.auto_picked)
         # A folder just classified starts at the top of the new order (least confident first),
-        # unless the reviewer has already moved or the folder's saved view says where they were.
+        # unless the reviewer has acted, the folder's saved view says where they were, or the
+        # reviewer cancelled (Esc): then the image shown stays, wherever the new order puts it.
         self._post_job = summary
         self.reload_gallery(keep_current=not untouched)
         self.gallery.restore = None

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QInputDialog
 from core.models.taxonomy import OTHER, OTHER_TITLE
 from core.review.labels import LabelWriter, reviewer_problem
 from core.review.session import ReviewSession
-from core.review.state import NEEDS_REVIEWER, Outcome
+from core.review.state import NEEDS_REVIEWER, OUTSIDE, UNSURE, Outcome, class_keys
 
 from .browse import GalleryPane
 from .controller import Controller
@@ -21,8 +21,8 @@ from .detail_view import DetailPane
 
 log = logging.getLogger(__name__)
 
-# Under "Unreviewed only" a reviewed image leaves the view after this pause, so the next key
-# still lands where the reviewer expects.
+# Under "Unreviewed only" an image just labelled leaves the view after this pause, so the next
+# key still lands where the reviewer expects. Only those images leave; nothing is re-sorted.
 UNREVIEWED_GRACE_MS = 700
 
 
@@ -79,7 +79,8 @@ class ReviewActions(QObject):
         self.drop_reviewed = QTimer(self)  # "Unreviewed only": reviewed images leave the view after this
         self.drop_reviewed.setSingleShot(True)
         self.drop_reviewed.setInterval(UNREVIEWED_GRACE_MS)
-        self.drop_reviewed.timeout.connect(lambda: self.gallery.reload(keep_id=self.detail.shown_id))
+        self.drop_reviewed.timeout.connect(self._drop_reviewed)
+        self._leaving: set[int] = set()  # labelled under "Unreviewed only": they leave when the grace ends
         self._said_waiting = False  # the status bar says writes are waiting for the database
         self.signals = LabelSignals(self)
         self.signals.saved.connect(self._saved)
@@ -91,6 +92,7 @@ class ReviewActions(QObject):
 
     def ready(self) -> bool:
         """Whether a review key can act now; if not, the status bar says why."""
+        self.gallery.auto_picked = None  # the reviewer has acted on the image shown: a reload keeps it
         self.gallery.sync_state()
         why = self.state.refusal()
         if why == NEEDS_REVIEWER and self.ask_reviewer():  # first label without a name: ask once
@@ -121,7 +123,8 @@ class ReviewActions(QObject):
         if not self.ready():
             return
         rows = self._rows()
-        self.after(self._run(lambda: self.state.label(label, note)), advance=True, rows_before=rows)
+        # a cleared label stays in view: the image is there to be given its class
+        self.after(self._run(lambda: self.state.label(label, note)), advance=label is not None, rows_before=rows)
 
     def label_other_with_note(self) -> None:
         """"Other / not assessable" with the reviewer's free-text note (what the image shows)."""
@@ -135,21 +138,34 @@ class ReviewActions(QObject):
         if not self.ready():
             return
         rows, model = self._rows(), self.gallery.model
-        predicted = {model.row_at(r).image_id: model.row_at(r).predicted for r in rows}
-        out = self._run(lambda: self.state.accept(predicted))  # one undo step for all of them
+        shown = [model.row_at(r) for r in rows]
+        predicted = {r.image_id: r.predicted for r in shown}
+        # the tile shows no class (outside the model's experience) or a doubtful one: never stored unseen
+        hidden = {r.image_id: OUTSIDE if r.outside else UNSURE for r in shown if r.outside or r.uncertain}
+        keys = class_keys(self.ctl.classes)
+        out = self._run(lambda: self.state.accept(predicted, hidden, keys))  # one undo step for all of them
         self.after(out, advance=True, rows_before=rows)
 
+    def _name_of(self, image_id: int) -> str | None:
+        row = self.gallery.model.row_of(image_id)
+        return self.gallery.model.row_at(row).name if row is not None else None
+
     def undo(self) -> None:
-        out = self._run(self.state.undo)
+        out = self._run(lambda: self.state.undo(self._name_of))
         self.after(out, advance=False)
         if out is not None and out.action is not None:
             target = out.action.changes[0][0]
             if not self.gallery.select_image(target):  # it had left the view ("Unreviewed only"): back in it
-                self.drop_reviewed.stop()
                 self.gallery.reload(keep_id=target)
 
     def redo(self) -> None:
-        self.after(self._run(self.state.redo), advance=False)
+        """Redo as the label did: the label again, then on to the image after it."""
+        out = self._run(lambda: self.state.redo(self._name_of))
+        rows = []
+        if out is not None and out.action is not None:
+            rows = [r for r in (self.gallery.model.row_of(i) for i, _, _ in out.action.changes) if r is not None]
+        self.after(out, advance=bool(rows) and any(a is not None for _, _, a in out.action.changes),
+                   rows_before=rows)
 
     def after(self, out: Outcome | None, advance: bool, rows_before: list[int] | None = None) -> None:
         if out is None:  # an error, already shown
@@ -171,14 +187,21 @@ class ReviewActions(QObject):
         if self.state.current_id == before:  # still on a labelled image: its new label
             self.detail.show(self.gallery.current_row(), reload_image=False)
         self.enabledChanged.emit()
-        if self.state.drops_reviewed:  # reviewed images leave the queue after a short grace:
+        if self.state.drops_reviewed:  # labelled images leave the queue after a short grace:
+            self._leaving.update(i for i, _, after in out.action.changes if after is not None)
             self.drop_reviewed.start()  # the next key still lands on the image now shown
+
+    def _drop_reviewed(self) -> None:
+        leaving, self._leaving = self._leaving, set()
+        if not self.state.drops_reviewed:
+            return
+        model = self.gallery.model
+        still = [i for i in leaving if model.row_of(i) is not None and model.row_at(model.row_of(i)).reviewed]
+        self.gallery.drop_reviewed(still)  # an undone one stays
 
     def _saved(self, ids: list, pending: int) -> None:
         """A queued label write reached the database: show what it holds now."""
         self.gallery.model.refresh_ids(ids)
-        if self.state.drops_reviewed and not self.drop_reviewed.isActive():
-            self.drop_reviewed.start()
         self.gallery.update_counts()
         row = self.gallery.current_row()
         if row is not None and row.image_id in ids:

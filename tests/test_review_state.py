@@ -133,3 +133,41 @@ def test_undo_never_reaches_into_a_folder_left_behind(state):
     state.open_folder("/lab/case-2")
     assert state.undo().refused and state.session.labels == {100: "Pre-B"}
     assert state.redo().refused
+
+
+def test_accept_never_stores_a_class_the_tile_did_not_show(state):
+    """Issue 21: on an image outside the model's experience (the tile shows no class) or one the
+    model is not sure of, Accept stored the hidden predicted class."""
+    from core.review.state import OUTSIDE, UNSURE, class_keys
+
+    keys = class_keys(["Benign", "Early Pre-B", "Pre-B", "Pro-B"])
+    assert keys == "1–4"
+    out = state.accept({100: "Benign"}, {100: OUTSIDE}, keys)
+    assert out.refused and out.message.startswith("Outside the model's experience") and "(1–4)" in out.message
+    out = state.accept({100: "Benign"}, {100: UNSURE}, keys)
+    assert out.refused and "not sure" in out.message
+    assert state.session.writes == []
+    state.selected = (100, 101, 102)
+    out = state.accept({100: "Benign", 101: "Pre-B", 102: "Pro-B"}, {101: OUTSIDE}, keys)
+    assert state.session.labels == {100: "Benign", 102: "Pro-B"}
+    assert out.message == ("2 prediction(s) accepted; 1 skipped (outside the model's experience or not sure: "
+                           "give them a class with 1–4) (Ctrl+Z undoes them all)")
+    state.selected = (101,)
+    assert state.accept({101: "Pre-B"}, {101: OUTSIDE}, keys).refused and 101 not in state.session.labels
+
+
+def test_undo_and_redo_say_what_they_did_in_plain_words(state):
+    """Issue 21: "Undone: label 1 image(s) as None" said nothing a reviewer could use."""
+    from core.models.taxonomy import OTHER, OTHER_TITLE
+
+    names = {100: "field-7.jpg"}.get
+    state.label("Pre-B")
+    assert state.undo(names).message == "Undone: removed the label Pre-B from field-7.jpg"
+    assert state.redo(names).message == "Redone: field-7.jpg labelled Pre-B"
+    state.label(None)
+    assert state.undo(names).message == "Undone: field-7.jpg labelled Pre-B again"
+    assert state.redo(names).message == "Redone: removed the label Pre-B from field-7.jpg"
+    state.selected = (1, 2)
+    state.label(OTHER)
+    assert state.undo().message == f"Undone: removed the label {OTHER_TITLE} from 2 image(s)"
+    assert "None" not in state.redo().message

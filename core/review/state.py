@@ -8,13 +8,44 @@ Qt-free model behind its views the same way); its tests need no display.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
+from core.models.taxonomy import OTHER, OTHER_TITLE
 from core.review.gallery import UNREVIEWED, GalleryFilter
 from core.review.labels import reviewer_problem
 from core.review.session import Action, ReviewSession
 
 
 NEEDS_REVIEWER = "Labels need your name: Review ▸ Reviewer name…"
+OUTSIDE = "outside"  # why a prediction is not shown as a class: outside the model's experience
+UNSURE = "uncertain"  # ... or the model is not sure of it
+
+
+def class_keys(classes: list[str]) -> str:
+    """The class keys of a model in words: "1–4"."""
+    n = min(len(classes), 9)
+    return f"1–{n}" if n > 1 else "1"
+
+
+def shown(label: str | None) -> str:
+    return OTHER_TITLE if label == OTHER else str(label)
+
+
+def undo_message(changes, undone: bool, name_of: Callable[[int], str | None] | None = None) -> str:
+    """What an undo (or a redo) did, in plain words: "Undone: removed the label Pre-B from x.jpg"."""
+    ids = [i for i, _, _ in changes]
+    name = name_of(ids[0]) if name_of is not None and len(ids) == 1 else None
+    subject = name or f"{len(ids)} image(s)"
+    now = [before if undone else after for _, before, after in changes]  # the labels in place now
+    was = [after if undone else before for _, before, after in changes]  # those taken away
+    head = "Undone" if undone else "Redone"
+    if all(x is None for x in now):
+        what = f" {shown(was[0])}" if len(set(was)) == 1 else "s"
+        return f"{head}: removed the label{what} from {subject}"
+    if len(set(now)) == 1:
+        again = " again" if undone else ""
+        return f"{head}: {subject} labelled {shown(now[0])}{again}"
+    return f"{head}: {subject} back to their labels before" if undone else f"{head}: {subject} labelled again"
 
 
 @dataclass(frozen=True)
@@ -124,33 +155,53 @@ class ReviewState:
             return Outcome(None, why, refused=True)
         action = self.session.label(self.targets(), label, note)
         n = len(action.changes) if action else 0
-        what = label or "(cleared)"
-        msg = (f"{n} image(s) labelled {what}" + (" (Ctrl+Z undoes them all)" if n > 1 else "")
-               if action else f"Already labelled {what}: nothing changed")
+        if label is None:
+            msg = f"Label removed from {n} image(s)" if action else "No label to remove: nothing changed"
+        else:
+            msg = (f"{n} image(s) labelled {label}" + (" (Ctrl+Z undoes them all)" if n > 1 else "")
+                   if action else f"Already labelled {label}: nothing changed")
         return Outcome(action, msg)
 
-    def accept(self, predicted: dict[int, str | None]) -> Outcome:
-        """Accept the model's call for the target images (``predicted``: image id -> class)."""
+    def accept(self, predicted: dict[int, str | None], hidden: dict[int, str] | None = None,
+               keys: str = "1–9") -> Outcome:
+        """Accept the model's call for the target images (``predicted``: image id -> class).
+        A class the tile does not show as the model's call (``hidden``: image id -> OUTSIDE or
+        UNSURE) is never stored: such images are skipped and counted, and when nothing is
+        left the reviewer is asked for the class key they see (``keys``, "1–4")."""
         why = self.refusal()
         if why:
             return Outcome(None, why, refused=True)
-        labels = {i: predicted[i] for i in self.targets() if predicted.get(i)}
+        hidden = hidden or {}
+        targets = self.targets()
+        skipped = [i for i in targets if predicted.get(i) and i in hidden]
+        labels = {i: predicted[i] for i in targets if predicted.get(i) and i not in hidden}
+        if not labels and skipped:
+            if len(targets) == 1:
+                msg = ("Outside the model's experience: no class is shown to accept. " if hidden[skipped[0]] == OUTSIDE
+                       else "The model is not sure of this image's class: nothing to accept. ")
+                return Outcome(None, msg + f"Press the class key you see ({keys}), or O for Other.", refused=True)
+            return Outcome(None, f"None of the {len(targets)} selected images has a class to accept (outside the "
+                           f"model's experience or not sure): press the class key you see ({keys}).", refused=True)
         if not labels:
             return Outcome(None, "Nothing to accept: the selected image has no prediction yet "
                            "(classify with Ctrl+R).", refused=True)
         action = self.session.apply(labels, f"accept {len(labels)} prediction(s)", "accepted prediction")
-        msg = (f"{len(action.changes)} prediction(s) accepted (Ctrl+Z undoes them all)" if action
-               else "Already accepted: nothing changed")
+        msg = (f"{len(action.changes)} prediction(s) accepted" if action else "Already accepted: nothing changed")
+        if skipped:
+            msg += (f"; {len(skipped)} skipped (outside the model's experience or not sure: give them a class "
+                    f"with {keys})")
+        if action and len(action.changes) > 1:
+            msg += " (Ctrl+Z undoes them all)"
         return Outcome(action, msg)
 
-    def undo(self) -> Outcome:
+    def undo(self, name_of: Callable[[int], str | None] | None = None) -> Outcome:
         if not self.session.can_undo:
             return Outcome(None, "Nothing to undo.", refused=True)
         action = self.session.undo()
-        return Outcome(action, f"Undone: {action.description}")
+        return Outcome(action, undo_message(action.changes, True, name_of))
 
-    def redo(self) -> Outcome:
+    def redo(self, name_of: Callable[[int], str | None] | None = None) -> Outcome:
         if not self.session.can_redo:
             return Outcome(None, "Nothing to redo.", refused=True)
         action = self.session.redo()
-        return Outcome(action, f"Redone: {action.description}")
+        return Outcome(action, undo_message(action.changes, False, name_of))
