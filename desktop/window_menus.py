@@ -142,7 +142,7 @@ class ModelMenu(QObject):
 
         if self.retrain_dialog is None:
             self.retrain_dialog = RetrainDialog(self.ctl.db, self.ctl.paths, self.dialog_parent,
-                                                device=self.ctl.device, folder_open=self.ctl.folder is not None,
+                                                device=self.ctl.device, folder=self.ctl.folder,
                                                 version=self.ctl.version)
             self.retrain_dialog.promoted.connect(lambda vid, re: self.activate_version(vid, ask=False, reclassify=re))
             self.retrain_dialog.finished.connect(lambda _=None: setattr(self, "retrain_dialog", None))
