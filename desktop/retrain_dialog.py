@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
+from sqlalchemy import select
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QFileDialog,
                                QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
                                QProgressBar, QPushButton, QRadioButton, QSpinBox, QVBoxLayout)
@@ -24,7 +25,9 @@ from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QFil
 from .classify_job import fmt_eta
 from .retrain_compare import ComparisonView, set_cell, table
 from .workers import Workers
+from core.imaging.scan import under_folder
 from core.inference.runtime import probe_host
+from core.storage.orm import ImageFile, ModelVersion, Prediction
 from core.review.reviewed import reviewed_summary as data_summary
 from trainer.retrain import RetrainConfig
 from trainer.retrain import retrain
@@ -42,11 +45,6 @@ PACKAGE_WORDS = (("guard", "Teaching the new version to recognise images unlike 
 
 def folder_taxonomies(session, folder: str) -> set[str]:
     """The taxonomies of the model versions whose predictions the images under ``folder`` have."""
-    from sqlalchemy import select
-
-    from core.imaging.scan import under_folder
-    from core.storage.orm import ImageFile, ModelVersion, Prediction
-
     return set(session.scalars(
         select(ModelVersion.taxonomy).distinct()
         .join(Prediction, Prediction.model_version_id == ModelVersion.id)
