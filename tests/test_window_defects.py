@@ -53,7 +53,7 @@ def test_grad_cam_says_it_is_computing_while_it_runs(qtbot, window, classified, 
         def __init__(self, package):
             pass
 
-        def __call__(self, path):
+        def __call__(self, path, *_shown):  # (path, the class shown) once Grad-CAM is told the class
             release.wait(30)
             return None, np.full((7, 7), 0.5, np.float32), 0
 
