@@ -238,7 +238,12 @@ def build_class_actions(window, classes: list[str]) -> None:
         window.removeAction(a)
         a.deleteLater()
     for name in [n for n in window.specs if n.startswith("class_")]:
-        window.review_buttons.pop(name).deleteLater()
+        old = window.review_buttons.pop(name)
+        # hidden and detached now: deleteLater waits for this event loop level, and a question
+        # asked right after (a nested loop) would draw the old buttons over the new ones
+        old.hide()
+        old.setParent(None)
+        old.deleteLater()
         del window.specs[name]
     bar = window.review_bar
     while bar.count():  # the bar is laid out again: classes, then the table's buttons
@@ -254,7 +259,10 @@ def build_class_actions(window, classes: list[str]) -> None:
         n for n in window.review_buttons if not n.startswith("class_")]
     for n in order:
         bar.addWidget(window.review_buttons[n])
+        if bar.parentWidget() is not None:  # shown now, not when the event loop gets to it
+            window.review_buttons[n].setVisible(True)
     bar.addStretch(1)
+    bar.activate()  # laid out now: nothing half-built is drawn if a question opens next
     window.class_buttons = [window.review_buttons[n] for n in order if n.startswith("class_") or n == "other"]
     window.label_actions = [*window.class_actions, window.a_other, window.a_other_note]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QLabel, QProgressBar, QToolButton
@@ -26,6 +27,15 @@ def fmt_eta(s) -> str:
 
 def describe_device(device: str | None) -> str:
     return predict.describe_device(predict.select_device(device))
+
+
+def describe_plan(paths, version: dict | None, device: str | None) -> str:
+    """What classifying with ``version`` uses on this machine: the runtime plan the classify
+    job makes for it (its package's checked int8 model included), not a plan for no model."""
+    if version is None:
+        return describe_device(device)
+    plan, _marker = predict.plan_for(paths, version["ref"], Path(version["path"]), device, None, "auto", 0)
+    return plan.describe()
 
 
 class ClassifyJob(QObject):
@@ -56,8 +66,22 @@ class ClassifyJob(QObject):
         self.cancel_btn.setVisible(False)
         self.cancel_btn.clicked.connect(self.cancel)
         self.device_label = QLabel("device: …")
-        workers.submit(lambda d=ctl.device: describe_device(d), name="device check",
-                       on_result=self.device_label.setText, on_error=lambda e: self.message.emit(f"⚠ {e}", 20000))
+        self.workers = workers
+        self._plan_ticket = 0  # the latest plan asked for (a version switched meanwhile: an older answer is dropped)
+        if ctl.version is None:  # the window names the version it shows: show_plan follows
+            self.show_plan()
+
+    def show_plan(self) -> None:
+        """Say in the status bar what a classification with the version shown will use."""
+        self._plan_ticket += 1
+        ticket, paths, version, device = self._plan_ticket, self.ctl.paths, self.ctl.version, self.ctl.device
+
+        def landed(text: str) -> None:
+            if ticket == self._plan_ticket and not self.slot.running:  # a running job reports its own
+                self.device_label.setText(text)
+
+        self.workers.submit(lambda: describe_plan(paths, version, device), name="device check",
+                            on_result=landed, on_error=lambda e: self.message.emit(f"⚠ {e}", 20000))
 
     @property
     def task(self):

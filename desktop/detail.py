@@ -163,6 +163,10 @@ class DetailPanel(QWidget):
         self.trained_on = ""  # the training data named on the active model's card
         self.gradcam.setFocusPolicy(Qt.NoFocus)
         self.gradcam.toggled.connect(self.gradcamToggled)
+        # the first map of a model takes seconds (the explainer is built): say it is coming
+        self.gradcam_busy = QLabel("Computing the heat map…")
+        self.gradcam_busy.setStyleSheet("color: #555; font-style: italic")
+        self.gradcam_busy.setVisible(False)
         self.view = ImageView()
         self.bars = ProbabilityBars()
         self.summary = QLabel("")
@@ -177,6 +181,7 @@ class DetailPanel(QWidget):
 
         head = QHBoxLayout()
         head.addWidget(self.title, 1)
+        head.addWidget(self.gradcam_busy)
         head.addWidget(self.gradcam)
         info = QWidget()
         il = QVBoxLayout(info)
@@ -196,6 +201,10 @@ class DetailPanel(QWidget):
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addLayout(head)
         lay.addWidget(self.splitter, 1)
+
+    def set_gradcam_busy(self, busy: bool) -> None:
+        """Show (or hide) that a heat map is being computed for the image shown."""
+        self.gradcam_busy.setVisible(busy)
 
     def show_gradcam_class(self, cls: str) -> None:
         """Which class the overlay shown explains (below the summary, not over the status line)."""

@@ -105,6 +105,7 @@ class DetailPane(QObject):
         if on:
             self.request_gradcam()
         else:
+            self.panel.set_gradcam_busy(False)
             self.panel.view.set_overlay(None)
 
     def request_gradcam(self) -> None:
@@ -121,11 +122,17 @@ class DetailPane(QObject):
             return r.image_id, cam, k
 
         self.workers.submit(work, name="Grad-CAM", on_result=self._gradcam_done,
-                            on_error=lambda e: self.error.emit(str(e)), priority=1)
+                            on_error=self._gradcam_failed, priority=1)
+        self.panel.set_gradcam_busy(True)
+
+    def _gradcam_failed(self, message) -> None:
+        self.panel.set_gradcam_busy(False)
+        self.error.emit(str(message))
 
     def _gradcam_done(self, out) -> None:
         image_id, cam, k = out
         if not self.panel.gradcam.isChecked():
+            self.panel.set_gradcam_busy(False)
             return
         if image_id != self.shown_id:  # the reviewer moved on while it computed: the image shown now
             self.request_gradcam()
@@ -137,6 +144,7 @@ class DetailPane(QObject):
         w, h = img.width(), img.height()
         side = min(w, h)  # preprocessing centre-crops to a square: the map covers that square
         self.panel.view.set_overlay(heatmap_rgba(cam, side), ((w - side) // 2, (h - side) // 2))
+        self.panel.set_gradcam_busy(False)
         classes = self.ctl.classes
         self.panel.show_gradcam_class(str(classes[k] if k < len(classes) else k))
         self.gradcamReady.emit(image_id)

@@ -164,6 +164,7 @@ class MainWindow(QMainWindow):
         self.job_part.runningChanged.connect(self._update_actions)
         self.exports.written.connect(self.reportWritten)
         self.model_menu.switched.connect(self._version_switched)
+        self.versionShown.connect(lambda _name: self.job_part.show_plan())  # the status bar names its precision
         self.queue_label.progressed.connect(lambda: self.reload_gallery(keep_current=True))
         self.peer_labels.changed.connect(self._peer_labels)
         self.activations.elsewhere.connect(self.model_menu.activated_elsewhere)

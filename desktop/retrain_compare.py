@@ -72,15 +72,22 @@ class ComparisonView:
         classes = cmp["classes"]
         old, new = cmp["old"], cmp["new"]
         self.metrics_table.setHorizontalHeaderLabels(["", f"active: {old_name}", f"new: {new_name}"])
-        rows = [("Accuracy", "accuracy"), ("Macro-F1", "macro_f1"), ("ECE (calibration error)", "ece")]
+        rows = [("Accuracy", "accuracy"), ("Macro-F1", "macro_f1"), ("Confidence error (lower is better)", "ece")]
         rows += [(f"Recall {c}", ("recall", c)) for c in classes]
         self.metrics_table.setRowCount(len(rows) + 1)
+        support = new.get("support") or {}
         for r, (label, key) in enumerate(rows):
+            set_cell(self.metrics_table, r, 0, label, Qt.AlignLeft | Qt.AlignVCenter)
+            if isinstance(key, tuple) and key[0] == "recall" and not support.get(key[1], 1):
+                # no validation image of the class: its recall is not measured, not 0
+                for c in (1, 2):
+                    set_cell(self.metrics_table, r, c, "n/a")
+                    self.metrics_table.item(r, c).setToolTip(f"No validation image is reviewed as {key[1]}")
+                continue
             a = old[key[0]][key[1]] if isinstance(key, tuple) else old[key]
             b = new[key[0]][key[1]] if isinstance(key, tuple) else new[key]
             better = (b < a) if key == "ece" else (b > a)
             worse = (b > a) if key == "ece" else (b < a)
-            set_cell(self.metrics_table, r, 0, label, Qt.AlignLeft | Qt.AlignVCenter)
             set_cell(self.metrics_table, r, 1, f"{a:.3f}")
             set_cell(self.metrics_table, r, 2, f"{b:.3f}",
                  bg=QColor("#d9f2d9") if better else QColor("#f8d7d7") if worse else None)

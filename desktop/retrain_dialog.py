@@ -11,10 +11,13 @@ carry plain data (Progress, dicts). The dialog is modeless: the app stays usable
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
+from sqlalchemy import select
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QFileDialog,
                                QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
                                QProgressBar, QPushButton, QRadioButton, QSpinBox, QVBoxLayout)
@@ -22,7 +25,9 @@ from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QFil
 from .classify_job import fmt_eta
 from .retrain_compare import ComparisonView, set_cell, table
 from .workers import Workers
+from core.imaging.scan import under_folder
 from core.inference.runtime import probe_host
+from core.storage.orm import ImageFile, ModelVersion, Prediction
 from core.review.reviewed import reviewed_summary as data_summary
 from trainer.retrain import RetrainConfig
 from trainer.retrain import retrain
@@ -32,13 +37,67 @@ from desktop.models_panel import version_info
 
 log = logging.getLogger(__name__)
 
+# What the package stage's messages (trainer/retrain.py) mean, in plain words
+PACKAGE_WORDS = (("guard", "Teaching the new version to recognise images unlike the ones it learnt from…"),
+                 ("int8", "Making a faster copy for this computer's processor and checking it gives the same answers…"),
+                 ("writing", "Saving the new version…"))
+
+
+def folder_taxonomies(session, folder: str) -> set[str]:
+    """The taxonomies of the model versions whose predictions the images under ``folder`` have."""
+    return set(session.scalars(
+        select(ModelVersion.taxonomy).distinct()
+        .join(Prediction, Prediction.model_version_id == ModelVersion.id)
+        .join(ImageFile, ImageFile.image_id == Prediction.image_id)
+        .where(under_folder(ImageFile.path, folder))))
+
+
+def reclassify_offer(folder: str | None, taxonomy: str, classified_by: set[str]) -> tuple[bool, bool, str]:
+    """(offered, ticked, text) of the re-classify check box: offered for a folder the new
+    version applies to (classified by a version of its taxonomy: ticked; never classified:
+    not ticked), never for a folder another kind of model classified."""
+    if folder is None:
+        return False, False, "Re-classify the open folder with it (no folder is open)"
+    name = Path(folder).name
+    if taxonomy in classified_by:
+        return True, True, f"Re-classify {name} with it"
+    if not classified_by:
+        return True, False, f"Classify {name} with it (not classified yet)"
+    return False, False, f"{name} was classified by another kind of model: the new version does not apply to it"
+
+
+def plain_stage(p, n_reviewed: int | None, n_val: int | None) -> str | None:
+    """The status line for a retrain Progress, in the reviewer's words (None: keep the last)."""
+    ex = p.extra or {}
+    images = f"your {n_reviewed} reviewed images" if n_reviewed is not None else "your reviewed images"
+    if p.stage == "data":
+        return "Collecting your reviewed labels…" if p.total is None else f"Found {p.message}."
+    if p.stage == "load":
+        return f"Reading your images ({p.done} of {p.total})…" if p.total else "Reading your images…"
+    if p.stage == "train":
+        if p.total is None or "loss" not in ex:
+            return f"Getting ready: looking at {images}…"
+        return f"Learning from {images} (step {p.done} of {p.total})"
+    if p.stage == "validate":
+        if ex.get("unit") == "step":
+            return None  # during the steps: the step line stays
+        on = f"your {n_val} validation images" if n_val is not None else "your validation images"
+        return f"Checked the new version on {on} (round {ex.get('epoch', p.done)} of {ex.get('epochs', p.total)})"
+    if p.stage == "compare":
+        return "Comparing the new version with the current one on your validation images…"
+    if p.stage == "package":
+        if p.total and p.done >= p.total:
+            return "Saved the new version."
+        return next((words for key, words in PACKAGE_WORDS if key in p.message), "Saving the new version…")
+    return p.message or None
+
 
 class RetrainDialog(QDialog):
     runStarted = Signal()
     runFinished = Signal(object)  # the retrain summary (plain dict), or None after an error
     promoted = Signal(int, bool)  # new active version id, re-classify the open folder
 
-    def __init__(self, db, paths, parent=None, device: str | None = None, folder_open: bool = False,
+    def __init__(self, db, paths, parent=None, device: str | None = None, folder: str | os.PathLike | None = None,
                  version: dict | None = None):
         super().__init__(parent)
         self.setWindowTitle("Retrain from reviewed labels")
@@ -52,11 +111,14 @@ class RetrainDialog(QDialog):
         self._t0 = 0.0
         self._batch_x: list[float] = []
         self._batch_loss: list[float] = []
-        self._build(device, folder_open, version)
+        self._n_reviewed: int | None = None  # training images of this run (from its data stage)
+        self._n_val: int | None = None
+        self.folder = None if folder is None else os.fspath(folder)
+        self._build(device, version)
         self.refresh_data()
 
     # ------------------------------------------------------------------ construction
-    def _build(self, device, folder_open, version: dict | None) -> None:
+    def _build(self, device, version: dict | None) -> None:
         import pyqtgraph as pg
 
         from core.models.architectures import ARCHITECTURES  # heavy: imports torch
@@ -144,10 +206,10 @@ class RetrainDialog(QDialog):
         pg.setConfigOptions(antialias=True, background="w", foreground="k")
         self.loss_plot = pg.PlotWidget(title="Loss")
         self.loss_plot.addLegend(offset=(-10, 10))
-        self.loss_plot.setLabel("bottom", "epoch")
+        self.loss_plot.setLabel("bottom", "round")
         self.acc_plot = pg.PlotWidget(title="Accuracy")
         self.acc_plot.addLegend(offset=(-10, -10))
-        self.acc_plot.setLabel("bottom", "epoch")
+        self.acc_plot.setLabel("bottom", "round")
         self.acc_plot.setYRange(0, 1)
         for plot in (self.loss_plot, self.acc_plot):  # readable beside the results at the default size
             plot.setMinimumHeight(170)
@@ -164,9 +226,10 @@ class RetrainDialog(QDialog):
         self.comparison = ComparisonView()
         self.results, self.warning = self.comparison.tabs, self.comparison.warning
 
-        self.reclassify = QCheckBox("Re-classify the open folder with it")
-        self.reclassify.setChecked(folder_open)
-        self.reclassify.setEnabled(folder_open)
+        # offered once the folder's predictions are read (refresh_data): only where the new version applies
+        self.reclassify = QCheckBox(reclassify_offer(self.folder, self.active["taxonomy"], set())[2])
+        self.reclassify.setChecked(False)
+        self.reclassify.setEnabled(False)
         self.promote_btn = QPushButton("Promote new version")
         self.promote_btn.setEnabled(False)
         self.promote_btn.clicked.connect(self.promote)
@@ -215,21 +278,41 @@ class RetrainDialog(QDialog):
 
     # ------------------------------------------------------------------ data summary
     def refresh_data(self) -> None:
-        db, tax = self.db, self.active["taxonomy"]
+        db, tax, folder = self.db, self.active["taxonomy"], self.folder
         self.workers.submit(lambda: data_summary(db, tax), name="data summary", on_result=self._show_data,
                             on_error=self._error)
+        if folder is not None:
+            def read():
+                with db.session() as s:
+                    return folder_taxonomies(s, folder)
+
+            self.workers.submit(read, name="open folder's models", on_result=self._offer_reclassify,
+                                on_error=self._error)
+
+    def _offer_reclassify(self, classified_by: set[str]) -> None:
+        offered, ticked, text = reclassify_offer(self.folder, self.active["taxonomy"], classified_by)
+        self.reclassify.setText(text)
+        self.reclassify.setEnabled(offered)
+        self.reclassify.setChecked(ticked)
 
     def _show_data(self, summary: dict) -> None:
         self.summary = summary
         per = summary["per_class"]
-        self.data_table.setRowCount(len(per) + 1)
+        # reviewed "Other" (no class fits): counted in the total, never a training target
+        n_other = summary["n_reviewed"] - sum(n["reviewed"] for n in per.values())
+        self.data_table.setRowCount(len(per) + 2)
         for r, (c, n) in enumerate(per.items()):
             set_cell(self.data_table, r, 0, c, Qt.AlignLeft | Qt.AlignVCenter)
             set_cell(self.data_table, r, 1, n["reviewed"])
             set_cell(self.data_table, r, 2, n["val"])
-        set_cell(self.data_table, len(per), 0, "Total", Qt.AlignLeft | Qt.AlignVCenter)
-        set_cell(self.data_table, len(per), 1, summary["n_reviewed"])
-        set_cell(self.data_table, len(per), 2, sum(n["val"] for n in per.values()))
+        set_cell(self.data_table, len(per), 0, "Other (no class fits)", Qt.AlignLeft | Qt.AlignVCenter)
+        set_cell(self.data_table, len(per), 1, n_other)
+        set_cell(self.data_table, len(per), 2, "—")
+        self.data_table.item(len(per), 0).setToolTip("Images you called Other: not learnt as a class; they teach "
+                                                     "the new version what lies outside its experience")
+        set_cell(self.data_table, len(per) + 1, 0, "Total", Qt.AlignLeft | Qt.AlignVCenter)
+        set_cell(self.data_table, len(per) + 1, 1, summary["n_reviewed"])
+        set_cell(self.data_table, len(per) + 1, 2, sum(n["val"] for n in per.values()))
         self.data_note.setText(
             f"{summary['n_reviewed']} reviewed images. Each gets a fixed side (training or validation) from its "
             f"content the first time it is used ({summary['n_unassigned']} not yet assigned, about 20% go to "
@@ -257,6 +340,7 @@ class RetrainDialog(QDialog):
         self.result = None
         self._t0 = time.monotonic()
         self._batch_x, self._batch_loss = [], []
+        self._n_reviewed = self._n_val = None
         for c in (self.curve_batch, self.curve_train_loss, self.curve_val_loss, self.curve_train_acc, self.curve_val_acc):
             c.setData([], [])
         self.results.setEnabled(False)
@@ -266,6 +350,7 @@ class RetrainDialog(QDialog):
         self.cancel_btn.setEnabled(True)
         self.progress.setRange(0, 0)
         self.status.setText("Starting…")
+        self.eta.setText("")
         self.task = self.workers.submit(lambda: retrain(db, paths, cfg, cancel=cancel), name="retraining",
                                         pool="jobs", on_progress=self._on_progress, on_result=self._on_result,
                                         on_error=self._on_error)
@@ -277,26 +362,43 @@ class RetrainDialog(QDialog):
             self.status.setText("Cancelling after this batch… (no model will be written)")
 
     def _on_progress(self, p) -> None:
-        if p.total:
-            self.progress.setRange(0, p.total)
-            self.progress.setValue(p.done)
-        if p.message:
-            self.status.setText(f"{p.stage}: {p.message}")
         ex = p.extra or {}
+        if p.stage == "data" and "data" in ex:
+            self._n_reviewed, self._n_val = ex["data"].get("n_train_reviewed"), ex["data"].get("n_val")
+        if p.stage != "validate":  # the bar follows the steps; a validation round does not move it back
+            if p.total:
+                self.progress.setRange(0, p.total)
+                self.progress.setValue(p.done)
+            else:  # a stage of unknown length: busy, never a 0% that does not move
+                self.progress.setRange(0, 0)
+        text = plain_stage(p, self._n_reviewed, self._n_val)
+        if text:
+            self.status.setText(text)
         if "eta_s" in ex:
             self.eta.setText(f"{fmt_eta(ex.get('eta_s'))} left")
         if p.stage == "train" and "loss" in ex:
-            self._batch_x.append(ex["epoch"] - 1 + ex["batch"] / max(1, ex["batches"]))
+            if ex.get("unit") == "step":  # the head refit (feature replay): one point per step
+                self._batch_x.append(float(ex["step"]))
+            else:
+                self._batch_x.append(ex["epoch"] - 1 + ex["batch"] / max(1, ex["batches"]))
             self._batch_loss.append(ex["loss"])
             self.curve_batch.setData(self._batch_x, self._batch_loss)
         hist = ex.get("history")
         if hist and p.stage == "validate":
-            ep = [h["epoch"] for h in hist]
-            self.curve_train_loss.setData(ep, [h["train_loss"] for h in hist])
-            self.curve_train_acc.setData(ep, [h["train_accuracy"] for h in hist])
-            val = [h for h in hist if h.get("val_loss") is not None]
-            self.curve_val_loss.setData([h["epoch"] for h in val], [h["val_loss"] for h in val])
-            self.curve_val_acc.setData([h["epoch"] for h in val], [h["val_accuracy"] for h in val])
+            self.show_history(hist)
+
+    def show_history(self, hist: list[dict]) -> None:
+        """The loss and accuracy curves of a run's history (per round, or per step of a head refit)."""
+        unit = "step" if hist and hist[-1].get("unit") == "step" else "round over the training images"
+        for plot in (self.loss_plot, self.acc_plot):
+            plot.setLabel("bottom", unit)
+        train = [h for h in hist if h.get("train_loss") is not None]
+        self.curve_train_loss.setData([h["epoch"] for h in train], [h["train_loss"] for h in train])
+        acc = [h for h in hist if h.get("train_accuracy") is not None]
+        self.curve_train_acc.setData([h["epoch"] for h in acc], [h["train_accuracy"] for h in acc])
+        val = [h for h in hist if h.get("val_loss") is not None]
+        self.curve_val_loss.setData([h["epoch"] for h in val], [h["val_loss"] for h in val])
+        self.curve_val_acc.setData([h["epoch"] for h in val], [h["val_accuracy"] for h in val])
 
     def _finish(self) -> None:
         self.task = None
@@ -310,6 +412,8 @@ class RetrainDialog(QDialog):
     def _on_result(self, out: dict) -> None:
         self._finish()
         self.result = out
+        if out.get("history"):  # the whole run's curves, whatever progress arrived
+            self.show_history(out["history"])
         if out["status"] != "completed":
             self.status.setText("Cancelled: no model version was written.")
             self.runFinished.emit(out)
@@ -319,8 +423,10 @@ class RetrainDialog(QDialog):
         used = ", ".join(f"{c} {n['train'] + n['base']}" for c, n in d["per_class"].items())
         few = (f" Too few reviewed images (under {d['min_per_class']}) of {', '.join(d['too_few'])}: "
                "the new version learns little about them." if d.get("too_few") else "")
-        self.status.setText(f"Done: new version {out['version']} (trained {secs:.0f} s on {out.get('device', '')}); "
-                            f"not active yet. {d['n_train']} training images ({used}), {d['n_val']} validation.{few}")
+        where = "the graphics card" if str(out.get("device", "")).startswith("cuda") else "this computer's processor"
+        self.status.setText(f"Done: new version {out['version']} (learnt in {secs:.0f} s on {where}); "
+                            f"not active yet. It learnt from {d['n_train']} images ({used}) and was checked on "
+                            f"{d['n_val']} others.{few}")
         self.show_comparison(out.get("comparison"), out["parent"], out["version"])
         self.promote_btn.setEnabled(True)
         self.keep_btn.setEnabled(True)

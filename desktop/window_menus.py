@@ -9,7 +9,7 @@ import re
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Qt, QUrl, Signal
+from PySide6.QtCore import QObject, QStandardPaths, Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
 
@@ -28,6 +28,8 @@ from core.models.package import INTENDED_USE
 
 log = logging.getLogger(__name__)
 
+LAST_SAVE_FOLDER = "export/last_folder"  # QSettings key: the folder the reviewer last saved a CSV or report to
+
 
 class Exports(QObject):
     """CSV export and the PDF case report: read in a worker, written when the data is in."""
@@ -40,12 +42,32 @@ class Exports(QObject):
         self.ctl, self.settings, self.dialog_parent = ctl, settings, dialog_parent
 
     def default_path(self, ext: str, case: str | None = None) -> str:
-        """A new file named after the case (or the folder) and the time, in the folder when it
-        is writable, else in the home folder."""
+        """A new file named after the case (or the folder) and the time, in save_folder()."""
         folder = self.ctl.folder
         stem = re.sub(r"[^\w.-]+", "-", case or Path(folder).name).strip("-.") or "case"
         name = f"hemascan-{stem}-{time.strftime('%Y%m%d-%H%M')}.{ext}"
-        return str(Path(folder) / name) if os.access(folder, os.W_OK) else str(Path.home() / name)
+        return str(self.save_folder() / name)
+
+    def save_folder(self) -> Path:
+        """Where a save dialog opens: the last folder saved to, else the user's documents
+        folder, else home; never inside the open image folder (a file written there would
+        be scanned with the images, and the lab's image share is no place for reports)."""
+        images = Path(self.ctl.folder).resolve() if self.ctl.folder else None
+
+        def usable(p: str) -> bool:
+            if not p or not os.path.isdir(p) or not os.access(p, os.W_OK):
+                return False
+            where = Path(p).resolve()
+            return images is None or not (where == images or images in where.parents)
+
+        for candidate in (str(self.settings.value(LAST_SAVE_FOLDER, "") or ""),
+                          QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation), str(Path.home())):
+            if usable(candidate):
+                return Path(candidate)
+        return Path.home()
+
+    def _remember_folder(self, path: str) -> None:
+        self.settings.setValue(LAST_SAVE_FOLDER, str(Path(path).parent))
 
     def _failed(self, what: str):
         def failed(err) -> None:
@@ -61,6 +83,7 @@ class Exports(QObject):
                                                    "CSV (*.csv)")
             if not path:
                 return None
+            self._remember_folder(path)
 
         db, folder = self.ctl.db, self.ctl.folder
 
@@ -88,6 +111,7 @@ class Exports(QObject):
                                                    self.default_path("pdf", case.strip()), "PDF (*.pdf)")
             if not path:
                 return None
+            self._remember_folder(path)
 
         version, reviewer = self.ctl.version, self.ctl.state.reviewer or ""
 
@@ -142,7 +166,7 @@ class ModelMenu(QObject):
 
         if self.retrain_dialog is None:
             self.retrain_dialog = RetrainDialog(self.ctl.db, self.ctl.paths, self.dialog_parent,
-                                                device=self.ctl.device, folder_open=self.ctl.folder is not None,
+                                                device=self.ctl.device, folder=self.ctl.folder,
                                                 version=self.ctl.version)
             self.retrain_dialog.promoted.connect(lambda vid, re: self.activate_version(vid, ask=False, reclassify=re))
             self.retrain_dialog.finished.connect(lambda _=None: setattr(self, "retrain_dialog", None))

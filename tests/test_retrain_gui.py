@@ -46,8 +46,8 @@ def test_retrain_dialog_through_to_promotion(qtbot, window, db, monkeypatch):
     w.a_retrain.trigger()
     dlg = w.retrain_dialog
     assert dlg is not None and not dlg.isModal()
-    qtbot.waitUntil(lambda: dlg.data_table.rowCount() == 5, timeout=TIMEOUT)  # 4 classes + total
-    assert dlg.data_table.item(4, 1).text() == "48"
+    qtbot.waitUntil(lambda: dlg.data_table.rowCount() == 6, timeout=TIMEOUT)  # 4 classes, Other, total
+    assert dlg.data_table.item(5, 1).text() == "48"
     _fast(dlg)
     with qtbot.waitSignal(dlg.runFinished, timeout=TIMEOUT) as done:
         qtbot.mouseClick(dlg.start_btn, Qt.LeftButton)
@@ -83,7 +83,7 @@ def test_retrain_dialog_through_to_promotion(qtbot, window, db, monkeypatch):
 def test_retrain_dialog_cancel(qtbot, window, db, paths):
     w = window
     dlg = w.show_retrain()
-    qtbot.waitUntil(lambda: dlg.data_table.rowCount() == 5, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: dlg.data_table.rowCount() == 6, timeout=TIMEOUT)
     _fast(dlg)
     dlg.epochs.setValue(50)
     dlg.runStarted.connect(dlg.cancel)  # cancel as soon as it starts

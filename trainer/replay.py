@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.jobs import Progress
 from core.models.architectures import classifier_head
 from core.models.guard import ForeignImageGuard
 from trainer import augment as aug
@@ -64,12 +65,28 @@ def reviewed_embeddings(model: nn.Module, images: np.ndarray, labels: np.ndarray
     return np.concatenate(out), np.tile(labels, views)
 
 
+REPORT_EVERY = 10  # steps between two points of the curves (and one progress message)
+
+
 def fit_head_with_replay(model: nn.Module, real: np.ndarray, real_y: np.ndarray, replay: np.ndarray,
                          replay_y: np.ndarray, n_classes: int, steps: int = HEAD_STEPS, lr: float = HEAD_LR,
-                         seed: int = 0, cancel=None) -> dict:
+                         seed: int = 0, cancel=None, val: tuple[np.ndarray, np.ndarray] | None = None,
+                         stage_name: str = "train", progress=None):
     """Refit the final linear layer (started from the parent's) on reviewed and replayed
     embeddings: for each class, its reviewed images and its replayed ones weigh half each
-    (all of it when it has only one kind), and every class weighs the same."""
+    (all of it when it has only one kind), and every class weighs the same.
+
+    A job generator, as ``engine.fit``: yields ``Progress`` (``stage_name`` per step with
+    ``step``/``steps``, loss and time left; ``validate`` every REPORT_EVERY steps with the
+    history so far, on the validation embeddings ``val`` = (embeddings, labels) when given)
+    and returns {status, history, best, train_seconds, stopped_early}; ``progress`` is also
+    called with every Progress. A history entry's ``epoch`` counts steps (``unit`` says so)."""
+
+    def emit(p: Progress) -> Progress:
+        if progress is not None:
+            progress(p)
+        return p
+
     torch.manual_seed(seed)
     head = classifier_head(model)
     x = torch.as_tensor(np.concatenate([real, replay]), dtype=torch.float32)
@@ -82,26 +99,45 @@ def fit_head_with_replay(model: nn.Module, real: np.ndarray, real_y: np.ndarray,
         for m in parts:
             w[m] = 1.0 / (len(parts) * m.sum() * len(present))
     weight = torch.as_tensor(w, dtype=torch.float32)
+    x_val = y_val = None
+    if val is not None and len(val[1]):
+        x_val = torch.as_tensor(val[0], dtype=torch.float32)
+        y_val = torch.as_tensor(np.asarray(val[1]))
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     t0 = time.perf_counter()
-    history = []
+    history: list[dict] = []
     head.train()
     for step in range(steps):
         if cancel is not None and cancel.is_set():
-            return {"status": "cancelled", "history": history, "train_seconds": time.perf_counter() - t0}
+            return {"status": "cancelled", "history": history, "best": {"epoch": step},
+                    "train_seconds": time.perf_counter() - t0, "stopped_early": False}
         loss = (nn.functional.cross_entropy(head(x), y, reduction="none") * weight).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if (step + 1) % 50 == 0 or step == steps - 1:
+        done = step + 1
+        elapsed = time.perf_counter() - t0
+        yield emit(Progress(stage_name, done, steps, f"step {done}/{steps} loss {float(loss.detach()):.3f}",
+                            {"step": done, "steps": steps, "loss": float(loss.detach()), "unit": "step",
+                             "eta_s": elapsed / done * (steps - done), "elapsed_s": elapsed}))
+        if done % REPORT_EVERY == 0 or done == steps:
             with torch.no_grad():
                 pred = head(x).argmax(1)
-            history.append({"epoch": step + 1, "train_loss": float(loss.detach()),
-                            "train_accuracy": float((pred[: len(real_y)] == y[: len(real_y)]).float().mean())
-                            if len(real_y) else None,
-                            "replay_accuracy": float((pred[len(real_y):] == y[len(real_y):]).float().mean()),
-                            "val_loss": None, "val_accuracy": None, "val_macro_f1": None, "lr": lr,
-                            "train_images_per_s": None})
+                rec = {"epoch": done, "unit": "step", "train_loss": float(loss.detach()),
+                       "train_accuracy": float((pred[: len(real_y)] == y[: len(real_y)]).float().mean())
+                       if len(real_y) else None,
+                       "replay_accuracy": float((pred[len(real_y):] == y[len(real_y):]).float().mean()),
+                       "val_loss": None, "val_accuracy": None, "val_macro_f1": None, "lr": lr,
+                       "train_images_per_s": None}
+                if x_val is not None:
+                    head.eval()
+                    out = head(x_val)
+                    head.train()
+                    rec["val_loss"] = float(nn.functional.cross_entropy(out, y_val))
+                    rec["val_accuracy"] = float((out.argmax(1) == y_val).float().mean())
+            history.append(rec)
+            yield emit(Progress("validate", done, steps, f"step {done}/{steps}",
+                                {"history": list(history), "epoch": done, "epochs": steps, "unit": "step"}))
     model.eval()
     return {"status": "completed", "history": history, "best": {"epoch": steps}, "train_seconds": time.perf_counter() - t0,
             "stopped_early": False}

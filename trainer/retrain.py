@@ -487,15 +487,20 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             train_last=None if cfg.from_scratch else cfg.train_last, min_steps=cfg.min_steps)
         replay = _replay_source(cfg, pcard, parent_path, summary_data, len(classes))
         if replay is not None:  # a class has too few reviewed images: refit the head, replaying the parent's classes
+            from .guard import logits_and_embeddings  # heavy: imports torch
             from .replay import REPLAY_PER_CLASS, fit_head_with_replay, replay_embeddings, reviewed_embeddings  # heavy: imports torch
 
-            yield emit(Progress("train", 0, 1, f"{replay_reason(summary_data) or 'asked for'}: refitting the "
-                                "classifier on your images and on the model's own memory of its classes"))
+            yield emit(Progress("train", 0, None, f"{replay_reason(summary_data) or 'asked for'}: refitting the "
+                                "classifier on your images and on the model's own memory of its classes",
+                                {"method": "replay", "n_reviewed": len(tr_idx)}))
             model = model.to("cpu")
             real, real_y = reviewed_embeddings(model, x_all[tr_idx], y_all[tr_idx], prep, cfg.augment, "cpu", cfg.seed)
             replayed, replayed_y = replay_embeddings(replay[0], replay[1], REPLAY_PER_CLASS, cfg.seed)
-            fitted = fit_head_with_replay(model, real, real_y, replayed, replayed_y, len(classes), seed=cfg.seed,
-                                          cancel=cancel)
+            val_emb = None  # the validation images' embeddings: curves of how the refit does on them
+            if len(va_idx):
+                val_emb = (logits_and_embeddings(model, x_all[va_idx], prep, "cpu")[1], y_all[va_idx])
+            fitted = yield from fit_head_with_replay(model, real, real_y, replayed, replayed_y, len(classes),
+                                                     seed=cfg.seed, cancel=cancel, val=val_emb, progress=progress)
             fitted["method"] = (f"classifier head refitted on {len(tr_idx)} reviewed images (x4 views) and "
                                 f"{len(replayed_y)} embeddings replayed from {parent.name}'s guard; backbone unchanged")
             device = torch.device("cpu")
