@@ -168,6 +168,7 @@ class MainWindow(QMainWindow):
         self.queue_label.progressed.connect(lambda: self.reload_gallery(keep_current=True))
         self.peer_labels.changed.connect(self._peer_labels)
         self.activations.elsewhere.connect(self.model_menu.activated_elsewhere)
+        self.model_menu.activating.connect(self.activations.mine)
         self.activations.current.connect(lambda: self.model_menu.notice.emit(None))
         self.model_menu.notice.connect(self.filters.show_notice)
         self.filters.useActiveRequested.connect(lambda: self.model_menu.use_active(self.activations.latest))

@@ -89,6 +89,9 @@ def latest_activation(session) -> Activation | None:
                       local_time(a.created_at)[:16] if a.created_at else "")
 
 
+PENDING_POLLS = 30  # polls a window waits for its own activation to show in the log
+
+
 class ActivationWatch(QObject):
     """``elsewhere(Activation)`` once per activation that made another version active than
     ``shown_fn()`` (the version id the window shows); ``current()`` when the window shows the
@@ -103,6 +106,12 @@ class ActivationWatch(QObject):
         self.db, self.shown_fn = db, shown_fn
         self.latest: Activation | None = None
         self._said: int | None = None  # the activation already announced
+        # Versions this window is itself making active (version id -> polls left to see its row):
+        # until the log shows that row, an answer read before it (a poll already under way) is
+        # stale, not news; and the row itself, landing before the window shows the version (a
+        # question may be open meanwhile), is this window's own.
+        self._pending: dict[int, int] = {}
+        self._own: set[int] = set()  # activation ids this window made
         self.poller = Poller(workers, self._query, interval_ms, "model activations", self)
         self.timer = self.poller.timer
         self.poller.result.connect(self._seen)
@@ -118,8 +127,14 @@ class ActivationWatch(QObject):
 
         return query
 
+    def mine(self, version_id: int) -> None:
+        """This window is making ``version_id`` active: its activation is not announced."""
+        self._pending[int(version_id)] = PENDING_POLLS
+
     def _seen(self, latest: Activation | None) -> None:
         self.latest = latest
+        # a pending activation that never lands (it failed) stops holding back the news
+        self._pending = {v: n - 1 for v, n in self._pending.items() if n > 1}
         self.check()
 
     def check(self) -> None:
@@ -127,10 +142,14 @@ class ActivationWatch(QObject):
         latest, shown = self.latest, self.shown_fn()
         if latest is None or shown is None:
             return
+        if self._pending.pop(latest.version_id, None) is not None:
+            self._own.add(latest.id)
         if latest.version_id == shown:
             if self._said is not None:
                 self._said = None
                 self.current.emit()
+            return
+        if latest.id in self._own or self._pending:
             return
         if self._said != latest.id:
             self._said = latest.id

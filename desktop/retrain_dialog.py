@@ -95,11 +95,13 @@ def plain_stage(p, n_reviewed: int | None, n_val: int | None) -> str | None:
 class RetrainDialog(QDialog):
     runStarted = Signal()
     runFinished = Signal(object)  # the retrain summary (plain dict), or None after an error
+    promoting = Signal(int)  # the version id Promote is about to make active
     promoted = Signal(int, bool)  # new active version id, re-classify the open folder
 
     def __init__(self, db, paths, parent=None, device: str | None = None, folder: str | os.PathLike | None = None,
-                 version: dict | None = None):
+                 version: dict | None = None, reviewer: str | None = None):
         super().__init__(parent)
+        self.reviewer = reviewer  # who Promote records in the activation log
         self.setWindowTitle("Retrain from reviewed labels")
         self.setModal(False)
         self.resize(1000, 720)
@@ -460,10 +462,11 @@ class RetrainDialog(QDialog):
             if box.exec() != QMessageBox.Yes:
                 self.status.setText(f"Not promoted: {why}.")
                 return
-        db, name = self.db, self.result["version"]
+        db, name, who = self.db, self.result["version"], self.reviewer
         self.promote_btn.setEnabled(False)
         self.keep_btn.setEnabled(False)
-        self.workers.submit(lambda: promote(db, name), name="promote", on_result=self._promoted, on_error=self._error)
+        self.promoting.emit(int(self.result["version_id"]))
+        self.workers.submit(lambda: promote(db, name, who), name="promote", on_result=self._promoted, on_error=self._error)
 
     def _promoted(self, entry: dict) -> None:
         self.promote_btn.setEnabled(False)

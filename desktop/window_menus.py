@@ -133,6 +133,7 @@ class ModelMenu(QObject):
     """Model versions, retrain, switching the version this window shows."""
 
     switched = Signal(object, object)  # version_info dict, reclassify (True / False / None: ask)
+    activating = Signal(int)  # a version this window is making active (its log row is not another seat's)
     message = Signal(str, int)
     notice = Signal(object)  # a sentence for the model panel (rich text), or None
 
@@ -167,8 +168,10 @@ class ModelMenu(QObject):
         if self.retrain_dialog is None:
             self.retrain_dialog = RetrainDialog(self.ctl.db, self.ctl.paths, self.dialog_parent,
                                                 device=self.ctl.device, folder=self.ctl.folder,
-                                                version=self.ctl.version)
-            self.retrain_dialog.promoted.connect(lambda vid, re: self.activate_version(vid, ask=False, reclassify=re))
+                                                version=self.ctl.version, reviewer=self.ctl.state.reviewer)
+            self.retrain_dialog.promoting.connect(self.activating.emit)
+            # The dialog has made the version active (one log row, the reviewer's): show it.
+            self.retrain_dialog.promoted.connect(lambda vid, re: self.use_version(vid, reclassify=bool(re)))
             self.retrain_dialog.finished.connect(lambda _=None: setattr(self, "retrain_dialog", None))
             self.retrain_dialog.setAttribute(Qt.WA_DeleteOnClose)
         self.retrain_dialog.show()
@@ -179,6 +182,7 @@ class ModelMenu(QObject):
         """Make ``version_id`` the active one (logged as `models activate`) and show it."""
 
         db, who = self.ctl.db, self.ctl.state.reviewer
+        self.activating.emit(version_id)
 
         def work():
             with db.session() as s:
@@ -191,18 +195,19 @@ class ModelMenu(QObject):
                                on_result=lambda info: self.switched.emit(info, None if ask and reclassify is None
                                                                          else bool(reclassify)))
 
-    def use_version(self, version_id: int) -> None:
-        """Show (and classify with) ``version_id``, already active elsewhere: nothing is logged."""
+    def use_version(self, version_id: int, reclassify: bool | None = None) -> None:
+        """Show (and classify with) ``version_id``, already made active (by another seat, or by
+        the Retrain dialog's Promote): nothing more is logged."""
 
         self.ctl.read(lambda s: version_info(s.get(ModelVersion, version_id)),
-                      lambda info: self.switched.emit(info, None), "model version")
+                      lambda info: self.switched.emit(info, reclassify), "model version")
 
 
     def activated_elsewhere(self, a) -> None:
         """Another seat made another version active (desktop.peers.Activation): say so, and keep
         showing and classifying with the version shown until the reviewer chooses to switch."""
         shown = self.ctl.version["name"] if self.ctl.version else "?"
-        text = (f"Model {a.name} was made active on another workstation by {a.by} ({a.at}). This window still "
+        text = (f"Model {a.name} was made active by {a.by} ({a.at}), not in this window. This window still "
                 f"shows and classifies with {shown}.")
         self.notice.emit(f"<span style='color:#b26a00'>⚠ {text}</span> <a href='use'>Use {a.name}</a>")
         self.message.emit(f"⚠ {text} 'Use {a.name}' under Model (left) switches.", 0)

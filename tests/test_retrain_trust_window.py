@@ -284,3 +284,41 @@ def test_report_lists_the_parents_figures_beside_the_retrained_versions(qtbot, d
         assert "accuracy 0.571" in text and "on 7 reviewed validation images" in text, text
         assert f"parent {PARENT}: accuracy 0.962" in text and "on 549 held-out test images of all-taleqani" in text
         assert "runs fp32 on CPUs" in text
+
+
+# ---- the window's own Promote is one activation, the reviewer's, and not another seat's ----
+
+def test_promote_in_this_window_is_one_activation_by_the_reviewer_and_not_announced_as_elsewhere(
+        qtbot, db, paths, tmp_path, close_windows, monkeypatch):
+    """The walkthrough saw a promote logged twice (the OS user, then the reviewer) and, while the
+    re-classify question was open, the notice "made active on another workstation"."""
+    from sqlalchemy import select
+
+    from core.storage.orm import ModelActivation
+
+    ids = register_retrained(db, paths, tmp_path / "pkgs", active=PARENT)
+    w = make_window(qtbot, paths, tmp_path)
+    close_windows(w)
+    w.activations.timer.setInterval(50)  # the poll ticks often, also while a question is open
+    with db.session() as s:
+        before = s.scalar(select(ModelActivation.id).order_by(ModelActivation.id.desc()).limit(1))
+    dlg = w.show_retrain()
+    cmp = _worse_comparison()
+    dlg._on_result({"status": "completed", "version": CHILD, "version_id": ids[CHILD], "parent": PARENT,
+                    "parent_id": ids[PARENT], "train_seconds": 1.0, "device": "cpu", "comparison": cmp,
+                    "data": {"n_train": 38, "n_val": 10, "min_per_class": 5, "too_few": [],
+                             "per_class": {c: {"train": 10, "base": 0} for c in CLASSES}}})
+    monkeypatch.setattr("desktop.retrain_dialog.QMessageBox.exec", lambda box: QMessageBox.Yes)  # promote anyway
+    said = []
+    w.activations.elsewhere.connect(said.append)
+    with qtbot.waitSignal(w.versionShown, timeout=TIMEOUT):
+        qtbot.mouseClick(dlg.promote_btn, Qt.LeftButton)
+    qtbot.wait(300)  # several polls after the switch
+    assert w.version["name"] == CHILD
+    assert not said, said  # its own promote is not another seat's news
+    assert w.filters.model_notice.isHidden()
+    with db.session() as s:
+        rows = s.execute(select(ModelActivation.action, ModelActivation.activated_by)
+                         .where(ModelActivation.id > before)).all()
+    assert rows == [("promote", "tester")], rows  # one row, the reviewer's
+    dlg.close()
