@@ -12,6 +12,8 @@ kept in fp32 on 99.8% (17 s for 160 calibration images on 2 cores; ~950 images/s
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -121,9 +123,13 @@ def quantize_package(package: Path, calibration_u8: np.ndarray, check_u8: np.nda
     # The first convolution sees raw pixels (3 channels: int8 saves little there and loses
     # fine stain gradients): keeping it fp32 took agreement from 99.39% to 99.76% held out.
     convs = [op.get_friendly_name() for op in fp32.get_ordered_ops() if op.get_type_name() == "Convolution"]
-    q = nncf.quantize(fp32, nncf.Dataset(batches), subset_size=len(batches),
-                      preset=nncf.QuantizationPreset.PERFORMANCE, fast_bias_correction=False,
-                      ignored_scope=nncf.IgnoredScope(names=convs[:1]))
+    # NNCF prints its own INFO lines and progress bars on stdout (the terminal of the app or
+    # of `retrain`): our progress says what is happening; its warnings still go to the log.
+    nncf.set_log_level(logging.WARNING)
+    with contextlib.redirect_stdout(io.StringIO()):
+        q = nncf.quantize(fp32, nncf.Dataset(batches), subset_size=len(batches),
+                          preset=nncf.QuantizationPreset.PERFORMANCE, fast_bias_correction=False,
+                          ignored_scope=nncf.IgnoredScope(names=convs[:1]))
     seconds = time.perf_counter() - t0
 
     core = ov.Core()
