@@ -69,7 +69,9 @@ ACTIONS: tuple[ActionSpec, ...] = (
                help=f'"{OTHER_TITLE}": no class fits (another cell type, an artefact, out of focus)'),
     ActionSpec("other_note", f"{OTHER_TITLE} with a &note…", "reviewing.label_other_with_note", ("Shift+O",), "Review",
                live=True, help=f'"{OTHER_TITLE}" with a note on what the image shows'),
-    ActionSpec("accept", "&Accept prediction", "reviewing.accept_prediction", ("A", "Return", "Enter"), "Review",
+    # with Shift too: Shift is often still held after a Shift+arrow selection
+    ActionSpec("accept", "&Accept prediction", "reviewing.accept_prediction",
+               ("A", "Return", "Enter", "Shift+A", "Shift+Return", "Shift+Enter"), "Review",
                enabled="selection", live=True, button="A  Accept", help="accept the model's prediction, then move on",
                help_keys="`A` or `Enter`"),
     ActionSpec("clear", "C&lear label", "label_selected", ("0",), "Review", live=True, args=(None,),

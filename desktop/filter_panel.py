@@ -97,11 +97,18 @@ class FilterPanel(QWidget):
                                uncertain_only=self.f_uncertain.isChecked(), outside_only=self.f_outside.isChecked(),
                                disagreement=self.f_disagree.isChecked(), sort=self.sort.currentData())
 
-    def show_filter(self, f: q.GalleryFilter | FolderView) -> None:
-        """Show ``f`` without emitting ``changed`` (a restored or normalised filter)."""
-        for combo, value in ((self.f_pred, f.predicted), (self.f_rev, f.reviewed), (self.sort, f.sort)):
+    def show_filter(self, f: q.GalleryFilter | FolderView) -> list[tuple[str, str]]:
+        """Show ``f`` without emitting ``changed`` (a restored, kept or normalised filter).
+        Returns what could not be shown, as ("Predicted", "Benign"): a class the model shown
+        lacks (that one filter shows Any; the others stay)."""
+        lost = []
+        for name, combo, value in (("Predicted", self.f_pred, f.predicted), ("Reviewed", self.f_rev, f.reviewed),
+                                   ("Sort", self.sort, f.sort)):
+            at = combo.findData(value)
+            if at < 0 and value is not None:
+                lost.append((name, value))
             combo.blockSignals(True)
-            combo.setCurrentIndex(max(0, combo.findData(value)))  # a class the model no longer has: Any
+            combo.setCurrentIndex(max(0, at))  # a class the model no longer has: Any
             combo.blockSignals(False)
         for box, value in ((self.f_uncertain, f.uncertain_only), (self.f_outside, f.outside_only),
                            (self.f_disagree, f.disagreement)):
@@ -109,6 +116,7 @@ class FilterPanel(QWidget):
             box.setChecked(value)
             box.blockSignals(False)
         self._show_possible()
+        return lost
 
     def _show_possible(self) -> None:
         possible = disagreement_possible(self.filter())

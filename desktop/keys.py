@@ -3,15 +3,18 @@ verification screen): after a filter drop-down or a check box was used, the arro
 keys, Home and End still move through the images instead of changing the filter.
 
 The letter and digit keys are window-wide QAction shortcuts already (the action table);
-this filter redirects the navigation keys, which Qt gives to the focused widget, and says so
-when a digit key has no class in the model shown (5 with a four-class model)."""
+this filter redirects the navigation keys, which Qt gives to the focused widget, says so
+when a digit key has no class in the model shown (5 with a four-class model), and keeps a
+letter no action took (Shift+X) from a filter drop-down that has the focus, where it would
+pick the entry of that name ("Any" for Shift+A) with nobody seeing the filter change."""
 from __future__ import annotations
 
 from typing import Callable
 
 from PySide6.QtCore import QEvent, QObject, Qt
 from PySide6.QtGui import QKeyEvent
-from PySide6.QtWidgets import QAbstractSpinBox, QApplication, QLineEdit, QPlainTextEdit, QTextEdit, QWidget
+from PySide6.QtWidgets import (QAbstractSpinBox, QApplication, QComboBox, QLineEdit, QPlainTextEdit, QTextEdit,
+                               QWidget)
 
 NAVIGATION_KEYS = frozenset({Qt.Key_Up, Qt.Key_Down, Qt.Key_Left, Qt.Key_Right, Qt.Key_PageUp, Qt.Key_PageDown,
                              Qt.Key_Home, Qt.Key_End})
@@ -48,6 +51,8 @@ class GalleryKeys(QObject):
             return False
         if event.key() in DIGITS and self._no_class(obj, event):
             return True
+        if self._typed_on_drop_down(obj, event):
+            return True
         if event.key() not in NAVIGATION_KEYS:
             return False
         if not isinstance(obj, QWidget) or obj is self.gallery or self.gallery.isAncestorOf(obj):
@@ -61,6 +66,15 @@ class GalleryKeys(QObject):
         finally:
             self._sending = False
         return True
+
+    def _typed_on_drop_down(self, obj, event) -> bool:
+        """A printable key on a closed drop-down of the window (its open list is another window
+        and still finds entries by typing): no action took it, so it changes nothing."""
+        if not isinstance(obj, QComboBox) or obj.isEditable() or obj.window() is not self.window:
+            return False
+        if event.modifiers() & (Qt.ControlModifier | Qt.AltModifier | Qt.MetaModifier):
+            return False
+        return bool(event.text()) and event.text().isprintable()
 
     def _no_class(self, obj, event) -> bool:
         """A digit key with no class (its action would have taken it otherwise): say so, and

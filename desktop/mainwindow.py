@@ -176,23 +176,30 @@ class MainWindow(QMainWindow):
     # ---------------------------------------------------------------- the version shown
     version = property(lambda self: self.ctl.version, doc="the version shown (desktop.models_panel.version_info)")
 
-    def set_version(self, version: dict) -> None:
-        """The model version shown (and classified with): its classes give the keys, buttons, filters and counts."""
+    def set_version(self, version: dict) -> str | None:
+        """The model version shown (and classified with): its classes give the keys, buttons, filters
+        and counts. The folder's filters stay as the reviewer chose them; one naming a class this
+        version lacks shows Any, and the sentence returned says so (None: every filter stayed)."""
+        kept = self.filters.filter()
         self.ctl.version = version
         self.review.taxonomy = version["taxonomy"]
         self.detail_pane.forget_model()
         actions.build_class_actions(self, version["classes"])
         self.filters.fill_classes(version["classes"])
+        lost = self.filters.show_filter(kept)
         self.state.set_filter(self.filters.filter())
         self.filters.show_model(version)
         self.activations.check()
         self._update_actions()
         self.versionShown.emit(version["name"])
+        return " ".join(f"{version['name']} has no class {value}: the {name} filter shows Any now."
+                        for name, value in lost) or None
 
     def _version_switched(self, info: dict, reclassify) -> None:
-        self.set_version(info)
-        self.reload_gallery()
-        self.statusBar().showMessage(f"Active model: {info['name']}", 8000)
+        note = self.set_version(info)
+        self.reload_gallery(keep_current=True)  # the reviewer's image stays, if the filters still show it
+        self.statusBar().showMessage(f"Active model: {info['name']}" + (f". {note}" if note else ""),
+                                     20000 if note else 8000)
         if self.folder is None:
             return
         if reclassify is None:

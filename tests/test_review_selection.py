@@ -145,7 +145,7 @@ def test_accept_refuses_a_class_the_tile_does_not_show(qtbot, window, tmp_path):
     assert w.model.row_at(0).outside and w.model.row_at(1).uncertain
     w.select_image(ids[0])
     qtbot.keyClick(w.view, Qt.Key_A)
-    assert "Outside the model's experience" in _said(w) and "1–4" in _said(w)
+    assert "outside its experience" in _said(w) and "1–4" in _said(w)
     assert _current_id(w) == ids[0]  # refused: it stays, for the reviewer's class key
     w.select_image(ids[1])
     qtbot.keyClick(w.view, Qt.Key_Return)
@@ -246,3 +246,143 @@ def test_a_key_the_model_has_no_class_for_says_so_and_moves_nothing(qtbot, windo
     assert "No class for key 9" in _said(w)
     qtbot.keyClick(w.view, Qt.Key_I)  # a letter without an action: no jump to a file named "i…"
     assert _current_id(w) == ids[2] and _labels(w) == []
+
+
+# ---------------------------------------------------------------- the walkthrough's view-state findings (N1, N2, N5, N6)
+def test_a_filter_picked_during_the_scan_stays_until_the_reviewer_changes_it(qtbot, window, tmp_path,  # noqa: F811
+                                                                            monkeypatch):
+    """N1: "Unreviewed only", picked at 60 % of the scan, was "Any" at 92 % with no key the
+    reviewer meant for it: the drop-down kept the focus after the click, and Shift+A (Shift
+    still held, an accept nothing took) picked its entry "Any" by name, as a letter typed on a
+    drop-down does. The filter stays through the scan, the classification and its end."""
+    import time
+
+    from core.app.sample import generate
+    from core.imaging import scan
+
+    hash_file = scan.hash_file
+
+    def slow_hash(*a, **k):  # the lab's 2,770 files take seconds to scan: this folder as long
+        time.sleep(0.01)
+        return hash_file(*a, **k)
+
+    monkeypatch.setattr(scan, "hash_file", slow_hash)
+    w = window
+    folder = tmp_path / "many"
+    generate(folder, n_per_class=40, seed=3)
+    seen = []
+    w.open_folder(folder)
+    w.job.signals.progress.connect(lambda p: seen.append(p.stage))
+    qtbot.waitUntil(lambda: "scan" in seen, timeout=JOB_TIMEOUT)
+    qtbot.mouseClick(w.f_rev, Qt.LeftButton)  # the reviewer's click: the drop-down has the focus now
+    w.f_rev.hidePopup()
+    w.f_rev.setFocus()
+    w.f_rev.setCurrentIndex(w.f_rev.findData(UNREVIEWED))
+    assert w.job is not None and "classify" not in seen, "the scan ended too early to pick a filter during it"
+    for k, mod in ((Qt.Key_A, Qt.ShiftModifier), (Qt.Key_B, Qt.NoModifier), (Qt.Key_U, Qt.ShiftModifier)):
+        qtbot.keyClick(w.f_rev, k, mod)  # keys meant for the images, on the drop-down
+        assert w.f_rev.currentData() == UNREVIEWED
+    with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+        pass
+    settle(qtbot, w)
+    assert w.f_rev.currentData() == UNREVIEWED and w.state.filter.reviewed == UNREVIEWED
+    assert w.model.total == 160 and _labels(w) == []
+
+
+def _second_version(w, tmp_path, name: str) -> int:
+    """A version of the shown model's taxonomy (the bundled one's card under another name)."""
+    import dataclasses
+
+    from core.models.architectures import build
+    from core.models.package import read_card, save_package
+    from core.models.registry import bundled_default_package, register_package
+
+    card = dataclasses.replace(read_card(bundled_default_package()), name=name, placeholder=False)
+    model = build(card.architecture, num_classes=len(card.classes), **card.arch_params)
+    save_package(tmp_path / name, model.state_dict(), card)
+    with w.db.session() as s:
+        return register_package(s, w.paths, tmp_path / name).id
+
+
+def test_a_model_switch_keeps_the_filters_and_the_image_shown(qtbot, window, tmp_path):  # noqa: F811
+    """N2: after Promote with re-classify, and after "Make active…", the window went back to
+    "Any" and image 1 with no message. The folder's filters and the image shown stay; a
+    filter naming a class the new version lacks shows Any, and the status bar says so."""
+    from core.app.sample import generate
+    from core.models.registry import bundled_packages, list_versions
+    from core.models.package import read_card
+
+    w = window
+    folder = tmp_path / "few"
+    generate(folder, n_per_class=3, seed=2)
+    with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+        w.open_folder(folder)
+    w.f_rev.setCurrentIndex(w.f_rev.findData(UNREVIEWED))
+    w.sort.setCurrentIndex(w.sort.findData("name"))
+    settle(qtbot, w)
+    w.select_image(w.model.row_at(5).image_id)  # the reviewer's image, not the first
+    chosen = _current_id(w)
+    # Promote with re-classify (the Retrain dialog's road): the new version classifies the folder
+    vid = _second_version(w, tmp_path, "promoted-test-model")
+    with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT) as blocker:
+        w.activate_version(vid, ask=False, reclassify=True)
+    assert blocker.args[0].model == "promoted-test-model"
+    settle(qtbot, w)
+    assert w.f_rev.currentData() == UNREVIEWED and w.sort.currentData() == "name"
+    assert w.state.filter.reviewed == UNREVIEWED and w.state.filter.sort == "name"
+    assert _current_id(w) == chosen and w.detail_pane.shown_id == chosen
+    # "Make active…" of a version without the class the Predicted filter names
+    cls = w.model.row_at(w.view.currentIndex().row()).predicted
+    w.f_pred.setCurrentIndex(w.f_pred.findData(cls))
+    settle(qtbot, w)
+    w.select_image(chosen)
+    binary = next(read_card(p).name for p in bundled_packages() if cls not in read_card(p).classes)
+    with w.db.session() as s:
+        bid = next(v.id for v in list_versions(s) if v.name == binary)
+    with qtbot.waitSignal(w.versionShown, timeout=10_000):
+        w.activate_version(bid, ask=False, reclassify=False)
+    settle(qtbot, w)
+    assert w.f_pred.currentData() is None and w.state.filter.predicted is None  # that one filter only
+    assert w.f_rev.currentData() == UNREVIEWED and w.sort.currentData() == "name"
+    assert _said(w) == f"Active model: {binary}. {binary} has no class {cls}: the Predicted filter shows Any now."
+    assert _current_id(w) == chosen
+
+
+def test_shift_a_and_shift_return_accept_like_a(qtbot, window, tmp_path):  # noqa: F811
+    """N5: Shift still held after a Shift+arrow selection made A do nothing and say nothing."""
+    w = window
+    ids = _stored_folder(w, tmp_path / "a", 6, 1)
+    _open_stored(qtbot, w, tmp_path / "a")
+    w.select_image(ids[0])
+    qtbot.keyClick(w.view, Qt.Key_A, Qt.ShiftModifier)
+    assert _said(w) == "1 prediction(s) accepted" and _current_id(w) == ids[1]
+    qtbot.keyClick(w.view, Qt.Key_Return, Qt.ShiftModifier)
+    assert _said(w) == "1 prediction(s) accepted" and _current_id(w) == ids[2]
+    # Shift+Down then Shift+A: one accept for both images
+    qtbot.keyClick(w.view, Qt.Key_Right, Qt.ShiftModifier)
+    assert len(w.state.targets()) == 2
+    qtbot.keyClick(w.view, Qt.Key_A, Qt.ShiftModifier)
+    assert _said(w).startswith("2 prediction(s) accepted")
+    assert w.label_writer.flush(10)
+    assert [i for i, _ in _labels(w)] == ids[:4]
+
+
+def test_the_refusal_of_accept_says_what_the_screen_shows(qtbot, window, tmp_path):  # noqa: F811
+    """N6: the refusal said "no class is shown" while the detail pane showed the class and its bars."""
+    w = window
+    ids = _stored_folder(w, tmp_path / "a", 4, 1)
+    with w.db.session() as s:
+        s.execute(update(Prediction).where(Prediction.image_id == ids[0]).values(out_of_distribution=True))
+        s.execute(update(Prediction).where(Prediction.image_id == ids[1]).values(uncertain=True))
+    _open_stored(qtbot, w, tmp_path / "a")
+    w.select_image(ids[0])
+    qtbot.waitUntil(lambda: w.detail_pane.shown_id == ids[0], timeout=5000)
+    assert w.model.row_at(0).predicted in w.detail.summary.text()  # the pane shows the model's guess
+    qtbot.keyClick(w.view, Qt.Key_A)
+    assert _said(w) == ("⚠ Not accepted: the model is outside its experience here (its guess is not reliable). "
+                        "Press the class you see (1–4), or O for Other.")
+    w.select_image(ids[1])
+    qtbot.keyClick(w.view, Qt.Key_Return)
+    assert _said(w) == ("⚠ Not accepted: the model is not sure of this image (its guess is not reliable). "
+                        "Press the class you see (1–4), or O for Other.")
+    assert _labels(w) == []

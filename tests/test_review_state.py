@@ -143,9 +143,12 @@ def test_accept_never_stores_a_class_the_tile_did_not_show(state):
     keys = class_keys(["Benign", "Early Pre-B", "Pre-B", "Pro-B"])
     assert keys == "1–4"
     out = state.accept({100: "Benign"}, {100: OUTSIDE}, keys)
-    assert out.refused and out.message.startswith("Outside the model's experience") and "(1–4)" in out.message
+    # the detail pane shows the model's guess and its bars: the sentence says why it is not taken
+    assert out.refused and out.message == ("Not accepted: the model is outside its experience here (its guess is "
+                                           "not reliable). Press the class you see (1–4), or O for Other.")
     out = state.accept({100: "Benign"}, {100: UNSURE}, keys)
-    assert out.refused and "not sure" in out.message
+    assert out.refused and out.message == ("Not accepted: the model is not sure of this image (its guess is not "
+                                           "reliable). Press the class you see (1–4), or O for Other.")
     assert state.session.writes == []
     state.selected = (100, 101, 102)
     out = state.accept({100: "Benign", 101: "Pre-B", 102: "Pro-B"}, {101: OUTSIDE}, keys)

@@ -176,12 +176,14 @@ class ReviewState:
         skipped = [i for i in targets if predicted.get(i) and i in hidden]
         labels = {i: predicted[i] for i in targets if predicted.get(i) and i not in hidden}
         if not labels and skipped:
-            if len(targets) == 1:
-                msg = ("Outside the model's experience: no class is shown to accept. " if hidden[skipped[0]] == OUTSIDE
-                       else "The model is not sure of this image's class: nothing to accept. ")
-                return Outcome(None, msg + f"Press the class key you see ({keys}), or O for Other.", refused=True)
-            return Outcome(None, f"None of the {len(targets)} selected images has a class to accept (outside the "
-                           f"model's experience or not sure): press the class key you see ({keys}).", refused=True)
+            if len(targets) == 1:  # the detail pane shows the model's guess and its bars: say why it is not taken
+                msg = ("Not accepted: the model is outside its experience here (its guess is not reliable). "
+                       if hidden[skipped[0]] == OUTSIDE
+                       else "Not accepted: the model is not sure of this image (its guess is not reliable). ")
+                return Outcome(None, msg + f"Press the class you see ({keys}), or O for Other.", refused=True)
+            return Outcome(None, f"Not accepted: the model's guess is not reliable for any of the {len(targets)} "
+                           f"selected images (outside its experience or not sure). Press the class you see ({keys}).",
+                           refused=True)
         if not labels:
             return Outcome(None, "Nothing to accept: the selected image has no prediction yet "
                            "(classify with Ctrl+R).", refused=True)
