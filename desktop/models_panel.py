@@ -82,9 +82,38 @@ def headline_metrics(card: dict) -> str:
     return ", ".join(parts) or "no metrics"
 
 
-def same_basis_text(m: dict | None) -> str:
+def _figures(side: dict) -> str:
+    out = f"accuracy {side['accuracy']:.3f}"
+    if isinstance(side.get("macro_f1"), (int, float)):
+        out += f", macro F1 {side['macro_f1']:.3f}"
+    return out
+
+
+def retrain_measured(versions: list[dict]) -> dict[str, str]:
+    """What each retrain measured on its validation images, in words, for the new version and
+    for its parent (both run on the same images): name -> text. A parent measured by several
+    retrains shows the latest (versions are in registry order)."""
+    out: dict[str, str] = {}
+    for v in versions:
+        cmp = ((v.get("card") or {}).get("metrics") or {}).get("comparison")
+        if not isinstance(cmp, dict) or not cmp.get("n"):
+            continue
+        new, old = cmp.get("new") or {}, cmp.get("old") or {}
+        parent = cmp.get("old_name") or (v.get("card") or {}).get("parent")
+        if isinstance(new.get("accuracy"), (int, float)):
+            out[v["name"]] = (f"{_figures(new)} on the {cmp['n']:,} validation images of the retrain that made it"
+                              + (f" (the same images as {parent})" if parent else ""))
+        if parent and isinstance(old.get("accuracy"), (int, float)):
+            out[parent] = (f"{_figures(old)} on the same {cmp['n']:,} validation images "
+                           f"(measured by the retrain that made {v['name']})")
+    return out
+
+
+def same_basis_text(m: dict | None, retrain_text: str | None = None) -> str:
+    """The figures of the "On your validation images" column: measured by "Measure on the same
+    images"; else what a retrain measured on its validation images; else how to measure."""
     if m is None:
-        return "not measured"
+        return retrain_text or "not measured yet (press Measure on the same images)"
     if not m.get("n"):
         return "no validation images yet (the first retrain sets them aside)"
     return f"accuracy {m['accuracy']:.3f}, macro recall {m['macro_recall']:.3f} (n={m['n']})"
@@ -95,11 +124,12 @@ class ModelsDialog(QDialog):
     retrainRequested = Signal()
     measured = Signal(dict)  # name -> {n, accuracy, macro_recall}
     listed = Signal()  # the table shows the registry's versions
+    SAME_BASIS, FIGURES = 4, 5  # the figures columns
 
     def __init__(self, db, parent=None):
         super().__init__(parent)
         self.setWindowTitle("Model versions")
-        self.resize(760, 320)
+        self.resize(1240, 420)
         self.db = db
         self.versions: list[dict] = []
         self.table = QTableWidget(0, 6)
@@ -110,8 +140,15 @@ class ModelsDialog(QDialog):
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        # the figures columns wrap (a fixed width, rows as tall as their text): nothing is cut off
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(self.SAME_BASIS, QHeaderView.Interactive)
+        header.setSectionResizeMode(self.FIGURES, QHeaderView.Stretch)
+        self.table.setColumnWidth(self.SAME_BASIS, 280)
+        self.table.setWordWrap(True)
+        self.table.setTextElideMode(Qt.ElideNone)
+        header.sectionResized.connect(lambda *_: self.table.resizeRowsToContents())
         self.activate = QPushButton("Make active…")
         self.activate.clicked.connect(self._activate)
         self.retrain = QPushButton("Retrain…")
@@ -135,6 +172,11 @@ class ModelsDialog(QDialog):
         lay.addWidget(QLabel("Versions in the model registry. Predictions are kept per version; "
                              "switching re-classifies only what the new version has not seen."))
         lay.addWidget(self.table, 1)
+        explain = QLabel("“Measure on the same images” runs every version on your reviewed validation images "
+                         "(set aside, never trained on), so their figures compare fairly. Until then, a retrained "
+                         "version and its parent show what the retrain measured on its own validation images.")
+        explain.setWordWrap(True)
+        lay.addWidget(explain)
         lay.addLayout(row)
         self.refresh()
 
@@ -153,9 +195,11 @@ class ModelsDialog(QDialog):
         self.activate.setEnabled(True)
         self.versions = versions
         self.table.setRowCount(len(self.versions))
+        measured = retrain_measured(self.versions)
         for r, v in enumerate(self.versions):
             vals = ["●" if v["is_active"] else "", v["name"], v["architecture"], v["created_at"],
-                    same_basis_text(self.same_basis.get(v["name"])), headline_metrics(v["card"])]
+                    same_basis_text(self.same_basis.get(v["name"]), measured.get(v["name"])),
+                    headline_metrics(v["card"])]
             for c, val in enumerate(vals):
                 it = QTableWidgetItem(val)
                 if c == 0:
@@ -163,6 +207,7 @@ class ModelsDialog(QDialog):
                 self.table.setItem(r, c, it)
             if v["is_active"]:
                 self.table.selectRow(r)
+        self.table.resizeRowsToContents()
         self.listed.emit()
 
     def measure_same_basis(self) -> None:

@@ -1,14 +1,16 @@
 """The Retrain dialog's comparison: the new and the active version on the same validation
-images (metrics, bootstrap interval of the accuracy difference, confusion matrices, the
-images whose prediction changes)."""
+images (figures, the 95% range of the accuracy difference, confusion matrices, the images
+whose prediction changes), in plain words."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import (QAbstractItemView, QGridLayout, QHeaderView, QLabel, QTableWidget, QTableWidgetItem,
-                               QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QGridLayout, QHeaderView, QLabel, QSizePolicy, QTableWidget,
+                               QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
+
+from trainer.retrain import difference_range, points, recall_or_none
 
 
 def table(rows: int, cols: int, headers: list[str] | None = None) -> QTableWidget:
@@ -19,7 +21,22 @@ def table(rows: int, cols: int, headers: list[str] | None = None) -> QTableWidge
     t.setSelectionBehavior(QAbstractItemView.SelectRows)
     t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
     t.horizontalHeader().setStretchLastSection(True)
+    t.verticalHeader().setVisible(False)  # row numbers say nothing here
+    # compact rows: a table of a few rows fits whole (fit_rows) at the dialog's default size
+    t.verticalHeader().setDefaultSectionSize(t.fontMetrics().height() + 8)
     return t
+
+
+def fit_rows(t: QTableWidget) -> None:
+    """Make the table as tall as its rows: every row (the Total, each class) is in view, never
+    behind a scroll bar; the layout gives the other parts the rest."""
+    t.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    height = t.horizontalHeader().height() if t.horizontalHeader().isVisible() else 0
+    height += sum(t.rowHeight(r) for r in range(t.rowCount())) + 2 * t.frameWidth()
+    if t.horizontalScrollBar().isVisible():
+        height += t.horizontalScrollBar().height()
+    t.setFixedHeight(max(height, t.horizontalHeader().sizeHint().height() + 2 * t.frameWidth()))
+    t.setSizePolicy(t.sizePolicy().horizontalPolicy(), QSizePolicy.Fixed)
 
 
 def set_cell(t: QTableWidget, r: int, c: int, text, align=Qt.AlignRight | Qt.AlignVCenter, bg: QColor | None = None):
@@ -30,8 +47,18 @@ def set_cell(t: QTableWidget, r: int, c: int, text, align=Qt.AlignRight | Qt.Ali
     t.setItem(r, c, it)
 
 
+ROW_TIPS = {
+    "accuracy": "The share of the validation images each version classifies as the reviewer did",
+    "macro_f1": "Each class's score (how many of its images are found, and how many found are right: "
+                "the F1 score), averaged with every class counting the same",
+    "ece": "How far the confidence a version states is from how often it is right (calibration error)",
+    "recall": "The share of the class's validation images that the version finds",
+}
+
+
 class ComparisonView:
-    """The result tabs (``tabs``) and the warning line, filled by ``show``."""
+    """The result tabs (``tabs``) with the difference and warning lines below them, all in
+    ``widget``; filled by ``show``."""
 
     def __init__(self):
             self.metrics_table = table(0, 3, ["", "active", "new"])
@@ -55,14 +82,21 @@ class ComparisonView:
             self.changed = table(0, 5, ["Image", "Reviewed", "Active predicts", "New predicts", ""])
             mw = QWidget()
             ml = QVBoxLayout(mw)
-            ml.addWidget(self.metrics_table, 1)
-            ml.addWidget(self.diff_label)
-            ml.addWidget(self.warning)
+            ml.addWidget(self.metrics_table)
+            ml.addStretch(1)
             self.tabs = QTabWidget()
             self.tabs.addTab(mw, "Comparison")
             self.tabs.addTab(cmw, "Confusion matrices")
             self.tabs.addTab(self.changed, "Changed predictions")
             self.tabs.setEnabled(False)
+            # the sentences below the tabs, not inside them: a wrapped label in a tab page gets
+            # less height than it needs and is drawn over the table
+            self.widget = QWidget()
+            wl = QVBoxLayout(self.widget)
+            wl.setContentsMargins(0, 0, 0, 0)
+            wl.addWidget(self.tabs, 1)
+            wl.addWidget(self.diff_label)
+            wl.addWidget(self.warning)
 
     def show(self, cmp: dict | None, old_name: str, new_name: str) -> None:
         self.tabs.setEnabled(cmp is not None)
@@ -71,14 +105,20 @@ class ComparisonView:
             return
         classes = cmp["classes"]
         old, new = cmp["old"], cmp["new"]
-        self.metrics_table.setHorizontalHeaderLabels(["", f"active: {old_name}", f"new: {new_name}"])
-        rows = [("Accuracy", "accuracy"), ("Macro-F1", "macro_f1"), ("Confidence error (lower is better)", "ece")]
+        self.metrics_table.setHorizontalHeaderLabels(["", old_name, f"new: {new_name}"])
+        for c, name in ((1, old_name), (2, new_name)):
+            self.metrics_table.horizontalHeaderItem(c).setToolTip(name)
+        header = self.metrics_table.horizontalHeader()
+        header.setSectionResizeMode(1, QHeaderView.Stretch)  # long version names share the width
+        header.setSectionResizeMode(2, QHeaderView.Stretch)
+        rows = [("Accuracy", "accuracy"), ("Score averaged over the classes", "macro_f1"),
+                ("How far its confidence is off (lower is better)", "ece")]
         rows += [(f"Recall {c}", ("recall", c)) for c in classes]
         self.metrics_table.setRowCount(len(rows) + 1)
-        support = new.get("support") or {}
         for r, (label, key) in enumerate(rows):
             set_cell(self.metrics_table, r, 0, label, Qt.AlignLeft | Qt.AlignVCenter)
-            if isinstance(key, tuple) and key[0] == "recall" and not support.get(key[1], 1):
+            self.metrics_table.item(r, 0).setToolTip(ROW_TIPS.get(key if isinstance(key, str) else key[0], ""))
+            if isinstance(key, tuple) and None in (recall_or_none(new, key[1]), recall_or_none(old, key[1])):
                 # no validation image of the class: its recall is not measured, not 0
                 for c in (1, 2):
                     set_cell(self.metrics_table, r, c, "n/a")
@@ -96,8 +136,8 @@ class ComparisonView:
         set_cell(self.metrics_table, len(rows), 2, cmp["n"])
         d = cmp["accuracy_difference"]
         self.diff_label.setText(
-            f"Accuracy difference (new − active): {d['difference']:+.3f}, 95% bootstrap interval "
-            f"{d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f} over {d['n']} images. The new version fixes "
+            f"The new version is right on {points(d['difference'])} points more of the {d['n']} validation "
+            f"images than the active one ({difference_range(d['ci95'])}). It fixes "
             f"{d.get('n_fixed', 0)} and breaks {d.get('n_broken', 0)} predictions; {cmp['n_changed']} change.")
         self.warning.setText(cmp.get("warning") or "")
         for t, m, title, name in ((self.cm_old, old, self.cm_old_title, old_name), (self.cm_new, new, self.cm_new_title, new_name)):
@@ -125,3 +165,4 @@ class ComparisonView:
                  QColor("#d9f2d9") if right == "fixed" else QColor("#f8d7d7") if right == "broken" else None)
             self.changed.item(r, 0).setToolTip(c["path"] or "")
         self.tabs.setTabText(2, f"Changed predictions ({len(ch)})")
+        fit_rows(self.metrics_table)

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from sqlalchemy import select
+from sqlalchemy import case, distinct, func, select
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QFileDialog,
                                QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
                                QProgressBar, QPushButton, QRadioButton, QSpinBox, QVBoxLayout)
 
 from .classify_job import fmt_eta
-from .retrain_compare import ComparisonView, set_cell, table
+from .retrain_compare import ComparisonView, fit_rows, set_cell, table
 from .workers import Workers
 from core.imaging.scan import under_folder
 from core.inference.runtime import probe_host
@@ -37,31 +37,61 @@ from desktop.models_panel import version_info
 
 log = logging.getLogger(__name__)
 
-# What the package stage's messages (trainer/retrain.py) mean, in plain words
-PACKAGE_WORDS = (("guard", "Teaching the new version to recognise images unlike the ones it learnt from…"),
-                 ("int8", "Making a faster copy for this computer's processor and checking it gives the same answers…"),
-                 ("writing", "Saving the new version…"))
+# What each step after learning (trainer/retrain.py, Progress "package" with extra["step"]) does,
+# in plain words: (with {n}, the number of images the step looks at; without it)
+PACKAGE_STEPS = {
+    "save": ("Saving the new version…",) * 2,
+    "guard": ("Teaching the new version to recognise images unlike the {n} it learnt from…",
+              "Teaching the new version to recognise images unlike the ones it learnt from…"),
+    "lab": ("Checking the new version on {n} of your lab's images…",
+            "Checking the new version on your lab's images…"),
+    "int8": ("Making a faster copy for this computer's processor and checking it gives the same answers "
+             "on {n} images…",
+             "Making a faster copy for this computer's processor and checking it gives the same answers…"),
+    "register": ("Adding the new version to your model versions…",) * 2,
+}
 
 
-def folder_taxonomies(session, folder: str) -> set[str]:
-    """The taxonomies of the model versions whose predictions the images under ``folder`` have."""
-    return set(session.scalars(
-        select(ModelVersion.taxonomy).distinct()
+def duration(seconds: float) -> str:
+    """A run's length in words: '45 s', '2 min 5 s'."""
+    s = int(round(max(0.0, seconds)))
+    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60} s" if s < 3600 else f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def folder_classified(session, folder: str, version_id: int | None = None) -> dict[str, tuple[int, int]]:
+    """How the images under ``folder`` were classified, per taxonomy: (images classified, of
+    which outside the model's experience), by ``version_id`` where it classified them, else by
+    the version of that taxonomy that classified the most."""
+    outside = func.count(distinct(case((Prediction.out_of_distribution.is_(True), Prediction.image_id))))
+    rows = session.execute(
+        select(ModelVersion.id, ModelVersion.taxonomy, func.count(distinct(Prediction.image_id)), outside)
         .join(Prediction, Prediction.model_version_id == ModelVersion.id)
         .join(ImageFile, ImageFile.image_id == Prediction.image_id)
-        .where(under_folder(ImageFile.path, folder))))
+        .where(under_folder(ImageFile.path, folder))
+        .group_by(ModelVersion.id, ModelVersion.taxonomy)).all()
+    out: dict[str, tuple[int, int]] = {}
+    for vid, taxonomy, n, n_outside in sorted(rows, key=lambda r: (r[0] == version_id, r[2])):
+        out[taxonomy] = (int(n), int(n_outside or 0))  # the preferred row comes last and wins
+    return out
 
 
-def reclassify_offer(folder: str | None, taxonomy: str, classified_by: set[str]) -> tuple[bool, bool, str]:
-    """(offered, ticked, text) of the re-classify check box: offered for a folder the new
-    version applies to (classified by a version of its taxonomy: ticked; never classified:
-    not ticked), never for a folder another kind of model classified."""
+def reclassify_offer(folder: str | None, taxonomy: str,
+                     classified: dict[str, tuple[int, int]]) -> tuple[bool, bool, str]:
+    """(offered, ticked, text) of the re-classify check box: ticked only for a folder the new
+    version applies to (classified by a version of its taxonomy) whose images are mostly inside
+    the model's experience; offered unticked, with the reason, for one mostly outside it or never
+    classified; never offered for a folder another kind of model classified."""
     if folder is None:
         return False, False, "Re-classify the open folder with it (no folder is open)"
     name = Path(folder).name
-    if taxonomy in classified_by:
-        return True, True, f"Re-classify {name} with it"
-    if not classified_by:
+    if taxonomy in classified:
+        n, n_outside = classified[taxonomy]
+        if 2 * n_outside < n:
+            return True, True, f"Re-classify {name} with it"
+        most = "most" if 2 * n_outside > n else "half"
+        return True, False, (f"Re-classify {name} with it (not ticked: {most} of its images, {n_outside:,} of "
+                             f"{n:,}, are outside what this model knows)")
+    if not classified:
         return True, False, f"Classify {name} with it (not classified yet)"
     return False, False, f"{name} was classified by another kind of model: the new version does not apply to it"
 
@@ -88,7 +118,8 @@ def plain_stage(p, n_reviewed: int | None, n_val: int | None) -> str | None:
     if p.stage == "package":
         if p.total and p.done >= p.total:
             return "Saved the new version."
-        return next((words for key, words in PACKAGE_WORDS if key in p.message), "Saving the new version…")
+        with_n, without = PACKAGE_STEPS.get(ex.get("step"), PACKAGE_STEPS["save"])
+        return with_n.format(n=f"{ex['n_images']:,}") if ex.get("n_images") else without
     return p.message or None
 
 
@@ -104,7 +135,7 @@ class RetrainDialog(QDialog):
         self.reviewer = reviewer  # who Promote records in the activation log
         self.setWindowTitle("Retrain from reviewed labels")
         self.setModal(False)
-        self.resize(1000, 720)
+        self.resize(1300, 800)  # fits a 1360x860 window with every row of both tables in view
         self.db, self.paths = db, paths
         self.workers = Workers(self, light_threads=1)
         self.cancel_event: threading.Event | None = None
@@ -214,13 +245,13 @@ class RetrainDialog(QDialog):
         self.acc_plot.setLabel("bottom", "round")
         self.acc_plot.setYRange(0, 1)
         for plot in (self.loss_plot, self.acc_plot):  # readable beside the results at the default size
-            plot.setMinimumHeight(170)
+            plot.setMinimumHeight(150)
         self.curve_batch = self.loss_plot.plot([], [], pen=pg.mkPen((180, 180, 180), width=1), name="batch")
         self.curve_train_loss = self.loss_plot.plot([], [], pen=pg.mkPen("b", width=2), symbol="o", symbolSize=6, name="train")
         self.curve_val_loss = self.loss_plot.plot([], [], pen=pg.mkPen("r", width=2), symbol="s", symbolSize=6, name="validation")
         self.curve_train_acc = self.acc_plot.plot([], [], pen=pg.mkPen("b", width=2), symbol="o", symbolSize=6, name="train")
         self.curve_val_acc = self.acc_plot.plot([], [], pen=pg.mkPen("r", width=2), symbol="s", symbolSize=6, name="validation")
-        curves = QHBoxLayout()
+        curves = QVBoxLayout()
         curves.addWidget(self.loss_plot)
         curves.addWidget(self.acc_plot)
 
@@ -229,7 +260,7 @@ class RetrainDialog(QDialog):
         self.results, self.warning = self.comparison.tabs, self.comparison.warning
 
         # offered once the folder's predictions are read (refresh_data): only where the new version applies
-        self.reclassify = QCheckBox(reclassify_offer(self.folder, self.active["taxonomy"], set())[2])
+        self.reclassify = QCheckBox(reclassify_offer(self.folder, self.active["taxonomy"], {})[2])
         self.reclassify.setChecked(False)
         self.reclassify.setEnabled(False)
         self.promote_btn = QPushButton("Promote new version")
@@ -260,8 +291,11 @@ class RetrainDialog(QDialog):
         lay.addLayout(run_row)
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
-        lay.addLayout(curves, 2)
-        lay.addWidget(self.results, 2)
+        # the curves beside the comparison: both tables' rows stay in view at the default size
+        middle = QHBoxLayout()
+        middle.addLayout(curves, 2)
+        middle.addWidget(self.comparison.widget, 3)
+        lay.addLayout(middle, 1)
         lay.addLayout(bottom)
         self._mode_changed()
 
@@ -280,19 +314,19 @@ class RetrainDialog(QDialog):
 
     # ------------------------------------------------------------------ data summary
     def refresh_data(self) -> None:
-        db, tax, folder = self.db, self.active["taxonomy"], self.folder
+        db, tax, folder, version_id = self.db, self.active["taxonomy"], self.folder, self.active["id"]
         self.workers.submit(lambda: data_summary(db, tax), name="data summary", on_result=self._show_data,
                             on_error=self._error)
         if folder is not None:
             def read():
                 with db.session() as s:
-                    return folder_taxonomies(s, folder)
+                    return folder_classified(s, folder, version_id)
 
             self.workers.submit(read, name="open folder's models", on_result=self._offer_reclassify,
                                 on_error=self._error)
 
-    def _offer_reclassify(self, classified_by: set[str]) -> None:
-        offered, ticked, text = reclassify_offer(self.folder, self.active["taxonomy"], classified_by)
+    def _offer_reclassify(self, classified: dict[str, tuple[int, int]]) -> None:
+        offered, ticked, text = reclassify_offer(self.folder, self.active["taxonomy"], classified)
         self.reclassify.setText(text)
         self.reclassify.setEnabled(offered)
         self.reclassify.setChecked(ticked)
@@ -315,6 +349,7 @@ class RetrainDialog(QDialog):
         set_cell(self.data_table, len(per) + 1, 0, "Total", Qt.AlignLeft | Qt.AlignVCenter)
         set_cell(self.data_table, len(per) + 1, 1, summary["n_reviewed"])
         set_cell(self.data_table, len(per) + 1, 2, sum(n["val"] for n in per.values()))
+        fit_rows(self.data_table)
         self.data_note.setText(
             f"{summary['n_reviewed']} reviewed images. Each gets a fixed side (training or validation) from its "
             f"content the first time it is used ({summary['n_unassigned']} not yet assigned, about 20% go to "
@@ -378,6 +413,8 @@ class RetrainDialog(QDialog):
             self.status.setText(text)
         if "eta_s" in ex:
             self.eta.setText(f"{fmt_eta(ex.get('eta_s'))} left")
+        elif p.stage not in ("train", "validate"):  # after learning: no time left to tell, never a stale "0:00 left"
+            self.eta.setText("")
         if p.stage == "train" and "loss" in ex:
             if ex.get("unit") == "step":  # the head refit (feature replay): one point per step
                 self._batch_x.append(float(ex["step"]))
@@ -420,13 +457,15 @@ class RetrainDialog(QDialog):
             self.status.setText("Cancelled: no model version was written.")
             self.runFinished.emit(out)
             return
-        secs = out.get("train_seconds", 0.0)
+        learning = out.get("train_seconds") or 0.0
+        whole = out.get("seconds") or (time.monotonic() - self._t0)  # the run's start to its end
         d = out["data"]
         used = ", ".join(f"{c} {n['train'] + n['base']}" for c, n in d["per_class"].items())
         few = (f" Too few reviewed images (under {d['min_per_class']}) of {', '.join(d['too_few'])}: "
                "the new version learns little about them." if d.get("too_few") else "")
         where = "the graphics card" if str(out.get("device", "")).startswith("cuda") else "this computer's processor"
-        self.status.setText(f"Done: new version {out['version']} (learnt in {secs:.0f} s on {where}); "
+        self.status.setText(f"Done in {duration(whole)} on {where} (learning took {duration(learning)}, then "
+                            f"checking and saving): new version {out['version']}, "
                             f"not active yet. It learnt from {d['n_train']} images ({used}) and was checked on "
                             f"{d['n_val']} others.{few}")
         self.show_comparison(out.get("comparison"), out["parent"], out["version"])

@@ -259,6 +259,18 @@ def bootstrap_difference(correct_new: np.ndarray, correct_old: np.ndarray, n_boo
             "n_fixed": int(((a == 1) & (b == 0)).sum()), "n_broken": int(((a == 0) & (b == 1)).sum())}
 
 
+def points(x: float) -> str:
+    """An accuracy difference in percentage points, signed: '+3', '-8', '+0.5'."""
+    v = 100.0 * x
+    return f"{v:+.0f}" if abs(v) >= 10 or float(v).is_integer() else f"{v:+.1f}"
+
+
+def difference_range(ci95) -> str:
+    """The 95% range of an accuracy difference in plain words (a paired bootstrap, not named)."""
+    lo, hi = ci95
+    return f"95% range of the difference: could be from {points(lo)} to {points(hi)} points"
+
+
 def compare_predictions(y: np.ndarray, probs_new: np.ndarray, probs_old: np.ndarray, classes: list[str],
                         items: list[Item] | None = None, names: tuple[str, str] = ("new", "active"),
                         n_boot: int = 2000, seed: int = 0) -> dict:
@@ -273,7 +285,9 @@ def compare_predictions(y: np.ndarray, probs_new: np.ndarray, probs_old: np.ndar
 
     def brief(m):
         return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"], "nll": m["nll"],
-                "recall": {c: m["per_class"][c]["recall"] for c in classes},
+                # a class without validation images has no recall (None, null in the card), not 0
+                "recall": {c: m["per_class"][c]["recall"] if m["per_class"][c]["support"] else None
+                           for c in classes},
                 "support": {c: m["per_class"][c]["support"] for c in classes},
                 "confusion_matrix": m["confusion_matrix"]}
 
@@ -290,8 +304,8 @@ def compare_predictions(y: np.ndarray, probs_new: np.ndarray, probs_old: np.ndar
     if n == 0:
         warning = "no validation images: the versions cannot be compared; review more images"
     elif n < SMALL_VAL or lo <= 0.0 <= hi:
-        warning = (f"validation set too small to tell the versions apart: accuracy difference "
-                   f"{boot['difference']:+.3f} (95% bootstrap CI {lo:+.3f} to {hi:+.3f}) on {n} images"
+        warning = (f"too few validation images to tell the versions apart: accuracy differs by "
+                   f"{points(boot['difference'])} points ({difference_range((lo, hi))}) on {n} images"
                    + (f"; fewer than {SMALL_VAL} validation images" if n < SMALL_VAL else ""))
     if n and hi < 0.0:
         verdict = "worse"
@@ -304,6 +318,16 @@ def compare_predictions(y: np.ndarray, probs_new: np.ndarray, probs_old: np.ndar
             "n_changed": len(changes), "warning": warning, "verdict": verdict}
 
 
+def recall_or_none(side: dict, c: str) -> float | None:
+    """A class's recall on one side of a comparison; None when the class has no validation
+    image (stored as null, or as 0.0 with support 0 by a card written before null)."""
+    r = (side.get("recall") or {}).get(c)
+    support = side.get("support") or {}
+    if r is None or (c in support and not support[c]):
+        return None
+    return float(r)
+
+
 SHARP_RECALL_DROP = 0.5  # a class's recall falling this much (on >= 2 of its images) is a loss, however few the images
 
 
@@ -314,7 +338,7 @@ def recall_losses(cmp: dict) -> list[str]:
     old, new = cmp.get("old") or {}, cmp.get("new") or {}
     out = []
     for c in cmp.get("classes") or []:
-        a, b = (old.get("recall") or {}).get(c), (new.get("recall") or {}).get(c)
+        a, b = recall_or_none(old, c), recall_or_none(new, c)
         n = int((new.get("support") or old.get("support") or {}).get(c) or 0)
         if a is None or b is None or n == 0:
             continue
@@ -343,11 +367,11 @@ def promotion_advice(cmp: dict | None) -> tuple[str, str | None]:
     lost = f"; {', '.join(losses)}" if losses else ""
     if cmp.get("verdict") == "worse" or hi < 0.0 or (d["difference"] < 0.0 and losses):
         return "worse", (f"the new version is worse than {old} on the same {n} validation images: {accuracy} "
-                         f"(95% interval of the difference {lo:+.1%} to {hi:+.1%}){lost}")
+                         f"({difference_range((lo, hi))}){lost}")
     if cmp.get("verdict") == "better":
         return "better", None
     return "undecided", (f"the comparison cannot tell the new version from {old}: {accuracy} "
-                         f"(95% interval of the difference {lo:+.1%} to {hi:+.1%}) on the same {n} validation images"
+                         f"({difference_range((lo, hi))}) on the same {n} validation images"
                          + (f", fewer than the {SMALL_VAL} needed to tell a few points apart" if n < SMALL_VAL else "")
                          + lost)
 
@@ -362,10 +386,12 @@ def comparison_table(cmp: dict) -> str:
     lines.append(f"{'accuracy':<22}{a['accuracy']:>{w}.3f}{b['accuracy']:>{w}.3f}")
     lines.append(f"{'macro-F1':<22}{a['macro_f1']:>{w}.3f}{b['macro_f1']:>{w}.3f}")
     for c in classes:
-        lines.append(f"{'recall ' + c:<22}{a['recall'][c]:>{w}.3f}{b['recall'][c]:>{w}.3f}")
+        ra, rb = (recall_or_none(m, c) for m in (a, b))
+        lines.append(f"{'recall ' + c:<22}" + "".join(f"{'n/a':>{w}}" if r is None else f"{r:>{w}.3f}"
+                                                       for r in (ra, rb)))
     d = cmp["accuracy_difference"]
-    lines.append(f"accuracy difference {d['difference']:+.3f} (95% bootstrap CI {d['ci95'][0]:+.3f} to "
-                 f"{d['ci95'][1]:+.3f}); fixed {d.get('n_fixed', 0)}, broken {d.get('n_broken', 0)}; "
+    lines.append(f"accuracy difference {points(d['difference'])} points ({difference_range(d['ci95'])}); "
+                 f"fixed {d.get('n_fixed', 0)}, broken {d.get('n_broken', 0)}; "
                  f"predictions changed: {cmp['n_changed']}")
     for title, m in (("confusion " + name_old, a), ("confusion " + name_new, b)):
         lines.append(f"{title} (rows true, columns predicted: {', '.join(classes)})")
@@ -552,7 +578,6 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
 
         # -- package, written whole in a private folder and copied into the registry only when
         # complete (register_package): a run killed while writing leaves nothing in models/
-        yield emit(Progress("package", 0, 1, "writing model package"))
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = cfg.name or f"{arch.replace('_', '-')}-retrain{run_id}-{stamp}"
         if comparison is not None:
@@ -585,8 +610,12 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
 
         with package_workdir(paths) as workdir:
             pkg = workdir / name
+            # The package stages have no steps to count: total None (the dialog shows a busy bar
+            # and the sentence of extra["step"], never a 0% that does not move)
+            yield emit(Progress("package", 0, None, "writing the model package", {"step": "save"}))
             save_package(pkg, {k: v for k, v in model.state_dict().items()}, card)
-            yield emit(Progress("package", 0, 1, "fitting the foreign-image guard on the training side"))
+            yield emit(Progress("package", 0, None, "fitting the foreign-image guard on the training side",
+                                {"step": "guard", "n_images": int(len(tr_idx))}))
             e_tr = logits_and_embeddings(model, x_all[tr_idx], prep, device)[1]
             e_va = logits_and_embeddings(model, x_all[va_idx], prep, device)[1] if len(va_idx) else np.zeros((0, 0))
             e_other = None
@@ -600,8 +629,11 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             # The lab's own images: the guard may flag no more of them than the parent's did
             # (a guard fitted on a few dozen images flagged a quarter of them), and the int8
             # model is checked on them too.
-            yield emit(Progress("package", 0, 1, "checking the new version on the lab's own images"))
-            lab, x_lab = _lab_images(db, parent, prep, image_cache, cfg)
+            with db.session() as s:
+                lab = lab_sample(s, parent.id, LAB_SAMPLE)
+            yield emit(Progress("package", 0, None, f"checking the new version on {len(lab)} of the lab's own images",
+                                {"step": "lab", "n_images": len(lab)}))
+            lab, x_lab = _decode_lab(lab, prep, image_cache, cfg.decode_workers)
             if len(x_lab):
                 parent_flags = _parent_flags(parent_path, pcard, x_lab if parent_prep == prep else
                                              _decode_lab(lab, parent_prep, image_cache, cfg)[1], device)
@@ -612,6 +644,8 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             int8 = None
             if cfg.int8 and not cancel.is_set():
                 int8 = yield from _add_int8(pkg, x_all, tr_idx, va_idx, x_lab, emit)
+            yield emit(Progress("package", 0, None, "copying the new version into the model registry",
+                                {"step": "register"}))
             with db.session() as s:
                 v = register_package(s, paths, pkg, activate=False)
                 version_id = v.id
@@ -686,9 +720,10 @@ def _add_int8(pkg: Path, x_all: np.ndarray, tr_idx: np.ndarray, va_idx: np.ndarr
     measures arithmetic, not accuracy), at least MIN_CHECK_IMAGES of them; else none ships
     and the version runs fp32 (the card says why)."""
 
-    yield emit(Progress("package", 0, 1, "making the int8 model for fast CPU classification"))
     check = np.concatenate([va_idx, tr_idx])[: max(0, INT8_CHECK_IMAGES - len(x_lab))]
     x_check = np.concatenate([x_lab, x_all[check]]) if len(x_lab) else x_all[check]
+    yield emit(Progress("package", 0, None, f"making the int8 model for fast CPU classification and checking "
+                        f"it on {len(x_check)} images", {"step": "int8", "n_images": int(len(x_check))}))
     rec = add_int8(pkg, x_all[tr_idx], x_check, f"{len(tr_idx)} reviewed training images")
     if not rec.get("accepted"):
         _note_fp32(pkg, rec)
@@ -724,12 +759,6 @@ def _decode_lab(lab: list, prep, cache: dict | None, workers: int) -> tuple[list
                 continue
         s = prep.input_size
         return keep, (np.stack(arrays) if arrays else np.zeros((0, s, s, 3), np.uint8))
-
-
-def _lab_images(db: Database, parent: VersionRef, prep, cache: dict | None, cfg: RetrainConfig):
-    with db.session() as s:
-        lab = lab_sample(s, parent.id, LAB_SAMPLE)
-    return _decode_lab(lab, prep, cache, cfg.decode_workers)
 
 
 def _parent_flags(parent_path: Path, pcard: dict, x_lab: np.ndarray, device) -> np.ndarray | None:

@@ -41,7 +41,9 @@ def own_figures(card: dict) -> dict | None:
         n = cmp.get("n") or (sum(v for v in support.values() if _number(v)) if support else None)
         return {"name": card.get("name"), "kind": "validation", "accuracy": float(metrics["val_accuracy"]),
                 "macro_f1": float(metrics["val_macro_f1"]) if _number(metrics.get("val_macro_f1")) else None,
-                "recall": {c: float(r) for c, r in (val.get("recall") or {}).items() if _number(r)},
+                # a class without validation images has no recall (null; 0.0 in cards written before)
+                "recall": {c: float(r) for c, r in (val.get("recall") or {}).items()
+                           if _number(r) and support.get(c, 1)},
                 "n": int(n) if _number(n) else None,
                 "basis": f"on {n:,} reviewed validation images" if _number(n) else "on reviewed validation images"}
     return None
