@@ -19,8 +19,9 @@ from core.storage import LabelEvent, Prediction  # noqa: E402
 JOB_TIMEOUT = 120_000
 
 
-@pytest.fixture
-def window(qtbot, paths, tmp_path):
+def open_window(qtbot, paths, tmp_path):
+    """A shown main window on ``paths`` with reviewer "tester" (what the ``window`` fixture
+    yields; tests that register models first open theirs with it afterwards)."""
     from desktop.mainwindow import MainWindow
 
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
@@ -32,10 +33,20 @@ def window(qtbot, paths, tmp_path):
     qtbot.waitExposed(w)
     w.activateWindow()
     w.view.setFocus()
-    yield w
+    return w
+
+
+def close_window(w) -> None:
     w.cancel_job()
     w.workers.cancel_all()
     w.workers.wait(10000)
+
+
+@pytest.fixture
+def window(qtbot, paths, tmp_path):
+    w = open_window(qtbot, paths, tmp_path)
+    yield w
+    close_window(w)
 
 
 def events(db):

@@ -16,13 +16,14 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 pytest.importorskip("pyqtgraph")
 
-from PySide6.QtCore import QSettings  # noqa: E402
 
 from core.app.sample import generate  # noqa: E402
 from core.imaging.scan import images_under, scan  # noqa: E402
 from core.jobs import run_job  # noqa: E402
 from core.models.taxonomy import OTHER, TAXONOMIES  # noqa: E402
 from core.review.labels import record_labels  # noqa: E402
+
+from .test_desktop import close_window, open_window  # noqa: E402
 
 CLASSES = list(TAXONOMIES["all_subtype"].classes)
 TIMEOUT = 120_000
@@ -75,18 +76,9 @@ def guarded(tmp_path, db, paths):
 
 @pytest.fixture
 def window(qtbot, paths, tmp_path, guarded):
-    from desktop.mainwindow import MainWindow
-
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
-    settings.setValue("reviewer", "tester")
-    w = MainWindow(paths, settings=settings, device="cpu")
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitExposed(w)
+    w = open_window(qtbot, paths, tmp_path)  # after ``guarded`` is active
     yield w
-    w.cancel_job()
-    w.workers.cancel_all()
-    w.workers.wait(10000)
+    close_window(w)
 
 
 def _cells(table, col: int) -> dict[str, str]:

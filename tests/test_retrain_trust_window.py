@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QSettings, Qt  # noqa: E402
+from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
 from core.app.sample import generate  # noqa: E402
@@ -32,6 +32,7 @@ from core.models.package import ModelCard, save_package, verify_package  # noqa:
 from core.models.registry import active_version, register_package  # noqa: E402
 from trainer.quantize import _write_card  # noqa: E402
 
+from .test_desktop import close_window, open_window  # noqa: E402
 from .test_retrain import CLASSES, tiny_package  # noqa: E402
 
 DEFAULT_CARD = Path(__file__).resolve().parents[1] / "resources" / "models" / "default" / "card.json"
@@ -110,17 +111,7 @@ def store_predictions(db, folder: Path, version_id: int, label_of) -> dict[int, 
     return out
 
 
-def make_window(qtbot, paths, tmp_path):
-    from desktop.mainwindow import MainWindow
-
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
-    settings.setValue("reviewer", "tester")
-    w = MainWindow(paths, settings=settings, device="cpu")
-    qtbot.addWidget(w)
-    w.resize(1280, 760)
-    w.show()
-    qtbot.waitExposed(w)
-    return w
+make_window = open_window  # opened after the test registered its versions
 
 
 @pytest.fixture
@@ -128,9 +119,7 @@ def close_windows():
     windows = []
     yield windows.append
     for w in windows:
-        w.cancel_job()
-        w.workers.cancel_all()
-        w.workers.wait(10000)
+        close_window(w)
 
 
 def _flat(text: str) -> str:

@@ -13,30 +13,13 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QSettings  # noqa: E402
-
-JOB_TIMEOUT = 120_000
+from .test_desktop import JOB_TIMEOUT, window  # noqa: E402,F401  (fixture)
 
 
-@pytest.fixture
-def window(qtbot, paths, tmp_path):
-    from desktop.mainwindow import MainWindow
-
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
-    settings.setValue("reviewer", "tester")
-    w = MainWindow(paths, settings=settings, device="cpu")
-    qtbot.addWidget(w)
-    w.resize(1280, 760)
-    w.show()
-    qtbot.waitExposed(w)
-    yield w
-    w.cancel_job()
-    w.workers.cancel_all()
-    w.workers.wait(10000)
 
 
 @pytest.fixture
-def classified(qtbot, window, tmp_path):
+def classified(qtbot, window, tmp_path):  # noqa: F811
     from core.app.sample import generate
 
     folder = tmp_path / "smears"
@@ -46,7 +29,7 @@ def classified(qtbot, window, tmp_path):
     return folder
 
 
-def test_grad_cam_says_it_is_computing_while_it_runs(qtbot, window, classified, monkeypatch):
+def test_grad_cam_says_it_is_computing_while_it_runs(qtbot, window, classified, monkeypatch):  # noqa: F811
     release = threading.Event()
 
     class SlowGradCam:  # the first map of a model: the explainer takes seconds to build
@@ -75,7 +58,7 @@ def _precision(text: str) -> str | None:
     return found.group(1) if found else None
 
 
-def test_status_bar_names_the_precision_the_classification_uses_before_and_after(qtbot, window, tmp_path):
+def test_status_bar_names_the_precision_the_classification_uses_before_and_after(qtbot, window, tmp_path):  # noqa: F811
     from core.app.sample import generate
 
     w = window
@@ -89,7 +72,7 @@ def test_status_bar_names_the_precision_the_classification_uses_before_and_after
     assert _precision(before) == _precision(after), (before, after)
 
 
-def test_class_buttons_are_rebuilt_before_the_reclassify_question(qtbot, window, classified, monkeypatch):
+def test_class_buttons_are_rebuilt_before_the_reclassify_question(qtbot, window, classified, monkeypatch):  # noqa: F811
     """Switching to a model of another taxonomy asks whether to re-classify the open folder;
     while the question is open, the button bar shows the new model's classes only (the old
     buttons used to stay drawn under and over the new ones until the question closed)."""
@@ -121,7 +104,7 @@ def test_class_buttons_are_rebuilt_before_the_reclassify_question(qtbot, window,
     assert not [t for t in shown if any(c in t for c in old_only)], shown  # no old class button drawn
 
 
-def test_save_dialogs_open_outside_the_image_folder_then_where_the_last_file_went(qtbot, window, classified,
+def test_save_dialogs_open_outside_the_image_folder_then_where_the_last_file_went(qtbot, window, classified,  # noqa: F811
                                                                                   tmp_path, monkeypatch):
     from pathlib import Path
 
