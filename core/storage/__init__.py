@@ -36,6 +36,11 @@ from core.storage.errors import check_sqlite_location, describe_url, missing_dri
 from core.storage.fileidentity import DatabaseFileIdentity, check_not_lost
 from core.storage.orm import (  # noqa: F401  (re-exported)
     Base,
+    Case,
+    Cell,
+    CellLabelEvent,
+    CellPrediction,
+    CellSearch,
     Image,
     ImageFile,
     LabelEvent,

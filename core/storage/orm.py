@@ -93,7 +93,10 @@ class ModelVersion(Base):
     card: Mapped[dict] = mapped_column(JSON)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # active within its input kind: one field model and one cell model can be active at once
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
+    # what the model looks at (its card's "input"): field (a whole image) or cell (one cut-out cell)
+    input_kind: Mapped[str] = mapped_column(String(8), default="field", server_default="field")
 
 
 class Prediction(Base):
@@ -231,3 +234,100 @@ class WorkItem(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
+
+
+# ---- cells (issue 22): the white cells found in an image, their predictions and labels ----
+
+class CellSearch(Base):
+    """One run of the cell finder (``finder``: its method's name, core.cells.finder.FINDER_NAME)
+    on one image: the physical scale it used and how many cells it found. Written in the same
+    transaction as the image's cells, also when it found none, so a re-run skips the image."""
+
+    __tablename__ = "cell_searches"
+    __table_args__ = (UniqueConstraint("image_id", "finder", name="uq_cell_search_image_finder"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    finder: Mapped[str] = mapped_column(String(32))
+    um_per_px: Mapped[float] = mapped_column(Float)  # micrometres per pixel of the original image
+    scale_source: Mapped[str] = mapped_column(String(16))  # red_cells (measured) / default (fallback)
+    n_red_cells: Mapped[int] = mapped_column(Integer, default=0)
+    n_cells: Mapped[int] = mapped_column(Integer, default=0)
+    single_cell_crop: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Cell(Base):
+    """A white cell in an image: box and outline in the original pixel grid. Identity is the
+    image's content hash, the finder and the cell's number in it, so a re-run adds nothing.
+    ``source``: found (by ``finder``) or added (a reviewer marked a cell the finder missed;
+    ``finder`` is then "reviewer" and ``added_by`` names who)."""
+
+    __tablename__ = "cells"
+    __table_args__ = (
+        UniqueConstraint("image_id", "finder", "number", name="uq_cell_image_finder_number"),
+        Index("ix_cells_image_id", "image_id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    finder: Mapped[str] = mapped_column(String(32))
+    number: Mapped[int] = mapped_column(Integer)  # 0-based, reading order within the image
+    x0: Mapped[int] = mapped_column(Integer)
+    y0: Mapped[int] = mapped_column(Integer)
+    x1: Mapped[int] = mapped_column(Integer)  # exclusive
+    y1: Mapped[int] = mapped_column(Integer)  # exclusive
+    contour: Mapped[list] = mapped_column(JSON)  # [[x, y], ...] original pixel grid
+    nucleus_contour: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    area_px: Mapped[int] = mapped_column(Integer)
+    um_per_px: Mapped[float] = mapped_column(Float)
+    flags: Mapped[list] = mapped_column(JSON)  # subset of core.cells.finder.CELL_FLAGS
+    source: Mapped[str] = mapped_column(String(16), default="found")  # found / added
+    added_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CellPrediction(Base):
+    """What a cell model said about one cell's cut-out: as :class:`Prediction` for images."""
+
+    __tablename__ = "cell_predictions"
+    __table_args__ = (UniqueConstraint("cell_id", "model_version_id", name="uq_cell_prediction_cell_model"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cell_id: Mapped[int] = mapped_column(ForeignKey("cells.id"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    label: Mapped[str] = mapped_column(String(64))
+    confidence: Mapped[float] = mapped_column(Float)
+    entropy: Mapped[float] = mapped_column(Float)
+    probabilities: Mapped[list] = mapped_column(JSON)
+    uncertain: Mapped[bool] = mapped_column(Boolean, default=False)
+    out_of_distribution: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    guard_distance: Mapped[float | None] = mapped_column(Float, nullable=True)
+    runtime: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CellLabelEvent(Base):
+    """Append-only audit of cell labels, with the same rules as :class:`LabelEvent`: never
+    updated or deleted; a cell's current label is its latest event; an undo is a new event."""
+
+    __tablename__ = "cell_label_events"
+    __table_args__ = (Index("ix_cell_label_events_cell_id_id", "cell_id", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cell_id: Mapped[int] = mapped_column(ForeignKey("cells.id"))
+    taxonomy: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str | None] = mapped_column(String(64))  # None = label cleared
+    previous_label: Mapped[str | None] = mapped_column(String(64))
+    reviewer: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(16))  # human / import / dataset
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class Case(Base):
+    """A case is a folder (one sample); ``name`` is what the lab calls it (renamable)."""
+
+    __tablename__ = "cases"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # the folder's stored-path prefix (absolute, trailing separator: core.imaging.scan.folder_prefix)
+    root: Mapped[str] = mapped_column(Text, unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
