@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 FIELD, CELL = "field", "cell"
 INPUT_KINDS = (FIELD, CELL)  # what one input of a model is: a whole image, or one cut-out cell
-KIND_WORDS = {FIELD: "field model (it looks at whole images)", CELL: "cell model (it looks at single cells)"}
+KIND_LOOKS = {FIELD: "it looks at whole images", CELL: "it looks at single cells"}  # each kind, in words
 
 
 def input_kind_of(card) -> str:
@@ -275,7 +275,7 @@ def require_active_version(session: Session, kind: str = FIELD) -> ModelVersion:
     if version is None:
         raise ModelPackageError(f"no {kind} model is active: the bundled {kind} model could not be registered "
                                 "when this data directory was set up (see the log); register one with "
-                                f"'hemascan models register PACKAGE --activate' (a {KIND_WORDS[kind]})")
+                                f"'hemascan models register PACKAGE --activate' (a {kind} model: {KIND_LOOKS[kind]})")
     return version
 
 
