@@ -47,3 +47,32 @@ def test_labels_and_reviewers_disagree(db, tmp_path):
     assert (rows[a].reviewed, rows[a].reviewer) == ("Normal", "bob")
     assert rows[c].reviewed is None and rows[c].reviewer is None
     assert [r.cell_id for r in only] == [a]
+
+
+def test_label_writer_writes_cell_labels_in_its_queue(db, tmp_path):
+    """Cell labels go through the image labels' writer: the same queue and rules, their own
+    events and callback; a cell's pending label is never taken for an image's."""
+    import pytest
+
+    from core.review.labels import CELL, LabelWriter
+    from core.storage import CellLabelEvent, LabelEvent
+
+    _folder, _vid, cells = make_cell_folder(db, tmp_path)
+    a, b = list(cells)[:2]
+    image_saved, cells_saved = [], []
+    writer = LabelWriter(db, on_saved=lambda ids, n: image_saved.append(ids),
+                         on_cells_saved=lambda ids, n: cells_saved.append(ids), off_caller_thread=True)
+    with pytest.raises(ValueError):
+        writer.write_cells({a: "Pre-B"}, "ann", "all_vs_normal")  # not a class of the cell model
+    writer.write_cells({a: "ALL", b: "Other"}, "ann", "all_vs_normal", note="bulk")
+    assert writer.pending_labels("all_vs_normal") == {}  # the image side sees no cell label
+    assert writer.pending_labels("all_vs_normal", kind=CELL) in ({a: "ALL", b: "Other"}, {})
+    writer.write_cells({a: None}, "ann", "all_vs_normal", note="undo")
+    assert writer.flush(10) and writer.close() == []
+    with db.session() as s:
+        got = [(e.cell_id, e.previous_label, e.label, e.reviewer, e.taxonomy, e.note)
+               for e in s.query(CellLabelEvent).order_by(CellLabelEvent.id)]
+        assert s.query(LabelEvent).count() == 0
+    assert got == [(a, None, "ALL", "ann", "all_vs_normal", "bulk"), (b, None, "Other", "ann", "all_vs_normal", "bulk"),
+                   (a, "ALL", None, "ann", "all_vs_normal", "undo")]
+    assert image_saved == [] and sorted(sum(cells_saved, [])) == sorted([a, b, a])
