@@ -13,10 +13,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.cells.records import ADDED_BY_REVIEWER
+from core.review.cell_labels import latest_cell_events, record_cell_labels  # noqa: F401  (re-exported)
 from core.imaging.fspath import display
 from core.imaging.scan import under_folder
-from core.models.taxonomy import OTHER, get_taxonomy, review_labels
-from core.storage import Cell, CellLabelEvent, CellPrediction, CellSearch, ImageFile, ModelVersion, utcnow
+from core.models.taxonomy import get_taxonomy
+from core.storage import Cell, CellLabelEvent, CellPrediction, CellSearch, ImageFile, ModelVersion
 
 #: The group of a cell whose prediction is outside the model's experience (its class is not shown).
 OUTSIDE_GROUP = "Outside the model's experience"
@@ -81,42 +82,6 @@ def _latest_finders(session: Session, image_ids: list[int]) -> dict[int, str]:
             if image_id not in out or sid > out[image_id][0]:
                 out[image_id] = (sid, finder)
     return {i: f for i, (_, f) in out.items()}
-
-
-def latest_cell_events(session: Session, cell_ids: Iterable[int] | None = None,
-                       taxonomy: str | None = None) -> dict[int, CellLabelEvent]:
-    """cell id -> its latest label event (of ``taxonomy`` when given): the current label."""
-    latest = select(func.max(CellLabelEvent.id)).group_by(CellLabelEvent.cell_id)
-    if taxonomy is not None:
-        latest = latest.where(CellLabelEvent.taxonomy == taxonomy)
-    out: dict[int, CellLabelEvent] = {}
-    ids = None if cell_ids is None else list(cell_ids)
-    chunks = [None] if ids is None else [ids[k:k + 500] for k in range(0, len(ids), 500)]
-    for chunk in chunks:
-        q = latest if chunk is None else latest.where(CellLabelEvent.cell_id.in_(chunk))
-        for e in session.scalars(select(CellLabelEvent).where(CellLabelEvent.id.in_(q.scalar_subquery()))):
-            out[e.cell_id] = e
-    return out
-
-
-def record_cell_labels(session: Session, cell_ids: Iterable[int], label: str | None, reviewer: str, *,
-                       taxonomy: str, source: str = "human", note: str | None = None) -> list[CellLabelEvent]:
-    """Append one event per cell (``label=None`` clears); the caller's transaction commits.
-    Stands in for core.review.cell_labels.record_cell_labels (same signature, same rules) until
-    that lands."""
-    if source not in ("human", "import", "dataset"):  # core.review.labels.SOURCES (which imports this module)
-        raise ValueError(f"unknown label source {source!r}")
-    if label is not None and label not in review_labels(taxonomy):
-        raise ValueError(f"{label!r} is not a class of taxonomy {taxonomy!r} (nor {OTHER!r})")
-    ids = list(dict.fromkeys(cell_ids))
-    current = latest_cell_events(session, ids)
-    now = utcnow()
-    events = [CellLabelEvent(cell_id=i, taxonomy=taxonomy, label=label,
-                             previous_label=current[i].label if i in current else None,
-                             reviewer=reviewer, source=source, created_at=now, note=note) for i in ids]
-    session.add_all(events)
-    session.flush()
-    return events
 
 
 def disagreeing_cells(session: Session, cell_ids: Iterable[int], taxonomy: str | None = None) -> set[int]:

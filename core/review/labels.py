@@ -21,12 +21,12 @@ from core.imaging.fspath import to_fs
 from core.jobs import Job, Progress
 from core.imaging.scan import ScanSummary, scan, under_folder
 from core.models.taxonomy import OTHER, resolve_alias, review_labels
-from core.review.cells import record_cell_labels
+from core.review.cell_labels import record_cell_labels
+from core.review.rules import NOT_REVIEWER_NAMES, SOURCES, reviewer_problem  # noqa: F401  (re-exported)
 from core.storage.errors import user_error
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("human", "import", "dataset")
 
 
 
@@ -388,17 +388,3 @@ def _sentence(exc: BaseException, url) -> str:
 
 
 # Computer accounts, not people: a label must say who decided it.
-NOT_REVIEWER_NAMES = frozenset({"root", "admin", "administrator", "user", "guest", "unknown", "nobody", "test",
-                                "pi", "ubuntu", "debian", "hemascan", "lab", "default"})
-
-
-def reviewer_problem(name: str | None) -> str | None:
-    """Why ``name`` cannot stand for the person who gives labels (one sentence), or None."""
-    name = (name or "").strip()
-    if not name:
-        return "a reviewer name is needed: it is stored with every label you give"
-    if name.casefold() in NOT_REVIEWER_NAMES:
-        return f"'{name}' is a computer account, not a person: type your own name"
-    if len(name) > 128 or any(ord(c) < 32 for c in name):
-        return "a reviewer name is at most 128 printable characters"
-    return None
