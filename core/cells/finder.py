@@ -61,7 +61,7 @@ MAX_CELL_DIAMETER_UM = 30.0
 FRAGMENT_UM2 = 25.0               # a nucleus piece smaller than this near a bigger one is its lobe
 FRAGMENT_JOIN_UM = 4.0
 SINGLE_NUCLEUS_MAX_UM2 = 180.0    # above it a nucleus region is tried for a split (two touching cells)
-CROP_MAX_WIDTH_UM = 45.0          # a crop narrower than ~3 white cells may be a pre-cut single cell
+CROP_MAX_CELL_WIDTHS = 4.0        # a crop at most this many times its central cell's width may be a pre-cut cell
 DEFAULT_MAX_DECODE_PIXELS = images.DEFAULT_MAX_PIXELS
 # The finder needs no more than this many pixels (after libjpeg's DCT scaling) for a field.
 FINDER_TARGET_PIXELS = 1_500_000
@@ -266,15 +266,27 @@ def _red_cell_diameter(fg: np.ndarray, nucleus: np.ndarray) -> tuple[float, int]
         d = np.asarray(diameters)
         d = d[d >= 0.6 * np.median(d)]  # fragments and platelets are not red cells
         return float(np.median(d)), int(d.size)
-    # packed red cells: inscribed radii at the distance transform's maxima
-    dist = cv2.distanceTransform(np.pad(red, 1, constant_values=1), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    dist[:, [0, -1]] = 0  # the border is no edge of a cell: a half cell there is not measured
-    dist[[0, -1], :] = 0
-    peaks = (dist >= cv2.dilate(dist, _disc(3))) & (dist >= 5)
+    # packed red cells: inscribed radii at the distance transform's maxima; a circle that
+    # reaches the border belongs to a cell the border cuts, which is not measured
+    dist = cv2.distanceTransform(np.pad(red, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]  # the border is an edge
+    peaks = (dist >= cv2.dilate(dist, _disc(5))) & (dist >= 5)
     n, labels, _, centroids = cv2.connectedComponentsWithStats(peaks.astype(np.uint8))
-    if n - 1 < MIN_RED_CELLS:
+    _, parts, part_stats, _ = cv2.connectedComponentsWithStats(red)
+    x0, y0 = part_stats[:, cv2.CC_STAT_LEFT], part_stats[:, cv2.CC_STAT_TOP]
+    on_border = (x0 <= 0) | (y0 <= 0) | (x0 + part_stats[:, cv2.CC_STAT_WIDTH] >= w) \
+        | (y0 + part_stats[:, cv2.CC_STAT_HEIGHT] >= h)
+    inner, outer = [], []
+    for i in range(1, n):
+        r = float(dist[labels == i].max())
+        x, y = centroids[i]
+        if min(x, y, w - 1 - x, h - 1 - y) <= r + 2:
+            continue
+        (inner, outer)[bool(on_border[parts[int(round(y)), int(round(x))]])].append(r)
+    # a clump the border cuts has false maxima along its cut cells' axes: only if nothing else
+    radii_list = inner if len(inner) >= MIN_RED_CELLS else inner + outer
+    if len(radii_list) < MIN_RED_CELLS:
         return 0.0, 0
-    radii = np.array([dist[labels == i].max() for i in range(1, n)])
+    radii = np.asarray(radii_list)
     radii = radii[radii >= 0.5 * np.percentile(radii, 90)]
     if radii.size < MIN_RED_CELLS:
         return 0.0, 0
@@ -320,16 +332,33 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     merged = _fill_holes(merged)
     markers = _split_nuclei(merged, px_um)
     cells_work = _grow_cells(markers, cellish, px_um)
-    found = _to_found(cells_work, nuc, k, reduced_by, (wh, ww), px_um)
-    found.sort(key=lambda c: (round(c.centre[1]), c.centre[0]))
+    _, blobs = cv2.connectedComponents(cellish.astype(np.uint8) | (cells_work > 0).astype(np.uint8))
+    found = _to_found(cells_work, nuc, k, reduced_by, (wh, ww), px_um, blobs)
+    found = _reading_order(found)
 
     single = False
-    width_um = min(h, w) * um_per_px_rgb
-    if found and width_um <= CROP_MAX_WIDTH_UM:
-        central = _central(found, w * reduced_by, h * reduced_by)
-        if central is not None and all("border" in c.flags for c in found if c is not central):
+    central = _central(found, w * reduced_by, h * reduced_by)
+    if central is not None:
+        cw, ch = central.box[2] - central.box[0], central.box[3] - central.box[1]
+        narrow = min(w, h) * reduced_by <= CROP_MAX_CELL_WIDTHS * max(cw, ch)
+        if narrow and all("border" in c.flags for c in found if c is not central):
             found, single = [central], True
     return FieldCells(tuple(found), um_per_px, source, n_red, single)
+
+
+def _reading_order(found: list[FoundCell]) -> list[FoundCell]:
+    """Top-to-bottom rows, left-to-right within a row: a row holds the cells whose centres lie
+    within half a cell's height below the row's first centre."""
+    if not found:
+        return found
+    band = 0.5 * float(np.median([c.box[3] - c.box[1] for c in found]))
+    rows: list[list[FoundCell]] = []
+    for c in sorted(found, key=lambda c: c.centre[1]):
+        if rows and c.centre[1] - rows[-1][0].centre[1] <= band:
+            rows[-1].append(c)
+        else:
+            rows.append([c])
+    return [c for row in rows for c in sorted(row, key=lambda c: c.centre[0])]
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -467,15 +496,20 @@ def _to_original(contour: np.ndarray, scale: float, box_limit: tuple[int, int]) 
 
 
 def _to_found(cells: np.ndarray, nucleus: np.ndarray, k: float, reduced_by: int,
-              work_shape: tuple[int, int], px_um: float) -> list[FoundCell]:
+              work_shape: tuple[int, int], px_um: float, blobs: np.ndarray) -> list[FoundCell]:
+    """The working grid's cell regions as FoundCells in the original grid. A cell is
+    "touching" when another one lies in the same stained blob (cytoplasm meeting
+    cytoplasm) close by (centres nearer than 1.2 x the sum of their radii)."""
     wh, ww = work_shape
     scale = reduced_by / k  # original px per working px
     orig_w, orig_h = round(ww * scale), round(wh * scale)
     out = []
     labels = [i for i in np.unique(cells) if i > 0]
-    dil = {}
+    geometry = {}
     for i in labels:
-        dil[i] = None
+        ys, xs = np.nonzero(cells == i)
+        blob_ids, counts = np.unique(blobs[ys, xs], return_counts=True)
+        geometry[i] = (xs.mean(), ys.mean(), math.sqrt(xs.size / math.pi), int(blob_ids[np.argmax(counts)]))
     for i in labels:
         mask = cells == i
         contour = _contour_of(mask)
@@ -486,8 +520,9 @@ def _to_found(cells: np.ndarray, nucleus: np.ndarray, k: float, reduced_by: int,
         edge = max(1, round(0.3 * px_um))
         if x < edge or y < edge or x + bw > ww - edge or y + bh > wh - edge:
             flags.add("border")
-        ring = cv2.dilate(mask.astype(np.uint8), _disc(1)).astype(bool) & ~mask
-        if ((cells[ring] > 0) & (cells[ring] != i)).any():
+        xi, yi, ri, bi = geometry[i]
+        if any(j != i and bj == bi and math.hypot(xj - xi, yj - yi) < 1.2 * (ri + rj)
+               for j, (xj, yj, rj, bj) in geometry.items()):
             flags.add("touching")
         area = int(mask.sum())
         diameter_um = 2.0 * math.sqrt(area / math.pi) / px_um
