@@ -109,7 +109,7 @@ def draw(rgb: np.ndarray, reduced_by: int, truth: list, cells, path: str) -> Non
                       (0, 0, 255), 1)
         cv2.putText(out, ",".join(sorted(c.flags)), (b[0] // reduced_by, b[1] // reduced_by + 12),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 255), 1)
-    cv2.imwrite(path, out)
+    cv2.imwrite(path, out, [cv2.IMWRITE_JPEG_QUALITY, 85])
 
 
 def quartiles(values: list[float]) -> str:
@@ -253,12 +253,33 @@ def speed_figures(data: str) -> list[str]:
             f"{large:.0f} ms per field ({len(big)} fields)", ""]
 
 
+def docs_figure(path: str) -> None:
+    """The finder's outlines on the synthetic field of the tests (no real image may be committed)."""
+    from core.cells import synthetic
+
+    rgb = synthetic.draw(synthetic.standard_field(), 0.125)
+    fc = find_cells(rgb)
+    out = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    for c in fc.cells:
+        cv2.drawContours(out, [c.contour.reshape(-1, 1, 2)], -1, (0, 160, 0), 2)
+        if c.nucleus_contour is not None:
+            cv2.drawContours(out, [c.nucleus_contour.reshape(-1, 1, 2)], -1, (255, 60, 0), 1)
+        label = ", ".join(sorted(c.flags)) or "clean"
+        cv2.putText(out, label, (c.box[0] + 2, max(12, c.box[1] - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    cv2.putText(out, f"{len(fc.cells)} cells, {fc.um_per_px:.3f} um/px from {fc.n_red_cells} red cells (true 0.125)",
+                (8, out.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.imwrite(path, out, [cv2.IMWRITE_JPEG_QUALITY, 85])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.path.join("..", "shared", "datasets"))
     ap.add_argument("--only", default="bccd,raabin,masks,crops,taleqani,speed")
     ap.add_argument("--overlays", default=None, help="a folder (outside the repository) for overlays of misses")
+    ap.add_argument("--docs-figure", default=None, help="write the synthetic field's overlay (docs/cells-synthetic-field.jpg)")
     args = ap.parse_args(argv)
+    if args.docs_figure:
+        docs_figure(args.docs_figure)
     if not os.path.isdir(args.data):
         print(f"no datasets at {args.data}", file=sys.stderr)
         return 2

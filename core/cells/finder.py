@@ -266,27 +266,15 @@ def _red_cell_diameter(fg: np.ndarray, nucleus: np.ndarray) -> tuple[float, int]
         d = np.asarray(diameters)
         d = d[d >= 0.6 * np.median(d)]  # fragments and platelets are not red cells
         return float(np.median(d)), int(d.size)
-    # packed red cells: inscribed radii at the distance transform's maxima; a circle that
-    # reaches the border belongs to a cell the border cuts, which is not measured
-    dist = cv2.distanceTransform(np.pad(red, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]  # the border is an edge
-    peaks = (dist >= cv2.dilate(dist, _disc(5))) & (dist >= 5)
+    # packed red cells: inscribed radii at the distance transform's maxima
+    dist = cv2.distanceTransform(np.pad(red, 1, constant_values=1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    dist[:, [0, -1]] = 0  # the border is no edge of a cell: a half cell there is not measured
+    dist[[0, -1], :] = 0
+    peaks = (dist >= cv2.dilate(dist, _disc(3))) & (dist >= 5)
     n, labels, _, centroids = cv2.connectedComponentsWithStats(peaks.astype(np.uint8))
-    _, parts, part_stats, _ = cv2.connectedComponentsWithStats(red)
-    x0, y0 = part_stats[:, cv2.CC_STAT_LEFT], part_stats[:, cv2.CC_STAT_TOP]
-    on_border = (x0 <= 0) | (y0 <= 0) | (x0 + part_stats[:, cv2.CC_STAT_WIDTH] >= w) \
-        | (y0 + part_stats[:, cv2.CC_STAT_HEIGHT] >= h)
-    inner, outer = [], []
-    for i in range(1, n):
-        r = float(dist[labels == i].max())
-        x, y = centroids[i]
-        if min(x, y, w - 1 - x, h - 1 - y) <= r + 2:
-            continue
-        (inner, outer)[bool(on_border[parts[int(round(y)), int(round(x))]])].append(r)
-    # a clump the border cuts has false maxima along its cut cells' axes: only if nothing else
-    radii_list = inner if len(inner) >= MIN_RED_CELLS else inner + outer
-    if len(radii_list) < MIN_RED_CELLS:
+    if n - 1 < MIN_RED_CELLS:
         return 0.0, 0
-    radii = np.asarray(radii_list)
+    radii = np.array([dist[labels == i].max() for i in range(1, n)])
     radii = radii[radii >= 0.5 * np.percentile(radii, 90)]
     if radii.size < MIN_RED_CELLS:
         return 0.0, 0
