@@ -12,6 +12,7 @@ finds outside its experience (unless a reviewer gave them a class) and cells a r
 "Other / not assessable" are counted apart, not in N. None of this is a diagnosis."""
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -22,8 +23,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.cells.records import ADDED_BY_REVIEWER
+from core.errors import ModelPackageError
 from core.imaging.scan import folder_prefix, images_under
-from core.models.taxonomy import OTHER, TAXONOMIES, blast_class
+from core.models.taxonomy import OTHER, OTHER_TITLE, TAXONOMIES, blast_class
 from core.storage import Case, Cell, CellLabelEvent, CellPrediction, CellSearch, ModelVersion
 
 DISCLAIMER = ("This differential is decision support, not a diagnosis: every count must be checked by a "
@@ -433,13 +435,62 @@ def case_differential(session: Session, folder: str | os.PathLike, cell_version_
                      confidence=confidence)
 
 
-def active_cell_version_id(session: Session) -> int | None:
-    """The active cell model (one active model per input kind), None when there is none."""
-    return session.scalar(select(ModelVersion.id).where(ModelVersion.is_active.is_(True),
-                                                        ModelVersion.input_kind == "cell").order_by(ModelVersion.id))
+INTERVAL_NOTE = ("95% intervals: exact binomial (Clopper-Pearson), the interval the Rumke table for manual "
+                 "differentials tabulates.")
 
 
-__all__ = ["DISCLAIMER", "DEFAULT_BLAST_THRESHOLD_PCT", "Agreement", "BlastLine", "CaseCell", "ClassLine",
-           "Differential", "active_cell_version_id", "agreements", "beta_cdf", "beta_ppf", "blast_line",
+def as_lines(d: Differential) -> list[str]:
+    """The differential as text: the table, N, the blast line and its advice, what was not
+    counted, the reviewers' agreement, how the intervals were computed, and the disclaimer."""
+    out = [f"Differential of {d.case} ({d.folder}), cell model {d.model or 'none (reviewers labels only)'}",
+           f"N = {d.total} white cells counted ({d.n_reviewed} by a reviewer's label, {d.n_predicted} by the "
+           f"model's prediction alone)"]
+    width = max([5] + [len(c.label) for c in d.classes])
+    out.append(f"  {'class':<{width}} {'n':>6} {'%':>6}  {'95% interval':>13}  {'reviewed':>8} {'predicted':>9}")
+    for c in d.classes:
+        out.append(f"  {c.label:<{width}} {c.n:>6} {c.pct:>5.1f}%  {f'{c.low_pct:.1f}-{c.high_pct:.1f}%':>13}  "
+                   f"{c.reviewed:>8} {c.predicted:>9}")
+    if d.blast is not None:
+        out.append(d.blast.as_text())
+    elif d.taxonomy and blast_class(d.taxonomy) is None:
+        out.append(f"(the {d.taxonomy} classes have no blast class: no blast percentage)")
+    out.append(f"Not counted in N: outside the model's experience: {d.n_outside}; {OTHER_TITLE}: {d.n_other}"
+               + (f"; not classified yet: {d.n_unclassified}" if d.n_unclassified else ""))
+    for a in d.agreement:
+        kappa = "undefined (one answer throughout)" if a.kappa is None else f"{a.kappa:.2f}"
+        out.append(f"Agreement of {a.first} and {a.second}: Cohen's kappa {kappa} over the {a.n_cells} cells "
+                   f"both labelled ({a.n_agree} the same)")
+    out.append(INTERVAL_NOTE)
+    out.append(d.disclaimer)
+    return out
+
+
+def cell_version_id(session: Session, name: str | None = None) -> int | None:
+    """The model version ``name``, else the active cell model (one active model per input
+    kind); None when no cell model is active."""
+    if name is None:
+        return session.scalar(select(ModelVersion.id).where(
+            ModelVersion.is_active.is_(True), ModelVersion.input_kind == "cell").order_by(ModelVersion.id))
+    vid = session.scalar(select(ModelVersion.id).where(ModelVersion.name == name))
+    if vid is None:
+        names = session.scalars(select(ModelVersion.name).where(ModelVersion.input_kind == "cell"))
+        raise ModelPackageError(f"no model version {name!r}; cell models: {', '.join(names) or 'none'}")
+    return vid
+
+
+def write_json(d: Differential, output: str | os.PathLike) -> Path:
+    """The differential as JSON (plain types, no NaN), written whole or not at all."""
+    output = Path(output)
+    text = json.dumps(d.as_dict(), indent=2, allow_nan=False)
+    json.loads(text)  # what is written reads back
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    tmp.replace(output)
+    return output
+
+
+__all__ = ["DISCLAIMER", "INTERVAL_NOTE", "as_lines", "DEFAULT_BLAST_THRESHOLD_PCT", "Agreement", "BlastLine", "CaseCell", "ClassLine",
+           "Differential", "cell_version_id", "write_json", "agreements", "beta_cdf", "beta_ppf", "blast_line",
            "case_cells", "case_differential", "case_name", "cells_to_count", "clopper_pearson", "cohen_kappa",
            "differential_table", "summarise"]
