@@ -299,3 +299,56 @@ def test_cli_says_one_sentence_for_a_folder_without_cells_and_for_bad_options(cl
     assert info.value.code == 2 and "--threshold: must be a number" in err and "Traceback" not in err
     rc, out, err = cli("differential", folder, "--model", "no-such-model")
     assert rc == 2 and "no-such-model" in err and "Traceback" not in err
+
+
+# ---- the PDF case report ----------------------------------------------------------------------------
+
+def test_case_report_has_the_differential_and_galleries_of_blast_flagged_and_corrected_cells(db, tmp_path, qapp):
+    import shutil
+    import subprocess
+
+    pytest.importorskip("PySide6")
+    from desktop.report import STATEMENT, build_report, report_data, write_report
+    from desktop.workers import setup_on_main_thread
+
+    folder = tmp_path / "case-pdf"
+    vid, ids = make_case(db, folder)  # 20 cells
+    with db.session() as s:
+        _predict(s, vid, ids[:8], "ALL")
+        _predict(s, vid, ids[8:17], "Normal")
+        _predict(s, vid, ids[17:], "Normal", outside=True)  # 3 flagged
+        s.flush()
+        _label(s, ids[8:10], "ALL", "ann")  # 2 corrected: 10 blasts of 17
+        s.commit()
+    with setup_on_main_thread(), db.session() as s:  # the test reads the report's data itself
+        data = report_data(s, folder, None)
+    text = build_report(None, folder, None, "ann", "Case 22", data).toPlainText()
+    lo, hi = clopper_pearson(10, 17)
+    assert "White-cell differential" in text and "N = 17 white cells counted" in text
+    assert f"{100 * lo:.1f}-{100 * hi:.1f}%" in text and "ALL (blasts): 10 of 17 = 58.8%" in text
+    assert "The 95% interval lies wholly above the 20% threshold" in text
+    assert "Blast cells (ALL): 10" in text and "Cells flagged by the model: 3" in text
+    assert "Cells corrected by a reviewer: 2" in text and "24 um wide" in text and "states none" in text
+    assert STATEMENT in text and DISCLAIMER in text and "Sign-off" in text
+    part = data.cells
+    shown = [rgb for _t, _m, _n, cells in part.galleries for _c, rgb in cells]
+    assert len(shown) == 15 and all(rgb is not None and rgb.shape == (96, 96, 3) for rgb in shown)
+    pdf = write_report(None, folder, None, "ann", tmp_path / "case.pdf", case="Case 22", data=data)
+    assert pdf.read_bytes().startswith(b"%PDF")
+    if shutil.which("pdftotext"):  # what the PDF itself says
+        said = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout.split())
+        assert "N = 17 white cells counted" in said and "58.8%" in said and "Blast cells (ALL): 10" in said
+
+
+def test_case_report_without_cells_is_as_before(db, tmp_path, qapp):
+    pytest.importorskip("PySide6")
+    from desktop.report import build_report, report_data
+    from desktop.workers import setup_on_main_thread
+    from core.app.sample import generate
+
+    generate(tmp_path / "f", n_per_class=1, seed=2)
+    run_job(scan(db, tmp_path / "f"))
+    with setup_on_main_thread(), db.session() as s:
+        data = report_data(s, tmp_path / "f", None)
+    text = build_report(None, tmp_path / "f", None, "ann", "Case", data).toPlainText()
+    assert data.cells is None and "White-cell differential" not in text and "Counts per class" in text

@@ -424,6 +424,14 @@ def case_differential(session: Session, folder: str | os.PathLike, cell_version_
     """The differential of the case under ``folder`` by the cell model ``cell_version_id``'s
     predictions and the reviewers' labels."""
     cells, latest, version = case_cells(session, folder, cell_version_id)
+    return differential_of(session, folder, cells, latest, version, threshold_pct=threshold_pct,
+                           confidence=confidence)
+
+
+def differential_of(session: Session, folder: str | os.PathLike, cells: Sequence[CaseCell],
+                    latest: Mapping[int, Mapping[str, str]], version: ModelVersion | None, *,
+                    threshold_pct: float = DEFAULT_BLAST_THRESHOLD_PCT, confidence: float = CONFIDENCE) -> Differential:
+    """:func:`case_differential` of cells read already (:func:`case_cells`)."""
     taxonomy = version.taxonomy if version is not None else None
     if version is not None:
         classes = list((version.card or {}).get("classes") or TAXONOMIES[taxonomy].classes)
@@ -492,5 +500,5 @@ def write_json(d: Differential, output: str | os.PathLike) -> Path:
 
 __all__ = ["DISCLAIMER", "INTERVAL_NOTE", "as_lines", "DEFAULT_BLAST_THRESHOLD_PCT", "Agreement", "BlastLine", "CaseCell", "ClassLine",
            "Differential", "cell_version_id", "write_json", "agreements", "beta_cdf", "beta_ppf", "blast_line",
-           "case_cells", "case_differential", "case_name", "cells_to_count", "clopper_pearson", "cohen_kappa",
+           "case_cells", "case_differential", "differential_of", "case_name", "cells_to_count", "clopper_pearson", "cohen_kappa",
            "differential_table", "summarise"]
