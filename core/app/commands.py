@@ -28,6 +28,7 @@ from core.models.registry import lineage
 from core.storage import TrainingRun
 from core.models.runs import fail_stale_runs
 from core.models.registry import list_versions, register_package
+from core.models.registry import CELL, FIELD, KIND_LOOKS, active_version
 from core.models.registry import activate, rollback
 from core.app.sample import generate
 from core.review import differential as diff
@@ -288,8 +289,10 @@ def cmd_export(args, app: App) -> int:
 
 def _models_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION")
-    sub.add_parser("list", help="list registered model versions")
-    a = sub.add_parser("activate", help="make a version the active one (recorded in the activation log)")
+    sub.add_parser("list", help="list registered model versions, their input kind (field or cell) and the active "
+                                "one of each kind (*)")
+    a = sub.add_parser("activate", help="make a version the active one of its kind, field or cell (recorded in the "
+                                        "activation log)")
     a.add_argument("name")
     r = sub.add_parser("register", help="register a model package directory")
     r.add_argument("package", type=non_empty_path)
@@ -346,14 +349,20 @@ def _models_list(args, app: App) -> int:
         for v in list_versions(s):
             m = v.card.get("metrics") or {}
             acc = m.get("accuracy")
-            app.echo(f"{'*' if v.is_active else ' '} {v.name:<36} {v.architecture:<18} {v.taxonomy:<14} "
+            app.echo(f"{'*' if v.is_active else ' '} {v.name:<36} {v.input_kind:<5} {v.architecture:<18} {v.taxonomy:<14} "
                      f"{'acc ' + format(acc, '.3f') if isinstance(acc, (int, float)) else ''}"
                      f"{'  PLACEHOLDER' if v.card.get('placeholder') else ''}")
     return 0
 
 
 def _models_switch(args, app: App) -> int:
-    {"activate": activate, "rollback": rollback}[args.action](app.db, args.name)
+    done = {"activate": activate, "rollback": rollback}[args.action](app.db, args.name)
+    kind = done["input_kind"]
+    with app.db.session() as s:
+        other = active_version(s, CELL if kind == FIELD else FIELD)
+        unchanged = (f"; the active {other.input_kind} model, {other.name}, is unchanged" if other is not None else "")
+    app.echo(f"{done['name']} is now the active {kind} model ({KIND_LOOKS[kind]})"
+             f"{unchanged}")
     return _models_list(args, app)
 
 
