@@ -299,6 +299,8 @@ def test_cli_says_one_sentence_for_a_folder_without_cells_and_for_bad_options(cl
     assert info.value.code == 2 and "--threshold: must be a number" in err and "Traceback" not in err
     rc, out, err = cli("differential", folder, "--model", "no-such-model")
     assert rc == 2 and "no-such-model" in err and "Traceback" not in err
+    rc, out, err = cli("differential", folder, "--model", "all-subtype-effnet-lite0-v2")
+    assert rc == 2 and "needs a cell model" in err and "Traceback" not in err
 
 
 # ---- the PDF case report ----------------------------------------------------------------------------

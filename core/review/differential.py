@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session
 from core.cells.records import ADDED_BY_REVIEWER
 from core.errors import ModelPackageError
 from core.imaging.scan import folder_prefix, images_under
+from core.review.cell_labels import latest_cell_events
+from core.models.registry import CELL, active_version, get_version
 from core.models.taxonomy import OTHER, OTHER_TITLE, TAXONOMIES, blast_class
 from core.storage import Case, Cell, CellLabelEvent, CellPrediction, CellSearch, ModelVersion
 
@@ -349,17 +351,18 @@ def _case_cell_rows(session: Session, folder) -> list[tuple[Cell, str]]:
 
 
 def _label_events(session: Session, cell_ids: list[int], taxonomy: str | None):
-    """Per cell: the current label event, and each reviewer's latest label (a cleared label is no
-    opinion), of ``taxonomy`` when known."""
+    """Per cell: the current label event (core.review.cell_labels), and each reviewer's latest
+    label (a cleared label is no opinion), of ``taxonomy`` when known."""
     current: dict[int, CellLabelEvent] = {}
     by_reviewer: dict[int, dict[str, str | None]] = {}
     for chunk in _chunks(cell_ids):
-        q = select(CellLabelEvent).where(CellLabelEvent.cell_id.in_(chunk)).order_by(CellLabelEvent.id)
+        current.update(latest_cell_events(session, chunk, taxonomy))
+        q = (select(CellLabelEvent.cell_id, CellLabelEvent.reviewer, CellLabelEvent.label)
+             .where(CellLabelEvent.cell_id.in_(chunk)).order_by(CellLabelEvent.id))
         if taxonomy is not None:
             q = q.where(CellLabelEvent.taxonomy == taxonomy)
-        for e in session.scalars(q):  # in id order: the last one of each stays
-            current[e.cell_id] = e
-            by_reviewer.setdefault(e.cell_id, {})[e.reviewer] = e.label
+        for cell_id, reviewer, label in session.execute(q):  # in id order: the last one of each stays
+            by_reviewer.setdefault(cell_id, {})[reviewer] = label
     latest = {c: {r: lab for r, lab in by.items() if lab is not None} for c, by in by_reviewer.items()}
     return current, latest
 
@@ -474,16 +477,16 @@ def as_lines(d: Differential) -> list[str]:
 
 
 def cell_version_id(session: Session, name: str | None = None) -> int | None:
-    """The model version ``name``, else the active cell model (one active model per input
-    kind); None when no cell model is active."""
+    """The model version ``name`` (a cell model), else the active cell model; None when no cell
+    model is active."""
     if name is None:
-        return session.scalar(select(ModelVersion.id).where(
-            ModelVersion.is_active.is_(True), ModelVersion.input_kind == "cell").order_by(ModelVersion.id))
-    vid = session.scalar(select(ModelVersion.id).where(ModelVersion.name == name))
-    if vid is None:
-        names = session.scalars(select(ModelVersion.name).where(ModelVersion.input_kind == "cell"))
-        raise ModelPackageError(f"no model version {name!r}; cell models: {', '.join(names) or 'none'}")
-    return vid
+        version = active_version(session, CELL)
+        return version.id if version is not None else None
+    version = get_version(session, name)  # one sentence when there is none
+    if version.input_kind != CELL:
+        raise ModelPackageError(f"{name} classifies whole fields, not cells: a differential needs a cell model "
+                                "(see 'hemascan models list')")
+    return version.id
 
 
 def write_json(d: Differential, output: str | os.PathLike) -> Path:
