@@ -171,3 +171,47 @@ def test_the_cli_says_how_many_cells_it_found(cli, db, tmp_path):
     rc, out, err = cli("classify", folder, "--workers", "2")
     assert rc == 0, err
     assert "cells: 6 found in 2 images, 6 classified" in out
+
+
+def test_the_classify_workers_find_and_classify_the_cells_of_a_cell_versions_items(db, paths, tmp_path):
+    from core.app.workqueue import run_worker, submit
+    from core.models.registry import version_ref_by_id
+    from core.storage import WorkItem
+
+    vid = make_cell_model_active(db)
+    folder = tmp_path / "case1"
+    write_fields(folder, 5)
+    with db.session() as s:
+        ref = version_ref_by_id(s, vid)
+    queued = run_job(submit(db, paths, folder, version=ref))
+    assert queued.n_queued == 5
+    worked = run_job(run_worker(db, paths, once=True, claim_size=3))
+    assert worked.n_predicted == 5 and worked.n_failed == 0
+    c = counts(db, vid)
+    assert (c["searches"], c["cells"], c["cell_predictions"]) == (5, 15, 15)
+    assert c["image_predictions"] == 0  # an item of a cell version: its cells, not the field model
+    with db.session() as s:
+        assert s.execute(select(WorkItem.status, func.count()).group_by(WorkItem.status)).all() == [("done", 5)]
+    again = run_job(submit(db, paths, folder, version=ref))  # all found and classified: nothing to queue
+    assert again.n_queued == 0 and again.n_already_done == 5
+
+
+def test_the_window_shows_the_cell_stage_and_what_it_classified(qtbot, paths, db, tmp_path):
+    from tests.test_desktop import JOB_TIMEOUT, close_window, open_window
+
+    make_cell_model_active(db)
+    folder = tmp_path / "case1"
+    write_fields(folder, 3)
+    w = open_window(qtbot, paths, tmp_path)
+    try:
+        seen, messages = [], []
+        w.job_part.slot.progress.connect(lambda p: seen.append((p.stage, w.job_part.progress_label.text())))
+        w.job_part.message.connect(lambda text, _ms: messages.append(text))
+        with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+            w.open_folder(folder)
+        cell_texts = [t for stage, t in seen if stage == "cells"]
+        assert cell_texts and all(t.startswith("finding cells") for t in cell_texts), seen
+        assert any("9 cells classified" in t for t in cell_texts), cell_texts
+        assert any("9 cells classified with" in m for m in messages), messages
+    finally:
+        close_window(w)

@@ -217,7 +217,7 @@ def classify_cells(
         return Assessment(probs, np.concatenate([p.guard_distance for p in parts]),
                           np.concatenate([p.outside for p in parts]))
 
-    def write_once(results: list[_FieldResult], assessment: Assessment | None) -> None:
+    def write_once(results: list[_FieldResult], assessment: Assessment | None, complete: list[int]) -> None:
         with db.session() as s:  # one transaction per batch
             ok = [r for r in results if r.error is None]
             for r in ok:
@@ -258,11 +258,11 @@ def classify_cells(
                 else:
                     s.execute(update(ImageFile).where(ImageFile.path == r.path).values(error=r.error))
             if on_batch is not None:
-                on_batch(s, [r.image_id for r in ok], failed)
+                on_batch(s, [r.image_id for r in ok] + complete, failed)
 
-    def write(results: list[_FieldResult], assessment: Assessment | None) -> None:
+    def write(results: list[_FieldResult], assessment: Assessment | None, complete: list[int]) -> None:
         t0 = time.perf_counter()
-        with_reconnect(lambda: write_once(results, assessment), "a batch of cells", db.settings)
+        with_reconnect(lambda: write_once(results, assessment, complete), "a batch of cells", db.settings)
         summary.db_seconds += time.perf_counter() - t0
         ok = [r for r in results if r.error is None]
         failed = [r for r in results if r.error is not None]
@@ -272,7 +272,7 @@ def classify_cells(
         summary.n_cells_classified += sum(len(r.keys) for r in ok)
         summary.n_cell_errors += len(failed)
         if count_images:
-            summary.n_predicted += len(ok)
+            summary.n_predicted += len(ok) + len(complete)
             summary.n_errors += len(failed)
         known = {p for p, _ in summary.errors}
         summary.errors.extend((display(r.path), r.error) for r in failed[: max(0, 200 - len(summary.errors))]
@@ -281,7 +281,7 @@ def classify_cells(
     chunks = [todo[i:i + fields_per_batch] for i in range(0, len(todo), fields_per_batch)]
     done = 0
     with ThreadPoolExecutor(workers, thread_name_prefix="hemascan-cells") as pool:
-        inflight: deque[list[Future]] = deque()
+        inflight: deque[tuple[list[Future], list[int]]] = deque()
         next_chunk = 0
 
         def submit_next() -> None:
@@ -291,20 +291,18 @@ def classify_cells(
             with db.session() as s:
                 stored = _stored_state(s, version_id, [i for i, _ in chunk])
             # an image searched before whose cells are all classified needs no reading
-            inflight.append([pool.submit(work, i, p, stored.get(i)) for i, p in chunk
-                             if i not in stored or stored[i].cells])
-            skipped = len(chunk) - len(inflight[-1])
-            if skipped and count_images:
-                summary.n_predicted += skipped
+            complete = [i for i, _ in chunk if i in stored and not stored[i].cells]
+            inflight.append(([pool.submit(work, i, p, stored.get(i)) for i, p in chunk
+                              if i not in stored or stored[i].cells], complete))
 
         while next_chunk < len(chunks) or inflight:
             while next_chunk < len(chunks) and len(inflight) < 2 and not cancel.is_set():
                 submit_next()  # the pool works on the next batch while this one is classified
             if not inflight:
                 break
-            futures = inflight.popleft()
+            futures, complete = inflight.popleft()
             results = [f.result() for f in futures]
-            write(results, assess(results))
+            write(results, assess(results), complete)
             done = min(len(todo), done + fields_per_batch)
             n_cells = summary.n_cells_classified - cells0
             rate = meter.rate(n_cells)
@@ -313,7 +311,7 @@ def classify_cells(
                                   "eta_s": meter.eta(done, len(todo)), "device": summary.device})
             if cancel.is_set():
                 summary.cancelled = True
-                for batch in inflight:  # not started: dropped; started: finished but not written
+                for batch, _ in inflight:  # not started: dropped; started: finished but not written
                     for f in batch:
                         f.cancel()
                 inflight.clear()

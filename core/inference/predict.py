@@ -174,8 +174,8 @@ def classify(
     """Scan ``folder`` and predict every image not yet predicted by ``version`` (None: the
     version active when the job starts, read once then). Every prediction of the job is
     ``version``'s, whatever another seat activates meanwhile. Then, when a cell model is
-    active (``version`` None) or ``version`` is a cell model (the field model does not run
-    then), find each image's cells and classify them (core/inference/cells.py). Yields
+    active (read once, at the start) or ``version`` is a cell model (the field model does not
+    run then), find each image's cells and classify them (core/inference/cells.py). Yields
     Progress; returns ClassifySummary. Safe to kill at any moment and re-run."""
     cancel = cancel or threading.Event()
     field_version, cell_version = _versions_to_run(db, version)
@@ -225,12 +225,14 @@ def classify(
 
 def _versions_to_run(db: Database, version: VersionRef | None) -> tuple[VersionRef | None, VersionRef | None]:
     """(field version, cell version) a classify runs: the one asked for, by its input kind, or
-    the active field model and, when one is active, the active cell model."""
+    the field model asked for (None: the active one) and, when one is active, the active cell model."""
     with db.session() as s:
-        if version is not None:
-            return (None, version) if cells.is_cell_version(s, version.id) else (version, None)
+        if version is not None and cells.is_cell_version(s, version.id):
+            return None, version
         cell_id = cells.active_cell_version_id(s)
         cell_version = version_ref_by_id(s, cell_id) if cell_id is not None else None
+        if version is not None:  # a field model asked for (the window's, a --model): with the active cell model
+            return version, cell_version
         field_row = s.scalar(select(ModelVersion).where(ModelVersion.is_active.is_(True), ModelVersion.input_kind != "cell")
                              .order_by(ModelVersion.id.desc()).limit(1))
         if field_row is None:
