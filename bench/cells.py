@@ -31,13 +31,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARE = ROOT.parent / "shared" / "datasets" / "all-taleqani"
-BCCD = ROOT.parent / "shared" / "datasets" / "bccd-boxes" / "images"
+DATASETS = ROOT.parent / "shared" / "datasets"  # beside the checkout, as for bench/throughput.py; --datasets elsewhere
 CELL_MODEL = "all-vs-normal-seed-cnn3-v1"
 BIG_SIZE = (2592, 1944)
 
 
 def first_images(folder: Path, n: int) -> list[Path]:
+    if not folder.is_dir():
+        raise SystemExit(f"no folder {folder}: pass --datasets DIR")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
     step = max(1, len(files) // n)  # spread over the classes
     return files[::step][:n]
@@ -50,11 +51,11 @@ def copy_fields(files: list[Path], dest: Path) -> Path:
     return dest
 
 
-def make_big_fields(n: int, dest: Path) -> Path:
+def make_big_fields(n: int, dest: Path, bccd: Path) -> Path:
     import cv2
 
     dest.mkdir(parents=True, exist_ok=True)
-    sources = first_images(BCCD, n)
+    sources = first_images(bccd, n)
     for k in range(n):
         img = cv2.imread(str(sources[k % len(sources)]), cv2.IMREAD_COLOR)
         big = cv2.resize(img, BIG_SIZE, interpolation=cv2.INTER_CUBIC)
@@ -146,13 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--share", type=int, default=300, help="Taleqani fields (0: skip)")
     ap.add_argument("--big", type=int, default=40, help="five-megapixel fields (0: skip)")
     ap.add_argument("--memory", default="50,200", help="N1,N2 five-megapixel fields for peak RSS ('': skip)")
+    ap.add_argument("--datasets", type=Path, default=DATASETS, help="folder holding all-taleqani and bccd-boxes")
     args = ap.parse_args(argv)
+    bccd = args.datasets / "bccd-boxes" / "images"
     print(f"cpus: {os.cpu_count()} (shared machine: figures are noisy)", flush=True)
     ratio = None
     with tempfile.TemporaryDirectory(prefix="hemascan-bench-fields-") as tmp:
         tmp = Path(tmp)
         if args.share:
-            folder = copy_fields(first_images(SHARE, args.share), tmp / "share")
+            folder = copy_fields(first_images(args.datasets / "all-taleqani", args.share), tmp / "share")
             h = hemascan(folder, args.share)
             n = naive(folder, args.share)
             ratio = h["cells_s"] / n["cells_s"]
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(scan included; cell stage alone {h['stage_cells_s']:.1f} cells/s)")
             print(f"  naive:    {n['fields_s']:6.1f} fields/s {n['cells_s']:7.1f} cells/s ({n['cells']} cells)", flush=True)
         if args.big:
-            folder = make_big_fields(args.big, tmp / "big")
+            folder = make_big_fields(args.big, tmp / "big", bccd)
             h = hemascan(folder, args.big)
             n = naive(folder, args.big)
             print(f"five-megapixel ({args.big} BCCD fields upscaled to {BIG_SIZE[0]}x{BIG_SIZE[1]}, JPEG; "
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             sizes = [int(x) for x in args.memory.split(",")]
             rss = []
             for size in sizes:
-                folder = make_big_fields(size, tmp / f"mem{size}")
+                folder = make_big_fields(size, tmp / f"mem{size}", bccd)
                 rss.append(peak_rss_mb(folder))
                 print(f"  {size:>5} five-megapixel fields: peak RSS {rss[-1]:7.1f} MB", flush=True)
                 shutil.rmtree(folder)
