@@ -129,6 +129,12 @@ class ClassifyJob(QObject):
                 self.device_label.setText(p.extra["device"])
             elif p.message and p.done == 0:
                 text = p.message if "compil" in p.message else text
+        elif p.stage == "cells":  # the cell model's stage: fields searched, cells classified
+            text = f"finding cells: {p.done:,} / {p.total:,} images" if p.total else f"finding cells: {p.done:,} images"
+            if p.extra.get("cells"):
+                text += f" · {p.extra['cells']:,} cells classified"
+            if p.extra.get("rate"):
+                text += f" · {fmt_eta(p.extra.get('eta_s'))} left"
         else:
             text = f"scanning: {p.done:,} files" + (f" / {p.total:,}" if p.total else "")
         self.progress_label.setText(text)
@@ -146,6 +152,9 @@ class ClassifyJob(QObject):
                    f"with {summary.model}")
             if not summary.cancelled and not summary.n_predicted and not summary.n_errors:
                 msg = f"Nothing new to classify: every image here already has a prediction of {summary.model}"
+            if summary.cell_model is not None and summary.n_cells_classified:
+                msg += (f"; {summary.n_cells_classified:,} cells classified with {summary.cell_model}"
+                        f" ({summary.n_cells:,} found in {summary.n_cell_images:,} images)")
             if summary.seconds > 0 and summary.n_predicted:
                 msg += f" ({summary.rate:.0f} img/s)"
             bad = summary.scan.n_errors + summary.n_errors

@@ -121,8 +121,10 @@ def _summarise_predictions(app: App, folder: str, ref) -> tuple[int, int]:
 
 @command("classify", "scan a folder and predict every image not yet predicted by the active model", _classify_args)
 def cmd_classify(args, app: App) -> int:
-    with app.db.session() as db_session:
-        version = version_ref(db_session, args.model)  # the one version this run predicts with
+    version = None  # the active field model and, if one is active, the active cell model (read once, at the start)
+    if args.model:
+        with app.db.session() as db_session:
+            version = version_ref(db_session, args.model)  # the one version this run predicts with
     s = app.progress(classify(app.db, app.paths, args.folder, version, device=args.device, cancel=app.cancel,
                               batch_size=args.batch_size, workers=args.workers,
                               engine=args.engine, precision=args.precision), "classify")
@@ -131,8 +133,12 @@ def cmd_classify(args, app: App) -> int:
              f"{s.n_todo - s.n_predicted - s.n_errors} left"
              + (f" in {s.seconds:.1f} s ({s.rate:.0f} images/s)" if s.seconds else "")
              + (" [cancelled: run again to continue]" if s.cancelled else ""))
-    _print_errors(app, s.errors, s.n_errors)
-    _summarise_predictions(app, args.folder, version)
+    if s.cell_model is not None:
+        app.echo(f"cells: {s.n_cells} found in {s.n_cell_images} images, {s.n_cells_classified} classified "
+                 f"by {s.cell_model}" + (f"; {s.n_cell_errors} file(s) could not be read" if s.n_cell_errors else ""))
+    _print_errors(app, s.errors, max(s.n_errors, s.n_cell_errors))
+    if s.version is not None:
+        _summarise_predictions(app, args.folder, s.version)
     app.echo(DISCLAIMER)
     return 130 if s.cancelled else 0
 

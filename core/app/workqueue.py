@@ -51,6 +51,7 @@ from core.jobs import Job, Progress, RateMeter
 from core.imaging.scan import ScanSummary, folder_prefix, images_under, scan, under_prefix
 from core.config import default_reviewer
 from core.storage import ModelVersion
+from core.inference.cells import classify_cells, complete_image_ids, is_cell_version
 from core.inference.predict import ClassifySummary, Predictor, plan_for, predict_images
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ def submit(db: Database, paths: Paths, folder: str | os.PathLike, cancel: thread
     vid = version.id
     with db.session() as s:
         version.row(s)  # still registered
+        cell_model = is_cell_version(s, version.id)  # an item is then "find and classify this image's cells"
         insert_ignore(s, WorkFolder.__table__, [dict(root=root, model_version_id=vid, submitted_at=utcnow(),
                                                      submitted_by=(submitted_by or default_reviewer())[:128])],
                       ["root", "model_version_id"])
@@ -120,8 +122,8 @@ def submit(db: Database, paths: Paths, folder: str | os.PathLike, cancel: thread
     for start in range(0, len(ids), IN_CHUNK):
         chunk = ids[start:start + IN_CHUNK]
         with db.session() as s:
-            predicted = set(s.scalars(select(Prediction.image_id).where(
-                Prediction.model_version_id == vid, Prediction.image_id.in_(chunk))))
+            predicted = complete_image_ids(s, vid, chunk) if cell_model else set(s.scalars(
+                select(Prediction.image_id).where(Prediction.model_version_id == vid, Prediction.image_id.in_(chunk))))
             existing = dict(s.execute(select(WorkItem.image_id, WorkItem.status).where(
                 WorkItem.model_version_id == vid, WorkItem.image_id.in_(chunk))).all())
             new = [i for i in chunk if i not in predicted and i not in existing]
@@ -359,7 +361,7 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
     summary = WorkerSummary(name)
     meter = RateMeter()
     backoff = Backoff(max_s=paths.settings.worker_retry_max_s)
-    predictors: dict[int, tuple] = {}  # model version id -> (Predictor, VersionRef, compile marker)
+    predictors: dict[int, tuple] = {}  # model version id -> (Predictor, VersionRef, compile marker, cell model?)
 
     def say(msg: str) -> None:
         log.warning("worker %s: %s", name, msg)
@@ -378,8 +380,9 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
             with db.session() as s:
                 version = version_ref_by_id(s, vid)
                 package = version_package(s, version, paths)
+                cell_model = is_cell_version(s, vid)
             plan, marker = plan_for(paths, version, package, device, engine, precision, claim_size)
-            predictors[vid] = (Predictor(package, plan=plan, cache_dir=paths.cache), version, marker)
+            predictors[vid] = (Predictor(package, plan=plan, cache_dir=paths.cache), version, marker, cell_model)
             summary.models.add(version.name)
             log.info("worker %s: model %s on %s", name, version.name, predictors[vid][0].describe())
         return predictors[vid]
@@ -398,7 +401,7 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
         for image_id, path, sha, vid in found.values():
             by_version.setdefault(vid, []).append((image_id, path, sha))
         for vid, todo in by_version.items():
-            predictor, version, marker = predictor_for(vid)
+            predictor, version, marker, cell_model = predictor_for(vid)
 
             def on_batch(s: Session, ids: list[int], failed: list[tuple[int, str, str]], vid=vid) -> None:
                 now = utcnow()
@@ -413,9 +416,13 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
 
             part = ClassifySummary(None, version.name, predictor.describe(), n_todo=len(todo), version=version)
             base = summary.n_predicted + summary.n_failed
-            job = predict_images(db, predictor, vid, [(i, p) for i, p, _ in todo], {i: sha for i, _, sha in todo},
-                                 part, cancel, batch_size=batch_size, workers=workers, marker=marker,
-                                 on_batch=on_batch)
+            if cell_model:  # the item's image: its cells found (once) and each classified
+                job = classify_cells(db, predictor, vid, [(i, p) for i, p, _ in todo], {i: sha for i, _, sha in todo},
+                                     part, cancel, workers=workers, on_batch=on_batch)
+            else:
+                job = predict_images(db, predictor, vid, [(i, p) for i, p, _ in todo], {i: sha for i, _, sha in todo},
+                                     part, cancel, batch_size=batch_size, workers=workers, marker=marker,
+                                     on_batch=on_batch)
             try:
                 for p in job:
                     yield Progress("worker", base + part.n_predicted + part.n_errors, None,

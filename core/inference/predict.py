@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,19 +22,21 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.config import Paths, Settings
-from core.storage import Database, ImageFile, Prediction, utcnow
+from core.storage import Database, ImageFile, ModelVersion, Prediction
 from core.storage.dbutil import insert_ignore, with_reconnect
 from core.errors import ImageError
+from core.inference import cells
 from core.imaging.fspath import display, to_fs
 from core.imaging.images import FileChanged, decode_rgb, read_and_hash, read_file
 from core.jobs import Job, Progress, RateMeter
+from core.inference.outcome import Assessment, ClassifySummary, prediction_rows
 from core.models.package import ModelCard, read_card
 from core.imaging.preprocessing import Preprocessing
 from core.inference.engines import ENGINES, compile_marker, int8_ready
 from core.models.guard import load_guard
 from core.inference.runtime import Device, RuntimePlan, RuntimeRequest, probe_host, plan_runtime, runtime_plan
-from core.models.registry import VersionRef, version_package, version_ref
-from core.imaging.scan import UNTRUSTED_STAT, ScanSummary, images_to_read, scan
+from core.models.registry import VersionRef, version_package, version_ref, version_ref_by_id
+from core.imaging.scan import UNTRUSTED_STAT, images_to_read, scan
 from core.models.package import verify_package
 
 log = logging.getLogger(__name__)
@@ -139,57 +141,6 @@ def _warm_imports(device_pref: str | None) -> None:
         import torch  # noqa: F401
 
 
-def entropy(probs: np.ndarray) -> np.ndarray:
-    p = np.clip(probs, 1e-12, 1.0)
-    return -(p * np.log(p)).sum(axis=1)
-
-
-@dataclass
-class ClassifySummary:
-    scan: ScanSummary | None  # None: a worker's claim (core/app/workqueue.py), no scan
-    model: str
-    device: str
-    n_todo: int = 0
-    n_predicted: int = 0
-    n_errors: int = 0
-    seconds: float = 0.0
-    db_seconds: float = 0.0  # spent writing predictions (transactions included)
-    cancelled: bool = False
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    version: VersionRef | None = None  # the version that predicted (None: a worker's part of several)
-
-    @property
-    def rate(self) -> float:
-        return self.n_predicted / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class Assessment:
-    probs: np.ndarray  # (N, C) calibrated
-    guard_distance: np.ndarray | None  # (N,) None: no guard for this model/engine
-    outside: np.ndarray | None  # (N,) bool: outside the model's experience
-
-
-def _prediction_rows(ids: list[int], assessment: Assessment, version_id: int, card: ModelCard,
-                     runtime: str | None = None) -> list[dict]:
-    probs = assessment.probs
-    conf = probs.max(axis=1)
-    top = probs.argmax(axis=1)
-    ent = entropy(probs)
-    thr = card.uncertain_threshold
-    n = len(ids)
-    outside = assessment.outside if assessment.outside is not None else [None] * n
-    dist = assessment.guard_distance if assessment.guard_distance is not None else [None] * n
-    now = utcnow()
-    return [
-        dict(image_id=i, model_version_id=version_id, label=card.classes[int(k)], confidence=float(c),
-             entropy=float(e), probabilities=[round(float(x), 6) for x in p],
-             uncertain=bool(thr is not None and c < thr), created_at=now, runtime=runtime,
-             out_of_distribution=None if o is None else bool(o), guard_distance=None if d is None else float(d))
-        for i, p, k, c, e, o, d in zip(ids, probs, top, conf, ent, outside, dist)
-    ]
-
-
 def plan_for(paths: Paths, version: VersionRef, package: Path, device: str | None, engine: str | None,
              precision: str, n_images: int) -> tuple[RuntimePlan, Path | None]:
     """The runtime plan for predicting ``n_images`` with ``version`` (its package at
@@ -222,34 +173,73 @@ def classify(
 ) -> Job[ClassifySummary]:
     """Scan ``folder`` and predict every image not yet predicted by ``version`` (None: the
     version active when the job starts, read once then). Every prediction of the job is
-    ``version``'s, whatever another seat activates meanwhile. Yields Progress; returns
-    ClassifySummary. Safe to kill at any moment and re-run."""
+    ``version``'s, whatever another seat activates meanwhile. Then, when a cell model is
+    active (read once, at the start) or ``version`` is a cell model (the field model does not
+    run then), find each image's cells and classify them (core/inference/cells.py). Yields
+    Progress; returns ClassifySummary. Safe to kill at any moment and re-run."""
     cancel = cancel or threading.Event()
-    if version is None:
-        with db.session() as s:
-            version = version_ref(s)
+    field_version, cell_version = _versions_to_run(db, version)
     # Import the runtime in the background while the scan runs: the first prediction comes sooner.
     warm = threading.Thread(target=_warm_imports, args=(device,), name="hemascan-warm-imports", daemon=True)
     warm.start()
     scan_summary = yield from scan(db, folder, cancel)
     warm.join()
     with db.session() as s:
-        package = version_package(s, version, paths)
-        done_ids = set(s.scalars(select(Prediction.image_id).where(Prediction.model_version_id == version.id)))
         listed = images_to_read(s, folder)
-        todo = [(i, p) for i, p, _ in listed if i not in done_ids]
         expected_sha = {i: sha for i, _, sha in listed}  # the bytes read must still have this hash
-    plan, marker = plan_for(paths, version, package, device, engine, precision, len(todo))
-    summary = ClassifySummary(scan_summary, version.name, plan.describe(), n_todo=len(todo), version=version)
-    if scan_summary.cancelled or not todo:
-        summary.cancelled = scan_summary.cancelled
+        if field_version is not None:
+            package = version_package(s, field_version, paths)
+            done_ids = set(s.scalars(select(Prediction.image_id).where(Prediction.model_version_id == field_version.id)))
+            todo = [(i, p) for i, p, _ in listed if i not in done_ids]
+        if cell_version is not None:
+            cell_package = version_package(s, cell_version, paths)
+            complete = cells.complete_image_ids(s, cell_version.id, [i for i, _, _ in listed])
+            cell_todo = [(i, p) for i, p, _ in listed if i not in complete]
+    if field_version is None:  # a cell model only: its images are the summary's
+        plan, _ = plan_for(paths, cell_version, cell_package, device, engine, precision, len(cell_todo))
+        summary = ClassifySummary(scan_summary, cell_version.name, plan.describe(), n_todo=len(cell_todo),
+                                  version=cell_version, cell_model=cell_version.name)
+        todo = []
+    else:
+        plan, marker = plan_for(paths, field_version, package, device, engine, precision, len(todo))
+        summary = ClassifySummary(scan_summary, field_version.name, plan.describe(), n_todo=len(todo),
+                                  version=field_version, cell_model=cell_version.name if cell_version else None)
+    summary.cancelled = scan_summary.cancelled
+    if scan_summary.cancelled:
         return summary
-
-    predictor = Predictor(package, plan=plan, cache_dir=paths.cache)
-    summary.device = predictor.describe()
-    yield from predict_images(db, predictor, version.id, todo, expected_sha, summary, cancel,
-                              batch_size=batch_size, workers=workers, marker=marker)
+    if todo:
+        predictor = Predictor(package, plan=plan, cache_dir=paths.cache)
+        summary.device = predictor.describe()
+        yield from predict_images(db, predictor, field_version.id, todo, expected_sha, summary, cancel,
+                                  batch_size=batch_size, workers=workers, marker=marker)
+        del predictor  # its memory goes before the cell model's comes
+    if cell_version is not None and cell_todo and not summary.cancelled:
+        cell_plan, _ = plan_for(paths, cell_version, cell_package, device, engine, precision, len(cell_todo))
+        cell_predictor = Predictor(cell_package, plan=cell_plan, cache_dir=paths.cache)
+        if field_version is None:
+            summary.device = cell_predictor.describe()
+        yield from cells.classify_cells(db, cell_predictor, cell_version.id, cell_todo, expected_sha, summary,
+                                        cancel, workers=workers, count_images=field_version is None)
     return summary
+
+
+def _versions_to_run(db: Database, version: VersionRef | None) -> tuple[VersionRef | None, VersionRef | None]:
+    """(field version, cell version) a classify runs: the one asked for, by its input kind, or
+    the field model asked for (None: the active one) and, when one is active, the active cell model."""
+    with db.session() as s:
+        if version is not None and cells.is_cell_version(s, version.id):
+            return None, version
+        cell_id = cells.active_cell_version_id(s)
+        cell_version = version_ref_by_id(s, cell_id) if cell_id is not None else None
+        if version is not None:  # a field model asked for (the window's, a --model): with the active cell model
+            return version, cell_version
+        field_row = s.scalar(select(ModelVersion).where(ModelVersion.is_active.is_(True), ModelVersion.input_kind != "cell")
+                             .order_by(ModelVersion.id.desc()).limit(1))
+        if field_row is None:
+            if cell_version is None:
+                version_ref(s)  # no model is active: its one sentence
+            return None, cell_version
+        return VersionRef.of(field_row), cell_version
 
 
 #: ``on_batch(session, predicted_ids, failed)`` runs inside each batch's write transaction
@@ -321,7 +311,7 @@ def predict_images(
     def write_once(ids: list[int], assessment: Assessment | None, failed: list[tuple[int, str, str]]) -> None:
         with db.session() as s:  # one transaction per batch
             if ids:
-                insert_ignore(s, Prediction.__table__, _prediction_rows(ids, assessment, version_id, predictor.card, runtime),
+                insert_ignore(s, Prediction.__table__, prediction_rows(ids, assessment, version_id, predictor.card, runtime),
                               ["image_id", "model_version_id"])
                 # decoded and predicted now: an error another model's run left on these files is stale
                 s.execute(update(ImageFile).where(ImageFile.image_id.in_(ids), ImageFile.error.is_not(None))

@@ -1,0 +1,320 @@
+"""The cell stage of classify: find the white cells of each image and classify their cut-outs
+with a cell model (a card with ``"input": "cell"``).
+
+A plain job (core/jobs.py): it yields Progress (stage "cells") between batches, checks the
+cancel event between batches, and fills a ClassifySummary. Per batch of images, in ONE
+transaction, idempotently (INSERT ... ON CONFLICT DO NOTHING on the unique keys, as
+predict_images does):
+
+1. images the finder (FINDER_NAME) has not searched yet: read the bytes (the scan's SHA-256 must
+   still match), decode at the reduced scale the finder needs, find the cells, store the search
+   and its cells;
+2. cells without a prediction of the cell version (just found, found by a run that was killed
+   before classifying, or added by a reviewer): cut out at the card's physical side
+   (``cell_side_um``) and input size, through the card's preprocessing, batched ACROSS fields
+   for the model -> CellPrediction rows. A pre-cut single-cell crop is given whole through the
+   card's preprocessing (as an image is today), and its prediction is also written as the
+   image's Prediction, so folders of single-cell crops work as they always have.
+
+A killed run loses only the batch in flight; a re-run finds what is missing and adds nothing twice.
+Decoding, finding and cutting out run in a thread pool (OpenCV releases the GIL) while the model
+runs on the previous batch; at most two batches of fields are held in memory, whatever the
+folder's size.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session
+
+from core.cells.finder import FINDER_NAME, FieldCells, FoundCell, cut_out, decode_for_cells, find_cells
+from core.cells.records import ADDED_BY_REVIEWER, store_field_cells
+from core.errors import ImageError
+from core.imaging.fspath import display, to_fs
+from core.imaging.images import FileChanged, decode_rgb, read_and_hash
+from core.imaging.scan import UNTRUSTED_STAT
+from core.inference.outcome import Assessment, ClassifySummary, prediction_rows
+from core.jobs import Job, Progress, RateMeter
+from core.storage import Cell, CellPrediction, CellSearch, Database, ImageFile, ModelVersion, Prediction
+from core.storage.dbutil import insert_ignore, with_reconnect
+
+log = logging.getLogger(__name__)
+
+#: Images per batch (one transaction): a 5-megapixel field's reduced decode is ~4.5 MB, so two
+#: batches in flight hold < 150 MB however many fields the folder has.
+FIELDS_PER_BATCH = 16
+IN_CHUNK = 500  # ids per IN (...) list
+
+#: ``on_batch(session, done_image_ids, failed)`` runs inside each batch's transaction (as
+#: core.inference.predict.BatchHook): a work queue marks its items with the batch's cells.
+CellBatchHook = Callable[[Session, list[int], list[tuple[int, str, str]]], None]
+
+_FINDERS = (FINDER_NAME, ADDED_BY_REVIEWER)
+
+
+def is_cell_version(session: Session, version_id: int) -> bool:
+    """Whether the model version takes one cut-out cell as its input (the registry's record)."""
+    return session.scalar(select(ModelVersion.input_kind).where(ModelVersion.id == version_id)) == "cell"
+
+
+def active_cell_version_id(session: Session) -> int | None:
+    """The active cell model's version id, if one is active."""
+    return session.scalar(select(ModelVersion.id).where(ModelVersion.is_active.is_(True),
+                                                        ModelVersion.input_kind == "cell")
+                          .order_by(ModelVersion.id.desc()).limit(1))
+
+
+def _pending_cells(version_id: int):
+    """Cells (found by this finder or added by a reviewer) without a prediction of ``version_id``."""
+    predicted = exists().where(CellPrediction.cell_id == Cell.id, CellPrediction.model_version_id == version_id)
+    return Cell.finder.in_(_FINDERS) & ~predicted
+
+
+def complete_image_ids(session: Session, version_id: int, image_ids: Iterable[int]) -> set[int]:
+    """Of ``image_ids``, those whose cells are all found and classified by ``version_id``: searched
+    by the finder, and no cell of theirs is waiting for a prediction."""
+    ids = list(image_ids)
+    done: set[int] = set()
+    for start in range(0, len(ids), IN_CHUNK):
+        chunk = ids[start:start + IN_CHUNK]
+        searched = set(session.scalars(select(CellSearch.image_id).where(
+            CellSearch.finder == FINDER_NAME, CellSearch.image_id.in_(chunk))))
+        waiting = set(session.scalars(select(Cell.image_id).where(
+            Cell.image_id.in_(chunk), _pending_cells(version_id)).distinct()))
+        done |= searched - waiting
+    return done
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """What an earlier run stored for an image: its search and the cells still to classify."""
+
+    um_per_px: float
+    single_cell_crop: bool
+    cells: tuple[tuple[int, tuple[int, int, int, int]], ...]  # (cell id, box)
+
+
+@dataclass
+class _FieldResult:
+    image_id: int
+    path: str
+    found: FieldCells | None = None  # a new search (None: the stored one)
+    keys: tuple = ()  # per cut-out: ("new", number) or ("id", cell id)
+    cutouts: np.ndarray | None = None  # (n, S, S, 3) uint8, through the card's preprocessing
+    single_cell_crop: bool = False
+    error: str | None = None
+    changed: bool = False  # the file holds other content than the scan hashed
+
+
+def _stored_state(session: Session, version_id: int, image_ids: Sequence[int]) -> dict[int, _Stored]:
+    searches = {i: (um, single) for i, um, single in session.execute(
+        select(CellSearch.image_id, CellSearch.um_per_px, CellSearch.single_cell_crop)
+        .where(CellSearch.finder == FINDER_NAME, CellSearch.image_id.in_(list(image_ids))))}
+    waiting: dict[int, list] = {i: [] for i in searches}
+    if searches:
+        for cid, image_id, x0, y0, x1, y1 in session.execute(
+                select(Cell.id, Cell.image_id, Cell.x0, Cell.y0, Cell.x1, Cell.y1)
+                .where(Cell.image_id.in_(list(searches)), _pending_cells(version_id))
+                .order_by(Cell.image_id, Cell.id)):
+            waiting[image_id].append((cid, (x0, y0, x1, y1)))
+    return {i: _Stored(um, bool(single), tuple(waiting[i])) for i, (um, single) in searches.items()}
+
+
+def _box_cell(box: tuple[int, int, int, int]) -> FoundCell:
+    """A stored cell as the cutter needs it (only its box's centre is used)."""
+    return FoundCell(tuple(int(v) for v in box), np.zeros((0, 2), np.int32), None, 0, frozenset())  # type: ignore[arg-type]
+
+
+def classify_cells(
+    db: Database,
+    predictor,  # core.inference.predict.Predictor of the cell model (that module runs this one)
+    version_id: int,
+    todo: list[tuple[int, str]],
+    expected_sha: dict[int, str],
+    summary: ClassifySummary,
+    cancel: threading.Event | None = None,
+    *,
+    workers: int | None = None,
+    fields_per_batch: int = FIELDS_PER_BATCH,
+    count_images: bool = True,
+    on_batch: CellBatchHook | None = None,
+) -> Job[ClassifySummary]:
+    """Find and classify the cells of the images ``todo`` ((image_id, path)) with the cell model
+    ``predictor`` (version ``version_id``). Counts go into ``summary`` (n_cells, n_cell_images,
+    n_cells_classified; with ``count_images`` also n_predicted/n_errors per image, as when the
+    cell model is the only one running). A file that cannot be read is recorded with its
+    reason and the batch goes on."""
+    cancel = cancel or threading.Event()
+    card = predictor.card
+    prep = predictor.prep
+    side_um = card.cut_out_side_um
+    out_px = prep.input_size
+    runtime = predictor.runtime
+    max_bytes = db.settings.max_file_bytes
+    workers = workers or min(8 if predictor.plan.device.type == "cuda" else 2, os.cpu_count() or 2)
+    meter = RateMeter()
+    cells0 = summary.n_cells_classified
+    yield Progress("cells", 0, len(todo), summary.device)
+
+    import cv2
+
+    cv2.setNumThreads(1)  # parallelism comes from the pool, not from inside OpenCV
+
+    def work(image_id: int, path: str, stored: _Stored | None) -> _FieldResult:
+        res = _FieldResult(image_id, path)
+        try:
+            content = read_and_hash(to_fs(path), max_bytes)
+            if content.sha256 != expected_sha[image_id]:
+                raise FileChanged("the file changed after it was scanned; it will be re-scanned on the next run")
+            data = content.data
+            rgb, reduced_by = decode_for_cells(data)
+            if stored is None:
+                res.found = find_cells(rgb, reduced_by=reduced_by)
+                res.single_cell_crop = res.found.single_cell_crop
+                um = res.found.um_per_px
+                cells = [(("new", n), c) for n, c in enumerate(res.found.cells)]
+            else:
+                res.single_cell_crop = stored.single_cell_crop
+                um = stored.um_per_px
+                cells = [(("id", cid), _box_cell(box)) for cid, box in stored.cells]
+            if not cells:
+                return res
+            if res.single_cell_crop:  # given whole, as an image always was
+                whole = rgb if reduced_by == 1 else decode_rgb(data)
+                res.keys, res.cutouts = (cells[0][0],), prep.apply(whole)[None]
+            else:
+                res.keys = tuple(k for k, _ in cells)
+                res.cutouts = np.stack([prep.apply(cut_out(rgb, c, um, side_um=side_um, out_px=out_px,
+                                                           reduced_by=reduced_by)) for _, c in cells])
+        except FileChanged as exc:
+            res.error, res.changed = str(exc), True
+        except ImageError as exc:
+            res.error = str(exc)
+        except Exception as exc:  # one bad file never stops the batch
+            log.exception("unexpected error finding the cells of %s", display(path))
+            res.error = f"unexpected error: {exc}"
+        return res
+
+    def assess(results: list[_FieldResult]) -> Assessment | None:
+        arrays = [r.cutouts for r in results if r.cutouts is not None]
+        if not arrays:
+            return None
+        batch = np.concatenate(arrays)
+        bs = predictor.batch_size
+        parts = [predictor.assess(batch[i:i + bs]) for i in range(0, len(batch), bs)]
+        probs = np.concatenate([p.probs for p in parts])
+        if any(p.guard_distance is None or p.outside is None for p in parts):
+            return Assessment(probs, None, None)
+        return Assessment(probs, np.concatenate([p.guard_distance for p in parts]),
+                          np.concatenate([p.outside for p in parts]))
+
+    def write_once(results: list[_FieldResult], assessment: Assessment | None, complete: list[int]) -> None:
+        with db.session() as s:  # one transaction per batch
+            ok = [r for r in results if r.error is None]
+            for r in ok:
+                if r.found is not None:
+                    store_field_cells(s, r.image_id, r.found, FINDER_NAME)
+            new_ids = {}
+            fresh = [r.image_id for r in ok if r.found is not None and r.found.cells]
+            if fresh:
+                new_ids = {(i, n): cid for cid, i, n in s.execute(
+                    select(Cell.id, Cell.image_id, Cell.number).where(
+                        Cell.image_id.in_(fresh), Cell.finder == FINDER_NAME))}
+            if assessment is not None:
+                cell_ids, crop_rows = [], []
+                for r in ok:
+                    for key in r.keys:
+                        cell_ids.append(new_ids[(r.image_id, key[1])] if key[0] == "new" else key[1])
+                    if r.single_cell_crop and r.keys:
+                        crop_rows.append((r.image_id, len(cell_ids) - 1))
+                rows = prediction_rows(cell_ids, assessment, version_id, card, runtime)
+                for row in rows:
+                    row["cell_id"] = row.pop("image_id")
+                insert_ignore(s, CellPrediction.__table__, rows, ["cell_id", "model_version_id"])
+                if crop_rows:  # a single-cell crop: the cell's figures are the image's too
+                    image_rows = [dict(rows[k], image_id=image_id) for image_id, k in crop_rows]
+                    for row in image_rows:
+                        row.pop("cell_id")
+                    insert_ignore(s, Prediction.__table__, image_rows, ["image_id", "model_version_id"])
+            if ok:  # read and used now: an error an earlier run left on these files is stale
+                s.execute(update(ImageFile).where(ImageFile.image_id.in_([r.image_id for r in ok]),
+                                                  ImageFile.error.is_not(None)).values(error=None))
+            failed = [(r.image_id, r.path, r.error) for r in results if r.error is not None]
+            for r in results:
+                if r.error is None:
+                    continue
+                if r.changed:  # the file no longer holds that image: unlink it, the next scan re-reads it
+                    s.execute(update(ImageFile).where(ImageFile.path == r.path, ImageFile.image_id == r.image_id)
+                              .values(error=r.error, image_id=None, size=UNTRUSTED_STAT, mtime_ns=UNTRUSTED_STAT))
+                else:
+                    s.execute(update(ImageFile).where(ImageFile.path == r.path).values(error=r.error))
+            if on_batch is not None:
+                on_batch(s, [r.image_id for r in ok] + complete, failed)
+
+    def write(results: list[_FieldResult], assessment: Assessment | None, complete: list[int]) -> None:
+        t0 = time.perf_counter()
+        with_reconnect(lambda: write_once(results, assessment, complete), "a batch of cells", db.settings)
+        summary.db_seconds += time.perf_counter() - t0
+        ok = [r for r in results if r.error is None]
+        failed = [r for r in results if r.error is not None]
+        found = [r.found for r in ok if r.found is not None]
+        summary.n_cells += sum(len(f.cells) for f in found)
+        summary.n_cell_images += sum(1 for f in found if f.cells)
+        summary.n_cells_classified += sum(len(r.keys) for r in ok)
+        summary.n_cell_errors += len(failed)
+        if count_images:
+            summary.n_predicted += len(ok) + len(complete)
+            summary.n_errors += len(failed)
+        known = {p for p, _ in summary.errors}
+        summary.errors.extend((display(r.path), r.error) for r in failed[: max(0, 200 - len(summary.errors))]
+                              if display(r.path) not in known)
+
+    chunks = [todo[i:i + fields_per_batch] for i in range(0, len(todo), fields_per_batch)]
+    done = 0
+    with ThreadPoolExecutor(workers, thread_name_prefix="hemascan-cells") as pool:
+        inflight: deque[tuple[list[Future], list[int]]] = deque()
+        next_chunk = 0
+
+        def submit_next() -> None:
+            nonlocal next_chunk
+            chunk = chunks[next_chunk]
+            next_chunk += 1
+            with db.session() as s:
+                stored = _stored_state(s, version_id, [i for i, _ in chunk])
+            # an image searched before whose cells are all classified needs no reading
+            complete = [i for i, _ in chunk if i in stored and not stored[i].cells]
+            inflight.append(([pool.submit(work, i, p, stored.get(i)) for i, p in chunk
+                              if i not in stored or stored[i].cells], complete))
+
+        while next_chunk < len(chunks) or inflight:
+            while next_chunk < len(chunks) and len(inflight) < 2 and not cancel.is_set():
+                submit_next()  # the pool works on the next batch while this one is classified
+            if not inflight:
+                break
+            futures, complete = inflight.popleft()
+            results = [f.result() for f in futures]
+            write(results, assess(results), complete)
+            done = min(len(todo), done + fields_per_batch)
+            n_cells = summary.n_cells_classified - cells0
+            rate = meter.rate(n_cells)
+            yield Progress("cells", done, len(todo), f"{meter.rate(done):.1f} fields/s, {rate:.0f} cells/s",
+                           extra={"rate": meter.rate(done), "cells_rate": rate, "cells": n_cells,
+                                  "eta_s": meter.eta(done, len(todo)), "device": summary.device})
+            if cancel.is_set():
+                summary.cancelled = True
+                for batch, _ in inflight:  # not started: dropped; started: finished but not written
+                    for f in batch:
+                        f.cancel()
+                inflight.clear()
+                break
+    summary.seconds += meter.elapsed()
+    return summary

@@ -1,0 +1,70 @@
+"""What a classification produced: an assessment of a batch, the rows it becomes, and a
+classify job's summary. Shared by the image pipeline (core/inference/predict.py) and the
+cell stage (core/inference/cells.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.imaging.scan import ScanSummary
+from core.models.package import ModelCard
+from core.models.registry import VersionRef
+from core.storage import utcnow
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(probs, 1e-12, 1.0)
+    return -(p * np.log(p)).sum(axis=1)
+
+
+@dataclass
+class ClassifySummary:
+    scan: ScanSummary | None  # None: a worker's claim (core/app/workqueue.py), no scan
+    model: str
+    device: str
+    n_todo: int = 0
+    n_predicted: int = 0
+    n_errors: int = 0
+    seconds: float = 0.0
+    db_seconds: float = 0.0  # spent writing predictions (transactions included)
+    cancelled: bool = False
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    version: VersionRef | None = None  # the version that predicted (None: a worker's part of several)
+    # The cell stage (core/inference/cells.py), when a cell model ran:
+    cell_model: str | None = None
+    n_cells: int = 0  # cells found (in images searched by this run)
+    n_cell_images: int = 0  # images in which this run found at least one cell
+    n_cells_classified: int = 0  # cells given a prediction by the cell model
+    n_cell_errors: int = 0  # images the cell stage could not read
+
+    @property
+    def rate(self) -> float:
+        return self.n_predicted / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Assessment:
+    probs: np.ndarray  # (N, C) calibrated
+    guard_distance: np.ndarray | None  # (N,) None: no guard for this model/engine
+    outside: np.ndarray | None  # (N,) bool: outside the model's experience
+
+
+def prediction_rows(ids: list[int], assessment: Assessment, version_id: int, card: ModelCard,
+                     runtime: str | None = None) -> list[dict]:
+    probs = assessment.probs
+    conf = probs.max(axis=1)
+    top = probs.argmax(axis=1)
+    ent = entropy(probs)
+    thr = card.uncertain_threshold
+    n = len(ids)
+    outside = assessment.outside if assessment.outside is not None else [None] * n
+    dist = assessment.guard_distance if assessment.guard_distance is not None else [None] * n
+    now = utcnow()
+    return [
+        dict(image_id=i, model_version_id=version_id, label=card.classes[int(k)], confidence=float(c),
+             entropy=float(e), probabilities=[round(float(x), 6) for x in p],
+             uncertain=bool(thr is not None and c < thr), created_at=now, runtime=runtime,
+             out_of_distribution=None if o is None else bool(o), guard_distance=None if d is None else float(d))
+        for i, p, k, c, e, o, d in zip(ids, probs, top, conf, ent, outside, dist)
+    ]
