@@ -19,7 +19,7 @@ from core.storage.errors import is_transient
 from core.app.workqueue import Backoff, retry_sentence
 from core.app.workqueue import default_worker_name
 from core.app.workqueue import run_worker
-from core.review.labels import import_labels
+from core.review.cell_import import import_labels_and_cells
 from core.review.export import EXPORTERS
 from core.models.archive import export_model
 from core.models.archive import import_model
@@ -259,12 +259,19 @@ def _import_args(p: argparse.ArgumentParser) -> None:
 
 @command("import-labels", "record class-folder names as labels (source=dataset)", _import_args)
 def cmd_import_labels(args, app: App) -> int:
-    s = app.progress(import_labels(app.db, args.folder, args.reviewer, args.taxonomy, app.cancel), "import")
+    both = app.progress(import_labels_and_cells(app.db, args.folder, args.reviewer, args.taxonomy, app.cancel),
+                        "import")
+    s = both.labels
     _print_scan(app, s.scan)
     app.echo(f"labels recorded: {s.n_labelled} ({', '.join(f'{k}: {v}' for k, v in sorted(s.per_class.items())) or 'none'}); "
              f"{s.n_already} already had that label")
     if s.n_unknown_folder:
         app.echo(f"  {s.n_unknown_folder} images in folders that are not a known class: {', '.join(sorted(s.unknown_folders))}")
+    app.echo(f"cells labelled (single-cell crops): {both.n_cells_labelled}; {both.n_cells_already} already had that "
+             f"label; {both.n_not_single_cell} images are not single-cell crops and keep their image label only")
+    if both.errors:
+        app.echo(f"  the cell finder could not read {len(both.errors)} images:")
+        _print_errors(app, both.errors, len(both.errors))
     return 0
 
 
