@@ -35,6 +35,7 @@ BATCH_SIZE = int_range(1, 4096)
 THREADS = int_range(1, 256)
 SEED = int_range(0, 2**32 - 1)  # numpy's seeds
 PERSON = name_up_to(128)  # the database's reviewer / submitted_by / worker columns
+MODEL_NAME = name_up_to(128)  # model_versions.name
 SAMPLES_PER_CLASS_MAX = 10_000
 SAMPLES_PER_CLASS = int_range(1, SAMPLES_PER_CLASS_MAX)
 
@@ -277,16 +278,20 @@ def cmd_import_labels(args, app: App) -> int:
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     # core.review.export is imported when the command runs, not when the parser is built (start-up time)
-    p.add_argument("--format", default="csv", help="output format: csv")
+    p.add_argument("--format", default="csv",
+                   help="csv: one row per image (the default); cells: one row per cell, its box in the image")
     p.add_argument("--output", "-o", required=True, type=non_empty_path, help="file to write")
     p.add_argument("--folder", type=non_empty_path, help="only images under this folder")
+    p.add_argument("--model", type=MODEL_NAME,
+                   help="whose predictions (default: the active model; for cells, the active cell model)")
 
 
-@command("export", "write one row per image: path, prediction, probabilities, reviewed label", _export_args)
+@command("export", "write one row per image (or per cell): path, prediction, probabilities, reviewed label",
+         _export_args)
 def cmd_export(args, app: App) -> int:
     if args.format not in EXPORTERS:
         raise HemascanError(f"unknown export format {args.format!r}; available: {', '.join(sorted(EXPORTERS))}")
-    n = EXPORTERS[args.format](app.db, args.output, folder=args.folder)
+    n = EXPORTERS[args.format](app.db, args.output, folder=args.folder, model=getattr(args, "model", None))
     app.echo(f"wrote {n} rows to {args.output}")
     return 0
 
