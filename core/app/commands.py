@@ -1,4 +1,4 @@
-"""Core CLI commands: scan, classify, submit, queue, worker, import-labels, export, models, sample, demo."""
+"""Core CLI commands: scan, classify, submit, queue, worker, import-labels, export, case, models, sample, demo."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,7 @@ from core.app.workqueue import default_worker_name
 from core.app.workqueue import run_worker
 from core.review.cell_import import import_labels_and_cells
 from core.review.export import EXPORTERS
+from core.review.cases import case_name, case_name_problem, rename_case
 from core.models.archive import export_model
 from core.models.archive import import_model
 from core.models.registry import lineage
@@ -293,6 +294,27 @@ def cmd_export(args, app: App) -> int:
         raise HemascanError(f"unknown export format {args.format!r}; available: {', '.join(sorted(EXPORTERS))}")
     n = EXPORTERS[args.format](app.db, args.output, folder=args.folder, model=getattr(args, "model", None))
     app.echo(f"wrote {n} rows to {args.output}")
+    return 0
+
+
+def _case_name_arg(text: str) -> str:
+    why = case_name_problem(text)
+    if why:
+        raise argparse.ArgumentTypeError(why)
+    return text.strip()
+
+
+def _case_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", type=non_empty_path, help="the case's folder (one sample)")
+    p.add_argument("--rename", metavar="NAME", type=_case_name_arg,
+                   help="what the lab calls the case (default name: the folder's name)")
+
+
+@command("case", "print a case's name (a case is a folder: one sample), or rename it", _case_args)
+def cmd_case(args, app: App) -> int:
+    with app.db.session() as s:
+        name = rename_case(s, args.folder, args.rename) if args.rename is not None else case_name(s, args.folder)
+    app.echo(name)
     return 0
 
 
