@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from core.cells.finder import FINDER_NAME, FieldCells
+from core.cells.finder import FINDER_NAME, FieldCells, find_cells
 from core.cells.records import store_field_cells
 from core.storage import Cell, CellLabelEvent, CellSearch, ImageFile, LabelEvent
 from core.imaging.fspath import to_db
@@ -55,21 +55,28 @@ def test_single_cell_crops_get_their_cell_labelled_once(cli, db, tmp_path):
         assert s.scalar(select(func.count(LabelEvent.id))) == 6
 
 
-def test_the_finder_is_not_run_again_on_an_image_it_has_searched(cli, db, tmp_path):
+def test_the_finder_is_not_run_again_on_an_image_it_has_searched(cli, db, tmp_path, monkeypatch):
+    import core.review.cell_import as cell_import
+
     folder = tmp_path / "pbc"
     write_png(folder / "Normal" / "a.png", single_cell_crop(seed=3))
     cli("scan", folder)
+    write_png(folder / "Normal" / "b.png", single_cell_crop(seed=4))  # not scanned yet: import-labels scans it
+    searched = []
+    monkeypatch.setattr(cell_import, "find_cells", lambda rgb, **kw: searched.append(rgb.shape) or find_cells(rgb, **kw))
     with db.session() as s:
         image_id = s.scalar(select(ImageFile.image_id))
         # an earlier run (say, classify) found the cell and stored it with this box
         store_field_cells(s, image_id, FieldCells((found_cell((100, 100, 260, 260)),), 0.1, "default", 0, True),
                           FINDER_NAME)
     rc, out, _ = cli("import-labels", folder, "--reviewer", "dr.b")
-    assert rc == 0 and "cells labelled (single-cell crops): 1;" in out
+    assert rc == 0 and "cells labelled (single-cell crops): 2;" in out
+    assert len(searched) == 1  # b.png only
     with db.session() as s:
-        cell = s.scalar(select(Cell))
-        assert s.scalar(select(func.count(Cell.id))) == 1 and (cell.x0, cell.y1) == (100, 260)
-        assert [e.cell_id for e in s.scalars(select(CellLabelEvent))] == [cell.id]
+        cell = s.scalar(select(Cell).where(Cell.image_id == image_id))
+        assert s.scalar(select(func.count(Cell.id)).where(Cell.image_id == image_id)) == 1
+        assert (cell.x0, cell.y1) == (100, 260)
+        assert cell.id in set(s.scalars(select(CellLabelEvent.cell_id)))
 
 
 def test_a_crop_relabelled_by_a_reviewer_is_relabelled_by_a_new_import_as_images_are(cli, db, tmp_path):
