@@ -93,3 +93,23 @@ def test_a_crop_relabelled_by_a_reviewer_is_relabelled_by_a_new_import_as_images
     with db.session() as s:
         assert latest_cell_events(s, [cell_id])[cell_id].label == "Normal"
         assert s.scalar(select(func.count(CellLabelEvent.id))) == 3
+
+
+def test_a_whole_field_class_labels_the_image_only(cli, db, tmp_path, monkeypatch):
+    """An ALL-subtype folder (Taleqani's Benign/ Pro/ ...) names the sample's diagnosis, not a cell:
+    even an image the finder would take for a single-cell crop gets its image label only."""
+    import core.review.cell_import as cell_import
+
+    searched = []
+    monkeypatch.setattr(cell_import, "find_cells", lambda rgb, **kw: searched.append(1) or find_cells(rgb, **kw))
+    folder = tmp_path / "taleqani"
+    write_png(folder / "Benign" / "a.png", single_cell_crop(seed=5))
+    write_png(folder / "all" / "b.png", single_cell_crop(seed=6))  # a cell taxonomy's folder beside it
+    rc, out, _ = cli("import-labels", folder)
+    assert rc == 0 and "labels recorded: 2 (ALL: 1, Benign: 1)" in out
+    assert "cells labelled (single-cell crops): 1;" in out
+    assert "1 images are in folders of whole-field classes (image label only)" in out
+    assert len(searched) == 1  # b.png only
+    with db.session() as s:
+        assert s.scalar(select(func.count(CellSearch.id))) == 1
+        assert list(s.scalars(select(CellLabelEvent.label))) == ["ALL"]

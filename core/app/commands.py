@@ -270,7 +270,9 @@ def cmd_import_labels(args, app: App) -> int:
     if s.n_unknown_folder:
         app.echo(f"  {s.n_unknown_folder} images in folders that are not a known class: {', '.join(sorted(s.unknown_folders))}")
     app.echo(f"cells labelled (single-cell crops): {both.n_cells_labelled}; {both.n_cells_already} already had that "
-             f"label; {both.n_not_single_cell} images are not single-cell crops and keep their image label only")
+             f"label; {both.n_not_single_cell} images are not single-cell crops and keep their image label only"
+             + (f"; {both.n_field_class} images are in folders of whole-field classes (image label only)"
+                if both.n_field_class else ""))
     if both.errors:
         app.echo(f"  the cell finder could not read {len(both.errors)} images:")
         _print_errors(app, both.errors, len(both.errors))

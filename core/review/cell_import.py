@@ -2,7 +2,9 @@
 pre-cut single cell (C-NMC, PBC, a CellaVision export) gets the same label on its one cell,
 so a lab can import cells it has already classified.
 
-The cell finder runs on an image it has not yet seen (its result is stored as classify would
+Only classes of a cell taxonomy (core.models.taxonomy: ``input_kind`` "cell", e.g. ALL vs normal)
+label cells: an ALL-subtype folder names the sample's diagnosis, not what each cell is. The
+cell finder runs on an image it has not yet seen (its result is stored as classify would
 store it: core/cells/records.py); an image the finder does not judge a single-cell crop keeps
 its image label only. Files are read and searched outside any transaction; each batch's
 cells and cell labels are then written in one short transaction, so a kill loses at most
@@ -25,6 +27,7 @@ from core.imaging.fspath import display, to_fs
 from core.imaging.images import FileChanged, read_and_hash
 from core.imaging.scan import images_to_read
 from core.jobs import Job, Progress
+from core.models.taxonomy import get_taxonomy
 from core.review.cell_labels import latest_cell_events, record_cell_labels
 from core.review.labels import ImportSummary, class_folder_labels, import_labels
 from core.storage import CellSearch, Database
@@ -41,6 +44,7 @@ class CellImportSummary:
     n_cells_labelled: int = 0  # single-cell crops whose one cell got the folder's label now
     n_cells_already: int = 0  # ... whose cell already had it
     n_not_single_cell: int = 0  # labelled images the finder does not judge a single-cell crop
+    n_field_class: int = 0  # labelled with a class of a field taxonomy: no cell label, the finder not run
     n_searched: int = 0  # images the finder ran on during this import
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, why the finder could not run)
 
@@ -60,9 +64,15 @@ def import_labels_and_cells(db: Database, folder: str | os.PathLike, reviewer: s
         by_label, _ = class_folder_labels(s, folder, taxonomy)
         files = {i: (path, sha) for i, path, sha in images_to_read(s, folder)}
     label_of: dict[int, tuple[str, str]] = {}
+    whole_field: set[int] = set()
     for hit, ids in by_label.items():
+        # a field taxonomy's class (ALL subtype) is said of the whole sample, never of one cell
+        if get_taxonomy(hit[0]).input_kind != "cell":
+            whole_field.update(ids)
+            continue
         for i in ids:
             label_of[i] = hit  # a copy in two class folders: the later label, as the image's latest event
+    summary.n_field_class = len(whole_field - set(label_of))
     ids = sorted(i for i in label_of if i in files)
     for start in range(0, len(ids), CELL_BATCH):
         chunk = ids[start : start + CELL_BATCH]
