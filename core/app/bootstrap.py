@@ -7,15 +7,16 @@ lock, so several processes (and seats) may start at once. Everything after that 
 :func:`core.models.registry.active_version` never registers, shares or cleans anything.
 
 Setup is: migrations; the bundled model packages registered (and shared through the database);
-versions registered before schema 0005 shared; the bundled default made active when no version
-is. Every start also removes this seat's leftovers of killed model writes (older than any write
+versions registered before schema 0005 shared; one active model per input kind: the bundled
+default field model made active when no field model is (on an upgraded database that has field
+versions, the newest of them), the bundled cell model when no cell model is. Every start also removes this seat's leftovers of killed model writes (older than any write
 takes, so no lock is needed).
 """
 from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -23,34 +24,50 @@ from sqlalchemy.orm import Session
 from core.config import Paths
 from core.errors import HemascanError, ModelPackageError
 from core.models.package import bundled_default_package, bundled_packages, read_card
-from core.models.registry import active_version, register_bundled, register_package, remove_stale_temporaries
+from core.models.registry import (CELL, FIELD, activate_version, active_version, input_kind_of, register_bundled,
+                                  register_package, remove_stale_temporaries)
 from core.models.store import share_unshared
-from core.storage import Database, ModelVersion, data_dir_lock, server_setup_lock, to_url
+from core.storage import Database, ModelActivation, ModelVersion, data_dir_lock, server_setup_lock, to_url
 from core.storage.errors import user_error
 from core.storage.fileidentity import mark_created
 
 log = logging.getLogger(__name__)
 
 
-def _bundled_model_names() -> set[str]:
-    names = set()
+def _bundled_cards() -> list:
+    cards = []
     for package in bundled_packages():
         try:
-            names.add(read_card(package).name)
+            cards.append((package, read_card(package)))
         except ModelPackageError:  # damaged: registration skips it with a warning, so do we
             continue
-    return names
+    return cards
+
+
+def _bundled_model_names() -> set[str]:
+    return {card.name for _, card in _bundled_cards()}
+
+
+def bundled_cell_package():
+    """The first bundled package of a cell model (the ALL-vs-normal one), or None."""
+    return next((package for package, card in _bundled_cards() if input_kind_of(card) == CELL), None)
+
+
+def _active_kinds(conn) -> set[str]:
+    return set(conn.scalars(select(ModelVersion.input_kind).where(ModelVersion.is_active.is_(True))))
 
 
 def needs_setup(db: Database) -> bool:
-    """True when the schema is not at head, no model version is active yet, or a bundled
-    model package is not registered (a new data directory, or an update shipping one)."""
+    """True when the schema is not at head, no field model is active yet, no cell model is while
+    one is bundled, or a bundled model package is not registered (a new data directory, or an
+    update shipping one)."""
     if not db.at_head():
         return True
     with db.engine.connect() as conn:
-        if conn.execute(select(ModelVersion.id).where(ModelVersion.is_active.is_(True)).limit(1)).first() is None:
-            return True
+        kinds = _active_kinds(conn)
         known = set(conn.scalars(select(ModelVersion.name)))
+    if FIELD not in kinds or (CELL not in kinds and bundled_cell_package() is not None):
+        return True
     return bool(_bundled_model_names() - known)
 
 
@@ -65,16 +82,38 @@ def clean_temporaries(paths: Paths) -> None:
 
 def setup_models(session: Session, paths: Paths) -> ModelVersion:
     """The model registry's part of setup, in the caller's transaction: bundled packages
-    registered, older versions shared, the bundled default made active when none is.
-    Returns the active version."""
+    registered, older versions shared, one model of each input kind made active when none is.
+    Returns the active field version."""
+    used_before = session.scalar(select(exists().where(ModelActivation.id.isnot(None))))
     register_bundled(session, paths)
     for name in share_unshared(session):
         log.info("model %s: its files are now in the database, for every seat", name)
-    version = active_version(session)
-    if version is None:
+    version = active_version(session, FIELD)
+    newest_field = session.scalar(select(ModelVersion).where(ModelVersion.input_kind == FIELD)
+                                  .order_by(ModelVersion.id.desc()).limit(1))
+    if version is None and used_before and newest_field is not None:
+        # An upgraded database whose active version became a cell model (migration 0007: the
+        # ALL-vs-normal model looks at single cells): classify still needs a field model.
+        activate_version(session, newest_field, "setup", "hemascan (upgrade)")
+        log.warning("no field model was active (the active model %s looks at single cells): made the newest field "
+                    "model, %s, active as well", _name_of(active_version(session, CELL)), newest_field.name)
+        version = newest_field
+    elif version is None:
         version = register_package(session, paths, bundled_default_package(), activate=True, action="setup",
                                    who="hemascan (first start)")
+    cell_package = bundled_cell_package()
+    if active_version(session, CELL) is None and cell_package is not None:
+        try:
+            cell = register_package(session, paths, cell_package, activate=True, action="setup",
+                                    who="hemascan (first start)" if not used_before else "hemascan (upgrade)")
+            log.info("made the bundled cell model %s active (it classifies the cells found in each field)", cell.name)
+        except ModelPackageError as exc:  # checked before anything is written: the field model still is set up
+            log.warning("bundled cell model not registered: %s", exc)
     return version
+
+
+def _name_of(version: ModelVersion | None) -> str:
+    return version.name if version is not None else "none"
 
 
 def register_default_model(db: Database, paths: Paths) -> None:

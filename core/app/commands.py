@@ -1,4 +1,5 @@
-"""Core CLI commands: scan, classify, submit, queue, worker, import-labels, export, case, models, sample, demo."""
+"""Core CLI commands: scan, classify, submit, queue, worker, import-labels, export, case, models, sample, demo,
+differential."""
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,10 @@ from core.models.registry import lineage
 from core.storage import TrainingRun
 from core.models.runs import fail_stale_runs
 from core.models.registry import list_versions, register_package
+from core.models.registry import CELL, FIELD, KIND_LOOKS, active_version
 from core.models.registry import activate, rollback
 from core.app.sample import generate
+from core.review import differential as diff
 
 # Bounds shared by the commands' options (checked before any work: core/app/options.py).
 BATCH_SIZE = int_range(1, 4096)
@@ -322,8 +325,10 @@ def cmd_case(args, app: App) -> int:
 
 def _models_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION")
-    sub.add_parser("list", help="list registered model versions")
-    a = sub.add_parser("activate", help="make a version the active one (recorded in the activation log)")
+    sub.add_parser("list", help="list registered model versions, their input kind (field or cell) and the active "
+                                "one of each kind (*)")
+    a = sub.add_parser("activate", help="make a version the active one of its kind, field or cell (recorded in the "
+                                        "activation log)")
     a.add_argument("name")
     r = sub.add_parser("register", help="register a model package directory")
     r.add_argument("package", type=non_empty_path)
@@ -380,14 +385,20 @@ def _models_list(args, app: App) -> int:
         for v in list_versions(s):
             m = v.card.get("metrics") or {}
             acc = m.get("accuracy")
-            app.echo(f"{'*' if v.is_active else ' '} {v.name:<36} {v.architecture:<18} {v.taxonomy:<14} "
+            app.echo(f"{'*' if v.is_active else ' '} {v.name:<36} {v.input_kind:<5} {v.architecture:<18} {v.taxonomy:<14} "
                      f"{'acc ' + format(acc, '.3f') if isinstance(acc, (int, float)) else ''}"
                      f"{'  PLACEHOLDER' if v.card.get('placeholder') else ''}")
     return 0
 
 
 def _models_switch(args, app: App) -> int:
-    {"activate": activate, "rollback": rollback}[args.action](app.db, args.name)
+    done = {"activate": activate, "rollback": rollback}[args.action](app.db, args.name)
+    kind = done["input_kind"]
+    with app.db.session() as s:
+        other = active_version(s, CELL if kind == FIELD else FIELD)
+        unchanged = (f"; the active {other.input_kind} model, {other.name}, is unchanged" if other is not None else "")
+    app.echo(f"{done['name']} is now the active {kind} model ({KIND_LOOKS[kind]})"
+             f"{unchanged}")
     return _models_list(args, app)
 
 
@@ -439,3 +450,29 @@ def cmd_demo(args, app: App) -> int:
              "classes given to the others mean nothing.")
     out = app.paths.data_dir / "demo-predictions.csv"
     return cmd_export(argparse.Namespace(format="csv", output=str(out), folder=str(folder)), app)
+
+
+def _differential_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", type=non_empty_path, help="the case's folder of images (classified, with their cells)")
+    p.add_argument("--json", type=non_empty_path, help="also write the differential to this JSON file")
+    p.add_argument("--model", help="cell model version name (default: the active cell model)")
+    p.add_argument("--threshold", type=positive_float(99.9), default=None,
+                   help="blast percentage the lab decides on (default: $HEMASCAN_BLAST_THRESHOLD_PCT, 20)")
+
+
+@command("differential", "a case's white-cell differential: per class n, % and 95% interval, blast %", _differential_args)
+def cmd_differential(args, app: App) -> int:
+    threshold = args.threshold if args.threshold is not None else app.settings.blast_threshold_pct
+    with app.db.session() as s:
+        vid = diff.cell_version_id(s, args.model)
+        d = diff.case_differential(s, args.folder, vid, threshold_pct=threshold)
+    if not d.n_cells:
+        app.echo(f"no white cells recorded under {args.folder}: classify it with a cell model active first "
+                 "(nothing to count)")
+        return 0
+    for line in diff.as_lines(d):
+        app.echo(line)
+    if args.json:
+        diff.write_json(d, args.json)
+        app.echo(f"wrote {args.json}")
+    return 0

@@ -1,8 +1,9 @@
 """Model version registry: packages copied into the data directory, tracked in the
 ``model_versions`` table, their files shared through the database (core/models/store.py),
-exactly one active at a time. Every switch of the active version goes through
+one active per input kind: a field model (it looks at a whole image) and a cell model (it looks
+at one cut-out cell) can be active at once. Every switch of an active version goes through
 :func:`activate_version`, which appends a row to ``model_activations`` (who, when, from,
-to) in the same transaction."""
+to: both of the same kind) in the same transaction."""
 from __future__ import annotations
 
 import logging
@@ -34,6 +35,28 @@ from core.models.store import store_package
 
 log = logging.getLogger(__name__)
 
+FIELD, CELL = "field", "cell"
+INPUT_KINDS = (FIELD, CELL)  # what one input of a model is: a whole image, or one cut-out cell
+KIND_LOOKS = {FIELD: "it looks at whole images", CELL: "it looks at single cells"}  # each kind, in words
+
+
+def input_kind_of(card) -> str:
+    """THE rule for a model's input kind, from its card (a ModelCard, or a card dict as stored in
+    ``model_versions.card``): the card's ``input`` when it declares one; else the taxonomy's
+    (cell for those learnt on single cells: the taxonomies migration 0007 made cell models)."""
+    declared = card.get("input") if isinstance(card, dict) else getattr(card, "input", None)
+    if declared in INPUT_KINDS:
+        return declared
+    taxonomy = card.get("taxonomy") if isinstance(card, dict) else getattr(card, "taxonomy", None)
+    tax = TAXONOMIES.get(taxonomy)
+    return tax.input_kind if tax is not None else FIELD
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"unknown model input kind {kind!r}; known: {', '.join(INPUT_KINDS)}")
+    return kind
+
 
 @dataclass(frozen=True)
 class VersionRef:
@@ -44,13 +67,12 @@ class VersionRef:
     id: int
     name: str
     taxonomy: str
-    input_kind: str  # "field" or "cell" (core/models/taxonomy.py)
+    input_kind: str  # "field" or "cell" (input_kind_of)
     weights_sha256: str
 
     @classmethod
     def of(cls, version: ModelVersion) -> "VersionRef":
-        tax = TAXONOMIES.get(version.taxonomy)
-        return cls(version.id, version.name, version.taxonomy, tax.input_kind if tax else "field",
+        return cls(version.id, version.name, version.taxonomy, version.input_kind or input_kind_of(version.card or {}),
                    version.weights_sha256)
 
     def row(self, session: Session) -> ModelVersion:
@@ -62,10 +84,10 @@ class VersionRef:
         return version
 
 
-def version_ref(session: Session, name: str | None = None) -> VersionRef:
-    """The version named ``name``, or the active one, as a :class:`VersionRef` (one sentence
-    when there is no such version, or none is active). Only reads."""
-    return VersionRef.of(get_version(session, name) if name else require_active_version(session))
+def version_ref(session: Session, name: str | None = None, kind: str = FIELD) -> VersionRef:
+    """The version named ``name``, or the active one of input ``kind``, as a :class:`VersionRef`
+    (one sentence when there is no such version, or none is active). Only reads."""
+    return VersionRef.of(get_version(session, name) if name else require_active_version(session, kind))
 
 
 def version_ref_by_id(session: Session, version_id: int) -> VersionRef:
@@ -128,6 +150,7 @@ def register_package(session: Session, paths: Paths, package: Path, activate: bo
         weights_sha256=card.weights_sha256,
         card=asdict(read_card(dest)),
         parent_id=parent_id,
+        input_kind=input_kind_of(card),
     )
     session.add(version)
     session.flush()
@@ -147,14 +170,17 @@ ACTIONS = ("setup", "activate", "promote", "rollback", "register", "import", "tr
 def activate_version(session: Session, version: ModelVersion, action: str = "activate",
                      who: str | None = None) -> ModelActivation:
     """THE way a version becomes active (registry, model file import, trainer, model panel):
-    appends who/when/from/to to ``model_activations`` and moves ``is_active``, in the
-    caller's transaction. Returns the new log row."""
+    appends who/when/from/to to ``model_activations`` and moves ``is_active`` among the versions
+    of the same input kind (the active model of the other kind stays), in the caller's
+    transaction. Returns the new log row."""
     if action not in ACTIONS:
         raise ValueError(f"unknown activation action {action!r}; known: {', '.join(ACTIONS)}")
     if session.get_bind().dialect.name == "postgresql":  # one activation at a time across seats
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_ACTIVATION_LOCK_KEY})
-    previous = active_version(session)
-    session.execute(update(ModelVersion).where(ModelVersion.id != version.id, ModelVersion.is_active.is_(True))
+    kind = version.input_kind or input_kind_of(version.card or {})
+    previous = active_version(session, kind)
+    session.execute(update(ModelVersion).where(ModelVersion.id != version.id, ModelVersion.is_active.is_(True),
+                                               ModelVersion.input_kind == kind)
                     .values(is_active=False))
     version.is_active = True
     row = ModelActivation(model_version_id=version.id, previous_version_id=previous.id if previous else None,
@@ -164,8 +190,10 @@ def activate_version(session: Session, version: ModelVersion, action: str = "act
     return row
 
 
-def active_version(session: Session) -> ModelVersion | None:
-    return session.scalar(select(ModelVersion).where(ModelVersion.is_active.is_(True)))
+def active_version(session: Session, kind: str = FIELD) -> ModelVersion | None:
+    """The active version of input ``kind`` ("field" or "cell"), or None. Only reads."""
+    return session.scalar(select(ModelVersion).where(ModelVersion.is_active.is_(True),
+                                                     ModelVersion.input_kind == _check_kind(kind)))
 
 
 # Prefixes of the temporary files and folders that atomic writes leave only when the
@@ -240,14 +268,14 @@ def remove_stale_temporaries(paths: Paths, older_than_s: float = STALE_AFTER_S) 
     return removed
 
 
-def require_active_version(session: Session) -> ModelVersion:
-    """The active version, or one sentence saying there is none (setup could not register
-    the bundled model: core/app/bootstrap.py). Only reads."""
-    version = active_version(session)
+def require_active_version(session: Session, kind: str = FIELD) -> ModelVersion:
+    """The active version of input ``kind``, or one sentence saying there is none (setup could
+    not register the bundled model: core/app/bootstrap.py). Only reads."""
+    version = active_version(session, kind)
     if version is None:
-        raise ModelPackageError("no model version is active: the bundled model could not be registered when "
-                                "this data directory was set up (see the log); register one with "
-                                "'hemascan models register PACKAGE --activate'")
+        raise ModelPackageError(f"no {kind} model is active: the bundled {kind} model could not be registered "
+                                "when this data directory was set up (see the log); register one with "
+                                f"'hemascan models register PACKAGE --activate' (a {kind} model: {KIND_LOOKS[kind]})")
     return version
 
 
@@ -287,13 +315,14 @@ def activation_log(db) -> list[dict]:
     """The ``model_activations`` rows, oldest first: at, action, name, previous, by, id."""
     prev = aliased(ModelVersion)
     with db.session() as s:
-        q = (select(ModelActivation, ModelVersion.name, prev.name)
+        q = (select(ModelActivation, ModelVersion.name, prev.name, ModelVersion.input_kind)
              .join(ModelVersion, ModelVersion.id == ModelActivation.model_version_id)
              .outerjoin(prev, prev.id == ModelActivation.previous_version_id)
              .order_by(ModelActivation.id))
         return [{"at": a.created_at.isoformat(timespec="seconds") if a.created_at else None, "action": a.action,
-                 "name": name, "previous": previous, "by": a.activated_by, "id": a.model_version_id}
-                for a, name, previous in s.execute(q)]
+                 "name": name, "previous": previous, "by": a.activated_by, "id": a.model_version_id,
+                 "input_kind": kind}
+                for a, name, previous, kind in s.execute(q)]
 
 
 def _activate(db, name: str, action: str, who: str | None = None) -> dict:
@@ -302,7 +331,8 @@ def _activate(db, name: str, action: str, who: str | None = None) -> dict:
         row = activate_version(s, v, action, who)
         prev = s.get(ModelVersion, row.previous_version_id) if row.previous_version_id else None
         return {"at": row.created_at.isoformat(timespec="seconds") if row.created_at else None, "action": action,
-                "name": v.name, "previous": prev.name if prev else None, "by": row.activated_by, "id": v.id}
+                "name": v.name, "previous": prev.name if prev else None, "by": row.activated_by, "id": v.id,
+                "input_kind": v.input_kind}
 
 
 def activate(db, name: str, who: str | None = None) -> dict:
@@ -326,6 +356,7 @@ def lineage(db) -> list[dict]:
         vs = list_versions(s)
         by_id = {v.id: v.name for v in vs}
         return [{"id": v.id, "name": v.name, "parent": by_id.get(v.parent_id), "active": bool(v.is_active),
+                 "input_kind": v.input_kind,
                  "architecture": v.architecture, "created_at": v.created_at.isoformat() if v.created_at else None,
                  "training_data": (v.card or {}).get("training_data", {}), "metrics": (v.card or {}).get("metrics", {})}
                 for v in vs]
@@ -350,13 +381,16 @@ def last_activation_id(session: Session) -> int:
     return session.scalar(select(func.max(ModelActivation.id))) or 0
 
 
-def activations_since(session: Session, after_id: int) -> list[Activation]:
-    """The activations logged after ``after_id`` (by any seat), oldest first; the last one's
-    ``version`` is the active one now. Qt-free, one indexed query: cheap enough for a timer.
+def activations_since(session: Session, after_id: int, kind: str | None = None) -> list[Activation]:
+    """The activations logged after ``after_id`` (by any seat), oldest first, of input ``kind``
+    only when given; the last one of a kind's ``version`` is the active one of that kind now.
+    Qt-free, one indexed query: cheap enough for a timer.
     No look-back is needed (unlike label events): activations hold a server-wide lock from
     before their id is taken until their commit (:func:`activate_version`), so they become
     visible in id order."""
     q = (select(ModelActivation, ModelVersion).join(ModelVersion, ModelVersion.id == ModelActivation.model_version_id)
          .where(ModelActivation.id > after_id).order_by(ModelActivation.id))
+    if kind is not None:
+        q = q.where(ModelVersion.input_kind == _check_kind(kind))
     return [Activation(a.id, VersionRef.of(v), a.previous_version_id, a.action, a.activated_by, a.created_at)
             for a, v in session.execute(q)]

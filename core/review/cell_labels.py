@@ -13,13 +13,17 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.models.taxonomy import OTHER, get_taxonomy, review_labels
-from core.review.labels import SOURCES, reviewer_problem
+from core.review.rules import SOURCES, reviewer_problem
 from core.storage import CellLabelEvent, utcnow
 
 
-def latest_cell_events(session: Session, cell_ids: Iterable[int] | None = None) -> dict[int, CellLabelEvent]:
-    """cell_id -> its latest label event (the current label; ``label`` None when cleared)."""
+def latest_cell_events(session: Session, cell_ids: Iterable[int] | None = None,
+                       taxonomy: str | None = None) -> dict[int, CellLabelEvent]:
+    """cell_id -> its latest label event (of ``taxonomy`` when given): the current label
+    (``label`` None when cleared)."""
     latest = select(func.max(CellLabelEvent.id)).group_by(CellLabelEvent.cell_id)
+    if taxonomy is not None:
+        latest = latest.where(CellLabelEvent.taxonomy == taxonomy)
     if cell_ids is not None:
         ids = list(cell_ids)
         if not ids:

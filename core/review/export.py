@@ -108,17 +108,11 @@ def export_csv(db: Database, output: str | os.PathLike, folder=None, model: str 
 
 # ---- cells --------------------------------------------------------------------------------
 
-def active_cell_version(session: Session) -> ModelVersion | None:
-    """The active cell model, if any (core.models.registry.active_version(session, "cell") once it has kinds)."""
-    return session.scalar(select(ModelVersion).where(ModelVersion.is_active.is_(True),
-                                                     ModelVersion.input_kind == "cell"))
-
-
 def cell_rows(session: Session, folder: str | os.PathLike | None = None,
               version: ModelVersion | None = None) -> tuple[list[str], Iterator[dict]]:
     """One row per cell (those the finder found and those reviewers added) of every image file
     under ``folder``; predictions of ``version`` (default: the active cell model)."""
-    version = version or active_cell_version(session)
+    version = version or active_version(session, "cell")
     classes = list(version.card["classes"]) if version else []
     q = (select(Image.id, Image.sha256, ImageFile.path)
          .join(ImageFile, ImageFile.image_id == Image.id)
