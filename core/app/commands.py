@@ -1,4 +1,4 @@
-"""Core CLI commands: scan, classify, submit, queue, worker, import-labels, export, models, sample, demo,
+"""Core CLI commands: scan, classify, submit, queue, worker, import-labels, export, case, models, sample, demo,
 differential."""
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from core.storage.errors import is_transient
 from core.app.workqueue import Backoff, retry_sentence
 from core.app.workqueue import default_worker_name
 from core.app.workqueue import run_worker
-from core.review.labels import import_labels
+from core.review.cell_import import import_labels_and_cells
 from core.review.export import EXPORTERS
+from core.review.cases import case_name, case_name_problem, rename_case
 from core.models.archive import export_model
 from core.models.archive import import_model
 from core.models.registry import lineage
@@ -38,6 +39,7 @@ BATCH_SIZE = int_range(1, 4096)
 THREADS = int_range(1, 256)
 SEED = int_range(0, 2**32 - 1)  # numpy's seeds
 PERSON = name_up_to(128)  # the database's reviewer / submitted_by / worker columns
+MODEL_NAME = name_up_to(128)  # model_versions.name
 SAMPLES_PER_CLASS_MAX = 10_000
 SAMPLES_PER_CLASS = int_range(1, SAMPLES_PER_CLASS_MAX)
 
@@ -268,28 +270,62 @@ def _import_args(p: argparse.ArgumentParser) -> None:
 
 @command("import-labels", "record class-folder names as labels (source=dataset)", _import_args)
 def cmd_import_labels(args, app: App) -> int:
-    s = app.progress(import_labels(app.db, args.folder, args.reviewer, args.taxonomy, app.cancel), "import")
+    both = app.progress(import_labels_and_cells(app.db, args.folder, args.reviewer, args.taxonomy, app.cancel),
+                        "import")
+    s = both.labels
     _print_scan(app, s.scan)
     app.echo(f"labels recorded: {s.n_labelled} ({', '.join(f'{k}: {v}' for k, v in sorted(s.per_class.items())) or 'none'}); "
              f"{s.n_already} already had that label")
     if s.n_unknown_folder:
         app.echo(f"  {s.n_unknown_folder} images in folders that are not a known class: {', '.join(sorted(s.unknown_folders))}")
+    app.echo(f"cells labelled (single-cell crops): {both.n_cells_labelled}; {both.n_cells_already} already had that "
+             f"label; {both.n_not_single_cell} images are not single-cell crops and keep their image label only"
+             + (f"; {both.n_field_class} images are in folders of whole-field classes (image label only)"
+                if both.n_field_class else ""))
+    if both.errors:
+        app.echo(f"  the cell finder could not read {len(both.errors)} images:")
+        _print_errors(app, both.errors, len(both.errors))
     return 0
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     # core.review.export is imported when the command runs, not when the parser is built (start-up time)
-    p.add_argument("--format", default="csv", help="output format: csv")
+    p.add_argument("--format", default="csv",
+                   help="csv: one row per image (the default); cells: one row per cell, its box in the image")
     p.add_argument("--output", "-o", required=True, type=non_empty_path, help="file to write")
     p.add_argument("--folder", type=non_empty_path, help="only images under this folder")
+    p.add_argument("--model", type=MODEL_NAME,
+                   help="whose predictions (default: the active model; for cells, the active cell model)")
 
 
-@command("export", "write one row per image: path, prediction, probabilities, reviewed label", _export_args)
+@command("export", "write one row per image (or per cell): path, prediction, probabilities, reviewed label",
+         _export_args)
 def cmd_export(args, app: App) -> int:
     if args.format not in EXPORTERS:
         raise HemascanError(f"unknown export format {args.format!r}; available: {', '.join(sorted(EXPORTERS))}")
-    n = EXPORTERS[args.format](app.db, args.output, folder=args.folder)
+    n = EXPORTERS[args.format](app.db, args.output, folder=args.folder, model=getattr(args, "model", None))
     app.echo(f"wrote {n} rows to {args.output}")
+    return 0
+
+
+def _case_name_arg(text: str) -> str:
+    why = case_name_problem(text)
+    if why:
+        raise argparse.ArgumentTypeError(why)
+    return text.strip()
+
+
+def _case_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", type=non_empty_path, help="the case's folder (one sample)")
+    p.add_argument("--rename", metavar="NAME", type=_case_name_arg,
+                   help="what the lab calls the case (default name: the folder's name)")
+
+
+@command("case", "print a case's name (a case is a folder: one sample), or rename it", _case_args)
+def cmd_case(args, app: App) -> int:
+    with app.db.session() as s:
+        name = rename_case(s, args.folder, args.rename) if args.rename is not None else case_name(s, args.folder)
+    app.echo(name)
     return 0
 
 

@@ -141,6 +141,27 @@ class ImportSummary:
     unknown_folders: set[str] = field(default_factory=set)
 
 
+def class_folder_labels(session: Session, folder: str | os.PathLike, taxonomy: str | None = None
+                        ) -> tuple[dict[tuple[str, str], list[int]], Counter]:
+    """The images under ``folder`` by the (taxonomy, class) their class folder's name maps to
+    (the alias table), and how many files sit in folders that map to no class, by folder name."""
+    rows = session.execute(
+        select(ImageFile.image_id, ImageFile.path)
+        .where(under_folder(ImageFile.path, folder), ImageFile.image_id.is_not(None), ImageFile.missing.is_(False))
+        .order_by(ImageFile.path)
+    ).all()
+    by_label: dict[tuple[str, str], list[int]] = {}
+    unknown: Counter = Counter()
+    for image_id, path in rows:
+        folder_name = Path(to_fs(path)).parent.name
+        hit = resolve_alias(folder_name, taxonomy)
+        if hit is None:
+            unknown[folder_name] += 1
+            continue
+        by_label.setdefault(hit, []).append(image_id)
+    return by_label, unknown
+
+
 def import_labels(db: Database, folder: str | os.PathLike, reviewer: str | None = None,
                   taxonomy: str | None = None, cancel: threading.Event | None = None) -> Job[ImportSummary]:
     """Record class-folder names as labels (source=dataset), mapped through the alias table.
@@ -150,20 +171,10 @@ def import_labels(db: Database, folder: str | os.PathLike, reviewer: str | None 
     summary = ImportSummary(scan_summary)
     reviewer = reviewer or default_reviewer()
     with db.session() as s:
-        rows = s.execute(
-            select(ImageFile.image_id, ImageFile.path)
-            .where(under_folder(ImageFile.path, folder), ImageFile.image_id.is_not(None), ImageFile.missing.is_(False))
-            .order_by(ImageFile.path)
-        ).all()
-    by_label: dict[tuple[str, str], list[int]] = {}
-    for image_id, path in rows:
-        folder_name = Path(to_fs(path)).parent.name
-        hit = resolve_alias(folder_name, taxonomy)
-        if hit is None:
-            summary.n_unknown_folder += 1
-            summary.unknown_folders.add(folder_name)
-            continue
-        by_label.setdefault(hit, []).append(image_id)
+        by_label, unknown = class_folder_labels(s, folder, taxonomy)
+    for folder_name, n in unknown.items():
+        summary.n_unknown_folder += n
+        summary.unknown_folders.add(folder_name)
     total = sum(len(v) for v in by_label.values())
     done = 0
     for (tax, label), ids in by_label.items():
