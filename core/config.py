@@ -83,6 +83,9 @@ class Settings(BaseSettings):
                                             "model (auto), when no compiled form is cached")
     compile_min_images_warm: int = Field(
         3_000, ge=0, le=10**9, description="the same, when the compiled form is cached already")
+    blast_threshold_pct: Number = Field(
+        20.0, gt=0, lt=100, description="blast percentage a case's differential is judged against (it says how "
+                                        "many more cells to count to tell); `differential --threshold` wins")
     max_file_mb: Number = Field(
         256.0, gt=0, le=1_048_576, description="largest file read as one image, in MiB (bigger ones are "
                                                "refused from their size, before any read)")

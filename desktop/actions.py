@@ -26,6 +26,7 @@ class ActionTarget(Protocol):
     job: Any  # the running classify job, or None
     state: Any  # core.review.state.ReviewState
     review: Any  # core.review.session.ReviewSession (can_undo, can_redo)
+    cells: Any  # the cell view when it is shown (targets(), can_undo, can_redo), else None
 
 
 @dataclass(frozen=True)
@@ -70,26 +71,33 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("other_note", f"{OTHER_TITLE} with a &note…", "reviewing.label_other_with_note", ("Shift+O",), "Review",
                live=True, help=f'"{OTHER_TITLE}" with a note on what the image shows'),
     # with Shift too: Shift is often still held after a Shift+arrow selection
-    ActionSpec("accept", "&Accept prediction", "reviewing.accept_prediction",
+    ActionSpec("accept", "&Accept prediction", "accept_prediction",
                ("A", "Return", "Enter", "Shift+A", "Shift+Return", "Shift+Enter"), "Review",
                enabled="selection", live=True, button="A  Accept", help="accept the model's prediction, then move on",
                help_keys="`A` or `Enter`"),
     ActionSpec("clear", "C&lear label", "label_selected", ("0",), "Review", live=True, args=(None,),
                help="clear the label"),
-    ActionSpec("undo", "&Undo", "reviewing.undo", ("Ctrl+Z",), "Review", icon="SP_ArrowBack", enabled="can_undo", live=True,
+    ActionSpec("undo", "&Undo", "undo", ("Ctrl+Z",), "Review", icon="SP_ArrowBack", enabled="can_undo", live=True,
                button="Undo", separator=True, help="undo (a new audit event: nothing is deleted)"),
-    ActionSpec("redo", "&Redo", "reviewing.redo", ("Ctrl+Shift+Z", "Ctrl+Y"), "Review", icon="SP_ArrowForward",
+    ActionSpec("redo", "&Redo", "redo", ("Ctrl+Shift+Z", "Ctrl+Y"), "Review", icon="SP_ArrowForward",
                enabled="can_redo", live=True, button="Redo", help="redo"),
     ActionSpec("next", "&Next image", "move_current", ("Space",), "Review", args=(1,), help="next image"),
     ActionSpec("prev", "&Previous image", "move_current", ("Shift+Space",), "Review", args=(-1,),
                help="previous image"),
     ActionSpec("navigate", "Move", None, help="move; `Shift`+arrows or `Ctrl`+click select several (one label for all)",
                help_keys="arrows, `PgUp`/`PgDown`, `Home`/`End`"),
+    ActionSpec("add_cell", "Add a &missed cell", "add_missed_cell", ("N",), "Review",
+               tip="Cells view: drag a box around a white cell the finder missed, on the field",
+               help="cells view: add a cell the finder missed (then drag a box on the field)"),
     ActionSpec("reviewer", "Reviewer &name…", "reviewing.ask_reviewer", menu="Review", separator=True),
+    ActionSpec("show_images", "&Images", "show_view", ("Ctrl+1",), "View", args=("images",),
+               help="the images view (one label per image)"),
+    ActionSpec("show_cells", "&Cells", "show_view", ("Ctrl+2",), "View", args=("cells",),
+               help="the cells view: the white cells grouped by class, their fields and the differential"),
     ActionSpec("gradcam", "&Grad-CAM overlay", "detail_pane.toggle_gradcam", ("G",), "View", help="Grad-CAM overlay on/off"),
-    ActionSpec("zoom_in", "Zoom &in", "detail_pane.zoom", ("Ctrl++",), "View", args=(1.25,), help="zoom in"),
-    ActionSpec("zoom_out", "Zoom &out", "detail_pane.zoom", ("Ctrl+-",), "View", args=(0.8,), help="zoom out"),
-    ActionSpec("fit", "&Fit image", "detail_pane.fit_image", ("F",), "View", help="fit the image"),
+    ActionSpec("zoom_in", "Zoom &in", "zoom", ("Ctrl++",), "View", args=(1.25,), help="zoom in"),
+    ActionSpec("zoom_out", "Zoom &out", "zoom", ("Ctrl+-",), "View", args=(0.8,), help="zoom out"),
+    ActionSpec("fit", "&Fit image", "fit_image", ("F",), "View", help="fit the image"),
     ActionSpec("models", "Model &versions…", "model_menu.show_models", (), "Models", True, separator=True),
     ActionSpec("retrain", "&Retrain…", "show_retrain", (), "Models",
                tip="Train a new model version from your reviewed labels and compare it"),
@@ -105,9 +113,9 @@ ENABLED: dict[str, Callable[[ActionTarget], bool]] = {
     "folder": lambda w: w.folder is not None,
     "idle_folder": lambda w: w.folder is not None and w.job is None,
     "running": lambda w: w.job is not None,
-    "selection": lambda w: bool(w.state.targets()),
-    "can_undo": lambda w: w.review.can_undo,
-    "can_redo": lambda w: w.review.can_redo,
+    "selection": lambda w: bool(w.cells.targets() if w.cells is not None else w.state.targets()),
+    "can_undo": lambda w: (w.cells if w.cells is not None else w.review).can_undo,
+    "can_redo": lambda w: (w.cells if w.cells is not None else w.review).can_redo,
 }
 
 
@@ -118,7 +126,7 @@ def class_specs(classes: list[str]) -> list[ActionSpec]:
         key = (str(k),) if k <= 9 else ()
         text = f"{k}  {c}" if key else c
         out.append(ActionSpec(f"class_{k}", text, "label_selected", key, "Review", enabled="selection", live=True,
-                              button=text, args=(c,), tip=f"Label the selected image(s) {c}"))
+                              button=text, args=(c,), tip=f"Label the selected image(s) or cell(s) {c}"))
     return out
 
 

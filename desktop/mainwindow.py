@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QSplitter
+from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QSplitter, QTabWidget
 
 from core.app.bootstrap import open_database
 from core.config import Paths
@@ -28,6 +28,7 @@ from core.review.state import ReviewState
 
 from . import actions
 from .browse import GalleryPane
+from .cell_view import CellPane
 from .classify_job import ClassifyJob
 from .controller import Controller
 from .detail_view import DetailPane
@@ -85,7 +86,7 @@ class MainWindow(QMainWindow):
         self.window_settings.fill_recent()
         self.set_version(first_version)
 
-        self.gallery_keys = GalleryKeys(self, self.view, lambda: self.ctl.classes,
+        self.gallery_keys = GalleryKeys(self, self.view, self.key_classes,
                                         lambda text: self.statusBar().showMessage(text, 6000))
         if self.reviewer is None:  # first launch (or a stored computer account): ask once, when shown
             QTimer.singleShot(0, self.reviewing.ask_reviewer)
@@ -106,7 +107,9 @@ class MainWindow(QMainWindow):
         self.help_menu = HelpMenu(ctl, self, self)
         # what the tests, screenshots and the action table name
         self.model, self.view, self.loader = self.gallery.model, self.gallery.view, self.gallery.loader
-        self.gallery_info, self.review_bar, self.detail = self.gallery.info, self.gallery.review_bar, self.detail_pane.panel
+        self.gallery_info, self.detail = self.gallery.info, self.detail_pane.panel
+        # the cells of the folder (issue 22): galleries by class, their fields, the differential
+        self.cell_pane = CellPane(ctl, w, self.label_writer, self.reviewing.ask_reviewer, self)
         for name in ("f_pred", "f_rev", "f_uncertain", "f_outside", "f_disagree", "sort", "counts", "model_label"):
             setattr(self, name, getattr(self.filters, name))
         for name in ("progress", "progress_label", "cancel_btn", "device_label"):
@@ -124,7 +127,14 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(1, 3)
         self.splitter.setStretchFactor(2, 2)
         self.splitter.setSizes([230, 640, 460])
-        self.setCentralWidget(self.splitter)
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("views")
+        self.tabs.tabBar().setFocusPolicy(Qt.NoFocus)  # the keys stay with the gallery shown
+        self.tabs.addTab(self.splitter, "Images")
+        self.tabs.addTab(self.cell_pane.widget, "Cells")
+        self.tabs.setTabToolTip(0, "One label per image (Ctrl+1)")
+        self.tabs.setTabToolTip(1, "The white cells found in the images, grouped by class (Ctrl+2)")
+        self.setCentralWidget(self.tabs)
         self.window_settings = WindowSettings(self.settings, self, self.splitter, self.detail, self.open_folder)
 
         # status bar: messages, progress (count, rate, time left), cancel, device, reviewer
@@ -140,8 +150,11 @@ class MainWindow(QMainWindow):
         self._show_reviewer()
 
         say = self.statusBar().showMessage
-        for part in (self.gallery, self.reviewing, self.job_part, self.exports, self.model_menu):
+        for part in (self.gallery, self.reviewing, self.job_part, self.exports, self.model_menu, self.cell_pane):
             part.message.connect(say)
+        self.tabs.currentChanged.connect(self._view_changed)
+        self.cell_pane.enabledChanged.connect(self._update_actions)
+        self.cell_pane.loaded.connect(self._cells_loaded)
         self.filters.changed.connect(self._filter_changed)
         self.filters.problemsRequested.connect(self.show_problem_files)
         self.filters.modelsRequested.connect(self.model_menu.show_models)
@@ -184,7 +197,7 @@ class MainWindow(QMainWindow):
         self.ctl.version = version
         self.review.taxonomy = version["taxonomy"]
         self.detail_pane.forget_model()
-        actions.build_class_actions(self, version["classes"])
+        actions.build_class_actions(self, self.key_classes())
         self.filters.fill_classes(version["classes"])
         lost = self.filters.show_filter(kept)
         self.state.set_filter(self.filters.filter())
@@ -245,6 +258,9 @@ class MainWindow(QMainWindow):
         self.window_settings.add_recent(folder)
         self.loader.clear()
         self.reload_gallery()
+        self.cell_pane.thumbs.clear()
+        if self.cells is not None:
+            self.cell_pane.reload()
         self.folderOpened.emit(folder)
         if classify:
             self.classify()
@@ -304,6 +320,8 @@ class MainWindow(QMainWindow):
         self.job_part.start()
 
     def cancel_job(self) -> None:
+        if self.cell_pane.cancel_adding():  # Esc while a missed cell's box is being drawn
+            return
         self.job_part.cancel()
 
     def _job_progressed(self, stage: str) -> None:
@@ -322,6 +340,8 @@ class MainWindow(QMainWindow):
         self._post_job = summary
         self.reload_gallery(keep_current=not untouched)
         self.gallery.restore = None
+        if self.cells is not None:  # the cells the job found and classified
+            self.cell_pane.reload()
 
     def _job_failed(self, message: str) -> None:
         self.show_error(message)
@@ -333,10 +353,66 @@ class MainWindow(QMainWindow):
         return self.gallery.select_image(image_id)
 
     def move_current(self, step: int, after_rows: list[int] | None = None) -> None:
-        self.gallery.move_current(step, after_rows)
+        (self.cells or self.gallery).move_current(step, after_rows)
 
     def label_selected(self, label: str | None, note: str | None = None) -> None:
-        self.reviewing.label_selected(label, note)
+        (self.cells or self.reviewing).label_selected(label, note)
+
+    def accept_prediction(self) -> None:
+        (self.cells or self.reviewing).accept_prediction()
+
+    def undo(self) -> None:
+        (self.cells or self.reviewing).undo()
+
+    def redo(self) -> None:
+        (self.cells or self.reviewing).redo()
+
+    def zoom(self, factor: float) -> None:
+        (self.cells or self.detail_pane).zoom(factor)
+
+    def fit_image(self) -> None:
+        self.cell_pane.fit() if self.cells is not None else self.detail_pane.fit_image()
+
+    # ---------------------------------------------------------------- the cells view
+    @property
+    def cells(self) -> CellPane | None:
+        """The cell view when it is shown (the review keys act on its cells), else None."""
+        return self.cell_pane if self.tabs.currentWidget() is self.cell_pane.widget else None
+
+    @property
+    def review_bar(self):
+        """Where the action table lays out the review buttons: the view shown."""
+        return (self.cells or self.gallery).review_bar
+
+    def key_classes(self) -> list[str]:
+        """The classes the keys 1..N give: the cell model's in the cells view, else the model shown's."""
+        return self.cell_pane.classes if self.cells is not None else self.ctl.classes
+
+    def show_view(self, which: str) -> None:
+        self.tabs.setCurrentWidget(self.cell_pane.widget if which == "cells" else self.splitter)
+
+    def add_missed_cell(self) -> None:
+        if self.cells is None:
+            self.statusBar().showMessage("⚠ Cells are added in the cells view (Ctrl+2).", 6000)
+            return
+        self.cell_pane.start_adding()
+
+    def _view_changed(self, _index: int) -> None:
+        shown = self.cells
+        if shown is None:
+            self.cell_pane.cancel_adding()
+        actions.build_class_actions(self, self.key_classes())
+        self.gallery_keys.gallery = shown.view if shown is not None else self.view
+        (shown.view if shown is not None else self.view).setFocus(Qt.OtherFocusReason)
+        if shown is not None:
+            shown.reload()
+        self._update_actions()
+
+    def _cells_loaded(self) -> None:
+        if self.cells is not None and [s.args[0] for s, _ in (self.specs[n] for n in self.specs
+                                                                if n.startswith("class_"))] != self.key_classes():
+            actions.build_class_actions(self, self.key_classes())  # the active cell model's classes arrived
+        self._update_actions()
 
     reviewer = property(lambda self: self.state.reviewer)
 

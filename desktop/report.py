@@ -1,7 +1,9 @@
 """The PDF case report of a folder (Qt's own PDF writer): case name, local date and time,
-reviewer and a sign-off block, counts per class (predicted and reviewed), the corrected,
-outside-experience, uncertain and "Other" images with thumbnails, the model in one line
-with the basis of its figures, and the decision-support statement."""
+reviewer and a sign-off block, counts per class (predicted and reviewed), the white-cell
+differential with its intervals, blast line and advice (when the case has cells), the
+corrected, outside-experience, uncertain and "Other" images with thumbnails, galleries of the
+blast, flagged and corrected cells cut out of their fields, the model in one line with the
+basis of its figures, and the decision-support statement."""
 from __future__ import annotations
 
 import html
@@ -11,12 +13,16 @@ from datetime import datetime
 from pathlib import Path
 
 from PySide6.QtCore import QMarginsF, QRectF, QSizeF, Qt, QUrl
-from PySide6.QtGui import QPageLayout, QPageSize, QPainter, QPdfWriter, QTextDocument, QTextFormat
+import numpy as np
+from PySide6.QtGui import QImage, QPageLayout, QPageSize, QPainter, QPdfWriter, QTextDocument, QTextFormat
 from sqlalchemy import select
 
+from core.cells.finder import cut_out, decode_for_cells
+from core.review import differential as diff
 from core.review import gallery as q
 from core.storage import Prediction
-from core.imaging.fspath import display
+from core.imaging.fspath import display, to_fs
+from core.imaging.images import read_file
 from core.models.taxonomy import OTHER, OTHER_TITLE
 
 from .models_panel import trained_on
@@ -121,6 +127,21 @@ def paint_pages(doc: QTextDocument, writer: QPdfWriter, footer: str) -> int:
     return n
 
 
+#: The side of a cell's cut-out in the report when the cell model's card gives none (cell_side_um).
+DEFAULT_CELL_SIDE_UM = 24.0
+CELL_THUMB_PX = 96
+
+
+@dataclass(frozen=True)
+class CellsPart:
+    """The white-cell part of the report: the differential and the galleries of cells."""
+
+    differential: diff.Differential
+    side_um: float  # of each cut-out
+    side_stated: bool  # False: DEFAULT_CELL_SIDE_UM, the cell model's card gives none
+    galleries: list  # (title, meaning, n, [(CaseCell, rgb cut-out or None)] shown)
+
+
 @dataclass(frozen=True)
 class ReportData:
     """What the report says, read from the database (in a worker: the window reads nothing itself)."""
@@ -128,9 +149,55 @@ class ReportData:
     counts: q.ClassCounts
     sections: list  # (title, meaning, n, rows by id, ids shown)
     runtimes: list[str]
+    cells: CellsPart | None = None  # None: no white cells recorded for the case
 
 
-def report_data(session, folder, version: dict | None) -> ReportData:
+def _cut_outs(cells, side_um: float) -> list[np.ndarray | None]:
+    """Each cell cut out of its field, ``side_um`` wide (each image decoded once); None where its
+    image cannot be read any more."""
+    out: list[np.ndarray | None] = [None] * len(cells)
+    by_image: dict[str, list[int]] = {}
+    for k, c in enumerate(cells):
+        by_image.setdefault(c.path, []).append(k)
+    for path, ks in by_image.items():
+        try:
+            rgb, reduced_by = decode_for_cells(read_file(to_fs(path)))
+            for k in ks:
+                out[k] = cut_out(rgb, cells[k], cells[k].um_per_px, side_um=side_um, out_px=CELL_THUMB_PX,
+                                 reduced_by=reduced_by)
+        except Exception as exc:  # a file moved or changed since: the report goes on without its picture
+            log.info("report cut-out from %s failed: %s", display(path), exc)
+    return out
+
+
+def cells_part(session, folder, cell_version_id: int | None = None,
+               threshold_pct: float = diff.DEFAULT_BLAST_THRESHOLD_PCT) -> CellsPart | None:
+    """The case's differential and its galleries (blasts; flagged; corrected), by
+    ``cell_version_id`` (default: the active cell model); None when the case has no cells."""
+    vid = cell_version_id if cell_version_id is not None else diff.cell_version_id(session)
+    cells, latest, version = diff.case_cells(session, folder, vid)
+    if not cells:
+        return None
+    d = diff.differential_of(session, folder, cells, latest, version, threshold_pct=threshold_pct)
+    card_side = ((version.card or {}).get("cell_side_um") if version is not None else None)
+    side_um = float(card_side) if card_side else DEFAULT_CELL_SIDE_UM
+    blast = d.blast.label if d.blast is not None else None
+    chosen = [(f"Blast cells ({blast})", "counted as blasts (reviewed, else predicted)",
+               [c for c in cells if c.counted_as == blast])] if blast else []
+    chosen += [
+        ("Cells flagged by the model", "outside the model's experience or below its confidence threshold",
+         [c for c in cells if c.predicted is not None and (c.outside or c.uncertain)]),
+        ("Cells corrected by a reviewer", "the reviewer's class differs from the model's",
+         [c for c in cells if c.corrected]),
+    ]
+    galleries = []
+    for title, meaning, found in chosen:
+        shown = found[:MAX_THUMBS]
+        galleries.append((title, meaning, len(found), list(zip(shown, _cut_outs(shown, side_um)))))
+    return CellsPart(d, side_um, bool(card_side), galleries)
+
+
+def report_data(session, folder, version: dict | None, cell_version_id: int | None = None) -> ReportData:
     vid = version["id"] if version else None
     tax = version["taxonomy"] if version else None
     counts = q.class_counts(session, folder, vid, tax)
@@ -140,7 +207,68 @@ def report_data(session, folder, version: dict | None) -> ReportData:
         sections.append((title, meaning, len(ids), q.rows(session, folder, vid, ids[:MAX_THUMBS], tax), ids[:MAX_THUMBS]))
     runtimes = sorted(filter(None, session.scalars(select(Prediction.runtime).where(
         Prediction.model_version_id == vid).distinct()))) if vid else []
-    return ReportData(counts, sections, runtimes)
+    return ReportData(counts, sections, runtimes, cells_part(session, folder, cell_version_id))
+
+
+def _differential_html(part: CellsPart) -> str:
+    d = part.differential
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(c.label)}</td><td align='right'>{c.n:,}</td><td align='right'>{c.pct:.1f}%</td>"
+        f"<td align='right'>{c.low_pct:.1f}-{c.high_pct:.1f}%</td><td align='right'>{c.reviewed:,}</td>"
+        f"<td align='right'>{c.predicted:,}</td></tr>" for c in d.classes)
+    blast = f"<p><b>{e(d.blast.as_text())}</b></p>" if d.blast is not None else ""
+    kappa = "".join(
+        f"<p>Agreement of {e(a.first)} and {e(a.second)}: Cohen's kappa "
+        f"{'undefined' if a.kappa is None else format(a.kappa, '.2f')} over the {a.n_cells:,} cells both "
+        f"labelled ({a.n_agree:,} the same).</p>" for a in d.agreement)
+    return f"""
+    <h3>White-cell differential</h3>
+    <p>N = {d.total:,} white cells counted ({d.n_reviewed:,} by a reviewer's label, {d.n_predicted:,} by the
+    model's prediction alone); cell model {e(d.model or 'none')}.</p>
+    <table cellpadding='4' border='1' cellspacing='0'>
+      <tr><th align='left'>Class</th><th>n</th><th>%</th><th>95% interval</th><th>Reviewed</th><th>Predicted</th></tr>
+      {rows}
+    </table>
+    {blast}
+    <p>Not counted in N: outside the model's experience: {d.n_outside:,}; {e(OTHER_TITLE)}: {d.n_other:,}{
+        f"; not classified yet: {d.n_unclassified:,}" if d.n_unclassified else ""}.</p>
+    {kappa}
+    <p><small>{e(diff.INTERVAL_NOTE)} {e(d.disclaimer)}</small></p>
+    """
+
+
+def _cell_thumb(doc, cell, rgb) -> str:
+    url = f"cell://{cell.cell_id}"
+    if rgb is not None:
+        h, w = rgb.shape[:2]
+        image = QImage(np.ascontiguousarray(rgb).data, w, h, 3 * w, QImage.Format_RGB888).copy()
+        doc.addResource(QTextDocument.ImageResource, QUrl(url), image)
+        img = f"<img src='{url}' width='{CELL_THUMB_PX}' height='{CELL_THUMB_PX}'><br>"
+    else:
+        img = "<i>(image not readable)</i><br>"
+    model = ("-" if cell.predicted is None else "outside experience" if cell.outside
+             else f"{cell.predicted} {(cell.confidence or 0):.0%}" + (" uncertain" if cell.uncertain else ""))
+    rev = OTHER_TITLE if cell.reviewed == OTHER else (cell.reviewed or "not reviewed")
+    name = f"{Path(to_fs(cell.path)).name} #{cell.cell_id}"
+    return (f"<td align='center' width='16%'>{img}<small>{html.escape(display(name))}<br>model: "
+            f"{html.escape(model)}<br>reviewed: <b>{html.escape(rev)}</b></small></td>")
+
+
+def _cell_galleries_html(doc, part: CellsPart) -> str:
+    side = f"{part.side_um:g} um wide" + ("" if part.side_stated else " (a default: the cell model's card states none)")
+    out = [f"<p><small>Each cell is cut out of its field, {html.escape(side)}.</small></p>"]
+    for title, meaning, n, shown in part.galleries:
+        head = f"<h3>{html.escape(title)}: {n:,}</h3><p><small>{html.escape(meaning)}.</small></p>"
+        if not n:
+            out.append(head + "<p><i>None.</i></p>")
+            continue
+        cells = [_cell_thumb(doc, c, rgb) for c, rgb in shown]
+        grid = "".join("<table cellpadding='3' cellspacing='0' width='100%'><tr>" + "".join(cells[k:k + 6])
+                       + "</tr></table>" for k in range(0, len(cells), 6))
+        more = f"<p><small>… and {n - len(cells):,} more (see the cells export).</small></p>" if n > len(cells) else ""
+        out.append(head + grid + more)
+    return "".join(out)
 
 
 def build_report(db, folder, version: dict | None, reviewer: str, case: str,
@@ -206,6 +334,7 @@ def build_report(db, folder, version: dict | None, reviewer: str, case: str,
     <p><small>Percentages of the classified images inside the model's experience, and of the images a
     reviewer gave a class. {counts.n_outside:,} image(s) were unlike the images the model was trained on
     ({html.escape(trained_on(card))}): their class is not reliable and is not counted above.</small></p>
+    {_differential_html(data.cells) if data.cells is not None else ''}
     <h3>Sign-off</h3>
     <table cellpadding='8' cellspacing='0' border='1' width='100%'>
       <tr><td width='28%'>Reviewed by</td><td>{html.escape(reviewer or '')}</td></tr>
@@ -214,6 +343,7 @@ def build_report(db, folder, version: dict | None, reviewer: str, case: str,
     </table>
     <p><small>The images below are those a reviewer corrected or the model flagged.</small></p>
     {''.join(parts)}
+    {_cell_galleries_html(doc, data.cells) if data.cells is not None else ''}
     <p><small>{html.escape(card.get('intended_use', '') or STATEMENT)}</small></p>
     """
     doc.setHtml(body)

@@ -11,7 +11,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QInputDialog
 
 from core.models.taxonomy import OTHER, OTHER_TITLE
-from core.review.labels import LabelWriter, reviewer_problem
+from core.review.labels import IMAGE, LabelWriter, reviewer_problem
 from core.review.session import ReviewSession
 from core.review.state import NEEDS_REVIEWER, OUTSIDE, UNSURE, Outcome, class_keys
 
@@ -58,7 +58,7 @@ def pending_rows(writer: LabelWriter, taxonomy: str | None) -> dict[int, tuple[s
     """Labels still in the writer's queue (of ``taxonomy``): image id -> (label, reviewer)."""
     out: dict[int, tuple[str | None, str]] = {}
     for write in writer.pending():
-        if write.taxonomy == taxonomy:
+        if write.kind == IMAGE and write.taxonomy == taxonomy:  # a cell's id is not an image's
             out.update({i: (label, write.reviewer) for i, label in write.targets.items()})
     return out
 

@@ -72,6 +72,7 @@ CASES = {
     "COMPILE_MIN_IMAGES": ("lots", "5", 5),
     "COMPILE_MIN_IMAGES_WARM": ("-3", "0", 0),
     "MAX_FILE_MB": ("0", "0.125", 0.125),
+    "BLAST_THRESHOLD_PCT": ("100", "10", 10.0),
 }
 
 

@@ -1,4 +1,5 @@
-"""Core CLI commands: scan, classify, submit, queue, worker, import-labels, export, models, sample, demo."""
+"""Core CLI commands: scan, classify, submit, queue, worker, import-labels, export, models, sample, demo,
+differential."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,7 @@ from core.models.registry import list_versions, register_package
 from core.models.registry import CELL, FIELD, KIND_LOOKS, active_version
 from core.models.registry import activate, rollback
 from core.app.sample import generate
+from core.review import differential as diff
 
 # Bounds shared by the commands' options (checked before any work: core/app/options.py).
 BATCH_SIZE = int_range(1, 4096)
@@ -412,3 +414,29 @@ def cmd_demo(args, app: App) -> int:
              "classes given to the others mean nothing.")
     out = app.paths.data_dir / "demo-predictions.csv"
     return cmd_export(argparse.Namespace(format="csv", output=str(out), folder=str(folder)), app)
+
+
+def _differential_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", type=non_empty_path, help="the case's folder of images (classified, with their cells)")
+    p.add_argument("--json", type=non_empty_path, help="also write the differential to this JSON file")
+    p.add_argument("--model", help="cell model version name (default: the active cell model)")
+    p.add_argument("--threshold", type=positive_float(99.9), default=None,
+                   help="blast percentage the lab decides on (default: $HEMASCAN_BLAST_THRESHOLD_PCT, 20)")
+
+
+@command("differential", "a case's white-cell differential: per class n, % and 95% interval, blast %", _differential_args)
+def cmd_differential(args, app: App) -> int:
+    threshold = args.threshold if args.threshold is not None else app.settings.blast_threshold_pct
+    with app.db.session() as s:
+        vid = diff.cell_version_id(s, args.model)
+        d = diff.case_differential(s, args.folder, vid, threshold_pct=threshold)
+    if not d.n_cells:
+        app.echo(f"no white cells recorded under {args.folder}: classify it with a cell model active first "
+                 "(nothing to count)")
+        return 0
+    for line in diff.as_lines(d):
+        app.echo(line)
+    if args.json:
+        diff.write_json(d, args.json)
+        app.echo(f"wrote {args.json}")
+    return 0

@@ -48,14 +48,20 @@ SCALE_MAX_PIXELS = 700_000
 # Otsu's threshold: measured on BCCD and Raabin nuclei (>= 80) vs red cells (<= 60).
 NUCLEUS_THRESHOLD_RANGE = (40.0, 75.0)
 MIN_RED_CELLS = 3
+# A red cell measured for the scale is at least this big where it is measured (10 px across).
+MIN_RED_CELL_AREA_PX = 80
 # Physical sizes (um) of what a white cell can be.
 MIN_NUCLEUS_AREA_UM2 = 12.0       # a platelet is 2-3 um across (~5 um2); a small lymphocyte's nucleus ~6 um
 LOBE_MERGE_UM = 1.6               # gaps between a neutrophil's lobes
-CYTOPLASM_UM = 3.5                # the widest cytoplasm rim grown around a nucleus
+CYTOPLASM_UM = 4.0                # the widest cytoplasm rim grown around a nucleus
+CYTOPLASM_THRESHOLD = 0.5         # of the foreground's threshold
+RIM_FRACTION = 0.3                # the rim grown around a nucleus, as a fraction of its diameter
 MIN_CELL_DIAMETER_UM = 6.0
 MAX_CELL_DIAMETER_UM = 30.0
+FRAGMENT_UM2 = 25.0               # a nucleus piece smaller than this near a bigger one is its lobe
+FRAGMENT_JOIN_UM = 4.0
 SINGLE_NUCLEUS_MAX_UM2 = 180.0    # above it a nucleus region is tried for a split (two touching cells)
-CROP_MAX_WIDTH_UM = 45.0          # a crop narrower than ~3 white cells may be a pre-cut single cell
+CROP_MAX_CELL_WIDTHS = 4.0        # a crop at most this many times its central cell's width may be a pre-cut cell
 DEFAULT_MAX_DECODE_PIXELS = images.DEFAULT_MAX_PIXELS
 # The finder needs no more than this many pixels (after libjpeg's DCT scaling) for a field.
 FINDER_TARGET_PIXELS = 1_500_000
@@ -230,35 +236,49 @@ def _measure_stain(img: np.ndarray) -> _Stain:
 
 
 def _red_cell_diameter(fg: np.ndarray, nucleus: np.ndarray) -> tuple[float, int]:
-    """Median equivalent diameter (px) of the isolated round red cells, and how many."""
+    """Median diameter (px) of the red cells, and how many it came from.
+
+    Isolated round red cells (pale centres filled, solid, not elongated, off the border) give
+    their equivalent diameter; where fewer than MIN_RED_CELLS are isolated (packed or
+    overlapping red cells), the local maxima of the distance transform of the red-cell mask
+    give each cell's inscribed radius instead (overlapping discs keep their centres' radius)."""
     red = fg & ~cv2.dilate(nucleus.astype(np.uint8), _disc(2)).astype(bool)
-    red = red.astype(np.uint8)
-    red = cv2.morphologyEx(red, cv2.MORPH_OPEN, _disc(1))
-    # fill the pale centres: holes are background pixels not reachable from the border
+    red = cv2.morphologyEx(red.astype(np.uint8), cv2.MORPH_OPEN, _disc(1))
+    red = _fill_holes(red)
     contours, _ = cv2.findContours(red, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     h, w = fg.shape
     diameters = []
     for c in contours:
         area = cv2.contourArea(c)
-        if area < 30:
+        if area < MIN_RED_CELL_AREA_PX or len(c) < 5:  # specks and reflections, not red cells
             continue
         x, y, bw, bh = cv2.boundingRect(c)
         if x <= 0 or y <= 0 or x + bw >= w or y + bh >= h:
             continue
-        hull = cv2.convexHull(c)
-        hull_area = cv2.contourArea(hull)
-        if hull_area <= 0 or area / hull_area < 0.9:
+        hull_area = cv2.contourArea(cv2.convexHull(c))
+        if hull_area <= 0 or area / hull_area < 0.92:
             continue
-        (_, _), (a, b), _ = cv2.fitEllipse(c) if len(c) >= 5 else ((0, 0), (bw, bh), 0)
-        if min(a, b) <= 0 or max(a, b) / min(a, b) > 1.3:
+        (_, _), (a, b), _ = cv2.fitEllipse(c)
+        if min(a, b) <= 0 or max(a, b) / min(a, b) > 1.25:
             continue
         diameters.append(2.0 * math.sqrt(area / math.pi))
-    if not diameters:
+    if len(diameters) >= MIN_RED_CELLS:
+        d = np.asarray(diameters)
+        d = d[d >= 0.6 * np.median(d)]  # fragments and platelets are not red cells
+        return float(np.median(d)), int(d.size)
+    # packed red cells: inscribed radii at the distance transform's maxima
+    dist = cv2.distanceTransform(np.pad(red, 1, constant_values=1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    dist[:, [0, -1]] = 0  # the border is no edge of a cell: a half cell there is not measured
+    dist[[0, -1], :] = 0
+    peaks = (dist >= cv2.dilate(dist, _disc(3))) & (dist >= 5)
+    n, labels, _, centroids = cv2.connectedComponentsWithStats(peaks.astype(np.uint8))
+    if n - 1 < MIN_RED_CELLS:
         return 0.0, 0
-    d = np.asarray(diameters)
-    # the largest mode: a red cell, not a fragment or a platelet (drop what is under half the median)
-    d = d[d >= 0.6 * np.median(d)]
-    return float(np.median(d)), int(d.size)
+    radii = np.array([dist[labels == i].max() for i in range(1, n)])
+    radii = radii[radii >= 0.5 * np.percentile(radii, 90)]
+    if radii.size < MIN_RED_CELLS:
+        return 0.0, 0
+    return float(2.0 * np.median(radii) + 1.0), int(radii.size)
 
 
 def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
@@ -289,6 +309,9 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     interp = cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
     work = cv2.resize(rgb, (ww, wh), interpolation=interp)
     fg, nucleus = _stain_maps(work, stain)
+    # cytoplasm is paler than a red cell: grow cells into a lower threshold than the foreground's
+    diff = np.abs(work.astype(np.int16) - stain.background.astype(np.int16)).sum(axis=2)
+    cellish = diff > CYTOPLASM_THRESHOLD * stain.foreground_threshold
     px_um = 1.0 / WORK_UM_PER_PX  # working px per um
 
     nuc = nucleus.astype(np.uint8)
@@ -296,17 +319,34 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     merged = cv2.morphologyEx(nuc, cv2.MORPH_CLOSE, _disc(LOBE_MERGE_UM * px_um))
     merged = _fill_holes(merged)
     markers = _split_nuclei(merged, px_um)
-    cells_work = _grow_cells(markers, fg, px_um)
-    found = _to_found(cells_work, nuc, k, reduced_by, (wh, ww), px_um)
-    found.sort(key=lambda c: (round(c.centre[1]), c.centre[0]))
+    cells_work = _grow_cells(markers, cellish, px_um)
+    _, blobs = cv2.connectedComponents(cellish.astype(np.uint8) | (cells_work > 0).astype(np.uint8))
+    found = _to_found(cells_work, nuc, k, reduced_by, (wh, ww), px_um, blobs)
+    found = _reading_order(found)
 
     single = False
-    width_um = min(h, w) * um_per_px_rgb
-    if found and width_um <= CROP_MAX_WIDTH_UM:
-        central = _central(found, w * reduced_by, h * reduced_by)
-        if central is not None and all("border" in c.flags for c in found if c is not central):
+    central = _central(found, w * reduced_by, h * reduced_by)
+    if central is not None:
+        cw, ch = central.box[2] - central.box[0], central.box[3] - central.box[1]
+        narrow = min(w, h) * reduced_by <= CROP_MAX_CELL_WIDTHS * max(cw, ch)
+        if narrow and all("border" in c.flags for c in found if c is not central):
             found, single = [central], True
     return FieldCells(tuple(found), um_per_px, source, n_red, single)
+
+
+def _reading_order(found: list[FoundCell]) -> list[FoundCell]:
+    """Top-to-bottom rows, left-to-right within a row: a row holds the cells whose centres lie
+    within half a cell's height below the row's first centre."""
+    if not found:
+        return found
+    band = 0.5 * float(np.median([c.box[3] - c.box[1] for c in found]))
+    rows: list[list[FoundCell]] = []
+    for c in sorted(found, key=lambda c: c.centre[1]):
+        if rows and c.centre[1] - rows[-1][0].centre[1] <= band:
+            rows[-1].append(c)
+        else:
+            rows.append([c])
+    return [c for row in rows for c in sorted(row, key=lambda c: c.centre[0])]
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -317,33 +357,60 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 
 
 def _split_nuclei(merged: np.ndarray, px_um: float) -> np.ndarray:
-    """Label image of nucleus regions, one label per cell: specks dropped, big regions split."""
+    """Label image of nucleus regions, one label per cell: a small fragment near a bigger
+    nucleus joins it (a lobe), lone specks are dropped (platelets), big regions are split at
+    necks (touching cells)."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats(merged, connectivity=8)
+    min_area = MIN_NUCLEUS_AREA_UM2 * px_um * px_um
+    fragment = FRAGMENT_UM2 * px_um * px_um
+    split_area = SINGLE_NUCLEUS_MAX_UM2 * px_um * px_um
+    areas = stats[:, cv2.CC_STAT_AREA]
+    big = [i for i in range(1, n) if areas[i] >= fragment]
+    if big:
+        # each fragment joins the nearest big nucleus within FRAGMENT_JOIN_UM
+        not_big = np.ones(merged.shape, np.uint8)
+        for i in big:
+            not_big[labels == i] = 0
+        dist, nearest = cv2.distanceTransformWithLabels(not_big, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+        zero_label = np.zeros(int(nearest.max()) + 1, np.int32)
+        zero_label[nearest[not_big == 0]] = labels[not_big == 0]
+        for i in range(1, n):
+            if areas[i] >= fragment:
+                continue
+            sel = labels == i
+            k = int(np.argmin(np.where(sel, dist, np.inf)))
+            if dist.flat[k] <= FRAGMENT_JOIN_UM * px_um:
+                labels[sel] = zero_label[nearest.flat[k]]
     out = np.zeros(merged.shape, np.int32)
     next_label = 1
-    min_area = MIN_NUCLEUS_AREA_UM2 * px_um * px_um
-    split_area = SINGLE_NUCLEUS_MAX_UM2 * px_um * px_um
-    for i in range(1, n):
-        area = stats[i, cv2.CC_STAT_AREA]
+    for i in np.unique(labels):
+        if i == 0:
+            continue
+        comp_full = labels == i
+        area = int(comp_full.sum())
         if area < min_area:
             continue
-        x, y, bw, bh = stats[i, :4]
-        comp = (labels[y:y + bh, x:x + bw] == i)
+        ys, xs = np.nonzero(comp_full)
+        y, x, y1, x1 = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
+        comp = comp_full[y:y1, x:x1]
         parts = _watershed_split(comp, px_um) if area > split_area else [comp]
         for part in parts:
             if part.sum() < min_area:
                 continue
-            sub = out[y:y + bh, x:x + bw]
+            sub = out[y:y1, x:x1]
             sub[part] = next_label
             next_label += 1
     return out
 
 
 def _watershed_split(comp: np.ndarray, px_um: float) -> list[np.ndarray]:
-    """Split a nucleus region at the necks of its distance transform (two touching cells)."""
+    """Split a nucleus region at the necks of its distance transform (two touching cells).
+
+    Only where two or more parts are each as thick as a nucleus (inscribed radius >= 2.5 um:
+    a neutrophil's lobes are thinner) and the cut between them is a neck (clearly thinner
+    than the parts)."""
     padded = np.pad(comp.astype(np.uint8), 2)
     dist = cv2.distanceTransform(padded, cv2.DIST_L2, 5)
-    # peaks: at least 2.5 um from any edge, and separated (dilation equality with a 4 um disc)
     peak = (dist >= cv2.dilate(dist, _disc(4.0 * px_um))) & (dist >= 2.5 * px_um)
     n, peak_labels = cv2.connectedComponents(peak.astype(np.uint8))
     if n <= 2:
@@ -352,26 +419,53 @@ def _watershed_split(comp: np.ndarray, px_um: float) -> list[np.ndarray]:
     markers[padded == 0] = n  # background marker
     img = cv2.cvtColor(cv2.normalize(-dist, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8), cv2.COLOR_GRAY2BGR)
     cv2.watershed(img, markers)
+    cut = (markers == -1) & (padded > 0)
+    weakest_peak = min(float(dist[peak_labels == j].max()) for j in range(1, n))
+    if cut.any() and float(dist[cut].max()) > 0.7 * weakest_peak:
+        return [comp]
     parts = [(markers == j)[2:-2, 2:-2] & comp for j in range(1, n)]
     return [p for p in parts if p.any()]
 
 
-def _grow_cells(markers: np.ndarray, fg: np.ndarray, px_um: float) -> np.ndarray:
-    """Each cell's region: foreground within CYTOPLASM_UM of its nucleus, shared by a watershed."""
-    if markers.max() == 0:
+def _grow_cells(markers: np.ndarray, cellish: np.ndarray, px_um: float) -> np.ndarray:
+    """Each cell's region: its nucleus's convex hull grown into the stained pixels around it
+    (up to a rim that scales with the nucleus, at most CYTOPLASM_UM), neighbours sharing by a
+    watershed; the region's convex hull is the cell (cytoplasm is convex, red cells beside it
+    are cut off by the rim's limit)."""
+    n = int(markers.max())
+    if n == 0:
         return markers
-    nuclei = (markers > 0).astype(np.uint8)
-    reach = cv2.dilate(nuclei, _disc(CYTOPLASM_UM * px_um)).astype(bool)
-    allowed = (reach & fg) | (markers > 0)
-    m = markers.copy()
-    bg_label = int(markers.max()) + 1
+    hulls = np.zeros(markers.shape, np.int32)
+    reach = np.zeros(markers.shape, np.uint8)
+    for i in range(1, n + 1):
+        ys, xs = np.nonzero(markers == i)
+        if xs.size == 0:
+            continue
+        pts = np.stack([xs, ys], axis=1).astype(np.int32)
+        hull = cv2.convexHull(pts)
+        cv2.fillPoly(hulls, [hull], i)
+        d_nuc = 2.0 * math.sqrt(xs.size / math.pi)
+        rim = min(max(RIM_FRACTION * d_nuc, 1.0 * px_um), CYTOPLASM_UM * px_um)
+        one = np.zeros(markers.shape, np.uint8)
+        cv2.fillPoly(one, [hull], 1)
+        reach |= cv2.dilate(one, _disc(rim))
+    allowed = (reach.astype(bool) & cellish) | (hulls > 0)
+    m = hulls.copy()
+    bg_label = n + 1
     m[~allowed] = bg_label
-    dist = cv2.distanceTransform((1 - nuclei).astype(np.uint8), cv2.DIST_L2, 3)
+    dist = cv2.distanceTransform((hulls == 0).astype(np.uint8), cv2.DIST_L2, 3)
     img = cv2.cvtColor(np.clip(dist * 4, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
     cv2.watershed(img, m)
-    m[(m == bg_label) | (m < 0)] = 0
-    m[~allowed] = 0
-    return m
+    m[(m == bg_label) | (m < 0) | ~allowed] = 0
+    out = np.zeros(markers.shape, np.int32)
+    for i in range(1, n + 1):
+        region = (m == i).astype(np.uint8)
+        region = cv2.morphologyEx(region, cv2.MORPH_OPEN, _disc(0.5 * px_um)) | (hulls == i).astype(np.uint8)
+        c = _contour_of(region)
+        if c is None:
+            continue
+        cv2.fillPoly(out, [cv2.convexHull(c)], i)
+    return out
 
 
 def _contour_of(mask: np.ndarray) -> np.ndarray | None:
@@ -390,15 +484,20 @@ def _to_original(contour: np.ndarray, scale: float, box_limit: tuple[int, int]) 
 
 
 def _to_found(cells: np.ndarray, nucleus: np.ndarray, k: float, reduced_by: int,
-              work_shape: tuple[int, int], px_um: float) -> list[FoundCell]:
+              work_shape: tuple[int, int], px_um: float, blobs: np.ndarray) -> list[FoundCell]:
+    """The working grid's cell regions as FoundCells in the original grid. A cell is
+    "touching" when another one lies in the same stained blob (cytoplasm meeting
+    cytoplasm) close by (centres nearer than 1.2 x the sum of their radii)."""
     wh, ww = work_shape
     scale = reduced_by / k  # original px per working px
     orig_w, orig_h = round(ww * scale), round(wh * scale)
     out = []
     labels = [i for i in np.unique(cells) if i > 0]
-    dil = {}
+    geometry = {}
     for i in labels:
-        dil[i] = None
+        ys, xs = np.nonzero(cells == i)
+        blob_ids, counts = np.unique(blobs[ys, xs], return_counts=True)
+        geometry[i] = (xs.mean(), ys.mean(), math.sqrt(xs.size / math.pi), int(blob_ids[np.argmax(counts)]))
     for i in labels:
         mask = cells == i
         contour = _contour_of(mask)
@@ -409,8 +508,9 @@ def _to_found(cells: np.ndarray, nucleus: np.ndarray, k: float, reduced_by: int,
         edge = max(1, round(0.3 * px_um))
         if x < edge or y < edge or x + bw > ww - edge or y + bh > wh - edge:
             flags.add("border")
-        ring = cv2.dilate(mask.astype(np.uint8), _disc(1)).astype(bool) & ~mask
-        if ((cells[ring] > 0) & (cells[ring] != i)).any():
+        xi, yi, ri, bi = geometry[i]
+        if any(j != i and bj == bi and math.hypot(xj - xi, yj - yi) < 1.2 * (ri + rj)
+               for j, (xj, yj, rj, bj) in geometry.items()):
             flags.add("touching")
         area = int(mask.sum())
         diameter_um = 2.0 * math.sqrt(area / math.pi) / px_um

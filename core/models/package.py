@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -47,6 +47,12 @@ MAX_JSON_DEPTH = 64  # json.loads recurses: 100,000 nested lists raise Recursion
 MAX_NAME_LENGTH = 100
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 16, 1024  # 1024 px: 3 MB per uint8 image, 12 MB as float
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0  # the trainer fits T in [0.05, 20]
+# A cell model's cut-out side: a white cell is 6-30 um across (core/cells/finder.py), so a square
+# narrower than 5 um cannot hold one and one wider than 200 um holds a crowd, not a cell.
+MIN_CELL_SIDE_UM, MAX_CELL_SIDE_UM = 5.0, 200.0
+# The side a cell model is given when its card names none (a model trained on pre-cut crops,
+# e.g. C-NMC's 300 px at about 0.1 um/px): the cell in the middle with some of its surroundings.
+DEFAULT_CELL_SIDE_UM = 30.0
 
 # A model name is a directory name in the registry and appears in file names: letters, digits,
 # '.', '_', '-', starting with a letter or digit (so never '.', '..' or a hidden temp name),
@@ -175,6 +181,8 @@ class CardSchema(BaseModel):
     placeholder: bool = False
     int8: Int8Schema = Int8Schema()
     guard: GuardSchema | None = None  # {} in a card: no guard
+    input: Literal["field", "cell"] = "field"
+    cell_side_um: Annotated[float, Field(ge=MIN_CELL_SIDE_UM, le=MAX_CELL_SIDE_UM, allow_inf_nan=False)] | None = None
     intended_use: str = ""
     notes: str = ""
     format_version: Annotated[int, Field(ge=1)] = CARD_FORMAT
@@ -305,6 +313,13 @@ class ModelCard:
     int8: dict[str, Any] = field(default_factory=dict)
     # The foreign-image guard beside the weights (core/models/guard.py): {"file", "sha256", ...}; {} when none.
     guard: dict[str, Any] = field(default_factory=dict)
+    # What one input of the model is: "field", a whole smear field (the subtype model), or "cell",
+    # one white cell cut out of a field (core/inference/cells.py finds and cuts the cells).
+    input: str = "field"
+    # A cell model only: the side, in micrometres, of the square cut-out it was trained on; each
+    # found cell is cut out at this physical size whatever the camera, then resized to the
+    # preprocessing's input_size. None: DEFAULT_CELL_SIDE_UM. A field model ignores it.
+    cell_side_um: float | None = None
     intended_use: str = INTENDED_USE
     notes: str = ""
     format_version: int = CARD_FORMAT
@@ -312,6 +327,11 @@ class ModelCard:
     @property
     def prep(self) -> Preprocessing:
         return Preprocessing.from_dict(self.preprocessing)
+
+    @property
+    def cut_out_side_um(self) -> float:
+        """The side in micrometres at which a cell model's cells are cut out."""
+        return float(self.cell_side_um) if self.cell_side_um is not None else DEFAULT_CELL_SIDE_UM
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)

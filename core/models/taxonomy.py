@@ -10,6 +10,8 @@ class Taxonomy:
     title: str
     classes: tuple[str, ...]
     input_kind: str = "field"  # what one input is: "field" (a smear field) or "cell" (one cut-out cell)
+    # the class a differential reports as the blast percentage (core/review/differential.py); None: none
+    blast_class: str | None = None
 
 
 # The reserved review label every taxonomy has: the image fits none of its classes (another
@@ -23,7 +25,8 @@ TAXONOMIES: dict[str, Taxonomy] = {
     "all_subtype": Taxonomy(
         "all_subtype", "ALL subtype (4 classes)", ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
     ),
-    "all_vs_normal": Taxonomy("all_vs_normal", "ALL vs normal (2 classes)", ("ALL", "Normal"), "cell"),
+    "all_vs_normal": Taxonomy("all_vs_normal", "ALL vs normal (2 classes)", ("ALL", "Normal"), "cell",
+                              blast_class="ALL"),  # C-NMC's "ALL" cells are lymphoblasts
 }
 
 # Folder names used by the public datasets -> (taxonomy, class). Keys are normalised
@@ -77,6 +80,12 @@ def resolve_alias(folder_name: str, taxonomy: str | None = None) -> tuple[str, s
 def review_labels(taxonomy: str) -> tuple[str, ...]:
     """What a reviewer may answer: the taxonomy's classes, then "Other"."""
     return (*get_taxonomy(taxonomy).classes, OTHER)
+
+
+def blast_class(taxonomy: str | None) -> str | None:
+    """The class of ``taxonomy`` a differential counts as blasts (None: it has none, or unknown)."""
+    tax = TAXONOMIES.get(taxonomy or "")
+    return tax.blast_class if tax else None
 
 
 def get_taxonomy(name: str) -> Taxonomy:

@@ -21,11 +21,12 @@ from core.imaging.fspath import to_fs
 from core.jobs import Job, Progress
 from core.imaging.scan import ScanSummary, scan, under_folder
 from core.models.taxonomy import OTHER, resolve_alias, review_labels
+from core.review.cell_labels import record_cell_labels
+from core.review.rules import NOT_REVIEWER_NAMES, SOURCES, reviewer_problem  # noqa: F401  (re-exported)
 from core.storage.errors import user_error
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("human", "import", "dataset")
 
 
 
@@ -196,9 +197,13 @@ RETRY_BUSY_MS = 1000
 RETRY_MAX_PAUSE_S = 5.0
 
 
+#: What a label write labels: whole images (label_events) or cells (cell_label_events).
+IMAGE, CELL = "image", "cell"
+
+
 @dataclass
 class LabelWrite:
-    """One user action's label events: image_id -> new label (None clears)."""
+    """One user action's label events: image_id (or cell_id, ``kind`` CELL) -> new label (None clears)."""
 
     seq: int
     targets: dict[int, str | None]
@@ -206,14 +211,19 @@ class LabelWrite:
     taxonomy: str
     note: str | None
     source: str = "human"
+    kind: str = IMAGE
 
     def apply(self, session: Session) -> None:
         by_label: dict[str | None, list[int]] = {}
-        for image_id, label in self.targets.items():
-            by_label.setdefault(label, []).append(image_id)
+        for target_id, label in self.targets.items():
+            by_label.setdefault(label, []).append(target_id)
         for label, ids in by_label.items():
-            record_labels(session, ids, label, self.reviewer, source=self.source, taxonomy=self.taxonomy,
-                          note=self.note)
+            if self.kind == CELL:
+                record_cell_labels(session, ids, label, self.reviewer, taxonomy=self.taxonomy, source=self.source,
+                                   note=self.note)
+            else:
+                record_labels(session, ids, label, self.reviewer, source=self.source, taxonomy=self.taxonomy,
+                              note=self.note)
 
 
 class LabelWriter:
@@ -226,14 +236,16 @@ class LabelWriter:
     still waiting, the write is queued; a thread of its own, with its own engine and one
     session per attempt, writes the queue in order and retries until it succeeds, so no
     label is ever dropped. ``on_saved(image_ids, n_pending)`` and ``on_waiting(message,
-    n_pending)`` are called from that thread (the desktop turns them into Qt signals).
+    n_pending)`` are called from that thread (the desktop turns them into Qt signals);
+    ``on_cells_saved(cell_ids, n_pending)`` after a cell label write (:meth:`write_cells`: the
+    same queue, in the same order, under the same rules).
     ``off_caller_thread``: never touch the database on the calling thread, queue every write
     (the desktop's GUI thread: a server gone away could hold even a short write for the
     connect timeout)."""
 
     def __init__(self, db: Database, on_saved=None, on_waiting=None,
                  fast_busy_ms: int = FAST_WRITE_BUSY_MS, retry_busy_ms: int = RETRY_BUSY_MS,
-                 off_caller_thread: bool = False):
+                 off_caller_thread: bool = False, on_cells_saved=None):
         self.url = db.url
         self.off_caller_thread = off_caller_thread
         self._db = db  # its engines check that the SQLite file is still the one ``db`` opened
@@ -243,6 +255,7 @@ class LabelWriter:
         self._retry_busy_ms = retry_busy_ms
         self.on_saved = on_saved or (lambda ids, n: None)
         self.on_waiting = on_waiting or (lambda message, n: None)
+        self.on_cells_saved = on_cells_saved or (lambda ids, n: None)
         self._queue: list[LabelWrite] = []
         self._cond = threading.Condition()
         self._seq = 0
@@ -251,9 +264,11 @@ class LabelWriter:
 
     # -- caller's side
     def write(self, targets: dict[int, str | None], reviewer: str, taxonomy: str = "all_subtype",
-              note: str | None = None, source: str = "human") -> bool:
+              note: str | None = None, source: str = "human", kind: str = IMAGE) -> bool:
         """Record one action. True: written now; False: queued (it will be written later).
         A label that is not valid raises ValueError here (it is never queued)."""
+        if kind not in (IMAGE, CELL):
+            raise ValueError(f"unknown label target {kind!r}")
         if source not in SOURCES:
             raise ValueError(f"unknown label source {source!r}")
         for label in set(targets.values()):
@@ -261,7 +276,7 @@ class LabelWriter:
                 raise ValueError(f"{label!r} is not a class of taxonomy {taxonomy!r} (nor {OTHER!r})")
         with self._cond:
             self._seq += 1
-            item = LabelWrite(self._seq, dict(targets), reviewer, taxonomy, note, source)
+            item = LabelWrite(self._seq, dict(targets), reviewer, taxonomy, note, source, kind)
             if self._queue or self._closing or self.off_caller_thread:
                 self._enqueue(item)
                 return False
@@ -276,15 +291,21 @@ class LabelWriter:
                 self._enqueue(item)
             return False
 
+    def write_cells(self, targets: dict[int, str | None], reviewer: str, taxonomy: str,
+                    note: str | None = None, source: str = "human") -> bool:
+        """Record one action on cells (cell_id -> label): as :meth:`write`, in the same queue."""
+        return self.write(targets, reviewer, taxonomy, note, source, kind=CELL)
+
     def pending(self) -> list[LabelWrite]:
         with self._cond:
             return list(self._queue)
 
-    def pending_labels(self, taxonomy: str | None = None) -> dict[int, str | None]:
-        """image_id -> the label it will have once the queue is written (latest write wins)."""
+    def pending_labels(self, taxonomy: str | None = None, kind: str = IMAGE) -> dict[int, str | None]:
+        """image_id (cell_id for ``kind`` CELL) -> the label it will have once the queue is
+        written (latest write wins)."""
         out: dict[int, str | None] = {}
         for w in self.pending():
-            if taxonomy is None or w.taxonomy == taxonomy:
+            if w.kind == kind and (taxonomy is None or w.taxonomy == taxonomy):
                 out.update(w.targets)
         return out
 
@@ -357,7 +378,7 @@ class LabelWriter:
                 self._queue.pop(0)
                 n = len(self._queue)
                 self._cond.notify_all()
-            self.on_saved(list(item.targets), n)
+            (self.on_cells_saved if item.kind == CELL else self.on_saved)(list(item.targets), n)
             time.sleep(0)  # let the caller's thread run between writes
 
 
@@ -367,17 +388,3 @@ def _sentence(exc: BaseException, url) -> str:
 
 
 # Computer accounts, not people: a label must say who decided it.
-NOT_REVIEWER_NAMES = frozenset({"root", "admin", "administrator", "user", "guest", "unknown", "nobody", "test",
-                                "pi", "ubuntu", "debian", "hemascan", "lab", "default"})
-
-
-def reviewer_problem(name: str | None) -> str | None:
-    """Why ``name`` cannot stand for the person who gives labels (one sentence), or None."""
-    name = (name or "").strip()
-    if not name:
-        return "a reviewer name is needed: it is stored with every label you give"
-    if name.casefold() in NOT_REVIEWER_NAMES:
-        return f"'{name}' is a computer account, not a person: type your own name"
-    if len(name) > 128 or any(ord(c) < 32 for c in name):
-        return "a reviewer name is at most 128 printable characters"
-    return None

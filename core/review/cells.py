@@ -1,0 +1,175 @@
+"""The cells of a folder for review (headless): every white cell found in (or added to) the
+folder's images, with what the active cell model said about it and its current label,
+grouped by predicted class with the least confident first within a class (the order of a
+CellaVision verification screen). Qt-free: the desktop's cell view and anyone else who lists
+cells use it."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.cells.records import ADDED_BY_REVIEWER
+from core.review.cell_labels import latest_cell_events, record_cell_labels  # noqa: F401  (re-exported)
+from core.imaging.fspath import display
+from core.imaging.scan import under_folder
+from core.models.taxonomy import get_taxonomy
+from core.storage import Cell, CellLabelEvent, CellPrediction, CellSearch, ImageFile, ModelVersion
+
+#: The group of a cell whose prediction is outside the model's experience (its class is not shown).
+OUTSIDE_GROUP = "Outside the model's experience"
+#: The group of a cell the cell model has not classified (yet).
+UNCLASSIFIED_GROUP = "Not classified"
+
+
+@dataclass(frozen=True)
+class CellRow:
+    cell_id: int
+    image_id: int
+    path: str  # the image's stored path (core.imaging.fspath.to_fs before opening)
+    name: str  # the image's file name, for display
+    number: int  # the cell's number in its image
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the original image's grid (x1, y1 exclusive)
+    contour: tuple[tuple[int, int], ...]  # outline, original grid
+    flags: tuple[str, ...]  # core.cells.finder.CELL_FLAGS
+    um_per_px: float
+    predicted: str | None
+    confidence: float | None
+    uncertain: bool
+    outside: bool | None  # outside the model's experience; None: not assessed
+    probabilities: tuple[float, ...]
+    reviewed: str | None  # the current label (latest event of the model's taxonomy)
+    reviewer: str | None
+    source: str  # found (by the finder) / added (by a reviewer)
+
+    @property
+    def group(self) -> str:
+        """The heading it is shown under: its predicted class, or why it has none."""
+        if self.predicted is None:
+            return UNCLASSIFIED_GROUP
+        return OUTSIDE_GROUP if self.outside else self.predicted
+
+    @property
+    def centre(self) -> tuple[float, float]:  # what core.cells.finder.cut_out centres on
+        x0, y0, x1, y1 = self.box
+        return ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
+
+
+def version_taxonomy(session: Session, version_id: int | None) -> str | None:
+    if version_id is None:
+        return None
+    return session.scalar(select(ModelVersion.taxonomy).where(ModelVersion.id == version_id))
+
+
+def _folder_images(session: Session, folder) -> dict[int, str]:
+    """image id -> its first stored path, for the usable images under ``folder``."""
+    q = (select(ImageFile.image_id, func.min(ImageFile.path))
+         .where(under_folder(ImageFile.path, folder), ImageFile.image_id.is_not(None), ImageFile.missing.is_(False))
+         .group_by(ImageFile.image_id))
+    return {i: p for i, p in session.execute(q)}
+
+
+def _latest_finders(session: Session, image_ids: list[int]) -> dict[int, str]:
+    """image id -> the finder of its newest cell search (an older method's cells are not listed twice)."""
+    out: dict[int, tuple[int, str]] = {}
+    for start in range(0, len(image_ids), 500):
+        chunk = image_ids[start:start + 500]
+        for sid, image_id, finder in session.execute(
+                select(CellSearch.id, CellSearch.image_id, CellSearch.finder).where(CellSearch.image_id.in_(chunk))):
+            if image_id not in out or sid > out[image_id][0]:
+                out[image_id] = (sid, finder)
+    return {i: f for i, (_, f) in out.items()}
+
+
+def disagreeing_cells(session: Session, cell_ids: Iterable[int], taxonomy: str | None = None) -> set[int]:
+    """Cells whose latest labels by two different reviewers differ (a cleared label is no opinion)."""
+    ids = list(cell_ids)
+    by_cell: dict[int, dict[str, str | None]] = {}
+    for start in range(0, len(ids), 500):
+        q = (select(CellLabelEvent.cell_id, CellLabelEvent.reviewer, CellLabelEvent.label)
+             .where(CellLabelEvent.cell_id.in_(ids[start:start + 500])).order_by(CellLabelEvent.id))
+        if taxonomy is not None:
+            q = q.where(CellLabelEvent.taxonomy == taxonomy)
+        for cell_id, reviewer, label in session.execute(q):
+            by_cell.setdefault(cell_id, {})[reviewer] = label  # in id order: the last one stays
+    return {c for c, latest in by_cell.items() if len({v for v in latest.values() if v is not None}) > 1}
+
+
+def order_key(row: CellRow, classes: list[str] | tuple[str, ...] = ()) -> tuple:
+    """Grouped by predicted class (the model's class order), outside-experience and unclassified
+    cells after them; the least confident first within a group."""
+    group = row.group
+    rank = classes.index(group) if group in classes else len(classes) + (0 if group not in (
+        OUTSIDE_GROUP, UNCLASSIFIED_GROUP) else 1 if group == OUTSIDE_GROUP else 2)
+    conf = row.confidence if row.confidence is not None else 2.0
+    return (rank, group, conf, row.image_id, row.cell_id)
+
+
+def folder_cells(session: Session, folder: str | os.PathLike, cell_version_id: int | None, *,
+                 reviewers_disagree: bool = False) -> list[CellRow]:
+    """The cells of the images under ``folder`` (found by each image's newest finder run, and
+    those reviewers added), with ``cell_version_id``'s predictions and the current labels of
+    its taxonomy, in review order (:func:`order_key`). ``reviewers_disagree``: only the cells
+    whose latest labels by two reviewers differ."""
+    images = _folder_images(session, folder)
+    if not images:
+        return []
+    finders = _latest_finders(session, list(images))
+    taxonomy = version_taxonomy(session, cell_version_id)
+    cells: list[Cell] = []
+    ids = list(images)
+    for start in range(0, len(ids), 500):
+        cells += session.scalars(select(Cell).where(Cell.image_id.in_(ids[start:start + 500])))
+    cells = [c for c in cells if c.finder == ADDED_BY_REVIEWER or finders.get(c.image_id) == c.finder]
+    cell_ids = [c.id for c in cells]
+    preds: dict[int, CellPrediction] = {}
+    if cell_version_id is not None:
+        for start in range(0, len(cell_ids), 500):
+            for p in session.scalars(select(CellPrediction).where(
+                    CellPrediction.cell_id.in_(cell_ids[start:start + 500]),
+                    CellPrediction.model_version_id == cell_version_id)):
+                preds[p.cell_id] = p
+    events = latest_cell_events(session, cell_ids, taxonomy) if taxonomy is not None else latest_cell_events(
+        session, cell_ids)
+    if reviewers_disagree:
+        keep = disagreeing_cells(session, cell_ids, taxonomy)
+        cells = [c for c in cells if c.id in keep]
+    rows = []
+    for c in cells:
+        p, e = preds.get(c.id), events.get(c.id)
+        rows.append(CellRow(
+            cell_id=c.id, image_id=c.image_id, path=images[c.image_id],
+            name=os.path.basename(display(images[c.image_id])), number=c.number,
+            box=(c.x0, c.y0, c.x1, c.y1), contour=tuple((int(x), int(y)) for x, y in (c.contour or ())),
+            flags=tuple(c.flags or ()), um_per_px=float(c.um_per_px),
+            predicted=p.label if p else None, confidence=p.confidence if p else None,
+            uncertain=bool(p.uncertain) if p else False,
+            outside=None if p is None or p.out_of_distribution is None else bool(p.out_of_distribution),
+            probabilities=tuple(p.probabilities or ()) if p else (),
+            reviewed=e.label if e else None, reviewer=e.reviewer if e and e.label is not None else None,
+            source=c.source))
+    classes: list[str] = []
+    if cell_version_id is not None:
+        card = session.scalar(select(ModelVersion.card).where(ModelVersion.id == cell_version_id)) or {}
+        classes = list(card.get("classes") or ())
+    rows.sort(key=lambda r: order_key(r, classes))
+    return rows
+
+
+def active_cell_version(session: Session) -> dict | None:
+    """The active cell model: {"id", "name", "taxonomy", "classes"} (plain data), or None."""
+    v = session.scalar(select(ModelVersion).where(ModelVersion.is_active.is_(True), ModelVersion.input_kind == "cell")
+                       .order_by(ModelVersion.id.desc()))
+    if v is None:
+        return None
+    classes = list((v.card or {}).get("classes") or get_taxonomy(v.taxonomy).classes)
+    return {"id": v.id, "name": v.name, "taxonomy": v.taxonomy, "classes": classes}
+
+
+def image_scale(session: Session, image_id: int) -> float | None:
+    """um per pixel of an image's newest cell search (what a cell added by hand is cut out at)."""
+    return session.scalar(select(CellSearch.um_per_px).where(CellSearch.image_id == image_id)
+                          .order_by(CellSearch.id.desc()).limit(1))

@@ -1,0 +1,21 @@
+"""The rules every label event follows, for images and cells alike: where a label may come
+from, and which names can stand for the person who gives it."""
+from __future__ import annotations
+
+#: where a label event comes from: a person in the app, an import, a dataset's class folders
+SOURCES = ("human", "import", "dataset")
+
+NOT_REVIEWER_NAMES = frozenset({"root", "admin", "administrator", "user", "guest", "unknown", "nobody", "test",
+                                "pi", "ubuntu", "debian", "hemascan", "lab", "default"})
+
+
+def reviewer_problem(name: str | None) -> str | None:
+    """Why ``name`` cannot stand for the person who gives labels (one sentence), or None."""
+    name = (name or "").strip()
+    if not name:
+        return "a reviewer name is needed: it is stored with every label you give"
+    if name.casefold() in NOT_REVIEWER_NAMES:
+        return f"'{name}' is a computer account, not a person: type your own name"
+    if len(name) > 128 or any(ord(c) < 32 for c in name):
+        return "a reviewer name is at most 128 printable characters"
+    return None

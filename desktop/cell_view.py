@@ -1,0 +1,806 @@
+"""The cell view: the folder's white cells cut out of their fields, in galleries grouped by the
+cell model's predicted class under a heading with the count, least confident first (the order
+of a CellaVision verification screen); the selected cell's field beside them with every cell
+outlined and the selected one highlighted (zoom, pan, fit as the detail view); the case's
+count per class, updated as cells are reviewed; a cell the finder missed added by dragging a
+box on the field.
+
+The decisions are core.review.state's (a ReviewState over the cells' own undo stack), the
+rows core.review.cells'; labels go through the window's LabelWriter (its cell writes). Every
+read, decode and cut-out runs on the pool; the GUI thread keeps the rows in memory."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections import OrderedDict, deque
+
+from PySide6.QtCore import QAbstractListModel, QItemSelectionModel, QModelIndex, QObject, QPointF, QRect, QRectF, \
+    QSize, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QPainter, QPalette, QPen, QPolygonF
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QGraphicsPolygonItem, QGraphicsRectItem,
+                               QGraphicsView,
+                               QHBoxLayout, QHeaderView, QLabel, QListView, QSplitter, QStyle, QStyledItemDelegate,
+                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from core.cells.finder import DEFAULT_UM_PER_PX, cut_out, decode_for_cells
+from core.cells.records import add_cell
+from core.imaging.fspath import to_fs
+from core.imaging.images import read_file
+from core.models.taxonomy import OTHER, OTHER_TITLE
+from core.review.cells import CellRow, active_cell_version, disagreeing_cells, folder_cells, \
+    image_scale
+from core.review.labels import CELL, LabelWriter
+from core.review.session import ReviewSession
+from core.review.state import OUTSIDE, UNSURE, Outcome, ReviewState, class_keys
+
+from .controller import Controller
+from .detail import ImageView, rgb_to_qimage
+from .detail_view import decode_full
+from .tiles import class_color
+
+log = logging.getLogger(__name__)
+
+CELL_THUMB = 96  # px, logical
+CELL_SIDE_UM = 18.0  # the cut-out's side: a cell with a rim of its surroundings
+CELL_TILE = QSize(CELL_THUMB + 12, CELL_THUMB + 28)
+ROW_ROLE = Qt.UserRole + 1
+HEADING_HEIGHT = 26
+
+
+def in_cell_words(sentence: str) -> str:
+    """The review state's sentences speak of images; here they are about cells."""
+    return sentence.replace("images", "cells").replace("image", "cell")
+
+
+class QueuedCellReview(ReviewSession):
+    """Review actions on cells with undo/redo, written through the window's LabelWriter (its
+    cell writes: never blocking a key). What a cell is labelled before an action is what the
+    view shows, with the writer's queue on top."""
+
+    def __init__(self, db, writer: LabelWriter, shown):
+        super().__init__(db, "")
+        self.writer, self.shown = writer, shown
+
+    def _write(self, targets: dict[int, str | None], note: str) -> None:
+        self.writer.write_cells(targets, self.reviewer, self.taxonomy, note)
+
+    def label(self, cell_ids, label: str | None, note: str | None = None):
+        ids = list(dict.fromkeys(cell_ids))  # the description is what an undo's note repeats
+        return self.apply({i: label for i in ids}, f"label {len(ids)} cell(s) as {label}", note)
+
+    def current(self, cell_ids) -> dict[int, str | None]:
+        got = self.shown(cell_ids)
+        pending = self.writer.pending_labels(self.taxonomy, kind=CELL)
+        return {i: pending[i] if i in pending else got[i] for i in got}
+
+
+# ---------------------------------------------------------------- the gallery's model
+@dataclasses.dataclass(frozen=True)
+class Heading:
+    group: str
+    count: int
+
+
+class CellModel(QAbstractListModel):
+    """The cells in review order, a heading item before each group (not selectable)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.items: list[CellRow | Heading] = []
+        self._pos: dict[int, int] = {}
+
+    def set_rows(self, rows: list[CellRow]) -> None:
+        self.beginResetModel()
+        self.items = []
+        for row in rows:
+            if not self.items or self._group_of_last() != row.group:
+                self.items.append(Heading(row.group, sum(1 for r in rows if r.group == row.group)))
+            self.items.append(row)
+        self._pos = {it.cell_id: k for k, it in enumerate(self.items) if isinstance(it, CellRow)}
+        self.endResetModel()
+
+    def _group_of_last(self) -> str | None:
+        for it in reversed(self.items):
+            return it.group
+        return None
+
+    def rows(self) -> list[CellRow]:
+        return [it for it in self.items if isinstance(it, CellRow)]
+
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802
+        return 0 if parent.isValid() else len(self.items)
+
+    def data(self, index, role=Qt.DisplayRole):
+        if not index.isValid() or index.row() >= len(self.items):
+            return None
+        it = self.items[index.row()]
+        if role == ROW_ROLE:
+            return it
+        if role in (Qt.DisplayRole, Qt.AccessibleTextRole):
+            return heading_text(it) if isinstance(it, Heading) else tile_caption(it)
+        if role == Qt.ToolTipRole and isinstance(it, CellRow):
+            return f"{it.name}, cell {it.number + 1}\n{tile_caption(it)}" + (
+                f"\nreviewed by {it.reviewer}" if it.reviewer else "")
+        return None
+
+    def flags(self, index):
+        if not index.isValid():
+            return Qt.NoItemFlags
+        return Qt.NoItemFlags if isinstance(self.items[index.row()], Heading) else Qt.ItemIsEnabled | Qt.ItemIsSelectable
+
+    def row_of(self, cell_id: int) -> int | None:
+        return self._pos.get(cell_id)
+
+    def cell_at(self, row: int) -> CellRow | None:
+        it = self.items[row] if 0 <= row < len(self.items) else None
+        return it if isinstance(it, CellRow) else None
+
+    def labels_of(self, cell_ids) -> dict[int, str | None]:
+        return {i: self.items[self._pos[i]].reviewed if i in self._pos else None for i in cell_ids}
+
+    def set_labels(self, labels: dict[int, str | None], reviewer: str | None) -> None:
+        for i, label in labels.items():
+            at = self._pos.get(i)
+            if at is None:
+                continue
+            self.items[at] = dataclasses.replace(self.items[at], reviewed=label,
+                                                 reviewer=reviewer if label is not None else None)
+            self.dataChanged.emit(self.index(at), self.index(at))
+
+    def cell_ready(self, cell_id: int) -> None:
+        at = self._pos.get(cell_id)
+        if at is not None:
+            self.dataChanged.emit(self.index(at), self.index(at), [Qt.DecorationRole])
+
+
+def heading_text(h: Heading) -> str:
+    return f"{h.group} — {h.count} cell{'s' if h.count != 1 else ''}"
+
+
+def tile_caption(r: CellRow) -> str:
+    """What a cell's tile says: the reviewer's class once reviewed, else the model's (with "?"
+    when unsure), and "added" for a cell a reviewer marked."""
+    added = " · added" if r.source == "added" else ""
+    if r.reviewed:
+        shown = OTHER_TITLE if r.reviewed == OTHER else r.reviewed
+        mark = "\u2713" if r.reviewed == r.predicted and not r.outside else "\u270e"
+        return f"{mark} {shown}{added}"
+    if r.predicted is None:
+        return f"not classified{added}"
+    if r.outside:
+        return f"\u2298 outside experience{added}"
+    return ("? " if r.uncertain else "") + f"{r.predicted} {r.confidence:.0%}{added}"
+
+
+# ---------------------------------------------------------------- cut-outs, off the GUI thread
+class CellThumbs(QObject):
+    """Cut-outs by cell id: an LRU of QImages; misses made on the pool newest-first, each
+    field decoded once for all its cells (a small cache of decoded fields)."""
+
+    ready = Signal(int)
+
+    def __init__(self, workers, size_px: int, max_items: int = 3000, parent=None):
+        super().__init__(parent)
+        self.workers, self.size_px, self.max_items = workers, size_px, max_items
+        self._cache: OrderedDict[int, object] = OrderedDict()
+        self._queue: deque[CellRow] = deque()
+        self._pending: set[int] = set()
+        self._failed: set[int] = set()
+        self._fields: OrderedDict[str, tuple] = OrderedDict()  # path -> (rgb, reduced_by), pool side
+        self._lock = threading.Lock()
+
+    def get(self, row: CellRow):
+        img = self._cache.get(row.cell_id)
+        if img is not None:
+            self._cache.move_to_end(row.cell_id)
+            return img
+        if row.cell_id not in self._pending and row.cell_id not in self._failed:
+            self._pending.add(row.cell_id)
+            self._queue.append(row)
+            self.workers.submit(self._work, name="cell cut-out", on_result=self._done)
+        return None
+
+    def failed(self, cell_id: int) -> bool:
+        return cell_id in self._failed
+
+    def _field(self, path: str):
+        with self._lock:
+            hit = self._fields.get(path)
+            if hit is not None:
+                self._fields.move_to_end(path)
+                return hit
+        field = decode_for_cells(read_file(to_fs(path)))
+        with self._lock:
+            self._fields[path] = field
+            while len(self._fields) > 6:
+                self._fields.popitem(last=False)
+        return field
+
+    def _work(self):  # pool thread
+        try:
+            row = self._queue.pop()
+        except IndexError:
+            return None
+        try:
+            rgb, reduced_by = self._field(row.path)
+            cut = cut_out(rgb, row, row.um_per_px, side_um=CELL_SIDE_UM, out_px=self.size_px, reduced_by=reduced_by)
+            return row.cell_id, rgb_to_qimage(cut)
+        except Exception as exc:
+            log.info("cut-out of cell %s failed: %s", row.cell_id, exc)
+            return row.cell_id, None
+
+    def _done(self, out) -> None:
+        if out is None:
+            return
+        cell_id, img = out
+        self._pending.discard(cell_id)
+        if img is None:
+            self._failed.add(cell_id)
+        else:
+            self._cache[cell_id] = img
+            while len(self._cache) > self.max_items:
+                self._cache.popitem(last=False)
+        self.ready.emit(cell_id)
+
+    def clear(self) -> None:
+        self._queue.clear()
+        self._pending.clear()
+        self._cache.clear()
+        with self._lock:
+            self._fields.clear()
+
+
+class CellDelegate(QStyledItemDelegate):
+    def __init__(self, thumbs: CellThumbs, classes_fn, view: QListView, parent=None):
+        super().__init__(parent)
+        self.thumbs, self.classes_fn, self.view = thumbs, classes_fn, view
+
+    def sizeHint(self, option, index) -> QSize:  # noqa: N802
+        if isinstance(index.data(ROW_ROLE), Heading):  # a whole line: the next group starts below it
+            return QSize(max(CELL_TILE.width(), self.view.viewport().width() - 12), HEADING_HEIGHT)
+        return CELL_TILE
+
+    def paint(self, p: QPainter, option, index) -> None:
+        it = index.data(ROW_ROLE)
+        if it is None:
+            return
+        p.save()
+        classes = self.classes_fn()
+        if isinstance(it, Heading):
+            f = QFont(option.font)
+            f.setBold(True)
+            p.setFont(f)
+            color = QColor("#546e7a") if it.group not in classes else class_color(it.group, classes)
+            p.fillRect(option.rect.adjusted(0, HEADING_HEIGHT - 4, 0, 0), color)
+            p.setPen(option.palette.color(QPalette.Active, QPalette.WindowText))  # a heading is not a greyed item
+            p.drawText(option.rect.adjusted(4, 0, 0, -4), Qt.AlignLeft | Qt.AlignVCenter, heading_text(it))
+            p.restore()
+            return
+        r: CellRow = it
+        rect = option.rect.adjusted(2, 2, -2, -2)
+        selected = bool(option.state & QStyle.State_Selected)
+        pal = option.palette
+        p.fillRect(rect, pal.highlight().color().lighter(160) if selected else pal.base().color())
+        thumb = QRect(rect.left() + 4, rect.top() + 4, rect.width() - 8, CELL_THUMB)
+        img = self.thumbs.get(r)
+        if img is not None:
+            p.drawImage(thumb, img)
+        else:
+            p.fillRect(thumb, QColor("#e0e0e0"))
+            p.setPen(QColor("#757575"))
+            p.drawText(thumb, Qt.AlignCenter, "unreadable" if self.thumbs.failed(r.cell_id) else "…")
+        band = QRect(rect.left(), thumb.bottom() + 3, rect.width(), rect.bottom() - thumb.bottom() - 3)
+        if r.reviewed:
+            p.fillRect(band, class_color(r.reviewed, classes))
+        elif r.outside or r.predicted is None:
+            p.fillRect(band, QColor("#37474f"))
+        else:
+            p.fillRect(band, class_color(r.predicted, classes))
+        f = QFont(option.font)
+        f.setPointSizeF(max(7.0, f.pointSizeF() * 0.8))
+        p.setFont(f)
+        p.setPen(Qt.white)
+        p.drawText(band.adjusted(3, 0, -3, 0), Qt.AlignVCenter | Qt.AlignLeft,
+                   p.fontMetrics().elidedText(tile_caption(r), Qt.ElideRight, band.width() - 6))
+        if r.reviewed and r.predicted and r.reviewed != r.predicted and r.reviewed != OTHER and not r.outside:
+            p.setPen(QPen(QColor("#d32f2f"), 3))  # a correction, as on the image tiles
+            p.setBrush(Qt.NoBrush)
+            p.drawRect(rect.adjusted(1, 1, -1, -1))
+        if selected:
+            p.setBrush(Qt.NoBrush)
+            p.setPen(QPen(pal.highlight().color(), 3))
+            p.drawRect(rect)
+        p.restore()
+
+
+class CellList(QListView):
+    """The cell tiles; a move without Shift or Ctrl leaves one cell selected."""
+
+    def keyboardSearch(self, search: str) -> None:  # noqa: N802  (a letter is a review key, not a search)
+        return None
+
+    def keyPressEvent(self, e) -> None:  # noqa: N802
+        mods = e.modifiers() & ~Qt.KeypadModifier
+        super().keyPressEvent(e)
+        moves = {Qt.Key_Up, Qt.Key_Down, Qt.Key_Left, Qt.Key_Right, Qt.Key_Home, Qt.Key_End, Qt.Key_PageUp,
+                 Qt.Key_PageDown}
+        if e.key() in moves and not (mods & (Qt.ShiftModifier | Qt.ControlModifier)):
+            self.selectionModel().setCurrentIndex(self.currentIndex(), QItemSelectionModel.ClearAndSelect)
+
+    def resizeEvent(self, e) -> None:  # noqa: N802  (headings span the width: lay out again)
+        super().resizeEvent(e)
+        self.doItemsLayout()
+
+
+# ---------------------------------------------------------------- the field with its cells
+class FieldView(ImageView):
+    """The selected cell's field: every cell outlined, the selected one highlighted. In adding
+    mode a drag draws a box: ``boxDrawn(x0, y0, x1, y1)`` in the image's pixels."""
+
+    boxDrawn = Signal(int, int, int, int)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.outlines: dict[int, QGraphicsPolygonItem] = {}
+        self.adding = False
+        self._start: QPointF | None = None
+        self._rubber = QGraphicsRectItem()
+        self._rubber.setPen(QPen(QColor("#ffeb3b"), 0, Qt.DashLine))
+        self._rubber.setZValue(3)
+        self._rubber.setVisible(False)
+        self.scene().addItem(self._rubber)
+
+    def show_cells(self, rows: list[CellRow], selected: int | None) -> None:
+        for item in self.outlines.values():
+            self.scene().removeItem(item)
+        self.outlines = {}
+        for r in rows:
+            poly = QPolygonF([QPointF(x, y) for x, y in r.contour] or
+                             [QPointF(r.box[0], r.box[1]), QPointF(r.box[2], r.box[1]), QPointF(r.box[2], r.box[3]),
+                              QPointF(r.box[0], r.box[3])])
+            item = QGraphicsPolygonItem(poly)
+            item.setZValue(2)
+            self.scene().addItem(item)
+            self.outlines[r.cell_id] = item
+        self.highlight(selected)
+
+    def highlight(self, cell_id: int | None) -> None:
+        for cid, item in self.outlines.items():
+            pen = QPen(QColor("#ffeb3b"), 3) if cid == cell_id else QPen(QColor("#00e5ff"), 1.5)
+            pen.setCosmetic(True)  # the same width at any zoom
+            item.setPen(pen)
+            item.setZValue(2.5 if cid == cell_id else 2)
+
+    def set_adding(self, on: bool) -> None:
+        self.adding = on
+        self.setDragMode(QGraphicsView.NoDrag if on else QGraphicsView.ScrollHandDrag)
+        self.setCursor(Qt.CrossCursor if on else Qt.ArrowCursor)
+        self._rubber.setVisible(False)
+
+    def mousePressEvent(self, e) -> None:  # noqa: N802
+        if self.adding and e.button() == Qt.LeftButton:
+            self._start = self.mapToScene(e.position().toPoint())
+            self._rubber.setRect(QRectF(self._start, self._start))
+            self._rubber.setVisible(True)
+            return
+        super().mousePressEvent(e)
+
+    def mouseMoveEvent(self, e) -> None:  # noqa: N802
+        if self.adding and self._start is not None:
+            self._rubber.setRect(QRectF(self._start, self.mapToScene(e.position().toPoint())).normalized())
+            return
+        super().mouseMoveEvent(e)
+
+    def mouseReleaseEvent(self, e) -> None:  # noqa: N802
+        if self.adding and self._start is not None:
+            rect = QRectF(self._start, self.mapToScene(e.position().toPoint())).normalized()
+            self._start = None
+            self._rubber.setVisible(False)
+            bounds = self.scene().sceneRect()
+            rect = rect.intersected(bounds)
+            if rect.width() >= 2 and rect.height() >= 2:
+                self.boxDrawn.emit(int(rect.left()), int(rect.top()), int(rect.right()), int(rect.bottom()))
+            return
+        super().mouseReleaseEvent(e)
+
+
+# ---------------------------------------------------------------- the pane
+class CellPane(QObject):
+    """The Cells tab: differential | cell galleries | field. Keys reach it through the window's
+    action table when the tab is shown (``label_selected``, ``accept_prediction``, ``undo`` ...)."""
+
+    message = Signal(str, int)
+    enabledChanged = Signal()
+    loaded = Signal()  # a reload's rows are on screen
+    fieldShown = Signal(int)  # image id whose field (with outlines) is shown
+    cellAdded = Signal(int)  # cell id
+    labelsChanged = Signal(list)  # cell ids
+
+    def __init__(self, ctl: Controller, workers, writer: LabelWriter, reviewer_ready, parent=None):
+        super().__init__(parent)
+        self.ctl, self.workers, self.writer = ctl, workers, writer
+        self.reviewer_ready = reviewer_ready  # () -> whether the window has a reviewer (asks once)
+        self.version: dict | None = None  # the active cell model (plain data)
+        self.all_rows: list[CellRow] = []
+        self.disagree: set[int] = set()
+        self._generation = 0
+        self.loading = False
+        self.shown_image: int | None = None
+        self.model = CellModel(self)
+        self.review = QueuedCellReview(ctl.db, writer, self.model.labels_of)
+        self.state = ReviewState(self.review)
+        app = QApplication.instance()
+        dpr = max(1.0, app.devicePixelRatio()) if app else 1.0
+        self.thumbs = CellThumbs(workers, int(CELL_THUMB * min(dpr, 3.0)), parent=self)
+        self.thumbs.ready.connect(self.model.cell_ready)
+
+        self.view = v = CellList()
+        v.setObjectName("cellGallery")
+        v.setViewMode(QListView.IconMode)
+        v.setResizeMode(QListView.Adjust)
+        v.setMovement(QListView.Static)
+        v.setWrapping(True)
+        v.setSpacing(2)
+        v.setSelectionMode(QAbstractItemView.ExtendedSelection)
+        v.setVerticalScrollMode(QAbstractItemView.ScrollPerPixel)
+        v.setModel(self.model)
+        v.setItemDelegate(CellDelegate(self.thumbs, lambda: self.classes, v))
+        v.selectionModel().currentChanged.connect(self._current_changed)
+        v.selectionModel().selectionChanged.connect(lambda *_: (self.sync_state(), self._show_position(),
+                                                                self.enabledChanged.emit()))
+        self.review_bar = QHBoxLayout()  # the action table's buttons while this tab is shown
+        self.review_bar.setSpacing(4)
+        self.disagree_box = QCheckBox("Reviewers disagree")
+        self.disagree_box.setToolTip("Only the cells two reviewers gave different classes")
+        self.disagree_box.setFocusPolicy(Qt.NoFocus)
+        self.disagree_box.toggled.connect(lambda _on: self.reload())
+        self.info = QLabel("")
+        head = QHBoxLayout()
+        head.addWidget(self.info, 1)
+        head.addWidget(self.disagree_box)
+        middle = QWidget()
+        ml = QVBoxLayout(middle)
+        ml.setContentsMargins(0, 4, 0, 0)
+        ml.addLayout(self.review_bar)
+        ml.addLayout(head)
+        ml.addWidget(v, 1)
+
+        self.field = FieldView()
+        self.field.boxDrawn.connect(self._box_drawn)
+        self.field_title = QLabel("No cell selected")
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(4, 4, 4, 4)
+        rl.addWidget(self.field_title)
+        rl.addWidget(self.field, 1)
+
+        self.differential = QTableWidget(0, 4)
+        self.differential.setObjectName("cellDifferential")
+        self.differential.setHorizontalHeaderLabels(["Class", "Cells", "%", "Reviewed"])
+        self.differential.verticalHeader().setVisible(False)
+        self.differential.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.differential.setFocusPolicy(Qt.NoFocus)
+        self.differential.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.differential.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)  # every column shows
+        self.diff_note = QLabel("")
+        self.diff_note.setWordWrap(True)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(4, 4, 4, 4)
+        title = QLabel("<b>Differential of this case</b>")
+        ll.addWidget(title)
+        ll.addWidget(self.differential, 1)
+        ll.addWidget(self.diff_note)
+
+        self.widget = QSplitter(Qt.Horizontal)
+        self.widget.setObjectName("cellSplitter")
+        for w in (left, middle, right):
+            self.widget.addWidget(w)
+        self.widget.setStretchFactor(1, 3)
+        self.widget.setStretchFactor(2, 2)
+        self.widget.setSizes([300, 560, 470])
+        self._show_position()
+
+    # ---------------------------------------------------------------- what the rows are
+    @property
+    def classes(self) -> list[str]:
+        return list(self.version["classes"]) if self.version else []
+
+    @property
+    def busy(self) -> bool:
+        return self.loading
+
+    def reload(self, keep_id: int | None = None) -> None:
+        """Read the folder's cells (and the active cell model) again; ``keep_id`` (else the
+        current cell) stays current if it is still in view."""
+        folder = self.ctl.folder
+        self._generation += 1
+        gen = self._generation
+        cur = self.current_row()
+        keep = keep_id if keep_id is not None else (cur.cell_id if cur else None)
+        if folder is None:
+            self._landed(gen, keep, (None, [], set()))
+            return
+        self.loading = True
+
+        def query(s):
+            v = active_cell_version(s)
+            rows = folder_cells(s, folder, v["id"] if v else None)
+            return v, rows, disagreeing_cells(s, [r.cell_id for r in rows], v["taxonomy"] if v else None)
+
+        def failed(err):
+            if gen == self._generation:
+                self.loading = False
+            self.message.emit(f"⚠ {err}", 20000)
+
+        self.ctl.read(query, lambda out: self._landed(gen, keep, out), "cells", on_error=failed)
+
+    def _landed(self, gen: int, keep: int | None, out) -> None:
+        if gen != self._generation:
+            return
+        self.version, self.all_rows, self.disagree = out
+        if self.state.folder != self.ctl.folder:
+            self.state.open_folder(self.ctl.folder)
+        self.state.folder = self.ctl.folder
+        self.review.taxonomy = self.version["taxonomy"] if self.version else "all_vs_normal"
+        self.review.shown = self.model.labels_of
+        pending = self.writer.pending_labels(self.review.taxonomy, kind=CELL)
+        rows = [dataclasses.replace(r, reviewed=pending[r.cell_id]) if r.cell_id in pending else r
+                for r in self.all_rows]
+        self.all_rows = rows
+        if self.disagree_box.isChecked():
+            rows = [r for r in rows if r.cell_id in self.disagree]
+        self.model.set_rows(rows)
+        self.loading = False
+        row = self.model.row_of(keep) if keep is not None else None
+        if row is None:
+            row = next((k for k in range(self.model.rowCount()) if self.model.cell_at(k) is not None), None)
+        if row is not None:
+            self._go(row)
+        else:
+            self.view.selectionModel().clear()
+            self._current_changed(QModelIndex())
+        self.sync_state()
+        self._show_position()
+        self.update_differential()
+        self.enabledChanged.emit()
+        self.loaded.emit()
+
+    def current_row(self) -> CellRow | None:
+        cur = self.view.currentIndex()
+        it = cur.data(ROW_ROLE) if cur.isValid() else None
+        return it if isinstance(it, CellRow) else None
+
+    def sync_state(self) -> None:
+        st, cur = self.state, self.current_row()
+        st.set_current(self.view.currentIndex().row() if cur else None, cur.cell_id if cur else None)
+        rows = sorted(ix.row() for ix in self.view.selectionModel().selectedIndexes())
+        st.selected = tuple(c.cell_id for c in map(self.model.cell_at, rows) if c is not None)
+        st.n_in_view = len(self.model.rows()) if self.ctl.folder is not None else 0
+        st.reviewer = self.review.reviewer = self.ctl.state.reviewer or ""
+        if not st.reviewer:
+            st.reviewer = None
+
+    def targets(self) -> list[int]:
+        self.sync_state()
+        return self.state.targets()
+
+    can_undo = property(lambda self: self.review.can_undo)
+    can_redo = property(lambda self: self.review.can_redo)
+
+    def _show_position(self) -> None:
+        st = self.state
+        if self.ctl.folder is None:
+            text = "Open a folder of smear images (File ▸ Open, Ctrl+O)."
+        elif not self.all_rows:
+            text = ("No cells found in this folder yet: classify it (Ctrl+R) with a cell model active."
+                    if not self.loading else "Reading the cells…")
+        elif not st.n_in_view:
+            text = "No cell matches (reviewers agree on every cell)."
+        else:
+            many = len(set(st.selected))
+            at = self.current_row()
+            n = [r.cell_id for r in self.model.rows()].index(at.cell_id) + 1 if at else None
+            text = (f"Cell {n:,} of {st.n_in_view:,}" if n else f"{st.n_in_view:,} cells") + (
+                f" · {many:,} selected" if many > 1 else "") + (
+                f" · model: {self.version['name']}" if self.version else " · no cell model active")
+        self.info.setText(text)
+
+    # ---------------------------------------------------------------- moving
+    def _go(self, row: int) -> None:
+        ix = self.model.index(row)
+        self.view.selectionModel().setCurrentIndex(ix, QItemSelectionModel.ClearAndSelect)
+        self.view.scrollTo(ix)
+
+    def select_cell(self, cell_id: int) -> bool:
+        row = self.model.row_of(cell_id)
+        if row is None:
+            return False
+        self._go(row)
+        return True
+
+    def move_current(self, step: int, after_rows: list[int] | None = None) -> None:
+        cells = [k for k in range(self.model.rowCount()) if self.model.cell_at(k) is not None]
+        if not cells:
+            return self.message.emit("⚠ No cell in view.", 6000)
+        cur = self.view.currentIndex().row() if self.current_row() else -1
+        base = max(after_rows) if after_rows and step > 0 else cur
+        nxt = [k for k in cells if (k > base if step > 0 else k < base)]
+        if not nxt:
+            if step > 0:
+                self.message.emit(f"End of the cells: this was the last of the {len(cells):,} in this view.", 8000)
+            return
+        self._go(nxt[0] if step > 0 else nxt[-1])
+
+    def _current_changed(self, cur, _prev=None) -> None:
+        self.sync_state()
+        self._show_position()
+        row = self.current_row()
+        if row is None:
+            self.shown_image = None
+            self.field_title.setText("No cell selected")
+            self.field.set_image(None)
+            self.field.show_cells([], None)
+            return
+        self.field_title.setText(f"{row.name}: cell {row.number + 1}"
+                                 + (" (added by a reviewer)" if row.source == "added" else ""))
+        if row.image_id != self.shown_image:
+            self.shown_image = row.image_id
+            self.workers.submit(lambda r=row: (r.image_id, decode_full(r.path)), name="field",
+                                on_result=self._field_loaded, on_error=lambda e: self.message.emit(f"⚠ {e}", 20000),
+                                priority=1)
+        else:
+            self.field.highlight(row.cell_id)
+
+    def _field_loaded(self, out) -> None:
+        image_id, img = out
+        if image_id != self.shown_image:
+            return  # the reviewer has moved on
+        self.field.set_image(img)
+        self._outline_field()
+        self.fieldShown.emit(image_id)
+
+    def _outline_field(self) -> None:
+        cur = self.current_row()
+        self.field.show_cells([r for r in self.all_rows if r.image_id == self.shown_image],
+                              cur.cell_id if cur else None)
+
+    # ---------------------------------------------------------------- review keys
+    def _ready(self) -> bool:
+        self.sync_state()
+        why = self.state.refusal()
+        if why and self.state.reviewer is None and self.reviewer_ready():
+            self.sync_state()
+            why = self.state.refusal()
+        if why is None and self.version is None:
+            why = "No cell model is active: the cells have no classes to review yet (Models ▸ Model versions…)."
+        if why:
+            self.message.emit(f"⚠ {in_cell_words(why)}", 6000)
+        return why is None
+
+    def label_selected(self, label: str | None, note: str | None = None) -> None:
+        if not self._ready():
+            return
+        if label is not None and label != OTHER and label not in self.classes:
+            return self.message.emit(f"⚠ {label} is not a class of the cell model {self.version['name']}.", 6000)
+        rows = [self.model.row_of(i) for i in self.state.targets()]
+        self._after(self.state.label(label, note), advance=label is not None, rows_before=[r for r in rows if r is not None])
+
+    def accept_prediction(self) -> None:
+        if not self._ready():
+            return
+        shown = [self.model.items[self.model.row_of(i)] for i in self.state.targets() if self.model.row_of(i) is not None]
+        predicted = {r.cell_id: r.predicted for r in shown}
+        hidden = {r.cell_id: OUTSIDE if r.outside else UNSURE for r in shown if r.outside or r.uncertain}
+        rows = [self.model.row_of(r.cell_id) for r in shown]
+        self._after(self.state.accept(predicted, hidden, class_keys(self.classes)), advance=True, rows_before=rows)
+
+    def undo(self) -> None:
+        self.sync_state()
+        out = self.state.undo(self._name_of)
+        self._after(out, advance=False, undone=True)
+        if out.action is not None:
+            self.select_cell(out.action.changes[0][0])
+
+    def redo(self) -> None:
+        self.sync_state()
+        self._after(self.state.redo(self._name_of), advance=False)
+
+    def _name_of(self, cell_id: int) -> str | None:
+        row = self.model.row_of(cell_id)
+        r = self.model.cell_at(row) if row is not None else None
+        return f"cell {r.number + 1} of {r.name}" if r else None
+
+    def _after(self, out: Outcome, advance: bool, rows_before: list[int] | None = None, undone: bool = False) -> None:
+        if out.refused:
+            return self.message.emit(f"⚠ {in_cell_words(out.message)}", 6000)
+        self.message.emit(in_cell_words(out.message), 4000)
+        if out.action is not None:
+            # an undone action's cells are back to their labels before it
+            changes = {i: before if undone else after for i, before, after in out.action.changes}
+            self.model.set_labels(changes, self.state.reviewer)
+            self.all_rows = [dataclasses.replace(r, reviewed=changes[r.cell_id],
+                                                 reviewer=self.state.reviewer if changes[r.cell_id] else None)
+                             if r.cell_id in changes else r for r in self.all_rows]
+            self.update_differential()
+            self.labelsChanged.emit(list(changes))
+        if advance and out.action is not None:
+            self.move_current(1, rows_before)
+        self.enabledChanged.emit()
+
+    # ---------------------------------------------------------------- the differential
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """class -> (cells counted in it, of which reviewed): the reviewer's class where given,
+        else the model's; a cell outside the model's experience or unclassified counts only
+        once reviewed; Other apart."""
+        out: dict[str, list[int]] = {c: [0, 0] for c in [*self.classes, OTHER]}
+        for r in self.all_rows:
+            cls = r.reviewed or (r.predicted if not r.outside else None)
+            if cls is None:
+                continue
+            slot = out.setdefault(cls, [0, 0])
+            slot[0] += 1
+            slot[1] += 1 if r.reviewed else 0
+        return {c: (n, rv) for c, (n, rv) in out.items()}
+
+    def update_differential(self) -> None:
+        counts = self.counts()
+        n_counted = sum(n for c, (n, _) in counts.items() if c != OTHER)
+        self.differential.setRowCount(len(counts))
+        for k, (cls, (n, reviewed)) in enumerate(counts.items()):
+            pct = f"{100.0 * n / n_counted:.1f}" if cls != OTHER and n_counted else "—"
+            for c, text in enumerate([OTHER_TITLE if cls == OTHER else cls, str(n), pct, str(reviewed)]):
+                item = QTableWidgetItem(text)
+                if c:
+                    item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                self.differential.setItem(k, c, item)
+        not_counted = sum(1 for r in self.all_rows if not r.reviewed and (r.outside or r.predicted is None))
+        n_reviewed = sum(1 for r in self.all_rows if r.reviewed)
+        self.diff_note.setText(
+            f"{n_counted:,} white cells counted ({n_reviewed:,} of {len(self.all_rows):,} reviewed; the others as the "
+            "model classed them)." + (f" {not_counted:,} not counted until reviewed (outside the model's experience "
+                                      "or not classified)." if not_counted else "")
+            + f" {OTHER_TITLE} is not counted. A count, not a diagnosis.")
+
+    # ---------------------------------------------------------------- a cell the finder missed
+    def start_adding(self) -> None:
+        if self.shown_image is None:
+            return self.message.emit("⚠ Select a cell first: its field is where the missed cell is added.", 6000)
+        self.sync_state()
+        if self.state.reviewer is None and not self.reviewer_ready():
+            return
+        self.field.set_adding(True)
+        self.message.emit("Drag a box around the missed cell on the field (Esc: cancel).", 10000)
+
+    def cancel_adding(self) -> bool:
+        if not self.field.adding:
+            return False
+        self.field.set_adding(False)
+        self.message.emit("No cell added.", 4000)
+        return True
+
+    def _box_drawn(self, x0: int, y0: int, x1: int, y1: int) -> None:
+        self.field.set_adding(False)
+        image_id, who = self.shown_image, self.ctl.state.reviewer
+        if image_id is None or not who:
+            return
+        box = (x0, y0, x1 + 1, y1 + 1)
+
+        def add(s):  # one transaction
+            return add_cell(s, image_id, box, image_scale(s, image_id) or DEFAULT_UM_PER_PX, who)
+
+        def added(cell_id):
+            self.message.emit(f"Cell added ({x1 - x0 + 1}×{y1 - y0 + 1} px); it is listed under "
+                              "“Not classified” until a cell model classifies it.", 8000)
+            self.cellAdded.emit(cell_id)
+            self.reload(keep_id=cell_id)
+
+        self.ctl.read(add, added, "add a cell")
+
+    # ---------------------------------------------------------------- view keys
+    def zoom(self, factor: float) -> None:
+        self.field.zoom(factor)
+
+    def fit(self) -> None:
+        self.field.fit()

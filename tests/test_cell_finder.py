@@ -1,0 +1,240 @@
+"""The cell finder (core/cells/finder.py) on synthetic fields with white cells at known places,
+on bad input, and (where ../shared is present) on a few real fields of another lab."""
+from __future__ import annotations
+
+import glob
+import os
+import xml.etree.ElementTree as ET
+
+import cv2
+import numpy as np
+import pytest
+
+from core.cells import synthetic
+from core.cells.finder import (CELL_FLAGS, DEFAULT_UM_PER_PX, FieldCells, cut_out, decode_for_cells,
+                               find_cells)
+from core.errors import ImageError
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
+
+
+def iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
+    return ix * iy / union
+
+
+def best(found: FieldCells, box) -> tuple[float, object]:
+    pairs = [(iou(c.box, box), c) for c in found.cells]
+    return max(pairs, key=lambda p: p[0]) if pairs else (0.0, None)
+
+
+@pytest.fixture(scope="module")
+def field():
+    return synthetic.standard_field()
+
+
+@pytest.mark.parametrize("um_per_px", [0.1, 0.25])
+def test_synthetic_field_gives_each_white_cell_and_nothing_else(field, um_per_px):
+    img = synthetic.draw(field, um_per_px)
+    size = (img.shape[1], img.shape[0])
+    found = find_cells(img)
+    truth = [synthetic.box_px(c, um_per_px, size) for c in field.white_cells]
+    for box in truth:
+        assert best(found, box)[0] >= 0.5, (box, [c.box for c in found.cells])
+    # the touching pair (cells 2 and 3) is split in two, the speck is no cell: exactly 5 cells
+    assert len(found.cells) == len(field.white_cells)
+    speck_x, speck_y = (v / um_per_px for v in field.specks[0])
+    assert not any(c.box[0] <= speck_x < c.box[2] and c.box[1] <= speck_y < c.box[3] for c in found.cells)
+    # the scale comes from the red cells, within 10%
+    assert found.scale_source == "red_cells" and found.n_red_cells >= 3
+    assert abs(found.um_per_px - um_per_px) / um_per_px < 0.10
+    assert not found.single_cell_crop
+
+
+def test_flags_border_and_touching_cells(field):
+    img = synthetic.draw(field, 0.1)
+    found = find_cells(img)
+    size = (img.shape[1], img.shape[0])
+    flags = [best(found, synthetic.box_px(c, 0.1, size))[1].flags for c in field.white_cells]
+    assert flags[4] == {"border"}
+    assert "touching" in flags[2] and "touching" in flags[3]
+    assert flags[0] == flags[1] == frozenset()
+    assert all(set(c.flags) <= set(CELL_FLAGS) for c in found.cells)
+
+
+def test_cells_come_in_reading_order(field):
+    img = synthetic.draw(field, 0.2)
+    found = find_cells(img)
+    size = (img.shape[1], img.shape[0])
+    which = [max(range(5), key=lambda i: iou(c.box, synthetic.box_px(field.white_cells[i], 0.2, size)))
+             for c in found.cells]
+    # the top row (y 20-22 um: the right cell is higher) left to right, then the row at y 50-55 um
+    assert which == [0, 1, 4, 2, 3]
+
+
+def test_outlines_and_areas_are_in_the_image_grid(field):
+    img = synthetic.draw(field, 0.1)
+    c = best(find_cells(img), synthetic.box_px(field.white_cells[0], 0.1))[1]
+    assert c.contour.dtype == np.int32 and c.contour.shape[1] == 2
+    assert c.nucleus_contour is not None and c.nucleus_contour.shape[1] == 2
+    true_area = np.pi * (field.white_cells[0].cell_um / 2 / 0.1) ** 2
+    assert 0.5 * true_area < c.area_px < 1.5 * true_area
+    nx0, ny0 = c.nucleus_contour.min(axis=0)
+    nx1, ny1 = c.nucleus_contour.max(axis=0)
+    assert c.box[0] <= nx0 and c.box[1] <= ny0 and nx1 < c.box[2] and ny1 < c.box[3]
+
+
+def test_a_field_of_red_cells_only_has_no_white_cells(field):
+    reds_only = synthetic.Field(red_cells=field.red_cells)
+    found = find_cells(synthetic.draw(reds_only, 0.15))
+    assert found.cells == ()
+    assert found.scale_source == "red_cells"
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.full((480, 640, 3), 255, np.uint8),                      # blank white
+    lambda: np.zeros((480, 640, 3), np.uint8),                          # black
+    lambda: np.full((20, 20, 3), 200, np.uint8),                        # smaller than a cell
+    lambda: np.full((3, 5, 3), 200, np.uint8),
+    lambda: cv2.cvtColor(cv2.cvtColor(synthetic.draw(synthetic.standard_field(), 0.2), cv2.COLOR_RGB2GRAY),
+                         cv2.COLOR_GRAY2RGB),                           # grayscale expanded to RGB
+    lambda: (synthetic.draw(synthetic.standard_field(), 0.2).astype(np.uint16) * 257 >> 8).astype(np.uint8),
+    lambda: np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8),  # noise
+], ids=["blank", "black", "20x20", "3x5", "grayscale", "16-bit", "noise"])
+def test_odd_images_give_a_result_not_an_exception(make):
+    found = find_cells(make())
+    assert isinstance(found, FieldCells)
+    assert found.um_per_px > 0 and found.scale_source in ("red_cells", "default")
+    assert all(len(c.box) == 4 for c in found.cells)
+
+
+def test_blank_and_tiny_images_have_no_cells():
+    assert find_cells(np.full((480, 640, 3), 255, np.uint8)).cells == ()
+    assert find_cells(np.full((20, 20, 3), 200, np.uint8)).cells == ()
+
+
+def test_sixteen_bit_field_finds_the_same_cells(field):
+    img = synthetic.draw(field, 0.2)
+    as16 = img.astype(np.uint16) * 257
+    assert len(find_cells(as16).cells) == len(find_cells(img).cells) == 5
+
+
+def test_reduced_decode_gives_boxes_in_the_original_grid(field):
+    img = synthetic.draw(field, 0.1)
+    h, w = img.shape[:2]
+    half = cv2.resize(img, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    found = find_cells(half, reduced_by=2)
+    for c in field.white_cells:
+        assert best(found, synthetic.box_px(c, 0.1, (w, h)))[0] >= 0.5
+    assert abs(found.um_per_px - 0.1) / 0.1 < 0.10
+    assert max(c.box[2] for c in found.cells) > w // 2  # not in the half grid
+
+
+def test_a_cell_on_black_is_one_single_cell_crop():
+    img = np.zeros((450, 450, 3), np.uint8)
+    cv2.circle(img, (225, 225), 120, synthetic.CYTOPLASM, -1)
+    cv2.circle(img, (235, 215), 80, synthetic.NUCLEUS, -1)
+    found = find_cells(img)
+    assert found.single_cell_crop and len(found.cells) == 1
+    assert found.scale_source == "default" and found.um_per_px == DEFAULT_UM_PER_PX
+    assert iou(found.cells[0].box, (105, 105, 346, 346)) > 0.8
+
+
+def test_a_narrow_crop_around_one_cell_is_a_single_cell_crop(field):
+    img = synthetic.draw(field, 0.1)
+    crop = img[220 - 150:220 + 150, 250 - 150:250 + 150]  # 30 um around the cell at (25, 22) um
+    found = find_cells(crop)
+    assert found.single_cell_crop and len(found.cells) == 1
+    x0, y0, x1, y1 = found.cells[0].box
+    assert x0 <= 150 < x1 and y0 <= 150 < y1
+
+
+def test_cut_out_has_the_same_physical_content_at_two_camera_scales(field):
+    cells = []
+    for u in (0.1, 0.2):
+        img = synthetic.draw(field, u)
+        found = find_cells(img)
+        c = best(found, synthetic.box_px(field.white_cells[0], u))[1]
+        cells.append(cut_out(img, c, found.um_per_px, side_um=24, out_px=64).astype(np.float32))
+    assert cells[0].shape == cells[1].shape == (64, 64, 3)
+    same = np.abs(cells[0] - cells[1]).mean()
+    # the same cell cut at a wrong scale (twice the side) is clearly different: the check can fail
+    img = synthetic.draw(field, 0.2)
+    found = find_cells(img)
+    c = best(found, synthetic.box_px(field.white_cells[0], 0.2))[1]
+    wrong = cut_out(img, c, found.um_per_px * 2, side_um=24, out_px=64).astype(np.float32)
+    assert same < 8.0
+    assert np.abs(cells[0] - wrong).mean() > 2 * same
+
+
+def test_cut_out_from_a_reduced_decode_matches_the_full_one(field):
+    img = synthetic.draw(field, 0.1)
+    found = find_cells(img)
+    c = found.cells[0]
+    full = cut_out(img, c, found.um_per_px, side_um=20, out_px=48).astype(np.float32)
+    half = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    reduced = cut_out(half, c, found.um_per_px, side_um=20, out_px=48, reduced_by=2).astype(np.float32)
+    assert np.abs(full - reduced).mean() < 6.0
+
+
+def test_cut_out_pads_where_the_square_leaves_the_image(field):
+    img = synthetic.draw(field, 0.1)
+    found = find_cells(img)
+    border = next(c for c in found.cells if "border" in c.flags)
+    out = cut_out(img, border, found.um_per_px, side_um=30, out_px=80)
+    assert out.shape == (80, 80, 3) and out.dtype == np.uint8
+    # mirrored, not black: the left columns look like the image, not like zeros
+    assert out[:, :5].mean() > 100
+    with pytest.raises(ValueError):
+        cut_out(img, border, found.um_per_px, side_um=0, out_px=80)
+
+
+def test_decode_for_cells_reduces_a_large_jpeg(field):
+    img = synthetic.draw(field, 0.1)
+    big = cv2.resize(img, (3200, 2400), interpolation=cv2.INTER_LINEAR)
+    data = cv2.imencode(".jpg", cv2.cvtColor(big, cv2.COLOR_RGB2BGR))[1].tobytes()
+    rgb, reduced_by = decode_for_cells(data)
+    assert reduced_by in (2, 4, 8)
+    assert rgb.shape == (2400 // reduced_by, 3200 // reduced_by, 3)
+    found = find_cells(rgb, reduced_by=reduced_by)
+    # the original grid: 3200 px over 100 um
+    assert abs(found.um_per_px - 100 / 3200) / (100 / 3200) < 0.10
+    assert len(found.cells) == 5
+
+
+def test_decode_for_cells_keeps_a_small_image_whole(field):
+    data = cv2.imencode(".png", synthetic.draw(field, 0.2))[1].tobytes()
+    rgb, reduced_by = decode_for_cells(data)
+    assert reduced_by == 1 and rgb.shape == (375, 500, 3)
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all", b"\xff\xd8\xff\xe0" + b"\0" * 50])
+def test_decode_for_cells_refuses_garbage_with_one_sentence(data):
+    with pytest.raises(ImageError) as err:
+        decode_for_cells(data)
+    assert "\n" not in str(err.value)
+
+
+def test_decode_for_cells_keeps_the_pixel_limit(field):
+    data = cv2.imencode(".png", synthetic.draw(field, 0.2))[1].tobytes()
+    with pytest.raises(ImageError, match="too large"):
+        decode_for_cells(data, max_pixels=1000)
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "bccd-boxes")),
+                    reason="needs ../shared/datasets/bccd-boxes (real fields of another lab)")
+def test_real_fields_of_another_lab():
+    hits = total = 0
+    for xml in sorted(glob.glob(os.path.join(SHARED, "bccd-boxes", "annotations", "*.xml")))[:12]:
+        root = ET.parse(xml).getroot()
+        truth = [tuple(int(float(o.find("bndbox").findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
+                 for o in root.iter("object") if o.findtext("name") == "WBC"]
+        with open(xml.replace("annotations", "images")[:-4] + ".jpg", "rb") as fh:
+            rgb, r = decode_for_cells(fh.read())
+        found = find_cells(rgb, reduced_by=r)
+        assert found.scale_source == "red_cells" and 0.06 < found.um_per_px < 0.14
+        total += len(truth)
+        hits += sum(best(found, t)[0] >= 0.5 for t in truth)
+    assert hits >= 0.8 * total
