@@ -50,6 +50,9 @@ def test_binary_model_card_states_its_data_split_metrics_and_guard():
     foreign = raw["guard"]["foreign"]
     assert {"pbc-dev", "taleqani-fields", "synthetic_sample_images"} <= set(foreign)
     assert "NOT met" in text  # the goal it misses is said, not hidden
+    # a cell model: each found cell cut out at the physical side the card states, and why that side
+    assert card.input == "cell" and card.cell_side_um == 25.0
+    assert "cell_side_um = 25 um" in raw["notes"] and "C-NMC crops carry no scale" in raw["notes"]
 
 
 def _cell_model_rows(data_dir: Path, folder: Path) -> list[dict]:

@@ -48,8 +48,10 @@ def test_the_input_kind_is_the_cards_else_the_taxonomys():
 
     assert input_kind_of({"taxonomy": "all_subtype"}) == "field"
     assert input_kind_of({"taxonomy": "all_vs_normal"}) == "cell"
-    assert input_kind_of({"taxonomy": "all_subtype", "input": "cell"}) == "cell"  # declared wins
-    assert input_kind_of({"taxonomy": "all_vs_normal", "input": "field"}) == "field"
+    assert input_kind_of({"taxonomy": "all_subtype", "input": "cell"}) == "cell"  # a cell model of any taxonomy
+    # "field" is the card's default: a card of a taxonomy learnt on cells stays a cell model
+    assert input_kind_of({"taxonomy": "all_vs_normal", "input": "field"}) == "cell"
+    assert input_kind_of({"taxonomy": "all_subtype", "input": "field"}) == "field"
     assert input_kind_of(read_card(CELL_PACKAGE)) == "cell"
     assert input_kind_of(read_card(bundled_default_package())) == "field"
     # the fallback is the rule migration 0007 applied to the versions already registered
