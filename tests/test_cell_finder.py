@@ -252,3 +252,23 @@ def test_a_cell_with_very_pale_cytoplasm_grows_past_its_nucleus(monkeypatch):
     found = find_cells(img)
     assert len(found.cells) == 1
     assert best(found, synthetic.box_px(cell, 0.1))[0] >= 0.4, found.cells[0].box
+
+
+def test_a_nucleus_candidate_stained_like_the_red_cells_is_dropped():
+    # Raabin's grey-violet red cells pass the nucleus threshold at their rims: a candidate no
+    # more stained than the field's red cells is no nucleus, a clearly bluer one is kept
+    from core.cells.finder import _drop_red_cell_nuclei, _Stain
+
+    work = np.full((60, 90, 3), (230, 200, 190), np.uint8)  # background: blue - green = -10
+    fg = np.zeros((60, 90), bool)
+    work[5:55, 60:88] = (170, 120, 160)       # red cells: stain (160-120)+10 = 50
+    fg[5:55, 60:88] = True
+    markers = np.zeros((60, 90), np.int32)
+    work[10:20, 10:20] = (120, 60, 160)        # a nucleus: stain 110
+    markers[10:20, 10:20] = 1
+    work[30:40, 10:20] = (170, 118, 162)       # a red cell's rim: stain 54
+    markers[30:40, 10:20] = 2
+    fg |= markers > 0
+    stain = _Stain(np.array([230.0, 200.0, 190.0]), 45.0, 60.0)
+    kept = _drop_red_cell_nuclei(markers, work, stain, fg, markers > 0)
+    assert int(kept.max()) == 1 and kept[15, 15] == 1 and kept[35, 15] == 0
