@@ -518,10 +518,11 @@ class CellPane(QObject):
         ll.setContentsMargins(4, 4, 4, 4)
         ll.addWidget(self.diff_title)
         ll.addWidget(self.diff_head)
-        ll.addWidget(self.differential, 1)
+        ll.addWidget(self.differential)
         ll.addWidget(self.blast_label)
         ll.addWidget(self.diff_note)
         ll.addWidget(self.diff_small)
+        ll.addStretch(1)  # the table as tall as its rows, the sentences right under it
 
         self.widget = QSplitter(Qt.Horizontal)
         self.widget.setObjectName("cellSplitter")
@@ -831,6 +832,10 @@ class CellPane(QObject):
                     f.setBold(True)
                     item.setFont(f)
                 self.differential.setItem(k, col, item)
+        t = self.differential
+        t.resizeRowsToContents()
+        t.setFixedHeight(t.horizontalHeader().height() + sum(t.rowHeight(r) for r in range(t.rowCount()))
+                         + 2 * t.frameWidth() + 2)
         self.diff_title.setText(f"<b>Differential of {html.escape(self.case_name or 'this case')}</b>")
         self.diff_head.setText(f"N = {d.total:,} white cells counted: {d.n_reviewed:,} reviewed, "
                                f"{d.n_predicted:,} as the model classed them.")
@@ -849,7 +854,7 @@ class CellPane(QObject):
             for a in d.agreement)
         self.diff_note.setText(
             f"Counted apart, not in N: {d.n_outside:,} outside the model's experience, {d.n_other:,} "
-            f"{OTHER_TITLE}, {d.n_unclassified:,} not classified yet." + (f" {agree}" if agree else ""))
+            f"{OTHER_TITLE}, {d.n_unclassified:,} not classified yet." + (f"\n{agree}" if agree else ""))
         self.diff_small.setText(f"{INTERVAL_NOTE} {d.disclaimer}")
 
     def set_case_name(self, name: str | None) -> None:
