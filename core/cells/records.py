@@ -3,12 +3,13 @@ identity, idempotently (a re-run, or a run after a kill, adds nothing twice). Th
 the transaction: one per batch of images."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.storage import Cell, CellSearch
+from core.storage import Cell, CellLabelEvent, CellSearch
 from core.storage.dbutil import insert_ignore
 
 if TYPE_CHECKING:  # the finder's types; records need only their attributes
@@ -61,6 +62,74 @@ def cells_of_images(session: Session, image_ids: Sequence[int], finder: str) -> 
                            .order_by(Cell.image_id, Cell.source.desc(), Cell.number))
     for c in rows:
         out[c.image_id].append(c)
+    return out
+
+
+# ---- which search counts: one rule for the Cells view, the differential, the export and classify --
+
+_CHUNK = 500  # ids per IN (...) list
+
+
+@dataclass(frozen=True)
+class CountedSearch:
+    """The finder run whose cells count for an image (see :func:`counted_searches`)."""
+
+    image_id: int
+    finder: str
+    um_per_px: float
+    scale_source: str
+    n_cells: int
+    single_cell_crop: bool
+    labelled: bool  # a reviewer labelled (or cleared) one of its cells: it is never replaced
+
+
+def counted_searches(session: Session, image_ids: Iterable[int]) -> dict[int, CountedSearch]:
+    """Per searched image, the search whose cells count: the newest search one of whose cells
+    carries a cell label event, else the newest search. So a newer finder version replaces an
+    older search nobody reviewed, and never hides a reviewer's work (an image whose cells were
+    labelled keeps that search; :func:`images_to_search` does not search it again). Exactly one
+    search counts per image: no cell is counted twice."""
+    ids = list(dict.fromkeys(image_ids))
+    out: dict[int, CountedSearch] = {}
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        labelled = set(session.execute(
+            select(Cell.image_id, Cell.finder).join(CellLabelEvent, CellLabelEvent.cell_id == Cell.id)
+            .where(Cell.image_id.in_(chunk), Cell.finder != ADDED_BY_REVIEWER).distinct()).all())
+        best: dict[int, tuple[tuple[bool, int], CountedSearch]] = {}
+        for sid, image_id, finder, um, source, n, single in session.execute(
+                select(CellSearch.id, CellSearch.image_id, CellSearch.finder, CellSearch.um_per_px,
+                       CellSearch.scale_source, CellSearch.n_cells, CellSearch.single_cell_crop)
+                .where(CellSearch.image_id.in_(chunk))):
+            is_labelled = (image_id, finder) in labelled
+            rank = (is_labelled, sid)
+            if image_id not in best or rank > best[image_id][0]:
+                best[image_id] = (rank, CountedSearch(image_id, finder, float(um), source, int(n or 0),
+                                                      bool(single), is_labelled))
+        out.update({i: c for i, (_, c) in best.items()})
+    return out
+
+
+def images_to_search(session: Session, finder: str, image_ids: Iterable[int]) -> set[int]:
+    """Of ``image_ids``, those the finder ``finder`` should run on: never searched, or whose
+    counted search is an unlabelled one by another finder (a new version replaces it)."""
+    ids = list(dict.fromkeys(image_ids))
+    counted = counted_searches(session, ids)
+    return {i for i in ids if i not in counted or (counted[i].finder != finder and not counted[i].labelled)}
+
+
+def counted_cells(session: Session, image_ids: Sequence[int],
+                  counted: dict[int, CountedSearch] | None = None) -> dict[int, list[Cell]]:
+    """The cells that count for each image: those of its counted search and those reviewers
+    added, found ones first, in order (an image never searched: only its added cells)."""
+    counted = counted_searches(session, image_ids) if counted is None else counted
+    by_finder: dict[str, list[int]] = {}
+    for i in image_ids:
+        by_finder.setdefault(counted[i].finder if i in counted else ADDED_BY_REVIEWER, []).append(i)
+    out: dict[int, list[Cell]] = {i: [] for i in image_ids}
+    for finder, ids in by_finder.items():
+        for start in range(0, len(ids), _CHUNK):
+            out.update(cells_of_images(session, ids[start:start + _CHUNK], finder))
     return out
 
 

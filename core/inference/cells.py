@@ -6,11 +6,14 @@ cancel event between batches, and fills a ClassifySummary. Per batch of images, 
 transaction, idempotently (INSERT ... ON CONFLICT DO NOTHING on the unique keys, as
 predict_images does):
 
-1. images the finder (FINDER_NAME) has not searched yet: read the bytes (the scan's SHA-256 must
-   still match), decode at the reduced scale the finder needs, find the cells, store the search
-   and its cells;
-2. cells without a prediction of the cell version (just found, found by a run that was killed
-   before classifying, or added by a reviewer): cut out at the card's physical side
+1. images the finder (FINDER_NAME) should run on (core.cells.records.images_to_search: never
+   searched, or searched only by an older finder and no cell of that search labelled -- a
+   reviewer's work is never hidden by a new finder version): read the bytes (the scan's SHA-256
+   must still match), decode at the reduced scale the finder needs, find the cells, store the
+   search and its cells;
+2. cells that count (core.cells.records.counted_cells) without a prediction of the cell version
+   (just found, found by a run that was killed before classifying, kept from an older finder, or
+   added by a reviewer): cut out at the card's physical side
    (``cell_side_um``) and input size, through the card's preprocessing, batched ACROSS fields
    for the model -> CellPrediction rows. A pre-cut single-cell crop is given whole through the
    card's preprocessing (as an image is today), and its prediction is also written as the
@@ -37,14 +40,14 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from core.cells.finder import FINDER_NAME, FieldCells, FoundCell, cut_out, decode_for_cells, find_cells
-from core.cells.records import ADDED_BY_REVIEWER, store_field_cells
+from core.cells.records import ADDED_BY_REVIEWER, CountedSearch, counted_searches, images_to_search, store_field_cells
 from core.errors import ImageError
 from core.imaging.fspath import display, to_fs
 from core.imaging.images import FileChanged, decode_rgb, read_and_hash
 from core.imaging.scan import UNTRUSTED_STAT
 from core.inference.outcome import Assessment, ClassifySummary, prediction_rows
 from core.jobs import Job, Progress, RateMeter
-from core.storage import Cell, CellPrediction, CellSearch, Database, ImageFile, ModelVersion, Prediction
+from core.storage import Cell, CellPrediction, Database, ImageFile, ModelVersion, Prediction
 from core.storage.dbutil import insert_ignore, with_reconnect
 
 log = logging.getLogger(__name__)
@@ -57,8 +60,6 @@ IN_CHUNK = 500  # ids per IN (...) list
 #: ``on_batch(session, done_image_ids, failed)`` runs inside each batch's transaction (as
 #: core.inference.predict.BatchHook): a work queue marks its items with the batch's cells.
 CellBatchHook = Callable[[Session, list[int], list[tuple[int, str, str]]], None]
-
-_FINDERS = (FINDER_NAME, ADDED_BY_REVIEWER)
 
 
 def is_cell_version(session: Session, version_id: int) -> bool:
@@ -73,24 +74,40 @@ def active_cell_version_id(session: Session) -> int | None:
                           .order_by(ModelVersion.id.desc()).limit(1))
 
 
-def _pending_cells(version_id: int):
-    """Cells (found by this finder or added by a reviewer) without a prediction of ``version_id``."""
+def _waiting_cells(session: Session, version_id: int, counted: dict[int, CountedSearch]
+                   ) -> dict[int, list[tuple[int, tuple[int, int, int, int]]]]:
+    """image id -> (cell id, box) of its cells that count (core.cells.records.counted_searches,
+    and those added by reviewers) without a prediction of ``version_id``, in id order."""
+    waiting: dict[int, list] = {i: [] for i in counted}
+    if not counted:
+        return waiting
     predicted = exists().where(CellPrediction.cell_id == Cell.id, CellPrediction.model_version_id == version_id)
-    return Cell.finder.in_(_FINDERS) & ~predicted
+    finders = {c.finder for c in counted.values()} | {ADDED_BY_REVIEWER}
+    for cid, image_id, finder, x0, y0, x1, y1 in session.execute(
+            select(Cell.id, Cell.image_id, Cell.finder, Cell.x0, Cell.y0, Cell.x1, Cell.y1)
+            .where(Cell.image_id.in_(list(counted)), Cell.finder.in_(finders), ~predicted)
+            .order_by(Cell.image_id, Cell.id)):
+        if finder in (ADDED_BY_REVIEWER, counted[image_id].finder):
+            waiting[image_id].append((cid, (x0, y0, x1, y1)))
+    return waiting
+
+
+def _kept_searches(session: Session, image_ids: Sequence[int]) -> dict[int, CountedSearch]:
+    """The images whose counted search stays (none to run the finder on again), with that search."""
+    counted = counted_searches(session, image_ids)
+    again = images_to_search(session, FINDER_NAME, image_ids)
+    return {i: c for i, c in counted.items() if i not in again}
 
 
 def complete_image_ids(session: Session, version_id: int, image_ids: Iterable[int]) -> set[int]:
-    """Of ``image_ids``, those whose cells are all found and classified by ``version_id``: searched
-    by the finder, and no cell of theirs is waiting for a prediction."""
+    """Of ``image_ids``, those whose cells are all found and classified by ``version_id``: their
+    counted search stays (core.cells.records.images_to_search), and no cell of theirs that counts
+    is waiting for a prediction."""
     ids = list(image_ids)
     done: set[int] = set()
     for start in range(0, len(ids), IN_CHUNK):
-        chunk = ids[start:start + IN_CHUNK]
-        searched = set(session.scalars(select(CellSearch.image_id).where(
-            CellSearch.finder == FINDER_NAME, CellSearch.image_id.in_(chunk))))
-        waiting = set(session.scalars(select(Cell.image_id).where(
-            Cell.image_id.in_(chunk), _pending_cells(version_id)).distinct()))
-        done |= searched - waiting
+        kept = _kept_searches(session, ids[start:start + IN_CHUNK])
+        done |= {i for i, cells in _waiting_cells(session, version_id, kept).items() if not cells}
     return done
 
 
@@ -116,17 +133,9 @@ class _FieldResult:
 
 
 def _stored_state(session: Session, version_id: int, image_ids: Sequence[int]) -> dict[int, _Stored]:
-    searches = {i: (um, single) for i, um, single in session.execute(
-        select(CellSearch.image_id, CellSearch.um_per_px, CellSearch.single_cell_crop)
-        .where(CellSearch.finder == FINDER_NAME, CellSearch.image_id.in_(list(image_ids))))}
-    waiting: dict[int, list] = {i: [] for i in searches}
-    if searches:
-        for cid, image_id, x0, y0, x1, y1 in session.execute(
-                select(Cell.id, Cell.image_id, Cell.x0, Cell.y0, Cell.x1, Cell.y1)
-                .where(Cell.image_id.in_(list(searches)), _pending_cells(version_id))
-                .order_by(Cell.image_id, Cell.id)):
-            waiting[image_id].append((cid, (x0, y0, x1, y1)))
-    return {i: _Stored(um, bool(single), tuple(waiting[i])) for i, (um, single) in searches.items()}
+    kept = _kept_searches(session, image_ids)
+    waiting = _waiting_cells(session, version_id, kept)
+    return {i: _Stored(c.um_per_px, c.single_cell_crop, tuple(waiting[i])) for i, c in kept.items()}
 
 
 def _box_cell(box: tuple[int, int, int, int]) -> FoundCell:

@@ -17,10 +17,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
 
 from core.cells.finder import FINDER_NAME, FieldCells, decode_for_cells, find_cells
-from core.cells.records import cells_of_images, searched_image_ids, store_field_cells
+from core.cells.records import counted_cells, counted_searches, images_to_search, store_field_cells
 from core.config import default_reviewer
 from core.errors import ImageError
 from core.imaging.fspath import display, to_fs
@@ -30,7 +29,7 @@ from core.jobs import Job, Progress
 from core.models.taxonomy import get_taxonomy
 from core.review.cell_labels import latest_cell_events, record_cell_labels
 from core.review.labels import ImportSummary, class_folder_labels, import_labels
-from core.storage import CellSearch, Database
+from core.storage import Database
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ def import_labels_and_cells(db: Database, folder: str | os.PathLike, reviewer: s
     for start in range(0, len(ids), CELL_BATCH):
         chunk = ids[start : start + CELL_BATCH]
         with db.session() as s:
-            to_search = [i for i in chunk if i not in searched_image_ids(s, FINDER_NAME, chunk)]
+            to_search = sorted(images_to_search(s, FINDER_NAME, chunk))  # a labelled older search stays
         found = {i: f for i in to_search
                  if (f := _search(files[i], summary, db.settings.max_file_bytes)) is not None}
         with db.session() as s:
@@ -109,12 +108,11 @@ def _search(file: tuple[str, str], summary: CellImportSummary, max_bytes: int) -
 
 def _label_crop_cells(s, image_ids: list[int], label_of: dict[int, tuple[str, str]], reviewer: str,
                       note: str, summary: CellImportSummary) -> None:
-    searches = dict(s.execute(select(CellSearch.image_id, CellSearch.single_cell_crop)
-                              .where(CellSearch.finder == FINDER_NAME, CellSearch.image_id.in_(image_ids))).all())
-    crops = sorted(i for i, single in searches.items() if single)
+    searches = counted_searches(s, image_ids)  # the search whose cells count, as everywhere else
+    crops = sorted(i for i, c in searches.items() if c.single_cell_crop)
     summary.n_not_single_cell += len(searches) - len(crops)
     cell_of: dict[int, int] = {}
-    for image_id, cells in cells_of_images(s, crops, FINDER_NAME).items():
+    for image_id, cells in counted_cells(s, crops, searches).items():
         found = [c for c in cells if c.source == "found"]  # the crop's one cell, not one a reviewer added
         if len(found) == 1:
             cell_of[image_id] = found[0].id

@@ -13,13 +13,13 @@ from typing import Iterable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.cells.records import ADDED_BY_REVIEWER
+from core.cells.records import counted_cells, counted_searches
 from core.review.cell_labels import latest_cell_events, record_cell_labels  # noqa: F401  (re-exported)
 from core.imaging.fspath import display
 from core.imaging.scan import under_folder
 from core.models.taxonomy import get_taxonomy
 from core.review.labels import PEER_LOOKBACK_EVENTS, PEER_LOOKBACK_S
-from core.storage import Cell, CellLabelEvent, CellPrediction, CellSearch, ImageFile, ModelVersion, utcnow
+from core.storage import Cell, CellLabelEvent, CellPrediction, ImageFile, ModelVersion, utcnow
 
 #: The group of a cell whose prediction is outside the model's experience (its class is not shown).
 OUTSIDE_GROUP = "Outside the model's experience"
@@ -74,18 +74,6 @@ def _folder_images(session: Session, folder) -> dict[int, str]:
     return {i: p for i, p in session.execute(q)}
 
 
-def _latest_finders(session: Session, image_ids: list[int]) -> dict[int, str]:
-    """image id -> the finder of its newest cell search (an older method's cells are not listed twice)."""
-    out: dict[int, tuple[int, str]] = {}
-    for start in range(0, len(image_ids), 500):
-        chunk = image_ids[start:start + 500]
-        for sid, image_id, finder in session.execute(
-                select(CellSearch.id, CellSearch.image_id, CellSearch.finder).where(CellSearch.image_id.in_(chunk))):
-            if image_id not in out or sid > out[image_id][0]:
-                out[image_id] = (sid, finder)
-    return {i: f for i, (_, f) in out.items()}
-
-
 def disagreeing_cells(session: Session, cell_ids: Iterable[int], taxonomy: str | None = None) -> set[int]:
     """Cells whose latest labels by two different reviewers differ (a cleared label is no opinion)."""
     ids = list(cell_ids)
@@ -112,20 +100,15 @@ def order_key(row: CellRow, classes: list[str] | tuple[str, ...] = ()) -> tuple:
 
 def folder_cells(session: Session, folder: str | os.PathLike, cell_version_id: int | None, *,
                  reviewers_disagree: bool = False) -> list[CellRow]:
-    """The cells of the images under ``folder`` (found by each image's newest finder run, and
-    those reviewers added), with ``cell_version_id``'s predictions and the current labels of
+    """The cells of the images under ``folder`` (those of each image's counted finder run,
+    core.cells.records.counted_searches, and those reviewers added), with ``cell_version_id``'s predictions and the current labels of
     its taxonomy, in review order (:func:`order_key`). ``reviewers_disagree``: only the cells
     whose latest labels by two reviewers differ."""
     images = _folder_images(session, folder)
     if not images:
         return []
-    finders = _latest_finders(session, list(images))
     taxonomy = version_taxonomy(session, cell_version_id)
-    cells: list[Cell] = []
-    ids = list(images)
-    for start in range(0, len(ids), 500):
-        cells += session.scalars(select(Cell).where(Cell.image_id.in_(ids[start:start + 500])))
-    cells = [c for c in cells if c.finder == ADDED_BY_REVIEWER or finders.get(c.image_id) == c.finder]
+    cells: list[Cell] = [c for cs in counted_cells(session, list(images)).values() for c in cs]
     cell_ids = [c.id for c in cells]
     preds: dict[int, CellPrediction] = {}
     if cell_version_id is not None:
@@ -172,9 +155,9 @@ def active_cell_version(session: Session) -> dict | None:
 
 
 def image_scale(session: Session, image_id: int) -> float | None:
-    """um per pixel of an image's newest cell search (what a cell added by hand is cut out at)."""
-    return session.scalar(select(CellSearch.um_per_px).where(CellSearch.image_id == image_id)
-                          .order_by(CellSearch.id.desc()).limit(1))
+    """um per pixel of the image's counted cell search (what a cell added by hand is cut out at)."""
+    counted = counted_searches(session, [image_id]).get(image_id)
+    return counted.um_per_px if counted is not None else None
 
 
 # ---- other seats' cell labels: what changed since the last look --------------------------

@@ -22,13 +22,13 @@ from typing import Iterable, Mapping, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.cells.records import ADDED_BY_REVIEWER
+from core.cells.records import counted_cells
 from core.errors import ModelPackageError
 from core.imaging.scan import folder_prefix, images_under
 from core.review.cell_labels import latest_cell_events
 from core.models.registry import CELL, active_version, get_version
 from core.models.taxonomy import OTHER, OTHER_TITLE, TAXONOMIES, blast_class
-from core.storage import Case, Cell, CellLabelEvent, CellPrediction, CellSearch, ModelVersion
+from core.storage import Case, Cell, CellLabelEvent, CellPrediction, ModelVersion
 
 DISCLAIMER = ("This differential is decision support, not a diagnosis: every count must be checked by a "
               "qualified person.")
@@ -332,21 +332,15 @@ def _chunks(ids: Sequence[int]):
 
 
 def _case_cell_rows(session: Session, folder) -> list[tuple[Cell, str]]:
-    """(cell, image path) for the cells of the images under ``folder``: those found by each
-    image's newest finder run (an older method's cells are not counted twice) and those added
-    by reviewers."""
+    """(cell, image path) for the cells of the images under ``folder`` that count: those of each
+    image's counted finder run (core.cells.records.counted_searches: no cell counted twice, none
+    a reviewer labelled hidden by a newer finder) and those added by reviewers."""
     images = dict(images_under(session, folder))
-    newest: dict[int, tuple[int, str]] = {}
-    for chunk in _chunks(list(images)):
-        for sid, image_id, finder in session.execute(
-                select(CellSearch.id, CellSearch.image_id, CellSearch.finder).where(CellSearch.image_id.in_(chunk))):
-            if image_id not in newest or sid > newest[image_id][0]:
-                newest[image_id] = (sid, finder)
     out = []
     for chunk in _chunks(list(images)):
-        for c in session.scalars(select(Cell).where(Cell.image_id.in_(chunk)).order_by(Cell.image_id, Cell.id)):
-            if c.finder == ADDED_BY_REVIEWER or (c.image_id in newest and newest[c.image_id][1] == c.finder):
-                out.append((c, images[c.image_id]))
+        for image_id, cells in counted_cells(session, chunk).items():
+            out.extend((c, images[image_id]) for c in cells)
+    out.sort(key=lambda row: (row[0].image_id, row[0].id))
     return out
 
 
