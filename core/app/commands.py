@@ -472,9 +472,9 @@ def cmd_differential(args, app: App) -> int:
     with app.db.session() as s:
         vid = diff.cell_version_id(s, args.model)
         d = diff.case_differential(s, args.folder, vid, threshold_pct=threshold)
-    if not d.n_cells:
-        app.echo(f"no white cells recorded under {args.folder}: classify it with a cell model active first "
-                 "(nothing to count)")
+        why_none = None if d.n_cells else diff.no_cells_sentence(s, args.folder)
+    if why_none:
+        app.echo(why_none)
         return 0
     for line in diff.as_lines(d):
         app.echo(line)

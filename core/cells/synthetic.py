@@ -78,3 +78,14 @@ def box_px(c: WhiteCell, um_per_px: float, size: tuple[int, int] | None = None) 
     if size is not None:
         x0, y0, x1, y1 = max(0, x0), max(0, y0), min(size[0], x1), min(size[1], y1)
     return x0, y0, x1, y1
+
+
+def crowded_field(n: int = 500, um_per_px: float = 0.25) -> np.ndarray:
+    """A field of ``n`` white cells in a grid 16 um apart (none touching, 25 to a row), red cells
+    in a strip beside them for the scale: the finder's load test (500 cells, ~1840 x 1280 px)."""
+    cols = 25
+    rows = -(-n // cols)
+    whites = [WhiteCell(8 + 16 * (k % cols), 8 + 16 * (k // cols)) for k in range(n)]
+    width, height = 16 * cols + 60, 16 * rows
+    reds = [(16 * cols + 8 + 10 * i, 6 + 10 * j) for i in range(5) for j in range(height // 10)]
+    return draw(Field(width, height, white_cells=whites, red_cells=reds), um_per_px)

@@ -138,6 +138,19 @@ def _stored_state(session: Session, version_id: int, image_ids: Sequence[int]) -
     return {i: _Stored(c.um_per_px, c.single_cell_crop, tuple(waiting[i])) for i, c in kept.items()}
 
 
+#: Why a grayscale field gets no cell search (recorded as the file's reason; a single cell cut
+#: out on black is still found: that test needs no colour).
+GRAYSCALE_REASON = ("grayscale image: white cells are found by the colour of their stain, so its cells "
+                    "were not searched for")
+
+
+def _colourless(rgb: np.ndarray) -> bool:
+    """Whether the image carries no colour (a grayscale file, or gray saved as RGB): every pixel's
+    channels within 2 levels of each other (a JPEG's rounding), on every 4th pixel."""
+    sample = rgb[::4, ::4].astype(np.int16)
+    return int((sample.max(axis=2) - sample.min(axis=2)).max(initial=0)) <= 2
+
+
 def _box_cell(box: tuple[int, int, int, int]) -> FoundCell:
     """A stored cell as the cutter needs it (only its box's centre is used)."""
     return FoundCell(tuple(int(v) for v in box), np.zeros((0, 2), np.int32), None, 0, frozenset())  # type: ignore[arg-type]
@@ -188,6 +201,8 @@ def classify_cells(
             rgb, reduced_by = decode_for_cells(data)
             if stored is None:
                 res.found = find_cells(rgb, reduced_by=reduced_by)
+                if not res.found.single_cell_crop and _colourless(rgb):
+                    raise ImageError(GRAYSCALE_REASON)
                 res.single_cell_crop = res.found.single_cell_crop
                 um = res.found.um_per_px
                 cells = [(("new", n), c) for n, c in enumerate(res.found.cells)]

@@ -22,13 +22,13 @@ from typing import Iterable, Mapping, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.cells.records import counted_cells
+from core.cells.records import counted_cells, counted_searches
 from core.errors import ModelPackageError
-from core.imaging.scan import folder_prefix, images_under
+from core.imaging.scan import folder_prefix, images_under, under_folder
 from core.review.cell_labels import latest_cell_events
 from core.models.registry import CELL, active_version, get_version
 from core.models.taxonomy import OTHER, OTHER_TITLE, TAXONOMIES, blast_class
-from core.storage import Case, Cell, CellLabelEvent, CellPrediction, ModelVersion
+from core.storage import Case, Cell, CellLabelEvent, CellPrediction, ImageFile, ModelVersion
 
 DISCLAIMER = ("This differential is decision support, not a diagnosis: every count must be checked by a "
               "qualified person.")
@@ -415,6 +415,33 @@ def summarise(cells: Sequence[CaseCell], classes: Sequence[str], blast: str | No
                         n_unclassified, n_rev, total - n_rev, agreements(latest_by_reviewer or {}), threshold_pct)
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def no_cells_sentence(session: Session, folder: str | os.PathLike) -> str:
+    """One sentence for a case without a white cell to count: never classified with a cell model,
+    or searched and no white cell found (a blank field, red cells only, a crop smaller than a
+    cell), with how many files could not be searched (their reasons are recorded per file)."""
+    ids = [i for i, _ in images_under(session, folder)]
+    searched = set(counted_searches(session, ids))
+    refused = [(p, i) for p, i in session.execute(  # a reason recorded, by the scan or the cell stage
+        select(ImageFile.path, ImageFile.image_id).where(
+            under_folder(ImageFile.path, folder), ImageFile.missing.is_(False), ImageFile.error.is_not(None)))
+        if i not in searched]
+    unsearchable = {p for p, _ in refused}
+    waiting = len(set(ids) - searched - {i for _, i in refused})
+    if not searched and not unsearchable:
+        return f"no white cells recorded under {folder}: classify it with a cell model active first (nothing to count)"
+    parts = [f"no white cells found under {folder}: {_n(len(searched), 'image')} searched, none holds a white cell"]
+    if unsearchable:
+        parts.append(f"{_n(len(unsearchable), 'file')} could not be searched (hemascan classify lists "
+                     "each one's reason)")
+    if waiting > 0:
+        parts.append(f"{_n(waiting, 'image')} not searched yet (classify it with a cell model active)")
+    return "; ".join(parts) + "; nothing to count"
+
+
 def case_differential(session: Session, folder: str | os.PathLike, cell_version_id: int | None, *,
                       threshold_pct: float = DEFAULT_BLAST_THRESHOLD_PCT,
                       confidence: float = CONFIDENCE) -> Differential:
@@ -495,7 +522,7 @@ def write_json(d: Differential, output: str | os.PathLike) -> Path:
     return output
 
 
-__all__ = ["DISCLAIMER", "INTERVAL_NOTE", "as_lines", "DEFAULT_BLAST_THRESHOLD_PCT", "Agreement", "BlastLine", "CaseCell", "ClassLine",
+__all__ = ["no_cells_sentence", "DISCLAIMER", "INTERVAL_NOTE", "as_lines", "DEFAULT_BLAST_THRESHOLD_PCT", "Agreement", "BlastLine", "CaseCell", "ClassLine",
            "Differential", "cell_version_id", "write_json", "agreements", "beta_cdf", "beta_ppf", "blast_line",
            "case_cells", "case_differential", "differential_of", "case_name", "cells_to_count", "clopper_pearson", "cohen_kappa",
            "differential_table", "summarise"]
