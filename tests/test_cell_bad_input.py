@@ -1,8 +1,8 @@
 """Bad input through the whole cell pipeline (`hemascan classify` with a cell model active, then
 `hemascan differential`): a field with no cells, with 500 cells, with red cells only, out of
 focus, a 30,000 x 30,000 scan, a grayscale and a 16-bit image, a crop smaller than a cell. Each
-gets a clear recorded reason or a correct empty result (a search with no cells), never a
-traceback; the batch goes on and the other images' cells are stored."""
+gets a clear recorded reason or a correct empty result (a search with no cells; a grayscale
+field's search records why it has none), never a traceback; the batch goes on and the other images' cells are stored."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from core.cells import synthetic as syn
 from core.cells.finder import FINDER_NAME
+from core.cells.records import GRAYSCALE
 from core.imaging.images import DEFAULT_MAX_PIXELS
 from core.storage import Cell, CellPrediction, CellSearch, ImageFile
 from tests.test_cell_stage import make_cell_model_active
@@ -80,9 +81,12 @@ def test_classify_and_differential_on_a_folder_of_bad_input(db, cli, bad_folder)
     error, search, _ = files["scan_30000.jpg"]
     assert "too large" in error and f"{DEFAULT_MAX_PIXELS:,}" in error and search is None
     assert "scan_30000.jpg" in out
-    error, search, _ = files["grayscale.png"]
-    assert error and "grayscale" in error and "colour" in error and search is None
-    assert "grayscale.png" in out
+    # a grayscale field: searched for nothing, and said so (its search records why: no stain colour)
+    assert files["grayscale.png"] == (None, 0, 0)
+    assert "1 grayscale image(s) not searched: white cells are found by the colour of their stain" in out
+    with db.session() as s:
+        assert s.scalar(select(CellSearch.scale_source).join(ImageFile, ImageFile.image_id == CellSearch.image_id)
+                        .where(ImageFile.path.like("%grayscale.png"))) == GRAYSCALE
     # a correct empty result: searched, no white cell
     for name in ("blank.png", "red_cells_only.png", "tiny_12px.png"):
         assert files[name] == (None, 0, 0), name
@@ -120,6 +124,7 @@ def test_differential_of_a_searched_folder_without_cells_says_so_in_one_sentence
     assert rc == 0 and "Traceback" not in out + err
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert len(lines) == 1, out
-    # blank, red cells only, the 12 px crop: searched; the 30,000 px scan and the grayscale field: not
+    # blank, red cells only, the 12 px crop: searched; the grayscale field and the 30,000 px scan: not
     assert "no white cells found" in lines[0] and "3 images searched" in lines[0], lines[0]
-    assert "2 files could not be searched" in lines[0] and "classify it" not in lines[0], lines[0]
+    assert "1 grayscale image not searched (white cells are found by the colour of their stain)" in lines[0]
+    assert "1 file could not be searched" in lines[0] and "classify it" not in lines[0], lines[0]

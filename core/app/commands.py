@@ -137,7 +137,9 @@ def cmd_classify(args, app: App) -> int:
              + (" [cancelled: run again to continue]" if s.cancelled else ""))
     if s.cell_model is not None:
         app.echo(f"cells: {s.n_cells} found in {s.n_cell_images} images, {s.n_cells_classified} classified "
-                 f"by {s.cell_model}" + (f"; {s.n_cell_errors} file(s) could not be read" if s.n_cell_errors else ""))
+                 f"by {s.cell_model}" + (f"; {s.n_cell_errors} file(s) could not be read" if s.n_cell_errors else "")
+                 + (f"; {s.n_cell_grayscale} grayscale image(s) not searched: white cells are found by the "
+                    "colour of their stain" if s.n_cell_grayscale else ""))
     _print_errors(app, s.errors, max(s.n_errors, s.n_cell_errors))
     if s.version is not None:
         _summarise_predictions(app, args.folder, s.version)

@@ -17,6 +17,9 @@ if TYPE_CHECKING:  # the finder's types; records need only their attributes
 
 #: ``Cell.finder`` of a cell a reviewer added by hand (the finder missed it).
 ADDED_BY_REVIEWER = "reviewer"
+#: ``CellSearch.scale_source`` of a search that did not look for cells: the image carries no
+#: colour, and white cells are found by their stain's colour (recorded, so it is said, not retried).
+GRAYSCALE = "grayscale"
 
 
 def _points(contour) -> list[list[int]]:

@@ -40,7 +40,7 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from core.cells.finder import FINDER_NAME, FieldCells, FoundCell, cut_out, decode_for_cells, find_cells
-from core.cells.records import ADDED_BY_REVIEWER, CountedSearch, counted_searches, images_to_search, store_field_cells
+from core.cells.records import ADDED_BY_REVIEWER, GRAYSCALE, CountedSearch, counted_searches, images_to_search, store_field_cells
 from core.errors import ImageError
 from core.imaging.fspath import display, to_fs
 from core.imaging.images import FileChanged, decode_rgb, read_and_hash
@@ -138,15 +138,11 @@ def _stored_state(session: Session, version_id: int, image_ids: Sequence[int]) -
     return {i: _Stored(c.um_per_px, c.single_cell_crop, tuple(waiting[i])) for i, c in kept.items()}
 
 
-#: Why a grayscale field gets no cell search (recorded as the file's reason; a single cell cut
-#: out on black is still found: that test needs no colour).
-GRAYSCALE_REASON = ("grayscale image: white cells are found by the colour of their stain, so its cells "
-                    "were not searched for")
-
-
 def _colourless(rgb: np.ndarray) -> bool:
     """Whether the image carries no colour (a grayscale file, or gray saved as RGB): every pixel's
-    channels within 2 levels of each other (a JPEG's rounding), on every 4th pixel."""
+    channels within 2 levels of each other (a JPEG's rounding), on every 4th pixel. Such a field's
+    search is stored with no cells and scale_source GRAYSCALE (a single cell cut out on black is
+    still found: that test needs no colour)."""
     sample = rgb[::4, ::4].astype(np.int16)
     return int((sample.max(axis=2) - sample.min(axis=2)).max(initial=0)) <= 2
 
@@ -201,8 +197,8 @@ def classify_cells(
             rgb, reduced_by = decode_for_cells(data)
             if stored is None:
                 res.found = find_cells(rgb, reduced_by=reduced_by)
-                if not res.found.single_cell_crop and _colourless(rgb):
-                    raise ImageError(GRAYSCALE_REASON)
+                if not res.found.single_cell_crop and _colourless(rgb):  # said, not guessed at
+                    res.found = FieldCells((), res.found.um_per_px, GRAYSCALE, res.found.n_red_cells, False)
                 res.single_cell_crop = res.found.single_cell_crop
                 um = res.found.um_per_px
                 cells = [(("new", n), c) for n, c in enumerate(res.found.cells)]
@@ -293,6 +289,7 @@ def classify_cells(
         found = [r.found for r in ok if r.found is not None]
         summary.n_cells += sum(len(f.cells) for f in found)
         summary.n_cell_images += sum(1 for f in found if f.cells)
+        summary.n_cell_grayscale += sum(1 for f in found if f.scale_source == GRAYSCALE)
         summary.n_cells_classified += sum(len(r.keys) for r in ok)
         summary.n_cell_errors += len(failed)
         if count_images:

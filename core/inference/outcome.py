@@ -37,6 +37,7 @@ class ClassifySummary:
     n_cell_images: int = 0  # images in which this run found at least one cell
     n_cells_classified: int = 0  # cells given a prediction by the cell model
     n_cell_errors: int = 0  # images the cell stage could not read
+    n_cell_grayscale: int = 0  # images not searched for cells: no colour (cells are found by their stain's)
 
     @property
     def rate(self) -> float:

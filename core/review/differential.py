@@ -22,7 +22,7 @@ from typing import Iterable, Mapping, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.cells.records import counted_cells, counted_searches
+from core.cells.records import GRAYSCALE, counted_cells, counted_searches
 from core.errors import ModelPackageError
 from core.imaging.scan import folder_prefix, images_under, under_folder
 from core.review.cell_labels import latest_cell_events
@@ -424,16 +424,21 @@ def no_cells_sentence(session: Session, folder: str | os.PathLike) -> str:
     or searched and no white cell found (a blank field, red cells only, a crop smaller than a
     cell), with how many files could not be searched (their reasons are recorded per file)."""
     ids = [i for i, _ in images_under(session, folder)]
-    searched = set(counted_searches(session, ids))
+    searched = counted_searches(session, ids)
     refused = [(p, i) for p, i in session.execute(  # a reason recorded, by the scan or the cell stage
         select(ImageFile.path, ImageFile.image_id).where(
             under_folder(ImageFile.path, folder), ImageFile.missing.is_(False), ImageFile.error.is_not(None)))
         if i not in searched]
     unsearchable = {p for p, _ in refused}
-    waiting = len(set(ids) - searched - {i for _, i in refused})
+    waiting = len(set(ids) - set(searched) - {i for _, i in refused})
     if not searched and not unsearchable:
         return f"no white cells recorded under {folder}: classify it with a cell model active first (nothing to count)"
-    parts = [f"no white cells found under {folder}: {_n(len(searched), 'image')} searched, none holds a white cell"]
+    gray = sum(1 for c in searched.values() if c.scale_source == GRAYSCALE)
+    parts = [f"no white cells found under {folder}: {_n(len(searched) - gray, 'image')} searched, none holds "
+             "a white cell"]
+    if gray:
+        parts.append(f"{_n(gray, 'grayscale image')} not searched (white cells are found by the colour of "
+                     "their stain)")
     if unsearchable:
         parts.append(f"{_n(len(unsearchable), 'file')} could not be searched (hemascan classify lists "
                      "each one's reason)")
