@@ -1,5 +1,6 @@
-"""Model panel: the registry's versions with their card metrics; switch the active one
-(the window asks before re-classifying); Retrain… opens the Retrain dialog."""
+"""Model panel: the registry's versions with their kind (field or cell) and card metrics;
+switch the active one of a kind (the window asks before re-classifying with a field model; a
+cell model changes nothing in the image gallery); Retrain… opens the Retrain dialog."""
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
@@ -9,7 +10,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QHB
 from core.inference.engines import MIN_INT8_AGREEMENT
 from core.models.figures import figures_text
 from core.models.registry import list_versions
-from core.models.registry import VersionRef
+from core.models.registry import CELL, FIELD, KIND_LOOKS, VersionRef
 from core.models.store import version_package
 from desktop.workers import Workers
 from core.review.reviewed import measure_on_validation_side
@@ -23,6 +24,7 @@ def version_info(v) -> dict:
     # this seat's copy of the package (materialised from the database when another seat registered it)
     return dict(id=v.id, name=v.name, architecture=v.architecture, taxonomy=v.taxonomy, path=str(version_package(v)),
                 classes=list(card.get("classes", [])), card=card, is_active=bool(v.is_active),
+                input_kind=v.input_kind,
                 created_at=v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "", ref=VersionRef.of(v))
 
 
@@ -119,12 +121,22 @@ def same_basis_text(m: dict | None, retrain_text: str | None = None) -> str:
     return f"accuracy {m['accuracy']:.3f}, macro recall {m['macro_recall']:.3f} (n={m['n']})"
 
 
+KIND_TITLES = {FIELD: "whole images", CELL: "single cells"}  # the "Looks at" column
+
+
+def active_models_text(versions: list[dict]) -> str:
+    """The active field model and the active cell model, in one line for the dialog."""
+    active = {v.get("input_kind", FIELD): v["name"] for v in versions if v["is_active"]}
+    return (f"Active field model ({KIND_LOOKS[FIELD]}, shown in the image gallery): {active.get(FIELD, 'none')}. "
+            f"Active cell model ({KIND_LOOKS[CELL]} found in each image): {active.get(CELL, 'none')}.")
+
+
 class ModelsDialog(QDialog):
     activateRequested = Signal(int)  # model version id
     retrainRequested = Signal()
     measured = Signal(dict)  # name -> {n, accuracy, macro_recall}
     listed = Signal()  # the table shows the registry's versions
-    SAME_BASIS, FIGURES = 4, 5  # the figures columns
+    KIND, SAME_BASIS, FIGURES = 2, 5, 6  # the kind column; the figures columns
 
     def __init__(self, db, parent=None):
         super().__init__(parent)
@@ -132,9 +144,14 @@ class ModelsDialog(QDialog):
         self.resize(1240, 420)
         self.db = db
         self.versions: list[dict] = []
-        self.table = QTableWidget(0, 6)
-        self.table.setHorizontalHeaderLabels(["Active", "Name", "Architecture", "Created", "On your validation images",
-                                              "Card's own figures (each on its own images)"])
+        self.table = QTableWidget(0, 7)
+        self.table.setHorizontalHeaderLabels(["Active", "Name", "Looks at", "Architecture", "Created",
+                                              "On your validation images", "Card's own figures (each on its own images)"])
+        self.table.horizontalHeaderItem(self.KIND).setToolTip(
+            "A field model classifies whole images (the image gallery); a cell model classifies each white cell "
+            "found in them. One of each kind is active.")
+        self.active_text = QLabel("")  # the active model of each kind, in words
+        self.active_text.setWordWrap(True)
         self.same_basis: dict[str, dict] = {}
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
@@ -171,6 +188,7 @@ class ModelsDialog(QDialog):
         lay = QVBoxLayout(self)
         lay.addWidget(QLabel("Versions in the model registry. Predictions are kept per version; "
                              "switching re-classifies only what the new version has not seen."))
+        lay.addWidget(self.active_text)
         lay.addWidget(self.table, 1)
         explain = QLabel("“Measure on the same images” runs every version on your reviewed validation images "
                          "(set aside, never trained on), so their figures compare fairly. Until then, a retrained "
@@ -196,8 +214,10 @@ class ModelsDialog(QDialog):
         self.versions = versions
         self.table.setRowCount(len(self.versions))
         measured = retrain_measured(self.versions)
+        self.active_text.setText(active_models_text(self.versions))
         for r, v in enumerate(self.versions):
-            vals = ["●" if v["is_active"] else "", v["name"], v["architecture"], v["created_at"],
+            vals = ["●" if v["is_active"] else "", v["name"], KIND_TITLES.get(v.get("input_kind"), "whole images"),
+                    v["architecture"], v["created_at"],
                     same_basis_text(self.same_basis.get(v["name"]), measured.get(v["name"])),
                     headline_metrics(v["card"])]
             for c, val in enumerate(vals):

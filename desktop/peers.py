@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from core.review.labels import PEER_REFRESH_MS, label_changes_since, last_event_id
 from core.storage import ModelActivation, ModelVersion
+from core.models.registry import FIELD
 
 from .controller import local_time
 from .workers import Poller, Workers
@@ -78,9 +79,12 @@ class Activation:
     at: str  # local time, for the sentence
 
 
-def latest_activation(session) -> Activation | None:
+def latest_activation(session, kind: str = FIELD) -> Activation | None:
+    """The newest activation of a model of input ``kind``: the window shows a field model, so
+    another seat's switch of the cell model is no news to its gallery."""
     row = session.execute(select(ModelActivation, ModelVersion.name)
                           .join(ModelVersion, ModelVersion.id == ModelActivation.model_version_id)
+                          .where(ModelVersion.input_kind == kind)
                           .order_by(ModelActivation.id.desc()).limit(1)).first()
     if row is None:
         return None

@@ -23,6 +23,7 @@ from core.review import gallery as q
 from core.storage import Prediction
 from core.imaging.fspath import display, to_fs
 from core.imaging.images import read_file
+from core.models.package import DEFAULT_CELL_SIDE_UM
 from core.models.taxonomy import OTHER, OTHER_TITLE
 
 from .models_panel import trained_on
@@ -127,8 +128,6 @@ def paint_pages(doc: QTextDocument, writer: QPdfWriter, footer: str) -> int:
     return n
 
 
-#: The side of a cell's cut-out in the report when the cell model's card gives none (cell_side_um).
-DEFAULT_CELL_SIDE_UM = 24.0
 CELL_THUMB_PX = 96
 
 

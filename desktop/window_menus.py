@@ -13,7 +13,7 @@ from PySide6.QtCore import QObject, QStandardPaths, Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
 
-from core.models.registry import get_version, list_versions
+from core.models.registry import FIELD, get_version, list_versions
 
 from .actions import html_table
 from .controller import Controller
@@ -133,6 +133,7 @@ class ModelMenu(QObject):
     """Model versions, retrain, switching the version this window shows."""
 
     switched = Signal(object, object)  # version_info dict, reclassify (True / False / None: ask)
+    cell_switched = Signal(object)  # version_info of the cell model made active here (the gallery keeps its own)
     activating = Signal(int)  # a version this window is making active (its log row is not another seat's)
     message = Signal(str, int)
     notice = Signal(object)  # a sentence for the model panel (rich text), or None
@@ -179,10 +180,16 @@ class ModelMenu(QObject):
         return self.retrain_dialog
 
     def activate_version(self, version_id: int, ask: bool = True, reclassify: bool | None = None) -> None:
-        """Make ``version_id`` the active one (logged as `models activate`) and show it."""
+        """Make ``version_id`` the active one of its kind (logged as `models activate`). A field
+        model is then shown; a cell model leaves the image gallery's field model as it is."""
 
+        self.ctl.read(lambda s: getattr(s.get(ModelVersion, version_id), "input_kind", FIELD),
+                      lambda kind: self._activate(version_id, kind, ask, reclassify), "model version")
+
+    def _activate(self, version_id: int, kind: str, ask: bool, reclassify: bool | None) -> None:
         db, who = self.ctl.db, self.ctl.state.reviewer
-        self.activating.emit(version_id)
+        if kind == FIELD:  # the activation watch follows the field model: this row is the window's own
+            self.activating.emit(version_id)
 
         def work():
             with db.session() as s:
@@ -191,9 +198,17 @@ class ModelMenu(QObject):
             with db.session() as s:
                 return version_info(get_version(s, name))
 
+        def done(info: dict) -> None:
+            if info["input_kind"] != FIELD:
+                shown = self.ctl.version["name"] if self.ctl.version else "none"
+                self.cell_switched.emit(info)
+                self.message.emit(f"{info['name']} is now the active cell model (it classifies the cells found in "
+                                  f"each image); the image gallery still shows {shown}.", 10000)
+                return
+            self.switched.emit(info, None if ask and reclassify is None else bool(reclassify))
+
         self.ctl.runner.submit(work, name="activate model", on_error=lambda e: self.message.emit(f"⚠ {e}", 20000),
-                               on_result=lambda info: self.switched.emit(info, None if ask and reclassify is None
-                                                                         else bool(reclassify)))
+                               on_result=done)
 
     def use_version(self, version_id: int, reclassify: bool | None = None) -> None:
         """Show (and classify with) ``version_id``, already made active (by another seat, or by

@@ -4,7 +4,6 @@ keys 1..N follow the active model's classes, the PDF report, and (where ../share
 present) its behaviour on held-out C-NMC subjects and on another lab's cells."""
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
@@ -51,21 +50,41 @@ def test_binary_model_card_states_its_data_split_metrics_and_guard():
     foreign = raw["guard"]["foreign"]
     assert {"pbc-dev", "taleqani-fields", "synthetic_sample_images"} <= set(foreign)
     assert "NOT met" in text  # the goal it misses is said, not hidden
+    # a cell model: each found cell cut out at the physical side the card states, and why that side
+    assert card.input == "cell" and card.cell_side_um == 25.0
+    assert "cell_side_um = 25 um" in raw["notes"] and "C-NMC crops carry no scale" in raw["notes"]
 
 
-def test_cli_activate_classify_export_two_classes(cli, tmp_path):
+def _cell_model_rows(data_dir: Path, folder: Path) -> list[dict]:
+    """The image CSV's rows with the cell model's predictions (``hemascan export`` writes the
+    active field model's; a crop's cell prediction is also in ``export --format cells``)."""
+    from core.app.bootstrap import open_database
+    from core.config import resolve_paths
+    from core.models.registry import get_version
+    from core.review.export import export_rows
+
+    db = open_database(resolve_paths(data_dir))
+    try:
+        with db.session() as s:
+            _, rows = export_rows(s, folder, version=get_version(s, _name()))
+            return [{k: str(v) for k, v in row.items()} for row in rows]  # as the CSV has them
+    finally:
+        db.dispose()
+
+
+def test_cli_activate_classify_export_two_classes(cli, tmp_path, data_dir):
     from core.app.sample import generate
 
     folder = tmp_path / "cells"
     generate(folder, n_per_class=3, seed=2, taxonomy="all_vs_normal")
     rc, out, _ = cli("models", "list")
-    assert rc == 0 and _name() in out and not next(li for li in out.splitlines() if _name() in li).startswith("*")
-    assert cli("models", "activate", _name())[0] == 0
-    rc, out, err = cli("classify", folder)
+    # a cell model (it was trained on single cells): the active one of its kind from the first start
+    assert rc == 0 and next(li for li in out.splitlines() if _name() in li).startswith("*")
+    rc, out, _ = cli("models", "activate", _name())
+    assert rc == 0 and "active cell model" in out and "the active field model" in out
+    rc, out, err = cli("classify", "--model", _name(), folder)  # each cut-out cell classified whole
     assert rc == 0, err
-    rc, _, err = cli("export", "--folder", folder, "-o", tmp_path / "out.csv")
-    assert rc == 0, err
-    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    rows = _cell_model_rows(data_dir, folder)
     assert len(rows) == 6
     header = rows[0].keys()
     assert {"out_of_distribution", "uncertain"} <= set(header)
@@ -78,15 +97,13 @@ def test_cli_activate_classify_export_two_classes(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_binary_model_on_held_out_cnmc_subjects_and_another_lab(cli, tmp_path):
+def test_binary_model_on_held_out_cnmc_subjects_and_another_lab(cli, tmp_path, data_dir):
     """The real model on real images: cells of the held-out test subjects are mostly inside its
     experience and called as the card says (ALL patients ~all right); another lab's cells are
     flagged (the card: all 240 pbc-dev cells)."""
     folder = _cnmc_folder(tmp_path, per_subject=12)
-    assert cli("models", "activate", _name())[0] == 0
-    assert cli("classify", folder)[0] == 0
-    assert cli("export", "--folder", folder, "-o", tmp_path / "cnmc.csv")[0] == 0
-    rows = list(csv.DictReader((tmp_path / "cnmc.csv").open()))
+    assert cli("classify", "--model", _name(), folder)[0] == 0
+    rows = _cell_model_rows(data_dir, folder)
     assert len(rows) == 36
     blasts = [r for r in rows if "/all/" in r["path"].replace("\\", "/")]
     assert sum(r["predicted_label"] == "ALL" for r in blasts) >= 20  # of 24 (card: 0.97 and 1.00)
@@ -96,9 +113,8 @@ def test_binary_model_on_held_out_cnmc_subjects_and_another_lab(cli, tmp_path):
         pytest.skip(f"pbc-dev not found at {pbc}")
     other = tmp_path / "pbc"
     shutil.copytree(pbc / sorted(p.name for p in pbc.iterdir() if p.is_dir())[0], other)
-    assert cli("classify", other)[0] == 0
-    assert cli("export", "--folder", other, "-o", tmp_path / "pbc.csv")[0] == 0
-    flags = [r["out_of_distribution"] for r in csv.DictReader((tmp_path / "pbc.csv").open())]
+    assert cli("classify", "--model", _name(), other)[0] == 0
+    flags = [r["out_of_distribution"] for r in _cell_model_rows(data_dir, other)]
     assert flags and flags.count("1") >= 0.9 * len(flags)
 
 
@@ -114,8 +130,13 @@ def test_window_keys_and_buttons_follow_the_active_models_classes(qtbot, tmp_pat
     assert [b.text() for b in w.class_buttons] == ["1  Benign", "2  Early Pre-B", "3  Pre-B", "4  Pro-B", "O  Other"]
     with w.db.session() as s:
         vid = next(v.id for v in list_versions(s) if v.name == _name())
-    with qtbot.waitSignal(w.versionShown, timeout=10_000):  # activated in a worker
+    field = w.version["name"]
+    with qtbot.waitSignal(w.model_menu.cell_switched, timeout=10_000):  # activated in a worker
         w.activate_version(vid, ask=False, reclassify=False)
+    assert w.version["name"] == field  # a cell model: the image gallery keeps its field model
+    assert "active cell model" in w.statusBar().currentMessage() and field in w.statusBar().currentMessage()
+    with qtbot.waitSignal(w.versionShown, timeout=10_000):  # the gallery shown with it (keys follow its classes)
+        w.model_menu.use_version(vid, reclassify=False)
     assert [b.text() for b in w.class_buttons] == ["1  ALL", "2  Normal", "O  Other"]
     keys = sorted(a.shortcut().toString() for a in w.actions() if a.shortcut().toString() in list("123456789"))
     assert keys == ["1", "2"]  # the old 3 and 4 are gone, not left acting on another taxonomy

@@ -54,7 +54,7 @@ def test_reading_the_active_model_sets_nothing_up(paths):
     db = Database(paths.db_url())
     try:
         with db.session() as s:
-            with pytest.raises(ModelPackageError, match="no model version is active"):
+            with pytest.raises(ModelPackageError, match="no field model is active"):
                 require_active_version(s)
             assert list_versions(s) == []
         assert needs_setup(db)

@@ -51,14 +51,14 @@ def test_sample_import_classify_export(cli, tmp_path, db):
 def test_models_list_and_activate(cli):
     rc, out, _ = cli("models", "list")
     lines = out.splitlines()
-    assert rc == 0 and lines[0].startswith("*") and "all-subtype" in lines[0]
+    assert rc == 0 and lines[0].startswith("*") and "all-subtype" in lines[0] and lines[0].split()[2] == "field"
     binary = next(line for line in lines if "all-vs-normal" in line)
-    assert not binary.startswith("*")  # shipped and registered, not active
-    name = binary.split()[1] if binary.split()[0] in "*-" else binary.split()[0]
-    rc, _, _ = cli("models", "activate", name)
-    assert rc == 0
+    assert binary.startswith("*") and binary.split()[2] == "cell"  # shipped: the active cell model
+    name = binary.split()[1]
+    rc, out, _ = cli("models", "activate", name)
+    assert rc == 0 and f"{name} is now the active cell model" in out
     rc, out, _ = cli("models", "list")
-    assert next(line for line in out.splitlines() if line.startswith("*")).find("all-vs-normal") >= 0
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("*")] == [lines[0].split()[1], name]
     rc, _, err = cli("models", "activate", "no-such-model")
     assert rc == 2 and "no model version 'no-such-model'" in err and "Traceback" not in err
 

@@ -271,7 +271,7 @@ def test_switch_model_reclassifies_and_about(qtbot, window, tmp_path):
 
     row = len(bundled_packages())  # the bundled packages, then the new one
     qtbot.waitUntil(lambda: dlg.table.rowCount() == row + 1, timeout=5000)  # read in a worker
-    assert dlg.table.rowCount() == row + 1 and "accuracy 0.500" in dlg.table.item(row, 5).text()
+    assert dlg.table.rowCount() == row + 1 and "accuracy 0.500" in dlg.table.item(row, dlg.FIGURES).text()
     assert dlg.retrain.isEnabled()  # opens the Retrain dialog (tests/test_retrain_gui.py)
     with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT) as blocker:
         w.activate_version(vid, ask=False, reclassify=True)
@@ -325,9 +325,12 @@ def test_make_active_in_the_models_dialog_moves_the_mark_once_it_has_landed(qtbo
 
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.No)  # no re-classify question
     monkeypatch.setattr(QMessageBox, "exec", lambda *a, **k: QMessageBox.No)
+    from .test_seat_activation import _register_field_copy
+
+    _register_field_copy(window.ctl.db, window.paths.data_dir)  # the bundled models are both active (field, cell)
     dlg = window.model_menu.models_dialog()
     qtbot.addWidget(dlg)
-    qtbot.waitUntil(lambda: len(dlg.versions) >= 2, timeout=10_000)
+    qtbot.waitUntil(lambda: len(dlg.versions) >= 3, timeout=10_000)
     other = next(r for r, v in enumerate(dlg.versions) if not v["is_active"])
     n_before = len(activation_log(window.ctl.db))
     dlg.table.selectRow(other)

@@ -330,7 +330,8 @@ def test_case_report_has_the_differential_and_galleries_of_blast_flagged_and_cor
     assert f"{100 * lo:.1f}-{100 * hi:.1f}%" in text and "ALL (blasts): 10 of 17 = 58.8%" in text
     assert "The 95% interval lies wholly above the 20% threshold" in text
     assert "Blast cells (ALL): 10" in text and "Cells flagged by the model: 3" in text
-    assert "Cells corrected by a reviewer: 2" in text and "24 um wide" in text and "states none" in text
+    # the bundled cell model's card states its cut-outs' side (25 um): the report uses it
+    assert "Cells corrected by a reviewer: 2" in text and "25 um wide" in text and "states none" not in text
     assert STATEMENT in text and DISCLAIMER in text and "Sign-off" in text
     part = data.cells
     shown = [rgb for _t, _m, _n, cells in part.galleries for _c, rgb in cells]

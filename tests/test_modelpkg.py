@@ -91,7 +91,9 @@ def test_save_then_register_and_switch_active(tmp_path, db, paths):
         bundled = [read_card(p).name for p in bundled_packages()]
         assert bundled[0] == first.name  # the default is registered first and made active
         assert [v.name for v in list_versions(s)] == [*bundled, "second-model"]
-        assert sum(v.is_active for v in list_versions(s)) == 1
+        # one active per input kind: the field model switched, the bundled cell model stays
+        assert [v.name for v in list_versions(s) if v.is_active and v.input_kind == "field"] == ["second-model"]
+        assert sum(v.is_active for v in list_versions(s)) == 2
         with pytest.raises(ModelPackageError, match="no model version"):
             get_version(s, "nope")
     with pytest.raises(ModelPackageError, match="already exists"):

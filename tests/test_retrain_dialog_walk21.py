@@ -204,13 +204,14 @@ def test_models_dialog_shows_the_retrains_figures_and_cuts_nothing_off(qtbot, db
     QApplication.processEvents()
     t = dlg.table
     names = [t.item(r, 1).text() for r in range(t.rowCount())]
-    child, parent = t.item(names.index(CHILD), 4).text(), t.item(names.index(PARENT), 4).text()
+    same = dlg.SAME_BASIS
+    child, parent = t.item(names.index(CHILD), same).text(), t.item(names.index(PARENT), same).text()
     assert "not measured" not in child and "not measured" not in parent
     assert child.startswith(f"accuracy {cmp['new']['accuracy']:.3f}") and "7 validation images" in child, child
     assert parent.startswith(f"accuracy {cmp['old']['accuracy']:.3f}") and "same 7 validation images" in parent
     # every figure shown whole at the default size: within the table's width, rows tall enough
     fm = t.fontMetrics()
-    for c in (4, 5):
+    for c in (dlg.SAME_BASIS, dlg.FIGURES):
         assert t.columnViewportPosition(c) + t.columnWidth(c) <= t.viewport().width(), c
         for r in range(t.rowCount()):
             text = t.item(r, c).text()

@@ -16,6 +16,54 @@ from tests.conftest import url_arg  # noqa: E402
 from .test_desktop import JOB_TIMEOUT  # noqa: E402
 
 
+def _register_field_copy(db, tmp_path) -> str:
+    import json
+    import shutil
+
+    from core.models.registry import bundled_default_package, register_package
+
+    dest = tmp_path / "another-field-model"
+    shutil.copytree(bundled_default_package(), dest)
+    card = json.loads((dest / "card.json").read_text())
+    card["name"] = "another-field-model-v1"
+    (dest / "card.json").write_text(json.dumps(card))
+    with db.session() as s:
+        return register_package(s, db.paths, dest).name
+
+
+def test_another_seats_cell_model_activation_is_no_news_to_the_gallery(qtbot, db_url, paths, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    from core.app.bootstrap import open_database
+    from core.config import resolve_paths
+    from core.models.registry import activate, register_package
+    from desktop.mainwindow import MainWindow
+
+    from .test_model_kinds import CELL_PACKAGE, _renamed_copy
+
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
+    settings.setValue("reviewer", "Ana Ruiz")
+    w = MainWindow(paths, db_url=url_arg(db_url), settings=settings, device="cpu")
+    qtbot.addWidget(w)
+    w.activations.timer.setInterval(100)
+    shown = w.version["name"]
+    seat_b = open_database(resolve_paths(tmp_path / "seat-b").ensure(), db_url)
+    try:
+        with seat_b.session() as s:
+            cell = register_package(s, seat_b.paths, _renamed_copy(CELL_PACKAGE, tmp_path / "c2", "cell-two-v1"))
+            cell_id = cell.id
+        activate(seat_b, "cell-two-v1", "dr.cell")
+        qtbot.waitUntil(lambda: w.activations.latest is not None, timeout=10_000)
+        n_polls = []
+        w.activations.poller.result.connect(n_polls.append)
+        qtbot.waitUntil(lambda: len(n_polls) >= 3, timeout=10_000)  # polls that have read the cell activation
+        assert w.activations.latest.version_id != cell_id  # the watch follows the field model only
+        assert w.filters.model_notice.isHidden() and w.version["name"] == shown
+    finally:
+        w.close()
+        seat_b.dispose()
+
+
 def test_another_seats_activation_is_said_and_the_window_keeps_its_version(qtbot, db_url, paths, sample_folder,
                                                                           tmp_path, monkeypatch):
     from PySide6.QtCore import QSettings
@@ -35,7 +83,9 @@ def test_another_seats_activation_is_said_and_the_window_keeps_its_version(qtbot
     seat_b = open_database(resolve_paths(tmp_path / "seat-b").ensure(), db_url)  # another workstation
     try:
         with seat_b.session() as s:
-            other = next(v.name for v in list_versions(s) if v.name != shown)
+            cell = next(v.name for v in list_versions(s) if v.input_kind == "cell")
+        activate(seat_b, cell, "dr.cell")  # the other seat's cell model: no news to this window's gallery
+        other = _register_field_copy(seat_b, tmp_path)
         activate(seat_b, other, "dr.ben")
         notice = w.filters.model_notice
         qtbot.waitUntil(lambda: not notice.isHidden(), timeout=10_000)

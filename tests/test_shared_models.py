@@ -162,12 +162,15 @@ def test_every_activation_path_writes_one_log_row(tmp_path, db_url, second_packa
         with db.session() as s:
             rows = list(s.scalars(select(ModelActivation).order_by(ModelActivation.id)))
             names = dict(s.execute(text("SELECT id, name FROM model_versions")).all())
+            kinds = dict(s.execute(text("SELECT id, input_kind FROM model_versions")).all())
+            assert [(r.action, kinds[r.model_version_id]) for r in rows[:2]] == [("setup", "field"), ("setup", "cell")]
+            rows = [r for r in rows if kinds[r.model_version_id] == "field"]  # the field models' log
             assert [r.action for r in rows] == ["setup", "register", "rollback", "activate", "import"]
             assert [names[r.model_version_id] for r in rows[1:]] == [
                 "shared-test-model", bundled_default, "shared-test-model", "shared-test-model"]
             assert all(r.previous_version_id == p.model_version_id for p, r in zip(rows, rows[1:]))
             assert all(r.activated_by and r.created_at is not None for r in rows)
-            assert s.execute(text("SELECT count(*) FROM model_versions WHERE is_active")).scalar() == 1
+            assert s.execute(text("SELECT count(*) FROM model_versions WHERE is_active")).scalar() == 2  # one per kind
     finally:
         db.dispose()
 

@@ -23,10 +23,22 @@ def _seats(tmp_path, db_url):
 
 
 def _another_version(db, active_id: int) -> str:
-    from core.models.registry import list_versions
+    """Another field model than ``active_id`` (a renamed copy of the bundled default): the only
+    other bundled model is a cell model, and activating it leaves the field model active."""
+    import json
+    import shutil
 
+    from core.models.registry import bundled_default_package, register_package
+
+    dest = db.paths.data_dir / "another-field-model"
+    shutil.copytree(bundled_default_package(), dest)
+    card = json.loads((dest / "card.json").read_text())
+    card["name"] = "another-field-model-v1"
+    (dest / "card.json").write_text(json.dumps(card))
     with db.session() as s:
-        return next(v.name for v in list_versions(s) if v.id != active_id)
+        version = register_package(s, db.paths, dest)
+        assert version.id != active_id and version.input_kind == "field"
+        return version.name
 
 
 @pytest.mark.parametrize("given", [True, False], ids=["version-given", "active-at-start"])

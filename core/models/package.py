@@ -50,9 +50,10 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0  # the trainer fits T in [0.05, 2
 # A cell model's cut-out side: a white cell is 6-30 um across (core/cells/finder.py), so a square
 # narrower than 5 um cannot hold one and one wider than 200 um holds a crowd, not a cell.
 MIN_CELL_SIDE_UM, MAX_CELL_SIDE_UM = 5.0, 200.0
-# The side a cell model is given when its card names none (a model trained on pre-cut crops,
-# e.g. C-NMC's 300 px at about 0.1 um/px): the cell in the middle with some of its surroundings.
-DEFAULT_CELL_SIDE_UM = 30.0
+# The side a cell model is given when its card names none: what the bundled ALL-vs-normal card
+# states (25 um: C-NMC's frame from its cells' measured widths), so an older registered copy of
+# that card, written before it stated a side, cuts its cells the same way.
+DEFAULT_CELL_SIDE_UM = 25.0
 
 # A model name is a directory name in the registry and appears in file names: letters, digits,
 # '.', '_', '-', starting with a letter or digit (so never '.', '..' or a hidden temp name),

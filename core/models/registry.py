@@ -42,14 +42,14 @@ KIND_LOOKS = {FIELD: "it looks at whole images", CELL: "it looks at single cells
 
 def input_kind_of(card) -> str:
     """THE rule for a model's input kind, from its card (a ModelCard, or a card dict as stored in
-    ``model_versions.card``): the card's ``input`` when it declares one; else the taxonomy's
-    (cell for those learnt on single cells: the taxonomies migration 0007 made cell models)."""
+    ``model_versions.card``): cell when the card says ``"input": "cell"`` or its taxonomy was
+    learnt on single cells (the taxonomies migration 0007 made cell models); else field. A card
+    without ``input`` reads as "field" (the card's default), so an older card of a cell
+    taxonomy (ALL-vs-normal before issue 22, or a retrain of it) stays a cell model."""
     declared = card.get("input") if isinstance(card, dict) else getattr(card, "input", None)
-    if declared in INPUT_KINDS:
-        return declared
     taxonomy = card.get("taxonomy") if isinstance(card, dict) else getattr(card, "taxonomy", None)
     tax = TAXONOMIES.get(taxonomy)
-    return tax.input_kind if tax is not None else FIELD
+    return CELL if declared == CELL or (tax is not None and tax.input_kind == CELL) else FIELD
 
 
 def _check_kind(kind: str) -> str:
