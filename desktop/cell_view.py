@@ -320,6 +320,19 @@ class CellList(QListView):
     def keyboardSearch(self, search: str) -> None:  # noqa: N802  (a letter is a review key, not a search)
         return None
 
+    def moveCursor(self, action, modifiers):  # noqa: N802
+        # Home/End: the first/last cell, not row 0/the last row (a class heading is not a cell,
+        # and Qt's Home on a heading left the selection where it was)
+        if action in (QAbstractItemView.MoveHome, QAbstractItemView.MoveEnd):
+            model = self.model()
+            rows = range(model.rowCount()) if action == QAbstractItemView.MoveHome else \
+                range(model.rowCount() - 1, -1, -1)
+            for r in rows:
+                index = model.index(r, 0)
+                if model.flags(index) & Qt.ItemIsSelectable:
+                    return index
+        return super().moveCursor(action, modifiers)
+
     def keyPressEvent(self, e) -> None:  # noqa: N802
         mods = e.modifiers() & ~Qt.KeypadModifier
         super().keyPressEvent(e)
@@ -650,6 +663,8 @@ class CellPane(QObject):
             self.workers.submit(lambda r=row: (r.image_id, decode_full(r.path)), name="field",
                                 on_result=self._field_loaded, on_error=lambda e: self.message.emit(f"⚠ {e}", 20000),
                                 priority=1)
+        elif row.cell_id not in self.field.outlines:
+            self._outline_field()  # a cell added on this field since it was outlined
         else:
             self.field.highlight(row.cell_id)
 
