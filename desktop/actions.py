@@ -58,9 +58,14 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("cancel", "Cancel", "cancel_job", ("Esc",), "File", True, "SP_MediaStop", enabled="running",
                help="cancel the classification (after the current batch)"),
     ActionSpec("csv", "Export &CSV…", "export_csv", ("Ctrl+E",), "File", True, "SP_DialogSaveButton",
-               enabled="folder", separator=True, help="export the folder's predictions and labels as CSV"),
+               enabled="folder", separator=True,
+               tip="Export the folder's predictions and labels as CSV: one row per image, or one row per cell",
+               help="export the folder's predictions and labels as CSV (one row per image or per cell)"),
     ActionSpec("pdf", "Export &PDF report…", "export_pdf", ("Ctrl+P",), "File", True, "SP_FileIcon",
                enabled="folder", help="export the PDF case report"),
+    ActionSpec("rename_case", "Re&name case…", "cases.rename", (), "File", enabled="folder",
+               tip="Give this case (the open folder: one sample) the name the lab uses; every seat, the exports and "
+                   "the PDF report use it"),
     ActionSpec("quit", "&Quit", "close", ("Ctrl+Q",), "File", separator=True),
     # Review: the class keys 1..N come first (class_specs), then these
     ActionSpec("other", f"O  {OTHER_TITLE}", "label_selected", ("O",), "Review", enabled="selection", live=True,

@@ -2,8 +2,11 @@
 cell model's predicted class under a heading with the count, least confident first (the order
 of a CellaVision verification screen); the selected cell's field beside them with every cell
 outlined and the selected one highlighted (zoom, pan, fit as the detail view); the case's
-count per class, updated as cells are reviewed; a cell the finder missed added by dragging a
-box on the field.
+differential (core.review.differential: N, each class's % with its 95% interval, the blast
+line and how many more cells to count, what is counted apart, the reviewers' agreement): its
+counts follow a key at once, from the rows in memory, and the database's answer (other seats'
+labels, the agreement) after the save; a cell the finder missed added by dragging a box on
+the field.
 
 The decisions are core.review.state's (a ReviewState over the cells' own undo stack), the
 rows core.review.cells'; labels go through the window's LabelWriter (its cell writes). Every
@@ -11,6 +14,7 @@ read, decode and cut-out runs on the pool; the GUI thread keeps the rows in memo
 from __future__ import annotations
 
 import dataclasses
+import html
 import logging
 import threading
 from collections import OrderedDict, deque
@@ -28,8 +32,10 @@ from core.cells.records import add_cell
 from core.imaging.fspath import to_fs
 from core.imaging.images import read_file
 from core.models.taxonomy import OTHER, OTHER_TITLE
-from core.review.cells import CellRow, active_cell_version, disagreeing_cells, folder_cells, \
+from core.models.taxonomy import blast_class
+from core.review.cells import CellRow, active_cell_version, current_cell_labels, disagreeing_cells, folder_cells, \
     image_scale
+from core.review.differential import INTERVAL_NOTE, CaseCell, Differential, case_differential, summarise
 from core.review.labels import CELL, LabelWriter
 from core.review.session import ReviewSession
 from core.review.state import OUTSIDE, UNSURE, Outcome, ReviewState, class_keys
@@ -140,7 +146,11 @@ class CellModel(QAbstractListModel):
         return {i: self.items[self._pos[i]].reviewed if i in self._pos else None for i in cell_ids}
 
     def set_labels(self, labels: dict[int, str | None], reviewer: str | None) -> None:
-        for i, label in labels.items():
+        self.set_reviewed({i: (label, reviewer) for i, label in labels.items()})
+
+    def set_reviewed(self, labels: dict[int, tuple[str | None, str | None]]) -> None:
+        """cell id -> (label, its reviewer): the labels shown."""
+        for i, (label, reviewer) in labels.items():
             at = self._pos.get(i)
             if at is None:
                 continue
@@ -429,6 +439,9 @@ class CellPane(QObject):
     fieldShown = Signal(int)  # image id whose field (with outlines) is shown
     cellAdded = Signal(int)  # cell id
     labelsChanged = Signal(list)  # cell ids
+    cellsSaved = Signal(list, int)  # cell ids written, writes still pending (the LabelWriter's thread)
+    differentialRead = Signal()  # the database's differential is shown
+    labelsRefreshed = Signal(list)  # cell ids whose labels were read again (another seat labelled them)
 
     def __init__(self, ctl: Controller, workers, writer: LabelWriter, reviewer_ready, parent=None):
         super().__init__(parent)
@@ -440,6 +453,10 @@ class CellPane(QObject):
         self._generation = 0
         self.loading = False
         self.shown_image: int | None = None
+        self.case_name: str | None = None  # what the lab calls the case (the window reads it)
+        self.shown_differential: Differential | None = None
+        self._agreement: list = []  # the reviewers' agreement, as last read
+        self._diff_generation = 0
         self.model = CellModel(self)
         self.review = QueuedCellReview(ctl.db, writer, self.model.labels_of)
         self.state = ReviewState(self.review)
@@ -488,23 +505,37 @@ class CellPane(QObject):
         rl.addWidget(self.field_title)
         rl.addWidget(self.field, 1)
 
-        self.differential = QTableWidget(0, 4)
+        self.differential = QTableWidget(0, 5)
         self.differential.setObjectName("cellDifferential")
-        self.differential.setHorizontalHeaderLabels(["Class", "Cells", "%", "Reviewed"])
+        self.differential.setHorizontalHeaderLabels(["Class", "Cells", "%", "95% interval", "Reviewed"])
+        self.differential.horizontalHeaderItem(3).setToolTip(INTERVAL_NOTE)
         self.differential.verticalHeader().setVisible(False)
         self.differential.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.differential.setFocusPolicy(Qt.NoFocus)
         self.differential.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
         self.differential.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)  # every column shows
-        self.diff_note = QLabel("")
-        self.diff_note.setWordWrap(True)
+        self.diff_title = QLabel("<b>Differential of this case</b>")
+        self.diff_title.setWordWrap(True)
+        self.diff_head = QLabel("")  # N, reviewed vs predicted
+        self.blast_label = QLabel("")  # the blast percentage and what to do about it
+        self.diff_note = QLabel("")  # what is counted apart; the reviewers' agreement
+        self.diff_small = QLabel("")  # how the intervals are computed; not a diagnosis
+        small = QFont(self.diff_small.font())
+        small.setPointSizeF(max(7.0, small.pointSizeF() * 0.85))
+        self.diff_small.setFont(small)
+        for label in (self.diff_head, self.blast_label, self.diff_note, self.diff_small):
+            label.setWordWrap(True)
+            label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         left = QWidget()
         ll = QVBoxLayout(left)
         ll.setContentsMargins(4, 4, 4, 4)
-        title = QLabel("<b>Differential of this case</b>")
-        ll.addWidget(title)
-        ll.addWidget(self.differential, 1)
+        ll.addWidget(self.diff_title)
+        ll.addWidget(self.diff_head)
+        ll.addWidget(self.differential)
+        ll.addWidget(self.blast_label)
         ll.addWidget(self.diff_note)
+        ll.addWidget(self.diff_small)
+        ll.addStretch(1)  # the table as tall as its rows, the sentences right under it
 
         self.widget = QSplitter(Qt.Horizontal)
         self.widget.setObjectName("cellSplitter")
@@ -512,7 +543,8 @@ class CellPane(QObject):
             self.widget.addWidget(w)
         self.widget.setStretchFactor(1, 3)
         self.widget.setStretchFactor(2, 2)
-        self.widget.setSizes([300, 560, 470])
+        self.widget.setSizes([340, 540, 450])
+        self.cellsSaved.connect(self._cells_saved)  # a bound method: run on the GUI thread (queued)
         self._show_position()
 
     # ---------------------------------------------------------------- what the rows are
@@ -577,6 +609,7 @@ class CellPane(QObject):
         self.sync_state()
         self._show_position()
         self.update_differential()
+        self.refresh_differential()
         self.enabledChanged.emit()
         self.loaded.emit()
 
@@ -759,24 +792,116 @@ class CellPane(QObject):
             slot[1] += 1 if r.reviewed else 0
         return {c: (n, rv) for c, (n, rv) in out.items()}
 
+    def _case_cells(self) -> list[CaseCell]:
+        return [CaseCell(r.cell_id, r.image_id, r.path, r.box, r.um_per_px, r.flags, r.predicted, r.confidence,
+                         r.uncertain, bool(r.outside), r.reviewed, r.reviewer) for r in self.all_rows]
+
     def update_differential(self) -> None:
-        counts = self.counts()
-        n_counted = sum(n for c, (n, _) in counts.items() if c != OTHER)
-        self.differential.setRowCount(len(counts))
-        for k, (cls, (n, reviewed)) in enumerate(counts.items()):
-            pct = f"{100.0 * n / n_counted:.1f}" if cls != OTHER and n_counted else "—"
-            for c, text in enumerate([OTHER_TITLE if cls == OTHER else cls, str(n), pct, str(reviewed)]):
+        """The differential of the rows in memory, at once (arithmetic only, no database): what a
+        key changed shows before it is saved; the reviewers' agreement as last read."""
+        taxonomy = self.version["taxonomy"] if self.version else None
+        classes = self.classes or sorted({r.reviewed for r in self.all_rows if r.reviewed not in (None, OTHER)})
+        d = summarise(self._case_cells(), classes, blast_class(taxonomy), case=self.case_name or "",
+                      folder=self.ctl.folder or "", model=self.version["name"] if self.version else None,
+                      taxonomy=taxonomy)
+        self.show_differential(dataclasses.replace(d, agreement=list(self._agreement)))
+
+    def _cells_saved(self, _cell_ids: list, _pending: int) -> None:
+        self.refresh_differential()
+
+    def refresh_differential(self) -> None:
+        """The case's differential read from the database in the pool (after a save, a reload,
+        another seat's labels): with every seat's labels and the reviewers' agreement."""
+        folder = self.ctl.folder
+        if folder is None:
+            return
+        vid = self.version["id"] if self.version else None
+        self._diff_generation += 1
+        gen = self._diff_generation
+        self.ctl.read(lambda s: case_differential(s, folder, vid), lambda d: self._differential_read(gen, folder, d),
+                      "differential", on_error=lambda err: self.message.emit(f"⚠ The differential: {err}", 20000))
+
+    def _differential_read(self, gen: int, folder: str, d: Differential) -> None:
+        if gen != self._diff_generation or folder != self.ctl.folder:
+            return  # a newer read is on its way, or another folder is open
+        self._agreement = list(d.agreement)
+        if self.writer.pending_labels(self.review.taxonomy, kind=CELL):
+            return  # read before a key's label was saved: its save brings another read
+        self.show_differential(d)
+        self.differentialRead.emit()
+
+    def show_differential(self, d: Differential) -> None:
+        self.shown_differential = d
+        counted = d.total > 0
+        blast = d.blast.label if d.blast is not None else None
+        self.differential.setRowCount(len(d.classes))
+        for k, c in enumerate(d.classes):
+            texts = [c.label, f"{c.n:,}", f"{c.pct:.1f}" if counted else "—",
+                     f"{c.low_pct:.1f}–{c.high_pct:.1f}" if counted else "—", f"{c.reviewed:,}"]
+            for col, text in enumerate(texts):
                 item = QTableWidgetItem(text)
-                if c:
+                if col:
                     item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
-                self.differential.setItem(k, c, item)
-        not_counted = sum(1 for r in self.all_rows if not r.reviewed and (r.outside or r.predicted is None))
-        n_reviewed = sum(1 for r in self.all_rows if r.reviewed)
+                if c.label == blast:
+                    f = item.font()
+                    f.setBold(True)
+                    item.setFont(f)
+                self.differential.setItem(k, col, item)
+        t = self.differential
+        t.resizeRowsToContents()
+        t.setFixedHeight(t.horizontalHeader().height() + sum(t.rowHeight(r) for r in range(t.rowCount()))
+                         + 2 * t.frameWidth() + 2)
+        self.diff_title.setText(f"<b>Differential of {html.escape(self.case_name or 'this case')}</b>")
+        self.diff_head.setText(f"N = {d.total:,} white cells counted: {d.n_reviewed:,} reviewed, "
+                               f"{d.n_predicted:,} as the model classed them.")
+        if d.blast is not None:
+            color = "#c62828" if d.blast.verdict == "above" else "#b26a00" if d.blast.verdict != "below" else ""
+            text = html.escape(d.blast.as_text())
+            self.blast_label.setText(f"<b style='color:{color}'>{text}</b>" if color else f"<b>{text}</b>")
+        elif blast_class(d.taxonomy):
+            self.blast_label.setText("No white cell counted yet: no blast percentage.")
+        else:
+            self.blast_label.setText("")
+        self.blast_label.setVisible(bool(self.blast_label.text()))
+        agree = " ".join(
+            f"{a.first} and {a.second} agree on {a.n_agree:,} of the {a.n_cells:,} cells both labelled (Cohen's kappa "
+            f"{'undefined: one answer throughout' if a.kappa is None else format(a.kappa, '.2f')})."
+            for a in d.agreement)
         self.diff_note.setText(
-            f"{n_counted:,} white cells counted ({n_reviewed:,} of {len(self.all_rows):,} reviewed; the others as the "
-            "model classed them)." + (f" {not_counted:,} not counted until reviewed (outside the model's experience "
-                                      "or not classified)." if not_counted else "")
-            + f" {OTHER_TITLE} is not counted. A count, not a diagnosis.")
+            f"Counted apart, not in N: {d.n_outside:,} outside the model's experience, {d.n_other:,} "
+            f"{OTHER_TITLE}, {d.n_unclassified:,} not classified yet." + (f"\n{agree}" if agree else ""))
+        self.diff_small.setText(f"{INTERVAL_NOTE} {d.disclaimer}")
+
+    def set_case_name(self, name: str | None) -> None:
+        self.case_name = name
+        self.diff_title.setText(f"<b>Differential of {html.escape(name or 'this case')}</b>")
+
+    # ---------------------------------------------------------------- other seats' labels
+    def labels_elsewhere(self, cell_ids: list) -> None:
+        """Cells labelled since the last look (another seat, the command line, or this one):
+        their labels read again in the pool, then the differential."""
+        listed = {r.cell_id for r in self.all_rows}
+        known = [i for i in cell_ids if i in listed]
+        if not known:
+            return
+        taxonomy, gen = self.review.taxonomy, self._generation
+        self.ctl.read(lambda s: current_cell_labels(s, known, taxonomy), lambda out: self._labels_read(gen, out),
+                      "cell labels")
+
+    def _labels_read(self, gen: int, out) -> None:
+        if gen != self._generation:
+            return  # a reload has read every cell since
+        labels, disagree = out
+        pending = self.writer.pending_labels(self.review.taxonomy, kind=CELL)
+        labels = {i: v for i, v in labels.items() if i not in pending}  # this seat's unsaved key wins
+        self.disagree = (self.disagree - set(labels)) | (disagree & set(labels))
+        self.model.set_reviewed(labels)
+        self.all_rows = [dataclasses.replace(r, reviewed=labels[r.cell_id][0], reviewer=labels[r.cell_id][1])
+                         if r.cell_id in labels else r for r in self.all_rows]
+        self.update_differential()
+        self.refresh_differential()
+        self.enabledChanged.emit()
+        self.labelsRefreshed.emit(list(labels))
 
     # ---------------------------------------------------------------- a cell the finder missed
     def start_adding(self) -> None:

@@ -28,13 +28,14 @@ from core.review.state import ReviewState
 
 from . import actions
 from .browse import GalleryPane
+from .case_name import CaseName
 from .cell_view import CellPane
 from .classify_job import ClassifyJob
 from .controller import Controller
 from .detail_view import DetailPane
 from .filter_panel import STATEMENT, FilterPanel  # noqa: F401  (STATEMENT: re-exported)
 from .models_panel import version_info
-from .peers import ActivationWatch, PeerLabels
+from .peers import ActivationWatch, PeerCellLabels, PeerLabels
 from .queuestatus import QueueStatusLabel
 from .review_actions import UNREVIEWED_GRACE_MS, QueuedReview, ReviewActions, pending_rows  # noqa: F401
 from .viewstate import WindowSettings, last_folder, load_folder_view, save_folder_view, settings_for
@@ -58,6 +59,7 @@ class MainWindow(QMainWindow):
     reviewing: ReviewActions
     detail_pane: DetailPane
     model_menu: ModelMenu
+    cases: CaseName
     help_menu: HelpMenu
 
     def __init__(self, paths: Paths, db_url: str | None = None, settings: QSettings | None = None,
@@ -102,7 +104,9 @@ class MainWindow(QMainWindow):
         self.detail_pane = DetailPane(ctl, w, self.gallery.current_row, self)
         self.reviewing = ReviewActions(ctl, self.gallery, self.detail_pane, self.label_writer, self.settings, self, self)
         self.job_part = ClassifyJob(ctl, w, self)
-        self.exports = Exports(ctl, self.settings, self, self)
+        self.cases = CaseName(ctl, self, self)  # the open folder's case name (File ▸ Rename case…)
+        self.exports = Exports(ctl, self.settings, self, self, case_fn=lambda: self.cases.name,
+                               preferred_csv=lambda: "cells" if self.cells is not None else "csv")
         self.model_menu = ModelMenu(ctl, self, self)
         self.help_menu = HelpMenu(ctl, self, self)
         # what the tests, screenshots and the action table name
@@ -117,6 +121,7 @@ class MainWindow(QMainWindow):
         self._label_signals = self.reviewing.signals
         self.label_writer.on_saved = self._label_signals.saved.emit
         self.label_writer.on_waiting = self._label_signals.waiting.emit
+        self.label_writer.on_cells_saved = self.cell_pane.cellsSaved.emit  # its differential is read again
         self.review.shown = self.model.labels_of  # what a key changes from: the rows shown, not a query
         self.model.overlay = lambda: pending_rows(self.label_writer, self.ctl.taxonomy)
 
@@ -143,6 +148,7 @@ class MainWindow(QMainWindow):
         self.queue_label = QueueStatusLabel(w, lambda: self.db)
         # other seats' labels and model activations on this database (several workstations)
         self.peer_labels = PeerLabels(w, self.db, lambda: self.folder, parent=self)
+        self.peer_cells = PeerCellLabels(w, self.db, lambda: self.folder, parent=self)
         self.activations = ActivationWatch(w, self.db, lambda: self.ctl.version_id, parent=self)
         for widget in (self.progress_label, self.progress, self.cancel_btn, self.queue_label, self.device_label,
                        self.reviewer_label):
@@ -150,7 +156,8 @@ class MainWindow(QMainWindow):
         self._show_reviewer()
 
         say = self.statusBar().showMessage
-        for part in (self.gallery, self.reviewing, self.job_part, self.exports, self.model_menu, self.cell_pane):
+        for part in (self.gallery, self.reviewing, self.job_part, self.exports, self.model_menu, self.cell_pane,
+                     self.cases):
             part.message.connect(say)
         self.tabs.currentChanged.connect(self._view_changed)
         self.cell_pane.enabledChanged.connect(self._update_actions)
@@ -180,6 +187,8 @@ class MainWindow(QMainWindow):
         self.versionShown.connect(lambda _name: self.job_part.show_plan())  # the status bar names its precision
         self.queue_label.progressed.connect(lambda: self.reload_gallery(keep_current=True))
         self.peer_labels.changed.connect(self._peer_labels)
+        self.peer_cells.changed.connect(lambda cell_ids, _who: self.cell_pane.labels_elsewhere(cell_ids))
+        self.cases.named.connect(self._case_named)
         self.activations.elsewhere.connect(self.model_menu.activated_elsewhere)
         self.model_menu.activating.connect(self.activations.mine)
         self.activations.current.connect(lambda: self.model_menu.notice.emit(None))
@@ -254,7 +263,7 @@ class MainWindow(QMainWindow):
         self.filters.show_filter(restore if restore is not None else GalleryFilter())
         self.state.set_filter(self.filters.filter())
         self.queue_label.set_folder(folder)
-        self.setWindowTitle(f"{Path(folder).name} — hemascan")
+        self.cases.load()  # the window's title: the case's name
         self.window_settings.add_recent(folder)
         self.loader.clear()
         self.reload_gallery()
@@ -311,6 +320,11 @@ class MainWindow(QMainWindow):
         row = self.gallery.current_row()
         if row is not None and row.image_id in image_ids:  # the image shown got a label elsewhere
             self.detail_pane.refresh_history(row.image_id)
+
+    def _case_named(self, name: str) -> None:
+        folder = Path(self.folder).name if self.folder else ""
+        self.setWindowTitle(f"{name} — hemascan" if name == folder else f"{name} ({folder}) — hemascan")
+        self.cell_pane.set_case_name(name)
 
     def show_problem_files(self):
         return self.gallery.show_problem_files(self)
@@ -419,8 +433,8 @@ class MainWindow(QMainWindow):
     def _show_reviewer(self) -> None:
         self.reviewer_label.setText(f"reviewer: {self.reviewer}" if self.reviewer else "reviewer: (not set)")
 
-    def export_csv(self, path: str | None = None) -> str | None:
-        return self.exports.export_csv(path)
+    def export_csv(self, path: str | None = None, fmt: str | None = None) -> str | None:
+        return self.exports.export_csv(path, fmt)
 
     def export_pdf(self, path: str | None = None, case: str | None = None) -> str | None:
         return self.exports.export_pdf(path, case)
@@ -476,6 +490,7 @@ class MainWindow(QMainWindow):
                 return
         self.label_writer.close(timeout=0.3)  # anything left is written to the log, in full
         self.peer_labels.stop()
+        self.peer_cells.stop()
         self.activations.stop()
         self.queue_label.set_folder(None)
         self.gallery_keys.remove()

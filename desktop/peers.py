@@ -2,6 +2,8 @@
 
 - ``PeerLabels``: the label events stored since its last look for images in the open folder
   (core.review.labels.label_changes_since); the window re-reads those tiles and the counts.
+- ``PeerCellLabels``: the same for cell labels (core.review.cells.cell_label_changes_since);
+  the cells view re-reads those cells' labels and its differential.
 - ``ActivationWatch``: the newest row of ``model_activations``; when another seat made a
   version active that is not the one this window shows, the window says so and keeps the
   version it shows (it never switches silently mid-review) until the reviewer asks for it.
@@ -17,6 +19,7 @@ from typing import Callable
 from PySide6.QtCore import QObject, Signal
 from sqlalchemy import select
 
+from core.review.cells import cell_label_changes_since, last_cell_event_id
 from core.review.labels import PEER_REFRESH_MS, label_changes_since, last_event_id
 from core.storage import ModelActivation, ModelVersion
 from core.models.registry import FIELD
@@ -65,6 +68,30 @@ class PeerLabels(QObject):
 
     def stop(self) -> None:
         self.poller.stop()
+
+
+class PeerCellLabels(PeerLabels):
+    """``changed(cell_ids, reviewers)`` when cell labels were stored (by any seat, or the
+    command line) for cells of images under ``folder_fn()`` since the last tick."""
+
+    def _query(self):
+        folder, db, after = self.folder_fn(), self.db, self.last_event_id
+
+        def query():
+            with db.session() as s:
+                if after is None:
+                    return last_cell_event_id(s), None
+                if folder is None:
+                    return after, None
+                changes = cell_label_changes_since(s, after, folder)
+                return changes.last_event_id, changes
+
+        return query
+
+    def _show(self, out) -> None:
+        self.last_event_id, changes = out
+        if changes:
+            self.changed.emit(list(changes.cell_ids), list(changes.reviewers))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QStandardPaths, Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
+from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from core.models.registry import FIELD, get_version, list_versions
 
@@ -19,6 +19,7 @@ from .actions import html_table
 from .controller import Controller
 from .filter_panel import STATEMENT
 from .models_panel import ModelsDialog, headline_metrics, version_info
+from core.review.cases import case_name
 from core.review.export import EXPORTERS
 from desktop.report import report_data, write_report
 from desktop.retrain_dialog import RetrainDialog
@@ -29,6 +30,8 @@ from core.models.package import INTENDED_USE
 log = logging.getLogger(__name__)
 
 LAST_SAVE_FOLDER = "export/last_folder"  # QSettings key: the folder the reviewer last saved a CSV or report to
+#: The CSV exports the save dialog offers (core.review.export's formats), by the filter that names them.
+CSV_FORMATS = {"csv": "Images (one row per image) (*.csv)", "cells": "Cells (one row per cell) (*.csv)"}
 
 
 class Exports(QObject):
@@ -37,15 +40,18 @@ class Exports(QObject):
     written = Signal(str)  # the file written
     message = Signal(str, int)
 
-    def __init__(self, ctl: Controller, settings, dialog_parent, parent=None):
+    def __init__(self, ctl: Controller, settings, dialog_parent, parent=None, case_fn=lambda: None,
+                 preferred_csv=lambda: "csv"):
         super().__init__(parent)
         self.ctl, self.settings, self.dialog_parent = ctl, settings, dialog_parent
+        self.case_fn = case_fn  # the case's name as last read (desktop.case_name), or None
+        self.preferred_csv = preferred_csv  # the CSV format offered first: the view shown's
 
-    def default_path(self, ext: str, case: str | None = None) -> str:
+    def default_path(self, ext: str, case: str | None = None, kind: str = "") -> str:
         """A new file named after the case (or the folder) and the time, in save_folder()."""
         folder = self.ctl.folder
-        stem = re.sub(r"[^\w.-]+", "-", case or Path(folder).name).strip("-.") or "case"
-        name = f"hemascan-{stem}-{time.strftime('%Y%m%d-%H%M')}.{ext}"
+        stem = re.sub(r"[^\w.-]+", "-", case or self.case_fn() or Path(folder).name).strip("-.") or "case"
+        name = f"hemascan-{stem}{'-' + kind if kind else ''}-{time.strftime('%Y%m%d-%H%M')}.{ext}"
         return str(self.save_folder() / name)
 
     def save_folder(self) -> Path:
@@ -74,24 +80,34 @@ class Exports(QObject):
             self.message.emit(f"⚠ {what} failed: {err}", 20000)
         return failed
 
-    def export_csv(self, path: str | None = None) -> str | None:
-        """Export the folder; returns the path it will be written to (``written`` when it is)."""
+    def export_csv(self, path: str | None = None, fmt: str | None = None) -> str | None:
+        """Export the folder, one row per image (``fmt`` "csv") or per cell ("cells"); without
+        a path the save dialog offers both, the view shown's first. Returns the path it will be
+        written to (``written`` when it is)."""
         if self.ctl.folder is None:
             return None
+        if fmt is not None and fmt not in CSV_FORMATS:
+            raise ValueError(f"unknown export format {fmt!r}")
         if path is None:
-            path, _f = QFileDialog.getSaveFileName(self.dialog_parent, "Export CSV", self.default_path("csv"),
-                                                   "CSV (*.csv)")
+            first = fmt or self.preferred_csv()
+            offered = [first, *[f for f in CSV_FORMATS if f != first]]
+            path, chosen = QFileDialog.getSaveFileName(
+                self.dialog_parent, "Export CSV", self.default_path("csv", kind="cells" if first == "cells" else ""),
+                ";;".join(CSV_FORMATS[f] for f in offered))
             if not path:
                 return None
+            # the filter chosen (a dialog that gives none back: the first offered)
+            fmt = next((f for f in CSV_FORMATS if (chosen or "").startswith(CSV_FORMATS[f])), first)
             self._remember_folder(path)
-
+        fmt = fmt or "csv"
         db, folder = self.ctl.db, self.ctl.folder
+        what = "cell" if fmt == "cells" else "image"
 
         def done(n: int) -> None:
-            self.message.emit(f"Exported {n:,} rows to {path}", 8000)
+            self.message.emit(f"Exported {n:,} {what} row{'s' if n != 1 else ''} to {path}", 8000)
             self.written.emit(path)
 
-        self.ctl.runner.submit(lambda: EXPORTERS["csv"](db, path, folder=folder), name="CSV export",
+        self.ctl.runner.submit(lambda: EXPORTERS[fmt](db, path, folder=folder), name=f"{what} CSV export",
                                on_result=done, on_error=self._failed("CSV export"))
         return path
 
@@ -99,32 +115,26 @@ class Exports(QObject):
         folder = self.ctl.folder
         if folder is None:
             return None
-        if path is None:
-            key = f"case/{Path(folder).name}"
-            default = str(self.settings.value(key, "") or Path(folder).name)
-            case, ok = QInputDialog.getText(self.dialog_parent, "Case report", "Case / sample name on the report:",
-                                            text=default)
-            if not ok:
-                return None
-            self.settings.setValue(key, case.strip())
+        if path is None:  # titled with the case's name (File ▸ Rename case… changes it)
             path, _f = QFileDialog.getSaveFileName(self.dialog_parent, "Export PDF report",
-                                                   self.default_path("pdf", case.strip()), "PDF (*.pdf)")
+                                                   self.default_path("pdf", case), "PDF (*.pdf)")
             if not path:
                 return None
             self._remember_folder(path)
 
         version, reviewer = self.ctl.version, self.ctl.state.reviewer or ""
 
-        def render(data) -> None:  # on the GUI thread: Qt's text document and PDF writer
+        def render(out) -> None:  # on the GUI thread: Qt's text document and PDF writer
+            stored, data = out
             try:
-                write_report(None, folder, version, reviewer, path, case=case, data=data)
+                write_report(None, folder, version, reviewer, path, case=case or stored, data=data)
             except Exception as exc:
                 log.exception("PDF report failed")
                 return self._failed("PDF report")(exc)
             self.message.emit(f"Report written to {path}", 8000)
             self.written.emit(path)
 
-        self.ctl.read(lambda s: report_data(s, folder, version), render, "report data",
+        self.ctl.read(lambda s: (case_name(s, folder), report_data(s, folder, version)), render, "report data",
                       on_error=self._failed("PDF report"))
         return path
 

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 
 from core.jobs import run_job
-from core.storage import Prediction
+from core.storage import ModelVersion, Prediction
 
 N_SAMPLE = 16  # sample_folder: 4 per class
 
@@ -59,7 +59,10 @@ def test_classify_predicts_with_its_version_while_another_seat_activates_another
         assert summary.version == version_a and summary.model == version_a.name
         assert summary.n_predicted == N_SAMPLE
         with db_a.session() as s:
+            # the field models' predictions (the active cell model also classifies the single-cell crops)
             by_version = dict(s.execute(select(Prediction.model_version_id, func.count())
+                                        .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+                                        .where(ModelVersion.input_kind == "field")
                                         .group_by(Prediction.model_version_id)).all())
             assert by_version == {version_a.id: N_SAMPLE}  # every prediction is A's, none B's
             assert version_ref(s).name == other  # B is active now: the job did not follow it

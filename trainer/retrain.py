@@ -42,6 +42,7 @@ from core.config import Paths
 from core.storage import Database
 from core.imaging.duplicates import hamming, hash_int
 from core.review.reviewed import (  # noqa: F401  (re-exported: the retrain API keeps these names)
+    retrain_parent,
     SPLIT_TRAIN,
     SPLIT_VAL,
     assign_splits,
@@ -67,7 +68,7 @@ from core.models.figures import parent_record
 from core.models.labsample import lab_sample
 from core.models.package import ModelCard, load_model, save_package, verify_package
 from core.imaging.preprocessing import Preprocessing
-from core.models.registry import package_path, package_workdir, register_package, require_active_version, version_package
+from core.models.registry import package_path, package_workdir, register_package, version_package
 from core.models.guard import load_guard
 from trainer.quantize import _write_card, add_int8
 from trainer.data import compute_hashes, scan_class_folders
@@ -436,7 +437,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
 
     t0 = time.perf_counter()
     with db.session() as s:
-        row = parent.row(s) if parent is not None else require_active_version(s)
+        row = parent.row(s) if parent is not None else retrain_parent(s)
         parent = VersionRef.of(row)
         parent_path = version_package(s, parent, paths)
         parent_arch, pcard = row.architecture, dict(row.card or {})

@@ -31,7 +31,7 @@ from core.imaging import images
 
 log = logging.getLogger(__name__)
 
-FINDER_NAME = "stain-v1"  # stored with every cell row; bump when the method changes
+FINDER_NAME = "stain-v2"  # stored with every cell row; bump when the method changes
 RED_CELL_DIAMETER_UM = 7.5
 # Used when a field has no measurable red cells (a pre-cut cell, a field of white cells only).
 # 0.1 um/px is the grid of a 100x oil objective on today's cameras (CellaVision DM96 crops:
@@ -55,11 +55,17 @@ MIN_NUCLEUS_AREA_UM2 = 12.0       # a platelet is 2-3 um across (~5 um2); a smal
 LOBE_MERGE_UM = 1.6               # gaps between a neutrophil's lobes
 CYTOPLASM_UM = 4.0                # the widest cytoplasm rim grown around a nucleus
 CYTOPLASM_THRESHOLD = 0.5         # of the foreground's threshold
+CYTOPLASM_EDGE = 0.3              # a ray leaves the cell where the smoothed colour difference drops below this (x fg threshold)
+CYTOPLASM_SMOOTH_UM = 0.8         # smoothing of the colour difference: pale granular cytoplasm averages above background
+RAY_MAX_UM = 12.0                 # a cell's radius is at most this (a white cell is <= ~24 um across)
+RAY_CLIP = 1.25                   # a ray longer than this x the median ray ran into a neighbour (a red cell)
+N_RAYS = 48
 RIM_FRACTION = 0.3                # the rim grown around a nucleus, as a fraction of its diameter
 MIN_CELL_DIAMETER_UM = 6.0
 MAX_CELL_DIAMETER_UM = 30.0
 FRAGMENT_UM2 = 25.0               # a nucleus piece smaller than this near a bigger one is its lobe
 FRAGMENT_JOIN_UM = 4.0
+NUCLEUS_OVER_RED = 15.0           # a nucleus's median stain over the red cells' 95th percentile (WBCs: >= 20 but 2 of 400)
 SINGLE_NUCLEUS_MAX_UM2 = 180.0    # above it a nucleus region is tried for a split (two touching cells)
 CROP_MAX_CELL_WIDTHS = 4.0        # a crop at most this many times its central cell's width may be a pre-cut cell
 DEFAULT_MAX_DECODE_PIXELS = images.DEFAULT_MAX_PIXELS
@@ -319,7 +325,9 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     merged = cv2.morphologyEx(nuc, cv2.MORPH_CLOSE, _disc(LOBE_MERGE_UM * px_um))
     merged = _fill_holes(merged)
     markers = _split_nuclei(merged, px_um)
-    cells_work = _grow_cells(markers, cellish, px_um)
+    markers = _drop_red_cell_nuclei(markers, work, stain, fg, nucleus)
+    smooth = cv2.GaussianBlur(diff.astype(np.float32), (0, 0), CYTOPLASM_SMOOTH_UM * px_um)
+    cells_work = _grow_cells(markers, cellish, px_um, smooth, CYTOPLASM_EDGE * stain.foreground_threshold)
     _, blobs = cv2.connectedComponents(cellish.astype(np.uint8) | (cells_work > 0).astype(np.uint8))
     found = _to_found(cells_work, nuc, k, reduced_by, (wh, ww), px_um, blobs)
     found = _reading_order(found)
@@ -403,6 +411,31 @@ def _split_nuclei(merged: np.ndarray, px_um: float) -> np.ndarray:
     return out
 
 
+def _drop_red_cell_nuclei(markers: np.ndarray, work: np.ndarray, stain: _Stain, fg: np.ndarray,
+                          nucleus: np.ndarray) -> np.ndarray:
+    """Drop nucleus candidates stained no more than this field's red cells: grey-violet red cells
+    (Raabin) pass the nucleus threshold at their rims, a nucleus stands out well above them
+    (median stain >= the red cells' 95th percentile + NUCLEUS_OVER_RED)."""
+    n = int(markers.max())
+    if n == 0:
+        return markers
+    f = work.astype(np.int16)
+    bg = stain.background.astype(np.int16)
+    stain_map = (f[:, :, 2] - f[:, :, 1]) - (bg[2] - bg[1])
+    red = fg & ~cv2.dilate(nucleus.astype(np.uint8), _disc(2)).astype(bool)
+    if red.sum() < MIN_RED_CELL_AREA_PX * MIN_RED_CELLS:
+        return markers
+    floor = float(np.percentile(stain_map[red], 95)) + NUCLEUS_OVER_RED
+    out = np.zeros_like(markers)
+    next_label = 1
+    for i in range(1, n + 1):
+        sel = markers == i
+        if sel.any() and float(np.median(stain_map[sel])) >= floor:
+            out[sel] = next_label
+            next_label += 1
+    return out
+
+
 def _watershed_split(comp: np.ndarray, px_um: float) -> list[np.ndarray]:
     """Split a nucleus region at the necks of its distance transform (two touching cells).
 
@@ -427,29 +460,53 @@ def _watershed_split(comp: np.ndarray, px_um: float) -> list[np.ndarray]:
     return [p for p in parts if p.any()]
 
 
-def _grow_cells(markers: np.ndarray, cellish: np.ndarray, px_um: float) -> np.ndarray:
-    """Each cell's region: its nucleus's convex hull grown into the stained pixels around it
-    (up to a rim that scales with the nucleus, at most CYTOPLASM_UM), neighbours sharing by a
-    watershed; the region's convex hull is the cell (cytoplasm is convex, red cells beside it
-    are cut off by the rim's limit)."""
+def _ray_reach(markers: np.ndarray, hulls: np.ndarray, n: int, smooth: np.ndarray, edge: float,
+               px_um: float) -> np.ndarray:
+    """Label image of how far each cell may reach: rays cast from each nucleus's centre, each
+    stopping where the smoothed colour difference falls to the background's (pale cytoplasm
+    still counts: it is averaged over ~1 um), at most RAY_MAX_UM; a ray much longer than the
+    cell's median ray ran into a touching red cell and is cut back to it."""
+    h, w = markers.shape
+    reach = np.zeros(markers.shape, np.int32)
+    ang = np.linspace(0.0, 2.0 * np.pi, N_RAYS, endpoint=False)
+    steps = np.arange(0.0, RAY_MAX_UM * px_um, 0.5)
+    dx, dy = np.cos(ang)[:, None] * steps[None, :], np.sin(ang)[:, None] * steps[None, :]
+    for i in range(1, n + 1):
+        ys, xs = np.nonzero(markers == i)
+        if xs.size == 0:
+            continue
+        cx, cy = xs.mean(), ys.mean()
+        px = np.clip(np.round(cx + dx).astype(np.intp), 0, w - 1)
+        py = np.clip(np.round(cy + dy).astype(np.intp), 0, h - 1)
+        in_hull = hulls[py, px] == i
+        start = np.where(in_hull.any(axis=1), steps.size - 1 - np.argmax(in_hull[:, ::-1], axis=1), 0)
+        below = (smooth[py, px] < edge) & (np.arange(steps.size)[None, :] > start[:, None])
+        stop = np.where(below.any(axis=1), np.argmax(below, axis=1), steps.size - 1)
+        stop = np.maximum(stop, start)
+        median = float(np.median(stop))
+        stop = np.minimum(stop, np.maximum(start, RAY_CLIP * median)).astype(np.intp)
+        pts = np.stack([px[np.arange(N_RAYS), stop], py[np.arange(N_RAYS), stop]], axis=1).astype(np.int32)
+        cv2.fillPoly(reach, [cv2.convexHull(pts)], i)
+    return reach
+
+
+def _grow_cells(markers: np.ndarray, cellish: np.ndarray, px_um: float, smooth: np.ndarray,
+                edge: float) -> np.ndarray:
+    """Each cell's region: its nucleus's convex hull grown along rays to the cytoplasm's edge
+    (_ray_reach), neighbours sharing by a watershed; the region's convex hull is the cell
+    (cytoplasm is convex)."""
     n = int(markers.max())
     if n == 0:
         return markers
     hulls = np.zeros(markers.shape, np.int32)
-    reach = np.zeros(markers.shape, np.uint8)
     for i in range(1, n + 1):
         ys, xs = np.nonzero(markers == i)
         if xs.size == 0:
             continue
         pts = np.stack([xs, ys], axis=1).astype(np.int32)
-        hull = cv2.convexHull(pts)
-        cv2.fillPoly(hulls, [hull], i)
-        d_nuc = 2.0 * math.sqrt(xs.size / math.pi)
-        rim = min(max(RIM_FRACTION * d_nuc, 1.0 * px_um), CYTOPLASM_UM * px_um)
-        one = np.zeros(markers.shape, np.uint8)
-        cv2.fillPoly(one, [hull], 1)
-        reach |= cv2.dilate(one, _disc(rim))
-    allowed = (reach.astype(bool) & cellish) | (hulls > 0)
+        cv2.fillPoly(hulls, [cv2.convexHull(pts)], i)
+    reach = _ray_reach(markers, hulls, n, smooth, edge, px_um)
+    allowed = (reach > 0) | (hulls > 0)
     m = hulls.copy()
     bg_label = n + 1
     m[~allowed] = bg_label

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Iterable
 
 from sqlalchemy import func, select
@@ -17,7 +18,8 @@ from core.review.cell_labels import latest_cell_events, record_cell_labels  # no
 from core.imaging.fspath import display
 from core.imaging.scan import under_folder
 from core.models.taxonomy import get_taxonomy
-from core.storage import Cell, CellLabelEvent, CellPrediction, CellSearch, ImageFile, ModelVersion
+from core.review.labels import PEER_LOOKBACK_EVENTS, PEER_LOOKBACK_S
+from core.storage import Cell, CellLabelEvent, CellPrediction, CellSearch, ImageFile, ModelVersion, utcnow
 
 #: The group of a cell whose prediction is outside the model's experience (its class is not shown).
 OUTSIDE_GROUP = "Outside the model's experience"
@@ -173,3 +175,56 @@ def image_scale(session: Session, image_id: int) -> float | None:
     """um per pixel of an image's newest cell search (what a cell added by hand is cut out at)."""
     return session.scalar(select(CellSearch.um_per_px).where(CellSearch.image_id == image_id)
                           .order_by(CellSearch.id.desc()).limit(1))
+
+
+# ---- other seats' cell labels: what changed since the last look --------------------------
+
+@dataclass(frozen=True)
+class CellLabelChanges:
+    """Cell label events stored since a poll: pass ``last_event_id`` to the next one."""
+
+    last_event_id: int
+    cell_ids: tuple[int, ...] = ()  # cells (of images under the folder asked about) whose label changed
+    reviewers: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.cell_ids)
+
+
+def last_cell_event_id(session: Session) -> int:
+    """The newest cell label event's id (0 when there is none): where a window starts polling."""
+    return session.scalar(select(func.max(CellLabelEvent.id))) or 0
+
+
+def cell_label_changes_since(session: Session, after_event_id: int, folder: str | os.PathLike,
+                             lookback_s: float = PEER_LOOKBACK_S) -> CellLabelChanges:
+    """The cells under ``folder`` whose label changed since cell event ``after_event_id`` (from
+    any seat or the command line), as core.review.labels.label_changes_since does for images
+    (events of the last ``lookback_s`` seconds come again: a late commit is not missed)."""
+    recent = utcnow() - timedelta(seconds=lookback_s)
+    images = select(ImageFile.image_id).where(under_folder(ImageFile.path, folder), ImageFile.image_id.is_not(None))
+    q = (select(CellLabelEvent.id, CellLabelEvent.cell_id, CellLabelEvent.reviewer)
+         .join(Cell, Cell.id == CellLabelEvent.cell_id)
+         .where(CellLabelEvent.id > after_event_id - PEER_LOOKBACK_EVENTS,
+                (CellLabelEvent.id > after_event_id) | (CellLabelEvent.created_at >= recent),
+                Cell.image_id.in_(images))
+         .order_by(CellLabelEvent.id))
+    ids: dict[int, None] = {}
+    who: dict[str, None] = {}
+    for _event_id, cell_id, reviewer in session.execute(q):
+        ids[cell_id] = None
+        who[reviewer] = None
+    # the newest id overall, also when it was under another folder: the next poll starts there
+    return CellLabelChanges(max(after_event_id, last_cell_event_id(session)), tuple(ids), tuple(who))
+
+
+def current_cell_labels(session: Session, cell_ids: Iterable[int], taxonomy: str | None
+                        ) -> tuple[dict[int, tuple[str | None, str | None]], set[int]]:
+    """cell id -> (current label, its reviewer) for ``cell_ids`` (None, None: never labelled or
+    cleared), and which of them two reviewers now disagree on."""
+    ids = list(cell_ids)
+    events = latest_cell_events(session, ids, taxonomy) if ids else {}
+    out: dict[int, tuple[str | None, str | None]] = {i: (None, None) for i in ids}
+    for i, e in events.items():
+        out[i] = (e.label, e.reviewer if e.label is not None else None)
+    return out, disagreeing_cells(session, ids, taxonomy)

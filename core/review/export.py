@@ -130,9 +130,21 @@ def cell_rows(session: Session, folder: str | os.PathLike | None = None,
         for start in range(0, len(files), 500):
             chunk = files[start : start + 500]
             image_ids = list({r[0] for r in chunk})
-            cells = cells_of_images(session, image_ids, FINDER_NAME)
-            scale = dict(session.execute(select(CellSearch.image_id, CellSearch.scale_source).where(
-                CellSearch.image_id.in_(image_ids), CellSearch.finder == FINDER_NAME)).all())
+            # each image's newest finder run (as the cells view and the differential count them;
+            # cells an older finder version found are not lost from the export), and added cells
+            newest: dict[int, tuple[int, str, str]] = {}
+            for sid, image_id, finder, source in session.execute(
+                    select(CellSearch.id, CellSearch.image_id, CellSearch.finder, CellSearch.scale_source)
+                    .where(CellSearch.image_id.in_(image_ids))):
+                if image_id not in newest or sid > newest[image_id][0]:
+                    newest[image_id] = (sid, finder, source)
+            by_finder: dict[str, list[int]] = {}
+            for image_id in image_ids:
+                by_finder.setdefault(newest[image_id][1] if image_id in newest else FINDER_NAME, []).append(image_id)
+            cells = {}
+            for finder, ids in by_finder.items():
+                cells.update(cells_of_images(session, ids, finder))
+            scale = {i: source for i, (_sid, _finder, source) in newest.items()}
             cell_ids = [c.id for cs in cells.values() for c in cs]
             preds = {}
             if version is not None and cell_ids:

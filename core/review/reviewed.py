@@ -16,7 +16,11 @@ from typing import Iterable
 
 import numpy as np
 
-from core.storage import Database, Image, ImageFile, LabelEvent
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.models.registry import active_version, require_active_version
+from core.storage import Database, Image, ImageFile, LabelEvent, ModelVersion
 from core.imaging.duplicates import NEAR_DUPLICATE_BITS, duplicate_pairs, hamming, hash_int, union_find
 from core.models.taxonomy import OTHER
 from core.models.taxonomy import get_taxonomy
@@ -217,3 +221,17 @@ def measure_on_validation_side(db: Database, versions: list[dict], cancel=None) 
         recalls = [hit[y_arr == c].mean() for c in np.unique(y_arr)]
         out[v["name"]] = {"n": int(len(y_arr)), "accuracy": float(hit.mean()), "macro_recall": float(np.mean(recalls))}
     return out
+
+
+def retrain_parent(session: Session) -> ModelVersion:
+    """The version a retrain starts from when none is named: the active field model, unless
+    only the active cell model's taxonomy has reviewed labels (a lab reviewing single cells)."""
+    field = require_active_version(session)
+    cell = active_version(session, "cell")
+    if cell is None or cell.taxonomy == field.taxonomy:
+        return field
+
+    def labelled(taxonomy: str) -> bool:
+        return session.scalar(select(LabelEvent.id).where(LabelEvent.taxonomy == taxonomy).limit(1)) is not None
+
+    return cell if labelled(cell.taxonomy) and not labelled(field.taxonomy) else field
