@@ -327,7 +327,7 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     markers = _split_nuclei(merged, px_um)
     markers = _drop_red_cell_nuclei(markers, work, stain, fg, nucleus)
     smooth = cv2.GaussianBlur(diff.astype(np.float32), (0, 0), CYTOPLASM_SMOOTH_UM * px_um)
-    cells_work = _grow_cells(markers, cellish, px_um, smooth, CYTOPLASM_EDGE * stain.foreground_threshold)
+    cells_work = _grow_cells(markers, px_um, smooth, CYTOPLASM_EDGE * stain.foreground_threshold)
     _, blobs = cv2.connectedComponents(cellish.astype(np.uint8) | (cells_work > 0).astype(np.uint8))
     found = _to_found(cells_work, nuc, k, reduced_by, (wh, ww), px_um, blobs)
     found = _reading_order(found)
@@ -490,11 +490,11 @@ def _ray_reach(markers: np.ndarray, hulls: np.ndarray, n: int, smooth: np.ndarra
     return reach
 
 
-def _grow_cells(markers: np.ndarray, cellish: np.ndarray, px_um: float, smooth: np.ndarray,
-                edge: float) -> np.ndarray:
-    """Each cell's region: its nucleus's convex hull grown along rays to the cytoplasm's edge
-    (_ray_reach), neighbours sharing by a watershed; the region's convex hull is the cell
-    (cytoplasm is convex)."""
+def _grow_cells(markers: np.ndarray, px_um: float, smooth: np.ndarray, edge: float) -> np.ndarray:
+    """Each cell's region: its nucleus's convex hull grown within the rays' reach (_ray_reach)
+    by a watershed on the distance from the nuclei, against a background marker outside the
+    reach (which floods back in: the region stays inside the reach, often well inside it);
+    neighbours share; the region's convex hull is the cell (cytoplasm is convex)."""
     n = int(markers.max())
     if n == 0:
         return markers
