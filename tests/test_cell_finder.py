@@ -271,3 +271,15 @@ def test_a_nucleus_candidate_stained_like_the_red_cells_is_dropped():
     stain = _Stain(np.array([230.0, 200.0, 190.0]), 45.0, 60.0)
     kept = _drop_red_cell_nuclei(markers, work, stain, fg, markers > 0)
     assert int(kept.max()) == 1 and kept[15, 15] == 1 and kept[35, 15] == 0
+
+
+def test_a_crop_with_two_whole_red_cells_takes_its_scale_from_them():
+    # a pre-cut crop (PBC): two whole red cells, the others cut by the border; the packed-cell
+    # fallback measured the cut cells' ridges (0.31 um/px on a ~0.1 crop) and let platelets
+    # pass as cells
+    cell = synthetic.WhiteCell(18, 18, 11, 8)
+    reds = [(6, 31), (31, 6), (-1, 8), (37, 30), (18, -2), (36, 15)]
+    f = synthetic.Field(width_um=36, height_um=36, white_cells=[cell], red_cells=reds)
+    found = find_cells(synthetic.draw(f, 0.1))
+    assert found.scale_source == "red_cells" and found.n_red_cells == 2
+    assert abs(found.um_per_px - 0.1) / 0.1 < 0.10

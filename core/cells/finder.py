@@ -48,6 +48,7 @@ SCALE_MAX_PIXELS = 700_000
 # Otsu's threshold: measured on BCCD and Raabin nuclei (>= 80) vs red cells (<= 60).
 NUCLEUS_THRESHOLD_RANGE = (40.0, 75.0)
 MIN_RED_CELLS = 3
+AGREEING_PAIR = 1.25              # two isolated red cells this close in diameter give the scale
 # A red cell measured for the scale is at least this big where it is measured (10 px across).
 MIN_RED_CELL_AREA_PX = 80
 # Physical sizes (um) of what a white cell can be.
@@ -274,6 +275,11 @@ def _red_cell_diameter(fg: np.ndarray, nucleus: np.ndarray) -> tuple[float, int]
         d = np.asarray(diameters)
         d = d[d >= 0.6 * np.median(d)]  # fragments and platelets are not red cells
         return float(np.median(d)), int(d.size)
+    if len(diameters) == 2 and max(diameters) <= AGREEING_PAIR * min(diameters):
+        # two isolated round red cells that agree (a pre-cut crop, whose other red cells the
+        # border cuts) measure better than the packed-cell fallback below, which there finds
+        # the ridges of border-cut cells
+        return float(np.mean(diameters)), 2
     # packed red cells: inscribed radii at the distance transform's maxima
     dist = cv2.distanceTransform(np.pad(red, 1, constant_values=1), cv2.DIST_L2, 5)[1:-1, 1:-1]
     dist[:, [0, -1]] = 0  # the border is no edge of a cell: a half cell there is not measured
@@ -303,7 +309,7 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     stain = _measure_stain(small)
     fg_s, nuc_s = _stain_maps(small, stain)
     diameter, n_red = _red_cell_diameter(fg_s, nuc_s)
-    if n_red >= MIN_RED_CELLS and diameter > 0:
+    if n_red >= min(2, MIN_RED_CELLS) and diameter > 0:
         um_per_px_rgb = RED_CELL_DIAMETER_UM / (diameter / s0)  # per pixel of rgb
         source = "red_cells"
     else:
