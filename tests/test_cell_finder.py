@@ -283,3 +283,16 @@ def test_a_crop_with_two_whole_red_cells_takes_its_scale_from_them():
     found = find_cells(synthetic.draw(f, 0.1))
     assert found.scale_source == "red_cells" and found.n_red_cells == 2
     assert abs(found.um_per_px - 0.1) / 0.1 < 0.10
+
+
+def test_two_lobes_of_one_nucleus_are_one_cell():
+    # a band/segmented neutrophil: two 4.5 um lobes 2.5 um apart in one cytoplasm (lobes 3.5 um
+    # apart still come out as two cells: docs/cells.md)
+    cell = synthetic.WhiteCell(50, 37, 14, 0.5)
+    reds = [(x, y) for x in range(8, 100, 11) for y in range(8, 75, 11) if (x - 50) ** 2 + (y - 37) ** 2 > 13 ** 2]
+    img = synthetic.draw(synthetic.Field(white_cells=[cell], red_cells=reds), 0.1)
+    for dx in (-3.5, 3.5):  # lobe centres: radius 2.25 + half the gap 1.25
+        cv2.circle(img, (round((50 + dx) * 10), 370), 22, synthetic.NUCLEUS, -1, cv2.LINE_AA)
+    found = find_cells(img)
+    assert len(found.cells) == 1
+    assert best(found, synthetic.box_px(cell, 0.1))[0] >= 0.6, found.cells[0].box
