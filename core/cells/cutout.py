@@ -9,18 +9,26 @@ as segmented single-cell data sets (C-NMC) publish their cells.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import cv2
 import numpy as np
 
 from core.cells.finder import FoundCell, cut_out
-from core.imaging.preprocessing import Preprocessing
+
+
+class CellPreprocessing(Protocol):
+    """What of a card's preprocessing (core.imaging.preprocessing.Preprocessing) the cut-out reads;
+    named here, not imported: that module reaches torch, and the cell finder's package never does."""
+
+    cell_background: str
+    cell_margin_um: float
 
 _SHIFT = 4  # fillPoly's fixed-point bits: the outline is placed to 1/16 of a pixel
 
 
 def cut_out_for_model(rgb: np.ndarray, cell: FoundCell, um_per_px: float, *, side_um: float, out_px: int,
-                      prep: Preprocessing, reduced_by: int = 1) -> np.ndarray:
+                      prep: CellPreprocessing, reduced_by: int = 1) -> np.ndarray:
     """``cut_out``'s square (out_px, out_px, 3) uint8, with the card's background outside the
     cell's outline (``prep.cell_background``). A cell without an outline (fewer than 3 points)
     is cut out as it is: there is nothing to mask by."""
