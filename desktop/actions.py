@@ -46,6 +46,7 @@ class ActionSpec:
     help_keys: str | None = None  # how the key tables write the keys, when not from ``keys``
     args: tuple = ()
     separator: bool = False  # a separator before it in its menu
+    cells_text: str | None = None  # its menu text while the cells view is shown (else ``text``)
 
 
 ACTIONS: tuple[ActionSpec, ...] = (
@@ -86,9 +87,10 @@ ACTIONS: tuple[ActionSpec, ...] = (
                button="Undo", separator=True, help="undo (a new audit event: nothing is deleted)"),
     ActionSpec("redo", "&Redo", "redo", ("Ctrl+Shift+Z", "Ctrl+Y"), "Review", icon="SP_ArrowForward",
                enabled="can_redo", live=True, button="Redo", help="redo"),
-    ActionSpec("next", "&Next image", "move_current", ("Space",), "Review", args=(1,), help="next image"),
+    ActionSpec("next", "&Next image", "move_current", ("Space",), "Review", args=(1,), help="next image",
+               cells_text="&Next cell"),
     ActionSpec("prev", "&Previous image", "move_current", ("Shift+Space",), "Review", args=(-1,),
-               help="previous image"),
+               help="previous image", cells_text="&Previous cell"),
     ActionSpec("navigate", "Move", None, help="move; `Shift`+arrows or `Ctrl`+click select several (one label for all)",
                help_keys="arrows, `PgUp`/`PgDown`, `Home`/`End`"),
     ActionSpec("add_cell", "Add a &missed cell", "add_missed_cell", ("N",), "Review",
@@ -283,8 +285,14 @@ def build_class_actions(window, classes: list[str]) -> None:
 
 
 def update_enabled(window) -> None:
-    """Enabled-when, for every action of the table and its button."""
+    """Enabled-when, for every action of the table and its button; the menu texts of the view
+    shown (the cells view speaks of cells)."""
+    in_cells = getattr(window, "cells", None) is not None
     for spec, a in window.specs.values():
+        if spec.cells_text is not None:
+            text = spec.cells_text if in_cells else spec.text
+            if a.text() != text:
+                a.setText(text)
         if spec.enabled is None:
             continue
         ok = ENABLED[spec.enabled](window)

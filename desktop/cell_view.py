@@ -22,19 +22,19 @@ from collections import OrderedDict, deque
 from PySide6.QtCore import QAbstractListModel, QItemSelectionModel, QModelIndex, QObject, QPointF, QRect, QRectF, \
     QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QPainter, QPalette, QPen, QPolygonF
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QGraphicsPolygonItem, QGraphicsRectItem,
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QGraphicsPolygonItem, QGraphicsRectItem,
                                QGraphicsView,
                                QHBoxLayout, QHeaderView, QLabel, QListView, QSplitter, QStyle, QStyledItemDelegate,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from core.cells.finder import DEFAULT_UM_PER_PX, cut_out, decode_for_cells
-from core.cells.records import add_cell
+from core.cells.records import add_cell, cell_title
 from core.imaging.fspath import to_fs
 from core.imaging.images import read_file
 from core.models.taxonomy import OTHER, OTHER_TITLE
 from core.models.taxonomy import blast_class
-from core.review.cells import CellRow, active_cell_version, current_cell_labels, disagreeing_cells, folder_cells, \
-    image_scale
+from core.review.cells import CellRow, FieldRow, active_cell_version, current_cell_labels, disagreeing_cells, \
+    folder_cells, folder_fields, image_scale
 from core.review.differential import INTERVAL_NOTE, CaseCell, Differential, case_differential, summarise
 from core.review.labels import CELL, LabelWriter
 from core.review.session import ReviewSession
@@ -126,7 +126,7 @@ class CellModel(QAbstractListModel):
         if role in (Qt.DisplayRole, Qt.AccessibleTextRole):
             return heading_text(it) if isinstance(it, Heading) else tile_caption(it)
         if role == Qt.ToolTipRole and isinstance(it, CellRow):
-            return f"{it.name}, cell {it.number + 1}\n{tile_caption(it)}" + (
+            return f"{cell_title(it.name, it.number)}\n{tile_caption(it)}" + (
                 f"\nreviewed by {it.reviewer}" if it.reviewer else "")
         return None
 
@@ -330,6 +330,19 @@ class CellList(QListView):
     def keyboardSearch(self, search: str) -> None:  # noqa: N802  (a letter is a review key, not a search)
         return None
 
+    def moveCursor(self, action, modifiers):  # noqa: N802
+        # Home/End: the first/last cell, not row 0/the last row (a class heading is not a cell,
+        # and Qt's Home on a heading left the selection where it was)
+        if action in (QAbstractItemView.MoveHome, QAbstractItemView.MoveEnd):
+            model = self.model()
+            rows = range(model.rowCount()) if action == QAbstractItemView.MoveHome else \
+                range(model.rowCount() - 1, -1, -1)
+            for r in rows:
+                index = model.index(r, 0)
+                if model.flags(index) & Qt.ItemIsSelectable:
+                    return index
+        return super().moveCursor(action, modifiers)
+
     def keyPressEvent(self, e) -> None:  # noqa: N802
         mods = e.modifiers() & ~Qt.KeypadModifier
         super().keyPressEvent(e)
@@ -436,6 +449,7 @@ class CellPane(QObject):
         self.reviewer_ready = reviewer_ready  # () -> whether the window has a reviewer (asks once)
         self.version: dict | None = None  # the active cell model (plain data)
         self.all_rows: list[CellRow] = []
+        self.fields: list[FieldRow] = []  # every field of the case, also those without a cell
         self.disagree: set[int] = set()
         self._generation = 0
         self.loading = False
@@ -486,9 +500,25 @@ class CellPane(QObject):
         self.field = FieldView()
         self.field.boxDrawn.connect(self._box_drawn)
         self.field_title = QLabel("No cell selected")
+        # every field, also one where the finder found no cell: there too a missed cell can be added
+        self.field_box = QComboBox()
+        self.field_box.setObjectName("cellFields")
+        self.field_box.setFocusPolicy(Qt.NoFocus)  # the keys stay with the gallery
+        self.field_box.setMaxVisibleItems(20)
+        self.field_box.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.field_box.setMinimumContentsLength(24)
+        self.field_box.setToolTip("Every field of the case, also those where no cell was found: pick one to see it "
+                                  "and add a cell the finder missed (N, then drag a box)")
+        self.field_box.activated.connect(self._field_chosen)
+        self.fields_note = QLabel("")  # how many fields have no cell
+        fields_row = QHBoxLayout()
+        fields_row.addWidget(QLabel("Field:"))
+        fields_row.addWidget(self.field_box, 1)
+        fields_row.addWidget(self.fields_note)
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(4, 4, 4, 4)
+        rl.addLayout(fields_row)
         rl.addWidget(self.field_title)
         rl.addWidget(self.field, 1)
 
@@ -552,14 +582,15 @@ class CellPane(QObject):
         cur = self.current_row()
         keep = keep_id if keep_id is not None else (cur.cell_id if cur else None)
         if folder is None:
-            self._landed(gen, keep, (None, [], set()))
+            self._landed(gen, keep, (None, [], set(), []))
             return
         self.loading = True
 
         def query(s):
             v = active_cell_version(s)
             rows = folder_cells(s, folder, v["id"] if v else None)
-            return v, rows, disagreeing_cells(s, [r.cell_id for r in rows], v["taxonomy"] if v else None)
+            return (v, rows, disagreeing_cells(s, [r.cell_id for r in rows], v["taxonomy"] if v else None),
+                    folder_fields(s, folder))
 
         def failed(err):
             if gen == self._generation:
@@ -571,7 +602,7 @@ class CellPane(QObject):
     def _landed(self, gen: int, keep: int | None, out) -> None:
         if gen != self._generation:
             return
-        self.version, self.all_rows, self.disagree = out
+        self.version, self.all_rows, self.disagree, self.fields = out
         if self.state.folder != self.ctl.folder:
             self.state.open_folder(self.ctl.folder)
         self.state.folder = self.ctl.folder
@@ -585,6 +616,7 @@ class CellPane(QObject):
             rows = [r for r in rows if r.cell_id in self.disagree]
         self.model.set_rows(rows)
         self.loading = False
+        self._fill_fields()
         row = self.model.row_of(keep) if keep is not None else None
         if row is None:
             row = next((k for k in range(self.model.rowCount()) if self.model.cell_at(k) is not None), None)
@@ -627,7 +659,8 @@ class CellPane(QObject):
         if self.ctl.folder is None:
             text = "Open a folder of smear images (File ▸ Open, Ctrl+O)."
         elif not self.all_rows:
-            text = ("No cells found in this folder yet: classify it (Ctrl+R) with a cell model active."
+            text = ("No cells found in this folder yet: classify it (Ctrl+R) with a cell model active"
+                    + (", or pick a field in the Field list to add its cells by hand (N)." if self.fields else ".")
                     if not self.loading else "Reading the cells…")
         elif not st.n_in_view:
             text = "No cell matches (reviewers agree on every cell)."
@@ -639,6 +672,57 @@ class CellPane(QObject):
                 f" · {many:,} selected" if many > 1 else "") + (
                 f" · model: {self.version['name']}" if self.version else " · no cell model active")
         self.info.setText(text)
+
+    # ---------------------------------------------------------------- the fields
+    def _fill_fields(self) -> None:
+        """The field list: each field with its number of cells; how many have none."""
+        per_image: dict[int, int] = {}
+        for r in self.all_rows:
+            per_image[r.image_id] = per_image.get(r.image_id, 0) + 1
+        box = self.field_box
+        box.blockSignals(True)
+        box.clear()
+        for f in self.fields:
+            n = per_image.get(f.image_id, 0)
+            box.addItem(f"{f.name} — {n} cell{'s' if n != 1 else ''}" if n else f"{f.name} — no cell found",
+                        f.image_id)
+        box.blockSignals(False)
+        self._show_field_in_box()
+        empty = sum(1 for f in self.fields if f.image_id not in per_image)
+        self.fields_note.setText(f"Fields without cells: {empty:,}" if empty else "")
+        self.fields_note.setVisible(bool(empty))
+
+    def _show_field_in_box(self) -> None:
+        at = self.field_box.findData(self.shown_image) if self.shown_image is not None else -1
+        self.field_box.blockSignals(True)
+        self.field_box.setCurrentIndex(at)
+        self.field_box.blockSignals(False)
+
+    def show_field(self, image_id: int) -> bool:
+        """Show a field of the case: its first cell in view selected, or, where it has none (the
+        finder found none, or the filter hides them), the field alone, to add a missed cell."""
+        field = next((f for f in self.fields if f.image_id == image_id), None)
+        if field is None:
+            return False
+        in_view = [r for r in self.model.rows() if r.image_id == image_id]
+        if in_view:
+            return self.select_cell(min(in_view, key=lambda r: r.number).cell_id)
+        self.view.selectionModel().clear()  # no cell selected: the field alone
+        self._current_changed(QModelIndex())
+        self.shown_image = image_id
+        self.field_title.setText(f"{field.name}: no cell shown here; press N and drag a box around a cell "
+                                 "the finder missed")
+        self._show_field_in_box()
+        self.workers.submit(lambda p=field.path: (image_id, decode_full(p)), name="field",
+                            on_result=self._field_loaded, on_error=lambda e: self.message.emit(f"⚠ {e}", 20000),
+                            priority=1)
+        return True
+
+    def _field_chosen(self, index: int) -> None:
+        image_id = self.field_box.itemData(index)
+        if image_id is not None:
+            self.show_field(int(image_id))
+        self.view.setFocus(Qt.OtherFocusReason)
 
     # ---------------------------------------------------------------- moving
     def _go(self, row: int) -> None:
@@ -676,13 +760,16 @@ class CellPane(QObject):
             self.field.set_image(None)
             self.field.show_cells([], None)
             return
-        self.field_title.setText(f"{row.name}: cell {row.number + 1}"
+        self.field_title.setText(cell_title(row.name, row.number)
                                  + (" (added by a reviewer)" if row.source == "added" else ""))
         if row.image_id != self.shown_image:
             self.shown_image = row.image_id
+            self._show_field_in_box()
             self.workers.submit(lambda r=row: (r.image_id, decode_full(r.path)), name="field",
                                 on_result=self._field_loaded, on_error=lambda e: self.message.emit(f"⚠ {e}", 20000),
                                 priority=1)
+        elif row.cell_id not in self.field.outlines:
+            self._outline_field()  # a cell added on this field since it was outlined
         else:
             self.field.highlight(row.cell_id)
 
@@ -743,7 +830,7 @@ class CellPane(QObject):
     def _name_of(self, cell_id: int) -> str | None:
         row = self.model.row_of(cell_id)
         r = self.model.cell_at(row) if row is not None else None
-        return f"cell {r.number + 1} of {r.name}" if r else None
+        return cell_title(r.name, r.number) if r else None
 
     def _after(self, out: Outcome, advance: bool, rows_before: list[int] | None = None, undone: bool = False) -> None:
         if out.refused:
@@ -779,7 +866,7 @@ class CellPane(QObject):
 
     def _case_cells(self) -> list[CaseCell]:
         return [CaseCell(r.cell_id, r.image_id, r.path, r.box, r.um_per_px, r.flags, r.predicted, r.confidence,
-                         r.uncertain, bool(r.outside), r.reviewed, r.reviewer) for r in self.all_rows]
+                         r.uncertain, bool(r.outside), r.reviewed, r.reviewer, r.number) for r in self.all_rows]
 
     def update_differential(self) -> None:
         """The differential of the rows in memory, at once (arithmetic only, no database): what a
@@ -891,7 +978,8 @@ class CellPane(QObject):
     # ---------------------------------------------------------------- a cell the finder missed
     def start_adding(self) -> None:
         if self.shown_image is None:
-            return self.message.emit("⚠ Select a cell first: its field is where the missed cell is added.", 6000)
+            return self.message.emit("⚠ Select a cell, or a field in the Field list, first: the field shown is where "
+                                     "the missed cell is added.", 6000)
         self.sync_state()
         if self.state.reviewer is None and not self.reviewer_ready():
             return

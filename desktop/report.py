@@ -18,6 +18,7 @@ from PySide6.QtGui import QImage, QPageLayout, QPageSize, QPainter, QPdfWriter, 
 from sqlalchemy import select
 
 from core.cells.finder import cut_out, decode_for_cells
+from core.cells.records import cell_title
 from core.review import differential as diff
 from core.review import gallery as q
 from core.storage import Prediction
@@ -186,7 +187,8 @@ def cells_part(session, folder, cell_version_id: int | None = None,
     chosen += [
         ("Cells flagged by the model", "outside the model's experience or below its confidence threshold",
          [c for c in cells if c.predicted is not None and (c.outside or c.uncertain)]),
-        ("Cells corrected by a reviewer", "the reviewer's class differs from the model's",
+        ("Cells corrected by a reviewer", "the reviewer's class differs from the class the model showed (a sure "
+         "prediction inside its experience)",
          [c for c in cells if c.corrected]),
     ]
     galleries = []
@@ -249,7 +251,7 @@ def _cell_thumb(doc, cell, rgb) -> str:
     model = ("-" if cell.predicted is None else "outside experience" if cell.outside
              else f"{cell.predicted} {(cell.confidence or 0):.0%}" + (" uncertain" if cell.uncertain else ""))
     rev = OTHER_TITLE if cell.reviewed == OTHER else (cell.reviewed or "not reviewed")
-    name = f"{Path(to_fs(cell.path)).name} #{cell.cell_id}"
+    name = cell_title(Path(to_fs(cell.path)).name, cell.number)
     return (f"<td align='center' width='16%'>{img}<small>{html.escape(display(name))}<br>model: "
             f"{html.escape(model)}<br>reviewed: <b>{html.escape(rev)}</b></small></td>")
 
@@ -259,14 +261,22 @@ def _cell_galleries_html(doc, part: CellsPart) -> str:
     out = [f"<p><small>Each cell is cut out of its field, {html.escape(side)}.</small></p>"]
     for title, meaning, n, shown in part.galleries:
         head = f"<h3>{html.escape(title)}: {n:,}</h3><p><small>{html.escape(meaning)}.</small></p>"
-        if not n:
-            out.append(head + "<p><i>None.</i></p>")
-            continue
         cells = [_cell_thumb(doc, c, rgb) for c, rgb in shown]
-        grid = "".join("<table cellpadding='3' cellspacing='0' width='100%'><tr>" + "".join(cells[k:k + 6])
-                       + "</tr></table>" for k in range(0, len(cells), 6))
         more = f"<p><small>… and {n - len(cells):,} more (see the cells export).</small></p>" if n > len(cells) else ""
-        out.append(head + grid + more)
+        out.append(gallery_html(head, cells, 6, 3) + more)
+    return "".join(out)
+
+
+def gallery_html(head: str, thumbs: list[str], per_row: int, padding: int) -> str:
+    """A gallery's heading and its thumbnails (table cells): one table per row of thumbnails, so
+    a page break falls between rows (keep_tables_whole), the heading in the first one, so that
+    it never stands alone at the foot of a page."""
+    rows = [thumbs[k:k + per_row] for k in range(0, len(thumbs), per_row)] or [[]]
+    out = []
+    for k, row in enumerate(rows):
+        top = f"<tr><td colspan='{per_row}'>{head}</td></tr>" if k == 0 else ""
+        body = f"<tr>{''.join(row)}</tr>" if row else f"<tr><td colspan='{per_row}'><i>None.</i></td></tr>"
+        out.append(f"<table cellpadding='{padding}' cellspacing='0' width='100%'>{top}{body}</table>")
     return "".join(out)
 
 
@@ -298,15 +308,9 @@ def build_report(db, folder, version: dict | None, reviewer: str, case: str,
     parts = []
     for title, meaning, n, found, ids in sections:
         head = f"<h3>{html.escape(title)}: {n:,}</h3><p><small>{html.escape(meaning)}.</small></p>"
-        if not n:
-            parts.append(head + "<p><i>None.</i></p>")
-            continue
-        cells = [_thumb_cell(doc, found[i]) for i in ids if i in found]
-        # one table per row of thumbnails, so a page break falls between rows (keep_tables_whole)
-        grid = "".join("<table cellpadding='4' cellspacing='0' width='100%'><tr>" + "".join(cells[k:k + 4])
-                       + "</tr></table>" for k in range(0, len(cells), 4))
+        cells = [_thumb_cell(doc, found[i]) for i in ids if i in found] if n else []
         more = f"<p><small>… and {n - len(cells):,} more (see the CSV export).</small></p>" if n > len(cells) else ""
-        parts.append(f"{head}{grid}{more}")
+        parts.append(gallery_html(head, cells, 4, 4) + more)
     offset = now.strftime("%z")
     when = f"{now.strftime('%Y-%m-%d %H:%M')} (local time, UTC{offset[:3]}:{offset[3:]})"
     model_line = (f"{html.escape(version['name'] if version else 'none')}: "

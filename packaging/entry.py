@@ -194,14 +194,19 @@ def self_test(n_per_class: int = 2, device: str = "auto") -> int:
             _check(s.device.startswith("CUDA") or "OpenVINO int8" in s.device, f"fast engine in use ({s.device})", failures)
             _check(s.n_predicted == len(images) and s.n_errors == 0 and not s.cancelled,
                    f"{len(images)} images classified without errors", failures)
+            # the cell stage ran with the bundled cell model, without an unreadable image
+            _check(bool(s.cell_model) and s.n_cell_errors == 0,
+                   f"white cells looked for by the cell model {s.cell_model} ({s.n_cells} found in "
+                   f"{s.n_cell_images} images, {s.n_cells_classified} classified)", failures)
             with app.db.session() as session:
-                n_images = len(session.scalars(select(Image.id)).all())
-                preds = session.scalars(select(Prediction)).all()
-                _check(n_images == len(images), f"{len(images)} images in the database ({n_images})", failures)
-                _check(len(preds) == len(images), f"{len(images)} predictions in the database ({len(preds)})", failures)
                 from core.models.registry import active_version
 
-                version = active_version(session)
+                version = active_version(session)  # the field model (the cell model's are checked apart)
+                n_images = len(session.scalars(select(Image.id)).all())
+                preds = session.scalars(select(Prediction).where(Prediction.model_version_id == version.id)).all() \
+                    if version else []
+                _check(n_images == len(images), f"{len(images)} images in the database ({n_images})", failures)
+                _check(len(preds) == len(images), f"{len(images)} predictions in the database ({len(preds)})", failures)
                 classes = list(version.card["classes"]) if version else []
                 good = all(p.label in classes and abs(sum(p.probabilities) - 1.0) < 1e-3
                            and 0.0 <= p.confidence <= 1.0 and len(p.probabilities) == len(classes)

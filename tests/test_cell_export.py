@@ -74,8 +74,8 @@ def test_cells_csv_has_one_row_per_cell_with_box_prediction_and_label(cli, case,
                    "scale_source", "source", "p_ALL", "p_Normal"):
         assert column in rows[0]
     assert [(r["path"].rsplit("/", 1)[-1], r["cell"], r["cell_id"], r["source"]) for r in rows] == [
-        ("a.png", "0", str(found[0]), "found"), ("a.png", "1", str(found[1]), "found"),
-        ("a.png", "2", str(added), "added")]
+        ("a.png", "1", str(found[0]), "found"), ("a.png", "2", str(found[1]), "found"),
+        ("a.png", "3", str(added), "added")]  # the number the view and the report show (display_numbers)
     first, second, third = rows
     assert [first[k] for k in ("x0", "y0", "x1", "y1")] == ["10", "20", "110", "130"]
     assert (first["um_per_px"], first["scale_source"], first["flags"]) == ("0.20000", "red_cells", "")

@@ -100,4 +100,4 @@ def test_sigkill_mid_cell_stage_then_rerun(tmp_path, data_dir):
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert counts(db_path) == after
-    assert "cells: 0 found in 0 images, 0 classified" in again.stdout
+    assert f"cells: nothing new to find ({after['cells']} cells in {n} images already found)" in again.stdout

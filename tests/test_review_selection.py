@@ -339,8 +339,8 @@ def test_a_model_switch_keeps_the_filters_and_the_image_shown(qtbot, window, tmp
     binary = next(read_card(p).name for p in bundled_packages() if cls not in read_card(p).classes)
     with w.db.session() as s:
         bid = next(v.id for v in list_versions(s) if v.name == binary)
-    with qtbot.waitSignal(w.versionShown, timeout=10_000):
-        w.activate_version(bid, ask=False, reclassify=False)
+    with qtbot.waitSignal(w.versionShown, timeout=10_000):  # a cell model: shown in the gallery explicitly
+        w.model_menu.use_version(bid, reclassify=False)
     settle(qtbot, w)
     assert w.f_pred.currentData() is None and w.state.filter.predicted is None  # that one filter only
     assert w.f_rev.currentData() == UNREVIEWED and w.sort.currentData() == "name"

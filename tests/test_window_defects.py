@@ -96,8 +96,8 @@ def test_class_buttons_are_rebuilt_before_the_reclassify_question(qtbot, window,
         return QMessageBox.No
 
     monkeypatch.setattr("desktop.mainwindow.QMessageBox.question", question)
-    with qtbot.waitSignal(w.versionShown, timeout=30_000):
-        w.activate_version(vid, ask=True)
+    with qtbot.waitSignal(w.versionShown, timeout=30_000):  # a cell model: shown in the gallery explicitly
+        w.model_menu.use_version(vid)
     qtbot.waitUntil(lambda: bool(seen), timeout=10_000)
     shown = seen[0]
     assert any(c in t for t in shown for c in new_classes), shown

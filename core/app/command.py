@@ -54,7 +54,10 @@ class App:
         return self._db
 
     def progress(self, job, desc: str):
-        """Run a job generator with a tqdm bar per stage; return its summary."""
+        """Run a job generator with a tqdm bar per stage; return its summary. Not on a terminal
+        (a log, a pipe) a bar's redraws would each be a line: one line per stage as it ends."""
+        if not self.quiet and not sys.stderr.isatty():
+            return self._progress_lines(job, desc)
         from tqdm import tqdm
 
 
@@ -81,6 +84,25 @@ class App:
         finally:
             for bar in bars.values():
                 bar.close()
+
+    def _progress_lines(self, job, desc: str):
+        last: list = []  # the latest progress of the stage running
+
+        def end_stage() -> None:
+            if last:
+                p = last.pop()
+                print(f"{desc}: {p.stage}: {p.done:,}" + (f" of {p.total:,}" if p.total is not None else "")
+                      + " img" + (f" ({p.message})" if p.message else ""), file=sys.stderr, flush=True)
+
+        def show(p) -> None:
+            if last and last[0].stage != p.stage:
+                end_stage()
+            last[:] = [p]
+
+        try:
+            return run_job(job, show)
+        finally:
+            end_stage()
 
     def echo(self, msg: str = "") -> None:
         print(msg, flush=True)

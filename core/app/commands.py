@@ -21,6 +21,7 @@ from core.app.workqueue import Backoff, retry_sentence
 from core.app.workqueue import default_worker_name
 from core.app.workqueue import run_worker
 from core.review.cell_import import import_labels_and_cells
+from core.review.cells import folder_cell_counts
 from core.review.export import EXPORTERS
 from core.review.cases import case_name, case_name_problem, rename_case
 from core.models.archive import export_model
@@ -135,7 +136,11 @@ def cmd_classify(args, app: App) -> int:
              f"{s.n_todo - s.n_predicted - s.n_errors} left"
              + (f" in {s.seconds:.1f} s ({s.rate:.0f} images/s)" if s.seconds else "")
              + (" [cancelled: run again to continue]" if s.cancelled else ""))
-    if s.cell_model is not None:
+    if s.cell_model is not None and not (s.n_cells or s.n_cells_classified or s.n_cell_errors):
+        with app.db.session() as db_session:  # "0 found" would read as "this folder has no cells"
+            n_cells, n_images = folder_cell_counts(db_session, args.folder)
+        app.echo(f"cells: nothing new to find ({n_cells} cells in {n_images} images already found)")
+    elif s.cell_model is not None:
         app.echo(f"cells: {s.n_cells} found in {s.n_cell_images} images, {s.n_cells_classified} classified "
                  f"by {s.cell_model}" + (f"; {s.n_cell_errors} file(s) could not be read" if s.n_cell_errors else "")
                  + (f"; {s.n_cell_grayscale} grayscale image(s) not searched: white cells are found by the "

@@ -48,6 +48,7 @@ SCALE_MAX_PIXELS = 700_000
 # Otsu's threshold: measured on BCCD and Raabin nuclei (>= 80) vs red cells (<= 60).
 NUCLEUS_THRESHOLD_RANGE = (40.0, 75.0)
 MIN_RED_CELLS = 3
+AGREEING_PAIR = 1.25              # two isolated red cells this close in diameter give the scale
 # A red cell measured for the scale is at least this big where it is measured (10 px across).
 MIN_RED_CELL_AREA_PX = 80
 # Physical sizes (um) of what a white cell can be.
@@ -55,11 +56,13 @@ MIN_NUCLEUS_AREA_UM2 = 12.0       # a platelet is 2-3 um across (~5 um2); a smal
 LOBE_MERGE_UM = 1.6               # gaps between a neutrophil's lobes
 CYTOPLASM_UM = 4.0                # the widest cytoplasm rim grown around a nucleus
 CYTOPLASM_THRESHOLD = 0.5         # of the foreground's threshold
-CYTOPLASM_EDGE = 0.3              # a ray leaves the cell where the smoothed colour difference drops below this (x fg threshold)
+CYTOPLASM_EDGE = 0.4              # a ray leaves the cell where the smoothed colour difference falls to the local background's + this x the fg threshold
 CYTOPLASM_SMOOTH_UM = 0.8         # smoothing of the colour difference: pale granular cytoplasm averages above background
 RAY_MAX_UM = 12.0                 # a cell's radius is at most this (a white cell is <= ~24 um across)
-RAY_CLIP = 1.25                   # a ray longer than this x the median ray ran into a neighbour (a red cell)
+RAY_CLIP = 1.2                    # a ray longer than this x the cell's short rays ran into a neighbour (a red cell)
+RAY_SHORT_PERCENTILE = 10         # the cell's short rays: those that reached the background
 N_RAYS = 48
+BACKGROUND_WINDOW_UM = 12.0       # the background's level is measured locally, over this width
 RIM_FRACTION = 0.3                # the rim grown around a nucleus, as a fraction of its diameter
 MIN_CELL_DIAMETER_UM = 6.0
 MAX_CELL_DIAMETER_UM = 30.0
@@ -272,6 +275,11 @@ def _red_cell_diameter(fg: np.ndarray, nucleus: np.ndarray) -> tuple[float, int]
         d = np.asarray(diameters)
         d = d[d >= 0.6 * np.median(d)]  # fragments and platelets are not red cells
         return float(np.median(d)), int(d.size)
+    if len(diameters) == 2 and max(diameters) <= AGREEING_PAIR * min(diameters):
+        # two isolated round red cells that agree (a pre-cut crop, whose other red cells the
+        # border cuts) measure better than the packed-cell fallback below, which there finds
+        # the ridges of border-cut cells
+        return float(np.mean(diameters)), 2
     # packed red cells: inscribed radii at the distance transform's maxima
     dist = cv2.distanceTransform(np.pad(red, 1, constant_values=1), cv2.DIST_L2, 5)[1:-1, 1:-1]
     dist[:, [0, -1]] = 0  # the border is no edge of a cell: a half cell there is not measured
@@ -301,7 +309,7 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     stain = _measure_stain(small)
     fg_s, nuc_s = _stain_maps(small, stain)
     diameter, n_red = _red_cell_diameter(fg_s, nuc_s)
-    if n_red >= MIN_RED_CELLS and diameter > 0:
+    if n_red >= min(2, MIN_RED_CELLS) and diameter > 0:
         um_per_px_rgb = RED_CELL_DIAMETER_UM / (diameter / s0)  # per pixel of rgb
         source = "red_cells"
     else:
@@ -327,7 +335,12 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     markers = _split_nuclei(merged, px_um)
     markers = _drop_red_cell_nuclei(markers, work, stain, fg, nucleus)
     smooth = cv2.GaussianBlur(diff.astype(np.float32), (0, 0), CYTOPLASM_SMOOTH_UM * px_um)
-    cells_work = _grow_cells(markers, cellish, px_um, smooth, CYTOPLASM_EDGE * stain.foreground_threshold)
+    # the background's own level varies across a field (uneven lighting, BCCD): the lowest
+    # smoothed difference nearby, averaged
+    window = round(BACKGROUND_WINDOW_UM * px_um)
+    local_bg = cv2.blur(cv2.erode(smooth, _disc(window / 2)), (window, window))
+    edge = local_bg + CYTOPLASM_EDGE * stain.foreground_threshold
+    cells_work = _grow_cells(markers, px_um, smooth, edge)
     _, blobs = cv2.connectedComponents(cellish.astype(np.uint8) | (cells_work > 0).astype(np.uint8))
     found = _to_found(cells_work, nuc, k, reduced_by, (wh, ww), px_um, blobs)
     found = _reading_order(found)
@@ -460,12 +473,13 @@ def _watershed_split(comp: np.ndarray, px_um: float) -> list[np.ndarray]:
     return [p for p in parts if p.any()]
 
 
-def _ray_reach(markers: np.ndarray, hulls: np.ndarray, n: int, smooth: np.ndarray, edge: float,
+def _ray_reach(markers: np.ndarray, hulls: np.ndarray, n: int, smooth: np.ndarray, edge: np.ndarray,
                px_um: float) -> np.ndarray:
     """Label image of how far each cell may reach: rays cast from each nucleus's centre, each
-    stopping where the smoothed colour difference falls to the background's (pale cytoplasm
-    still counts: it is averaged over ~1 um), at most RAY_MAX_UM; a ray much longer than the
-    cell's median ray ran into a touching red cell and is cut back to it."""
+    stopping where the smoothed colour difference falls to the local background's level (pale
+    cytoplasm still counts: it is averaged over ~1 um), at most RAY_MAX_UM. A cell is round: a
+    ray much longer than its short rays (those that met the background) ran into a touching
+    red cell and is cut back."""
     h, w = markers.shape
     reach = np.zeros(markers.shape, np.int32)
     ang = np.linspace(0.0, 2.0 * np.pi, N_RAYS, endpoint=False)
@@ -480,21 +494,21 @@ def _ray_reach(markers: np.ndarray, hulls: np.ndarray, n: int, smooth: np.ndarra
         py = np.clip(np.round(cy + dy).astype(np.intp), 0, h - 1)
         in_hull = hulls[py, px] == i
         start = np.where(in_hull.any(axis=1), steps.size - 1 - np.argmax(in_hull[:, ::-1], axis=1), 0)
-        below = (smooth[py, px] < edge) & (np.arange(steps.size)[None, :] > start[:, None])
+        after = np.arange(steps.size)[None, :] > start[:, None]
+        below = after & (smooth[py, px] < edge[py, px])
         stop = np.where(below.any(axis=1), np.argmax(below, axis=1), steps.size - 1)
         stop = np.maximum(stop, start)
-        median = float(np.median(stop))
-        stop = np.minimum(stop, np.maximum(start, RAY_CLIP * median)).astype(np.intp)
+        short = float(np.percentile(stop, RAY_SHORT_PERCENTILE))
+        stop = np.minimum(stop, np.maximum(start, RAY_CLIP * short)).astype(np.intp)
         pts = np.stack([px[np.arange(N_RAYS), stop], py[np.arange(N_RAYS), stop]], axis=1).astype(np.int32)
         cv2.fillPoly(reach, [cv2.convexHull(pts)], i)
     return reach
 
 
-def _grow_cells(markers: np.ndarray, cellish: np.ndarray, px_um: float, smooth: np.ndarray,
-                edge: float) -> np.ndarray:
-    """Each cell's region: its nucleus's convex hull grown along rays to the cytoplasm's edge
-    (_ray_reach), neighbours sharing by a watershed; the region's convex hull is the cell
-    (cytoplasm is convex)."""
+def _grow_cells(markers: np.ndarray, px_um: float, smooth: np.ndarray, edge: np.ndarray) -> np.ndarray:
+    """Each cell's region: the pixels within its rays' reach (_ray_reach) above the background's
+    level, shared between neighbours by nearness to their nuclei's hulls; the region's convex
+    hull is the cell (cytoplasm is convex)."""
     n = int(markers.max())
     if n == 0:
         return markers
@@ -507,13 +521,11 @@ def _grow_cells(markers: np.ndarray, cellish: np.ndarray, px_um: float, smooth: 
         cv2.fillPoly(hulls, [cv2.convexHull(pts)], i)
     reach = _ray_reach(markers, hulls, n, smooth, edge, px_um)
     allowed = (reach > 0) | (hulls > 0)
-    m = hulls.copy()
-    bg_label = n + 1
-    m[~allowed] = bg_label
-    dist = cv2.distanceTransform((hulls == 0).astype(np.uint8), cv2.DIST_L2, 3)
-    img = cv2.cvtColor(np.clip(dist * 4, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    cv2.watershed(img, m)
-    m[(m == bg_label) | (m < 0) | ~allowed] = 0
+    outside = (hulls == 0).astype(np.uint8)
+    _, nearest = cv2.distanceTransformWithLabels(outside, cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
+    owner_of = np.zeros(int(nearest.max()) + 1, np.int32)
+    owner_of[nearest[outside == 0]] = hulls[outside == 0]
+    m = np.where(allowed & ((smooth >= edge) | (hulls > 0)), owner_of[nearest], 0)
     out = np.zeros(markers.shape, np.int32)
     for i in range(1, n + 1):
         region = (m == i).astype(np.uint8)

@@ -136,6 +136,27 @@ def counted_cells(session: Session, image_ids: Sequence[int],
     return out
 
 
+def display_numbers(cells: Iterable[Cell]) -> dict[int, int]:
+    """cell id -> the one number a person sees for it (the view, the cells CSV's ``cell`` column,
+    the PDF report), counted per image from 1: the cells the finder found in its reading order
+    (``Cell.number``), then those reviewers added in the order they were added. ``cells``: the
+    cells of each image that are listed (those of its counted finder run, :func:`counted_searches`,
+    and the added ones), so that every reader numbers the same set the same way."""
+    by_image: dict[int, list[Cell]] = {}
+    for c in cells:
+        by_image.setdefault(c.image_id, []).append(c)
+    out: dict[int, int] = {}
+    for listed in by_image.values():
+        listed.sort(key=lambda c: (c.source == "added", c.number, c.id))
+        out.update({c.id: k for k, c in enumerate(listed, start=1)})
+    return out
+
+
+def cell_title(file_name: str, number: int) -> str:
+    """How a cell is named to a person: its image's file name and its display number."""
+    return f"{file_name}: cell {number}"
+
+
 def add_cell(session: Session, image_id: int, box: tuple[int, int, int, int], um_per_px: float, who: str,
              contour: Sequence[Sequence[int]] | None = None) -> int:
     """A cell the finder missed, marked by a reviewer: a new row (``source`` "added"), its id.

@@ -15,6 +15,12 @@ INTERPOLATIONS: dict[str, int] = {
     "nearest": cv2.INTER_NEAREST,
 }
 
+# What a cell model's cut-out shows around the cell (core/cells/cutout.py makes it): "keep" the
+# field as it is (red cells, background), or "black" everything outside the cell's outline, as
+# segmented single-cell data sets (C-NMC) publish their cells.
+CELL_BACKGROUNDS = ("keep", "black")
+MAX_CELL_MARGIN_UM = 10.0  # a rim wider than this around the outline is the neighbours, not the cell
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -30,6 +36,10 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     corner_mask: tuple[float, float] | None = None
+    # A cell model only (ignored for whole images): what its cut-outs show outside the cell's
+    # outline, and how many micrometres around the outline are kept when that is "black".
+    cell_background: str = "keep"
+    cell_margin_um: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -46,6 +56,13 @@ class Preprocessing:
                 kw[key] = tuple(kw[key])
         if kw.get("interpolation", "linear") not in INTERPOLATIONS:
             raise ValueError(f"unknown interpolation {kw['interpolation']!r}")
+        if kw.get("cell_background", "keep") not in CELL_BACKGROUNDS:
+            raise ValueError(f"unknown cell_background {kw['cell_background']!r}; known: {', '.join(CELL_BACKGROUNDS)}")
+        margin = kw.get("cell_margin_um", 0.0)
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= float(margin) <= MAX_CELL_MARGIN_UM:
+            raise ValueError(f"cell_margin_um must be 0-{MAX_CELL_MARGIN_UM:g} micrometres, not {margin!r}")
+        if "cell_margin_um" in kw:
+            kw["cell_margin_um"] = float(margin)
         return cls(**kw)
 
     def apply(self, rgb: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ predict_images does):
 2. cells that count (core.cells.records.counted_cells) without a prediction of the cell version
    (just found, found by a run that was killed before classifying, kept from an older finder, or
    added by a reviewer): cut out at the card's physical side
-   (``cell_side_um``) and input size, through the card's preprocessing, batched ACROSS fields
+   (``cell_side_um``) and input size, with the card's background around the cell
+   (core/cells/cutout.py), through the card's preprocessing, batched ACROSS fields
    for the model -> CellPrediction rows. A pre-cut single-cell crop is given whole through the
    card's preprocessing (as an image is today), and its prediction is also written as the
    image's Prediction, so folders of single-cell crops work as they always have.
@@ -39,8 +40,10 @@ import numpy as np
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from core.cells.finder import FINDER_NAME, FieldCells, FoundCell, cut_out, decode_for_cells, find_cells
-from core.cells.records import ADDED_BY_REVIEWER, GRAYSCALE, CountedSearch, counted_searches, images_to_search, store_field_cells
+from core.cells.cutout import cut_out_for_model
+from core.cells.finder import FINDER_NAME, FieldCells, FoundCell, decode_for_cells, find_cells
+from core.cells.records import (ADDED_BY_REVIEWER, GRAYSCALE, CountedSearch, counted_searches, images_to_search,
+                                store_field_cells)
 from core.errors import ImageError
 from core.imaging.fspath import display, to_fs
 from core.imaging.images import FileChanged, decode_rgb, read_and_hash
@@ -75,20 +78,20 @@ def active_cell_version_id(session: Session) -> int | None:
 
 
 def _waiting_cells(session: Session, version_id: int, counted: dict[int, CountedSearch]
-                   ) -> dict[int, list[tuple[int, tuple[int, int, int, int]]]]:
-    """image id -> (cell id, box) of its cells that count (core.cells.records.counted_searches,
+                   ) -> dict[int, list[tuple[int, tuple[int, int, int, int], list]]]:
+    """image id -> (cell id, box, outline) of its cells that count (core.cells.records.counted_searches,
     and those added by reviewers) without a prediction of ``version_id``, in id order."""
     waiting: dict[int, list] = {i: [] for i in counted}
     if not counted:
         return waiting
     predicted = exists().where(CellPrediction.cell_id == Cell.id, CellPrediction.model_version_id == version_id)
     finders = {c.finder for c in counted.values()} | {ADDED_BY_REVIEWER}
-    for cid, image_id, finder, x0, y0, x1, y1 in session.execute(
-            select(Cell.id, Cell.image_id, Cell.finder, Cell.x0, Cell.y0, Cell.x1, Cell.y1)
+    for cid, image_id, finder, x0, y0, x1, y1, contour in session.execute(
+            select(Cell.id, Cell.image_id, Cell.finder, Cell.x0, Cell.y0, Cell.x1, Cell.y1, Cell.contour)
             .where(Cell.image_id.in_(list(counted)), Cell.finder.in_(finders), ~predicted)
             .order_by(Cell.image_id, Cell.id)):
         if finder in (ADDED_BY_REVIEWER, counted[image_id].finder):
-            waiting[image_id].append((cid, (x0, y0, x1, y1)))
+            waiting[image_id].append((cid, (x0, y0, x1, y1), contour or []))
     return waiting
 
 
@@ -117,7 +120,7 @@ class _Stored:
 
     um_per_px: float
     single_cell_crop: bool
-    cells: tuple[tuple[int, tuple[int, int, int, int]], ...]  # (cell id, box)
+    cells: tuple[tuple[int, tuple[int, int, int, int], list], ...]  # (cell id, box, outline)
 
 
 @dataclass
@@ -147,9 +150,11 @@ def _colourless(rgb: np.ndarray) -> bool:
     return int((sample.max(axis=2) - sample.min(axis=2)).max(initial=0)) <= 2
 
 
-def _box_cell(box: tuple[int, int, int, int]) -> FoundCell:
-    """A stored cell as the cutter needs it (only its box's centre is used)."""
-    return FoundCell(tuple(int(v) for v in box), np.zeros((0, 2), np.int32), None, 0, frozenset())  # type: ignore[arg-type]
+def _stored_cell(box: tuple[int, int, int, int], contour: list) -> FoundCell:
+    """A stored cell as the cutter needs it: its box (centred on) and its outline (the card's
+    background is applied outside it)."""
+    outline = np.asarray(contour, np.int32).reshape(-1, 2)
+    return FoundCell(tuple(int(v) for v in box), outline, None, 0, frozenset())  # type: ignore[arg-type]
 
 
 def classify_cells(
@@ -205,7 +210,7 @@ def classify_cells(
             else:
                 res.single_cell_crop = stored.single_cell_crop
                 um = stored.um_per_px
-                cells = [(("id", cid), _box_cell(box)) for cid, box in stored.cells]
+                cells = [(("id", cid), _stored_cell(box, contour)) for cid, box, contour in stored.cells]
             if not cells:
                 return res
             if res.single_cell_crop:  # given whole, as an image always was
@@ -213,8 +218,9 @@ def classify_cells(
                 res.keys, res.cutouts = (cells[0][0],), prep.apply(whole)[None]
             else:
                 res.keys = tuple(k for k, _ in cells)
-                res.cutouts = np.stack([prep.apply(cut_out(rgb, c, um, side_um=side_um, out_px=out_px,
-                                                           reduced_by=reduced_by)) for _, c in cells])
+                res.cutouts = np.stack([prep.apply(cut_out_for_model(rgb, c, um, side_um=side_um, out_px=out_px,
+                                                                     prep=prep, reduced_by=reduced_by))
+                                        for _, c in cells])
         except FileChanged as exc:
             res.error, res.changed = str(exc), True
         except ImageError as exc:

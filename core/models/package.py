@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.config import Paths, resources_dir
 from core.errors import ModelPackageError
-from core.imaging.preprocessing import INTERPOLATIONS, Preprocessing
+from core.imaging.preprocessing import CELL_BACKGROUNDS, INTERPOLATIONS, MAX_CELL_MARGIN_UM, Preprocessing
 from core.models.taxonomy import TAXONOMIES
 
 CARD_FILE = "card.json"
@@ -113,6 +113,15 @@ class PreprocessingSchema(BaseModel):
                    Field(min_length=3, max_length=3)] = None  # type: ignore[assignment]
     corner_mask: Annotated[list[Annotated[float, Field(ge=0, le=0.5, allow_inf_nan=False)]],
                            Field(min_length=2, max_length=2)] | None = None
+    cell_background: str = None  # type: ignore[assignment]
+    cell_margin_um: Annotated[float, Field(ge=0, le=MAX_CELL_MARGIN_UM, allow_inf_nan=False)] = None  # type: ignore[assignment]
+
+    @field_validator("cell_background")
+    @classmethod
+    def _known_background(cls, v: str) -> str:
+        if v not in CELL_BACKGROUNDS:
+            raise ValueError(f"unknown cell_background {v!r}; known: {', '.join(CELL_BACKGROUNDS)}")
+        return v
 
     @field_validator("interpolation")
     @classmethod

@@ -13,7 +13,7 @@ from typing import Iterable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.cells.records import counted_cells, counted_searches
+from core.cells.records import ADDED_BY_REVIEWER, counted_cells, counted_searches, display_numbers
 from core.review.cell_labels import latest_cell_events, record_cell_labels  # noqa: F401  (re-exported)
 from core.imaging.fspath import display
 from core.imaging.scan import under_folder
@@ -33,7 +33,7 @@ class CellRow:
     image_id: int
     path: str  # the image's stored path (core.imaging.fspath.to_fs before opening)
     name: str  # the image's file name, for display
-    number: int  # the cell's number in its image
+    number: int  # the cell's number in its image, as shown everywhere (core.cells.records.display_numbers)
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the original image's grid (x1, y1 exclusive)
     contour: tuple[tuple[int, int], ...]  # outline, original grid
     flags: tuple[str, ...]  # core.cells.finder.CELL_FLAGS
@@ -109,6 +109,7 @@ def folder_cells(session: Session, folder: str | os.PathLike, cell_version_id: i
         return []
     taxonomy = version_taxonomy(session, cell_version_id)
     cells: list[Cell] = [c for cs in counted_cells(session, list(images)).values() for c in cs]
+    numbers = display_numbers(cells)  # of every listed cell, before any filter
     cell_ids = [c.id for c in cells]
     preds: dict[int, CellPrediction] = {}
     if cell_version_id is not None:
@@ -127,7 +128,7 @@ def folder_cells(session: Session, folder: str | os.PathLike, cell_version_id: i
         p, e = preds.get(c.id), events.get(c.id)
         rows.append(CellRow(
             cell_id=c.id, image_id=c.image_id, path=images[c.image_id],
-            name=os.path.basename(display(images[c.image_id])), number=c.number,
+            name=os.path.basename(display(images[c.image_id])), number=numbers[c.id],
             box=(c.x0, c.y0, c.x1, c.y1), contour=tuple((int(x), int(y)) for x, y in (c.contour or ())),
             flags=tuple(c.flags or ()), um_per_px=float(c.um_per_px),
             predicted=p.label if p else None, confidence=p.confidence if p else None,
@@ -142,6 +143,38 @@ def folder_cells(session: Session, folder: str | os.PathLike, cell_version_id: i
         classes = list(card.get("classes") or ())
     rows.sort(key=lambda r: order_key(r, classes))
     return rows
+
+
+@dataclass(frozen=True)
+class FieldRow:
+    """A field (an image) of the case, whether or not a cell was found in it."""
+
+    image_id: int
+    path: str  # its stored path
+    name: str  # its file name, for display
+
+
+def folder_fields(session: Session, folder: str | os.PathLike) -> list[FieldRow]:
+    """Every usable image under ``folder``, by file name: also those where the finder found no
+    cell, so that a reviewer can open any field and add the cells it missed."""
+    rows = [FieldRow(i, p, os.path.basename(display(p))) for i, p in _folder_images(session, folder).items()]
+    return sorted(rows, key=lambda f: (f.name.lower(), f.path, f.image_id))
+
+
+def folder_cell_counts(session: Session, folder: str | os.PathLike) -> tuple[int, int]:
+    """(cells, images with at least one cell) under ``folder``, counted as :func:`folder_cells`
+    lists them: each image's counted finder run's cells (core.cells.records.counted_searches) and
+    those reviewers added."""
+    images = _folder_images(session, folder)
+    finders = {i: c.finder for i, c in counted_searches(session, list(images)).items()}
+    per_image: dict[int, int] = {}
+    ids = list(images)
+    for start in range(0, len(ids), 500):
+        for image_id, finder in session.execute(select(Cell.image_id, Cell.finder).where(
+                Cell.image_id.in_(ids[start:start + 500]))):
+            if finder == ADDED_BY_REVIEWER or finders.get(image_id) == finder:
+                per_image[image_id] = per_image.get(image_id, 0) + 1
+    return sum(per_image.values()), len(per_image)
 
 
 def active_cell_version(session: Session) -> dict | None:

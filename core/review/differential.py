@@ -22,7 +22,7 @@ from typing import Iterable, Mapping, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.cells.records import GRAYSCALE, counted_cells, counted_searches
+from core.cells.records import GRAYSCALE, counted_cells, counted_searches, display_numbers
 from core.errors import ModelPackageError
 from core.imaging.scan import folder_prefix, images_under, under_folder
 from core.review.cell_labels import latest_cell_events
@@ -275,6 +275,7 @@ class CaseCell:
     outside: bool  # outside the model's experience
     reviewed: str | None  # the current label (latest event), None: not reviewed (or cleared)
     reviewer: str | None
+    number: int = 0  # its number in its image, as shown everywhere (core.cells.records.display_numbers)
 
     @property
     def counted_as(self) -> str | None:
@@ -287,8 +288,18 @@ class CaseCell:
         return self.predicted
 
     @property
+    def shown_class(self) -> str | None:
+        """The class the reviewer was shown for it: the model's, when it is sure and the cell is
+        inside its experience; None when no class was shown (outside, unsure, not classified)."""
+        if self.predicted is None or self.outside or self.uncertain:
+            return None
+        return self.predicted
+
+    @property
     def corrected(self) -> bool:
-        return self.reviewed is not None and self.predicted is not None and self.reviewed != self.predicted
+        """A reviewer changed the class shown (Other included); a label given where no class
+        was shown is a first answer, not a correction."""
+        return self.reviewed is not None and self.shown_class is not None and self.reviewed != self.shown_class
 
     @property
     def centre(self) -> tuple[float, float]:  # what core.cells.finder.cut_out centres on
@@ -375,6 +386,7 @@ def case_cells(session: Session, folder: str | os.PathLike, cell_version_id: int
                     CellPrediction.cell_id.in_(chunk), CellPrediction.model_version_id == version.id)):
                 preds[p.cell_id] = p
     current, latest = _label_events(session, ids, version.taxonomy if version is not None else None)
+    numbers = display_numbers(c for c, _ in rows)
     cells = []
     for c, path in rows:
         p, e = preds.get(c.id), current.get(c.id)
@@ -382,7 +394,8 @@ def case_cells(session: Session, folder: str | os.PathLike, cell_version_id: int
             c.id, c.image_id, path, (c.x0, c.y0, c.x1, c.y1), float(c.um_per_px), tuple(c.flags or ()),
             p.label if p else None, float(p.confidence) if p else None, bool(p.uncertain) if p else False,
             bool(p.out_of_distribution) if p else False,
-            e.label if e is not None else None, e.reviewer if e is not None and e.label is not None else None))
+            e.label if e is not None else None, e.reviewer if e is not None and e.label is not None else None,
+            numbers[c.id]))
     return cells, latest, version
 
 

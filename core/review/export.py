@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.cells.records import counted_cells, counted_searches
+from core.cells.records import counted_cells, counted_searches, display_numbers
 from core.errors import HemascanError
 from core.storage import CellPrediction, Database, Image, ImageFile, ModelVersion, Prediction
 from core.imaging.fspath import display
@@ -140,10 +140,11 @@ def cell_rows(session: Session, folder: str | os.PathLike | None = None,
                 preds = {p.cell_id: p for p in session.scalars(select(CellPrediction).where(
                     CellPrediction.model_version_id == version.id, CellPrediction.cell_id.in_(cell_ids)))}
             labels = latest_cell_events(session, cell_ids)
+            numbers = display_numbers(c for cs in cells.values() for c in cs)
             for image_id, sha, path in chunk:
-                for n, c in enumerate(cells[image_id]):
+                for c in sorted(cells[image_id], key=lambda c: numbers[c.id]):
                     p, ev = preds.get(c.id), labels.get(c.id)
-                    row = {"path": display(path), "sha256": sha, "cell": n, "cell_id": c.id, "source": c.source,
+                    row = {"path": display(path), "sha256": sha, "cell": numbers[c.id], "cell_id": c.id, "source": c.source,
                            "x0": c.x0, "y0": c.y0, "x1": c.x1, "y1": c.y1, "um_per_px": f"{c.um_per_px:.5f}",
                            "scale_source": scale.get(image_id, ""), "flags": " ".join(c.flags),
                            "predicted_label": p.label if p else "",
