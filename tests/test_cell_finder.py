@@ -296,3 +296,20 @@ def test_two_lobes_of_one_nucleus_are_one_cell():
     found = find_cells(img)
     assert len(found.cells) == 1
     assert best(found, synthetic.box_px(cell, 0.1))[0] >= 0.6, found.cells[0].box
+
+
+def test_red_cells_violet_rims_are_not_nucleus_stain():
+    # some Raabin fields: red cells' violet rims pass the nucleus threshold and make up half the
+    # foreground; the rims then formed one net of "nucleus" (dropped whole, or a field-sized cell)
+    # and the scale came from the rims' pale centres (0.13 um/px on a 0.067 field)
+    from core.cells.finder import _measure_stain, _stain_maps
+
+    img = np.full((100, 100, 3), (230, 200, 190), np.uint8)  # background: blue - green = -10
+    for cx in range(10, 100, 20):
+        for cy in range(10, 100, 20):
+            cv2.circle(img, (cx, cy), 9, (170, 115, 168), -1)  # rim: stain 63
+            cv2.circle(img, (cx, cy), 4, (200, 150, 170), -1)  # centre: stain 30
+    cv2.circle(img, (50, 50), 8, (120, 60, 170), -1)  # a nucleus: stain 120
+    stain = _measure_stain(img)
+    _, nucleus = _stain_maps(img, stain)
+    assert nucleus[50, 50] and not nucleus[10, 18], stain.nucleus_threshold
