@@ -52,6 +52,10 @@ MIN_RED_CELLS = 3
 # fields: measured 0.45-0.53 there, white cells' nuclei alone <= ~0.43 in all three labs' tuning
 # sets): the threshold is then raised to Otsu's among the nucleus-stained pixels.
 NUCLEUS_MAX_SHARE = 0.44
+# ... and only where that stain rings red cells' pale centres (a small crop filled by one white
+# cell, wbc-masks' dataset1, also passes the share): at least this many holes of this share.
+MIN_RINGS = 3
+RING_HOLE_SHARE = 0.002
 AGREEING_PAIR = 1.25              # two isolated red cells this close in diameter give the scale
 # A red cell measured for the scale is at least this big where it is measured (10 px across).
 MIN_RED_CELL_AREA_PX = 80
@@ -247,9 +251,19 @@ def _measure_stain(img: np.ndarray) -> _Stain:
     nuc_t = _otsu(np.clip(nuc[fg], 0, 255)) if fg.any() else hi
     nuc_t = min(max(nuc_t, lo), hi)
     stained = fg & (nuc > nuc_t)
-    if fg.any() and stained.sum() > NUCLEUS_MAX_SHARE * fg.sum():
+    if fg.any() and stained.sum() > NUCLEUS_MAX_SHARE * fg.sum() and _rings(stained) >= MIN_RINGS:
         nuc_t = max(nuc_t, _otsu(np.clip(nuc[stained], 0, 255)))
     return _Stain(background, nuc_t, fg_t)
+
+
+def _rings(mask: np.ndarray) -> int:
+    """How many holes of at least RING_HOLE_SHARE of the image the mask encloses (red cells'
+    pale centres inside their rims; a white cell's nucleus has none that big)."""
+    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return 0
+    least = RING_HOLE_SHARE * mask.size
+    return sum(1 for c, hier in zip(contours, hierarchy[0]) if hier[3] >= 0 and cv2.contourArea(c) >= least)
 
 
 def _red_cell_diameter(fg: np.ndarray, nucleus: np.ndarray) -> tuple[float, int]:
