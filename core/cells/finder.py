@@ -48,6 +48,9 @@ SCALE_MAX_PIXELS = 700_000
 # Otsu's threshold: measured on BCCD and Raabin nuclei (>= 80) vs red cells (<= 60).
 NUCLEUS_THRESHOLD_RANGE = (40.0, 75.0)
 MIN_RED_CELLS = 3
+# The biggest white-cell nucleus (a blast's, ~14 um across) at the red cells' scale: above this
+# the red cells were mismeasured and the field falls back to the default scale.
+MAX_NUCLEUS_UM2 = 250.0
 # Above this share of the foreground the nucleus mask holds red cells' violet rims (some Raabin
 # fields: measured 0.45-0.53 there, white cells' nuclei alone <= ~0.43 in all three labs' tuning
 # sets): the threshold is then raised to Otsu's among the nucleus-stained pixels.
@@ -266,6 +269,13 @@ def _rings(mask: np.ndarray) -> int:
     return sum(1 for c, hier in zip(contours, hierarchy[0]) if hier[3] >= 0 and cv2.contourArea(c) >= least)
 
 
+def _largest_nucleus_px(nucleus: np.ndarray) -> int:
+    """Area (px) of the biggest nucleus-stained region, lobes closed together."""
+    merged = cv2.morphologyEx(nucleus.astype(np.uint8), cv2.MORPH_CLOSE, _disc(2))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(merged, connectivity=8)
+    return int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
+
+
 def _red_cell_diameter(fg: np.ndarray, nucleus: np.ndarray) -> tuple[float, int]:
     """Median diameter (px) of the red cells, and how many it came from.
 
@@ -337,6 +347,10 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     stain = _measure_stain(small)
     fg_s, nuc_s = _stain_maps(small, stain)
     diameter, n_red = _red_cell_diameter(fg_s, nuc_s)
+    if n_red and diameter > 0 and _largest_nucleus_px(nuc_s) * (RED_CELL_DIAMETER_UM / diameter) ** 2 > MAX_NUCLEUS_UM2:
+        # the "red cells" measured are too small for this field's own white cell (a small crop
+        # filled by one cell, whose red cells are slivers): the scale is not trusted
+        diameter, n_red = 0.0, 0
     if n_red >= min(2, MIN_RED_CELLS) and diameter > 0:
         um_per_px_rgb = RED_CELL_DIAMETER_UM / (diameter / s0)  # per pixel of rgb
         source = "red_cells"
