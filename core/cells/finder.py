@@ -31,7 +31,7 @@ from core.imaging import images
 
 log = logging.getLogger(__name__)
 
-FINDER_NAME = "stain-v2"  # stored with every cell row; bump when the method changes
+FINDER_NAME = "stain-v3"  # stored with every cell row; bump when the method changes
 RED_CELL_DIAMETER_UM = 7.5
 # Used when a field has no measurable red cells (a pre-cut cell, a field of white cells only).
 # 0.1 um/px is the grid of a 100x oil objective on today's cameras (CellaVision DM96 crops:
@@ -81,6 +81,10 @@ FRAGMENT_UM2 = 25.0               # a nucleus piece smaller than this near a big
 FRAGMENT_JOIN_UM = 4.0
 NUCLEUS_OVER_RED = 15.0           # a nucleus's median stain over the red cells' 95th percentile (WBCs: >= 20 but 2 of 400)
 SINGLE_NUCLEUS_MAX_UM2 = 180.0    # above it a nucleus region is tried for a split (two touching cells)
+# In a crop, a neighbour cut by the border showing this much nucleus is kept (the image is then
+# no single-cell crop): pbc-dev's crops' cut neighbours show <= 67 um2, Raabin's cut white cells
+# up to ~150 (tuning halves; docs/cells.md).
+CROP_NEIGHBOUR_NUCLEUS_UM2 = 100.0
 CROP_MAX_CELL_WIDTHS = 4.0        # a crop at most this many times its central cell's width may be a pre-cut cell
 DEFAULT_MAX_DECODE_PIXELS = images.DEFAULT_MAX_PIXELS
 # The finder needs no more than this many pixels (after libjpeg's DCT scaling) for a field.
@@ -384,7 +388,7 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     edge = local_bg + CYTOPLASM_EDGE * stain.foreground_threshold
     cells_work = _grow_cells(markers, px_um, smooth, edge)
     _, blobs = cv2.connectedComponents(cellish.astype(np.uint8) | (cells_work > 0).astype(np.uint8))
-    found = _to_found(cells_work, nuc, k, reduced_by, (wh, ww), px_um, blobs)
+    found = _to_found(cells_work, nuc, k, reduced_by, (wh, ww), px_um, blobs, (w * reduced_by, h * reduced_by))
     found = _reading_order(found)
 
     single = False
@@ -392,9 +396,19 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     if central is not None:
         cw, ch = central.box[2] - central.box[0], central.box[3] - central.box[1]
         narrow = min(w, h) * reduced_by <= CROP_MAX_CELL_WIDTHS * max(cw, ch)
-        if narrow and all("border" in c.flags for c in found if c is not central):
+        others = [c for c in found if c is not central]
+        # a neighbour cut by the border with a whole nucleus's worth showing is a white cell of
+        # a field (Raabin's fields are centred on a cell too), not a crop's sliver
+        if narrow and all("border" in c.flags and _nucleus_um2(c, um_per_px) < CROP_NEIGHBOUR_NUCLEUS_UM2
+                          for c in others):
             found, single = [central], True
     return FieldCells(tuple(found), um_per_px, source, n_red, single)
+
+
+def _nucleus_um2(cell: FoundCell, um_per_px: float) -> float:
+    if cell.nucleus_contour is None:
+        return 0.0
+    return float(cv2.contourArea(cell.nucleus_contour.reshape(-1, 1, 2).astype(np.float32))) * um_per_px ** 2
 
 
 def _reading_order(found: list[FoundCell]) -> list[FoundCell]:
@@ -595,13 +609,16 @@ def _to_original(contour: np.ndarray, scale: float, box_limit: tuple[int, int]) 
 
 
 def _to_found(cells: np.ndarray, nucleus: np.ndarray, k: float, reduced_by: int,
-              work_shape: tuple[int, int], px_um: float, blobs: np.ndarray) -> list[FoundCell]:
-    """The working grid's cell regions as FoundCells in the original grid. A cell is
-    "touching" when another one lies in the same stained blob (cytoplasm meeting
-    cytoplasm) close by (centres nearer than 1.2 x the sum of their radii)."""
+              work_shape: tuple[int, int], px_um: float, blobs: np.ndarray,
+              image_size: tuple[int, int]) -> list[FoundCell]:
+    """The working grid's cell regions as FoundCells in the original grid (image_size: its
+    width, height). A cell is "touching" when another one lies in the same stained blob
+    (cytoplasm meeting cytoplasm) close by (centres nearer than 1.2 x the sum of their radii).
+    A cell cut by the border gets a box reaching the image's edge (the working grid's rounding
+    would leave it a pixel or two short)."""
     wh, ww = work_shape
     scale = reduced_by / k  # original px per working px
-    orig_w, orig_h = round(ww * scale), round(wh * scale)
+    orig_w, orig_h = image_size
     out = []
     labels = [i for i in np.unique(cells) if i > 0]
     geometry = {}
@@ -633,8 +650,9 @@ def _to_found(cells: np.ndarray, nucleus: np.ndarray, k: float, reduced_by: int,
         pts = _to_original(contour, scale, (orig_w, orig_h))
         x0, y0 = pts.min(axis=0)
         x1, y1 = pts.max(axis=0) + 1
-        box = (int(math.floor(x * scale)), int(math.floor(y * scale)),
-               int(min(orig_w, math.ceil((x + bw) * scale))), int(min(orig_h, math.ceil((y + bh) * scale))))
+        box = (0 if x <= 0 else int(math.floor(x * scale)), 0 if y <= 0 else int(math.floor(y * scale)),
+               orig_w if x + bw >= ww else int(min(orig_w, math.ceil((x + bw) * scale))),
+               orig_h if y + bh >= wh else int(min(orig_h, math.ceil((y + bh) * scale))))
         out.append(FoundCell(box=box, contour=pts,
                              nucleus_contour=None if nuc_c is None else _to_original(nuc_c, scale, (orig_w, orig_h)),
                              area_px=int(round(area * scale * scale)), flags=frozenset(flags)))
