@@ -51,6 +51,9 @@ MIN_RED_CELLS = 3
 # The biggest white-cell nucleus (a blast's, ~14 um across) at the red cells' scale: above this
 # the red cells were mismeasured and the field falls back to the default scale.
 MAX_NUCLEUS_UM2 = 250.0
+# ... checked only where one nucleus covers this share of the image (a crop around one cell): in
+# a wide field a "nucleus" that big is a cluster of touching blasts (Taleqani), not a bad scale.
+LARGE_NUCLEUS_SHARE = 0.1
 # Above this share of the foreground the nucleus mask holds red cells' violet rims (some Raabin
 # fields: measured 0.45-0.53 there, white cells' nuclei alone <= ~0.43 in all three labs' tuning
 # sets): the threshold is then raised to Otsu's among the nucleus-stained pixels.
@@ -351,9 +354,11 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     stain = _measure_stain(small)
     fg_s, nuc_s = _stain_maps(small, stain)
     diameter, n_red = _red_cell_diameter(fg_s, nuc_s)
-    if n_red and diameter > 0 and _largest_nucleus_px(nuc_s) * (RED_CELL_DIAMETER_UM / diameter) ** 2 > MAX_NUCLEUS_UM2:
-        # the "red cells" measured are too small for this field's own white cell (a small crop
-        # filled by one cell, whose red cells are slivers): the scale is not trusted
+    largest = _largest_nucleus_px(nuc_s)
+    if n_red and diameter > 0 and largest >= LARGE_NUCLEUS_SHARE * nuc_s.size \
+            and largest * (RED_CELL_DIAMETER_UM / diameter) ** 2 > MAX_NUCLEUS_UM2:
+        # the "red cells" measured are too small for the white cell that fills this image (a
+        # small crop, whose red cells are slivers): the scale is not trusted
         diameter, n_red = 0.0, 0
     if n_red >= min(2, MIN_RED_CELLS) and diameter > 0:
         um_per_px_rgb = RED_CELL_DIAMETER_UM / (diameter / s0)  # per pixel of rgb
