@@ -352,3 +352,12 @@ def test_red_cells_too_small_for_the_fields_white_cell_give_no_scale():
     f = synthetic.Field(width_um=16, height_um=16, red_cell_um=2.5, white_cells=[cell], red_cells=reds)
     found = find_cells(synthetic.draw(f, 0.1))
     assert found.scale_source == "default" and found.um_per_px == DEFAULT_UM_PER_PX
+
+
+def test_a_big_nucleus_off_the_centre_of_a_field_keeps_the_red_cells_scale():
+    # Taleqani: a cluster of touching blasts off the centre is no crop's cell; the crop check of
+    # the scale must not overrule the red cells there (it sent ~1% of the fields to 0.1 um/px)
+    cluster = synthetic.WhiteCell(9, 9, 20, 18.5)  # nucleus ~270 um2, its box short of the centre
+    reds = [(x, y) for x in range(5, 40, 9) for y in range(5, 40, 9) if (x - 9) ** 2 + (y - 9) ** 2 > 15 ** 2]
+    found = find_cells(synthetic.draw(synthetic.Field(width_um=40, height_um=40, white_cells=[cluster], red_cells=reds), 0.2))
+    assert found.scale_source == "red_cells" and abs(found.um_per_px - 0.2) / 0.2 < 0.15, found.um_per_px

@@ -51,8 +51,9 @@ MIN_RED_CELLS = 3
 # The biggest white-cell nucleus (a blast's, ~14 um across) at the red cells' scale: above this
 # the red cells were mismeasured and the field falls back to the default scale.
 MAX_NUCLEUS_UM2 = 250.0
-# ... checked only where one nucleus covers this share of the image (a crop around one cell): in
-# a wide field a "nucleus" that big is a cluster of touching blasts (Taleqani), not a bad scale.
+# ... checked only where one nucleus covers this share of the image and the image's centre (a
+# crop around one cell): elsewhere a "nucleus" that big is a cluster of touching blasts
+# (Taleqani), not a bad scale.
 LARGE_NUCLEUS_SHARE = 0.1
 # Above this share of the foreground the nucleus mask holds red cells' violet rims (some Raabin
 # fields: measured 0.45-0.53 there, white cells' nuclei alone <= ~0.43 in all three labs' tuning
@@ -277,10 +278,16 @@ def _rings(mask: np.ndarray) -> int:
 
 
 def _largest_nucleus_px(nucleus: np.ndarray) -> int:
-    """Area (px) of the biggest nucleus-stained region, lobes closed together."""
+    """Area (px) of the biggest nucleus-stained region (lobes closed together) where its box
+    holds the image's centre, as a crop's cell does; 0 otherwise."""
     merged = cv2.morphologyEx(nucleus.astype(np.uint8), cv2.MORPH_CLOSE, _disc(2))
     n, _, stats, _ = cv2.connectedComponentsWithStats(merged, connectivity=8)
-    return int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
+    if n <= 1:
+        return 0
+    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, bw, bh, area = stats[i]
+    h, w = nucleus.shape
+    return int(area) if x <= w / 2 < x + bw and y <= h / 2 < y + bh else 0
 
 
 def _red_cell_diameter(fg: np.ndarray, nucleus: np.ndarray) -> tuple[float, int]:
