@@ -296,3 +296,68 @@ def test_two_lobes_of_one_nucleus_are_one_cell():
     found = find_cells(img)
     assert len(found.cells) == 1
     assert best(found, synthetic.box_px(cell, 0.1))[0] >= 0.6, found.cells[0].box
+
+
+def test_red_cells_violet_rims_are_not_nucleus_stain():
+    # some Raabin fields: red cells' violet rims pass the nucleus threshold and make up half the
+    # foreground; the rims then formed one net of "nucleus" (dropped whole, or a field-sized cell)
+    # and the scale came from the rims' pale centres (0.13 um/px on a 0.067 field)
+    from core.cells.finder import _measure_stain, _stain_maps
+
+    img = np.full((100, 100, 3), (230, 200, 190), np.uint8)  # background: blue - green = -10
+    for cx in range(10, 100, 20):
+        for cy in range(10, 100, 20):
+            cv2.circle(img, (cx, cy), 9, (170, 115, 168), -1)  # rim: stain 63
+            cv2.circle(img, (cx, cy), 4, (200, 150, 170), -1)  # centre: stain 30
+    cv2.circle(img, (50, 50), 8, (120, 60, 170), -1)  # a nucleus: stain 120
+    stain = _measure_stain(img)
+    _, nucleus = _stain_maps(img, stain)
+    assert nucleus[50, 50] and not nucleus[10, 18], stain.nucleus_threshold
+
+
+@pytest.mark.parametrize("um_per_px", [0.067, 0.08, 0.13])
+def test_a_white_cell_cut_by_the_border_has_a_box_reaching_the_edge(um_per_px):
+    # cells cut by the right and bottom borders: returned, flagged, their boxes reach the edge
+    # (stain-v2 left them a pixel or two short: the working grid's rounding)
+    whites = [synthetic.WhiteCell(40, 30), synthetic.WhiteCell(78.5, 20), synthetic.WhiteCell(30, 58.5)]
+    reds = [(x, y) for x in range(8, 80, 10) for y in range(6, 60, 10)
+            if all((x - c.x_um) ** 2 + (y - c.y_um) ** 2 > 11 ** 2 for c in whites)]
+    img = synthetic.draw(synthetic.Field(width_um=80, height_um=60, white_cells=whites, red_cells=reds), um_per_px)
+    h, w = img.shape[:2]
+    found = find_cells(img)
+    right = best(found, synthetic.box_px(whites[1], um_per_px, (w, h)))
+    bottom = best(found, synthetic.box_px(whites[2], um_per_px, (w, h)))
+    assert right[0] >= 0.5 and "border" in right[1].flags and right[1].box[2] == w, right[1].box
+    assert bottom[0] >= 0.5 and "border" in bottom[1].flags and bottom[1].box[3] == h, bottom[1].box
+
+
+def test_a_crop_keeps_a_neighbour_cut_by_the_border_showing_a_whole_nucleus():
+    # Raabin's fields are centred on a white cell like a pre-cut crop; a second white cell cut by
+    # the border but showing ~120 um2 of nucleus is a cell to count, not a crop's sliver
+    central = synthetic.WhiteCell(18, 18, 11, 8)
+    cut = synthetic.WhiteCell(34, 18, 17, 15)
+    reds = [(6, 31), (31, 4), (6, 5), (20, 33)]
+    img = synthetic.draw(synthetic.Field(width_um=36, height_um=36, white_cells=[central, cut], red_cells=reds), 0.1)
+    found = find_cells(img)
+    assert not found.single_cell_crop and len(found.cells) == 2
+    neighbour = best(found, synthetic.box_px(cut, 0.1, (img.shape[1], img.shape[0])))[1]
+    assert "border" in neighbour.flags and neighbour.box[2] == img.shape[1]
+
+
+def test_red_cells_too_small_for_the_fields_white_cell_give_no_scale():
+    # wbc-masks dataset1: a 120 px crop filled by one white cell, whose "red cells" are slivers;
+    # their scale (0.4-0.6 um/px) made the cell 30+ um and its rays, capped at 12 um, fell short
+    cell = synthetic.WhiteCell(8, 8, 13, 10)
+    reds = [(1.5, 1.5), (14.5, 1.5), (1.5, 14.5), (14.5, 14.5)]
+    f = synthetic.Field(width_um=16, height_um=16, red_cell_um=2.5, white_cells=[cell], red_cells=reds)
+    found = find_cells(synthetic.draw(f, 0.1))
+    assert found.scale_source == "default" and found.um_per_px == DEFAULT_UM_PER_PX
+
+
+def test_a_big_nucleus_off_the_centre_of_a_field_keeps_the_red_cells_scale():
+    # Taleqani: a cluster of touching blasts off the centre is no crop's cell; the crop check of
+    # the scale must not overrule the red cells there (it sent ~1% of the fields to 0.1 um/px)
+    cluster = synthetic.WhiteCell(9, 9, 20, 18.5)  # nucleus ~270 um2, its box short of the centre
+    reds = [(x, y) for x in range(5, 40, 9) for y in range(5, 40, 9) if (x - 9) ** 2 + (y - 9) ** 2 > 15 ** 2]
+    found = find_cells(synthetic.draw(synthetic.Field(width_um=40, height_um=40, white_cells=[cluster], red_cells=reds), 0.2))
+    assert found.scale_source == "red_cells" and abs(found.um_per_px - 0.2) / 0.2 < 0.15, found.um_per_px

@@ -31,7 +31,7 @@ from core.imaging import images
 
 log = logging.getLogger(__name__)
 
-FINDER_NAME = "stain-v2"  # stored with every cell row; bump when the method changes
+FINDER_NAME = "stain-v3"  # stored with every cell row; bump when the method changes
 RED_CELL_DIAMETER_UM = 7.5
 # Used when a field has no measurable red cells (a pre-cut cell, a field of white cells only).
 # 0.1 um/px is the grid of a 100x oil objective on today's cameras (CellaVision DM96 crops:
@@ -48,6 +48,21 @@ SCALE_MAX_PIXELS = 700_000
 # Otsu's threshold: measured on BCCD and Raabin nuclei (>= 80) vs red cells (<= 60).
 NUCLEUS_THRESHOLD_RANGE = (40.0, 75.0)
 MIN_RED_CELLS = 3
+# The biggest white-cell nucleus (a blast's, ~14 um across) at the red cells' scale: above this
+# the red cells were mismeasured and the field falls back to the default scale.
+MAX_NUCLEUS_UM2 = 250.0
+# ... checked only where one nucleus covers this share of the image and the image's centre (a
+# crop around one cell): elsewhere a "nucleus" that big is a cluster of touching blasts
+# (Taleqani), not a bad scale.
+LARGE_NUCLEUS_SHARE = 0.1
+# Above this share of the foreground the nucleus mask holds red cells' violet rims (some Raabin
+# fields: measured 0.45-0.53 there, white cells' nuclei alone <= ~0.43 in all three labs' tuning
+# sets): the threshold is then raised to Otsu's among the nucleus-stained pixels.
+NUCLEUS_MAX_SHARE = 0.44
+# ... and only where that stain rings red cells' pale centres (a small crop filled by one white
+# cell, wbc-masks' dataset1, also passes the share): at least this many holes of this share.
+MIN_RINGS = 3
+RING_HOLE_SHARE = 0.002
 AGREEING_PAIR = 1.25              # two isolated red cells this close in diameter give the scale
 # A red cell measured for the scale is at least this big where it is measured (10 px across).
 MIN_RED_CELL_AREA_PX = 80
@@ -70,6 +85,10 @@ FRAGMENT_UM2 = 25.0               # a nucleus piece smaller than this near a big
 FRAGMENT_JOIN_UM = 4.0
 NUCLEUS_OVER_RED = 15.0           # a nucleus's median stain over the red cells' 95th percentile (WBCs: >= 20 but 2 of 400)
 SINGLE_NUCLEUS_MAX_UM2 = 180.0    # above it a nucleus region is tried for a split (two touching cells)
+# In a crop, a neighbour cut by the border showing this much nucleus is kept (the image is then
+# no single-cell crop): pbc-dev's crops' cut neighbours show <= 67 um2, Raabin's cut white cells
+# up to ~150 (tuning halves; docs/cells.md).
+CROP_NEIGHBOUR_NUCLEUS_UM2 = 100.0
 CROP_MAX_CELL_WIDTHS = 4.0        # a crop at most this many times its central cell's width may be a pre-cut cell
 DEFAULT_MAX_DECODE_PIXELS = images.DEFAULT_MAX_PIXELS
 # The finder needs no more than this many pixels (after libjpeg's DCT scaling) for a field.
@@ -258,7 +277,34 @@ def _measure_stain(img: np.ndarray) -> _Stain:
     nuc = (f[:, :, 2] - f[:, :, 1]) - (int(background[2]) - int(background[1]))
     lo, hi = NUCLEUS_THRESHOLD_RANGE
     nuc_t = _otsu(np.clip(nuc[fg], 0, 255)) if fg.any() else hi
-    return _Stain(background, min(max(nuc_t, lo), hi), fg_t)
+    nuc_t = min(max(nuc_t, lo), hi)
+    stained = fg & (nuc > nuc_t)
+    if fg.any() and stained.sum() > NUCLEUS_MAX_SHARE * fg.sum() and _rings(stained) >= MIN_RINGS:
+        nuc_t = max(nuc_t, _otsu(np.clip(nuc[stained], 0, 255)))
+    return _Stain(background, nuc_t, fg_t)
+
+
+def _rings(mask: np.ndarray) -> int:
+    """How many holes of at least RING_HOLE_SHARE of the image the mask encloses (red cells'
+    pale centres inside their rims; a white cell's nucleus has none that big)."""
+    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return 0
+    least = RING_HOLE_SHARE * mask.size
+    return sum(1 for c, hier in zip(contours, hierarchy[0]) if hier[3] >= 0 and cv2.contourArea(c) >= least)
+
+
+def _largest_nucleus_px(nucleus: np.ndarray) -> int:
+    """Area (px) of the biggest nucleus-stained region (lobes closed together) where its box
+    holds the image's centre, as a crop's cell does; 0 otherwise."""
+    merged = cv2.morphologyEx(nucleus.astype(np.uint8), cv2.MORPH_CLOSE, _disc(2))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(merged, connectivity=8)
+    if n <= 1:
+        return 0
+    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, bw, bh, area = stats[i]
+    h, w = nucleus.shape
+    return int(area) if x <= w / 2 < x + bw and y <= h / 2 < y + bh else 0
 
 
 def _red_cell_diameter(fg: np.ndarray, nucleus: np.ndarray) -> tuple[float, int]:
@@ -269,25 +315,8 @@ def _red_cell_diameter(fg: np.ndarray, nucleus: np.ndarray) -> tuple[float, int]
     overlapping red cells), the local maxima of the distance transform of the red-cell mask
     give each cell's inscribed radius instead (overlapping discs keep their centres' radius)."""
     red = fg & ~cv2.dilate(nucleus.astype(np.uint8), _disc(2)).astype(bool)
-    red = cv2.morphologyEx(red.astype(np.uint8), cv2.MORPH_OPEN, _disc(1))
-    red = _fill_holes(red)
-    contours, _ = cv2.findContours(red, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    h, w = fg.shape
-    diameters = []
-    for c in contours:
-        area = cv2.contourArea(c)
-        if area < MIN_RED_CELL_AREA_PX or len(c) < 5:  # specks and reflections, not red cells
-            continue
-        x, y, bw, bh = cv2.boundingRect(c)
-        if x <= 0 or y <= 0 or x + bw >= w or y + bh >= h:
-            continue
-        hull_area = cv2.contourArea(cv2.convexHull(c))
-        if hull_area <= 0 or area / hull_area < 0.92:
-            continue
-        (_, _), (a, b), _ = cv2.fitEllipse(c)
-        if min(a, b) <= 0 or max(a, b) / min(a, b) > 1.25:
-            continue
-        diameters.append(2.0 * math.sqrt(area / math.pi))
+    red = _fill_holes(cv2.morphologyEx(red.astype(np.uint8), cv2.MORPH_OPEN, _disc(1)))
+    diameters = _isolated_round_diameters(red)
     if len(diameters) >= MIN_RED_CELLS:
         d = np.asarray(diameters)
         d = d[d >= 0.6 * np.median(d)]  # fragments and platelets are not red cells
@@ -312,6 +341,29 @@ def _red_cell_diameter(fg: np.ndarray, nucleus: np.ndarray) -> tuple[float, int]
     return float(2.0 * np.median(radii) + 1.0), int(radii.size)
 
 
+def _isolated_round_diameters(mask: np.ndarray) -> list[float]:
+    """Equivalent diameters (px) of the mask's isolated round parts: off the border, solid
+    (solidity >= 0.92), not elongated (axis ratio <= 1.25), at least MIN_RED_CELL_AREA_PX."""
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    h, w = mask.shape
+    diameters = []
+    for c in contours:
+        area = cv2.contourArea(c)
+        if area < MIN_RED_CELL_AREA_PX or len(c) < 5:  # specks and reflections, not red cells
+            continue
+        x, y, bw, bh = cv2.boundingRect(c)
+        if x <= 0 or y <= 0 or x + bw >= w or y + bh >= h:
+            continue
+        hull_area = cv2.contourArea(cv2.convexHull(c))
+        if hull_area <= 0 or area / hull_area < 0.92:
+            continue
+        (_, _), (a, b), _ = cv2.fitEllipse(c)
+        if min(a, b) <= 0 or max(a, b) / min(a, b) > 1.25:
+            continue
+        diameters.append(2.0 * math.sqrt(area / math.pi))
+    return diameters
+
+
 def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     h, w = rgb.shape[:2]
     # pre-cut cell on black (C-NMC): the one cell is the non-black region
@@ -326,6 +378,12 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     stain = _measure_stain(small)
     fg_s, nuc_s = _stain_maps(small, stain)
     diameter, n_red = _red_cell_diameter(fg_s, nuc_s)
+    largest = _largest_nucleus_px(nuc_s)
+    if n_red and diameter > 0 and largest >= LARGE_NUCLEUS_SHARE * nuc_s.size \
+            and largest * (RED_CELL_DIAMETER_UM / diameter) ** 2 > MAX_NUCLEUS_UM2:
+        # the "red cells" measured are too small for the white cell that fills this image (a
+        # small crop, whose red cells are slivers): the scale is not trusted
+        diameter, n_red = 0.0, 0
     if n_red >= min(2, MIN_RED_CELLS) and diameter > 0:
         um_per_px_rgb = RED_CELL_DIAMETER_UM / (diameter / s0)  # per pixel of rgb
         source = "red_cells"
@@ -359,7 +417,7 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     edge = local_bg + CYTOPLASM_EDGE * stain.foreground_threshold
     cells_work = _grow_cells(markers, px_um, smooth, edge)
     _, blobs = cv2.connectedComponents(cellish.astype(np.uint8) | (cells_work > 0).astype(np.uint8))
-    found = _to_found(cells_work, nuc, k, reduced_by, (wh, ww), px_um, blobs)
+    found = _to_found(cells_work, nuc, k, reduced_by, (wh, ww), px_um, blobs, (w * reduced_by, h * reduced_by))
     found = _reading_order(found)
 
     single = False
@@ -367,9 +425,19 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
     if central is not None:
         cw, ch = central.box[2] - central.box[0], central.box[3] - central.box[1]
         narrow = min(w, h) * reduced_by <= CROP_MAX_CELL_WIDTHS * max(cw, ch)
-        if narrow and all("border" in c.flags for c in found if c is not central):
+        others = [c for c in found if c is not central]
+        # a neighbour cut by the border with a whole nucleus's worth showing is a white cell of
+        # a field (Raabin's fields are centred on a cell too), not a crop's sliver
+        if narrow and all("border" in c.flags and _nucleus_um2(c, um_per_px) < CROP_NEIGHBOUR_NUCLEUS_UM2
+                          for c in others):
             found, single = [central], True
     return FieldCells(tuple(found), um_per_px, source, n_red, single)
+
+
+def _nucleus_um2(cell: FoundCell, um_per_px: float) -> float:
+    if cell.nucleus_contour is None:
+        return 0.0
+    return float(cv2.contourArea(cell.nucleus_contour.reshape(-1, 1, 2).astype(np.float32))) * um_per_px ** 2
 
 
 def _reading_order(found: list[FoundCell]) -> list[FoundCell]:
@@ -572,13 +640,16 @@ def _to_original(contour: np.ndarray, scale: float, box_limit: tuple[int, int]) 
 
 
 def _to_found(cells: np.ndarray, nucleus: np.ndarray, k: float, reduced_by: int,
-              work_shape: tuple[int, int], px_um: float, blobs: np.ndarray) -> list[FoundCell]:
-    """The working grid's cell regions as FoundCells in the original grid. A cell is
-    "touching" when another one lies in the same stained blob (cytoplasm meeting
-    cytoplasm) close by (centres nearer than 1.2 x the sum of their radii)."""
+              work_shape: tuple[int, int], px_um: float, blobs: np.ndarray,
+              image_size: tuple[int, int]) -> list[FoundCell]:
+    """The working grid's cell regions as FoundCells in the original grid (image_size: its
+    width, height). A cell is "touching" when another one lies in the same stained blob
+    (cytoplasm meeting cytoplasm) close by (centres nearer than 1.2 x the sum of their radii).
+    A cell cut by the border gets a box reaching the image's edge (the working grid's rounding
+    would leave it a pixel or two short)."""
     wh, ww = work_shape
     scale = reduced_by / k  # original px per working px
-    orig_w, orig_h = round(ww * scale), round(wh * scale)
+    orig_w, orig_h = image_size
     out = []
     pixels = _label_pixels(cells, int(cells.max()))
     labels = [i for i, (ys, _) in enumerate(pixels) if i > 0 and ys.size]
@@ -611,8 +682,9 @@ def _to_found(cells: np.ndarray, nucleus: np.ndarray, k: float, reduced_by: int,
         pts = _to_original(contour, scale, (orig_w, orig_h))
         x0, y0 = pts.min(axis=0)
         x1, y1 = pts.max(axis=0) + 1
-        box = (int(math.floor(x * scale)), int(math.floor(y * scale)),
-               int(min(orig_w, math.ceil((x + bw) * scale))), int(min(orig_h, math.ceil((y + bh) * scale))))
+        box = (0 if x <= 0 else int(math.floor(x * scale)), 0 if y <= 0 else int(math.floor(y * scale)),
+               orig_w if x + bw >= ww else int(min(orig_w, math.ceil((x + bw) * scale))),
+               orig_h if y + bh >= wh else int(min(orig_h, math.ceil((y + bh) * scale))))
         out.append(FoundCell(box=box, contour=pts,
                              nucleus_contour=None if nuc_c is None else _to_original(nuc_c, scale, (orig_w, orig_h)),
                              area_px=int(round(area * scale * scale)), flags=frozenset(flags)))
