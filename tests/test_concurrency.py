@@ -67,7 +67,7 @@ def test_classify_started_at_once_on_a_new_data_dir(tmp_path, small_folder):
             from core.models.registry import bundled_packages
 
             assert con.execute("SELECT count(*) FROM model_versions").fetchone() == (len(bundled_packages()),)
-            per_image = con.execute("SELECT image_id, count(*) FROM predictions GROUP BY image_id").fetchall()
+            per_image = con.execute("SELECT image_id, count(*) FROM predictions WHERE model_version_id IN (SELECT id FROM model_versions WHERE input_kind = 'field') GROUP BY image_id").fetchall()
             assert len(per_image) == n_images and all(c == 1 for _, c in per_image), per_image
             assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         finally:
@@ -106,8 +106,8 @@ def test_classify_started_at_once_on_a_new_postgresql_database(tmp_path, small_f
                 db = create_engine(url)
                 try:
                     with db.connect() as c:
-                        assert c.execute(text("SELECT count(*) FROM model_versions WHERE is_active")).scalar() == 1
-                        per_image = c.execute(text("SELECT image_id, count(*) FROM predictions GROUP BY image_id")).all()
+                        assert c.execute(text("SELECT count(*) FROM model_versions WHERE is_active AND input_kind = 'field'")).scalar() == 1
+                        per_image = c.execute(text("SELECT image_id, count(*) FROM predictions WHERE model_version_id IN (SELECT id FROM model_versions WHERE input_kind = 'field') GROUP BY image_id")).all()
                         assert len(per_image) == n_images and all(n == 1 for _, n in per_image), per_image
                         assert c.execute(text("SELECT count(*) FROM images")).scalar() == n_images
                 finally:

@@ -482,7 +482,7 @@ def _classify_and_cut(tmp_path, pg_server, url, n: int, after_cut: str | None = 
         while True:
             try:
                 with watch.connect() as c:
-                    if c.execute(text("SELECT count(*) FROM predictions")).scalar() >= 20:
+                    if c.execute(text("SELECT count(*) FROM predictions WHERE model_version_id IN (SELECT id FROM model_versions WHERE input_kind = 'field')")).scalar() >= 20:
                         break
             except Exception:  # not created yet
                 pass
@@ -514,8 +514,9 @@ def test_postgresql_network_drop_during_classify_reconnects(tmp_path, pg_server,
     assert "Traceback" not in err
     engine = create_engine(pg_url)
     with engine.connect() as c:
-        assert c.execute(text("SELECT count(*) FROM predictions")).scalar() == n
-        assert c.execute(text("SELECT count(*) FROM (SELECT image_id FROM predictions GROUP BY image_id "
+        assert c.execute(text("SELECT count(*) FROM predictions WHERE model_version_id IN (SELECT id FROM model_versions WHERE input_kind = 'field')")).scalar() == n
+        assert c.execute(text("SELECT count(*) FROM (SELECT image_id FROM predictions WHERE model_version_id IN "
+                              "(SELECT id FROM model_versions WHERE input_kind = 'field') GROUP BY image_id "
                               "HAVING count(*) > 1) d")).scalar() == 0
     engine.dispose()
 
@@ -535,7 +536,7 @@ def test_postgresql_server_gone_during_classify_is_one_sentence(tmp_path, pg_ser
     one_error(proc, EXIT_DATABASE, "refused the login")
     engine = create_engine(pg_url.set(username=pg_server.username, password=pg_server.password))
     with engine.connect() as c:
-        kept = c.execute(text("SELECT count(*) FROM predictions")).scalar()
+        kept = c.execute(text("SELECT count(*) FROM predictions WHERE model_version_id IN (SELECT id FROM model_versions WHERE input_kind = 'field')")).scalar()
     engine.dispose()
     _pg_admin(pg_server, f"ALTER ROLE {role} LOGIN")
     assert kept >= 20

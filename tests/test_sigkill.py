@@ -40,13 +40,13 @@ def test_sigkill_mid_classify_then_rerun(tmp_path, data_dir):
     proc = subprocess.Popen([*hemascan_cmd(), "-q", "classify", str(folder), "--batch-size", "4"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
-    while count(db_path, "SELECT count(*) FROM predictions") < 40:
+    while count(db_path, "SELECT count(*) FROM predictions WHERE model_version_id IN (SELECT id FROM model_versions WHERE input_kind = 'field')") < 40:
         assert proc.poll() is None, f"classify ended before it could be killed: {proc.stderr.read()}"
         assert time.monotonic() < deadline, "no predictions appeared"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    partial = count(db_path, "SELECT count(*) FROM predictions")
+    partial = count(db_path, "SELECT count(*) FROM predictions WHERE model_version_id IN (SELECT id FROM model_versions WHERE input_kind = 'field')")
     assert 0 < partial < n, "the kill should land mid-job"
 
     rerun = subprocess.run([*hemascan_cmd(), "-q", "classify", str(folder)], env=env,
@@ -54,7 +54,7 @@ def test_sigkill_mid_classify_then_rerun(tmp_path, data_dir):
     assert rerun.returncode == 0, rerun.stderr
     con = sqlite3.connect(db_path)
     assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    assert con.execute("SELECT count(*) FROM predictions").fetchone()[0] == n
+    assert con.execute("SELECT count(*) FROM predictions WHERE model_version_id IN (SELECT id FROM model_versions WHERE input_kind = 'field')").fetchone()[0] == n
     assert con.execute(
         "SELECT count(*) FROM (SELECT image_id, model_version_id FROM predictions "
         "GROUP BY 1, 2 HAVING count(*) > 1)").fetchone()[0] == 0
@@ -74,14 +74,14 @@ def test_ctrl_c_stops_cleanly_and_keeps_work(tmp_path, data_dir):
     proc = subprocess.Popen([*hemascan_cmd(), "-q", "classify", str(folder), "--batch-size", "4"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while count(db_path, "SELECT count(*) FROM predictions") < 20:
+    while count(db_path, "SELECT count(*) FROM predictions WHERE model_version_id IN (SELECT id FROM model_versions WHERE input_kind = 'field')") < 20:
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "cancelled" in out and "Traceback" not in err
-    kept = count(db_path, "SELECT count(*) FROM predictions")
+    kept = count(db_path, "SELECT count(*) FROM predictions WHERE model_version_id IN (SELECT id FROM model_versions WHERE input_kind = 'field')")
     assert 0 < kept < n
     con = sqlite3.connect(db_path)
     scan_status = con.execute("SELECT status FROM scans ORDER BY id DESC").fetchone()[0]
@@ -89,4 +89,4 @@ def test_ctrl_c_stops_cleanly_and_keeps_work(tmp_path, data_dir):
     assert scan_status == "completed"  # the scan had finished; classification was cut short
     subprocess.run([*hemascan_cmd(), "-q", "classify", str(folder)], env=env, check=True,
                    capture_output=True, timeout=300)
-    assert count(db_path, "SELECT count(*) FROM predictions") == n
+    assert count(db_path, "SELECT count(*) FROM predictions WHERE model_version_id IN (SELECT id FROM model_versions WHERE input_kind = 'field')") == n

@@ -162,18 +162,18 @@ def test_sigkill_mid_classify_then_rerun_on_both_engines(tmp_path, db_url, data_
     proc = subprocess.Popen([*base, "classify", str(folder), "--batch-size", "4", "--device", "cpu"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
-    while _count(db_url, "SELECT count(*) FROM predictions") < 20:
+    while _count(db_url, "SELECT count(*) FROM predictions WHERE model_version_id IN (SELECT id FROM model_versions WHERE input_kind = 'field')") < 20:
         assert proc.poll() is None, f"classify ended before it could be killed: {proc.stderr.read()}"
         assert time.monotonic() < deadline, "no predictions appeared"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    partial = _count(db_url, "SELECT count(*) FROM predictions")
+    partial = _count(db_url, "SELECT count(*) FROM predictions WHERE model_version_id IN (SELECT id FROM model_versions WHERE input_kind = 'field')")
     assert 0 < partial < n
     rerun = subprocess.run([*base, "classify", str(folder), "--device", "cpu"], env=env, capture_output=True,
                            text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert _count(db_url, "SELECT count(*) FROM predictions") == n
+    assert _count(db_url, "SELECT count(*) FROM predictions WHERE model_version_id IN (SELECT id FROM model_versions WHERE input_kind = 'field')") == n
     assert _count(db_url, "SELECT count(*) FROM (SELECT image_id, model_version_id FROM predictions "
                           "GROUP BY 1, 2 HAVING count(*) > 1) d") == 0
     assert _count(db_url, "SELECT count(*) FROM label_events") == labels_before
