@@ -44,6 +44,16 @@ def shown(pane):
             for it in pane.model.items]
 
 
+def drag(qtbot, view, x0, y0, x1, y1):
+    """A mouse drag on the field view from scene point (x0, y0) to (x1, y1), as a reviewer boxes a cell."""
+    view.fit()
+    a, b = view.mapFromScene(x0, y0), view.mapFromScene(x1, y1)
+    qtbot.mousePress(view.viewport(), Qt.LeftButton, pos=a)
+    qtbot.mouseMove(view.viewport(), pos=QPoint((a.x() + b.x()) // 2, (a.y() + b.y()) // 2))
+    qtbot.mouseMove(view.viewport(), pos=b)
+    qtbot.mouseRelease(view.viewport(), Qt.LeftButton, pos=b)
+
+
 def written(qtbot, w, n):
     qtbot.waitUntil(lambda: w.label_writer.flush(0) and len(cell_events(w)) >= n, timeout=10_000)
     return cell_events(w)
@@ -108,14 +118,7 @@ def test_field_shows_every_cell_outlined_and_a_drag_adds_a_cell(qtbot, cell_wind
 
     qtbot.keyClick(pane.view, Qt.Key_N)
     assert pane.field.adding
-    view = pane.field
-    view.fit()
-    a = view.mapFromScene(150, 150)
-    b = view.mapFromScene(200, 205)
-    qtbot.mousePress(view.viewport(), Qt.LeftButton, pos=a)
-    qtbot.mouseMove(view.viewport(), pos=QPoint((a.x() + b.x()) // 2, (a.y() + b.y()) // 2))
-    qtbot.mouseMove(view.viewport(), pos=b)
-    qtbot.mouseRelease(view.viewport(), Qt.LeftButton, pos=b)
+    drag(qtbot, pane.field, 150, 150, 200, 205)
     with qtbot.waitSignal(pane.loaded, timeout=10_000):
         pass
     with w.db.session() as s:

@@ -3,20 +3,12 @@ added by a reviewer is outlined and highlighted on its field; Home and End move 
 from __future__ import annotations
 
 import pytest
-from PySide6.QtCore import QPoint, Qt
+from PySide6.QtCore import Qt
 
 from tests.test_cell_view import cell_window  # noqa: F401  (the fixture)
+from tests.test_cell_view import drag as _drag
 
 pytest.importorskip("pytestqt")
-
-
-def _drag(qtbot, view, x0, y0, x1, y1):
-    view.fit()
-    a, b = view.mapFromScene(x0, y0), view.mapFromScene(x1, y1)
-    qtbot.mousePress(view.viewport(), Qt.LeftButton, pos=a)
-    qtbot.mouseMove(view.viewport(), pos=QPoint((a.x() + b.x()) // 2, (a.y() + b.y()) // 2))
-    qtbot.mouseMove(view.viewport(), pos=b)
-    qtbot.mouseRelease(view.viewport(), Qt.LeftButton, pos=b)
 
 
 def test_an_added_cell_is_outlined_and_highlighted_on_its_field(qtbot, cell_window):  # noqa: F811

@@ -10,7 +10,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from PySide6.QtCore import QPoint, Qt
+from PySide6.QtCore import Qt
 from sqlalchemy import select
 
 from core.cells.records import add_cell
@@ -19,17 +19,9 @@ from core.review.cell_labels import record_cell_labels
 from core.review.differential import CaseCell, summarise
 from core.storage import Cell
 from tests.test_cell_view import cell_window  # noqa: F401  (the fixture)
+from tests.test_cell_view import drag as _drag
 
 pytest.importorskip("pytestqt")
-
-
-def _drag(qtbot, view, x0, y0, x1, y1):
-    view.fit()
-    a, b = view.mapFromScene(x0, y0), view.mapFromScene(x1, y1)
-    qtbot.mousePress(view.viewport(), Qt.LeftButton, pos=a)
-    qtbot.mouseMove(view.viewport(), pos=QPoint((a.x() + b.x()) // 2, (a.y() + b.y()) // 2))
-    qtbot.mouseMove(view.viewport(), pos=b)
-    qtbot.mouseRelease(view.viewport(), Qt.LeftButton, pos=b)
 
 
 def _off_thread(fn, *args):
