@@ -82,8 +82,19 @@ def _train_cnn(cfg: CompareConfig, arch: str, ds_root: str, out_dir, dedup: bool
 
 
 def compare(cfg: CompareConfig, cancel=None):
-    """Job generator; returns {"rows": [...], "markdown": str, "split": {...}}."""
+    """Job generator; returns {"rows": [...], "markdown": str, "split": {...}}.
+
+    Without cfg.out_dir the CNN runs go to a temporary folder removed at the end."""
     import tempfile
+    from pathlib import Path
+
+    if cfg.out_dir:
+        return (yield from _compare(cfg, Path(cfg.out_dir), cancel))
+    with tempfile.TemporaryDirectory(prefix="hemascan-compare-") as tmp:
+        return (yield from _compare(cfg, Path(tmp), cancel))
+
+
+def _compare(cfg: CompareConfig, out_dir, cancel):
     from pathlib import Path
 
     from imblearn.over_sampling import SMOTE
@@ -95,12 +106,9 @@ def compare(cfg: CompareConfig, cancel=None):
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     wanted = cfg.only or ROWS
-    out_dir = Path(cfg.out_dir or tempfile.mkdtemp(prefix="hemascan-compare-"))
     yield Progress("compare", 0, len(wanted), "reading data")
     ds = compute_hashes(scan_class_folders(Path(cfg.data)))
     split = make_split(ds, cfg.split, seed=cfg.seed, fold=cfg.fold)
