@@ -55,3 +55,33 @@ def test_normalise_gives_channels_last_float():
     assert x.is_contiguous(memory_format=torch.channels_last)
     expected = (1.0 - prep.mean[0]) / prep.std[0]
     assert torch.allclose(x[:, 0], torch.full_like(x[:, 0], expected), atol=1e-5)
+
+
+def test_wbc_differential_aliases_map_public_folder_names():
+    from core.models.taxonomy import folder_taxonomies, resolve_alias
+
+    # C-NMC's folders mean a class in two taxonomies; without one named the older binary one wins
+    assert resolve_alias("all") == ("all_vs_normal", "ALL")
+    assert resolve_alias("all", "wbc_differential") == ("wbc_differential", "Blast")
+    assert resolve_alias("Blast") == ("wbc_differential", "Blast")
+    assert resolve_alias("hem", "wbc_differential") == ("wbc_differential", "Lymphocyte")
+    assert folder_taxonomies("hem") == {"all_vs_normal": "Normal", "wbc_differential": "Lymphocyte"}
+    # PBC folder names
+    assert resolve_alias("ig") == ("wbc_differential", "Immature granulocyte")
+    assert resolve_alias("platelet") == ("wbc_differential", "Platelet")
+    assert resolve_alias("Pre-B", "wbc_differential") is None
+
+
+def test_class_folders_take_the_taxonomy_every_folder_shares(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from trainer.data import scan_class_folders
+
+    for folder in ("all", "lymphocyte", "neutrophil"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / folder / "a.png")
+    ds = scan_class_folders(tmp_path)
+    # "all" alone would be all_vs_normal; beside PBC names it can only be the differential's Blast
+    assert ds.taxonomy == "wbc_differential"
+    assert ds.counts()["Blast"] == 1 and ds.counts()["Neutrophil"] == 1

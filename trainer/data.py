@@ -33,7 +33,7 @@ from core.imaging.images import SUPPORTED_EXTENSIONS, decode_rgb, read_file
 from core.imaging.duplicates import duplicate_pairs as core_duplicate_pairs
 from core.imaging.duplicates import hash_int, perceptual_hash, union_find
 from core.imaging.preprocessing import Preprocessing
-from core.models.taxonomy import TAXONOMIES, resolve_alias
+from core.models.taxonomy import TAXONOMIES, folder_taxonomies
 
 # Fewer training images of a class than this and the foreign-image guard's covariance (and the
 # class itself) cannot be fitted: refused before training, not after it.
@@ -83,23 +83,28 @@ def scan_class_folders(root: Path, taxonomy: str | None = None) -> Dataset:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
-    found: dict[str, list[Path]] = {}
-    tax_seen: set[str] = set()
+    by_folder: dict[Path, dict[str, str]] = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        hit = resolve_alias(sub.name, taxonomy)
-        if hit is None:
-            continue
-        tax_seen.add(hit[0])
+        hits = folder_taxonomies(sub.name)
+        if taxonomy is not None:
+            hits = {taxonomy: hits[taxonomy]} if taxonomy in hits else {}
+        if hits:
+            by_folder[sub] = hits
+    if not by_folder:
+        raise DatasetError(f"no class folders under {root} (expected e.g. Benign/Early/Pre/Pro or all/hem)")
+    # the first taxonomy every recognised folder belongs to ("all" + "lymphocyte": wbc_differential)
+    common = [t for t in TAXONOMIES if all(t in hits for hits in by_folder.values())]
+    if not common:
+        seen = sorted({next(iter(hits)) for hits in by_folder.values()})
+        raise DatasetError(f"class folders under {root} mix taxonomies {seen}; pass taxonomy=")
+    tax = common[0]
+    found: dict[str, list[Path]] = {}
+    for sub, hits in by_folder.items():
         files = sorted(
             (f for f in sub.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED_EXTENSIONS),
             key=lambda f: (file_number(f), f.name),
         )
-        found.setdefault(hit[1], []).extend(files)
-    if not found:
-        raise DatasetError(f"no class folders under {root} (expected e.g. Benign/Early/Pre/Pro or all/hem)")
-    if len(tax_seen) > 1:
-        raise DatasetError(f"class folders under {root} mix taxonomies {sorted(tax_seen)}; pass taxonomy=")
-    tax = taxonomy or tax_seen.pop()
+        found.setdefault(hits[tax], []).extend(files)
     classes = list(TAXONOMIES[tax].classes)
     paths, labels = [], []
     for ci, cls in enumerate(classes):

@@ -27,26 +27,59 @@ TAXONOMIES: dict[str, Taxonomy] = {
     ),
     "all_vs_normal": Taxonomy("all_vs_normal", "ALL vs normal (2 classes)", ("ALL", "Normal"), "cell",
                               blast_class="ALL"),  # C-NMC's "ALL" cells are lymphoblasts
+    # a white-cell differential on cut-out cells (issue 23); Platelet: clumps the cell finder passes on
+    "wbc_differential": Taxonomy(
+        "wbc_differential", "White-cell differential (9 classes)",
+        ("Blast", "Lymphocyte", "Neutrophil", "Monocyte", "Eosinophil", "Basophil", "Immature granulocyte",
+         "Erythroblast", "Platelet"),
+        "cell", blast_class="Blast",
+    ),
 }
 
-# Folder names used by the public datasets -> (taxonomy, class). Keys are normalised
-# with normalise_alias(): case-folded, brackets and separators collapsed.
-_ALIASES: dict[str, tuple[str, str]] = {
-    # Taleqani ALL dataset (Aria, Ghaderzadeh et al.), both the "Original" and Kaggle names
-    "benign": ("all_subtype", "Benign"),
-    "early": ("all_subtype", "Early Pre-B"),
-    "pre": ("all_subtype", "Pre-B"),
-    "pro": ("all_subtype", "Pro-B"),
-    "malignant early pre b": ("all_subtype", "Early Pre-B"),
-    "malignant pre b": ("all_subtype", "Pre-B"),
-    "malignant pro b": ("all_subtype", "Pro-B"),
-    "early pre b": ("all_subtype", "Early Pre-B"),
-    "pre b": ("all_subtype", "Pre-B"),
-    "pro b": ("all_subtype", "Pro-B"),
-    # C-NMC 2019 (binary)
-    "all": ("all_vs_normal", "ALL"),
-    "hem": ("all_vs_normal", "Normal"),
-    "normal": ("all_vs_normal", "Normal"),
+# Folder names used by the public datasets -> class, per taxonomy. Keys are normalised with
+# normalise_alias(): case-folded, brackets and separators collapsed. One folder name may mean a
+# class in several taxonomies (C-NMC's "all" is ALL in all_vs_normal and Blast in
+# wbc_differential); without a taxonomy named, the first taxonomy here that knows it wins.
+_ALIASES: dict[str, dict[str, str]] = {
+    "all_subtype": {
+        # Taleqani ALL dataset (Aria, Ghaderzadeh et al.), both the "Original" and Kaggle names
+        "benign": "Benign",
+        "early": "Early Pre-B",
+        "pre": "Pre-B",
+        "pro": "Pro-B",
+        "malignant early pre b": "Early Pre-B",
+        "malignant pre b": "Pre-B",
+        "malignant pro b": "Pro-B",
+        "early pre b": "Early Pre-B",
+        "pre b": "Pre-B",
+        "pro b": "Pro-B",
+    },
+    "all_vs_normal": {
+        # C-NMC 2019 (binary)
+        "all": "ALL",
+        "hem": "Normal",
+        "normal": "Normal",
+    },
+    "wbc_differential": {
+        # C-NMC: ALL cells are lymphoblasts; "hem" cells are normal lymphoid cells
+        "all": "Blast",
+        "blast": "Blast",
+        "blasts": "Blast",
+        "lymphoblast": "Blast",
+        "hem": "Lymphocyte",
+        # PBC (Acevedo et al.) folder names, and wbc-masks' (Zheng et al.)
+        "basophil": "Basophil",
+        "eosinophil": "Eosinophil",
+        "erythroblast": "Erythroblast",
+        "ig": "Immature granulocyte",
+        "immature granulocyte": "Immature granulocyte",
+        "immature granulocytes": "Immature granulocyte",
+        "lymphocyte": "Lymphocyte",
+        "monocyte": "Monocyte",
+        "neutrophil": "Neutrophil",
+        "platelet": "Platelet",
+        "platelets": "Platelet",
+    },
 }
 
 
@@ -60,21 +93,26 @@ def normalise_alias(name: str) -> str:
 def resolve_alias(folder_name: str, taxonomy: str | None = None) -> tuple[str, str] | None:
     """Map a dataset folder name to (taxonomy, class), or None when it is not a known class.
 
-    A folder named exactly like a class of a taxonomy (e.g. "Pre-B") is accepted too.
+    A folder named exactly like a class of a taxonomy (e.g. "Pre-B") is accepted too. Without
+    ``taxonomy`` the first taxonomy that knows the name wins (see folder_taxonomies for all).
     """
+    hits = folder_taxonomies(folder_name)
+    if taxonomy is not None:
+        return (taxonomy, hits[taxonomy]) if taxonomy in hits else None
+    return next(iter(hits.items()), None)
+
+
+def folder_taxonomies(folder_name: str) -> dict[str, str]:
+    """Every taxonomy a folder name means a class of, in TAXONOMIES' order: {taxonomy: class}."""
     key = normalise_alias(folder_name)
-    hit = _ALIASES.get(key)
-    if hit is None:
-        for tax in TAXONOMIES.values():
-            for cls in tax.classes:
-                if normalise_alias(cls) == key:
-                    hit = (tax.name, cls)
-                    break
-            if hit:
-                break
-    if hit is not None and taxonomy is not None and hit[0] != taxonomy:
-        return None
-    return hit
+    hits: dict[str, str] = {}
+    for tax in TAXONOMIES.values():
+        cls = _ALIASES.get(tax.name, {}).get(key)
+        if cls is None:
+            cls = next((c for c in tax.classes if normalise_alias(c) == key), None)
+        if cls is not None:
+            hits[tax.name] = cls
+    return hits
 
 
 def review_labels(taxonomy: str) -> tuple[str, ...]:
