@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models.taxonomy import OTHER, get_taxonomy, review_labels
-from core.review.rules import SOURCES, reviewer_problem
+from core.review.rules import SOURCES, latest_label_events, reviewer_problem
 from core.storage import CellLabelEvent, utcnow
 
 
@@ -21,16 +21,7 @@ def latest_cell_events(session: Session, cell_ids: Iterable[int] | None = None,
                        taxonomy: str | None = None) -> dict[int, CellLabelEvent]:
     """cell_id -> its latest label event (of ``taxonomy`` when given): the current label
     (``label`` None when cleared)."""
-    latest = select(func.max(CellLabelEvent.id)).group_by(CellLabelEvent.cell_id)
-    if taxonomy is not None:
-        latest = latest.where(CellLabelEvent.taxonomy == taxonomy)
-    if cell_ids is not None:
-        ids = list(cell_ids)
-        if not ids:
-            return {}
-        latest = latest.where(CellLabelEvent.cell_id.in_(ids))
-    events = session.scalars(select(CellLabelEvent).where(CellLabelEvent.id.in_(latest.scalar_subquery())))
-    return {e.cell_id: e for e in events}
+    return latest_label_events(session, CellLabelEvent, CellLabelEvent.cell_id, cell_ids, taxonomy)
 
 
 def cell_history(session: Session, cell_id: int) -> list[CellLabelEvent]:

@@ -22,7 +22,7 @@ from core.jobs import Job, Progress
 from core.imaging.scan import ScanSummary, scan, under_folder
 from core.models.taxonomy import OTHER, resolve_alias, review_labels
 from core.review.cell_labels import record_cell_labels
-from core.review.rules import NOT_REVIEWER_NAMES, SOURCES, reviewer_problem  # noqa: F401  (re-exported)
+from core.review.rules import NOT_REVIEWER_NAMES, SOURCES, latest_label_events, reviewer_problem  # noqa: F401  (re-exported)
 from core.storage.errors import user_error
 
 log = logging.getLogger(__name__)
@@ -32,14 +32,7 @@ log = logging.getLogger(__name__)
 
 def latest_events(session: Session, image_ids: Iterable[int] | None = None) -> dict[int, LabelEvent]:
     """image_id -> its latest label event (the current label)."""
-    latest = select(func.max(LabelEvent.id)).group_by(LabelEvent.image_id)
-    if image_ids is not None:
-        ids = list(image_ids)
-        if not ids:
-            return {}
-        latest = latest.where(LabelEvent.image_id.in_(ids))
-    events = session.scalars(select(LabelEvent).where(LabelEvent.id.in_(latest.scalar_subquery())))
-    return {e.image_id: e for e in events}
+    return latest_label_events(session, LabelEvent, LabelEvent.image_id, image_ids)
 
 
 def record_labels(

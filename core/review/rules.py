@@ -2,6 +2,11 @@
 from, and which names can stand for the person who gives it."""
 from __future__ import annotations
 
+from typing import Iterable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
 #: where a label event comes from: a person in the app, an import, a dataset's class folders
 SOURCES = ("human", "import", "dataset")
 
@@ -19,3 +24,20 @@ def reviewer_problem(name: str | None) -> str | None:
     if len(name) > 128 or any(ord(c) < 32 for c in name):
         return "a reviewer name is at most 128 printable characters"
     return None
+
+
+def latest_label_events(session: Session, event, key, ids: Iterable[int] | None = None,
+                        taxonomy: str | None = None) -> dict:
+    """Latest event per item of an append-only label table (image or cell labels): the current
+    label (``label`` None when cleared). ``event`` is the ORM class, ``key`` its item column;
+    ``taxonomy`` limits it to events of that taxonomy."""
+    latest = select(func.max(event.id)).group_by(key)
+    if taxonomy is not None:
+        latest = latest.where(event.taxonomy == taxonomy)
+    if ids is not None:
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        latest = latest.where(key.in_(wanted))
+    events = session.scalars(select(event).where(event.id.in_(latest.scalar_subquery())))
+    return {getattr(e, key.key): e for e in events}
