@@ -38,8 +38,8 @@ STATEMENT = ("hemascan supports and does not replace diagnosis. It is research a
 
 
 SECTIONS = (  # (title, filter, what it means): the images a lab signs off on
-    ("Corrected by the reviewer", q.GalleryFilter(disagreement=True, sort="name"),
-     "the reviewer's class differs from the model's"),
+    ("Corrected by the reviewer", q.GalleryFilter(corrected=True, sort="name"),
+     "the model was sure and the reviewer gave another class"),
     ("Outside the model's experience", q.GalleryFilter(outside_only=True, sort="name"),
      "unlike the images the model was trained on: its class is not reliable"),
     ("Uncertain", q.GalleryFilter(uncertain_only=True, sort="confidence"),

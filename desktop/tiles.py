@@ -27,7 +27,11 @@ ID_ROLE = Qt.UserRole + 2
 
 _PALETTE = ["#2e7d32", "#1565c0", "#ef6c00", "#8e24aa", "#c62828", "#00838f", "#6d4c41"]
 _NAMED = {"Benign": "#2e7d32", "Early Pre-B": "#1565c0", "Pre-B": "#ef6c00", "Pro-B": "#8e24aa",
-          "ALL": "#c62828", "Normal": "#2e7d32", OTHER: "#546e7a"}
+          "ALL": "#c62828", "Normal": "#2e7d32", OTHER: "#546e7a",
+          # the white-cell differential: blasts red as ALL is, nine colours told apart
+          "Blast": "#c62828", "Lymphocyte": "#1565c0", "Neutrophil": "#ef6c00", "Monocyte": "#00838f",
+          "Eosinophil": "#d81b60", "Basophil": "#8e24aa", "Immature granulocyte": "#6d4c41",
+          "Erythroblast": "#2e7d32", "Platelet": "#5e35b1"}
 # Outside the model's experience: not a class colour but a dark band with an amber hatch.
 OUTSIDE_BAND, OUTSIDE_HATCH = "#37474f", "#ffb300"
 OUTSIDE_MARK = q.OUTSIDE_MARK  # ⊘

@@ -194,7 +194,7 @@ def test_case_report_lists_corrected_and_flagged_images_with_sign_off(qtbot, win
     _open(qtbot, w, tmp_path / "a")
     row = w.model.row_at(0)
     corrected = next(c for c in w.version["classes"] if c != row.predicted)
-    w.label_selected(corrected)  # differs from the model: a correction
+    w.label_selected(corrected)  # differs from the model's class, which was not shown (outside its experience)
     w.view.setCurrentIndex(w.model.index(w.model.row_of(w.model.row_at(1).image_id)))
     w.label_selected(OTHER)
     qtbot.waitUntil(lambda: len(_labels(w)) == 2, timeout=5000)
@@ -204,7 +204,9 @@ def test_case_report_lists_corrected_and_flagged_images_with_sign_off(qtbot, win
         doc = build_report(w.db, w.folder, w.version, w.reviewer, "Case 2026-117")
     text = doc.toPlainText()
     assert "hemascan case report: Case 2026-117" in text and "local time" in text
-    assert "Corrected by the reviewer: 1" in text and f"{OTHER_TITLE}: 1" in text
+    # every synthetic image is outside the model's experience: no class was shown, so a label is a first
+    # answer, not a correction (tests/test_gallery_corrected.py has one that is)
+    assert "Corrected by the reviewer: 0" in text and f"{OTHER_TITLE}: 1" in text
     assert "Outside the model's experience: 8" in text  # synthetic images: all flagged
     assert "Sign-off" in text and "Signature" in text and "tester" in text
     assert STATEMENT in text and "|" not in text  # real tables, no Markdown

@@ -30,6 +30,9 @@ class GalleryFilter:
     uncertain_only: bool = False
     outside_only: bool = False  # outside the model's experience (foreign-image guard)
     disagreement: bool = False  # reviewed label differs from the prediction
+    # reviewed label differs from a class the reviewer was shown: the model was sure and inside its
+    # experience (the rule cells follow, core/review/differential.CellRow.corrected)
+    corrected: bool = False
     sort: str = "confidence"  # confidence ascending (least certain first), entropy (highest first), name, time
 
 
@@ -118,6 +121,10 @@ def _apply_filter(q, flt: GalleryFilter, f, p, ev):
     if flt.disagreement:
         # a class other than the model's; "Other" (no class fits) is its own filter, not a correction
         q = q.where(ev.c.label.is_not(None), p.c.label.is_not(None), ev.c.label != p.c.label, ev.c.label != OTHER)
+    if flt.corrected:
+        # ("Other" has its own section in a report, as for the disagreement filter)
+        q = q.where(ev.c.label.is_not(None), p.c.label.is_not(None), ev.c.label != p.c.label, ev.c.label != OTHER,
+                    p.c.uncertain.is_not(True), p.c.out_of_distribution.is_not(True))
     if flt.sort == "confidence":
         q = q.order_by(p.c.confidence.is_(None), p.c.confidence.asc(), f.c.image_id)
     elif flt.sort == "entropy":
