@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import logging
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 
 from PySide6.QtCore import QAbstractListModel, QItemSelectionModel, QModelIndex, QObject, QPointF, QRect, QRectF, \
     QSize, Qt, Signal
@@ -43,9 +42,8 @@ from core.review.state import OUTSIDE, UNSURE, Outcome, ReviewState, class_keys
 from .controller import Controller
 from .detail import ImageView, rgb_to_qimage
 from .detail_view import decode_full
-from .tiles import class_color
+from .tiles import PoolImageCache, class_color
 
-log = logging.getLogger(__name__)
 
 CELL_THUMB = 96  # px, logical
 CELL_SIDE_UM = 18.0  # the cut-out's side: a cell with a rim of its surroundings
@@ -184,35 +182,18 @@ def tile_caption(r: CellRow) -> str:
 
 
 # ---------------------------------------------------------------- cut-outs, off the GUI thread
-class CellThumbs(QObject):
-    """Cut-outs by cell id: an LRU of QImages; misses made on the pool newest-first, each
-    field decoded once for all its cells (a small cache of decoded fields)."""
-
-    ready = Signal(int)
+class CellThumbs(PoolImageCache):
+    """Cut-outs by cell id; each field decoded once for all its cells (a small cache of
+    decoded fields, on the pool side)."""
 
     def __init__(self, workers, size_px: int, max_items: int = 3000, parent=None):
-        super().__init__(parent)
-        self.workers, self.size_px, self.max_items = workers, size_px, max_items
-        self._cache: OrderedDict[int, object] = OrderedDict()
-        self._queue: deque[CellRow] = deque()
-        self._pending: set[int] = set()
-        self._failed: set[int] = set()
+        super().__init__(workers, name="cell cut-out", max_bytes=max_items * size_px * size_px * 4, parent=parent)
+        self.size_px = size_px
         self._fields: OrderedDict[str, tuple] = OrderedDict()  # path -> (rgb, reduced_by), pool side
         self._lock = threading.Lock()
 
     def get(self, row: CellRow):
-        img = self._cache.get(row.cell_id)
-        if img is not None:
-            self._cache.move_to_end(row.cell_id)
-            return img
-        if row.cell_id not in self._pending and row.cell_id not in self._failed:
-            self._pending.add(row.cell_id)
-            self._queue.append(row)
-            self.workers.submit(self._work, name="cell cut-out", on_result=self._done)
-        return None
-
-    def failed(self, cell_id: int) -> bool:
-        return cell_id in self._failed
+        return self.request(row.cell_id, row)
 
     def _field(self, path: str):
         with self._lock:
@@ -227,36 +208,13 @@ class CellThumbs(QObject):
                 self._fields.popitem(last=False)
         return field
 
-    def _work(self):  # pool thread
-        try:
-            row = self._queue.pop()
-        except IndexError:
-            return None
-        try:
-            rgb, reduced_by = self._field(row.path)
-            cut = cut_out(rgb, row, row.um_per_px, side_um=CELL_SIDE_UM, out_px=self.size_px, reduced_by=reduced_by)
-            return row.cell_id, rgb_to_qimage(cut)
-        except Exception as exc:
-            log.info("cut-out of cell %s failed: %s", row.cell_id, exc)
-            return row.cell_id, None
-
-    def _done(self, out) -> None:
-        if out is None:
-            return
-        cell_id, img = out
-        self._pending.discard(cell_id)
-        if img is None:
-            self._failed.add(cell_id)
-        else:
-            self._cache[cell_id] = img
-            while len(self._cache) > self.max_items:
-                self._cache.popitem(last=False)
-        self.ready.emit(cell_id)
+    def make(self, row: CellRow):  # pool thread
+        rgb, reduced_by = self._field(row.path)
+        cut = cut_out(rgb, row, row.um_per_px, side_um=CELL_SIDE_UM, out_px=self.size_px, reduced_by=reduced_by)
+        return rgb_to_qimage(cut)
 
     def clear(self) -> None:
-        self._queue.clear()
-        self._pending.clear()
-        self._cache.clear()
+        super().clear()
         with self._lock:
             self._fields.clear()
 

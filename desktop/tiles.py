@@ -68,67 +68,69 @@ def make_thumbnail(stored_path: str, size: int) -> QImage:
     return QImage(rgb.data, w, h, 3 * w, QImage.Format_RGB888).copy()
 
 
-class ThumbnailLoader(QObject):
-    """Thumbnails by image id: LRU cache bounded in bytes; misses are queued newest-first
-    (the tiles just scrolled into view) and made on the worker pool."""
+class PoolImageCache(QObject):
+    """Images by key, made on the worker pool: an LRU cache bounded in bytes; misses are queued
+    newest-first (what just scrolled into view) and a long queue forgets its oldest requests.
+    A subclass says how one image is made (``make``, on a pool thread)."""
 
     ready = Signal(int)
 
-    def __init__(self, workers, size_px: int = THUMB, max_bytes: int = 96 << 20, parent=None):
+    def __init__(self, workers, *, name: str, max_bytes: int, parent=None):
         super().__init__(parent)
-        self.workers = workers
-        self.size_px = size_px
-        self.max_bytes = max_bytes
+        self.workers, self.name, self.max_bytes = workers, name, max_bytes
         self._cache: OrderedDict[int, QImage] = OrderedDict()
         self._bytes = 0
-        self._queue: deque[tuple[int, str]] = deque()
+        self._queue: deque[tuple[int, object]] = deque()
         self._pending: set[int] = set()
         self._failed: set[int] = set()
-        self.requested: list[int] = []  # every id ever asked of the pool (tests, diagnostics)
+        self.requested: list[int] = []  # every key ever asked of the pool (tests, diagnostics)
 
-    def get(self, image_id: int, path: str) -> QImage | None:
-        img = self._cache.get(image_id)
+    def make(self, item) -> QImage:  # pool thread
+        raise NotImplementedError
+
+    def request(self, key: int, item) -> QImage | None:
+        img = self._cache.get(key)
         if img is not None:
-            self._cache.move_to_end(image_id)
+            self._cache.move_to_end(key)
             return img
-        if image_id not in self._pending and image_id not in self._failed:
-            self._pending.add(image_id)
-            self.requested.append(image_id)
-            self._queue.append((image_id, path))
+        if key not in self._pending and key not in self._failed:
+            self._pending.add(key)
+            self.requested.append(key)
+            self._queue.append((key, item))
             while len(self._queue) > 400:  # scrolled far past: forget the oldest requests
                 old, _ = self._queue.popleft()
                 self._pending.discard(old)
-            self.workers.submit(self._work, name="thumbnail", on_result=self._done)
+            self.workers.submit(self._work, name=self.name, on_result=self._done)
         return None
 
-    def failed(self, image_id: int) -> bool:
-        return image_id in self._failed
+    def failed(self, key: int) -> bool:
+        return key in self._failed
 
     def _work(self):  # pool thread: take the newest request
         try:
-            image_id, path = self._queue.pop()
+            key, item = self._queue.pop()
         except IndexError:
             return None
         try:
-            return image_id, make_thumbnail(path, self.size_px)
+            return key, self.make(item)
         except Exception as exc:
-            log.info("thumbnail of image %s failed: %s", image_id, exc)
-            return image_id, None
+            log.info("%s %s failed: %s", self.name, key, exc)
+            return key, None
 
     def _done(self, out) -> None:
         if out is None:
             return
-        image_id, img = out
-        self._pending.discard(image_id)
+        key, img = out
+        self._pending.discard(key)
         if img is None:
-            self._failed.add(image_id)
+            self._failed.add(key)
         else:
-            self._cache[image_id] = img
+            self._cache[key] = img
             self._bytes += img.sizeInBytes()
             while self._bytes > self.max_bytes and len(self._cache) > 1:
                 _, old = self._cache.popitem(last=False)
                 self._bytes -= old.sizeInBytes()
-        self.ready.emit(image_id)
+        self.ready.emit(key)
 
     def clear(self) -> None:
         self._queue.clear()
@@ -138,6 +140,20 @@ class ThumbnailLoader(QObject):
 
     def __len__(self) -> int:
         return len(self._cache)
+
+
+class ThumbnailLoader(PoolImageCache):
+    """Thumbnails of whole images by image id."""
+
+    def __init__(self, workers, size_px: int = THUMB, max_bytes: int = 96 << 20, parent=None):
+        super().__init__(workers, name="thumbnail", max_bytes=max_bytes, parent=parent)
+        self.size_px = size_px
+
+    def get(self, image_id: int, path: str) -> QImage | None:
+        return self.request(image_id, path)
+
+    def make(self, path: str) -> QImage:
+        return make_thumbnail(path, self.size_px)
 
 
 class TileDelegate(QStyledItemDelegate):
