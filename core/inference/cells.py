@@ -150,11 +150,25 @@ def _colourless(rgb: np.ndarray) -> bool:
     return int((sample.max(axis=2) - sample.min(axis=2)).max(initial=0)) <= 2
 
 
-def _stored_cell(box: tuple[int, int, int, int], contour: list) -> FoundCell:
+def stored_cell(box: tuple[int, int, int, int], contour: list) -> FoundCell:
     """A stored cell as the cutter needs it: its box (centred on) and its outline (the card's
     background is applied outside it)."""
     outline = np.asarray(contour, np.int32).reshape(-1, 2)
     return FoundCell(tuple(int(v) for v in box), outline, None, 0, frozenset())  # type: ignore[arg-type]
+
+
+def cell_model_inputs(data: bytes, rgb: np.ndarray, reduced_by: int, cells: Sequence[FoundCell], um_per_px: float,
+                      single_cell_crop: bool, prep, side_um: float) -> np.ndarray:
+    """What a cell model is given for ``cells`` of one image (bytes ``data``, decoded for the
+    finder as ``rgb`` at 1/``reduced_by``): uint8 (N, S, S, 3) through the card's preprocessing
+    ``prep``. Each cell is cut out ``side_um`` wide with the card's background; a pre-cut
+    single-cell crop is given whole when the card's ``crop_input`` says so (models trained on
+    whole crops), one input. The one definition classify and retrain-from-cell-labels share."""
+    if single_cell_crop and prep.crop_input == "whole":
+        whole = rgb if reduced_by == 1 else decode_rgb(data)
+        return prep.apply(whole)[None]
+    return np.stack([prep.apply(cut_out_for_model(rgb, c, um_per_px, side_um=side_um, out_px=prep.input_size,
+                                                  prep=prep, reduced_by=reduced_by)) for c in cells])
 
 
 def classify_cells(
@@ -180,7 +194,6 @@ def classify_cells(
     card = predictor.card
     prep = predictor.prep
     side_um = card.cut_out_side_um
-    out_px = prep.input_size
     runtime = predictor.runtime
     max_bytes = db.settings.max_file_bytes
     workers = workers or min(8 if predictor.plan.device.type == "cuda" else 2, os.cpu_count() or 2)
@@ -210,17 +223,14 @@ def classify_cells(
             else:
                 res.single_cell_crop = stored.single_cell_crop
                 um = stored.um_per_px
-                cells = [(("id", cid), _stored_cell(box, contour)) for cid, box, contour in stored.cells]
+                cells = [(("id", cid), stored_cell(box, contour)) for cid, box, contour in stored.cells]
             if not cells:
                 return res
-            if res.single_cell_crop:  # given whole, as an image always was
-                whole = rgb if reduced_by == 1 else decode_rgb(data)
-                res.keys, res.cutouts = (cells[0][0],), prep.apply(whole)[None]
-            else:
-                res.keys = tuple(k for k, _ in cells)
-                res.cutouts = np.stack([prep.apply(cut_out_for_model(rgb, c, um, side_um=side_um, out_px=out_px,
-                                                                     prep=prep, reduced_by=reduced_by))
-                                        for _, c in cells])
+            if res.single_cell_crop and prep.crop_input == "whole":
+                cells = cells[:1]
+            res.keys = tuple(k for k, _ in cells)
+            res.cutouts = cell_model_inputs(data, rgb, reduced_by, [c for _, c in cells], um, res.single_cell_crop,
+                                            prep, side_um)
         except FileChanged as exc:
             res.error, res.changed = str(exc), True
         except ImageError as exc:

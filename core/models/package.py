@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.config import Paths, resources_dir
 from core.errors import ModelPackageError
-from core.imaging.preprocessing import CELL_BACKGROUNDS, INTERPOLATIONS, MAX_CELL_MARGIN_UM, Preprocessing
+from core.imaging.preprocessing import (CELL_BACKGROUNDS, CROP_INPUTS, INTERPOLATIONS, MAX_CELL_MARGIN_UM,
+                                        Preprocessing)
 from core.models.taxonomy import TAXONOMIES
 
 CARD_FILE = "card.json"
@@ -115,6 +116,14 @@ class PreprocessingSchema(BaseModel):
                            Field(min_length=2, max_length=2)] | None = None
     cell_background: str = None  # type: ignore[assignment]
     cell_margin_um: Annotated[float, Field(ge=0, le=MAX_CELL_MARGIN_UM, allow_inf_nan=False)] = None  # type: ignore[assignment]
+    crop_input: str = None  # type: ignore[assignment]
+
+    @field_validator("crop_input")
+    @classmethod
+    def _known_crop_input(cls, v: str) -> str:
+        if v not in CROP_INPUTS:
+            raise ValueError(f"unknown crop_input {v!r}; known: {', '.join(CROP_INPUTS)}")
+        return v
 
     @field_validator("cell_background")
     @classmethod

@@ -235,3 +235,101 @@ def retrain_parent(session: Session) -> ModelVersion:
         return session.scalar(select(LabelEvent.id).where(LabelEvent.taxonomy == taxonomy).limit(1)) is not None
 
     return cell if labelled(cell.taxonomy) and not labelled(field.taxonomy) else field
+
+
+# ---- reviewed cells ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReviewedCell:
+    """A reviewed cell as plain data, enough to cut it out again as a cell model sees it."""
+    cell_id: int
+    image_id: int
+    path: str  # stored path of a file of its image still there
+    sha256: str  # its image's
+    box: tuple[int, int, int, int]  # original pixel grid
+    contour: list
+    um_per_px: float
+    single_cell_crop: bool  # its image is a pre-cut single-cell crop
+    label: str
+    side: str  # its image's fixed side (SPLIT_TRAIN / SPLIT_VAL): the cells of one field never straddle
+
+
+def reviewed_cell_labels(session, taxonomy: str, sources: Iterable[str] = ("human",)) -> dict[int, str]:
+    """cell_id -> label, as reviewed_labels for images: the latest event among ``sources`` wins."""
+    from sqlalchemy import func
+
+    from core.storage import CellLabelEvent
+
+    latest = (select(func.max(CellLabelEvent.id)).where(CellLabelEvent.source.in_(list(sources)))
+              .group_by(CellLabelEvent.cell_id).scalar_subquery())
+    return {cell_id: label for cell_id, label, tax in session.execute(
+        select(CellLabelEvent.cell_id, CellLabelEvent.label, CellLabelEvent.taxonomy)
+        .where(CellLabelEvent.id.in_(latest))) if label is not None and tax == taxonomy}
+
+
+def reviewed_cells(db: Database, taxonomy: str, classes: list[str], sources: Iterable[str] = ("human",),
+                   val_fraction: float = 0.2, phash_distance: int = NEAR_DUPLICATE_BITS
+                   ) -> tuple[list[ReviewedCell], list[ReviewedCell]]:
+    """The reviewed cells of ``classes`` and those reviewed "Other", whose image's file is still
+    there. Each takes its image's fixed train/validation side (assigned where new, in this
+    transaction, exactly as for reviewed images: near duplicates together), so cells of one
+    field, and of near-duplicate fields, are never split between training and validation."""
+    from core.storage import Cell, CellSearch
+
+    with db.session() as s:
+        labels = {c: lab for c, lab in reviewed_cell_labels(s, taxonomy, sources).items()
+                  if lab in classes or lab == OTHER}
+        rows = []
+        for chunk in _chunks(list(labels)):
+            rows += s.execute(select(Cell.id, Cell.image_id, Cell.finder, Cell.x0, Cell.y0, Cell.x1, Cell.y1,
+                                     Cell.contour, Cell.um_per_px).where(Cell.id.in_(chunk))).all()
+        image_ids = sorted({r.image_id for r in rows})
+        sides = assign_splits(s, image_ids, val_fraction, phash_distance)
+        files = _present_paths(s, image_ids)
+        crops: set[tuple[int, str]] = set()
+        for chunk in _chunks(image_ids):
+            crops.update(s.execute(select(CellSearch.image_id, CellSearch.finder)
+                                   .where(CellSearch.image_id.in_(chunk), CellSearch.single_cell_crop.is_(True))).all())
+    kept, other = [], []
+    for r in sorted(rows, key=lambda r: r.id):
+        if r.image_id not in files:
+            continue
+        path, sha = files[r.image_id]
+        cell = ReviewedCell(r.id, r.image_id, path, sha, (r.x0, r.y0, r.x1, r.y1), r.contour, r.um_per_px,
+                            (r.image_id, r.finder) in crops, labels[r.id], sides[r.image_id])
+        (other if cell.label == OTHER else kept).append(cell)
+    return kept, other
+
+
+def cell_inputs(cells: list[ReviewedCell], prep, side_um: float, max_bytes: int | None = None
+                ) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    """The cell model's inputs for ``cells``, cut out exactly as classify cuts them
+    (core.inference.cells.cell_model_inputs), each field read and decoded once: uint8
+    (N, S, S, 3), the cell ids in that order, and cell_id -> why for those left out (the file
+    changed since it was scanned, or cannot be read)."""
+    from core.cells.finder import decode_for_cells
+    from core.imaging.fspath import to_fs
+    from core.imaging.images import read_and_hash
+    from core.inference.cells import cell_model_inputs, stored_cell
+
+    by_image: dict[int, list[ReviewedCell]] = {}
+    for c in cells:
+        by_image.setdefault(c.image_id, []).append(c)
+    out, ids, failed = [], [], {}
+    for group in by_image.values():
+        first = group[0]
+        try:
+            content = read_and_hash(to_fs(first.path), max_bytes)
+            if content.sha256 != first.sha256:
+                raise FileChanged("the file changed after it was reviewed")
+            rgb, reduced_by = decode_for_cells(content.data)
+            for c in group:
+                x = cell_model_inputs(content.data, rgb, reduced_by, [stored_cell(c.box, c.contour)], c.um_per_px,
+                                      c.single_cell_crop, prep, side_um)
+                out.append(x[0])
+                ids.append(c.cell_id)
+        except (OSError, ImageError, FileChanged) as exc:
+            failed.update({c.cell_id: str(exc) for c in group})
+    size = prep.input_size
+    return (np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)), ids, failed
