@@ -19,11 +19,7 @@ INTERPOLATIONS: dict[str, int] = {
 # field as it is (red cells, background), or "black" everything outside the cell's outline, as
 # segmented single-cell data sets (C-NMC) publish their cells.
 CELL_BACKGROUNDS = ("keep", "black")
-MAX_CELL_MARGIN_UM = 10.0
-# What a cell model is given for a pre-cut single-cell crop (a C-NMC or CellaVision image): the
-# "whole" crop, as models trained on whole crops were, or the crop's one cell "cut_out" like any
-# cell of a field (same physical side, same background): for models trained on cut-outs.
-CROP_INPUTS = ("whole", "cut_out")  # a rim wider than this around the outline is the neighbours, not the cell
+MAX_CELL_MARGIN_UM = 10.0  # a rim wider than this around the outline is the neighbours, not the cell
 
 
 @dataclass(frozen=True)
@@ -44,7 +40,6 @@ class Preprocessing:
     # outline, and how many micrometres around the outline are kept when that is "black".
     cell_background: str = "keep"
     cell_margin_um: float = 0.0
-    crop_input: str = "whole"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -66,8 +61,6 @@ class Preprocessing:
         margin = kw.get("cell_margin_um", 0.0)
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= float(margin) <= MAX_CELL_MARGIN_UM:
             raise ValueError(f"cell_margin_um must be 0-{MAX_CELL_MARGIN_UM:g} micrometres, not {margin!r}")
-        if kw.get("crop_input", "whole") not in CROP_INPUTS:
-            raise ValueError(f"unknown crop_input {kw['crop_input']!r}; known: {', '.join(CROP_INPUTS)}")
         if "cell_margin_um" in kw:
             kw["cell_margin_um"] = float(margin)
         return cls(**kw)

@@ -17,7 +17,8 @@ predict_images does):
    (``cell_side_um``) and input size, with the card's background around the cell
    (core/cells/cutout.py), through the card's preprocessing, batched ACROSS fields
    for the model -> CellPrediction rows. A pre-cut single-cell crop is given whole through the
-   card's preprocessing (as an image is today), and its prediction is also written as the
+   card's preprocessing (as an image is today; or cut out like a field's cells where the card's
+   ``cell_crops`` says "cut_out", as a model trained on cut-outs needs), and its prediction is also written as the
    image's Prediction, so folders of single-cell crops work as they always have.
 
 A killed run loses only the batch in flight; a re-run finds what is missing and adds nothing twice.
@@ -158,13 +159,13 @@ def stored_cell(box: tuple[int, int, int, int], contour: list) -> FoundCell:
 
 
 def cell_model_inputs(data: bytes, rgb: np.ndarray, reduced_by: int, cells: Sequence[FoundCell], um_per_px: float,
-                      single_cell_crop: bool, prep, side_um: float) -> np.ndarray:
+                      single_cell_crop: bool, prep, side_um: float, cell_crops: str = "whole") -> np.ndarray:
     """What a cell model is given for ``cells`` of one image (bytes ``data``, decoded for the
     finder as ``rgb`` at 1/``reduced_by``): uint8 (N, S, S, 3) through the card's preprocessing
     ``prep``. Each cell is cut out ``side_um`` wide with the card's background; a pre-cut
-    single-cell crop is given whole when the card's ``crop_input`` says so (models trained on
+    single-cell crop is given whole when the card's ``cell_crops`` says so (models trained on
     whole crops), one input. The one definition classify and retrain-from-cell-labels share."""
-    if single_cell_crop and prep.crop_input == "whole":
+    if single_cell_crop and cell_crops == "whole":
         whole = rgb if reduced_by == 1 else decode_rgb(data)
         return prep.apply(whole)[None]
     return np.stack([prep.apply(cut_out_for_model(rgb, c, um_per_px, side_um=side_um, out_px=prep.input_size,
@@ -226,11 +227,11 @@ def classify_cells(
                 cells = [(("id", cid), stored_cell(box, contour)) for cid, box, contour in stored.cells]
             if not cells:
                 return res
-            if res.single_cell_crop and prep.crop_input == "whole":
+            if res.single_cell_crop and card.cell_crops == "whole":
                 cells = cells[:1]
             res.keys = tuple(k for k, _ in cells)
             res.cutouts = cell_model_inputs(data, rgb, reduced_by, [c for _, c in cells], um, res.single_cell_crop,
-                                            prep, side_um)
+                                            prep, side_um, card.cell_crops)
         except FileChanged as exc:
             res.error, res.changed = str(exc), True
         except ImageError as exc:

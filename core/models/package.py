@@ -28,8 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.config import Paths, resources_dir
 from core.errors import ModelPackageError
-from core.imaging.preprocessing import (CELL_BACKGROUNDS, CROP_INPUTS, INTERPOLATIONS, MAX_CELL_MARGIN_UM,
-                                        Preprocessing)
+from core.imaging.preprocessing import CELL_BACKGROUNDS, INTERPOLATIONS, MAX_CELL_MARGIN_UM, Preprocessing
 from core.models.taxonomy import TAXONOMIES
 
 CARD_FILE = "card.json"
@@ -116,14 +115,6 @@ class PreprocessingSchema(BaseModel):
                            Field(min_length=2, max_length=2)] | None = None
     cell_background: str = None  # type: ignore[assignment]
     cell_margin_um: Annotated[float, Field(ge=0, le=MAX_CELL_MARGIN_UM, allow_inf_nan=False)] = None  # type: ignore[assignment]
-    crop_input: str = None  # type: ignore[assignment]
-
-    @field_validator("crop_input")
-    @classmethod
-    def _known_crop_input(cls, v: str) -> str:
-        if v not in CROP_INPUTS:
-            raise ValueError(f"unknown crop_input {v!r}; known: {', '.join(CROP_INPUTS)}")
-        return v
 
     @field_validator("cell_background")
     @classmethod
@@ -202,6 +193,7 @@ class CardSchema(BaseModel):
     guard: GuardSchema | None = None  # {} in a card: no guard
     input: Literal["field", "cell"] = "field"
     cell_side_um: Annotated[float, Field(ge=MIN_CELL_SIDE_UM, le=MAX_CELL_SIDE_UM, allow_inf_nan=False)] | None = None
+    cell_crops: Literal["whole", "cut_out"] = "whole"
     intended_use: str = ""
     notes: str = ""
     format_version: Annotated[int, Field(ge=1)] = CARD_FORMAT
@@ -339,6 +331,11 @@ class ModelCard:
     # found cell is cut out at this physical size whatever the camera, then resized to the
     # preprocessing's input_size. None: DEFAULT_CELL_SIDE_UM. A field model ignores it.
     cell_side_um: float | None = None
+    # A cell model only: how a pre-cut single-cell crop (an image the finder judges to be one
+    # cell) is given to it: "whole", through the preprocessing as any image (a model trained on
+    # whole crops), or "cut_out" like every cell of a field (a model trained on cut-outs: the
+    # crop's cell at cell_side_um with the card's background, whatever the crop's framing).
+    cell_crops: str = "whole"
     intended_use: str = INTENDED_USE
     notes: str = ""
     format_version: int = CARD_FORMAT
@@ -530,6 +527,8 @@ def int8_files(package: Path, card: ModelCard) -> Path:
 # ---- where packages live: the bundled ones, and a version's folder in the registry ----------
 
 DEFAULT_MODEL_DIR = "default"
+# The bundled cell model made active on a first start (others bundled are registered only).
+DEFAULT_CELL_MODEL_DIR = "wbc-differential"
 
 
 def bundled_default_package() -> Path:

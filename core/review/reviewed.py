@@ -302,9 +302,10 @@ def reviewed_cells(db: Database, taxonomy: str, classes: list[str], sources: Ite
     return kept, other
 
 
-def cell_inputs(cells: list[ReviewedCell], prep, side_um: float, max_bytes: int | None = None
-                ) -> tuple[np.ndarray, list[int], dict[int, str]]:
-    """The cell model's inputs for ``cells``, cut out exactly as classify cuts them
+def cell_inputs(cells: list[ReviewedCell], prep, side_um: float, cell_crops: str = "whole",
+                max_bytes: int | None = None) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    """The cell model's inputs for ``cells`` (``prep``, ``side_um``, ``cell_crops``: its card's),
+    cut out exactly as classify cuts them
     (core.inference.cells.cell_model_inputs), each field read and decoded once: uint8
     (N, S, S, 3), the cell ids in that order, and cell_id -> why for those left out (the file
     changed since it was scanned, or cannot be read)."""
@@ -326,7 +327,7 @@ def cell_inputs(cells: list[ReviewedCell], prep, side_um: float, max_bytes: int 
             rgb, reduced_by = decode_for_cells(content.data)
             for c in group:
                 x = cell_model_inputs(content.data, rgb, reduced_by, [stored_cell(c.box, c.contour)], c.um_per_px,
-                                      c.single_cell_crop, prep, side_um)
+                                      c.single_cell_crop, prep, side_um, cell_crops)
                 out.append(x[0])
                 ids.append(c.cell_id)
         except (OSError, ImageError, FileChanged) as exc:
