@@ -21,7 +21,8 @@ from collections import OrderedDict
 from PySide6.QtCore import QAbstractListModel, QItemSelectionModel, QModelIndex, QObject, QPointF, QRect, QRectF, \
     QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QPainter, QPalette, QPen, QPolygonF
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QGraphicsPolygonItem, QGraphicsRectItem,
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QCompleter, QGraphicsPolygonItem,
+                               QGraphicsRectItem,
                                QGraphicsView,
                                QHBoxLayout, QHeaderView, QLabel, QListView, QSplitter, QStyle, QStyledItemDelegate,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
@@ -461,7 +462,18 @@ class CellPane(QObject):
         # every field, also one where the finder found no cell: there too a missed cell can be added
         self.field_box = QComboBox()
         self.field_box.setObjectName("cellFields")
-        self.field_box.setFocusPolicy(Qt.NoFocus)  # the keys stay with the gallery
+        # a case can have thousands of fields: type any part of a file name to find one; the box takes
+        # the keys only when clicked, and gives them back to the gallery once a field is chosen
+        self.field_box.setEditable(True)
+        self.field_box.setInsertPolicy(QComboBox.NoInsert)
+        self.field_box.setFocusPolicy(Qt.ClickFocus)
+        self.field_box.lineEdit().setPlaceholderText("type part of a file name")
+        finder = QCompleter(self.field_box.model(), self.field_box)
+        finder.setFilterMode(Qt.MatchContains)
+        finder.setCaseSensitivity(Qt.CaseInsensitive)
+        finder.setCompletionMode(QCompleter.PopupCompletion)
+        finder.activated[str].connect(lambda text: self._field_chosen(self.field_box.findText(text)))
+        self.field_box.setCompleter(finder)
         self.field_box.setMaxVisibleItems(20)
         self.field_box.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.field_box.setMinimumContentsLength(24)
@@ -677,7 +689,7 @@ class CellPane(QObject):
         return True
 
     def _field_chosen(self, index: int) -> None:
-        image_id = self.field_box.itemData(index)
+        image_id = self.field_box.itemData(index) if index >= 0 else None
         if image_id is not None:
             self.show_field(int(image_id))
         self.view.setFocus(Qt.OtherFocusReason)

@@ -224,3 +224,22 @@ def test_progress_is_one_line_per_stage_when_stderr_is_not_a_terminal(capsys):
     assert app.progress(job(), "classify") == "summary"
     err = capsys.readouterr().err
     assert err.splitlines() == ["classify: scan: 3 of 3 img", "classify: classify: 2 of 2 img (cpu)"]
+
+
+def test_typing_part_of_a_file_name_finds_the_field(qtbot, cell_window):  # noqa: F811
+    # a case of thousands of fields: the Field list is searched by any part of a name, not scrolled
+    w, pane, cells = cell_window
+    target = next(f for f in pane.fields if f.image_id != pane.shown_image)
+    part = target.name[len(target.name) // 3: len(target.name) // 3 + 4]
+    box = pane.field_box
+    qtbot.mouseClick(box.lineEdit(), Qt.LeftButton)
+    box.lineEdit().clear()
+    qtbot.keyClicks(box.lineEdit(), part)
+    finder = box.completer()
+    shown = [finder.completionModel().index(r, 0).data() for r in range(finder.completionModel().rowCount())]
+    assert shown and all(part.casefold() in t.casefold() for t in shown)
+    full = box.itemText(box.findData(target.image_id))
+    assert full in shown
+    with qtbot.waitSignal(pane.fieldShown, timeout=10_000) as got:
+        finder.activated[str].emit(full)  # what picking it in the popup does
+    assert got.args == [target.image_id] and pane.view.hasFocus()  # the keys are the gallery's again
