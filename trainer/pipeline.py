@@ -22,7 +22,7 @@ This module imports no torch at module level (retrain, imported by the desktop, 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generator, Literal
 
@@ -33,6 +33,7 @@ from core.imaging.preprocessing import Preprocessing
 from core.jobs import Progress, run_job
 from core.models.package import ModelCard, save_package, verify_package
 from core.models.registry import register_package
+from core.inference.runtime import runtime_plan
 from trainer.data import Split
 from trainer.quantize import _write_card, add_int8
 
@@ -61,6 +62,7 @@ class Calibration:
     temperature: float
     uncertain_threshold: float | None
     record: dict  # what the card's metrics.calibration says
+    val_logits: np.ndarray  # the model's logits on the validation side (before temperature)
 
 
 @dataclass
@@ -77,12 +79,11 @@ class GuardInputs:
 
 @dataclass
 class Finished:
-    package: Path
+    package: Path | None  # None: PackageConfig.write was False
     calibration: Calibration
     guard_info: dict
     int8: dict | None
-    card: ModelCard
-    extra: dict = field(default_factory=dict)  # what the evaluate hook returned besides card metrics
+    card: ModelCard | None
 
 
 # ---- configs -------------------------------------------------------------------------------
@@ -116,22 +117,62 @@ class PackageConfig(BaseModel):
     training_data: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
     device: str = "cpu"
+    write: bool = True  # False: calibrate, guard and evaluate only (experiments that need no package)
     calibration: CalibrationConfig = CalibrationConfig()
     int8: Int8Config = Int8Config()
 
 
+def relay(job, emit: Callable[[Progress], Progress]):
+    """Drive a job generator inside another, passing each Progress through ``emit`` (the
+    caller's progress callback); returns the inner job's result."""
+    while True:
+        try:
+            p = next(job)
+        except StopIteration as stop:
+            return stop.value
+        yield emit(p)
+
+
+# ---- before fit: device and model ------------------------------------------------------------
+
+def training_device(device: str | None = None, precision: str = "auto", threads: int | None = None):
+    """(torch.device, precision) from the runtime plan (core/inference/runtime.py: fp32 unless
+    bf16/fp16 is asked for); ``threads`` sets torch's CPU threads."""
+    import torch  # heavy: imports torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    plan = runtime_plan(device=device, precision=precision, purpose="train")
+    return torch.device(str(plan.device)), plan.precision
+
+
+def new_model(arch: str, n_classes: int, arch_params: dict | None = None, pretrained: bool = True):
+    """A fresh network; ImageNet weights where the architecture has them (effnet_lite0)."""
+    from core.models.architectures import build  # heavy: imports torch
+
+    kw = dict(arch_params or {})
+    if pretrained and arch == "effnet_lite0":
+        kw["pretrained"] = True
+    return build(arch, n_classes, **kw)
+
+
+def freeze_first(arch: str, freeze_blocks: int | None) -> int:
+    """``FitOptions.freeze_first`` for "keep effnet_lite0's stem and first N blocks fixed"."""
+    return freeze_blocks + 1 if freeze_blocks and arch == "effnet_lite0" else 0
+
+
 # ---- the stages ----------------------------------------------------------------------------
 
-def calibrate(model, data: TrainingArrays, val_idx: np.ndarray, config: CalibrationConfig,
-              device="cpu") -> Calibration:
+def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, config: CalibrationConfig) -> Calibration:
     """Temperature scaling (NLL on validation) and the uncertain threshold (the
-    ``confident_share`` quantile of calibrated confidence on validation)."""
-    from .engine import predict_logits  # heavy: imports torch
+    ``confident_share`` quantile of calibrated confidence on validation); fewer than
+    ``config.min_images`` validation images: the fallback values."""
     from .metrics import ece, fit_temperature, softmax, uncertain_threshold  # heavy: imports scikit-learn, torch
 
-    if len(val_idx) < max(1, config.min_images):
-        return Calibration(config.fallback_temperature, config.fallback_threshold, {"source": config.fallback_source})
-    logits, y = predict_logits(model, data.images[val_idx], data.prep, device), data.labels[val_idx]
+    logits, y = np.asarray(val_logits), np.asarray(val_labels)
+    if len(y) < max(1, config.min_images):
+        return Calibration(config.fallback_temperature, config.fallback_threshold, {"source": config.fallback_source},
+                           logits)
     temperature = fit_temperature(logits, y)
     pv = softmax(logits, temperature)
     threshold = uncertain_threshold(pv, config.confident_share)
@@ -140,14 +181,15 @@ def calibrate(model, data: TrainingArrays, val_idx: np.ndarray, config: Calibrat
         "source": "validation", "temperature": temperature, "val_ece_before": ece(softmax(logits), y),
         "val_ece_after": ece(pv, y), "uncertain_threshold": threshold,
         "uncertain_threshold_rule": f"{100 - share}th percentile of calibrated max-probability on validation "
-                                    f"({share}% of in-distribution images confident)"})
+                                    f"({share}% of in-distribution images confident)"}, logits)
 
 
-def fit_guard_stage(model, data: TrainingArrays, split: Split, device="cpu", inputs: GuardInputs | None = None):
+def fit_guard_stage(model, data: TrainingArrays, split: Split, device="cpu", inputs: GuardInputs | None = None,
+                    val_emb: np.ndarray | None = None):
     """The foreign-image guard: class means and covariance from the training side's
-    embeddings (plus replayed ones), threshold from the validation side, "Other" centres,
-    then raised to the parent's flag count on the lab's own images. A job generator;
-    returns (guard, card record)."""
+    embeddings (plus replayed ones), threshold from the validation side (``val_emb``: their
+    embeddings, when already computed), "Other" centres, then raised to the parent's flag count
+    on the lab's own images. A job generator; returns (guard, card record)."""
     from .guard import fit_guard, logits_and_embeddings, match_parent_on_lab  # heavy: imports torch
 
     inputs = inputs or GuardInputs()
@@ -155,20 +197,18 @@ def fit_guard_stage(model, data: TrainingArrays, split: Split, device="cpu", inp
                    {"step": "guard", "n_images": int(len(split.train))})
     e_tr = logits_and_embeddings(model, data.images[split.train], data.prep, device)[1]
     y_tr = data.labels[split.train]
-    e_va = (logits_and_embeddings(model, data.images[split.val], data.prep, device)[1] if len(split.val)
-            else np.zeros((0, 0)))
+    if val_emb is None:
+        val_emb = (logits_and_embeddings(model, data.images[split.val], data.prep, device)[1] if len(split.val)
+                   else np.zeros((0, 0)))
     e_other = None
     if inputs.other is not None and len(inputs.other):
         e_other = logits_and_embeddings(model, inputs.other, data.prep, device)[1]
     if inputs.replayed is not None:  # the parent's classes keep their place in the guard too
         e_tr, y_tr = np.concatenate([e_tr, inputs.replayed[0]]), np.concatenate([y_tr, inputs.replayed[1]])
-    guard, info = fit_guard(e_tr, y_tr, e_va, other_emb=e_other)
-    if inputs.lab is not None:
-        yield Progress("package", 0, None, f"checking the new version on {len(inputs.lab)} of the lab's own images",
-                       {"step": "lab", "n_images": int(len(inputs.lab))})
-        if len(inputs.lab) and inputs.lab_parent_flags is not None:
-            guard, info = match_parent_on_lab(guard, info, logits_and_embeddings(
-                model, inputs.lab, data.prep, device)[1], inputs.lab_parent_flags, inputs.parent_name or "the parent")
+    guard, info = fit_guard(e_tr, y_tr, val_emb if len(split.val) else np.zeros((0, 0)), other_emb=e_other)
+    if inputs.lab is not None and len(inputs.lab) and inputs.lab_parent_flags is not None:
+        guard, info = match_parent_on_lab(guard, info, logits_and_embeddings(
+            model, inputs.lab, data.prep, device)[1], inputs.lab_parent_flags, inputs.parent_name or "the parent")
     return guard, info
 
 
@@ -236,16 +276,22 @@ def finish_package_job(model, data: TrainingArrays, split: Split, config: Packag
     """calibrate -> guard -> [evaluate] -> package -> int8, as a job generator returning
     :class:`Finished` (None when ``cancel`` was set before the package was written).
     ``evaluate(model, calibration, guard, guard_info)`` (a job generator) returns the card
-    metrics to add (train: held-out test figures; retrain: the comparison with the parent)."""
+    metrics to add (train: held-out test figures; retrain: the comparison with the parent); what
+    it adds to ``guard_info`` goes into the card's guard record too."""
+    from .guard import logits_and_embeddings  # heavy: imports torch
+
     device = config.device
     model.eval()
-    calibration = calibrate(model, data, split.val, config.calibration, device)
-    guard, guard_info = yield from fit_guard_stage(model, data, split, device, guard_inputs)
+    val_logits, val_emb = logits_and_embeddings(model, data.images[split.val], data.prep, device)
+    calibration = calibrate(val_logits, data.labels[split.val], config.calibration)
+    guard, guard_info = yield from fit_guard_stage(model, data, split, device, guard_inputs, val_emb)
     metrics = dict(config.metrics)
     if evaluate is not None:
         metrics.update((yield from evaluate(model, calibration, guard, guard_info)))
     if cancel is not None and cancel.is_set():
         return None
+    if not config.write:
+        return Finished(None, calibration, guard_info, None, None)
     yield Progress("package", 0, None, "writing the model package", {"step": "save"})
     card = write_package(model, data, calibration, guard, guard_info,
                          config.model_copy(update={"metrics": metrics}), out_dir)
