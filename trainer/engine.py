@@ -16,36 +16,33 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from core.models.architectures import build
 from core.jobs import Progress
-from core.models.package import ModelCard, save_package
 from core.imaging.preprocessing import Preprocessing
-from core.inference.runtime import runtime_plan
 
 from . import augment as aug
-from .data import Dataset, Split, check_trainable, compute_hashes, load_images, make_split, scan_class_folders, subject_of
-from .metrics import (
-    classification_metrics,
-    ece,
-    fit_temperature,
-    ood_auroc,
-    per_group_metrics,
-    softmax,
-    uncertain_threshold,
-)
-from trainer.guard import fit_guard, logits_and_embeddings, ood_sets
-from trainer.data import dedup_indices
-from trainer.guard import add_guard
+from .data import Dataset, Split
+from .metrics import classification_metrics, ood_auroc, per_group_metrics, softmax
+from trainer.guard import logits_and_embeddings, ood_sets
 from trainer.baselines import colour_histogram_baseline
-from trainer.quantize import add_int8
+from trainer.pipeline import (
+    Int8Config,
+    PackageConfig,
+    finish_package_job,
+    freeze_first,
+    new_model,
+    relay,
+    training_device,
+)
+from trainer.sources import from_class_folders
 
 CHECKPOINT_WEIGHTS = "last.safetensors"
 CHECKPOINT_STATE = "last.json"
@@ -80,11 +77,13 @@ def data_attribution(cfg: TrainConfig) -> str:
     )
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(BaseModel):
+    """``train``'s settings (the pipeline from class folders); stored with the run and in the card."""
+    model_config = ConfigDict(extra="forbid")
+
     data: str
     arch: str = "effnet_lite0"
-    arch_params: dict[str, Any] = field(default_factory=dict)
+    arch_params: dict[str, Any] = {}
     pretrained: bool = True
     freeze_blocks: int = 0  # effnet_lite0: keep the stem and the first N MBConv blocks fixed (faster on CPU)
     taxonomy: str | None = None
@@ -104,7 +103,7 @@ class TrainConfig:
     dedup_train: bool = False  # drop exact/near duplicates inside the training set
     seed: int = 0
     threads: int | None = None
-    augment: dict[str, Any] = field(default_factory=dict)
+    augment: dict[str, Any] = {}
     out_dir: str = "runs/train"
     cache_dir: str | None = None
     resume: bool = False
@@ -121,16 +120,11 @@ class TrainConfig:
     notes: str = ""
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["corner_mask"] = list(self.corner_mask) if self.corner_mask else None
-        return d
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        if d.get("corner_mask") is not None:
-            d["corner_mask"] = tuple(d["corner_mask"])
-        return cls(**d)
+        return cls.model_validate(d)
 
     @property
     def prep(self) -> Preprocessing:
@@ -541,9 +535,10 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, train_idx: np.
 
 
 def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None = None, cancel=None):
-    """Train, calibrate, evaluate and package one model. A job generator: iterate it (or
-    ``core.jobs.run_job``) to drive it; it returns the summary dict. ``progress`` (optional)
-    is also called with every Progress, for callers that do not iterate themselves."""
+    """Train, calibrate, evaluate and package one model: the pipeline (trainer/pipeline.py)
+    from class folders. A job generator: iterate it (or ``core.jobs.run_job``) to drive it; it
+    returns the summary dict. ``progress`` (optional) is also called with every Progress, for
+    callers that do not iterate themselves."""
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
 
     def emit(p: Progress) -> Progress:
@@ -552,149 +547,99 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
         return p
 
     t_start = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    plan = runtime_plan(device=cfg.device, precision=cfg.precision, purpose="train")
-    device, precision = torch.device(str(plan.device)), plan.precision
+    device, precision = training_device(cfg.device, cfg.precision, cfg.threads)
     _seed_all(cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prep = cfg.prep
+    src = yield from relay(from_class_folders(Path(cfg.data), cfg.prep, cfg.taxonomy, cfg.split, cfg.seed, cfg.fold,
+                                             cfg.dedup_train, Path(cfg.cache_dir) if cfg.cache_dir else None), emit)
+    data, split, used = src.data, src.split, src.used
 
-    # -- data
-    yield emit(Progress("load", 0, None, "reading class folders"))
-    ds = scan_class_folders(Path(cfg.data), cfg.taxonomy)
-    if cfg.split == "patient" or cfg.dedup_train or cfg.split == "all":
-        compute_hashes(ds)
-    split = make_split(ds, cfg.split, seed=cfg.seed, fold=cfg.fold)
-    train_idx = split.train
-    if cfg.dedup_train:
-        train_idx = dedup_indices(ds, train_idx)
-    check_trainable(ds, train_idx, split)
-    loaded: list[int] = [0]
-
-    def on_load(done, total):
-        loaded[0] = done
-
-    images = load_images(ds, prep, Path(cfg.cache_dir) if cfg.cache_dir else None, on_load)
-    yield emit(Progress("load", len(ds), len(ds), f"{len(ds)} images, split {split.method}: "
-                        f"{len(train_idx)}/{len(split.val)}/{len(split.test)}"))
-    labels = ds.labels
-    classes = ds.classes
-    n_cls = len(classes)
-
-    # -- model, then the one training loop (fit)
-    model = build(cfg.arch, n_cls, **cfg.arch_params, **({"pretrained": True} if cfg.pretrained and cfg.arch == "effnet_lite0" else {}))
+    # -- fit: the one training loop
+    model = new_model(cfg.arch, len(data.classes), cfg.arch_params, cfg.pretrained)
     opts = FitOptions(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                       warmup_epochs=cfg.warmup_epochs, label_smoothing=cfg.label_smoothing, patience=cfg.patience,
                       balance=cfg.balance, augment=cfg.augment, seed=cfg.seed, precision=precision,
-                      freeze_first=cfg.freeze_blocks + 1 if cfg.freeze_blocks else 0,
+                      freeze_first=freeze_first(cfg.arch, cfg.freeze_blocks),
                       max_epochs_this_call=cfg.max_epochs_this_call)
-    fitted = yield from fit(model, images, labels, train_idx, split.val, classes, prep, device, opts,
-                            out_dir=out_dir, resume=cfg.resume, checkpoint_config=cfg.to_dict(),
+    fitted = yield from fit(model, data.images, data.labels, used.train, used.val, data.classes, data.prep, device,
+                            opts, out_dir=out_dir, resume=cfg.resume, checkpoint_config=cfg.to_dict(),
                             progress=progress, cancel=cancel)
-    status, history, best = fitted["status"], fitted["history"], fitted["best"]
-    train_seconds = fitted["train_seconds"]
-    summary: dict[str, Any] = {"status": status, "config": cfg.to_dict(), "history": history, "best": best,
-                               "split": split.describe(), "precision": precision, "device": str(device),
-                               "train_seconds": train_seconds, "stopped_early": fitted["stopped_early"],
-                               "out_dir": str(out_dir)}
-    if status != "completed":
+    summary: dict[str, Any] = {"status": fitted["status"], "config": cfg.to_dict(), "history": fitted["history"],
+                               "best": fitted["best"], "split": split.describe(), "precision": precision,
+                               "device": str(device), "train_seconds": fitted["train_seconds"],
+                               "stopped_early": fitted["stopped_early"], "out_dir": str(out_dir)}
+    if fitted["status"] != "completed":
         summary["message"] = "stopped; resume with the same out_dir and resume=True"
         return summary
 
-    # -- calibration on validation (fit left the best epoch's weights in the model)
-    model.eval()
-    yield emit(Progress("calibrate", 0, 1, "temperature scaling on validation"))
-    temperature, threshold = 1.0, None
-    calib: dict[str, Any] = {}
-    if len(split.val):
-        vl = predict_logits(model, images[split.val], prep, device)
-        yv = labels[split.val]
-        temperature = fit_temperature(vl, yv)
-        pv = softmax(vl, temperature)
-        threshold = uncertain_threshold(pv, 0.95)
-        calib = {"temperature": temperature, "val_ece_before": ece(softmax(vl), yv), "val_ece_after": ece(pv, yv),
-                 "uncertain_threshold": threshold, "uncertain_threshold_rule": "5th percentile of calibrated max-probability on validation (95% of in-distribution images confident)"}
-    yield emit(Progress("calibrate", 1, 1, f"T={temperature:.3f}"))
-    summary["calibration"] = calib
+    def test(model, calibration, guard, guard_info):  # held-out figures, as the card states them
+        summary["calibration"] = calibration.record
+        summary["evaluation"] = yield from relay(_held_out(model, data, used, calibration, guard, guard_info,
+                                                               cfg, device), emit)
+        summary["guard"] = guard_info
+        summary["total_seconds"] = time.perf_counter() - t_start
+        return _card_metrics(summary)
 
-    # -- the foreign-image guard: training side only, threshold on validation
-    yield emit(Progress("guard", 0, 1, "fitting the foreign-image guard on the training side"))
-
-    _, emb_train = logits_and_embeddings(model, images[train_idx], prep, device)
-    emb_val = logits_and_embeddings(model, images[split.val], prep, device)[1] if len(split.val) else np.zeros((0, 0))
-    guard, guard_info = fit_guard(emb_train, labels[train_idx], emb_val)
-    yield emit(Progress("guard", 1, 1, f"threshold {guard.threshold:.1f}"))
-
-    # -- held-out test: three ways + colour baseline + OOD
-    evaluation: dict[str, Any] = {}
-    if len(split.test):
-        yield emit(Progress("test", 0, 3, "held-out evaluation"))
-        xt, yt = images[split.test], labels[split.test]
-        rows = _eval_rows(model, xt, yt, classes, prep, device, temperature, cfg.eval_robustness, cfg.seed)
-        raw = classification_metrics(yt, softmax(rows["as_is"]["logits"]), classes)
-        evaluation = {k: _strip(v) for k, v in rows.items()}
-        evaluation["as_is"]["ece_uncalibrated"] = raw["ece"]
-        subjects = [subject_of(ds.paths[i]) for i in split.test]  # per patient/donor where names carry one
-        if any(subjects):
-            evaluation["as_is"]["per_subject"] = per_group_metrics(
-                yt, softmax(rows["as_is"]["logits"], temperature), subjects, classes)
-        if threshold is not None:
-            conf = softmax(rows["as_is"]["logits"], temperature).max(1)
-            evaluation["as_is"]["uncertain_fraction"] = float((conf < threshold).mean())
-        yield emit(Progress("test", 3, 3, f"test accuracy {rows['as_is']['accuracy']:.3f}"))
-        d_in = guard.distances(logits_and_embeddings(model, xt, prep, device)[1])
-        guard_info["in_lab_test_flagged"] = float((d_in > guard.threshold).mean())
-        if cfg.eval_ood:
-            conf_in = softmax(rows["as_is"]["logits"], temperature).max(1)
-            ood = {}
-            for name, x_ood in ood_sets(xt, prep, seed=cfg.seed).items():
-                lo, em = logits_and_embeddings(model, x_ood, prep, device)
-                c_out = softmax(lo, temperature).max(1)
-                ood[name] = {"auroc": ood_auroc(conf_in, c_out), "n": int(len(x_ood)),
-                             "flagged_uncertain": float((c_out < threshold).mean()) if threshold is not None else None}
-                d_out = guard.distances(em)
-                flagged = d_out > guard.threshold
-                guard_info.setdefault("foreign", {})[name] = {
-                    "n": int(len(x_ood)), "auroc": ood_auroc(-d_in, -d_out), "flagged": float(flagged.mean()),
-                    "confident_call": float((~flagged & (c_out >= (threshold or 0.0))).mean())}
-            evaluation["ood"] = ood
-        if cfg.colour_baseline:
-            evaluation["colour_histogram_baseline"] = colour_histogram_baseline(
-                images[train_idx], labels[train_idx], xt, yt, classes, seed=cfg.seed)
-    summary["evaluation"] = evaluation
-    summary["guard"] = guard_info
-    summary["total_seconds"] = time.perf_counter() - t_start
-
-    # -- package
-    if cfg.package:
-        yield emit(Progress("package", 0, 1, "writing model package"))
-        name = cfg.name or f"{ds.taxonomy.replace('_', '-')}-{cfg.arch.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
-        card = ModelCard(
-            name=name, architecture=cfg.arch, taxonomy=ds.taxonomy, classes=classes, preprocessing=prep.to_dict(),
-            arch_params=dict(cfg.arch_params), temperature=temperature, uncertain_threshold=threshold,
-            metrics=_card_metrics(summary), training_data=_training_data(cfg, ds, split, train_idx),
-            notes=cfg.notes,
-        )
-        pkg = out_dir / "package"
-        if pkg.exists():
-            import shutil
-
-            shutil.rmtree(pkg)
-        save_package(pkg, {k: v for k, v in model.state_dict().items()}, card)
-
-        add_guard(pkg, guard, guard_info)
-        if cfg.int8:
-            yield emit(Progress("package", 0, 1, "making the int8 CPU model (checked on held-out images)"))
-            held_out = np.concatenate([split.val, split.test]).astype(int)
-            summary["int8"] = add_int8(pkg, images[train_idx], images[held_out],
-                                       f"{len(train_idx)} training images of {Path(cfg.data).name} ({split.method} split)")
-        summary["package"] = str(pkg)
+    name = cfg.name or f"{data.taxonomy.replace('_', '-')}-{cfg.arch.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    package = PackageConfig(
+        name=name, architecture=cfg.arch, arch_params=dict(cfg.arch_params), notes=cfg.notes, device=str(device),
+        training_data=_training_data(cfg, src.dataset, split, used.train), write=cfg.package,
+        int8=Int8Config(enabled=cfg.int8, calibration_source=f"{len(used.train)} training images of "
+                        f"{Path(cfg.data).name} ({split.method} split)"))
+    done = yield from relay(finish_package_job(model, data, used, package, out_dir / "package",
+                                                   evaluate=test), emit)
+    if done.package is not None:
+        if done.int8 is not None:
+            summary["int8"] = done.int8
+        summary["package"] = str(done.package)
         summary["model_name"] = name
-        yield emit(Progress("package", 1, 1, str(pkg)))
+        yield emit(Progress("package", 1, 1, str(done.package)))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default), encoding="utf-8")
     return summary
+
+
+def _held_out(model, data, split: Split, calibration, guard, guard_info: dict, cfg: TrainConfig, device):
+    """The test side three ways (as is, grayscale, stain-perturbed), per subject, the share
+    called uncertain, the colour-histogram baseline, and synthetic foreign images against the
+    calibrated confidence and the guard (added to ``guard_info``). A job generator."""
+    if not len(split.test):
+        return {}
+    temperature, threshold = calibration.temperature, calibration.uncertain_threshold
+    classes, prep, labels = data.classes, data.prep, data.labels
+    yield Progress("test", 0, 3, "held-out evaluation")
+    xt, yt = data.images[split.test], labels[split.test]
+    rows = _eval_rows(model, xt, yt, classes, prep, device, temperature, cfg.eval_robustness, cfg.seed)
+    raw = classification_metrics(yt, softmax(rows["as_is"]["logits"]), classes)
+    evaluation = {k: _strip(v) for k, v in rows.items()}
+    evaluation["as_is"]["ece_uncalibrated"] = raw["ece"]
+    subjects = [data.subjects[i] for i in split.test] if data.subjects else []  # per patient/donor where known
+    if any(subjects):
+        evaluation["as_is"]["per_subject"] = per_group_metrics(
+            yt, softmax(rows["as_is"]["logits"], temperature), subjects, classes)
+    conf_in = softmax(rows["as_is"]["logits"], temperature).max(1)
+    if threshold is not None:
+        evaluation["as_is"]["uncertain_fraction"] = float((conf_in < threshold).mean())
+    yield Progress("test", 3, 3, f"test accuracy {rows['as_is']['accuracy']:.3f}")
+    d_in = guard.distances(logits_and_embeddings(model, xt, prep, device)[1])
+    guard_info["in_lab_test_flagged"] = float((d_in > guard.threshold).mean())
+    if cfg.eval_ood:
+        ood = {}
+        for name, x_ood in ood_sets(xt, prep, seed=cfg.seed).items():
+            lo, em = logits_and_embeddings(model, x_ood, prep, device)
+            c_out = softmax(lo, temperature).max(1)
+            ood[name] = {"auroc": ood_auroc(conf_in, c_out), "n": int(len(x_ood)),
+                         "flagged_uncertain": float((c_out < threshold).mean()) if threshold is not None else None}
+            d_out = guard.distances(em)
+            flagged = d_out > guard.threshold
+            guard_info.setdefault("foreign", {})[name] = {
+                "n": int(len(x_ood)), "auroc": ood_auroc(-d_in, -d_out), "flagged": float(flagged.mean()),
+                "confident_call": float((~flagged & (c_out >= (threshold or 0.0))).mean())}
+        evaluation["ood"] = ood
+    if cfg.colour_baseline:
+        evaluation["colour_histogram_baseline"] = colour_histogram_baseline(
+            data.images[split.train], labels[split.train], xt, yt, classes, seed=cfg.seed)
+    return evaluation
 
 
 def _card_metrics(summary: dict) -> dict:

@@ -31,16 +31,14 @@ import logging
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from core.config import Paths
 from core.storage import Database
-from core.imaging.duplicates import hamming, hash_int
 from core.review.reviewed import (  # noqa: F401  (re-exported: the retrain API keeps these names)
     retrain_parent,
     SPLIT_TRAIN,
@@ -62,22 +60,39 @@ from core.models.registry import (  # noqa: F401  (re-exported: the retrain API 
 )
 from core.models.runs import fail_stale_runs, finish_run, start_run  # noqa: F401
 from core.imaging.fspath import to_fs
-from core.imaging.images import decode_rgb, read_file
-from core.inference.runtime import runtime_plan
 from core.models.figures import parent_record
 from core.models.labsample import lab_sample
-from core.models.package import ModelCard, load_model, save_package, verify_package
+from core.models.package import load_model
 from core.imaging.preprocessing import Preprocessing
-from core.models.registry import package_path, package_workdir, register_package, version_package
+from core.models.registry import package_path, package_workdir, version_package
 from core.models.guard import load_guard
-from trainer.quantize import _write_card, add_int8
-from trainer.data import compute_hashes, scan_class_folders
+from trainer.pipeline import (
+    INT8_CHECK_IMAGES,
+    CalibrationConfig,
+    GuardInputs,
+    Int8Config,
+    PackageConfig,
+    finish_package_job,
+    freeze_first,
+    new_model,
+    register_version,
+    relay,
+    training_device,
+)
+from trainer.sources import (  # noqa: F401  (re-exported: the retrain API keeps these names)
+    MIN_PER_CLASS,
+    Item,
+    SourceError,
+    TrainingData,
+    collect_training_data,
+    from_reviewed_labels,
+    load_items,
+)
 
 log = logging.getLogger(__name__)
 
 MIN_VAL_FOR_CALIBRATION = 20
 MIN_VAL_FOR_SELECTION = 20  # fewer validation images: keep the last epoch, no early stopping
-MIN_PER_CLASS = 10  # fewer training images of a class: retrain says the class has too few
 FINETUNE_LR = 3e-3  # last 8 stages, class-balanced, >= 60 steps: measured in docs/retrain.md
 SMALL_VAL = 100  # below this many validation images a difference of a few % is noise
 
@@ -87,8 +102,10 @@ class RetrainError(HemascanError):
     """Retraining cannot start or go on (no reviewed labels, bad options...)."""
 
 
-@dataclass
-class RetrainConfig:
+class RetrainConfig(BaseModel):
+    """``retrain``'s settings (the pipeline from reviewed labels); stored with the run and in the card."""
+    model_config = ConfigDict(extra="forbid")
+
     epochs: int = 4  # at least; few images get more epochs (min_steps)
     min_steps: int = 60  # optimiser steps at least, whatever the number of reviewed images
     train_last: int | None = 8  # fine-tuning trains the last N stages (engine.stages), head first: measured in docs/retrain.md
@@ -99,7 +116,7 @@ class RetrainConfig:
     from_scratch: bool = False
     base_data: str | None = None  # folder of class folders added to the training side
     input_size: int | None = None  # from scratch only (default: the parent's); fine-tuning keeps the parent's preprocessing
-    arch_params: dict[str, Any] = field(default_factory=dict)
+    arch_params: dict[str, Any] = {}
     pretrained: bool = True  # from scratch: ImageNet weights where the architecture has them
     batch_size: int = 32
     lr: float | None = None  # None: 3e-4 fine-tuning, 1e-3 from scratch
@@ -109,7 +126,7 @@ class RetrainConfig:
     val_fraction: float = 0.2
     phash_distance: int = 4
     sources: tuple[str, ...] = ("human",)  # label-event sources used as training labels
-    augment: dict[str, Any] = field(default_factory=dict)
+    augment: dict[str, Any] = {}
     seed: int = 0
     threads: int | None = None
     device: str | None = None  # None/auto: CUDA when available
@@ -120,120 +137,11 @@ class RetrainConfig:
     int8: bool = True  # add a checked int8 model for fast CPU classification (trainer/quantize.py)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["sources"] = list(self.sources)
-        return d
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, d: dict) -> "RetrainConfig":
-        d = dict(d)
-        if "sources" in d:
-            d["sources"] = tuple(d["sources"])
-        return cls(**d)
-
-
-@dataclass
-class Item:
-    path: str  # as stored in the database (core.imaging.fspath), or a plain path for base data
-    label: int
-    sha256: str
-    image_id: int | None = None  # None for base-data images
-    source: str = "reviewed"  # reviewed / base
-
-
-@dataclass
-class TrainingData:
-    taxonomy: str
-    classes: list[str]
-    train: list[Item]
-    val: list[Item]
-    n_missing_files: int = 0
-    base: dict[str, Any] = field(default_factory=dict)
-    # images reviewers called "Other" (no class fits): never a training target; the guard
-    # is refitted with them as examples of what lies outside the model's experience
-    other: list[Item] = field(default_factory=list)
-
-    def summary(self) -> dict:
-        per = {c: {"train": 0, "val": 0, "base": 0} for c in self.classes}
-        for it in self.train:
-            per[self.classes[it.label]]["base" if it.source == "base" else "train"] += 1
-        for it in self.val:
-            per[self.classes[it.label]]["val"] += 1
-        too_few = [c for c, n in per.items() if n["train"] + n["base"] < MIN_PER_CLASS]
-        return {"taxonomy": self.taxonomy, "classes": self.classes, "per_class": per, "too_few": too_few,
-                "min_per_class": MIN_PER_CLASS,
-                "n_train_reviewed": sum(1 for it in self.train if it.source != "base"),
-                "n_train_base": sum(1 for it in self.train if it.source == "base"),
-                "n_train": len(self.train), "n_val": len(self.val),
-                "n_missing_files": self.n_missing_files, "base_data": self.base}
-
-
-
-def collect_training_data(db: Database, taxonomy: str, classes: list[str], cfg: RetrainConfig) -> TrainingData:
-    """Reviewed images (train/val by their fixed side) plus, optionally, a base dataset
-    folder on the training side, minus any base image that is (nearly) a validation image."""
-    r = reviewed_images(db, taxonomy, classes, cfg.sources, cfg.val_fraction, cfg.phash_distance)
-    labels, sides, files, other_files, ph = r.labels, r.sides, r.files, r.other, r.val_hashes
-    data = TrainingData(taxonomy, list(classes), [], [])
-    for image_id in sorted(labels):
-        if image_id not in files:
-            data.n_missing_files += 1
-            continue
-        path, sha = files[image_id]
-        it = Item(path, classes.index(labels[image_id]), sha, image_id)
-        (data.val if sides[image_id] == SPLIT_VAL else data.train).append(it)
-    data.other = [Item(path, -1, sha, image_id) for image_id, (path, sha) in sorted(other_files.items())]
-    if cfg.base_data:
-        ds = compute_hashes(scan_class_folders(Path(cfg.base_data), taxonomy))
-        if list(ds.classes) != list(classes):
-            raise RetrainError(f"base data classes {ds.classes} differ from the model's {classes}")
-        val_sha = set(ph)
-        val_ph = np.array([hash_int(p) for p in ph.values()], dtype=np.uint64)
-        reviewed_sha = {it.sha256 for it in data.train}
-        dropped_val, dropped_dup = 0, 0
-        for k, p in enumerate(ds.paths):
-            sha = ds.sha256[k]
-            if sha in val_sha or (len(val_ph) and hamming(val_ph, int(ds.phash[k])).min() <= cfg.phash_distance):
-                dropped_val += 1
-                continue
-            if sha in reviewed_sha:  # the reviewed label wins
-                dropped_dup += 1
-                continue
-            data.train.append(Item(str(p), int(ds.labels[k]), sha, None, "base"))
-        data.base = {"folder": str(cfg.base_data), "n_found": len(ds), "n_used": len(ds) - dropped_val - dropped_dup,
-                     "n_dropped_near_validation": dropped_val, "n_dropped_reviewed": dropped_dup}
-    return data
-
-
-def load_items(items: list[Item], prep, cache: dict | None = None, workers: int = 2,
-               on_progress: Callable[[int, int], None] | None = None, cancel=None) -> np.ndarray:
-    """Decode + ``prep.apply`` -> uint8 (N, S, S, 3). ``cache`` (optional dict) keeps
-    decoded inputs by (SHA-256, preprocessing) across runs in one process."""
-
-    key_p = json.dumps(prep.to_dict(), sort_keys=True)
-    s = prep.input_size
-    out = np.empty((len(items), s, s, 3), dtype=np.uint8)
-
-    def one(k: int):
-        it = items[k]
-        ck = (it.sha256, key_p)
-        if cache is not None and ck in cache:
-            return k, cache[ck]
-        arr = prep.apply(decode_rgb(read_file(to_fs(it.path) if it.image_id is not None else it.path)))
-        if cache is not None:
-            cache[ck] = arr
-        return k, arr
-
-    done = 0
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for k, arr in pool.map(one, range(len(items))):
-            out[k] = arr
-            done += 1
-            if on_progress is not None and (done % 64 == 0 or done == len(items)):
-                on_progress(done, len(items))
-            if cancel is not None and cancel.is_set():
-                break
-    return out
+        return cls.model_validate(d)
 
 
 # ---- training runs ------------------------------------------------------------------------
@@ -405,28 +313,14 @@ def comparison_table(cmp: dict) -> str:
 
 # ---- the job ---------------------------------------------------------------------------------
 
-def _resolve_device(pref: str | None):
-    """The training device from the runtime plan (core/inference/runtime.py); training computes in fp32."""
-    import torch
-
-
-    return torch.device(str(runtime_plan(device=pref, purpose="train").device))
-
-
 def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = None,
             progress: Callable[[Progress], None] | None = None, cancel: threading.Event | None = None,
             image_cache: dict | None = None, parent: VersionRef | None = None):
     """Fine-tune (or train from scratch) ``parent`` (None: the version active when the job
     starts) on the reviewed labels, compare with it on the same validation images, register
-    the result (not active). A job generator; returns a summary dict with ``status``,
+    the result (not active): the pipeline (trainer/pipeline.py) from reviewed labels, in a
+    ``training_runs`` row. A job generator; returns a summary dict with ``status``,
     ``version`` and ``comparison``."""
-    import torch
-
-    from core.models.architectures import build  # heavy: imports torch
-
-    from .engine import FitOptions, _seed_all, fit, predict_logits  # heavy: imports scikit-learn, torch
-    from .metrics import ece, fit_temperature, softmax, uncertain_threshold  # heavy: imports scikit-learn, torch
-
     cfg = config if isinstance(config, RetrainConfig) else RetrainConfig.from_dict(config or {})
     cancel = cancel or threading.Event()
 
@@ -447,9 +341,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         raise RetrainError(str(exc)) from None
     status = "failed"
     try:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        device = _resolve_device(cfg.device)
+        device, _ = training_device(cfg.device, threads=cfg.threads)
         taxonomy, classes = parent.taxonomy, list(pcard["classes"])
         arch = cfg.arch or parent_arch
         if not cfg.from_scratch and arch != parent_arch:
@@ -459,208 +351,105 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         if cfg.from_scratch:  # the trainer's preprocessing (area, scale-bar corner masked), not the parent's
             from .engine import TrainConfig  # heavy: imports scikit-learn, torch
 
-            tc = TrainConfig(data="", input_size=cfg.input_size or parent_prep.input_size)
-            prep = tc.prep
+            prep = TrainConfig(data="", input_size=cfg.input_size or parent_prep.input_size).prep
         else:
             prep = parent_prep
-
-        yield emit(Progress("data", 0, None, "collecting reviewed labels"))
-        data = collect_training_data(db, taxonomy, classes, cfg)
-        summary_data = data.summary()
-        if len(data.train) < 2:
-            raise RetrainError(f"not enough reviewed images to train on ({len(data.train)} on the training side, "
-                               f"{len(data.val)} on validation); review more images first")
-        yield emit(Progress("data", 1, 1, f"{len(data.train)} training, {len(data.val)} validation images",
-                            {"data": summary_data}))
-
-        def on_load(done, total):
-            pass
-
-        all_items = data.train + data.val
-        yield emit(Progress("load", 0, len(all_items), "decoding images"))
-        x_all = load_items(all_items, prep, image_cache, cfg.decode_workers, on_load, cancel)
-        if cancel.is_set():
+        try:
+            src = yield from relay(from_reviewed_labels(
+                db, taxonomy, classes, cfg, prep, pcard.get("input") or "field", pcard.get("cell_side_um"),
+                image_cache, cancel), emit)
+        except SourceError as exc:
+            raise RetrainError(str(exc)) from None
+        if src.data is None:
             status = "cancelled"
+            summary_data = src.items.summary()
             finish_run(db, run_id, status, metrics={"data": summary_data})
             return {"status": status, "run_id": run_id, "data": summary_data, "history": []}
-        y_all = np.array([it.label for it in all_items], dtype=np.int64)
-        tr_idx = np.arange(len(data.train))
-        va_idx = np.arange(len(data.train), len(all_items))
-        yield emit(Progress("load", len(all_items), len(all_items), "images decoded"))
-
-        # -- model, then the trainer's one training loop (engine.fit)
-        _seed_all(cfg.seed)
-        if cfg.from_scratch:
-            kw = dict(cfg.arch_params)
-            if cfg.pretrained and arch == "effnet_lite0":
-                kw["pretrained"] = True
-            model = build(arch, len(classes), **kw)
-            arch_params = dict(cfg.arch_params)
-        else:
-            model, _ = load_model(parent_path, "cpu")
-            arch_params = dict(pcard.get("arch_params") or {})
-        freeze = cfg.freeze_blocks
-        if freeze is None:
-            freeze = 0 if cfg.from_scratch else int(((pcard.get("training_data") or {}).get("config") or {}).get("freeze_blocks") or 0)
-        # Few labels: model selection and early stopping on a handful of validation images are
-        # noise, so below MIN_VAL_FOR_SELECTION the last epoch is kept (the comparison still
-        # runs on every validation image).
-        select = len(va_idx) >= MIN_VAL_FOR_SELECTION
-        opts = FitOptions(
-            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr or (1e-3 if cfg.from_scratch else FINETUNE_LR),
-            weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, patience=cfg.patience,
-            balance=cfg.balance, augment=cfg.augment, seed=cfg.seed,
-            freeze_first=freeze + 1 if freeze and arch == "effnet_lite0" else 0,
-            train_last=None if cfg.from_scratch else cfg.train_last, min_steps=cfg.min_steps)
-        replay = _replay_source(cfg, pcard, parent_path, summary_data, len(classes))
-        if replay is not None:  # a class has too few reviewed images: refit the head, replaying the parent's classes
-            from .guard import logits_and_embeddings  # heavy: imports torch
-            from .replay import REPLAY_PER_CLASS, fit_head_with_replay, replay_embeddings, reviewed_embeddings  # heavy: imports torch
-
-            yield emit(Progress("train", 0, None, f"{replay_reason(summary_data) or 'asked for'}: refitting the "
-                                "classifier on your images and on the model's own memory of its classes",
-                                {"method": "replay", "n_reviewed": len(tr_idx)}))
-            model = model.to("cpu")
-            real, real_y = reviewed_embeddings(model, x_all[tr_idx], y_all[tr_idx], prep, cfg.augment, "cpu", cfg.seed)
-            replayed, replayed_y = replay_embeddings(replay[0], replay[1], REPLAY_PER_CLASS, cfg.seed)
-            val_emb = None  # the validation images' embeddings: curves of how the refit does on them
-            if len(va_idx):
-                val_emb = (logits_and_embeddings(model, x_all[va_idx], prep, "cpu")[1], y_all[va_idx])
-            fitted = yield from fit_head_with_replay(model, real, real_y, replayed, replayed_y, len(classes),
-                                                     seed=cfg.seed, cancel=cancel, val=val_emb, progress=progress)
-            fitted["method"] = (f"classifier head refitted on {len(tr_idx)} reviewed images (x4 views) and "
-                                f"{len(replayed_y)} embeddings replayed from {parent.name}'s guard; backbone unchanged")
-            device = torch.device("cpu")
-        else:
-            run_dir = paths.data_dir / "runs" / f"retrain-{run_id}"  # checkpoints; removed when the run ends
-            try:
-                fitted = yield from fit(model, x_all, y_all, tr_idx, va_idx, classes, prep, device, opts,
-                                        out_dir=run_dir, checkpoint_config=cfg.to_dict(), progress=progress,
-                                        cancel=cancel, select_on_val=select)
-            finally:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            fitted["method"] = f"fine-tuned the last {cfg.train_last or 'all'} stages from {parent.name}"
+        data, split, summary_data = src.data, src.split, src.items.summary()
+        fitted, replayed = yield from _fit(cfg, data, split, summary_data, parent, parent_path, pcard, arch,
+                                           device, paths.data_dir / "runs" / f"retrain-{run_id}", emit, progress,
+                                           cancel)
         history, train_seconds = fitted["history"], fitted["train_seconds"]
-        best = fitted["best"]
         if fitted["status"] != "completed":
             status = "cancelled"
             finish_run(db, run_id, status, metrics={"data": summary_data, "history": history,
                                                      "train_seconds": train_seconds})
             return {"status": status, "run_id": run_id, "data": summary_data, "history": history,
                     "train_seconds": train_seconds}
+        if replayed is not None:
+            device = torch_device("cpu")
 
-        # -- calibration and comparison on the same validation images
-        yield emit(Progress("compare", 0, 2, "evaluating both versions on the validation images"))
-        temperature = float(pcard.get("temperature") or 1.0) if not cfg.from_scratch else 1.0
-        threshold = pcard.get("uncertain_threshold") if not cfg.from_scratch else None
-        calib: dict[str, Any] = {"source": "parent" if not cfg.from_scratch else "none"}
-        comparison = None
-        val_metrics = None
-        if len(va_idx):
-            xv, yv = x_all[va_idx], y_all[va_idx]
-            logits_new = predict_logits(model, xv, prep, device)
-            if len(va_idx) >= MIN_VAL_FOR_CALIBRATION:
-                temperature = fit_temperature(logits_new, yv)
-                pv = softmax(logits_new, temperature)
-                threshold = uncertain_threshold(pv, 0.95)
-                calib = {"source": "validation", "temperature": temperature, "val_ece_before": ece(softmax(logits_new), yv),
-                         "val_ece_after": ece(pv, yv), "uncertain_threshold": threshold}
-            probs_new = softmax(logits_new, temperature)
-            old_model, old_card = load_model(parent_path, "cpu")
-            old_model = old_model.to(device)
-            xo = xv if parent_prep == prep else load_items(data.val, parent_prep, image_cache, cfg.decode_workers)
-            probs_old = softmax(predict_logits(old_model, xo, parent_prep, device), float(old_card.temperature or 1.0))
-            del old_model
-            yield emit(Progress("compare", 1, 2, "comparing"))
-            comparison = compare_predictions(yv, probs_new, probs_old, classes, data.val, ("new", "old"),
-                                             cfg.bootstrap, cfg.seed)
-            comparison["old_name"] = parent.name
-            val_metrics = comparison["new"]
+        name = cfg.name or f"{arch.replace('_', '-')}-retrain{run_id}-{time.strftime('%Y%m%d-%H%M%S')}"
+        compared: dict[str, Any] = {"comparison": None}
 
-        # -- package, written whole in a private folder and copied into the registry only when
-        # complete (register_package): a run killed while writing leaves nothing in models/
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = cfg.name or f"{arch.replace('_', '-')}-retrain{run_id}-{stamp}"
-        if comparison is not None:
-            comparison["new_name"] = name
-        metrics = {"split": "reviewed labels, fixed train/val by content hash",
-                   "val_accuracy": val_metrics["accuracy"] if val_metrics else None,
-                   "val_macro_f1": val_metrics["macro_f1"] if val_metrics else None,
-                   "validation": val_metrics, "calibration": calib, "history": history,
-                   "best_epoch": best["epoch"], "epochs_run": len(history), "train_seconds": round(train_seconds, 1),
-                   "method": fitted.get("method"),
-                   "device": str(device),
-                   "comparison": _comparison_brief(comparison),
-                   # the parent's own figures with their basis (its test set, for a trained model):
-                   # this card's validation figures rest on a few reviewed images
-                   "parent": parent_record(pcard)}
-        card = ModelCard(
-            name=name, architecture=arch, taxonomy=taxonomy, classes=classes, preprocessing=prep.to_dict(),
-            arch_params=arch_params, temperature=float(temperature), uncertain_threshold=threshold, metrics=metrics,
+        def compare(model, calibration, guard, guard_info):  # the card's metrics: both versions, same images
+            cmp = yield from relay(_compare_with_parent(model, calibration, data, split, src.items, parent,
+                                                            parent_path, parent_prep, image_cache, cfg, device), emit)
+            if cmp is not None:
+                cmp["new_name"] = name
+            compared["comparison"] = cmp
+            val = cmp["new"] if cmp else None
+            return {"split": split.method, "val_accuracy": val["accuracy"] if val else None,
+                    "val_macro_f1": val["macro_f1"] if val else None, "validation": val,
+                    "calibration": calibration.record, "history": history, "best_epoch": fitted["best"]["epoch"],
+                    "epochs_run": len(history), "train_seconds": round(train_seconds, 1),
+                    "method": fitted.get("method"), "device": str(device), "comparison": _comparison_brief(cmp),
+                    # the parent's own figures with their basis (its test set, for a trained model):
+                    # this card's validation figures rest on a few reviewed images
+                    "parent": parent_record(pcard)}
+
+        # The lab's own images: the guard may flag no more of them than the parent's did (a guard
+        # fitted on a few dozen images flagged a quarter of them), and the int8 model is checked on them.
+        with db.session() as s:
+            lab = lab_sample(s, parent.id, LAB_SAMPLE)
+        yield emit(Progress("package", 0, None, f"checking the new version on {len(lab)} of the lab's own images",
+                            {"step": "lab", "n_images": len(lab)}))
+        lab, x_lab = _decode_lab(lab, prep, image_cache, cfg.decode_workers)
+        parent_flags = None
+        if len(x_lab):
+            parent_flags = _parent_flags(parent_path, pcard, x_lab if parent_prep == prep else
+                                         _decode_lab(lab, parent_prep, image_cache, cfg.decode_workers)[1], device)
+        guard_inputs = GuardInputs(other=src.other, replayed=replayed, lab=x_lab, lab_parent_flags=parent_flags,
+                                   parent_name=parent.name)
+        calibration = (CalibrationConfig(fallback_source="none") if cfg.from_scratch else CalibrationConfig(
+            fallback_temperature=float(pcard.get("temperature") or 1.0),
+            fallback_threshold=pcard.get("uncertain_threshold"), fallback_source="parent"))
+        package = PackageConfig(
+            name=name, architecture=arch, parent=parent.name, device=str(device),
+            arch_params=dict(cfg.arch_params) if cfg.from_scratch else dict(pcard.get("arch_params") or {}),
+            notes=cfg.notes or f"Retrained from reviewed labels (run {run_id}).",
             training_data={"source": "hemascan database: reviewed labels (latest event per image, sources "
                                      + "/".join(cfg.sources) + ")" + (" + base data folder" if cfg.base_data else ""),
                            **summary_data, "training_run_id": run_id,
                            "mode": "from scratch" if cfg.from_scratch else f"fine-tuned from {parent.name}",
                            "config": cfg.to_dict()},
-            parent=parent.name, notes=cfg.notes or f"Retrained from reviewed labels (run {run_id}).")
-        if cancel.is_set():
-            status = "cancelled"
-            finish_run(db, run_id, status, metrics={"data": summary_data, "history": history})
-            return {"status": status, "run_id": run_id, "data": summary_data, "history": history}
-        from .guard import add_guard, fit_guard, logits_and_embeddings, match_parent_on_lab  # heavy: imports torch
-
+            calibration=calibration.model_copy(update={"min_images": MIN_VAL_FOR_CALIBRATION}),
+            int8=Int8Config(enabled=cfg.int8, check_images=INT8_CHECK_IMAGES,
+                            calibration_source=f"{len(split.train)} reviewed training images"))
+        # the package is written whole in a private folder and copied into the registry only when
+        # complete (register_version): a run killed while writing leaves nothing in models/
         with package_workdir(paths) as workdir:
-            pkg = workdir / name
-            # The package stages have no steps to count: total None (the dialog shows a busy bar
-            # and the sentence of extra["step"], never a 0% that does not move)
-            yield emit(Progress("package", 0, None, "writing the model package", {"step": "save"}))
-            save_package(pkg, {k: v for k, v in model.state_dict().items()}, card)
-            yield emit(Progress("package", 0, None, "fitting the foreign-image guard on the training side",
-                                {"step": "guard", "n_images": int(len(tr_idx))}))
-            e_tr = logits_and_embeddings(model, x_all[tr_idx], prep, device)[1]
-            e_va = logits_and_embeddings(model, x_all[va_idx], prep, device)[1] if len(va_idx) else np.zeros((0, 0))
-            e_other = None
-            if data.other:
-                x_other = load_items(data.other, prep, image_cache, cfg.decode_workers)
-                e_other = logits_and_embeddings(model, x_other, prep, device)[1]
-            y_guard = y_all[tr_idx]
-            if replay is not None:  # the parent's classes keep their place in the guard too
-                e_tr, y_guard = np.concatenate([e_tr, replayed]), np.concatenate([y_guard, replayed_y])
-            guard, guard_info = fit_guard(e_tr, y_guard, e_va, other_emb=e_other)
-            # The lab's own images: the guard may flag no more of them than the parent's did
-            # (a guard fitted on a few dozen images flagged a quarter of them), and the int8
-            # model is checked on them too.
-            with db.session() as s:
-                lab = lab_sample(s, parent.id, LAB_SAMPLE)
-            yield emit(Progress("package", 0, None, f"checking the new version on {len(lab)} of the lab's own images",
-                                {"step": "lab", "n_images": len(lab)}))
-            lab, x_lab = _decode_lab(lab, prep, image_cache, cfg.decode_workers)
-            if len(x_lab):
-                parent_flags = _parent_flags(parent_path, pcard, x_lab if parent_prep == prep else
-                                             _decode_lab(lab, parent_prep, image_cache, cfg)[1], device)
-                if parent_flags is not None:
-                    guard, guard_info = match_parent_on_lab(guard, guard_info, logits_and_embeddings(
-                        model, x_lab, prep, device)[1], parent_flags, parent.name)
-            add_guard(pkg, guard, guard_info)
-            int8 = None
-            if cfg.int8 and not cancel.is_set():
-                int8 = yield from _add_int8(pkg, x_all, tr_idx, va_idx, x_lab, emit)
-            yield emit(Progress("package", 0, None, "copying the new version into the model registry",
-                                {"step": "register"}))
-            with db.session() as s:
-                v = register_package(s, paths, pkg, activate=False)
-                version_id = v.id
-        pkg = package_path(paths, name)  # the registry's copy
+            done = yield from relay(finish_package_job(
+                fitted["model"], data, split, package, workdir / name, guard_inputs=guard_inputs, evaluate=compare,
+                cancel=cancel), emit)
+            if done is None:
+                status = "cancelled"
+                finish_run(db, run_id, status, metrics={"data": summary_data, "history": history})
+                return {"status": status, "run_id": run_id, "data": summary_data, "history": history}
+            version_id = yield from relay(register_version(db, paths, done.package), emit)
+        comparison = compared["comparison"]
+        int8 = None if done.int8 is None else {k: done.int8[k] for k in INT8_KEYS if k in done.int8}
         status = "completed"
         run_metrics = {"data": summary_data, "history": history, "train_seconds": train_seconds,
-                       "comparison": _comparison_brief(comparison), "calibration": calib, "int8": int8}
+                       "comparison": _comparison_brief(comparison), "calibration": done.calibration.record,
+                       "int8": int8}
         finish_run(db, run_id, status, metrics=_jsonable(run_metrics), model_version_id=version_id)
         yield emit(Progress("package", 1, 1, name))
         return {"status": status, "run_id": run_id, "version": name, "version_id": version_id,
                 "parent": parent.name, "parent_id": parent.id, "data": summary_data, "history": history,
                 "comparison": comparison, "train_seconds": train_seconds, "seconds": time.perf_counter() - t0,
-                "device": str(device), "package": str(pkg), "int8": int8,
-                "trained_paths": [to_fs(it.path) if it.image_id is not None else it.path for it in data.train]}
+                "device": str(device), "package": str(package_path(paths, name)), "int8": int8,
+                "trained_paths": [to_fs(it.path) if it.image_id is not None else it.path for it in src.items.train]}
     except GeneratorExit:
         if status not in ("completed", "cancelled"):
             finish_run(db, run_id, "cancelled", error="job closed before it finished")
@@ -671,7 +460,95 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         raise
 
 
-INT8_CHECK_IMAGES = 800
+INT8_KEYS = ("accepted", "agreement", "n_checked", "flag_agreement", "n_flagged_fp32", "n_flagged_int8",
+             "quantize_seconds", "reason")
+
+
+def torch_device(name: str):
+    import torch  # heavy: imports torch
+
+    return torch.device(name)
+
+
+def _fit(cfg: RetrainConfig, data, split, summary_data: dict, parent: VersionRef, parent_path: Path, pcard: dict,
+         arch: str, device, run_dir: Path, emit, progress, cancel):
+    """The fit stage of a retrain: the parent's weights (or new ones) through engine.fit, or
+    the head refitted with feature replay when a class would be forgotten. A job generator;
+    returns (fit summary with "model" and "method", replayed (embeddings, labels) or None)."""
+    from .engine import FitOptions, _seed_all, fit  # heavy: imports scikit-learn, torch
+
+    classes, prep, tr_idx, va_idx = data.classes, data.prep, split.train, split.val
+    x_all, y_all = data.images, data.labels
+    _seed_all(cfg.seed)
+    if cfg.from_scratch:
+        model = new_model(arch, len(classes), cfg.arch_params, cfg.pretrained)
+    else:
+        model, _ = load_model(parent_path, "cpu")
+    freeze = cfg.freeze_blocks
+    if freeze is None:
+        freeze = 0 if cfg.from_scratch else int(((pcard.get("training_data") or {}).get("config") or {}).get("freeze_blocks") or 0)
+    opts = FitOptions(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr or (1e-3 if cfg.from_scratch else FINETUNE_LR),
+        weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, patience=cfg.patience,
+        balance=cfg.balance, augment=cfg.augment, seed=cfg.seed, freeze_first=freeze_first(arch, freeze),
+        train_last=None if cfg.from_scratch else cfg.train_last, min_steps=cfg.min_steps)
+    replay = _replay_source(cfg, pcard, parent_path, summary_data, len(classes))
+    replayed = None
+    if replay is not None:  # a class has too few reviewed images: refit the head, replaying the parent's classes
+        from .guard import logits_and_embeddings  # heavy: imports torch
+        from .replay import REPLAY_PER_CLASS, fit_head_with_replay, replay_embeddings, reviewed_embeddings  # heavy: imports torch
+
+        yield emit(Progress("train", 0, None, f"{replay_reason(summary_data) or 'asked for'}: refitting the "
+                            "classifier on your images and on the model's own memory of its classes",
+                            {"method": "replay", "n_reviewed": len(tr_idx)}))
+        model = model.to("cpu")
+        real, real_y = reviewed_embeddings(model, x_all[tr_idx], y_all[tr_idx], prep, cfg.augment, "cpu", cfg.seed)
+        replayed = replay_embeddings(replay[0], replay[1], REPLAY_PER_CLASS, cfg.seed)
+        val_emb = None  # the validation images' embeddings: curves of how the refit does on them
+        if len(va_idx):
+            val_emb = (logits_and_embeddings(model, x_all[va_idx], prep, "cpu")[1], y_all[va_idx])
+        fitted = yield from fit_head_with_replay(model, real, real_y, replayed[0], replayed[1], len(classes),
+                                                 seed=cfg.seed, cancel=cancel, val=val_emb, progress=progress)
+        fitted["method"] = (f"classifier head refitted on {len(tr_idx)} reviewed images (x4 views) and "
+                            f"{len(replayed[1])} embeddings replayed from {parent.name}'s guard; backbone unchanged")
+    else:
+        # Few labels: model selection and early stopping on a handful of validation images are
+        # noise, so below MIN_VAL_FOR_SELECTION the last epoch is kept (the comparison still
+        # runs on every validation image). Checkpoints go to run_dir, removed when the run ends.
+        try:
+            fitted = yield from fit(model, x_all, y_all, tr_idx, va_idx, classes, prep, device, opts,
+                                    out_dir=run_dir, checkpoint_config=cfg.to_dict(), progress=progress,
+                                    cancel=cancel, select_on_val=len(va_idx) >= MIN_VAL_FOR_SELECTION)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        fitted["method"] = f"fine-tuned the last {cfg.train_last or 'all'} stages from {parent.name}"
+    fitted["model"] = model
+    return fitted, replayed
+
+
+def _compare_with_parent(model, calibration, data, split, items, parent: VersionRef, parent_path: Path,
+                         parent_prep, image_cache, cfg: RetrainConfig, device):
+    """Both versions on the same validation images (the new one calibrated as its card will
+    be). A job generator (stage "compare"); returns compare_predictions' dict, or None without
+    validation images."""
+    from .engine import predict_logits  # heavy: imports scikit-learn, torch
+    from .metrics import softmax  # heavy: imports scikit-learn, torch
+
+    yield Progress("compare", 0, 2, "evaluating both versions on the validation images")
+    if not len(split.val):
+        return None
+    yv = data.labels[split.val]
+    probs_new = softmax(calibration.val_logits, calibration.temperature)
+    old_model, old_card = load_model(parent_path, "cpu")
+    xo = (data.images[split.val] if parent_prep == data.prep
+          else load_items(items.val, parent_prep, image_cache, cfg.decode_workers))
+    probs_old = softmax(predict_logits(old_model.to(device), xo, parent_prep, device), float(old_card.temperature or 1.0))
+    del old_model
+    yield Progress("compare", 1, 2, "comparing")
+    comparison = compare_predictions(yv, probs_new, probs_old, data.classes, items.val, ("new", "old"),
+                                     cfg.bootstrap, cfg.seed)
+    comparison["old_name"] = parent.name
+    return comparison
 
 
 def replay_needed(summary_data: dict) -> list[str]:
@@ -713,33 +590,6 @@ def _replay_source(cfg: RetrainConfig, pcard: dict, parent_path: Path, summary_d
     if not replay_possible(guard):
         return None
     return guard, [int(c) for c in record.get("classes_fitted", range(len(guard.class_means)))]
-
-
-def _add_int8(pkg: Path, x_all: np.ndarray, tr_idx: np.ndarray, va_idx: np.ndarray, x_lab: np.ndarray, emit):
-    """The int8 model, checked as training checks it: label agreement with fp32 and the same
-    guard flags, on the lab's own images, the validation images and training images (it
-    measures arithmetic, not accuracy), at least MIN_CHECK_IMAGES of them; else none ships
-    and the version runs fp32 (the card says why)."""
-
-    check = np.concatenate([va_idx, tr_idx])[: max(0, INT8_CHECK_IMAGES - len(x_lab))]
-    x_check = np.concatenate([x_lab, x_all[check]]) if len(x_lab) else x_all[check]
-    yield emit(Progress("package", 0, None, f"making the int8 model for fast CPU classification and checking "
-                        f"it on {len(x_check)} images", {"step": "int8", "n_images": int(len(x_check))}))
-    rec = add_int8(pkg, x_all[tr_idx], x_check, f"{len(tr_idx)} reviewed training images")
-    if not rec.get("accepted"):
-        _note_fp32(pkg, rec)
-    keys = ("accepted", "agreement", "n_checked", "flag_agreement", "n_flagged_fp32", "n_flagged_int8",
-            "quantize_seconds", "reason")
-    return {k: rec[k] for k in keys if k in rec}
-
-
-def _note_fp32(pkg: Path, rec: dict) -> None:
-    """Say in the card why the version has no int8 model (it runs fp32): the model panel shows it."""
-    card = verify_package(pkg)
-    card.int8 = {"accepted": False, "reason": str(rec.get("reason") or "not made"),
-                 **{k: rec[k] for k in ("agreement", "n_checked", "flag_agreement", "n_flagged_fp32",
-                                        "n_flagged_int8") if k in rec}}
-    _write_card(pkg, card)
 
 
 LAB_SAMPLE = 800  # the lab's own images a retrain checks its guard and int8 model on
