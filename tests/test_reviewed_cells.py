@@ -53,3 +53,22 @@ def test_a_reviewed_cell_whose_file_changed_is_left_out_with_its_reason(db, tmp_
     same_image = {c.cell_id for c in kept if c.image_id == changed.image_id}
     assert set(failed) == same_image and "changed" in failed[changed.cell_id]
     assert set(got_ids) == {c.cell_id for c in kept} - same_image and len(x) == len(got_ids)
+
+
+def test_lab_cells_are_the_cells_the_parent_classified_with_its_flags(db, tmp_path):
+    from sqlalchemy import update
+
+    from core.review.reviewed import lab_cells
+    from core.storage import CellPrediction
+
+    folder, vid, cells = make_cell_folder(db, tmp_path)
+    ids = sorted(cells)
+    with db.session() as s:
+        s.execute(update(CellPrediction).where(CellPrediction.cell_id == ids[1]).values(out_of_distribution=True))
+    got, flags = lab_cells(db, vid, limit=100)
+    assert sorted(c.cell_id for c in got) == ids and len(flags) == len(got)
+    assert dict(zip((c.cell_id for c in got), flags))[ids[1]] is True
+    assert sum(flags) == 1
+    first, _ = lab_cells(db, vid, limit=2)
+    assert len(first) == 2 and first == lab_cells(db, vid, limit=2)[0]  # a fixed sample
+    assert lab_cells(db, vid + 999, limit=10) == ([], [])  # a version that classified no cell

@@ -55,6 +55,7 @@ class TrainingArrays:
     subjects: list[str] | None = None  # patient / donor per item, where known
     sources: list[str] | None = None  # dataset / lab per item, where known
     cell_side_um: float | None = None  # a cell model: the physical side its cut-outs were made at
+    cell_crops: str = "whole"  # a cell model: how its single-cell crops were given (whole / cut_out)
 
 
 @dataclass
@@ -223,7 +224,7 @@ def write_package(model, data: TrainingArrays, calibration: Calibration, guard, 
         preprocessing=data.prep.to_dict(), arch_params=dict(config.arch_params),
         temperature=float(calibration.temperature), uncertain_threshold=calibration.uncertain_threshold,
         metrics=dict(config.metrics), training_data=dict(config.training_data), parent=config.parent,
-        input=data.input_kind, cell_side_um=data.cell_side_um, notes=config.notes)
+        input=data.input_kind, cell_side_um=data.cell_side_um, cell_crops=data.cell_crops, notes=config.notes)
     save_package(out_dir, {k: v for k, v in model.state_dict().items()}, card)
     from .guard import add_guard  # heavy: imports torch
 

@@ -62,9 +62,10 @@ from core.models.runs import fail_stale_runs, finish_run, start_run  # noqa: F40
 from core.imaging.fspath import to_fs
 from core.models.figures import parent_record
 from core.models.labsample import lab_sample
-from core.models.package import load_model
+from core.models.package import DEFAULT_CELL_SIDE_UM, load_model
+from core.review.reviewed import cell_inputs, has_cell_labels, lab_cells
 from core.imaging.preprocessing import Preprocessing
-from core.models.registry import package_path, package_workdir, version_package
+from core.models.registry import CELL, input_kind_of, package_path, package_workdir, version_package
 from core.models.guard import load_guard
 from trainer.pipeline import (
     INT8_CHECK_IMAGES,
@@ -85,6 +86,7 @@ from trainer.sources import (  # noqa: F401  (re-exported: the retrain API keeps
     SourceError,
     TrainingData,
     collect_training_data,
+    from_reviewed_cells,
     from_reviewed_labels,
     load_items,
 )
@@ -354,10 +356,19 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             prep = TrainConfig(data="", input_size=cfg.input_size or parent_prep.input_size).prep
         else:
             prep = parent_prep
+        # a cell model learns from the reviewers' cell labels, each cell cut out as classify cuts it;
+        # one that sees crops whole and has no cell label learns from crops labelled as images, as before cells
+        cell_side_um = float(pcard.get("cell_side_um") or DEFAULT_CELL_SIDE_UM)
+        cell_crops = pcard.get("cell_crops") or "whole"
+        is_cell = input_kind_of(pcard) == CELL and (cell_crops != "whole" or has_cell_labels(db, taxonomy, cfg.sources))
+        if is_cell and cfg.from_scratch:
+            raise RetrainError("a cell model is retrained from itself, not from scratch: its cut-outs follow its "
+                               "card (side, background, crops)")
         try:
-            src = yield from relay(from_reviewed_labels(
-                db, taxonomy, classes, cfg, prep, pcard.get("input") or "field", pcard.get("cell_side_um"),
-                image_cache, cancel), emit)
+            src = yield from relay(
+                from_reviewed_cells(db, taxonomy, classes, cfg, prep, cell_side_um, cell_crops, cancel) if is_cell
+                else from_reviewed_labels(db, taxonomy, classes, cfg, prep, pcard.get("input") or "field",
+                                          pcard.get("cell_side_um"), image_cache, cancel), emit)
         except SourceError as exc:
             raise RetrainError(str(exc)) from None
         if src.data is None:
@@ -400,11 +411,17 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
 
         # The lab's own images: the guard may flag no more of them than the parent's did (a guard
         # fitted on a few dozen images flagged a quarter of them), and the int8 model is checked on them.
-        with db.session() as s:
-            lab = lab_sample(s, parent.id, LAB_SAMPLE)
-        yield emit(Progress("package", 0, None, f"checking the new version on {len(lab)} of the lab's own images",
-                            {"step": "lab", "n_images": len(lab)}))
-        lab, x_lab = _decode_lab(lab, prep, image_cache, cfg.decode_workers)
+        if is_cell:  # the lab's own cells the parent classified, cut out as it saw them
+            lab_cell_rows, _ = lab_cells(db, parent.id, LAB_SAMPLE)
+            x_lab, lab, _ = cell_inputs(lab_cell_rows, prep, cell_side_um, cell_crops)
+            yield emit(Progress("package", 0, None, f"checking the new version on {len(lab)} of the lab's own cells",
+                                {"step": "lab", "n_images": len(lab)}))
+        else:
+            with db.session() as s:
+                lab = lab_sample(s, parent.id, LAB_SAMPLE)
+            yield emit(Progress("package", 0, None, f"checking the new version on {len(lab)} of the lab's own images",
+                                {"step": "lab", "n_images": len(lab)}))
+            lab, x_lab = _decode_lab(lab, prep, image_cache, cfg.decode_workers)
         parent_flags = None
         if len(x_lab):
             parent_flags = _parent_flags(parent_path, pcard, x_lab if parent_prep == prep else

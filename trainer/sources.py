@@ -4,6 +4,8 @@
 * :func:`from_class_folders`: a folder of class folders (``train``), split by patient, at random or all.
 * :func:`from_reviewed_labels`: the reviewers' labels in the database (``retrain``), each image on
   its fixed side; optionally a base folder on the training side.
+* :func:`from_reviewed_cells`: the reviewers' cell labels (``retrain`` of a cell model), each cell
+  cut out as classify cuts it, on its field's fixed side.
 * cut-out cells or any other arrays: build ``TrainingArrays`` directly (input_kind "cell").
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from core.imaging.fspath import to_fs
 from core.imaging.images import decode_rgb, read_file
 from core.imaging.preprocessing import Preprocessing
 from core.jobs import Progress
-from core.review.reviewed import SPLIT_VAL, reviewed_images
+from core.review.reviewed import SPLIT_VAL, cell_inputs, reviewed_cells, reviewed_images
 from core.storage import Database
 from trainer.data import (
     Dataset,
@@ -79,6 +81,7 @@ class Item:
     sha256: str
     image_id: int | None = None  # None for base-data images
     source: str = "reviewed"  # reviewed / base
+    cell_id: int | None = None  # a reviewed cell of the image (a cell model's retrain)
 
 
 @dataclass
@@ -211,4 +214,44 @@ def from_reviewed_labels(db: Database, taxonomy: str, classes: list[str], cfg, p
                           sources=[it.source for it in all_items])
     split = Split("reviewed labels, fixed train/val by content hash", np.arange(len(items.train)),
                   np.arange(len(items.train), len(all_items)), np.zeros(0, dtype=int))
+    return ReviewedSource(data, split, items, other)
+
+
+def from_reviewed_cells(db: Database, taxonomy: str, classes: list[str], cfg, prep: Preprocessing,
+                        cell_side_um: float, cell_crops: str = "whole", cancel=None):
+    """The reviewers' cell labels -> cut-outs (training side first, then validation) and split,
+    as :func:`from_reviewed_labels` for images: each cell cut out by the function classify uses
+    (the card's side, background and crop rule), on its field's fixed side. A job generator
+    (stages "data", "load"); returns a :class:`ReviewedSource`. Fewer than 2 training cells:
+    SourceError. A base folder is not used here (cells come from the lab's own fields)."""
+    yield Progress("data", 0, None, "collecting reviewed cells")
+    kept, other_cells = reviewed_cells(db, taxonomy, classes, cfg.sources, cfg.val_fraction, cfg.phash_distance)
+    yield Progress("load", 0, len(kept), "cutting out the reviewed cells")
+    x, ids, failed = cell_inputs(kept, prep, cell_side_um, cell_crops)
+    if cancel is not None and cancel.is_set():
+        return ReviewedSource(None, None, TrainingData(taxonomy, list(classes), [], []), None)
+    by_id = {c.cell_id: c for c in kept}
+    items = TrainingData(taxonomy, list(classes), [], [], n_missing_files=len(kept) - len(ids))
+    order: dict[str, list[int]] = {"train": [], "val": []}
+    for k, cid in enumerate(ids):
+        c = by_id[cid]
+        it = Item(c.path, classes.index(c.label), c.sha256, c.image_id, cell_id=cid)
+        side = "val" if c.side == SPLIT_VAL else "train"
+        (items.val if side == "val" else items.train).append(it)
+        order[side].append(k)
+    summary = items.summary()
+    if len(items.train) < 2:
+        raise SourceError(f"not enough reviewed cells to train on ({len(items.train)} on the training side, "
+                          f"{len(items.val)} on validation); review more cells first")
+    yield Progress("data", 1, 1, f"{len(items.train)} training, {len(items.val)} validation cells", {"data": summary})
+    pick = np.array(order["train"] + order["val"], dtype=np.int64)
+    x = x[pick] if len(pick) else x
+    y = np.array([it.label for it in items.train + items.val], dtype=np.int64)
+    yield Progress("load", len(ids), len(kept), f"{len(ids)} cells cut out"
+                   + (f"; {len(failed)} left out (their field changed or cannot be read)" if failed else ""))
+    other, _, _ = cell_inputs(other_cells, prep, cell_side_um, cell_crops)
+    data = TrainingArrays(x, y, list(classes), taxonomy, prep, input_kind="cell", cell_side_um=cell_side_um,
+                          cell_crops=cell_crops, sources=["reviewed"] * len(y))
+    split = Split("reviewed cells, fixed train/val by their field's content hash", np.arange(len(items.train)),
+                  np.arange(len(items.train), len(y)), np.zeros(0, dtype=int))
     return ReviewedSource(data, split, items, other)

@@ -231,8 +231,11 @@ def retrain_parent(session: Session) -> ModelVersion:
     if cell is None or cell.taxonomy == field.taxonomy:
         return field
 
-    def labelled(taxonomy: str) -> bool:
-        return session.scalar(select(LabelEvent.id).where(LabelEvent.taxonomy == taxonomy).limit(1)) is not None
+    def labelled(taxonomy: str) -> bool:  # images or, for a cell model's taxonomy, cells
+        from core.storage import CellLabelEvent
+
+        return any(session.scalar(select(event.id).where(event.taxonomy == taxonomy).limit(1)) is not None
+                   for event in (LabelEvent, CellLabelEvent))
 
     return cell if labelled(cell.taxonomy) and not labelled(field.taxonomy) else field
 
@@ -268,6 +271,15 @@ def reviewed_cell_labels(session, taxonomy: str, sources: Iterable[str] = ("huma
         .where(CellLabelEvent.id.in_(latest))) if label is not None and tax == taxonomy}
 
 
+def has_cell_labels(db: Database, taxonomy: str, sources: Iterable[str] = ("human",)) -> bool:
+    """Whether any cell has a label event of ``taxonomy`` from ``sources``."""
+    from core.storage import CellLabelEvent
+
+    with db.session() as s:
+        return s.scalar(select(CellLabelEvent.id).where(CellLabelEvent.taxonomy == taxonomy,
+                                                        CellLabelEvent.source.in_(list(sources))).limit(1)) is not None
+
+
 def reviewed_cells(db: Database, taxonomy: str, classes: list[str], sources: Iterable[str] = ("human",),
                    val_fraction: float = 0.2, phash_distance: int = NEAR_DUPLICATE_BITS
                    ) -> tuple[list[ReviewedCell], list[ReviewedCell]]:
@@ -275,31 +287,56 @@ def reviewed_cells(db: Database, taxonomy: str, classes: list[str], sources: Ite
     there. Each takes its image's fixed train/validation side (assigned where new, in this
     transaction, exactly as for reviewed images: near duplicates together), so cells of one
     field, and of near-duplicate fields, are never split between training and validation."""
-    from core.storage import Cell, CellSearch
-
     with db.session() as s:
         labels = {c: lab for c, lab in reviewed_cell_labels(s, taxonomy, sources).items()
                   if lab in classes or lab == OTHER}
-        rows = []
-        for chunk in _chunks(list(labels)):
-            rows += s.execute(select(Cell.id, Cell.image_id, Cell.finder, Cell.x0, Cell.y0, Cell.x1, Cell.y1,
-                                     Cell.contour, Cell.um_per_px).where(Cell.id.in_(chunk))).all()
-        image_ids = sorted({r.image_id for r in rows})
-        sides = assign_splits(s, image_ids, val_fraction, phash_distance)
-        files = _present_paths(s, image_ids)
-        crops: set[tuple[int, str]] = set()
-        for chunk in _chunks(image_ids):
-            crops.update(s.execute(select(CellSearch.image_id, CellSearch.finder)
-                                   .where(CellSearch.image_id.in_(chunk), CellSearch.single_cell_crop.is_(True))).all())
-    kept, other = [], []
-    for r in sorted(rows, key=lambda r: r.id):
-        if r.image_id not in files:
-            continue
-        path, sha = files[r.image_id]
-        cell = ReviewedCell(r.id, r.image_id, path, sha, (r.x0, r.y0, r.x1, r.y1), r.contour, r.um_per_px,
-                            (r.image_id, r.finder) in crops, labels[r.id], sides[r.image_id])
-        (other if cell.label == OTHER else kept).append(cell)
-    return kept, other
+        rows = _cell_rows(s, list(labels))
+        sides = assign_splits(s, sorted({r.image_id for r in rows}), val_fraction, phash_distance)
+        cells = _plain_cells(s, rows, labels, sides)
+    return [c for c in cells if c.label != OTHER], [c for c in cells if c.label == OTHER]
+
+
+def _cell_rows(session, cell_ids: list[int]) -> list:
+    from core.storage import Cell
+
+    rows = []
+    for chunk in _chunks(cell_ids):
+        rows += session.execute(select(Cell.id, Cell.image_id, Cell.finder, Cell.x0, Cell.y0, Cell.x1, Cell.y1,
+                                       Cell.contour, Cell.um_per_px).where(Cell.id.in_(chunk))).all()
+    return sorted(rows, key=lambda r: r.id)
+
+
+def _plain_cells(session, rows: list, labels: dict[int, str], sides: dict[int, str]) -> list[ReviewedCell]:
+    """Rows of cells -> ReviewedCell, those whose image has a file still there."""
+    from core.storage import CellSearch
+
+    image_ids = sorted({r.image_id for r in rows})
+    files = _present_paths(session, image_ids)
+    crops: set[tuple[int, str]] = set()
+    for chunk in _chunks(image_ids):
+        crops.update(session.execute(select(CellSearch.image_id, CellSearch.finder).where(
+            CellSearch.image_id.in_(chunk), CellSearch.single_cell_crop.is_(True))).all())
+    return [ReviewedCell(r.id, r.image_id, *files[r.image_id], (r.x0, r.y0, r.x1, r.y1), r.contour, r.um_per_px,
+                         (r.image_id, r.finder) in crops, labels.get(r.id, ""), sides.get(r.image_id, ""))
+            for r in rows if r.image_id in files]
+
+
+def lab_cells(db: Database, version_id: int, limit: int) -> tuple[list[ReviewedCell], list[bool | None]]:
+    """The lab's own cells for checking a retrained cell model against its parent (what
+    core.models.labsample.lab_sample is for images): up to ``limit`` cells the parent classified,
+    a fixed sample (by image content hash, then cell), with the parent's stored "outside its
+    experience" flag. Unlabelled: ``label`` and ``side`` are empty."""
+    from core.storage import Cell, CellPrediction
+
+    with db.session() as s:
+        picked = s.execute(
+            select(CellPrediction.cell_id, CellPrediction.out_of_distribution)
+            .join(Cell, Cell.id == CellPrediction.cell_id).join(Image, Image.id == Cell.image_id)
+            .where(CellPrediction.model_version_id == version_id)
+            .order_by(Image.sha256, Cell.id).limit(limit)).all()
+        outside = {cid: (None if o is None else bool(o)) for cid, o in picked}
+        cells = _plain_cells(s, _cell_rows(s, list(outside)), {}, {})
+    return cells, [outside[c.cell_id] for c in cells]
 
 
 def cell_inputs(cells: list[ReviewedCell], prep, side_um: float, cell_crops: str = "whole",
