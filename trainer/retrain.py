@@ -658,8 +658,8 @@ def _cross_validated(data, split, items, cfg: RetrainConfig, refit, cancel):
     fold_of[np.random.default_rng(cfg.seed).permutation(len(reviewed))] = np.arange(len(reviewed)) % k
     logits = np.zeros((len(reviewed), len(data.classes)))
     for f in range(k):
-        yield Progress("compare", f, k, f"fitting the new version again without a fifth of your reviewed images "
-                       f"({f + 1} of {k}), to check it on images it did not learn from")
+        yield Progress("compare", f, k, f"fitting the new version again without some of your reviewed images "
+                       f"({f + 1} of {k}), to check it on images it did not learn from", {"fold": f + 1, "folds": k})
         held = fold_of == f
         fitted = refit(Split(split.method, np.setdiff1d(split.train, reviewed[held]), split.val, split.test), f)
         if fitted["status"] != "completed" or (cancel is not None and cancel.is_set()):
