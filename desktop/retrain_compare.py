@@ -10,7 +10,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QGridLayout, QHeaderView, QLabel, QSizePolicy, QTableWidget,
                                QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 
-from trainer.retrain import difference_range, points, recall_or_none
+from trainer.retrain import difference_range, images_compared, points, recall_or_none
 
 
 def table(rows: int, cols: int, headers: list[str] | None = None) -> QTableWidget:
@@ -131,13 +131,14 @@ class ComparisonView:
             set_cell(self.metrics_table, r, 1, f"{a:.3f}")
             set_cell(self.metrics_table, r, 2, f"{b:.3f}",
                  bg=QColor("#d9f2d9") if better else QColor("#f8d7d7") if worse else None)
-        set_cell(self.metrics_table, len(rows), 0, "Validation images", Qt.AlignLeft | Qt.AlignVCenter)
+        set_cell(self.metrics_table, len(rows), 0, "Images compared" if cmp.get("basis") else "Validation images",
+                 Qt.AlignLeft | Qt.AlignVCenter)
         set_cell(self.metrics_table, len(rows), 1, cmp["n"])
         set_cell(self.metrics_table, len(rows), 2, cmp["n"])
         d = cmp["accuracy_difference"]
         self.diff_label.setText(
-            f"The new version is right on {points(d['difference'])} points more of the {d['n']} validation "
-            f"images than the active one ({difference_range(d['ci95'])}). It fixes "
+            f"The new version is right on {points(d['difference'])} points more of the {images_compared(cmp)} "
+            f"than the active one ({difference_range(d['ci95'])}). It fixes "
             f"{d.get('n_fixed', 0)} and breaks {d.get('n_broken', 0)} predictions; {cmp['n_changed']} change.")
         self.warning.setText(cmp.get("warning") or "")
         for t, m, title, name in ((self.cm_old, old, self.cm_old_title, old_name), (self.cm_new, new, self.cm_new_title, new_name)):

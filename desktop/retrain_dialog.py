@@ -114,7 +114,10 @@ def plain_stage(p, n_reviewed: int | None, n_val: int | None) -> str | None:
         on = f"your {n_val} validation images" if n_val is not None else "your validation images"
         return f"Checked the new version on {on} (round {ex.get('epoch', p.done)} of {ex.get('epochs', p.total)})"
     if p.stage == "compare":
-        return "Comparing the new version with the current one on your validation images…"
+        if "fold" in ex:  # the k-fold comparison (trainer/retrain.py): refits that leave images out
+            return (f"Checking the new version on reviewed images it did not learn from "
+                    f"(round {ex['fold']} of {ex['folds']})…")
+        return "Comparing the new version with the current one on your reviewed images…"
     if p.stage == "package":
         if p.total and p.done >= p.total:
             return "Saved the new version."

@@ -25,7 +25,8 @@ from core.models.taxonomy import TAXONOMIES
 
 CLASSES = list(TAXONOMIES["all_subtype"].classes)
 # the tiny test model trains whole, at the trainer's from-scratch rate, for a fixed two epochs
-FAST = dict(epochs=2, min_steps=0, train_last=None, lr=1e-3, batch_size=16, threads=2, augment={"strength": 0.0}, bootstrap=200, decode_workers=1)
+FAST = dict(epochs=2, min_steps=0, train_last=None, lr=1e-3, batch_size=16, threads=2, augment={"strength": 0.0}, bootstrap=200, decode_workers=1,
+            cv_folds=0)  # validation images only; tests/test_retrain_kfold.py compares by k folds
 
 
 def tiny_package(tmp: Path, name: str = "tiny-v1") -> Path:
@@ -219,7 +220,8 @@ def test_export_import_round_trip_and_tampering(labelled, db, paths, tmp_path):
 
 @pytest.mark.slow
 def test_cli_retrain_and_models_export_import(labelled, cli, tmp_path, db):
-    rc, out, err = cli("retrain", "--epochs", 1, "--min-steps", 0, "--threads", 2, "--no-augment", "--promote")
+    rc, out, err = cli("retrain", "--epochs", 1, "--min-steps", 0, "--threads", 2, "--no-augment", "--promote",
+                       "--folds", 0)
     assert rc == 0, err
     # 12 validation images cannot show the new version is better (a tiny run may even lose a
     # class: then it says "worse"): Promote says why and does not
@@ -227,7 +229,8 @@ def test_cli_retrain_and_models_export_import(labelled, cli, tmp_path, db):
     assert "not promoted: the comparison cannot tell" in out or "not promoted: the new version is worse" in out
     with db.session() as s:
         assert active_version(s).name == "tiny-v1"
-    rc, out, err = cli("retrain", "--epochs", 1, "--min-steps", 0, "--threads", 2, "--no-augment", "--promote", "--force")
+    rc, out, err = cli("retrain", "--epochs", 1, "--min-steps", 0, "--threads", 2, "--no-augment", "--promote", "--force",
+                       "--folds", 0)
     assert rc == 0 and ("promoted although the comparison cannot tell" in out
                         or "promoted although the new version is worse" in out), err
     f = tmp_path / "m.hsmodel"

@@ -26,6 +26,7 @@ Validation sides (fixed per image forever) and the reviewed labels are read by
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -49,7 +50,7 @@ from core.review.reviewed import (  # noqa: F401  (re-exported: the retrain API 
     reviewed_summary,
 )
 from core.errors import HemascanError
-from core.jobs import Progress
+from core.jobs import Progress, run_job
 from core.models.registry import (  # noqa: F401  (re-exported: the retrain API keeps these names)
     VersionRef,
     activate,
@@ -67,6 +68,7 @@ from core.review.reviewed import cell_inputs, has_cell_labels, lab_cells
 from core.imaging.preprocessing import Preprocessing
 from core.models.registry import CELL, input_kind_of, package_path, package_workdir, version_package
 from core.models.guard import load_guard
+from trainer.data import Split
 from trainer.pipeline import (
     INT8_CHECK_IMAGES,
     CalibrationConfig,
@@ -135,6 +137,9 @@ class RetrainConfig(BaseModel):
     name: str | None = None
     notes: str = ""
     bootstrap: int = 2000
+    # k-fold comparison: every reviewed training image predicted by a version fitted as this one
+    # (same config, same method) without it; 0 or 1: validation images only
+    cv_folds: int = 5
     decode_workers: int = 2
     int8: bool = True  # add a checked int8 model for fast CPU classification (trainer/quantize.py)
 
@@ -182,11 +187,30 @@ def difference_range(ci95) -> str:
     return f"95% range of the difference: could be from {points(lo)} to {points(hi)} points"
 
 
+ALPHA = 0.05  # the paired test's level: a difference this unlikely by chance counts
+
+
+def mcnemar_exact(correct_new: np.ndarray, correct_old: np.ndarray) -> dict:
+    """McNemar's exact test on paired right/wrong: the images only one version gets right,
+    under "either is as likely" (binomial, p = 1/2), two-sided."""
+    from math import comb
+
+    a, b = np.asarray(correct_new, bool), np.asarray(correct_old, bool)
+    fixed, broken = int((a & ~b).sum()), int((~a & b).sum())
+    n = fixed + broken
+    p = 1.0 if n == 0 else min(1.0, 2 * sum(comb(n, i) for i in range(min(fixed, broken) + 1)) / 2 ** n)
+    return {"test": "McNemar exact (two-sided)", "n_fixed": fixed, "n_broken": broken, "p": float(p)}
+
+
 def compare_predictions(y: np.ndarray, probs_new: np.ndarray, probs_old: np.ndarray, classes: list[str],
                         items: list[Item] | None = None, names: tuple[str, str] = ("new", "active"),
-                        n_boot: int = 2000, seed: int = 0) -> dict:
+                        n_boot: int = 2000, seed: int = 0, basis: dict | None = None) -> dict:
     """Both versions on the same images: metrics, confusion matrices, changed predictions,
-    bootstrap interval of the accuracy difference and a warning when it cannot tell."""
+    bootstrap interval of the accuracy difference, McNemar's exact test and a warning when it
+    cannot tell. ``basis`` (k-fold comparison: {"k", "n_cross_validated", "n_validation"}):
+    the images include reviewed training images each predicted by a version that did not
+    train on them, and the verdict is the paired test's (no minimum number of images);
+    without it, validation images only, and "better" needs SMALL_VAL of them."""
     from .metrics import classification_metrics  # heavy: imports scikit-learn, torch
 
     y = np.asarray(y)
@@ -209,24 +233,33 @@ def compare_predictions(y: np.ndarray, probs_new: np.ndarray, probs_old: np.ndar
                         "label": classes[int(y[k])], "old": classes[int(po[k])], "new": classes[int(pn[k])],
                         "old_confidence": float(probs_old[k].max()), "new_confidence": float(probs_new[k].max())})
     boot = bootstrap_difference(pn == y, po == y, n_boot, seed)
+    test = mcnemar_exact(pn == y, po == y)
     n = len(y)
     warning = None
     lo, hi = boot["ci95"]
-    if n == 0:
-        warning = "no validation images: the versions cannot be compared; review more images"
-    elif n < SMALL_VAL or lo <= 0.0 <= hi:
-        warning = (f"too few validation images to tell the versions apart: accuracy differs by "
-                   f"{points(boot['difference'])} points ({difference_range((lo, hi))}) on {n} images"
-                   + (f"; fewer than {SMALL_VAL} validation images" if n < SMALL_VAL else ""))
-    if n and hi < 0.0:
-        verdict = "worse"
-    elif n and lo > 0.0 and n >= SMALL_VAL:
-        verdict = "better"
+    if basis is not None:
+        chance = test["p"] >= ALPHA
+        if n == 0:
+            warning = "no reviewed images to compare on; review more images"
+        elif chance or lo <= 0.0 <= hi:
+            warning = (f"the versions cannot be told apart: accuracy differs by {points(boot['difference'])} points "
+                       f"({difference_range((lo, hi))}) on {n} images; {test['n_fixed']} fixed and "
+                       f"{test['n_broken']} broken could be chance")
+        better = n and lo > 0.0 and not chance
+        worse = n and (hi < 0.0 or (test["n_broken"] > test["n_fixed"] and not chance))
     else:
-        verdict = "undecided"
+        if n == 0:
+            warning = "no validation images: the versions cannot be compared; review more images"
+        elif n < SMALL_VAL or lo <= 0.0 <= hi:
+            warning = (f"too few validation images to tell the versions apart: accuracy differs by "
+                       f"{points(boot['difference'])} points ({difference_range((lo, hi))}) on {n} images"
+                       + (f"; fewer than {SMALL_VAL} validation images" if n < SMALL_VAL else ""))
+        better = n and lo > 0.0 and n >= SMALL_VAL
+        worse = n and hi < 0.0
+    verdict = "worse" if worse else "better" if better else "undecided"
     return {"names": list(names), "classes": list(classes), "n": int(n), names[0]: brief(mn), names[1]: brief(mo),
-            "new": brief(mn), "old": brief(mo), "accuracy_difference": boot, "changed": changes,
-            "n_changed": len(changes), "warning": warning, "verdict": verdict}
+            "new": brief(mn), "old": brief(mo), "accuracy_difference": boot, "paired_test": test,
+            "basis": basis, "changed": changes, "n_changed": len(changes), "warning": warning, "verdict": verdict}
 
 
 def recall_or_none(side: dict, c: str) -> float | None:
@@ -258,33 +291,45 @@ def recall_losses(cmp: dict) -> list[str]:
     return out
 
 
+def images_compared(cmp: dict) -> str:
+    """What the comparison ran on, in words: 'validation images', or, for a k-fold comparison,
+    the reviewed images each predicted by a version that did not learn from them."""
+    basis = cmp.get("basis")
+    if not basis:
+        return f"{cmp['n']} validation images"
+    return (f"{cmp['n']} reviewed images ({basis['n_cross_validated']} predicted by versions trained without "
+            f"them, {basis['n_validation']} validation)")
+
+
 def promotion_advice(cmp: dict | None) -> tuple[str, str | None]:
     """What Promote must say before making a new version active: ("better", None) when the
     comparison shows it is better; ("worse" | "undecided", one sentence why, with its basis:
-    the number of validation images both versions were run on) otherwise, for a confirmation
-    (GUI) or a refusal without --force (CLI). Worse: the whole interval below zero, or a lower
-    accuracy with a class lost (recall_losses), however few the images."""
+    the images both versions were run on) otherwise, for a confirmation (GUI) or a refusal
+    without --force (CLI). Worse: the whole interval below zero (or, k-fold, clearly more
+    broken than fixed), or a lower accuracy with a class lost (recall_losses), however few
+    the images."""
     if not cmp or not cmp.get("n"):
         return "undecided", ("the new version was not compared with the active one (no validation images): "
                              "nothing shows it is better")
     d = cmp["accuracy_difference"]
     lo, hi = d["ci95"]
     old = cmp.get("old_name") or "the active version"
-    n = cmp["n"]
+    on = images_compared(cmp)
     acc_old, acc_new = (cmp.get("old") or {}).get("accuracy"), (cmp.get("new") or {}).get("accuracy")
     accuracy = (f"accuracy {acc_old:.3f} -> {acc_new:.3f}" if acc_old is not None and acc_new is not None
                 else f"accuracy {d['difference']:+.1%}")
     losses = recall_losses(cmp)
     lost = f"; {', '.join(losses)}" if losses else ""
     if cmp.get("verdict") == "worse" or hi < 0.0 or (d["difference"] < 0.0 and losses):
-        return "worse", (f"the new version is worse than {old} on the same {n} validation images: {accuracy} "
+        return "worse", (f"the new version is worse than {old} on the same {on}: {accuracy} "
                          f"({difference_range((lo, hi))}){lost}")
     if cmp.get("verdict") == "better":
         return "better", None
+    test = cmp.get("paired_test") if cmp.get("basis") else None
+    chance = (f"; {test['n_fixed']} fixed and {test['n_broken']} broken could be chance" if test else
+              f", fewer than the {SMALL_VAL} needed to tell a few points apart" if cmp["n"] < SMALL_VAL else "")
     return "undecided", (f"the comparison cannot tell the new version from {old}: {accuracy} "
-                         f"({difference_range((lo, hi))}) on the same {n} validation images"
-                         + (f", fewer than the {SMALL_VAL} needed to tell a few points apart" if n < SMALL_VAL else "")
-                         + lost)
+                         f"({difference_range((lo, hi))}) on the same {on}" + chance + lost)
 
 
 def comparison_table(cmp: dict) -> str:
@@ -293,7 +338,8 @@ def comparison_table(cmp: dict) -> str:
     a, b = cmp["old"], cmp["new"]
     name_old, name_new = cmp.get("old_name", "active"), cmp.get("new_name", "new")
     w = max(22, len(name_old) + 2, len(name_new) + 2)
-    lines = [f"validation images: {cmp['n']}", f"{'':<22}{name_old:>{w}}{name_new:>{w}}"]
+    lines = [f"compared on: {images_compared(cmp)}" if cmp.get("basis") else f"validation images: {cmp['n']}",
+             f"{'':<22}{name_old:>{w}}{name_new:>{w}}"]
     lines.append(f"{'accuracy':<22}{a['accuracy']:>{w}.3f}{b['accuracy']:>{w}.3f}")
     lines.append(f"{'macro-F1':<22}{a['macro_f1']:>{w}.3f}{b['macro_f1']:>{w}.3f}")
     for c in classes:
@@ -304,6 +350,8 @@ def comparison_table(cmp: dict) -> str:
     lines.append(f"accuracy difference {points(d['difference'])} points ({difference_range(d['ci95'])}); "
                  f"fixed {d.get('n_fixed', 0)}, broken {d.get('n_broken', 0)}; "
                  f"predictions changed: {cmp['n_changed']}")
+    if cmp.get("paired_test"):
+        lines.append(f"paired test ({cmp['paired_test']['test']}): p = {cmp['paired_test']['p']:.3g}")
     for title, m in (("confusion " + name_old, a), ("confusion " + name_new, b)):
         lines.append(f"{title} (rows true, columns predicted: {', '.join(classes)})")
         for c, row in zip(classes, m["confusion_matrix"]):
@@ -393,13 +441,36 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         name = cfg.name or f"{arch.replace('_', '-')}-retrain{run_id}-{time.strftime('%Y%m%d-%H%M%S')}"
         compared: dict[str, Any] = {"comparison": None}
 
+        def refit(fold: Split, f: int) -> dict:  # one fold of the k-fold comparison, fitted as this run was
+            return run_job(_fit(cfg, data, fold, summary_data, parent, parent_path, pcard, arch, device,
+                                paths.data_dir / "runs" / f"retrain-{run_id}-fold{f}", lambda p: p, None, cancel,
+                                views=views if replayed is not None else None))[0]
+
+        @functools.cache
+        def all_views():  # a head refit's folds share the parent's backbone: every view embedded once
+            from .replay import reviewed_embeddings  # heavy: imports torch
+
+            n = len(split.train)
+            emb, y = reviewed_embeddings(parent_backbone(), data.images[split.train], data.labels[split.train],
+                                         data.prep, cfg.augment, "cpu", cfg.seed)
+            return emb.reshape(-1, n, emb.shape[1]), y.reshape(-1, n)
+
+        def views(tr_idx):
+            emb, y = all_views()
+            pos = np.searchsorted(split.train, tr_idx)
+            return emb[:, pos].reshape(-1, emb.shape[2]), y[:, pos].reshape(-1)
+
+        def parent_backbone():
+            return load_model(parent_path, "cpu")[0]
+
         def compare(model, calibration, guard, guard_info):  # the card's metrics: both versions, same images
-            cmp = yield from relay(_compare_with_parent(model, calibration, data, split, src.items, parent,
-                                                            parent_path, parent_prep, image_cache, cfg, device), emit)
+            cmp = yield from relay(_compare_with_parent(
+                model, calibration, data, split, src.items, parent, parent_path, parent_prep, image_cache, cfg,
+                device, refit if cfg.cv_folds >= 2 else None, cancel), emit)
             if cmp is not None:
                 cmp["new_name"] = name
             compared["comparison"] = cmp
-            val = cmp["new"] if cmp else None
+            val = (cmp.get("validation") if cmp.get("basis") else cmp["new"]) if cmp else None
             return {"split": split.method, "val_accuracy": val["accuracy"] if val else None,
                     "val_macro_f1": val["macro_f1"] if val else None, "validation": val,
                     "calibration": calibration.record, "history": history, "best_epoch": fitted["best"]["epoch"],
@@ -488,10 +559,11 @@ def torch_device(name: str):
 
 
 def _fit(cfg: RetrainConfig, data, split, summary_data: dict, parent: VersionRef, parent_path: Path, pcard: dict,
-         arch: str, device, run_dir: Path, emit, progress, cancel):
+         arch: str, device, run_dir: Path, emit, progress, cancel, views=None):
     """The fit stage of a retrain: the parent's weights (or new ones) through engine.fit, or
-    the head refitted with feature replay when a class would be forgotten. A job generator;
-    returns (fit summary with "model" and "method", replayed (embeddings, labels) or None)."""
+    the head refitted with feature replay when a class would be forgotten (``views``: training
+    indices -> their augmented views' embeddings and labels, computed once for all folds). A
+    job generator; returns (fit summary with "model" and "method", replayed (embeddings, labels) or None)."""
     from .engine import FitOptions, _seed_all, fit  # heavy: imports scikit-learn, torch
 
     classes, prep, tr_idx, va_idx = data.classes, data.prep, split.train, split.val
@@ -519,7 +591,10 @@ def _fit(cfg: RetrainConfig, data, split, summary_data: dict, parent: VersionRef
                             "classifier on your images and on the model's own memory of its classes",
                             {"method": "replay", "n_reviewed": len(tr_idx)}))
         model = model.to("cpu")
-        real, real_y = reviewed_embeddings(model, x_all[tr_idx], y_all[tr_idx], prep, cfg.augment, "cpu", cfg.seed)
+        if views is not None:  # the backbone is the parent's whatever the fold: its embeddings, once
+            real, real_y = views(tr_idx)
+        else:
+            real, real_y = reviewed_embeddings(model, x_all[tr_idx], y_all[tr_idx], prep, cfg.augment, "cpu", cfg.seed)
         replayed = replay_embeddings(replay[0], replay[1], REPLAY_PER_CLASS, cfg.seed)
         val_emb = None  # the validation images' embeddings: curves of how the refit does on them
         if len(va_idx):
@@ -544,28 +619,72 @@ def _fit(cfg: RetrainConfig, data, split, summary_data: dict, parent: VersionRef
 
 
 def _compare_with_parent(model, calibration, data, split, items, parent: VersionRef, parent_path: Path,
-                         parent_prep, image_cache, cfg: RetrainConfig, device):
-    """Both versions on the same validation images (the new one calibrated as its card will
-    be). A job generator (stage "compare"); returns compare_predictions' dict, or None without
-    validation images."""
+                         parent_prep, image_cache, cfg: RetrainConfig, device, refit=None, cancel=None):
+    """Both versions on the same images: the validation images (the new version as its card
+    will be) and, with ``refit`` (fold Split, fold number -> fitted, as this run fitted), every
+    reviewed training image predicted by a version fitted without it (k-fold). A job
+    generator (stage "compare"); returns compare_predictions' dict (k-fold: with ``basis``
+    and ``validation``, the new version's figures on the validation images alone), or None
+    when there is nothing to compare on."""
     from .engine import predict_logits  # heavy: imports scikit-learn, torch
     from .metrics import softmax  # heavy: imports scikit-learn, torch
 
-    yield Progress("compare", 0, 2, "evaluating both versions on the validation images")
-    if not len(split.val):
+    yield Progress("compare", 0, None, "evaluating both versions on the validation images")
+    idx, logits = [np.asarray(split.val, int)], [calibration.val_logits if len(split.val) else
+                                                  np.zeros((0, len(data.classes)))]
+    k = 0
+    if refit is not None:
+        k, cv_idx, cv_logits = yield from _cross_validated(data, split, items, cfg, refit, cancel)
+        if k:
+            idx, logits = [cv_idx, *idx], [cv_logits, *logits]
+    idx = np.concatenate(idx)
+    if not len(idx):
         return None
-    yv = data.labels[split.val]
-    probs_new = softmax(calibration.val_logits, calibration.temperature)
+    y = data.labels[idx]
+    probs_new = softmax(np.concatenate(logits), calibration.temperature)
+    all_items = items.train + items.val
     old_model, old_card = load_model(parent_path, "cpu")
-    xo = (data.images[split.val] if parent_prep == data.prep
-          else load_items(items.val, parent_prep, image_cache, cfg.decode_workers))
+    xo = (data.images[idx] if parent_prep == data.prep
+          else load_items([all_items[i] for i in idx], parent_prep, image_cache, cfg.decode_workers))
     probs_old = softmax(predict_logits(old_model.to(device), xo, parent_prep, device), float(old_card.temperature or 1.0))
     del old_model
     yield Progress("compare", 1, 2, "comparing")
-    comparison = compare_predictions(yv, probs_new, probs_old, data.classes, items.val, ("new", "old"),
-                                     cfg.bootstrap, cfg.seed)
+    n_val = len(split.val)
+    basis = {"k": k, "n_cross_validated": len(idx) - n_val, "n_validation": n_val} if k else None
+    comparison = compare_predictions(y, probs_new, probs_old, data.classes, [all_items[i] for i in idx],
+                                     ("new", "old"), cfg.bootstrap, cfg.seed, basis=basis)
+    if basis is not None:
+        val = slice(len(idx) - n_val, len(idx))
+        comparison["validation"] = (compare_predictions(y[val], probs_new[val], probs_old[val], data.classes,
+                                                        n_boot=200)["new"] if n_val else None)
     comparison["old_name"] = parent.name
     return comparison
+
+
+def _cross_validated(data, split, items, cfg: RetrainConfig, refit, cancel):
+    """k-fold predictions of the reviewed training images (base-data images stay on every
+    fold's training side): (k, their indices, their logits); k = 0 when under 2 folds can be
+    made or the run was cancelled. A job generator (stage "compare", one step per fold)."""
+    from .engine import predict_logits  # heavy: imports scikit-learn, torch
+
+    reviewed = np.array([i for i in split.train if items.train[i].source != "base"], dtype=int)
+    k = min(cfg.cv_folds, len(reviewed))
+    if k < 2:
+        return 0, reviewed[:0], None
+    fold_of = np.empty(len(reviewed), int)
+    fold_of[np.random.default_rng(cfg.seed).permutation(len(reviewed))] = np.arange(len(reviewed)) % k
+    logits = np.zeros((len(reviewed), len(data.classes)))
+    for f in range(k):
+        yield Progress("compare", f, k, f"fitting the new version again without some of your reviewed images "
+                       f"({f + 1} of {k}), to check it on images it did not learn from", {"fold": f + 1, "folds": k})
+        held = fold_of == f
+        fitted = refit(Split(split.method, np.setdiff1d(split.train, reviewed[held]), split.val, split.test), f)
+        if fitted["status"] != "completed" or (cancel is not None and cancel.is_set()):
+            return 0, reviewed[:0], None
+        fold_model = fitted["model"]
+        dev = next(fold_model.parameters()).device
+        logits[held] = predict_logits(fold_model, data.images[reviewed[held]], data.prep, dev)
+    return k, reviewed, logits
 
 
 def replay_needed(summary_data: dict) -> list[str]:

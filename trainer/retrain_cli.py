@@ -35,6 +35,9 @@ def _retrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=BATCH_SIZE, default=32)
     p.add_argument("--freeze-blocks", type=int_range(0, 100), help="effnet_lite0: keep the first N blocks fixed (faster; default: as the active model was trained)")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--folds", type=int_range(0, 20), default=5,
+                   help="compare with the active version also on every reviewed training image, each predicted by "
+                        "a version fitted without it in N folds (0: on the validation images only)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=THREADS)
     p.add_argument("--seed", type=SEED, default=0)
@@ -47,6 +50,10 @@ def _retrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--show-changed", type=int_range(0, 1_000_000), default=20, help="list up to N validation images whose prediction changes")
 
 
+HISTORY_FIGURES = (("train_loss", "train loss"), ("train_accuracy", "acc"), ("val_loss", "| val loss"),
+                   ("val_accuracy", "acc"), ("val_macro_f1", "F1"))
+
+
 @command("retrain", "fine-tune a new model version on the reviewed labels and compare it with the active one",
          _retrain_args)
 def cmd_retrain(args, app: App) -> int:
@@ -57,7 +64,7 @@ def cmd_retrain(args, app: App) -> int:
                         base_data=args.base_data, val_fraction=args.val_fraction, lr=args.lr,
                         batch_size=args.batch_size, freeze_blocks=args.freeze_blocks,
                         augment={"strength": 0.0} if args.no_augment else {}, device=args.device,
-                        threads=args.threads, seed=args.seed, name=args.name,
+                        threads=args.threads, seed=args.seed, name=args.name, cv_folds=args.folds,
                         sources=("human", "import", "dataset") if args.include_imported else ("human",))
     out = app.progress(retrain(app.db, app.paths, cfg, cancel=app.cancel), "retrain")
     d = out["data"]
@@ -71,9 +78,8 @@ def cmd_retrain(args, app: App) -> int:
         app.echo(f"  too few reviewed images (under {d['min_per_class']}) of: {', '.join(d['too_few'])}; "
                  "the new version learns little about them: review more of them")
     for h in out.get("history", []):
-        app.echo(f"  epoch {h['epoch']}: train loss {h['train_loss']:.3f} acc {h['train_accuracy']:.3f}"
-                 + (f" | val loss {h['val_loss']:.3f} acc {h['val_accuracy']:.3f} F1 {h['val_macro_f1']:.3f}"
-                    if h.get("val_loss") is not None else ""))
+        app.echo(f"  {h.get('unit', 'epoch')} {h['epoch']}: " + " ".join(  # a head refit's steps have no F1
+            f"{label} {h[key]:.3f}" for key, label in HISTORY_FIGURES if h.get(key) is not None))
     if out["status"] != "completed":
         app.echo("cancelled: no model version was written")
         return 130
