@@ -114,6 +114,7 @@ class MainWindow(QMainWindow):
         self.gallery_info, self.detail = self.gallery.info, self.detail_pane.panel
         # the cells of the folder (issue 22): galleries by class, their fields, the differential
         self.cell_pane = CellPane(ctl, w, self.label_writer, self.reviewing.ask_reviewer, self)
+        self.model_menu.cell_version = lambda: self.cell_pane.version if self.cells is not None else None
         for name in ("f_pred", "f_rev", "f_uncertain", "f_outside", "f_disagree", "sort", "counts", "model_label"):
             setattr(self, name, getattr(self.filters, name))
         for name in ("progress", "progress_label", "cancel_btn", "device_label"):

@@ -28,6 +28,7 @@ from .workers import Workers
 from core.imaging.scan import under_folder
 from core.inference.runtime import probe_host
 from core.storage.orm import ImageFile, ModelVersion, Prediction
+from core.review.reviewed import learns_from_cells
 from core.review.reviewed import reviewed_summary as data_summary
 from trainer.retrain import RetrainConfig
 from trainer.retrain import retrain
@@ -163,7 +164,7 @@ class RetrainDialog(QDialog):
             with self.db.session() as s:
                 version = version_info(require_active_version(s))
         self.active = {"id": version["id"], "name": version["name"], "architecture": version["architecture"],
-                       "taxonomy": version["taxonomy"],
+                       "taxonomy": version["taxonomy"], "ref": version.get("ref"), "card": dict(version.get("card") or {}),
                        "input_size": (version["card"] or {}).get("preprocessing", {}).get("input_size", 128)}
 
         self.data_table = table(0, 3, ["Class", "Reviewed", "of which validation"])
@@ -318,8 +319,12 @@ class RetrainDialog(QDialog):
     # ------------------------------------------------------------------ data summary
     def refresh_data(self) -> None:
         db, tax, folder, version_id = self.db, self.active["taxonomy"], self.folder, self.active["id"]
-        self.workers.submit(lambda: data_summary(db, tax), name="data summary", on_result=self._show_data,
-                            on_error=self._error)
+        card = {**self.active["card"], "taxonomy": tax}
+
+        def summary():  # a cell model learns from the cells reviewed, as retrain will (learns_from_cells)
+            return data_summary(db, tax, cells=learns_from_cells(db, card))
+
+        self.workers.submit(summary, name="data summary", on_result=self._show_data, on_error=self._error)
         if folder is not None:
             def read():
                 with db.session() as s:
@@ -347,19 +352,28 @@ class RetrainDialog(QDialog):
         set_cell(self.data_table, len(per), 0, "Other (no class fits)", Qt.AlignLeft | Qt.AlignVCenter)
         set_cell(self.data_table, len(per), 1, n_other)
         set_cell(self.data_table, len(per), 2, "—")
-        self.data_table.item(len(per), 0).setToolTip("Images you called Other: not learnt as a class; they teach "
-                                                     "the new version what lies outside its experience")
+        what = "cells" if summary.get("cells") else "images"
+        self.data_table.item(len(per), 0).setToolTip(f"{what.capitalize()} you called Other: not learnt as a class; "
+                                                     "they teach the new version what lies outside its experience")
         set_cell(self.data_table, len(per) + 1, 0, "Total", Qt.AlignLeft | Qt.AlignVCenter)
         set_cell(self.data_table, len(per) + 1, 1, summary["n_reviewed"])
         set_cell(self.data_table, len(per) + 1, 2, sum(n["val"] for n in per.values()))
         fit_rows(self.data_table)
-        self.data_note.setText(
-            f"{summary['n_reviewed']} reviewed images. Each gets a fixed side (training or validation) from its "
-            f"content the first time it is used ({summary['n_unassigned']} not yet assigned, about 20% go to "
-            "validation); near-duplicates stay together, so validation images never leak into training.")
+        if summary.get("cells"):
+            self.data_note.setText(
+                f"{summary['n_reviewed']} reviewed cells of {self.active['name']}, a cell model. Each cell takes its "
+                f"field's fixed side (training or validation; {summary['n_unassigned']} not yet assigned, about 20% "
+                "go to validation), so the cells of one field never straddle training and validation.")
+        else:
+            self.data_note.setText(
+                f"{summary['n_reviewed']} reviewed images. Each gets a fixed side (training or validation) from its "
+                f"content the first time it is used ({summary['n_unassigned']} not yet assigned, about 20% go to "
+                "validation); near-duplicates stay together, so validation images never leak into training.")
         self.start_btn.setEnabled(self.task is None and summary["n_reviewed"] >= 4)
         if summary["n_reviewed"] < 4:
-            self.status.setText("Review some images first (keys 1–4 in the gallery): retraining learns from your labels.")
+            self.status.setText(f"Review some {what} first (number keys in the "
+                                f"{'Cells view' if summary.get('cells') else 'gallery'}): retraining learns from your "
+                                "labels.")
 
     # ------------------------------------------------------------------ the run
     def config(self):
@@ -391,7 +405,8 @@ class RetrainDialog(QDialog):
         self.progress.setRange(0, 0)
         self.status.setText("Starting…")
         self.eta.setText("")
-        self.task = self.workers.submit(lambda: retrain(db, paths, cfg, cancel=cancel), name="retraining",
+        parent = self.active.get("ref")  # the version this dialog shows, whichever is active for the other kind
+        self.task = self.workers.submit(lambda: retrain(db, paths, cfg, cancel=cancel, parent=parent), name="retraining",
                                         pool="jobs", on_progress=self._on_progress, on_result=self._on_result,
                                         on_error=self._on_error)
         self.runStarted.emit()

@@ -3,6 +3,8 @@ parts the window owns. Each gets the controller and the window only as the paren
 dialogs; database work runs in the pool."""
 from __future__ import annotations
 
+from typing import Callable
+
 import logging
 import os
 import re
@@ -152,6 +154,8 @@ class ModelMenu(QObject):
         super().__init__(parent)
         self.ctl, self.dialog_parent = ctl, dialog_parent
         self.retrain_dialog = None
+        # the cell model the Cells view shows while it is the current view (plain data), else None: set by the window
+        self.cell_version: Callable[[], dict | None] = lambda: None
 
     def models_dialog(self) -> ModelsDialog:
         """The Model versions dialog, wired to this window: its table is read again once an
@@ -177,9 +181,11 @@ class ModelMenu(QObject):
         """The modeless Retrain dialog (one at a time); the window stays usable while it trains."""
 
         if self.retrain_dialog is None:
+            # from the Cells view: the cell model it shows; else the version the gallery shows
+            version = self.cell_version() or self.ctl.version
             self.retrain_dialog = RetrainDialog(self.ctl.db, self.ctl.paths, self.dialog_parent,
                                                 device=self.ctl.device, folder=self.ctl.folder,
-                                                version=self.ctl.version, reviewer=self.ctl.state.reviewer)
+                                                version=version, reviewer=self.ctl.state.reviewer)
             self.retrain_dialog.promoting.connect(self.activating.emit)
             # The dialog has made the version active (one log row, the reviewer's): show it.
             self.retrain_dialog.promoted.connect(lambda vid, re: self.use_version(vid, reclassify=bool(re)))

@@ -20,6 +20,7 @@ from core.review.reviewed import retrain_parent
 from core.storage import Cell
 
 from .cellfolder import _found
+from .test_cell_view import cell_window  # noqa: F401  (the fixture)
 
 BOXES = [(10, 10, 58, 58), (150, 10, 198, 58), (10, 150, 58, 198), (150, 150, 198, 198)]
 
@@ -61,3 +62,23 @@ def test_a_cell_model_retrains_from_cell_labels(db, paths, tmp_path):
     assert data["per_class"]["ALL"]["train"] + data["per_class"]["ALL"]["val"] == 24
     card = read_card(Path(out["package"]))  # the new version cuts its cells out as the parent did
     assert (card.input, card.cell_crops, card.cell_side_um) == ("cell", "cut_out", 12.0)
+
+
+def test_retrain_from_the_cells_view_offers_the_cell_model_and_counts_reviewed_cells(qtbot, cell_window):  # noqa: F811
+    w, pane, cells = cell_window
+    ids = sorted(cells)
+    with w.db.session() as s:  # (set up off the window: the test's own session)
+        record_cell_labels(s, ids[:3], "ALL", "Ana Tester", taxonomy="all_vs_normal")
+        record_cell_labels(s, ids[3:], "Normal", "Ana Tester", taxonomy="all_vs_normal")
+    dlg = w.model_menu.show_retrain()
+    qtbot.addWidget(dlg)
+    assert dlg.active["id"] == pane.version["id"] and dlg.active["ref"].id == pane.version["id"]
+    qtbot.waitUntil(lambda: getattr(dlg, "summary", None) is not None, timeout=10_000)
+    assert dlg.summary["cells"] and dlg.summary["n_reviewed"] == len(ids) == 5
+    assert "reviewed cells" in dlg.data_note.text() and dlg.start_btn.isEnabled()
+    dlg.close()
+    w.show_view("images")
+    gallery_dlg = w.model_menu.show_retrain()  # from the image gallery: the version it shows
+    qtbot.addWidget(gallery_dlg)
+    assert gallery_dlg.active["id"] == w.ctl.version["id"] != pane.version["id"]
+    gallery_dlg.close()

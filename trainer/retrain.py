@@ -64,9 +64,9 @@ from core.imaging.fspath import to_fs
 from core.models.figures import parent_record
 from core.models.labsample import lab_sample
 from core.models.package import DEFAULT_CELL_SIDE_UM, load_model
-from core.review.reviewed import cell_inputs, has_cell_labels, lab_cells
+from core.review.reviewed import cell_inputs, lab_cells, learns_from_cells
 from core.imaging.preprocessing import Preprocessing
-from core.models.registry import CELL, input_kind_of, package_path, package_workdir, version_package
+from core.models.registry import package_path, package_workdir, version_package
 from core.models.guard import load_guard
 from trainer.data import Split
 from trainer.pipeline import (
@@ -408,7 +408,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         # one that sees crops whole and has no cell label learns from crops labelled as images, as before cells
         cell_side_um = float(pcard.get("cell_side_um") or DEFAULT_CELL_SIDE_UM)
         cell_crops = pcard.get("cell_crops") or "whole"
-        is_cell = input_kind_of(pcard) == CELL and (cell_crops != "whole" or has_cell_labels(db, taxonomy, cfg.sources))
+        is_cell = learns_from_cells(db, pcard, cfg.sources)
         if is_cell and cfg.from_scratch:
             raise RetrainError("a cell model is retrained from itself, not from scratch: its cut-outs follow its "
                                "card (side, background, crops)")

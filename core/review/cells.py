@@ -19,6 +19,7 @@ from core.imaging.fspath import display
 from core.imaging.scan import under_folder
 from core.models.taxonomy import get_taxonomy
 from core.review.labels import PEER_LOOKBACK_EVENTS, PEER_LOOKBACK_S
+from core.models.registry import VersionRef
 from core.storage import Cell, CellLabelEvent, CellPrediction, ImageFile, ModelVersion, utcnow
 
 #: The group of a cell whose prediction is outside the model's experience (its class is not shown).
@@ -178,13 +179,15 @@ def folder_cell_counts(session: Session, folder: str | os.PathLike) -> tuple[int
 
 
 def active_cell_version(session: Session) -> dict | None:
-    """The active cell model: {"id", "name", "taxonomy", "classes"} (plain data), or None."""
+    """The active cell model: {"id", "name", "taxonomy", "classes", "architecture", "card", "ref"} (plain
+    data: ``ref`` a VersionRef, what a retrain starting from it is given), or None."""
     v = session.scalar(select(ModelVersion).where(ModelVersion.is_active.is_(True), ModelVersion.input_kind == "cell")
                        .order_by(ModelVersion.id.desc()))
     if v is None:
         return None
     classes = list((v.card or {}).get("classes") or get_taxonomy(v.taxonomy).classes)
-    return {"id": v.id, "name": v.name, "taxonomy": v.taxonomy, "classes": classes}
+    return {"id": v.id, "name": v.name, "taxonomy": v.taxonomy, "classes": classes, "architecture": v.architecture,
+            "card": dict(v.card or {}), "ref": VersionRef.of(v), "input_kind": v.input_kind}
 
 
 def image_scale(session: Session, image_id: int) -> float | None:

@@ -117,15 +117,26 @@ def _present_paths(session, ids: list[int]) -> dict[int, tuple[str, str]]:
     return out
 
 
-def reviewed_summary(db: Database, taxonomy: str = "all_subtype", sources: Iterable[str] = ("human",)) -> dict:
-    """Per-class counts of reviewed images and their (existing or future) side, without
-    assigning anything: what the Retrain dialog shows before a run."""
+def reviewed_summary(db: Database, taxonomy: str = "all_subtype", sources: Iterable[str] = ("human",),
+                     cells: bool = False) -> dict:
+    """Per-class counts of reviewed images (``cells``: reviewed cells, each on its field's side)
+    and their (existing or future) side, without assigning anything: what the Retrain dialog
+    shows before a run."""
     from sqlalchemy import select
 
     with db.session() as s:
-        labels = reviewed_labels(s, taxonomy, sources)
+        if cells:
+            from core.storage import Cell
+
+            labels = reviewed_cell_labels(s, taxonomy, sources)
+            image_of: dict[int, int] = {}
+            for chunk in _chunks(list(labels)):
+                image_of.update(dict(s.execute(select(Cell.id, Cell.image_id).where(Cell.id.in_(chunk))).all()))
+        else:
+            labels = reviewed_labels(s, taxonomy, sources)
+            image_of = {i: i for i in labels}
         sides = {}
-        for chunk in _chunks(list(labels)):
+        for chunk in _chunks(sorted(set(image_of.values()))):
             sides.update(dict(s.execute(select(Image.id, Image.split).where(Image.id.in_(chunk))).all()))
 
     classes = list(get_taxonomy(taxonomy).classes)
@@ -133,9 +144,20 @@ def reviewed_summary(db: Database, taxonomy: str = "all_subtype", sources: Itera
     for i, lab in labels.items():
         if lab in per:
             per[lab]["reviewed"] += 1
-            per[lab]["val"] += sides.get(i) == SPLIT_VAL
-    return {"taxonomy": taxonomy, "per_class": per, "n_reviewed": len(labels),
-            "n_unassigned": sum(1 for i in labels if not sides.get(i))}
+            per[lab]["val"] += sides.get(image_of.get(i)) == SPLIT_VAL
+    return {"taxonomy": taxonomy, "per_class": per, "n_reviewed": len(labels), "cells": cells,
+            "n_unassigned": sum(1 for i in labels if not sides.get(image_of.get(i)))}
+
+
+def learns_from_cells(db: Database, card: dict, sources: Iterable[str] = ("human",)) -> bool:
+    """Whether a retrain of the version with ``card`` learns from cell labels: a cell model does,
+    except one that sees single-cell crops whole and has no cell label yet (it learns from crops
+    labelled as images, as before cells were found)."""
+    from core.models.registry import CELL, input_kind_of
+
+    if input_kind_of(card) != CELL:
+        return False
+    return (card.get("cell_crops") or "whole") != "whole" or has_cell_labels(db, card["taxonomy"], sources)
 
 
 def present_paths(session, ids: list[int]) -> dict[int, tuple[str, str]]:
