@@ -425,9 +425,27 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
             finish_run(db, run_id, status, metrics={"data": summary_data})
             return {"status": status, "run_id": run_id, "data": summary_data, "history": []}
         data, split, summary_data = src.data, src.split, src.items.summary()
+
+        @functools.cache
+        def all_views():  # a head refit (and its folds) keeps the parent's backbone: every view embedded once
+            from .replay import reviewed_embeddings  # heavy: imports torch
+
+            n = len(split.train)
+            emb, y = reviewed_embeddings(parent_backbone(), data.images[split.train], data.labels[split.train],
+                                         data.prep, cfg.augment, "cpu", cfg.seed)
+            return emb.reshape(-1, n, emb.shape[1]), y.reshape(-1, n)
+
+        def views(tr_idx):
+            emb, y = all_views()
+            pos = np.searchsorted(split.train, tr_idx)
+            return emb[:, pos].reshape(-1, emb.shape[2]), y[:, pos].reshape(-1)
+
+        def parent_backbone():
+            return load_model(parent_path, "cpu")[0]
+
         fitted, replayed = yield from _fit(cfg, data, split, summary_data, parent, parent_path, pcard, arch,
                                            device, paths.data_dir / "runs" / f"retrain-{run_id}", emit, progress,
-                                           cancel)
+                                           cancel, views)
         history, train_seconds = fitted["history"], fitted["train_seconds"]
         if fitted["status"] != "completed":
             status = "cancelled"
@@ -444,24 +462,7 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         def refit(fold: Split, f: int) -> dict:  # one fold of the k-fold comparison, fitted as this run was
             return run_job(_fit(cfg, data, fold, summary_data, parent, parent_path, pcard, arch, device,
                                 paths.data_dir / "runs" / f"retrain-{run_id}-fold{f}", lambda p: p, None, cancel,
-                                views=views if replayed is not None else None))[0]
-
-        @functools.cache
-        def all_views():  # a head refit's folds share the parent's backbone: every view embedded once
-            from .replay import reviewed_embeddings  # heavy: imports torch
-
-            n = len(split.train)
-            emb, y = reviewed_embeddings(parent_backbone(), data.images[split.train], data.labels[split.train],
-                                         data.prep, cfg.augment, "cpu", cfg.seed)
-            return emb.reshape(-1, n, emb.shape[1]), y.reshape(-1, n)
-
-        def views(tr_idx):
-            emb, y = all_views()
-            pos = np.searchsorted(split.train, tr_idx)
-            return emb[:, pos].reshape(-1, emb.shape[2]), y[:, pos].reshape(-1)
-
-        def parent_backbone():
-            return load_model(parent_path, "cpu")[0]
+                                views))[0]
 
         def compare(model, calibration, guard, guard_info):  # the card's metrics: both versions, same images
             cmp = yield from relay(_compare_with_parent(

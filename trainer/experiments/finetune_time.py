@@ -29,6 +29,7 @@ from core.models.package import ModelCard, read_card, save_package
 from core.models.registry import bundled_default_package, register_package
 from core.imaging.scan import scan
 from trainer.data import compute_hashes, patient_split, scan_class_folders
+from trainer.pipeline import new_model
 from trainer.retrain import RetrainConfig, retrain
 from core.inference.runtime import probe_host
 
@@ -50,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from core.models.architectures import build  # heavy: imports torch
     from sqlalchemy import select
 
     from ..engine import TrainConfig  # heavy: imports scikit-learn, torch
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         card = read_card(pkg)
         if card.placeholder:
             tc = TrainConfig(data="", arch=args.arch, input_size=args.input_size)
-            model = build(args.arch, len(ds.classes), **({"pretrained": True} if args.arch == "effnet_lite0" else {}))
+            model = new_model(args.arch, len(ds.classes))
             card = ModelCard(name=f"timing-{args.arch}", architecture=args.arch, taxonomy=ds.taxonomy,
                              classes=list(ds.classes), preprocessing=tc.prep.to_dict(),
                              notes="stand-in for timing (ImageNet backbone, untrained head)")
