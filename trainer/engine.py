@@ -41,7 +41,7 @@ from .metrics import (
     softmax,
     uncertain_threshold,
 )
-from trainer.guard import fit_guard, logits_and_embeddings, ood_sets
+from trainer.guard import fit_guard_on_split, logits_and_embeddings, ood_sets
 from trainer.data import dedup_indices
 from trainer.guard import add_guard
 from trainer.baselines import colour_histogram_baseline
@@ -624,7 +624,7 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
 
     _, emb_train = logits_and_embeddings(model, images[train_idx], prep, device)
     emb_val = logits_and_embeddings(model, images[split.val], prep, device)[1] if len(split.val) else np.zeros((0, 0))
-    guard, guard_info = fit_guard(emb_train, labels[train_idx], emb_val)
+    guard, guard_info = fit_guard_on_split(emb_train, labels[train_idx], emb_val, ds, split)  # held-out patients
     yield emit(Progress("guard", 1, 1, f"threshold {guard.threshold:.1f}"))
 
     # -- held-out test: three ways + colour baseline + OOD
