@@ -23,6 +23,7 @@ from core.models.package import sha256_file
 from core.imaging.preprocessing import Preprocessing
 
 from . import augment as aug
+from .data import file_number, subject_of
 from core.models.package import verify_package
 from trainer.quantize import _write_card
 from core.imaging.images import SUPPORTED_EXTENSIONS, decode_rgb, read_file
@@ -102,8 +103,6 @@ def held_out_validation(ds, split) -> tuple[np.ndarray, np.ndarray | None, str]:
     more than ``SLIDE_NEIGHBOURS`` file numbers away from every training image of their class
     (neighbouring numbers share a slide), grouped in runs of ``PSEUDO_PATIENT_RUN`` neighbours.
     random split: every validation image, on its own (no patient is held out)."""
-    from .data import file_number, subject_of
-
     val = np.asarray(split.val, dtype=np.int64)
     if split.method == "subject":
         train_subjects = {subject_of(ds.paths[i]) for i in split.train}
