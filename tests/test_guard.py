@@ -254,3 +254,14 @@ def test_patient_split_validation_leaves_out_the_slides_next_to_training():
     numbers = [int(paths[i].stem[-3:]) for i in split.val[keep]]
     assert min(numbers) == 120 + 1 + SLIDE_NEIGHBOURS and max(numbers) == 160  # file numbers 121..131 left out
     assert len(set(groups)) == -(-len(keep) // PSEUDO_PATIENT_RUN) and "slides not trained on" in described
+
+
+def test_guard_command_refits_and_says_what_the_threshold_was_set_on(tiny_guarded_model, cli, tmp_path):
+    root, summary = tiny_guarded_model
+    pkg = tmp_path / "pkg"
+    shutil.copytree(summary["package"], pkg)
+    rc, out, err = cli("guard", pkg, "--data", root / "data")
+    assert rc == 0, err
+    card = read_card(pkg)
+    assert card.guard["sha256"] == sha256_file(pkg / GUARD_FILE)
+    assert f"set on {card.guard['threshold_from']}: split-conformal" in out

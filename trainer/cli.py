@@ -393,8 +393,8 @@ def guard_cmd(args: argparse.Namespace, app) -> int:
             raise HemascanError(f"--foreign needs NAME=FOLDER with an existing folder, not {item!r}")
         foreign[name] = Path(folder)
     info = guard_from_folder(package, Path(args.data), foreign, cache_dir=app.paths.cache / "train-images")
-    app.echo(f"guard fitted on {info['fitted_on']}; threshold {info['threshold']:.1f} "
-             f"({info['flag_rate_target']:.0%} of validation images flagged)")
+    app.echo(f"guard fitted on {info['fitted_on']}; threshold {info['threshold']:.1f}, set on "
+             f"{info['threshold_from']}: {info['threshold_rule']}")
     if "in_lab_test_flagged" in info:
         app.echo(f"in-lab test side: {info['in_lab_test_flagged']:.1%} flagged of {info['n_in_lab_test']}")
     for name, f in info.get("foreign", {}).items():
