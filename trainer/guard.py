@@ -145,7 +145,7 @@ def fit_guard_on_split(train_emb: np.ndarray, train_labels: np.ndarray, val_emb:
     block (``val_emb``: every image of ``split.val``, in order)."""
     keep, groups, described = held_out_validation(ds, split)
     if not len(keep):  # no held-out patient: the whole validation block, and the card says so
-        keep, groups, described = np.arange(len(split.val)), None, f"{len(split.val)} validation images (none of patients held out)"
+        keep, groups, described = np.arange(len(split.val)), None, f"{len(split.val)} validation images (no patient held out)"
     guard, info = fit_guard(train_emb, train_labels, np.asarray(val_emb)[keep], flag_rate, other_emb, groups)
     info["threshold_from"] = described
     return guard, info
