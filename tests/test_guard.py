@@ -90,7 +90,12 @@ def test_engines_compute_the_guard_distance_of_the_penultimate_embedding(tmp_pat
     pkg = bundled_default_package()
     model, card = load_model(pkg)
     s = card.prep.input_size
-    x = np.random.default_rng(3).integers(0, 255, (4, s, s, 3), dtype=np.uint8)
+    from core.app.sample import smear_image
+
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 255, (2, s, s, 3), dtype=np.uint8)
+    smears = np.stack([card.prep.apply(smear_image(c, rng, 224)) for c in card.classes[:2]])  # synthetic: far out
+    x = np.concatenate([noise, smears])
     with torch.inference_mode():
         ref_logits, ref_emb = LogitsAndEmbedding(model.eval())(card.prep.normalise(torch.from_numpy(x)))
     pred = Predictor(pkg, "cpu", engine=engine, precision=precision, cache_dir=tmp_path)
@@ -103,7 +108,12 @@ def test_engines_compute_the_guard_distance_of_the_penultimate_embedding(tmp_pat
     tol = 1e-3 if precision == "fp32" else 0.2
     assert np.abs(logits - ref_logits.numpy()).max() < (1e-3 if precision == "fp32" else 1.0)
     assert np.abs(distance - ref_d).max() <= tol * ref_d.max()
-    assert (pred.guard.verdict(distance) == pred.guard.verdict(ref_d)).all()
+    # the verdict agrees wherever the engine's drift cannot carry a distance across the threshold
+    # (uniform noise lies near it since the threshold was set on held-out patients: 3,700-4,100
+    # against 4,214; it is never a confident call, its top probability is about 0.5)
+    clear = np.abs(ref_d - pred.guard.threshold) > tol * ref_d
+    assert clear[2:].all() and pred.guard.verdict(ref_d)[2:].all()  # the synthetic smears: flagged
+    assert (pred.guard.verdict(distance)[clear] == pred.guard.verdict(ref_d)[clear]).all()
     if engine == "torch":
         assert pred.engine.infer(x)[1].shape == (4, 1280)
 
@@ -130,7 +140,9 @@ def test_training_fits_the_guard_into_the_package(tiny_guarded_model):
     card = read_card(pkg)
     assert card.guard["file"] == GUARD_FILE and card.guard["sha256"] == sha256_file(f"{pkg}/{GUARD_FILE}")
     assert card.guard["n_fit"] == summary["split"]["n_train"]  # the training side only
-    assert card.guard["threshold_from"] == "validation side"
+    # a random split holds no patient out: the card says so, and what the threshold was set on
+    assert card.guard["threshold_from"] == f"{summary['split']['n_val']} validation images (random split: not patient-held-out)"
+    assert card.guard["n_threshold"] == summary["split"]["n_val"] and "conformal" in card.guard["threshold_rule"]
     assert 0.0 <= summary["guard"]["in_lab_test_flagged"] <= 1.0
     assert {"synthetic_sample_images", "blurred_sigma3"} <= set(summary["guard"]["foreign"])
 
@@ -169,3 +181,87 @@ def test_outside_state_goes_from_classify_to_the_database_and_the_csv(tiny_guard
     assert header.index("out_of_distribution") == header.index("uncertain") + 1
     assert {r["out_of_distribution"] for r in table if "foreign" in r["path"]} == {"1"}
     assert json.loads(json.dumps(table[0]))["out_of_distribution"] in ("0", "1")
+
+
+# ---- the threshold is set on patients the model did not train on (issue 23, item 6) ---------
+
+def _subject_data(rng, subjects: dict[str, tuple[int, int, str]], dim=8):
+    """C-NMC-named images: subject -> (class, n images, side); each subject sits at its own
+    offset from its class centre (a new patient is further from training than a known one)."""
+    from trainer.data import Dataset
+
+    centres = {0: np.zeros(dim), 1: np.full(dim, 6.0)}
+    paths, labels, emb, sides = [], [], [], []
+    for subj, (cls, n, side) in subjects.items():
+        offset = centres[cls] + rng.normal(0, 1.5, dim)
+        for i in range(n):
+            paths.append(f"UID_{subj}_{i + 1}_1_{'all' if cls == 0 else 'hem'}.png")
+            labels.append(cls)
+            sides.append(side)
+        emb.append(offset + rng.normal(0, 1.0, (n, dim)))
+    from pathlib import Path
+
+    ds = Dataset(Path("."), "all_vs_normal", ["ALL", "Normal"], [Path(p) for p in paths], np.array(labels))
+    return ds, np.concatenate(emb), np.array(sides)
+
+
+def test_the_threshold_is_set_on_held_out_patients_not_on_training_patients_validation_images():
+    from trainer.data import Split
+    from trainer.guard import fit_guard_on_split
+
+    rng = np.random.default_rng(4)
+    subjects = {**{str(s): (0, 120, "train") for s in range(1, 5)}, **{f"H{s}": (1, 120, "train") for s in range(1, 5)}}
+    ds, emb, side = _subject_data(rng, subjects)
+    # later images of training subjects: same subjects, so drawn from their offsets again
+    extra_ds, extra_emb, _ = _subject_data(np.random.default_rng(4), subjects)  # same offsets (same seed)
+    # the validation block: later images of the training subjects (as C-NMC's two donors are
+    # validated) and a few subjects no training image comes from
+    held_ds, held_emb, _ = _subject_data(rng, {**{str(s): (0, 20, "val") for s in range(11, 17)},
+                                               **{f"H{s}": (1, 20, "val") for s in range(11, 17)}})
+    new_ds, new_emb, _ = _subject_data(rng, {f"{s}": (s % 2, 60, "test") for s in range(21, 41)})
+    from trainer.data import Dataset
+
+    later = rng.choice(len(extra_emb), 900, replace=False)
+    all_paths = ds.paths + [extra_ds.paths[i] for i in later] + held_ds.paths
+    all_labels = np.concatenate([ds.labels, extra_ds.labels[later], held_ds.labels])
+    all_emb = np.concatenate([emb, extra_emb[later], held_emb])
+    full = Dataset(ds.root, ds.taxonomy, ds.classes, all_paths, all_labels)
+    n_train = len(ds)
+    split = Split("subject", np.arange(n_train), np.arange(n_train, len(full)), np.array([], dtype=np.int64))
+
+    pooled, _ = fit_guard(all_emb[split.train], all_labels[split.train], all_emb[split.val])
+    guard, info = fit_guard_on_split(all_emb[split.train], all_labels[split.train], all_emb[split.val], full, split)
+    # the training subjects' validation images are closer: the pooled threshold is tighter
+    assert guard.threshold > pooled.threshold
+    assert info["n_threshold"] == 240 and info["n_threshold_patients"] == 12
+    assert "12 subjects not trained on" in info["threshold_from"] and "new patient" in info["threshold_rule"]
+    new_flagged = guard.flags(new_emb)[1].mean()
+    pooled_flagged = pooled.flags(new_emb)[1].mean()
+    assert new_flagged <= 0.05 and pooled_flagged > 0.15, (new_flagged, pooled_flagged)
+    assert guard.flags(rng.normal(30.0, 1.0, (50, 8)))[1].all()  # foreign stays flagged
+
+
+def test_patient_split_validation_leaves_out_the_slides_next_to_training():
+    from pathlib import Path
+
+    from trainer.data import Dataset, Split
+    from trainer.guard import PSEUDO_PATIENT_RUN, SLIDE_NEIGHBOURS, held_out_validation
+
+    paths = [Path(f"Pre/WBC-Pre-{i:03d}.jpg") for i in range(1, 201)]
+    ds = Dataset(Path("."), "all_subtype", ["Benign", "Early Pre-B", "Pre-B", "Pro-B"], paths, np.full(200, 2))
+    split = Split("patient", np.arange(0, 120), np.arange(120, 160), np.arange(160, 200))
+    keep, groups, described = held_out_validation(ds, split)
+    numbers = [int(paths[i].stem[-3:]) for i in split.val[keep]]
+    assert min(numbers) == 120 + 1 + SLIDE_NEIGHBOURS and max(numbers) == 160  # file numbers 121..131 left out
+    assert len(set(groups)) == -(-len(keep) // PSEUDO_PATIENT_RUN) and "slides not trained on" in described
+
+
+def test_guard_command_refits_and_says_what_the_threshold_was_set_on(tiny_guarded_model, cli, tmp_path):
+    root, summary = tiny_guarded_model
+    pkg = tmp_path / "pkg"
+    shutil.copytree(summary["package"], pkg)
+    rc, out, err = cli("guard", pkg, "--data", root / "data")
+    assert rc == 0, err
+    card = read_card(pkg)
+    assert card.guard["sha256"] == sha256_file(pkg / GUARD_FILE)
+    assert f"set on {card.guard['threshold_from']}: split-conformal" in out

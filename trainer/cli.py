@@ -296,6 +296,7 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
              + (f", {args.split} split {args.subset} subset (fold {args.fold})" if args.split != "none" else ""))
     app.echo(markdown_table(rows, EVAL_COLUMNS))
     first = next(iter(results.values()))
+    app.echo(macro_over_line(first))
     app.echo("confusion matrix (rows true, columns predicted; " + ", ".join(ds.classes) + "):")
     for cls, r in zip(ds.classes, first["confusion_matrix"]):
         app.echo(f"  {cls:>12}: {r}")
@@ -307,12 +308,22 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
         if first.get("per_subject"):
             out["per_subject"] = first["per_subject"]
         out.update({"model": card.name, "n": first["n"], "classes": ds.classes, "macro_precision": first["macro_precision"],
-                    "macro_recall": first["macro_recall"], "images_per_s": first["images_per_s"],
+                    "macro_recall": first["macro_recall"], "macro_over": "classes present in the folder",
+                    "classes_present": first["classes_present"], "classes_absent": first["classes_absent"],
+                    "images_per_s": first["images_per_s"],
                     "split": args.split, "subset": args.subset if args.split != "none" else None, "runtime": runtime,
                     "variants": {k: {kk: vv for kk, vv in m.items()} for k, m in results.items()}})
         Path(args.json).write_text(json.dumps(out, indent=1, default=float), encoding="utf-8")
         app.echo(f"metrics written to {args.json}")
     return 0
+
+
+def macro_over_line(m: dict) -> str:
+    """Which classes the macro figures average over, in words: those present in the folder."""
+    line = f"macro P/R/F1 over the classes present in the folder: {', '.join(m['classes_present']) or 'none'}"
+    if m["classes_absent"]:
+        line += f" (absent, left out: {', '.join(m['classes_absent'])})"
+    return line
 
 
 def _resolve_model(model: str | None, app) -> Path:
@@ -382,8 +393,8 @@ def guard_cmd(args: argparse.Namespace, app) -> int:
             raise HemascanError(f"--foreign needs NAME=FOLDER with an existing folder, not {item!r}")
         foreign[name] = Path(folder)
     info = guard_from_folder(package, Path(args.data), foreign, cache_dir=app.paths.cache / "train-images")
-    app.echo(f"guard fitted on {info['fitted_on']}; threshold {info['threshold']:.1f} "
-             f"({info['flag_rate_target']:.0%} of validation images flagged)")
+    app.echo(f"guard fitted on {info['fitted_on']}; threshold {info['threshold']:.1f}, set on "
+             f"{info['threshold_from']}: {info['threshold_rule']}")
     if "in_lab_test_flagged" in info:
         app.echo(f"in-lab test side: {info['in_lab_test_flagged']:.1%} flagged of {info['n_in_lab_test']}")
     for name, f in info.get("foreign", {}).items():

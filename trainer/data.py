@@ -33,7 +33,7 @@ from core.imaging.images import SUPPORTED_EXTENSIONS, decode_rgb, read_file
 from core.imaging.duplicates import duplicate_pairs as core_duplicate_pairs
 from core.imaging.duplicates import hash_int, perceptual_hash, union_find
 from core.imaging.preprocessing import Preprocessing
-from core.models.taxonomy import TAXONOMIES, folder_taxonomies
+from core.models.taxonomy import TAXONOMIES, folder_taxonomies, shared_taxonomy
 
 # Fewer training images of a class than this and the foreign-image guard's covariance (and the
 # class itself) cannot be fitted: refused before training, not after it.
@@ -91,13 +91,14 @@ def scan_class_folders(root: Path, taxonomy: str | None = None) -> Dataset:
         if hits:
             by_folder[sub] = hits
     if not by_folder:
+        if taxonomy is not None:
+            raise DatasetError(f"no folder under {root} is named after a class of {taxonomy} "
+                               f"({', '.join(TAXONOMIES[taxonomy].classes)}) or one of its aliases")
         raise DatasetError(f"no class folders under {root} (expected e.g. Benign/Early/Pre/Pro or all/hem)")
-    # the first taxonomy every recognised folder belongs to ("all" + "lymphocyte": wbc_differential)
-    common = [t for t in TAXONOMIES if all(t in hits for hits in by_folder.values())]
-    if not common:
+    tax = shared_taxonomy([sub.name for sub in by_folder], taxonomy)
+    if tax is None:
         seen = sorted({next(iter(hits)) for hits in by_folder.values()})
         raise DatasetError(f"class folders under {root} mix taxonomies {seen}; pass taxonomy=")
-    tax = common[0]
     found: dict[str, list[Path]] = {}
     for sub, hits in by_folder.items():
         files = sorted(

@@ -34,6 +34,7 @@ from .metrics import classification_metrics, ood_auroc, per_group_metrics, softm
 from trainer.guard import logits_and_embeddings, ood_sets
 from trainer.baselines import colour_histogram_baseline
 from trainer.pipeline import (
+    GuardInputs,
     Int8Config,
     PackageConfig,
     finish_package_job,
@@ -588,7 +589,7 @@ def run(config: TrainConfig | dict, progress: Callable[[Progress], None] | None 
         int8=Int8Config(enabled=cfg.int8, calibration_source=f"{len(used.train)} training images of "
                         f"{Path(cfg.data).name} ({split.method} split)"))
     done = yield from relay(finish_package_job(model, data, used, package, out_dir / "package",
-                                                   evaluate=test), emit)
+                                               guard_inputs=GuardInputs(dataset=src.dataset), evaluate=test), emit)
     if done.package is not None:
         if done.int8 is not None:
             summary["int8"] = done.int8

@@ -1,9 +1,13 @@
 """Fitting the foreign-image guard (core/models/guard.py) on a trained model's embeddings.
 
-Fitted on the training side only; the threshold is the validation side's 95th percentile,
-so about 5% of in-lab images are flagged. Chosen by measurement against energy, max-softmax,
-relative Mahalanobis and k-nearest-neighbour scores (trainer/experiments/ood_guard.py,
-figures in docs/trainer.md).
+Fitted on the training side only. The threshold is set on images of patients the model did
+not train on (:func:`held_out_validation`: the validation block without images of training
+patients or slides) so that at most 5% of a NEW patient's images are flagged: a conformal
+bound over the held-out patients (:func:`conformal_threshold`), not the pooled validation
+images' 95th percentile, which flagged 8.4% of the field model's test block (later patients
+lie further from training than the few validation patients). Chosen by measurement against
+energy, max-softmax, relative Mahalanobis and k-nearest-neighbour scores
+(trainer/experiments/ood_guard.py, figures in docs/trainer.md).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from core.models.package import sha256_file
 from core.imaging.preprocessing import Preprocessing
 
 from . import augment as aug
+from .data import file_number, subject_of
 from core.models.package import verify_package
 from trainer.quantize import _write_card
 from core.imaging.images import SUPPORTED_EXTENSIONS, decode_rgb, read_file
@@ -27,7 +32,15 @@ from trainer.quantize import split_as_trained
 from core.app.sample import smear_image
 from core.models.taxonomy import TAXONOMIES
 
-FLAG_RATE = 0.05  # share of in-lab (validation) images the threshold flags
+FLAG_RATE = 0.05  # share of a new patient's in-lab images the threshold may flag
+# ... for this share of new patients (the conformal bound over held-out patients' own thresholds)
+PATIENT_COVERAGE = 0.9
+# The patient split has no patient ids: neighbouring file numbers come from the same slides, so
+# runs of this many neighbouring held-out images stand in for patients (Taleqani: ~31 images per
+# patient), and validation images this close to a training image of their class may share its
+# slide and are left out of the threshold.
+PSEUDO_PATIENT_RUN = 20
+SLIDE_NEIGHBOURS = 10
 MAX_DIM = 1280  # wider embeddings are first projected on their principal directions (file <= 7 MB)
 
 
@@ -51,11 +64,100 @@ def logits_and_embeddings(model: torch.nn.Module, images: np.ndarray, prep: Prep
 MAX_OTHER_CENTRES = 8
 
 
+def conformal_threshold(distances: np.ndarray, groups=None, flag_rate: float = FLAG_RATE,
+                        coverage: float = PATIENT_COVERAGE) -> tuple[float, dict]:
+    """The distance above which an image is flagged, from held-out images' distances.
+
+    With ``groups`` (a patient id per image): each patient's own threshold (the one that flags
+    ``flag_rate`` of its images), then the split-conformal bound over patients, the
+    ceil((G+1) * coverage)-th smallest of the G: a new patient exchangeable with these has at
+    most ``flag_rate`` of its images flagged with probability >= ``coverage``. Pooling the
+    images instead lets the few patients of the validation block stand for every new one.
+    Without groups (each image on its own): the split-conformal quantile of the images,
+    ceil((n+1) * (1 - flag_rate))-th smallest. Returns (threshold, what the card records)."""
+    d = np.asarray(distances, np.float64)
+    if groups is None:
+        n = len(d)
+        k = int(np.ceil((n + 1) * (1.0 - flag_rate)))
+        return float(np.sort(d)[min(k, n) - 1]), {
+            "threshold_rule": f"split-conformal {1 - flag_rate:.0%} quantile of {n} held-out images"}
+    groups = np.asarray([str(g) for g in groups], dtype=object)
+    names = sorted(set(groups))
+    per_patient = np.sort([np.quantile(d[groups == g], 1.0 - flag_rate) for g in names])
+    g = len(per_patient)
+    k = int(np.ceil((g + 1) * coverage))
+    rule = (f"split-conformal bound over {g} held-out patients: the {min(k, g)}th smallest of their own "
+            f"{1 - flag_rate:.0%} quantiles, so that <= {flag_rate:.0%} of a new patient's images are flagged "
+            f"for {coverage:.0%} of new patients")
+    if k > g:
+        rule += " (too few patients to promise that: the largest is used)"
+    return float(per_patient[min(k, g) - 1]), {"threshold_rule": rule, "n_threshold_patients": g}
+
+
+def held_out_validation(ds, split) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Which validation images the guard's threshold may be set on, and their patients:
+    (positions in ``split.val``, a patient id per kept image or None, a phrase for the card).
+
+    subject split: only subjects no training image comes from (C-NMC's two normal donors are
+    validated on their own later smear images: left out). patient split: validation images
+    more than ``SLIDE_NEIGHBOURS`` file numbers away from every training image of their class
+    (neighbouring numbers share a slide), grouped in runs of ``PSEUDO_PATIENT_RUN`` neighbours.
+    random split: every validation image, on its own (no patient is held out)."""
+    val = np.asarray(split.val, dtype=np.int64)
+    if split.method == "subject":
+        train_subjects = {subject_of(ds.paths[i]) for i in split.train}
+        subjects = [subject_of(ds.paths[i]) for i in val]
+        keep = np.array([s is not None and s not in train_subjects for s in subjects], dtype=bool)
+        kept = np.nonzero(keep)[0]
+        return kept, np.array([subjects[i] for i in kept], dtype=object), \
+            f"{len(kept)} validation images of {len({subjects[i] for i in kept})} subjects not trained on"
+    if split.method not in ("patient", "all-but-val"):
+        return np.arange(len(val)), None, f"{len(val)} validation images ({split.method} split: not patient-held-out)"
+    numbers = np.array([file_number(p) for p in ds.paths])
+    train = np.asarray(split.train, dtype=np.int64)
+    keep = np.zeros(len(val), dtype=bool)
+    groups = np.empty(len(val), dtype=object)
+    for ci in range(len(ds.classes)):
+        pos = np.nonzero(ds.labels[val] == ci)[0]
+        if not len(pos):
+            continue
+        train_numbers = np.sort(numbers[train[ds.labels[train] == ci]])
+        pos = pos[np.argsort(numbers[val[pos]], kind="stable")]
+        n = numbers[val[pos]]
+        if len(train_numbers):
+            at = np.clip(np.searchsorted(train_numbers, n), 1, len(train_numbers)) - 1
+            near = np.minimum(np.abs(n - train_numbers[at]),
+                              np.abs(n - train_numbers[np.minimum(at + 1, len(train_numbers) - 1)]))
+            pos = pos[near > SLIDE_NEIGHBOURS]
+        keep[pos] = True
+        for r, start in enumerate(range(0, len(pos), PSEUDO_PATIENT_RUN)):
+            groups[pos[start : start + PSEUDO_PATIENT_RUN]] = f"{ds.classes[ci]}:{r}"
+    kept = np.nonzero(keep)[0]
+    return kept, groups[kept], (f"{len(kept)} validation images of slides not trained on (more than "
+                                f"{SLIDE_NEIGHBOURS} file numbers from training), in runs of "
+                                f"{PSEUDO_PATIENT_RUN} neighbours as patients")
+
+
+def fit_guard_on_split(train_emb: np.ndarray, train_labels: np.ndarray, val_emb: np.ndarray, ds, split,
+                       flag_rate: float = FLAG_RATE, other_emb: np.ndarray | None = None
+                       ) -> tuple[ForeignImageGuard, dict]:
+    """:func:`fit_guard` with the threshold on the held-out patients of ``split``'s validation
+    block (``val_emb``: every image of ``split.val``, in order)."""
+    keep, groups, described = held_out_validation(ds, split)
+    if not len(keep):  # no held-out patient: the whole validation block, and the card says so
+        keep, groups, described = np.arange(len(split.val)), None, f"{len(split.val)} validation images (no patient held out)"
+    guard, info = fit_guard(train_emb, train_labels, np.asarray(val_emb)[keep], flag_rate, other_emb, groups)
+    info["threshold_from"] = described
+    return guard, info
+
+
 def fit_guard(train_emb: np.ndarray, train_labels: np.ndarray, val_emb: np.ndarray,
-              flag_rate: float = FLAG_RATE, other_emb: np.ndarray | None = None) -> tuple[ForeignImageGuard, dict]:
+              flag_rate: float = FLAG_RATE, other_emb: np.ndarray | None = None,
+              val_groups=None) -> tuple[ForeignImageGuard, dict]:
     """Class means and a shared Ledoit-Wolf covariance from the training side; the threshold
-    from the validation side. ``other_emb``: images reviewers called "Other"; their centres
-    (k-means, at most 8) are kept so that they and images like them come out flagged.
+    from held-out images ``val_emb`` (:func:`conformal_threshold`; ``val_groups``: their
+    patients). ``other_emb``: images reviewers called "Other"; their centres (k-means, at
+    most 8) are kept so that they and images like them come out flagged.
     Returns the guard and what the card records about it."""
     from sklearn.covariance import LedoitWolf
 
@@ -75,8 +177,10 @@ def fit_guard(train_emb: np.ndarray, train_labels: np.ndarray, val_emb: np.ndarr
     chol = np.linalg.cholesky(precision)  # precision = L L^T
     whitening = projection @ chol  # (D, k): distance = ||(f - mean) @ whitening||^2
     provisional = ForeignImageGuard(whitening.astype(np.float32), (means @ chol).astype(np.float32), 1.0)
-    ref = provisional.distances(val_emb if len(val_emb) else train_emb)
-    threshold = float(np.quantile(ref, 1.0 - flag_rate))
+    if len(val_emb):
+        threshold, rule = conformal_threshold(provisional.distances(val_emb), val_groups, flag_rate)
+    else:
+        threshold, rule = conformal_threshold(provisional.distances(train_emb), None, flag_rate)
     other_means = None
     if other_emb is not None and len(other_emb):
         from sklearn.cluster import KMeans
@@ -86,7 +190,7 @@ def fit_guard(train_emb: np.ndarray, train_labels: np.ndarray, val_emb: np.ndarr
         other_means = KMeans(n_clusters=k, n_init=4, random_state=0).fit(z_other).cluster_centers_.astype(np.float32)
     guard = ForeignImageGuard(provisional.whitening, provisional.class_means, threshold, other_means)
     info = {"method": GUARD_METHOD, "citation": CITATION, "file": GUARD_FILE, "threshold": round(threshold, 4),
-            "flag_rate_target": flag_rate, "n_fit": int(len(train_emb)), "n_threshold": int(len(val_emb)),
+            "flag_rate_target": flag_rate, **rule, "n_fit": int(len(train_emb)), "n_threshold": int(len(val_emb)),
             "threshold_from": "validation side" if len(val_emb) else "training side (no validation images)",
             "dim": int(train_emb.shape[1]), "classes_fitted": [int(c) for c in classes],
             "n_other": 0 if other_emb is None else int(len(other_emb)),
@@ -176,7 +280,7 @@ def guard_from_folder(package: Path, data: Path, foreign: dict[str, Path] | None
     prep = card.prep
     _, e_tr = logits_and_embeddings(model, images[split.train], prep)
     _, e_va = logits_and_embeddings(model, images[split.val], prep) if len(split.val) else (None, np.zeros((0, 0)))
-    guard, info = fit_guard(e_tr, ds.labels[split.train], e_va)
+    guard, info = fit_guard_on_split(e_tr, ds.labels[split.train], e_va, ds, split)
     info["fitted_on"] = f"{len(split.train)} training images of {Path(data).name} ({split.method} split)"
     if len(split.test):
         xt = images[split.test]
@@ -200,9 +304,12 @@ def guard_from_folder(package: Path, data: Path, foreign: dict[str, Path] | None
 
 def ood_sets(images: np.ndarray, prep: Preprocessing, n_synthetic: int = 120, seed: int = 0) -> dict[str, np.ndarray]:
     """Out-of-distribution inputs built from the in-distribution test images (blurred,
-    other stain) and synthetic smear-like sample images (core.app.sample)."""
+    other stain), synthetic smear-like sample images (core.app.sample) and uniform noise."""
 
     rng = np.random.default_rng(seed)
     classes = TAXONOMIES["all_subtype"].classes
     synth = np.stack([prep.apply(smear_image(classes[i % 4], rng, 224)) for i in range(n_synthetic)])
-    return {"synthetic_sample_images": synth, "blurred_sigma3": aug.blur(images, 3.0), "other_stain_hue180": aug.other_stain(images)}
+    s = prep.input_size
+    noise = rng.integers(0, 256, (n_synthetic, s, s, 3), dtype=np.uint8)
+    return {"synthetic_sample_images": synth, "blurred_sigma3": aug.blur(images, 3.0), "other_stain_hue180": aug.other_stain(images),
+            "uniform_noise": noise}

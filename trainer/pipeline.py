@@ -76,6 +76,9 @@ class GuardInputs:
     lab: np.ndarray | None = None
     lab_parent_flags: np.ndarray | None = None
     parent_name: str | None = None
+    # the class-folder dataset the split was made on: the threshold is then set on the validation
+    # block's held-out patients only (trainer.guard.fit_guard_on_split), not on every validation image
+    dataset: Any = None
 
 
 @dataclass
@@ -191,7 +194,7 @@ def fit_guard_stage(model, data: TrainingArrays, split: Split, device="cpu", inp
     embeddings (plus replayed ones), threshold from the validation side (``val_emb``: their
     embeddings, when already computed), "Other" centres, then raised to the parent's flag count
     on the lab's own images. A job generator; returns (guard, card record)."""
-    from .guard import fit_guard, logits_and_embeddings, match_parent_on_lab  # heavy: imports torch
+    from .guard import fit_guard, fit_guard_on_split, logits_and_embeddings, match_parent_on_lab  # heavy: imports torch
 
     inputs = inputs or GuardInputs()
     yield Progress("package", 0, None, "fitting the foreign-image guard on the training side",
@@ -206,7 +209,10 @@ def fit_guard_stage(model, data: TrainingArrays, split: Split, device="cpu", inp
         e_other = logits_and_embeddings(model, inputs.other, data.prep, device)[1]
     if inputs.replayed is not None:  # the parent's classes keep their place in the guard too
         e_tr, y_tr = np.concatenate([e_tr, inputs.replayed[0]]), np.concatenate([y_tr, inputs.replayed[1]])
-    guard, info = fit_guard(e_tr, y_tr, val_emb if len(split.val) else np.zeros((0, 0)), other_emb=e_other)
+    if inputs.dataset is not None and len(split.val):
+        guard, info = fit_guard_on_split(e_tr, y_tr, val_emb, inputs.dataset, split, other_emb=e_other)
+    else:
+        guard, info = fit_guard(e_tr, y_tr, val_emb if len(split.val) else np.zeros((0, 0)), other_emb=e_other)
     if inputs.lab is not None and len(inputs.lab) and inputs.lab_parent_flags is not None:
         guard, info = match_parent_on_lab(guard, info, logits_and_embeddings(
             model, inputs.lab, data.prep, device)[1], inputs.lab_parent_flags, inputs.parent_name or "the parent")

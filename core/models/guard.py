@@ -5,8 +5,9 @@ shared covariance on the network's penultimate embedding (the input of its final
 layer), fitted by the trainer on the training side only (trainer/guard.py). An image's score
 is its Mahalanobis distance to the nearest class mean (Lee et al., "A Simple Unified
 Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018).
-Above the threshold, set on the validation side so that 5% of in-lab images are flagged, the
-prediction is *outside the model's experience*: its class is not reliable.
+Above the threshold, set on validation patients the model did not train on so that at most 5%
+of a new patient's in-lab images are flagged (trainer/guard.py: a conformal bound over those
+patients), the prediction is *outside the model's experience*: its class is not reliable.
 
 The file holds the whitening matrix ``W`` (precision = W W^T, so a distance is a plain
 squared norm after one matrix product), the class means already multiplied by ``W``, and the

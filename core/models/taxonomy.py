@@ -115,6 +115,19 @@ def folder_taxonomies(folder_name: str) -> dict[str, str]:
     return hits
 
 
+def shared_taxonomy(folder_names, taxonomy: str | None = None) -> str | None:
+    """The taxonomy a set of class-folder names is read in: ``taxonomy`` when given, else the
+    first taxonomy (TAXONOMIES' order) that every recognised name belongs to ("all" +
+    "lymphocyte": wbc_differential; "all" + "hem": all_vs_normal). None when the recognised
+    names share no taxonomy, or none is recognised. Names that mean no class are ignored."""
+    if taxonomy is not None:
+        return taxonomy
+    hits = [h for h in (folder_taxonomies(n) for n in set(folder_names)) if h]
+    if not hits:
+        return None
+    return next((t for t in TAXONOMIES if all(t in h for h in hits)), None)
+
+
 def review_labels(taxonomy: str) -> tuple[str, ...]:
     """What a reviewer may answer: the taxonomy's classes, then "Other"."""
     return (*get_taxonomy(taxonomy).classes, OTHER)

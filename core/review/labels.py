@@ -20,7 +20,7 @@ from core.storage import Database, ImageFile, LabelEvent, utcnow
 from core.imaging.fspath import to_fs
 from core.jobs import Job, Progress
 from core.imaging.scan import ScanSummary, scan, under_folder
-from core.models.taxonomy import OTHER, resolve_alias, review_labels
+from core.models.taxonomy import OTHER, resolve_alias, review_labels, shared_taxonomy
 from core.review.cell_labels import record_cell_labels
 from core.review.rules import NOT_REVIEWER_NAMES, SOURCES, latest_label_events, reviewer_problem  # noqa: F401  (re-exported)
 from core.storage.errors import user_error
@@ -145,8 +145,11 @@ def class_folder_labels(session: Session, folder: str | os.PathLike, taxonomy: s
     ).all()
     by_label: dict[tuple[str, str], list[int]] = {}
     unknown: Counter = Counter()
-    for image_id, path in rows:
-        folder_name = Path(to_fs(path)).parent.name
+    folder_names = [Path(to_fs(path)).parent.name for _, path in rows]
+    # read every folder in the one taxonomy they all share (all/ + lymphocyte/: Blast and
+    # Lymphocyte of wbc_differential), as training does; where they share none, each its own
+    taxonomy = shared_taxonomy(folder_names, taxonomy) or taxonomy
+    for (image_id, _path), folder_name in zip(rows, folder_names):
         hit = resolve_alias(folder_name, taxonomy)
         if hit is None:
             unknown[folder_name] += 1
