@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument("--seed-epochs", type=int, default=6)
-    ap.add_argument("--c", type=float, default=0.5, help="the linear head's inverse regularisation")
+    ap.add_argument("--c", type=float, default=0.05, help="the linear head's inverse regularisation")
     args = ap.parse_args(argv)
     args.data = args.data.resolve()
     args.out.mkdir(parents=True, exist_ok=True)

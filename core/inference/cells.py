@@ -17,7 +17,8 @@ predict_images does):
    (``cell_side_um``) and input size, with the card's background around the cell
    (core/cells/cutout.py), through the card's preprocessing, batched ACROSS fields
    for the model -> CellPrediction rows. A pre-cut single-cell crop is given whole through the
-   card's preprocessing (as an image is today), and its prediction is also written as the
+   card's preprocessing (as an image is today; or cut out like a field's cells where the card's
+   ``cell_crops`` says "cut_out", as a model trained on cut-outs needs), and its prediction is also written as the
    image's Prediction, so folders of single-cell crops work as they always have.
 
 A killed run loses only the batch in flight; a re-run finds what is missing and adds nothing twice.
@@ -213,7 +214,7 @@ def classify_cells(
                 cells = [(("id", cid), _stored_cell(box, contour)) for cid, box, contour in stored.cells]
             if not cells:
                 return res
-            if res.single_cell_crop:  # given whole, as an image always was
+            if res.single_cell_crop and card.cell_crops == "whole":  # given whole, as an image always was
                 whole = rgb if reduced_by == 1 else decode_rgb(data)
                 res.keys, res.cutouts = (cells[0][0],), prep.apply(whole)[None]
             else:

@@ -193,6 +193,7 @@ class CardSchema(BaseModel):
     guard: GuardSchema | None = None  # {} in a card: no guard
     input: Literal["field", "cell"] = "field"
     cell_side_um: Annotated[float, Field(ge=MIN_CELL_SIDE_UM, le=MAX_CELL_SIDE_UM, allow_inf_nan=False)] | None = None
+    cell_crops: Literal["whole", "cut_out"] = "whole"
     intended_use: str = ""
     notes: str = ""
     format_version: Annotated[int, Field(ge=1)] = CARD_FORMAT
@@ -330,6 +331,11 @@ class ModelCard:
     # found cell is cut out at this physical size whatever the camera, then resized to the
     # preprocessing's input_size. None: DEFAULT_CELL_SIDE_UM. A field model ignores it.
     cell_side_um: float | None = None
+    # A cell model only: how a pre-cut single-cell crop (an image the finder judges to be one
+    # cell) is given to it: "whole", through the preprocessing as any image (a model trained on
+    # whole crops), or "cut_out" like every cell of a field (a model trained on cut-outs: the
+    # crop's cell at cell_side_um with the card's background, whatever the crop's framing).
+    cell_crops: str = "whole"
     intended_use: str = INTENDED_USE
     notes: str = ""
     format_version: int = CARD_FORMAT
@@ -521,6 +527,8 @@ def int8_files(package: Path, card: ModelCard) -> Path:
 # ---- where packages live: the bundled ones, and a version's folder in the registry ----------
 
 DEFAULT_MODEL_DIR = "default"
+# The bundled cell model made active on a first start (others bundled are registered only).
+DEFAULT_CELL_MODEL_DIR = "wbc-differential"
 
 
 def bundled_default_package() -> Path:
