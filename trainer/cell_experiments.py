@@ -514,7 +514,7 @@ def step_ship(args) -> Path:
     card = ModelCard(
         name=PACKAGE_NAME, architecture="effnet_lite0", taxonomy="wbc_differential", classes=list(CLASSES),
         preprocessing=spec.prep.to_dict(), temperature=float(temperature), uncertain_threshold=float(threshold),
-        metrics=metrics, input="cell", cell_side_um=spec.side_um, cell_crops="cut_out",
+        metrics=finite(metrics), input="cell", cell_side_um=spec.side_um, cell_crops="cut_out",
         training_data={"sources": {s: int((pool["source"] == s).sum()) for s in TRAIN_SOURCES}, "class_counts": counts,
                        "never_trained_on": list(NEVER_TRAINED),
                        "cut_out": f"core.cells.finder.find_cells + core.cells.cutout.cut_out_for_model, {spec.side_um:g} um "
@@ -526,12 +526,16 @@ def step_ship(args) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix="wbc-", dir=args.cache)) / "wbc-differential"
     save_package(tmp, {k: v for k, v in model.state_dict().items()}, card)
     card = verify_package(tmp)
-    card.guard = write_guard(tmp, guard, info)
+    card.guard = finite(write_guard(tmp, guard, info))
     _write_card(tmp, card)
     calib = np.asarray(np.concatenate([cells_of(s, args, spec).images[::10] for s in TRAIN_SOURCES]))
     check = np.asarray(np.concatenate([cells_of(s, args, spec).images[:] for s in ("pbc-dev", "bccd", "raabin")]))
     record = add_int8(tmp, calib, check, f"every 10th training cut-out of {', '.join(TRAIN_SOURCES)}")
     _log(f"int8: {record.get('accepted')} {record.get('reason', '')} agreement {record.get('agreement')}")
+    if not record.get("accepted"):  # said in the card: the package runs in fp32
+        card = verify_package(tmp)
+        card.metrics["int8_not_made"] = finite({k: record.get(k) for k in ("reason", "agreement", "n_checked")})
+        _write_card(tmp, card)
     verify_package(tmp)
     if dest.exists():
         shutil.rmtree(dest)
@@ -557,6 +561,18 @@ NOTES = ("TASK: a white-cell differential on one cut-out cell (9 classes). Cells
          "where it fails. Blasts come from one source only (C-NMC, stain-normalised, segmented); its cells "
          "appear about twice as large as PBC's at the finder's default scale for a crop without red cells. "
          "Research and decision support only; NOT a diagnostic device; validate locally.")
+
+
+def finite(obj):
+    """``obj`` with every NaN or infinity replaced by None: a card is JSON, and PostgreSQL's json
+    type refuses NaN (a figure with nothing to measure, e.g. no confident call, is null)."""
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
 
 
 def _f(v, digits: int = 3) -> str:
