@@ -19,12 +19,13 @@ CELL_MODEL = "all-vs-normal-seed-cnn3-v1"  # the bundled ALL-vs-normal model: tr
 
 def make_cell_model_active(db, keep_field_active: bool = True) -> int:
     """The bundled ALL-vs-normal version as the active cell model, beside the active field model
-    (one active model per input kind)."""
+    (one active model per input kind: the bundled differential, active after setup, is not)."""
     with db.session() as s:
         vid = s.scalar(select(ModelVersion.id).where(ModelVersion.name == CELL_MODEL))
         assert vid is not None, "the bundled ALL-vs-normal model is registered at setup"
         if not keep_field_active:
             s.execute(update(ModelVersion).values(is_active=False))
+        s.execute(update(ModelVersion).where(ModelVersion.input_kind == "cell").values(is_active=False))
         s.execute(update(ModelVersion).where(ModelVersion.id == vid).values(input_kind="cell", is_active=True))
     return vid
 

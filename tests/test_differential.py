@@ -135,6 +135,7 @@ def make_case(db, folder, per_image: int = 5):
     generate(folder, n_per_class=1, seed=5)  # 4 images
     run_job(scan(db, folder))
     with db.session() as s:
+        s.execute(update(ModelVersion).where(ModelVersion.input_kind == "cell").values(is_active=False))
         s.execute(update(ModelVersion).where(ModelVersion.name == CELL_MODEL).values(input_kind="cell", is_active=True))
         vid = s.scalar(select(ModelVersion.id).where(ModelVersion.name == CELL_MODEL))
         for image_id, _ in images_under(s, folder):

@@ -19,6 +19,8 @@ from core.storage import ModelActivation, ModelVersion
 from .conftest import url_arg
 
 CELL_PACKAGE = next((p for p in bundled_packages() if read_card(p).taxonomy == "all_vs_normal"), None)
+# the bundled cell model a first start makes active (the white-cell differential, issue 23)
+FIRST_CELL_PACKAGE = next((p for p in bundled_packages() if p.name == "wbc-differential"), CELL_PACKAGE)
 pytestmark = pytest.mark.skipif(CELL_PACKAGE is None, reason="no ALL-vs-normal package under resources/models")
 
 
@@ -72,7 +74,7 @@ def test_activating_one_kind_keeps_the_other_kinds_active_model(tmp_path, db_url
     paths, db = _open(tmp_path, db_url)
     try:
         first = _actives(db)
-        assert first == {"field": read_card(bundled_default_package()).name, "cell": read_card(CELL_PACKAGE).name}
+        assert first == {"field": read_card(bundled_default_package()).name, "cell": read_card(FIRST_CELL_PACKAGE).name}
         field2 = _renamed_copy(bundled_default_package(), tmp_path / "f2", "field-two-v1")
         cell2 = _renamed_copy(CELL_PACKAGE, tmp_path / "c2", "cell-two-v1")
         with db.session() as s:
@@ -136,7 +138,7 @@ def test_a_first_start_makes_one_model_of_each_kind_active(tmp_path, db_url):
             names = {v.id: (v.name, v.input_kind) for v in s.scalars(select(ModelVersion))}
         assert [(r.action, names[r.model_version_id]) for r in rows] == [
             ("setup", (read_card(bundled_default_package()).name, "field")),
-            ("setup", (read_card(CELL_PACKAGE).name, "cell"))]
+            ("setup", (read_card(FIRST_CELL_PACKAGE).name, "cell"))]
         assert all(r.previous_version_id is None for r in rows)
     finally:
         db.dispose()
@@ -201,7 +203,7 @@ def test_an_upgrade_whose_active_model_became_a_cell_model_gets_a_field_model_to
 
 def test_models_lists_the_kind_and_the_active_model_of_each(cli, data_dir, db_url):
     url = url_arg(db_url)
-    field, cell = read_card(bundled_default_package()).name, read_card(CELL_PACKAGE).name
+    field, cell = read_card(bundled_default_package()).name, read_card(FIRST_CELL_PACKAGE).name
     rc, out, _ = cli("--db-url", url, "models", "list")
     rows = {ln.lstrip("* ").split()[0]: ln for ln in out.splitlines()}
     assert rc == 0 and rows[field].startswith("*") and rows[cell].startswith("*")  # one active of each kind

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from core.config import Paths
 from core.errors import HemascanError, ModelPackageError
-from core.models.package import bundled_default_package, bundled_packages, read_card
+from core.models.package import DEFAULT_CELL_MODEL_DIR, bundled_default_package, bundled_packages, read_card
 from core.models.registry import (CELL, FIELD, activate_version, active_version, input_kind_of, register_bundled,
                                   register_package, remove_stale_temporaries)
 from core.models.store import share_unshared
@@ -49,8 +49,10 @@ def _bundled_model_names() -> set[str]:
 
 
 def bundled_cell_package():
-    """The first bundled package of a cell model (the ALL-vs-normal one), or None."""
-    return next((package for package, card in _bundled_cards() if input_kind_of(card) == CELL), None)
+    """The bundled cell model made active on a first start: the white-cell differential
+    (DEFAULT_CELL_MODEL_DIR) where it is bundled, else the first bundled cell model; or None."""
+    cells = [package for package, card in _bundled_cards() if input_kind_of(card) == CELL]
+    return next((p for p in cells if p.name == DEFAULT_CELL_MODEL_DIR), cells[0] if cells else None)
 
 
 def _active_kinds(conn) -> set[str]:
