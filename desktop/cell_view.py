@@ -910,8 +910,8 @@ class CellPane(QObject):
             f"{'undefined: one answer throughout' if a.kappa is None else format(a.kappa, '.2f')})."
             for a in d.agreement)
         self.diff_note.setText(
-            f"Counted apart, not in N: {d.n_outside:,} outside the model's experience, {d.n_other:,} "
-            f"{OTHER_TITLE}, {d.n_unclassified:,} not classified yet." + (f"\n{agree}" if agree else ""))
+            f"Counted apart, not in N: {d.n_outside:,} outside the model's experience, {d.n_uncertain:,} the model "
+            f"is unsure of (review them), {d.n_other:,} {OTHER_TITLE}, {d.n_unclassified:,} not classified yet." + (f"\n{agree}" if agree else ""))
         self.diff_small.setText(f"{INTERVAL_NOTE} {d.disclaimer}")
 
     def set_case_name(self, name: str | None) -> None:

@@ -232,7 +232,8 @@ def _differential_html(part: CellsPart) -> str:
       {rows}
     </table>
     {blast}
-    <p>Not counted in N: outside the model's experience: {d.n_outside:,}; {e(OTHER_TITLE)}: {d.n_other:,}{
+    <p>Not counted in N: outside the model's experience: {d.n_outside:,}; the model unsure, not reviewed:
+      {d.n_uncertain:,}; {e(OTHER_TITLE)}: {d.n_other:,}{
         f"; not classified yet: {d.n_unclassified:,}" if d.n_unclassified else ""}.</p>
     {kappa}
     <p><small>{e(diff.INTERVAL_NOTE)} {e(d.disclaimer)}</small></p>

@@ -35,6 +35,9 @@ def activate_cell_model(db) -> int:
     """The bundled ALL-vs-normal model made the active cell model (as the kinds work will do)."""
     with db.session() as s:
         vid = s.scalar(select(ModelVersion.id).where(ModelVersion.taxonomy == CELL_TAXONOMY))
+        # one active model per kind: the bundled differential (a first start's cell model) steps down
+        s.execute(update(ModelVersion).where(ModelVersion.input_kind == "cell", ModelVersion.id != vid)
+                  .values(is_active=False))
         s.execute(update(ModelVersion).where(ModelVersion.id == vid).values(input_kind="cell", is_active=True))
     return vid
 

@@ -107,7 +107,7 @@ def test_classify_and_differential_on_a_folder_of_bad_input(db, cli, bad_folder)
     assert rc == 0 and "Traceback" not in out + err
     assert "white cells counted" in out and "95% interval" in out  # the table
     d = json.loads(report.read_text())  # every stored cell is in it once: counted, or set apart with its reason
-    assert d["n_cells"] == n_cells == d["total"] + d["n_outside"] + d["n_other"] + d["n_unclassified"]
+    assert d["n_cells"] == n_cells == d["total"] + d["n_outside"] + d["n_uncertain"] + d["n_other"] + d["n_unclassified"]
 
 
 def test_differential_of_a_searched_folder_without_cells_says_so_in_one_sentence(db, cli, bad_folder):

@@ -16,7 +16,7 @@ from core.cells.records import add_cell, store_field_cells
 from core.imaging.scan import folder_prefix, images_under, scan
 from core.jobs import run_job
 from core.models.taxonomy import OTHER, blast_class
-from core.review.differential import (DISCLAIMER, MAX_CELLS_TO_COUNT, blast_line, case_differential, cells_to_count,
+from core.review.differential import (DISCLAIMER, MAX_CELLS_TO_COUNT, as_lines, blast_line, case_differential, cells_to_count,
                                       clopper_pearson, cohen_kappa, differential_table)
 from core.storage import Case, Cell, CellLabelEvent, CellPrediction, ModelVersion
 
@@ -146,10 +146,10 @@ def make_case(db, folder, per_image: int = 5):
     return vid, ids
 
 
-def _predict(s, vid, cell_ids, label, outside=False):
+def _predict(s, vid, cell_ids, label, outside=False, uncertain=False):
     for c in cell_ids:
         s.add(CellPrediction(cell_id=c, model_version_id=vid, label=label, confidence=0.9, entropy=0.3,
-                             probabilities=[0.9, 0.1], uncertain=False, out_of_distribution=outside))
+                             probabilities=[0.9, 0.1], uncertain=uncertain, out_of_distribution=outside))
 
 
 def _label(s, cell_ids, label, reviewer):
@@ -356,3 +356,24 @@ def test_case_report_without_cells_is_as_before(db, tmp_path, qapp):
         data = report_data(s, tmp_path / "f", None)
     text = build_report(None, tmp_path / "f", None, "ann", "Case", data).toPlainText()
     assert data.cells is None and "White-cell differential" not in text and "Counts per class" in text
+
+
+def test_cells_the_model_is_unsure_of_wait_for_a_reviewer_before_they_count(db, tmp_path):
+    # as an analyser's "unidentified" cells: a guess below the card's threshold is no count (a model
+    # unsure of most cells of another lab would otherwise report its guesses as a blast percentage)
+    folder = tmp_path / "case"
+    vid, ids = make_case(db, folder)  # 20 cells
+    with db.session() as s:
+        _predict(s, vid, ids[:4], "Normal")
+        _predict(s, vid, ids[4:12], "ALL", uncertain=True)
+        s.flush()
+        _label(s, ids[4:6], "Normal", "ann")  # reviewed: counted as the reviewer says
+        _label(s, [ids[6]], "ALL", "ann")
+        s.commit()
+    with db.session() as s:
+        d = case_differential(s, folder, vid)
+    by = {x.label: x for x in d.classes}
+    assert (by["ALL"].n, by["Normal"].n, d.total) == (1, 6, 7)
+    assert d.n_uncertain == 5 and d.n_unclassified == 8
+    assert d.n_cells == d.total + d.n_uncertain + d.n_unclassified + d.n_outside + d.n_other
+    assert "the model unsure, to review: 5" in "\n".join(as_lines(d))

@@ -280,10 +280,11 @@ class CaseCell:
     @property
     def counted_as(self) -> str | None:
         """The class it is counted as (reviewed, else predicted); OTHER; None: not counted
-        (outside the model's experience and not reviewed, or not classified)."""
+        (not reviewed and outside the model's experience, or the model unsure of it -- as an
+        analyser's "unidentified" cells, they wait for a reviewer -- or not classified)."""
         if self.reviewed is not None:
             return self.reviewed
-        if self.predicted is None or self.outside:
+        if self.predicted is None or self.outside or self.uncertain:
             return None
         return self.predicted
 
@@ -325,6 +326,7 @@ class Differential:
     agreement: list[Agreement] = field(default_factory=list)
     threshold_pct: float = DEFAULT_BLAST_THRESHOLD_PCT
     disclaimer: str = DISCLAIMER
+    n_uncertain: int = 0  # the model unsure (below its card's threshold), not reviewed: not counted
 
     def as_dict(self) -> dict:
         """Plain types only (JSON)."""
@@ -406,12 +408,14 @@ def summarise(cells: Sequence[CaseCell], classes: Sequence[str], blast: str | No
     """The differential of ``cells`` (the arithmetic of :func:`case_differential`)."""
     counts: dict[str, int] = {c: 0 for c in classes}
     reviewed: dict[str, int] = {}
-    n_outside = n_other = n_unclassified = 0
+    n_outside = n_other = n_unclassified = n_uncertain = 0
     for cell in cells:
         cls = cell.counted_as
         if cls is None:
             if cell.predicted is not None and cell.outside:
                 n_outside += 1
+            elif cell.predicted is not None and cell.uncertain:
+                n_uncertain += 1
             else:
                 n_unclassified += 1
         elif cls == OTHER:
@@ -425,7 +429,8 @@ def summarise(cells: Sequence[CaseCell], classes: Sequence[str], blast: str | No
     line = blast_line(blast, counts.get(blast, 0), total, threshold_pct, confidence) if blast and total else None
     n_rev = sum(reviewed.values())
     return Differential(case, folder, model, taxonomy, len(cells), total, lines, line, n_outside, n_other,
-                        n_unclassified, n_rev, total - n_rev, agreements(latest_by_reviewer or {}), threshold_pct)
+                        n_unclassified, n_rev, total - n_rev, agreements(latest_by_reviewer or {}), threshold_pct,
+                        n_uncertain=n_uncertain)
 
 
 def _n(count: int, noun: str) -> str:
@@ -504,7 +509,8 @@ def as_lines(d: Differential) -> list[str]:
         out.append(d.blast.as_text())
     elif d.taxonomy and blast_class(d.taxonomy) is None:
         out.append(f"(the {d.taxonomy} classes have no blast class: no blast percentage)")
-    out.append(f"Not counted in N: outside the model's experience: {d.n_outside}; {OTHER_TITLE}: {d.n_other}"
+    out.append(f"Not counted in N: outside the model's experience: {d.n_outside}; the model unsure, to review: "
+               f"{d.n_uncertain}; {OTHER_TITLE}: {d.n_other}"
                + (f"; not classified yet: {d.n_unclassified}" if d.n_unclassified else ""))
     for a in d.agreement:
         kappa = "undefined (one answer throughout)" if a.kappa is None else f"{a.kappa:.2f}"
