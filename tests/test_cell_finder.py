@@ -361,3 +361,18 @@ def test_a_big_nucleus_off_the_centre_of_a_field_keeps_the_red_cells_scale():
     reds = [(x, y) for x in range(5, 40, 9) for y in range(5, 40, 9) if (x - 9) ** 2 + (y - 9) ** 2 > 15 ** 2]
     found = find_cells(synthetic.draw(synthetic.Field(width_um=40, height_um=40, white_cells=[cluster], red_cells=reds), 0.2))
     assert found.scale_source == "red_cells" and abs(found.um_per_px - 0.2) / 0.2 < 0.15, found.um_per_px
+
+
+def test_a_neutrophils_big_lobes_beyond_the_closing_are_one_cell():
+    # Raabin train_110de9b7: a segmented neutrophil whose lobes (~30 and ~40 um^2) lie further
+    # apart than the closing joins; a lobe under 25 um^2 only joined its neighbour, so the
+    # cell came out as two (box IoU 0.49). A piece under 40 um^2 within 4 um now joins.
+    cell = synthetic.WhiteCell(50, 37, 16, 0.5)
+    reds = [(x, y) for x in range(8, 100, 11) for y in range(8, 75, 11) if (x - 50) ** 2 + (y - 37) ** 2 > 14 ** 2]
+    img = synthetic.draw(synthetic.Field(white_cells=[cell], red_cells=reds), 0.1)
+    # lobes of 6.2 um (30 um^2) and 7.6 um (45 um^2) across, 3.6 um apart edge to edge
+    cv2.circle(img, (round((50 - 3.1 - 1.8) * 10), 370), 31, synthetic.NUCLEUS, -1, cv2.LINE_AA)
+    cv2.circle(img, (round((50 + 1.8 + 3.8) * 10), 370), 38, synthetic.NUCLEUS, -1, cv2.LINE_AA)
+    found = find_cells(img)
+    assert len(found.cells) == 1, [c.box for c in found.cells]
+    assert best(found, synthetic.box_px(cell, 0.1))[0] >= 0.6, found.cells[0].box

@@ -31,7 +31,7 @@ from core.imaging import images
 
 log = logging.getLogger(__name__)
 
-FINDER_NAME = "stain-v3"  # stored with every cell row; bump when the method changes
+FINDER_NAME = "stain-v4"  # stored with every cell row; bump when the method changes
 RED_CELL_DIAMETER_UM = 7.5
 # Used when a field has no measurable red cells (a pre-cut cell, a field of white cells only).
 # 0.1 um/px is the grid of a 100x oil objective on today's cameras (CellaVision DM96 crops:
@@ -81,7 +81,7 @@ BACKGROUND_WINDOW_UM = 12.0       # the background's level is measured locally, 
 RIM_FRACTION = 0.3                # the rim grown around a nucleus, as a fraction of its diameter
 MIN_CELL_DIAMETER_UM = 6.0
 MAX_CELL_DIAMETER_UM = 30.0
-FRAGMENT_UM2 = 25.0               # a nucleus piece smaller than this near a bigger one is its lobe
+FRAGMENT_UM2 = 40.0               # a nucleus piece smaller than this near a bigger one is its lobe (a neutrophil's lobes: up to ~40 um^2)
 FRAGMENT_JOIN_UM = 4.0
 NUCLEUS_OVER_RED = 15.0           # a nucleus's median stain over the red cells' 95th percentile (WBCs: >= 20 but 2 of 400)
 SINGLE_NUCLEUS_MAX_UM2 = 180.0    # above it a nucleus region is tried for a split (two touching cells)
