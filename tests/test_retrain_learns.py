@@ -43,7 +43,8 @@ def test_corrected_images_are_predicted_as_corrected_after_a_small_retrain(db, p
         parent = Path(setup_models(s, paths).path)
         for image_id, path in images_under(s, corrected):
             record_labels(s, [image_id], FOLDER_CLASS[Path(path).parent.name], "tester", source="human")
-    out = run_job(retrain(db, paths, RetrainConfig(int8=False, threads=2, bootstrap=200, replay=replay)))
+    out = run_job(retrain(db, paths, RetrainConfig(int8=False, threads=2, bootstrap=200, replay=replay,
+                                                   cv_folds=0)))  # learning, not the k-fold comparison
     assert out["status"] == "completed" and out["data"]["n_train"] + out["data"]["n_val"] == 40
     card = read_card(Path(out["package"]))
     if replay == "auto":  # 34 reviewed training images: the backbone stays, the guard keeps the parent's classes
