@@ -32,9 +32,11 @@ def _found(box) -> FoundCell:
 
 
 def activate_cell_model(db) -> int:
-    """The bundled ALL-vs-normal model made the active cell model (as the kinds work will do)."""
+    """The bundled ALL-vs-normal model made the active cell model (as the kinds work will do; the
+    bundled differential, active after setup, no longer is)."""
     with db.session() as s:
         vid = s.scalar(select(ModelVersion.id).where(ModelVersion.taxonomy == CELL_TAXONOMY))
+        s.execute(update(ModelVersion).where(ModelVersion.input_kind == "cell").values(is_active=False))
         s.execute(update(ModelVersion).where(ModelVersion.id == vid).values(input_kind="cell", is_active=True))
     return vid
 
