@@ -32,7 +32,8 @@ def _found(box) -> FoundCell:
 
 
 def activate_cell_model(db) -> int:
-    """The bundled ALL-vs-normal model made the active cell model (as the kinds work will do)."""
+    """The bundled ALL-vs-normal model made the active cell model (as the kinds work will do; the
+    bundled differential, active after setup, no longer is)."""
     with db.session() as s:
         vid = s.scalar(select(ModelVersion.id).where(ModelVersion.taxonomy == CELL_TAXONOMY))
         # one active model per kind: the bundled differential (a first start's cell model) steps down

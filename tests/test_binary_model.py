@@ -78,8 +78,10 @@ def test_cli_activate_classify_export_two_classes(cli, tmp_path, data_dir):
     folder = tmp_path / "cells"
     generate(folder, n_per_class=3, seed=2, taxonomy="all_vs_normal")
     rc, out, _ = cli("models", "list")
-    # a cell model (it was trained on single cells): the active one of its kind from the first start
-    assert rc == 0 and next(li for li in out.splitlines() if _name() in li).startswith("*")
+    # a cell model (it was trained on single cells), bundled; the white-cell differential is the
+    # active one of its kind from the first start
+    assert rc == 0 and not next(li for li in out.splitlines() if _name() in li).startswith("*")
+    assert next(li for li in out.splitlines() if "wbc-differential" in li).startswith("*")
     rc, out, _ = cli("models", "activate", _name())
     assert rc == 0 and "active cell model" in out and "the active field model" in out
     rc, out, err = cli("classify", "--model", _name(), folder)  # each cut-out cell classified whole

@@ -54,9 +54,11 @@ def test_models_list_and_activate(cli):
     rc, out, _ = cli("models", "list")
     lines = out.splitlines()
     assert rc == 0 and lines[0].startswith("*") and "all-subtype" in lines[0] and lines[0].split()[2] == "field"
+    differential = next(line for line in lines if "wbc-differential" in line)
+    assert differential.startswith("*") and differential.split()[2] == "cell"  # shipped: the active cell model
     binary = next(line for line in lines if "all-vs-normal" in line)
-    assert binary.startswith("*") and binary.split()[2] == "cell"  # shipped: the active cell model
-    name = binary.split()[1]
+    assert not binary.startswith("*") and binary.split()[0] == "all-vs-normal-seed-cnn3-v1"  # bundled, not active
+    name = binary.split()[0]
     rc, out, _ = cli("models", "activate", name)
     assert rc == 0 and f"{name} is now the active cell model" in out
     rc, out, _ = cli("models", "list")

@@ -12,12 +12,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from core.models.architectures import build
+from core.models.guard import ForeignImageGuard
+from core.models.package import ModelCard, save_package, verify_package
+from trainer import augment as aug
 from trainer.cell_data import CLASSES, CellSet, CutSpec, load_or_build
+from trainer.cell_model import LinearHead, backbone, embed, finetune_top, set_head, top_outputs
+from trainer.guard import FLAG_RATE, fit_guard, write_guard
+from trainer.metrics import ece, fit_temperature, softmax
+from trainer.quantize import _write_card, add_int8
+from trainer.source_probe import source_probe
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SOURCES = ("pbc", "cnmc", "wbc-masks-d2")  # typed, trained on (each held out in turn)
@@ -41,7 +53,6 @@ def cells_of(name: str, args, spec: CutSpec) -> CellSet:
 def variant_images(cells: CellSet, variant: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(images, index into cells) of a variant: as_is, grayscale, stain (stain-perturbed), blanked
     (the cell itself painted over with one colour: only what is around it, and its outline, remain)."""
-    from trainer import augment as aug
 
     idx = np.arange(len(cells))
     if variant in ("grayscale", "stain") and str(cells.sources[0]) == "cnmc":
@@ -64,7 +75,6 @@ def embeddings(name: str, variant: str, args, spec: CutSpec, model=None) -> dict
     path = args.cache / "emb" / spec.key() / f"{name}-{variant}.npz"
     if path.is_file():
         return dict(np.load(path))
-    from trainer.cell_model import backbone, embed
 
     cells = cells_of(name, args, spec)
     imgs, idx = variant_images(cells, variant)
@@ -86,10 +96,8 @@ def step_cut(args) -> None:
 
 
 def step_embed(args) -> None:
-    import torch
 
     torch.set_num_threads(args.threads)
-    from trainer.cell_model import backbone
 
     model = backbone()
     black = CutSpec(out_px=args.px, background="black")
@@ -133,7 +141,6 @@ def step_probe(args) -> dict:
     """Can the source be told from the cut-outs with the cell painted over (trainer/source_probe.py),
     on the backbone's embeddings, for each background (keep: as the field is; black: masked to the
     cell)? What remains is the background and the cell's outline."""
-    from trainer.source_probe import source_probe
 
     out = {}
     for bg in ("keep", "black"):
@@ -185,7 +192,6 @@ def _concat(parts: list[dict], keys=("emb", "y", "subject", "source")) -> dict:
 
 
 def fit_head(emb: np.ndarray, y: np.ndarray, c: float):
-    from trainer.cell_model import LinearHead
 
     return LinearHead(c=c).fit(emb, y, len(CLASSES))
 
@@ -203,7 +209,6 @@ def confident_threshold(probs: np.ndarray, y: np.ndarray, target: float = CONFID
 def summary(y: np.ndarray, probs: np.ndarray, threshold: float, *, binary: bool = False) -> dict:
     """accuracy, recall over the classes present, ECE, and the confident calls' coverage and
     accuracy; ``binary``: Blast vs not-Blast instead of the 9 classes."""
-    from trainer.metrics import ece
 
     pred = probs.argmax(1)
     conf = probs.max(1)
@@ -230,7 +235,6 @@ def summary(y: np.ndarray, probs: np.ndarray, threshold: float, *, binary: bool 
 
 def step_evaluate(args) -> dict:
     """Every table of docs/trainer.md's "White-cell differential model" on frozen embeddings."""
-    from trainer.metrics import fit_temperature, softmax
 
     data = {s: source_data(s, args) for s in TRAIN_SOURCES}
     for d in data.values():
@@ -271,7 +275,6 @@ def guard_logo(pool: dict) -> tuple[np.ndarray, float]:
     """Each training cell's guard distance measured by a guard fitted WITHOUT its group (a C-NMC
     subject, a PBC fifth, wbc-masks d2): what a new subject's or lab's cells look like to the
     guard. Returns (distances, their 95th percentile: the threshold)."""
-    from trainer.guard import FLAG_RATE, fit_guard
 
     d = np.zeros(len(pool["y"]))
     for g in np.unique(pool["group"]):
@@ -285,8 +288,6 @@ def guard_logo(pool: dict) -> tuple[np.ndarray, float]:
 def step_leave_source_out(args) -> dict:
     """Train without one source (PBC, C-NMC, wbc-masks d2), test on it: the "new lab" figure;
     with the guard fitted without it (threshold: the shipped rule's, on the others' held-out groups)."""
-    from trainer.guard import fit_guard
-    from trainer.metrics import softmax
 
     ev = json.loads((args.out / "evaluate.json").read_text())
     data = {s: source_data(s, args) for s in TRAIN_SOURCES}
@@ -324,12 +325,8 @@ def step_compare(args) -> dict:
     COMPARISON_HELD_OUT; test = those subjects (Blast vs rest) and pbc-dev (8 types).
     (a) frozen backbone + linear head, (b) stages 6-7 + head fine-tuned on the cached stage-5
     activations, (c) the seed CNN (seed_cnn3) from scratch on the cut-outs (horizontal/vertical flips)."""
-    import torch
 
     torch.set_num_threads(args.threads)
-    from core.models.architectures import build
-    from trainer.cell_model import backbone, finetune_top, top_outputs
-    from trainer.metrics import softmax
 
     spec = CutSpec(out_px=args.px, background="black")
     data = {s: source_data(s, args) for s in (*TRAIN_SOURCES, "pbc-dev")}
@@ -433,19 +430,9 @@ def step_ship(args) -> Path:
     """The shipped package: effnet_lite0 (ImageNet backbone, frozen) + a 9-class linear head on all
     of PBC, C-NMC and wbc-masks d2; temperature and confidence threshold from the held-out groups'
     calls (evaluate); the guard with its threshold from held-out groups; int8 where it agrees."""
-    import shutil
-    import tempfile
 
-    import torch
 
     torch.set_num_threads(args.threads)
-    from core.models.guard import ForeignImageGuard
-    from core.models.package import ModelCard, save_package, verify_package
-    from trainer import augment as aug
-    from trainer.cell_model import backbone, embed, set_head
-    from trainer.guard import fit_guard, write_guard
-    from trainer.metrics import fit_temperature, softmax
-    from trainer.quantize import _write_card, add_int8
 
     spec = CutSpec(out_px=args.px, background="black")
     data = {s: source_data(s, args) for s in TRAIN_SOURCES}

@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from core.imaging.preprocessing import Preprocessing
+from core.models.architectures import build
 
 SPLIT_BLOCK = 11  # blocks 0-10 (stages 1-5) stay frozen; 11-15 (stages 6-7) can be fine-tuned
 
 
 def backbone(n_classes: int = 9) -> torch.nn.Module:
     """effnet_lite0 with its ImageNet weights and a new ``n_classes`` head, in eval mode."""
-    from core.models.architectures import build
-
     return build("effnet_lite0", n_classes, pretrained=True).eval()
 
 
 def _stem_to(model, x: torch.Tensor, stop: int) -> torch.Tensor:
-    import torch.nn.functional as F
-
     x = F.relu6(model._bn0(model._conv_stem(x)))
     for block in model._blocks[:stop]:
         x = block(x)
@@ -37,8 +35,6 @@ def _stem_to(model, x: torch.Tensor, stop: int) -> torch.Tensor:
 
 
 def _top(model, x: torch.Tensor) -> torch.Tensor:
-    import torch.nn.functional as F
-
     for block in model._blocks[SPLIT_BLOCK:]:
         x = block(x)
     x = F.relu6(model._bn1(model._conv_head(x)))

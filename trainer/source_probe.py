@@ -33,7 +33,7 @@ def pixel_features(images: np.ndarray, side: int = 16) -> np.ndarray:
 def source_probe(features: np.ndarray, sources, folds: int = 5, seed: int = 0) -> dict:
     """Cross-validated logistic regression telling ``sources`` apart from ``features``.
     Returns balanced accuracy, chance (1 / number of sources), per-source recall and n."""
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # heavy: imports scikit-learn
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
 
