@@ -20,7 +20,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models.registry import active_version, require_active_version
-from core.storage import Database, Image, ImageFile, LabelEvent, ModelVersion
+from core.storage import (Cell, CellLabelEvent, CellPrediction, CellSearch, Database, Image, ImageFile, LabelEvent,
+                          ModelVersion)
+from core.cells.finder import decode_for_cells
+from core.imaging.fspath import to_fs
+from core.imaging.images import read_and_hash
+from core.inference.cells import cell_model_inputs, stored_cell
+from core.models.registry import CELL, input_kind_of
 from core.imaging.duplicates import NEAR_DUPLICATE_BITS, duplicate_pairs, hamming, hash_int, union_find
 from core.models.taxonomy import OTHER
 from core.models.taxonomy import get_taxonomy
@@ -126,7 +132,6 @@ def reviewed_summary(db: Database, taxonomy: str = "all_subtype", sources: Itera
 
     with db.session() as s:
         if cells:
-            from core.storage import Cell
 
             labels = reviewed_cell_labels(s, taxonomy, sources)
             image_of: dict[int, int] = {}
@@ -153,7 +158,6 @@ def learns_from_cells(db: Database, card: dict, sources: Iterable[str] = ("human
     """Whether a retrain of the version with ``card`` learns from cell labels: a cell model does,
     except one that sees single-cell crops whole and has no cell label yet (it learns from crops
     labelled as images, as before cells were found)."""
-    from core.models.registry import CELL, input_kind_of
 
     if input_kind_of(card) != CELL:
         return False
@@ -254,7 +258,6 @@ def retrain_parent(session: Session) -> ModelVersion:
         return field
 
     def labelled(taxonomy: str) -> bool:  # images or, for a cell model's taxonomy, cells
-        from core.storage import CellLabelEvent
 
         return any(session.scalar(select(event.id).where(event.taxonomy == taxonomy).limit(1)) is not None
                    for event in (LabelEvent, CellLabelEvent))
@@ -284,7 +287,6 @@ def reviewed_cell_labels(session, taxonomy: str, sources: Iterable[str] = ("huma
     """cell_id -> label, as reviewed_labels for images: the latest event among ``sources`` wins."""
     from sqlalchemy import func
 
-    from core.storage import CellLabelEvent
 
     latest = (select(func.max(CellLabelEvent.id)).where(CellLabelEvent.source.in_(list(sources)))
               .group_by(CellLabelEvent.cell_id).scalar_subquery())
@@ -295,7 +297,6 @@ def reviewed_cell_labels(session, taxonomy: str, sources: Iterable[str] = ("huma
 
 def has_cell_labels(db: Database, taxonomy: str, sources: Iterable[str] = ("human",)) -> bool:
     """Whether any cell has a label event of ``taxonomy`` from ``sources``."""
-    from core.storage import CellLabelEvent
 
     with db.session() as s:
         return s.scalar(select(CellLabelEvent.id).where(CellLabelEvent.taxonomy == taxonomy,
@@ -319,7 +320,6 @@ def reviewed_cells(db: Database, taxonomy: str, classes: list[str], sources: Ite
 
 
 def _cell_rows(session, cell_ids: list[int]) -> list:
-    from core.storage import Cell
 
     rows = []
     for chunk in _chunks(cell_ids):
@@ -330,7 +330,6 @@ def _cell_rows(session, cell_ids: list[int]) -> list:
 
 def _plain_cells(session, rows: list, labels: dict[int, str], sides: dict[int, str]) -> list[ReviewedCell]:
     """Rows of cells -> ReviewedCell, those whose image has a file still there."""
-    from core.storage import CellSearch
 
     image_ids = sorted({r.image_id for r in rows})
     files = _present_paths(session, image_ids)
@@ -348,7 +347,6 @@ def lab_cells(db: Database, version_id: int, limit: int) -> tuple[list[ReviewedC
     core.models.labsample.lab_sample is for images): up to ``limit`` cells the parent classified,
     a fixed sample (by image content hash, then cell), with the parent's stored "outside its
     experience" flag. Unlabelled: ``label`` and ``side`` are empty."""
-    from core.storage import Cell, CellPrediction
 
     with db.session() as s:
         picked = s.execute(
@@ -368,10 +366,6 @@ def cell_inputs(cells: list[ReviewedCell], prep, side_um: float, cell_crops: str
     (core.inference.cells.cell_model_inputs), each field read and decoded once: uint8
     (N, S, S, 3), the cell ids in that order, and cell_id -> why for those left out (the file
     changed since it was scanned, or cannot be read)."""
-    from core.cells.finder import decode_for_cells
-    from core.imaging.fspath import to_fs
-    from core.imaging.images import read_and_hash
-    from core.inference.cells import cell_model_inputs, stored_cell
 
     by_image: dict[int, list[ReviewedCell]] = {}
     for c in cells:
