@@ -209,7 +209,7 @@ def test_full_disk(tmp_path, smears):
              "print('CHECK', c.execute('pragma integrity_check').fetchone()[0],"
              " c.execute('select count(*) from label_events').fetchone()[0])\n")
     argv = [*hemascan_cmd(), "-q", "--data-dir", str(mnt), "classify", str(big), "--device", "cpu"]
-    script = (f'mount -t tmpfs -o size=64m tmpfs "{mnt}" && cp -a "{data}/." "{mnt}/" && '
+    script = (f'mount -t tmpfs -o size=192m tmpfs "{mnt}" && cp -a "{data}/." "{mnt}/" && '
               f'"{sys.executable}" -c "$FILLER" "{mnt}" && '
               f'{{ {" ".join(repr(a) for a in argv)}; echo "RC=$?" >&2; }}; '
               f'"{sys.executable}" -c "$CHECK" "{mnt}/hemascan.sqlite3"')
