@@ -25,12 +25,13 @@ def test_making_a_cell_model_active_keeps_the_gallerys_field_model(qtbot, window
         register_package(s, w.paths, _renamed_copy(CELL_PACKAGE, tmp_path / "c2", "cell-two-v1"))
     dlg = w.model_menu.models_dialog()
     qtbot.addWidget(dlg)
-    qtbot.waitUntil(lambda: dlg.table.rowCount() == 3, timeout=10_000)  # read in a worker
+    qtbot.waitUntil(lambda: dlg.table.rowCount() == 4, timeout=10_000)  # read in a worker: 3 bundled + 1
     col = {dlg.table.horizontalHeaderItem(c).text(): c for c in range(dlg.table.columnCount())}
     rows = {dlg.table.item(r, col["Name"]).text(): r for r in range(dlg.table.rowCount())}
     looks = {name: dlg.table.item(r, col["Looks at"]).text() for name, r in rows.items()}
     cell = next(v["name"] for v in dlg.versions if v["input_kind"] == "cell" and v["is_active"])
-    assert looks == {field: "whole images", cell: "single cells", "cell-two-v1": "single cells"}
+    assert looks == {field: "whole images", **{n: "single cells" for n in rows if n != field}}
+    assert cell in rows and "cell-two-v1" in rows
     marked = {name for name, r in rows.items() if dlg.table.item(r, col["Active"]).text() == "●"}
     assert marked == {field, cell}  # one active of each kind
     assert f"Active field model (it looks at whole images, shown in the image gallery): {field}." \
