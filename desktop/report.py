@@ -22,6 +22,7 @@ from core.cells.records import cell_title
 from core.review import differential as diff
 from core.review import gallery as q
 from core.storage import Prediction
+from core.version import hemascan_version
 from core.imaging.fspath import display, to_fs
 from core.imaging.images import read_file
 from core.models.package import DEFAULT_CELL_SIDE_UM
@@ -123,7 +124,7 @@ def paint_pages(doc: QTextDocument, writer: QPdfWriter, footer: str) -> int:
             doc.drawContents(painter, QRectF(0, k * height, width, height))
             painter.restore()
             painter.drawText(QRectF(0, height, width, foot), Qt.AlignRight | Qt.AlignBottom,
-                             f"{footer} · page {k + 1} of {n}")
+                             f"{footer} · hemascan {hemascan_version()} · page {k + 1} of {n}")
     finally:
         painter.end()
     return n

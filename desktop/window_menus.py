@@ -27,6 +27,7 @@ from desktop.report import report_data, write_report
 from desktop.retrain_dialog import RetrainDialog
 from trainer.retrain import activate
 from core.storage import ModelVersion
+from core.version import hemascan_version
 from core.models.package import INTENDED_USE
 
 log = logging.getLogger(__name__)
@@ -268,12 +269,7 @@ class HelpMenu(QObject):
         import sqlalchemy
 
 
-        try:
-            from importlib.metadata import version as pkg_version
-
-            hv = pkg_version("hemascan")
-        except Exception:
-            hv = "dev"
+        hv = hemascan_version()
         try:
             import torch
 

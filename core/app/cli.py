@@ -18,6 +18,7 @@ from core.app import options
 from core.app.command import COMMANDS, App
 from core.config import Paths, SettingsError, load_settings, unknown_variables, resolve_paths
 from core.errors import EXIT_INTERRUPTED
+from core.version import hemascan_version
 from core.app import commands  # noqa: F401  (registers core commands)
 from core.storage.errors import user_error
 
@@ -51,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hemascan",
         description="Classify blood-smear images and review them. Decision support only: "
         "hemascan does not replace diagnosis by a qualified person.",
+        epilog="The installed app also takes --self-test (classify generated images with the bundled "
+        "model and run one training step; exit 0 when all went right).",
     )
+    parser.add_argument("--version", action="version", version=f"hemascan {hemascan_version()}")
     parser.add_argument("--data-dir", type=options.non_empty_path,
                         help="data directory (database, models, logs); default: $HEMASCAN_DATA_DIR or the user data dir")
     parser.add_argument("--db-url", type=options.db_url,
@@ -60,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in COMMANDS.values():
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        # argparse formats help with %: a literal "%" in a command's text would crash --help
+        text = cmd.help.replace("%", "%%")
+        p = sub.add_parser(cmd.name, help=text, description=text)
         cmd.configure(p)
     return parser
 

@@ -15,7 +15,12 @@ VARIANT="$2"
 OUT="$3"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-VERSION="$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$ROOT/pyproject.toml" | head -1)"
+# The version the bundle itself reports (core/version.py: the package metadata; one line
+# in pyproject.toml): the .deb, the AppStream file and the app can never disagree.
+VERSION="$("$BUNDLE/hemascan" --version | sed -n 's/^hemascan //p')"
+[ -n "$VERSION" ] || { echo "make_deb.sh: the bundle in $BUNDLE does not report its version (hemascan --version)" >&2; exit 1; }
+# The release date: the last commit's (reproducible), else today.
+RELEASE_DATE="$(git -C "$ROOT" log -1 --format=%cs 2>/dev/null || date -u +%F)"
 ARCH="$(dpkg --print-architecture)"
 PKG="hemascan-$VARIANT"
 STAGE="$ROOT/build/deb-$VARIANT/${PKG}_${VERSION}_${ARCH}"
@@ -38,7 +43,9 @@ chmod 755 "$STAGE/usr/bin/hemascan"
 install -m 644 "$HERE/hemascan.desktop" "$STAGE/usr/share/applications/hemascan.desktop"
 install -m 644 "$ROOT/resources/icons/hemascan.png" "$STAGE/usr/share/icons/hicolor/256x256/apps/hemascan.png"
 install -m 644 "$ROOT/resources/icons/hemascan.svg" "$STAGE/usr/share/icons/hicolor/scalable/apps/hemascan.svg"
-install -m 644 "$HERE/org.hemascan.hemascan.metainfo.xml" "$STAGE/usr/share/metainfo/org.hemascan.hemascan.metainfo.xml"
+sed -e "s/@VERSION@/$VERSION/" -e "s/@DATE@/$RELEASE_DATE/" "$HERE/org.hemascan.hemascan.metainfo.xml" \
+    > "$STAGE/usr/share/metainfo/org.hemascan.hemascan.metainfo.xml"
+chmod 644 "$STAGE/usr/share/metainfo/org.hemascan.hemascan.metainfo.xml"
 cat > "$STAGE/usr/share/doc/$PKG/copyright" <<EOF
 hemascan $VERSION ($VARIANT build). License: Apache-2.0.
 Bundles Python, PyTorch, Qt for Python (PySide6, LGPLv3) and other open-source

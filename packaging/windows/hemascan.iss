@@ -6,8 +6,8 @@
 ;   set HEMASCAN_VARIANT=cpu
 ;   build\venv-cpu\Scripts\pyinstaller --noconfirm --distpath build\dist-cpu --workpath build\pyinstaller-cpu packaging\hemascan.spec
 ;   build\dist-cpu\hemascan\hemascan-cli.exe --self-test
-;   "C:\Program Files (x86)\Inno Setup 6\ISCC.exe" /DVariant=cpu packaging\windows\hemascan.iss
-; Output: dist\hemascan-cpu-0.1.0-setup.exe. /DVariant=cuda builds from build\dist-cuda.
+;   "C:\Program Files (x86)\Inno Setup 6\ISCC.exe" /DVariant=cpu /DAppVersion=X.Y.Z packaging\windows\hemascan.iss
+; Output: dist\hemascan-cpu-X.Y.Z-setup.exe. /DVariant=cuda builds from build\dist-cuda.
 ; The bundle holds two programs: hemascan.exe (the desktop app, no console window) and
 ; hemascan-cli.exe (the command line, e.g. "hemascan-cli classify D:\smears").
 
@@ -15,7 +15,10 @@
   #define Variant "cpu"
 #endif
 #define AppName "hemascan"
-#define AppVersion "0.1.0"
+#ifndef AppVersion
+  ; the version the bundle reports (hemascan-cli.exe --version): packaging\windows\build.ps1 passes it
+  #error AppVersion is not given: build with packaging\windows\build.ps1, or pass /DAppVersion=X.Y.Z from "hemascan-cli.exe --version"
+#endif
 #define AppPublisher "hemascan maintainers"
 #define BundleDir "..\..\build\dist-" + Variant + "\hemascan"
 
