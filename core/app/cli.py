@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import signal
 import sys
 import threading
@@ -71,7 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _LogFile(logging.FileHandler):
+# The log rotates by size and keeps a few old files: a lab's workstation runs for years.
+LOG_MAX_BYTES = 5 * 1024 * 1024
+LOG_BACKUPS = 3
+# Libraries whose INFO lines are noise for a lab (every start ran "Context impl SQLiteImpl" etc.):
+# only their warnings are logged unless --verbose.
+QUIET_LOGGERS = ("alembic", "nncf", "openvino", "PIL", "matplotlib")
+
+
+class _LogFile(logging.handlers.RotatingFileHandler):
     """The log file; if writing to it fails later (disk full), it says so once on stderr
     and stops, instead of printing logging's traceback for every record."""
 
@@ -89,11 +98,13 @@ def setup_logging(paths: Paths, verbose: bool) -> str | None:
     log_file = str(paths.logs / "hemascan.log")
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     if any(getattr(h, "baseFilename", None) == log_file for h in root.handlers):
         return log_file
     try:
         paths.logs.mkdir(parents=True, exist_ok=True)
-        handler = _LogFile(log_file, encoding="utf-8")
+        handler = _LogFile(log_file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
     except OSError as exc:
         reason = exc.strerror or str(exc)
         if paths.logs.exists() and not paths.logs.is_dir():
