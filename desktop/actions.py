@@ -111,6 +111,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("shortcuts", "&Keyboard shortcuts", "help_menu.show_shortcuts", ("F1",), "Help", help="this list of keys"),
     ActionSpec("log", "Open &log folder", "help_menu.open_log_folder", (), "Help"),
     ActionSpec("about", "&About hemascan", "help_menu.show_about", (), "Help"),
+    ActionSpec("licences", "&Licences…", "help_menu.show_licences", (), "Help",
+               tip="The licences of hemascan and of every library it bundles"),
 )
 MENUS = ("File", "Review", "View", "Models", "Help")
 HELP_GROUPS = {"Review": 0, None: 1, "View": 2, "File": 3, "Models": 4, "Help": 5}

@@ -20,6 +20,7 @@ from core.models.registry import FIELD, get_version, list_versions
 from .actions import html_table
 from .controller import Controller
 from .filter_panel import STATEMENT
+from .licences_dialog import LicencesDialog
 from .models_panel import ModelsDialog, headline_metrics, version_info
 from core.review.cases import case_name
 from core.review.export import EXPORTERS
@@ -261,6 +262,9 @@ class HelpMenu(QObject):
 
     def open_log_folder(self) -> None:
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.ctl.paths.logs)))
+
+    def show_licences(self) -> None:
+        LicencesDialog(self.dialog_parent).exec()
 
     def about_text(self) -> str:
         import platform

@@ -46,10 +46,18 @@ install -m 644 "$ROOT/resources/icons/hemascan.svg" "$STAGE/usr/share/icons/hico
 sed -e "s/@VERSION@/$VERSION/" -e "s/@DATE@/$RELEASE_DATE/" "$HERE/org.hemascan.hemascan.metainfo.xml" \
     > "$STAGE/usr/share/metainfo/org.hemascan.hemascan.metainfo.xml"
 chmod 644 "$STAGE/usr/share/metainfo/org.hemascan.hemascan.metainfo.xml"
+# The licence texts the build collected (core/licences.py: every bundled distribution).
+[ -f "$BUNDLE/_internal/licences/index.json" ] || { echo "make_deb.sh: the bundle has no licences/index.json" >&2; exit 1; }
+cp -a "$BUNDLE/_internal/licences" "$STAGE/usr/share/doc/$PKG/licences"
+chmod -R u+rwX,go+rX,go-w "$STAGE/usr/share/doc/$PKG/licences"
 cat > "$STAGE/usr/share/doc/$PKG/copyright" <<EOF
 hemascan $VERSION ($VARIANT build). License: Apache-2.0.
-Bundles Python, PyTorch, Qt for Python (PySide6, LGPLv3) and other open-source
-libraries under their own licenses (see /opt/hemascan/_internal/*.dist-info).
+It bundles Python and the libraries listed in licences/index.json, each under its own
+licence; their texts are in /usr/share/doc/$PKG/licences/ (also shown in the app: Help >
+Licences). Qt and Qt for Python (PySide6, shiboken6) are used under the GNU LGPL 3: they
+are bundled unmodified as shared libraries in /opt/hemascan/_internal/PySide6, which a
+user may replace with their own build of the same version; their source is available
+from https://download.qt.io/official_releases/QtForPython/.
 EOF
 
 if [ "$VARIANT" = cuda ]; then
