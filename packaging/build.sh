@@ -10,6 +10,10 @@
 # 3. the frozen app's --self-test (headless), which must pass;
 # 4. dist/hemascan-VARIANT_VERSION_amd64.deb (packaging/linux/make_deb.sh).
 #
+# torch comes from a named source, checked against its pinned hash (packaging/torch_wheel.py):
+# cpu = PyTorch's CPU wheel index, cuda = PyPI; HEMASCAN_TORCH_INDEX=URL (a mirror) or
+# HEMASCAN_TORCH_WHEELS=DIR (a folder of wheels, offline) instead.
+#
 # Environment: PYTHON (default python3.11), DEB_COMPRESSION (zstd, default; xz for dpkg
 # older than 1.21.18, e.g. Debian 11: much slower to build), DEB_COMPRESSION_LEVEL,
 # SKIP_SELF_TEST=1 (not recommended).
@@ -29,15 +33,21 @@ if [ "$VARIANT" = cpu ]; then CONSTRAINTS="$ROOT/packaging/constraints-cpu.txt";
 step() { printf '\n== %s\n' "$*"; }
 
 step "build venv $VENV ($VARIANT)"
-STAMP="$(cat pyproject.toml "$CONSTRAINTS" packaging/build.sh | sha256sum | cut -d' ' -f1)"
+STAMP="$(cat pyproject.toml "$CONSTRAINTS" packaging/build.sh packaging/torch_wheel.py packaging/torch-wheels.sha256 \
+         | sha256sum | cut -d' ' -f1)"
+WHEELHOUSE="$ROOT/build/wheels-$VARIANT"
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 if [ "$(cat "$VENV/.hemascan-build-stamp" 2>/dev/null)" != "$STAMP" ]; then
-    # hemascan itself is installed only to pull in its dependencies, then removed: the spec
-    # bundles the source tree, never a stale copy from site-packages.
-    "$VENV/bin/pip" install --disable-pip-version-check -q -c "$CONSTRAINTS" "$ROOT" "pyinstaller>=6.10"
-    "$VENV/bin/pip" uninstall -q -y hemascan
+    # hemascan is installed editable: its dependencies and its metadata (the version, the
+    # licence list: core/version.py, core/licences.py) come from it, while the modules the spec
+    # bundles are the source tree itself, never a stale copy in site-packages.
+    "$PYTHON" "$ROOT/packaging/torch_wheel.py" "$VARIANT" "$WHEELHOUSE"  # one sentence and exit 3 if unreachable
+    TORCH_PIN="$(sed -n 's/^torch==\([^ ]*\) *$/\1/p' "$CONSTRAINTS")"
+    "$VENV/bin/pip" install --disable-pip-version-check -q --no-deps --no-index --find-links "$WHEELHOUSE" "torch==$TORCH_PIN"
+    "$VENV/bin/pip" uninstall -q -y hemascan 2>/dev/null || true  # an older build venv's non-editable copy
+    "$VENV/bin/pip" install --disable-pip-version-check -q -c "$CONSTRAINTS" -e "$ROOT" "pyinstaller>=6.10"
     echo "$STAMP" > "$VENV/.hemascan-build-stamp"
 fi
 "$VENV/bin/python" -c "import torch, PyInstaller; print('torch', torch.__version__, '| PyInstaller', PyInstaller.__version__)"

@@ -120,5 +120,6 @@ DEB="$OUT/${PKG}_${VERSION}_${ARCH}.deb"
 COMP="${DEB_COMPRESSION:-zstd}"
 LEVEL="${DEB_COMPRESSION_LEVEL:-}"
 dpkg-deb --root-owner-group -Z"$COMP" ${LEVEL:+-z"$LEVEL"} --build "$STAGE" "$DEB"
+rm -rf "$STAGE"  # the staging copy (the size of the bundle) is not kept per version
 ls -l "$DEB"
 echo "install: sudo apt install $DEB   (or double-click it in the file manager)"
