@@ -13,17 +13,32 @@ database elsewhere (e.g. PostgreSQL) while files stay in the data directory.
 from __future__ import annotations
 
 import os
+import stat
+import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Optional, get_args, get_origin
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from core.errors import HemascanError
 
 APP_NAME = "hemascan"
 ENV_PREFIX = "HEMASCAN_"
+
+
+def system_config_file() -> Path:
+    """The system-wide configuration an administrator writes for every user of a workstation
+    (e.g. a shared data directory): /etc/hemascan/hemascan.toml, %ProgramData%\\hemascan\\hemascan.toml."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("ProgramData") or r"C:\ProgramData") / APP_NAME / f"{APP_NAME}.toml"
+    return Path("/etc") / APP_NAME / f"{APP_NAME}.toml"
+
+
+# read by Settings (below the environment, above the defaults); a module attribute so tests can point it elsewhere
+SYSTEM_CONFIG: Path = system_config_file()
 
 
 def _lower(value):
@@ -90,6 +105,12 @@ class Settings(BaseSettings):
         256.0, gt=0, le=1_048_576, description="largest file read as one image, in MiB (bigger ones are "
                                                "refused from their size, before any read)")
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        # an argument > HEMASCAN_* > the system-wide file (the same names, lower case) > the defaults
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=SYSTEM_CONFIG)
+
     @field_validator("db_url")
     @classmethod
     def _db_url(cls, value: str | None) -> str | None:
@@ -152,8 +173,10 @@ def settings_error(exc: ValidationError) -> SettingsError:
     reason = reason.split(", unable to parse")[0]
     given = err.get("input")
     shown = f"={given!r}" if isinstance(given, (str, int, float)) else ""
-    return SettingsError(f"the environment variable {Settings.variable(name)}{shown} cannot be used: {reason[0].lower()}"
-                         f"{reason[1:]}")
+    where = f"the environment variable {Settings.variable(name)}{shown}"
+    if name in Settings.model_fields and not any(k.upper() == Settings.variable(name) for k in os.environ):
+        where = f"{name}{shown} in the system-wide configuration {SYSTEM_CONFIG}"
+    return SettingsError(f"{where} cannot be used: {reason[0].lower()}{reason[1:]}")
 
 
 # Variables of the test suite and the packaging build, not of the app (never warned about).
@@ -177,13 +200,46 @@ def unknown_variables(environ=None) -> list[str]:
     return out
 
 
+def unknown_config_keys() -> list[str]:
+    """One warning sentence per key of the system-wide configuration that is no setting."""
+    try:
+        keys = tomllib.loads(SYSTEM_CONFIG.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # absent (the usual case); unreadable or malformed: load_settings said so
+    return [f"{key} in {SYSTEM_CONFIG} is not a hemascan setting and is ignored" for key in sorted(keys)
+            if key not in Settings.model_fields]
+
+
 def load_settings() -> Settings:
-    """The settings from the environment, read once at start; a bad value raises
-    :class:`SettingsError` (one sentence, exit code 2) before any work starts."""
+    """The settings from the environment and the system-wide configuration, read once at
+    start; a bad value raises :class:`SettingsError` (one sentence, exit code 2) before any
+    work starts."""
     try:
         return Settings()
     except ValidationError as exc:
         raise settings_error(exc) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"the system-wide configuration {SYSTEM_CONFIG} is not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise SettingsError(f"the system-wide configuration {SYSTEM_CONFIG} cannot be read "
+                            f"({exc.strerror or exc})") from None
+
+
+def share_with_group(data_dir: Path) -> bool:
+    """A data directory its group may write was made by an administrator for several users of
+    one workstation (``install -d -m 2775 -g hemascan DIR``): from now on this process makes
+    its files there writable by that group too (the umask's group bits cleared), so the next
+    user can open the database, the locks, the logs and the caches. Returns whether it did."""
+    if os.name != "posix":
+        return False  # Windows: the folder's inherited ACL decides (the installer sets it)
+    try:
+        if not data_dir.stat().st_mode & stat.S_IWGRP:
+            return False
+    except OSError:
+        return False
+    current = os.umask(0)
+    os.umask(current & ~0o060)
+    return True
 
 
 @dataclass(frozen=True)
@@ -225,7 +281,9 @@ class Paths:
         return URL.create("sqlite", database=str(self.database))
 
     def ensure(self) -> "Paths":
-        for d in (self.data_dir, self.models, self.cache):
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        share_with_group(self.data_dir)  # before anything is made in it
+        for d in (self.models, self.cache):
             d.mkdir(parents=True, exist_ok=True)
         try:  # the log is not essential: setup_logging says so once if it cannot be written
             self.logs.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ import logging
 import sys
 from core.app.cli import setup_logging
 from core.app import options
-from core.config import SettingsError, load_settings, unknown_variables, resolve_paths
+from core.config import SettingsError, load_settings, unknown_config_keys, unknown_variables, resolve_paths
 
 log = logging.getLogger("hemascan.desktop")
 
@@ -69,6 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"hemascan: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
-    for warning in unknown_variables():
+    for warning in unknown_variables() + unknown_config_keys():
         print(f"hemascan: warning: {warning}", file=sys.stderr, flush=True)
     return run_gui(resolve_paths(args.data_dir, settings), args.db_url, args.folder, args.device)

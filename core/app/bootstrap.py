@@ -15,13 +15,16 @@ takes, so no lock is needed).
 from __future__ import annotations
 
 import logging
+import os
+import stat
+from pathlib import Path
 
 from sqlalchemy import exists, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from core.config import Paths
+from core.config import Paths, share_with_group
 from core.errors import HemascanError, ModelPackageError
 from core.models.package import DEFAULT_CELL_MODEL_DIR, bundled_default_package, bundled_packages, read_card
 from core.models.registry import (CELL, FIELD, activate_version, active_version, input_kind_of, register_bundled,
@@ -29,7 +32,7 @@ from core.models.registry import (CELL, FIELD, activate_version, active_version,
 from core.models.store import share_unshared
 from core.storage import Database, ModelActivation, ModelVersion, data_dir_lock, server_setup_lock, to_url
 from core.storage.errors import user_error
-from core.storage.fileidentity import mark_created
+from core.storage.fileidentity import MARKER_SUFFIX, created_marker, mark_created
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,22 @@ def setup(db: Database, paths: Paths) -> None:
         register_default_model(db, paths)
 
 
+def share_sqlite_files(url: URL, paths: Paths) -> None:
+    """SQLite makes its file readable, not writable, by the group whatever the umask (mode 0644):
+    in a data directory shared with a group (core.config.share_with_group) the database and its
+    journal files are made group-writable too, so the next user can write (its -wal and -shm
+    files take the database's mode). Only the owner can; other users' files are left as they are."""
+    if url.get_backend_name() != "sqlite" or not url.database or not share_with_group(paths.data_dir):
+        return
+    for suffix in ("", "-wal", "-shm", "-journal", MARKER_SUFFIX):
+        path = Path(url.database + suffix) if suffix != MARKER_SUFFIX else created_marker(url)
+        try:
+            if path is not None and path.is_file() and path.stat().st_uid == os.getuid():
+                path.chmod(path.stat().st_mode | stat.S_IRGRP | stat.S_IWGRP)
+        except OSError:
+            pass
+
+
 def open_database(paths: Paths, url: str | URL | None = None) -> Database:
     """Open (and on first use set up) the database of ``paths``. An existing, set-up database
     takes no lock and is only read on open."""
@@ -151,6 +170,7 @@ def open_database(paths: Paths, url: str | URL | None = None) -> Database:
         try:
             setup(db, paths)
             mark_created(db.url)
+            share_sqlite_files(db.url, paths)
         except HemascanError:
             raise
         except Exception as exc:

@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 
 from core.app import options
 from core.app.command import COMMANDS, App
-from core.config import Paths, SettingsError, load_settings, unknown_variables, resolve_paths
+from core.config import Paths, SettingsError, load_settings, share_with_group, unknown_config_keys, unknown_variables, resolve_paths
 from core.errors import EXIT_INTERRUPTED
 from core.version import hemascan_version
 from core.app import commands  # noqa: F401  (registers core commands)
@@ -95,6 +95,7 @@ def setup_logging(paths: Paths, verbose: bool) -> str | None:
     """Log to ``logs/hemascan.log`` in the data directory. A log file that cannot be written
     (a read-only or full disk, ``logs`` being a file) is not an error: one warning line on
     stderr, and the command runs. Returns the log file's path, or None."""
+    share_with_group(paths.data_dir)  # the log is the first file a start makes in the data directory
     log_file = str(paths.logs / "hemascan.log")
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:  # before the log exists: only the sentence, on stderr
         print(f"hemascan: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
-    for warning in unknown_variables():
+    for warning in unknown_variables() + unknown_config_keys():
         print(f"hemascan: warning: {warning}", file=sys.stderr, flush=True)
     app = None
     try:

@@ -210,13 +210,15 @@ def _writer_gone(folder: Path) -> bool:
     """The folder is a package being written (it holds WRITER_LOCK) and its writer is gone:
     the OS released the writer's lock when it died, however it died."""
     lock_file = folder / WRITER_LOCK
-    if not lock_file.is_file():
-        return False
     lock = FileLock(str(lock_file), is_singleton=False)
     try:
+        if not lock_file.is_file():
+            return False
         lock.acquire(timeout=0)
     except Timeout:
         return False  # a write in progress
+    except OSError:
+        return False  # another user's private folder (a shared data directory): its own start tidies it
     lock.release()
     return True
 

@@ -190,7 +190,7 @@ def local_package(session: Session, version: ModelVersion, paths: Paths | None =
     from filelock import FileLock
 
     paths.models.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(paths.models / MATERIALISE_LOCK)):
+    with FileLock(str(paths.models / MATERIALISE_LOCK), mode=0o664):  # shared data directories: any user
         if dest.is_dir():  # another process did it meanwhile
             return dest
         contents = _checked_contents(session, version, files)  # before anything is written

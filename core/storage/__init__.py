@@ -313,7 +313,8 @@ def data_dir_lock(paths: "Paths", timeout_s: float | None = None) -> Iterator[No
     from filelock import FileLock, Timeout
 
     timeout_s = paths.settings.setup_lock_timeout_s if timeout_s is None else timeout_s
-    lock = FileLock(str(paths.data_dir / SETUP_LOCK_FILE), timeout=timeout_s)
+    # mode: the next user of a shared data directory opens the same lock (core.config.share_with_group)
+    lock = FileLock(str(paths.data_dir / SETUP_LOCK_FILE), timeout=timeout_s, mode=0o664)
     try:
         lock.acquire()
     except Timeout:

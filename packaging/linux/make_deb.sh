@@ -94,6 +94,10 @@ cat > "$STAGE/DEBIAN/postinst" <<'EOF'
 #!/bin/sh
 set -e
 if [ "$1" = configure ]; then
+    # the group of a data directory several users of this workstation share (README: one
+    # workstation, several users); kept on removal, as Debian keeps system groups
+    getent group hemascan >/dev/null 2>&1 || addgroup --system hemascan >/dev/null 2>&1 \
+        || groupadd --system hemascan || true
     command -v update-desktop-database >/dev/null 2>&1 && update-desktop-database -q /usr/share/applications || true
     command -v gtk-update-icon-cache >/dev/null 2>&1 && gtk-update-icon-cache -q -t -f /usr/share/icons/hicolor || true
 fi
@@ -106,6 +110,9 @@ set -e
 # so normally nothing): remove it so the directory goes with the package.
 if [ "$1" = remove ] || [ "$1" = purge ]; then
     rm -rf /opt/hemascan
+    # dpkg removes /opt with our files when nothing else is in it; /opt is the system's folder
+    # (FHS), not ours: it stays
+    [ -d /opt ] || install -d -m 755 /opt
     command -v update-desktop-database >/dev/null 2>&1 && update-desktop-database -q /usr/share/applications || true
     command -v gtk-update-icon-cache >/dev/null 2>&1 && gtk-update-icon-cache -q -t -f /usr/share/icons/hicolor || true
 fi
