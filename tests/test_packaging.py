@@ -193,11 +193,18 @@ def _xvfb_screenshot(exe: Path, env: dict, png: Path) -> float:
     for tool in ("Xvfb", "xwininfo", "xwd", "convert"):
         if not shutil.which(tool):
             pytest.skip(f"{tool} not installed (apt-get install xvfb x11-utils x11-apps imagemagick)")
-    display = ":%d" % (90 + os.getpid() % 100)
-    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # -displayfd: Xvfb takes a display no other X server uses and says which (a number picked
+    # from the process id once ran the app on another session's display)
+    read_end, write_end = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_end), "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(write_end,))
+    os.close(write_end)
     app = None
     try:
+        with os.fdopen(read_end) as said:
+            number = said.readline().strip()
+        assert number.isdigit(), "Xvfb did not say which display it took"
+        display = f":{number}"
         env = dict(env, DISPLAY=display, QT_QPA_PLATFORM="xcb")
         deadline = time.time() + 10
         while subprocess.run(["xwininfo", "-root"], env=env, capture_output=True).returncode != 0:
