@@ -152,8 +152,11 @@ def test_inno_setup_script_has_required_directives():
     assert {"Setup", "Files", "Icons", "UninstallDelete", "Languages"} <= sections
     setup = text.split("[Setup]", 1)[1].split("\n[", 1)[0]
     directives = dict(re.findall(r"^(\w+)=(.*)$", setup, re.M))
-    assert directives["PrivilegesRequired"] == "lowest"  # per-user install, no admin
-    assert directives["DefaultDirName"].startswith("{autopf}")  # %LOCALAPPDATA%\Programs in per-user mode
+    # per machine (Program Files) by default, per user (no administrator) from the dialog or /CURRENTUSER
+    assert directives["PrivilegesRequired"] == "admin"
+    assert set(directives["PrivilegesRequiredOverridesAllowed"].split()) == {"dialog", "commandline"}
+    assert directives["DefaultDirName"].startswith("{autopf}")  # Program Files, or %LOCALAPPDATA%\Programs per user
+    assert directives["DiskSpanning"] == "yes"  # the CUDA bundle is over 2 GB
     for key in ("AppId", "AppName", "AppVersion", "OutputBaseFilename", "UninstallDisplayIcon",
                 "ArchitecturesInstallIn64BitMode", "SetupIconFile"):
         assert key in directives, key
@@ -162,6 +165,41 @@ def test_inno_setup_script_has_required_directives():
     assert (ISS.parent / directives["SetupIconFile"].replace("\\", "/")).resolve().is_file()
     # the GUI and the CLI executables the script installs are both made by the spec
     assert '"hemascan-cli"' in SPEC.read_text()
+
+
+def _spec_literal(name: str):
+    """A literal table the spec assigns at its top level (read without running PyInstaller)."""
+    tree = ast.parse(SPEC.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"hemascan.spec assigns no {name}")
+
+
+def test_spec_windows_branch_without_building():
+    """The Windows build (issue 25): Qt's plugins where PyInstaller puts them on Windows
+    (PySide6/plugins, not PySide6/Qt/plugins), the C++ runtime bundled, two executables."""
+    folder, plugins = _spec_literal("QT_PLATFORM_PLUGINS")["win32"]
+    assert folder == "PySide6/plugins/platforms" and "qwindows.dll" in plugins
+    assert _spec_literal("QT_PLATFORM_PLUGINS")["linux"][0] == "PySide6/Qt/plugins/platforms"
+    assert {"vcruntime140.dll", "vcruntime140_1.dll", "msvcp140.dll"} <= set(_spec_literal("RUNTIME_DLLS")["win32"])
+    spec = SPEC.read_text()
+    assert "QT_PLATFORM_PLUGINS[PLATFORM]" in spec and "RUNTIME_DLLS.get(PLATFORM" in spec  # the check uses them
+    # every command module and the PostgreSQL driver: entry points do not exist in a frozen app
+    for hidden in ('collect_submodules("core")', 'collect_submodules("trainer")', 'collect_submodules("desktop")',
+                   'collect_submodules("psycopg")', '"sqlalchemy.dialects.postgresql.psycopg"'):
+        assert hidden in spec, hidden
+    assert 'name="hemascan-cli"' in spec and "console=True" in spec  # the CLI beside the windowless GUI
+    assert (ROOT / "resources/icons/hemascan.ico").is_file()
+
+
+def test_windows_build_script_and_ci_workflow():
+    ps1 = (ROOT / "packaging/windows/build.ps1").read_text()
+    order = [ps1.index(k) for k in ("py -3.11 packaging\\torch_wheel.py", "pyinstaller.exe", "& $Cli --self-test", "& $Cli --version",
+                                    '"/DAppVersion=$Version"')]
+    assert order == sorted(order)
+    flow = (ROOT / ".github/workflows/windows-installer.yml").read_text()
+    assert "packaging\\windows\\build.ps1" in flow and "--self-test" in flow and "/CURRENTUSER" in flow
 
 
 def test_desktop_entry_validates():

@@ -1,6 +1,9 @@
-; Inno Setup script for hemascan on Windows: a per-user install that needs no admin
-; rights, with a Start menu entry and an uninstaller. Needs Inno Setup 6.3 or later
-; (x64compatible).
+; Inno Setup script for hemascan on Windows: a per-machine install to Program Files (what a
+; lab's IT deploys; the setup asks for administrator rights) or, chosen in the setup's first
+; dialog or with /CURRENTUSER, a per-user install that needs none; a Start menu entry and an
+; uninstaller. User data stays per user (%LOCALAPPDATA%\hemascan) unless
+; %ProgramData%\hemascan\hemascan.toml names a shared data directory (README: one workstation,
+; several users). Needs Inno Setup 6.3 or later (x64compatible). Built by build.ps1.
 ;
 ; Build (on Windows, after the PyInstaller bundle):
 ;   set HEMASCAN_VARIANT=cpu
@@ -31,9 +34,10 @@ AppVersion={#AppVersion}
 AppVerName={#AppName} {#AppVersion} ({#Variant})
 AppPublisher={#AppPublisher}
 AppComments=Blood-smear image classification and review. Decision support only: not a diagnostic device.
-; Per-user install, no UAC prompt: {autopf} is %LOCALAPPDATA%\Programs in this mode.
-PrivilegesRequired=lowest
-PrivilegesRequiredOverridesAllowed=dialog
+; Per machine by default ({autopf} = Program Files); the dialog or /CURRENTUSER installs for one
+; user without administrator rights ({autopf} = %LOCALAPPDATA%\Programs).
+PrivilegesRequired=admin
+PrivilegesRequiredOverridesAllowed=dialog commandline
 DefaultDirName={autopf}\{#AppName}
 DefaultGroupName={#AppName}
 DisableProgramGroupPage=yes
@@ -47,6 +51,10 @@ UninstallDisplayName={#AppName} {#AppVersion} ({#Variant})
 Compression=lzma2/max
 SolidCompression=yes
 LZMAUseSeparateProcess=yes
+; The CUDA build's bundle is over 2 GB, more than one setup file can hold: the setup is split
+; into setup.exe and .bin slices next to it (keep them together when deploying).
+DiskSpanning=yes
+DiskSliceSize=max
 ; PyTorch wheels are 64-bit only.
 ArchitecturesAllowed=x64compatible
 ArchitecturesInstallIn64BitMode=x64compatible
@@ -70,6 +78,11 @@ Type: filesandordirs; Name: "{app}\_internal"
 
 [Files]
 Source: "{#BundleDir}\*"; DestDir: "{app}"; Flags: ignoreversion recursesubdirs createallsubdirs
+
+[Dirs]
+; Per machine: the folder of the system-wide configuration (hemascan.toml), which only
+; administrators may change.
+Name: "{commonappdata}\{#AppName}"; Check: IsAdminInstallMode; Flags: uninsneveruninstall
 
 [Icons]
 Name: "{autoprograms}\{#AppName}"; Filename: "{app}\hemascan.exe"; WorkingDir: "{userdocs}"; Comment: "Classify and review blood-smear images"
