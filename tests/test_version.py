@@ -69,8 +69,13 @@ def test_help_of_every_command_formats():
     parser = build_parser()
     assert "--self-test" in parser.format_help() and "--version" in parser.format_help()
     sub = next(a for a in parser._actions if a.dest == "command")
+    import argparse
+
     for name, p in sub.choices.items():
         assert name in p.format_help()
+        # every option says what it does (several of train's and retrain's said nothing)
+        silent = [a.option_strings or a.dest for a in p._actions if not a.help and not isinstance(a, argparse._HelpAction)]
+        assert silent == [], (name, silent)
 
 
 def test_about_and_report_footer_say_the_bumped_version(bumped, qtbot, tmp_path):

@@ -52,10 +52,11 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
                    help="folder of class folders (Benign/Early/Pre/Pro, all/hem, ...)")
     p.add_argument("--arch", default="effnet_lite0",
                    help="architecture from the registry: seed_baseline, seed_cnn3, se_cnn, effnet_lite0 (default)")
-    p.add_argument("--epochs", type=EPOCHS, default=12)
-    p.add_argument("--batch-size", type=BATCH_SIZE, default=32)
+    p.add_argument("--epochs", type=EPOCHS, default=12, help="most passes over the training images (default 12)")
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=32, help="images per training step (default 32)")
     p.add_argument("--lr", type=LEARNING_RATE, default=None, help="peak learning rate (default 1e-3, 3e-3 for the small CNNs)")
-    p.add_argument("--input-size", type=INPUT_SIZE, default=128)
+    p.add_argument("--input-size", type=INPUT_SIZE, default=128,
+                   help="side in pixels the images are resized to (default 128)")
     p.add_argument("--corner-mask", type=corner_mask, default=(0.1, 0.2),
                    help="blank the bottom-right corner H,W fractions (default 0.1,0.2; 'none' to keep it)")
     p.add_argument("--split", default="patient", choices=["patient", "subject", "random", "all"],
@@ -64,15 +65,17 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
                         "all: everything but the validation block")
     p.add_argument("--fold", type=FOLD, default=4, help="patient: which pair of 10%% chunks is the test block (0-4); "
                    "subject: which subject group of each class is the test side")
-    p.add_argument("--patience", type=EPOCHS, default=4)
-    p.add_argument("--balance", default="loss", choices=["loss", "sampler", "none"])
-    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--patience", type=EPOCHS, default=4,
+                   help="stop after this many passes without a better validation figure (default 4)")
+    p.add_argument("--balance", default="loss", choices=["loss", "sampler", "none"],
+                   help="how rare classes are weighed: in the loss (default), by sampling, or not")
+    p.add_argument("--no-augment", action="store_true", help="train on the images as they are (no flips, colour or stain changes)")
     p.add_argument("--augment", default="", metavar="KEY=VALUE,...",
                    help="augmentation options on top of the defaults (trainer/augment.py AugmentConfig), e.g. "
                         "background_p=0.5,scale=0.25,blur_p=0.3 for data from several labs")
     p.add_argument("--no-pretrained", action="store_true", help="effnet_lite0 from scratch")
-    p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--threads", type=THREADS, default=None)
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (split shuffles, augmentation, weights)")
+    p.add_argument("--threads", type=THREADS, default=None, help="CPU threads (default: the runtime plan's)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="training arithmetic; auto is fp32 on every machine, so the model and its card do not "
@@ -237,8 +240,9 @@ def _configure_evaluate(p: argparse.ArgumentParser) -> None:
                    help="every image under --data (any folders) is of this class of the model, e.g. "
                         "--label-all Normal on a folder of normal cells from another lab: accuracy is then the "
                         "share called CLASS")
-    p.add_argument("--subset", default="test", choices=["test", "val", "train"])
-    p.add_argument("--fold", type=FOLD, default=4)
+    p.add_argument("--subset", default="test", choices=["test", "val", "train"],
+                   help="which block of the patient split to evaluate on (default test)")
+    p.add_argument("--fold", type=FOLD, default=4, help="which block of the patient split is the test block (default 4)")
     p.add_argument("--seed", type=SEED, default=0, help="random-split seed and stain-perturbation seed")
     p.add_argument("--variants", default="as_is,grayscale,stain_perturbed",
                    help="comma list of as_is, grayscale, stain_perturbed")
@@ -337,14 +341,14 @@ def _resolve_model(model: str | None, app) -> Path:
 # ---- compare -----------------------------------------------------------------------------
 
 def _configure_compare(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, type=existing_folder)
+    p.add_argument("--data", required=True, type=existing_folder, help="class folders to train and compare on")
     p.add_argument("--split", default="patient",
                    help="patient, subject or random; a comma list (e.g. subject,random) runs each and adds a "
                         "side-by-side table")
-    p.add_argument("--fold", type=FOLD, default=4)
+    p.add_argument("--fold", type=FOLD, default=4, help="which block of the patient split is the test block (default 4)")
     p.add_argument("--input-size", type=INPUT_SIZE, default=64, help="CNN input size for the seed CNNs (default 64)")
     p.add_argument("--epochs", type=EPOCHS, default=8, help="epochs for each seed CNN")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="random seed")
     p.add_argument("--out", type=non_empty_path, help="write the Markdown table (and a .json beside it) here")
     p.add_argument("--only", help="comma list of row keys to run (cnn,cnn_dedup,svm,rf,cnn_svm,baseline)")
     p.add_argument("--threads", type=THREADS, default=None, help="torch CPU threads")

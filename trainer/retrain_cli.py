@@ -31,16 +31,16 @@ def _retrain_args(p: argparse.ArgumentParser) -> None:
                    help="also use labels from import-labels (source dataset/import), not only human review")
     p.add_argument("--val-fraction", type=VAL_FRACTION, default=0.2,
                    help="share of newly reviewed images put on the validation side (over 0, at most 0.5)")
-    p.add_argument("--lr", type=LEARNING_RATE)
-    p.add_argument("--batch-size", type=BATCH_SIZE, default=32)
+    p.add_argument("--lr", type=LEARNING_RATE, help="learning rate (default: the parent model's)")
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=32, help="items per training step (default 32)")
     p.add_argument("--freeze-blocks", type=int_range(0, 100), help="effnet_lite0: keep the first N blocks fixed (faster; default: as the active model was trained)")
-    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-augment", action="store_true", help="train on the reviewed items as they are")
     p.add_argument("--folds", type=int_range(0, 20), default=5,
                    help="compare with the active version also on every reviewed training image, each predicted by "
                         "a version fitted without it in N folds (0: on the validation images only)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=THREADS)
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when there is one), cpu or cuda")
+    p.add_argument("--threads", type=THREADS, help="CPU threads (default: the runtime plan's)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed")
     p.add_argument("--name", type=MODEL_NAME, help="name of the new version")
     p.add_argument("--promote", action="store_true", help="make the new version active when training finishes, "
                    "if the comparison shows it is better")

@@ -210,8 +210,10 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
     p.add_argument("--batch-size", type=BATCH_SIZE, help="images per model batch")
     p.add_argument("--workers", type=THREADS, help="decode threads")
-    p.add_argument("--engine", choices=["auto", "openvino", "torch"], default=None)
-    p.add_argument("--precision", choices=["auto", "fp32", "int8", "bf16", "fp16"], default="auto")
+    p.add_argument("--engine", choices=["auto", "openvino", "torch"], default=None,
+                   help="inference engine (default: $HEMASCAN_ENGINE, else auto)")
+    p.add_argument("--precision", choices=["auto", "fp32", "int8", "bf16", "fp16"], default="auto",
+                   help="numeric precision (default auto: the runtime plan's choice)")
 
 
 def _open_retrying(app: App, say) -> object | None:
@@ -337,7 +339,7 @@ def cmd_case(args, app: App) -> int:
 
 
 def _models_args(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="action", metavar="ACTION")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", help="what to do with the model versions")
     sub.add_parser("list", help="list registered model versions, their input kind (field or cell) and the active "
                                 "one of each kind (*)")
     a = sub.add_parser("activate", help="make a version the active one of its kind, field or cell (recorded in the "
@@ -431,9 +433,9 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", type=non_empty_path, help="where to write the synthetic images")
     p.add_argument("--per-class", type=SAMPLES_PER_CLASS, default=12,
                    help=f"images per class (1 to {SAMPLES_PER_CLASS_MAX})")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="random seed of the generated images")
     p.add_argument("--size", type=int_range(32, 2048), default=224, help="side in pixels (32 to 2048)")
-    p.add_argument("--ext", default=".jpg", choices=[".jpg", ".png", ".bmp", ".tif"])
+    p.add_argument("--ext", default=".jpg", choices=[".jpg", ".png", ".bmp", ".tif"], help="file type of the images")
 
 
 @command("sample", "write synthetic smear-like sample images (NOT real smears) in class folders", _sample_args)
@@ -444,7 +446,7 @@ def cmd_sample(args, app: App) -> int:
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--per-class", type=SAMPLES_PER_CLASS, default=25)
+    p.add_argument("--per-class", type=SAMPLES_PER_CLASS, default=25, help="generated images per class (default 25)")
 
 
 @command("demo", "generate a synthetic sample folder, classify it with the bundled model, export CSV", _demo_args)
