@@ -22,6 +22,9 @@ VERSION="$("$BUNDLE/hemascan" --version | sed -n 's/^hemascan //p')"
 # The release date: the last commit's (reproducible), else today.
 RELEASE_DATE="$(git -C "$ROOT" log -1 --format=%cs 2>/dev/null || date -u +%F)"
 ARCH="$(dpkg --print-architecture)"
+# Who answers for this build: a lab or distributor that builds its own sets DEB_MAINTAINER.
+MAINTAINER="${DEB_MAINTAINER:-hemascan maintainers <hemascan@localhost>}"
+case "$MAINTAINER" in *@localhost*) echo "make_deb.sh: warning: Maintainer is $MAINTAINER (set DEB_MAINTAINER=\"Name <address>\" for a build you distribute)" >&2 ;; esac
 PKG="hemascan-$VARIANT"
 STAGE="$ROOT/build/deb-$VARIANT/${PKG}_${VERSION}_${ARCH}"
 
@@ -69,7 +72,7 @@ cat > "$STAGE/DEBIAN/control" <<EOF
 Package: $PKG
 Version: $VERSION
 Architecture: $ARCH
-Maintainer: hemascan maintainers <hemascan@localhost>
+Maintainer: $MAINTAINER
 Section: science
 Priority: optional
 Installed-Size: $(du -sk "$STAGE" --exclude=DEBIAN | cut -f1)
