@@ -159,6 +159,7 @@ def self_test(n_per_class: int = 2, device: str = "auto") -> int:
 
         res = resources_dir()
         for rel in ("models/default/card.json", "models/default/model.safetensors",
+                    "models/wbc-differential/card.json", "models/wbc-differential/model.safetensors",
                     "migrations/env.py", "migrations/script.py.mako", "icons/hemascan.png"):
             _check((res / rel).is_file(), f"resource {rel}", failures)
         _check(any((res / "migrations" / "versions").glob("*.py")), "migration scripts", failures)

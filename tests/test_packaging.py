@@ -176,6 +176,17 @@ def _spec_literal(name: str):
     raise AssertionError(f"hemascan.spec assigns no {name}")
 
 
+def test_spec_bundles_every_bundled_model_package():
+    """The ninth session's white-cell model was left out of the bundle (the spec named only
+    resources/models/default): the frozen self-test failed, no cell model in the installed app."""
+    from core.models.package import bundled_packages
+
+    spec = SPEC.read_text()
+    assert '(ROOT / "resources/models").iterdir()' in spec and 'tree(f"resources/models/{pkg.name}")' in spec
+    assert len(bundled_packages()) >= 3 and all((p / "card.json").is_file() for p in bundled_packages())
+    assert "models/wbc-differential/card.json" in (ROOT / "packaging/entry.py").read_text()  # the self-test checks it
+
+
 def test_spec_windows_branch_without_building():
     """The Windows build (issue 25): Qt's plugins where PyInstaller puts them on Windows
     (PySide6/plugins, not PySide6/Qt/plugins), the C++ runtime bundled, two executables."""
