@@ -20,7 +20,9 @@ as_user() { local who="$1"; shift; chroot "$ROOT" /usr/sbin/runuser -u "$who" --
 
 mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
 mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev"
-trap 'umount "$ROOT/dev" "$ROOT/proc" 2>/dev/null || true' EXIT
+mountpoint -q "$ROOT/dev/pts" || mount --bind /dev/pts "$ROOT/dev/pts"
+trap 'umount "$ROOT/dev/pts" "$ROOT/dev" "$ROOT/proc" 2>/dev/null || true' EXIT
+[ ! -e "$ROOT/srv/hemascan" ] || { echo "$ROOT/srv/hemascan exists: use a fresh root" >&2; exit 1; }
 
 step "install $(basename "$DEB")"
 [ -d "$ROOT/opt" ] || { echo "the root has no /opt to begin with" >&2; exit 1; }
@@ -33,19 +35,19 @@ in_root hemascan --version
 in_root getent group hemascan
 
 step "two users, one shared data directory (/etc/hemascan/hemascan.toml)"
-for who in alice bob; do id "$who" >/dev/null 2>&1 || in_root useradd -m -G hemascan "$who"; done
+for who in alice bob; do in_root id "$who" >/dev/null 2>&1 || in_root useradd -m -G hemascan "$who"; done
 in_root install -d -m 2775 -g hemascan /srv/hemascan
 in_root install -d -m 755 /etc/hemascan
 printf 'data_dir = "/srv/hemascan"\n' > "$ROOT/etc/hemascan/hemascan.toml"
 as_user alice hemascan -q sample /home/alice/smears --per-class 2
 as_user alice hemascan -q classify /home/alice/smears
 as_user alice chmod -R a+rX /home/alice  # bob reads alice's sample folder (his own images would do the same)
-as_user bob hemascan -q sample /home/bob/labelled --per-class 2
+as_user bob hemascan -q sample /home/bob/labelled --per-class 2 --seed 7  # other images than alice's
 as_user bob hemascan -q import-labels /home/bob/labelled
 as_user bob hemascan -q classify /home/bob/labelled
 as_user alice hemascan -q export --output /home/alice/all.csv
-labels=$(grep -c ',bob,' "$ROOT/home/alice/all.csv" || true)
-[ "$labels" -gt 0 ] || { echo "alice's export shows no label by bob" >&2; exit 1; }
+labels=$(grep -c '^/home/bob/.*,bob,' "$ROOT/home/alice/all.csv" || true)
+[ "$labels" -eq 8 ] || { echo "alice's export shows $labels labels by bob, not his 8" >&2; exit 1; }
 echo "alice's export of the shared database: $(($(wc -l < "$ROOT/home/alice/all.csv") - 1)) rows, $labels labelled by bob"
 private=$(find "$ROOT/srv/hemascan" -type f ! -perm -g+w ! -path '*/models/*' | sed "s|^$ROOT||")
 [ -z "$private" ] || { echo "not group-writable: $private" >&2; exit 1; }
