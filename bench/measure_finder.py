@@ -3,6 +3,7 @@
     python -m bench.measure_finder --data ../shared/datasets            # every figure of docs/cells.md
     python -m bench.measure_finder --data DIR --only bccd,raabin         # some of them
     python -m bench.measure_finder --data DIR --overlays /tmp/finder     # also draw the misses there
+    python -m bench.measure_finder --data DIR --only raabin --misses     # list every box not found
 
 Figures (each per lab / dataset):
   bccd-boxes, raabin-boxes  WBC recall and precision (a ground-truth WBC box is found when a found
@@ -119,11 +120,25 @@ def quartiles(values: list[float]) -> str:
     return f"median {q[1]:.3f} (IQR {q[0]:.3f}-{q[2]:.3f})"
 
 
-def boxes_figures(name: str, items: list, overlays: str | None) -> list[str]:
+def unmatched(truth: list, found: list) -> list[int]:
+    """Indexes of the truth boxes the greedy one-to-one matching leaves without a found cell."""
+    pairs = sorted(((iou(t, f), i, j) for i, t in enumerate(truth) for j, f in enumerate(found)), reverse=True)
+    used_t, used_f = set(), set()
+    for v, i, j in pairs:
+        if v < IOU_FOUND:
+            break
+        if i not in used_t and j not in used_f:
+            used_t.add(i)
+            used_f.add(j)
+    return [i for i in range(len(truth)) if i not in used_t]
+
+
+def boxes_figures(name: str, items: list, overlays: str | None, list_misses: bool = False) -> list[str]:
     half = len(items) // 2
     rows = {"tune (first half)": [0, 0, 0], "held out (second half)": [0, 0, 0]}
     scales, sources = [], {}
     misses = 0
+    missed_lines = []
     for k, (path, truth) in enumerate(items):
         fc, rgb, r = load(path)
         found = [c.box for c in fc.cells]
@@ -134,7 +149,13 @@ def boxes_figures(name: str, items: list, overlays: str | None) -> list[str]:
         row[2] += len(found)
         scales.append(fc.um_per_px)
         sources[fc.scale_source] = sources.get(fc.scale_source, 0) + 1
-        if overlays and (n < len(truth) or n < len(found)) and misses < 40:
+        if list_misses:
+            for i in unmatched(truth, found):
+                best = max((iou(truth[i], f) for f in found), default=0.0)
+                missed_lines.append(f"- {'tune' if k < half else 'held'} {os.path.basename(path)} box {truth[i]}: "
+                                    f"best IoU {best:.2f}, {fc.um_per_px:.3f} um/px ({fc.scale_source})"
+                                    f"{', judged a single-cell crop' if fc.single_cell_crop else ''}")
+        if overlays and (n < len(truth) or n < len(found)) and misses < 100:
             misses += 1
             draw(rgb, r, truth, fc.cells, os.path.join(overlays, f"{name}-{os.path.basename(path)[:-4]}.png"))
     out = [f"### {name} ({len(items)} fields)", "", "| part | WBC boxes | found cells | recall | precision |",
@@ -144,6 +165,8 @@ def boxes_figures(name: str, items: list, overlays: str | None) -> list[str]:
         out.append(f"| {part} | {t} | {f} | {m / t if t else 0:.3f} | {m / f if f else 0:.3f} |")
     shares = ", ".join(f"{s} {v / len(items):.1%}" for s, v in sorted(sources.items()))
     out += ["", f"um per pixel: {quartiles(scales)}; scale from: {shares}", ""]
+    if list_misses:
+        out += [f"boxes not found ({len(missed_lines)}):", *missed_lines, ""]
     return out
 
 
@@ -276,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=os.path.join("..", "shared", "datasets"))
     ap.add_argument("--only", default="bccd,raabin,masks,crops,taleqani,speed")
     ap.add_argument("--overlays", default=None, help="a folder (outside the repository) for overlays of misses")
+    ap.add_argument("--misses", action="store_true", help="list every box of bccd/raabin not found, with its best IoU")
     ap.add_argument("--docs-figure", default=None, help="write the synthetic field's overlay (docs/cells-synthetic-field.jpg)")
     args = ap.parse_args(argv)
     if args.docs_figure:
@@ -288,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)
     only = set(args.only.split(","))
     lines = [f"finder {FINDER_NAME}", ""]
-    steps = [("bccd", lambda: boxes_figures("bccd-boxes", list(bccd_items(args.data)), args.overlays)),
-             ("raabin", lambda: boxes_figures("raabin-boxes", list(raabin_items(args.data)), args.overlays)),
+    steps = [("bccd", lambda: boxes_figures("bccd-boxes", list(bccd_items(args.data)), args.overlays, args.misses)),
+             ("raabin", lambda: boxes_figures("raabin-boxes", list(raabin_items(args.data)), args.overlays,
+                                              args.misses)),
              ("masks", lambda: masks_figures(args.data, args.overlays)),
              ("crops", lambda: crops_figures(args.data, args.overlays)),
              ("taleqani", lambda: taleqani_figures(args.data)),

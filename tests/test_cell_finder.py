@@ -132,6 +132,31 @@ def test_reduced_decode_gives_boxes_in_the_original_grid(field):
     assert max(c.box[2] for c in found.cells) > w // 2  # not in the half grid
 
 
+def packed_field(seed: int) -> tuple[synthetic.Field, synthetic.WhiteCell]:
+    """180 red cells at random places on 100 x 75 um (most touch or overlap: few isolated round
+    ones, so the scale comes from the distance transform's maxima) around one white cell."""
+    rng = np.random.default_rng(seed)
+    white = synthetic.WhiteCell(50, 37)
+    reds = [(float(x), float(y)) for x, y in rng.uniform([0, 0], [100, 75], (180, 2))
+            if (x - 50) ** 2 + (y - 37) ** 2 > 10 ** 2]
+    return synthetic.Field(red_cells=reds, white_cells=[white]), white
+
+
+@pytest.mark.parametrize("um_per_px", [0.1, 0.15])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_packed_red_cells_give_the_scale(seed, um_per_px):
+    # stain-v4 took every 7 px maximum of the distance transform for a red cell's centre: on
+    # the ragged outlines of touching cells it measured them too small on 4 of these 8
+    # fields (0.51-0.71 x the true um per pixel); a centre must now be the farthest point
+    # from the edge within 0.8 of its own radius
+    field, white = packed_field(seed)
+    img = synthetic.draw(field, um_per_px, seed)
+    found = find_cells(img)
+    assert found.scale_source == "red_cells"
+    assert abs(found.um_per_px - um_per_px) / um_per_px < 0.25, found.um_per_px
+    assert best(found, synthetic.box_px(white, um_per_px))[0] >= 0.5
+
+
 def test_a_cell_on_black_is_one_single_cell_crop():
     img = np.zeros((450, 450, 3), np.uint8)
     cv2.circle(img, (225, 225), 120, synthetic.CYTOPLASM, -1)
