@@ -74,3 +74,72 @@ def test_each_declared_kind_is_its_own_search():
     assert finder_name() == FINDER_NAME
     names = {finder_name(k) for k in ("auto", "fields", "crops")}
     assert len(names) == 3 and all(len(n) <= 32 for n in names)  # CellSearch.finder is String(32)
+
+
+# ---- through the command line: classify FOLDER --images KIND -> the finder -> the database ----
+
+def _searches(db, image_id) -> dict[str, tuple[int, bool]]:
+    from sqlalchemy import select
+
+    from core.storage import CellSearch
+
+    with db.session() as s:
+        return {f: (n, bool(single)) for f, n, single in s.execute(
+            select(CellSearch.finder, CellSearch.n_cells, CellSearch.single_cell_crop)
+            .where(CellSearch.image_id == image_id))}
+
+
+def test_classify_images_option_reaches_the_finder_and_a_new_kind_searches_again(cli, db, tmp_path):
+    from core.cells.records import counted_cells
+    from core.imaging.scan import images_under
+    from core.review.cell_labels import record_cell_labels
+    from tests.cellfixtures import write_png
+    from tests.test_cell_stage import make_cell_model_active
+
+    make_cell_model_active(db, keep_field_active=False)
+    folder = tmp_path / "camera"
+    write_png(folder / "field.png", _centred_field(11.0, 8.0))  # auto judges it a crop: one cell
+
+    rc, out, err = cli("classify", folder, "--images", "crops")
+    assert rc == 0, err
+    with db.session() as s:
+        ((image_id, _),) = images_under(s, folder)
+    assert _searches(db, image_id) == {finder_name("crops"): (1, True)}
+
+    rc, out, err = cli("classify", folder, "--images", "fields")  # the lab says: a camera's fields
+    assert rc == 0, err
+    assert _searches(db, image_id)[finder_name("fields")] == (3, False)
+    with db.session() as s:
+        counted = counted_cells(s, [image_id])[image_id]
+        assert len(counted) == 3 and {c.finder for c in counted} == {finder_name("fields")}
+        assert sum("border" in c.flags for c in counted) == 2
+        record_cell_labels(s, [counted[0].id], "ALL", "ann", taxonomy="all_vs_normal")
+
+    # the same kind again: nothing searched twice; another kind: a labelled search is kept
+    assert cli("classify", folder, "--images", "fields")[0] == 0
+    assert cli("classify", folder)[0] == 0  # auto
+    assert set(_searches(db, image_id)) == {finder_name("crops"), finder_name("fields")}
+    with db.session() as s:
+        assert len(counted_cells(s, [image_id])[image_id]) == 3
+
+
+
+def test_import_labels_keeps_the_kind_a_classify_was_told(cli, db, tmp_path):
+    # a field centred on one blast: auto would call it a field of three cells (not labelled by
+    # import-labels); the lab classified the folder as crops, so its one cell takes the label
+    from core.cells.records import store_field_cells
+    from core.imaging.scan import images_under, scan
+    from core.jobs import run_job
+    from tests.cellfixtures import write_png
+
+    folder = tmp_path / "cells"
+    img = _centred_field(17.0, 15.0)
+    write_png(folder / "all" / "blast.png", img)
+    run_job(scan(db, folder))
+    with db.session() as s:
+        ((image_id, _),) = images_under(s, folder)
+        store_field_cells(s, image_id, find_cells(img, image_kind="crops"), finder_name("crops"))
+    rc, out, err = cli("import-labels", folder, "--reviewer", "dr.b")
+    assert rc == 0, err
+    assert "cells labelled (single-cell crops): 1" in out
+    assert set(_searches(db, image_id)) == {finder_name("crops")}  # not searched again as auto
