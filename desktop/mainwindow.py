@@ -348,7 +348,7 @@ class MainWindow(QMainWindow):
         if kind is None:
             texts = list(self.IMAGE_KIND_CHOICES.values())
             text, ok = QInputDialog.getItem(self, "Images in this folder", "What are this folder's images?", texts,
-                                            list(self.IMAGE_KIND_CHOICES).index(self.ctl.image_kind), False)
+                                            list(self.IMAGE_KIND_CHOICES).index(self.ctl.image_kind or "auto"), False)
             if not ok:
                 return
             kind = next(k for k, t in self.IMAGE_KIND_CHOICES.items() if t == text)

@@ -74,9 +74,10 @@ def save_image_kind(settings: QSettings, folder: str, kind: str) -> None:
     settings.setValue("imageKinds/" + _group(folder).split("/", 1)[1], kind)
 
 
-def load_image_kind(settings: QSettings, folder: str) -> str:
-    kind = str(settings.value("imageKinds/" + _group(folder).split("/", 1)[1], "auto"))
-    return kind if kind in IMAGE_KINDS else "auto"
+def load_image_kind(settings: QSettings, folder: str) -> str | None:
+    """The kind said for ``folder``; None when never said (classify then keeps each image's)."""
+    kind = str(settings.value("imageKinds/" + _group(folder).split("/", 1)[1], ""))
+    return kind if kind in IMAGE_KINDS else None
 
 
 def last_folder(settings: QSettings) -> str | None:

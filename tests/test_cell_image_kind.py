@@ -143,3 +143,27 @@ def test_import_labels_keeps_the_kind_a_classify_was_told(cli, db, tmp_path):
     assert rc == 0, err
     assert "cells labelled (single-cell crops): 1" in out
     assert set(_searches(db, image_id)) == {finder_name("crops")}  # not searched again as auto
+
+
+def test_classify_without_images_keeps_the_kind_each_image_was_searched_with(cli, db, tmp_path):
+    # a folder classified as fields, then again without --images (a new file, a worker): nothing
+    # is searched again; --images auto, said, searches it again as auto
+    from core.imaging.scan import images_under
+    from tests.cellfixtures import write_png
+    from tests.test_cell_stage import make_cell_model_active
+
+    make_cell_model_active(db, keep_field_active=False)
+    folder = tmp_path / "camera"
+    write_png(folder / "field.png", _centred_field(11.0, 8.0))
+    assert cli("classify", folder, "--images", "fields")[0] == 0
+    with db.session() as s:
+        ((first, _),) = images_under(s, folder)
+    write_png(folder / "later.png", _centred_field(11.0, 8.0)[::-1].copy())
+    assert cli("classify", folder)[0] == 0
+    with db.session() as s:
+        later = next(i for i, p in images_under(s, folder) if p.endswith("later.png"))
+    assert _searches(db, first) == {finder_name("fields"): (3, False)}
+    assert _searches(db, later) == {finder_name("auto"): (1, True)}  # never searched: the finder judged
+
+    assert cli("classify", folder, "--images", "auto")[0] == 0
+    assert _searches(db, first) == {finder_name("fields"): (3, False), finder_name("auto"): (1, True)}

@@ -44,11 +44,11 @@ def test_choosing_fields_classifies_again_with_every_cell_and_is_kept_for_the_fo
         assert w.a_image_kind.isEnabled()
         with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
             w.a_image_kind.trigger()
-        assert asked and asked[0][0] == "Let hemascan judge each image"  # the folder's kind until now
+        assert asked and asked[0][0] == "Let hemascan judge each image"  # not said yet: the finder judged
         assert _searches(db) == {finder_name("auto"): 1, finder_name("fields"): 3}
 
         w.open_folder(tmp_path, classify=False)  # another folder: judged per image
-        assert w.ctl.image_kind == "auto"
+        assert w.ctl.image_kind is None
         with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
             w.open_folder(folder)  # back: still fields, and nothing searched twice
         assert w.ctl.image_kind == "fields"

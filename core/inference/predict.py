@@ -171,7 +171,7 @@ def classify(
     workers: int | None = None,
     engine: str | None = None,
     precision: str = "auto",
-    image_kind: str = "auto",
+    image_kind: str | None = None,
 ) -> Job[ClassifySummary]:
     """Scan ``folder`` and predict every image not yet predicted by ``version`` (None: the
     version active when the job starts, read once then). Every prediction of the job is
@@ -180,8 +180,10 @@ def classify(
     run then), find each image's cells and classify them (core/inference/cells.py). Yields
     Progress; returns ClassifySummary. Safe to kill at any moment and re-run. ``image_kind``:
     what the folder's images are, as the lab declares it (core/cells/finder.py IMAGE_KINDS: auto,
-    fields or crops); the cell finder is told it."""
-    finder_name(image_kind)  # a bad kind is refused before the scan
+    fields or crops); the cell finder is told it. None: images already searched keep the kind
+    they were searched with, the others are "auto" (core.inference.cells.classify_cells)."""
+    if image_kind is not None:
+        finder_name(image_kind)  # a bad kind is refused before the scan
     cancel = cancel or threading.Event()
     field_version, cell_version = _versions_to_run(db, version)
     # Import the runtime in the background while the scan runs: the first prediction comes sooner.
