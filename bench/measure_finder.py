@@ -4,6 +4,7 @@
     python -m bench.measure_finder --data DIR --only bccd,raabin         # some of them
     python -m bench.measure_finder --data DIR --overlays /tmp/finder     # also draw the misses there
     python -m bench.measure_finder --data DIR --only raabin --misses     # list every box not found
+    python -m bench.measure_finder --data DIR --images declared          # each set at the kind a lab would declare
 
 Figures (each per lab / dataset):
   bccd-boxes, raabin-boxes  WBC recall and precision (a ground-truth WBC box is found when a found
@@ -17,6 +18,10 @@ Figures (each per lab / dataset):
   all-taleqani              cells per field (histogram), share of fields on the default scale
   speed                     ms per field, 640x480 (BCCD) and 2592x1944 (a BCCD field upscaled x4
                             with cv2.INTER_CUBIC, encoded as JPEG q95 and decoded reduced)
+--images auto (the default) lets the finder judge whether each image is a single-cell crop;
+--images declared gives each set the kind its lab would declare (DECLARED_KINDS: bccd, raabin
+and Taleqani are a camera's fields, pbc-dev, cnmc-train and wbc-masks pre-cut single cells);
+--images fields or crops gives every set that kind.
 Nothing is written to the repository: overlays go where --overlays says (never commit them).
 """
 from __future__ import annotations
@@ -33,9 +38,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from core.cells.finder import FINDER_NAME, FieldCells, decode_for_cells, find_cells
+from core.cells.finder import FINDER_NAME, IMAGE_KINDS, FieldCells, decode_for_cells, find_cells
 
 IOU_FOUND = 0.5
+# What each set's lab would declare its images to be (``--images declared``).
+DECLARED_KINDS = {"bccd-boxes": "fields", "raabin-boxes": "fields", "all-taleqani": "fields",
+                  "pbc-dev": "crops", "cnmc-train": "crops", "wbc-masks": "crops"}
 
 
 def iou(a, b) -> float:
@@ -61,10 +69,10 @@ def greedy_match(truth: list, found: list) -> int:
     return n
 
 
-def load(path: str) -> tuple[FieldCells, np.ndarray, int]:
+def load(path: str, image_kind: str = "auto") -> tuple[FieldCells, np.ndarray, int]:
     with open(path, "rb") as fh:
         rgb, reduced_by = decode_for_cells(fh.read())
-    return find_cells(rgb, reduced_by=reduced_by), rgb, reduced_by
+    return find_cells(rgb, reduced_by=reduced_by, image_kind=image_kind), rgb, reduced_by
 
 
 def bccd_items(data: str):
@@ -133,14 +141,15 @@ def unmatched(truth: list, found: list) -> list[int]:
     return [i for i in range(len(truth)) if i not in used_t]
 
 
-def boxes_figures(name: str, items: list, overlays: str | None, list_misses: bool = False) -> list[str]:
+def boxes_figures(name: str, items: list, overlays: str | None, list_misses: bool = False,
+                  image_kind: str = "auto") -> list[str]:
     half = len(items) // 2
     rows = {"tune (first half)": [0, 0, 0], "held out (second half)": [0, 0, 0]}
     scales, sources = [], {}
     misses = 0
     missed_lines = []
     for k, (path, truth) in enumerate(items):
-        fc, rgb, r = load(path)
+        fc, rgb, r = load(path, image_kind)
         found = [c.box for c in fc.cells]
         n = greedy_match(truth, found)
         row = rows["tune (first half)" if k < half else "held out (second half)"]
@@ -158,7 +167,7 @@ def boxes_figures(name: str, items: list, overlays: str | None, list_misses: boo
         if overlays and (n < len(truth) or n < len(found)) and misses < 100:
             misses += 1
             draw(rgb, r, truth, fc.cells, os.path.join(overlays, f"{name}-{os.path.basename(path)[:-4]}.png"))
-    out = [f"### {name} ({len(items)} fields)", "", "| part | WBC boxes | found cells | recall | precision |",
+    out = [f"### {name} ({len(items)} fields, images: {image_kind})", "", "| part | WBC boxes | found cells | recall | precision |",
            "|---|---|---|---|---|"]
     rows["all"] = [sum(r[i] for r in rows.values()) for i in range(3)]
     for part, (m, t, f) in rows.items():
@@ -175,8 +184,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * (a & b).sum() / s if s else 1.0
 
 
-def masks_figures(data: str, overlays: str | None) -> list[str]:
-    out = ["### wbc-masks (Dice against the masks, the found cell nearest the centre; 0 when none)", "",
+def masks_figures(data: str, overlays: str | None, image_kind: str = "auto") -> list[str]:
+    out = [f"### wbc-masks (Dice against the masks, the found cell nearest the centre; 0 when none; "
+           f"images: {image_kind})", "",
            "| dataset | cells | cells found | nucleus Dice (mean / median) | whole cell Dice (mean / median) |",
            "|---|---|---|---|---|"]
     for ds in ("dataset1", "dataset2"):
@@ -188,7 +198,7 @@ def masks_figures(data: str, overlays: str | None) -> list[str]:
                 continue
             files += 1
             mask = cv2.imread(mpath, cv2.IMREAD_GRAYSCALE)
-            fc, rgb, r = load(img)
+            fc, rgb, r = load(img, image_kind)
             h, w = mask.shape
             if not fc.cells:
                 nd.append(0.0)
@@ -210,15 +220,15 @@ def masks_figures(data: str, overlays: str | None) -> list[str]:
     return out + [""]
 
 
-def crops_figures(data: str, overlays: str | None) -> list[str]:
+def crops_figures(data: str, overlays: str | None, kinds: dict[str, str]) -> list[str]:
     out = ["### single-cell crops (exactly one cell returned, covering the image's centre)", "",
-           "| set | crops | one central cell | share | judged a single-cell crop | scale from red cells |",
-           "|---|---|---|---|---|---|"]
+           "| set | images | crops | one central cell | share | judged a single-cell crop | scale from red cells |",
+           "|---|---|---|---|---|---|---|"]
     for ds in ("pbc-dev", "cnmc-train"):
         paths = sorted(glob.glob(os.path.join(data, ds, "*", "*.jpg")) + glob.glob(os.path.join(data, ds, "*", "*.bmp")))
         ok = single = red = bad = 0
         for p in paths:
-            fc, rgb, r = load(p)
+            fc, rgb, r = load(p, kinds[ds])
             h, w = rgb.shape[0] * r, rgb.shape[1] * r
             good = len(fc.cells) == 1 and fc.cells[0].box[0] <= w / 2 < fc.cells[0].box[2] \
                 and fc.cells[0].box[1] <= h / 2 < fc.cells[0].box[3]
@@ -229,21 +239,21 @@ def crops_figures(data: str, overlays: str | None) -> list[str]:
                 bad += 1
                 draw(rgb, r, [], fc.cells, os.path.join(overlays, f"{ds}-{os.path.basename(p)[:-4]}.png"))
         n = max(1, len(paths))
-        out.append(f"| {ds} | {len(paths)} | {ok} | {ok / n:.1%} | {single / n:.1%} | {red / n:.1%} |")
+        out.append(f"| {ds} | {kinds[ds]} | {len(paths)} | {ok} | {ok / n:.1%} | {single / n:.1%} | {red / n:.1%} |")
     return out + [""]
 
 
-def taleqani_figures(data: str) -> list[str]:
+def taleqani_figures(data: str, image_kind: str = "auto") -> list[str]:
     paths = sorted(glob.glob(os.path.join(data, "all-taleqani", "*", "*.jpg")))
     counts, default, scales = [], 0, []
     for p in paths:
-        fc, _, _ = load(p)
+        fc, _, _ = load(p, image_kind)
         counts.append(len(fc.cells))
         default += fc.scale_source == "default"
         if fc.scale_source == "red_cells":
             scales.append(fc.um_per_px)
     bins = [(0, 0), (1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 20), (21, 10**9)]
-    out = [f"### all-taleqani ({len(paths)} fields, 224x224)", "", "| cells per field | fields |", "|---|---|"]
+    out = [f"### all-taleqani ({len(paths)} fields, 224x224, images: {image_kind})", "", "| cells per field | fields |", "|---|---|"]
     for lo, hi in bins:
         label = str(lo) if lo == hi else (f"{lo}-{hi}" if hi < 10**9 else f"{lo}+")
         out.append(f"| {label} | {sum(lo <= c <= hi for c in counts)} |")
@@ -301,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlays", default=None, help="a folder (outside the repository) for overlays of misses")
     ap.add_argument("--misses", action="store_true", help="list every box of bccd/raabin not found, with its best IoU")
     ap.add_argument("--docs-figure", default=None, help="write the synthetic field's overlay (docs/cells-synthetic-field.jpg)")
+    ap.add_argument("--images", default="auto", choices=("declared",) + IMAGE_KINDS,
+                    help="the image kind the finder is told: auto (it judges), declared (each set's own, "
+                         "DECLARED_KINDS), fields or crops (every set)")
     args = ap.parse_args(argv)
+    kinds = {ds: (k if args.images == "declared" else args.images) for ds, k in DECLARED_KINDS.items()}
     if args.docs_figure:
         docs_figure(args.docs_figure)
     if not os.path.isdir(args.data):
@@ -311,13 +325,15 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(args.overlays, exist_ok=True)
     cv2.setNumThreads(1)
     only = set(args.only.split(","))
-    lines = [f"finder {FINDER_NAME}", ""]
-    steps = [("bccd", lambda: boxes_figures("bccd-boxes", list(bccd_items(args.data)), args.overlays, args.misses)),
+    lines = [f"finder {FINDER_NAME}, images: {args.images}", ""]
+    print(lines[0], flush=True)
+    steps = [("bccd", lambda: boxes_figures("bccd-boxes", list(bccd_items(args.data)), args.overlays, args.misses,
+                                            kinds["bccd-boxes"])),
              ("raabin", lambda: boxes_figures("raabin-boxes", list(raabin_items(args.data)), args.overlays,
-                                              args.misses)),
-             ("masks", lambda: masks_figures(args.data, args.overlays)),
-             ("crops", lambda: crops_figures(args.data, args.overlays)),
-             ("taleqani", lambda: taleqani_figures(args.data)),
+                                              args.misses, kinds["raabin-boxes"])),
+             ("masks", lambda: masks_figures(args.data, args.overlays, kinds["wbc-masks"])),
+             ("crops", lambda: crops_figures(args.data, args.overlays, kinds)),
+             ("taleqani", lambda: taleqani_figures(args.data, kinds["all-taleqani"])),
              ("speed", lambda: speed_figures(args.data))]
     for key, step in steps:
         if key in only:

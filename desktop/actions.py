@@ -56,6 +56,9 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("classify", "&Classify", "classify", ("Ctrl+R",), "File", True, "SP_MediaPlay",
                "Classify what the active model has not predicted yet", "idle_folder", separator=True,
                help="classify what the active model has not predicted yet"),
+    ActionSpec("image_kind", "&Images in this folder are…", "choose_image_kind", (), "File", enabled="idle_folder",
+               tip="Say what this folder's images are: a camera's fields (every white cell counted) or pre-cut "
+                   "single cells (the one in the middle only); until told, hemascan judges each image"),
     ActionSpec("cancel", "Cancel", "cancel_job", ("Esc",), "File", True, "SP_MediaStop", enabled="running",
                help="cancel the classification (after the current batch)"),
     ActionSpec("csv", "Export &CSV…", "export_csv", ("Ctrl+E",), "File", True, "SP_DialogSaveButton",

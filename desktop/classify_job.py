@@ -94,9 +94,10 @@ class ClassifyJob(QObject):
 
         folder, db, paths, device = self.ctl.folder, self.ctl.db, self.ctl.paths, self.ctl.device
         version = self.ctl.version["ref"] if self.ctl.version else None  # the version shown, not a lookup
+        kind = self.ctl.image_kind
         self._stage = None
-        self.slot.start(lambda cancel: predict.classify(db, paths, folder, device=device, cancel=cancel, version=version),
-                        "classification")
+        self.slot.start(lambda cancel: predict.classify(db, paths, folder, device=device, cancel=cancel, version=version,
+                                                        image_kind=kind), "classification")
         self.progress.setRange(0, 0)
         self.progress.setVisible(True)
         self.cancel_btn.setVisible(True)

@@ -36,6 +36,7 @@ class Controller:
     runner: Runner
     device: str | None = None
     version: dict | None = None  # the version the window shows (desktop.models_panel.version_info)
+    image_kind: str | None = None  # what the open folder's images are, as the lab said (IMAGE_KINDS; None: not said)
     on_error: Callable[[str], None] | None = None  # where a failed read is said (the status bar)
 
     @property

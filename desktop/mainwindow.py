@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QSplitter, QTabWidget
+from PySide6.QtWidgets import QFileDialog, QInputDialog, QLabel, QMainWindow, QMessageBox, QSplitter, QTabWidget
 
 from core.app.bootstrap import open_database
 from core.config import Paths
@@ -38,7 +38,8 @@ from .models_panel import version_info
 from .peers import ActivationWatch, PeerCellLabels, PeerLabels
 from .queuestatus import QueueStatusLabel
 from .review_actions import UNREVIEWED_GRACE_MS, QueuedReview, ReviewActions, pending_rows  # noqa: F401
-from .viewstate import WindowSettings, last_folder, load_folder_view, save_folder_view, settings_for
+from .viewstate import (WindowSettings, last_folder, load_folder_view, load_image_kind, save_folder_view,
+                        save_image_kind, settings_for)
 from .window_menus import Exports, HelpMenu, ModelMenu
 from .workers import Workers, setup_on_main_thread
 from desktop.keys import GalleryKeys
@@ -258,6 +259,7 @@ class MainWindow(QMainWindow):
         if self.folder is not None:
             save_folder_view(self.settings, self.folder, self.gallery.folder_view())
         self.state.open_folder(folder)
+        self.ctl.image_kind = load_image_kind(self.settings, folder)
         restore = self.gallery.restore = load_folder_view(self.settings, folder)
         # as the reviewer left this folder (a class the model lacks: Any); a folder never opened
         # shows everything, not what the previous folder's filters hid
@@ -333,6 +335,30 @@ class MainWindow(QMainWindow):
     # ---------------------------------------------------------------- the classify job
     def classify(self) -> None:
         self.job_part.start()
+
+    IMAGE_KIND_CHOICES = {"auto": "Let hemascan judge each image",
+                          "fields": "Fields from a camera: every white cell in each image",
+                          "crops": "Pre-cut single cells (e.g. a CellaVision export): the cell in the middle only"}
+
+    def choose_image_kind(self, kind: str | None = None) -> None:
+        """File ▸ Images in this folder are…: what the folder's images are, kept per folder; the
+        cells are then found again (those a reviewer labelled stay as they are)."""
+        if self.folder is None or self.job is not None:
+            return
+        if kind is None:
+            texts = list(self.IMAGE_KIND_CHOICES.values())
+            text, ok = QInputDialog.getItem(self, "Images in this folder", "What are this folder's images?", texts,
+                                            list(self.IMAGE_KIND_CHOICES).index(self.ctl.image_kind or "auto"), False)
+            if not ok:
+                return
+            kind = next(k for k, t in self.IMAGE_KIND_CHOICES.items() if t == text)
+        if kind == self.ctl.image_kind:
+            return
+        self.ctl.image_kind = kind
+        save_image_kind(self.settings, self.folder, kind)
+        self.statusBar().showMessage(f"Images in this folder: {self.IMAGE_KIND_CHOICES[kind].lower()}; "
+                                     "classifying it again", 10000)
+        self.classify()
 
     def cancel_job(self) -> None:
         if self.cell_pane.cancel_adding():  # Esc while a missed cell's box is being drawn

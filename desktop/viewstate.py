@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, fields
 from PySide6.QtCore import QByteArray, QSettings
 from PySide6.QtWidgets import QApplication
 
+from core.cells.finder import IMAGE_KINDS
+
 SETTINGS_FILE = "desktop.ini"
 MAX_RECENT = 8
 
@@ -64,6 +66,18 @@ def load_folder_view(settings: QSettings, folder: str) -> FolderView | None:
         return FolderView(**out)
     finally:
         settings.endGroup()
+
+
+# What a folder's images are (IMAGE_KINDS), as the lab said: kept apart from the folder's view,
+# whose absence means "never opened".
+def save_image_kind(settings: QSettings, folder: str, kind: str) -> None:
+    settings.setValue("imageKinds/" + _group(folder).split("/", 1)[1], kind)
+
+
+def load_image_kind(settings: QSettings, folder: str) -> str | None:
+    """The kind said for ``folder``; None when never said (classify then keeps each image's)."""
+    kind = str(settings.value("imageKinds/" + _group(folder).split("/", 1)[1], ""))
+    return kind if kind in IMAGE_KINDS else None
 
 
 def last_folder(settings: QSettings) -> str | None:

@@ -85,6 +85,7 @@ BAD_OPTIONS = [
     (["classify", "{sample}", "--batch-size", "-1"], "--batch-size"),
     (["classify", "{sample}", "--batch-size", "0"], "--batch-size"),
     (["classify", "{sample}", "--workers", "-2"], "--workers"),
+    (["classify", "{sample}", "--images", "slides"], "--images"),
     (["import-labels", "{sample}", "--reviewer", LONG_NAME], "--reviewer"),
     (["queue", ""], "folder"),
     (["models", "export", "some-model", ""], "file"),

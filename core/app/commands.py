@@ -13,6 +13,7 @@ from core.imaging.scan import scan
 from core.storage import Prediction
 from core.imaging.scan import images_under
 from core.inference.predict import classify
+from core.cells.finder import IMAGE_KINDS
 from core.models.registry import version_ref
 from core.app.workqueue import queue_status, submit
 from core.app.workqueue import CLAIM_SIZE, LEASE_S, POLL_S
@@ -83,6 +84,12 @@ def _classify_args(p: argparse.ArgumentParser) -> None:
                    help="auto (default): OpenVINO on a CPU where installed, torch on CUDA")
     p.add_argument("--precision", choices=["auto", "fp32", "int8", "bf16", "fp16"], default="auto",
                    help="auto (default): the package's checked int8 model on a CPU (else fp32), bf16/fp16 on CUDA")
+    p.add_argument("--images", choices=IMAGE_KINDS, default=None,
+                   help="what the folder's images are, for the cell finder: fields (a camera's fields: every "
+                        "white cell in each), crops (pre-cut single cells, e.g. a CellaVision export: the central "
+                        "cell only) or auto (the finder judges each image); a kind given finds the cells of images "
+                        "searched with another kind again. Default: images already searched keep their kind, "
+                        "new ones are auto")
 
 
 def _summarise_predictions(app: App, folder: str, ref) -> tuple[int, int]:
@@ -130,7 +137,7 @@ def cmd_classify(args, app: App) -> int:
             version = version_ref(db_session, args.model)  # the one version this run predicts with
     s = app.progress(classify(app.db, app.paths, args.folder, version, device=args.device, cancel=app.cancel,
                               batch_size=args.batch_size, workers=args.workers,
-                              engine=args.engine, precision=args.precision), "classify")
+                              engine=args.engine, precision=args.precision, image_kind=getattr(args, "images", None)), "classify")
     _print_scan(app, s.scan)
     app.echo(f"model {s.model} on {s.device}: {s.n_predicted} predicted, {s.n_errors} failed, "
              f"{s.n_todo - s.n_predicted - s.n_errors} left"
@@ -456,7 +463,7 @@ def cmd_demo(args, app: App) -> int:
     app.echo(f"data directory: {app.paths.data_dir}")
     app.echo(f"sample folder (synthetic images, not real smears): {folder}")
     ns = argparse.Namespace(folder=str(folder), device="auto", model=None, batch_size=None, workers=None,
-                            engine=None, precision="auto")
+                            engine=None, precision="auto", images=None)
     rc = cmd_classify(ns, app)
     if rc:
         return rc

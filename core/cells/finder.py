@@ -16,7 +16,10 @@ diameter is about 7.5 um in every lab). The method (docs/cells.md gives the figu
    (platelets) are dropped; each cell's region is the foreground grown around its nucleus
    up to a cytoplasm width, shared between neighbours by a watershed.
 6. Pre-cut single cells (a cell on black, or a crop only a few cells wide with one cell in the
-   middle) give exactly the central cell.
+   middle) give exactly the central cell. The pixels cannot always tell a crop from a field
+   centred on one white cell (a Raabin field is the same picture as a PBC crop), but the lab
+   can: ``image_kind`` "crops" (a CellaVision export, a folder of pre-cut cells) always gives
+   the central cell, "fields" (a camera's fields) never judges an image a crop, "auto" judges.
 """
 from __future__ import annotations
 
@@ -38,6 +41,10 @@ RED_CELL_DIAMETER_UM = 7.5
 # about 0.1 um/px measured from their red cells; C-NMC's cells come out at a typical blast's
 # 10-12 um with it). docs/cells.md: how it was measured.
 DEFAULT_UM_PER_PX = 0.1
+# What the lab says its images are: "auto" (the finder judges whether an image is a pre-cut
+# single cell), "fields" (never a single-cell crop: every cell found, border-cut ones flagged),
+# "crops" (always one cell: the central one).
+IMAGE_KINDS = ("auto", "fields", "crops")
 CELL_FLAGS = ("border", "touching", "too_small", "too_large")
 
 # The grid the finder works on internally: thresholds below are in um, not in pixels.
@@ -207,17 +214,32 @@ def _empty(um_per_px: float = DEFAULT_UM_PER_PX, source: str = "default", n_red:
     return FieldCells((), um_per_px, source, n_red, False)
 
 
-def find_cells(rgb: np.ndarray, *, reduced_by: int = 1) -> FieldCells:
+def finder_name(image_kind: str = "auto") -> str:
+    """The finder's name as stored with a search and its cells (``CellSearch.finder``): the
+    method's name, and the declared image kind unless "auto", so a run with another declared
+    kind searches the images again as a new finder version does (core/cells/records.py)."""
+    _check_kind(image_kind)
+    return FINDER_NAME if image_kind == "auto" else f"{FINDER_NAME}+{image_kind}"
+
+
+def _check_kind(image_kind: str) -> None:
+    if image_kind not in IMAGE_KINDS:
+        raise ValueError(f"the image kind must be one of {', '.join(IMAGE_KINDS)}, not {image_kind!r}")
+
+
+def find_cells(rgb: np.ndarray, *, reduced_by: int = 1, image_kind: str = "auto") -> FieldCells:
     """The white cells of one field (see the module's docstring). Never raises for an image:
-    an image without cells gives an empty tuple."""
+    an image without cells gives an empty tuple. ``image_kind`` (IMAGE_KINDS): what the lab
+    declares the image to be; "auto" lets the finder judge whether it is a single-cell crop."""
     if reduced_by < 1:
         raise ValueError("reduced_by must be 1 or more")
+    _check_kind(image_kind)
     rgb = _as_rgb8(rgb)
     h, w = rgb.shape[:2]
     if h < 8 or w < 8:
         return _empty()
     try:
-        return _find(rgb, reduced_by)
+        return _find(rgb, reduced_by, image_kind)
     except cv2.error as exc:  # a degenerate image OpenCV declines: no cells, and say why in the log
         log.warning("cell finder gave up on a %dx%d image: %s", w, h, exc)
         return _empty()
@@ -380,12 +402,15 @@ def _isolated_round_diameters(mask: np.ndarray) -> list[float]:
     return diameters
 
 
-def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
+def _find(rgb: np.ndarray, reduced_by: int, image_kind: str = "auto") -> FieldCells:
     h, w = rgb.shape[:2]
     # pre-cut cell on black (C-NMC): the one cell is the non-black region
     dark = np.maximum(np.maximum(rgb[:, :, 0], rgb[:, :, 1]), rgb[:, :, 2]) < 30  # rgb.max(axis=2), faster
     if dark.mean() > 0.25:
-        return _cell_on_black(rgb, dark, reduced_by)
+        on_black = _cell_on_black(rgb, dark, reduced_by)
+        if image_kind == "fields":  # declared a field: its one cell, not judged a crop
+            return FieldCells(on_black.cells, on_black.um_per_px, on_black.scale_source, on_black.n_red_cells, False)
+        return on_black
 
     # 1. scale, on an image reduced to at most SCALE_MAX_PIXELS
     s0 = min(1.0, math.sqrt(SCALE_MAX_PIXELS / float(h * w)))
@@ -438,7 +463,12 @@ def _find(rgb: np.ndarray, reduced_by: int) -> FieldCells:
 
     single = False
     central = _central(found, w * reduced_by, h * reduced_by)
-    if central is not None:
+    if image_kind == "crops":  # declared a crop: the central cell (the nearest the centre if none holds it)
+        if central is None and found:
+            cx, cy = w * reduced_by / 2.0, h * reduced_by / 2.0
+            central = min(found, key=lambda c: (c.centre[0] - cx) ** 2 + (c.centre[1] - cy) ** 2)
+        return FieldCells((central,) if central is not None else (), um_per_px, source, n_red, central is not None)
+    if central is not None and image_kind == "auto":
         cw, ch = central.box[2] - central.box[0], central.box[3] - central.box[1]
         narrow = min(w, h) * reduced_by <= CROP_MAX_CELL_WIDTHS * max(cw, ch)
         others = [c for c in found if c is not central]
@@ -747,5 +777,5 @@ def _cell_on_black(rgb: np.ndarray, dark: np.ndarray, reduced_by: int) -> FieldC
     return FieldCells((found,), DEFAULT_UM_PER_PX, "default", 0, True)
 
 
-__all__ = ["CELL_FLAGS", "DEFAULT_UM_PER_PX", "FINDER_NAME", "FieldCells", "FoundCell",
-           "RED_CELL_DIAMETER_UM", "cut_out", "decode_for_cells", "find_cells"]
+__all__ = ["CELL_FLAGS", "DEFAULT_UM_PER_PX", "FINDER_NAME", "IMAGE_KINDS", "FieldCells", "FoundCell",
+           "RED_CELL_DIAMETER_UM", "cut_out", "decode_for_cells", "find_cells", "finder_name"]

@@ -113,12 +113,16 @@ def counted_searches(session: Session, image_ids: Iterable[int]) -> dict[int, Co
     return out
 
 
-def images_to_search(session: Session, finder: str, image_ids: Iterable[int]) -> set[int]:
+def images_to_search(session: Session, finder: str, image_ids: Iterable[int],
+                     also_current: Iterable[str] = ()) -> set[int]:
     """Of ``image_ids``, those the finder ``finder`` should run on: never searched, or whose
-    counted search is an unlabelled one by another finder (a new version replaces it)."""
+    counted search is an unlabelled one by another finder (a new version, or the same method
+    told another image kind: core.cells.finder.finder_name, replaces it). A search by one of
+    ``also_current`` stays too (import-labels keeps whatever kind a classify was told)."""
     ids = list(dict.fromkeys(image_ids))
     counted = counted_searches(session, ids)
-    return {i for i in ids if i not in counted or (counted[i].finder != finder and not counted[i].labelled)}
+    current = {finder, *also_current}
+    return {i for i in ids if i not in counted or (counted[i].finder not in current and not counted[i].labelled)}
 
 
 def counted_cells(session: Session, image_ids: Sequence[int],

@@ -6,8 +6,9 @@ cancel event between batches, and fills a ClassifySummary. Per batch of images, 
 transaction, idempotently (INSERT ... ON CONFLICT DO NOTHING on the unique keys, as
 predict_images does):
 
-1. images the finder (FINDER_NAME) should run on (core.cells.records.images_to_search: never
-   searched, or searched only by an older finder and no cell of that search labelled -- a
+1. images the finder (finder_name(image_kind): its method and the image kind the lab declared,
+   core/cells/finder.py IMAGE_KINDS) should run on (core.cells.records.images_to_search: never
+   searched, or searched only by an older finder or with another declared kind and no cell of that search labelled -- a
    reviewer's work is never hidden by a new finder version): read the bytes (the scan's SHA-256
    must still match), decode at the reduced scale the finder needs, find the cells, store the
    search and its cells;
@@ -42,7 +43,7 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from core.cells.cutout import cut_out_for_model
-from core.cells.finder import FINDER_NAME, FieldCells, FoundCell, decode_for_cells, find_cells
+from core.cells.finder import IMAGE_KINDS, FieldCells, FoundCell, decode_for_cells, find_cells, finder_name
 from core.cells.records import (ADDED_BY_REVIEWER, GRAYSCALE, CountedSearch, counted_searches, images_to_search,
                                 store_field_cells)
 from core.errors import ImageError
@@ -96,21 +97,33 @@ def _waiting_cells(session: Session, version_id: int, counted: dict[int, Counted
     return waiting
 
 
-def _kept_searches(session: Session, image_ids: Sequence[int]) -> dict[int, CountedSearch]:
+def _finders(image_kind: str | None) -> tuple[str, list[str]]:
+    """(the finder name a new search is stored under, other names whose searches stay): a kind
+    given is searched with; none given keeps this finder's searches of any kind and searches
+    the rest with "auto"."""
+    if image_kind is not None:
+        return finder_name(image_kind), []
+    return finder_name("auto"), [finder_name(k) for k in IMAGE_KINDS]
+
+
+def _kept_searches(session: Session, image_ids: Sequence[int], image_kind: str | None) -> dict[int, CountedSearch]:
     """The images whose counted search stays (none to run the finder on again), with that search."""
+    finder, also_current = _finders(image_kind)
     counted = counted_searches(session, image_ids)
-    again = images_to_search(session, FINDER_NAME, image_ids)
+    again = images_to_search(session, finder, image_ids, also_current)
     return {i: c for i, c in counted.items() if i not in again}
 
 
-def complete_image_ids(session: Session, version_id: int, image_ids: Iterable[int]) -> set[int]:
+def complete_image_ids(session: Session, version_id: int, image_ids: Iterable[int],
+                       image_kind: str | None = None) -> set[int]:
     """Of ``image_ids``, those whose cells are all found and classified by ``version_id``: their
-    counted search stays (core.cells.records.images_to_search), and no cell of theirs that counts
-    is waiting for a prediction."""
+    counted search stays (core.cells.records.images_to_search, for the finder run with
+    ``image_kind``, see :func:`classify_cells`), and no cell of theirs that counts is waiting
+    for a prediction."""
     ids = list(image_ids)
     done: set[int] = set()
     for start in range(0, len(ids), IN_CHUNK):
-        kept = _kept_searches(session, ids[start:start + IN_CHUNK])
+        kept = _kept_searches(session, ids[start:start + IN_CHUNK], image_kind)
         done |= {i for i, cells in _waiting_cells(session, version_id, kept).items() if not cells}
     return done
 
@@ -136,8 +149,9 @@ class _FieldResult:
     changed: bool = False  # the file holds other content than the scan hashed
 
 
-def _stored_state(session: Session, version_id: int, image_ids: Sequence[int]) -> dict[int, _Stored]:
-    kept = _kept_searches(session, image_ids)
+def _stored_state(session: Session, version_id: int, image_ids: Sequence[int],
+                  image_kind: str | None) -> dict[int, _Stored]:
+    kept = _kept_searches(session, image_ids, image_kind)
     waiting = _waiting_cells(session, version_id, kept)
     return {i: _Stored(c.um_per_px, c.single_cell_crop, tuple(waiting[i])) for i, c in kept.items()}
 
@@ -185,12 +199,18 @@ def classify_cells(
     fields_per_batch: int = FIELDS_PER_BATCH,
     count_images: bool = True,
     on_batch: CellBatchHook | None = None,
+    image_kind: str | None = None,
 ) -> Job[ClassifySummary]:
     """Find and classify the cells of the images ``todo`` ((image_id, path)) with the cell model
     ``predictor`` (version ``version_id``). Counts go into ``summary`` (n_cells, n_cell_images,
     n_cells_classified; with ``count_images`` also n_predicted/n_errors per image, as when the
     cell model is the only one running). A file that cannot be read is recorded with its
-    reason and the batch goes on."""
+    reason and the batch goes on. ``image_kind``: what the images are (core/cells/finder.py
+    IMAGE_KINDS: auto, fields or crops), as the lab declares it, stored in the search's finder
+    name: an image searched with another kind (and no cell labelled) is searched again. None (not
+    said): an image this finder searched with any kind keeps that search, others are "auto"."""
+    finder, _ = _finders(image_kind)  # a bad kind is refused here, before any work
+    find_kind = image_kind or "auto"
     cancel = cancel or threading.Event()
     card = predictor.card
     prep = predictor.prep
@@ -215,7 +235,7 @@ def classify_cells(
             data = content.data
             rgb, reduced_by = decode_for_cells(data)
             if stored is None:
-                res.found = find_cells(rgb, reduced_by=reduced_by)
+                res.found = find_cells(rgb, reduced_by=reduced_by, image_kind=find_kind)
                 if not res.found.single_cell_crop and _colourless(rgb):  # said, not guessed at
                     res.found = FieldCells((), res.found.um_per_px, GRAYSCALE, res.found.n_red_cells, False)
                 res.single_cell_crop = res.found.single_cell_crop
@@ -259,13 +279,13 @@ def classify_cells(
             ok = [r for r in results if r.error is None]
             for r in ok:
                 if r.found is not None:
-                    store_field_cells(s, r.image_id, r.found, FINDER_NAME)
+                    store_field_cells(s, r.image_id, r.found, finder)
             new_ids = {}
             fresh = [r.image_id for r in ok if r.found is not None and r.found.cells]
             if fresh:
                 new_ids = {(i, n): cid for cid, i, n in s.execute(
                     select(Cell.id, Cell.image_id, Cell.number).where(
-                        Cell.image_id.in_(fresh), Cell.finder == FINDER_NAME))}
+                        Cell.image_id.in_(fresh), Cell.finder == finder))}
             if assessment is not None:
                 cell_ids, crop_rows = [], []
                 for r in ok:
@@ -327,7 +347,7 @@ def classify_cells(
             chunk = chunks[next_chunk]
             next_chunk += 1
             with db.session() as s:
-                stored = _stored_state(s, version_id, [i for i, _ in chunk])
+                stored = _stored_state(s, version_id, [i for i, _ in chunk], image_kind)
             # an image searched before whose cells are all classified needs no reading
             complete = [i for i, _ in chunk if i in stored and not stored[i].cells]
             inflight.append(([pool.submit(work, i, p, stored.get(i)) for i, p in chunk

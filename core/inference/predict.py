@@ -26,6 +26,7 @@ from core.storage import Database, ImageFile, ModelVersion, Prediction
 from core.storage.dbutil import insert_ignore, with_reconnect
 from core.errors import ImageError
 from core.inference import cells
+from core.cells.finder import finder_name
 from core.imaging.fspath import display, to_fs
 from core.imaging.images import FileChanged, decode_rgb, read_and_hash, read_file
 from core.jobs import Job, Progress, RateMeter
@@ -170,13 +171,19 @@ def classify(
     workers: int | None = None,
     engine: str | None = None,
     precision: str = "auto",
+    image_kind: str | None = None,
 ) -> Job[ClassifySummary]:
     """Scan ``folder`` and predict every image not yet predicted by ``version`` (None: the
     version active when the job starts, read once then). Every prediction of the job is
     ``version``'s, whatever another seat activates meanwhile. Then, when a cell model is
     active (read once, at the start) or ``version`` is a cell model (the field model does not
     run then), find each image's cells and classify them (core/inference/cells.py). Yields
-    Progress; returns ClassifySummary. Safe to kill at any moment and re-run."""
+    Progress; returns ClassifySummary. Safe to kill at any moment and re-run. ``image_kind``:
+    what the folder's images are, as the lab declares it (core/cells/finder.py IMAGE_KINDS: auto,
+    fields or crops); the cell finder is told it. None: images already searched keep the kind
+    they were searched with, the others are "auto" (core.inference.cells.classify_cells)."""
+    if image_kind is not None:
+        finder_name(image_kind)  # a bad kind is refused before the scan
     cancel = cancel or threading.Event()
     field_version, cell_version = _versions_to_run(db, version)
     # Import the runtime in the background while the scan runs: the first prediction comes sooner.
@@ -193,7 +200,7 @@ def classify(
             todo = [(i, p) for i, p, _ in listed if i not in done_ids]
         if cell_version is not None:
             cell_package = version_package(s, cell_version, paths)
-            complete = cells.complete_image_ids(s, cell_version.id, [i for i, _, _ in listed])
+            complete = cells.complete_image_ids(s, cell_version.id, [i for i, _, _ in listed], image_kind)
             cell_todo = [(i, p) for i, p, _ in listed if i not in complete]
     if field_version is None:  # a cell model only: its images are the summary's
         plan, _ = plan_for(paths, cell_version, cell_package, device, engine, precision, len(cell_todo))
@@ -219,7 +226,8 @@ def classify(
         if field_version is None:
             summary.device = cell_predictor.describe()
         yield from cells.classify_cells(db, cell_predictor, cell_version.id, cell_todo, expected_sha, summary,
-                                        cancel, workers=workers, count_images=field_version is None)
+                                        cancel, workers=workers, count_images=field_version is None,
+                                        image_kind=image_kind)
     return summary
 
 

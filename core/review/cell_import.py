@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from core.cells.finder import FINDER_NAME, FieldCells, decode_for_cells, find_cells
+from core.cells.finder import FINDER_NAME, IMAGE_KINDS, FieldCells, decode_for_cells, find_cells, finder_name
 from core.cells.records import counted_cells, counted_searches, images_to_search, store_field_cells
 from core.config import default_reviewer
 from core.errors import ImageError
@@ -76,7 +76,8 @@ def import_labels_and_cells(db: Database, folder: str | os.PathLike, reviewer: s
     for start in range(0, len(ids), CELL_BATCH):
         chunk = ids[start : start + CELL_BATCH]
         with db.session() as s:
-            to_search = sorted(images_to_search(s, FINDER_NAME, chunk))  # a labelled older search stays
+            # a labelled older search stays, and so does this finder's search told another image kind
+            to_search = sorted(images_to_search(s, FINDER_NAME, chunk, [finder_name(k) for k in IMAGE_KINDS]))
         found = {i: f for i in to_search
                  if (f := _search(files[i], summary, db.settings.max_file_bytes)) is not None}
         with db.session() as s:

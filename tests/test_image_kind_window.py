@@ -1,0 +1,57 @@
+"""File ▸ Images in this folder are…: the lab says what a folder's images are; the classify the
+window runs tells the cell finder, and the choice is kept per folder. Real widgets, offscreen."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from core.cells.finder import finder_name
+from core.storage import CellSearch
+from tests.cellfixtures import write_png
+from tests.test_cell_image_kind import _centred_field
+from tests.test_cell_stage import make_cell_model_active
+
+pytest.importorskip("pytestqt")
+
+
+def _searches(db) -> dict[str, int]:
+    with db.session() as s:
+        return {f: n for f, n in s.execute(select(CellSearch.finder, CellSearch.n_cells))}
+
+
+def test_choosing_fields_classifies_again_with_every_cell_and_is_kept_for_the_folder(qtbot, paths, db, tmp_path,
+                                                                                      monkeypatch):
+    from PySide6.QtWidgets import QInputDialog
+
+    from tests.test_desktop import JOB_TIMEOUT, close_window, open_window
+
+    make_cell_model_active(db, keep_field_active=False)
+    folder = tmp_path / "camera"
+    write_png(folder / "field.png", _centred_field(11.0, 8.0))  # judged a crop until told: one cell
+    w = open_window(qtbot, paths, tmp_path)
+    try:
+        with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+            w.open_folder(folder)
+        assert _searches(db) == {finder_name("auto"): 1}
+
+        asked = []
+
+        def get_item(_parent, _title, label, items, current=0, editable=True):
+            asked.append((items[current], items))
+            return next(t for t in items if t.startswith("Fields from a camera")), True
+
+        monkeypatch.setattr(QInputDialog, "getItem", staticmethod(get_item))
+        assert w.a_image_kind.isEnabled()
+        with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+            w.a_image_kind.trigger()
+        assert asked and asked[0][0] == "Let hemascan judge each image"  # not said yet: the finder judged
+        assert _searches(db) == {finder_name("auto"): 1, finder_name("fields"): 3}
+
+        w.open_folder(tmp_path, classify=False)  # another folder: judged per image
+        assert w.ctl.image_kind is None
+        with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+            w.open_folder(folder)  # back: still fields, and nothing searched twice
+        assert w.ctl.image_kind == "fields"
+        assert _searches(db) == {finder_name("auto"): 1, finder_name("fields"): 3}
+    finally:
+        close_window(w)
