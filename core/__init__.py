@@ -1,5 +1,5 @@
 """hemascan core: headless domain code (scan, images, database, model packages, inference).
 
 Never imports Qt; the import-linter contract in pyproject.toml enforces it. The version:
-core.version.hemascan_version().
+core.distribution.hemascan_version().
 """

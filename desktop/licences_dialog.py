@@ -1,10 +1,10 @@
-"""Help > Licences: hemascan's and every bundled library's licence (core/licences.py)."""
+"""Help > Licences: hemascan's and every bundled library's licence (core/distribution.py)."""
 from __future__ import annotations
 
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QHeaderView, QLabel, QPlainTextEdit, QSplitter,
                                QTableWidget, QTableWidgetItem, QVBoxLayout)
 
-from core.licences import installed_licences, licence_text
+from core.distribution import installed_licences, licence_text
 
 
 class LicencesDialog(QDialog):

@@ -22,7 +22,7 @@ from core.cells.records import cell_title
 from core.review import differential as diff
 from core.review import gallery as q
 from core.storage import Prediction
-from core.version import hemascan_version
+from core.distribution import hemascan_version
 from core.imaging.fspath import display, to_fs
 from core.imaging.images import read_file
 from core.models.package import DEFAULT_CELL_SIDE_UM

@@ -28,7 +28,7 @@ from desktop.report import report_data, write_report
 from desktop.retrain_dialog import RetrainDialog
 from trainer.retrain import activate
 from core.storage import ModelVersion
-from core.version import hemascan_version
+from core.distribution import hemascan_version
 from core.models.package import INTENDED_USE
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "$(cat "$VENV/.hemascan-build-stamp" 2>/dev/null)" != "$STAMP" ]; then
     # hemascan is installed editable: its dependencies and its metadata (the version, the
-    # licence list: core/version.py, core/licences.py) come from it, while the modules the spec
+    # licence list: core/distribution.py, core/distribution.py) come from it, while the modules the spec
     # bundles are the source tree itself, never a stale copy in site-packages.
     "$PYTHON" "$ROOT/packaging/torch_wheel.py" "$VARIANT" "$WHEELHOUSE"  # one sentence and exit 3 if unreachable
     TORCH_PIN="$(sed -n 's/^torch==\([^ ]*\) *$/\1/p' "$CONSTRAINTS")"

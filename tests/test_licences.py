@@ -9,7 +9,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from core.licences import COMMON_LICENCES_DIR, LicenceIndex, bundled_distributions, collect
+from core.distribution import COMMON_LICENCES_DIR, LicenceIndex, bundled_distributions, collect
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-import core.version
+import core.distribution
 from core.app.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,18 +20,18 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def bumped(monkeypatch):
     """A release bump as the installed metadata would show it."""
-    monkeypatch.setattr(core.version, "distribution_version", lambda name: "9.8.7")
-    core.version.hemascan_version.cache_clear()
+    monkeypatch.setattr(core.distribution, "distribution_version", lambda name: "9.8.7")
+    core.distribution.hemascan_version.cache_clear()
     yield "9.8.7"
-    core.version.hemascan_version.cache_clear()
+    core.distribution.hemascan_version.cache_clear()
 
 
 def test_version_is_the_installed_distributions():
     import tomllib
     from importlib.metadata import version
 
-    core.version.hemascan_version.cache_clear()
-    assert core.version.hemascan_version() == version("hemascan")
+    core.distribution.hemascan_version.cache_clear()
+    assert core.distribution.hemascan_version() == version("hemascan")
     # the one line a release bump changes (an editable install reads it when reinstalled)
     assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"] == version("hemascan")
 
@@ -42,12 +42,12 @@ def test_source_tree_never_installed_reads_pyproject(monkeypatch):
     def missing(name):
         raise PackageNotFoundError(name)
 
-    monkeypatch.setattr(core.version, "distribution_version", missing)
-    core.version.hemascan_version.cache_clear()
+    monkeypatch.setattr(core.distribution, "distribution_version", missing)
+    core.distribution.hemascan_version.cache_clear()
     try:
-        assert re.fullmatch(r"\d+\.\d+\.\d+.*", core.version.hemascan_version())
+        assert re.fullmatch(r"\d+\.\d+\.\d+.*", core.distribution.hemascan_version())
     finally:
-        core.version.hemascan_version.cache_clear()
+        core.distribution.hemascan_version.cache_clear()
 
 
 def test_dash_dash_version_prints_it_and_exits_0(bumped, capsys):
@@ -61,7 +61,7 @@ def test_installed_command_line_says_its_version():
     if not exe.is_file():
         pytest.skip(f"no hemascan script next to {sys.executable} (the package is not installed in this venv)")
     r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and r.stdout.strip() == f"hemascan {core.version.hemascan_version()}", r.stderr
+    assert r.returncode == 0 and r.stdout.strip() == f"hemascan {core.distribution.hemascan_version()}", r.stderr
 
 
 def test_help_of_every_command_formats():

@@ -19,7 +19,7 @@ from core.app import options
 from core.app.command import COMMANDS, App
 from core.config import Paths, SettingsError, load_settings, share_with_group, unknown_config_keys, unknown_variables, resolve_paths
 from core.errors import EXIT_INTERRUPTED
-from core.version import hemascan_version
+from core.distribution import hemascan_version
 from core.app import commands  # noqa: F401  (registers core commands)
 from core.storage.errors import user_error
 

@@ -15,7 +15,7 @@ VARIANT="$2"
 OUT="$3"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-# The version the bundle itself reports (core/version.py: the package metadata; one line
+# The version the bundle itself reports (core/distribution.py: the package metadata; one line
 # in pyproject.toml): the .deb, the AppStream file and the app can never disagree.
 VERSION="$("$BUNDLE/hemascan" --version | sed -n 's/^hemascan //p')"
 [ -n "$VERSION" ] || { echo "make_deb.sh: the bundle in $BUNDLE does not report its version (hemascan --version)" >&2; exit 1; }
@@ -49,7 +49,7 @@ install -m 644 "$ROOT/resources/icons/hemascan.svg" "$STAGE/usr/share/icons/hico
 sed -e "s/@VERSION@/$VERSION/" -e "s/@DATE@/$RELEASE_DATE/" "$HERE/org.hemascan.hemascan.metainfo.xml" \
     > "$STAGE/usr/share/metainfo/org.hemascan.hemascan.metainfo.xml"
 chmod 644 "$STAGE/usr/share/metainfo/org.hemascan.hemascan.metainfo.xml"
-# The licence texts the build collected (core/licences.py: every bundled distribution).
+# The licence texts the build collected (core/distribution.py: every bundled distribution).
 [ -f "$BUNDLE/_internal/licences/index.json" ] || { echo "make_deb.sh: the bundle has no licences/index.json" >&2; exit 1; }
 cp -a "$BUNDLE/_internal/licences" "$STAGE/usr/share/doc/$PKG/licences"
 chmod -R u+rwX,go+rX,go-w "$STAGE/usr/share/doc/$PKG/licences"

@@ -1,31 +1,59 @@
-"""The licences of every distribution hemascan bundles (issue 25).
+"""hemascan as an installed distribution: its version, and the licences of what it bundles.
 
-At build time (packaging/hemascan.spec) :func:`collect` walks hemascan's runtime requirements
-(the installed distributions' metadata, markers evaluated, extras left out) and copies each
-one's licence files into ``licences/`` of the bundle with an index; the .deb puts the same folder
-in /usr/share/doc/. Help > About > Licences reads the index (:func:`installed_licences`); a
-source tree that was never built collects them from the running environment instead.
+**Version** (one definition): the installed distribution's metadata. A release bump changes one
+line, ``version`` in pyproject.toml; everything that shows a version (``hemascan --version``,
+Help > About, the report footer, the .deb, the Windows installer, the AppStream file) reads it
+from here or from the built bundle.
 
-Python itself is listed too (the bundle carries its interpreter). Where a distribution ships no
-licence text (PySide6-Essentials and shiboken6 declare LGPL-3.0 in their metadata but carry no
-file), the text of the licence it declares is taken from the build host's
-/usr/share/common-licenses when it is there, and the index says so.
+**Licences** (issue 25): at build time (packaging/hemascan.spec) :func:`collect` walks hemascan's
+runtime requirements (the installed distributions' metadata, markers evaluated, extras left out)
+and copies each one's licence files into ``licences/`` of the bundle with an index; the .deb puts
+the same folder in /usr/share/doc/. Help > Licences reads the index (:func:`installed_licences`);
+a source tree that was never built collects them from the running environment instead. Python
+itself is listed too (the bundle carries its interpreter). Where a distribution ships no licence
+text (PySide6-Essentials and shiboken6 declare LGPL-3.0 in their metadata but carry no file), the
+text of the licence it declares is taken from the build host's /usr/share/common-licenses when it
+is there, and the index says so.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
 import sys
 import sysconfig
+import tomllib
 from importlib.metadata import Distribution, PackageNotFoundError, distribution
-from pathlib import Path, PurePosixPath
+from importlib.metadata import version as distribution_version
+from pathlib import Path
+from pathlib import PurePosixPath
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.version import DISTRIBUTION
+
+DISTRIBUTION = "hemascan"
+# a source tree that was never installed: the version pyproject.toml gives
+_PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+@functools.cache
+def hemascan_version() -> str:
+    """The version of the installed hemascan (the frozen bundle carries its metadata too);
+    a source tree that was never installed reads pyproject.toml; else "unknown"."""
+    try:
+        return distribution_version(DISTRIBUTION)
+    except PackageNotFoundError:
+        pass
+    try:
+        return str(tomllib.loads(_PYPROJECT.read_text(encoding="utf-8"))["project"]["version"])
+    except (OSError, KeyError, ValueError):
+        return "unknown"
+
+
+
 
 INDEX = "index.json"
 FOLDER = "licences"
@@ -132,8 +160,6 @@ def _python_entry() -> tuple[LicenceEntry, list[tuple[PurePosixPath, Path]]]:
 def collect(out_dir: Path | None = None, root: str = DISTRIBUTION) -> LicenceIndex:
     """The licence index of everything bundled; with ``out_dir``, the texts are copied there
     (``out_dir/NAME-VERSION/...``) and the index written as ``out_dir/index.json``."""
-    from core.version import hemascan_version
-
     pairs = [_python_entry()]
     for dist in bundled_distributions(root):
         name, version = dist.metadata["Name"], dist.version
@@ -192,7 +218,7 @@ def licence_text(entry: LicenceEntry, folder: Path | None, limit: int = 400_000)
     return text[:limit]
 
 
-if __name__ == "__main__":  # python -m core.licences OUT_DIR  (the build does this through the spec)
+if __name__ == "__main__":  # python -m core.distribution OUT_DIR  (the build does this through the spec)
     result = collect(Path(sys.argv[1]))
     print(f"{len(result.entries)} distributions, {sum(len(e.files) for e in result.entries)} licence files "
           f"-> {sys.argv[1]}")
