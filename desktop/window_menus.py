@@ -7,7 +7,6 @@ from typing import Callable
 
 import logging
 import os
-import re
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from .filter_panel import STATEMENT
 from .models_panel import ModelsDialog, headline_metrics, version_info
 from core.review.cases import case_name
 from core.review.export import EXPORTERS
-from desktop.report import report_data, write_report
+from desktop.report import file_stem, report_data, write_report
 from desktop.retrain_dialog import RetrainDialog
 from trainer.retrain import activate
 from core.storage import ModelVersion
@@ -52,7 +51,7 @@ class Exports(QObject):
     def default_path(self, ext: str, case: str | None = None, kind: str = "") -> str:
         """A new file named after the case (or the folder) and the time, in save_folder()."""
         folder = self.ctl.folder
-        stem = re.sub(r"[^\w.-]+", "-", case or self.case_fn() or Path(folder).name).strip("-.") or "case"
+        stem = file_stem(case or self.case_fn() or Path(folder).name)
         name = f"hemascan-{stem}{'-' + kind if kind else ''}-{time.strftime('%Y%m%d-%H%M')}.{ext}"
         return str(self.save_folder() / name)
 
