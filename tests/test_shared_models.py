@@ -117,9 +117,10 @@ def test_a_damaged_copy_is_refused_a_missing_one_fetched_and_a_tampered_blob_ref
                 fh.write(b"\0" * 64)
             from core.models.package import verify_package
 
-            assert local_package(s, v) == pkg  # used as it is (never silently repaired) ...
+            with pytest.raises(ModelPackageError, match="copy on this workstation .* no longer hash to the content"):
+                local_package(s, v)  # refused before use (issue 24: a version is its content) ...
             with pytest.raises(ModelPackageError, match="do not match their card"):
-                verify_package(local_package(s, v))  # ... and loading refuses it, as always
+                verify_package(pkg)  # ... as loading refuses it, and it is never silently repaired
             import shutil
 
             shutil.rmtree(pkg)  # moved away: the next use fetches the database's copy
