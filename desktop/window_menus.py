@@ -26,6 +26,7 @@ from desktop.report import file_stem, report_data, write_report
 from desktop.retrain_dialog import RetrainDialog
 from trainer.retrain import activate
 from core.storage import ModelVersion
+from core.storage.audit import verify_chain
 from core.models.package import INTENDED_USE
 
 log = logging.getLogger(__name__)
@@ -248,11 +249,14 @@ class ModelMenu(QObject):
 
 
 class HelpMenu(QObject):
-    """Keys, log folder, About (with the decision-support statement)."""
+    """Keys, log folder, About (with the decision-support statement and the audit record's check)."""
+
+    audit_checked = Signal(str)  # the check's sentence, shown in the About box
 
     def __init__(self, ctl: Controller, dialog_parent, parent=None):
         super().__init__(parent)
         self.ctl, self.dialog_parent = ctl, dialog_parent
+        self.about_box: QMessageBox | None = None
 
     def show_shortcuts(self) -> None:
         QMessageBox.information(self.dialog_parent, "Keyboard shortcuts", html_table(self.ctl.classes))
@@ -260,7 +264,9 @@ class HelpMenu(QObject):
     def open_log_folder(self) -> None:
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.ctl.paths.logs)))
 
-    def about_text(self) -> str:
+    def about_text(self, audit: str | None = None) -> str:
+        """``audit``: the audit record's check in one sentence (None: being checked)."""
+        import html
         import platform
 
         import PySide6
@@ -289,7 +295,26 @@ class HelpMenu(QObject):
                 f"{card.get('taxonomy', '')}); {headline_metrics(card)}<br>"
                 f"created {card.get('created_at', '')}; classes: {', '.join(card.get('classes', []))}<br>"
                 f"{card.get('notes', '')}</p>"
+                f"<p><b>Audit record:</b> {html.escape(audit or 'being checked...')}</p>"
                 f"<p><small>Data: {paths.data_dir}<br>Log: {paths.logs / 'hemascan.log'}</small></p>")
 
     def show_about(self) -> None:
-        QMessageBox.about(self.dialog_parent, "About hemascan", self.about_text())
+        """The About box at once; the audit record is checked on the workers (it reads every
+        event) and its sentence replaces "being checked" when it is done."""
+        box = QMessageBox(QMessageBox.Information, "About hemascan", self.about_text(), QMessageBox.Ok,
+                          self.dialog_parent)
+        box.setTextFormat(Qt.RichText)
+        box.setAttribute(Qt.WA_DeleteOnClose)
+        box.open()
+        self.about_box = box
+
+        def shown(sentence: str) -> None:
+            if self.about_box is box:
+                try:
+                    box.setText(self.about_text(sentence))
+                except RuntimeError:  # closed (and deleted) meanwhile
+                    self.about_box = None
+            self.audit_checked.emit(sentence)
+
+        self.ctl.read(lambda s: verify_chain(s).sentence(), shown, "audit check",
+                      on_error=lambda exc: shown(f"could not be checked: {exc}"))
