@@ -223,12 +223,12 @@ def test_removing_the_newest_events_is_seen_unless_the_head_is_rewritten_too(db_
 
 
 def test_an_insert_around_hemascan_fails_and_the_chain_stays_whole(db_url):
-    """The chain columns are NOT NULL: a writer that does not go through the ORM hook cannot add a row."""
+    """A trigger refuses a row without its chain: a writer that does not go through the ORM hook cannot add one."""
     db = Database(db_url)
     try:
         with db.session() as s:
             version_id = _version(s).id
-        with pytest.raises(DBAPIError):
+        with pytest.raises(DBAPIError, match="must be added through hemascan, which chains it"):
             with db.engine.begin() as c:
                 c.execute(text("INSERT INTO model_activations (id, model_version_id, action, activated_by, created_at) "
                                "VALUES (999, :v, 'activate', 'x', '2026-01-01 00:00:00')"), {"v": version_id})

@@ -53,13 +53,13 @@ def _around_the_rules(db, sql: str, params: dict, tables=("model_files",)) -> No
 
 
 def _hostile_card(db, version_name: str) -> str:
-    """Store a hostile card.json blob for ``version_name`` (the issue's: pixel scale 0.001, a
+    """Store a hostile card.json blob for ``version_name`` (as the issue's: other preprocessing, a
     clinical claim); returns its SHA-256."""
     with db.session() as s:
         v = get_version(s, version_name)
         sha = s.scalar(select(ModelFile.sha256).where(ModelFile.model_version_id == v.id, ModelFile.name == CARD_FILE))
         card = json.loads(s.scalar(select(ModelBlob.data).where(ModelBlob.sha256 == sha)))
-        card.setdefault("preprocessing", {})["um_per_px"] = 0.001
+        card.setdefault("preprocessing", {})["input_size"] = 64
         card["intended_use"] = "Validated for clinical diagnosis"
         data = json.dumps(card).encode()
         hostile = hashlib.sha256(data).hexdigest()

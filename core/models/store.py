@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -141,6 +142,7 @@ def _refused_content(version: ModelVersion, where: str) -> ModelPackageError:
                              "model is a new version: register it under a new name)")
 
 
+RACY_NS = 3_000_000_000
 _local_digests: dict[tuple, str] = {}  # (folder, (name, size, mtime_ns)...) -> digest: a seat hashes its copy once
 
 
@@ -151,9 +153,14 @@ def local_digest(folder: Path, names: list[str]) -> str | None:
     except OSError:
         return None
     key = (str(folder), stats)
-    if key not in _local_digests:
-        _local_digests[key] = package_digest({n: sha256_file(folder / n) for n in names})
-    return _local_digests[key]
+    if key in _local_digests:
+        return _local_digests[key]
+    digest = package_digest({n: sha256_file(folder / n) for n in names})
+    # a file changed within the file system's clock tick of its last hashing keeps its mtime: as git's
+    # "racily clean" rule, only files older than that are remembered by their stat
+    if all(time.time_ns() - mtime > RACY_NS for _n, _size, mtime in stats):
+        _local_digests[key] = digest
+    return digest
 
 
 def check_identity(session: Session, version: ModelVersion, folder: Path | None,
@@ -241,7 +248,6 @@ def local_package(session: Session, version: ModelVersion, paths: Paths | None =
     if dest.is_dir():  # here already (materialised atomically): its content is the version's, as registered
         check_identity(session, version, dest, files)
         return dest
-    check_identity(session, version, None, files)
     from filelock import FileLock
 
     paths.models.mkdir(parents=True, exist_ok=True)

@@ -33,9 +33,12 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Iterable, Iterator
 
-from sqlalchemy import Table, event, select, text
+from sqlalchemy import Column, MetaData, Table, event, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
+from sqlalchemy.types import NullType
+
+from core.storage.orm import Base
 
 #: THE registry of append-only, hash-chained tables (a table added later: one line here).
 AUDIT_TABLES: tuple[str, ...] = ("label_events", "cell_label_events", "model_activations")
@@ -46,6 +49,7 @@ GENESIS = "0" * 64  # the prev_hash of the first event
 #: PostgreSQL roles a seat connects as (issue 24's roles): SELECT and INSERT on audit tables, never more.
 APPLICATION_ROLES = ("hemascan_reviewer", "hemascan_supervisor")
 PG_TRIGGER_FUNCTION = "hemascan_audit_append_only"
+PG_INSERT_FUNCTION = "hemascan_audit_chained_only"
 TRIGGER = "hemascan_append_only"
 
 REFUSAL = "{table} is part of the audit record: its rows can be added, never changed or removed"
@@ -144,14 +148,21 @@ event.listen(Session, "before_flush", chain_new_events)
 
 # ---- the database's rules (migrations) -------------------------------------------------------
 
-def protect_table(conn: Connection, table: str) -> None:
-    """Make ``table`` append-only in the database (idempotent; a migration calls it as the owner)."""
+UNCHAINED = "{table} is part of the audit record: a row must be added through hemascan, which chains it"
+
+
+def protect_table(conn: Connection, table: str, chained: bool = True) -> None:
+    """Make ``table`` append-only in the database (idempotent; a migration calls it as the owner).
+    ``chained``: its rows carry the hash chain, and a row without it is refused."""
     refusal = REFUSAL.format(table=table)
     if conn.dialect.name == "sqlite":
-        for what in ("UPDATE", "DELETE"):
-            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {TRIGGER}_{what.lower()}_{table}")
-            conn.exec_driver_sql(f"CREATE TRIGGER {TRIGGER}_{what.lower()}_{table} BEFORE {what} ON {table} "
+        for what in ("UPDATE", "DELETE"):  # (IF NOT EXISTS: each statement counts in the migrations' kill test)
+            conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS {TRIGGER}_{what.lower()}_{table} BEFORE {what} ON {table} "
                                  f"BEGIN SELECT RAISE(ABORT, '{refusal}'); END")
+        if chained:
+            conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS {TRIGGER}_insert_{table} BEFORE INSERT ON {table} "
+                                 "WHEN NEW.chain_seq IS NULL OR NEW.prev_hash IS NULL OR NEW.event_hash IS NULL "
+                                 f"BEGIN SELECT RAISE(ABORT, '{UNCHAINED.format(table=table)}'); END")
         return
     if conn.dialect.name != "postgresql":
         raise NotImplementedError(f"append-only tables on {conn.dialect.name}")
@@ -165,6 +176,15 @@ def protect_table(conn: Connection, table: str) -> None:
     conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {TRIGGER}_truncate ON {table}")
     conn.exec_driver_sql(f"CREATE TRIGGER {TRIGGER}_truncate BEFORE TRUNCATE ON {table} "
                          f"FOR EACH STATEMENT EXECUTE FUNCTION {PG_TRIGGER_FUNCTION}()")
+    if chained:
+        conn.execute(text(
+            f"CREATE OR REPLACE FUNCTION {PG_INSERT_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.chain_seq IS NULL OR NEW.prev_hash IS NULL OR NEW.event_hash IS NULL THEN "
+            "RAISE EXCEPTION '% is part of the audit record: a row must be added through hemascan, which chains it', "
+            "TG_TABLE_NAME USING ERRCODE = 'not_null_violation'; END IF; RETURN NEW; END $$"))
+        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {TRIGGER}_insert ON {table}")
+        conn.exec_driver_sql(f"CREATE TRIGGER {TRIGGER}_insert BEFORE INSERT ON {table} "
+                             f"FOR EACH ROW EXECUTE FUNCTION {PG_INSERT_FUNCTION}()")
     conn.exec_driver_sql(f"REVOKE UPDATE, DELETE, TRUNCATE ON {table} FROM PUBLIC")
     for role in existing_roles(conn, APPLICATION_ROLES):
         conn.exec_driver_sql(application_grants_sql(table, role))
@@ -185,11 +205,11 @@ def application_grants_sql(table: str, role: str) -> str:
 def unprotect_table(conn: Connection, table: str) -> None:
     """Remove the table's append-only triggers (a downgrade; :func:`rewriting_audit_table`)."""
     if conn.dialect.name == "sqlite":
-        for what in ("update", "delete"):
+        for what in ("update", "delete", "insert"):
             conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {TRIGGER}_{what}_{table}")
         return
-    conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {table}")
-    conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {TRIGGER}_truncate ON {table}")
+    for suffix in ("", "_truncate", "_insert"):
+        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {TRIGGER}{suffix} ON {table}")
 
 
 @contextmanager
@@ -206,12 +226,9 @@ def rewriting_audit_table(conn: Connection, table: str) -> Iterator[None]:
 def rechain(conn: Connection, tables: Iterable[str] = AUDIT_TABLES) -> int:
     """Give every row of ``tables`` its place and hashes anew: tables in registry order, each
     in id order (migration 0008 for the rows written before the chain). Returns the events."""
-    from sqlalchemy import MetaData
-
-    meta = MetaData()
     seq, prev = 0, GENESIS
     for name in tables:
-        table = Table(name, meta, autoload_with=conn)
+        table = _as_stored(conn, name)
         for row in conn.execute(select(table).order_by(table.c.id)).mappings().all():
             seq += 1
             values = dict(row)
@@ -221,6 +238,15 @@ def rechain(conn: Connection, tables: Iterable[str] = AUDIT_TABLES) -> int:
                          .values(chain_seq=seq, prev_hash=values["prev_hash"], event_hash=prev))
     conn.execute(text(f"UPDATE {HEAD_TABLE} SET seq = :s, event_hash = :h WHERE id = 1"), {"s": seq, "h": prev})
     return seq
+
+
+def _as_stored(conn: Connection, name: str) -> Table:
+    """``name`` with the columns the database has now (a migration runs before later columns
+    exist), typed as the ORM types them (so values read back as they are hashed on insert)."""
+    model = Base.metadata.tables.get(name)
+    names = list(conn.execute(text(f"SELECT * FROM {name} WHERE 1 = 0")).keys())
+    return Table(name, MetaData(), *(Column(n, model.c[n].type if model is not None and n in model.c else NullType(),
+                                            primary_key=(n == "id")) for n in names))
 
 
 # ---- verifying ------------------------------------------------------------------------------
@@ -255,8 +281,6 @@ def _rows(session: Session, table: Table) -> Iterator[tuple[int, str, dict]]:
 def verify_chain(session: Session, tables: Iterable[Table] | None = None) -> ChainReport:
     """Walk the chain in order: every event's place follows the one before, its ``prev_hash``
     is that event's hash, its columns hash to its ``event_hash``, and the head names the last."""
-    from core.storage.orm import Base
-
     tables = list(tables) if tables is not None else [Base.metadata.tables[n] for n in AUDIT_TABLES]
     expected_seq, prev, n = 1, GENESIS, 0
     for seq, name, row in heapq.merge(*(_rows(session, t) for t in tables), key=lambda r: (r[0], r[1])):
@@ -304,9 +328,8 @@ VERSION_IDENTITY_REFUSAL = ("the content of a model version is fixed when it is 
 def protect_version_identity(conn: Connection) -> None:
     """``model_versions.package_sha256``, once set, never changes; ``model_files`` is append-only."""
     if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {VERSION_IDENTITY_TRIGGER}")
         conn.exec_driver_sql(
-            f"CREATE TRIGGER {VERSION_IDENTITY_TRIGGER} BEFORE UPDATE OF package_sha256 ON model_versions "
+            f"CREATE TRIGGER IF NOT EXISTS {VERSION_IDENTITY_TRIGGER} BEFORE UPDATE OF package_sha256 ON model_versions "
             "WHEN OLD.package_sha256 IS NOT NULL AND NEW.package_sha256 IS NOT OLD.package_sha256 "
             f"BEGIN SELECT RAISE(ABORT, '{VERSION_IDENTITY_REFUSAL}'); END")
     else:
@@ -318,7 +341,7 @@ def protect_version_identity(conn: Connection) -> None:
         conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {VERSION_IDENTITY_TRIGGER} ON model_versions")
         conn.exec_driver_sql(f"CREATE TRIGGER {VERSION_IDENTITY_TRIGGER} BEFORE UPDATE ON model_versions "
                              f"FOR EACH ROW EXECUTE FUNCTION {VERSION_IDENTITY_TRIGGER}()")
-    protect_table(conn, "model_files")
+    protect_table(conn, "model_files", chained=False)
 
 
 def unprotect_version_identity(conn: Connection) -> None:

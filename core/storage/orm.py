@@ -33,9 +33,10 @@ class AuditChained:
     """The columns of an audit table's hash chain (core/storage/audit.py gives them on insert:
     never set them by hand). The table's name goes into ``core.storage.audit.AUDIT_TABLES``."""
 
-    chain_seq: Mapped[int] = mapped_column(BigInteger)  # place in the database's one chain, from 1
-    prev_hash: Mapped[str] = mapped_column(String(64))  # the previous event's event_hash
-    event_hash: Mapped[str] = mapped_column(String(64))  # SHA-256 of this row's canonical form
+    # NULL only for a moment: a trigger refuses a row without them (an insert around the hook)
+    chain_seq: Mapped[int] = mapped_column(BigInteger, nullable=True)  # place in the database's one chain, from 1
+    prev_hash: Mapped[str] = mapped_column(String(64), nullable=True)  # the previous event's event_hash
+    event_hash: Mapped[str] = mapped_column(String(64), nullable=True)  # SHA-256 of this row's canonical form
 
 
 class AuditChainHead(Base):

@@ -4,7 +4,8 @@ Revision ID: 0008
 Revises: 0007
 
 Every audit table (core.storage.audit.AUDIT_TABLES: label_events, cell_label_events,
-model_activations) gets ``chain_seq``, ``prev_hash`` and ``event_hash``; the rows already
+model_activations) gets ``chain_seq``, ``prev_hash`` and ``event_hash`` (a trigger refuses a row
+without them); the rows already
 there are chained tables in registry order, each in id order; the head goes into
 ``audit_chain_head``; then the tables are made append-only (triggers; on PostgreSQL also
 privileges for the application roles that exist). ``model_versions.package_sha256`` is filled
@@ -19,6 +20,7 @@ from core.storage.audit import (
     AUDIT_TABLES,
     GENESIS,
     HEAD_TABLE,
+    PG_INSERT_FUNCTION,
     PG_TRIGGER_FUNCTION,
     package_digest,
     protect_table,
@@ -48,21 +50,15 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.bulk_insert(head, [{"id": 1, "seq": 0, "event_hash": GENESIS}])
-    for table in TABLES_0008:
-        with op.batch_alter_table(table, schema=None) as batch_op:
-            batch_op.add_column(sa.Column("chain_seq", sa.BigInteger(), nullable=True))
-            batch_op.add_column(sa.Column("prev_hash", sa.String(length=64), nullable=True))
-            batch_op.add_column(sa.Column("event_hash", sa.String(length=64), nullable=True))
+    for table in TABLES_0008:  # (plain ADD COLUMN: no table rebuild on SQLite)
+        op.add_column(table, sa.Column("chain_seq", sa.BigInteger(), nullable=True))
+        op.add_column(table, sa.Column("prev_hash", sa.String(length=64), nullable=True))
+        op.add_column(table, sa.Column("event_hash", sa.String(length=64), nullable=True))
     rechain(conn, TABLES_0008)
-    for table in TABLES_0008:  # NOT NULL: an insert that bypasses the chain fails
-        with op.batch_alter_table(table, schema=None) as batch_op:
-            for name in ("chain_seq", "prev_hash", "event_hash"):
-                batch_op.alter_column(name, existing_type=sa.BigInteger() if name == "chain_seq" else sa.String(64),
-                                      nullable=False)
+    for table in TABLES_0008:  # then append-only, and a row without its chain refused
         protect_table(conn, table)
 
-    with op.batch_alter_table("model_versions", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("package_sha256", sa.String(length=64), nullable=True))
+    op.add_column("model_versions", sa.Column("package_sha256", sa.String(length=64), nullable=True))
     files: dict[int, dict[str, str]] = {}
     for vid, name, sha in conn.execute(sa.text("SELECT model_version_id, name, sha256 FROM model_files")):
         files.setdefault(vid, {})[name] = sha
@@ -85,4 +81,5 @@ def downgrade() -> None:
             batch_op.drop_column("chain_seq")
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS {PG_TRIGGER_FUNCTION}()")
+        conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS {PG_INSERT_FUNCTION}()")
     op.drop_table(HEAD_TABLE)
