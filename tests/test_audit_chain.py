@@ -3,6 +3,7 @@ chain over them shows any edit made around the database's rules (owner, superuse
 file) to ``hemascan audit verify``."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 
@@ -20,6 +21,7 @@ from core.storage import (
     ModelActivation,
     ModelVersion,
     make_engine,
+    migration_transaction,
     upgrade,
 )
 from core.storage.audit import AUDIT_TABLES, GENESIS, HEAD_TABLE, verify_chain
@@ -332,3 +334,35 @@ def test_postgresql_application_role_may_insert_and_read_but_not_update_or_delet
             c.execute(text(f"DROP OWNED BY {login}"))
             c.execute(text(f"DROP ROLE {login}"))
         admin.dispose()
+
+
+def test_a_migration_rewrites_an_audit_table_only_explicitly_and_rechains_it(db_url):
+    """``rewriting_audit_table``: the owner's documented way, inside one transaction; the rules are back after it."""
+    from core.storage.audit import rechain, rewriting_audit_table
+
+    db = Database(db_url)
+    try:
+        for _ in range(2):
+            _one_of_each(db)
+        # a migration's transaction (on SQLite the one that covers DDL too: pysqlite's own would not)
+        with pytest.raises(RuntimeError, match="killed"):  # a migration that dies half-way changes nothing
+            with migration_transaction(db.engine) as c:
+                with rewriting_audit_table(c, "label_events"):
+                    c.execute(text("UPDATE label_events SET note = 'rewritten'"))
+                    raise RuntimeError("killed")
+        with pytest.raises(DBAPIError, match="part of the audit record"):
+            with db.engine.begin() as c:
+                c.execute(text("UPDATE label_events SET note = 'rewritten'"))
+        with migration_transaction(db.engine) as c, contextlib.ExitStack() as lifted:
+            for table in AUDIT_TABLES:  # re-chaining rewrites every audit row
+                lifted.enter_context(rewriting_audit_table(c, table))
+            c.execute(text("UPDATE label_events SET note = 'rewritten'"))
+            assert rechain(c) == 2 * len(AUDIT_TABLES)
+        assert _report(db).whole
+        with db.engine.connect() as c:
+            assert set(c.execute(text("SELECT note FROM label_events")).scalars()) == {"rewritten"}
+        with pytest.raises(DBAPIError, match="part of the audit record"):
+            with db.engine.begin() as c:
+                c.execute(text("DELETE FROM label_events"))
+    finally:
+        db.dispose()

@@ -214,10 +214,12 @@ def unprotect_table(conn: Connection, table: str) -> None:
 
 @contextmanager
 def rewriting_audit_table(conn: Connection, table: str) -> Iterator[None]:
-    """For a migration that must rewrite an audit table (run by the owner, in the migration's
-    one transaction): the triggers are lifted for the block and put back after it; a kill in
-    between rolls all of it back. Rewritten rows no longer match their hashes: follow with
-    :func:`rechain` and say so in the migration's docstring."""
+    """For a migration that must rewrite an audit table (run by the owner, on the migration's
+    connection: ``core.storage.migration_transaction``, on SQLite the only transaction that covers
+    DDL; pysqlite's own would commit the lifted triggers at once): the triggers are lifted for the block and put back after it; a kill in
+    between rolls all of it back. Rewritten rows no longer match their hashes: call
+    :func:`rechain` inside the block, with every audit table lifted (it rewrites all their rows),
+    and say so in the migration's docstring: a re-chained record proves nothing about before."""
     unprotect_table(conn, table)
     yield
     protect_table(conn, table)
