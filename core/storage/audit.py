@@ -13,8 +13,8 @@ migration.
 chain of this database), ``prev_hash`` (the previous event's ``event_hash``) and
 ``event_hash``: SHA-256 over :func:`canonical` of the row (its table's name and ALL its
 columns but ``event_hash``, NULLs left out, so a nullable column added later keeps older
-rows' hashes). :func:`chain_new_events` runs before every ORM flush (no writer can forget:
-the columns are NOT NULL, so an insert that bypasses it fails), takes the chain's head row
+rows' hashes). :func:`chain_new_events` runs before every ORM flush (no writer can forget: a
+``BEFORE INSERT`` trigger refuses a row without its chain, so an insert that bypasses it fails), takes the chain's head row
 under the database's write lock (``SELECT ... FOR UPDATE`` on PostgreSQL; on SQLite an
 ``UPDATE`` of the head first, which takes the database's write lock), gives each new event
 its id, place and hashes, and moves the head, all in the event's own transaction: two seats
