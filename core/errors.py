@@ -9,6 +9,7 @@ the exit code the command line returns for it (the table is in the README).
 | 4    | the desktop cannot start on this machine (no display, missing system libraries) |
 | 5    | the database cannot be opened or used (damaged, read-only, server down, login refused, driver missing) |
 | 6    | the disk or a folder refused a write (disk full, a folder missing or read-only) |
+| 7    | ``hemascan audit verify``: the audit record does not verify (an event was changed or removed) |
 | 130  | interrupted (Ctrl+C); the work done so far is kept |
 """
 
@@ -18,6 +19,7 @@ EXIT_BUSY = 3
 EXIT_NO_DISPLAY = 4  # desktop/qtcheck.py
 EXIT_DATABASE = 5
 EXIT_STORAGE = 6
+EXIT_AUDIT_BROKEN = 7  # core/app/commands.py: audit verify
 EXIT_INTERRUPTED = 130
 
 

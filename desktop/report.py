@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from core.cells.finder import cut_out, decode_for_cells
 from core.cells.records import cell_title
 from core.review import differential as diff
 from core.review import gallery as q
+from core.review.export import bidi_isolated
 from core.storage import Prediction
 from core.distribution import hemascan_version
 from core.imaging.fspath import display, to_fs
@@ -33,6 +35,26 @@ from .tiles import make_thumbnail
 from desktop.models_panel import headline_metrics
 
 log = logging.getLogger(__name__)
+
+# A name of the report file: its case's name cut to what every file system takes, with room
+# for the prefix, the time and the extension (255 bytes is the usual limit of one name).
+FILE_STEM_MAX_BYTES = 120
+
+
+def shown(value) -> str:
+    """A name, path or note as the report shows it: markup escaped, and its direction isolated
+    (core.review.export.bidi_isolated: a U+202E in a file name cannot reverse a caption)."""
+    return html.escape(bidi_isolated(value))
+
+
+def file_stem(name: str, max_bytes: int = FILE_STEM_MAX_BYTES) -> str:
+    """A file-name stem from a case's name: letters, digits, dot and dash only, cut (whole
+    characters) to ``max_bytes`` of UTF-8, so a long case name gives a shorter file name, not
+    "File name too long"; "case" when nothing is left."""
+    stem = re.sub(r"[^\w.-]+", "-", name or "").strip("-.")[:max_bytes]
+    while len(stem.encode("utf-8")) > max_bytes:
+        stem = stem[:-1]
+    return stem.rstrip("-.") or "case"
 
 STATEMENT = ("hemascan supports and does not replace diagnosis. It is research and decision-support "
              "software, not a diagnostic device: every result must be reviewed by a qualified person.")
@@ -60,7 +82,7 @@ def _thumb_cell(doc, r, size: int = 96) -> str:
         img = "<i>(no thumbnail)</i><br>"
     model = "outside experience" if r.outside else f"{r.predicted or '-'} {(r.confidence or 0):.0%}"
     rev = OTHER_TITLE if r.reviewed == OTHER else (r.reviewed or "not reviewed")
-    return (f"<td align='center' width='25%'>{img}<small>{html.escape(r.name)}<br>model: {html.escape(model)}"
+    return (f"<td align='center' width='25%'>{img}<small>{shown(r.name)}<br>model: {html.escape(model)}"
             f"<br>reviewed: <b>{html.escape(rev)}</b></small></td>")
 
 
@@ -78,9 +100,9 @@ def write_report(db, folder, version: dict | None, reviewer: str, output, case: 
     writer.setPageSize(QPageSize(QPageSize.A4))
     writer.setPageMargins(QMarginsF(15, 15, 15, 15), QPageLayout.Millimeter)
     writer.setResolution(150)
-    writer.setTitle(f"hemascan case report: {case}")
+    writer.setTitle(f"hemascan case report: {bidi_isolated(case)}")
     writer.setCreator("hemascan")
-    paint_pages(doc, writer, f"hemascan case report: {case}")
+    paint_pages(doc, writer, f"hemascan case report: {bidi_isolated(case)}")
     del writer  # flushes the file
     tmp.replace(output)
     return output
@@ -254,7 +276,7 @@ def _cell_thumb(doc, cell, rgb) -> str:
              else f"{cell.predicted} {(cell.confidence or 0):.0%}" + (" uncertain" if cell.uncertain else ""))
     rev = OTHER_TITLE if cell.reviewed == OTHER else (cell.reviewed or "not reviewed")
     name = cell_title(Path(to_fs(cell.path)).name, cell.number)
-    return (f"<td align='center' width='16%'>{img}<small>{html.escape(display(name))}<br>model: "
+    return (f"<td align='center' width='16%'>{img}<small>{shown(display(name))}<br>model: "
             f"{html.escape(model)}<br>reviewed: <b>{html.escape(rev)}</b></small></td>")
 
 
@@ -315,16 +337,16 @@ def build_report(db, folder, version: dict | None, reviewer: str, case: str,
         parts.append(gallery_html(head, cells, 4, 4) + more)
     offset = now.strftime("%z")
     when = f"{now.strftime('%Y-%m-%d %H:%M')} (local time, UTC{offset[:3]}:{offset[3:]})"
-    model_line = (f"{html.escape(version['name'] if version else 'none')}: "
+    model_line = (f"{shown(version['name']) if version else 'none'}: "
                   f"{html.escape(headline_metrics(card))}; computed with {html.escape(', '.join(runtimes) or 'not recorded')}")
     body = f"""
-    <h2>hemascan case report: {html.escape(case)}</h2>
+    <h2>hemascan case report: {shown(case)}</h2>
     <p style='background:#fff3e0; padding:6px'><b>{html.escape(STATEMENT)}</b></p>
     <table cellpadding='3' cellspacing='0' border='1' width='100%'>
-      <tr><td width='28%'><b>Case / sample</b></td><td>{html.escape(case)}</td></tr>
-      <tr><td><b>Images from</b></td><td>{html.escape(display(str(folder)))}</td></tr>
+      <tr><td width='28%'><b>Case / sample</b></td><td>{shown(case)}</td></tr>
+      <tr><td><b>Images from</b></td><td>{shown(display(str(folder)))}</td></tr>
       <tr><td><b>Report date</b></td><td>{when}</td></tr>
-      <tr><td><b>Reviewer</b></td><td>{html.escape(reviewer or 'not set')}</td></tr>
+      <tr><td><b>Reviewer</b></td><td>{shown(reviewer) if reviewer else 'not set'}</td></tr>
       <tr><td><b>Images</b></td><td>{counts.total:,}: {counts.n_predicted:,} classified by the model,
           {counts.n_reviewed:,} reviewed by a person</td></tr>
       <tr><td><b>Model</b></td><td>{model_line}</td></tr>
@@ -342,7 +364,7 @@ def build_report(db, folder, version: dict | None, reviewer: str, case: str,
     {_differential_html(data.cells) if data.cells is not None else ''}
     <h3>Sign-off</h3>
     <table cellpadding='8' cellspacing='0' border='1' width='100%'>
-      <tr><td width='28%'>Reviewed by</td><td>{html.escape(reviewer or '')}</td></tr>
+      <tr><td width='28%'>Reviewed by</td><td>{shown(reviewer) if reviewer else ''}</td></tr>
       <tr><td>Signature</td><td>&nbsp;</td></tr>
       <tr><td>Date</td><td>&nbsp;</td></tr>
     </table>

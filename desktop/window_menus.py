@@ -7,7 +7,6 @@ from typing import Callable
 
 import logging
 import os
-import re
 import time
 from pathlib import Path
 
@@ -24,11 +23,12 @@ from .licences_dialog import LicencesDialog
 from .models_panel import ModelsDialog, headline_metrics, version_info
 from core.review.cases import case_name
 from core.review.export import EXPORTERS
-from desktop.report import report_data, write_report
+from desktop.report import file_stem, report_data, write_report
 from desktop.retrain_dialog import RetrainDialog
 from trainer.retrain import activate
 from core.storage import ModelVersion
 from core.distribution import hemascan_version
+from core.storage.audit import verify_chain
 from core.models.package import INTENDED_USE
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class Exports(QObject):
     def default_path(self, ext: str, case: str | None = None, kind: str = "") -> str:
         """A new file named after the case (or the folder) and the time, in save_folder()."""
         folder = self.ctl.folder
-        stem = re.sub(r"[^\w.-]+", "-", case or self.case_fn() or Path(folder).name).strip("-.") or "case"
+        stem = file_stem(case or self.case_fn() or Path(folder).name)
         name = f"hemascan-{stem}{'-' + kind if kind else ''}-{time.strftime('%Y%m%d-%H%M')}.{ext}"
         return str(self.save_folder() / name)
 
@@ -251,11 +251,14 @@ class ModelMenu(QObject):
 
 
 class HelpMenu(QObject):
-    """Keys, log folder, About (with the decision-support statement)."""
+    """Keys, log folder, About (with the decision-support statement and the audit record's check)."""
+
+    audit_checked = Signal(str)  # the check's sentence, shown in the About box
 
     def __init__(self, ctl: Controller, dialog_parent, parent=None):
         super().__init__(parent)
         self.ctl, self.dialog_parent = ctl, dialog_parent
+        self.about_box: QMessageBox | None = None
 
     def show_shortcuts(self) -> None:
         QMessageBox.information(self.dialog_parent, "Keyboard shortcuts", html_table(self.ctl.classes))
@@ -266,7 +269,9 @@ class HelpMenu(QObject):
     def show_licences(self) -> None:
         LicencesDialog(self.dialog_parent).exec()
 
-    def about_text(self) -> str:
+    def about_text(self, audit: str | None = None) -> str:
+        """``audit``: the audit record's check in one sentence (None: being checked)."""
+        import html
         import platform
 
         import PySide6
@@ -290,7 +295,26 @@ class HelpMenu(QObject):
                 f"{card.get('taxonomy', '')}); {headline_metrics(card)}<br>"
                 f"created {card.get('created_at', '')}; classes: {', '.join(card.get('classes', []))}<br>"
                 f"{card.get('notes', '')}</p>"
+                f"<p><b>Audit record:</b> {html.escape(audit or 'being checked...')}</p>"
                 f"<p><small>Data: {paths.data_dir}<br>Log: {paths.logs / 'hemascan.log'}</small></p>")
 
     def show_about(self) -> None:
-        QMessageBox.about(self.dialog_parent, "About hemascan", self.about_text())
+        """The About box at once; the audit record is checked on the workers (it reads every
+        event) and its sentence replaces "being checked" when it is done."""
+        box = QMessageBox(QMessageBox.Information, "About hemascan", self.about_text(), QMessageBox.Ok,
+                          self.dialog_parent)
+        box.setTextFormat(Qt.RichText)
+        box.setAttribute(Qt.WA_DeleteOnClose)
+        box.open()
+        self.about_box = box
+
+        def shown(sentence: str) -> None:
+            if self.about_box is box:
+                try:
+                    box.setText(self.about_text(sentence))
+                except RuntimeError:  # closed (and deleted) meanwhile
+                    self.about_box = None
+            self.audit_checked.emit(sentence)
+
+        self.ctl.read(lambda s: verify_chain(s).sentence(), shown, "audit check",
+                      on_error=lambda exc: shown(f"could not be checked: {exc}"))

@@ -89,7 +89,7 @@ def test_a_model_promoted_on_one_seat_is_active_on_another(tmp_path, db_url, sec
 
 def test_a_damaged_copy_is_refused_a_missing_one_fetched_and_a_tampered_blob_refused(tmp_path, db_url,
                                                                                   second_package):
-    from core.storage import ModelBlob
+    from core.storage import ModelBlob, ModelFile
     from core.app.bootstrap import open_database
     from core.models.store import local_package
     from core.models.registry import get_version, register_package
@@ -117,20 +117,30 @@ def test_a_damaged_copy_is_refused_a_missing_one_fetched_and_a_tampered_blob_ref
                 fh.write(b"\0" * 64)
             from core.models.package import verify_package
 
-            assert local_package(s, v) == pkg  # used as it is (never silently repaired) ...
+            with pytest.raises(ModelPackageError, match="copy on this workstation .* no longer hash to the content"):
+                local_package(s, v)  # refused before use (issue 24: a version is its content) ...
             with pytest.raises(ModelPackageError, match="do not match their card"):
-                verify_package(local_package(s, v))  # ... and loading refuses it, as always
+                verify_package(pkg)  # ... as loading refuses it, and it is never silently repaired
             import shutil
 
             shutil.rmtree(pkg)  # moved away: the next use fetches the database's copy
             assert local_package(s, v) == pkg
             assert hashlib.sha256(weights.read_bytes()).hexdigest() == sha
-        with db_b.session() as s:  # someone altered the stored bytes
+        with db_b.session() as s:  # someone altered the stored bytes of the weights ...
             data = bytearray(s.scalar(select(ModelBlob.data).where(ModelBlob.sha256 == sha)))
             data[300] ^= 0xFF
             s.execute(update(ModelBlob).where(ModelBlob.sha256 == sha).values(data=bytes(data)))
         import shutil
 
+        shutil.rmtree(b.models / "shared-test-model")
+        with db_b.session() as s:  # ... which are the bundled model's: read from this installation (issue 24)
+            assert hashlib.sha256((local_package(s, get_version(s, "shared-test-model")) / "model.safetensors")
+                                  .read_bytes()).hexdigest() == sha
+            card_sha = s.scalar(select(ModelFile.sha256).where(ModelFile.name == "card.json",
+                                                               ModelFile.model_version_id == v.id))
+            card = bytearray(s.scalar(select(ModelBlob.data).where(ModelBlob.sha256 == card_sha)))
+            card[5] ^= 0x01  # and of its card, which no installation has
+            s.execute(update(ModelBlob).where(ModelBlob.sha256 == card_sha).values(data=bytes(card)))
         shutil.rmtree(b.models / "shared-test-model")
         with db_b.session() as s:
             with pytest.raises(ModelPackageError, match="does not match its SHA-256"):

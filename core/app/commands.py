@@ -1,5 +1,5 @@
-"""Core CLI commands: scan, classify, submit, queue, worker, import-labels, export, case, models, sample, demo,
-differential."""
+"""Core CLI commands: scan, classify, submit, queue, worker, import-labels, export, case, models, audit, sample,
+demo, differential."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,8 @@ from pathlib import Path
 
 from core.app.command import App, command
 from core.app.options import int_range, name_up_to, non_empty_path, positive_float
-from core.errors import HemascanError
+from core.errors import EXIT_AUDIT_BROKEN, HemascanError
+from core.storage.audit import verify_chain
 from core.imaging.scan import scan
 from core.storage import Prediction
 from core.imaging.scan import images_under
@@ -434,6 +435,20 @@ MODEL_ACTIONS = {
 @command("models", "list, register, activate, roll back, export or import model versions", _models_args)
 def cmd_models(args, app: App) -> int:
     return MODEL_ACTIONS[getattr(args, "action", None)](args, app)
+
+
+def _audit_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub.add_parser("verify", help="check that no label, cell label or model activation was changed or removed "
+                   f"after it was written (exit 0: whole; {EXIT_AUDIT_BROKEN}: names the first event that does not match)")
+
+
+@command("audit", "check the audit record (who labelled, corrected and activated what, and when)", _audit_args)
+def cmd_audit(args, app: App) -> int:
+    with app.db.session() as s:
+        report = verify_chain(s)
+    app.echo(report.sentence())
+    return 0 if report.whole else EXIT_AUDIT_BROKEN
 
 
 def _sample_args(p: argparse.ArgumentParser) -> None:

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from sqlalchemy.orm import Session, object_session
 
 from core.config import Paths, resources_dir
 from core.storage import ModelBlob, ModelFile, ModelVersion, utcnow
+from core.storage.audit import package_digest
 from core.storage.dbutil import insert_ignore
 from core.errors import ModelPackageError
 from core.models.package import (
@@ -98,6 +100,9 @@ def store_package(session: Session, version: ModelVersion, package: Path) -> int
             stored += len(data)
     insert_ignore(session, ModelFile.__table__, records, ["model_version_id", "name"])
     session.flush()
+    if version.package_sha256 is None:  # fixed once: a trigger refuses any change afterwards
+        version.package_sha256 = package_digest({n: sha for n, (sha, _size) in files_of(session, version).items()})
+        session.flush()
     return stored
 
 
@@ -109,20 +114,73 @@ def files_of(session: Session, version: ModelVersion) -> dict[str, tuple[str, in
 
 
 def _content(session: Session, sha: str, version: ModelVersion, name: str) -> bytes:
+    """The bytes of one file by its SHA-256: from the database, else (missing or damaged there)
+    from this installation's bundled models, so one bad blob never blocks a bundled version."""
     data = session.scalar(select(ModelBlob.data).where(ModelBlob.sha256 == sha))
+    if data is not None and hashlib.sha256(bytes(data)).hexdigest() == sha:
+        return bytes(data)
+    f = _bundled_content().get(sha)
+    if f is not None:
+        installed = f.read_bytes()
+        if hashlib.sha256(installed).hexdigest() == sha:
+            if data is not None:
+                log.warning("model %s: the database's copy of %s is damaged; using this installation's own file %s",
+                            version.name, name, f)
+            return installed
     if data is None:
-        f = _bundled_content().get(sha)
-        if f is None:
-            raise ModelPackageError(
-                f"model {version.name}: its file {name} (SHA-256 {sha[:12]}...) is neither in the database nor "
-                "among this installation's bundled models; update hemascan on this workstation, or register the "
-                "model again from a workstation that holds it")
-        data = f.read_bytes()
-    data = bytes(data)
-    if hashlib.sha256(data).hexdigest() != sha:
-        raise ModelPackageError(f"model {version.name}: the stored {name} does not match its SHA-256 "
-                                f"({sha[:12]}...); refusing to use a modified model")
-    return data
+        raise ModelPackageError(
+            f"model {version.name}: its file {name} (SHA-256 {sha[:12]}...) is neither in the database nor "
+            "among this installation's bundled models; update hemascan on this workstation, or register the "
+            "model again from a workstation that holds it")
+    raise ModelPackageError(f"model {version.name}: the stored {name} does not match its SHA-256 "
+                            f"({sha[:12]}...); refusing to use a modified model")
+
+
+def _refused_content(version: ModelVersion, where: str) -> ModelPackageError:
+    return ModelPackageError(f"model {version.name}: {where} no longer hash to the content it was registered with "
+                             f"(package SHA-256 {str(version.package_sha256)[:12]}...); refusing to use it (a changed "
+                             "model is a new version: register it under a new name)")
+
+
+RACY_NS = 3_000_000_000
+_local_digests: dict[tuple, str] = {}  # (folder, (name, size, mtime_ns)...) -> digest: a seat hashes its copy once
+
+
+def local_digest(folder: Path, names: list[str]) -> str | None:
+    """:func:`package_digest` of the files ``names`` in ``folder`` (None when one is missing)."""
+    try:
+        stats = tuple((n, (folder / n).stat().st_size, (folder / n).stat().st_mtime_ns) for n in names)
+    except OSError:
+        return None
+    key = (str(folder), stats)
+    if key in _local_digests:
+        return _local_digests[key]
+    digest = package_digest({n: sha256_file(folder / n) for n in names})
+    # a file changed within the file system's clock tick of its last hashing keeps its mtime: as git's
+    # "racily clean" rule, only files older than that are remembered by their stat
+    if all(time.time_ns() - mtime > RACY_NS for _n, _size, mtime in stats):
+        _local_digests[key] = digest
+    return digest
+
+
+def check_identity(session: Session, version: ModelVersion, folder: Path | None,
+                   files: dict[str, tuple[str, int]] | None = None) -> None:
+    """THE check every seat makes before using a version: the database's record of its files,
+    and this seat's copy of them (``folder``, when there), hash to the ``package_sha256`` fixed
+    at registration; one sentence otherwise. A version registered before 0008 whose files were
+    never recorded has none, and is checked by its weights' hash as before."""
+    if version.package_sha256 is None:
+        return
+    files = files_of(session, version) if files is None else files
+    if files and package_digest({n: sha for n, (sha, _size) in files.items()}) != version.package_sha256:
+        raise _refused_content(version, "the files the database lists for it")
+    if folder is not None and folder.is_dir():
+        try:
+            names = package_files(read_card(folder))
+        except ModelPackageError:
+            names = sorted(files)
+        if local_digest(folder, names) != version.package_sha256:
+            raise _refused_content(version, f"the files of its copy on this workstation ({folder})")
 
 
 def _refused_name(version: ModelVersion, name: str, why: str) -> ModelPackageError:
@@ -169,9 +227,10 @@ def _inside(folder: Path, name: str, version: ModelVersion) -> Path:
 def local_package(session: Session, version: ModelVersion, paths: Paths | None = None) -> Path:
     """The folder of ``version``'s package on this seat, materialised from the database when
     it is not here (under a lock in the data directory; every file's hash checked against the
-    database's record, then the package as a whole). A copy that is here is used as it is:
-    loading checks its hashes and refuses a modified model, as it always did (it is never
-    silently repaired: removing the folder makes the next use fetch the database's copy). ``paths`` defaults to the data directory of the
+    database's record, then the package as a whole). A copy that is here is used when its files hash to the
+    version's ``package_sha256`` (:func:`check_identity`: on every seat, every time), else refused
+    in one sentence (never silently repaired: removing the folder makes the next use fetch the
+    database's copy). ``paths`` defaults to the data directory of the
     database the session belongs to (core.storage.open_database); without one, the path stored
     with the version."""
     if paths is None:
@@ -183,17 +242,23 @@ def local_package(session: Session, version: ModelVersion, paths: Paths | None =
             raise ModelPackageError(f"model {version.name}: its package is not at {stored} and its files are not in "
                                     "the database (registered by an older hemascan elsewhere); register it again "
                                     "on the workstation that has it")
+        check_identity(session, version, stored, files)
         return stored
     dest = package_path(paths, version.name)
-    if dest.is_dir():  # here already (materialised atomically): loading checks its hashes, as always
+    if dest.is_dir():  # here already (materialised atomically): its content is the version's, as registered
+        check_identity(session, version, dest, files)
         return dest
     from filelock import FileLock
 
     paths.models.mkdir(parents=True, exist_ok=True)
     with FileLock(str(paths.models / MATERIALISE_LOCK), mode=0o664):  # shared data directories: any user
         if dest.is_dir():  # another process did it meanwhile
+            check_identity(session, version, dest, files)
             return dest
         contents = _checked_contents(session, version, files)  # before anything is written
+        if version.package_sha256 is not None and package_digest(
+                {n: hashlib.sha256(d).hexdigest() for n, d in contents.items()}) != version.package_sha256:
+            raise _refused_content(version, "the files the database holds for it")
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=paths.models))
         try:
             for name, data in contents.items():

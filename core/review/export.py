@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -28,12 +29,30 @@ from core.imaging.scan import under_folder
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+#: A plain number written as text ("-0.25", "+3", "1e-5"): a spreadsheet reads it as a number,
+#: never as a formula, so it is left as it is (numbers stay numbers).
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
 def spreadsheet_safe(value):
     """A text value that a spreadsheet would run as a formula, prefixed with a single quote
-    so it shows as text (OWASP's advice); anything else unchanged."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+    so it shows as text (OWASP's advice); a number, or a plain number as text, unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not PLAIN_NUMBER.fullmatch(value):
         return "'" + value
     return value
+
+
+#: Characters that change the direction of the text around them (embeddings, overrides,
+#: isolates, marks). A U+202E in a file name reversed a whole caption of the PDF report.
+BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+FSI, PDI = "\u2068", "\u2069"  # first-strong isolate ... pop directional isolate
+
+
+def bidi_isolated(value) -> str:
+    """A name or note as a document shows it: its own direction controls removed, and the rest
+    isolated (FSI ... PDI), so a right-to-left name reads right to left inside it and never
+    reorders the text around it."""
+    return FSI + BIDI_CONTROLS.sub("", str(value)) + PDI
 
 
 def export_rows(session: Session, folder: str | os.PathLike | None = None,

@@ -34,7 +34,9 @@ from core.config import Settings, resources_dir
 from core.errors import DatabaseBusyError, DatabaseUnavailableError
 from core.storage.errors import check_sqlite_location, describe_url, missing_driver, user_error
 from core.storage.fileidentity import DatabaseFileIdentity, check_not_lost
+from core.storage import audit  # noqa: F401  (its before_flush hook chains every audit row)
 from core.storage.orm import (  # noqa: F401  (re-exported)
+    AuditChainHead,
     Base,
     Case,
     Cell,

@@ -29,6 +29,25 @@ class Base(DeclarativeBase):
     pass
 
 
+class AuditChained:
+    """The columns of an audit table's hash chain (core/storage/audit.py gives them on insert:
+    never set them by hand). The table's name goes into ``core.storage.audit.AUDIT_TABLES``."""
+
+    # NULL only for a moment: a trigger refuses a row without them (an insert around the hook)
+    chain_seq: Mapped[int] = mapped_column(BigInteger, nullable=True)  # place in the database's one chain, from 1
+    prev_hash: Mapped[str] = mapped_column(String(64), nullable=True)  # the previous event's event_hash
+    event_hash: Mapped[str] = mapped_column(String(64), nullable=True)  # SHA-256 of this row's canonical form
+
+
+class AuditChainHead(Base):
+    """The one row naming the chain's last event; locked by every audit write (the chain never forks)."""
+
+    __tablename__ = "audit_chain_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    event_hash: Mapped[str] = mapped_column(String(64))
+
+
 class Scan(Base):
     """One walk of a folder, with what it found."""
 
@@ -97,6 +116,9 @@ class ModelVersion(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
     # what the model looks at (its card's "input"): field (a whole image) or cell (one cut-out cell)
     input_kind: Mapped[str] = mapped_column(String(8), default="field", server_default="field")
+    # THE identity of its content: core.storage.audit.package_digest of its files, fixed at registration
+    # (None only for a version registered before 0008 whose files were never recorded)
+    package_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Prediction(Base):
@@ -119,7 +141,7 @@ class Prediction(Base):
     guard_distance: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
-class LabelEvent(Base):
+class LabelEvent(AuditChained, Base):
     """Append-only audit of labels. Never updated or deleted: the current label of an
     image is its latest event; an undo is a new event."""
 
@@ -182,7 +204,7 @@ class ModelFile(Base):
     size: Mapped[int] = mapped_column(BigInteger)
 
 
-class ModelActivation(Base):
+class ModelActivation(AuditChained, Base):
     """Append-only log of the active model: every switch, who made it and when, from which
     version to which. Never updated or deleted; ``model_versions.is_active`` follows its
     latest row (core.models.registry.activate_version writes both in one transaction)."""
@@ -304,7 +326,7 @@ class CellPrediction(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class CellLabelEvent(Base):
+class CellLabelEvent(AuditChained, Base):
     """Append-only audit of cell labels, with the same rules as :class:`LabelEvent`: never
     updated or deleted; a cell's current label is its latest event; an undo is a new event."""
 
