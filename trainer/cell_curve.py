@@ -18,18 +18,25 @@ writes docs/retrain/cell_learning_curve.json and .png; docs/retrain.md gives the
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from torch import nn
 
 from core.jobs import run_job
+from core.models.architectures import classifier_head
+from core.models.guard import load_guard
+from core.models.package import load_model
 from trainer.cell_data import CLASSES, CutSpec
+from trainer.cell_model import LinearHead
 from trainer.guard import fit_guard, match_parent_on_lab
 from trainer.metrics import softmax
-from trainer.replay import AUGMENTED_VIEWS, REPLAY_PER_CLASS, fit_head_with_replay, replay_embeddings
+from trainer.replay import AUGMENTED_VIEWS, REPLAY_PER_CLASS, fit_head_with_replay, replay_embeddings, reviewed_embeddings
+from trainer.retrain import RetrainConfig
 
 BUDGETS = (0, 10, 25, 50, 100)
 ORDERS = ("least_confident", "random")
@@ -67,8 +74,6 @@ class Parent:
     """A parent package in embedding space: head (W, b), temperature, guard."""
 
     def __init__(self, emb: np.ndarray, y: np.ndarray, held_emb: np.ndarray, c: float, temperature: float):
-        from trainer.cell_model import LinearHead
-
         self.W, self.b = LinearHead(c=c).fit(emb, y, len(CLASSES)).weights()
         self.temperature = temperature
         # the threshold from held-out cells of the same sources (a new subject's cells), 5% flagged
@@ -77,9 +82,6 @@ class Parent:
     @classmethod
     def of_package(cls, package: Path) -> "Parent":
         """A package's own head, temperature and guard (e.g. the shipped model)."""
-        from core.models.architectures import classifier_head
-        from core.models.guard import load_guard
-        from core.models.package import load_model
 
         model, card = load_model(package)
         head = classifier_head(model)
@@ -122,9 +124,6 @@ def pool_views(name: str, images: np.ndarray, labels: np.ndarray, cache: Path, p
     path = cache / f"views-{name}.npy"
     if path.is_file():
         return np.load(path)
-    from core.models.package import load_model
-    from trainer.replay import reviewed_embeddings
-    from trainer.retrain import RetrainConfig
 
     model, _ = load_model(Path(__file__).resolve().parent.parent / "resources" / "models" / "wbc-differential")
     t0 = time.perf_counter()
@@ -260,8 +259,6 @@ def plot(result: dict, path: Path) -> None:
     """A plain PNG (PIL: matplotlib is not in the app's environment): macro recall of the new
     lab against reviewed cells, one panel per scenario, least confident (blue) and random (orange),
     mean over seeds with min-max bars."""
-    from PIL import Image, ImageDraw
-
     rows = summarise(result)
     scen_names = list(result["scenarios"])
     pw, ph, m = 460, 340, 60
@@ -315,12 +312,6 @@ def check_with_retrain(data_dir: Path, retrained: Path, parent_package: Path, fi
     crops imported there are named as the source's files), the same parent package, the
     training cells' four views drawn as retrain draws them (same order, same seed); both heads'
     predictions on the source's cells that were not reviewed."""
-    import sqlite3
-
-    from core.models.architectures import classifier_head
-    from core.models.package import load_model
-    from trainer.replay import reviewed_embeddings
-    from trainer.retrain import RetrainConfig
 
     with sqlite3.connect(Path(data_dir) / "hemascan.sqlite3") as con:
         rows = con.execute("SELECT f.path, i.split FROM files f JOIN images i ON i.id = f.image_id").fetchall()

@@ -24,6 +24,7 @@ from core.models.architectures import build
 from core.models.guard import ForeignImageGuard
 from core.models.package import ModelCard, save_package, verify_package
 from trainer import augment as aug
+from trainer import cell_curve
 from trainer.cell_data import CLASSES, CellSet, CutSpec, load_or_build
 from trainer.cell_model import LinearHead, backbone, embed, finetune_top, set_head, top_outputs
 from trainer.guard import FLAG_RATE, fit_guard, write_guard
@@ -147,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
 def step_curve(args) -> dict:
     """The learning curve of retrain's head refit with replay, on cached embeddings; writes
     cell_learning_curve.json / .md / .png under --out."""
-    from trainer import cell_curve
-
     torch.set_num_threads(args.threads)
     spec = CutSpec(out_px=args.px, background="black")
     names = ("pbc", "cnmc", "wbc-masks-d2", "wbc-masks-d1", "pbc-dev", *cell_curve.GUARD_ONLY)
@@ -177,8 +176,6 @@ def step_curve(args) -> dict:
 def step_curve_check(args) -> dict:
     """The curve's cached-embedding refit against the real retrain in --retrain-data-dir:
     same reviewed cells, same parent; agreement of their predictions on the cells not reviewed."""
-    from trainer import cell_curve
-
     torch.set_num_threads(args.threads)
     spec = CutSpec(out_px=args.px, background="black")
     d = source_data("wbc-masks-d1", args)
