@@ -80,8 +80,9 @@ def test_retrain_end_to_end_promote_and_rollback(labelled, db, paths):
         assert new is not None and not new.is_active
         assert new.card["parent"] == "tiny-v1" and new.parent_id == out["parent_id"]
         assert new.card["training_data"]["n_train"] == out["data"]["n_train"]
-        # an int8 CPU model was made and checked; the card (and registry copy) says so only if accepted
-        assert 0.0 <= out["int8"]["agreement"] <= 1.0 and out["int8"]["n_checked"] > 0
+        # an int8 CPU model was made and checked (or, too few images to check it on, not made);
+        # the card (and registry copy) says so only if accepted
+        assert 0.0 <= out["int8"].get("agreement", 0.0) <= 1.0 and out["int8"]["n_checked"] > 0
         assert bool(new.card["int8"].get("files")) == out["int8"]["accepted"]
         assert active_version(s).name == "tiny-v1"
         run = s.get(TrainingRun, out["run_id"])

@@ -24,6 +24,7 @@ from core.models.architectures import build
 from core.models.guard import ForeignImageGuard
 from core.models.package import ModelCard, save_package, verify_package
 from trainer import augment as aug
+from trainer import cell_curve
 from trainer.cell_data import CLASSES, CellSet, CutSpec, load_or_build
 from trainer.cell_model import LinearHead, backbone, embed, finetune_top, set_head, top_outputs
 from trainer.guard import FLAG_RATE, fit_guard, write_guard
@@ -122,16 +123,71 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument("--seed-epochs", type=int, default=6)
     ap.add_argument("--c", type=float, default=0.05, help="the linear head's inverse regularisation")
+    ap.add_argument("--retrain-data-dir", type=Path, help="curve-check: a HEMASCAN_DATA_DIR where "
+                    "`import-labels` + `retrain` ran on crops of wbc-masks dataset1")
+    ap.add_argument("--curve-seeds", type=int, default=3, help="curve: seeds 0..N-1")
+    ap.add_argument("--curve-budgets", type=int, nargs="+", default=[0, 10, 25, 50, 100], help="curve: reviewed cells")
+    ap.add_argument("--curve-cache", type=Path, default=Path("/work/cache/curve"),
+                    help="curve: where the new labs' augmented views are cached")
     args = ap.parse_args(argv)
     args.data = args.data.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    steps = {"cut": step_cut, "embed": step_embed, "evaluate": step_evaluate, "probe": step_probe, "lso": step_leave_source_out, "ship": step_ship, "report": step_report, "compare": step_compare}
+    steps = {"cut": step_cut, "embed": step_embed, "evaluate": step_evaluate, "probe": step_probe, "lso": step_leave_source_out, "ship": step_ship, "report": step_report, "compare": step_compare, "curve": step_curve,
+             "curve-check": step_curve_check}
     for s in args.steps:
         if s not in steps:
             ap.error(f"unknown step {s!r}; known: {', '.join(steps)}")
         steps[s](args)
     return 0
 
+
+
+# ---- the new-lab learning curve (trainer/cell_curve.py) -------------------------------------
+
+
+def step_curve(args) -> dict:
+    """The learning curve of retrain's head refit with replay, on cached embeddings; writes
+    cell_learning_curve.json / .md / .png under --out."""
+    torch.set_num_threads(args.threads)
+    spec = CutSpec(out_px=args.px, background="black")
+    names = ("pbc", "cnmc", "wbc-masks-d2", "wbc-masks-d1", "pbc-dev", *cell_curve.GUARD_ONLY)
+    data = {s: source_data(s, args) for s in names}
+    card = json.loads((ROOT / "resources" / "models" / "wbc-differential" / "card.json").read_text())
+    views = {}
+    for new in {n for _, n in cell_curve.SCENARIOS.values()}:
+        cells = cells_of(new, args, spec)
+        idx = data[new]["idx"]
+        views[new] = cell_curve.pool_views(new, np.asarray(cells.images[idx]), data[new]["y"], args.curve_cache,
+                                           spec.prep, _log)
+        gap = float(np.abs(views[new][0] - data[new]["emb"]).max())
+        _log(f"{new}: retrain's plain view vs the cached embedding: largest difference {gap:.2e}")
+        assert gap < 1e-2, "the cached embeddings are not what retrain computes"
+    seeds = tuple(range(args.curve_seeds))
+    result = cell_curve.run_curve(data, views, args.c, float(card["temperature"]), _log,
+                                  budgets=tuple(args.curve_budgets), seeds=seeds,
+                                  runs_log=args.curve_cache / "cell_learning_curve_runs.jsonl")
+    result["command"] = ("python -m trainer.cell_experiments --cache /work/cache/wbcmodel --out docs/retrain curve "
+                         f"--curve-seeds {args.curve_seeds} --curve-budgets {' '.join(map(str, args.curve_budgets))}")
+    cell_curve.write(result, args.out)
+    print(cell_curve.table(result))
+    return result
+
+
+def step_curve_check(args) -> dict:
+    """The curve's cached-embedding refit against the real retrain in --retrain-data-dir:
+    same reviewed cells, same parent; agreement of their predictions on the cells not reviewed."""
+    torch.set_num_threads(args.threads)
+    spec = CutSpec(out_px=args.px, background="black")
+    d = source_data("wbc-masks-d1", args)
+    cells = cells_of("wbc-masks-d1", args, spec)
+    retrained = next(p for p in sorted((args.retrain_data_dir / "models").iterdir()) if "retrain" in p.name)
+    out = cell_curve.check_with_retrain(args.retrain_data_dir, retrained, ROOT / "resources" / "models" / "wbc-differential",
+                                        np.asarray(cells.files)[d["idx"]], d["emb"], d["y"],
+                                        np.asarray(cells.images)[d["idx"]])
+    out["retrained"] = retrained.name
+    _log(f"cached-embedding refit vs the real retrain: {out}")
+    (args.out / "cell_learning_curve_check.json").write_text(json.dumps(out, indent=1))
+    return out
 
 
 # ---- the source probe ----------------------------------------------------------------------

@@ -368,6 +368,9 @@ def quantize_cmd(args: argparse.Namespace, app) -> int:
         raise HemascanError(f"no model package directory at {package}")
     app.echo(f"quantizing {package} (calibration on training images, check on held-out images) ...")
     rec = quantize_from_folder(package, Path(args.data), cache_dir=app.paths.cache / "train-images")
+    if "agreement" not in rec:  # not made: too few held-out images to check it on
+        app.echo(f"no int8 model: {rec.get('reason')}; the package stays fp32")
+        return 1
     verdict = "added to the package" if rec["accepted"] else "REJECTED (the package stays fp32)"
     app.echo(f"int8 agrees with fp32 on {rec['agreement']:.2%} of {rec['n_checked']} held-out labels "
              f"(needs >= 99.5%): {verdict}; quantization took {rec['quantize_seconds']} s")

@@ -109,6 +109,10 @@ def quantize_package(package: Path, calibration_u8: np.ndarray, check_u8: np.nda
         raise HemascanError(reason)
     if len(check_u8) == 0:
         raise HemascanError("int8 needs held-out images to check its agreement with fp32")
+    if len(check_u8) < min_check:  # it would be refused after quantizing (half a 50-cell retrain's time)
+        reason = f"only {len(check_u8)} images to check it on, at least {min_check} needed"
+        log.warning("int8 model not made: %s", reason)
+        return {"accepted": False, "reason": reason, "n_checked": int(len(check_u8))}
     import nncf
     import openvino as ov
 
@@ -157,9 +161,7 @@ def quantize_package(package: Path, calibration_u8: np.ndarray, check_u8: np.nda
         "quantize_seconds": round(seconds, 1),
     }
     reason = None
-    if len(check_u8) < min_check:
-        reason = f"only {len(check_u8)} images to check it on, at least {min_check} needed"
-    elif agreement < min_agreement:
+    if agreement < min_agreement:
         reason = f"its labels agree with fp32 on {agreement:.2%} of {len(check_u8)} images, at least {min_agreement:.1%} needed"
     elif flags and flags["flag_agreement"] < min_agreement:
         reason = flags.get("flag_reason") or (
