@@ -438,7 +438,8 @@ def cmd_models(args, app: App) -> int:
 
 
 def _audit_args(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True,
+                             help="verify: walk the audit record's hash chain")
     sub.add_parser("verify", help="check that no label, cell label or model activation was changed or removed "
                    f"after it was written (exit 0: whole; {EXIT_AUDIT_BROKEN}: names the first event that does not match)")
 
