@@ -9,6 +9,7 @@ the exit code the command line returns for it (the table is in the README).
 | 4    | the desktop cannot start on this machine (no display, missing system libraries) |
 | 5    | the database cannot be opened or used (damaged, read-only, server down, login refused, driver missing) |
 | 6    | the disk or a folder refused a write (disk full, a folder missing or read-only) |
+| 7    | refused: this login may not do that (its role), or the case is released (a change needs a reason) |
 | 130  | interrupted (Ctrl+C); the work done so far is kept |
 """
 
@@ -18,6 +19,7 @@ EXIT_BUSY = 3
 EXIT_NO_DISPLAY = 4  # desktop/qtcheck.py
 EXIT_DATABASE = 5
 EXIT_STORAGE = 6
+EXIT_REFUSED = 7
 EXIT_INTERRUPTED = 130
 
 
@@ -53,6 +55,19 @@ class StorageError(HemascanError):
     """The file system refused: disk full, a folder that is missing or read-only."""
 
     exit_code = EXIT_STORAGE
+
+
+class NotPermittedError(HemascanError):
+    """This login may not do that: its role lacks the right (said by hemascan or refused by
+    the database's privileges and checks)."""
+
+    exit_code = EXIT_REFUSED
+
+
+class CaseReleasedError(HemascanError):
+    """A plain label on an image or cell of a released case: a change is an amendment, with a reason."""
+
+    exit_code = EXIT_REFUSED
 
 
 # What an OS error means for a person, by errno (instead of "[Errno 5] Input/output error").

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from core.config import default_reviewer
-from core.errors import DatabaseUnavailableError
+from core.errors import CaseReleasedError, DatabaseUnavailableError, NotPermittedError
 from core.storage import Database, ImageFile, LabelEvent, Prediction, utcnow
 from core.storage.identity import reviewer_for
 from core.models.registry import FIELD, active_version
@@ -27,8 +27,7 @@ from core.models.taxonomy import OTHER, resolve_alias, review_labels, shared_tax
 from core.review.cell_labels import record_cell_labels
 from core.review.rules import NOT_REVIEWER_NAMES, SOURCES, latest_label_events, reviewer_problem  # noqa: F401  (re-exported)
 from core.storage.errors import Fault, classify, user_error
-from core.storage.identity import NotPermittedError
-from core.review.released import CaseReleasedError
+
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +185,8 @@ def class_folder_labels(session: Session, folder: str | os.PathLike, taxonomy: s
 
 
 def import_labels(db: Database, folder: str | os.PathLike, reviewer: str | None = None,
-                  taxonomy: str | None = None, cancel: threading.Event | None = None) -> Job[ImportSummary]:
+                  taxonomy: str | None = None, cancel: threading.Event | None = None,
+                  amend_reason: str | None = None) -> Job[ImportSummary]:
     """Record class-folder names as labels (source=dataset), mapped through the alias table.
     Re-importing the same folder adds nothing."""
     cancel = cancel or threading.Event()
@@ -210,7 +210,8 @@ def import_labels(db: Database, folder: str | os.PathLike, reviewer: str | None 
                 summary.n_already += len(chunk) - len(new)
                 if new:
                     record_labels(s, new, label, reviewer, source="dataset", taxonomy=tax,
-                                  note=f"imported from folder names under {Path(folder).name}")
+                                  note=f"imported from folder names under {Path(folder).name}",
+                                  amend_reason=amend_reason)
                 summary.n_labelled += len(new)
                 summary.per_class[label] += len(new)
             done += len(chunk)

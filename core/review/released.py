@@ -11,13 +11,9 @@ from typing import Iterable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.errors import HemascanError
+from core.errors import CaseReleasedError
 from core.storage import Cell, ImageFile, ReleaseEvent
 from core.storage.identity import current_identity
-
-
-class CaseReleasedError(HemascanError):
-    """A plain label on an image or cell of a released case."""
 
 
 def releases_of_images(session: Session, image_ids: Iterable[int]) -> dict[int, ReleaseEvent]:

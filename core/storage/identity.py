@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from core.config import default_reviewer
-from core.errors import HemascanError
+from core.errors import NotPermittedError
 from core.storage.dbutil import upsert
 from core.storage.orm import Login, utcnow
 
@@ -37,10 +37,6 @@ ACTS = {
     "label": "label", "classify": "classify", "export": "export", "migrate": "upgrade the database",
     "roles": "set up the lab's roles",
 }
-
-
-class NotPermittedError(HemascanError):
-    """This login may not do that (its role lacks the right)."""
 
 
 @dataclass(frozen=True)
