@@ -19,6 +19,7 @@ from core.app.command import COMMANDS, App
 from core.config import Paths, SettingsError, load_settings, unknown_variables, resolve_paths
 from core.errors import EXIT_INTERRUPTED
 from core.app import commands  # noqa: F401  (registers core commands)
+from core.app import lab  # noqa: F401  (registers hemascan lab)
 from core.storage.errors import user_error
 
 log = logging.getLogger("hemascan")

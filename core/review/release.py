@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.errors import CaseReleasedError
 from core.imaging.fspath import display
 from core.imaging.scan import folder_prefix, images_under
 from core.review.cases import case_name
@@ -61,15 +62,21 @@ def releases(session: Session, folder: str | os.PathLike) -> list[ReleaseEvent]:
 
 
 def record_release(session: Session, folder: str | os.PathLike, pdf: str | os.PathLike,
-                   local_name: str | None = None) -> ReleaseEvent:
+                   local_name: str | None = None, when: datetime | None = None,
+                   labels_sha256: str | None = None) -> ReleaseEvent:
     """Record that this seat's login released the case in ``folder`` with the report ``pdf``
     (already written). A supervisor's act (NotPermittedError, and on PostgreSQL the privileges
-    on release_events, refuse anyone else). The caller's transaction commits."""
+    on release_events, refuse anyone else). ``labels_sha256``: the label state the PDF was
+    made from; the release is refused if the labels changed since. The caller's transaction commits."""
     ident = current_identity(session, local_name)
     ident.check("release")
+    state = label_state_sha256(session, folder)
+    if labels_sha256 is not None and labels_sha256 != state:
+        raise CaseReleasedError("the case's labels changed while its report was being written (another seat?); "
+                                "nothing was released: release it again")
     row = ReleaseEvent(case_root=folder_prefix(folder), case_name=case_name(session, folder), login=ident.login,
-                       display_name=ident.display_name[:128], created_at=utcnow(), pdf_sha256=file_sha256(pdf),
-                       labels_sha256=label_state_sha256(session, folder))
+                       display_name=ident.display_name[:128], created_at=when or utcnow(),
+                       pdf_sha256=file_sha256(pdf), labels_sha256=state)
     session.add(row)
     session.flush()
     return row
