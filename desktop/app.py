@@ -37,10 +37,23 @@ def run_gui(paths, db_url=None, folder=None, device=None, argv=None) -> int:
     app.setApplicationDisplayName("hemascan")
     from .mainwindow import MainWindow  # heavy: imports Qt
     from .startup import show_startup_error  # heavy: imports Qt
+    from .instance import AnotherWindowError, claim_window  # heavy: imports filelock (with Qt's start)
 
+    try:  # one window per data directory (desktop/instance.py says why)
+        paths.data_dir.mkdir(parents=True, exist_ok=True)
+        window_lock = claim_window(paths.data_dir)
+    except AnotherWindowError as exc:
+        from PySide6.QtWidgets import QMessageBox
+
+        log.warning("%s", exc)
+        QMessageBox.warning(None, "hemascan is already open", f"{exc}.")
+        print(f"hemascan: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    app.aboutToQuit.connect(window_lock.release)
     try:
         window = MainWindow(paths, db_url, device=device)
     except Exception as exc:  # a damaged, read-only or unreachable database...: a dialog, not a traceback
+        window_lock.release()
         code = show_startup_error(exc, paths, db_url)
         if code is None:
             raise
