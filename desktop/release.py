@@ -30,24 +30,32 @@ def read_for_release(session, folder, local_name: str | None = None, model: str 
             label_state_sha256(session, folder))
 
 
-def write_and_record(db, folder, output, read, local_name: str | None = None) -> ReleaseEvent:
-    """Write the signed PDF (on the thread that may use Qt's PDF writer) and record the release."""
-    ident, version, data, case, labels = read
+def write_signed_pdf(folder, output, read) -> tuple[Path, object]:
+    """The signed PDF, written beside ``output`` under a temporary name (Qt's PDF writer: the
+    GUI thread in the app). Returns (that file, when it was signed)."""
+    ident, version, data, case, _labels = read
     output = Path(output)
     when = utcnow()
     tmp = output.with_name(f".{output.name}.release.pdf")
     write_report(None, folder, version, ident.display_name, tmp, case=case, data=data,
                  signed=SignedOff(ident.display_name, ident.login, when))
+    return tmp, when
+
+
+def record_and_place(db, folder, output, read, tmp: Path, when, local_name: str | None = None) -> ReleaseEvent:
+    """Record the release of the PDF ``tmp`` (the database's work: a worker in the app), then give
+    it its name; a refused release leaves no PDF."""
     try:
         with db.session() as s:
-            event = record_release(s, folder, tmp, local_name, when=when, labels_sha256=labels)
+            event = record_release(s, folder, tmp, local_name, when=when, labels_sha256=read[4])
         os.replace(tmp, output)
     finally:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
     return event
 
 
 def release_case(db, folder, output, local_name: str | None = None, model: str | None = None) -> ReleaseEvent:
     with db.session() as s:
         read = read_for_release(s, folder, local_name, model)
-    return write_and_record(db, folder, output, read, local_name)
+    tmp, when = write_signed_pdf(folder, output, read)
+    return record_and_place(db, folder, output, read, tmp, when, local_name)

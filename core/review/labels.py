@@ -292,8 +292,9 @@ class LabelWriter:
         self.on_saved = on_saved or (lambda ids, n: None)
         self.on_waiting = on_waiting or (lambda message, n: None)
         self.on_cells_saved = on_cells_saved or (lambda ids, n: None)
-        # (message, ids, kind): a write the database or the rules refused (released case, no right)
-        self.on_refused = lambda message, ids, kind: None
+        # (message, the LabelWrite, amendable): a write refused for good (a released case: amendable
+        # with a reason; a right the login lacks); it is not retried, and the caller is told
+        self.on_refused = lambda message, item, amendable: None
         self._queue: list[LabelWrite] = []
         self._cond = threading.Condition()
         self._seq = 0
@@ -410,7 +411,7 @@ class LabelWriter:
                         self._queue.pop(0)
                         n = len(self._queue)
                         self._cond.notify_all()
-                    self.on_refused(message, list(item.targets), item.kind)
+                    self.on_refused(message, item, isinstance(exc, CaseReleasedError))
                     continue
                 log.warning("label write waiting: %s", message)
                 self.on_waiting(message, len(self.pending()))
