@@ -6,6 +6,7 @@ import sys
 from core.app.cli import setup_logging
 from core.app import options
 from core.config import SettingsError, load_settings, unknown_variables, resolve_paths
+from desktop.instance import AnotherWindowError, claim_window
 
 log = logging.getLogger("hemascan.desktop")
 
@@ -37,13 +38,12 @@ def run_gui(paths, db_url=None, folder=None, device=None, argv=None) -> int:
     app.setApplicationDisplayName("hemascan")
     from .mainwindow import MainWindow  # heavy: imports Qt
     from .startup import show_startup_error  # heavy: imports Qt
-    from .instance import AnotherWindowError, claim_window  # heavy: imports filelock (with Qt's start)
 
     try:  # one window per data directory (desktop/instance.py says why)
         paths.data_dir.mkdir(parents=True, exist_ok=True)
         window_lock = claim_window(paths.data_dir)
     except AnotherWindowError as exc:
-        from PySide6.QtWidgets import QMessageBox
+        from PySide6.QtWidgets import QMessageBox  # heavy: imports Qt
 
         log.warning("%s", exc)
         QMessageBox.warning(None, "hemascan is already open", f"{exc}.")
