@@ -38,12 +38,13 @@ def run_release(args, app) -> int:
     import os
 
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # a PDF needs no display
-    from PySide6.QtGui import QGuiApplication  # heavy: imports Qt
+    from PySide6.QtWidgets import QApplication  # heavy: imports Qt
 
     from desktop.release import release_case  # heavy: imports Qt
     from desktop.workers import setup_on_main_thread  # heavy: imports Qt
 
-    _qt = QGuiApplication.instance() or QGuiApplication(["hemascan"])  # noqa: F841  (fonts for the PDF)
+    # fonts for the PDF; a QApplication (not only a QGuiApplication), so that a window can follow in one process
+    _qt = QApplication.instance() or QApplication(["hemascan"])  # noqa: F841
     with setup_on_main_thread():  # a command, not a window: no event loop for the database work to block
         event = release_case(app.db, args.folder, args.report, model=args.model)
     app.echo(f"released {event.case_name} by {event.display_name} (login {event.login}) at "

@@ -121,3 +121,8 @@ def test_notes_and_the_login_are_in_the_csv_export(db, sample_folder, tmp_path):
     rows = [r for r in csv.DictReader(out.open(encoding="utf-8")) if r["reviewed_label"]]
     assert rows[0]["note"] == "'=smudge cell, not assessable"  # as text, never a formula
     assert rows[0]["reviewer_login"]
+
+
+def test_setup_roles_on_sqlite_says_roles_are_for_a_lab_server(cli):
+    rc, out, err = cli("lab", "setup-roles")
+    assert rc == 2 and "PostgreSQL" in err and "Traceback" not in err

@@ -76,6 +76,10 @@ def test_a_reviewer_labels_but_cannot_activate_or_release_a_supervisor_can(lab, 
     with engine.begin() as c, pytest.raises(Exception, match="permission denied"):
         c.execute(text("INSERT INTO model_activations (model_version_id, action, activated_by, created_at) "
                        "SELECT id, 'activate', 'x', now() FROM model_versions LIMIT 1"))
+    with engine.begin() as c, pytest.raises(Exception, match="only a supervisor"):  # nor a version inserted active
+        c.execute(text("INSERT INTO model_versions (name, architecture, taxonomy, path, weights_sha256, card, "
+                       "created_at, is_active, input_kind) VALUES ('hostile', 'a', 'all_subtype', 'p', 'h', '{}', "
+                       "now(), true, 'field')"))
     # alice may not release; bob may
     rc, out, err = _as(cli, tmp_path, urls, "alice", "release", sample_folder, "--report", tmp_path / "a.pdf")
     assert rc == EXIT_REFUSED and "hemascan_supervisor" in err

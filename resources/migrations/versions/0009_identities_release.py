@@ -69,6 +69,23 @@ BEGIN
 END $$ LANGUAGE plpgsql
 """
 
+# Only a supervisor makes a version active: an activation's row is the supervisor's privilege
+# (INSERT on model_activations), and this closes the way around it (a new version inserted
+# already active, which the INSERT a reviewer has on model_versions would otherwise allow).
+PG_ACTIVE_FUNCTION = """
+CREATE OR REPLACE FUNCTION hemascan_only_supervisors_activate() RETURNS trigger AS $$
+BEGIN
+    IF NEW.is_active
+       AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hemascan_supervisor')
+       AND NOT pg_has_role(session_user, 'hemascan_supervisor', 'MEMBER')
+       AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user) THEN
+        RAISE EXCEPTION 'only a supervisor (hemascan_supervisor) may make a model version active'
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN NEW;
+END $$ LANGUAGE plpgsql
+"""
+
 
 def upgrade() -> None:
     op.create_table(
@@ -106,6 +123,9 @@ def upgrade() -> None:
         for table in LABEL_TABLES:
             op.execute(f"CREATE TRIGGER ab_released_case_needs_amendment BEFORE INSERT ON {table} "
                        "FOR EACH ROW EXECUTE FUNCTION hemascan_released_case_needs_amendment()")
+        op.execute(PG_ACTIVE_FUNCTION)
+        op.execute("CREATE TRIGGER ab_only_supervisors_activate BEFORE INSERT ON model_versions "
+                   "FOR EACH ROW EXECUTE FUNCTION hemascan_only_supervisors_activate()")
     else:  # SQLite: one user; release events are append-only all the same
         for verb in ("UPDATE", "DELETE"):
             op.execute(f"CREATE TRIGGER release_events_no_{verb.lower()} BEFORE {verb} ON release_events "
@@ -118,6 +138,8 @@ def downgrade() -> None:
             op.execute(f"DROP TRIGGER IF EXISTS ab_released_case_needs_amendment ON {table}")
         for table in LOGIN_TABLES:
             op.execute(f"DROP TRIGGER IF EXISTS aa_login_is_session_user ON {table}")
+        op.execute("DROP TRIGGER IF EXISTS ab_only_supervisors_activate ON model_versions")
+        op.execute("DROP FUNCTION IF EXISTS hemascan_only_supervisors_activate()")
         op.execute("DROP FUNCTION IF EXISTS hemascan_released_case_needs_amendment()")
         op.execute("DROP FUNCTION IF EXISTS hemascan_login_is_session_user()")
     op.drop_column("model_activations", "login")
