@@ -10,6 +10,7 @@ the exit code the command line returns for it (the table is in the README).
 | 5    | the database cannot be opened or used (damaged, read-only, server down, login refused, driver missing) |
 | 6    | the disk or a folder refused a write (disk full, a folder missing or read-only) |
 | 7    | ``hemascan audit verify``: the audit record does not verify (an event was changed or removed) |
+| 8    | refused: this login may not do that (its role), or the case is released (a change needs a reason) |
 | 130  | interrupted (Ctrl+C); the work done so far is kept |
 """
 
@@ -20,6 +21,7 @@ EXIT_NO_DISPLAY = 4  # desktop/qtcheck.py
 EXIT_DATABASE = 5
 EXIT_STORAGE = 6
 EXIT_AUDIT_BROKEN = 7  # core/app/commands.py: audit verify
+EXIT_REFUSED = 8  # a login's role, or a released case (core/errors.py table)
 EXIT_INTERRUPTED = 130
 
 
@@ -55,6 +57,19 @@ class StorageError(HemascanError):
     """The file system refused: disk full, a folder that is missing or read-only."""
 
     exit_code = EXIT_STORAGE
+
+
+class NotPermittedError(HemascanError):
+    """This login may not do that: its role lacks the right (said by hemascan or refused by
+    the database's privileges and checks)."""
+
+    exit_code = EXIT_REFUSED
+
+
+class CaseReleasedError(HemascanError):
+    """A plain label on an image or cell of a released case: a change is an amendment, with a reason."""
+
+    exit_code = EXIT_REFUSED
 
 
 # What an OS error means for a person, by errno (instead of "[Errno 5] Input/output error").

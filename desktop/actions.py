@@ -27,6 +27,7 @@ class ActionTarget(Protocol):
     state: Any  # core.review.state.ReviewState
     review: Any  # core.review.session.ReviewSession (can_undo, can_redo)
     cells: Any  # the cell view when it is shown (targets(), can_undo, can_redo), else None
+    identity: Any  # core.storage.identity.Identity once read (None until then: acts needing a right wait)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ActionSpec:
     args: tuple = ()
     separator: bool = False  # a separator before it in its menu
     cells_text: str | None = None  # its menu text while the cells view is shown (else ``text``)
+    right: str | None = None  # the login's right it needs (core.storage.identity.RIGHTS): else disabled, saying why
 
 
 ACTIONS: tuple[ActionSpec, ...] = (
@@ -67,6 +69,9 @@ ACTIONS: tuple[ActionSpec, ...] = (
                help="export the folder's predictions and labels as CSV (one row per image or per cell)"),
     ActionSpec("pdf", "Export &PDF report…", "export_pdf", ("Ctrl+P",), "File", True, "SP_FileIcon",
                enabled="folder", help="export the PDF case report"),
+    ActionSpec("release", "Re&lease case…", "release_case", (), "File", enabled="folder", right="release",
+               tip="Release the case (a supervisor's act): write its signed PDF report and record the release; "
+                   "the case is read-only afterwards, and a change is an amendment with a reason"),
     ActionSpec("rename_case", "Re&name case…", "cases.rename", (), "File", enabled="folder",
                tip="Give this case (the open folder: one sample) the name the lab uses; every seat, the exports and "
                    "the PDF report use it"),
@@ -301,6 +306,14 @@ def update_enabled(window) -> None:
         if spec.enabled is None:
             continue
         ok = ENABLED[spec.enabled](window)
+        if spec.right is not None:  # the login's roles: disabled with the reason as its tip
+            ident = getattr(window, "identity", None)
+            why = "checking this login's rights…" if ident is None else ident.why_not(spec.right)
+            ok = ok and why is None
+            tip = spec.tip if why is None else f"{spec.tip.split(':')[0]}: not possible: {why}"
+            if a.toolTip() != tip:
+                a.setToolTip(tip)
+                a.setStatusTip(tip)
         if not spec.live:
             a.setEnabled(ok)
         b = window.review_buttons.get(spec.name)

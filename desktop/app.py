@@ -6,6 +6,7 @@ import sys
 from core.app.cli import setup_logging
 from core.app import options
 from core.config import SettingsError, load_settings, unknown_config_keys, unknown_variables, resolve_paths
+from desktop.instance import AnotherWindowError, claim_window
 
 log = logging.getLogger("hemascan.desktop")
 
@@ -38,9 +39,21 @@ def run_gui(paths, db_url=None, folder=None, device=None, argv=None) -> int:
     from .mainwindow import MainWindow  # heavy: imports Qt
     from .startup import show_startup_error  # heavy: imports Qt
 
+    try:  # one window per data directory (desktop/instance.py says why)
+        paths.data_dir.mkdir(parents=True, exist_ok=True)
+        window_lock = claim_window(paths.data_dir)
+    except AnotherWindowError as exc:
+        from PySide6.QtWidgets import QMessageBox  # heavy: imports Qt
+
+        log.warning("%s", exc)
+        QMessageBox.warning(None, "hemascan is already open", f"{exc}.")
+        print(f"hemascan: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    app.aboutToQuit.connect(window_lock.release)
     try:
         window = MainWindow(paths, db_url, device=device)
     except Exception as exc:  # a damaged, read-only or unreachable database...: a dialog, not a traceback
+        window_lock.release()
         code = show_startup_error(exc, paths, db_url)
         if code is None:
             raise

@@ -25,6 +25,7 @@ from core.models.registry import require_active_version
 from core.review.gallery import GalleryFilter
 from core.review.labels import LabelWriter, reviewer_problem
 from core.review.state import ReviewState
+from core.storage.identity import current_identity
 
 from . import actions
 from .browse import GalleryPane
@@ -95,6 +96,8 @@ class MainWindow(QMainWindow):
             QTimer.singleShot(0, self.reviewing.ask_reviewer)
         self.window_settings.restore()
         self.gallery.update_counts()
+        self.identity = None  # this seat's login and roles (core.storage.identity), read by a worker
+        self.read_identity()
         self._update_actions()
 
     # ---------------------------------------------------------------- parts and their wiring
@@ -123,6 +126,7 @@ class MainWindow(QMainWindow):
         self._label_signals = self.reviewing.signals
         self.label_writer.on_saved = self._label_signals.saved.emit
         self.label_writer.on_waiting = self._label_signals.waiting.emit
+        self.label_writer.on_refused = self._label_signals.refused.emit  # a released case, a right the login lacks
         self.label_writer.on_cells_saved = self.cell_pane.cellsSaved.emit  # its differential is read again
         self.review.shown = self.model.labels_of  # what a key changes from: the rows shown, not a query
         self.model.overlay = lambda: pending_rows(self.label_writer, self.ctl.taxonomy)
@@ -178,7 +182,9 @@ class MainWindow(QMainWindow):
         self.detail_pane.error.connect(self.show_error)
         self.reviewing.labelsChanged.connect(self.labelsChanged)
         self.reviewing.enabledChanged.connect(self._update_actions)
-        self.reviewing.reviewerChanged.connect(lambda _name: self._show_reviewer())
+        self.reviewing.reviewerChanged.connect(lambda _name: (self._show_reviewer(), self.read_identity()))
+        self.reviewing.signals.refused.connect(lambda *_: self.reload_gallery(keep_current=True))
+        self.exports.released.connect(lambda *_: self.reload_gallery(keep_current=True))
         self.job_part.scanned.connect(lambda: self.reload_gallery(keep_current=True))
         self.job_part.progressed.connect(self._job_progressed)
         self.job_part.finished.connect(self._job_done)
@@ -458,7 +464,26 @@ class MainWindow(QMainWindow):
     reviewer = property(lambda self: self.state.reviewer)
 
     def _show_reviewer(self) -> None:
+        ident = getattr(self, "identity", None)
+        if ident is not None and ident.personal:  # a lab server's login: the reviewer is the login
+            self.reviewer_label.setText(f"reviewer: {ident.display_name} (login {ident.login})")
+            return
         self.reviewer_label.setText(f"reviewer: {self.reviewer}" if self.reviewer else "reviewer: (not set)")
+
+    def read_identity(self) -> None:
+        """Learn this seat's login and what its roles allow (a worker's read): the actions it may
+        not take are disabled, and say why."""
+        local = self.reviewer
+        self.ctl.read(lambda s: current_identity(s, local), self._identity_read, "login and roles")
+
+    def _identity_read(self, ident) -> None:
+        self.identity = ident
+        self.model_menu.identity = ident
+        self._show_reviewer()
+        self._update_actions()
+
+    def release_case(self, path: str | None = None) -> str | None:
+        return self.exports.release_case(path)
 
     def export_csv(self, path: str | None = None, fmt: str | None = None) -> str | None:
         return self.exports.export_csv(path, fmt)

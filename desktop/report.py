@@ -23,6 +23,7 @@ from core.cells.records import cell_title
 from core.review import differential as diff
 from core.review import gallery as q
 from core.review.export import bidi_isolated
+from core.review import release
 from core.storage import Prediction
 from core.distribution import hemascan_version
 from core.imaging.fspath import display, to_fs
@@ -82,18 +83,19 @@ def _thumb_cell(doc, r, size: int = 96) -> str:
         img = "<i>(no thumbnail)</i><br>"
     model = "outside experience" if r.outside else f"{r.predicted or '-'} {(r.confidence or 0):.0%}"
     rev = OTHER_TITLE if r.reviewed == OTHER else (r.reviewed or "not reviewed")
+    note = f"<br>note: {shown(r.note)}" if r.note and not r.note.startswith("imported from") else ""
     return (f"<td align='center' width='25%'>{img}<small>{shown(r.name)}<br>model: {html.escape(model)}"
-            f"<br>reviewed: <b>{html.escape(rev)}</b></small></td>")
+            f"<br>reviewed: <b>{html.escape(rev)}</b>{note}</small></td>")
 
 
 def write_report(db, folder, version: dict | None, reviewer: str, output, case: str | None = None,
-                 data: ReportData | None = None) -> Path:
+                 data: ReportData | None = None, signed: SignedOff | None = None) -> Path:
     """A case report a lab can file: case name, local date and time, reviewer and sign-off,
     counts per class, the flagged and the corrected images with thumbnails, the model in one
     line, the decision-support statement. ``version``: dict(id, name, taxonomy, classes, card)."""
     output = Path(output)
     case = (case or Path(str(folder)).name).strip() or Path(str(folder)).name
-    doc = build_report(db, folder, version, reviewer, case, data)
+    doc = build_report(db, folder, version, reviewer, case, data, signed)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     writer = QPdfWriter(str(tmp))
@@ -173,6 +175,17 @@ class ReportData:
     sections: list  # (title, meaning, n, rows by id, ids shown)
     runtimes: list[str]
     cells: CellsPart | None = None  # None: no white cells recorded for the case
+    releases: tuple = ()  # the case's earlier releases (core.storage.ReleaseEvent rows), oldest first
+    amendments: tuple = ()  # label changes after a release (core.review.release.Amendment), oldest first
+
+
+@dataclass(frozen=True)
+class SignedOff:
+    """The release this report is the document of: who releases it, and when."""
+
+    display_name: str
+    login: str
+    when: datetime
 
 
 def _cut_outs(cells, side_um: float) -> list[np.ndarray | None]:
@@ -231,7 +244,8 @@ def report_data(session, folder, version: dict | None, cell_version_id: int | No
         sections.append((title, meaning, len(ids), q.rows(session, folder, vid, ids[:MAX_THUMBS], tax), ids[:MAX_THUMBS]))
     runtimes = sorted(filter(None, session.scalars(select(Prediction.runtime).where(
         Prediction.model_version_id == vid).distinct()))) if vid else []
-    return ReportData(counts, sections, runtimes, cells_part(session, folder, cell_version_id))
+    return ReportData(counts, sections, runtimes, cells_part(session, folder, cell_version_id),
+                      tuple(release.releases(session, folder)), tuple(release.amendments(session, folder)))
 
 
 def _differential_html(part: CellsPart) -> str:
@@ -304,8 +318,29 @@ def gallery_html(head: str, thumbs: list[str], per_row: int, padding: int) -> st
     return "".join(out)
 
 
+def _release_html(data: ReportData, signed: SignedOff | None) -> str:
+    """The sign-off: a release recorded by the database (who, login, when), the earlier releases,
+    and every amendment after a release (who, when, why)."""
+    e = html.escape
+    out = []
+    if signed is not None:
+        out.append(f"<p><b>Released by {e(signed.display_name)} (login {e(signed.login)}) on "
+                   f"{signed.when.astimezone():%Y-%m-%d %H:%M %Z}.</b> The release is recorded with this "
+                   "document's SHA-256 and that of the case's labels.</p>")
+    for r in data.releases:
+        out.append(f"<p><small>Released before by {e(r.display_name)} (login {e(r.login or '-')}) on "
+                   f"{r.created_at.astimezone():%Y-%m-%d %H:%M %Z}.</small></p>")
+    if data.amendments:
+        items = "".join(
+            f"<li>{e(a.who)} (login {e(a.login or '-')}), {a.when.astimezone():%Y-%m-%d %H:%M %Z}: {e(a.item)} "
+            f"{e(a.previous_label or 'not labelled')} &rarr; {e(a.label or 'cleared')}; why: {e(a.reason)}</li>"
+            for a in data.amendments)
+        out.append(f"<h3>Amended after release: {len(data.amendments):,}</h3><ul>{items}</ul>")
+    return "".join(out)
+
+
 def build_report(db, folder, version: dict | None, reviewer: str, case: str,
-                 data: ReportData | None = None) -> QTextDocument:
+                 data: ReportData | None = None, signed: SignedOff | None = None) -> QTextDocument:
     """The report as a rich-text document (write_report prints it to PDF); ``data`` read
     beforehand, else read from ``db`` here."""
 
@@ -365,9 +400,11 @@ def build_report(db, folder, version: dict | None, reviewer: str, case: str,
     <h3>Sign-off</h3>
     <table cellpadding='8' cellspacing='0' border='1' width='100%'>
       <tr><td width='28%'>Reviewed by</td><td>{shown(reviewer) if reviewer else ''}</td></tr>
-      <tr><td>Signature</td><td>&nbsp;</td></tr>
-      <tr><td>Date</td><td>&nbsp;</td></tr>
+      <tr><td>Signature</td><td>{shown(f"released by {signed.display_name} ({signed.login})")
+                                  if signed else "&nbsp;"}</td></tr>
+      <tr><td>Date</td><td>{f"{signed.when.astimezone():%Y-%m-%d %H:%M %Z}" if signed else "&nbsp;"}</td></tr>
     </table>
+    {_release_html(data, signed)}
     <p><small>The images below are those a reviewer corrected or the model flagged.</small></p>
     {''.join(parts)}
     {_cell_galleries_html(doc, data.cells) if data.cells is not None else ''}

@@ -31,6 +31,7 @@ class LabelSignals(QObject):
 
     saved = Signal(list, int)  # image ids written, writes still pending
     waiting = Signal(str, int)  # why the database refused (one sentence), writes pending
+    refused = Signal(str, object, bool)  # why a write is refused for good, the LabelWrite, amendable with a reason
 
 
 class QueuedReview(ReviewSession):
@@ -85,6 +86,7 @@ class ReviewActions(QObject):
         self.signals = LabelSignals(self)
         self.signals.saved.connect(self._saved)
         self.signals.waiting.connect(self._waiting)
+        self.signals.refused.connect(self._refused)
 
     @property
     def state(self):
@@ -100,6 +102,23 @@ class ReviewActions(QObject):
         if why:
             self.refuse(why)
         return why is None
+
+    def _refused(self, message: str, item, amendable: bool) -> None:
+        """A label the rules refused: on a released case, ask for the amendment's reason and write
+        it again as an amendment (recorded with the reason, shown in the next report); else, or
+        without a reason, say why and show the stored labels again."""
+        if amendable:
+            reason, ok = QInputDialog.getText(
+                self.dialog_parent, "Amend a released case",
+                f"{message[0].upper()}{message[1:]}.\n\nReason for the amendment (recorded, shown in the next "
+                "report):")
+            if ok and reason.strip():
+                self.writer.write(dict(item.targets), item.reviewer, item.taxonomy, item.note, item.source,
+                                  item.kind, amend_reason=reason.strip())
+                self.message.emit("Amendment saved with its reason", 8000)
+                return
+        self.message.emit(f"⚠ Not saved: {message}", 20000)
+        self.labelsChanged.emit(list(item.targets))  # the window shows the stored labels again
 
     def refusal(self) -> str | None:
         self.gallery.sync_state()

@@ -24,6 +24,7 @@ from .models_panel import ModelsDialog, headline_metrics, version_info
 from core.review.cases import case_name
 from core.review.export import EXPORTERS
 from desktop.report import file_stem, report_data, write_report
+from desktop.release import read_for_release, record_and_place, write_signed_pdf
 from desktop.retrain_dialog import RetrainDialog
 from trainer.retrain import activate
 from core.storage import ModelVersion
@@ -42,6 +43,7 @@ class Exports(QObject):
     """CSV export and the PDF case report: read in a worker, written when the data is in."""
 
     written = Signal(str)  # the file written
+    released = Signal(str)  # the case was released with this PDF
     message = Signal(str, int)
 
     def __init__(self, ctl: Controller, settings, dialog_parent, parent=None, case_fn=lambda: None,
@@ -143,6 +145,40 @@ class Exports(QObject):
         return path
 
 
+    def release_case(self, path: str | None = None) -> str | None:
+        """Release the open case (a supervisor's act): its signed PDF report, then the release
+        recorded with the PDF's SHA-256 (desktop/release.py). Read in a worker; the PDF drawn on
+        the GUI thread; the release recorded in a worker."""
+        folder = self.ctl.folder
+        if folder is None:
+            return None
+        if path is None:
+            path, _f = QFileDialog.getSaveFileName(self.dialog_parent, "Release case: its signed PDF report",
+                                                   self.default_path("pdf", kind="released"), "PDF (*.pdf)")
+            if not path:
+                return None
+            self._remember_folder(path)
+        db, local = self.ctl.db, self.ctl.state.reviewer
+
+        def done(event) -> None:
+            self.message.emit(f"Released {event.case_name} by {event.display_name}; report {path}", 12000)
+            self.released.emit(path)
+            self.written.emit(path)
+
+        def render(read) -> None:  # on the GUI thread: Qt's PDF writer
+            try:
+                tmp, when = write_signed_pdf(folder, path, read)
+            except Exception as exc:
+                log.exception("release report failed")
+                return self._failed("Release")(exc)
+            self.ctl.runner.submit(lambda: record_and_place(db, folder, path, read, tmp, when, local),
+                                   name="release", on_result=done, on_error=self._failed("Release"))
+
+        self.ctl.read(lambda s: read_for_release(s, folder, local), render, "release",
+                      on_error=self._failed("Release"))
+        return path
+
+
 class ModelMenu(QObject):
     """Model versions, retrain, switching the version this window shows."""
 
@@ -156,6 +192,7 @@ class ModelMenu(QObject):
         super().__init__(parent)
         self.ctl, self.dialog_parent = ctl, dialog_parent
         self.retrain_dialog = None
+        self.identity = None  # this seat's login and roles, once the window has read them
         # the cell model the Cells view shows while it is the current view (plain data), else None: set by the window
         self.cell_version: Callable[[], dict | None] = lambda: None
 
@@ -201,6 +238,10 @@ class ModelMenu(QObject):
         """Make ``version_id`` the active one of its kind (logged as `models activate`). A field
         model is then shown; a cell model leaves the image gallery's field model as it is."""
 
+        why = self.identity.why_not("activate") if self.identity is not None else None
+        if why:  # the database would refuse it too (its privileges): said before asking it
+            self.message.emit(f"⚠ {why[0].upper()}{why[1:]}", 20000)
+            return
         self.ctl.read(lambda s: getattr(s.get(ModelVersion, version_id), "input_kind", FIELD),
                       lambda kind: self._activate(version_id, kind, ask, reclassify), "model version")
 

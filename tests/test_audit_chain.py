@@ -18,6 +18,7 @@ from core.storage import (
     Database,
     Image,
     LabelEvent,
+    ReleaseEvent,
     ModelActivation,
     ModelVersion,
     make_engine,
@@ -69,7 +70,13 @@ def _activation(s, n: int = 1) -> ModelActivation:
 
 
 #: One row of each audit table. A table added to AUDIT_TABLES needs its row here (a test below says so).
-ROWS = {"label_events": _label_event, "cell_label_events": _cell_label_event, "model_activations": _activation}
+def _release(s, n: int = 1) -> ReleaseEvent:
+    return ReleaseEvent(case_root=f"/lab/case-{n}/", case_name=f"Case {n}", display_name="Dr. Supervisor",
+                        pdf_sha256="a" * 64, labels_sha256="b" * 64)
+
+
+ROWS = {"label_events": _label_event, "cell_label_events": _cell_label_event, "model_activations": _activation,
+        "release_events": _release}
 
 
 def test_every_audit_table_has_a_row_maker_and_no_server_default():

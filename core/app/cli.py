@@ -21,6 +21,7 @@ from core.config import Paths, SettingsError, load_settings, share_with_group, u
 from core.errors import EXIT_INTERRUPTED
 from core.distribution import hemascan_version
 from core.app import commands  # noqa: F401  (registers core commands)
+from core.app import lab  # noqa: F401  (registers hemascan lab)
 from core.storage.errors import user_error
 
 log = logging.getLogger("hemascan")

@@ -26,6 +26,7 @@ from core.review.cell_import import import_labels_and_cells
 from core.review.cells import folder_cell_counts
 from core.review.export import EXPORTERS
 from core.review.cases import case_name, case_name_problem, rename_case
+from core.storage.identity import reviewer_for
 from core.models.archive import export_model
 from core.models.archive import import_model
 from core.models.registry import lineage
@@ -42,6 +43,7 @@ BATCH_SIZE = int_range(1, 4096)
 THREADS = int_range(1, 256)
 SEED = int_range(0, 2**32 - 1)  # numpy's seeds
 PERSON = name_up_to(128)  # the database's reviewer / submitted_by / worker columns
+REASON = name_up_to(2000)  # an amendment's reason
 MODEL_NAME = name_up_to(128)  # model_versions.name
 SAMPLES_PER_CLASS_MAX = 10_000
 SAMPLES_PER_CLASS = int_range(1, SAMPLES_PER_CLASS_MAX)
@@ -281,14 +283,20 @@ def _worker(args, app: App, name: str) -> int:
 def _import_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", type=non_empty_path,
                    help="folder whose sub-folder names are classes (e.g. Benign/ Early/ Pre/ Pro/, or all/ hem/)")
-    p.add_argument("--reviewer", type=PERSON, help="name stored with the events (default: the OS user)")
+    p.add_argument("--reviewer", type=PERSON, help="name stored with the events (default: the OS user; on a lab's "
+                                                   "PostgreSQL server the reviewer is the database login, and another "
+                                                   "name is refused)")
     p.add_argument("--taxonomy", help="only accept folder names of this taxonomy")
+    p.add_argument("--amend-reason", type=REASON, help="why a released case is changed (an amendment: a "
+                                                       "supervisor's act, shown in the next report)")
 
 
 @command("import-labels", "record class-folder names as labels (source=dataset)", _import_args)
 def cmd_import_labels(args, app: App) -> int:
-    both = app.progress(import_labels_and_cells(app.db, args.folder, args.reviewer, args.taxonomy, app.cancel),
-                        "import")
+    with app.db.session() as s:  # on a lab server the reviewer is the login: another name is refused
+        reviewer_for(s, args.reviewer)
+    both = app.progress(import_labels_and_cells(app.db, args.folder, args.reviewer, args.taxonomy, app.cancel,
+                                                args.amend_reason), "import")
     s = both.labels
     _print_scan(app, s.scan)
     app.echo(f"labels recorded: {s.n_labelled} ({', '.join(f'{k}: {v}' for k, v in sorted(s.per_class.items())) or 'none'}); "

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, aliased
 
 from core.config import Paths, default_reviewer
 from core.storage import ModelActivation, ModelVersion
+from core.storage.identity import reviewer_for
 from core.errors import ModelPackageError
 from core.models.taxonomy import TAXONOMIES
 from core.models.package import (  # noqa: F401  (bundled_packages: patched by tests through this module)
@@ -183,8 +184,9 @@ def activate_version(session: Session, version: ModelVersion, action: str = "act
                                                ModelVersion.input_kind == kind)
                     .values(is_active=False))
     version.is_active = True
+    login, by = reviewer_for(session, None, who or default_reviewer())  # on PostgreSQL: the login's name
     row = ModelActivation(model_version_id=version.id, previous_version_id=previous.id if previous else None,
-                          action=action, activated_by=(who or default_reviewer())[:128])
+                          action=action, activated_by=by[:128], login=login)
     session.add(row)
     session.flush()
     return row

@@ -50,10 +50,12 @@ class CellImportSummary:
 
 def import_labels_and_cells(db: Database, folder: str | os.PathLike, reviewer: str | None = None,
                             taxonomy: str | None = None,
-                            cancel: threading.Event | None = None) -> Job[CellImportSummary]:
-    """import_labels, then the one cell of each single-cell crop labelled like its image."""
+                            cancel: threading.Event | None = None,
+                            amend_reason: str | None = None) -> Job[CellImportSummary]:
+    """import_labels, then the one cell of each single-cell crop labelled like its image
+    (``amend_reason``: the reason for changing a released case)."""
     cancel = cancel or threading.Event()
-    labels = yield from import_labels(db, folder, reviewer, taxonomy, cancel)
+    labels = yield from import_labels(db, folder, reviewer, taxonomy, cancel, amend_reason)
     summary = CellImportSummary(labels)
     if cancel.is_set():
         return summary
@@ -84,7 +86,7 @@ def import_labels_and_cells(db: Database, folder: str | os.PathLike, reviewer: s
             for image_id, cells in found.items():
                 store_field_cells(s, image_id, cells, FINDER_NAME)
             s.flush()
-            _label_crop_cells(s, chunk, label_of, reviewer, note, summary)
+            _label_crop_cells(s, chunk, label_of, reviewer, note, summary, amend_reason)
         summary.n_searched += len(found)
         yield Progress("cells", min(start + CELL_BATCH, len(ids)), len(ids))
         if cancel.is_set():
@@ -108,7 +110,7 @@ def _search(file: tuple[str, str], summary: CellImportSummary, max_bytes: int) -
 
 
 def _label_crop_cells(s, image_ids: list[int], label_of: dict[int, tuple[str, str]], reviewer: str,
-                      note: str, summary: CellImportSummary) -> None:
+                      note: str, summary: CellImportSummary, amend_reason: str | None = None) -> None:
     searches = counted_searches(s, image_ids)  # the search whose cells count, as everywhere else
     crops = sorted(i for i, c in searches.items() if c.single_cell_crop)
     summary.n_not_single_cell += len(searches) - len(crops)
@@ -127,5 +129,6 @@ def _label_crop_cells(s, image_ids: list[int], label_of: dict[int, tuple[str, st
             continue
         by_label.setdefault((tax, label), []).append(cell_id)
     for (tax, label), cell_ids in by_label.items():
-        record_cell_labels(s, cell_ids, label, reviewer, taxonomy=tax, source="dataset", note=note)
+        record_cell_labels(s, cell_ids, label, reviewer, taxonomy=tax, source="dataset", note=note,
+                           amend_reason=amend_reason)
         summary.n_cells_labelled += len(cell_ids)

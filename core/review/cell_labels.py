@@ -14,7 +14,10 @@ from sqlalchemy.orm import Session
 
 from core.models.taxonomy import OTHER, get_taxonomy, review_labels
 from core.review.rules import SOURCES, latest_label_events, reviewer_problem
-from core.storage import CellLabelEvent, utcnow
+from core.models.registry import CELL, active_version
+from core.review.released import check_amendment, releases_of_cells
+from core.storage import CellLabelEvent, CellPrediction, utcnow
+from core.storage.identity import reviewer_for
 
 
 def latest_cell_events(session: Session, cell_ids: Iterable[int] | None = None,
@@ -24,6 +27,17 @@ def latest_cell_events(session: Session, cell_ids: Iterable[int] | None = None,
     return latest_label_events(session, CellLabelEvent, CellLabelEvent.cell_id, cell_ids, taxonomy)
 
 
+def shown_cell_predictions(session: Session, cell_ids: list[int]) -> tuple[int | None, dict[int, str]]:
+    """(the active cell model's id, cell_id -> the class it showed: sure and inside its experience)."""
+    version = active_version(session, CELL)
+    if version is None or not cell_ids:
+        return (version.id if version is not None else None), {}
+    rows = session.execute(select(CellPrediction.cell_id, CellPrediction.label).where(
+        CellPrediction.model_version_id == version.id, CellPrediction.cell_id.in_(cell_ids),
+        CellPrediction.uncertain.is_not(True), CellPrediction.out_of_distribution.is_not(True)))
+    return version.id, dict(rows.all())
+
+
 def cell_history(session: Session, cell_id: int) -> list[CellLabelEvent]:
     """Every label event of one cell, oldest first."""
     return list(session.scalars(select(CellLabelEvent).where(CellLabelEvent.cell_id == cell_id)
@@ -31,7 +45,8 @@ def cell_history(session: Session, cell_id: int) -> list[CellLabelEvent]:
 
 
 def record_cell_labels(session: Session, cell_ids: Iterable[int], label: str | None, reviewer: str, *,
-                       taxonomy: str, source: str = "human", note: str | None = None) -> list[CellLabelEvent]:
+                       taxonomy: str, source: str = "human", note: str | None = None,
+                       amend_reason: str | None = None) -> list[CellLabelEvent]:
     """Append one event per cell (``label=None`` clears). The caller's transaction commits.
 
     Raises ValueError (one sentence) for an unknown source or taxonomy, a label that is not a
@@ -48,12 +63,16 @@ def record_cell_labels(session: Session, cell_ids: Iterable[int], label: str | N
     if why:
         raise ValueError(why)
     ids = list(dict.fromkeys(int(i) for i in cell_ids))
+    reason = check_amendment(session, releases_of_cells(session, ids), amend_reason)
+    login, reviewer = reviewer_for(session, None, reviewer.strip())
+    shown_version, shown = shown_cell_predictions(session, ids)
     current = latest_cell_events(session, ids)
     now = utcnow()
     events = [
         CellLabelEvent(cell_id=i, taxonomy=taxonomy, label=label,
                        previous_label=current[i].label if i in current else None,
-                       reviewer=reviewer.strip(), source=source, created_at=now, note=note)
+                       reviewer=reviewer, source=source, created_at=now, note=note, login=login,
+                       shown_label=shown.get(i), shown_model_version_id=shown_version, amend_reason=reason)
         for i in ids
     ]
     session.add_all(events)

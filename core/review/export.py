@@ -55,6 +55,16 @@ def bidi_isolated(value) -> str:
     return FSI + BIDI_CONTROLS.sub("", str(value)) + PDI
 
 
+#: What the label event says beside the label: the note (an "Other" label's note), the database
+#: login that gave it, and for a change to a released case, the amendment's reason.
+LABEL_DETAIL_COLUMNS = ("note", "reviewer_login", "amend_reason")
+
+
+def label_details(ev) -> dict:
+    return {"note": (ev.note or "") if ev else "", "reviewer_login": (ev.login or "") if ev else "",
+            "amend_reason": (ev.amend_reason or "") if ev else ""}
+
+
 def export_rows(session: Session, folder: str | os.PathLike | None = None,
                 version: ModelVersion | None = None) -> tuple[list[str], Iterator[dict]]:
     version = version or active_version(session)
@@ -72,7 +82,7 @@ def export_rows(session: Session, folder: str | os.PathLike | None = None,
     rows = session.execute(q).all()
     columns = ["path", "sha256", "predicted_label", "confidence", "entropy", "uncertain", "out_of_distribution",
                *[f"p_{c}" for c in classes], "reviewed_label", "reviewer", "reviewed_at", "label_source",
-               "model_version", "runtime"]
+               "model_version", "runtime", *LABEL_DETAIL_COLUMNS]
 
     def gen() -> Iterator[dict]:
         for start in range(0, len(rows), 1000):
@@ -94,7 +104,7 @@ def export_rows(session: Session, folder: str | os.PathLike | None = None,
                        "reviewed_label": ev.label or "" if ev else "", "reviewer": ev.reviewer if ev else "",
                        "reviewed_at": ev.created_at.isoformat() if ev else "", "label_source": ev.source if ev else "",
                        "model_version": version.name if (p and version) else "",
-                       "runtime": (p.runtime or "") if p else ""}
+                       "runtime": (p.runtime or "") if p else "", **label_details(ev)}
                 for c, prob in zip(classes, p.probabilities if p else [""] * len(classes)):
                     row[f"p_{c}"] = f"{prob:.4f}" if p else ""
                 yield row
@@ -142,7 +152,7 @@ def cell_rows(session: Session, folder: str | os.PathLike | None = None,
     columns = ["path", "sha256", "cell", "cell_id", "source", "x0", "y0", "x1", "y1", "um_per_px", "scale_source",
                "flags", "predicted_label", "confidence", "entropy", "uncertain", "out_of_distribution",
                *[f"p_{c}" for c in classes], "reviewed_label", "reviewer", "reviewed_at", "label_source",
-               "model_version", "runtime"]
+               "model_version", "runtime", *LABEL_DETAIL_COLUMNS]
 
     def gen() -> Iterator[dict]:
         for start in range(0, len(files), 500):
@@ -175,7 +185,7 @@ def cell_rows(session: Session, folder: str | os.PathLike | None = None,
                            "reviewed_at": ev.created_at.isoformat() if ev else "",
                            "label_source": ev.source if ev else "",
                            "model_version": version.name if (p and version) else "",
-                           "runtime": (p.runtime or "") if p else ""}
+                           "runtime": (p.runtime or "") if p else "", **label_details(ev)}
                     for cls, prob in zip(classes, p.probabilities if p else [""] * len(classes)):
                         row[f"p_{cls}"] = f"{prob:.4f}" if p else ""
                     yield row

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.storage import ImageFile, LabelEvent, Prediction
@@ -49,6 +49,7 @@ class GalleryRow:
     reviewed: str | None  # current label (latest event), None when never labelled or cleared
     reviewer: str | None
     outside: bool | None = None  # outside the model's experience; None: not assessed (no guard)
+    note: str | None = None  # the label's note (e.g. what an "Other" is)
 
 
 @dataclass
@@ -122,9 +123,14 @@ def _apply_filter(q, flt: GalleryFilter, f, p, ev):
         # a class other than the model's; "Other" (no class fits) is its own filter, not a correction
         q = q.where(ev.c.label.is_not(None), p.c.label.is_not(None), ev.c.label != p.c.label, ev.c.label != OTHER)
     if flt.corrected:
-        # ("Other" has its own section in a report, as for the disagreement filter)
-        q = q.where(ev.c.label.is_not(None), p.c.label.is_not(None), ev.c.label != p.c.label, ev.c.label != OTHER,
-                    p.c.uncertain.is_not(True), p.c.out_of_distribution.is_not(True))
+        # ("Other" has its own section in a report, as for the disagreement filter). Against what
+        # the reviewer was shown when labelling (stored with the event since migration 0009, which
+        # also records the login): a retrain that learnt the correction does not undo it. Events
+        # from before (no login) fall back to the prediction shown now.
+        shown_then = and_(ev.c.login.is_not(None), ev.c.shown_label.is_not(None), ev.c.label != ev.c.shown_label)
+        shown_now = and_(ev.c.login.is_(None), p.c.label.is_not(None), ev.c.label != p.c.label,
+                         p.c.uncertain.is_not(True), p.c.out_of_distribution.is_not(True))
+        q = q.where(ev.c.label.is_not(None), ev.c.label != OTHER, or_(shown_then, shown_now))
     if flt.sort == "confidence":
         q = q.order_by(p.c.confidence.is_(None), p.c.confidence.asc(), f.c.image_id)
     elif flt.sort == "entropy":
@@ -153,7 +159,7 @@ def rows(session: Session, folder, version_id: int | None, image_ids: list[int],
         return {}
     q, f, p, ev = _base(folder, version_id, taxonomy, lambda f, p, ev: [
         f.c.image_id, f.c.path, p.c.label, p.c.confidence, p.c.entropy, p.c.uncertain, p.c.probabilities,
-        p.c.out_of_distribution, ev.c.label.label("reviewed"), ev.c.reviewer])
+        p.c.out_of_distribution, ev.c.label.label("reviewed"), ev.c.reviewer, ev.c.note])
     out = {}
     for start in range(0, len(image_ids), 500):
         chunk = image_ids[start:start + 500]
@@ -167,7 +173,7 @@ def rows(session: Session, folder, version_id: int | None, image_ids: list[int],
                 image_id=r.image_id, path=r.path, name=os.path.basename(display(r.path)),
                 predicted=r.label, confidence=r.confidence, entropy=r.entropy, uncertain=bool(r.uncertain),
                 probabilities=tuple(probs or ()), reviewed=r.reviewed, reviewer=r.reviewer,
-                outside=None if r.out_of_distribution is None else bool(r.out_of_distribution))
+                outside=None if r.out_of_distribution is None else bool(r.out_of_distribution), note=r.note)
     return out
 
 

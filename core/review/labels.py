@@ -11,23 +11,39 @@ from pathlib import Path
 from typing import Iterable
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from core.config import default_reviewer
-from core.errors import DatabaseUnavailableError
-from core.storage import Database, ImageFile, LabelEvent, utcnow
+from core.errors import CaseReleasedError, DatabaseUnavailableError, NotPermittedError
+from core.storage import Database, ImageFile, LabelEvent, Prediction, utcnow
+from core.storage.identity import reviewer_for
+from core.models.registry import FIELD, active_version
+from core.review.released import check_amendment, releases_of_images  # noqa: E402
 from core.imaging.fspath import to_fs
 from core.jobs import Job, Progress
 from core.imaging.scan import ScanSummary, scan, under_folder
 from core.models.taxonomy import OTHER, resolve_alias, review_labels, shared_taxonomy
 from core.review.cell_labels import record_cell_labels
 from core.review.rules import NOT_REVIEWER_NAMES, SOURCES, latest_label_events, reviewer_problem  # noqa: F401  (re-exported)
-from core.storage.errors import user_error
+from core.storage.errors import Fault, classify, user_error
+
 
 log = logging.getLogger(__name__)
 
 
+
+
+def shown_predictions(session: Session, image_ids: list[int]) -> tuple[int | None, dict[int, str]]:
+    """(the active field model's id, image_id -> the class it showed): only sure predictions
+    inside its experience show a class, as the gallery's "corrected" rule has it."""
+    version = active_version(session, FIELD)
+    if version is None or not image_ids:
+        return (version.id if version is not None else None), {}
+    rows = session.execute(select(Prediction.image_id, Prediction.label).where(
+        Prediction.model_version_id == version.id, Prediction.image_id.in_(image_ids),
+        Prediction.uncertain.is_not(True), Prediction.out_of_distribution.is_not(True)))
+    return version.id, dict(rows.all())
 
 
 def latest_events(session: Session, image_ids: Iterable[int] | None = None) -> dict[int, LabelEvent]:
@@ -43,19 +59,29 @@ def record_labels(
     source: str = "human",
     taxonomy: str = "all_subtype",
     note: str | None = None,
+    amend_reason: str | None = None,
 ) -> list[LabelEvent]:
-    """Append one event per image (``label=None`` clears). Caller's transaction commits."""
+    """Append one event per image (``label=None`` clears). Caller's transaction commits.
+
+    Each event records the login (core.storage.identity; on PostgreSQL the stored reviewer is
+    the login's display name, whatever ``reviewer`` says) and the prediction the reviewer was
+    shown (the active model's, when it was sure and inside its experience). An image of a
+    released case takes only an amendment: ``amend_reason`` given, by a supervisor."""
     if source not in SOURCES:
         raise ValueError(f"unknown label source {source!r}")
     if label is not None and label not in review_labels(taxonomy):
         raise ValueError(f"{label!r} is not a class of taxonomy {taxonomy!r} (nor {OTHER!r})")
     ids = list(dict.fromkeys(image_ids))
+    reason = check_amendment(session, releases_of_images(session, ids), amend_reason)
+    login, reviewer = reviewer_for(session, None, reviewer)
+    shown_version, shown = shown_predictions(session, ids)
     current = latest_events(session, ids)
     now = utcnow()
     events = [
         LabelEvent(image_id=i, taxonomy=taxonomy, label=label,
                    previous_label=current[i].label if i in current else None,
-                   reviewer=reviewer, source=source, created_at=now, note=note)
+                   reviewer=reviewer, source=source, created_at=now, note=note, login=login,
+                   shown_label=shown.get(i), shown_model_version_id=shown_version, amend_reason=reason)
         for i in ids
     ]
     session.add_all(events)
@@ -159,7 +185,8 @@ def class_folder_labels(session: Session, folder: str | os.PathLike, taxonomy: s
 
 
 def import_labels(db: Database, folder: str | os.PathLike, reviewer: str | None = None,
-                  taxonomy: str | None = None, cancel: threading.Event | None = None) -> Job[ImportSummary]:
+                  taxonomy: str | None = None, cancel: threading.Event | None = None,
+                  amend_reason: str | None = None) -> Job[ImportSummary]:
     """Record class-folder names as labels (source=dataset), mapped through the alias table.
     Re-importing the same folder adds nothing."""
     cancel = cancel or threading.Event()
@@ -183,7 +210,8 @@ def import_labels(db: Database, folder: str | os.PathLike, reviewer: str | None 
                 summary.n_already += len(chunk) - len(new)
                 if new:
                     record_labels(s, new, label, reviewer, source="dataset", taxonomy=tax,
-                                  note=f"imported from folder names under {Path(folder).name}")
+                                  note=f"imported from folder names under {Path(folder).name}",
+                                  amend_reason=amend_reason)
                 summary.n_labelled += len(new)
                 summary.per_class[label] += len(new)
             done += len(chunk)
@@ -219,6 +247,7 @@ class LabelWrite:
     note: str | None
     source: str = "human"
     kind: str = IMAGE
+    amend_reason: str | None = None  # a change to a released case (core/review/released.py)
 
     def apply(self, session: Session) -> None:
         by_label: dict[str | None, list[int]] = {}
@@ -227,10 +256,10 @@ class LabelWrite:
         for label, ids in by_label.items():
             if self.kind == CELL:
                 record_cell_labels(session, ids, label, self.reviewer, taxonomy=self.taxonomy, source=self.source,
-                                   note=self.note)
+                                   note=self.note, amend_reason=self.amend_reason)
             else:
                 record_labels(session, ids, label, self.reviewer, source=self.source, taxonomy=self.taxonomy,
-                              note=self.note)
+                              note=self.note, amend_reason=self.amend_reason)
 
 
 class LabelWriter:
@@ -263,6 +292,9 @@ class LabelWriter:
         self.on_saved = on_saved or (lambda ids, n: None)
         self.on_waiting = on_waiting or (lambda message, n: None)
         self.on_cells_saved = on_cells_saved or (lambda ids, n: None)
+        # (message, the LabelWrite, amendable): a write refused for good (a released case: amendable
+        # with a reason; a right the login lacks); it is not retried, and the caller is told
+        self.on_refused = lambda message, item, amendable: None
         self._queue: list[LabelWrite] = []
         self._cond = threading.Condition()
         self._seq = 0
@@ -271,7 +303,8 @@ class LabelWriter:
 
     # -- caller's side
     def write(self, targets: dict[int, str | None], reviewer: str, taxonomy: str = "all_subtype",
-              note: str | None = None, source: str = "human", kind: str = IMAGE) -> bool:
+              note: str | None = None, source: str = "human", kind: str = IMAGE,
+              amend_reason: str | None = None) -> bool:
         """Record one action. True: written now; False: queued (it will be written later).
         A label that is not valid raises ValueError here (it is never queued)."""
         if kind not in (IMAGE, CELL):
@@ -283,7 +316,7 @@ class LabelWriter:
                 raise ValueError(f"{label!r} is not a class of taxonomy {taxonomy!r} (nor {OTHER!r})")
         with self._cond:
             self._seq += 1
-            item = LabelWrite(self._seq, dict(targets), reviewer, taxonomy, note, source, kind)
+            item = LabelWrite(self._seq, dict(targets), reviewer, taxonomy, note, source, kind, amend_reason)
             if self._queue or self._closing or self.off_caller_thread:
                 self._enqueue(item)
                 return False
@@ -299,9 +332,9 @@ class LabelWriter:
             return False
 
     def write_cells(self, targets: dict[int, str | None], reviewer: str, taxonomy: str,
-                    note: str | None = None, source: str = "human") -> bool:
+                    note: str | None = None, source: str = "human", amend_reason: str | None = None) -> bool:
         """Record one action on cells (cell_id -> label): as :meth:`write`, in the same queue."""
-        return self.write(targets, reviewer, taxonomy, note, source, kind=CELL)
+        return self.write(targets, reviewer, taxonomy, note, source, kind=CELL, amend_reason=amend_reason)
 
     def pending(self) -> list[LabelWrite]:
         with self._cond:
@@ -372,6 +405,14 @@ class LabelWriter:
                     item.apply(s)
             except Exception as exc:
                 message = _sentence(exc, self.url)
+                if is_refusal(exc):  # the case is released, or this login may not: waiting cures nothing
+                    log.warning("label write refused: %s", message)
+                    with self._cond:
+                        self._queue.pop(0)
+                        n = len(self._queue)
+                        self._cond.notify_all()
+                    self.on_refused(message, item, isinstance(exc, CaseReleasedError))
+                    continue
                 log.warning("label write waiting: %s", message)
                 self.on_waiting(message, len(self.pending()))
                 with self._cond:
@@ -387,6 +428,13 @@ class LabelWriter:
                 self._cond.notify_all()
             (self.on_cells_saved if item.kind == CELL else self.on_saved)(list(item.targets), n)
             time.sleep(0)  # let the caller's thread run between writes
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """A write refused for good (a released case, a right the login lacks), not a passing fault."""
+    if isinstance(exc, (CaseReleasedError, NotPermittedError)):
+        return True
+    return isinstance(exc, DBAPIError) and classify(exc) is Fault.PERMISSION
 
 
 def _sentence(exc: BaseException, url) -> str:

@@ -41,7 +41,7 @@ from sqlalchemy.types import NullType
 from core.storage.orm import Base
 
 #: THE registry of append-only, hash-chained tables (a table added later: one line here).
-AUDIT_TABLES: tuple[str, ...] = ("label_events", "cell_label_events", "model_activations")
+AUDIT_TABLES: tuple[str, ...] = ("label_events", "cell_label_events", "model_activations", "release_events")
 #: The chain's own columns on every audit table.
 CHAIN_COLUMNS = ("chain_seq", "prev_hash", "event_hash")
 HEAD_TABLE = "audit_chain_head"
@@ -115,6 +115,14 @@ def chain_new_events(session: Session, flush_context=None, instances=None) -> No
     if not new:
         return
     conn = session.connection()
+    # PostgreSQL records the database login (migration 0009's trigger fills an empty one with
+    # session_user): fill it here, before the hash is taken, or the row would not verify
+    if conn.dialect.name == "postgresql" and any(
+            "login" in o.__table__.c and getattr(o, "login", None) is None for o in new):
+        session_login = conn.execute(text("SELECT session_user")).scalar()
+        for o in new:
+            if "login" in o.__table__.c and getattr(o, "login", None) is None:
+                o.login = session_login
     seq, prev = _lock_head(conn)
     next_id: dict[str, int] = {}
     for obj in new:

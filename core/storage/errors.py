@@ -17,7 +17,7 @@ from enum import Enum
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
-from core.errors import DatabaseBusyError, DatabaseUnavailableError, HemascanError, StorageError
+from core.errors import DatabaseBusyError, DatabaseUnavailableError, HemascanError, NotPermittedError, StorageError
 
 # Known drivers: the package to install for each (the dialect's default driver first).
 DRIVER_PACKAGES = {
@@ -184,8 +184,9 @@ FAULT_SENTENCES: dict[Fault, tuple[type[HemascanError], str]] = {
     Fault.LOGIN_REFUSED: (DatabaseUnavailableError, "{where} refused the login (wrong user name or password); check "
                                                     "--db-url / HEMASCAN_DB_URL"),
     Fault.NO_DATABASE: (DatabaseUnavailableError, "{where} does not exist on the server; create it first"),
-    Fault.PERMISSION: (DatabaseUnavailableError, "{where} refused: this login may not do that ({msg}); ask the "
-                                                 "database's administrator for the rights hemascan needs"),
+    Fault.PERMISSION: (NotPermittedError, "{where} refused: this login may not do that ({msg}); activating, "
+                                          "promoting or rolling back a model and releasing or amending a case need "
+                                          "the role hemascan_supervisor: ask the lab's administrator"),
     Fault.NO_FREE_CONNECTION: (DatabaseUnavailableError, "{where} has no free connection now (too many clients); try "
                                                          "again shortly, or ask for a higher max_connections"),
     Fault.UNREACHABLE: (DatabaseUnavailableError, "could not reach {where}: the server is down or unreachable; "

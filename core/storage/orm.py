@@ -156,6 +156,14 @@ class LabelEvent(AuditChained, Base):
     source: Mapped[str] = mapped_column(String(16))  # human / import / dataset
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     note: Mapped[str | None] = mapped_column(Text)
+    # issue 24 (0009): the database login that wrote it (on PostgreSQL the session's, checked by
+    # a trigger; on SQLite the operating-system account), the prediction the reviewer was shown
+    # when labelling (so a correction stays one after a retrain), and an amendment's reason (a
+    # change to a released case)
+    login: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    shown_label: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    shown_model_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    amend_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class TrainingRun(Base):
@@ -216,6 +224,7 @@ class ModelActivation(AuditChained, Base):
     action: Mapped[str] = mapped_column(String(16))  # setup / activate / promote / rollback / register / import
     activated_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    login: Mapped[str | None] = mapped_column(String(128), nullable=True)  # 0009: the database login
 
 
 class WorkFolder(Base):
@@ -341,6 +350,14 @@ class CellLabelEvent(AuditChained, Base):
     source: Mapped[str] = mapped_column(String(16))  # human / import / dataset
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     note: Mapped[str | None] = mapped_column(Text)
+    # issue 24 (0009): the database login that wrote it (on PostgreSQL the session's, checked by
+    # a trigger; on SQLite the operating-system account), the prediction the reviewer was shown
+    # when labelling (so a correction stays one after a retrain), and an amendment's reason (a
+    # change to a released case)
+    login: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    shown_label: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    shown_model_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    amend_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Case(Base):
@@ -353,3 +370,32 @@ class Case(Base):
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# ---- identities and release (issue 24, migration 0009) ----
+
+class Login(Base):
+    """A database login's display name (PostgreSQL: the lab's technologists each have a login;
+    the name shown in reports is a property of the login, not typed per seat)."""
+
+    __tablename__ = "logins"
+    login: Mapped[str] = mapped_column(String(128), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReleaseEvent(AuditChained, Base):
+    """Append-only: a supervisor released a case (a folder, ``case_root`` its stored-path
+    prefix): who, when, the SHA-256 of the exact PDF produced and of the case's label state
+    (core/review/release.py). A released case takes only amendments (a label event with a reason)."""
+
+    __tablename__ = "release_events"
+    __table_args__ = (Index("ix_release_events_case_root", "case_root"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_root: Mapped[str] = mapped_column(Text)
+    case_name: Mapped[str] = mapped_column(String(200))
+    login: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    display_name: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    pdf_sha256: Mapped[str] = mapped_column(String(64))
+    labels_sha256: Mapped[str] = mapped_column(String(64))
