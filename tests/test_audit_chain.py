@@ -132,11 +132,12 @@ def test_a_normal_history_verifies_and_the_chain_is_one_across_tables(db_url, cl
         with db.session() as s:  # several events of several tables in one flush
             s.add_all([_label_event(s, 50), _activation(s, 50), _cell_label_event(s, 50), _label_event(s, 51)])
         report = _report(db)
-        assert report.whole and report.events == 13, report.sentence()
+        total = 3 * len(AUDIT_TABLES) + 4
+        assert report.whole and report.events == total, report.sentence()
         with db.engine.connect() as c:
             seqs = sorted(v for t in AUDIT_TABLES for v in c.execute(text(f"SELECT chain_seq FROM {t}")).scalars())
-            assert seqs == list(range(1, 14))
-            assert c.execute(text(f"SELECT seq FROM {HEAD_TABLE}")).scalar() == 13
+            assert seqs == list(range(1, total + 1))
+            assert c.execute(text(f"SELECT seq FROM {HEAD_TABLE}")).scalar() == total
             first = [c.execute(text(f"SELECT prev_hash FROM {t} WHERE chain_seq = 1")).scalar() for t in AUDIT_TABLES]
             assert GENESIS in first
     finally:
@@ -167,7 +168,8 @@ def test_an_edit_around_the_triggers_is_named_by_audit_verify(db_url, cli, table
         _one_of_each(db)
         ids = _one_of_each(db)
         _one_of_each(db)
-        column = {"label_events": "reviewer", "cell_label_events": "label", "model_activations": "activated_by"}[table]
+        column = {"label_events": "reviewer", "cell_label_events": "label", "model_activations": "activated_by",
+                  "release_events": "case_name"}[table]
         _bypassing_triggers(db, table, f"UPDATE {table} SET {column} = 'someone else' WHERE id = :i", {"i": ids[table]})
         report = _report(db)
         assert (report.table, report.event_id) == (table, ids[table])
@@ -222,9 +224,10 @@ def test_removing_the_newest_events_is_seen_unless_the_head_is_rewritten_too(db_
     db = Database(db_url)
     try:
         _one_of_each(db)
-        with db.session() as s:
-            last = s.scalar(select(ModelActivation.id).order_by(ModelActivation.id.desc()))
-        _bypassing_triggers(db, "model_activations", "DELETE FROM model_activations WHERE id = :i", {"i": last})
+        with db.engine.connect() as c:  # the newest event, whichever table it is in
+            table, last = max(((t, c.execute(text(f"SELECT max(chain_seq) FROM {t}")).scalar()) for t in AUDIT_TABLES),
+                              key=lambda tv: tv[1])
+        _bypassing_triggers(db, table, f"DELETE FROM {table} WHERE chain_seq = :i", {"i": last})
         report = _report(db)
         assert not report.whole and "the newest 1 were removed" in report.problem
     finally:
@@ -321,16 +324,22 @@ def test_postgresql_application_role_may_insert_and_read_but_not_update_or_delet
     try:
         with db.session() as s:
             version_id = _version(s).id
+            image_id = _image(s, 1).id
         as_tech = Database(pg_url.set(username=login, password=password), migrate=False)
         try:
             with as_tech.session() as s:
-                s.add(ModelActivation(model_version_id=version_id, action="activate", activated_by=login))
+                s.add(LabelEvent(image_id=image_id, taxonomy="all_subtype", label="Pre-B", reviewer=login,
+                                 source="human"))
             with as_tech.engine.connect() as c:
-                assert c.execute(text("SELECT activated_by FROM model_activations")).scalar() == login
-            for sql in ("UPDATE model_activations SET activated_by = 'x'", "DELETE FROM model_activations"):
+                assert c.execute(text("SELECT reviewer FROM label_events")).scalar() == login
+            for sql in ("UPDATE label_events SET reviewer = 'x'", "DELETE FROM label_events"):
                 with pytest.raises(DBAPIError, match="permission denied"):
                     with as_tech.engine.begin() as c:
                         c.execute(text(sql))
+            # activating a model is a supervisor's: a reviewer may read the activations, not add one
+            with pytest.raises(DBAPIError, match="permission denied"):
+                with as_tech.session() as s:
+                    s.add(ModelActivation(model_version_id=version_id, action="activate", activated_by=login))
         finally:
             as_tech.dispose()
         assert _report(db).whole

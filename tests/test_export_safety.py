@@ -39,7 +39,8 @@ def test_a_hostile_reviewer_name_in_the_csv_is_text_and_numbers_are_numbers(db, 
     with open(out, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     reviewers = sorted(r["reviewer"] for r in rows if r["reviewer"])
-    assert reviewers == ["'\t-1+1", "'=HYPERLINK(\"http://x\",\"y\")"]
+    # the name is trimmed when recorded (its tab goes); what is left still starts with "-": neutralised
+    assert reviewers == ["'-1+1", "'=HYPERLINK(\"http://x\",\"y\")"]
 
 
 @pytest.mark.parametrize("name", ["scan\u202egpj.exe", "\u2067a\u2069b\u200f", "plain"])

@@ -16,13 +16,16 @@ from sqlalchemy import text
 
 from core.app.command import App, command
 from core.errors import HemascanError
+from core.storage.audit import HEAD_TABLE, SUPERVISOR_ONLY
 from core.storage.identity import ADMIN, REVIEWER, SUPERVISOR
 from core.storage.orm import Base
 
 #: Append-only for everyone: read and add, never change (the audit's tables).
 APPEND_ONLY = ("label_events", "cell_label_events")
 #: Only a supervisor adds to these (a reviewer reads them).
-SUPERVISOR_ADDS = ("model_activations", "release_events")
+SUPERVISOR_ADDS = SUPERVISOR_ONLY
+#: The audit chain's head: every audit write moves it; nobody adds or removes its one row.
+CHAIN_HEAD = (HEAD_TABLE,)
 #: Model versions and their files: a reviewer may add one (a retrain's candidate), only a
 #: supervisor changes one (is_active follows an activation).
 MODEL_TABLES = ("model_versions", "model_files", "model_blobs")
@@ -37,7 +40,7 @@ def _quote(name: str) -> str:
 def roles_sql(database: str, tables: list[str] | None = None) -> list[str]:
     """The statements, in order; safe to run again (after an upgrade adds tables: run it again)."""
     tables = sorted(tables if tables is not None else Base.metadata.tables)
-    special = set(APPEND_ONLY) | set(SUPERVISOR_ADDS) | set(MODEL_TABLES) | set(READ_ONLY) | set(OWN_ROW)
+    special = set(APPEND_ONLY) | set(SUPERVISOR_ADDS) | set(MODEL_TABLES) | set(READ_ONLY) | set(OWN_ROW) | set(CHAIN_HEAD)
     working = [t for t in tables if t not in special]
 
     def listed(names) -> str:
@@ -56,6 +59,11 @@ def roles_sql(database: str, tables: list[str] | None = None) -> list[str]:
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {listed(working)} TO {REVIEWER}",
         f"GRANT SELECT, INSERT ON {listed(APPEND_ONLY)} TO {REVIEWER}",
         f"GRANT SELECT ON {listed(SUPERVISOR_ADDS + READ_ONLY)} TO {REVIEWER}",
+        # a migration run before the roles were set up may have granted more: take it back
+        f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {listed(SUPERVISOR_ADDS + APPEND_ONLY)} FROM {REVIEWER}",
+        f"GRANT SELECT, INSERT ON {listed(APPEND_ONLY)} TO {REVIEWER}",
+        f"GRANT SELECT, UPDATE ON {listed(CHAIN_HEAD)} TO {REVIEWER}",
+        f"REVOKE INSERT, DELETE, TRUNCATE ON {listed(CHAIN_HEAD)} FROM {REVIEWER}",
         f"GRANT SELECT, INSERT ON {listed(MODEL_TABLES)} TO {REVIEWER}",
         f"GRANT INSERT ON {listed(SUPERVISOR_ADDS)} TO {SUPERVISOR}",
         f"GRANT UPDATE ON {listed(MODEL_TABLES)} TO {SUPERVISOR}",
@@ -73,7 +81,7 @@ def roles_sql(database: str, tables: list[str] | None = None) -> list[str]:
 
 
 def _lab_args(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="action", metavar="ACTION")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", help="setup-roles: the SQL of the lab's roles")
     s = sub.add_parser("setup-roles", help="print the SQL that sets up the lab's roles on PostgreSQL "
                                            "(or run it with --apply, as the connecting administrator)")
     s.add_argument("--apply", action="store_true", help="run it now on --db-url's database")

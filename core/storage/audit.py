@@ -204,10 +204,19 @@ def existing_roles(conn: Connection, roles: Iterable[str]) -> list[str]:
                              {"r": wanted}).scalars())
 
 
+#: Audit tables only a supervisor adds to (activating a model, releasing a case); a reviewer reads them.
+SUPERVISOR_ONLY: tuple[str, ...] = ("model_activations", "release_events")
+
+
 def application_grants_sql(table: str, role: str) -> str:
-    """PostgreSQL: what an application role may do with an audit table (for ``lab setup-roles``)."""
-    return (f"GRANT SELECT, INSERT ON {table} TO {role}; REVOKE UPDATE, DELETE, TRUNCATE ON {table} FROM {role}; "
-            f"GRANT SELECT, UPDATE ON {HEAD_TABLE} TO {role}")
+    """PostgreSQL: what an application role may do with an audit table (``lab setup-roles`` and
+    the migrations): read it, add to it (a reviewer not to :data:`SUPERVISOR_ONLY` tables), never
+    change it; move the chain's head (every audit write does)."""
+    adds = role != "hemascan_reviewer" or table not in SUPERVISOR_ONLY
+    grant = f"GRANT SELECT, INSERT ON {table} TO {role}" if adds else \
+        f"GRANT SELECT ON {table} TO {role}; REVOKE INSERT ON {table} FROM {role}"
+    return (f"{grant}; REVOKE UPDATE, DELETE, TRUNCATE ON {table} FROM {role}; "
+            f"GRANT SELECT, UPDATE ON {HEAD_TABLE} TO {role}; REVOKE INSERT, DELETE, TRUNCATE ON {HEAD_TABLE} FROM {role}")
 
 
 def unprotect_table(conn: Connection, table: str) -> None:

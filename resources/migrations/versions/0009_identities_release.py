@@ -69,6 +69,9 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$ LANGUAGE plpgsql
+-- the owner's rights: the check reads files and cells whatever the writing login may read (it
+-- judges session_user, which SECURITY DEFINER does not change); a fixed search path
+SECURITY DEFINER SET search_path = public, pg_temp
 """
 
 # Only a supervisor makes a version active: an activation's row is the supervisor's privilege
