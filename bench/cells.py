@@ -32,7 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT.parent / "shared" / "datasets"  # beside the checkout, as for bench/throughput.py; --datasets elsewhere
-CELL_MODEL = "all-vs-normal-seed-cnn3-v1"
+# the cell model a first start makes active (issue 23's white-cell differential, fp32: no int8 yet)
+CELL_MODEL = "wbc-differential-effnet-lite0-v1"
 BIG_SIZE = (2592, 1944)
 
 
@@ -64,7 +65,7 @@ def make_big_fields(n: int, dest: Path, bccd: Path) -> Path:
 
 
 def cell_model_only(data_dir: Path):
-    """A data directory with ALL-vs-normal as the only active model, a cell model."""
+    """A data directory with the bundled cell model (the differential) as the only active model."""
     from sqlalchemy import update
 
     from core.app.bootstrap import open_database
@@ -137,8 +138,11 @@ def peak_rss_mb(folder: Path) -> float:
             "tmp = tempfile.mkdtemp(); db, paths = cell_model_only(Path(tmp)); "
             "run_job(classify(db, paths, sys.argv[1])); "
             "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, cwd=ROOT,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True).stdout
+    run = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    if run.returncode != 0:
+        raise SystemExit(f"the memory run on {folder} failed: {(run.stderr.strip().splitlines() or ['?'])[-1]}")
+    out = run.stdout
     return int(out.split("PEAK_RSS_KB")[-1].split()[0]) / 1024
 
 
