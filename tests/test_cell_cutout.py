@@ -177,13 +177,28 @@ def test_the_cell_stage_gives_the_model_cut_outs_with_the_cards_background(db, p
     from tests.cellfields import write_fields
     from tests.test_cell_stage import make_cell_model_active
 
+    import shutil
+
+    from sqlalchemy import update
+
+    from core.models.registry import register_package
+    from core.storage import ModelVersion
+
     vid = make_cell_model_active(db, keep_field_active=False)
     with db.session() as s:
         pkg = version_package(s, version_ref_by_id(s, vid), paths)
-    card = json.loads((pkg / CARD_FILE).read_text(encoding="utf-8"))
+    # a changed card is a new version (issue 24): the same model with this background, registered
+    variant = tmp_path / "variant"
+    shutil.copytree(pkg, variant)
+    card = json.loads((variant / CARD_FILE).read_text(encoding="utf-8"))
     card["preprocessing"]["cell_background"] = background
-    (pkg / CARD_FILE).chmod(0o644)
-    (pkg / CARD_FILE).write_text(json.dumps(card), encoding="utf-8")
+    card["name"] = f"{card['name']}-{background}"
+    (variant / CARD_FILE).chmod(0o644)
+    (variant / CARD_FILE).write_text(json.dumps(card), encoding="utf-8")
+    with db.session() as s:
+        vid = register_package(s, paths, variant).id
+        s.execute(update(ModelVersion).values(is_active=False))
+        s.execute(update(ModelVersion).where(ModelVersion.id == vid).values(input_kind="cell", is_active=True))
     seen: list[np.ndarray] = []
     real_assess = Predictor.assess
 
