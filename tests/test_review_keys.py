@@ -240,7 +240,9 @@ def test_report_pages_never_cut_a_thumbnail_from_its_caption(qtbot, tmp_path):
     assert cut == []
     if shutil.which("pdftotext"):  # poppler-utils: the footer is real text on every page
         text = subprocess.run(["pdftotext", str(tmp_path / "t.pdf"), "-"], capture_output=True, text=True).stdout
-        assert all(f"Case 1 · page {k} of {pages}" in text for k in range(1, pages + 1))
+        from core.distribution import hemascan_version
+
+        assert all(f"Case 1 · hemascan {hemascan_version()} · page {k} of {pages}" in text for k in range(1, pages + 1))
 
 
 def test_the_window_never_widens_itself_and_the_current_tile_is_framed(qtbot, window, tmp_path):  # noqa: F811

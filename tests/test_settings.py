@@ -18,6 +18,8 @@ ENVIRONMENT_EXCEPTIONS = {
     "core/inference/engines.py": "TORCHINDUCTOR_CACHE_DIR",
     # asks what Qt itself will read (QT_QPA_PLATFORM, DISPLAY, WAYLAND_DISPLAY) before Qt can abort the process
     "desktop/qtcheck.py": "QT_QPA_PLATFORM",
+    # `release` writes its PDF without a display: tells Qt (which reads it) to draw offscreen
+    "desktop/cli.py": "QT_QPA_PLATFORM",
 }
 ENV_READ = re.compile(r"os\.environ|getenv|from os import[^\n]*environ|os\.putenv")
 

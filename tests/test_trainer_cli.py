@@ -33,8 +33,9 @@ def test_train_evaluate_compare(cli, tmp_path, db):
         assert version.name == "tiny-v1" and version.is_active
         card_acc = version.card["metrics"]["as_is"]["accuracy"]
         assert card_acc == as_is["accuracy"]  # the card states what the run measured
-        # the int8 CPU model was made and checked before registering; the card holds it only if accepted
-        assert "int8 agrees with fp32" in out
+        # the int8 CPU model is made and checked before registering only when there are enough images to
+        # check it (200): this tiny run has too few, so it says so and runs in fp32 (no time spent quantizing)
+        assert "no int8 model: only" in out and "at least 200 needed" in out
         assert bool(version.card["int8"].get("files")) == ("labels: added" in out)
 
     js = tmp_path / "m.json"
