@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models.taxonomy import OTHER, get_taxonomy, review_labels
-from core.review.rules import SOURCES, latest_label_events, reviewer_problem
-from core.models.registry import CELL, active_version
+from core.review.rules import SOURCES, latest_label_events, reviewer_problem, shown_classes
+from core.models.registry import CELL
 from core.review.released import check_amendment, releases_of_cells
 from core.storage import CellLabelEvent, CellPrediction, utcnow
 from core.storage.identity import reviewer_for
@@ -29,13 +29,7 @@ def latest_cell_events(session: Session, cell_ids: Iterable[int] | None = None,
 
 def shown_cell_predictions(session: Session, cell_ids: list[int]) -> tuple[int | None, dict[int, str]]:
     """(the active cell model's id, cell_id -> the class it showed: sure and inside its experience)."""
-    version = active_version(session, CELL)
-    if version is None or not cell_ids:
-        return (version.id if version is not None else None), {}
-    rows = session.execute(select(CellPrediction.cell_id, CellPrediction.label).where(
-        CellPrediction.model_version_id == version.id, CellPrediction.cell_id.in_(cell_ids),
-        CellPrediction.uncertain.is_not(True), CellPrediction.out_of_distribution.is_not(True)))
-    return version.id, dict(rows.all())
+    return shown_classes(session, CELL, CellPrediction, CellPrediction.cell_id, cell_ids)
 
 
 def cell_history(session: Session, cell_id: int) -> list[CellLabelEvent]:

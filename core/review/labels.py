@@ -18,14 +18,14 @@ from core.config import default_reviewer
 from core.errors import CaseReleasedError, DatabaseUnavailableError, NotPermittedError
 from core.storage import Database, ImageFile, LabelEvent, Prediction, utcnow
 from core.storage.identity import reviewer_for
-from core.models.registry import FIELD, active_version
+from core.models.registry import FIELD
 from core.review.released import check_amendment, releases_of_images  # noqa: E402
 from core.imaging.fspath import to_fs
 from core.jobs import Job, Progress
 from core.imaging.scan import ScanSummary, scan, under_folder
 from core.models.taxonomy import OTHER, resolve_alias, review_labels, shared_taxonomy
 from core.review.cell_labels import record_cell_labels
-from core.review.rules import NOT_REVIEWER_NAMES, SOURCES, latest_label_events, reviewer_problem  # noqa: F401  (re-exported)
+from core.review.rules import NOT_REVIEWER_NAMES, SOURCES, latest_label_events, reviewer_problem, shown_classes  # noqa: F401  (re-exported)
 from core.storage.errors import Fault, classify, user_error
 
 
@@ -37,13 +37,7 @@ log = logging.getLogger(__name__)
 def shown_predictions(session: Session, image_ids: list[int]) -> tuple[int | None, dict[int, str]]:
     """(the active field model's id, image_id -> the class it showed): only sure predictions
     inside its experience show a class, as the gallery's "corrected" rule has it."""
-    version = active_version(session, FIELD)
-    if version is None or not image_ids:
-        return (version.id if version is not None else None), {}
-    rows = session.execute(select(Prediction.image_id, Prediction.label).where(
-        Prediction.model_version_id == version.id, Prediction.image_id.in_(image_ids),
-        Prediction.uncertain.is_not(True), Prediction.out_of_distribution.is_not(True)))
-    return version.id, dict(rows.all())
+    return shown_classes(session, FIELD, Prediction, Prediction.image_id, image_ids)
 
 
 def latest_events(session: Session, image_ids: Iterable[int] | None = None) -> dict[int, LabelEvent]:

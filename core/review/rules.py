@@ -7,6 +7,8 @@ from typing import Iterable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.models.registry import active_version
+
 #: where a label event comes from: a person in the app, an import, a dataset's class folders
 SOURCES = ("human", "import", "dataset")
 
@@ -41,3 +43,16 @@ def latest_label_events(session: Session, event, key, ids: Iterable[int] | None 
         latest = latest.where(key.in_(wanted))
     events = session.scalars(select(event).where(event.id.in_(latest.scalar_subquery())))
     return {getattr(e, key.key): e for e in events}
+
+
+def shown_classes(session: Session, kind: str, prediction, key, ids: list[int]) -> tuple[int | None, dict[int, str]]:
+    """(the active ``kind`` model's id, id -> the class it showed) for the images or cells ``ids``:
+    only sure predictions inside its experience show a class, as the "corrected" rule has it.
+    ``prediction``: the prediction table's model (Prediction, CellPrediction); ``key``: its id column."""
+    version = active_version(session, kind)
+    if version is None or not ids:
+        return (version.id if version is not None else None), {}
+    rows = session.execute(select(key, prediction.label).where(
+        prediction.model_version_id == version.id, key.in_(ids),
+        prediction.uncertain.is_not(True), prediction.out_of_distribution.is_not(True)))
+    return version.id, dict(rows.all())
