@@ -216,3 +216,45 @@ def test_the_window_shows_the_cell_stage_and_what_it_classified(qtbot, paths, db
         assert any("9 cells classified with" in m for m in messages), messages
     finally:
         close_window(w)
+
+
+def test_a_folder_submitted_with_an_image_kind_is_searched_with_it_by_the_workers(db, paths, tmp_path):
+    from core.app.workqueue import run_worker, submit
+    from core.cells.finder import finder_name
+    from core.models.registry import version_ref_by_id
+    from core.storage import WorkFolder
+
+    vid = make_cell_model_active(db)
+    folder = tmp_path / "case1"
+    write_fields(folder, 4)
+    with db.session() as s:
+        ref = version_ref_by_id(s, vid)
+
+    def finders() -> list[str]:
+        with db.session() as s:
+            return sorted(set(s.scalars(select(CellSearch.finder))))
+
+    assert run_job(submit(db, paths, folder, version=ref, image_kind="crops")).n_queued == 4
+    with db.session() as s:
+        assert s.scalar(select(WorkFolder.image_kind)) == "crops"
+    assert run_job(run_worker(db, paths, once=True, claim_size=3)).n_predicted == 4
+    assert finders() == [finder_name("crops")]
+    # said again without a kind: the folder keeps "crops", nothing is queued again
+    again = run_job(submit(db, paths, folder, version=ref))
+    assert (again.n_queued, again.n_requeued, again.n_already_done) == (0, 0, 4)
+    # the lab says they are fields after all: every image is searched again, as fields
+    changed = run_job(submit(db, paths, folder, version=ref, image_kind="fields"))
+    assert (changed.n_requeued, changed.n_already_done) == (4, 0)
+    assert run_job(run_worker(db, paths, once=True)).n_predicted == 4
+    assert finder_name("fields") in finders()
+    assert counts(db, vid)["cells"] >= 12  # three cells per field found as fields (crops give one each)
+
+
+def test_submit_refuses_an_unknown_image_kind_before_scanning(db, paths, tmp_path):
+    from core.app.workqueue import submit
+
+    make_cell_model_active(db)
+    folder = tmp_path / "case1"
+    write_fields(folder, 1)
+    with pytest.raises(ValueError, match="image kind"):
+        run_job(submit(db, paths, folder, image_kind="slides"))

@@ -166,6 +166,9 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", type=non_empty_path, help="folder of images that every worker can read (e.g. on the lab's share)")
     p.add_argument("--model", help="model version name (default: the active one)")
     p.add_argument("--by", type=PERSON, help="name stored with the submission (default: the OS user)")
+    p.add_argument("--images", choices=IMAGE_KINDS, default=None,
+                   help="what the folder's images are, kept with it for the workers (a cell model only): fields, "
+                        "crops (one pre-cut cell each) or auto; default: as the folder was submitted before, else auto")
 
 
 def _print_queue(app: App, statuses) -> None:
@@ -178,7 +181,7 @@ def _print_queue(app: App, statuses) -> None:
 def cmd_submit(args, app: App) -> int:
     with app.db.session() as db_session:
         version = version_ref(db_session, args.model)
-    s = app.progress(submit(app.db, app.paths, args.folder, app.cancel, version, args.by), "submit")
+    s = app.progress(submit(app.db, app.paths, args.folder, app.cancel, version, args.by, args.images), "submit")
     _print_scan(app, s.scan)
     if s.cancelled:
         app.echo("submit cancelled: run it again to queue the rest")

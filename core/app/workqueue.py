@@ -51,6 +51,7 @@ from core.jobs import Job, Progress, RateMeter
 from core.imaging.scan import ScanSummary, folder_prefix, images_under, scan, under_prefix
 from core.config import default_reviewer
 from core.storage import ModelVersion
+from core.cells.finder import finder_name
 from core.inference.cells import classify_cells, complete_image_ids, is_cell_version
 from core.inference.predict import ClassifySummary, Predictor, plan_for, predict_images
 
@@ -92,15 +93,22 @@ class SubmitSummary:
 
 
 def submit(db: Database, paths: Paths, folder: str | os.PathLike, cancel: threading.Event | None = None,
-           version: VersionRef | None = None, submitted_by: str | None = None) -> Job[SubmitSummary]:
+           version: VersionRef | None = None, submitted_by: str | None = None,
+           image_kind: str | None = None) -> Job[SubmitSummary]:
     """Scan ``folder`` (bad files are recorded with their reason, as by ``scan``) and queue
     every usable image ``version`` (None: the one active when the job starts) has not
     predicted yet. Submitting again queues only what is new, and queues again what failed.
     Items queued under another folder with the same images (the folder was moved, renamed or
     re-mounted elsewhere: same content, so the same image ids, at new paths) now belong to
-    this one, so the workers read them here."""
+    this one, so the workers read them here. ``image_kind`` (a cell model; IMAGE_KINDS): what
+    the lab says the folder's images are, kept with the folder for the workers (as
+    ``classify --images``); submitting again with another kind queues again the images whose
+    cells were found with another kind (none of their cells labelled). None keeps what the
+    folder was submitted with."""
 
     cancel = cancel or threading.Event()
+    if image_kind is not None:
+        finder_name(image_kind)  # a bad kind is refused before any work
     if version is None:
         with db.session() as s:
             version = version_ref(s)
@@ -117,12 +125,15 @@ def submit(db: Database, paths: Paths, folder: str | os.PathLike, cancel: thread
                                                      submitted_by=(submitted_by or default_reviewer())[:128])],
                       ["root", "model_version_id"])
         folder_id = s.scalar(select(WorkFolder.id).where(WorkFolder.root == root, WorkFolder.model_version_id == vid))
+        if image_kind is not None:
+            s.execute(update(WorkFolder).where(WorkFolder.id == folder_id).values(image_kind=image_kind))
+        kind = s.scalar(select(WorkFolder.image_kind).where(WorkFolder.id == folder_id))
         ids = [i for i, _ in images_under(s, folder)]
     summary.model, summary.n_images = version.name, len(ids)
     for start in range(0, len(ids), IN_CHUNK):
         chunk = ids[start:start + IN_CHUNK]
         with db.session() as s:
-            predicted = complete_image_ids(s, vid, chunk) if cell_model else set(s.scalars(
+            predicted = complete_image_ids(s, vid, chunk, kind) if cell_model else set(s.scalars(
                 select(Prediction.image_id).where(Prediction.model_version_id == vid, Prediction.image_id.in_(chunk))))
             existing = dict(s.execute(select(WorkItem.image_id, WorkItem.status).where(
                 WorkItem.model_version_id == vid, WorkItem.image_id.in_(chunk))).all())
@@ -130,12 +141,13 @@ def submit(db: Database, paths: Paths, folder: str | os.PathLike, cancel: thread
             insert_ignore(s, WorkItem.__table__, [dict(folder_id=folder_id, image_id=i, model_version_id=vid,
                                                        status=QUEUED, attempts=0) for i in new],
                           ["image_id", "model_version_id"])
-            retry = [i for i, st in existing.items() if st == FAILED and i not in predicted]
+            # failed, or done but not complete now (cells found with another kind than declared)
+            retry = [i for i, st in existing.items() if st in (FAILED, DONE) and i not in predicted]
             if retry:
                 s.execute(update(WorkItem).where(WorkItem.model_version_id == vid, WorkItem.image_id.in_(retry),
-                                                 WorkItem.status == FAILED)
+                                                 WorkItem.status.in_((FAILED, DONE)))
                           .values(status=QUEUED, error=None, claim_token=None, worker=None, lease_until=None,
-                                  finished_at=None))
+                                  finished_at=None, folder_id=folder_id))
             waiting = [i for i, st in existing.items() if st != DONE and i not in predicted]
             if waiting:  # the workers find their files under this folder (a running claim finishes as it is)
                 s.execute(update(WorkItem).where(WorkItem.model_version_id == vid, WorkItem.image_id.in_(waiting),
@@ -144,7 +156,7 @@ def submit(db: Database, paths: Paths, folder: str | os.PathLike, cancel: thread
         summary.n_already_done += len(predicted)
         summary.n_queued += len(new)
         summary.n_requeued += len(retry)
-        summary.n_already_queued += sum(1 for i, st in existing.items() if st != FAILED and i not in predicted)
+        summary.n_already_queued += sum(1 for i, st in existing.items() if st not in (FAILED, DONE) and i not in predicted)
         yield Progress("submit", start + len(chunk), len(ids))
         if cancel.is_set():
             summary.cancelled = True
@@ -264,22 +276,24 @@ def work_left(db: Database) -> int:
         return s.scalar(select(func.count()).select_from(WorkItem).where(WorkItem.status.in_((QUEUED, RUNNING))))
 
 
-def _claimed_files(db: Database, token: str) -> tuple[dict[int, tuple[int, str, str, int]], list[int]]:
+def _claimed_files(db: Database, token: str) -> tuple[dict[int, tuple[int, str, str, int, str | None]], list[int]]:
     """item_id -> (image_id, a present file of it under the submitted folder, its sha256,
-    model version); and the items with no such file left."""
+    model version, the image kind the folder was submitted with); and the items with no such
+    file left."""
     with db.session() as s:
         rows = s.execute(
-            select(WorkItem.id, WorkItem.image_id, ImageFile.path, Image.sha256, WorkItem.model_version_id)
+            select(WorkItem.id, WorkItem.image_id, ImageFile.path, Image.sha256, WorkItem.model_version_id,
+                   WorkFolder.image_kind)
             .join(WorkFolder, WorkFolder.id == WorkItem.folder_id)
             .join(ImageFile, ImageFile.image_id == WorkItem.image_id)
             .join(Image, Image.id == WorkItem.image_id)
             .where(WorkItem.claim_token == token, WorkItem.status == RUNNING, ImageFile.missing.is_(False),
                    func.substr(ImageFile.path, 1, func.length(WorkFolder.root)) == WorkFolder.root)).all()
         held = set(s.scalars(select(WorkItem.id).where(WorkItem.claim_token == token, WorkItem.status == RUNNING)))
-    found: dict[int, tuple[int, str, str, int]] = {}
-    for item_id, image_id, path, sha, vid in rows:
+    found: dict[int, tuple[int, str, str, int, str | None]] = {}
+    for item_id, image_id, path, sha, vid, kind in rows:
         if item_id not in found or path < found[item_id][1]:
-            found[item_id] = (image_id, path, sha, vid)
+            found[item_id] = (image_id, path, sha, vid, kind)
     return found, sorted(held - set(found))
 
 
@@ -397,10 +411,10 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
             timed(lambda: _in_session(db, mark_orphans))
             summary.n_failed += len(orphans)
             say(f"{len(orphans)} queued image(s) have no file left under their folder; marked failed")
-        by_version: dict[int, list[tuple[int, str, str]]] = {}
-        for image_id, path, sha, vid in found.values():
-            by_version.setdefault(vid, []).append((image_id, path, sha))
-        for vid, todo in by_version.items():
+        by_version: dict[tuple[int, str | None], list[tuple[int, str, str]]] = {}
+        for image_id, path, sha, vid, kind in found.values():
+            by_version.setdefault((vid, kind), []).append((image_id, path, sha))
+        for (vid, kind), todo in by_version.items():
             predictor, version, marker, cell_model = predictor_for(vid)
 
             def on_batch(s: Session, ids: list[int], failed: list[tuple[int, str, str]], vid=vid) -> None:
@@ -418,7 +432,7 @@ def run_worker(db: Database, paths: Paths, cancel: threading.Event | None = None
             base = summary.n_predicted + summary.n_failed
             if cell_model:  # the item's image: its cells found (once) and each classified
                 job = classify_cells(db, predictor, vid, [(i, p) for i, p, _ in todo], {i: sha for i, _, sha in todo},
-                                     part, cancel, workers=workers, on_batch=on_batch)
+                                     part, cancel, workers=workers, on_batch=on_batch, image_kind=kind)
             else:
                 job = predict_images(db, predictor, vid, [(i, p) for i, p, _ in todo], {i: sha for i, _, sha in todo},
                                      part, cancel, batch_size=batch_size, workers=workers, marker=marker,

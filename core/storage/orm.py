@@ -239,6 +239,9 @@ class WorkFolder(Base):
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     submitted_by: Mapped[str] = mapped_column(String(128))
+    # 0010: what the lab said the folder's images are (core/cells/finder.py IMAGE_KINDS); None: not
+    # said (each image keeps the kind it was searched with, new ones "auto")
+    image_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class WorkItem(Base):
