@@ -258,3 +258,14 @@ def test_submit_refuses_an_unknown_image_kind_before_scanning(db, paths, tmp_pat
     write_fields(folder, 1)
     with pytest.raises(ValueError, match="image kind"):
         run_job(submit(db, paths, folder, image_kind="slides"))
+
+
+def test_the_queue_says_what_kind_a_folder_was_submitted_as(cli, db, tmp_path):
+    make_cell_model_active(db)
+    folder = tmp_path / "case1"
+    write_fields(folder, 2)
+    rc, out, err = cli("submit", folder, "--images", "crops")
+    assert rc == 0, err
+    assert "images: crops" in out
+    rc, out, err = cli("queue")
+    assert rc == 0 and "images: crops" in out, (out, err)

@@ -173,7 +173,8 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
 
 def _print_queue(app: App, statuses) -> None:
     for q in statuses:
-        app.echo(f"{q.folder} ({q.model}, submitted {q.submitted_at:%Y-%m-%d %H:%M} by {q.submitted_by}): "
+        kind = f", images: {q.image_kind}" if q.image_kind else ""
+        app.echo(f"{q.folder} ({q.model}{kind}, submitted {q.submitted_at:%Y-%m-%d %H:%M} by {q.submitted_by}): "
                  f"{q.total} images: {q.describe()}")
 
 

@@ -179,6 +179,7 @@ class FolderQueueStatus:
     running: int  # claimed by a live worker
     done: int  # predicted by the folder's model (by a worker or by classify)
     failed: int  # could not be predicted (the reason is in the files table / hemascan export)
+    image_kind: str | None = None  # what the lab said the images are (submit --images); None: not said
 
     @property
     def not_queued(self) -> int:
@@ -224,7 +225,8 @@ def queue_status(db: Database, folder: str | os.PathLike | None = None) -> list[
             out.append(FolderQueueStatus(
                 folder=display(wf.root.rstrip("/\\") or wf.root), model=model, submitted_at=wf.submitted_at,
                 submitted_by=wf.submitted_by, total=sum(counts.values()), queued=counts.get(QUEUED, 0),
-                running=counts.get(RUNNING, 0), done=counts.get(DONE, 0), failed=counts.get(FAILED, 0)))
+                running=counts.get(RUNNING, 0), done=counts.get(DONE, 0), failed=counts.get(FAILED, 0),
+                image_kind=wf.image_kind))
     return out
 
 
