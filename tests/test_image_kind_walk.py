@@ -95,3 +95,21 @@ def _events(db) -> int:
 
     with db.session() as s:
         return s.scalar(select(func.count()).select_from(CellLabelEvent))
+
+
+def test_a_first_start_window_leaves_room_for_its_title_bar(qtbot, paths, tmp_path):
+    """On the walk's 1360x860 screen the first window was 860 px tall inside a title bar: its
+    status bar, where every "Done" and "kept" message is said, was below the screen's edge."""
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
+    from desktop.mainwindow import MainWindow
+    from desktop.viewstate import TITLE_BAR_ALLOWANCE_PX
+
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)  # no geometry kept: a first start
+    settings.setValue("reviewer", "tester")
+    w = MainWindow(paths, settings=settings, device="cpu")
+    qtbot.addWidget(w)
+    avail = QApplication.primaryScreen().availableGeometry()
+    assert w.height() + TITLE_BAR_ALLOWANCE_PX <= avail.height(), (w.size(), avail)
+    assert w.width() <= avail.width()
