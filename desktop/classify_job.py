@@ -160,15 +160,15 @@ class ClassifyJob(QObject):
         if summary is not None:
             if summary.device:
                 self.device_label.setText(summary.device)
+            cells = (f"{summary.n_cells_classified:,} cells classified with {summary.cell_model}"
+                     f" ({summary.n_cells:,} found in {summary.n_cell_images:,} images)"
+                     if summary.cell_model is not None and summary.n_cells_classified else None)
             msg = (f"{'Cancelled' if summary.cancelled else 'Done'}: {summary.n_predicted:,} images classified "
-                   f"with {summary.model}")
+                   f"with {summary.model}") + (f"; {cells}" if cells else "")
             if not summary.cancelled and not summary.n_predicted and not summary.n_errors:
-                msg = (f"Done: every image here already had a prediction of {summary.model}"
-                       if summary.cell_model is not None and summary.n_cells_classified else
+                # only the cells were new (their finder was told another image kind): say just that
+                msg = (f"Done: {cells}" if cells else
                        f"Nothing new to classify: every image here already has a prediction of {summary.model}")
-            if summary.cell_model is not None and summary.n_cells_classified:
-                msg += (f"; {summary.n_cells_classified:,} cells classified with {summary.cell_model}"
-                        f" ({summary.n_cells:,} found in {summary.n_cell_images:,} images)")
             if summary.seconds > 0 and summary.n_predicted:
                 msg += f" ({summary.rate:.0f} img/s)"
             bad = summary.scan.n_errors + summary.n_errors

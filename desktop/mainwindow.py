@@ -376,7 +376,7 @@ class MainWindow(QMainWindow):
         # the job's closing message says how many images kept their cells because a reviewer labelled one
         self.ctl.read(lambda s: images_with_labelled_cells(s, folder), name="labelled cells kept",
                       on_result=lambda n: self.job_part.add_note(
-                          f"{n:,} image(s) with labelled cells kept their cells and labels as they were" if n else None))
+                          f"{n:,} image(s) with labelled cells kept as they were" if n else None))
 
     def cancel_job(self) -> None:
         if self.cell_pane.cancel_adding():  # Esc while a missed cell's box is being drawn

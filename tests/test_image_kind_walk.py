@@ -80,7 +80,7 @@ def test_a_new_image_kind_says_what_the_folder_is_and_that_labelled_cells_were_k
         closing = [t for t in said if t.startswith(("Done", "Nothing new"))]
         assert closing, said
         assert not closing[-1].startswith("Nothing new"), closing[-1]  # the cells were classified again
-        assert "1 image(s) with labelled cells kept their cells and labels" in closing[-1], closing[-1]
+        assert closing[-1].endswith("; 1 image(s) with labelled cells kept as they were"), closing[-1]
         assert _events(db) == 1
         with db.session() as s:
             assert s.scalar(select(CellLabelEvent.label)) == pane.classes[0]
