@@ -43,6 +43,7 @@ from core.review.state import OUTSIDE, UNSURE, Outcome, ReviewState, class_keys
 from .controller import Controller
 from .detail import ImageView, rgb_to_qimage
 from .detail_view import decode_full
+from .flow_layout import FlowLayout
 from .tiles import PoolImageCache, class_color
 
 
@@ -56,6 +57,12 @@ HEADING_HEIGHT = 26
 def in_cell_words(sentence: str) -> str:
     """The review state's sentences speak of images; here they are about cells."""
     return sentence.replace("images", "cells").replace("image", "cell")
+
+
+# What the line above the cells says of the open folder's images, as the lab declared them
+# (File ▸ Images in this folder are…; None: never said, the finder judges each image).
+IMAGE_KIND_WORDS = {"auto": "images: hemascan judges each one", "fields": "images: camera fields (every cell)",
+                    "crops": "images: single-cell crops (one cell each)"}
 
 
 class QueuedCellReview(ReviewSession):
@@ -439,7 +446,7 @@ class CellPane(QObject):
         v.selectionModel().currentChanged.connect(self._current_changed)
         v.selectionModel().selectionChanged.connect(lambda *_: (self.sync_state(), self._show_position(),
                                                                 self.enabledChanged.emit()))
-        self.review_bar = QHBoxLayout()  # the action table's buttons while this tab is shown
+        self.review_bar = FlowLayout()  # the action table's buttons while this tab is shown; wraps when narrow
         self.review_bar.setSpacing(4)
         self.disagree_box = QCheckBox("Reviewers disagree")
         self.disagree_box.setToolTip("Only the cells two reviewers gave different classes")
@@ -641,7 +648,13 @@ class CellPane(QObject):
             text = (f"Cell {n:,} of {st.n_in_view:,}" if n else f"{st.n_in_view:,} cells") + (
                 f" · {many:,} selected" if many > 1 else "") + (
                 f" · model: {self.version['name']}" if self.version else " · no cell model active")
+        if self.ctl.folder is not None:  # what the finder was told (File ▸ Images in this folder are…)
+            text += f" · {IMAGE_KIND_WORDS.get(self.ctl.image_kind or 'auto')}"
         self.info.setText(text)
+
+    def show_image_kind(self) -> None:
+        """The folder's declared image kind changed: the line above the cells says it."""
+        self._show_position()
 
     # ---------------------------------------------------------------- the fields
     def _fill_fields(self) -> None:

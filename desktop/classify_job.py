@@ -56,6 +56,7 @@ class ClassifyJob(QObject):
         self.slot.result.connect(self._done)
         self.slot.failed.connect(self._failed)
         self._stage = None
+        self._note: str | None = None  # said after the running job's summary (add_note)
         self._last_tick = 0.0
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(220)
@@ -96,6 +97,7 @@ class ClassifyJob(QObject):
         version = self.ctl.version["ref"] if self.ctl.version else None  # the version shown, not a lookup
         kind = self.ctl.image_kind
         self._stage = None
+        self._note = None
         self.slot.start(lambda cancel: predict.classify(db, paths, folder, device=device, cancel=cancel, version=version,
                                                         image_kind=kind), "classification")
         self.progress.setRange(0, 0)
@@ -103,6 +105,15 @@ class ClassifyJob(QObject):
         self.cancel_btn.setVisible(True)
         self.progress_label.setText("scanning…")
         self.runningChanged.emit()
+
+    def add_note(self, note: str | None) -> None:
+        """A sentence for the closing message of the job now running (none running: said now)."""
+        if not note:
+            return
+        if self.slot.running:
+            self._note = note
+        else:
+            self.message.emit(note, 15000)
 
     def cancel(self) -> None:
         if self.slot.cancel():
@@ -149,13 +160,15 @@ class ClassifyJob(QObject):
         if summary is not None:
             if summary.device:
                 self.device_label.setText(summary.device)
+            cells = (f"{summary.n_cells_classified:,} cells classified with {summary.cell_model}"
+                     f" ({summary.n_cells:,} found in {summary.n_cell_images:,} images)"
+                     if summary.cell_model is not None and summary.n_cells_classified else None)
             msg = (f"{'Cancelled' if summary.cancelled else 'Done'}: {summary.n_predicted:,} images classified "
-                   f"with {summary.model}")
+                   f"with {summary.model}") + (f"; {cells}" if cells else "")
             if not summary.cancelled and not summary.n_predicted and not summary.n_errors:
-                msg = f"Nothing new to classify: every image here already has a prediction of {summary.model}"
-            if summary.cell_model is not None and summary.n_cells_classified:
-                msg += (f"; {summary.n_cells_classified:,} cells classified with {summary.cell_model}"
-                        f" ({summary.n_cells:,} found in {summary.n_cell_images:,} images)")
+                # only the cells were new (their finder was told another image kind): say just that
+                msg = (f"Done: {cells}" if cells else
+                       f"Nothing new to classify: every image here already has a prediction of {summary.model}")
             if summary.seconds > 0 and summary.n_predicted:
                 msg += f" ({summary.rate:.0f} img/s)"
             bad = summary.scan.n_errors + summary.n_errors
@@ -163,11 +176,15 @@ class ClassifyJob(QObject):
                 msg += f"; {bad} file(s) could not be used (listed under the counts: Show…)"
                 for path, why in (summary.scan.errors + summary.errors)[:50]:
                     log.warning("unreadable: %s: %s", path, why)
+            if self._note and not summary.cancelled:
+                msg += f"; {self._note}"
             self.message.emit(msg, 15000)
             log.info(msg)
+        self._note = None
         self.finished.emit(summary)
 
     def _failed(self, message) -> None:
+        self._note = None
         self.end()
         self.failed.emit(str(message))
 

@@ -23,6 +23,7 @@ from core.app.bootstrap import open_database
 from core.config import Paths
 from core.models.registry import require_active_version
 from core.review.gallery import GalleryFilter
+from core.review.cells import images_with_labelled_cells
 from core.review.labels import LabelWriter, reviewer_problem
 from core.review.state import ReviewState
 from core.storage.identity import current_identity
@@ -44,6 +45,11 @@ from .viewstate import (WindowSettings, last_folder, load_folder_view, load_imag
 from .window_menus import Exports, HelpMenu, ModelMenu
 from .workers import Workers, setup_on_main_thread
 from desktop.keys import GalleryKeys
+
+# File ▸ Images in this folder are…: what the choice changes, said before it is made
+IMAGE_KIND_QUESTION = ("What are this folder's images?\n\nhemascan then finds the cells again in every image "
+                       "of the folder,\nexcept images with a cell a reviewer labelled: their cells and labels stay "
+                       "as they are.")
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +359,7 @@ class MainWindow(QMainWindow):
             return
         if kind is None:
             texts = list(self.IMAGE_KIND_CHOICES.values())
-            text, ok = QInputDialog.getItem(self, "Images in this folder", "What are this folder's images?", texts,
+            text, ok = QInputDialog.getItem(self, "Images in this folder", IMAGE_KIND_QUESTION, texts,
                                             list(self.IMAGE_KIND_CHOICES).index(self.ctl.image_kind or "auto"), False)
             if not ok:
                 return
@@ -362,9 +368,15 @@ class MainWindow(QMainWindow):
             return
         self.ctl.image_kind = kind
         save_image_kind(self.settings, self.folder, kind)
+        self.cell_pane.show_image_kind()
         self.statusBar().showMessage(f"Images in this folder: {self.IMAGE_KIND_CHOICES[kind].lower()}; "
-                                     "classifying it again", 10000)
+                                     "finding the cells again", 10000)
         self.classify()
+        folder = self.folder
+        # the job's closing message says how many images kept their cells because a reviewer labelled one
+        self.ctl.read(lambda s: images_with_labelled_cells(s, folder), name="labelled cells kept",
+                      on_result=lambda n: self.job_part.add_note(
+                          f"{n:,} image(s) with labelled cells kept as they were" if n else None))
 
     def cancel_job(self) -> None:
         if self.cell_pane.cancel_adding():  # Esc while a missed cell's box is being drawn

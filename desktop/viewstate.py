@@ -85,6 +85,9 @@ def last_folder(settings: QSettings) -> str | None:
     return str(v) if v else None
 
 
+TITLE_BAR_ALLOWANCE_PX = 40  # a first start's window leaves this much of the screen for its title bar
+
+
 class WindowSettings:
     """Geometry, splitters, the Grad-CAM toggle, the recent folders and the open folder's
     view, saved on close and restored at start. ``window`` is the QMainWindow; ``splitter``,
@@ -103,8 +106,9 @@ class WindowSettings:
         else:
             screen = QApplication.primaryScreen()
             avail = screen.availableGeometry() if screen else None
-            if avail is not None:
-                w.resize(min(1360, avail.width()), min(860, avail.height()))
+            if avail is not None:  # the title bar the window manager adds is outside the window's height
+                w.resize(min(1360, avail.width()), min(860, avail.height() - TITLE_BAR_ALLOWANCE_PX))
+                w.move(avail.topLeft())
         for key, widget in (("windowState", None), ("mainSplitter", self.splitter),
                             ("detailSplitter", self.detail.splitter)):
             v = s.value(key)

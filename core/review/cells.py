@@ -178,6 +178,14 @@ def folder_cell_counts(session: Session, folder: str | os.PathLike) -> tuple[int
     return sum(per_image.values()), len(per_image)
 
 
+def images_with_labelled_cells(session: Session, folder: str | os.PathLike) -> int:
+    """How many images under ``folder`` keep their cells whatever the finder is told next: a
+    reviewer labelled one of the cells that count (core.cells.records.images_to_search)."""
+    ids = list(_folder_images(session, folder))
+    return sum(c.labelled for start in range(0, len(ids), 500)
+               for c in counted_searches(session, ids[start:start + 500]).values())
+
+
 def active_cell_version(session: Session) -> dict | None:
     """The active cell model: {"id", "name", "taxonomy", "classes", "architecture", "card", "ref"} (plain
     data: ``ref`` a VersionRef, what a retrain starting from it is given), or None."""
