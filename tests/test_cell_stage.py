@@ -261,10 +261,15 @@ def test_submit_refuses_an_unknown_image_kind_before_scanning(db, paths, tmp_pat
 
 
 def test_the_queue_says_what_kind_a_folder_was_submitted_as(cli, db, tmp_path):
-    make_cell_model_active(db)
+    vid = make_cell_model_active(db)
+    with db.session() as s:
+        cell_model = s.get(ModelVersion, vid).name
     folder = tmp_path / "case1"
     write_fields(folder, 2)
+    # the kind is for finding cells: the field model (the default version) finds none
     rc, out, err = cli("submit", folder, "--images", "crops")
+    assert rc != 0 and f"--model {cell_model}" in err and "Traceback" not in err, (out, err)
+    rc, out, err = cli("submit", folder, "--images", "crops", "--model", cell_model)
     assert rc == 0, err
     assert "images: crops" in out
     rc, out, err = cli("queue")

@@ -16,6 +16,7 @@ from core.imaging.scan import images_under
 from core.inference.predict import classify
 from core.cells.finder import IMAGE_KINDS
 from core.models.registry import version_ref
+from core.inference.cells import is_cell_version
 from core.app.workqueue import queue_status, submit
 from core.app.workqueue import CLAIM_SIZE, LEASE_S, POLL_S
 from core.storage.errors import is_transient
@@ -182,6 +183,12 @@ def _print_queue(app: App, statuses) -> None:
 def cmd_submit(args, app: App) -> int:
     with app.db.session() as db_session:
         version = version_ref(db_session, args.model)
+        if args.images is not None and not is_cell_version(db_session, version.id):
+            cell = active_version(db_session, CELL)
+            raise HemascanError(
+                f"--images says what the images are for finding cells, but {version.name} looks at whole images "
+                "and finds no cells: " + (f"add --model {cell.name} (the active cell model)" if cell is not None
+                                          else "no cell model is active"))
     s = app.progress(submit(app.db, app.paths, args.folder, app.cancel, version, args.by, args.images), "submit")
     _print_scan(app, s.scan)
     if s.cancelled:
