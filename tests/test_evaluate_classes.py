@@ -90,3 +90,50 @@ def test_a_folder_with_no_class_of_the_model_is_one_sentence(cli, tmp_path, mode
     rc, out, err = cli("evaluate", "--model", models["all_vs_normal"], "--data", data, "--variants", "as_is")
     assert rc != 0 and "Traceback" not in err
     assert "no folder under" in err and "class of all_vs_normal (ALL, Normal)" in err
+
+
+def test_every_alias_of_the_differential_is_read_as_its_class(tmp_path):
+    from trainer.data import scan_class_folders
+
+    # C-NMC's all/hem, "blast", and PBC's eight folder names
+    names = {"all": "Blast", "blast": "Blast", "hem": "Lymphocyte", "basophil": "Basophil", "eosinophil": "Eosinophil",
+             "erythroblast": "Erythroblast", "ig": "Immature granulocyte", "lymphocyte": "Lymphocyte",
+             "monocyte": "Monocyte", "neutrophil": "Neutrophil", "platelet": "Platelet"}
+    for name, cls in names.items():
+        ds = scan_class_folders(class_folders(tmp_path / name, {name: 1}), "wbc_differential")
+        assert [ds.classes[i] for i in ds.labels] == [cls], name
+
+
+def cut_out_cell_model(root):
+    """A differential package trained on cut-outs (black around the cell), calling every cell Blast."""
+    pkg = constant_model(root, "wbc_differential", "Blast")
+    card = json.loads((pkg / "card.json").read_text())
+    card.update(cell_crops="cut_out", cell_side_um=25.0,
+                preprocessing={"input_size": 32, "interpolation": "area", "cell_background": "black"})
+    (pkg / "card.json").write_text(json.dumps(card))
+    return pkg
+
+
+def test_a_cut_out_cell_model_is_evaluated_on_the_cut_out_cell_as_classify_gives_it(cli, tmp_path):
+    from tests.cellfixtures import single_cell_crop, write_png
+    from core.models.package import read_card
+    from trainer.cell_crops_input import cell_crop_inputs
+
+    pkg = cut_out_cell_model(tmp_path / "models")
+    data = tmp_path / "cells"
+    for i in range(2):
+        write_png(data / "blast" / f"cell-{i}.png", single_cell_crop(seed=i))
+    write_png(data / "blast" / "empty.png", np.full((360, 360, 3), 236, np.uint8))  # no cell in it
+    out, m = run_evaluate(cli, tmp_path, pkg, data)
+    # the crop without a cell is left out and said so; the two cells are given cut out
+    assert m["n"] == 2 and m["n_without_cell"] == 1 and "1 without a cell the finder found, left out" in out
+    assert "central found cell of each image, cut out 25 um wide" in m["inputs"]
+
+    card = read_card(pkg)
+    paths = sorted((data / "blast").glob("cell-*.png"))
+    inputs, kept = cell_crop_inputs(paths, card)
+    assert kept.all() and inputs.shape == (2, 32, 32, 3)
+    # black outside the cell (the card's background), where the whole crop is the light slide
+    assert inputs[:, 0, 0].max() == 0
+    whole = card.prep.apply(single_cell_crop(seed=0))
+    assert whole[0, 0].min() > 200

@@ -265,3 +265,22 @@ def test_guard_command_refits_and_says_what_the_threshold_was_set_on(tiny_guarde
     card = read_card(pkg)
     assert card.guard["sha256"] == sha256_file(pkg / GUARD_FILE)
     assert f"set on {card.guard['threshold_from']}: split-conformal" in out
+
+
+def test_threshold_refit_where_no_patient_is_held_out_uses_the_validation_block_and_says_so(
+        tiny_guarded_model, tmp_path, monkeypatch):
+    # every validation image next to a training slide: no patient held out. Training falls back
+    # on the whole validation block; the refit now does the same (it failed on no images)
+    import trainer.guard
+    from trainer.guard_refit import refit_threshold
+
+    root, summary = tiny_guarded_model
+    pkg = tmp_path / "pkg"
+    shutil.copytree(summary["package"], pkg)
+    nobody = lambda ds, split: (np.zeros(0, np.int64), np.zeros(0, object), "none")  # noqa: E731
+    monkeypatch.setattr(trainer.guard, "held_out_validation", nobody)
+    monkeypatch.setattr("trainer.guard_refit.held_out_validation", nobody, raising=False)
+    out = refit_threshold(pkg, root / "data")
+    record = read_card(pkg).guard
+    assert record["threshold_from"] == f"{summary['split']['n_val']} validation images (no patient held out)"
+    assert record["sha256"] == sha256_file(pkg / GUARD_FILE) and out["after"]["threshold"] > 0

@@ -19,6 +19,7 @@ from core.models.store import local_package
 from core.models.registry import get_version, require_active_version
 from trainer.quantize import quantize_from_folder
 from trainer.data import SPLIT_METHODS
+from trainer.cell_crops_input import cell_crop_inputs
 from core.inference.predict import Predictor
 
 # Bounds of the training options (checked by argparse before any work: core/app/options.py).
@@ -281,7 +282,18 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
         sp = make_split(ds, args.split, seed=args.seed, fold=args.fold)
         ds = ds.subset(getattr(sp, args.subset))
     prep = card.prep
-    images = load_images(ds, prep, app.paths.cache / "train-images")
+    left_out = ""
+    if card.input == "cell" and card.cell_crops == "cut_out":  # as classify gives it a single-cell crop
+        images, kept = cell_crop_inputs(ds.paths, card, app.paths.cache / "train-images")
+        if not kept.any():
+            raise HemascanError(f"the cell finder found no cell in any of the {len(ds)} images under {args.data}")
+        if not kept.all():
+            left_out = f"; {int((~kept).sum())} without a cell the finder found, left out"
+            ds = ds.subset([i for i, k in enumerate(kept) if k])
+        inputs = f"the central found cell of each image, cut out {card.cut_out_side_um:g} um wide as classify does"
+    else:
+        images = load_images(ds, prep, app.paths.cache / "train-images")
+        inputs = "each image whole through the model's preprocessing"
     variants = {"as_is": lambda x: x, "grayscale": aug.to_grayscale,
                 "stain_perturbed": lambda x: aug.stain_perturb(x, seed=args.seed)}
     results = {}
@@ -297,7 +309,9 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
         results[v] = m
     rows = [{"variant": k.replace("_", " "), **m} for k, m in results.items()]
     app.echo(f"model {card.name} ({card.architecture}, {runtime}), {len(ds)} images from {args.data}"
-             + (f", {args.split} split {args.subset} subset (fold {args.fold})" if args.split != "none" else ""))
+             + (f", {args.split} split {args.subset} subset (fold {args.fold})" if args.split != "none" else "")
+             + left_out)
+    app.echo(f"input: {inputs}")
     app.echo(markdown_table(rows, EVAL_COLUMNS))
     first = next(iter(results.values()))
     app.echo(macro_over_line(first))
@@ -315,6 +329,7 @@ def evaluate_cmd(args: argparse.Namespace, app) -> int:
                     "macro_recall": first["macro_recall"], "macro_over": "classes present in the folder",
                     "classes_present": first["classes_present"], "classes_absent": first["classes_absent"],
                     "images_per_s": first["images_per_s"],
+                    "inputs": inputs, "n_without_cell": int(len(kept) - kept.sum()) if left_out else 0,
                     "split": args.split, "subset": args.subset if args.split != "none" else None, "runtime": runtime,
                     "variants": {k: {kk: vv for kk, vv in m.items()} for k, m in results.items()}})
         Path(args.json).write_text(json.dumps(out, indent=1, default=float), encoding="utf-8")

@@ -138,14 +138,22 @@ def held_out_validation(ds, split) -> tuple[np.ndarray, np.ndarray | None, str]:
                                 f"{PSEUDO_PATIENT_RUN} neighbours as patients")
 
 
+def threshold_images(ds, split) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """:func:`held_out_validation`, or the whole validation block (said so) where no patient
+    is held out: the images every field guard's threshold is set on (training, ``hemascan
+    guard`` and trainer.guard_refit alike)."""
+    keep, groups, described = held_out_validation(ds, split)
+    if not len(keep):
+        keep, groups, described = np.arange(len(split.val)), None, f"{len(split.val)} validation images (no patient held out)"
+    return keep, groups, described
+
+
 def fit_guard_on_split(train_emb: np.ndarray, train_labels: np.ndarray, val_emb: np.ndarray, ds, split,
                        flag_rate: float = FLAG_RATE, other_emb: np.ndarray | None = None
                        ) -> tuple[ForeignImageGuard, dict]:
     """:func:`fit_guard` with the threshold on the held-out patients of ``split``'s validation
     block (``val_emb``: every image of ``split.val``, in order)."""
-    keep, groups, described = held_out_validation(ds, split)
-    if not len(keep):  # no held-out patient: the whole validation block, and the card says so
-        keep, groups, described = np.arange(len(split.val)), None, f"{len(split.val)} validation images (no patient held out)"
+    keep, groups, described = threshold_images(ds, split)
     guard, info = fit_guard(train_emb, train_labels, np.asarray(val_emb)[keep], flag_rate, other_emb, groups)
     info["threshold_from"] = described
     return guard, info

@@ -23,8 +23,8 @@ import numpy as np
 from core.models.guard import ForeignImageGuard, load_guard
 from core.models.package import load_model
 
-from .guard import (add_guard, conformal_threshold, foreign_figures, held_out_validation, logits_and_embeddings,
-                    ood_sets, _folder_images)
+from .guard import (add_guard, conformal_threshold, foreign_figures, logits_and_embeddings, ood_sets,
+                    threshold_images, _folder_images)
 from .quantize import split_as_trained
 
 
@@ -38,8 +38,8 @@ def _in_lab(guard: ForeignImageGuard, d: np.ndarray, conf: np.ndarray, right: np
 
 def refit_threshold(package: Path, data: Path, foreign: dict[str, Path] | None = None,
                     cache_dir: Path | None = None, command: str = "") -> dict:
-    """New threshold from held-out patients (trainer.guard.held_out_validation and
-    conformal_threshold); returns {"before", "after", "record"} and writes the package."""
+    """New threshold from held-out patients (trainer.guard.threshold_images and
+    conformal_threshold, as training sets it); returns {"before", "after", "record"} and writes the package."""
     from .metrics import softmax  # heavy: imports scikit-learn
 
     package = Path(package)
@@ -50,7 +50,7 @@ def refit_threshold(package: Path, data: Path, foreign: dict[str, Path] | None =
     ds, split, images = split_as_trained(card, data, cache_dir)
     prep, temp = card.prep, float(card.temperature or 1.0)
     _, e_va = logits_and_embeddings(model, images[split.val], prep)
-    keep, groups, described = held_out_validation(ds, split)
+    keep, groups, described = threshold_images(ds, split)
     threshold, rule = conformal_threshold(old.distances(e_va[keep]), groups, card.guard.get("flag_rate_target", 0.05))
     new = ForeignImageGuard(old.whitening, old.class_means, threshold, old.other_means)
 
