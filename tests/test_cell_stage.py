@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select, update
 
@@ -274,3 +275,36 @@ def test_the_queue_says_what_kind_a_folder_was_submitted_as(cli, db, tmp_path):
     assert "images: crops" in out
     rc, out, err = cli("queue")
     assert rc == 0 and "images: crops" in out, (out, err)
+
+
+def test_a_crop_with_more_than_one_cell_takes_its_central_cells_prediction(db, paths, tmp_path, monkeypatch):
+    """A pre-cut crop given to a cut-out cell model (the differential): every found cell is
+    classified, and the image's own prediction is that of the cell nearest the centre, wherever
+    it comes in reading order."""
+    import core.inference.cells as cells_stage
+    from core.cells.finder import FieldCells, find_cells as real_find_cells
+
+    with db.session() as s:
+        vid = s.scalar(select(ModelVersion.id).where(ModelVersion.input_kind == "cell", ModelVersion.is_active.is_(True)))
+        assert s.get(ModelVersion, vid).name.startswith("wbc-differential")  # cut_out crops
+    crop = single_cell_crop()
+    crop[240:290, 240:290] = (95, 45, 150)  # a dark blob in a corner: a second "cell" after the central one
+
+    def two_cells(rgb, **kw):
+        found = real_find_cells(rgb, **kw)
+        (central,) = found.cells
+        corner = type(central)((240, 240, 290, 290), np.array([[240, 240], [290, 240], [290, 290], [240, 290]]),
+                               None, 0, frozenset())
+        return FieldCells((central, corner), found.um_per_px, found.scale_source, found.n_red_cells, True)
+
+    monkeypatch.setattr(cells_stage, "find_cells", two_cells)
+    write(tmp_path / "crops" / "c.png", crop)
+    summary = run_job(classify(db, paths, tmp_path / "crops", workers=1))
+    assert summary.n_cells_classified == 2
+    with db.session() as s:
+        by_number = dict(s.execute(select(Cell.number, CellPrediction.probabilities)
+                                   .join(CellPrediction, CellPrediction.cell_id == Cell.id)
+                                   .where(CellPrediction.model_version_id == vid)).all())
+        image_p = s.scalar(select(Prediction.probabilities).where(Prediction.model_version_id == vid))
+    assert by_number[0] != by_number[1]
+    assert image_p == by_number[0]  # the central cell (first in reading order), not the last one

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from core.cells.cutout import cell_mask, cut_out_for_model
-from core.cells.finder import FieldCells, FoundCell, find_cells
+from core.cells.finder import FieldCells, FoundCell, central_index, find_cells
 from core.imaging.preprocessing import Preprocessing
 from core.models.taxonomy import TAXONOMIES, resolve_alias
 
@@ -100,10 +100,8 @@ def read_rgb(path: Path) -> np.ndarray:
 
 def central_cell(found: FieldCells, shape: tuple[int, ...]) -> FoundCell | None:
     """The found cell nearest the image's centre (a crop of one typed cell), or None."""
-    h, w = shape[:2]
-    if not found.cells:
-        return None
-    return min(found.cells, key=lambda c: (c.centre[0] - w / 2) ** 2 + (c.centre[1] - h / 2) ** 2)
+    k = central_index(found.cells, shape[1], shape[0])
+    return found.cells[k] if k >= 0 else None
 
 
 def cut(rgb: np.ndarray, cell: FoundCell, um_per_px: float, spec: CutSpec) -> tuple[np.ndarray, np.ndarray]:

@@ -158,6 +158,15 @@ def decode_for_cells(data: bytes, max_pixels: int = DEFAULT_MAX_DECODE_PIXELS) -
     return rgb, reduced_by
 
 
+def central_index(cells, width: float, height: float) -> int:
+    """Index of the cell (``FoundCell``, centres in the image's pixel grid) nearest the centre of a
+    ``width`` x ``height`` image: the cell a single-cell crop is of. -1 when there is none."""
+    if not cells:
+        return -1
+    d = [(c.centre[0] - width / 2) ** 2 + (c.centre[1] - height / 2) ** 2 for c in cells]
+    return int(np.argmin(d))
+
+
 def cut_out(rgb: np.ndarray, cell: FoundCell, um_per_px: float, *, side_um: float, out_px: int,
             reduced_by: int = 1) -> np.ndarray:
     """A square uint8 (out_px, out_px, 3) cut-out centred on the cell, side_um micrometres wide.
@@ -778,4 +787,4 @@ def _cell_on_black(rgb: np.ndarray, dark: np.ndarray, reduced_by: int) -> FieldC
 
 
 __all__ = ["CELL_FLAGS", "DEFAULT_UM_PER_PX", "FINDER_NAME", "IMAGE_KINDS", "FieldCells", "FoundCell",
-           "RED_CELL_DIAMETER_UM", "cut_out", "decode_for_cells", "find_cells", "finder_name"]
+           "RED_CELL_DIAMETER_UM", "central_index", "cut_out", "decode_for_cells", "find_cells", "finder_name"]

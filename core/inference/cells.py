@@ -43,7 +43,8 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from core.cells.cutout import cut_out_for_model
-from core.cells.finder import IMAGE_KINDS, FieldCells, FoundCell, decode_for_cells, find_cells, finder_name
+from core.cells.finder import (IMAGE_KINDS, FieldCells, FoundCell, central_index, decode_for_cells, find_cells,
+                               finder_name)
 from core.cells.records import (ADDED_BY_REVIEWER, GRAYSCALE, CountedSearch, counted_searches, images_to_search,
                                 store_field_cells)
 from core.errors import ImageError
@@ -145,6 +146,7 @@ class _FieldResult:
     keys: tuple = ()  # per cut-out: ("new", number) or ("id", cell id)
     cutouts: np.ndarray | None = None  # (n, S, S, 3) uint8, through the card's preprocessing
     single_cell_crop: bool = False
+    crop_cell: int = 0  # a single-cell crop: which of ``keys`` is its cell (the one nearest the centre)
     error: str | None = None
     changed: bool = False  # the file holds other content than the scan hashed
 
@@ -250,6 +252,9 @@ def classify_cells(
             if res.single_cell_crop and card.cell_crops == "whole":
                 cells = cells[:1]
             res.keys = tuple(k for k, _ in cells)
+            if res.single_cell_crop:  # the image's own prediction is its central cell's
+                res.crop_cell = max(0, central_index([c for _, c in cells], rgb.shape[1] * reduced_by,
+                                                     rgb.shape[0] * reduced_by))
             res.cutouts = cell_model_inputs(data, rgb, reduced_by, [c for _, c in cells], um, res.single_cell_crop,
                                             prep, side_um, card.cell_crops)
         except FileChanged as exc:
@@ -289,10 +294,11 @@ def classify_cells(
             if assessment is not None:
                 cell_ids, crop_rows = [], []
                 for r in ok:
+                    first = len(cell_ids)
                     for key in r.keys:
                         cell_ids.append(new_ids[(r.image_id, key[1])] if key[0] == "new" else key[1])
                     if r.single_cell_crop and r.keys:
-                        crop_rows.append((r.image_id, len(cell_ids) - 1))
+                        crop_rows.append((r.image_id, first + r.crop_cell))
                 rows = prediction_rows(cell_ids, assessment, version_id, card, runtime)
                 for row in rows:
                     row["cell_id"] = row.pop("image_id")
