@@ -31,6 +31,19 @@ def make_cell_model_active(db, keep_field_active: bool = True) -> int:
     return vid
 
 
+def cell_model_and_fields(db, tmp_path, n: int):
+    """The ALL-vs-normal version as the active cell model, ``n`` synthetic fields in
+    tmp_path/case1, and the version's VersionRef: (version id, folder, ref)."""
+    from core.models.registry import version_ref_by_id
+
+    vid = make_cell_model_active(db)
+    folder = tmp_path / "case1"
+    write_fields(folder, n)
+    with db.session() as s:
+        ref = version_ref_by_id(s, vid)
+    return vid, folder, ref
+
+
 def counts(db, vid: int) -> dict[str, int]:
     with db.session() as s:
         return dict(
@@ -89,12 +102,7 @@ def test_cells_left_unclassified_by_a_cut_off_run_are_classified_by_the_next(db,
 
 
 def test_a_cell_model_asked_for_runs_alone(db, paths, tmp_path):
-    vid = make_cell_model_active(db)
-    folder = tmp_path / "case1"
-    write_fields(folder, 2)
-    with db.session() as s:
-        from core.models.registry import version_ref_by_id
-        ref = version_ref_by_id(s, vid)
+    vid, folder, ref = cell_model_and_fields(db, tmp_path, 2)
     summary = run_job(classify(db, paths, folder, ref, workers=2))
     assert summary.model == CELL_MODEL and summary.n_predicted == 2 and summary.n_cells_classified == 6
     assert counts(db, vid)["image_predictions"] == 0  # the field model did not run
@@ -177,14 +185,9 @@ def test_the_cli_says_how_many_cells_it_found(cli, db, tmp_path):
 
 def test_the_classify_workers_find_and_classify_the_cells_of_a_cell_versions_items(db, paths, tmp_path):
     from core.app.workqueue import run_worker, submit
-    from core.models.registry import version_ref_by_id
     from core.storage import WorkItem
 
-    vid = make_cell_model_active(db)
-    folder = tmp_path / "case1"
-    write_fields(folder, 5)
-    with db.session() as s:
-        ref = version_ref_by_id(s, vid)
+    vid, folder, ref = cell_model_and_fields(db, tmp_path, 5)
     queued = run_job(submit(db, paths, folder, version=ref))
     assert queued.n_queued == 5
     worked = run_job(run_worker(db, paths, once=True, claim_size=3))
@@ -222,14 +225,9 @@ def test_the_window_shows_the_cell_stage_and_what_it_classified(qtbot, paths, db
 def test_a_folder_submitted_with_an_image_kind_is_searched_with_it_by_the_workers(db, paths, tmp_path):
     from core.app.workqueue import run_worker, submit
     from core.cells.finder import finder_name
-    from core.models.registry import version_ref_by_id
     from core.storage import WorkFolder
 
-    vid = make_cell_model_active(db)
-    folder = tmp_path / "case1"
-    write_fields(folder, 4)
-    with db.session() as s:
-        ref = version_ref_by_id(s, vid)
+    vid, folder, ref = cell_model_and_fields(db, tmp_path, 4)
 
     def finders() -> list[str]:
         with db.session() as s:
