@@ -119,3 +119,15 @@ def test_no_cells_to_calibrate_on_is_one_clear_sentence(tmp_path):
     (tmp_path / "cnmc-train" / "hem").mkdir(parents=True)
     with pytest.raises(ValueError, match="cannot calibrate C-NMC's scale"):
         cnmc_scale(tmp_path)
+
+
+def test_the_nucleus_match_makes_the_normal_cells_nuclei_pbc_lymphocyte_sized(tmp_path):
+    _write(tmp_path / "pbc-cells" / "lymphocyte" / "a.png", draw(standard_field(), UM_PER_PX))
+    _write(tmp_path / "cnmc-train" / "hem" / "UID_H10_1_1_hem.png", _cell_on_black(30))
+    by_cell = cnmc_scale(tmp_path, tmp_path / "cache", "cell")
+    by_nucleus = cnmc_scale(tmp_path, tmp_path / "cache", "nucleus")
+    assert by_nucleus["match"] == "nucleus" and by_nucleus["um_per_px"] != by_cell["um_per_px"]
+    ratio = by_nucleus["reference_median_um"] / by_nucleus["matched_median_um_at_default"]
+    assert abs(by_nucleus["um_per_px"] - DEFAULT_UM_PER_PX * ratio) < 1e-4
+    with pytest.raises(ValueError, match="match must be one of cell, nucleus"):
+        cnmc_scale(tmp_path, match="outline")

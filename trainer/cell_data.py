@@ -10,8 +10,9 @@ a Taleqani field gives every found cell (weak label: the field's class folder).
 C-NMC's crops carry no scale (segmented cells on black, no red cells), so the finder gives them its
 default 0.1 um/px, at which their cells measure about 20 um: twice a PBC lymphocyte, and "Blast"
 would be learnt as "large cell". ``cnmc_scale`` calibrates one um/px for the whole data set: the
-median outline of C-NMC's normal (``hem``) lymphoid cells is made equal to the median PBC
-lymphocyte's (PBC's scale is measured from its red cells). Blasts keep their size relative to
+median size of C-NMC's normal (``hem``) lymphoid cells is made equal to the median PBC
+lymphocyte's (PBC's scale is measured from its red cells; size: the finder's cell outline or its
+nucleus, ``match``). Blasts keep their size relative to
 C-NMC's normal cells (one scale for every crop).
 
     cells = build_source("pbc-cells", datasets, spec)      # CellSet: cut-outs + labels + meta
@@ -111,9 +112,21 @@ SCALE_REFERENCE = ("pbc-cells", "lymphocyte")  # measured scale (red cells)
 SCALE_MATCHED = ("cnmc-train", "hem")  # C-NMC's normal lymphoid cells, default scale
 
 
-def _median_diameter_um(folder: Path) -> tuple[float, int]:
-    """Median equivalent diameter (um, at the finder's scale) of the central found cell of every
-    crop in ``folder``, and how many crops gave one."""
+def _diameter_um(cell: FoundCell, um_per_px: float, part: str) -> float | None:
+    """Equivalent diameter (um) of the cell's outline, or of its nucleus (None: none found)."""
+    if part == "cell":
+        return 2.0 * math.sqrt(cell.area_px / math.pi) * um_per_px
+    import cv2  # heavy: imports OpenCV (contour area)
+
+    if cell.nucleus_contour is None or len(cell.nucleus_contour) < 3:
+        return None
+    area = float(cv2.contourArea(np.asarray(cell.nucleus_contour, np.float32).reshape(-1, 1, 2)))
+    return 2.0 * math.sqrt(area / math.pi) * um_per_px
+
+
+def _median_diameter_um(folder: Path, part: str) -> tuple[float, int]:
+    """Median equivalent diameter (um, at the finder's scale) of the central found cell (``part``
+    "cell": its outline; "nucleus": its nucleus) of every crop in ``folder``, and how many gave one."""
     diameters = []
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES or path.stem.endswith("_mask"):
@@ -121,28 +134,37 @@ def _median_diameter_um(folder: Path) -> tuple[float, int]:
         rgb = read_rgb(path)
         found = find_cells(rgb)
         cell = central_cell(found, rgb.shape)
-        if cell is not None:
-            diameters.append(2.0 * math.sqrt(cell.area_px / math.pi) * found.um_per_px)
+        d = _diameter_um(cell, found.um_per_px, part) if cell is not None else None
+        if d:
+            diameters.append(d)
     return (float(np.median(diameters)) if diameters else float("nan")), len(diameters)
 
 
-def cnmc_scale(datasets: Path, cache: Path | None = None) -> dict:
-    """C-NMC's calibrated um/px (see the module's doc): {"um_per_px", "finder_default_um_per_px",
-    "reference_median_um", "matched_median_um_at_default", "n_reference", "n_matched", "rule"};
-    kept as JSON under ``cache`` (a minute of finding cells otherwise)."""
-    path = Path(cache) / "cnmc_scale.json" if cache else None
+SCALE_MATCHES = ("cell", "nucleus")
+
+
+def cnmc_scale(datasets: Path, cache: Path | None = None, match: str = "cell") -> dict:
+    """C-NMC's calibrated um/px (see the module's doc): {"um_per_px", "match", "reference_median_um",
+    "matched_median_um_at_default", "n_reference", "n_matched", "rule"}. ``match`` "cell" matches the
+    finder's cell outlines; "nucleus" matches PBC lymphocytes' nuclei to C-NMC's normal cells'
+    nuclei (on C-NMC's stain the finder's nucleus is nearly the whole cell, on PBC's the cell outline
+    takes in a pale rim). Kept as JSON under ``cache`` (finding the cells takes a minute)."""
+    if match not in SCALE_MATCHES:
+        raise ValueError(f"match must be one of {', '.join(SCALE_MATCHES)}, not {match!r}")
+    path = Path(cache) / f"cnmc_scale-{match}.json" if cache else None
     if path is not None and path.is_file():
         return json.loads(path.read_text())
-    ref_um, n_ref = _median_diameter_um(Path(datasets).joinpath(*SCALE_REFERENCE))
-    hem_um, n_hem = _median_diameter_um(Path(datasets).joinpath(*SCALE_MATCHED))
+    ref_um, n_ref = _median_diameter_um(Path(datasets).joinpath(*SCALE_REFERENCE), match)
+    hem_um, n_hem = _median_diameter_um(Path(datasets).joinpath(*SCALE_MATCHED), match)
     if not (n_ref and n_hem):
         raise ValueError(f"cannot calibrate C-NMC's scale: no cells found in {'/'.join(SCALE_REFERENCE)} "
                          f"or {'/'.join(SCALE_MATCHED)} under {datasets}")
-    out = {"um_per_px": round(DEFAULT_UM_PER_PX * ref_um / hem_um, 5), "finder_default_um_per_px": DEFAULT_UM_PER_PX,
+    out = {"um_per_px": round(DEFAULT_UM_PER_PX * ref_um / hem_um, 5), "match": match,
+           "finder_default_um_per_px": DEFAULT_UM_PER_PX,
            "reference_median_um": round(ref_um, 3), "matched_median_um_at_default": round(hem_um, 3),
            "n_reference": n_ref, "n_matched": n_hem,
-           "rule": f"one um/px for every cnmc-train crop, chosen so that the median diameter of its normal "
-                   f"({SCALE_MATCHED[1]}) cells equals the median {SCALE_REFERENCE[1]} of {SCALE_REFERENCE[0]} "
+           "rule": f"one um/px for every cnmc-train crop, chosen so that the median {match} diameter of its normal "
+                   f"({SCALE_MATCHED[1]}) cells equals that of the {SCALE_REFERENCE[1]}s of {SCALE_REFERENCE[0]} "
                    f"(whose scale the finder measures from red cells); blasts keep their size relative to them"}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
