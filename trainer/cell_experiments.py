@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument("--seed-epochs", type=int, default=6)
     ap.add_argument("--c", type=float, default=0.05, help="the linear head's inverse regularisation")
-    ap.add_argument("--cnmc-scale", choices=("cell", "nucleus", "default"), default="cell",
+    ap.add_argument("--cnmc-scale", choices=("cell", "nucleus", "default"), default="default",
                     help="C-NMC's um/px: calibrated on its normal cells' outline or nucleus (cell_data.cnmc_scale), "
                          "or the finder's default")
     ap.add_argument("--colour-copies", choices=("yes", "no"), default="yes",
