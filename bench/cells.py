@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT.parent / "shared" / "datasets"  # beside the checkout, as for bench/throughput.py; --datasets elsewhere
 # the cell model a first start makes active (issue 23's white-cell differential, fp32: no int8 yet)
-CELL_MODEL = "wbc-differential-effnet-lite0-v1"
+CELL_MODEL = "wbc-differential-effnet-lite0-v2"
 CELL_PACKAGE = "wbc-differential"  # its folder under resources/models (the naive side loads it from there)
 BIG_SIZE = (2592, 1944)
 

@@ -7,12 +7,21 @@ A crop of one typed cell (PBC, C-NMC, wbc-masks) gives its central found cell; a
 white cells (BCCD, Raabin) gives every found cell whose centre lies in a white-cell box (untyped);
 a Taleqani field gives every found cell (weak label: the field's class folder).
 
+C-NMC's crops carry no scale (segmented cells on black, no red cells), so the finder gives them its
+default 0.1 um/px, at which their cells measure about 20 um: twice a PBC lymphocyte, and "Blast"
+would be learnt as "large cell". ``cnmc_scale`` calibrates one um/px for the whole data set: the
+median size of C-NMC's normal (``hem``) lymphoid cells is made equal to the median PBC
+lymphocyte's (PBC's scale is measured from its red cells; size: the finder's cell outline or its
+nucleus, ``match``). Blasts keep their size relative to
+C-NMC's normal cells (one scale for every crop).
+
     cells = build_source("pbc-cells", datasets, spec)      # CellSet: cut-outs + labels + meta
     cache: load_or_build(...) keeps them as .npy under a cache folder (never in the repository).
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -22,7 +31,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from core.cells.cutout import cell_mask, cut_out_for_model
-from core.cells.finder import FieldCells, FoundCell, central_index, find_cells
+from core.cells.finder import DEFAULT_UM_PER_PX, FieldCells, FoundCell, central_index, find_cells
 from core.imaging.preprocessing import Preprocessing
 from core.models.taxonomy import TAXONOMIES, resolve_alias
 
@@ -98,6 +107,71 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+# the C-NMC scale: which cells of which sources are matched (module constants, stated in the card)
+SCALE_REFERENCE = ("pbc-cells", "lymphocyte")  # measured scale (red cells)
+SCALE_MATCHED = ("cnmc-train", "hem")  # C-NMC's normal lymphoid cells, default scale
+
+
+def _diameter_um(cell: FoundCell, um_per_px: float, part: str) -> float | None:
+    """Equivalent diameter (um) of the cell's outline, or of its nucleus (None: none found)."""
+    if part == "cell":
+        return 2.0 * math.sqrt(cell.area_px / math.pi) * um_per_px
+    import cv2  # heavy: imports OpenCV (contour area)
+
+    if cell.nucleus_contour is None or len(cell.nucleus_contour) < 3:
+        return None
+    area = float(cv2.contourArea(np.asarray(cell.nucleus_contour, np.float32).reshape(-1, 1, 2)))
+    return 2.0 * math.sqrt(area / math.pi) * um_per_px
+
+
+def _median_diameter_um(folder: Path, part: str) -> tuple[float, int]:
+    """Median equivalent diameter (um, at the finder's scale) of the central found cell (``part``
+    "cell": its outline; "nucleus": its nucleus) of every crop in ``folder``, and how many gave one."""
+    diameters = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or path.stem.endswith("_mask"):
+            continue
+        rgb = read_rgb(path)
+        found = find_cells(rgb)
+        cell = central_cell(found, rgb.shape)
+        d = _diameter_um(cell, found.um_per_px, part) if cell is not None else None
+        if d:
+            diameters.append(d)
+    return (float(np.median(diameters)) if diameters else float("nan")), len(diameters)
+
+
+SCALE_MATCHES = ("cell", "nucleus")
+
+
+def cnmc_scale(datasets: Path, cache: Path | None = None, match: str = "cell") -> dict:
+    """C-NMC's calibrated um/px (see the module's doc): {"um_per_px", "match", "reference_median_um",
+    "matched_median_um_at_default", "n_reference", "n_matched", "rule"}. ``match`` "cell" matches the
+    finder's cell outlines; "nucleus" matches PBC lymphocytes' nuclei to C-NMC's normal cells'
+    nuclei (on C-NMC's stain the finder's nucleus is nearly the whole cell, on PBC's the cell outline
+    takes in a pale rim). Kept as JSON under ``cache`` (finding the cells takes a minute)."""
+    if match not in SCALE_MATCHES:
+        raise ValueError(f"match must be one of {', '.join(SCALE_MATCHES)}, not {match!r}")
+    path = Path(cache) / f"cnmc_scale-{match}.json" if cache else None
+    if path is not None and path.is_file():
+        return json.loads(path.read_text())
+    ref_um, n_ref = _median_diameter_um(Path(datasets).joinpath(*SCALE_REFERENCE), match)
+    hem_um, n_hem = _median_diameter_um(Path(datasets).joinpath(*SCALE_MATCHED), match)
+    if not (n_ref and n_hem):
+        raise ValueError(f"cannot calibrate C-NMC's scale: no cells found in {'/'.join(SCALE_REFERENCE)} "
+                         f"or {'/'.join(SCALE_MATCHED)} under {datasets}")
+    out = {"um_per_px": round(DEFAULT_UM_PER_PX * ref_um / hem_um, 5), "match": match,
+           "finder_default_um_per_px": DEFAULT_UM_PER_PX,
+           "reference_median_um": round(ref_um, 3), "matched_median_um_at_default": round(hem_um, 3),
+           "n_reference": n_ref, "n_matched": n_hem,
+           "rule": f"one um/px for every cnmc-train crop, chosen so that the median {match} diameter of its normal "
+                   f"({SCALE_MATCHED[1]}) cells equals that of the {SCALE_REFERENCE[1]}s of {SCALE_REFERENCE[0]} "
+                   f"(whose scale the finder measures from red cells); blasts keep their size relative to them"}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1))
+    return out
+
+
 def central_cell(found: FieldCells, shape: tuple[int, ...]) -> FoundCell | None:
     """The found cell nearest the image's centre (a crop of one typed cell), or None."""
     k = central_index(found.cells, shape[1], shape[0])
@@ -149,8 +223,10 @@ def _boxes(root: Path, image: Path) -> list[tuple[float, float, float, float]]:
 
 
 def build_source(name: str, datasets: Path, spec: CutSpec, *, limit: int | None = None,
-                 progress: Callable[[str], None] | None = None) -> CellSet:
-    """Every cell of source ``name`` (SOURCES) under ``datasets``, cut out by ``spec``."""
+                 progress: Callable[[str], None] | None = None, unscaled_um_per_px: float | None = None) -> CellSet:
+    """Every cell of source ``name`` (SOURCES) under ``datasets``, cut out by ``spec``;
+    ``unscaled_um_per_px``: the um/px of a crop the finder found no scale for (its default
+    otherwise), e.g. C-NMC's calibrated ``cnmc_scale``."""
     folder, kind = SOURCES[name]
     root = Path(datasets) / folder
     imgs, masks, labels, subjects, files = [], [], [], [], []
@@ -176,7 +252,8 @@ def build_source(name: str, datasets: Path, spec: CutSpec, *, limit: int | None 
             if cell is None:
                 n_missed += 1
                 continue
-            add(rgb, cell, found.um_per_px, label, cnmc_subject(path.name) if name == "cnmc" else "", path)
+            um = unscaled_um_per_px if unscaled_um_per_px and found.scale_source == "default" else found.um_per_px
+            add(rgb, cell, um, label, cnmc_subject(path.name) if name == "cnmc" else "", path)
     elif kind == "boxed":
         paths = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if limit:
@@ -216,23 +293,28 @@ def build_source(name: str, datasets: Path, spec: CutSpec, *, limit: int | None 
                     np.asarray(labels, np.int64), np.asarray([name] * len(labels)),
                     np.asarray(subjects), np.asarray(files))
     cells.info = {"source": name, "folder": folder, "kind": kind, "images": n_images, "cells": len(labels),
-                  "missed": n_missed, "cut": spec.key()}
+                  "missed": n_missed, "cut": spec.key(), "unscaled_um_per_px": unscaled_um_per_px}
     if progress:
         progress(f"{name}: {len(labels)} cells from {n_images} images ({n_missed} without a cell)")
     return cells
 
 
+def source_key(name: str, limit: int | None = None, unscaled_um_per_px: float | None = None) -> str:
+    """The cache's name for a source's cut-outs (a calibrated scale makes other cut-outs)."""
+    return name + (f"-{limit}" if limit else "") + (f"-{unscaled_um_per_px:g}umpx" if unscaled_um_per_px else "")
+
+
 def load_or_build(name: str, datasets: Path, spec: CutSpec, cache: Path, *, limit: int | None = None,
-                  progress: Callable[[str], None] | None = None) -> CellSet:
+                  progress: Callable[[str], None] | None = None, unscaled_um_per_px: float | None = None) -> CellSet:
     """build_source, kept under ``cache`` as .npy (memory-mapped on reading)."""
-    folder = Path(cache) / spec.key() / (name + (f"-{limit}" if limit else ""))
+    folder = Path(cache) / spec.key() / source_key(name, limit, unscaled_um_per_px)
     done = folder / "info.json"
     if done.is_file():
         info = json.loads(done.read_text())
         arrays = {a: np.load(folder / f"{a}.npy", mmap_mode="r" if a in ("images", "masks") else None)
                   for a in ("images", "masks", "labels", "sources", "subjects", "files")}
         return CellSet(**arrays, info=info)
-    cells = build_source(name, datasets, spec, limit=limit, progress=progress)
+    cells = build_source(name, datasets, spec, limit=limit, progress=progress, unscaled_um_per_px=unscaled_um_per_px)
     folder.mkdir(parents=True, exist_ok=True)
     for a in ("images", "masks", "labels", "sources", "subjects", "files"):
         np.save(folder / f"{a}.npy", getattr(cells, a))
@@ -240,5 +322,5 @@ def load_or_build(name: str, datasets: Path, spec: CutSpec, cache: Path, *, limi
     return cells
 
 
-__all__ = ["CLASSES", "CellSet", "CutSpec", "SOURCES", "TAXONOMY", "build_source", "central_cell", "cnmc_subject",
-           "cut", "load_or_build", "read_rgb"]
+__all__ = ["CLASSES", "CellSet", "CutSpec", "SOURCES", "TAXONOMY", "build_source", "central_cell", "cnmc_scale",
+           "cnmc_subject", "cut", "load_or_build", "read_rgb", "source_key"]

