@@ -71,10 +71,13 @@ REPORT_EVERY = 10  # steps between two points of the curves (and one progress me
 def fit_head_with_replay(model: nn.Module, real: np.ndarray, real_y: np.ndarray, replay: np.ndarray,
                          replay_y: np.ndarray, n_classes: int, steps: int = HEAD_STEPS, lr: float = HEAD_LR,
                          seed: int = 0, cancel=None, val: tuple[np.ndarray, np.ndarray] | None = None,
-                         stage_name: str = "train", progress=None):
+                         stage_name: str = "train", progress=None, anchor: float = 0.0, real_share: float = 0.5):
     """Refit the final linear layer (started from the parent's) on reviewed and replayed
-    embeddings: for each class, its reviewed images and its replayed ones weigh half each
-    (all of it when it has only one kind), and every class weighs the same.
+    embeddings: for each class, its reviewed images weigh ``real_share`` and its replayed ones
+    the rest (all of it when it has only one kind), and every class weighs the same.
+    ``anchor``: an L2 pull of the weights and bias towards the parent's (L2-SP, Li et al., ICML
+    2018), sum of squared differences times ``anchor``, so that what the reviewed cells do not
+    ask for stays as the parent had it.
 
     A job generator, as ``engine.fit``: yields ``Progress`` (``stage_name`` per step with
     ``step``/``steps``, loss and time left; ``validate`` every REPORT_EVERY steps with the
@@ -95,15 +98,21 @@ def fit_head_with_replay(model: nn.Module, real: np.ndarray, real_y: np.ndarray,
     w = np.zeros(len(y))
     present = np.unique(y.numpy())
     for c in present:
-        parts = [m for m in ((y.numpy() == c) & ~kind, (y.numpy() == c) & kind) if m.any()]
-        for m in parts:
-            w[m] = 1.0 / (len(parts) * m.sum() * len(present))
+        real_c, replay_c = (y.numpy() == c) & ~kind, (y.numpy() == c) & kind
+        if real_c.any() and replay_c.any():
+            w[real_c] = real_share / (real_c.sum() * len(present))
+            w[replay_c] = (1.0 - real_share) / (replay_c.sum() * len(present))
+        else:
+            m = real_c | replay_c
+            w[m] = 1.0 / (m.sum() * len(present))
     weight = torch.as_tensor(w, dtype=torch.float32)
     x_val = y_val = None
     if val is not None and len(val[1]):
         x_val = torch.as_tensor(val[0], dtype=torch.float32)
         y_val = torch.as_tensor(np.asarray(val[1]))
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    start = [p.detach().clone() for p in head.parameters()]
+    # with the pull towards the parent, AdamW's decay towards zero would fight it
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0 if anchor else 1e-4)
     t0 = time.perf_counter()
     history: list[dict] = []
     head.train()
@@ -112,6 +121,8 @@ def fit_head_with_replay(model: nn.Module, real: np.ndarray, real_y: np.ndarray,
             return {"status": "cancelled", "history": history, "best": {"epoch": step},
                     "train_seconds": time.perf_counter() - t0, "stopped_early": False}
         loss = (nn.functional.cross_entropy(head(x), y, reduction="none") * weight).sum()
+        if anchor:
+            loss = loss + anchor * sum(((p - p0) ** 2).sum() for p, p0 in zip(head.parameters(), start))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
