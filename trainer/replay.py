@@ -71,13 +71,17 @@ REPORT_EVERY = 10  # steps between two points of the curves (and one progress me
 def fit_head_with_replay(model: nn.Module, real: np.ndarray, real_y: np.ndarray, replay: np.ndarray,
                          replay_y: np.ndarray, n_classes: int, steps: int = HEAD_STEPS, lr: float = HEAD_LR,
                          seed: int = 0, cancel=None, val: tuple[np.ndarray, np.ndarray] | None = None,
-                         stage_name: str = "train", progress=None, anchor: float = 0.0, real_share: float = 0.5):
+                         stage_name: str = "train", progress=None, anchor: float = 0.0, real_share: float = 0.5,
+                         distill: bool = False):
     """Refit the final linear layer (started from the parent's) on reviewed and replayed
     embeddings: for each class, its reviewed images weigh ``real_share`` and its replayed ones
     the rest (all of it when it has only one kind), and every class weighs the same.
     ``anchor``: an L2 pull of the weights and bias towards the parent's (L2-SP, Li et al., ICML
     2018), sum of squared differences times ``anchor``, so that what the reviewed cells do not
-    ask for stays as the parent had it.
+    ask for stays as the parent had it. ``distill``: the replayed embeddings' targets are the
+    parent head's own probabilities on them, not the class they were drawn from (learning
+    without forgetting, Li & Hoiem 2017, on replayed features): the Gaussians are only roughly
+    where the parent's cells were, and fitting their labels moved the parent's decisions.
 
     A job generator, as ``engine.fit``: yields ``Progress`` (``stage_name`` per step with
     ``step``/``steps``, loss and time left; ``validate`` every REPORT_EVERY steps with the
@@ -111,6 +115,11 @@ def fit_head_with_replay(model: nn.Module, real: np.ndarray, real_y: np.ndarray,
         x_val = torch.as_tensor(val[0], dtype=torch.float32)
         y_val = torch.as_tensor(np.asarray(val[1]))
     start = [p.detach().clone() for p in head.parameters()]
+    n_real = len(real_y)
+    soft = None
+    if distill and len(replay_y):
+        with torch.no_grad():
+            soft = torch.softmax(head(x[n_real:]), 1)
     # with the pull towards the parent, AdamW's decay towards zero would fight it
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0 if anchor else 1e-4)
     t0 = time.perf_counter()
@@ -120,7 +129,12 @@ def fit_head_with_replay(model: nn.Module, real: np.ndarray, real_y: np.ndarray,
         if cancel is not None and cancel.is_set():
             return {"status": "cancelled", "history": history, "best": {"epoch": step},
                     "train_seconds": time.perf_counter() - t0, "stopped_early": False}
-        loss = (nn.functional.cross_entropy(head(x), y, reduction="none") * weight).sum()
+        out = head(x)
+        if soft is None:
+            loss = (nn.functional.cross_entropy(out, y, reduction="none") * weight).sum()
+        else:
+            loss = (nn.functional.cross_entropy(out[:n_real], y[:n_real], reduction="none") * weight[:n_real]).sum() \
+                + (nn.functional.cross_entropy(out[n_real:], soft, reduction="none") * weight[n_real:]).sum()
         if anchor:
             loss = loss + anchor * sum(((p - p0) ** 2).sum() for p, p0 in zip(head.parameters(), start))
         opt.zero_grad(set_to_none=True)

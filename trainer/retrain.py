@@ -142,8 +142,10 @@ class RetrainConfig(BaseModel):
     cv_folds: int = 5
     decode_workers: int = 2
     int8: bool = True  # add a checked int8 model for fast CPU classification (trainer/quantize.py)
-    # the head refit with replay (trainer/replay.fit_head_with_replay): the pull towards the
-    # parent's head and the reviewed images' share of their class's weight (docs/retrain.md)
+    # the head refit with replay (trainer/replay.fit_head_with_replay): replayed embeddings learn
+    # the parent head's own probabilities (distil), the pull towards the parent's head, the reviewed
+    # images' share of their class's weight; chosen on the cell learning curve (docs/retrain.md)
+    head_distill: bool = True
     head_anchor: float = 0.0
     head_real_share: float = 0.5
 
@@ -611,7 +613,8 @@ def _fit(cfg: RetrainConfig, data, split, summary_data: dict, parent: VersionRef
             val_emb = (logits_and_embeddings(model, x_all[va_idx], prep, "cpu")[1], y_all[va_idx])
         fitted = yield from fit_head_with_replay(model, real, real_y, replayed[0], replayed[1], len(classes),
                                                  seed=cfg.seed, cancel=cancel, val=val_emb, progress=progress,
-                                                 anchor=cfg.head_anchor, real_share=cfg.head_real_share)
+                                                 anchor=cfg.head_anchor, real_share=cfg.head_real_share,
+                                                 distill=cfg.head_distill)
         fitted["method"] = (f"classifier head refitted on {len(tr_idx)} reviewed images (x4 views) and "
                             f"{len(replayed[1])} embeddings replayed from {parent.name}'s guard; backbone unchanged")
     else:
