@@ -155,3 +155,57 @@ def test_a_cell_retrain_keeps_the_parents_guard_for_labs_nobody_reviewed(db, pat
         assert flagged_after >= flagged_before - 0.05
         before.append(flagged_before)
     assert max(before) > 0.9  # (the parent does flag them)
+
+
+def _reviewed_cell_lab(tmp_path, db, paths, noise: bool) -> str:
+    """A new lab's cells (4 per field, 16 fields of each class), each reviewed: as the class of
+    its field's folder (learnable: the two kinds of field are stained plainly apart), or
+    (noise) as a class drawn at random, which nothing can learn. Returns the parent's name."""
+    rng = np.random.default_rng(1)
+
+    from PIL import Image
+
+    package = _guarded_cell_package(tmp_path / "pkgs")
+    folder = tmp_path / "lab"
+    for kind, colour in (("all", (200, 60, 160)), ("hem", (60, 90, 200))):  # two stains, plainly apart
+        (folder / kind).mkdir(parents=True)
+        for i in range(16):
+            px = np.clip(np.array(colour) + rng.normal(0, 25, (224, 224, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(folder / kind / f"{kind}{i:02d}.png")
+    run_job(scan(db, folder))
+    with db.session() as s:
+        register_package(s, paths, package, activate=True)
+        fields = list(images_under(s, folder))
+        for image_id, _ in fields:
+            store_field_cells(s, image_id, FieldCells(tuple(_found(b) for b in BOXES), 0.25, "red_cells", 10, False),
+                              "test-finder")
+        s.flush()
+        folder_of = {image_id: Path(path).parent.name for image_id, path in fields}
+        for cell_id, image_id in s.execute(select(Cell.id, Cell.image_id)).all():
+            label = ("ALL", "Normal")[int(rng.integers(0, 2))] if noise else \
+                ("ALL" if folder_of[image_id] == "all" else "Normal")
+            record_cell_labels(s, [cell_id], label, "Ana Tester", taxonomy="all_vs_normal")
+        return retrain_parent(s).name
+
+
+def test_retrain_promote_on_reviewed_cells_promotes_when_kfold_shows_better(tmp_path, db, paths, cli):
+    """128 reviewed cells of a lab the parent calls at chance: each training cell predicted by a
+    version fitted without it (5 folds) plus the validation cells: clearly better, promoted
+    without --force."""
+    parent = _reviewed_cell_lab(tmp_path, db, paths, noise=False)
+    rc, out, err = cli("retrain", "--threads", 2, "--promote")
+    assert rc == 0, err
+    assert "predicted by versions trained without them" in out, out
+    assert "promoted: " in out and "not promoted" not in out, out
+    with db.session() as s:
+        assert retrain_parent(s).name != parent  # the new version is the active cell model
+
+
+def test_retrain_promote_on_reviewed_cells_refuses_when_kfold_cannot_tell(tmp_path, db, paths, cli):
+    parent = _reviewed_cell_lab(tmp_path, db, paths, noise=True)
+    rc, out, err = cli("retrain", "--threads", 2, "--promote")
+    assert rc == 0, err
+    line = next(ln for ln in out.splitlines() if ln.startswith("not promoted: "))
+    assert f"cannot tell the new version from {parent}" in line or f"is worse than {parent}" in line, line
+    with db.session() as s:
+        assert retrain_parent(s).name == parent
