@@ -10,8 +10,10 @@ reviewed images' embeddings (several augmented views) plus embeddings *replayed*
 parent's foreign-image guard: its class-conditional Gaussians of the training side
 (class means and shared covariance, stored whitened: embedding = (whitened mean + z) W^-1,
 z ~ N(0, I)). No training image is needed, and the classes the reviewer did not touch
-keep their place. The guard is refitted on the same mixture, so the parent's classes are
-not suddenly "outside experience" either. Generative feature replay: e.g. Liu et al.,
+keep their place: the replayed embeddings learn the parent head's own probabilities (distil).
+An image model's guard is refitted on the same mixture, so the parent's classes are not
+suddenly "outside experience" either; a cell model keeps its parent's guard and adds the
+reviewed cells' centres (trainer.guard.extend_guard). Generative feature replay: e.g. Liu et al.,
 "Generative Feature Replay for Class-Incremental Learning", CVPR-W 2020.
 """
 from __future__ import annotations
@@ -41,7 +43,9 @@ def replay_possible(guard: ForeignImageGuard | None) -> bool:
 
 def replay_embeddings(guard: ForeignImageGuard, classes_fitted: list[int], n: int, seed: int = 0
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` embeddings per class drawn from the guard's Gaussians, with their class indices."""
+    """``n`` embeddings per centre drawn from the guard's Gaussians, with their class indices
+    (``classes_fitted``: the class of each centre, ForeignImageGuard.classes_of_centres; a class
+    with several centres, its parent's and a reviewed lab's, gets n from each)."""
     rng = np.random.default_rng(seed)
     w_inv = np.linalg.inv(guard.whitening.astype(np.float64))
     embs, labels = [], []
