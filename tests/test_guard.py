@@ -77,6 +77,40 @@ def test_guard_file_round_trip_and_hash_check(tmp_path):
         load_guard(tmp_path, record3, n_classes=2)
 
 
+def test_an_extended_guard_keeps_the_parents_and_loads_with_more_centres_than_classes(tmp_path):
+    """A retrain's guard (trainer.guard.extend_guard): the parent's whitening, centres and
+    threshold kept, the new lab's class centres added, each naming its class, so the file holds
+    more centres than the model has classes; a lab nobody reviewed stays flagged."""
+    from trainer.guard import extend_guard
+
+    rng = np.random.default_rng(3)
+    train, y = clusters(rng, 200, [0.0, 5.0])
+    parent, info = fit_guard(train, y, clusters(rng, 100, [0.0, 5.0])[0])
+    new_lab, new_y = clusters(rng, 30, [20.0, 25.0])  # far from the parent's lab
+    other_lab = rng.normal(-20.0, 1.0, (100, 16))  # reviewed by nobody
+    assert parent.flags(new_lab)[1].all() and parent.flags(other_lab)[1].all()
+    guard, new_info = extend_guard(parent, info, new_lab[::2], new_y[::2])
+    assert guard.threshold == parent.threshold and np.array_equal(guard.whitening, parent.whitening)
+    assert guard.classes_of_centres() == [0, 1, 0, 1] and new_info["n_centres"] == 4
+    assert guard.flags(new_lab[1::2])[1].mean() < 0.2  # the new lab's other cells admitted
+    assert guard.flags(other_lab)[1].all()  # the other lab as before
+    assert np.array_equal(guard.flags(train)[1], parent.flags(train)[1] & guard.flags(train)[1])
+    record = write_guard(tmp_path, guard, new_info)
+    loaded = load_guard(tmp_path, record, n_classes=2)  # 4 centres for 2 classes
+    assert loaded.classes_of_centres() == [0, 1, 0, 1]
+    assert np.allclose(loaded.distances(new_lab), guard.distances(new_lab), rtol=1e-5)
+    again, _ = extend_guard(loaded, record, new_lab[:4], np.array([0, 0, 1, 1]))  # a second retrain adds more
+    assert again.classes_of_centres() == [0, 1, 0, 1, 0, 1]
+    # a centre naming a class the model does not have is refused
+    bad = write_guard(tmp_path, guard.__class__(guard.whitening, guard.class_means, guard.threshold, None,
+                                                np.array([0, 1, 0, 2])), new_info)
+    with pytest.raises(ModelPackageError, match="malformed"):
+        load_guard(tmp_path, bad, n_classes=2)
+    # an older guard (no centre classes): its rows are the card's classes_fitted
+    old = write_guard(tmp_path, parent, info)
+    assert load_guard(tmp_path, old, 2).classes_of_centres(info["classes_fitted"]) == [0, 1]
+
+
 @pytest.mark.parametrize("engine,precision", [("torch", "fp32"), ("openvino", "fp32"), ("openvino", "int8")])
 def test_engines_compute_the_guard_distance_of_the_penultimate_embedding(tmp_path, engine, precision):
     """torch returns the embedding and the guard runs in numpy; OpenVINO computes the distances

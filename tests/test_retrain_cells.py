@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from sqlalchemy import select
 
@@ -13,7 +14,8 @@ from core.cells.records import store_field_cells
 from core.imaging.scan import images_under, scan
 from core.jobs import run_job
 from core.models.architectures import build
-from core.models.package import ModelCard, read_card, save_package
+from core.imaging.images import decode_rgb, read_file
+from core.models.package import ModelCard, load_model, read_card, save_package
 from core.models.registry import register_package
 from core.review.cell_labels import record_cell_labels
 from core.review.reviewed import retrain_parent
@@ -82,3 +84,128 @@ def test_retrain_from_the_cells_view_offers_the_cell_model_and_counts_reviewed_c
     qtbot.addWidget(gallery_dlg)
     assert gallery_dlg.active["id"] == w.ctl.version["id"] != pane.version["id"]
     gallery_dlg.close()
+
+
+def _guarded_cell_package(tmp: Path) -> Path:
+    """A tiny cell model (256-wide embedding) with a foreign-image guard fitted on sample images."""
+    from trainer.guard import add_guard, fit_guard, logits_and_embeddings
+
+    torch.manual_seed(0)
+    card = ModelCard(name="tiny-guarded-cells-v1", architecture="seed_cnn3", taxonomy="all_vs_normal",
+                     classes=["ALL", "Normal"], preprocessing={"input_size": 32, "interpolation": "area"},
+                     arch_params={"width": 4}, input="cell", cell_side_um=12.0, cell_crops="cut_out",
+                     notes="test cell model with a guard")
+    save_package(tmp / card.name, build("seed_cnn3", 2, width=4).state_dict(), card)
+    model, card = load_model(tmp / card.name)
+    sets = {}
+    for seed in (11, 12):
+        generate(tmp / f"fit{seed}", n_per_class=40, seed=seed, size=64, taxonomy="all_vs_normal")
+        files = sorted((tmp / f"fit{seed}").rglob("*.jpg"))
+        x = np.stack([card.prep.apply(decode_rgb(read_file(str(f)))) for f in files])
+        sets[seed] = (logits_and_embeddings(model, x, card.prep)[1], np.array([f.parent.name == "hem" for f in files]))
+    guard, info = fit_guard(sets[11][0], sets[11][1].astype(int), sets[12][0])
+    add_guard(tmp / card.name, guard, info)
+    return tmp / card.name
+
+
+def test_a_cell_retrain_keeps_the_parents_guard_for_labs_nobody_reviewed(db, paths, tmp_path):
+    """A head refit on one new lab's reviewed cells must not open the guard for another lab.
+    Before, the guard was refitted on the reviewed and replayed cells with its threshold from the
+    new lab's few validation cells: after 50 reviewed cells of one lab, 86% -> 4% of another
+    lab's white cells were flagged. Now the parent's whitening and threshold are kept and the
+    reviewed cells' class centres added."""
+    from core.models.guard import load_guard
+    from trainer.guard import logits_and_embeddings
+    from trainer.retrain import RetrainConfig, retrain
+
+    package = _guarded_cell_package(tmp_path / "pkgs")
+    folder = tmp_path / "new-lab"
+    generate(folder, n_per_class=3, seed=2, size=224)
+    run_job(scan(db, folder))
+    with db.session() as s:
+        register_package(s, paths, package, activate=True)
+        for image_id, _ in images_under(s, folder):
+            store_field_cells(s, image_id, FieldCells(tuple(_found(b) for b in BOXES), 0.25, "red_cells", 10, False),
+                              "test-finder")
+        s.flush()
+        for cell_id, x0 in s.execute(select(Cell.id, Cell.x0)).all():
+            record_cell_labels(s, [cell_id], "ALL" if x0 < 100 else "Normal", "Ana Tester", taxonomy="all_vs_normal")
+    out = run_job(retrain(db, paths, RetrainConfig(int8=False, bootstrap=50, device="cpu", cv_folds=0)))
+    assert out["status"] == "completed"
+    new_card = read_card(Path(out["package"]))
+    assert "replayed" in new_card.metrics["method"]
+    parent_model, parent_card = load_model(package)
+    parent_guard = load_guard(package, parent_card.guard, 2)
+    new_guard = load_guard(Path(out["package"]), new_card.guard, 2)
+    # the parent's experience kept as it was: same whitening, threshold and centres, plus the new lab's
+    assert np.array_equal(new_guard.whitening, parent_guard.whitening)
+    assert new_guard.threshold == parent_guard.threshold
+    assert np.array_equal(new_guard.class_means[: len(parent_guard.class_means)], parent_guard.class_means)
+    assert len(new_guard.class_means) == len(parent_guard.class_means) + 2
+    assert new_guard.classes_of_centres() == [0, 1, 0, 1]
+    # a lab nobody reviewed (another stain, blurred) is flagged exactly as the parent flagged it
+    generate(tmp_path / "other-lab", n_per_class=20, seed=21, size=64, taxonomy="all_vs_normal")
+    files = sorted((tmp_path / "other-lab").rglob("*.jpg"))
+    x = np.stack([parent_card.prep.apply(decode_rgb(read_file(str(f)))) for f in files])
+    from trainer import augment as aug
+    before = []
+    for seen in (aug.other_stain(x), aug.blur(x, 3.0), np.random.default_rng(0).integers(0, 256, x.shape, dtype=np.uint8)):
+        emb = logits_and_embeddings(parent_model, seen, parent_card.prep)[1]  # the backbone is the parent's
+        flagged_before, flagged_after = parent_guard.flags(emb)[1].mean(), new_guard.flags(emb)[1].mean()
+        assert flagged_after >= flagged_before - 0.05
+        before.append(flagged_before)
+    assert max(before) > 0.9  # (the parent does flag them)
+
+
+def _reviewed_cell_lab(tmp_path, db, paths, noise: bool) -> str:
+    """A new lab's cells (4 per field, 16 fields of each class), each reviewed: as the class of
+    its field's folder (learnable: the two kinds of field are stained plainly apart), or
+    (noise) as a class drawn at random, which nothing can learn. Returns the parent's name."""
+    rng = np.random.default_rng(1)
+
+    from PIL import Image
+
+    package = _guarded_cell_package(tmp_path / "pkgs")
+    folder = tmp_path / "lab"
+    for kind, colour in (("all", (200, 60, 160)), ("hem", (60, 90, 200))):  # two stains, plainly apart
+        (folder / kind).mkdir(parents=True)
+        for i in range(16):
+            px = np.clip(np.array(colour) + rng.normal(0, 25, (224, 224, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(folder / kind / f"{kind}{i:02d}.png")
+    run_job(scan(db, folder))
+    with db.session() as s:
+        register_package(s, paths, package, activate=True)
+        fields = list(images_under(s, folder))
+        for image_id, _ in fields:
+            store_field_cells(s, image_id, FieldCells(tuple(_found(b) for b in BOXES), 0.25, "red_cells", 10, False),
+                              "test-finder")
+        s.flush()
+        folder_of = {image_id: Path(path).parent.name for image_id, path in fields}
+        for cell_id, image_id in s.execute(select(Cell.id, Cell.image_id)).all():
+            label = ("ALL", "Normal")[int(rng.integers(0, 2))] if noise else \
+                ("ALL" if folder_of[image_id] == "all" else "Normal")
+            record_cell_labels(s, [cell_id], label, "Ana Tester", taxonomy="all_vs_normal")
+        return retrain_parent(s).name
+
+
+def test_retrain_promote_on_reviewed_cells_promotes_when_kfold_shows_better(tmp_path, db, paths, cli):
+    """128 reviewed cells of a lab the parent calls at chance: each training cell predicted by a
+    version fitted without it (5 folds) plus the validation cells: clearly better, promoted
+    without --force."""
+    parent = _reviewed_cell_lab(tmp_path, db, paths, noise=False)
+    rc, out, err = cli("retrain", "--threads", 2, "--promote")
+    assert rc == 0, err
+    assert "predicted by versions trained without them" in out, out
+    assert "promoted: " in out and "not promoted" not in out, out
+    with db.session() as s:
+        assert retrain_parent(s).name != parent  # the new version is the active cell model
+
+
+def test_retrain_promote_on_reviewed_cells_refuses_when_kfold_cannot_tell(tmp_path, db, paths, cli):
+    parent = _reviewed_cell_lab(tmp_path, db, paths, noise=True)
+    rc, out, err = cli("retrain", "--threads", 2, "--promote")
+    assert rc == 0, err
+    line = next(ln for ln in out.splitlines() if ln.startswith("not promoted: "))
+    assert f"cannot tell the new version from {parent}" in line or f"is worse than {parent}" in line, line
+    with db.session() as s:
+        assert retrain_parent(s).name == parent

@@ -5,8 +5,9 @@ the training side) fitted without a fixed test part of every training source; a 
 typed source it never saw. A simulated reviewer labels 0, 10, 25, 50, 100 of its cells (least
 confident first, or at random; 3 seeds), and each budget is adapted exactly as ``hemascan
 retrain`` adapts a cell model (the head refit with feature replay): the same functions
-(trainer.replay: reviewed_embeddings' four views, replay_embeddings, fit_head_with_replay;
-trainer.guard: fit_guard, match_parent_on_lab), on cached embeddings instead of images (the
+(trainer.replay: reviewed_embeddings' four views, replay_embeddings, fit_head_with_replay with
+RetrainConfig's head settings; trainer.guard.extend_guard: the parent's guard plus the reviewed
+cells' class centres), on cached embeddings instead of images (the
 backbone is frozen, so an embedding is the same whichever way it is computed). About a fifth of
 the reviewed cells go to the validation side, as the app's content hash puts them, and are not
 trained on.
@@ -33,7 +34,7 @@ from core.models.guard import load_guard
 from core.models.package import load_model
 from trainer.cell_data import CLASSES, CutSpec
 from trainer.cell_model import LinearHead
-from trainer.guard import fit_guard, match_parent_on_lab
+from trainer.guard import extend_guard, fit_guard, match_parent_on_lab
 from trainer.metrics import softmax
 from trainer.replay import AUGMENTED_VIEWS, REPLAY_PER_CLASS, fit_head_with_replay, replay_embeddings, reviewed_embeddings
 from trainer.retrain import RetrainConfig
@@ -97,20 +98,30 @@ class Parent:
 
 
 def adapt(parent: Parent, views: np.ndarray, views_y: np.ndarray, train_emb: np.ndarray, train_y: np.ndarray,
-          val_emb: np.ndarray, lab_emb: np.ndarray, seed: int, **fit_options):
+          val_emb: np.ndarray, lab_emb: np.ndarray, seed: int, guard_mode: str = "extend", **fit_options):
     """What retrain does to a cell model with reviewed cells: (W, b, guard). ``views``: the
     reviewed training cells' embeddings, four views each (trainer.replay.reviewed_embeddings);
-    ``train_emb``: the plain view (the guard's training side); ``lab_emb``: the lab's cells
-    the parent classified (the new guard flags no more of them than the parent's)."""
+    ``train_emb``: the plain view (the guard's new centres); ``lab_emb``: the lab's cells
+    the parent classified. ``guard_mode`` "extend" (retrain's: the parent's guard plus the new
+    lab's centres, trainer.guard.extend_guard) or "refit" (before: refitted on the reviewed and
+    replayed cells, threshold from the validation cells, raised to the parent's flag count on
+    the lab's cells). ``fit_options`` default to retrain's (RetrainConfig.head_distill, head_anchor,
+    head_real_share)."""
     head = nn.Linear(parent.W.shape[1], parent.W.shape[0])
     with torch.no_grad():
         head.weight.copy_(torch.as_tensor(parent.W))
         head.bias.copy_(torch.as_tensor(parent.b))
     model = nn.Sequential(head)
-    classes_fitted = parent.guard_info["classes_fitted"]
+    classes_fitted = parent.guard.classes_of_centres(parent.guard_info["classes_fitted"])
     rep, rep_y = replay_embeddings(parent.guard, classes_fitted, REPLAY_PER_CLASS, seed)
+    cfg = RetrainConfig()
+    fit_options = {"anchor": cfg.head_anchor, "real_share": cfg.head_real_share, "distill": cfg.head_distill,
+                   **fit_options}
     run_job(fit_head_with_replay(model, views, views_y, rep, rep_y, len(CLASSES), seed=seed, **fit_options))
     W, b = head.weight.detach().numpy(), head.bias.detach().numpy()
+    if guard_mode == "extend":
+        guard, _ = extend_guard(parent.guard, parent.guard_info, train_emb, train_y)
+        return W, b, guard
     e_tr, y_tr = np.concatenate([train_emb, rep]), np.concatenate([train_y, rep_y])
     guard, info = fit_guard(e_tr, y_tr, val_emb if len(val_emb) else np.zeros((0, 0)))
     if len(lab_emb):

@@ -11,6 +11,7 @@ energy, max-softmax, relative Mahalanobis and k-nearest-neighbour scores
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -206,6 +207,49 @@ def fit_guard(train_emb: np.ndarray, train_labels: np.ndarray, val_emb: np.ndarr
     return guard, info
 
 
+def extend_guard(parent: ForeignImageGuard, parent_info: dict, new_emb: np.ndarray, new_labels: np.ndarray,
+                 other_emb: np.ndarray | None = None) -> tuple[ForeignImageGuard, dict]:
+    """A retrained head's guard that keeps its parent's experience and adds the new lab's: the
+    parent's whitening, centres, threshold and "Other" centres as they are, plus one centre per
+    class of the new lab's reviewed training cells (their mean, whitened with the parent's
+    covariance) and centres of the cells reviewers called "Other". For a head refit only: the
+    backbone, so the embedding space, is the parent's.
+
+    Refitting the guard on a few dozen reviewed cells plus replayed ones set its threshold on
+    the new lab's ~10 validation cells, far from the replayed classes: it opened for labs
+    nobody reviewed (bccd white cells flagged 86% by the parent, 4% after 50 reviewed cells of
+    another lab; docs/retrain.md). Adding centres cannot flag anything the parent admitted."""
+    new_emb = np.asarray(new_emb, np.float64)
+    new_labels = np.asarray(new_labels)
+    z = new_emb @ parent.whitening.astype(np.float64)
+    classes = [int(c) for c in np.unique(new_labels)] if len(new_labels) else []
+    added = np.stack([z[new_labels == c].mean(0) for c in classes]).astype(np.float32) if classes else \
+        np.zeros((0, parent.class_means.shape[1]), np.float32)
+    centre_classes = np.array(parent.classes_of_centres(parent_info.get("classes_fitted")) + classes, np.int64)
+    other_means = parent.other_means
+    if other_emb is not None and len(other_emb):
+        from sklearn.cluster import KMeans  # heavy: imports scikit-learn
+
+        z_other = np.asarray(other_emb, np.float64) @ parent.whitening.astype(np.float64)
+        k = min(MAX_OTHER_CENTRES, len(z_other))
+        new_other = KMeans(n_clusters=k, n_init=4, random_state=0).fit(z_other).cluster_centers_.astype(np.float32)
+        other_means = new_other if other_means is None else np.concatenate([other_means, new_other])
+    guard = dataclasses.replace(parent, class_means=np.concatenate([parent.class_means, added]),
+                                centre_classes=centre_classes, other_means=other_means)
+    keep = ("method", "citation", "file", "threshold", "flag_rate_target", "threshold_rule", "threshold_from",
+            "n_threshold", "n_threshold_patients", "dim", "classes_fitted", "n_fit")
+    info = {k: v for k, v in parent_info.items() if k in keep}
+    info.update({"threshold": round(float(parent.threshold), 4),
+                 "classes_fitted": sorted({int(c) for c in centre_classes}),
+                 "n_centres": int(len(centre_classes)),
+                 "added_centres": {"n_cells": int(len(new_labels)), "classes": classes,
+                                   "rule": "the parent's whitening, centres and threshold kept; one centre per class "
+                                           "of the reviewed training cells added"},
+                 "n_other": (parent_info.get("n_other") or 0) + (0 if other_emb is None else int(len(other_emb))),
+                 "other_centres": 0 if other_means is None else int(len(other_means))})
+    return guard, info
+
+
 def match_parent_on_lab(guard: ForeignImageGuard, info: dict, lab_emb: np.ndarray, parent_flagged: np.ndarray,
                         parent_name: str) -> tuple[ForeignImageGuard, dict]:
     """A retrained version's guard, its threshold raised (never lowered) so that on the lab's own
@@ -222,7 +266,7 @@ def match_parent_on_lab(guard: ForeignImageGuard, info: dict, lab_emb: np.ndarra
         k = max(0, allowed - int(near_other.sum()))  # images the distance may still flag
         if k < len(rest):
             threshold = max(threshold, float(rest[k]))  # d > rest[k]: the k farthest (ties aside)
-        guard = ForeignImageGuard(guard.whitening, guard.class_means, threshold, guard.other_means)
+        guard = dataclasses.replace(guard, threshold=threshold)
     after = int(guard.flags(lab_emb)[1].sum())
     info = {**info, "threshold": round(threshold, 4),
             "lab_check": {"n": int(len(d)), "parent": parent_name, "parent_flagged": allowed,

@@ -14,6 +14,7 @@ SHA-256, the rule, the figures) with it, so the package still verifies and loads
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -52,7 +53,7 @@ def refit_threshold(package: Path, data: Path, foreign: dict[str, Path] | None =
     _, e_va = logits_and_embeddings(model, images[split.val], prep)
     keep, groups, described = threshold_images(ds, split)
     threshold, rule = conformal_threshold(old.distances(e_va[keep]), groups, card.guard.get("flag_rate_target", 0.05))
-    new = ForeignImageGuard(old.whitening, old.class_means, threshold, old.other_means)
+    new = dataclasses.replace(old, threshold=threshold)
 
     lo_te, e_te = logits_and_embeddings(model, images[split.test], prep)
     d_te, conf_te = old.distances(e_te), softmax(lo_te, temp).max(1)

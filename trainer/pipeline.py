@@ -79,6 +79,9 @@ class GuardInputs:
     # the class-folder dataset the split was made on: the threshold is then set on the validation
     # block's held-out patients only (trainer.guard.fit_guard_on_split), not on every validation image
     dataset: Any = None
+    # (guard, card record) of the parent when only the head was refitted: its guard is kept and the
+    # reviewed training images' class centres are added (trainer.guard.extend_guard), not refitted
+    parent_guard: tuple[Any, dict] | None = None
 
 
 @dataclass
@@ -194,13 +197,18 @@ def fit_guard_stage(model, data: TrainingArrays, split: Split, device="cpu", inp
     embeddings (plus replayed ones), threshold from the validation side (``val_emb``: their
     embeddings, when already computed), "Other" centres, then raised to the parent's flag count
     on the lab's own images. A job generator; returns (guard, card record)."""
-    from .guard import fit_guard, fit_guard_on_split, logits_and_embeddings, match_parent_on_lab  # heavy: imports torch
+    from .guard import (extend_guard, fit_guard, fit_guard_on_split, logits_and_embeddings,  # heavy: imports torch
+                        match_parent_on_lab)
 
     inputs = inputs or GuardInputs()
     yield Progress("package", 0, None, "fitting the foreign-image guard on the training side",
                    {"step": "guard", "n_images": int(len(split.train))})
     e_tr = logits_and_embeddings(model, data.images[split.train], data.prep, device)[1]
     y_tr = data.labels[split.train]
+    if inputs.parent_guard is not None:
+        e_other = (logits_and_embeddings(model, inputs.other, data.prep, device)[1]
+                   if inputs.other is not None and len(inputs.other) else None)
+        return extend_guard(inputs.parent_guard[0], inputs.parent_guard[1], e_tr, y_tr, e_other)
     if val_emb is None:
         val_emb = (logits_and_embeddings(model, data.images[split.val], data.prep, device)[1] if len(split.val)
                    else np.zeros((0, 0)))

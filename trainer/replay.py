@@ -10,8 +10,10 @@ reviewed images' embeddings (several augmented views) plus embeddings *replayed*
 parent's foreign-image guard: its class-conditional Gaussians of the training side
 (class means and shared covariance, stored whitened: embedding = (whitened mean + z) W^-1,
 z ~ N(0, I)). No training image is needed, and the classes the reviewer did not touch
-keep their place. The guard is refitted on the same mixture, so the parent's classes are
-not suddenly "outside experience" either. Generative feature replay: e.g. Liu et al.,
+keep their place: the replayed embeddings learn the parent head's own probabilities (distil).
+An image model's guard is refitted on the same mixture, so the parent's classes are not
+suddenly "outside experience" either; a cell model keeps its parent's guard and adds the
+reviewed cells' centres (trainer.guard.extend_guard). Generative feature replay: e.g. Liu et al.,
 "Generative Feature Replay for Class-Incremental Learning", CVPR-W 2020.
 """
 from __future__ import annotations
@@ -41,7 +43,9 @@ def replay_possible(guard: ForeignImageGuard | None) -> bool:
 
 def replay_embeddings(guard: ForeignImageGuard, classes_fitted: list[int], n: int, seed: int = 0
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` embeddings per class drawn from the guard's Gaussians, with their class indices."""
+    """``n`` embeddings per centre drawn from the guard's Gaussians, with their class indices
+    (``classes_fitted``: the class of each centre, ForeignImageGuard.classes_of_centres; a class
+    with several centres, its parent's and a reviewed lab's, gets n from each)."""
     rng = np.random.default_rng(seed)
     w_inv = np.linalg.inv(guard.whitening.astype(np.float64))
     embs, labels = [], []
@@ -71,10 +75,17 @@ REPORT_EVERY = 10  # steps between two points of the curves (and one progress me
 def fit_head_with_replay(model: nn.Module, real: np.ndarray, real_y: np.ndarray, replay: np.ndarray,
                          replay_y: np.ndarray, n_classes: int, steps: int = HEAD_STEPS, lr: float = HEAD_LR,
                          seed: int = 0, cancel=None, val: tuple[np.ndarray, np.ndarray] | None = None,
-                         stage_name: str = "train", progress=None):
+                         stage_name: str = "train", progress=None, anchor: float = 0.0, real_share: float = 0.5,
+                         distill: bool = False):
     """Refit the final linear layer (started from the parent's) on reviewed and replayed
-    embeddings: for each class, its reviewed images and its replayed ones weigh half each
-    (all of it when it has only one kind), and every class weighs the same.
+    embeddings: for each class, its reviewed images weigh ``real_share`` and its replayed ones
+    the rest (all of it when it has only one kind), and every class weighs the same.
+    ``anchor``: an L2 pull of the weights and bias towards the parent's (L2-SP, Li et al., ICML
+    2018), sum of squared differences times ``anchor``, so that what the reviewed cells do not
+    ask for stays as the parent had it. ``distill``: the replayed embeddings' targets are the
+    parent head's own probabilities on them, not the class they were drawn from (learning
+    without forgetting, Li & Hoiem 2017, on replayed features): the Gaussians are only roughly
+    where the parent's cells were, and fitting their labels moved the parent's decisions.
 
     A job generator, as ``engine.fit``: yields ``Progress`` (``stage_name`` per step with
     ``step``/``steps``, loss and time left; ``validate`` every REPORT_EVERY steps with the
@@ -95,15 +106,26 @@ def fit_head_with_replay(model: nn.Module, real: np.ndarray, real_y: np.ndarray,
     w = np.zeros(len(y))
     present = np.unique(y.numpy())
     for c in present:
-        parts = [m for m in ((y.numpy() == c) & ~kind, (y.numpy() == c) & kind) if m.any()]
-        for m in parts:
-            w[m] = 1.0 / (len(parts) * m.sum() * len(present))
+        real_c, replay_c = (y.numpy() == c) & ~kind, (y.numpy() == c) & kind
+        if real_c.any() and replay_c.any():
+            w[real_c] = real_share / (real_c.sum() * len(present))
+            w[replay_c] = (1.0 - real_share) / (replay_c.sum() * len(present))
+        else:
+            m = real_c | replay_c
+            w[m] = 1.0 / (m.sum() * len(present))
     weight = torch.as_tensor(w, dtype=torch.float32)
     x_val = y_val = None
     if val is not None and len(val[1]):
         x_val = torch.as_tensor(val[0], dtype=torch.float32)
         y_val = torch.as_tensor(np.asarray(val[1]))
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    start = [p.detach().clone() for p in head.parameters()]
+    n_real = len(real_y)
+    soft = None
+    if distill and len(replay_y):
+        with torch.no_grad():
+            soft = torch.softmax(head(x[n_real:]), 1)
+    # with the pull towards the parent, AdamW's decay towards zero would fight it
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0 if anchor else 1e-4)
     t0 = time.perf_counter()
     history: list[dict] = []
     head.train()
@@ -111,7 +133,14 @@ def fit_head_with_replay(model: nn.Module, real: np.ndarray, real_y: np.ndarray,
         if cancel is not None and cancel.is_set():
             return {"status": "cancelled", "history": history, "best": {"epoch": step},
                     "train_seconds": time.perf_counter() - t0, "stopped_early": False}
-        loss = (nn.functional.cross_entropy(head(x), y, reduction="none") * weight).sum()
+        out = head(x)
+        if soft is None:
+            loss = (nn.functional.cross_entropy(out, y, reduction="none") * weight).sum()
+        else:
+            loss = (nn.functional.cross_entropy(out[:n_real], y[:n_real], reduction="none") * weight[:n_real]).sum() \
+                + (nn.functional.cross_entropy(out[n_real:], soft, reduction="none") * weight[n_real:]).sum()
+        if anchor:
+            loss = loss + anchor * sum(((p - p0) ** 2).sum() for p, p0 in zip(head.parameters(), start))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -142,6 +142,12 @@ class RetrainConfig(BaseModel):
     cv_folds: int = 5
     decode_workers: int = 2
     int8: bool = True  # add a checked int8 model for fast CPU classification (trainer/quantize.py)
+    # the head refit with replay (trainer/replay.fit_head_with_replay): replayed embeddings learn
+    # the parent head's own probabilities (distil), the pull towards the parent's head, the reviewed
+    # images' share of their class's weight; chosen on the cell learning curve (docs/retrain.md)
+    head_distill: bool = True
+    head_anchor: float = 0.0
+    head_real_share: float = 0.5
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -498,8 +504,13 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         if len(x_lab):
             parent_flags = _parent_flags(parent_path, pcard, x_lab if parent_prep == prep else
                                          _decode_lab(lab, parent_prep, image_cache, cfg.decode_workers)[1], device)
+        # a cell model's head refit keeps the parent's backbone, so its guard too: the parent's
+        # experience plus the reviewed cells' centres (a guard refitted here opened for unreviewed labs)
+        kept_guard = None
+        if is_cell and replayed is not None:
+            kept_guard = (load_guard(parent_path, pcard["guard"], len(classes)), dict(pcard["guard"]))
         guard_inputs = GuardInputs(other=src.other, replayed=replayed, lab=x_lab, lab_parent_flags=parent_flags,
-                                   parent_name=parent.name)
+                                   parent_name=parent.name, parent_guard=kept_guard)
         calibration = (CalibrationConfig(fallback_source="none") if cfg.from_scratch else CalibrationConfig(
             fallback_temperature=float(pcard.get("temperature") or 1.0),
             fallback_threshold=pcard.get("uncertain_threshold"), fallback_source="parent"))
@@ -601,7 +612,9 @@ def _fit(cfg: RetrainConfig, data, split, summary_data: dict, parent: VersionRef
         if len(va_idx):
             val_emb = (logits_and_embeddings(model, x_all[va_idx], prep, "cpu")[1], y_all[va_idx])
         fitted = yield from fit_head_with_replay(model, real, real_y, replayed[0], replayed[1], len(classes),
-                                                 seed=cfg.seed, cancel=cancel, val=val_emb, progress=progress)
+                                                 seed=cfg.seed, cancel=cancel, val=val_emb, progress=progress,
+                                                 anchor=cfg.head_anchor, real_share=cfg.head_real_share,
+                                                 distill=cfg.head_distill)
         fitted["method"] = (f"classifier head refitted on {len(tr_idx)} reviewed images (x4 views) and "
                             f"{len(replayed[1])} embeddings replayed from {parent.name}'s guard; backbone unchanged")
     else:
@@ -726,7 +739,7 @@ def _replay_source(cfg: RetrainConfig, pcard: dict, parent_path: Path, summary_d
         return None
     if not replay_possible(guard):
         return None
-    return guard, [int(c) for c in record.get("classes_fitted", range(len(guard.class_means)))]
+    return guard, guard.classes_of_centres(record.get("classes_fitted", range(len(guard.class_means))))
 
 
 LAB_SAMPLE = 800  # the lab's own images a retrain checks its guard and int8 model on

@@ -38,13 +38,24 @@ class ForeignImageGuard:
     # Centres (whitened) of images reviewers called "Other" (fits no class): an image nearer to
     # one of these than to every class mean is outside the model's experience too.
     other_means: np.ndarray | None = None  # (M, K) float32
+    # The class each row of class_means stands for (int64, C'), so that a class may have several
+    # centres: a retrain keeps its parent's and adds the new lab's (trainer.guard.extend_guard).
+    # None: one centre per class, the card's classes_fitted in order (guards written before).
+    centre_classes: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
         return int(self.whitening.shape[0])
 
+    def classes_of_centres(self, classes_fitted: list[int] | None = None) -> list[int]:
+        """The class index each row of class_means stands for (``classes_fitted``: the card's,
+        for a guard that does not name them)."""
+        if self.centre_classes is not None:
+            return [int(c) for c in self.centre_classes]
+        return list(classes_fitted) if classes_fitted is not None else list(range(len(self.class_means)))
+
     def distances(self, embeddings: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance of each embedding (N, D) to its nearest class mean."""
+        """Squared Mahalanobis distance of each embedding (N, D) to its nearest class centre."""
         return self._nearest(np.asarray(embeddings, dtype=np.float32) @ self.whitening, self.class_means)
 
     def _nearest(self, z: np.ndarray, means: np.ndarray) -> np.ndarray:
@@ -78,7 +89,9 @@ class ForeignImageGuard:
                 "class_means": np.ascontiguousarray(self.class_means, np.float32),
                 "threshold": np.array([self.threshold], np.float32),
                 **({"other_means": np.ascontiguousarray(self.other_means, np.float32)}
-                   if self.other_means is not None and len(self.other_means) else {})}
+                   if self.other_means is not None and len(self.other_means) else {}),
+                **({"centre_classes": np.ascontiguousarray(self.centre_classes, np.int64)}
+                   if self.centre_classes is not None else {})}
 
     def save(self, path: Path) -> None:
         from safetensors.numpy import save_file
@@ -108,8 +121,14 @@ def load_guard(package: Path, record: dict | None, n_classes: int) -> ForeignIma
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelPackageError(f"the foreign-image guard {path} cannot be read: {exc}") from None
     w, m, thr = t.get("whitening"), t.get("class_means"), t.get("threshold")
-    ok = (w is not None and m is not None and thr is not None and w.ndim == 2 and w.shape[1] <= w.shape[0]
-          and m.ndim == 2 and 1 <= m.shape[0] <= n_classes and m.shape[1] == w.shape[1] and thr.size == 1 and np.isfinite(w).all()
+    centre_classes = t.get("centre_classes")
+    # one centre per class, unless each centre names its class (then a class may have several)
+    n_centres_ok = m is not None and m.ndim == 2 and (
+        1 <= m.shape[0] <= n_classes if centre_classes is None else
+        (m.shape[0] >= 1 and centre_classes.ndim == 1 and len(centre_classes) == m.shape[0]
+         and centre_classes.dtype.kind in "iu" and bool(((centre_classes >= 0) & (centre_classes < n_classes)).all())))
+    ok = (w is not None and thr is not None and n_centres_ok and w.ndim == 2 and w.shape[1] <= w.shape[0]
+          and m.shape[1] == w.shape[1] and thr.size == 1 and np.isfinite(w).all()
           and np.isfinite(m).all() and np.isfinite(thr).all() and float(thr.reshape(-1)[0]) > 0)
     other = t.get("other_means")
     if other is not None and not (other.ndim == 2 and other.shape[1] == w.shape[1] and np.isfinite(other).all()):
@@ -117,4 +136,5 @@ def load_guard(package: Path, record: dict | None, n_classes: int) -> ForeignIma
     if not ok:
         raise ModelPackageError(f"the foreign-image guard {path} is malformed (shapes or values)")
     return ForeignImageGuard(w.astype(np.float32), m.astype(np.float32), float(thr.reshape(-1)[0]),
-                             None if other is None else other.astype(np.float32))
+                             None if other is None else other.astype(np.float32),
+                             None if centre_classes is None else centre_classes.astype(np.int64))
