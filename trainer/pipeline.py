@@ -197,8 +197,8 @@ def fit_guard_stage(model, data: TrainingArrays, split: Split, device="cpu", inp
     embeddings (plus replayed ones), threshold from the validation side (``val_emb``: their
     embeddings, when already computed), "Other" centres, then raised to the parent's flag count
     on the lab's own images. A job generator; returns (guard, card record)."""
-    from .guard import (extend_guard, fit_guard, fit_guard_on_split, logits_and_embeddings,  # heavy: imports torch
-                        match_parent_on_lab)
+    from .guard import extend_guard, fit_guard, fit_guard_on_split  # heavy: imports torch
+    from .guard import logits_and_embeddings, match_parent_on_lab  # heavy: imports torch
 
     inputs = inputs or GuardInputs()
     yield Progress("package", 0, None, "fitting the foreign-image guard on the training side",
