@@ -81,6 +81,14 @@ def test_the_images_view_says_the_folders_declared_kind_as_the_cells_view_does(q
         qtbot.waitUntil(lambda: "single-cell crops" in w.cell_pane.info.text(), timeout=10_000)
         assert w.cell_pane.info.text().endswith(" · " + w.ctl.image_kind_words())
 
+        said: list[str] = []
+        w.statusBar().messageChanged.connect(lambda text: said.append(text) if text else None)
+        with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+            w.choose_image_kind("auto")  # searched so before: that search counts again, and the window says so
+        assert any(t.endswith("1 image(s) searched as auto before use those 1 cells again") for t in said), said
+        with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+            w.choose_image_kind("crops")
+
         w.open_folder(tmp_path, classify=False)  # another folder, then back: the kind is said again
         w.show_view("images")
         with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
