@@ -200,7 +200,10 @@ class GalleryPane(QObject):
 
     def show_position(self) -> None:
         self.sync_state()
-        self.info.setText(self.ctl.state.position())
+        text = self.ctl.state.position()
+        if self.ctl.folder is not None:  # what the finder was told (File ▸ Images in this folder are…)
+            text += f" · {self.ctl.image_kind_words()}"
+        self.info.setText(text)
 
     def _current_changed(self, cur, _prev=None) -> None:
         if not self._choosing:  # the reviewer moved: a later reload keeps their image

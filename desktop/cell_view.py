@@ -59,12 +59,6 @@ def in_cell_words(sentence: str) -> str:
     return sentence.replace("images", "cells").replace("image", "cell")
 
 
-# What the line above the cells says of the open folder's images, as the lab declared them
-# (File ▸ Images in this folder are…; None: never said, the finder judges each image).
-IMAGE_KIND_WORDS = {"auto": "images: hemascan judges each one", "fields": "images: camera fields (every cell)",
-                    "crops": "images: single-cell crops (one cell each)"}
-
-
 class QueuedCellReview(ReviewSession):
     """Review actions on cells with undo/redo, written through the window's LabelWriter (its
     cell writes: never blocking a key). What a cell is labelled before an action is what the
@@ -649,7 +643,7 @@ class CellPane(QObject):
                 f" · {many:,} selected" if many > 1 else "") + (
                 f" · model: {self.version['name']}" if self.version else " · no cell model active")
         if self.ctl.folder is not None:  # what the finder was told (File ▸ Images in this folder are…)
-            text += f" · {IMAGE_KIND_WORDS.get(self.ctl.image_kind or 'auto')}"
+            text += f" · {self.ctl.image_kind_words()}"
         self.info.setText(text)
 
     def show_image_kind(self) -> None:

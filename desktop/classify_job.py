@@ -163,6 +163,9 @@ class ClassifyJob(QObject):
             cells = (f"{summary.n_cells_classified:,} cells classified with {summary.cell_model}"
                      f" ({summary.n_cells:,} found in {summary.n_cell_images:,} images)"
                      if summary.cell_model is not None and summary.n_cells_classified else None)
+            restored = summary.restored_cells_sentence()
+            if restored:
+                cells = f"{cells}; {restored}" if cells else restored
             msg = (f"{'Cancelled' if summary.cancelled else 'Done'}: {summary.n_predicted:,} images classified "
                    f"with {summary.model}") + (f"; {cells}" if cells else "")
             if not summary.cancelled and not summary.n_predicted and not summary.n_errors:

@@ -28,6 +28,13 @@ def local_time(t: datetime) -> str:
     return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+# What the views say of the open folder's images, as the lab declared them (File ▸ Images in
+# this folder are…; None: never said, the finder judges each image). The Images and Cells views
+# both end their line with it.
+IMAGE_KIND_WORDS = {"auto": "images: hemascan judges each one", "fields": "images: camera fields (every cell)",
+                    "crops": "images: single-cell crops (one cell each)"}
+
+
 @dataclass
 class Controller:
     db: Any  # core.storage.Database
@@ -42,6 +49,10 @@ class Controller:
     @property
     def folder(self) -> str | None:
         return self.state.folder
+
+    def image_kind_words(self) -> str:
+        """The open folder's declared image kind in the words every view uses (IMAGE_KIND_WORDS)."""
+        return IMAGE_KIND_WORDS[self.image_kind or "auto"]
 
     @property
     def version_id(self) -> int | None:

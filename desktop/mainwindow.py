@@ -369,6 +369,7 @@ class MainWindow(QMainWindow):
         self.ctl.image_kind = kind
         save_image_kind(self.settings, self.folder, kind)
         self.cell_pane.show_image_kind()
+        self.gallery.show_position()
         self.statusBar().showMessage(f"Images in this folder: {self.IMAGE_KIND_CHOICES[kind].lower()}; "
                                      "finding the cells again", 10000)
         self.classify()

@@ -167,3 +167,46 @@ def test_classify_without_images_keeps_the_kind_each_image_was_searched_with(cli
 
     assert cli("classify", folder, "--images", "auto")[0] == 0
     assert _searches(db, first) == {finder_name("fields"): (3, False), finder_name("auto"): (1, True)}
+
+
+def test_going_back_to_a_kind_searched_before_counts_that_search_and_says_so(cli, db, tmp_path):
+    # fields -> crops -> fields: the third run must make the fields search count again (the
+    # database, the Cells view and the differential read counted_cells), say so in its summary,
+    # and a fourth run has nothing new to do. Before: the fields search (stored already) was
+    # "found" again but not stored, the crops cell kept counting, and every later run repeated it.
+    from core.cells.records import counted_cells
+    from core.imaging.scan import images_under
+    from tests.cellfixtures import write_png
+    from tests.test_cell_stage import make_cell_model_active
+
+    make_cell_model_active(db, keep_field_active=False)
+    folder = tmp_path / "camera"
+    write_png(folder / "field.png", _centred_field(11.0, 8.0))
+
+    def cells_line(*kind):
+        rc, out, err = cli("classify", folder, *kind)
+        assert rc == 0, err
+        return next(line for line in out.splitlines() if line.startswith("cells:"))
+
+    def counted() -> tuple[str, int]:
+        """(the finder whose cells count, how many count): what the Cells view and the differential read."""
+        with db.session() as s:
+            cells = counted_cells(s, [image_id])[image_id]
+        assert len({c.finder for c in cells}) == 1
+        return cells[0].finder, len(cells)
+
+    assert cells_line("--images", "fields").startswith("cells: 3 found in 1 images, 3 classified")
+    with db.session() as s:
+        ((image_id, _),) = images_under(s, folder)
+    assert counted() == (finder_name("fields"), 3)
+    assert cells_line("--images", "crops").startswith("cells: 1 found in 1 images, 1 classified")
+    assert counted() == (finder_name("crops"), 1)
+
+    back = cells_line("--images", "fields")  # nothing found again: the stored search counts again
+    assert counted() == (finder_name("fields"), 3)
+    assert back.startswith("cells: 0 found in 0 images, 0 classified"), back
+    assert "1 image(s) searched as fields before use those 3 cells again" in back
+    assert cells_line("--images", "fields") == "cells: nothing new to find (3 cells in 1 images already found)"
+    assert _searches(db, image_id) == {finder_name("fields"): (3, False), finder_name("crops"): (1, True)}
+    assert cells_line("--images", "crops").endswith("1 image(s) searched as crops before use those 1 cells again")
+    assert counted() == (finder_name("crops"), 1)

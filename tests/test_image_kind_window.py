@@ -55,3 +55,44 @@ def test_choosing_fields_classifies_again_with_every_cell_and_is_kept_for_the_fo
         assert _searches(db) == {finder_name("auto"): 1, finder_name("fields"): 3}
     finally:
         close_window(w)
+
+
+def test_the_images_view_says_the_folders_declared_kind_as_the_cells_view_does(qtbot, paths, db, tmp_path):
+    """The image gallery (Ctrl+1) said nothing of what the lab declared the folder's images are,
+    while the Cells view did: the same words, from the one definition, in both views."""
+    from tests.test_desktop import JOB_TIMEOUT, close_window, open_window
+
+    make_cell_model_active(db, keep_field_active=False)
+    folder = tmp_path / "camera"
+    write_png(folder / "field.png", _centred_field(11.0, 8.0))
+    w = open_window(qtbot, paths, tmp_path)
+    try:
+        with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+            w.open_folder(folder)
+        w.show_view("images")
+        qtbot.waitUntil(lambda: w.gallery.model.total == 1, timeout=10_000)
+        assert "hemascan judges each one" in w.gallery.info.text()  # never said: judged per image
+        assert w.gallery.info.text().endswith(" · " + w.ctl.image_kind_words())
+
+        with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+            w.choose_image_kind("crops")
+        assert "single-cell crops" in w.gallery.info.text()
+        w.show_view("cells")
+        qtbot.waitUntil(lambda: "single-cell crops" in w.cell_pane.info.text(), timeout=10_000)
+        assert w.cell_pane.info.text().endswith(" · " + w.ctl.image_kind_words())
+
+        said: list[str] = []
+        w.statusBar().messageChanged.connect(lambda text: said.append(text) if text else None)
+        with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+            w.choose_image_kind("auto")  # searched so before: that search counts again, and the window says so
+        assert any(t.endswith("1 image(s) searched as auto before use those 1 cells again") for t in said), said
+        with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+            w.choose_image_kind("crops")
+
+        w.open_folder(tmp_path, classify=False)  # another folder, then back: the kind is said again
+        w.show_view("images")
+        with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
+            w.open_folder(folder)
+        qtbot.waitUntil(lambda: "single-cell crops" in w.gallery.info.text(), timeout=10_000)
+    finally:
+        close_window(w)

@@ -129,12 +129,12 @@ def test_where_am_i_end_of_queue_unreviewed_queue_and_impossible_filters(qtbot, 
     generate(tmp_path / "a", n_per_class=2, seed=1)
     _open(qtbot, w, tmp_path / "a")
     # a folder just classified starts at the top of the new order (least confident first)
-    assert w.view.currentIndex().row() == 0 and w.gallery_info.text() == "Image 1 of 8 in this view"
+    assert w.view.currentIndex().row() == 0 and w.gallery_info.text().startswith("Image 1 of 8 in this view · ")
     assert w.detail.title.full == w.model.row_at(0).name
     qtbot.keyClick(w.view, Qt.Key_Home)
-    assert w.gallery_info.text() == "Image 1 of 8 in this view"
+    assert w.gallery_info.text().startswith("Image 1 of 8 in this view · ")
     qtbot.keyClick(w.view, Qt.Key_Right)
-    assert w.gallery_info.text() == "Image 2 of 8 in this view"
+    assert w.gallery_info.text().startswith("Image 2 of 8 in this view · ")
     # impossible combinations cannot be chosen
     w.f_disagree.setChecked(True)
     w.f_rev.setCurrentIndex(w.f_rev.findData(UNREVIEWED))
@@ -148,7 +148,7 @@ def test_where_am_i_end_of_queue_unreviewed_queue_and_impossible_filters(qtbot, 
     qtbot.keyClick(w.view, Qt.Key_2)  # within the grace: labels the image it shows
     qtbot.waitUntil(lambda: w.model.rowCount() == 6, timeout=UNREVIEWED_GRACE_MS + 5000)
     assert [(i, lab) for i, lab in _labels(w)] == [(first, "Benign"), (second, "Early Pre-B")]
-    assert w.gallery_info.text() == "Image 1 of 6 in this view"
+    assert w.gallery_info.text().startswith("Image 1 of 6 in this view · ")
     # the end of the queue is said
     qtbot.keyClick(w.view, Qt.Key_End)
     w.move_current(1)

@@ -147,7 +147,8 @@ def cmd_classify(args, app: App) -> int:
              f"{s.n_todo - s.n_predicted - s.n_errors} left"
              + (f" in {s.seconds:.1f} s ({s.rate:.0f} images/s)" if s.seconds else "")
              + (" [cancelled: run again to continue]" if s.cancelled else ""))
-    if s.cell_model is not None and not (s.n_cells or s.n_cells_classified or s.n_cell_errors):
+    if s.cell_model is not None and not (s.n_cells or s.n_cells_classified or s.n_cell_errors
+                                         or s.n_cell_images_restored):
         with app.db.session() as db_session:  # "0 found" would read as "this folder has no cells"
             n_cells, n_images = folder_cell_counts(db_session, args.folder)
         app.echo(f"cells: nothing new to find ({n_cells} cells in {n_images} images already found)")
@@ -155,7 +156,8 @@ def cmd_classify(args, app: App) -> int:
         app.echo(f"cells: {s.n_cells} found in {s.n_cell_images} images, {s.n_cells_classified} classified "
                  f"by {s.cell_model}" + (f"; {s.n_cell_errors} file(s) could not be read" if s.n_cell_errors else "")
                  + (f"; {s.n_cell_grayscale} grayscale image(s) not searched: white cells are found by the "
-                    "colour of their stain" if s.n_cell_grayscale else ""))
+                    "colour of their stain" if s.n_cell_grayscale else "")
+                 + (f"; {s.restored_cells_sentence()}" if s.n_cell_images_restored else ""))
     _print_errors(app, s.errors, max(s.n_errors, s.n_cell_errors))
     if s.version is not None:
         _summarise_predictions(app, args.folder, s.version)

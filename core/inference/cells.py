@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from sqlalchemy import exists, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session
 
 from core.cells.cutout import cut_out_for_model
@@ -53,7 +53,7 @@ from core.imaging.images import FileChanged, decode_rgb, read_and_hash
 from core.imaging.scan import UNTRUSTED_STAT
 from core.inference.outcome import Assessment, ClassifySummary, prediction_rows
 from core.jobs import Job, Progress, RateMeter
-from core.storage import Cell, CellPrediction, Database, ImageFile, ModelVersion, Prediction
+from core.storage import Cell, CellPrediction, CellSearch, Database, ImageFile, ModelVersion, Prediction
 from core.storage.dbutil import insert_ignore, with_reconnect
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,35 @@ def _kept_searches(session: Session, image_ids: Sequence[int], image_kind: str |
     return {i: c for i, c in counted.items() if i not in again}
 
 
+def _returning_searches(session: Session, image_ids: Sequence[int], image_kind: str | None
+                        ) -> dict[int, CountedSearch]:
+    """Of the images to search (not kept), those this finder already searched with this kind
+    (fields, then crops, then fields again): that stored search is made to count again
+    (:func:`_restore_search`) instead of being "found" again, which its unique key would not store."""
+    finder, also_current = _finders(image_kind)
+    again = images_to_search(session, finder, image_ids, also_current)
+    if not again:
+        return {}
+    return {i: CountedSearch(i, finder, float(um), source, int(n or 0), bool(single), False)
+            for i, um, source, n, single in session.execute(
+                select(CellSearch.image_id, CellSearch.um_per_px, CellSearch.scale_source, CellSearch.n_cells,
+                       CellSearch.single_cell_crop)
+                .where(CellSearch.image_id.in_(list(again)), CellSearch.finder == finder))}
+
+
+def _restore_search(session: Session, image_id: int, finder: str) -> None:
+    """Make ``finder``'s stored search of the image the one that counts again: the newest
+    (core.cells.records.counted_searches ranks unlabelled searches by id). The row is written
+    again with every value it had (its id only is new); its cells and their predictions stay."""
+    row = session.execute(select(CellSearch.__table__).where(CellSearch.image_id == image_id,
+                                                             CellSearch.finder == finder)).mappings().first()
+    if row is None:
+        return
+    values = {k: v for k, v in row.items() if k != "id"}
+    session.execute(delete(CellSearch).where(CellSearch.image_id == image_id, CellSearch.finder == finder))
+    insert_ignore(session, CellSearch.__table__, [values], ["image_id", "finder"])
+
+
 def complete_image_ids(session: Session, version_id: int, image_ids: Iterable[int],
                        image_kind: str | None = None) -> set[int]:
     """Of ``image_ids``, those whose cells are all found and classified by ``version_id``: their
@@ -136,6 +165,7 @@ class _Stored:
     um_per_px: float
     single_cell_crop: bool
     cells: tuple[tuple[int, tuple[int, int, int, int], list], ...]  # (cell id, box, outline)
+    restore_cells: int | None = None  # a search of this kind that no longer counts: made to count again (its cells)
 
 
 @dataclass
@@ -154,8 +184,12 @@ class _FieldResult:
 def _stored_state(session: Session, version_id: int, image_ids: Sequence[int],
                   image_kind: str | None) -> dict[int, _Stored]:
     kept = _kept_searches(session, image_ids, image_kind)
-    waiting = _waiting_cells(session, version_id, kept)
-    return {i: _Stored(c.um_per_px, c.single_cell_crop, tuple(waiting[i])) for i, c in kept.items()}
+    returning = _returning_searches(session, image_ids, image_kind)
+    waiting = _waiting_cells(session, version_id, {**kept, **returning})
+    stored = {i: _Stored(c.um_per_px, c.single_cell_crop, tuple(waiting[i])) for i, c in kept.items()}
+    stored.update({i: _Stored(c.um_per_px, c.single_cell_crop, tuple(waiting[i]), c.n_cells)
+                   for i, c in returning.items()})
+    return stored
 
 
 def _colourless(rgb: np.ndarray) -> bool:
@@ -213,6 +247,7 @@ def classify_cells(
     said): an image this finder searched with any kind keeps that search, others are "auto"."""
     finder, _ = _finders(image_kind)  # a bad kind is refused here, before any work
     find_kind = image_kind or "auto"
+    summary.cell_image_kind = find_kind
     cancel = cancel or threading.Event()
     card = predictor.card
     prep = predictor.prep
@@ -279,9 +314,16 @@ def classify_cells(
         return Assessment(probs, np.concatenate([p.guard_distance for p in parts]),
                           np.concatenate([p.outside for p in parts]))
 
-    def write_once(results: list[_FieldResult], assessment: Assessment | None, complete: list[int]) -> None:
+    def restored_here(results: list[_FieldResult], complete: list[int], restore: dict[int, int]) -> dict[int, int]:
+        """Of ``restore`` (image id -> its search's cells), the images this batch made count again."""
+        return {i: restore[i] for i in [r.image_id for r in results if r.error is None] + complete if i in restore}
+
+    def write_once(results: list[_FieldResult], assessment: Assessment | None, complete: list[int],
+                   restore: dict[int, int]) -> None:
         with db.session() as s:  # one transaction per batch
             ok = [r for r in results if r.error is None]
+            for image_id in restored_here(results, complete, restore):
+                _restore_search(s, image_id, finder)
             for r in ok:
                 if r.found is not None:
                     store_field_cells(s, r.image_id, r.found, finder)
@@ -323,9 +365,10 @@ def classify_cells(
             if on_batch is not None:
                 on_batch(s, [r.image_id for r in ok] + complete, failed)
 
-    def write(results: list[_FieldResult], assessment: Assessment | None, complete: list[int]) -> None:
+    def write(results: list[_FieldResult], assessment: Assessment | None, complete: list[int],
+              restore: dict[int, int]) -> None:
         t0 = time.perf_counter()
-        with_reconnect(lambda: write_once(results, assessment, complete), "a batch of cells", db.settings)
+        with_reconnect(lambda: write_once(results, assessment, complete, restore), "a batch of cells", db.settings)
         summary.db_seconds += time.perf_counter() - t0
         ok = [r for r in results if r.error is None]
         failed = [r for r in results if r.error is not None]
@@ -334,6 +377,9 @@ def classify_cells(
         summary.n_cell_images += sum(1 for f in found if f.cells)
         summary.n_cell_grayscale += sum(1 for f in found if f.scale_source == GRAYSCALE)
         summary.n_cells_classified += sum(len(r.keys) for r in ok)
+        restored = restored_here(results, complete, restore)
+        summary.n_cell_images_restored += len(restored)
+        summary.n_cells_restored += sum(restored.values())
         summary.n_cell_errors += len(failed)
         if count_images:
             summary.n_predicted += len(ok) + len(complete)
@@ -345,7 +391,7 @@ def classify_cells(
     chunks = [todo[i:i + fields_per_batch] for i in range(0, len(todo), fields_per_batch)]
     done = 0
     with ThreadPoolExecutor(workers, thread_name_prefix="hemascan-cells") as pool:
-        inflight: deque[tuple[list[Future], list[int]]] = deque()
+        inflight: deque[tuple[list[Future], list[int], dict[int, int]]] = deque()
         next_chunk = 0
 
         def submit_next() -> None:
@@ -356,17 +402,18 @@ def classify_cells(
                 stored = _stored_state(s, version_id, [i for i, _ in chunk], image_kind)
             # an image searched before whose cells are all classified needs no reading
             complete = [i for i, _ in chunk if i in stored and not stored[i].cells]
+            restore = {i: st.restore_cells for i, st in stored.items() if st.restore_cells is not None}
             inflight.append(([pool.submit(work, i, p, stored.get(i)) for i, p in chunk
-                              if i not in stored or stored[i].cells], complete))
+                              if i not in stored or stored[i].cells], complete, restore))
 
         while next_chunk < len(chunks) or inflight:
             while next_chunk < len(chunks) and len(inflight) < 2 and not cancel.is_set():
                 submit_next()  # the pool works on the next batch while this one is classified
             if not inflight:
                 break
-            futures, complete = inflight.popleft()
+            futures, complete, restore = inflight.popleft()
             results = [f.result() for f in futures]
-            write(results, assess(results), complete)
+            write(results, assess(results), complete, restore)
             done = min(len(todo), done + fields_per_batch)
             n_cells = summary.n_cells_classified - cells0
             rate = meter.rate(n_cells)
@@ -375,7 +422,7 @@ def classify_cells(
                                   "eta_s": meter.eta(done, len(todo)), "device": summary.device})
             if cancel.is_set():
                 summary.cancelled = True
-                for batch, _ in inflight:  # not started: dropped; started: finished but not written
+                for batch, _, _ in inflight:  # not started: dropped; started: finished but not written
                     for f in batch:
                         f.cancel()
                 inflight.clear()

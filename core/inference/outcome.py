@@ -38,10 +38,22 @@ class ClassifySummary:
     n_cells_classified: int = 0  # cells given a prediction by the cell model
     n_cell_errors: int = 0  # images the cell stage could not read
     n_cell_grayscale: int = 0  # images not searched for cells: no colour (cells are found by their stain's)
+    cell_image_kind: str | None = None  # what the lab declared the images are (--images), None: not said
+    n_cell_images_restored: int = 0  # images searched with the declared kind before: that search counts again
+    n_cells_restored: int = 0  # the cells of those searches (found then, counted again now)
 
     @property
     def rate(self) -> float:
         return self.n_predicted / self.seconds if self.seconds > 0 else 0.0
+
+    def restored_cells_sentence(self) -> str | None:
+        """What the run did for images it had searched with the declared kind before (their
+        earlier cells count again, nothing is found twice); None when there were none. The one
+        wording the command line and the window give."""
+        if not self.n_cell_images_restored:
+            return None
+        return (f"{self.n_cell_images_restored:,} image(s) searched as {self.cell_image_kind} before use those "
+                f"{self.n_cells_restored:,} cells again")
 
 
 @dataclass(frozen=True)
