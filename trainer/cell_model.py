@@ -140,7 +140,7 @@ def finetune_top(model, mids: np.ndarray, y: np.ndarray, n_classes: int, *, epoc
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         log(f"fine-tune epoch {ep + 1}/{epochs}: loss {total / len(y):.4f}")
     model.eval()
     for p in model.parameters():
