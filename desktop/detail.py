@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from PySide6.QtCore import QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
+from PySide6.QtCore import QRect, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QGraphicsPixmapItem, QGraphicsScene, QGraphicsView,
-                               QHBoxLayout, QHeaderView, QLabel, QSizePolicy, QSplitter, QTableWidget,
-                               QTableWidgetItem, QVBoxLayout, QWidget)
+                               QHBoxLayout, QHeaderView, QLabel, QScrollArea, QSizePolicy, QSplitter,
+                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from core.models.taxonomy import OTHER, OTHER_TITLE
 
@@ -90,6 +90,10 @@ class ImageView(QGraphicsView):
 class ProbabilityBars(QWidget):
     """One horizontal bar per class with its probability; the predicted class bold."""
 
+    ROW_H = 22
+    PERCENT_W = 52  # "100.0%" and a gap
+    MIN_BAR_W = 40  # a narrow panel shortens the class names ("…"), never the bars below this
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.classes: list[str] = []
@@ -99,28 +103,56 @@ class ProbabilityBars(QWidget):
 
     def set_values(self, classes, probs, reviewed=None) -> None:
         self.classes, self.probs, self.reviewed = list(classes), list(probs), reviewed
-        self.setFixedHeight(max(1, len(self.classes)) * 22 + 4)
+        self.setFixedHeight(max(1, len(self.classes)) * self.ROW_H + 4)
+        # a narrow panel shortens the names: the pointer shows them whole
+        self.setToolTip("\n".join(f"{self._name(c)}: {pr:.1%}" for c, pr in zip(self.classes, self.probs)))
         self.update()
+
+    def _name(self, c: str) -> str:
+        return c + (" ✓" if c == self.reviewed else "")
+
+    def row_rects(self, i: int) -> tuple[QRect, QRect, QRect]:
+        """Where row i's class name, bar (full length) and percentage are drawn: side by side,
+        apart, inside the widget, at any width (the name gives way first)."""
+        bold = QFont(self.font())
+        bold.setBold(True)
+        wanted = max([QFontMetrics(bold).horizontalAdvance(self._name(c)) for c in self.classes] + [60]) + 8
+        name_w = max(0, min(wanted, self.width() - self.PERCENT_W - self.MIN_BAR_W))
+        bar_w = max(0, self.width() - name_w - self.PERCENT_W)
+        y = 2 + i * self.ROW_H
+        return (QRect(0, y, name_w, 20), QRect(name_w, y + 3, bar_w, 14),
+                QRect(name_w + bar_w + 4, y, self.PERCENT_W - 4, 20))
 
     def paintEvent(self, _e) -> None:
         p = QPainter(self)
         p.setRenderHint(QPainter.Antialiasing)
-        fm = p.fontMetrics()
-        name_w = max([fm.horizontalAdvance(c + " ✓") for c in self.classes] + [60]) + 8
         top = int(np.argmax(self.probs)) if self.probs else -1
         for i, c in enumerate(self.classes):
-            y = 2 + i * 22
+            name, bar, percent = self.row_rects(i)
             pr = self.probs[i] if i < len(self.probs) else 0.0
             f = p.font()
             f.setBold(i == top)
             p.setFont(f)
             p.setPen(self.palette().text().color())
-            p.drawText(0, y, name_w, 20, Qt.AlignVCenter | Qt.AlignLeft, c + (" ✓" if c == self.reviewed else ""))
-            bar_w = self.width() - name_w - 52
-            p.fillRect(name_w, y + 3, bar_w, 14, QColor("#e0e0e0"))
-            p.fillRect(name_w, y + 3, int(bar_w * pr), 14, class_color(c, self.classes))
-            p.drawText(name_w + bar_w + 4, y, 48, 20, Qt.AlignVCenter | Qt.AlignRight, f"{pr:.1%}")
+            shown = p.fontMetrics().elidedText(self._name(c), Qt.ElideRight, max(0, name.width() - 8))
+            p.drawText(name, Qt.AlignVCenter | Qt.AlignLeft, shown)
+            p.fillRect(bar, QColor("#e0e0e0"))
+            p.fillRect(QRect(bar.left(), bar.top(), int(bar.width() * pr), bar.height()), class_color(c, self.classes))
+            p.drawText(percent, Qt.AlignVCenter | Qt.AlignRight, f"{pr:.1%}")
         p.end()
+
+
+class HistoryTable(QTableWidget):
+    """The label history: asks for room for its header and a few events only, so that the scroll
+    area around the side panel does not scroll the bars and the note away for an empty table; it
+    takes whatever height is left over and scrolls its own rows."""
+
+    SHOWN_ROWS = 3
+
+    def sizeHint(self) -> QSize:  # noqa: N802  (Qt's name)
+        rows = self.SHOWN_ROWS * self.verticalHeader().defaultSectionSize()
+        return QSize(super().sizeHint().width(), self.horizontalHeader().sizeHint().height() + rows
+                     + 2 * self.frameWidth() + self.horizontalScrollBar().sizeHint().height())
 
 
 class ElidedLabel(QLabel):
@@ -171,7 +203,7 @@ class DetailPanel(QWidget):
         self.bars = ProbabilityBars()
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
-        self.history = QTableWidget(0, 5)
+        self.history = HistoryTable(0, 5)
         self.history.setHorizontalHeaderLabels(["When (local time)", "Reviewer", "From", "To", "Source / note"])
         self.history.verticalHeader().setVisible(False)
         self.history.setEditTriggers(QAbstractItemView.NoEditTriggers)
@@ -183,20 +215,31 @@ class DetailPanel(QWidget):
         head.addWidget(self.title, 1)
         head.addWidget(self.gradcam_busy)
         head.addWidget(self.gradcam)
+        self.history_title = QLabel("Label history")
         info = QWidget()
         il = QVBoxLayout(info)
         il.setContentsMargins(0, 0, 0, 0)
         il.addWidget(self.bars)
         il.addWidget(self.summary)
-        il.addWidget(QLabel("Label history"))
+        il.addWidget(self.history_title)
         il.addWidget(self.history, 1)
+        # A splitter knows nothing of a wrapped label's height for its width: it gave this part less
+        # height than the fixed bars and the wrapped note need, and the layout laid the note over the
+        # bars. In a scroll area the part always gets its full height, and scrolls when the pane is short.
+        self.info_scroll = QScrollArea()
+        self.info_scroll.setWidget(info)
+        self.info_scroll.setWidgetResizable(True)
+        self.info_scroll.setFrameShape(QScrollArea.NoFrame)
+        self.info_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # the note wraps, the bars shrink
         self.splitter = QSplitter(Qt.Vertical)
         self.splitter.setObjectName("detailSplitter")
         self.splitter.addWidget(self.view)
-        self.splitter.addWidget(info)
+        self.splitter.addWidget(self.info_scroll)
         self.splitter.setStretchFactor(0, 3)
         self.splitter.setStretchFactor(1, 2)
-        self.splitter.setSizes([440, 260])
+        # shares of the first height: a 4:3 field at the panel's width still fits above, and below
+        # the four bars, the outside-experience note and three history rows fit without scrolling at 1280 x 760
+        self.splitter.setSizes([450, 550])
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addLayout(head)
