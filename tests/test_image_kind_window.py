@@ -85,7 +85,7 @@ def test_the_images_view_says_the_folders_declared_kind_as_the_cells_view_does(q
         w.statusBar().messageChanged.connect(lambda text: said.append(text) if text else None)
         with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
             w.choose_image_kind("auto")  # searched so before: that search counts again, and the window says so
-        assert any(t.endswith("1 image(s) searched as auto before use those 1 cells again") for t in said), said
+        assert any(t.endswith("1 image(s) searched with hemascan judging each image before use those 1 cells again") for t in said), said
         with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
             w.choose_image_kind("crops")
 

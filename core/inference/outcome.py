@@ -18,6 +18,10 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     return -(p * np.log(p)).sum(axis=1)
 
 
+# how an earlier search of the images was made, by declared image kind (--images), in plain words
+SEARCHED_AS = {"fields": "as camera fields", "crops": "as single-cell crops", "auto": "with hemascan judging each image"}
+
+
 @dataclass
 class ClassifySummary:
     scan: ScanSummary | None  # None: a worker's claim (core/app/workqueue.py), no scan
@@ -52,7 +56,8 @@ class ClassifySummary:
         wording the command line and the window give."""
         if not self.n_cell_images_restored:
             return None
-        return (f"{self.n_cell_images_restored:,} image(s) searched as {self.cell_image_kind} before use those "
+        how = SEARCHED_AS.get(self.cell_image_kind or "auto", SEARCHED_AS["auto"])
+        return (f"{self.n_cell_images_restored:,} image(s) searched {how} before use those "
                 f"{self.n_cells_restored:,} cells again")
 
 
