@@ -370,8 +370,8 @@ class MainWindow(QMainWindow):
         save_image_kind(self.settings, self.folder, kind)
         self.cell_pane.show_image_kind()
         self.gallery.show_position()
-        self.statusBar().showMessage(f"Images in this folder: {self.IMAGE_KIND_CHOICES[kind].lower()}; "
-                                     "finding the cells again", 10000)
+        # short, in the views' words: a long message ran under the job's progress text
+        self.statusBar().showMessage(f"Finding the cells again · {self.ctl.image_kind_words()}", 10000)
         self.classify()
         folder = self.folder
         # the job's closing message says how many images kept their cells because a reviewer labelled one

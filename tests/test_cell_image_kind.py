@@ -205,8 +205,8 @@ def test_going_back_to_a_kind_searched_before_counts_that_search_and_says_so(cli
     back = cells_line("--images", "fields")  # nothing found again: the stored search counts again
     assert counted() == (finder_name("fields"), 3)
     assert back.startswith("cells: 0 found in 0 images, 0 classified"), back
-    assert "1 image(s) searched as camera fields before use those 3 cells again" in back
+    assert "1 image(s) already searched as camera fields: the cells found then count again (3 cell(s))" in back
     assert cells_line("--images", "fields") == "cells: nothing new to find (3 cells in 1 images already found)"
     assert _searches(db, image_id) == {finder_name("fields"): (3, False), finder_name("crops"): (1, True)}
-    assert cells_line("--images", "crops").endswith("1 image(s) searched as single-cell crops before use those 1 cells again")
+    assert cells_line("--images", "crops").endswith("1 image(s) already searched as single-cell crops: the cells found then count again (1 cell(s))")
     assert counted() == (finder_name("crops"), 1)

@@ -90,6 +90,8 @@ def test_blast_line_says_what_to_do():
     assert blast_line("ALL", 12, 50, threshold_pct=5).verdict == "above"  # the lab's threshold counts
     with pytest.raises(ValueError):
         blast_line("ALL", 1, 10, threshold_pct=0)
+    one = blast_line("ALL", 0, 1)  # one cell counted: said in the singular
+    assert one.more_cells and one.advice.startswith("1 cell cannot tell"), one.advice
 
 
 def test_cohen_kappa_by_hand_and_against_scikit_learn():

@@ -85,7 +85,10 @@ def test_the_images_view_says_the_folders_declared_kind_as_the_cells_view_does(q
         w.statusBar().messageChanged.connect(lambda text: said.append(text) if text else None)
         with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
             w.choose_image_kind("auto")  # searched so before: that search counts again, and the window says so
-        assert any(t.endswith("1 image(s) searched with hemascan judging each image before use those 1 cells again") for t in said), said
+        # what the window says while it finds them: short, in the views' words (a long message ran
+        # under the job's progress text, and lower-cased "CellaVision")
+        assert "Finding the cells again · " + w.ctl.image_kind_words() in said, said
+        assert any(t.endswith("1 image(s) already searched with hemascan judging each image: the cells found then count again (1 cell(s))") for t in said), said
         with qtbot.waitSignal(w.jobFinished, timeout=JOB_TIMEOUT):
             w.choose_image_kind("crops")
 

@@ -57,8 +57,8 @@ class ClassifySummary:
         if not self.n_cell_images_restored:
             return None
         how = SEARCHED_AS.get(self.cell_image_kind or "auto", SEARCHED_AS["auto"])
-        return (f"{self.n_cell_images_restored:,} image(s) searched {how} before use those "
-                f"{self.n_cells_restored:,} cells again")
+        return (f"{self.n_cell_images_restored:,} image(s) already searched {how}: the cells found then "
+                f"count again ({self.n_cells_restored:,} cell(s))")
 
 
 @dataclass(frozen=True)

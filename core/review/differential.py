@@ -228,7 +228,8 @@ def blast_line(label: str, n: int, total: int, threshold_pct: float = DEFAULT_BL
                   f"at this proportion ({pct:.1f}%) the interval keeps the threshold inside.")
     else:
         verdict = "undecided"
-        advice = (f"{total} cells cannot tell whether the blasts are above or below {thr}: count {more} more "
+        counted = f"{total} cell" if total == 1 else f"{total} cells"
+        advice = (f"{counted} cannot tell whether the blasts are above or below {thr}: count {more} more "
                   f"cells ({total + more} in all, if the proportion stays at {pct:.1f}%).")
     return BlastLine(label, n, total, pct, 100.0 * low, 100.0 * high, threshold_pct, verdict, more, advice)
 
