@@ -25,6 +25,7 @@ from core.review import gallery as q
 from core.review.export import bidi_isolated
 from core.review import release
 from core.storage import Prediction
+from core.storage.audit import ChainAnchor, chain_head
 from core.distribution import hemascan_version
 from core.imaging.fspath import display, to_fs
 from core.imaging.images import read_file
@@ -177,6 +178,7 @@ class ReportData:
     cells: CellsPart | None = None  # None: no white cells recorded for the case
     releases: tuple = ()  # the case's earlier releases (core.storage.ReleaseEvent rows), oldest first
     amendments: tuple = ()  # label changes after a release (core.review.release.Amendment), oldest first
+    audit_head: ChainAnchor | None = None  # the audit record's newest event when the report was made
 
 
 @dataclass(frozen=True)
@@ -245,7 +247,8 @@ def report_data(session, folder, version: dict | None, cell_version_id: int | No
     runtimes = sorted(filter(None, session.scalars(select(Prediction.runtime).where(
         Prediction.model_version_id == vid).distinct()))) if vid else []
     return ReportData(counts, sections, runtimes, cells_part(session, folder, cell_version_id),
-                      tuple(release.releases(session, folder)), tuple(release.amendments(session, folder)))
+                      tuple(release.releases(session, folder)), tuple(release.amendments(session, folder)),
+                      chain_head(session))
 
 
 def _differential_html(part: CellsPart) -> str:
@@ -339,6 +342,17 @@ def _release_html(data: ReportData, signed: SignedOff | None) -> str:
     return "".join(out)
 
 
+def _audit_html(head: ChainAnchor | None) -> str:
+    """The audit record's head, printed: a copy outside the database that ``hemascan audit verify
+    --anchor`` checks later (the newest events cannot then be removed unseen)."""
+    if head is None:
+        return ""
+    return (f"<p><small><b>Audit record</b> at this report: event {head.seq:,}, SHA-256 "
+            f"<tt>{html.escape(head.event_hash)}</tt>. <tt>hemascan audit verify --anchor "
+            f"{html.escape(head.text())}</tt> checks later that no label or correction made before this "
+            "report was changed or removed.</small></p>")
+
+
 def build_report(db, folder, version: dict | None, reviewer: str, case: str,
                  data: ReportData | None = None, signed: SignedOff | None = None) -> QTextDocument:
     """The report as a rich-text document (write_report prints it to PDF); ``data`` read
@@ -405,6 +419,7 @@ def build_report(db, folder, version: dict | None, reviewer: str, case: str,
       <tr><td>Date</td><td>{f"{signed.when.astimezone():%Y-%m-%d %H:%M %Z}" if signed else "&nbsp;"}</td></tr>
     </table>
     {_release_html(data, signed)}
+    {_audit_html(data.audit_head)}
     <p><small>The images below are those a reviewer corrected or the model flagged.</small></p>
     {''.join(parts)}
     {_cell_galleries_html(doc, data.cells) if data.cells is not None else ''}

@@ -382,3 +382,64 @@ def test_a_migration_rewrites_an_audit_table_only_explicitly_and_rechains_it(db_
                 c.execute(text("DELETE FROM label_events"))
     finally:
         db.dispose()
+
+
+def _head(db: Database):
+    from core.storage.audit import chain_head
+
+    with db.session() as s:
+        return chain_head(s)
+
+
+def test_an_anchor_written_down_finds_the_newest_events_removed_with_the_head_rewritten(db_url, cli):
+    """The hole issue 24 left: whoever may rewrite the head row can cut off the newest events
+    unseen. A report prints the head (SEQ:SHA256); with it, verify finds the cut."""
+    from core.storage.audit import ChainAnchor
+
+    db = Database(db_url)
+    try:
+        _one_of_each(db)
+        early = _head(db)  # printed on a first report
+        _one_of_each(db)
+        late = _head(db)  # printed on a later report
+        assert late.seq == early.seq + len(AUDIT_TABLES)
+        with db.engine.connect() as c:
+            table, last = max(((t, c.execute(text(f"SELECT max(chain_seq) FROM {t}")).scalar()) for t in AUDIT_TABLES),
+                              key=lambda tv: tv[1])
+            before = c.execute(text(f"SELECT event_hash FROM {_table_at(c, last - 1)} WHERE chain_seq = :s"),
+                               {"s": last - 1}).scalar()
+        _bypassing_triggers(db, table, f"DELETE FROM {table} WHERE chain_seq = :i", {"i": last})
+        _bypassing_triggers(db, table, f"UPDATE {HEAD_TABLE} SET seq = :s, event_hash = :h WHERE id = 1",
+                            {"s": last - 1, "h": before})
+        assert _report(db).whole  # without an anchor the cut is not seen
+        with db.session() as s:
+            assert verify_chain(s, anchors=[early]).whole  # an older anchor still holds
+            cut = verify_chain(s, anchors=[early, late])
+        assert not cut.whole and f"event {late.seq}, written down with its hash, is gone" in cut.problem
+        assert verify_chain_with(db, ChainAnchor(early.seq, late.event_hash[:16])).problem.startswith(
+            f"it no longer has the hash written down for event {early.seq}")
+    finally:
+        db.dispose()
+    code, out, _ = cli("--db-url", url_arg(db_url), "audit", "verify", "--anchor", early.text())
+    assert code == 0, out
+    code, out, _ = cli("--db-url", url_arg(db_url), "audit", "verify", "--anchor", f"{late.seq}:{late.event_hash[:20]}")
+    # the CLI's first start activated the bundled models: new events took the removed one's place
+    assert code == EXIT_AUDIT_BROKEN and f"no longer has the hash written down for event {late.seq}" in out
+
+
+def _table_at(c, seq: int) -> str:
+    return next(t for t in AUDIT_TABLES if c.execute(text(f"SELECT 1 FROM {t} WHERE chain_seq = :s"), {"s": seq}).first())
+
+
+def verify_chain_with(db: Database, anchor):
+    with db.session() as s:
+        return verify_chain(s, anchors=[anchor])
+
+
+@pytest.mark.parametrize("value", ["12", "12:abc", "x:0123456789abcdef", "0:0123456789abcdef", "12:0123456789abcdeg"])
+def test_an_anchor_that_is_not_one_is_refused_in_one_sentence(value):
+    from core.storage.audit import parse_anchor
+
+    with pytest.raises(ValueError, match="is not an audit anchor: write it as a report prints it"):
+        parse_anchor(value)
+    assert parse_anchor(" 12 : 0123456789ABCDEF ").text() == "12:0123456789abcdef"

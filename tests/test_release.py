@@ -126,3 +126,32 @@ def test_notes_and_the_login_are_in_the_csv_export(db, sample_folder, tmp_path):
 def test_setup_roles_on_sqlite_says_roles_are_for_a_lab_server(cli):
     rc, out, err = cli("lab", "setup-roles")
     assert rc == 2 and "PostgreSQL" in err and "Traceback" not in err
+
+
+def test_the_report_prints_the_audit_head_and_verify_checks_it_later(cli, sample_folder, tmp_path, data_dir):
+    """A printed report is the chain's anchor outside the database (issue 24's open hole)."""
+    import re
+
+    _released(cli, sample_folder, tmp_path)
+    from core.app.bootstrap import open_database
+    from core.config import resolve_paths
+    from core.storage.audit import chain_head
+    from desktop.report import build_report, report_data
+    from desktop.workers import setup_on_main_thread
+
+    db = open_database(resolve_paths(data_dir).ensure())
+    try:
+        with db.session() as s:
+            head = chain_head(s)
+            with setup_on_main_thread():
+                data = report_data(s, sample_folder, None)
+    finally:
+        db.dispose()
+    text = build_report(None, sample_folder, None, "x", "case", data).toPlainText()
+    assert f"Audit record at this report: event {head.seq:,}, SHA-256 {head.event_hash}" in text
+    (anchor,) = re.findall(r"hemascan audit verify --anchor (\S+)", text)
+    assert anchor == f"{head.seq}:{head.event_hash}"
+    rc, out, err = cli("audit", "verify", "--anchor", anchor)
+    assert rc == 0 and "whole" in out, (out, err)
+    rc, out, err = cli("audit", "verify", "--anchor", f"{head.seq}:{'0' * 64}")
+    assert rc != 0 and f"no longer has the hash written down for event {head.seq}" in out

@@ -9,7 +9,7 @@ from pathlib import Path
 from core.app.command import App, command
 from core.app.options import int_range, name_up_to, non_empty_path, positive_float
 from core.errors import EXIT_AUDIT_BROKEN, HemascanError
-from core.storage.audit import verify_chain
+from core.storage.audit import parse_anchor, verify_chain
 from core.imaging.scan import scan
 from core.storage import Prediction
 from core.imaging.scan import images_under
@@ -461,14 +461,24 @@ def cmd_models(args, app: App) -> int:
 def _audit_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True,
                              help="verify: walk the audit record's hash chain")
-    sub.add_parser("verify", help="check that no label, cell label or model activation was changed or removed "
-                   f"after it was written (exit 0: whole; {EXIT_AUDIT_BROKEN}: names the first event that does not match)")
+    v = sub.add_parser("verify", help="check that no label, cell label or model activation was changed or removed "
+                       f"after it was written (exit 0: whole; {EXIT_AUDIT_BROKEN}: names the first event that does not match)")
+    v.add_argument("--anchor", action="append", default=[], type=_anchor, metavar="SEQ:SHA256",
+                   help="an event's number and hash as a case report printed it (\"Audit record\" line); the chain must "
+                        "still hold it: this finds the newest events removed together with the head (repeatable)")
+
+
+def _anchor(value: str):
+    try:
+        return parse_anchor(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 @command("audit", "check the audit record (who labelled, corrected and activated what, and when)", _audit_args)
 def cmd_audit(args, app: App) -> int:
     with app.db.session() as s:
-        report = verify_chain(s)
+        report = verify_chain(s, anchors=args.anchor)
     app.echo(report.sentence())
     return 0 if report.whole else EXIT_AUDIT_BROKEN
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import re
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -297,13 +298,54 @@ def _rows(session: Session, table: Table) -> Iterator[tuple[int, str, dict]]:
         yield (row["chain_seq"] if row["chain_seq"] is not None else -1, table.name, dict(row))
 
 
-def verify_chain(session: Session, tables: Iterable[Table] | None = None) -> ChainReport:
+@dataclass(frozen=True)
+class ChainAnchor:
+    """An event's place and hash written down outside the database (a case report prints the
+    head as ``SEQ:SHA256``): the chain must still hold that event with that hash. Without it,
+    whoever may rewrite the head row can remove the newest events unseen."""
+
+    seq: int
+    event_hash: str  # the whole hash, or a prefix of at least ANCHOR_MIN_HEX hex digits
+
+    def text(self) -> str:
+        return f"{self.seq}:{self.event_hash}"
+
+
+ANCHOR_MIN_HEX = 16
+_ANCHOR = re.compile(rf"^\s*(\d+)\s*:\s*([0-9a-fA-F]{{{ANCHOR_MIN_HEX},64}})\s*$")
+
+
+def parse_anchor(value: str) -> ChainAnchor:
+    """``SEQ:HASH`` as a report prints it; ValueError with one sentence otherwise."""
+    m = _ANCHOR.match(value or "")
+    if not m or int(m.group(1)) < 1:
+        raise ValueError(f"{value!r} is not an audit anchor: write it as a report prints it, the event's number, a "
+                         f"colon and at least {ANCHOR_MIN_HEX} hex digits of its SHA-256 (e.g. 1234:9f86d081884c7d65)")
+    return ChainAnchor(int(m.group(1)), m.group(2).lower())
+
+
+def chain_head(session: Session) -> ChainAnchor | None:
+    """The newest event's place and hash (None before the first event), as a report prints it."""
+    head = session.execute(text(f"SELECT seq, event_hash FROM {HEAD_TABLE} WHERE id = 1")).one_or_none()
+    if head is None or int(head[0]) < 1:
+        return None
+    return ChainAnchor(int(head[0]), str(head[1]))
+
+
+def verify_chain(session: Session, tables: Iterable[Table] | None = None,
+                 anchors: Iterable[ChainAnchor] = ()) -> ChainReport:
     """Walk the chain in order: every event's place follows the one before, its ``prev_hash``
-    is that event's hash, its columns hash to its ``event_hash``, and the head names the last."""
+    is that event's hash, its columns hash to its ``event_hash``, and the head names the last;
+    each anchor (written down elsewhere) still names an event of the chain with its hash."""
     tables = list(tables) if tables is not None else [Base.metadata.tables[n] for n in AUDIT_TABLES]
+    wanted = {a.seq: a for a in anchors}
     expected_seq, prev, n = 1, GENESIS, 0
     for seq, name, row in heapq.merge(*(_rows(session, t) for t in tables), key=lambda r: (r[0], r[1])):
         rid = row.get("id")
+        anchor = wanted.pop(seq, None) if seq == expected_seq else None
+        if anchor is not None and not str(row.get("event_hash") or "").startswith(anchor.event_hash):
+            return ChainReport(n, name, rid, f"it no longer has the hash written down for event {seq} "
+                               f"({anchor.event_hash[:ANCHOR_MIN_HEX]}…): the record was rewritten from there on")
         if seq < 0 or row.get("event_hash") is None:
             return ChainReport(n, name, rid, "it has no place in the chain (written around hemascan)")
         if seq < expected_seq:
@@ -326,6 +368,10 @@ def verify_chain(session: Session, tables: Iterable[Table] | None = None) -> Cha
             return ChainReport(n, None, None, f"it names {int(head[0])} events but {n} remain: the newest "
                                f"{int(head[0]) - n} were removed")
         return ChainReport(n, None, None, "it does not name the last event (the head was altered)")
+    if wanted:
+        first = min(wanted)
+        return ChainReport(n, None, None, f"event {first}, written down with its hash, is gone: the chain now ends at "
+                           f"event {n}, so its newest events were removed and its head rewritten")
     return ChainReport(n)
 
 
