@@ -202,9 +202,9 @@ def test_the_cell_stage_gives_the_model_cut_outs_with_the_cards_background(db, p
     seen: list[np.ndarray] = []
     real_assess = Predictor.assess
 
-    def spy(self, batch):
+    def spy(self, batch, *rest):
         seen.append(np.array(batch))
-        return real_assess(self, batch)
+        return real_assess(self, batch, *rest)
 
     monkeypatch.setattr(Predictor, "assess", spy)
     folder = tmp_path / "case1"

@@ -134,7 +134,7 @@ def test_engines_compute_the_guard_distance_of_the_penultimate_embedding(tmp_pat
         ref_logits, ref_emb = LogitsAndEmbedding(model.eval())(card.prep.normalise(torch.from_numpy(x)))
     pred = Predictor(pkg, "cpu", engine=engine, precision=precision, cache_dir=tmp_path)
     assert pred.guard is not None
-    logits, distance, other = pred.engine.scores(x)
+    logits, distance, other, _ = pred.engine.scores(x)
     ref_d = pred.guard.distances(ref_emb.numpy())
     assert other is None and distance.shape == (4,)
     # fp32 vs fp32 (BN folded): equal to float rounding. int8 on these noise images (far from any

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from sqlalchemy import select
 
@@ -86,8 +87,9 @@ def test_retrain_from_the_cells_view_offers_the_cell_model_and_counts_reviewed_c
     gallery_dlg.close()
 
 
-def _guarded_cell_package(tmp: Path) -> Path:
-    """A tiny cell model (256-wide embedding) with a foreign-image guard fitted on sample images."""
+def _guarded_cell_package(tmp: Path, threshold: float | None = None) -> Path:
+    """A tiny cell model (256-wide embedding) with a foreign-image guard fitted on sample images
+    (``threshold``: its threshold set so, e.g. as tight as a real lab's cells find it)."""
     from trainer.guard import add_guard, fit_guard, logits_and_embeddings
 
     torch.manual_seed(0)
@@ -104,6 +106,10 @@ def _guarded_cell_package(tmp: Path) -> Path:
         x = np.stack([card.prep.apply(decode_rgb(read_file(str(f)))) for f in files])
         sets[seed] = (logits_and_embeddings(model, x, card.prep)[1], np.array([f.parent.name == "hem" for f in files]))
     guard, info = fit_guard(sets[11][0], sets[11][1].astype(int), sets[12][0])
+    if threshold is not None:
+        import dataclasses
+
+        guard = dataclasses.replace(guard, threshold=threshold)
     add_guard(tmp / card.name, guard, info)
     return tmp / card.name
 
@@ -157,7 +163,7 @@ def test_a_cell_retrain_keeps_the_parents_guard_for_labs_nobody_reviewed(db, pat
     assert max(before) > 0.9  # (the parent does flag them)
 
 
-def _reviewed_cell_lab(tmp_path, db, paths, noise: bool) -> str:
+def _reviewed_cell_lab(tmp_path, db, paths, noise: bool, guard_threshold: float | None = None) -> str:
     """A new lab's cells (4 per field, 16 fields of each class), each reviewed: as the class of
     its field's folder (learnable: the two kinds of field are stained plainly apart), or
     (noise) as a class drawn at random, which nothing can learn. Returns the parent's name."""
@@ -165,7 +171,7 @@ def _reviewed_cell_lab(tmp_path, db, paths, noise: bool) -> str:
 
     from PIL import Image
 
-    package = _guarded_cell_package(tmp_path / "pkgs")
+    package = _guarded_cell_package(tmp_path / "pkgs", guard_threshold)
     folder = tmp_path / "lab"
     for kind, colour in (("all", (200, 60, 160)), ("hem", (60, 90, 200))):  # two stains, plainly apart
         (folder / kind).mkdir(parents=True)
@@ -209,3 +215,95 @@ def test_retrain_promote_on_reviewed_cells_refuses_when_kfold_cannot_tell(tmp_pa
     assert f"cannot tell the new version from {parent}" in line or f"is worse than {parent}" in line, line
     with db.session() as s:
         assert retrain_parent(s).name == parent
+
+
+def _noise_fields(folder: Path, colours: dict[str, tuple[int, int, int]], n: int, seed: int) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for kind, colour in colours.items():
+        (folder / kind).mkdir(parents=True)
+        for i in range(n):
+            px = np.clip(np.array(colour) + rng.normal(0, 25, (224, 224, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(folder / kind / f"{kind}{i:02d}.png")
+
+
+def _flagged(db, paths, cli, folder: Path, model: str, engine: str) -> float:
+    """Share of ``folder``'s cells (stored at BOXES, kept by classify) ``model`` calls outside its experience."""
+    from core.cells.finder import finder_name
+    from core.models.registry import CELL
+    from core.storage import CellPrediction, ModelVersion
+
+    with db.session() as s:
+        for image_id, _ in images_under(s, folder):
+            if not s.scalar(select(Cell.id).where(Cell.image_id == image_id).limit(1)):
+                store_field_cells(s, image_id, FieldCells(tuple(_found(b) for b in BOXES), 0.25, "red_cells", 10,
+                                                          False), finder_name("auto"))
+    rc, out, err = cli("classify", folder, "--model", model, "--engine", engine)
+    assert rc == 0, err
+    with db.session() as s:
+        vid = s.scalar(select(ModelVersion.id).where(ModelVersion.name == model, ModelVersion.input_kind == CELL))
+        ids = [i for i, _ in images_under(s, folder)]
+        flags = s.scalars(select(CellPrediction.out_of_distribution).join(Cell, Cell.id == CellPrediction.cell_id)
+                          .where(CellPrediction.model_version_id == vid, Cell.image_id.in_(ids))).all()
+    assert len(flags) == 4 * len(ids)
+    return float(np.mean(flags))
+
+
+@pytest.mark.parametrize("engine", ["torch", "openvino"])  # the lab's centres: in numpy, or in the graph
+def test_a_cell_retrain_admits_the_reviewed_labs_cells_and_no_other_labs(tmp_path, db, paths, cli, engine):
+    """After a lab reviewed its cells, the retrained guard admits that lab's cells (the parent's
+    threshold kept them all flagged: docs/retrain.md) by their embedding AND their lab
+    signature, while another lab's cells, just as far from the parent, stay flagged."""
+    from core.models.guard import load_guard
+    from trainer.retrain import RetrainConfig, retrain
+
+    # stains (200,60,160) and (60,90,200); the parent's threshold as tight as real labs' cells find it
+    # (they lie 5-8 times the threshold from their own class centres): the added centres alone admit
+    # none of them
+    parent = _reviewed_cell_lab(tmp_path, db, paths, noise=False, guard_threshold=5.0)
+    out = run_job(retrain(db, paths, RetrainConfig(int8=False, bootstrap=50, device="cpu", cv_folds=0)))
+    assert out["status"] == "completed"
+    card = read_card(Path(out["package"]))
+    assert card.guard["lab_admission"]["admitted"] is True, card.guard["lab_admission"]
+    guard = load_guard(Path(out["package"]), card.guard, 2)
+    assert guard.has_lab and guard.lab_signature_mean.shape == (18,)
+    same_lab, other_lab = tmp_path / "same-lab", tmp_path / "other-lab"
+    _noise_fields(same_lab, {"all": (200, 60, 160), "hem": (60, 90, 200)}, 6, seed=7)
+    _noise_fields(other_lab, {"a": (90, 190, 90), "b": (210, 190, 70)}, 6, seed=8)
+    for folder in (same_lab, other_lab):
+        run_job(scan(db, folder))
+    before = {f.name: _flagged(db, paths, cli, f, parent, engine) for f in (same_lab, other_lab)}
+    after = {f.name: _flagged(db, paths, cli, f, card.name, engine) for f in (same_lab, other_lab)}
+    assert before["same-lab"] > 0.9 and before["other-lab"] > 0.9, before  # the parent flags both labs
+    assert after["same-lab"] < 0.3, after  # the reviewed lab is admitted
+    assert after["other-lab"] >= before["other-lab"] - 0.05, (before, after)  # the other lab is not
+
+
+def test_the_lab_admission_needs_both_the_embedding_and_the_signature(tmp_path):
+    from core.models.guard import ForeignImageGuard, load_guard
+    from trainer.guard import fit_lab_admission, write_guard
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 1, (40, 4)) + 10.0  # the reviewed lab: far from the parent's one centre (origin)
+    sig = rng.normal(0, 0.05, (40, 18)) + 1.0
+    fields, info = fit_lab_admission(z, np.zeros(40, int), sig)
+    assert info["admitted"] and fields["lab_means"].shape == (1, 4)
+    guard = ForeignImageGuard(np.eye(4, dtype=np.float32), np.zeros((1, 4), np.float32), 16.0, **fields)
+    near, far = np.full((1, 4), 10.0), np.full((1, 4), 30.0)
+    lab_sig, other_sig = np.ones((1, 18)), np.full((1, 18), 1.5)
+
+    def outside(e, s):
+        return bool(guard.verdict(guard.distances(e), None, guard.lab_distances(e), guard.signature_distances(s))[0])
+    assert not outside(near, lab_sig)
+    assert outside(near, other_sig) and outside(far, lab_sig) and outside(far, other_sig)
+    assert outside(near, None) is True  # no signature (e.g. a path that cannot compute it): not admitted
+    assert not bool(guard.verdict(guard.distances(np.zeros((1, 4))))[0])  # the parent's experience is kept
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    record = write_guard(pkg, guard, info)
+    again = load_guard(pkg, record, 2)
+    assert again.has_lab and np.allclose(again.lab_signature_precision, guard.lab_signature_precision)
+    assert again.lab_radius == pytest.approx(guard.lab_radius)
+    too_few, why = fit_lab_admission(z[:10], np.zeros(10, int), sig[:10])
+    assert too_few == {} and not why["admitted"]

@@ -90,10 +90,10 @@ def test_a_pre_cut_crop_is_cut_out_like_a_fields_cells(db, paths, tmp_path, monk
     seen: list[np.ndarray] = []
     real_assess = Predictor.assess
 
-    def spy(self, batch):
+    def spy(self, batch, *rest):
         if self.card.input == "cell":
             seen.append(np.array(batch))
-        return real_assess(self, batch)
+        return real_assess(self, batch, *rest)
 
     monkeypatch.setattr(Predictor, "assess", spy)
     crop = single_cell_crop()

@@ -207,8 +207,51 @@ def fit_guard(train_emb: np.ndarray, train_labels: np.ndarray, val_emb: np.ndarr
     return guard, info
 
 
+LAB_MIN_CELLS = 20  # fewer reviewed training cells: no lab admission (18 signature numbers to fit)
+LAB_ADMIT_QUANTILE = 95  # the reviewed cells' distances (embedding; signature: leave-one-out) admitted
+
+
+def fit_lab_admission(z: np.ndarray, labels: np.ndarray, signatures: np.ndarray) -> tuple[dict, dict]:
+    """The reviewed lab's region: ``z`` its training cells' embeddings whitened by the guard,
+    ``labels`` their classes, ``signatures`` their lab signatures (core.cells.signature). One
+    centre per class; the radius admits 95% of the cells' distances to their nearest centre; the
+    signature's mean and (Ledoit-Wolf) precision, its threshold at 95% of the cells' leave-one-out
+    distances. Returns (ForeignImageGuard fields, card record); ({}, record saying why) with fewer
+    than LAB_MIN_CELLS cells."""
+    from sklearn.covariance import LedoitWolf  # heavy: imports scikit-learn
+
+    z, labels, sig = np.asarray(z, np.float64), np.asarray(labels), np.asarray(signatures, np.float64)
+    n = len(z)
+    if n < LAB_MIN_CELLS or len(sig) != n:
+        return {}, {"admitted": False, "n_cells": int(n),
+                    "why": f"fewer than {LAB_MIN_CELLS} reviewed training cells with a lab signature"}
+    classes = np.unique(labels)
+    means = np.stack([z[labels == c].mean(0) for c in classes])
+    d = ((z[:, None, :] - means[None]) ** 2).sum(-1).min(1)
+    radius = float(np.percentile(d, LAB_ADMIT_QUANTILE))
+    loo = np.empty(n)
+    for i in range(n):
+        keep = np.arange(n) != i
+        lw = LedoitWolf().fit(sig[keep])
+        v = sig[i] - lw.location_
+        loo[i] = v @ lw.precision_ @ v
+    lw = LedoitWolf().fit(sig)
+    threshold = float(np.percentile(loo, LAB_ADMIT_QUANTILE))
+    fields = dict(lab_means=means.astype(np.float32), lab_radius=max(radius, 1e-6),
+                  lab_signature_mean=lw.location_.astype(np.float32),
+                  lab_signature_precision=lw.precision_.astype(np.float32),
+                  lab_signature_threshold=max(threshold, 1e-6))
+    return fields, {"admitted": True, "n_cells": int(n), "n_centres": int(len(classes)),
+                    "radius": round(radius, 2), "signature_threshold": round(threshold, 2),
+                    "rule": f"a cell the parent's threshold flags is admitted when its embedding lies within the "
+                            f"{LAB_ADMIT_QUANTILE}th percentile of the reviewed cells' distances to the lab's centres "
+                            f"AND its lab signature within the {LAB_ADMIT_QUANTILE}th percentile of their leave-one-out "
+                            "signature distances"}
+
+
 def extend_guard(parent: ForeignImageGuard, parent_info: dict, new_emb: np.ndarray, new_labels: np.ndarray,
-                 other_emb: np.ndarray | None = None) -> tuple[ForeignImageGuard, dict]:
+                 other_emb: np.ndarray | None = None, signatures: np.ndarray | None = None
+                 ) -> tuple[ForeignImageGuard, dict]:
     """A retrained head's guard that keeps its parent's experience and adds the new lab's: the
     parent's whitening, centres, threshold and "Other" centres as they are, plus one centre per
     class of the new lab's reviewed training cells (their mean, whitened with the parent's
@@ -234,8 +277,10 @@ def extend_guard(parent: ForeignImageGuard, parent_info: dict, new_emb: np.ndarr
         k = min(MAX_OTHER_CENTRES, len(z_other))
         new_other = KMeans(n_clusters=k, n_init=4, random_state=0).fit(z_other).cluster_centers_.astype(np.float32)
         other_means = new_other if other_means is None else np.concatenate([other_means, new_other])
+    lab_fields, lab_info = ({}, {"admitted": False, "why": "no lab signatures given"}) if signatures is None else \
+        fit_lab_admission(z, new_labels, signatures)
     guard = dataclasses.replace(parent, class_means=np.concatenate([parent.class_means, added]),
-                                centre_classes=centre_classes, other_means=other_means)
+                                centre_classes=centre_classes, other_means=other_means, **lab_fields)
     keep = ("method", "citation", "file", "threshold", "flag_rate_target", "threshold_rule", "threshold_from",
             "n_threshold", "n_threshold_patients", "dim", "classes_fitted", "n_fit")
     info = {k: v for k, v in parent_info.items() if k in keep}
@@ -245,6 +290,7 @@ def extend_guard(parent: ForeignImageGuard, parent_info: dict, new_emb: np.ndarr
                  "added_centres": {"n_cells": int(len(new_labels)), "classes": classes,
                                    "rule": "the parent's whitening, centres and threshold kept; one centre per class "
                                            "of the reviewed training cells added"},
+                 "lab_admission": lab_info,
                  "n_other": (parent_info.get("n_other") or 0) + (0 if other_emb is None else int(len(other_emb))),
                  "other_centres": 0 if other_means is None else int(len(other_means))})
     return guard, info

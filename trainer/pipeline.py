@@ -82,6 +82,9 @@ class GuardInputs:
     # (guard, card record) of the parent when only the head was refitted: its guard is kept and the
     # reviewed training images' class centres are added (trainer.guard.extend_guard), not refitted
     parent_guard: tuple[Any, dict] | None = None
+    # with parent_guard: the lab signatures of the data's images (core.cells.signature), so that the
+    # kept guard admits the reviewed lab's cells (trainer.guard.fit_lab_admission)
+    signatures: np.ndarray | None = None
 
 
 @dataclass
@@ -208,7 +211,8 @@ def fit_guard_stage(model, data: TrainingArrays, split: Split, device="cpu", inp
     if inputs.parent_guard is not None:
         e_other = (logits_and_embeddings(model, inputs.other, data.prep, device)[1]
                    if inputs.other is not None and len(inputs.other) else None)
-        return extend_guard(inputs.parent_guard[0], inputs.parent_guard[1], e_tr, y_tr, e_other)
+        sig_tr = None if inputs.signatures is None else np.asarray(inputs.signatures)[split.train]
+        return extend_guard(inputs.parent_guard[0], inputs.parent_guard[1], e_tr, y_tr, e_other, sig_tr)
     if val_emb is None:
         val_emb = (logits_and_embeddings(model, data.images[split.val], data.prep, device)[1] if len(split.val)
                    else np.zeros((0, 0)))

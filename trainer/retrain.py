@@ -510,7 +510,8 @@ def retrain(db: Database, paths: Paths, config: RetrainConfig | dict | None = No
         if is_cell and replayed is not None:
             kept_guard = (load_guard(parent_path, pcard["guard"], len(classes)), dict(pcard["guard"]))
         guard_inputs = GuardInputs(other=src.other, replayed=replayed, lab=x_lab, lab_parent_flags=parent_flags,
-                                   parent_name=parent.name, parent_guard=kept_guard)
+                                   parent_name=parent.name, parent_guard=kept_guard,
+                                   signatures=getattr(src, "signatures", None) if kept_guard else None)
         calibration = (CalibrationConfig(fallback_source="none") if cfg.from_scratch else CalibrationConfig(
             fallback_temperature=float(pcard.get("temperature") or 1.0),
             fallback_threshold=pcard.get("uncertain_threshold"), fallback_source="parent"))

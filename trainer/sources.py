@@ -186,6 +186,7 @@ class ReviewedSource:
     split: Split | None
     items: TrainingData
     other: np.ndarray | None  # images reviewers called "Other" (preprocessed), for the guard
+    signatures: np.ndarray | None = None  # cells: each one's lab signature, in the order of data's images
 
 
 def from_reviewed_labels(db: Database, taxonomy: str, classes: list[str], cfg, prep: Preprocessing,
@@ -227,7 +228,8 @@ def from_reviewed_cells(db: Database, taxonomy: str, classes: list[str], cfg, pr
     yield Progress("data", 0, None, "collecting reviewed cells")
     kept, other_cells = reviewed_cells(db, taxonomy, classes, cfg.sources, cfg.val_fraction, cfg.phash_distance)
     yield Progress("load", 0, len(kept), "cutting out the reviewed cells")
-    x, ids, failed = cell_inputs(kept, prep, cell_side_um, cell_crops)
+    sigs: list = []
+    x, ids, failed = cell_inputs(kept, prep, cell_side_um, cell_crops, signatures=sigs)
     if cancel is not None and cancel.is_set():
         return ReviewedSource(None, None, TrainingData(taxonomy, list(classes), [], []), None)
     by_id = {c.cell_id: c for c in kept}
@@ -246,6 +248,7 @@ def from_reviewed_cells(db: Database, taxonomy: str, classes: list[str], cfg, pr
     yield Progress("data", 1, 1, f"{len(items.train)} training, {len(items.val)} validation cells", {"data": summary})
     pick = np.array(order["train"] + order["val"], dtype=np.int64)
     x = x[pick] if len(pick) else x
+    signatures = np.asarray(sigs, np.float32)[pick] if len(pick) else None
     y = np.array([it.label for it in items.train + items.val], dtype=np.int64)
     yield Progress("load", len(ids), len(kept), f"{len(ids)} cells cut out"
                    + (f"; {len(failed)} left out (their field changed or cannot be read)" if failed else ""))
@@ -254,4 +257,4 @@ def from_reviewed_cells(db: Database, taxonomy: str, classes: list[str], cfg, pr
                           cell_crops=cell_crops, sources=["reviewed"] * len(y))
     split = Split("reviewed cells, fixed train/val by their field's content hash", np.arange(len(items.train)),
                   np.arange(len(items.train), len(y)), np.zeros(0, dtype=int))
-    return ReviewedSource(data, split, items, other)
+    return ReviewedSource(data, split, items, other, signatures)

@@ -42,6 +42,7 @@ import numpy as np
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session
 
+from core.cells.signature import lab_signatures
 from core.cells.cutout import cut_out_for_model
 from core.cells.finder import (IMAGE_KINDS, FieldCells, FoundCell, central_index, decode_for_cells, find_cells,
                                finder_name)
@@ -175,6 +176,7 @@ class _FieldResult:
     found: FieldCells | None = None  # a new search (None: the stored one)
     keys: tuple = ()  # per cut-out: ("new", number) or ("id", cell id)
     cutouts: np.ndarray | None = None  # (n, S, S, 3) uint8, through the card's preprocessing
+    signatures: np.ndarray | None = None  # (n, 18) lab signatures, where the guard admits a reviewed lab
     single_cell_crop: bool = False
     crop_cell: int = 0  # a single-cell crop: which of ``keys`` is its cell (the one nearest the centre)
     error: str | None = None
@@ -253,6 +255,8 @@ def classify_cells(
     prep = predictor.prep
     side_um = card.cut_out_side_um
     runtime = predictor.runtime
+    # a retrained model's guard admits the reviewed lab's cells by their lab signature too
+    with_signatures = getattr(predictor.guard, "has_lab", False)
     max_bytes = db.settings.max_file_bytes
     workers = workers or min(8 if predictor.plan.device.type == "cuda" else 2, os.cpu_count() or 2)
     meter = RateMeter()
@@ -292,6 +296,8 @@ def classify_cells(
                                                      rgb.shape[0] * reduced_by))
             res.cutouts = cell_model_inputs(data, rgb, reduced_by, [c for _, c in cells], um, res.single_cell_crop,
                                             prep, side_um, card.cell_crops)
+            if with_signatures:
+                res.signatures = lab_signatures(rgb, reduced_by, [c for _, c in cells], um, side_um)
         except FileChanged as exc:
             res.error, res.changed = str(exc), True
         except ImageError as exc:
@@ -306,8 +312,11 @@ def classify_cells(
         if not arrays:
             return None
         batch = np.concatenate(arrays)
+        sigs = (np.concatenate([r.signatures for r in results if r.cutouts is not None])
+                if with_signatures else None)
         bs = predictor.batch_size
-        parts = [predictor.assess(batch[i:i + bs]) for i in range(0, len(batch), bs)]
+        parts = [predictor.assess(batch[i:i + bs], None if sigs is None else sigs[i:i + bs])
+                 for i in range(0, len(batch), bs)]
         probs = np.concatenate([p.probs for p in parts])
         if any(p.guard_distance is None or p.outside is None for p in parts):
             return Assessment(probs, None, None)

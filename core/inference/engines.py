@@ -29,6 +29,10 @@ from core.models.guard import ForeignImageGuard
 from core.inference.runtime import CPU_BATCH, RuntimePlan  # noqa: F401  (CPU_BATCH re-exported)
 from core.models.package import load_model
 
+#: (logits, distance to the nearest class centre, to the nearest "Other" centre, to the nearest of
+#: the reviewed lab's centres); the last three None where the package has no such guard part
+GuardScores = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]
+
 log = logging.getLogger(__name__)
 
 # The int8 model is used only where the trainer measured it agreeing with fp32 on at least
@@ -194,12 +198,14 @@ class TorchEngine:
     def logits(self, batch_u8: np.ndarray) -> np.ndarray:
         return self.infer(batch_u8)[0]
 
-    def scores(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """(logits, guard distance, distance to the nearest "Other" centre); None without a guard."""
+    def scores(self, batch_u8: np.ndarray) -> GuardScores:
+        """(logits, guard distance, distance to the nearest "Other" centre, to the nearest of the
+        reviewed lab's centres); None where the package has no such guard part."""
         logits, emb = self.infer(batch_u8)
         if self.guard is None:
-            return logits, None, None
-        return logits, self.guard.distances(emb), self.guard.other_distances(emb)
+            return logits, None, None, None
+        return (logits, self.guard.distances(emb), self.guard.other_distances(emb),
+                self.guard.lab_distances(emb))
 
 
 # --- OpenVINO ----------------------------------------------------------------------------
@@ -300,6 +306,8 @@ def with_guard_outputs(model, guard: ForeignImageGuard):
     outputs = [logits, nearest(guard.class_means)]
     if guard.has_other:
         outputs.append(nearest(guard.other_means))
+    if guard.has_lab:
+        outputs.append(nearest(guard.lab_means))
     return ov.Model(outputs, model.get_parameters(), "with-guard")
 
 
@@ -329,10 +337,8 @@ class OpenVINOEngine:
         # The guard's arithmetic runs inside the graph, in OpenVINO's own threads: in numpy
         # beside OpenVINO the two thread pools fought and the guard cost ~50% of throughput.
         self.guard = guard if self._has_embedding else None
-        self._n_guard_outputs = 0
         if self.guard is not None:
             model = with_guard_outputs(model, self.guard)
-            self._n_guard_outputs = 2 if self.guard.has_other else 1
         # f32 hint: on AMX CPUs OpenVINO would otherwise run the float parts in bf16 unasked
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads,
                   "INFERENCE_PRECISION_HINT": "f32"}
@@ -381,12 +387,17 @@ class OpenVINOEngine:
         out = self._run(batch_u8)
         return out[0], (out[1] if self._has_embedding and self.guard is None else None)
 
-    def scores(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """(logits, guard distance, distance to the nearest "Other" centre); None without a guard."""
+    def scores(self, batch_u8: np.ndarray) -> GuardScores:
+        """(logits, guard distance, distance to the nearest "Other" centre, to the nearest of the
+        reviewed lab's centres); None where the package has no such guard part (outputs in
+        with_guard_outputs' order)."""
         out = self._run(batch_u8)
         if self.guard is None:
-            return out[0], None, None
-        return out[0], out[1], (out[2] if self._n_guard_outputs == 2 else None)
+            return out[0], None, None, None
+        rest = iter(out[2:])
+        other = next(rest) if self.guard.has_other else None
+        lab = next(rest) if self.guard.has_lab else None
+        return out[0], out[1], other, lab
 
     def logits(self, batch_u8: np.ndarray) -> np.ndarray:
         return self.infer(batch_u8)[0]

@@ -108,14 +108,17 @@ class Predictor:
         """uint8 (N, S, S, 3) -> calibrated class probabilities (N, C) as float32 numpy."""
         return self._probabilities(self.logits(batch_u8))
 
-    def assess(self, batch_u8: np.ndarray) -> "Assessment":
+    def assess(self, batch_u8: np.ndarray, signatures: np.ndarray | None = None) -> "Assessment":
         """Probabilities and, where the package has a guard and the engine an embedding, the
-        guard's distance and whether each image is outside the model's experience."""
-        logits, distance, other = self.engine.scores(batch_u8)
+        guard's distance and whether each image is outside the model's experience.
+        ``signatures``: the cells' lab signatures (core.cells.signature), which a retrained cell
+        model's guard needs to admit the reviewed lab's cells; without them none is admitted so."""
+        logits, distance, other, lab = self.engine.scores(batch_u8)
         probs = self._probabilities(logits)
         if self.guard is None or distance is None:
             return Assessment(probs, None, None)
-        return Assessment(probs, distance, self.guard.verdict(distance, other))
+        return Assessment(probs, distance, self.guard.verdict(distance, other, lab,
+                                                              self.guard.signature_distances(signatures)))
 
     def load_image(self, path: str, expected_sha256: str | None = None, max_bytes: int | None = None) -> np.ndarray:
         """Read the file once and decode those bytes. With ``expected_sha256`` (what the scan

@@ -42,6 +42,33 @@ class ForeignImageGuard:
     # centres: a retrain keeps its parent's and adds the new lab's (trainer.guard.extend_guard).
     # None: one centre per class, the card's classes_fitted in order (guards written before).
     centre_classes: np.ndarray | None = None
+    # The lab whose cells reviewers labelled (a retrain of a cell model): its cells are admitted
+    # when BOTH their embedding lies within ``lab_radius`` of one of ``lab_means`` (whitened) AND
+    # their lab signature (core.cells.signature) within ``lab_signature_threshold`` (squared
+    # Mahalanobis) of the reviewed cells'. The parent's threshold alone kept the reviewed lab's
+    # cells flagged; a wider radius alone opened it for every unreviewed lab (docs/retrain.md).
+    lab_means: np.ndarray | None = None  # (L, K) float32, whitened
+    lab_radius: float | None = None
+    lab_signature_mean: np.ndarray | None = None  # (F,) float32
+    lab_signature_precision: np.ndarray | None = None  # (F, F) float32
+    lab_signature_threshold: float | None = None
+
+    @property
+    def has_lab(self) -> bool:
+        return self.lab_means is not None and len(self.lab_means) > 0 and self.lab_signature_mean is not None
+
+    def lab_distances(self, embeddings: np.ndarray) -> np.ndarray | None:
+        """Squared distance to the nearest of the reviewed lab's centres (None without a lab)."""
+        if not self.has_lab:
+            return None
+        return self._nearest(np.asarray(embeddings, dtype=np.float32) @ self.whitening, self.lab_means)
+
+    def signature_distances(self, signatures: np.ndarray | None) -> np.ndarray | None:
+        """Squared Mahalanobis distance of lab signatures (N, F) to the reviewed lab's."""
+        if not self.has_lab or signatures is None:
+            return None
+        v = np.asarray(signatures, np.float64) - self.lab_signature_mean.astype(np.float64)
+        return np.einsum("ij,jk,ik->i", v, self.lab_signature_precision.astype(np.float64), v)
 
     @property
     def dim(self) -> int:
@@ -72,9 +99,14 @@ class ForeignImageGuard:
             return None
         return self._nearest(np.asarray(embeddings, dtype=np.float32) @ self.whitening, self.other_means)
 
-    def verdict(self, distances: np.ndarray, other_distances: np.ndarray | None = None) -> np.ndarray:
-        """Outside the model's experience: too far from every class, or nearer an "Other" centre."""
+    def verdict(self, distances: np.ndarray, other_distances: np.ndarray | None = None,
+                lab_distances: np.ndarray | None = None, signature_distances: np.ndarray | None = None) -> np.ndarray:
+        """Outside the model's experience: too far from every class (unless the reviewed lab's
+        embedding and signature both admit it), or nearer an "Other" centre."""
         outside = np.asarray(distances) > self.threshold
+        if self.has_lab and lab_distances is not None and signature_distances is not None:
+            outside &= ~((np.asarray(lab_distances) <= self.lab_radius)
+                         & (np.asarray(signature_distances) <= self.lab_signature_threshold))
         if other_distances is not None:
             outside |= np.asarray(other_distances) < distances
         return outside
@@ -91,7 +123,13 @@ class ForeignImageGuard:
                 **({"other_means": np.ascontiguousarray(self.other_means, np.float32)}
                    if self.other_means is not None and len(self.other_means) else {}),
                 **({"centre_classes": np.ascontiguousarray(self.centre_classes, np.int64)}
-                   if self.centre_classes is not None else {})}
+                   if self.centre_classes is not None else {}),
+                **({"lab_means": np.ascontiguousarray(self.lab_means, np.float32),
+                    "lab_radius": np.array([self.lab_radius], np.float32),
+                    "lab_signature_mean": np.ascontiguousarray(self.lab_signature_mean, np.float32),
+                    "lab_signature_precision": np.ascontiguousarray(self.lab_signature_precision, np.float32),
+                    "lab_signature_threshold": np.array([self.lab_signature_threshold], np.float32)}
+                   if self.has_lab else {})}
 
     def save(self, path: Path) -> None:
         from safetensors.numpy import save_file
@@ -133,8 +171,30 @@ def load_guard(package: Path, record: dict | None, n_classes: int) -> ForeignIma
     other = t.get("other_means")
     if other is not None and not (other.ndim == 2 and other.shape[1] == w.shape[1] and np.isfinite(other).all()):
         ok = False
+    lab = {k: t.get(k) for k in LAB_TENSORS}
+    if any(v is not None for v in lab.values()):
+        ok = ok and _lab_ok(lab, w.shape[1])
     if not ok:
         raise ModelPackageError(f"the foreign-image guard {path} is malformed (shapes or values)")
+    lab_args = {} if lab["lab_means"] is None else dict(
+        lab_means=lab["lab_means"].astype(np.float32), lab_radius=float(lab["lab_radius"].reshape(-1)[0]),
+        lab_signature_mean=lab["lab_signature_mean"].astype(np.float32),
+        lab_signature_precision=lab["lab_signature_precision"].astype(np.float32),
+        lab_signature_threshold=float(lab["lab_signature_threshold"].reshape(-1)[0]))
     return ForeignImageGuard(w.astype(np.float32), m.astype(np.float32), float(thr.reshape(-1)[0]),
                              None if other is None else other.astype(np.float32),
-                             None if centre_classes is None else centre_classes.astype(np.int64))
+                             None if centre_classes is None else centre_classes.astype(np.int64), **lab_args)
+
+
+LAB_TENSORS = ("lab_means", "lab_radius", "lab_signature_mean", "lab_signature_precision", "lab_signature_threshold")
+
+
+def _lab_ok(lab: dict, k: int) -> bool:
+    """All five lab tensors, finite, of matching shapes, positive radius and threshold."""
+    if any(v is None or not np.isfinite(v).all() for v in lab.values()):
+        return False
+    means, mean, prec = lab["lab_means"], lab["lab_signature_mean"], lab["lab_signature_precision"]
+    return (means.ndim == 2 and means.shape[0] >= 1 and means.shape[1] == k and mean.ndim == 1
+            and prec.shape == (len(mean), len(mean)) and lab["lab_radius"].size == 1
+            and lab["lab_signature_threshold"].size == 1 and float(lab["lab_radius"].reshape(-1)[0]) > 0
+            and float(lab["lab_signature_threshold"].reshape(-1)[0]) > 0)

@@ -23,6 +23,7 @@ from core.models.registry import active_version, require_active_version
 from core.storage import (Cell, CellLabelEvent, CellPrediction, CellSearch, Database, Image, ImageFile, LabelEvent,
                           ModelVersion)
 from core.cells.finder import decode_for_cells
+from core.cells.signature import lab_signatures
 from core.imaging.fspath import to_fs
 from core.imaging.images import read_and_hash
 from core.inference.cells import cell_model_inputs, stored_cell
@@ -360,12 +361,14 @@ def lab_cells(db: Database, version_id: int, limit: int) -> tuple[list[ReviewedC
 
 
 def cell_inputs(cells: list[ReviewedCell], prep, side_um: float, cell_crops: str = "whole",
-                max_bytes: int | None = None) -> tuple[np.ndarray, list[int], dict[int, str]]:
+                max_bytes: int | None = None, signatures: list | None = None
+                ) -> tuple[np.ndarray, list[int], dict[int, str]]:
     """The cell model's inputs for ``cells`` (``prep``, ``side_um``, ``cell_crops``: its card's),
     cut out exactly as classify cuts them
     (core.inference.cells.cell_model_inputs), each field read and decoded once: uint8
     (N, S, S, 3), the cell ids in that order, and cell_id -> why for those left out (the file
-    changed since it was scanned, or cannot be read)."""
+    changed since it was scanned, or cannot be read). ``signatures``: a list that receives each
+    cell's lab signature in the same order (core.cells.signature, as classify computes it)."""
 
     by_image: dict[int, list[ReviewedCell]] = {}
     for c in cells:
@@ -383,6 +386,9 @@ def cell_inputs(cells: list[ReviewedCell], prep, side_um: float, cell_crops: str
                                       c.single_cell_crop, prep, side_um, cell_crops)
                 out.append(x[0])
                 ids.append(c.cell_id)
+                if signatures is not None:
+                    signatures.append(lab_signatures(rgb, reduced_by, [stored_cell(c.box, c.contour)], c.um_per_px,
+                                                     side_um)[0])
         except (OSError, ImageError, FileChanged) as exc:
             failed.update({c.cell_id: str(exc) for c in group})
     size = prep.input_size
