@@ -1,0 +1,101 @@
+"""Colour plausibility: are an image's stained pixels coloured like a Romanowsky-stained smear?
+
+The foreign-image guard (core/models/guard.py) measures the network's embedding, which is
+trained not to read the stain: a field or cut-out whose colours are turned half a turn round
+the hue circle (green nuclei, cyan red cells) stays near its class and is called with
+confidence. This check looks at the colours themselves. Romanowsky stains (May-Grünwald-
+Giemsa, Wright, Leishman, rapid stains) colour nuclei purple to blue and red cells and
+eosinophil granules pink to orange-red: on the hue circle, their stained pixels lie from blue
+through purple and magenta to red and orange. Green, yellow-green and cyan stained pixels
+are not a Romanowsky stain, whatever the lab, microscope or camera.
+
+What is judged is the hue of the *stained* pixels: the darkest tenth (by optical density,
+Beer-Lambert: -log of the transmitted light, summed over R, G, B) of the image's *coloured*
+pixels (chroma, max - min of R, G, B, at least ``MIN_CHROMA``), as their chroma-weighted
+circular mean. These are the nuclei (or, in a field without a white cell, the most stained red
+cells). Measured (trainer/experiments/stain_check.py), the six real labs/stains we hold give it
+between 200 and 360 degrees or just past red (blue, purple, magenta, red), their hue-rotated
+copies between 35 and 175 (orange-yellow, green, cyan). The share of all coloured pixels in
+a fixed hue band was tried first and does not work: Taleqani's fields are blue throughout, and
+turned half a turn they become the orange-yellow that wbc-masks' rapid stain gives its
+background. An image with too few coloured pixels (grayscale, faded, low saturation) has no
+colour to judge and passes: grayscale images are a robustness question, not a foreign stain.
+
+The band and thresholds are fixed, not fitted per model: the hue of a Romanowsky stain is a
+property of the dyes, not of the lab or the model, so one plausibility band serves every
+model package, old cards included, and a model trained on one lab does not flag another
+lab's ordinary stain by colour. They were chosen by measurement on the six real labs/stains
+we hold against their hue-rotated copies (trainer/experiments/stain_check.py; figures in
+docs/trainer.md, "Colour check").
+
+Cost: a few vectorised numpy operations on the already-decoded, reduced image, on every
+second pixel in each direction.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: hue band (degrees, 0 = red, 120 = green, 240 = blue) no Romanowsky stain gives its stained pixels
+FOREIGN_HUE_DEG = (30.0, 185.0)
+#: a pixel is coloured when max - min of its R, G, B (0-255) is at least this
+MIN_CHROMA = 24
+#: below this share of coloured pixels an image has no colour to judge (passes)
+MIN_COLOURED = 0.02
+#: the darkest share of the coloured pixels whose hue is judged
+STAINED_SHARE = 0.10
+#: every STEP-th pixel in each direction is looked at (images reach this check at model size)
+STEP = 2
+
+#: the one sentence a user reads for an image or cell flagged by colour
+REASON = "its colours are unlike any stained smear this model knows"
+
+
+def hue_deg(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hue in degrees [0, 360), chroma 0-255) of uint8 (..., 3) pixels (HSV hue)."""
+    x = rgb.astype(np.int16)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    mx = np.maximum(np.maximum(r, g), b)
+    mn = np.minimum(np.minimum(r, g), b)
+    c = (mx - mn).astype(np.float32)
+    safe = np.where(c > 0, c, 1.0)
+    h = np.where(mx == r, ((g - b) / safe) % 6.0,
+                 np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    return (h * 60.0) % 360.0, c
+
+
+_OD = (-np.log((np.arange(256, dtype=np.float32) + 1.0) / 256.0)).astype(np.float32)  # per 0-255 value
+
+
+def colour_scores(batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(coloured share, hue in degrees of the stained pixels; NaN where nothing is coloured) per
+    image of uint8 (N, H, W, 3)."""
+    x = np.asarray(batch_u8)
+    if x.ndim == 3:
+        x = x[None]
+    x = x[:, ::STEP, ::STEP, :3]
+    n = len(x)
+    h, c = hue_deg(x)
+    h, c = h.reshape(n, -1), c.reshape(n, -1)
+    od = _OD[x].sum(-1).reshape(n, -1)
+    coloured = c >= MIN_CHROMA
+    n_col = coloured.sum(1)
+    od = np.where(coloured, od, -1.0)
+    k = np.maximum(1, np.ceil(STAINED_SHARE * n_col)).astype(np.int64)
+    cut = np.take_along_axis(np.sort(od, axis=1), (od.shape[1] - k)[:, None], axis=1)
+    w = np.where(coloured & (od >= cut), c, 0.0)
+    a = np.deg2rad(h)
+    hue = np.rad2deg(np.arctan2((w * np.sin(a)).sum(1), (w * np.cos(a)).sum(1))) % 360.0
+    share = n_col / max(od.shape[1], 1)
+    return share.astype(np.float32), np.where(n_col > 0, hue, np.nan).astype(np.float32)
+
+
+def foreign_colour(batch_u8: np.ndarray) -> np.ndarray:
+    """(N,) bool: the image's stained pixels are coloured unlike any Romanowsky-stained smear."""
+    share, hue = colour_scores(batch_u8)
+    lo, hi = FOREIGN_HUE_DEG
+    with np.errstate(invalid="ignore"):
+        return (share >= MIN_COLOURED) & (hue >= lo) & (hue <= hi)
+
+
+__all__ = ["FOREIGN_HUE_DEG", "MIN_CHROMA", "MIN_COLOURED", "REASON", "STAINED_SHARE", "colour_scores",
+           "foreign_colour", "hue_deg"]

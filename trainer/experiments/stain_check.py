@@ -1,0 +1,92 @@
+"""The colour check (core/imaging/stain.py) on every real set we hold and on generated foreign copies.
+
+Each image is decoded and reduced to 224 x 224 (what the field model sees; a cut-out of one of
+these images keeps the colours of its cell and of what is around it), then checked as it is,
+hue-rotated half a turn (trainer.augment.other_stain), stain-perturbed (augment.stain_perturb),
+grayscale, and blurred (sigma 3). Prints and writes the share flagged per set and variant, and
+the hue histogram of the coloured pixels per set (to choose the band by):
+
+    python -m trainer.experiments.stain_check --data /work/shared/datasets --out docs/figures/stain_check.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from core.imaging import stain
+from trainer import augment as aug
+
+SETS = {"all-taleqani": "all-taleqani", "cnmc-train": "cnmc-train", "pbc-cells": "pbc-cells", "pbc-dev": "pbc-dev",
+        "bccd-boxes": "bccd-boxes/images", "raabin-boxes": "raabin-boxes/images", "wbc-masks": "wbc-masks"}
+SUFFIXES = {".jpg", ".jpeg", ".bmp", ".png"}
+SIDE = 224
+CHUNK = 128  # images checked at a time (memory)
+
+
+def images_of(folder: Path, limit: int | None) -> np.ndarray:
+    import cv2
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES and not p.stem.endswith("_mask"))
+    if limit and len(files) > limit:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).astype(int)]
+    out = []
+    for p in files:
+        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if bgr is None:
+            continue
+        out.append(cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (SIDE, SIDE), interpolation=cv2.INTER_AREA))
+    return np.stack(out)
+
+
+def checked(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    share, hue = stain.colour_scores(y)
+    return share, hue, stain.foreign_colour(y)
+
+
+def hue_histogram(x: np.ndarray, bins: int = 24) -> list[float]:
+    h, c = stain.hue_deg(x[:, ::2, ::2])
+    hist = np.histogram(h[c >= stain.MIN_CHROMA], bins=bins, range=(0, 360))[0].astype(float)
+    return [round(v, 4) for v in hist / max(hist.sum(), 1)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer.experiments.stain_check", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--limit", type=int, default=None, help="images per set (evenly spaced); default all")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    variants = {"as is": lambda x: x, "hue rotated 180": aug.other_stain,
+                "stain perturbed": lambda x: aug.stain_perturb(x, seed=0), "grayscale": aug.to_grayscale,
+                "blurred sigma 3": aug.blur}
+    results, hists = {}, {}
+    for name, sub in SETS.items():
+        x = images_of(args.data / sub, args.limit)
+        hists[name] = hue_histogram(x[:: max(1, len(x) // 300)])
+        results[name] = {"n": int(len(x))}
+        for v, f in variants.items():
+            share, fshare, flagged = (np.concatenate(a) for a in zip(*(checked(f(x[i:i + CHUNK]))
+                                                                      for i in range(0, len(x), CHUNK))))
+            results[name][v] = {"flagged": round(float(flagged.mean()), 4),
+                                "coloured_share_median": round(float(np.median(share)), 4),
+                                "stained_hue_q01_q50_q99": [round(float(q), 1) for q in np.nanquantile(fshare, [0.01, 0.5, 0.99])]
+                                if np.isfinite(fshare).any() else None}
+        r = results[name]
+        print(f"{name:13s} n={r['n']:5d} " + "  ".join(f"{v}: {r[v]['flagged']:.1%} (hue {r[v]['stained_hue_q01_q50_q99']})"
+                                                        for v in variants), flush=True)
+        print("   hue histogram (15-degree bins from 0):", " ".join(f"{v:.2f}" for v in hists[name]), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = "python -m trainer.experiments.stain_check " + " ".join(sys.argv[1:] if argv is None else argv)
+        args.out.write_text(json.dumps({"command": cmd, "band_deg": list(stain.FOREIGN_HUE_DEG),
+                                        "min_chroma": stain.MIN_CHROMA, "min_coloured": stain.MIN_COLOURED,
+                                        "stained_share": stain.STAINED_SHARE, "sets": results,
+                                        "hue_histograms_15deg": hists}, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
