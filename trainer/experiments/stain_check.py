@@ -58,7 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--limit", type=int, default=None, help="images per set (evenly spaced); default all")
     p.add_argument("--out", type=Path)
+    p.add_argument("--cells", type=Path, default=None,
+                   help="cut-out cache of `python -m trainer.cell_experiments cut` (its cutouts/ folder): measure the "
+                        "cell model's guard with the colour check on them, instead of the images")
+    p.add_argument("--cell-package", type=Path, default=Path("resources/models/wbc-differential"))
     args = p.parse_args(argv)
+    if args.cells is not None:
+        cells = cell_figures(args.cell_package, args.cells)
+        if args.out:
+            cmd = "python -m trainer.experiments.stain_check " + " ".join(sys.argv[1:] if argv is None else argv)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"command": cmd, "cells": cells}, indent=1), encoding="utf-8")
+        return 0
     variants = {"as is": lambda x: x, "hue rotated 180": aug.other_stain,
                 "stain perturbed": lambda x: aug.stain_perturb(x, seed=0), "grayscale": aug.to_grayscale,
                 "blurred sigma 3": aug.blur}
@@ -90,3 +101,53 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ---- the cell model: its cut-outs, guard and colour check together ----------------------------
+
+CELL_SOURCES = ("pbc", "cnmc", "wbc-masks-d1", "wbc-masks-d2", "pbc-dev", "bccd", "raabin", "taleqani-100")
+
+
+def black_cutouts(cache: Path, source: str, px: int, side_um: float) -> np.ndarray:
+    """The cell model's inputs for ``source``: the black-background cut-outs cached by
+    ``python -m trainer.cell_experiments cut``, or its kept-background ones blacked out by their masks."""
+    black = cache / f"{side_um:g}um-{px}px-black" / source
+    if (black / "images.npy").is_file():
+        return np.load(black / "images.npy")
+    keep = cache / f"{side_um:g}um-{px}px-keep" / source
+    imgs, masks = np.load(keep / "images.npy"), np.load(keep / "masks.npy")
+    return (imgs * masks[..., None]).astype(np.uint8)
+
+
+def cell_figures(package: Path, cache: Path) -> dict:
+    """Share flagged by the cell model's guard alone and with the colour check, per lab's cut-outs and
+    for C-NMC's cut-outs (every 8th, as trainer.cell_experiments ships) blurred and hue-rotated."""
+    from core.inference.predict import Predictor
+
+    pred = Predictor(package)
+    card = pred.card
+    assert pred.guard is not None and not pred.guard.has_other and not pred.guard.has_lab  # guard alone: distance
+    px, side = int(card.prep.input_size), float(card.cut_out_side_um)
+    out = {}
+
+    def row(name: str, x: np.ndarray) -> None:
+        parts = [pred.assess(x[i:i + 64]) for i in range(0, len(x), 64)]
+        outside = np.concatenate([p.outside for p in parts])
+        colour = np.concatenate([p.colour for p in parts])
+        guard = pred.guard.verdict(np.concatenate([p.guard_distance for p in parts]))
+        out[name] = {"n": int(len(x)), "flagged_guard_alone": round(float(guard.mean()), 4),
+                     "flagged": round(float(outside.mean()), 4), "colour_flagged": round(float(colour.mean()), 4)}
+        print(f"cells {name:22s} n={len(x):5d} flagged: guard {guard.mean():.1%}, with the colour check "
+              f"{outside.mean():.1%} (colour check alone {colour.mean():.1%})",
+              flush=True)
+
+    for source in CELL_SOURCES:
+        x = black_cutouts(cache, source, px, side)
+        row(source, x)
+        if source == "cnmc":
+            cn = x[::8]
+            row("cnmc blurred sigma 3", aug.blur(cn))
+            row("cnmc hue rotated 180", aug.other_stain(cn))
+            row("cnmc grayscale", aug.to_grayscale(cn))
+            row("cnmc stain perturbed", aug.stain_perturb(cn, seed=0))
+    return out
