@@ -7,6 +7,12 @@ grayscale, and blurred (sigma 3). Prints and writes the share flagged per set an
 the hue histogram of the coloured pixels per set (to choose the band by):
 
     python -m trainer.experiments.stain_check --data /work/shared/datasets --out docs/figures/stain_check.json
+
+With ``--cells`` (the cut-out cache of ``python -m trainer.cell_experiments cut``), the cell model's
+guard alone and with the colour check on every lab's cut-outs and on C-NMC's blurred, hue-rotated,
+grayscale and stain-perturbed cut-outs:
+
+    python -m trainer.experiments.stain_check --cells /work/cache/lead/cutouts --out docs/figures/stain_check_cells.json
 """
 from __future__ import annotations
 
@@ -55,7 +61,7 @@ def hue_histogram(x: np.ndarray, bins: int = 24) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.experiments.stain_check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--data", type=Path, help="the datasets folder (its seven real sets)")
     p.add_argument("--limit", type=int, default=None, help="images per set (evenly spaced); default all")
     p.add_argument("--out", type=Path)
     p.add_argument("--cells", type=Path, default=None,
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps({"command": cmd, "cells": cells}, indent=1), encoding="utf-8")
         return 0
+    if args.data is None:
+        p.error("say --data (the images) or --cells (the cut-outs)")
     variants = {"as is": lambda x: x, "hue rotated 180": aug.other_stain,
                 "stain perturbed": lambda x: aug.stain_perturb(x, seed=0), "grayscale": aug.to_grayscale,
                 "blurred sigma 3": aug.blur}
