@@ -107,9 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
 
 # ---- the cell model: its cut-outs, guard and colour check together ----------------------------
 
@@ -159,3 +156,7 @@ def cell_figures(package: Path, cache: Path) -> dict:
             row("cnmc grayscale", aug.to_grayscale(cn))
             row("cnmc stain perturbed", aug.stain_perturb(cn, seed=0))
     return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
