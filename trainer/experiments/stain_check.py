@@ -124,6 +124,36 @@ def black_cutouts(cache: Path, source: str, px: int, side_um: float) -> np.ndarr
     return (imgs * masks[..., None]).astype(np.uint8)
 
 
+def focus(x: np.ndarray) -> np.ndarray:
+    """A sharpness measure per cut-out at the cell's physical scale (every cut-out is 25 um wide):
+    the spread of the Laplacian inside the cell (mask eroded by 5 px) over the spread of its gray
+    levels, so that contrast does not count; NaN where the cell is too small."""
+    import cv2
+
+    out = np.full(len(x), np.nan, np.float32)
+    kernel = np.ones((5, 5), np.uint8)
+    for i, im in enumerate(x):
+        g = cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2GRAY).astype(np.float32)
+        inside = cv2.erode((g > 8).astype(np.uint8), kernel).astype(bool)
+        if inside.sum() > 50:
+            out[i] = cv2.Laplacian(g, cv2.CV_32F)[inside].std() / (g[inside].std() + 1e-3)
+    return out
+
+
+def focus_figures(cache: Path, px: int, side: float) -> dict:
+    """Does a lab-independent blur test exist? The focus measure's percentiles per lab's cut-outs
+    (every 4th) against C-NMC's blurred (sigma 3) cut-outs."""
+    out = {}
+    for source in CELL_SOURCES:
+        x = black_cutouts(cache, source, px, side)[::4]
+        out[source] = [round(float(q), 3) for q in np.nanquantile(focus(x), [0.01, 0.05, 0.5])]
+        if source == "cnmc":
+            out["cnmc blurred sigma 3"] = [round(float(q), 3) for q in np.nanquantile(focus(aug.blur(x[::2])), [0.5, 0.95, 0.99])]
+    for k, v in out.items():
+        print(f"focus {k:22s} " + ("q50/q95/q99 " if "blurred" in k else "q01/q05/q50 ") + " / ".join(map(str, v)), flush=True)
+    return out
+
+
 def cell_figures(package: Path, cache: Path) -> dict:
     """Share flagged by the cell model's guard alone and with the colour check, per lab's cut-outs and
     for C-NMC's cut-outs (every 8th, as trainer.cell_experiments ships) blurred and hue-rotated."""
@@ -155,6 +185,7 @@ def cell_figures(package: Path, cache: Path) -> dict:
             row("cnmc hue rotated 180", aug.other_stain(cn))
             row("cnmc grayscale", aug.to_grayscale(cn))
             row("cnmc stain perturbed", aug.stain_perturb(cn, seed=0))
+    out["focus"] = focus_figures(cache, px, side)
     return out
 
 
