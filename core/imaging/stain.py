@@ -13,8 +13,8 @@ What is judged is the hue of the *stained* pixels: the darkest tenth (by optical
 Beer-Lambert: -log of the transmitted light, summed over R, G, B) of the image's *coloured*
 pixels (chroma, max - min of R, G, B, at least ``MIN_CHROMA``), as their chroma-weighted
 circular mean (the direction of their summed opponent-colour vectors). These are the nuclei (or, in a field without a white cell, the most stained red
-cells). Measured on every image of the seven real sets (six labs/stains; 11,223 images), it
-lies between 215 and 360 degrees (1st percentile per set 217-282: blue, purple, magenta, red;
+cells). Measured on every image of the seven real sets (six labs/stains; 9,223 images), it
+lies mostly between 215 and 360 degrees (1st percentile per set 217-282: blue, purple, magenta, red;
 a stain-perturbed copy may pass red into orange), and flags none of them; their hue-rotated
 copies lie between 30 and 181 (orange-yellow, green, cyan). The share of all coloured pixels in
 a fixed hue band was tried first and does not work: Taleqani's fields are blue throughout, and
