@@ -14,6 +14,7 @@ from core.imaging.scan import scan
 from core.storage import Prediction
 from core.imaging.scan import images_under
 from core.inference.predict import classify
+from core.inference.outcome import OUTSIDE_REASONS
 from core.cells.finder import IMAGE_KINDS
 from core.models.registry import version_ref
 from core.inference.cells import is_cell_version
@@ -107,13 +108,16 @@ def _summarise_predictions(app: App, folder: str, ref) -> tuple[int, int]:
         ids = [i for i, _ in images_under(s, folder)]
         counts: Counter = Counter()
         uncertain = outside = assessed = 0
+        reasons: Counter = Counter()  # outside, by why (None: the guard's distance)
         for start in range(0, len(ids), 900):
-            for label, unc, ood in s.execute(
-                    select(Prediction.label, Prediction.uncertain, Prediction.out_of_distribution).where(
+            for label, unc, ood, why in s.execute(
+                    select(Prediction.label, Prediction.uncertain, Prediction.out_of_distribution,
+                           Prediction.outside_reason).where(
                         Prediction.model_version_id == version.id, Prediction.image_id.in_(ids[start:start + 900]))):
                 assessed += ood is not None
                 if ood:  # its class is not reliable: counted apart, not as a class
                     outside += 1
+                    reasons[why] += 1
                     continue
                 counts[label] += 1
                 uncertain += bool(unc)
@@ -128,6 +132,8 @@ def _summarise_predictions(app: App, folder: str, ref) -> tuple[int, int]:
     if assessed:
         app.echo(f"  outside the model's experience: {outside} of {total} ({100 * outside / total:.1f}%): unlike the "
                  "images it was trained on; their class is not reliable and not counted above")
+        for why, n in sorted((w, n) for w, n in reasons.items() if w in OUTSIDE_REASONS):
+            app.echo(f"    of which {n}: {OUTSIDE_REASONS[why]}")
     else:
         app.echo("  (this model has no foreign-image guard: images unlike its training data are not flagged)")
     return outside, total

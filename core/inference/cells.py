@@ -321,7 +321,8 @@ def classify_cells(
         if any(p.guard_distance is None or p.outside is None for p in parts):
             return Assessment(probs, None, None)
         return Assessment(probs, np.concatenate([p.guard_distance for p in parts]),
-                          np.concatenate([p.outside for p in parts]))
+                          np.concatenate([p.outside for p in parts]),
+                          None if any(p.colour is None for p in parts) else np.concatenate([p.colour for p in parts]))
 
     def restored_here(results: list[_FieldResult], complete: list[int], restore: dict[int, int]) -> dict[int, int]:
         """Of ``restore`` (image id -> its search's cells), the images this batch made count again."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.imaging import stain
 from core.imaging.scan import ScanSummary
 from core.models.package import ModelCard
 from core.models.registry import VersionRef
@@ -61,11 +62,27 @@ class ClassifySummary:
                 f"count again ({self.n_cells_restored:,} cell(s))")
 
 
+#: why a prediction is outside the model's experience, when not by the guard's distance: the code
+#: stored in its ``outside_reason`` -> the one sentence a user reads
+OUTSIDE_REASONS = {"colour": stain.REASON}
+#: the sentence for a prediction flagged by the guard's distance (outside_reason None)
+DISTANCE_REASON = "it is unlike the images the model was trained on"
+
+
+def outside_sentence(out_of_distribution: bool | None, outside_reason: str | None) -> str | None:
+    """Why a prediction is outside the model's experience, in one sentence; None when it is not."""
+    if not out_of_distribution:
+        return None
+    return OUTSIDE_REASONS.get(outside_reason or "", DISTANCE_REASON)
+
+
 @dataclass(frozen=True)
 class Assessment:
     probs: np.ndarray  # (N, C) calibrated
     guard_distance: np.ndarray | None  # (N,) None: no guard for this model/engine
-    outside: np.ndarray | None  # (N,) bool: outside the model's experience
+    outside: np.ndarray | None  # (N,) bool: outside the model's experience (distance or colour)
+    # (N,) bool: flagged by the colour check (core/imaging/stain.py); part of ``outside``
+    colour: np.ndarray | None = None
 
 
 def prediction_rows(ids: list[int], assessment: Assessment, version_id: int, card: ModelCard,
@@ -78,11 +95,13 @@ def prediction_rows(ids: list[int], assessment: Assessment, version_id: int, car
     n = len(ids)
     outside = assessment.outside if assessment.outside is not None else [None] * n
     dist = assessment.guard_distance if assessment.guard_distance is not None else [None] * n
+    colour = assessment.colour if assessment.colour is not None and assessment.outside is not None else [False] * n
     now = utcnow()
     return [
         dict(image_id=i, model_version_id=version_id, label=card.classes[int(k)], confidence=float(c),
              entropy=float(e), probabilities=[round(float(x), 6) for x in p],
              uncertain=bool(thr is not None and c < thr), created_at=now, runtime=runtime,
-             out_of_distribution=None if o is None else bool(o), guard_distance=None if d is None else float(d))
-        for i, p, k, c, e, o, d in zip(ids, probs, top, conf, ent, outside, dist)
+             out_of_distribution=None if o is None else bool(o), guard_distance=None if d is None else float(d),
+             outside_reason="colour" if col else None)
+        for i, p, k, c, e, o, d, col in zip(ids, probs, top, conf, ent, outside, dist, colour)
     ]

@@ -34,6 +34,7 @@ from core.inference.outcome import Assessment, ClassifySummary, prediction_rows
 from core.models.package import ModelCard, read_card
 from core.imaging.preprocessing import Preprocessing
 from core.inference.engines import ENGINES, compile_marker, int8_ready
+from core.imaging.stain import foreign_colour
 from core.models.guard import load_guard
 from core.inference.runtime import Device, RuntimePlan, RuntimeRequest, probe_host, plan_runtime, runtime_plan
 from core.models.registry import VersionRef, version_package, version_ref, version_ref_by_id
@@ -117,8 +118,11 @@ class Predictor:
         probs = self._probabilities(logits)
         if self.guard is None or distance is None:
             return Assessment(probs, None, None)
-        return Assessment(probs, distance, self.guard.verdict(distance, other, lab,
-                                                              self.guard.signature_distances(signatures)))
+        # beside the guard, which the network's embedding blinds to colour: stained pixels
+        # coloured unlike any Romanowsky stain are outside the model's experience too
+        colour = foreign_colour(batch_u8)
+        outside = self.guard.verdict(distance, other, lab, self.guard.signature_distances(signatures))
+        return Assessment(probs, distance, np.asarray(outside, bool) | colour, colour)
 
     def load_image(self, path: str, expected_sha256: str | None = None, max_bytes: int | None = None) -> np.ndarray:
         """Read the file once and decode those bytes. With ``expected_sha256`` (what the scan

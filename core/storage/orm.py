@@ -139,6 +139,9 @@ class Prediction(Base):
     # model or engine had no guard (and before 0004). guard_distance: its Mahalanobis distance.
     out_of_distribution: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     guard_distance: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # why outside, when not by the guard's distance: a key of core.inference.outcome.OUTSIDE_REASONS
+    # ("colour"); None: not flagged, or flagged by the distance (and before 0011)
+    outside_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class LabelEvent(AuditChained, Base):
@@ -334,6 +337,7 @@ class CellPrediction(Base):
     uncertain: Mapped[bool] = mapped_column(Boolean, default=False)
     out_of_distribution: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     guard_distance: Mapped[float | None] = mapped_column(Float, nullable=True)
+    outside_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)  # as Prediction's
     runtime: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

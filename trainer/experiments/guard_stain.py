@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.imaging.stain import foreign_colour
 from core.models.guard import ForeignImageGuard, load_guard
 from core.models.package import load_model
 from trainer import augment as aug
@@ -35,8 +36,12 @@ def hue(x: np.ndarray, turns: float) -> np.ndarray:
 
 
 def figures(guard: ForeignImageGuard, lo: np.ndarray, em: np.ndarray, labels: np.ndarray | None,
-            temperature: float, uncertain: float) -> dict:
+            temperature: float, uncertain: float, colour: np.ndarray | None = None) -> dict:
+    """``colour``: the colour check's flags (core/imaging/stain.py), applied beside the guard as
+    inference applies them (core.inference.predict.Predictor.assess); None: the guard alone."""
     _, outside = guard.flags(em)
+    if colour is not None:
+        outside = outside | colour
     confident = ~outside & (softmax(lo, temperature).max(1) >= uncertain)
     out = {"n": int(len(em)), "flagged": round(float(outside.mean()), 4), "confident_call": round(float(confident.mean()), 4)}
     if labels is not None:
@@ -55,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None, help="decoded-image cache (outside the repository)")
     p.add_argument("--n-rotated", type=int, default=400, help="training images rotated per angle")
     p.add_argument("--out", type=Path)
+    p.add_argument("--no-centres", action="store_true", help="skip the rotated-stain centres (the guard and the colour check only)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     model, card = load_model(args.package)
@@ -66,16 +72,27 @@ def main(argv: list[str] | None = None) -> int:
     sets = {"in-lab test": test, "stain perturbed": aug.stain_perturb(test, seed=0),
             "grayscale": aug.to_grayscale(test), "hue rotated 180": aug.other_stain(test)}
     emb = {name: logits_and_embeddings(model, x, prep) for name, x in sets.items()}
+    colour = {name: foreign_colour(x) for name, x in sets.items()}
+    results = {"shipped": {name: figures(guard, lo, em, y_test, temp, unc) for name, (lo, em) in emb.items()},
+               "shipped + colour check": {name: figures(guard, lo, em, y_test, temp, unc, colour[name])
+                                          for name, (lo, em) in emb.items()}}
+    for name, (lo, em) in emb.items():
+        results["shipped + colour check"][name]["colour_flagged"] = round(float(colour[name].mean()), 4)
+    if args.no_centres:
+        return report(results, args, argv)
     rng = np.random.default_rng(0)
     sample = images[rng.choice(split.train, min(args.n_rotated, len(split.train)), replace=False)]
     rotated = np.concatenate([logits_and_embeddings(model, hue(sample, t), prep)[1] for t in ROTATIONS.values()])
     z = rotated @ guard.whitening.astype(np.float64)
-    results = {"shipped": {name: figures(guard, lo, em, y_test, temp, unc) for name, (lo, em) in emb.items()}}
     for k in (2, 4, 8):
         centres = KMeans(n_clusters=k, n_init=4, random_state=0).fit(z).cluster_centers_.astype(np.float32)
         g = ForeignImageGuard(guard.whitening, guard.class_means, guard.threshold, centres)
         results[f"+{k} rotated-stain centres"] = {name: figures(g, lo, em, y_test, temp, unc)
                                                   for name, (lo, em) in emb.items()}
+    return report(results, args, argv)
+
+
+def report(results: dict, args, argv: list[str] | None) -> int:
     for variant, r in results.items():
         print(variant)
         for name, f in r.items():
@@ -84,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"command": "python -m trainer.experiments.guard_stain " + " ".join(sys.argv[1:] if argv is None else argv),
-                                        "rotations_fitted": list(ROTATIONS), **results}, indent=1), encoding="utf-8")
+                                        "rotations_fitted": [] if args.no_centres else list(ROTATIONS), **results},
+                                       indent=1), encoding="utf-8")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
