@@ -183,7 +183,7 @@ class CellModel(QAbstractListModel):
 
 def heading_text(h: Heading) -> str:
     text = f"{h.group} — {h.count} cell{'s' if h.count != 1 else ''}"
-    return text + (f" · {h.labelled} labelled, counted in their class" if h.labelled else "")
+    return text + (f" · {h.labelled} labelled" if h.labelled else "")
 
 
 def tile_caption(r: CellRow) -> str:
@@ -291,7 +291,9 @@ class CellDelegate(QStyledItemDelegate):
             color = QColor("#546e7a") if it.group not in classes else class_color(it.group, classes)
             p.fillRect(option.rect.adjusted(0, HEADING_HEIGHT - 4, 0, 0), color)
             p.setPen(option.palette.color(QPalette.Active, QPalette.WindowText))  # a heading is not a greyed item
-            p.drawText(option.rect.adjusted(4, 0, 0, -4), Qt.AlignLeft | Qt.AlignVCenter, heading_text(it))
+            room = option.rect.adjusted(4, 0, -4, -4)
+            p.drawText(room, Qt.AlignLeft | Qt.AlignVCenter,
+                       p.fontMetrics().elidedText(heading_text(it), Qt.ElideRight, room.width()))
             p.restore()
             return
         r: CellRow = it

@@ -29,7 +29,7 @@ def test_a_labelled_outside_cell_leaves_the_outside_heading_count(qtbot, cell_wi
     qtbot.keyClick(pane.view, Qt.Key_2)  # Normal
     written(qtbot, w, 1)
     # as the differential: 2 outside the model's experience, the labelled one counted as Normal
-    assert headings(pane)[0] == "Outside the model's experience — 2 cells · 1 labelled, counted in their class"
+    assert headings(pane)[0] == "Outside the model's experience — 2 cells · 1 labelled"
     qtbot.keyClick(pane.view, Qt.Key_Z, Qt.ControlModifier)
     written(qtbot, w, 2)
     assert headings(pane)[0] == "Outside the model's experience — 3 cells"
