@@ -19,7 +19,7 @@ import threading
 from collections import OrderedDict
 
 from PySide6.QtCore import QAbstractListModel, QItemSelectionModel, QModelIndex, QObject, QPointF, QRect, QRectF, \
-    QSize, Qt, Signal
+    QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QPainter, QPalette, QPen, QPolygonF
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QCompleter, QGraphicsPolygonItem,
                                QGraphicsRectItem,
@@ -750,6 +750,7 @@ class CellPane(QObject):
         if image_id is not None:
             self.show_field(int(image_id))
         self.view.setFocus(Qt.OtherFocusReason)
+        QTimer.singleShot(0, self.field_box.elide)  # after the completer has put the whole name back
 
     # ---------------------------------------------------------------- moving
     def _go(self, row: int) -> None:

@@ -79,3 +79,18 @@ def test_tile_bands_fit_and_class_names_do_not_break_at_the_hyphen(qtbot):
     from desktop.detail import no_break
 
     assert no_break("Pre-B") == "Pre\u2011B" and "-" not in no_break("Early Pre-B")
+
+
+def test_a_field_chosen_by_typing_shows_its_long_name_shortened_in_the_middle(qtbot, cell_window):  # noqa: F811
+    w, pane, cells = cell_window
+    box = pane.field_box
+    at = box.currentIndex()
+    long = "Taleqani-slide-07_field-0005_PreB_second-look_" * 3 + box.itemText(at)
+    box.setItemText(at, long)
+    box.setFocus()
+    box.lineEdit().setText("second-look")
+    box.completer().activated[str].emit(long)  # as a click on the completer's line
+    box.lineEdit().setText(long)  # the line edit takes the whole name after the signal, as Qt's completer does
+    qtbot.waitUntil(lambda: box.lineEdit().text() != long, timeout=5000)
+    shown = box.lineEdit().text()
+    assert "…" in shown and shown.startswith("Taleqani-slide") and long in box.toolTip()
