@@ -19,7 +19,7 @@ import threading
 from collections import OrderedDict
 
 from PySide6.QtCore import QAbstractListModel, QItemSelectionModel, QModelIndex, QObject, QPointF, QRect, QRectF, \
-    QSize, Qt, Signal
+    QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QPainter, QPalette, QPen, QPolygonF
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QCompleter, QGraphicsPolygonItem,
                                QGraphicsRectItem,
@@ -34,14 +34,14 @@ from core.imaging.images import read_file
 from core.models.taxonomy import OTHER, OTHER_TITLE
 from core.models.taxonomy import blast_class
 from core.review.cells import CellRow, FieldRow, active_cell_version, current_cell_labels, disagreeing_cells, \
-    folder_cells, folder_fields, image_scale
+    OUTSIDE_GROUP, folder_cells, folder_fields, image_scale
 from core.review.differential import INTERVAL_NOTE, CaseCell, Differential, case_differential, summarise
 from core.review.labels import CELL, LabelWriter
 from core.review.session import ReviewSession
 from core.review.state import OUTSIDE, UNSURE, Outcome, ReviewState, class_keys
 
 from .controller import Controller
-from .detail import ImageView, rgb_to_qimage
+from .detail import ElidedLabel, ImageView, rgb_to_qimage
 from .detail_view import decode_full
 from .flow_layout import FlowLayout
 from .tiles import PoolImageCache, class_color
@@ -86,6 +86,18 @@ class QueuedCellReview(ReviewSession):
 class Heading:
     group: str
     count: int
+    labelled: int = 0  # cells of an outside-experience group a reviewer labelled: counted in their class
+
+
+def _heading(group: str, rows) -> Heading:
+    """A group's heading. The outside-experience group counts its unlabelled cells, as the
+    differential does (a labelled cell counts in its class there), and says how many it still
+    shows labelled: the tile stays where the reviewer found it."""
+    mine = [r for r in rows if r.group == group]
+    if group != OUTSIDE_GROUP:
+        return Heading(group, len(mine))
+    labelled = sum(1 for r in mine if r.reviewed)
+    return Heading(group, len(mine) - labelled, labelled)
 
 
 class CellModel(QAbstractListModel):
@@ -101,7 +113,7 @@ class CellModel(QAbstractListModel):
         self.items = []
         for row in rows:
             if not self.items or self._group_of_last() != row.group:
-                self.items.append(Heading(row.group, sum(1 for r in rows if r.group == row.group)))
+                self.items.append(_heading(row.group, rows))
             self.items.append(row)
         self._pos = {it.cell_id: k for k, it in enumerate(self.items) if isinstance(it, CellRow)}
         self.endResetModel()
@@ -157,6 +169,11 @@ class CellModel(QAbstractListModel):
             self.items[at] = dataclasses.replace(self.items[at], reviewed=label,
                                                  reviewer=reviewer if label is not None else None)
             self.dataChanged.emit(self.index(at), self.index(at))
+        rows = self.rows()
+        for k, it in enumerate(self.items):  # the headings follow the labels
+            if isinstance(it, Heading) and it.group == OUTSIDE_GROUP:
+                self.items[k] = _heading(it.group, rows)
+                self.dataChanged.emit(self.index(k), self.index(k))
 
     def cell_ready(self, cell_id: int) -> None:
         at = self._pos.get(cell_id)
@@ -165,7 +182,8 @@ class CellModel(QAbstractListModel):
 
 
 def heading_text(h: Heading) -> str:
-    return f"{h.group} — {h.count} cell{'s' if h.count != 1 else ''}"
+    text = f"{h.group} — {h.count} cell{'s' if h.count != 1 else ''}"
+    return text + (f" · {h.labelled} labelled" if h.labelled else "")
 
 
 def tile_caption(r: CellRow) -> str:
@@ -179,8 +197,37 @@ def tile_caption(r: CellRow) -> str:
     if r.predicted is None:
         return f"not classified{added}"
     if r.outside:
-        return f"\u2298 outside experience{added}"
+        return f"\u2298 outside{added}"
     return ("? " if r.uncertain else "") + f"{r.predicted} {r.confidence:.0%}{added}"
+
+
+class ElidedCombo(QComboBox):
+    """The Field box: a long file name is shortened in the middle while the box is not being
+    typed in (the whole name in the tooltip), instead of showing only its end."""
+
+    help = ""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.currentIndexChanged.connect(lambda _i: self.elide())
+
+    def elide(self) -> None:
+        edit = self.lineEdit()
+        if edit is None or edit.hasFocus():
+            return
+        full = self.itemText(self.currentIndex()) if self.currentIndex() >= 0 else ""
+        self.setToolTip(f"{full}\n\n{self.help}" if full else self.help)
+        room = edit.width() - 2 * edit.fontMetrics().horizontalAdvance("x")
+        edit.setText(edit.fontMetrics().elidedText(full, Qt.ElideMiddle, max(40, room)))
+        edit.setCursorPosition(0)
+
+    def resizeEvent(self, e) -> None:  # noqa: N802
+        super().resizeEvent(e)
+        self.elide()
+
+    def focusOutEvent(self, e) -> None:  # noqa: N802
+        super().focusOutEvent(e)
+        self.elide()
 
 
 # ---------------------------------------------------------------- cut-outs, off the GUI thread
@@ -244,7 +291,9 @@ class CellDelegate(QStyledItemDelegate):
             color = QColor("#546e7a") if it.group not in classes else class_color(it.group, classes)
             p.fillRect(option.rect.adjusted(0, HEADING_HEIGHT - 4, 0, 0), color)
             p.setPen(option.palette.color(QPalette.Active, QPalette.WindowText))  # a heading is not a greyed item
-            p.drawText(option.rect.adjusted(4, 0, 0, -4), Qt.AlignLeft | Qt.AlignVCenter, heading_text(it))
+            room = option.rect.adjusted(4, 0, -4, -4)
+            p.drawText(room, Qt.AlignLeft | Qt.AlignVCenter,
+                       p.fontMetrics().elidedText(heading_text(it), Qt.ElideRight, room.width()))
             p.restore()
             return
         r: CellRow = it
@@ -446,7 +495,7 @@ class CellPane(QObject):
         self.disagree_box.setToolTip("Only the cells two reviewers gave different classes")
         self.disagree_box.setFocusPolicy(Qt.NoFocus)
         self.disagree_box.toggled.connect(lambda _on: self.reload())
-        self.info = QLabel("")
+        self.info = ElidedLabel("")  # never wider than given: a longer line must not move the split
         head = QHBoxLayout()
         head.addWidget(self.info, 1)
         head.addWidget(self.disagree_box)
@@ -459,9 +508,9 @@ class CellPane(QObject):
 
         self.field = FieldView()
         self.field.boxDrawn.connect(self._box_drawn)
-        self.field_title = QLabel("No cell selected")
+        self.field_title = ElidedLabel("No cell selected")
         # every field, also one where the finder found no cell: there too a missed cell can be added
-        self.field_box = QComboBox()
+        self.field_box = ElidedCombo()
         self.field_box.setObjectName("cellFields")
         # a case can have thousands of fields: type any part of a file name to find one; the box takes
         # the keys only when clicked, and gives them back to the gallery once a field is chosen
@@ -478,7 +527,7 @@ class CellPane(QObject):
         self.field_box.setMaxVisibleItems(20)
         self.field_box.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.field_box.setMinimumContentsLength(24)
-        self.field_box.setToolTip("Every field of the case, also those where no cell was found: pick one to see it "
+        self.field_box.help = ("Every field of the case, also those where no cell was found: pick one to see it "
                                   "and add a cell the finder missed (N, then drag a box)")
         self.field_box.activated.connect(self._field_chosen)
         self.fields_note = QLabel("")  # how many fields have no cell
@@ -674,6 +723,7 @@ class CellPane(QObject):
         self.field_box.blockSignals(True)
         self.field_box.setCurrentIndex(at)
         self.field_box.blockSignals(False)
+        self.field_box.elide()
 
     def show_field(self, image_id: int) -> bool:
         """Show a field of the case: its first cell in view selected, or, where it has none (the
@@ -700,6 +750,7 @@ class CellPane(QObject):
         if image_id is not None:
             self.show_field(int(image_id))
         self.view.setFocus(Qt.OtherFocusReason)
+        QTimer.singleShot(0, self.field_box.elide)  # after the completer has put the whole name back
 
     # ---------------------------------------------------------------- moving
     def _go(self, row: int) -> None:

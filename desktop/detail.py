@@ -155,6 +155,11 @@ class HistoryTable(QTableWidget):
                      + 2 * self.frameWidth() + self.horizontalScrollBar().sizeHint().height())
 
 
+def no_break(name: str | None) -> str | None:
+    """A class name as displayed: its hyphens non-breaking (U+2011), so "Pre-B" never wraps as "Pre-" / "B"."""
+    return name.replace("-", "\u2011") if name else name
+
+
 class ElidedLabel(QLabel):
     """One line of plain text that never asks for more width than it is given: a long file
     name is shortened with "…" (the whole name in the tooltip) instead of widening the window."""
@@ -169,6 +174,12 @@ class ElidedLabel(QLabel):
         self.full = text
         self.setToolTip(text)
         self._elide()
+
+    def text(self) -> str:  # the whole line; the screen shows it shortened where narrow (shown())
+        return self.full
+
+    def shown(self) -> str:
+        return super().text()
 
     def resizeEvent(self, e) -> None:  # noqa: N802
         super().resizeEvent(e)
@@ -272,15 +283,15 @@ class DetailPanel(QWidget):
         if row.predicted and row.outside:
             s = (f"<span style='color:#b26a00'><b>\u2298 Outside this model's experience</b></span>: its training "
                  f"images came from {self.trained_on or 'another source'}; the class shown "
-                 f"(<b>{row.predicted}</b>, {row.confidence:.1%}) is not reliable")
+                 f"(<b>{no_break(row.predicted)}</b>, {row.confidence:.1%}) is not reliable")
         elif row.predicted:
-            s = f"Predicted <b>{row.predicted}</b> ({row.confidence:.1%}, entropy {row.entropy:.2f})"
+            s = f"Predicted <b>{no_break(row.predicted)}</b> ({row.confidence:.1%}, entropy {row.entropy:.2f})"
             if row.uncertain:
                 s += " — <i>uncertain</i>"
         else:
             s = "Not predicted by the active model"
         shown = OTHER_TITLE if row.reviewed == OTHER else row.reviewed
-        s += f"<br>Reviewed: <b>{shown}</b> by {row.reviewer}" if row.reviewed else "<br>Not reviewed"
+        s += f"<br>Reviewed: <b>{no_break(shown)}</b> by {row.reviewer}" if row.reviewed else "<br>Not reviewed"
         self.summary.setText(s)
         if row.outside:  # said in the summary, which wraps: a longer check box would widen the window
             s += "<br><i>Grad-CAM is not meaningful here.</i>"

@@ -204,6 +204,8 @@ class TileDelegate(QStyledItemDelegate):
         else:
             p.fillRect(band, color)
         p.setPen(Qt.white)
+        if p.fontMetrics().horizontalAdvance(label) > band.width() - 8 and " \u00b7 by " in label:
+            label = label.split(" \u00b7 by ")[0]  # who labelled it: in the tooltip and the detail panel
         p.drawText(band.adjusted(4, 0, -4, 0), Qt.AlignVCenter | Qt.AlignLeft,
                    p.fontMetrics().elidedText(label, Qt.ElideRight, band.width() - 8))
         # reviewed mark: a badge in the reviewed class's colour; red frame on disagreement

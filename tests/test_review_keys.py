@@ -104,14 +104,14 @@ def test_tile_says_the_reviewers_class_in_words_and_the_models_when_they_differ(
     assert differs == "\u270e Pre-B \u00b7 model: Pro-B 87% \u00b7 by ana"  # the classes first: a tile cuts the end
     assert tile_caption(row.__class__(**{**row.__dict__, "reviewed": "Pro-B", "reviewer": None})) == "\u2713 Pro-B"
     other = tile_caption(row.__class__(**{**row.__dict__, "reviewed": OTHER, "outside": True}))
-    assert "Other / not assessable" in other and "model: outside experience" in other
+    assert "Other / not assessable" in other and "model: \u2298" in other
 
     w = window
     generate(tmp_path / "a", n_per_class=2, seed=1)
     _open(qtbot, w, tmp_path / "a")
     w.view.setCurrentIndex(w.model.index(0))
     predicted = w.model.row_at(0).predicted
-    model_says = "outside experience" if w.model.row_at(0).outside else predicted  # synthetic: outside
+    model_says = "\u2298" if w.model.row_at(0).outside else predicted  # synthetic: outside
     label = next(c for c in w.version["classes"] if c != predicted)
     w.label_selected(label)
     qtbot.waitUntil(lambda: bool(_labels(w)), timeout=5000)  # written by the writer's thread
@@ -267,7 +267,7 @@ def test_the_window_never_widens_itself_and_the_current_tile_is_framed(qtbot, wi
         qtbot.keyClick(w.view, Qt.Key_Right)
         qtbot.keyClick(w.view, Qt.Key_Left)
         QApplication.processEvents()
-    assert w.detail.title.full.startswith("WBC-Malignant") and w.detail.title.text() != w.detail.title.full
+    assert w.detail.title.full.startswith("WBC-Malignant") and w.detail.title.shown() != w.detail.title.full
     assert w.width() == width
     w.sort.setCurrentIndex(w.sort.findData("name"))  # a reload: the first image is current and framed
     settle(qtbot, w)

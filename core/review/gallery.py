@@ -210,7 +210,7 @@ def tile_caption(row: GalleryRow) -> str:
     prediction, "?" when uncertain, or that the image is outside the model's experience."""
 
     conf = f" {row.confidence:.0%}" if row.confidence is not None else ""
-    model = "outside experience" if row.outside else f"{row.predicted}{conf}" if row.predicted else None
+    model = OUTSIDE_MARK if row.outside else f"{row.predicted}{conf}" if row.predicted else None
     if row.reviewed:
         shown = OTHER_TITLE if row.reviewed == OTHER else row.reviewed
         by = f" by {row.reviewer}" if row.reviewer else ""
@@ -218,8 +218,8 @@ def tile_caption(row: GalleryRow) -> str:
             return f"\u2713 {shown}{by}"
         # the model's call before the name: a narrow tile cuts the end, and a correction is about the classes
         return f"\u270e {shown}" + (f" \u00b7 model: {model}" if model else "") + (f" \u00b7{by}" if by else "")
-    if row.outside:
-        return f"{OUTSIDE_MARK} outside experience"
+    if row.outside:  # the band is narrow: the filter and the detail panel say it in full
+        return f"{OUTSIDE_MARK} outside"
     if row.predicted is None:
         return "not predicted"
     return ("? " if row.uncertain else "") + f"{row.predicted}{conf}"
