@@ -112,6 +112,11 @@ PACKED_TRY = 1.5
 PACKED_PART_MIN = 0.5
 NUCLEUS_THICK_UM = 2.5
 SPLIT_NECK = 0.7
+# A nucleus candidate nowhere thicker than this from its edge is strokes (a text label, a scale
+# bar): synthetic labels' letters 0.8-0.9 um, nuclei >= 3.4 um (core/cells/synthetic.py).
+NUCLEUS_STROKE_UM = 1.0
+LABEL_WHITE = 248                 # a label's box: every channel at least this (and above the background's)
+LABEL_BOX_SHARE = 0.2
 # Pale spots inside a nucleus (nucleoli) are filled in that stain up to this size; a bigger hole
 # is a red cell ringed by packed nuclei.
 NUCLEUS_HOLE_MAX_UM2 = 20.0
@@ -477,6 +482,7 @@ def _find(rgb: np.ndarray, reduced_by: int, image_kind: str = "auto") -> FieldCe
     merged = _fill_holes(merged)
     markers = _split_nuclei(merged, px_um, _fill_holes(nuc, NUCLEUS_HOLE_MAX_UM2 * px_um * px_um))
     markers = _drop_red_cell_nuclei(markers, work, stain, fg, nucleus)
+    markers = _drop_strokes(markers, nucleus, work, stain, px_um)
     smooth = cv2.GaussianBlur(diff.astype(np.float32), (0, 0), CYTOPLASM_SMOOTH_UM * px_um)
     # the background's own level varies across a field (uneven lighting, BCCD): the lowest
     # smoothed difference nearby, averaged
@@ -630,6 +636,42 @@ def _drop_red_cell_nuclei(markers: np.ndarray, work: np.ndarray, stain: _Stain, 
     for i in range(1, n + 1):
         ys, xs = pixels[i]
         if ys.size and float(np.median(stain_map[ys, xs])) >= floor:
+            out[ys, xs] = next_label
+            next_label += 1
+    return out
+
+
+def _drop_strokes(markers: np.ndarray, nucleus: np.ndarray, work: np.ndarray, stain: _Stain,
+                  px_um: float) -> np.ndarray:
+    """Drop nucleus candidates that are a label burnt into the image (round 6): thin strokes (a
+    scale bar, letters joined by the lobe closing: nowhere thicker than NUCLEUS_STROKE_UM from
+    their edge) on a box whiter than the slide's background (LABEL_BOX_SHARE of the ring
+    around them). A nucleus is thicker; a thin platelet or a cut sliver lies on the slide."""
+    n = int(markers.max())
+    if n == 0:
+        return markers
+    whiter = np.minimum(np.minimum(work[:, :, 0], work[:, :, 1]), work[:, :, 2]).astype(np.int16) \
+        >= max(LABEL_WHITE, int(stain.background.max()) + 5)
+    ring = _disc(1.0 * px_um)
+    out = np.zeros_like(markers)
+    next_label = 1
+    pixels = _label_pixels(markers, n)
+    for i in range(1, n + 1):
+        ys, xs = pixels[i]
+        if ys.size == 0:
+            continue
+        y, x, y1, x1 = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
+        own = ((markers[y:y1, x:x1] == i) & nucleus[y:y1, x:x1]).astype(np.uint8)
+        thin = float(cv2.distanceTransform(np.pad(own, 1), cv2.DIST_L2, 5).max()) < NUCLEUS_STROKE_UM * px_um
+        if thin:
+            pad = ring.shape[0]
+            y0, x0 = max(0, y - pad), max(0, x - pad)
+            mine = np.zeros(markers.shape, np.uint8)
+            mine[ys, xs] = 1
+            mine = mine[y0:y1 + pad, x0:x1 + pad]
+            around = (cv2.dilate(mine, ring) > 0) & (mine == 0)
+            thin = np.count_nonzero(around & whiter[y0:y1 + pad, x0:x1 + pad]) >= LABEL_BOX_SHARE * max(1, np.count_nonzero(around))
+        if not thin:
             out[ys, xs] = next_label
             next_label += 1
     return out
