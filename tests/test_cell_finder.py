@@ -401,3 +401,26 @@ def test_a_neutrophils_big_lobes_beyond_the_closing_are_one_cell():
     found = find_cells(img)
     assert len(found.cells) == 1, [c.box for c in found.cells]
     assert best(found, synthetic.box_px(cell, 0.1))[0] >= 0.6, found.cells[0].box
+
+
+@pytest.mark.parametrize("um_per_px", [0.1, 0.45])
+def test_packed_nuclei_come_out_as_separate_cells(um_per_px):
+    # stain-v5 closed the touching nuclei of four packed blasts into one region and outlined
+    # them as one cell (Taleqani's crowded fields: up to ~15 blasts as one)
+    field, packed = synthetic.packed_field()
+    img = synthetic.draw(field, um_per_px)
+    size = (img.shape[1], img.shape[0])
+    found = find_cells(img, image_kind="fields")
+    assert len(found.cells) == len(field.white_cells), [c.box for c in found.cells]
+    for c in packed:
+        assert best(found, synthetic.box_px(c, um_per_px, size))[0] >= 0.5
+
+
+@pytest.mark.parametrize("um_per_px", [0.125, 0.45])
+def test_a_burnt_in_label_is_no_cell(field, um_per_px):
+    # a scale label in a stain-like blue on a white box: stain-v5 found it as a sixth cell
+    img, (x0, y0, x1, y1) = synthetic.burn_label(synthetic.draw(field, um_per_px))
+    found = find_cells(img, image_kind="fields")
+    assert not any(x0 <= c.centre[0] <= x1 and y0 <= c.centre[1] <= y1 for c in found.cells)
+    assert len(found.cells) == len(field.white_cells)
+

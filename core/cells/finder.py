@@ -12,7 +12,8 @@ diameter is about 7.5 um in every lab). The method (docs/cells.md gives the figu
    (holes filled, solid, not too elongated) give the median diameter -> um per pixel.
 4. Everything after runs on a fixed working grid (WORK_UM_PER_PX), so sizes are in um.
 5. Nuclear lobes within a few um merge into one cell's nucleus; a too-big nucleus region is
-   split by a watershed of its distance transform (touching cells); too-small purple specks
+   split by a watershed of its distance transform (touching cells; where the field shows
+   enough lone nuclei, any region bigger than they are, at its necks: packed blasts); too-small purple specks
    (platelets) are dropped; each cell's region is the foreground grown around its nucleus
    up to a cytoplasm width, shared between neighbours by a watershed.
 6. Pre-cut single cells (a cell on black, or a crop only a few cells wide with one cell in the
@@ -34,7 +35,7 @@ from core.imaging import images
 
 log = logging.getLogger(__name__)
 
-FINDER_NAME = "stain-v5"  # stored with every cell row; bump when the method changes
+FINDER_NAME = "stain-v6"  # stored with every cell row; bump when the method changes
 RED_CELL_DIAMETER_UM = 7.5
 # Used when a field has no measurable red cells (a pre-cut cell, a field of white cells only).
 # 0.1 um/px is the grid of a 100x oil objective on today's cameras (CellaVision DM96 crops:
@@ -97,6 +98,28 @@ FRAGMENT_UM2 = 40.0               # a nucleus piece smaller than this near a big
 FRAGMENT_JOIN_UM = 4.0
 NUCLEUS_OVER_RED = 15.0           # a nucleus's median stain over the red cells' 95th percentile (WBCs: >= 20 but 2 of 400)
 SINGLE_NUCLEUS_MAX_UM2 = 180.0    # above it a nucleus region is tried for a split (two touching cells)
+# Round 6 (`stain-v6`): packed nuclei (Taleqani's crowded blasts) are split where the field
+# itself says how big one nucleus is: the median of its lone nuclei (regions of one nucleus's
+# size, off the border), at least PACKED_REFERENCE_MIN of them. A region over PACKED_TRY x that
+# is split on the nucleus stain before the lobe closing (touching blasts are often two regions
+# there, joined only by the closing), at the necks of its distance transform: each part holds a
+# disc of NUCLEUS_THICK_UM and at least PACKED_PART_MIN x the lone nuclei's area, and two parts
+# stay one where the thickest point of the line between them is >= SPLIT_NECK x the thinner
+# part's inscribed radius. A field of one or two white cells (BCCD, Raabin, a crop) has no such
+# reference and keeps round 5's split: a neutrophil's thick lobes look like packed nuclei.
+PACKED_REFERENCE_MIN = 3
+PACKED_TRY = 1.5
+PACKED_PART_MIN = 0.5
+NUCLEUS_THICK_UM = 2.5
+SPLIT_NECK = 0.7
+# A nucleus candidate nowhere thicker than this from its edge is strokes (a text label, a scale
+# bar): synthetic labels' letters 0.8-0.9 um, nuclei >= 3.4 um (core/cells/synthetic.py).
+NUCLEUS_STROKE_UM = 1.0
+LABEL_WHITE = 248                 # a label's box: every channel at least this (and above the background's)
+LABEL_BOX_SHARE = 0.2
+# Pale spots inside a nucleus (nucleoli) are filled in that stain up to this size; a bigger hole
+# is a red cell ringed by packed nuclei.
+NUCLEUS_HOLE_MAX_UM2 = 20.0
 # In a crop, a neighbour cut by the border showing this much nucleus is kept (the image is then
 # no single-cell crop): pbc-dev's crops' cut neighbours show <= 67 um2, Raabin's cut white cells
 # up to ~150 (tuning halves; docs/cells.md).
@@ -457,8 +480,9 @@ def _find(rgb: np.ndarray, reduced_by: int, image_kind: str = "auto") -> FieldCe
     nuc = cv2.morphologyEx(nuc, cv2.MORPH_OPEN, _disc(0.4 * px_um))
     merged = cv2.morphologyEx(nuc, cv2.MORPH_CLOSE, _disc(LOBE_MERGE_UM * px_um))
     merged = _fill_holes(merged)
-    markers = _split_nuclei(merged, px_um)
+    markers = _split_nuclei(merged, px_um, _fill_holes(nuc, NUCLEUS_HOLE_MAX_UM2 * px_um * px_um))
     markers = _drop_red_cell_nuclei(markers, work, stain, fg, nucleus)
+    markers = _drop_strokes(markers, nucleus, work, stain, px_um)
     smooth = cv2.GaussianBlur(diff.astype(np.float32), (0, 0), CYTOPLASM_SMOOTH_UM * px_um)
     # the background's own level varies across a field (uneven lighting, BCCD): the lowest
     # smoothed difference nearby, averaged
@@ -510,17 +534,40 @@ def _reading_order(found: list[FoundCell]) -> list[FoundCell]:
     return [c for row in rows for c in sorted(row, key=lambda c: c.centre[0])]
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
+def _fill_holes(mask: np.ndarray, max_hole_px: float | None = None) -> np.ndarray:
+    """The mask with its holes filled: every hole, or only those up to max_hole_px."""
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     out = np.zeros_like(mask)
     cv2.drawContours(out, contours, -1, 1, thickness=cv2.FILLED)
+    if max_hole_px is None:
+        return out
+    holes = (out > 0) & (mask == 0)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=4)
+    big = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] > max_hole_px)
+    big = big[big > 0]
+    if big.size:
+        out[np.isin(labels, big)] = 0
     return out
 
 
-def _split_nuclei(merged: np.ndarray, px_um: float) -> np.ndarray:
+def _typical_nucleus_px(pixels: list[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int], min_area: float,
+                        max_area: float) -> float:
+    """The median area (px) of this field's lone nuclei: regions of one nucleus's size
+    (MIN_NUCLEUS_AREA_UM2..SINGLE_NUCLEUS_MAX_UM2) off the border; 0 where fewer than
+    PACKED_REFERENCE_MIN (a field of one or two white cells, a crop: no packed split there)."""
+    h, w = shape
+    areas = [ys.size for ys, xs in pixels[1:]
+             if min_area <= ys.size <= max_area and ys.min() > 0 and xs.min() > 0 and ys.max() < h - 1
+             and xs.max() < w - 1]
+    return float(np.median(areas)) if len(areas) >= PACKED_REFERENCE_MIN else 0.0
+
+
+def _split_nuclei(merged: np.ndarray, px_um: float, core: np.ndarray | None = None) -> np.ndarray:
     """Label image of nucleus regions, one label per cell: a small fragment near a bigger
     nucleus joins it (a lobe), lone specks are dropped (platelets), big regions are split at
-    necks (touching cells)."""
+    necks (touching cells). Where the field shows enough lone nuclei to know their size, a
+    region bigger than that is split into nuclei of about that size (``_packed_split`` on
+    ``core``, the nucleus stain before the lobes were closed together: packed blasts)."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats(merged, connectivity=8)
     min_area = MIN_NUCLEUS_AREA_UM2 * px_um * px_um
     fragment = FRAGMENT_UM2 * px_um * px_um
@@ -546,6 +593,7 @@ def _split_nuclei(merged: np.ndarray, px_um: float) -> np.ndarray:
     out = np.zeros(merged.shape, np.int32)
     next_label = 1
     pixels = _label_pixels(labels, n - 1)
+    typical = _typical_nucleus_px(pixels, merged.shape, min_area, split_area)
     for i in range(1, n):
         ys, xs = pixels[i]
         area = int(ys.size)
@@ -553,7 +601,11 @@ def _split_nuclei(merged: np.ndarray, px_um: float) -> np.ndarray:
             continue
         y, x, y1, x1 = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
         comp = labels[y:y1, x:x1] == i
-        parts = _watershed_split(comp, px_um) if area > split_area else [comp]
+        parts = [comp]
+        if core is not None and typical and area > PACKED_TRY * typical:
+            parts = _packed_split(comp, px_um, comp & (core[y:y1, x:x1] > 0), PACKED_PART_MIN * typical)
+        if len(parts) == 1 and area > split_area:
+            parts = _watershed_split(comp, px_um)
         for part in parts:
             if np.count_nonzero(part) < min_area:
                 continue
@@ -589,6 +641,42 @@ def _drop_red_cell_nuclei(markers: np.ndarray, work: np.ndarray, stain: _Stain, 
     return out
 
 
+def _drop_strokes(markers: np.ndarray, nucleus: np.ndarray, work: np.ndarray, stain: _Stain,
+                  px_um: float) -> np.ndarray:
+    """Drop nucleus candidates that are a label burnt into the image (round 6): thin strokes (a
+    scale bar, letters joined by the lobe closing: nowhere thicker than NUCLEUS_STROKE_UM from
+    their edge) on a box whiter than the slide's background (LABEL_BOX_SHARE of the ring
+    around them). A nucleus is thicker; a thin platelet or a cut sliver lies on the slide."""
+    n = int(markers.max())
+    if n == 0:
+        return markers
+    whiter = np.minimum(np.minimum(work[:, :, 0], work[:, :, 1]), work[:, :, 2]).astype(np.int16) \
+        >= max(LABEL_WHITE, int(stain.background.max()) + 5)
+    ring = _disc(1.0 * px_um)
+    out = np.zeros_like(markers)
+    next_label = 1
+    pixels = _label_pixels(markers, n)
+    for i in range(1, n + 1):
+        ys, xs = pixels[i]
+        if ys.size == 0:
+            continue
+        y, x, y1, x1 = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
+        own = ((markers[y:y1, x:x1] == i) & nucleus[y:y1, x:x1]).astype(np.uint8)
+        thin = float(cv2.distanceTransform(np.pad(own, 1), cv2.DIST_L2, 5).max()) < NUCLEUS_STROKE_UM * px_um
+        if thin:
+            pad = ring.shape[0]
+            y0, x0 = max(0, y - pad), max(0, x - pad)
+            mine = np.zeros(markers.shape, np.uint8)
+            mine[ys, xs] = 1
+            mine = mine[y0:y1 + pad, x0:x1 + pad]
+            around = (cv2.dilate(mine, ring) > 0) & (mine == 0)
+            thin = np.count_nonzero(around & whiter[y0:y1 + pad, x0:x1 + pad]) >= LABEL_BOX_SHARE * max(1, np.count_nonzero(around))
+        if not thin:
+            out[ys, xs] = next_label
+            next_label += 1
+    return out
+
+
 def _watershed_split(comp: np.ndarray, px_um: float) -> list[np.ndarray]:
     """Split a nucleus region at the necks of its distance transform (two touching cells).
 
@@ -611,6 +699,93 @@ def _watershed_split(comp: np.ndarray, px_um: float) -> list[np.ndarray]:
         return [comp]
     parts = [(markers == j)[2:-2, 2:-2] & comp for j in range(1, n)]
     return [p for p in parts if p.any()]
+
+
+def _packed_split(comp: np.ndarray, px_um: float, core: np.ndarray, least_px: float) -> list[np.ndarray]:
+    """Split a packed nucleus region (``comp``) into nuclei, at the necks of the distance
+    transform of ``core`` (the region's nucleus stain before the lobe closing, small holes
+    filled), round 6.
+
+    Seeds: the distance transform's local maxima at least NUCLEUS_THICK_UM from the edge; each
+    pixel goes to a seed by flooding the distance transform from its peaks down
+    (``_flood``: the lines meet at the necks). Then neighbouring parts are
+    joined while the line between them is no neck (its thickest point >= SPLIT_NECK x the
+    thinner part's peak) or one of them is under ``least_px`` (too small for a nucleus of its
+    own): a kidney-shaped or notched nucleus stays one, lobes thinner than a nucleus never seed
+    a part of their own."""
+    padded = np.pad(comp.astype(np.uint8), 1)
+    dist = cv2.distanceTransform(np.pad(core.astype(np.uint8), 1), cv2.DIST_L2, 5)
+    thick = NUCLEUS_THICK_UM * px_um
+    peak = (dist >= cv2.dilate(dist, np.ones((3, 3), np.uint8))) & (dist >= thick)
+    n, seeds = cv2.connectedComponents(peak.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return [comp]
+    parts = _flood(seeds.astype(np.int32), dist, padded > 0)
+    peaks = {j: float(dist[parts == j].max()) for j in range(1, n)}
+    # the thickest point of each line between two parts (4-neighbours with different labels)
+    saddles: dict[tuple[int, int], float] = {}
+    for a, b, da, db in ((parts[:, :-1], parts[:, 1:], dist[:, :-1], dist[:, 1:]),
+                         (parts[:-1, :], parts[1:, :], dist[:-1, :], dist[1:, :])):
+        m = (a != b) & (a > 0) & (b > 0)
+        for i, j, v in zip(a[m], b[m], np.minimum(da[m], db[m])):
+            key = (int(min(i, j)), int(max(i, j)))
+            saddles[key] = max(saddles.get(key, 0.0), float(v))
+    areas = {j: float(np.count_nonzero(parts == j)) for j in peaks}
+    least = least_px
+    owner = {j: j for j in peaks}
+
+    def root(j: int) -> int:
+        while owner[j] != j:
+            j = owner[j]
+        return j
+
+    while True:  # join the pair with the least neck first, until every line left is a neck
+        joined: dict[tuple[int, int], float] = {}
+        for (i, j), v in saddles.items():
+            ri, rj = root(i), root(j)
+            if ri != rj:
+                key = (min(ri, rj), max(ri, rj))
+                joined[key] = max(joined.get(key, 0.0), v)
+        if not joined:
+            break
+        ratio = {k: v / max(1e-6, min(peaks[k[0]], peaks[k[1]])) for k, v in joined.items()}
+        # a part too small for a nucleus of its own (a lobe) joins its neighbour first
+        small = {k: r + 10.0 for k, r in ratio.items() if min(areas[k[0]], areas[k[1]]) < least}
+        best = max(small or ratio, key=lambda k: (small or ratio)[k])
+        if not small and ratio[best] < SPLIT_NECK:
+            break
+        i, j = best
+        owner[j] = i
+        peaks[i] = max(peaks[i], peaks[j])
+        areas[i] += areas[j]
+    roots = sorted({root(j) for j in peaks})
+    if len(roots) <= 1:
+        return [comp]
+    lut = np.zeros(n + 1, np.int32)
+    for j in peaks:
+        lut[j] = root(j)
+    parts = lut[np.clip(parts, 0, n)][1:-1, 1:-1]
+    return [(parts == r) & comp for r in roots if ((parts == r) & comp).any()]
+
+
+def _flood(seeds: np.ndarray, height: np.ndarray, inside: np.ndarray, step: float = 0.5) -> np.ndarray:
+    """A watershed by levels: the seeds' labels spread over ``inside`` from the highest ``height``
+    down, each level's pixels taken by the labelled pixels next to them (4-neighbours) before
+    the next level opens, so two floods meet where the height is lowest between them (at a
+    neck of a distance transform). cv2.watershed orders its flooding by the difference between
+    neighbouring pixels, not by height, so on a distance transform its lines fall anywhere
+    (docs/cells.md, round 5). A pixel two floods reach together goes to the higher label."""
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    labels = np.where(inside, seeds, 0).astype(np.float32)
+    top = float(height[inside].max()) if inside.any() else 0.0
+    for level in np.arange(top, -step, -step):
+        open_ = inside & (height >= level)
+        for _ in range(labels.shape[0] + labels.shape[1]):
+            grown = np.where(open_ & (labels == 0), cv2.dilate(labels, cross), labels)
+            if np.array_equal(grown, labels):
+                break
+            labels = grown
+    return labels.astype(np.int32)
 
 
 def _ray_reach(markers: np.ndarray, hulls: np.ndarray, n: int, smooth: np.ndarray, edge: np.ndarray,

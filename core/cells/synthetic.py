@@ -89,3 +89,28 @@ def crowded_field(n: int = 500, um_per_px: float = 0.25) -> np.ndarray:
     width, height = 16 * cols + 60, 16 * rows
     reds = [(16 * cols + 8 + 10 * i, 6 + 10 * j) for i in range(5) for j in range(height // 10)]
     return draw(Field(width, height, white_cells=whites, red_cells=reds), um_per_px)
+
+
+def packed_field() -> tuple[Field, list[WhiteCell]]:
+    """Four lone blasts (10 um nuclei) and four packed ones whose nuclei touch, 10.4 um apart
+    (three in a row, one below the middle: Taleqani's crowded fields), red cells in the free
+    space -> (field, the packed cells)."""
+    lone = [WhiteCell(15, 15, 12, 10), WhiteCell(85, 15, 12, 10), WhiteCell(15, 60, 12, 10), WhiteCell(85, 60, 12, 10)]
+    packed = [WhiteCell(40 + 10.4 * k, 32, 11, 10) for k in range(3)] + [WhiteCell(50.4, 42.4, 11, 10)]
+    whites = lone + packed
+    reds = [(x, y) for y in range(6, 75, 9) for x in range(6, 100, 9)
+            if all((x - w.x_um) ** 2 + (y - w.y_um) ** 2 > (w.cell_um / 2 + 4.5) ** 2 for w in whites)]
+    return Field(white_cells=whites, red_cells=reds), packed
+
+
+def burn_label(img: np.ndarray, colour: tuple[int, int, int] = (40, 40, 200)) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The image with a scale label burnt into its bottom-right corner, as microscope software
+    does: a white box with "10 um" and a bar in ``colour`` (by default a stain-like blue) ->
+    (image, the box x0, y0, x1, y1)."""
+    out = img.copy()
+    h, w = out.shape[:2]
+    x0, y0 = int(w * 0.7), int(h * 0.82)
+    cv2.rectangle(out, (x0, y0), (w - 2, h - 2), (255, 255, 255), -1)
+    cv2.putText(out, "10 um", (x0 + 4, h - 8), cv2.FONT_HERSHEY_SIMPLEX, max(0.3, w / 700), colour, max(1, w // 300))
+    cv2.line(out, (x0 + 4, h - 5), (w - 8, h - 5), colour, max(1, w // 200))
+    return out, (x0, y0, w - 1, h - 1)
