@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from core.imaging import stain
+from core.inference.predict import Predictor
 from trainer import augment as aug
 
 SETS = {"all-taleqani": "all-taleqani", "cnmc-train": "cnmc-train", "pbc-cells": "pbc-cells", "pbc-dev": "pbc-dev",
@@ -157,8 +158,6 @@ def focus_figures(cache: Path, px: int, side: float) -> dict:
 def cell_figures(package: Path, cache: Path) -> dict:
     """Share flagged by the cell model's guard alone and with the colour check, per lab's cut-outs and
     for C-NMC's cut-outs (every 8th, as trainer.cell_experiments ships) blurred and hue-rotated."""
-    from core.inference.predict import Predictor
-
     pred = Predictor(package)
     card = pred.card
     assert pred.guard is not None and not pred.guard.has_other and not pred.guard.has_lab  # guard alone: distance
